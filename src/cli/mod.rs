@@ -1,0 +1,250 @@
+//! Command-line interface: parse, run, map errors to exit codes.
+//!
+//! The pipeline file says *what* to train; flags say *where and how*.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::io::table::Format;
+use crate::spec::Pipeline;
+
+/// tidemill: distributed training of linear models on Parquet data, as a
+/// timely dataflow.
+#[derive(Debug, Parser)]
+#[command(name = "tidemill", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Log level for stderr: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info", env = "TIDEMILL_LOG")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Exit codes, shown in `--help`.
+pub const EXIT_CODES: &str =
+    "Exit codes: 0 ok, 1 internal error, 2 bad pipeline or usage, 3 I/O error, \
+4 bad input data, 5 bad model file, 6 training diverged, 7 cluster failure.";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a pipeline and write the model and metrics.
+    Train(TrainArgs),
+    /// Score a table with a saved model.
+    Predict(PredictArgs),
+    /// Print JSON metrics of a saved model on a labelled table.
+    Eval(EvalArgs),
+    /// Check a pipeline (keys, values, files, columns, types) without training.
+    Validate(ValidateArgs),
+    /// Describe Parquet data: schema, row groups, rows, null counts.
+    Inspect(InspectArgs),
+}
+
+/// Where and how to run.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes (timely cluster mode over TCP).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, 0-based.
+    #[arg(short = 'p', long, default_value_t = 0)]
+    pub process: usize,
+    /// One host:port per line, in process order (default 127.0.0.1:2101+i).
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// As a [`Cluster`].
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process,
+            hostfile: self.hostfile.clone(),
+        }
+    }
+}
+
+/// `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Pipeline file (TOML).
+    pub pipeline: PathBuf,
+    #[command(flatten)]
+    /// Cluster layout.
+    pub cluster: ClusterArgs,
+    /// Override a pipeline key, e.g. `--set optimizer.learning_rate=0.05`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Model file (overrides output.model).
+    #[arg(long)]
+    pub model_out: Option<PathBuf>,
+    /// Metrics JSONL (overrides output.metrics).
+    #[arg(long)]
+    pub metrics_out: Option<PathBuf>,
+}
+
+/// `predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Model file.
+    #[arg(long, short)]
+    pub model: PathBuf,
+    /// Input: Parquet, Arrow IPC file, or `-` for an IPC stream on stdin.
+    #[arg(long, short)]
+    pub input: String,
+    /// Output: a path, or `-` for stdout.
+    #[arg(long, short)]
+    pub output: String,
+    /// Output format (default: from the extension; `-` is an IPC stream).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Input columns to copy to the output, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub keep: Vec<String>,
+}
+
+/// `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model file.
+    #[arg(long, short)]
+    pub model: PathBuf,
+    /// Labelled input: Parquet, Arrow IPC, or `-`.
+    #[arg(long, short)]
+    pub input: String,
+}
+
+/// `validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Pipeline file.
+    pub pipeline: PathBuf,
+    /// Overrides, as for `train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Parquet files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// Runs a parsed command; what it prints for the user goes to stdout,
+/// logs go to stderr.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train(a),
+        Command::Predict(a) => {
+            let rows = crate::predict::predict(&a.model, &a.input, &a.output, a.format, &a.keep)?;
+            tracing::info!(rows, output = %a.output, "predictions written");
+            Ok(())
+        }
+        Command::Eval(a) => {
+            let m = crate::predict::evaluate(&a.model, &a.input)?;
+            println!("{}", to_json(&m));
+            Ok(())
+        }
+        Command::Validate(a) => {
+            let p = Pipeline::load(&a.pipeline, &a.overrides)?;
+            let plan = crate::train::plan::Plan::new(p)?;
+            println!(
+                "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'",
+                plan.train.source.files.len(),
+                plan.train.source.rows(),
+                plan.train.units.len(),
+                plan.draft.numeric.len(),
+                plan.draft.categorical.len(),
+                plan.draft.label
+            );
+            Ok(())
+        }
+        Command::Inspect(a) => {
+            let info = crate::inspect::inspect(&a.paths)?;
+            if a.json {
+                println!("{}", to_json(&info));
+            } else {
+                print!("{}", crate::inspect::render(&info));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
+    if let Some(m) = a.model_out {
+        pipeline.output.model = Some(m);
+    }
+    if let Some(m) = a.metrics_out {
+        pipeline.output.metrics = Some(m);
+    }
+    let cluster = a.cluster.cluster();
+    let outputs = pipeline.output.clone();
+    let started = std::time::Instant::now();
+    tracing::info!(
+        pipeline = %a.pipeline.display(),
+        workers = cluster.total_workers(),
+        processes = cluster.processes,
+        "training"
+    );
+    let report = crate::train::run(pipeline, &cluster)?;
+    if !cluster.is_leader() {
+        return Ok(());
+    }
+    let model = report.model.as_ref().ok_or_else(|| Error::Worker {
+        worker: 0,
+        message: "finished without a model".into(),
+    })?;
+    if let Some(path) = &outputs.model {
+        crate::io::atomic::write(path, model.to_json()?.as_bytes())?;
+        tracing::info!(path = %path.display(), "model written");
+    }
+    if let Some(path) = &outputs.metrics {
+        crate::io::atomic::write(
+            path,
+            crate::metrics::sink::to_jsonl(&report.records).as_bytes(),
+        )?;
+        tracing::info!(path = %path.display(), "metrics written");
+    }
+    let last = report.records.last();
+    tracing::info!(
+        train_rows = report.train_rows,
+        validation_rows = report.validation_rows,
+        units = report.units,
+        rows_per_worker = ?report.rows_per_worker,
+        epochs = model.training.epochs,
+        seconds = started.elapsed().as_secs_f64(),
+        "done"
+    );
+    let summary = serde_json::json!({
+        "epochs": model.training.epochs,
+        "train_rows": report.train_rows,
+        "validation_rows": report.validation_rows,
+        "rows_per_worker": report.rows_per_worker,
+        "objective": model.training.objective,
+        "train_loss": last.and_then(|r| r.train_loss),
+        "validation": last.and_then(|r| r.validation.clone()),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("{}", to_json(&summary));
+    Ok(())
+}

@@ -1,0 +1,524 @@
+//! Feature encoding: Arrow columns → dense `f32` rows plus hashed
+//! categorical indices, and labels → numbers.
+//!
+//! The [`FeatureSpec`] is saved inside every model file, so `predict`
+//! applies exactly the preprocessing training used.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use super::hashing::hash_token;
+use crate::error::{Error, Location, Result};
+use crate::spec::OnMissing;
+
+/// A numeric feature and its preprocessing: missing → `fill`, then
+/// `(x − center) / scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NumericFeature {
+    /// Column name.
+    pub name: String,
+    /// Value used for missing entries (raw units); unused under `error`/`skip_row`.
+    pub fill: f64,
+    /// Subtracted before scaling (the training mean when standardising, else 0).
+    pub center: f64,
+    /// Divisor (the training standard deviation when standardising, else 1).
+    pub scale: f64,
+}
+
+/// Everything needed to turn a row of a table into model inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    /// Label column.
+    pub label: String,
+    /// Numeric features in weight order.
+    pub numeric: Vec<NumericFeature>,
+    /// Hashed categorical columns.
+    pub categorical: Vec<String>,
+    /// The hashed space has `2^hash_bits` slots (after the numeric features).
+    pub hash_bits: u32,
+    /// Missing-value policy.
+    pub on_missing: OnMissing,
+    /// Class names in index order (classifiers).
+    pub classes: Option<Vec<String>>,
+}
+
+impl FeatureSpec {
+    /// Number of input dimensions: numeric features plus the hashed space.
+    pub fn dim(&self) -> usize {
+        self.numeric.len() + self.hashed_dim()
+    }
+
+    /// Size of the hashed space (0 without categorical columns).
+    pub fn hashed_dim(&self) -> usize {
+        if self.categorical.is_empty() {
+            0
+        } else {
+            1usize << self.hash_bits
+        }
+    }
+
+    /// The feature columns to read.
+    pub fn feature_columns(&self) -> Vec<String> {
+        self.numeric
+            .iter()
+            .map(|f| f.name.clone())
+            .chain(self.categorical.iter().cloned())
+            .collect()
+    }
+}
+
+/// Decoded rows of one unit (or one input batch).
+#[derive(Debug, Clone, Default)]
+pub struct Block {
+    /// Rows kept (after `skip_row`).
+    pub rows: usize,
+    /// Numeric features per row.
+    pub p: usize,
+    /// Row-major `rows × p` numeric values, preprocessed.
+    pub dense: Vec<f32>,
+    /// Categorical columns per row.
+    pub c: usize,
+    /// Row-major `rows × c` hashed slots (in `[0, 2^hash_bits)`).
+    pub hashed: Vec<u32>,
+    /// Row-major `rows × c` signs (±1, or 0 for a missing token).
+    pub signs: Vec<f32>,
+    /// Label per row: the value (regression) or class index; empty if not read.
+    pub label: Vec<f32>,
+    /// Label tokens per row, when classes are still being discovered.
+    pub tokens: Vec<String>,
+    /// Row index inside the source file of each kept row.
+    pub file_row: Vec<u64>,
+}
+
+/// How to read the label.
+#[derive(Debug, Clone, Copy)]
+pub enum LabelUse<'a> {
+    /// Do not read it (prediction).
+    Skip,
+    /// Regression target.
+    Value,
+    /// Keep the textual token of each label (class discovery).
+    Tokens,
+    /// Map to class indices.
+    Classes(&'a ClassMap),
+}
+
+/// Class name → index.
+#[derive(Debug, Clone)]
+pub struct ClassMap {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl ClassMap {
+    /// Builds the map from names in index order.
+    pub fn new(names: &[String]) -> ClassMap {
+        ClassMap {
+            names: names.to_vec(),
+            index: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect(),
+        }
+    }
+    /// Is `token` one of the classes?
+    pub fn contains(&self, token: &str) -> bool {
+        self.index.contains_key(token)
+    }
+    /// The names, comma separated (for messages).
+    pub fn describe(&self) -> String {
+        self.names.join(", ")
+    }
+}
+
+/// Where a batch came from, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// File.
+    pub file: &'a Path,
+    /// Row group, if the batch is one.
+    pub row_group: Option<usize>,
+    /// File row of the batch's first row.
+    pub first_row: u64,
+}
+
+impl Origin<'_> {
+    fn at(&self, column: &str, i: usize) -> Location {
+        Location {
+            file: self.file.to_path_buf(),
+            row_group: self.row_group,
+            column: Some(column.to_string()),
+            row: Some(self.first_row + i as u64),
+        }
+    }
+}
+
+/// Is the Arrow type usable as a numeric feature or regression label?
+pub fn is_numeric_type(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean)
+}
+
+/// Is the Arrow type usable as a categorical token column?
+pub fn is_token_type(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_token_type(v),
+        t => t.is_integer() || matches!(t, DataType::Boolean),
+    }
+}
+
+/// Canonical text of a number used as a token: integers without a fraction.
+pub fn number_token(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin) -> Result<&'b ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::MissingColumn {
+            file: origin.file.to_path_buf(),
+            column: name.to_string(),
+            available: batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+fn cast(array: &ArrayRef, to: &DataType, name: &str, origin: &Origin) -> Result<ArrayRef> {
+    arrow::compute::cast(array, to).map_err(|e| Error::ColumnType {
+        file: origin.file.to_path_buf(),
+        column: name.to_string(),
+        found: array.data_type().to_string(),
+        expected: format!("cannot convert to {to}: {e}"),
+    })
+}
+
+/// Numeric values of a column as f64, `None` for null / NaN / ±inf.
+fn numeric_values(
+    array: &ArrayRef,
+    name: &str,
+    origin: &Origin,
+) -> Result<Vec<(f64, &'static str)>> {
+    if !is_numeric_type(array.data_type()) {
+        return Err(Error::ColumnType {
+            file: origin.file.to_path_buf(),
+            column: name.to_string(),
+            found: array.data_type().to_string(),
+            expected: "a numeric feature needs an integer, float or boolean column (list string columns in data.categorical)".into(),
+        });
+    }
+    let f = cast(array, &DataType::Float64, name, origin)?;
+    let f = f.as_primitive::<Float64Type>();
+    Ok((0..f.len())
+        .map(|i| {
+            if f.is_null(i) {
+                (f64::NAN, "null value")
+            } else {
+                let v = f.value(i);
+                if v.is_nan() {
+                    (v, "NaN")
+                } else if v.is_infinite() {
+                    (v, "infinite value")
+                } else {
+                    (v, "")
+                }
+            }
+        })
+        .collect())
+}
+
+/// Tokens of a column; `None` for nulls.
+fn token_values(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Vec<Option<String>>> {
+    let t = array.data_type();
+    if !is_token_type(t) {
+        return Err(Error::ColumnType {
+            file: origin.file.to_path_buf(),
+            column: name.to_string(),
+            found: t.to_string(),
+            expected: "a categorical column must hold strings or integers".into(),
+        });
+    }
+    if t.is_integer() || matches!(t, DataType::Boolean) {
+        let a = cast(array, &DataType::Int64, name, origin)?;
+        let a = a.as_primitive::<Int64Type>();
+        return Ok((0..a.len())
+            .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+            .collect());
+    }
+    let a = cast(array, &DataType::Utf8, name, origin)?;
+    let a = a.as_string::<i32>();
+    Ok((0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+        .collect())
+}
+
+/// Label tokens or values of a column; `None` for null / NaN.
+fn label_values(
+    array: &ArrayRef,
+    name: &str,
+    origin: &Origin,
+) -> Result<Vec<Option<(f64, String)>>> {
+    let t = array.data_type();
+    if is_numeric_type(t) {
+        let v = numeric_values(array, name, origin)?;
+        Ok(v.into_iter()
+            .map(|(x, bad)| bad.is_empty().then(|| (x, number_token(x))))
+            .collect())
+    } else if is_token_type(t) {
+        Ok(token_values(array, name, origin)?
+            .into_iter()
+            .map(|s| s.map(|s| (f64::NAN, s)))
+            .collect())
+    } else {
+        Err(Error::ColumnType {
+            file: origin.file.to_path_buf(),
+            column: name.to_string(),
+            found: t.to_string(),
+            expected: "a label must be numeric or a string".into(),
+        })
+    }
+}
+
+/// Decodes a batch into a [`Block`] following `spec`.
+///
+/// Missing numeric values follow `spec.on_missing`: `error` fails with the
+/// file, row group, column and row; `skip_row` drops the row; `zero` and
+/// `mean` put in the feature's `fill`. A missing label is always an error
+/// unless the policy is `skip_row`.
+pub fn decode(
+    batch: &RecordBatch,
+    spec: &FeatureSpec,
+    label: LabelUse,
+    origin: &Origin,
+) -> Result<Block> {
+    let n = batch.num_rows();
+    let mut keep = vec![true; n];
+    let skip = spec.on_missing == OnMissing::SkipRow;
+
+    let mut numeric = Vec::with_capacity(spec.numeric.len());
+    for f in &spec.numeric {
+        let values = numeric_values(column(batch, &f.name, origin)?, &f.name, origin)?;
+        for (i, (_, bad)) in values.iter().enumerate() {
+            if !bad.is_empty() {
+                match spec.on_missing {
+                    OnMissing::Error => {
+                        return Err(Error::MissingValue {
+                            location: origin.at(&f.name, i),
+                            what: bad.to_string(),
+                        })
+                    }
+                    OnMissing::SkipRow => keep[i] = false,
+                    OnMissing::Zero | OnMissing::Mean => {}
+                }
+            }
+        }
+        numeric.push(values);
+    }
+    let mut tokens = Vec::with_capacity(spec.categorical.len());
+    for c in &spec.categorical {
+        let values = token_values(column(batch, c, origin)?, c, origin)?;
+        if let Some(i) = values.iter().position(Option::is_none) {
+            match spec.on_missing {
+                OnMissing::Error => {
+                    return Err(Error::MissingValue {
+                        location: origin.at(c, i),
+                        what: "null value".into(),
+                    })
+                }
+                OnMissing::SkipRow => {
+                    for (k, v) in values.iter().enumerate() {
+                        if v.is_none() {
+                            keep[k] = false;
+                        }
+                    }
+                }
+                OnMissing::Zero | OnMissing::Mean => {}
+            }
+        }
+        tokens.push(values);
+    }
+    let labels = match label {
+        LabelUse::Skip => None,
+        _ => {
+            let values = label_values(column(batch, &spec.label, origin)?, &spec.label, origin)?;
+            for (i, v) in values.iter().enumerate() {
+                if v.is_none() {
+                    if skip {
+                        keep[i] = false;
+                    } else {
+                        return Err(Error::MissingValue {
+                            location: origin.at(&spec.label, i),
+                            what: "missing label (null or NaN)".into(),
+                        });
+                    }
+                }
+            }
+            Some(values)
+        }
+    };
+
+    let rows = keep.iter().filter(|&&k| k).count();
+    let p = spec.numeric.len();
+    let c = spec.categorical.len();
+    let mut block = Block {
+        rows,
+        p,
+        c,
+        dense: Vec::with_capacity(rows * p),
+        hashed: Vec::with_capacity(rows * c),
+        signs: Vec::with_capacity(rows * c),
+        label: Vec::new(),
+        tokens: Vec::new(),
+        file_row: Vec::with_capacity(rows),
+    };
+    for i in (0..n).filter(|&i| keep[i]) {
+        block.file_row.push(origin.first_row + i as u64);
+        for (f, values) in spec.numeric.iter().zip(&numeric) {
+            let (v, bad) = values[i];
+            let raw = if bad.is_empty() { v } else { f.fill };
+            block.dense.push(((raw - f.center) / f.scale) as f32);
+        }
+        for (col, values) in spec.categorical.iter().zip(&tokens) {
+            match &values[i] {
+                Some(tok) => {
+                    let (h, s) = hash_token(col, tok, spec.hash_bits);
+                    block.hashed.push(h);
+                    block.signs.push(s);
+                }
+                None => {
+                    block.hashed.push(0);
+                    block.signs.push(0.0);
+                }
+            }
+        }
+    }
+    if let Some(values) = labels {
+        let kept = values.into_iter().enumerate().filter(|(i, _)| keep[*i]);
+        match label {
+            LabelUse::Skip => {}
+            LabelUse::Value => {
+                for (i, v) in kept {
+                    let (x, tok) = v.unwrap_or((f64::NAN, String::new()));
+                    if x.is_nan() {
+                        return Err(Error::BadLabel {
+                            location: origin.at(&spec.label, i),
+                            message: format!("regression label '{tok}' is not a number"),
+                        });
+                    }
+                    block.label.push(x as f32);
+                }
+            }
+            LabelUse::Tokens => {
+                block.tokens = kept
+                    .map(|(_, v)| v.map(|v| v.1).unwrap_or_default())
+                    .collect();
+            }
+            LabelUse::Classes(map) => {
+                for (i, v) in kept {
+                    let tok = v.map(|v| v.1).unwrap_or_default();
+                    match map.index.get(&tok) {
+                        Some(&k) => block.label.push(k as f32),
+                        None => {
+                            return Err(Error::UnknownLabel {
+                                location: origin.at(&spec.label, i),
+                                value: tok,
+                                classes: map.describe(),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(block)
+}
+
+impl Block {
+    /// Keeps only the rows for which `keep(i)` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let flags: Vec<bool> = (0..self.rows).map(&mut keep).collect();
+        let rows = flags.iter().filter(|&&k| k).count();
+        if rows == self.rows {
+            return;
+        }
+        let (p, c) = (self.p, self.c);
+        let pick = |v: &[f32], w: usize| -> Vec<f32> {
+            flags
+                .iter()
+                .enumerate()
+                .filter(|(_, &k)| k)
+                .flat_map(|(i, _)| v[i * w..(i + 1) * w].iter().copied())
+                .collect()
+        };
+        self.dense = pick(&self.dense, p);
+        self.signs = pick(&self.signs, c);
+        self.hashed = flags
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k)
+            .flat_map(|(i, _)| self.hashed[i * c..(i + 1) * c].iter().copied())
+            .collect();
+        if !self.label.is_empty() {
+            self.label = pick(&self.label, 1);
+        }
+        if !self.tokens.is_empty() {
+            self.tokens = flags
+                .iter()
+                .zip(&self.tokens)
+                .filter(|(&k, _)| k)
+                .map(|(_, t)| t.clone())
+                .collect();
+        }
+        self.file_row = flags
+            .iter()
+            .zip(&self.file_row)
+            .filter(|(&k, _)| k)
+            .map(|(_, &r)| r)
+            .collect();
+        self.rows = rows;
+    }
+
+    /// Reorders rows by `order` (a permutation of `0..rows`).
+    pub fn permute(&mut self, order: &[usize]) {
+        let (p, c) = (self.p, self.c);
+        let gather = |v: &[f32], w: usize| -> Vec<f32> {
+            order
+                .iter()
+                .flat_map(|&i| v[i * w..(i + 1) * w].iter().copied())
+                .collect()
+        };
+        self.dense = gather(&self.dense, p);
+        self.signs = gather(&self.signs, c);
+        self.hashed = order
+            .iter()
+            .flat_map(|&i| self.hashed[i * c..(i + 1) * c].iter().copied())
+            .collect();
+        if !self.label.is_empty() {
+            self.label = gather(&self.label, 1);
+        }
+        self.file_row = order.iter().map(|&i| self.file_row[i]).collect();
+    }
+
+    /// Bytes held by the decoded values.
+    pub fn heap_bytes(&self) -> usize {
+        self.dense.len() * 4
+            + self.hashed.len() * 4
+            + self.signs.len() * 4
+            + self.label.len() * 4
+            + self.file_row.len() * 8
+    }
+}

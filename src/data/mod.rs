@@ -1,0 +1,16 @@
+//! The data path: Parquet files → units → partitions → decoded blocks.
+//!
+//! * [`source`] resolves files and directories and checks schema agreement;
+//! * [`unit`] cuts row groups into units (the grain of partitioning and of
+//!   reproducible summation) and reads one unit with column projection;
+//! * [`partition`] assigns units to workers (slice / shuffle) and orders rows;
+//! * [`encode`] turns Arrow columns into `f32` feature rows and labels;
+//! * [`hashing`] is the signed hashing trick for categorical tokens.
+
+pub mod cache;
+pub mod encode;
+pub mod hashing;
+pub mod load;
+pub mod partition;
+pub mod source;
+pub mod unit;

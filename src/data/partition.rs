@@ -1,0 +1,171 @@
+//! Which worker reads which unit, and in what row order.
+//!
+//! * **slice**: units in data order, cut into contiguous row-balanced ranges,
+//!   one per worker, the same every epoch.
+//! * **shuffle**: a seeded permutation of the units per epoch, then cut the
+//!   same way; rows inside each unit are permuted by `(seed, epoch, unit)`.
+//!
+//! Neither choice changes *what* a step computes (see [`chunk`]): a step
+//! takes a fixed share of every unit, and partial sums are exact, so the
+//! model is the same for any worker count.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::hashing::{mix64, uniform};
+use crate::spec::Partition;
+
+/// Owner worker of each unit, for units with the given row counts.
+///
+/// # Examples
+/// ```
+/// use tidemill::data::partition::assign;
+/// use tidemill::spec::Partition;
+/// let owners = assign(&[10, 10, 10, 10], 2, Partition::Slice, 0, 0);
+/// assert_eq!(owners, vec![0, 0, 1, 1]);
+/// ```
+pub fn assign(
+    rows: &[usize],
+    workers: usize,
+    partition: Partition,
+    seed: u64,
+    epoch: u32,
+) -> Vec<usize> {
+    let order: Vec<usize> = match partition {
+        Partition::Slice => (0..rows.len()).collect(),
+        Partition::Shuffle => {
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(mix64(seed ^ 0x5EED_0001) ^ epoch as u64);
+            order.shuffle(&mut rng);
+            order
+        }
+    };
+    let total: u128 = rows.iter().map(|&r| r as u128).sum::<u128>().max(1);
+    let w = workers.max(1) as u128;
+    let mut owners = vec![0; rows.len()];
+    let mut before: u128 = 0;
+    for &u in &order {
+        // The worker whose row range holds the unit's middle row.
+        let mid = before * 2 + rows[u] as u128;
+        owners[u] = ((mid * w) / (total * 2)).min(w - 1) as usize;
+        before += rows[u] as u128;
+    }
+    owners
+}
+
+/// Rows per worker under an assignment (the skew users watch).
+pub fn rows_per_worker(rows: &[usize], owners: &[usize], workers: usize) -> Vec<u64> {
+    let mut out = vec![0u64; workers];
+    for (&r, &o) in rows.iter().zip(owners) {
+        out[o] += r as u64;
+    }
+    out
+}
+
+/// The row order inside a unit for an epoch: identity for slice, a seeded
+/// permutation for shuffle.
+pub fn row_order(
+    n: usize,
+    partition: Partition,
+    seed: u64,
+    epoch: u32,
+    unit: usize,
+) -> Option<Vec<usize>> {
+    match partition {
+        Partition::Slice => None,
+        Partition::Shuffle => {
+            let mut order: Vec<usize> = (0..n).collect();
+            let key = mix64(mix64(seed ^ 0x5EED_0002) ^ epoch as u64) ^ unit as u64;
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(key));
+            Some(order)
+        }
+    }
+}
+
+/// The rows `[start, end)` of a unit with `n` rows that step `s` of `steps`
+/// takes: every step takes its share of every unit. Boundaries are shifted
+/// by a per-unit phase so that small units do not all land on the same step.
+///
+/// # Examples
+/// ```
+/// use tidemill::data::partition::chunk;
+/// let mut next = 0;
+/// for s in 0..3 {
+///     let (a, b) = chunk(10, 3, s, 5);
+///     assert_eq!(a, next);
+///     next = b;
+/// }
+/// assert_eq!(next, 10);
+/// ```
+pub fn chunk(n: usize, steps: u64, s: u64, unit: usize) -> (usize, usize) {
+    let n = n as u128;
+    let steps = steps.max(1) as u128;
+    let phase = (mix64(unit as u64 ^ 0xC4A2_0001) as u128) % steps;
+    let at = |k: u128| ((k * n + phase) / steps) as usize;
+    (at(s as u128), at(s as u128 + 1))
+}
+
+/// Is the row at `file_row` of file `file` a validation row?
+pub fn is_validation(seed: u64, file: usize, file_row: u64, fraction: f64) -> bool {
+    uniform(seed ^ 0x5EED_0003, file as u64, file_row) < fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn slice_is_contiguous_and_balanced(rows in proptest::collection::vec(1usize..1000, 1..60), w in 1usize..9) {
+            let owners = assign(&rows, w, Partition::Slice, 0, 0);
+            prop_assert!(owners.windows(2).all(|p| p[0] <= p[1]));
+            prop_assert!(owners.iter().all(|&o| o < w));
+            let per = rows_per_worker(&rows, &owners, w);
+            prop_assert_eq!(per.iter().sum::<u64>(), rows.iter().map(|&r| r as u64).sum::<u64>());
+            let max_unit = *rows.iter().max().unwrap() as u64;
+            let ideal = rows.iter().sum::<usize>() as u64 / w as u64;
+            for &p in &per {
+                prop_assert!(p <= ideal + max_unit + 1);
+            }
+        }
+
+        #[test]
+        fn shuffle_is_a_seeded_partition(rows in proptest::collection::vec(1usize..1000, 1..60), w in 1usize..9, seed: u64) {
+            let a = assign(&rows, w, Partition::Shuffle, seed, 3);
+            let b = assign(&rows, w, Partition::Shuffle, seed, 3);
+            prop_assert_eq!(&a, &b);
+            prop_assert!(a.iter().all(|&o| o < w));
+        }
+
+        #[test]
+        fn chunks_cover_every_row_once(n in 0usize..10_000, steps in 1u64..500) {
+            prop_assert_eq!(chunk(n, steps, 0, 3).0, 0);
+            let mut next = 0;
+            for s in 0..steps {
+                let (a, b) = chunk(n, steps, s, n % 7);
+                prop_assert_eq!(a, next);
+                prop_assert!(b >= a);
+                next = b;
+            }
+            prop_assert_eq!(next, n);
+        }
+
+        #[test]
+        fn row_order_is_a_permutation(n in 0usize..2000, seed: u64, epoch in 0u32..5) {
+            let mut o = row_order(n, Partition::Shuffle, seed, epoch, 7).unwrap();
+            o.sort_unstable();
+            prop_assert_eq!(o, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn shuffle_changes_between_epochs() {
+        let rows = vec![100; 32];
+        assert_ne!(
+            assign(&rows, 4, Partition::Shuffle, 1, 0),
+            assign(&rows, 4, Partition::Shuffle, 1, 1)
+        );
+    }
+}

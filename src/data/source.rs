@@ -1,0 +1,184 @@
+//! Resolving a data source (file, directory, list) to Parquet files and
+//! checking that they agree on the columns a pipeline uses.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+
+use crate::error::{Error, Result};
+
+/// One Parquet file with its parsed footer.
+#[derive(Debug, Clone)]
+pub struct ParquetFile {
+    /// Path as given (or found in a directory).
+    pub path: PathBuf,
+    /// Parsed footer, reused for every read.
+    pub metadata: ArrowReaderMetadata,
+}
+
+impl ParquetFile {
+    /// Opens a file and parses its footer.
+    pub fn open(path: &Path) -> Result<ParquetFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| Error::parquet(path, e))?;
+        Ok(ParquetFile {
+            path: path.to_path_buf(),
+            metadata,
+        })
+    }
+
+    /// The Arrow schema of the file.
+    pub fn schema(&self) -> &SchemaRef {
+        self.metadata.schema()
+    }
+
+    /// Rows in each row group.
+    pub fn row_group_rows(&self) -> Vec<usize> {
+        self.metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows().max(0) as usize)
+            .collect()
+    }
+
+    /// Total rows.
+    pub fn rows(&self) -> u64 {
+        self.row_group_rows().iter().map(|&r| r as u64).sum()
+    }
+
+    /// The type of a column, or a [`Error::MissingColumn`] naming the ones there are.
+    pub fn column_type(&self, column: &str) -> Result<&DataType> {
+        match self.schema().field_with_name(column) {
+            Ok(f) => Ok(f.data_type()),
+            Err(_) => Err(Error::MissingColumn {
+                file: self.path.clone(),
+                column: column.to_string(),
+                available: self
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+/// A resolved data source: an ordered list of Parquet files.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Files in a fixed order (as listed; directories sorted by name).
+    pub files: Vec<Arc<ParquetFile>>,
+}
+
+/// Expands files and directories (recursively, sorted by path) into Parquet files.
+pub fn resolve(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found)?;
+            found.sort();
+            if found.is_empty() {
+                return Err(Error::NoFiles { path: p.clone() });
+            }
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue; // hidden files, _SUCCESS markers, _metadata
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if name.ends_with(".parquet") || name.ends_with(".parq") || name.ends_with(".pq") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl Source {
+    /// Opens every file of a source and checks that `columns` have the same
+    /// type in all of them (the first file is the reference).
+    pub fn open(paths: &[PathBuf], columns: &[String]) -> Result<Source> {
+        let files = resolve(paths)?
+            .iter()
+            .map(|p| ParquetFile::open(p).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        let source = Source { files };
+        source.check_columns(columns)?;
+        Ok(source)
+    }
+
+    /// The first file; every source has at least one.
+    pub fn reference(&self) -> &ParquetFile {
+        &self.files[0]
+    }
+
+    /// Checks presence and type agreement of `columns` across files.
+    pub fn check_columns(&self, columns: &[String]) -> Result<()> {
+        let Some(first) = self.files.first() else {
+            return Err(Error::NoFiles {
+                path: PathBuf::from("(empty list)"),
+            });
+        };
+        for c in columns {
+            let want = first.column_type(c)?;
+            for f in &self.files[1..] {
+                match f.schema().field_with_name(c) {
+                    Err(_) => {
+                        return Err(Error::SchemaDrift {
+                            file: f.path.clone(),
+                            reference: first.path.clone(),
+                            difference: format!("column '{c}' is missing"),
+                        })
+                    }
+                    Ok(field) if field.data_type() != want => {
+                        return Err(Error::SchemaDrift {
+                            file: f.path.clone(),
+                            reference: first.path.clone(),
+                            difference: format!(
+                                "column '{c}' has type {} instead of {want}",
+                                field.data_type()
+                            ),
+                        })
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Total rows over all files.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows()).sum()
+    }
+
+    /// A short description for messages.
+    pub fn describe(&self) -> String {
+        match self.files.len() {
+            1 => self.files[0].path.display().to_string(),
+            n => format!("{} (+{} more files)", self.files[0].path.display(), n - 1),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The metrics collector (worker 0): merges evaluation partials, writes the
+//! epoch record, decides early stopping, and tells every shard owner.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Stream, StreamVec};
+
+use super::{Control, EvalMsg, Phase};
+use crate::exact::Exact;
+use crate::metrics::sink::EpochRecord;
+use crate::metrics::{EvalPartial, MetricKind};
+use crate::spec::{EarlyStopping, ModelKind};
+
+/// What the collector needs to know.
+pub struct CollectContext {
+    /// Model family (decides which metrics apply).
+    pub kind: ModelKind,
+    /// True if there are validation rows.
+    pub has_validation: bool,
+    /// Early stopping rule, if any.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Where the records go (read by the caller on worker 0).
+    pub records: Rc<RefCell<Vec<EpochRecord>>>,
+}
+
+/// Extension trait: collect evaluation partials into metric records.
+pub trait CollectMetrics<'scope> {
+    /// Sends every [`EvalMsg`] to worker 0, finishes the metrics of each
+    /// evaluation round and emits one [`Control`] per round.
+    fn collect_metrics(self, ctx: CollectContext) -> StreamVec<'scope, u64, Control>;
+}
+
+struct Best {
+    value: Option<f64>,
+    since: u32,
+}
+
+impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
+    fn collect_metrics(self, ctx: CollectContext) -> StreamVec<'scope, u64, Control> {
+        let started = Instant::now();
+        let metric = ctx
+            .early_stopping
+            .as_ref()
+            .and_then(|es| MetricKind::parse(&es.metric, ctx.kind).ok());
+        let mut best = Best {
+            value: None,
+            since: 0,
+        };
+        self.unary_frontier(
+            Exchange::new(|_m: &EvalMsg| 0u64),
+            "CollectMetrics",
+            move |_cap, _info| {
+                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<EvalMsg>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        if let Some(cap) = cap.retain_least(output.output_index()) {
+                            pending
+                                .entry(*cap.time())
+                                .or_insert_with(|| (cap, Vec::new()))
+                                .1
+                                .append(data);
+                        }
+                    });
+                    while let Some((&t, _)) = pending.first_key_value() {
+                        if frontier.frontier().less_equal(&t) {
+                            break;
+                        }
+                        let Some((_, (cap, msgs))) = pending.pop_first() else {
+                            break;
+                        };
+                        if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
+                            output.session(&cap).give(Control {
+                                stop: true,
+                                best: false,
+                                failure: Some(f),
+                            });
+                            continue;
+                        }
+                        let Some(Phase::Eval {
+                            epoch,
+                            steps,
+                            objective,
+                        }) = msgs.first().map(|m| m.phase)
+                        else {
+                            continue;
+                        };
+                        let mut validation = EvalPartial::default();
+                        let mut train_loss = Exact::default();
+                        let mut train_rows = 0u64;
+                        for m in msgs {
+                            validation.merge(m.validation);
+                            train_loss += m.train_loss;
+                            train_rows += m.train_rows;
+                        }
+                        let metrics = ctx.has_validation.then(|| validation.finish(ctx.kind));
+                        let (mut stop, mut is_best) = (false, false);
+                        if let (Some(metric), Some(m), Some(es)) =
+                            (metric, &metrics, &ctx.early_stopping)
+                        {
+                            if let Some(v) = metric.get(m) {
+                                let improved = match best.value {
+                                    None => true,
+                                    Some(b) if metric.higher_is_better() => v > b + es.min_delta,
+                                    Some(b) => v < b - es.min_delta,
+                                };
+                                if improved {
+                                    best = Best {
+                                        value: Some(v),
+                                        since: 0,
+                                    };
+                                    is_best = true;
+                                } else {
+                                    best.since += 1;
+                                    stop = best.since >= es.patience;
+                                }
+                            }
+                        }
+                        let record = EpochRecord {
+                            epoch,
+                            steps,
+                            elapsed_s: started.elapsed().as_secs_f64(),
+                            train_loss: (train_rows > 0 && objective.is_none())
+                                .then(|| train_loss.to_f64() / train_rows as f64),
+                            objective,
+                            validation: metrics,
+                            best: ctx.early_stopping.as_ref().map(|_| is_best),
+                        };
+                        tracing::info!(
+                            epoch,
+                            train_loss = record.train_loss,
+                            objective = record.objective,
+                            validation_loss = record.validation.as_ref().map(|m| m.loss),
+                            "epoch done"
+                        );
+                        ctx.records.borrow_mut().push(record);
+                        output.session(&cap).give(Control {
+                            stop,
+                            best: is_best,
+                            failure: None,
+                        });
+                    }
+                }
+            },
+        )
+    }
+}

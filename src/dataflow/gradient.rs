@@ -1,0 +1,241 @@
+//! The gradient operator: on every worker, turns a round's parameters into
+//! exact gradient partials per shard (training rounds) or evaluation
+//! partials (evaluation rounds).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::rc::Rc;
+
+use timely::dataflow::channels::pact::Pipeline as Local;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Stream, StreamVec};
+
+use super::{EvalMsg, Failure, GradMsg, ParamMsg, Phase, WorkerOut};
+use crate::data::cache::WorkerData;
+use crate::data::partition::chunk;
+use crate::error::Error;
+use crate::exact::Exact;
+use crate::metrics::EvalPartial;
+use crate::model::{LinearModel, Scratch};
+
+/// The final parameters, as seen by worker 0.
+#[derive(Debug, Clone)]
+pub struct FinalParams {
+    /// Parameters.
+    pub theta: Vec<f64>,
+    /// The `Final` phase they came with.
+    pub phase: Phase,
+}
+
+/// What the gradient operator needs.
+pub struct GradientContext {
+    /// The worker's data.
+    pub data: WorkerData,
+    /// Model shape (theta is filled in each round).
+    pub model: LinearModel,
+    /// Shard ranges of the parameter vector.
+    pub shards: Vec<Range<usize>>,
+    /// Steps per epoch (1 for full-batch methods).
+    pub steps_per_epoch: u64,
+    /// Where worker 0 puts the final parameters.
+    pub result: Rc<RefCell<Option<FinalParams>>>,
+    /// Where this worker records its own failure.
+    pub failure: Rc<RefCell<Option<Failure>>>,
+}
+
+/// Extension trait: compute gradient partials from broadcast parameters.
+pub trait Gradients<'scope> {
+    /// Consumes every shard's parameters for a round (all workers see all
+    /// shards) and emits one [`GradMsg`] per shard, or one [`EvalMsg`].
+    fn gradients(self, ctx: GradientContext) -> StreamVec<'scope, u64, WorkerOut>;
+}
+
+struct State {
+    ctx: GradientContext,
+    scratch: Scratch,
+    epoch_loss: Exact,
+    epoch_rows: u64,
+    stopped: bool,
+}
+
+impl State {
+    fn assemble(&mut self, msgs: &[ParamMsg]) -> Result<Phase, String> {
+        let n = self.ctx.shards.len();
+        let mut seen = vec![false; n];
+        let phase = msgs
+            .first()
+            .map(|m| m.phase)
+            .ok_or("no parameters arrived")?;
+        for m in msgs {
+            let k = m.shard as usize;
+            let range = self
+                .ctx
+                .shards
+                .get(k)
+                .ok_or_else(|| format!("unknown shard {k}"))?
+                .clone();
+            if m.phase != phase || m.values.len() != range.len() {
+                return Err(format!("shard {k} is inconsistent with the round"));
+            }
+            self.ctx.model.theta[range].copy_from_slice(&m.values);
+            seen[k] = true;
+        }
+        if let Some(k) = seen.iter().position(|s| !s) {
+            return Err(format!("shard {k} did not arrive (its owner stopped)"));
+        }
+        Ok(phase)
+    }
+
+    fn train(&mut self, epoch: u32, step: u64) -> Result<(Vec<Exact>, Exact, u64), Error> {
+        self.ctx.data.prepare(epoch)?;
+        let mut acc = vec![Exact::default(); self.ctx.model.layout.len()];
+        let mut loss = Exact::default();
+        let mut rows = 0u64;
+        let steps = self.ctx.steps_per_epoch;
+        for (id, held) in self.ctx.data.held() {
+            let block = &held.data.train;
+            let (a, b) = chunk(block.rows, steps, step, id);
+            if a == b {
+                continue;
+            }
+            let order = held.order.as_deref();
+            let l = self
+                .ctx
+                .model
+                .accumulate(
+                    block,
+                    (a..b).map(|i| order.map_or(i, |o| o[i])),
+                    &mut self.scratch,
+                    &mut acc,
+                )
+                .map_err(|message| Error::Diverged {
+                    epoch,
+                    step,
+                    message,
+                })?;
+            loss += Exact::from_f64(l).ok_or_else(|| Error::Diverged {
+                epoch,
+                step,
+                message: "the loss is not finite".into(),
+            })?;
+            rows += (b - a) as u64;
+        }
+        Ok((acc, loss, rows))
+    }
+
+    fn evaluate(&mut self) -> Result<EvalPartial, Error> {
+        let mut partial = EvalPartial::default();
+        let model = &self.ctx.model;
+        for block in self.ctx.data.validation()? {
+            partial.add_block(model, block);
+        }
+        Ok(partial)
+    }
+
+    fn round(&mut self, msgs: Vec<ParamMsg>, emit: &mut impl FnMut(WorkerOut)) {
+        if self.stopped {
+            return;
+        }
+        let phase = match self.assemble(&msgs) {
+            Ok(p) => p,
+            Err(_) => {
+                // Another worker failed and its shard owner stopped: so do we.
+                self.stopped = true;
+                return;
+            }
+        };
+        match phase {
+            Phase::Train { epoch, step } => match self.train(epoch, step) {
+                Ok((acc, loss, rows)) => {
+                    self.epoch_loss += loss;
+                    self.epoch_rows += rows;
+                    for (k, range) in self.ctx.shards.iter().enumerate() {
+                        emit(WorkerOut::Grad(GradMsg {
+                            shard: k as u32,
+                            values: acc[range.clone()].to_vec(),
+                            loss,
+                            rows,
+                            failure: None,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    let f = Failure::from(&e);
+                    *self.ctx.failure.borrow_mut() = Some(f.clone());
+                    self.stopped = true;
+                    for k in 0..self.ctx.shards.len() {
+                        emit(WorkerOut::Grad(GradMsg {
+                            shard: k as u32,
+                            values: Vec::new(),
+                            loss: Exact::default(),
+                            rows: 0,
+                            failure: Some(f.clone()),
+                        }));
+                    }
+                }
+            },
+            Phase::Eval { .. } => {
+                let (validation, failure) = match self.evaluate() {
+                    Ok(p) => (p, None),
+                    Err(e) => {
+                        let f = Failure::from(&e);
+                        *self.ctx.failure.borrow_mut() = Some(f.clone());
+                        self.stopped = true;
+                        (EvalPartial::default(), Some(f))
+                    }
+                };
+                emit(WorkerOut::Eval(EvalMsg {
+                    phase,
+                    validation,
+                    train_loss: std::mem::take(&mut self.epoch_loss),
+                    train_rows: std::mem::take(&mut self.epoch_rows),
+                    failure,
+                }));
+            }
+            Phase::Final { .. } => {
+                *self.ctx.result.borrow_mut() = Some(FinalParams {
+                    theta: self.ctx.model.theta.clone(),
+                    phase,
+                });
+            }
+        }
+    }
+}
+
+impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
+    fn gradients(self, ctx: GradientContext) -> StreamVec<'scope, u64, WorkerOut> {
+        let mut state = State {
+            ctx,
+            scratch: Scratch::default(),
+            epoch_loss: Exact::default(),
+            epoch_rows: 0,
+            stopped: false,
+        };
+        self.unary_frontier(Local, "Gradients", move |_cap, _info| {
+            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<ParamMsg>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    if let Some(cap) = cap.retain_least(output.output_index()) {
+                        let t = *cap.time();
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| (cap, Vec::new()))
+                            .1
+                            .append(data);
+                    }
+                });
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if frontier.frontier().less_equal(&t) {
+                        break;
+                    }
+                    if let Some((_, (cap, msgs))) = pending.pop_first() {
+                        let mut session = output.session(&cap);
+                        state.round(msgs, &mut |m| session.give(m));
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! The one error type of tidemill.
+//!
+//! Every variant carries enough context (file, row group, column, row, key,
+//! worker) for a user to find and fix the problem without a debugger.
+
+use std::path::PathBuf;
+
+/// Where in the input data a problem was found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Location {
+    /// The Parquet (or IPC) file.
+    pub file: PathBuf,
+    /// Row group inside the file, when known.
+    pub row_group: Option<usize>,
+    /// Column name, when the problem is in one column.
+    pub column: Option<String>,
+    /// Row number inside the file (0-based), when known.
+    pub row: Option<u64>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(rg) = self.row_group {
+            write!(f, ", row group {rg}")?;
+        }
+        if let Some(c) = &self.column {
+            write!(f, ", column '{c}'")?;
+        }
+        if let Some(r) = self.row {
+            write!(f, ", row {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong in tidemill.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Parquet file is corrupt, truncated or unreadable.
+    #[error("{path}: not a readable Parquet file: {message}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// What the Parquet reader said.
+        message: String,
+    },
+    /// An Arrow IPC stream or file is unreadable.
+    #[error("{path}: not a readable Arrow IPC stream: {message}")]
+    Ipc {
+        /// The file, or `-` for stdin.
+        path: PathBuf,
+        /// What the IPC reader said.
+        message: String,
+    },
+    /// The pipeline file is not valid TOML or has an unknown / mistyped key.
+    #[error("{path}: {message}")]
+    PipelineSyntax {
+        /// The pipeline file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A pipeline key has a value that is well-typed but not allowed.
+    #[error("pipeline key '{key}': {message}")]
+    PipelineValue {
+        /// Dotted key path, e.g. `optimizer.learning_rate`.
+        key: String,
+        /// Why the value is rejected.
+        message: String,
+    },
+    /// A `--set key=value` override cannot be applied.
+    #[error("--set {assignment}: {message}")]
+    Override {
+        /// The assignment as written.
+        assignment: String,
+        /// Why it cannot be applied.
+        message: String,
+    },
+    /// The data source names no files.
+    #[error("{path}: no Parquet files found")]
+    NoFiles {
+        /// The path that was searched.
+        path: PathBuf,
+    },
+    /// A column the pipeline needs is absent.
+    #[error("{file}: column '{column}' not found; columns are: {available}")]
+    MissingColumn {
+        /// The file.
+        file: PathBuf,
+        /// The column asked for.
+        column: String,
+        /// The columns the file does have, comma separated.
+        available: String,
+    },
+    /// A column has a type tidemill cannot use the way the pipeline asks.
+    #[error("{file}: column '{column}' has type {found}; {expected}")]
+    ColumnType {
+        /// The file.
+        file: PathBuf,
+        /// The column.
+        column: String,
+        /// The Arrow type found.
+        found: String,
+        /// What would have worked.
+        expected: String,
+    },
+    /// Files of one data source disagree on a column's type or presence.
+    #[error("schema drift: {file} differs from {reference}: {difference}")]
+    SchemaDrift {
+        /// The file that differs.
+        file: PathBuf,
+        /// The first file, whose schema is the reference.
+        reference: PathBuf,
+        /// What differs.
+        difference: String,
+    },
+    /// A value is null, NaN or infinite where the pipeline does not allow it.
+    #[error(
+        "{location}: {what} (set data.on_missing = \"zero\" | \"mean\" | \"skip_row\" to allow it)"
+    )]
+    MissingValue {
+        /// Where.
+        location: Location,
+        /// `null value`, `NaN`, `infinite value`.
+        what: String,
+    },
+    /// A label value is not one of the declared or known classes.
+    #[error("{location}: label value '{value}' is not one of the classes [{classes}]")]
+    UnknownLabel {
+        /// Where.
+        location: Location,
+        /// The value found.
+        value: String,
+        /// The classes allowed, comma separated.
+        classes: String,
+    },
+    /// A label value cannot be used by the model (e.g. non-integer class).
+    #[error("{location}: {message}")]
+    BadLabel {
+        /// Where.
+        location: Location,
+        /// What is wrong.
+        message: String,
+    },
+    /// The data has no usable rows.
+    #[error("{what}: no rows to train on")]
+    NoRows {
+        /// The data source.
+        what: String,
+    },
+    /// Training diverged: a gradient or parameter became non-finite or too large.
+    #[error("training diverged at epoch {epoch}, step {step}: {message}")]
+    Diverged {
+        /// Epoch (0-based).
+        epoch: u32,
+        /// Step inside the epoch.
+        step: u64,
+        /// What overflowed.
+        message: String,
+    },
+    /// A model file cannot be read or does not fit the input.
+    #[error("{path}: {message}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The cluster (workers, processes, hostfile) is misconfigured or failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// An error found by a worker (possibly in another process), relayed
+    /// through the dataflow with its original message and exit code.
+    #[error("{message}")]
+    Relayed {
+        /// The original message.
+        message: String,
+        /// The original exit code.
+        code: u8,
+    },
+    /// A worker failed; the message says which and why.
+    #[error("worker {worker}: {message}")]
+    Worker {
+        /// Global worker index.
+        worker: usize,
+        /// What it reported.
+        message: String,
+    },
+}
+
+/// Shorthand for results in tidemill.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Wraps a Parquet reader error with the file it concerns.
+    pub fn parquet(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
+        Error::Parquet {
+            path: path.into(),
+            message: err.to_string(),
+        }
+    }
+
+    /// The process exit code for this error (see `docs/cli.md`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::PipelineSyntax { .. } | Error::PipelineValue { .. } | Error::Override { .. } => {
+                2
+            }
+            Error::Io { .. } | Error::NoFiles { .. } => 3,
+            Error::Parquet { .. }
+            | Error::Ipc { .. }
+            | Error::MissingColumn { .. }
+            | Error::ColumnType { .. }
+            | Error::SchemaDrift { .. }
+            | Error::MissingValue { .. }
+            | Error::UnknownLabel { .. }
+            | Error::BadLabel { .. }
+            | Error::NoRows { .. } => 4,
+            Error::Model { .. } => 5,
+            Error::Diverged { .. } => 6,
+            Error::Cluster(_) | Error::Worker { .. } => 7,
+            Error::Relayed { code, .. } => *code,
+        }
+    }
+}

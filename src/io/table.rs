@@ -1,0 +1,263 @@
+//! Tabular input and output: Parquet files, Arrow IPC files and streams,
+//! and `-` for stdin / stdout.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::{FileReader, StreamReader};
+use arrow::ipc::writer::{FileWriter, StreamWriter};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::atomic::AtomicFile;
+use crate::data::source::ParquetFile;
+use crate::error::{Error, Result};
+
+/// Table formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Apache Parquet (zstd).
+    Parquet,
+    /// Arrow IPC file (Feather v2).
+    Ipc,
+    /// Arrow IPC stream.
+    IpcStream,
+}
+
+impl Format {
+    /// Guesses the output format from a path: `-` → IPC stream,
+    /// `.parquet` → Parquet, `.arrow`/`.ipc`/`.feather` → IPC file.
+    pub fn for_output(path: &str) -> Format {
+        if path == "-" {
+            return Format::IpcStream;
+        }
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".arrow") || lower.ends_with(".ipc") || lower.ends_with(".feather") {
+            Format::Ipc
+        } else if lower.ends_with(".arrows") {
+            Format::IpcStream
+        } else {
+            Format::Parquet
+        }
+    }
+}
+
+/// Where a batch came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct BatchOrigin {
+    /// File (or `-`).
+    pub path: PathBuf,
+    /// Row group, for Parquet.
+    pub row_group: Option<usize>,
+    /// Row of the batch's first row in the input.
+    pub first_row: u64,
+}
+
+/// A sequence of record batches from one input.
+pub struct TableInput {
+    /// The schema.
+    pub schema: SchemaRef,
+    batches: Box<dyn Iterator<Item = Result<(RecordBatch, BatchOrigin)>>>,
+}
+
+impl Iterator for TableInput {
+    type Item = Result<(RecordBatch, BatchOrigin)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.batches.next()
+    }
+}
+
+fn ipc_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Ipc {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Opens an input: a Parquet file, an Arrow IPC file or stream, or `-`
+/// (an Arrow IPC stream on stdin).
+pub fn open(path: &str) -> Result<TableInput> {
+    if path == "-" {
+        let p = PathBuf::from("-");
+        let reader = StreamReader::try_new(BufReader::new(std::io::stdin()), None)
+            .map_err(|e| ipc_err(&p, e))?;
+        return Ok(ipc_batches(p, reader.schema(), reader));
+    }
+    let p = PathBuf::from(path);
+    let mut file = File::open(&p).map_err(|e| Error::io(&p, e))?;
+    let mut magic = [0u8; 6];
+    let n = file.read(&mut magic).map_err(|e| Error::io(&p, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(&p, e))?;
+    if n >= 4 && &magic[..4] == b"PAR1" {
+        return parquet_batches(&p);
+    }
+    if n == 6 && &magic == b"ARROW1" {
+        let reader = FileReader::try_new(file, None).map_err(|e| ipc_err(&p, e))?;
+        let schema = reader.schema();
+        return Ok(ipc_batches(p, schema, reader));
+    }
+    if n >= 4 && magic[..4] == [0xff, 0xff, 0xff, 0xff] {
+        let reader =
+            StreamReader::try_new(BufReader::new(file), None).map_err(|e| ipc_err(&p, e))?;
+        let schema = reader.schema();
+        return Ok(ipc_batches(p, schema, reader));
+    }
+    // Not recognised by magic: let the Parquet reader explain what is wrong.
+    parquet_batches(&p)
+}
+
+fn ipc_batches<I>(path: PathBuf, schema: SchemaRef, reader: I) -> TableInput
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + 'static,
+{
+    let mut row = 0u64;
+    let batches = reader.map(move |b| {
+        let b = b.map_err(|e| ipc_err(&path, e))?;
+        let origin = BatchOrigin {
+            path: path.clone(),
+            row_group: None,
+            first_row: row,
+        };
+        row += b.num_rows() as u64;
+        Ok((b, origin))
+    });
+    TableInput {
+        schema,
+        batches: Box::new(batches),
+    }
+}
+
+fn parquet_batches(path: &Path) -> Result<TableInput> {
+    let pf = ParquetFile::open(path)?;
+    let schema = pf.schema().clone();
+    let rows = pf.row_group_rows();
+    let mut first = 0u64;
+    let mut plan = Vec::new();
+    for (rg, r) in rows.into_iter().enumerate() {
+        plan.push((rg, first));
+        first += r as u64;
+    }
+    let path = path.to_path_buf();
+    let batches = plan.into_iter().flat_map(move |(rg, first_row)| {
+        let read = || -> Result<Vec<(RecordBatch, BatchOrigin)>> {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, pf.metadata.clone())
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(65_536)
+                    .build()
+                    .map_err(|e| Error::parquet(&path, format!("row group {rg}: {e}")))?;
+            let mut out = Vec::new();
+            let mut row = first_row;
+            for b in reader {
+                let b = b.map_err(|e| Error::parquet(&path, format!("row group {rg}: {e}")))?;
+                let n = b.num_rows() as u64;
+                out.push((
+                    b,
+                    BatchOrigin {
+                        path: path.clone(),
+                        row_group: Some(rg),
+                        first_row: row,
+                    },
+                ));
+                row += n;
+            }
+            Ok(out)
+        };
+        match read() {
+            Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        }
+    });
+    Ok(TableInput {
+        schema,
+        batches: Box::new(batches),
+    })
+}
+
+enum Inner {
+    Parquet(ArrowWriter<Box<dyn Write + Send>>),
+    Ipc(FileWriter<Box<dyn Write + Send>>),
+    Stream(StreamWriter<Box<dyn Write + Send>>),
+}
+
+/// A table being written to a path (atomically) or stdout.
+pub struct TableOutput {
+    inner: Inner,
+    atomic: Option<AtomicFile>,
+    path: PathBuf,
+}
+
+impl TableOutput {
+    /// Starts writing `schema` to `path` (`-` for stdout) in `format`.
+    pub fn create(path: &str, format: Format, schema: SchemaRef) -> Result<TableOutput> {
+        let p = PathBuf::from(path);
+        let (sink, atomic): (Box<dyn Write + Send>, Option<AtomicFile>) = if path == "-" {
+            (Box::new(std::io::stdout()), None)
+        } else {
+            let mut a = AtomicFile::create(&p)?;
+            let f = a.file().try_clone().map_err(|e| Error::io(&p, e))?;
+            (Box::new(std::io::BufWriter::new(f)), Some(a))
+        };
+        let inner = match format {
+            Format::Parquet => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build();
+                Inner::Parquet(
+                    ArrowWriter::try_new(sink, schema, Some(props))
+                        .map_err(|e| Error::parquet(&p, e))?,
+                )
+            }
+            Format::Ipc => {
+                Inner::Ipc(FileWriter::try_new(sink, &schema).map_err(|e| ipc_err(&p, e))?)
+            }
+            Format::IpcStream => {
+                Inner::Stream(StreamWriter::try_new(sink, &schema).map_err(|e| ipc_err(&p, e))?)
+            }
+        };
+        Ok(TableOutput {
+            inner,
+            atomic,
+            path: p,
+        })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let p = &self.path;
+        match &mut self.inner {
+            Inner::Parquet(w) => w.write(batch).map_err(|e| Error::parquet(p, e)),
+            Inner::Ipc(w) => w.write(batch).map_err(|e| ipc_err(p, e)),
+            Inner::Stream(w) => w.write(batch).map_err(|e| ipc_err(p, e)),
+        }
+    }
+
+    /// Finishes the file and moves it into place.
+    pub fn finish(self) -> Result<()> {
+        let p = &self.path;
+        let mut sink = match self.inner {
+            Inner::Parquet(w) => w.into_inner().map_err(|e| Error::parquet(p, e))?,
+            Inner::Ipc(mut w) => {
+                w.finish().map_err(|e| ipc_err(p, e))?;
+                w.into_inner().map_err(|e| ipc_err(p, e))?
+            }
+            Inner::Stream(mut w) => {
+                w.finish().map_err(|e| ipc_err(p, e))?;
+                w.into_inner().map_err(|e| ipc_err(p, e))?
+            }
+        };
+        sink.flush().map_err(|e| Error::io(p, e))?;
+        drop(sink);
+        if let Some(a) = self.atomic {
+            a.commit()?;
+        }
+        Ok(())
+    }
+}

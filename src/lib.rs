@@ -1,0 +1,54 @@
+//! # tidemill
+//!
+//! Distributed training of linear models on Parquet data, written as a
+//! [timely dataflow](https://docs.rs/timely).
+//!
+//! A job reads Parquet files, cuts them into **units** (row-group slices
+//! fixed by the data), assigns units to workers (**slice** or **shuffle**),
+//! and runs one timely loop per step: every worker computes exact gradient
+//! partials of its rows, shard owners fold them with a pure optimizer step,
+//! and the new parameters are broadcast back through a feedback edge. The
+//! same binary runs on one thread, many threads, or many processes.
+//!
+//! ## Map
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`spec`] | the pipeline file: raw serde structs → validated spec |
+//! | [`data`] | sources, units, partitioning, decoding to `f32` blocks |
+//! | [`model`] | linear family: layout, losses, prediction, model file |
+//! | [`optim`] | pure optimizer steps (SGD, momentum, AdaGrad, Adam), L-BFGS/OWL-QN |
+//! | [`exact`] | fixed-point sums that make results independent of worker count |
+//! | [`dataflow`] | timely operators: scan, gradients, fold, metrics collector |
+//! | [`strategy`] | distribution strategies built from those operators |
+//! | [`train`] | planning and running a job |
+//! | [`metrics`] | metric definitions and JSON-lines records |
+//! | [`predict`] | scoring and evaluating tables with a saved model |
+//! | [`io`] | atomic files, Parquet / Arrow IPC in and out |
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use tidemill::{cluster::Cluster, spec::Pipeline};
+//! let pipeline = Pipeline::load("pipelines/quickstart.toml".as_ref(), &[]).unwrap();
+//! let report = tidemill::train::run(pipeline, &Cluster { workers: 2, ..Cluster::default() }).unwrap();
+//! println!("{}", report.model.unwrap().to_json().unwrap());
+//! ```
+
+pub mod cli;
+pub mod cluster;
+pub mod data;
+pub mod dataflow;
+pub mod error;
+pub mod exact;
+pub mod inspect;
+pub mod io;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod predict;
+pub mod spec;
+pub mod strategy;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,42 @@
+//! The `tidemill` binary: parse, run, exit with a documented code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tidemill::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .compact()
+        .init();
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                // The reader downstream went away: not our failure.
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn is_broken_pipe(e: &tidemill::Error) -> bool {
+    match e {
+        tidemill::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::BrokenPipe,
+        other => other.to_string().contains("Broken pipe"),
+    }
+}

@@ -1,0 +1,306 @@
+//! Evaluation metrics: additive partials computed where the rows are,
+//! merged exactly, finished into the numbers users read.
+
+pub mod sink;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::encode::Block;
+use crate::exact::Exact;
+use crate::model::LinearModel;
+use crate::spec::ModelKind;
+
+/// Metrics a pipeline can name (e.g. for early stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// The model's own loss (log loss, hinge loss, ½·squared error).
+    Loss,
+    /// Fraction of rows classified correctly.
+    Accuracy,
+    /// Area under the ROC curve (binary).
+    Auc,
+    /// Macro-averaged F1 (classifiers).
+    MacroF1,
+    /// Root mean squared error (regression).
+    Rmse,
+    /// Mean absolute error (regression).
+    Mae,
+    /// Coefficient of determination (regression).
+    R2,
+}
+
+impl MetricKind {
+    /// Parses a metric name, checking it applies to the model kind.
+    pub fn parse(name: &str, kind: ModelKind) -> Result<MetricKind, String> {
+        let m =
+            match name {
+                "loss" => MetricKind::Loss,
+                "accuracy" => MetricKind::Accuracy,
+                "auc" => MetricKind::Auc,
+                "macro_f1" => MetricKind::MacroF1,
+                "rmse" => MetricKind::Rmse,
+                "mae" => MetricKind::Mae,
+                "r2" => MetricKind::R2,
+                other => return Err(format!(
+                    "unknown metric '{other}'; known: loss, accuracy, auc, macro_f1, rmse, mae, r2"
+                )),
+            };
+        let ok = match m {
+            MetricKind::Loss => true,
+            MetricKind::Accuracy | MetricKind::MacroF1 => kind.is_classifier(),
+            MetricKind::Auc => matches!(kind, ModelKind::Logistic | ModelKind::Hinge),
+            MetricKind::Rmse | MetricKind::Mae | MetricKind::R2 => kind == ModelKind::Linear,
+        };
+        if ok {
+            Ok(m)
+        } else {
+            Err(format!(
+                "metric '{name}' does not apply to a {kind:?} model"
+            ))
+        }
+    }
+
+    /// True if larger values are better.
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            MetricKind::Accuracy | MetricKind::Auc | MetricKind::MacroF1 | MetricKind::R2
+        )
+    }
+
+    /// Reads this metric from finished metrics.
+    pub fn get(self, m: &Metrics) -> Option<f64> {
+        match self {
+            MetricKind::Loss => Some(m.loss),
+            MetricKind::Accuracy => m.accuracy,
+            MetricKind::Auc => m.auc,
+            MetricKind::MacroF1 => m.macro_f1,
+            MetricKind::Rmse => m.rmse,
+            MetricKind::Mae => m.mae,
+            MetricKind::R2 => m.r2,
+        }
+    }
+}
+
+/// Finished metrics over a set of rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Rows evaluated.
+    pub rows: u64,
+    /// Mean loss of the model's kind (no penalty).
+    pub loss: f64,
+    /// Classification accuracy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// ROC AUC (binary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
+    /// Macro-averaged F1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
+    /// Root mean squared error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    /// Mean absolute error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    /// R².
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r2: Option<f64>,
+}
+
+/// Additive evaluation state; merging is exact and order-independent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalPartial {
+    /// Rows seen.
+    pub rows: u64,
+    /// Σ loss.
+    pub loss: Exact,
+    /// Correct classifications.
+    pub correct: u64,
+    /// Σ (y − ŷ)².
+    pub sse: Exact,
+    /// Σ |y − ŷ|.
+    pub sae: Exact,
+    /// Σ y.
+    pub sy: Exact,
+    /// Σ y².
+    pub syy: Exact,
+    /// Per class: true positives, false positives, false negatives.
+    pub per_class: Vec<[u64; 3]>,
+    /// (score, is positive) for AUC.
+    pub scores: Vec<(f32, bool)>,
+}
+
+fn exact(v: f64) -> Exact {
+    // Evaluation sums of a finite model are finite; clamp pathological ones.
+    Exact::from_f64(v).unwrap_or(Exact::from_f64(v.clamp(-1e20, 1e20)).unwrap_or_default())
+}
+
+impl EvalPartial {
+    /// Evaluates `model` on every row of `block` and adds the results.
+    pub fn add_block(&mut self, model: &LinearModel, block: &Block) {
+        let k = model.layout.k;
+        let mut out = vec![0.0; k];
+        let (mut loss, mut sse, mut sae, mut sy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        if model.kind.is_classifier() && self.per_class.len() < k.max(2) {
+            self.per_class.resize(k.max(2), [0; 3]);
+        }
+        for i in 0..block.rows {
+            model.margins(block, i, &mut out);
+            let y = block.label[i] as f64;
+            loss += crate::model::loss::loss(model.kind, &out, y);
+            match model.kind {
+                ModelKind::Linear => {
+                    let r = y - out[0];
+                    sse += r * r;
+                    sae += r.abs();
+                    sy += y;
+                    syy += y * y;
+                }
+                ModelKind::Logistic | ModelKind::Hinge => {
+                    let pred = usize::from(out[0] > 0.0);
+                    self.count(pred, y as usize);
+                    let score = if model.kind == ModelKind::Logistic {
+                        crate::model::loss::sigmoid(out[0])
+                    } else {
+                        out[0]
+                    };
+                    self.scores.push((score as f32, y > 0.5));
+                }
+                ModelKind::Softmax => {
+                    let mut best = 0;
+                    for (j, &m) in out.iter().enumerate() {
+                        if m > out[best] {
+                            best = j;
+                        }
+                    }
+                    self.count(best, y as usize);
+                }
+            }
+        }
+        self.rows += block.rows as u64;
+        self.loss += exact(loss);
+        self.sse += exact(sse);
+        self.sae += exact(sae);
+        self.sy += exact(sy);
+        self.syy += exact(syy);
+    }
+
+    fn count(&mut self, pred: usize, truth: usize) {
+        if pred == truth {
+            self.correct += 1;
+            self.per_class[truth][0] += 1;
+        } else {
+            self.per_class[pred][1] += 1;
+            self.per_class[truth][2] += 1;
+        }
+    }
+
+    /// Adds another partial.
+    pub fn merge(&mut self, o: EvalPartial) {
+        self.rows += o.rows;
+        self.loss += o.loss;
+        self.correct += o.correct;
+        self.sse += o.sse;
+        self.sae += o.sae;
+        self.sy += o.sy;
+        self.syy += o.syy;
+        if self.per_class.len() < o.per_class.len() {
+            self.per_class.resize(o.per_class.len(), [0; 3]);
+        }
+        for (a, b) in self.per_class.iter_mut().zip(&o.per_class) {
+            for j in 0..3 {
+                a[j] += b[j];
+            }
+        }
+        self.scores.extend(o.scores);
+    }
+
+    /// The finished metrics.
+    pub fn finish(mut self, kind: ModelKind) -> Metrics {
+        let n = self.rows.max(1) as f64;
+        let mut m = Metrics {
+            rows: self.rows,
+            loss: self.loss.to_f64() / n,
+            ..Metrics::default()
+        };
+        match kind {
+            ModelKind::Linear => {
+                let sse = self.sse.to_f64();
+                m.rmse = Some((sse / n).sqrt());
+                m.mae = Some(self.sae.to_f64() / n);
+                let mean = self.sy.to_f64() / n;
+                let sst = self.syy.to_f64() - n * mean * mean;
+                m.r2 = (sst > 0.0).then(|| 1.0 - sse / sst);
+            }
+            _ => {
+                m.accuracy = Some(self.correct as f64 / n);
+                let f1: Vec<f64> = self
+                    .per_class
+                    .iter()
+                    .filter(|c| c[0] + c[2] > 0)
+                    .map(|&[tp, fp, fn_]| {
+                        let d = 2 * tp + fp + fn_;
+                        if d == 0 {
+                            0.0
+                        } else {
+                            2.0 * tp as f64 / d as f64
+                        }
+                    })
+                    .collect();
+                if kind == ModelKind::Softmax && !f1.is_empty() {
+                    m.macro_f1 = Some(f1.iter().sum::<f64>() / f1.len() as f64);
+                }
+                if kind != ModelKind::Softmax {
+                    m.auc = auc(&mut self.scores);
+                }
+            }
+        }
+        m
+    }
+}
+
+/// ROC AUC with ties counted as one half; `None` if a class is absent.
+///
+/// # Examples
+/// ```
+/// let mut s = vec![(0.1, false), (0.4, true), (0.35, false), (0.8, true)];
+/// assert_eq!(tidemill::metrics::auc(&mut s), Some(0.75));
+/// ```
+pub fn auc(scores: &mut [(f32, bool)]) -> Option<f64> {
+    scores.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let pos = scores.iter().filter(|s| s.1).count() as f64;
+    let neg = scores.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < scores.len() {
+        let mut j = i;
+        while j < scores.len() && scores[j].0 == scores[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0; // ranks are 1-based
+        let positives = scores[i..j].iter().filter(|s| s.1).count() as f64;
+        rank_sum += avg_rank * positives;
+        i = j;
+    }
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_handles_ties_and_perfect_order() {
+        let mut s = vec![(0.5, true), (0.5, false)];
+        assert_eq!(auc(&mut s), Some(0.5));
+        let mut s = vec![(0.1, false), (0.9, true), (0.2, false)];
+        assert_eq!(auc(&mut s), Some(1.0));
+        let mut s = vec![(0.1, false)];
+        assert_eq!(auc(&mut s), None);
+    }
+}

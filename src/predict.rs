@@ -1,0 +1,229 @@
+//! Applying a saved model to a table: the `predict` and `eval` commands.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use crate::data::encode::{decode, ClassMap, LabelUse, Origin};
+use crate::error::{Error, Result};
+use crate::io::table::{self, Format, TableOutput};
+use crate::metrics::{EvalPartial, Metrics};
+use crate::model::file::ModelFile;
+use crate::model::LinearModel;
+use crate::spec::{ModelKind, OnMissing};
+
+/// A loaded model ready to score tables.
+pub struct Scorer {
+    file: ModelFile,
+    model: LinearModel,
+}
+
+impl Scorer {
+    /// Loads a model file.
+    pub fn load(path: &std::path::Path) -> Result<Scorer> {
+        let file = ModelFile::load(path)?;
+        let model = file.to_model(path)?;
+        Ok(Scorer { file, model })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &LinearModel {
+        &self.model
+    }
+
+    fn classes(&self) -> Vec<String> {
+        self.file.features.classes.clone().unwrap_or_else(|| {
+            (0..self.model.layout.k.max(2))
+                .map(|i| i.to_string())
+                .collect()
+        })
+    }
+
+    /// The prediction columns this model adds.
+    pub fn output_fields(&self) -> Vec<Field> {
+        match self.model.kind {
+            ModelKind::Linear => vec![Field::new("prediction", DataType::Float64, true)],
+            ModelKind::Logistic => vec![
+                Field::new("prediction", DataType::Utf8, true),
+                Field::new("probability", DataType::Float64, true),
+            ],
+            ModelKind::Hinge => vec![
+                Field::new("prediction", DataType::Utf8, true),
+                Field::new("score", DataType::Float64, true),
+            ],
+            ModelKind::Softmax => std::iter::once(Field::new("prediction", DataType::Utf8, true))
+                .chain(
+                    self.classes()
+                        .iter()
+                        .map(|c| Field::new(format!("probability_{c}"), DataType::Float64, true)),
+                )
+                .collect(),
+        }
+    }
+
+    /// Scores a batch: one column per output field, null where a row was
+    /// skipped under `on_missing = "skip_row"`.
+    pub fn score(&self, batch: &RecordBatch, origin: &Origin) -> Result<Vec<ArrayRef>> {
+        let spec = &self.file.features;
+        let block = decode(batch, spec, LabelUse::Skip, origin)?;
+        let n = batch.num_rows();
+        let k = self.model.layout.k;
+        let classes = self.classes();
+        let mut out = vec![0.0; k];
+        let mut label = StringBuilder::new();
+        let mut values: Vec<Float64Builder> =
+            (0..self.output_fields().len().saturating_sub(1).max(1))
+                .map(|_| Float64Builder::with_capacity(n))
+                .collect();
+        let mut kept = block
+            .file_row
+            .iter()
+            .map(|&r| (r - origin.first_row) as usize)
+            .peekable();
+        let mut bi = 0;
+        for i in 0..n {
+            if kept.peek() != Some(&i) {
+                label.append_null();
+                values.iter_mut().for_each(|v| v.append_null());
+                continue;
+            }
+            kept.next();
+            self.model.predict_row(&block, bi, &mut out);
+            bi += 1;
+            match self.model.kind {
+                ModelKind::Linear => values[0].append_value(out[0]),
+                ModelKind::Logistic => {
+                    label.append_value(&classes[usize::from(out[0] > 0.5)]);
+                    values[0].append_value(out[0]);
+                }
+                ModelKind::Hinge => {
+                    label.append_value(&classes[usize::from(out[0] > 0.0)]);
+                    values[0].append_value(out[0]);
+                }
+                ModelKind::Softmax => {
+                    let best = (0..k).fold(0, |b, j| if out[j] > out[b] { j } else { b });
+                    label.append_value(&classes[best]);
+                    for (v, &p) in values.iter_mut().zip(&out) {
+                        v.append_value(p);
+                    }
+                }
+            }
+        }
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        if self.model.kind != ModelKind::Linear {
+            cols.push(Arc::new(label.finish()));
+        }
+        for mut v in values {
+            cols.push(Arc::new(v.finish()));
+        }
+        Ok(cols)
+    }
+
+    /// Evaluates the model on a labelled batch.
+    pub fn evaluate(
+        &self,
+        batch: &RecordBatch,
+        origin: &Origin,
+        partial: &mut EvalPartial,
+    ) -> Result<()> {
+        let spec = &self.file.features;
+        let map = spec.classes.as_ref().map(|c| ClassMap::new(c));
+        let label = match (&map, self.model.kind) {
+            (_, ModelKind::Linear) | (None, _) => LabelUse::Value,
+            (Some(m), _) => LabelUse::Classes(m),
+        };
+        let block = decode(batch, spec, label, origin)?;
+        partial.add_block(&self.model, &block);
+        Ok(())
+    }
+}
+
+/// `tidemill predict`: scores `input` into `output`, keeping the `keep`
+/// columns of the input in front of the predictions.
+pub fn predict(
+    model: &std::path::Path,
+    input: &str,
+    output: &str,
+    format: Option<Format>,
+    keep: &[String],
+) -> Result<u64> {
+    let scorer = Scorer::load(model)?;
+    let source = table::open(input)?;
+    let in_schema = source.schema.clone();
+    let mut fields = Vec::new();
+    let mut keep_idx = Vec::new();
+    for k in keep {
+        let i = in_schema.index_of(k).map_err(|_| Error::MissingColumn {
+            file: input.into(),
+            column: k.clone(),
+            available: in_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        keep_idx.push(i);
+        fields.push(in_schema.field(i).clone());
+    }
+    for f in scorer.output_fields() {
+        if keep.contains(f.name()) {
+            return Err(Error::PipelineValue {
+                key: "--keep".into(),
+                message: format!("'{}' clashes with a prediction column", f.name()),
+            });
+        }
+        fields.push(f);
+    }
+    if scorer.file.features.on_missing == OnMissing::SkipRow {
+        tracing::info!("rows with missing values get null predictions (model trained with on_missing = skip_row)");
+    }
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let format = format.unwrap_or_else(|| Format::for_output(output));
+    let mut out = TableOutput::create(output, format, Arc::clone(&schema))?;
+    let mut rows = 0u64;
+    for item in source {
+        let (batch, origin) = item?;
+        let o = Origin {
+            file: &origin.path,
+            row_group: origin.row_group,
+            first_row: origin.first_row,
+        };
+        let mut cols: Vec<ArrayRef> = keep_idx
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        cols.extend(scorer.score(&batch, &o)?);
+        let b = RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| Error::Ipc {
+            path: output.into(),
+            message: e.to_string(),
+        })?;
+        out.write(&b)?;
+        rows += batch.num_rows() as u64;
+    }
+    out.finish()?;
+    Ok(rows)
+}
+
+/// `tidemill eval`: metrics of a model on a labelled table.
+pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
+    let scorer = Scorer::load(model)?;
+    let mut partial = EvalPartial::default();
+    for item in table::open(input)? {
+        let (batch, origin) = item?;
+        let o = Origin {
+            file: &origin.path,
+            row_group: origin.row_group,
+            first_row: origin.first_row,
+        };
+        scorer.evaluate(&batch, &o, &mut partial)?;
+    }
+    if partial.rows == 0 {
+        return Err(Error::NoRows {
+            what: input.to_string(),
+        });
+    }
+    Ok(partial.finish(scorer.model.kind))
+}

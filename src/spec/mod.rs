@@ -1,0 +1,667 @@
+//! Pipeline specification: the TOML file a user writes, parsed in two stages.
+//!
+//! [`raw`] holds the serde structs (unknown keys are errors that name the
+//! key); [`Pipeline::from_raw`] checks values and fills defaults into the
+//! typed structs below, with errors naming the dotted key.
+
+pub mod overrides;
+pub mod raw;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use raw::{RawPaths, RawPipeline, RawValidation};
+
+/// A validated pipeline: everything needed to train, nothing unchecked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// Data source and feature encoding.
+    pub data: DataSpec,
+    /// Model family and penalties.
+    pub model: ModelSpec,
+    /// Optimizer and its settings.
+    pub optimizer: OptimizerSpec,
+    /// Epochs, strategy, sharding, early stopping.
+    pub train: TrainSpec,
+    /// Output files.
+    pub output: OutputSpec,
+}
+
+/// What to do with null, NaN or infinite feature values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// Fail with the location of the value (default).
+    Error,
+    /// Replace with 0.
+    Zero,
+    /// Replace with the training mean of the column.
+    Mean,
+    /// Drop the row.
+    SkipRow,
+}
+
+/// How units are assigned to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partition {
+    /// Contiguous, row-balanced ranges of units per worker.
+    Slice,
+    /// A seeded permutation of units per epoch, rows permuted inside units.
+    Shuffle,
+}
+
+/// Validation rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ValidationSpec {
+    /// Hold out a seeded fraction of training rows.
+    Fraction(f64),
+    /// Read a separate source.
+    Files(Vec<PathBuf>),
+}
+
+/// `[data]`, checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataSpec {
+    /// Training files or directories.
+    pub train: Vec<PathBuf>,
+    /// Validation rows, if any.
+    pub validation: Option<ValidationSpec>,
+    /// Label column.
+    pub label: String,
+    /// Explicit feature list, or `None` for "every column but label/exclude".
+    pub features: Option<Vec<String>>,
+    /// Columns left out of the default feature list.
+    pub exclude: Vec<String>,
+    /// Hashed categorical columns.
+    pub categorical: Vec<String>,
+    /// Hashed space is `2^hash_bits`.
+    pub hash_bits: u32,
+    /// Declared label classes.
+    pub classes: Option<Vec<String>>,
+    /// Standardise numeric features.
+    pub standardize: bool,
+    /// Missing-value policy.
+    pub on_missing: OnMissing,
+    /// Partitioning of units over workers.
+    pub partition: Partition,
+    /// Seed for shuffling and splitting.
+    pub seed: u64,
+    /// Keep decoded units between epochs.
+    pub cache: bool,
+    /// Largest unit in rows.
+    pub max_unit_rows: usize,
+}
+
+/// Model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Least squares, loss `½(y−ŷ)²`.
+    Linear,
+    /// Binary logistic regression, log loss.
+    Logistic,
+    /// Multinomial logistic regression.
+    Softmax,
+    /// Linear SVM, hinge loss `max(0, 1 − y·ŷ)` with y ∈ {−1, 1}.
+    Hinge,
+}
+
+impl ModelKind {
+    /// True for the classifiers.
+    pub fn is_classifier(self) -> bool {
+        !matches!(self, ModelKind::Linear)
+    }
+}
+
+/// `[model]`, checked.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Family.
+    pub kind: ModelKind,
+    /// L2 penalty weight.
+    pub l2: f64,
+    /// L1 penalty weight.
+    pub l1: f64,
+    /// Fit an intercept.
+    pub fit_intercept: bool,
+}
+
+/// Learning-rate schedules of the first-order methods; `t` counts steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Schedule {
+    /// `η`.
+    Constant,
+    /// `η / (1 + decay·t)`.
+    InverseTime {
+        /// Decay per step.
+        decay: f64,
+    },
+    /// `η / sqrt(1 + decay·t)`.
+    InverseSqrt {
+        /// Decay per step.
+        decay: f64,
+    },
+    /// `η · decay^epoch`.
+    Exponential {
+        /// Factor per epoch, in (0, 1].
+        decay: f64,
+    },
+}
+
+impl Schedule {
+    /// The learning rate at global step `t` in epoch `epoch`.
+    pub fn rate(&self, base: f64, t: u64, epoch: u32) -> f64 {
+        match *self {
+            Schedule::Constant => base,
+            Schedule::InverseTime { decay } => base / (1.0 + decay * t as f64),
+            Schedule::InverseSqrt { decay } => base / (1.0 + decay * t as f64).sqrt(),
+            Schedule::Exponential { decay } => base * decay.powi(epoch as i32),
+        }
+    }
+}
+
+/// Optimizers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum OptimizerSpec {
+    /// Mini-batch SGD (proximal for L1).
+    Sgd(FirstOrder),
+    /// Heavy-ball momentum.
+    Momentum {
+        /// Shared settings.
+        #[serde(flatten)]
+        base: FirstOrder,
+        /// Momentum coefficient in [0, 1).
+        momentum: f64,
+    },
+    /// AdaGrad.
+    Adagrad {
+        /// Shared settings.
+        #[serde(flatten)]
+        base: FirstOrder,
+        /// Added to the accumulator's square root.
+        epsilon: f64,
+    },
+    /// Adam.
+    Adam {
+        /// Shared settings.
+        #[serde(flatten)]
+        base: FirstOrder,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator guard.
+        epsilon: f64,
+    },
+    /// Full-batch L-BFGS (OWL-QN when `l1 > 0`).
+    Lbfgs {
+        /// History length.
+        memory: usize,
+        /// Relative objective change that ends the run.
+        tolerance: f64,
+    },
+}
+
+/// Settings shared by the mini-batch methods.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FirstOrder {
+    /// Base learning rate.
+    pub learning_rate: f64,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+}
+
+impl OptimizerSpec {
+    /// The mini-batch settings, or `None` for full-batch L-BFGS.
+    pub fn first_order(&self) -> Option<&FirstOrder> {
+        match self {
+            OptimizerSpec::Sgd(b) => Some(b),
+            OptimizerSpec::Momentum { base, .. }
+            | OptimizerSpec::Adagrad { base, .. }
+            | OptimizerSpec::Adam { base, .. } => Some(base),
+            OptimizerSpec::Lbfgs { .. } => None,
+        }
+    }
+}
+
+/// Distribution strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Synchronous: every step sums all workers' gradients.
+    Allreduce,
+}
+
+/// Early stopping on a validation metric.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    /// Metric name (see `metrics`).
+    pub metric: String,
+    /// Epochs without improvement allowed.
+    pub patience: u32,
+    /// Smallest improvement that counts.
+    pub min_delta: f64,
+}
+
+/// `[train]`, checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// Epochs or L-BFGS iterations.
+    pub epochs: u32,
+    /// Distribution strategy.
+    pub strategy: Strategy,
+    /// Number of parameter shards.
+    pub shards: usize,
+    /// Early stopping, if asked for.
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Model file.
+    pub model: Option<PathBuf>,
+    /// Metrics JSONL.
+    pub metrics: Option<PathBuf>,
+}
+
+fn value_err(key: &str, message: impl Into<String>) -> Error {
+    Error::PipelineValue {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn paths(raw: &RawPaths) -> Vec<PathBuf> {
+    match raw {
+        RawPaths::One(p) => vec![PathBuf::from(p)],
+        RawPaths::Many(ps) => ps.iter().map(PathBuf::from).collect(),
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(value_err(
+            key,
+            format!("must be a positive number, got {v}"),
+        ))
+    }
+}
+
+fn non_negative(key: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(value_err(key, format!("must be ≥ 0, got {v}")))
+    }
+}
+
+fn unit_interval(key: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(value_err(key, format!("must be in [0, 1), got {v}")))
+    }
+}
+
+impl Pipeline {
+    /// Reads, overrides and validates a pipeline file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses pipeline text (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Pipeline> {
+        let syntax = |message: String| Error::PipelineSyntax {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| syntax(e.to_string()))?;
+        for assignment in overrides {
+            overrides::apply(&mut doc, assignment)?;
+        }
+        let raw: RawPipeline = RawPipeline::deserialize(doc)
+            .map_err(|e: toml::de::Error| syntax(e.to_string().trim().to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    /// Checks a raw pipeline and fills in defaults.
+    pub fn from_raw(raw: RawPipeline) -> Result<Pipeline> {
+        let d = raw.data;
+        let train = paths(&d.train);
+        if train.is_empty() {
+            return Err(value_err("data.train", "names no files"));
+        }
+        let validation = match d.validation {
+            None => None,
+            Some(RawValidation::Fraction { fraction }) => {
+                if !(fraction > 0.0 && fraction < 1.0) {
+                    return Err(value_err(
+                        "data.validation.fraction",
+                        format!("must be in (0, 1), got {fraction}"),
+                    ));
+                }
+                Some(ValidationSpec::Fraction(fraction))
+            }
+            Some(RawValidation::Path { path }) => Some(ValidationSpec::Files(paths(&path))),
+        };
+        let on_missing = match d.on_missing.as_deref().unwrap_or("error") {
+            "error" => OnMissing::Error,
+            "zero" => OnMissing::Zero,
+            "mean" => OnMissing::Mean,
+            "skip_row" => OnMissing::SkipRow,
+            other => {
+                return Err(value_err(
+                    "data.on_missing",
+                    format!("'{other}' is not one of error, zero, mean, skip_row"),
+                ))
+            }
+        };
+        let partition = match d.partition.as_deref().unwrap_or("shuffle") {
+            "slice" => Partition::Slice,
+            "shuffle" => Partition::Shuffle,
+            other => {
+                return Err(value_err(
+                    "data.partition",
+                    format!("'{other}' is not one of slice, shuffle"),
+                ))
+            }
+        };
+        let hash_bits = d.hash_bits.unwrap_or(18);
+        if !(1..=28).contains(&hash_bits) {
+            return Err(value_err(
+                "data.hash_bits",
+                format!("must be in 1..=28, got {hash_bits}"),
+            ));
+        }
+        if d.categorical.iter().any(|c| *c == d.label) {
+            return Err(value_err(
+                "data.categorical",
+                format!("'{}' is the label", d.label),
+            ));
+        }
+        if let Some(f) = &d.features {
+            if f.iter().any(|c| *c == d.label) {
+                return Err(value_err(
+                    "data.features",
+                    format!("'{}' is the label", d.label),
+                ));
+            }
+            if let Some(c) = d.categorical.iter().find(|c| !f.contains(c)) {
+                return Err(value_err(
+                    "data.categorical",
+                    format!("'{c}' is not in data.features"),
+                ));
+            }
+        }
+        let max_unit_rows = d.max_unit_rows.unwrap_or(65_536);
+        if max_unit_rows == 0 {
+            return Err(value_err("data.max_unit_rows", "must be at least 1"));
+        }
+
+        let m = raw.model;
+        let kind = match m.kind.as_str() {
+            "linear" => ModelKind::Linear,
+            "logistic" => ModelKind::Logistic,
+            "softmax" => ModelKind::Softmax,
+            "hinge" => ModelKind::Hinge,
+            other => {
+                return Err(value_err(
+                    "model.kind",
+                    format!("'{other}' is not one of linear, logistic, softmax, hinge"),
+                ))
+            }
+        };
+        if let Some(classes) = &d.classes {
+            let want_two = matches!(kind, ModelKind::Logistic | ModelKind::Hinge);
+            if want_two && classes.len() != 2 {
+                return Err(value_err(
+                    "data.classes",
+                    format!(
+                        "a binary model needs [negative, positive], got {} classes",
+                        classes.len()
+                    ),
+                ));
+            }
+            if kind == ModelKind::Softmax && classes.len() < 2 {
+                return Err(value_err(
+                    "data.classes",
+                    "softmax needs at least 2 classes",
+                ));
+            }
+            if kind == ModelKind::Linear {
+                return Err(value_err(
+                    "data.classes",
+                    "a linear (regression) model has no classes",
+                ));
+            }
+        }
+        let model = ModelSpec {
+            kind,
+            l2: non_negative("model.l2", m.l2)?,
+            l1: non_negative("model.l1", m.l1)?,
+            fit_intercept: m.fit_intercept.unwrap_or(true),
+        };
+
+        let o = raw.optimizer;
+        let okind = o.kind.clone().unwrap_or_else(|| "lbfgs".into());
+        let first_order = || -> Result<FirstOrder> {
+            let learning_rate =
+                positive("optimizer.learning_rate", o.learning_rate.unwrap_or(0.1))?;
+            let batch_size = o.batch_size.unwrap_or(256);
+            if batch_size == 0 {
+                return Err(value_err("optimizer.batch_size", "must be at least 1"));
+            }
+            let schedule = match o.schedule.as_deref().unwrap_or("constant") {
+                "constant" => Schedule::Constant,
+                s @ ("inverse_time" | "inverse_sqrt" | "exponential") => {
+                    let decay = o.decay.ok_or_else(|| {
+                        value_err("optimizer.decay", format!("schedule '{s}' needs a decay"))
+                    })?;
+                    match s {
+                        "inverse_time" => Schedule::InverseTime {
+                            decay: positive("optimizer.decay", decay)?,
+                        },
+                        "inverse_sqrt" => Schedule::InverseSqrt {
+                            decay: positive("optimizer.decay", decay)?,
+                        },
+                        _ => {
+                            if !(decay > 0.0 && decay <= 1.0) {
+                                return Err(value_err(
+                                    "optimizer.decay",
+                                    format!("exponential decay must be in (0, 1], got {decay}"),
+                                ));
+                            }
+                            Schedule::Exponential { decay }
+                        }
+                    }
+                }
+                other => return Err(value_err(
+                    "optimizer.schedule",
+                    format!(
+                        "'{other}' is not one of constant, inverse_time, inverse_sqrt, exponential"
+                    ),
+                )),
+            };
+            Ok(FirstOrder {
+                learning_rate,
+                batch_size,
+                schedule,
+            })
+        };
+        let optimizer = match okind.as_str() {
+            "sgd" => OptimizerSpec::Sgd(first_order()?),
+            "momentum" => OptimizerSpec::Momentum {
+                base: first_order()?,
+                momentum: unit_interval("optimizer.momentum", o.momentum.unwrap_or(0.9))?,
+            },
+            "adagrad" => OptimizerSpec::Adagrad {
+                base: first_order()?,
+                epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
+            },
+            "adam" => OptimizerSpec::Adam {
+                base: first_order()?,
+                beta1: unit_interval("optimizer.beta1", o.beta1.unwrap_or(0.9))?,
+                beta2: unit_interval("optimizer.beta2", o.beta2.unwrap_or(0.999))?,
+                epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
+            },
+            "lbfgs" => {
+                let memory = o.memory.unwrap_or(10);
+                if memory == 0 {
+                    return Err(value_err("optimizer.memory", "must be at least 1"));
+                }
+                OptimizerSpec::Lbfgs {
+                    memory,
+                    tolerance: non_negative("optimizer.tolerance", o.tolerance.unwrap_or(1e-12))?,
+                }
+            }
+            other => {
+                return Err(value_err(
+                    "optimizer.kind",
+                    format!("'{other}' is not one of sgd, momentum, adagrad, adam, lbfgs"),
+                ))
+            }
+        };
+
+        let t = raw.train;
+        let epochs = t.epochs.unwrap_or(10);
+        if epochs == 0 {
+            return Err(value_err("train.epochs", "must be at least 1"));
+        }
+        let strategy = match t.strategy.as_deref().unwrap_or("allreduce") {
+            "allreduce" => Strategy::Allreduce,
+            other => {
+                return Err(value_err(
+                    "train.strategy",
+                    format!("'{other}' is not available; this version offers: allreduce"),
+                ))
+            }
+        };
+        let shards = t.shards.unwrap_or(16);
+        if shards == 0 {
+            return Err(value_err("train.shards", "must be at least 1"));
+        }
+        let early_stopping = match t.early_stopping {
+            None => None,
+            Some(es) => {
+                if validation.is_none() {
+                    return Err(value_err(
+                        "train.early_stopping",
+                        "needs validation rows: set data.validation",
+                    ));
+                }
+                let metric = es.metric.unwrap_or_else(|| "loss".to_string());
+                crate::metrics::MetricKind::parse(&metric, kind)
+                    .map_err(|m| value_err("train.early_stopping.metric", m))?;
+                Some(EarlyStopping {
+                    metric,
+                    patience: es.patience.unwrap_or(3).max(1),
+                    min_delta: non_negative(
+                        "train.early_stopping.min_delta",
+                        es.min_delta.unwrap_or(0.0),
+                    )?,
+                })
+            }
+        };
+
+        Ok(Pipeline {
+            data: DataSpec {
+                train,
+                validation,
+                label: d.label,
+                features: d.features,
+                exclude: d.exclude,
+                categorical: d.categorical,
+                hash_bits,
+                classes: d.classes,
+                standardize: d.standardize,
+                on_missing,
+                partition,
+                seed: d.seed.unwrap_or(0),
+                cache: d.cache.unwrap_or(true),
+                max_unit_rows,
+            },
+            model,
+            optimizer,
+            train: TrainSpec {
+                epochs,
+                strategy,
+                shards,
+                early_stopping,
+            },
+            output: OutputSpec {
+                model: raw.output.model.map(PathBuf::from),
+                metrics: raw.output.metrics.map(PathBuf::from),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str =
+        "[data]\ntrain = \"x.parquet\"\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n";
+
+    #[test]
+    fn defaults_fill_in() {
+        let p = Pipeline::parse(MIN, Path::new("p.toml"), &[]).unwrap();
+        assert_eq!(p.data.partition, Partition::Shuffle);
+        assert!(matches!(p.optimizer, OptimizerSpec::Lbfgs { .. }));
+        assert_eq!(p.train.epochs, 10);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{MIN}lr = 3\n").replace("[model]\n", "[model]\nlearnig_rate = 1\n");
+        let err = Pipeline::parse(&text, Path::new("p.toml"), &[]).unwrap_err();
+        assert!(err.to_string().contains("learnig_rate"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Pipeline::parse(MIN, Path::new("p.toml"), &["optimizer.kind=newton".into()])
+            .unwrap_err();
+        assert!(err.to_string().contains("optimizer.kind"), "{err}");
+        let err = Pipeline::parse(
+            MIN,
+            Path::new("p.toml"),
+            &["data.validation={ fraction = 1.5 }".into()],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("data.validation.fraction"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let p = Pipeline::parse(
+            MIN,
+            Path::new("p.toml"),
+            &[
+                "optimizer.kind=adam".into(),
+                "optimizer.learning_rate=0.01".into(),
+            ],
+        )
+        .unwrap();
+        match p.optimizer {
+            OptimizerSpec::Adam { base, .. } => assert_eq!(base.learning_rate, 0.01),
+            other => panic!("{other:?}"),
+        }
+    }
+}

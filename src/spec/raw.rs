@@ -1,0 +1,167 @@
+//! The pipeline file as written: serde structs, no checks beyond types.
+//!
+//! Every table denies unknown fields, so a typo names the key it is in.
+
+use serde::{Deserialize, Serialize};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// What data to read and how to turn it into features.
+    pub data: RawData,
+    /// Which model to fit.
+    pub model: RawModel,
+    /// How to optimise.
+    #[serde(default)]
+    pub optimizer: RawOptimizer,
+    /// How long and how to distribute.
+    #[serde(default)]
+    pub train: RawTrain,
+    /// Where results go.
+    #[serde(default)]
+    pub output: RawOutput,
+}
+
+/// One path or a list of paths.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawPaths {
+    /// A file or a directory.
+    One(String),
+    /// Several files or directories.
+    Many(Vec<String>),
+}
+
+/// How to hold out validation rows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum RawValidation {
+    /// A seeded random fraction of the training rows.
+    Fraction {
+        /// In (0, 1).
+        fraction: f64,
+    },
+    /// A separate data source.
+    Path {
+        /// File, directory or list.
+        path: RawPaths,
+    },
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawData {
+    /// Training data: a Parquet file, a directory of them, or a list.
+    pub train: RawPaths,
+    /// Validation rows.
+    pub validation: Option<RawValidation>,
+    /// Label column.
+    pub label: String,
+    /// Feature columns; default every column but the label and `exclude`.
+    pub features: Option<Vec<String>>,
+    /// Columns left out of the default feature list.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Columns hashed as categorical tokens (string or integer columns).
+    #[serde(default)]
+    pub categorical: Vec<String>,
+    /// Size of the hashed feature space is `2^hash_bits`.
+    pub hash_bits: Option<u32>,
+    /// Label classes in order; for binary models `[negative, positive]`.
+    pub classes: Option<Vec<String>>,
+    /// Standardise numeric features with statistics computed by the dataflow.
+    #[serde(default)]
+    pub standardize: bool,
+    /// `error` (default), `zero`, `mean` or `skip_row`.
+    pub on_missing: Option<String>,
+    /// `slice` or `shuffle` (default).
+    pub partition: Option<String>,
+    /// Seed for shuffling and the validation split.
+    pub seed: Option<u64>,
+    /// Keep decoded units in memory between epochs (default true).
+    pub cache: Option<bool>,
+    /// Largest unit; bigger row groups are cut into parts of this many rows.
+    pub max_unit_rows: Option<usize>,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// `linear`, `logistic`, `softmax` or `hinge`.
+    pub kind: String,
+    /// L2 penalty: `l2/2·‖w‖²`.
+    #[serde(default)]
+    pub l2: f64,
+    /// L1 penalty: `l1·‖w‖₁`.
+    #[serde(default)]
+    pub l1: f64,
+    /// Fit an (unpenalised) intercept; default true.
+    pub fit_intercept: Option<bool>,
+}
+
+/// `[optimizer]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizer {
+    /// `sgd`, `momentum`, `adagrad`, `adam` or `lbfgs` (default).
+    pub kind: Option<String>,
+    /// Step size for the first-order methods.
+    pub learning_rate: Option<f64>,
+    /// Rows per step (first-order methods).
+    pub batch_size: Option<usize>,
+    /// `constant`, `inverse_time`, `inverse_sqrt` or `exponential`.
+    pub schedule: Option<String>,
+    /// Decay rate of the schedule.
+    pub decay: Option<f64>,
+    /// Momentum coefficient (momentum).
+    pub momentum: Option<f64>,
+    /// Adam β₁.
+    pub beta1: Option<f64>,
+    /// Adam β₂.
+    pub beta2: Option<f64>,
+    /// AdaGrad / Adam ε.
+    pub epsilon: Option<f64>,
+    /// L-BFGS history length.
+    pub memory: Option<usize>,
+    /// L-BFGS stops when the relative objective change falls below this.
+    pub tolerance: Option<f64>,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrain {
+    /// Epochs (first-order) or iterations (L-BFGS).
+    pub epochs: Option<u32>,
+    /// `allreduce` (default).
+    pub strategy: Option<String>,
+    /// Number of parameter shards (default 16); shard k lives on worker k mod W.
+    pub shards: Option<usize>,
+    /// Stop when the validation metric stops improving.
+    pub early_stopping: Option<RawEarlyStopping>,
+}
+
+/// `[train.early_stopping]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEarlyStopping {
+    /// Validation metric to watch (default: the model's loss).
+    pub metric: Option<String>,
+    /// Epochs without improvement before stopping (default 3).
+    pub patience: Option<u32>,
+    /// Smallest change that counts as an improvement (default 0).
+    pub min_delta: Option<f64>,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    /// Model file (JSON).
+    pub model: Option<String>,
+    /// Metrics, one JSON object per line.
+    pub metrics: Option<String>,
+}

@@ -1,0 +1,115 @@
+//! `allreduce`: the synchronous (BSP) loop. Every step, every worker's
+//! gradient partials are summed exactly by the shard owners, which step the
+//! optimizer and broadcast the new parameters through the feedback edge.
+//! The frontier is the barrier: a round is folded only when no worker can
+//! still send to it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use timely::worker::Worker;
+
+use crate::data::cache::WorkerData;
+use crate::data::encode::FeatureSpec;
+use crate::dataflow::collect::{CollectContext, CollectMetrics};
+use crate::dataflow::fold::FoldShards;
+use crate::dataflow::gradient::{FinalParams, GradientContext, Gradients};
+use crate::dataflow::scan::ScanResult;
+use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
+use crate::metrics::sink::EpochRecord;
+use crate::model::{Layout, LinearModel};
+use crate::strategy::driver::Driver;
+use crate::train::plan::Plan;
+
+/// What a worker brings home from the loop.
+#[derive(Debug, Default)]
+pub struct LoopOutcome {
+    /// Final parameters (worker 0 only).
+    pub result: Option<FinalParams>,
+    /// Epoch records (worker 0 only).
+    pub records: Vec<EpochRecord>,
+}
+
+/// Steps per epoch: `ceil(rows / batch_size)` for mini-batch methods, 1 for
+/// full-batch L-BFGS.
+pub fn steps_per_epoch(plan: &Plan, train_rows: u64) -> u64 {
+    match plan.pipeline.optimizer.first_order() {
+        Some(f) => train_rows.div_ceil(f.batch_size as u64).max(1),
+        None => 1,
+    }
+}
+
+/// Builds and runs the training dataflow on this worker.
+pub fn run(
+    worker: &mut Worker,
+    plan: Arc<Plan>,
+    spec: FeatureSpec,
+    scan: &ScanResult,
+) -> Result<LoopOutcome, Failure> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let kind = plan.pipeline.model.kind;
+    let layout = Layout::new(kind, &spec);
+    let shards = match plan.pipeline.optimizer.first_order() {
+        Some(_) => plan.pipeline.train.shards,
+        None => 1,
+    };
+    let ranges = shard_ranges(layout.len(), shards);
+    let owned: Vec<u32> = (0..ranges.len() as u32)
+        .filter(|&k| owner(k, peers) == index)
+        .collect();
+    let train_rows: u64 = scan.train_rows.iter().sum();
+    let steps = steps_per_epoch(&plan, train_rows);
+    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps);
+    let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
+    let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows);
+
+    let result = Rc::new(RefCell::new(None));
+    let records = Rc::new(RefCell::new(Vec::new()));
+    let failure = Rc::new(RefCell::new(None));
+    let ctx = GradientContext {
+        data,
+        model: LinearModel {
+            kind,
+            layout,
+            theta: vec![0.0; layout.len()],
+        },
+        shards: ranges,
+        steps_per_epoch: steps,
+        result: Rc::clone(&result),
+        failure: Rc::clone(&failure),
+    };
+    let collect = CollectContext {
+        kind,
+        has_validation: plan.validation_fraction.is_some() || plan.validation_files.is_some(),
+        early_stopping: plan.pipeline.train.early_stopping.clone(),
+        records: Rc::clone(&records),
+    };
+    let fold_failure = Rc::clone(&failure);
+    worker.dataflow::<u64, _, _>(move |scope| {
+        let (handle, params) = scope.feedback::<Vec<ParamMsg>>(1);
+        let (grads, evals) = params
+            .broadcast()
+            .gradients(ctx)
+            .ok_err::<Vec<GradMsg>, _, Vec<EvalMsg>, _, _>(|out| match out {
+                WorkerOut::Grad(g) => Ok(g),
+                WorkerOut::Eval(e) => Err(e),
+            });
+        let control = evals.collect_metrics(collect).broadcast();
+        grads
+            .fold_shards(control, driver, fold_failure)
+            .connect_loop(handle);
+    });
+    while worker.step_or_park(None) {}
+    if let Some(f) = failure.borrow_mut().take() {
+        return Err(f);
+    }
+    let outcome = LoopOutcome {
+        result: result.borrow_mut().take(),
+        records: std::mem::take(&mut *records.borrow_mut()),
+    };
+    Ok(outcome)
+}

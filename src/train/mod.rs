@@ -1,0 +1,196 @@
+//! Running a training job: plan on the calling thread, then one timely
+//! computation per process (statistics scan, then the training loop), and
+//! the results of worker 0 turned into a model file and metric records.
+
+pub mod plan;
+
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
+use crate::data::encode::{number_token, FeatureSpec};
+use crate::data::partition::{assign, rows_per_worker};
+use crate::dataflow::scan::{self, ScanResult};
+use crate::dataflow::{Failure, Phase};
+use crate::error::{Error, Result};
+use crate::metrics::sink::EpochRecord;
+use crate::model::file::{ModelFile, TrainingSummary};
+use crate::model::{Layout, LinearModel};
+use crate::spec::{ModelKind, OnMissing, Pipeline};
+use crate::strategy::allreduce;
+use plan::Plan;
+
+/// What a training job produced (complete on process 0 only).
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The model file content (process 0).
+    pub model: Option<ModelFile>,
+    /// Per-epoch records (process 0).
+    pub records: Vec<EpochRecord>,
+    /// Training rows.
+    pub train_rows: u64,
+    /// Validation rows.
+    pub validation_rows: u64,
+    /// Training rows per worker in epoch 0 (skew).
+    pub rows_per_worker: Vec<u64>,
+    /// Units in the training data.
+    pub units: usize,
+}
+
+/// Builds the final feature spec from the scan.
+pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> {
+    let d = &plan.pipeline.data;
+    let rows: u64 = scan.train_rows.iter().sum();
+    if rows == 0 {
+        return Err(Failure::from(&Error::NoRows {
+            what: plan.train.source.describe(),
+        }));
+    }
+    let mut spec = plan.draft.clone();
+    for (f, m) in spec.numeric.iter_mut().zip(&scan.moments) {
+        f.fill = if d.on_missing == OnMissing::Mean {
+            m.mean()
+        } else {
+            0.0
+        };
+        if d.standardize {
+            f.center = m.mean();
+            let sd = m.std();
+            f.scale = if sd > 0.0 { sd } else { 1.0 };
+        }
+    }
+    let kind = plan.pipeline.model.kind;
+    spec.classes = match kind {
+        ModelKind::Linear => None,
+        _ => match &d.classes {
+            Some(c) => Some(c.clone()),
+            None if kind != ModelKind::Softmax => Some(vec!["0".into(), "1".into()]),
+            None => {
+                let mut labels: Vec<String> = scan.labels.iter().cloned().collect();
+                let numeric: Option<Vec<f64>> =
+                    labels.iter().map(|l| l.parse::<f64>().ok()).collect();
+                if let Some(mut v) = numeric {
+                    v.sort_by(f64::total_cmp);
+                    labels = v.into_iter().map(number_token).collect();
+                }
+                if labels.len() < 2 {
+                    return Err(Failure::from(&Error::NoRows {
+                        what: format!(
+                            "{}: softmax needs at least 2 label classes, found [{}];",
+                            plan.train.source.describe(),
+                            labels.join(", ")
+                        ),
+                    }));
+                }
+                Some(labels)
+            }
+        },
+    };
+    Ok(spec)
+}
+
+struct WorkerResult {
+    model: Option<ModelFile>,
+    records: Vec<EpochRecord>,
+    rows: (u64, u64),
+}
+
+fn worker_main(
+    worker: &mut timely::worker::Worker,
+    plan: &Arc<Plan>,
+) -> Result<WorkerResult, Failure> {
+    let scan = scan::run(worker, plan)?;
+    let spec = finalize(plan, &scan)?;
+    let outcome = allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan)?;
+    let train_rows: u64 = scan.train_rows.iter().sum();
+    let val_rows: u64 =
+        scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
+    let model = outcome.result.map(|fp| {
+        let kind = plan.pipeline.model.kind;
+        let model = LinearModel {
+            kind,
+            layout: Layout::new(kind, &spec),
+            theta: fp.theta,
+        };
+        let (epochs, objective) = match fp.phase {
+            Phase::Final { epochs, objective } => (epochs, objective),
+            _ => (0, None),
+        };
+        let summary = TrainingSummary {
+            epochs,
+            rows: train_rows,
+            objective,
+            optimizer: optimizer_name(&plan.pipeline),
+            l2: plan.pipeline.model.l2,
+            l1: plan.pipeline.model.l1,
+        };
+        ModelFile::new(&model, &spec, summary)
+    });
+    Ok(WorkerResult {
+        model,
+        records: outcome.records,
+        rows: (train_rows, val_rows),
+    })
+}
+
+fn optimizer_name(p: &Pipeline) -> String {
+    match p.optimizer {
+        crate::spec::OptimizerSpec::Sgd(_) => "sgd",
+        crate::spec::OptimizerSpec::Momentum { .. } => "momentum",
+        crate::spec::OptimizerSpec::Adagrad { .. } => "adagrad",
+        crate::spec::OptimizerSpec::Adam { .. } => "adam",
+        crate::spec::OptimizerSpec::Lbfgs { .. } => "lbfgs",
+    }
+    .to_string()
+}
+
+/// Trains a pipeline on the given cluster. Every process calls this; the
+/// report is complete on process 0.
+pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
+    let plan = Arc::new(Plan::new(pipeline)?);
+    let config = cluster.timely_config()?;
+    let units = plan.train.units.len();
+    let shared = Arc::clone(&plan);
+    let guards = timely::execute(config, move |worker| worker_main(worker, &shared))
+        .map_err(Error::Cluster)?;
+    let mut report = TrainReport {
+        model: None,
+        records: Vec::new(),
+        train_rows: 0,
+        validation_rows: 0,
+        rows_per_worker: Vec::new(),
+        units,
+    };
+    let mut first_failure: Option<Failure> = None;
+    for (i, r) in guards.join().into_iter().enumerate() {
+        match r {
+            Err(panic) => {
+                return Err(Error::Worker {
+                    worker: cluster.process * cluster.workers + i,
+                    message: format!("panicked: {panic}"),
+                })
+            }
+            Ok(Err(f)) => {
+                first_failure.get_or_insert(f);
+            }
+            Ok(Ok(w)) => {
+                report.train_rows = w.rows.0;
+                report.validation_rows = w.rows.1;
+                if w.model.is_some() {
+                    report.model = w.model;
+                    report.records = w.records;
+                }
+            }
+        }
+    }
+    if let Some(f) = first_failure {
+        return Err(Error::Relayed {
+            message: f.message,
+            code: f.code,
+        });
+    }
+    let rows: Vec<usize> = plan.train.units.iter().map(|u| u.rows).collect();
+    let d = &plan.pipeline.data;
+    let owners = assign(&rows, cluster.total_workers(), d.partition, d.seed, 0);
+    report.rows_per_worker = rows_per_worker(&rows, &owners, cluster.total_workers());
+    Ok(report)
+}

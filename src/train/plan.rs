@@ -1,0 +1,186 @@
+//! The job plan: everything every worker must agree on before the dataflow
+//! starts, computed identically in every process from the pipeline and the
+//! files' footers.
+
+use crate::data::encode::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
+use crate::data::source::Source;
+use crate::data::unit::{self, Unit};
+use crate::error::{Error, Result};
+use crate::spec::{ModelKind, OnMissing, Pipeline, ValidationSpec};
+
+/// A data source cut into units.
+#[derive(Debug, Clone)]
+pub struct Units {
+    /// The files.
+    pub source: Source,
+    /// Their units, in order.
+    pub units: Vec<Unit>,
+}
+
+/// A checked, resolved training job.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Training data.
+    pub train: Units,
+    /// Validation data from separate files.
+    pub validation_files: Option<Units>,
+    /// Fraction of training rows held out, if validation is by fraction.
+    pub validation_fraction: Option<f64>,
+    /// The feature spec before statistics (no centring, scaling or classes).
+    pub draft: FeatureSpec,
+    /// True if the label column holds strings.
+    pub string_label: bool,
+}
+
+impl Plan {
+    /// Resolves files, columns and types.
+    pub fn new(pipeline: Pipeline) -> Result<Plan> {
+        let d = &pipeline.data;
+        let probe = Source::open(&d.train, &[])?;
+        let reference = probe.reference();
+        let label_type = reference.column_type(&d.label)?.clone();
+        let features: Vec<String> = match &d.features {
+            Some(f) => f.clone(),
+            None => reference
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| *n != d.label && !d.exclude.contains(n))
+                .collect(),
+        };
+        if features.is_empty() {
+            return Err(Error::PipelineValue {
+                key: "data.features".into(),
+                message: "no feature columns".into(),
+            });
+        }
+        let mut numeric = Vec::new();
+        for name in &features {
+            let t = reference.column_type(name)?;
+            if d.categorical.contains(name) {
+                if !is_token_type(t) {
+                    return Err(Error::ColumnType {
+                        file: reference.path.clone(),
+                        column: name.clone(),
+                        found: t.to_string(),
+                        expected: "a categorical column must hold strings or integers".into(),
+                    });
+                }
+            } else if is_numeric_type(t) {
+                numeric.push(NumericFeature {
+                    name: name.clone(),
+                    fill: 0.0,
+                    center: 0.0,
+                    scale: 1.0,
+                });
+            } else {
+                return Err(Error::ColumnType {
+                    file: reference.path.clone(),
+                    column: name.clone(),
+                    found: t.to_string(),
+                    expected: "a numeric feature needs an integer, float or boolean column; list it in data.categorical to hash it, or in data.exclude to drop it".into(),
+                });
+            }
+        }
+        for c in &d.categorical {
+            if !features.contains(c) {
+                return Err(Error::PipelineValue {
+                    key: "data.categorical".into(),
+                    message: format!("'{c}' is not a feature column"),
+                });
+            }
+        }
+        let string_label = !is_numeric_type(&label_type);
+        let kind = pipeline.model.kind;
+        if string_label && !is_token_type(&label_type) {
+            return Err(Error::ColumnType {
+                file: reference.path.clone(),
+                column: d.label.clone(),
+                found: label_type.to_string(),
+                expected: "a label must be numeric or a string".into(),
+            });
+        }
+        if string_label && kind == ModelKind::Linear {
+            return Err(Error::ColumnType {
+                file: reference.path.clone(),
+                column: d.label.clone(),
+                found: label_type.to_string(),
+                expected: "a linear (regression) model needs a numeric label".into(),
+            });
+        }
+        if string_label
+            && matches!(kind, ModelKind::Logistic | ModelKind::Hinge)
+            && d.classes.is_none()
+        {
+            return Err(Error::PipelineValue {
+                key: "data.classes".into(),
+                message: format!(
+                    "label '{}' holds strings: declare data.classes = [\"<negative>\", \"<positive>\"]",
+                    d.label
+                ),
+            });
+        }
+        let mut columns = features.clone();
+        columns.push(d.label.clone());
+        let source = Source::open(&d.train, &columns)?;
+        let units = unit::plan(&source, d.max_unit_rows);
+        let (validation_files, validation_fraction) = match &d.validation {
+            None => (None, None),
+            Some(ValidationSpec::Fraction(f)) => (None, Some(*f)),
+            Some(ValidationSpec::Files(paths)) => {
+                let vs = Source::open(paths, &columns)?;
+                // The validation files must match the training types too.
+                for c in &columns {
+                    let want = source.reference().column_type(c)?;
+                    let got = vs.reference().column_type(c)?;
+                    if want != got {
+                        return Err(Error::SchemaDrift {
+                            file: vs.reference().path.clone(),
+                            reference: source.reference().path.clone(),
+                            difference: format!("column '{c}' has type {got} instead of {want}"),
+                        });
+                    }
+                }
+                let vu = unit::plan(&vs, d.max_unit_rows);
+                (
+                    Some(Units {
+                        source: vs,
+                        units: vu,
+                    }),
+                    None,
+                )
+            }
+        };
+        let draft = FeatureSpec {
+            label: d.label.clone(),
+            numeric,
+            categorical: d.categorical.clone(),
+            hash_bits: d.hash_bits,
+            on_missing: d.on_missing,
+            classes: None,
+        };
+        Ok(Plan {
+            pipeline,
+            train: Units { source, units },
+            validation_files,
+            validation_fraction,
+            draft,
+            string_label,
+        })
+    }
+
+    /// The spec used by the statistics scan: raw values, missing as NaN.
+    pub fn scan_spec(&self) -> FeatureSpec {
+        let mut s = self.draft.clone();
+        for f in &mut s.numeric {
+            f.fill = f64::NAN;
+        }
+        if s.on_missing == OnMissing::Mean {
+            s.on_missing = OnMissing::Zero;
+        }
+        s
+    }
+}
