@@ -131,7 +131,7 @@ pub enum Error {
     )]
     MissingValue {
         /// Where.
-        location: Location,
+        location: Box<Location>,
         /// `null value`, `NaN`, `infinite value`.
         what: String,
     },
@@ -139,7 +139,7 @@ pub enum Error {
     #[error("{location}: label value '{value}' is not one of the classes [{classes}]")]
     UnknownLabel {
         /// Where.
-        location: Location,
+        location: Box<Location>,
         /// The value found.
         value: String,
         /// The classes allowed, comma separated.
@@ -149,7 +149,7 @@ pub enum Error {
     #[error("{location}: {message}")]
     BadLabel {
         /// Where.
-        location: Location,
+        location: Box<Location>,
         /// What is wrong.
         message: String,
     },

@@ -317,7 +317,7 @@ pub fn decode(
                 match spec.on_missing {
                     OnMissing::Error => {
                         return Err(Error::MissingValue {
-                            location: origin.at(&f.name, i),
+                            location: Box::new(origin.at(&f.name, i)),
                             what: bad.to_string(),
                         })
                     }
@@ -335,7 +335,7 @@ pub fn decode(
             match spec.on_missing {
                 OnMissing::Error => {
                     return Err(Error::MissingValue {
-                        location: origin.at(c, i),
+                        location: Box::new(origin.at(c, i)),
                         what: "null value".into(),
                     })
                 }
@@ -361,7 +361,7 @@ pub fn decode(
                         keep[i] = false;
                     } else {
                         return Err(Error::MissingValue {
-                            location: origin.at(&spec.label, i),
+                            location: Box::new(origin.at(&spec.label, i)),
                             what: "missing label (null or NaN)".into(),
                         });
                     }
@@ -415,7 +415,7 @@ pub fn decode(
                     let (x, tok) = v.unwrap_or((f64::NAN, String::new()));
                     if x.is_nan() {
                         return Err(Error::BadLabel {
-                            location: origin.at(&spec.label, i),
+                            location: Box::new(origin.at(&spec.label, i)),
                             message: format!("regression label '{tok}' is not a number"),
                         });
                     }
@@ -434,7 +434,7 @@ pub fn decode(
                         Some(&k) => block.label.push(k as f32),
                         None => {
                             return Err(Error::UnknownLabel {
-                                location: origin.at(&spec.label, i),
+                                location: Box::new(origin.at(&spec.label, i)),
                                 value: tok,
                                 classes: map.describe(),
                             })

@@ -1,7 +1,7 @@
 //! The data path: Parquet files → units → partitions → decoded blocks.
 //!
 //! * [`source`] resolves files and directories and checks schema agreement;
-//! * [`unit`] cuts row groups into units (the grain of partitioning and of
+//! * [`unit`](mod@unit) cuts row groups into units (the grain of partitioning and of
 //!   reproducible summation) and reads one unit with column projection;
 //! * [`partition`] assigns units to workers (slice / shuffle) and orders rows;
 //! * [`encode`] turns Arrow columns into `f32` feature rows and labels;

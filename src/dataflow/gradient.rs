@@ -39,8 +39,10 @@ pub struct GradientContext {
     pub shards: Vec<Range<usize>>,
     /// Steps per epoch (1 for full-batch methods).
     pub steps_per_epoch: u64,
-    /// Where worker 0 puts the final parameters.
+    /// Where the final parameters go (set only on the worker that keeps them).
     pub result: Rc<RefCell<Option<FinalParams>>>,
+    /// True on worker 0, which keeps the final parameters.
+    pub keep_result: bool,
     /// Where this worker records its own failure.
     pub failure: Rc<RefCell<Option<Failure>>>,
 }
@@ -194,12 +196,13 @@ impl State {
                     failure,
                 }));
             }
-            Phase::Final { .. } => {
+            Phase::Final { .. } if self.ctx.keep_result => {
                 *self.ctx.result.borrow_mut() = Some(FinalParams {
                     theta: self.ctx.model.theta.clone(),
                     phase,
                 });
             }
+            Phase::Final { .. } => {}
         }
     }
 }

@@ -186,12 +186,12 @@ fn label_tokens_check(
             if let Some(map) = declared {
                 if !map.contains(tok) {
                     return Err(Error::UnknownLabel {
-                        location: Location {
+                        location: Box::new(Location {
                             file: source.files[unit.file].path.clone(),
                             row_group: Some(unit.row_group),
                             column: Some(label.to_string()),
                             row: Some(b.file_row[i]),
-                        },
+                        }),
                         value: tok.clone(),
                         classes: map.describe(),
                     });
@@ -200,12 +200,12 @@ fn label_tokens_check(
                 seen.insert(tok.clone());
                 if seen.len() > MAX_CLASSES {
                     return Err(Error::BadLabel {
-                        location: Location {
+                        location: Box::new(Location {
                             file: source.files[unit.file].path.clone(),
                             row_group: Some(unit.row_group),
                             column: Some(label.to_string()),
                             row: Some(b.file_row[i]),
-                        },
+                        }),
                         message: format!("more than {MAX_CLASSES} distinct label values: is this a regression target?"),
                     });
                 }

@@ -32,19 +32,20 @@ pub enum MetricKind {
 impl MetricKind {
     /// Parses a metric name, checking it applies to the model kind.
     pub fn parse(name: &str, kind: ModelKind) -> Result<MetricKind, String> {
-        let m =
-            match name {
-                "loss" => MetricKind::Loss,
-                "accuracy" => MetricKind::Accuracy,
-                "auc" => MetricKind::Auc,
-                "macro_f1" => MetricKind::MacroF1,
-                "rmse" => MetricKind::Rmse,
-                "mae" => MetricKind::Mae,
-                "r2" => MetricKind::R2,
-                other => return Err(format!(
+        let m = match name {
+            "loss" => MetricKind::Loss,
+            "accuracy" => MetricKind::Accuracy,
+            "auc" => MetricKind::Auc,
+            "macro_f1" => MetricKind::MacroF1,
+            "rmse" => MetricKind::Rmse,
+            "mae" => MetricKind::Mae,
+            "r2" => MetricKind::R2,
+            other => {
+                return Err(format!(
                     "unknown metric '{other}'; known: loss, accuracy, auc, macro_f1, rmse, mae, r2"
-                )),
-            };
+                ))
+            }
+        };
         let ok = match m {
             MetricKind::Loss => true,
             MetricKind::Accuracy | MetricKind::MacroF1 => kind.is_classifier(),
@@ -265,7 +266,7 @@ impl EvalPartial {
 ///
 /// # Examples
 /// ```
-/// let mut s = vec![(0.1, false), (0.4, true), (0.35, false), (0.8, true)];
+/// let mut s = vec![(0.1, false), (0.4, true), (0.35, false), (0.3, true)];
 /// assert_eq!(tidemill::metrics::auc(&mut s), Some(0.75));
 /// ```
 pub fn auc(scores: &mut [(f32, bool)]) -> Option<f64> {

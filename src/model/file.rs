@@ -157,6 +157,7 @@ impl ModelFile {
     }
 
     /// The in-memory model.
+    #[allow(clippy::needless_range_loop)]
     pub fn to_model(&self, path: &Path) -> Result<LinearModel> {
         let layout = Layout::new(self.kind, &self.features);
         let bad = |message: String| Error::Model {

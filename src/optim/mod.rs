@@ -60,6 +60,7 @@ pub fn soft_threshold(w: f64, tau: f64) -> f64 {
 /// step(&spec, &mut w, &[1.0, 1.0], &mut st, 0.5, Penalty { l2: 0.0, l1: 0.0 }, |i| i == 1);
 /// assert_eq!(w, vec![0.5, 0.5]);
 /// ```
+#[allow(clippy::needless_range_loop)] // several arrays indexed in step
 pub fn step(
     spec: &OptimizerSpec,
     params: &mut [f64],

@@ -386,14 +386,14 @@ impl Pipeline {
                 format!("must be in 1..=28, got {hash_bits}"),
             ));
         }
-        if d.categorical.iter().any(|c| *c == d.label) {
+        if d.categorical.contains(&d.label) {
             return Err(value_err(
                 "data.categorical",
                 format!("'{}' is the label", d.label),
             ));
         }
         if let Some(f) = &d.features {
-            if f.iter().any(|c| *c == d.label) {
+            if f.contains(&d.label) {
                 return Err(value_err(
                     "data.features",
                     format!("'{}' is the label", d.label),
@@ -488,12 +488,14 @@ impl Pipeline {
                         }
                     }
                 }
-                other => return Err(value_err(
-                    "optimizer.schedule",
-                    format!(
+                other => {
+                    return Err(value_err(
+                        "optimizer.schedule",
+                        format!(
                         "'{other}' is not one of constant, inverse_time, inverse_sqrt, exponential"
                     ),
-                )),
+                    ))
+                }
             };
             Ok(FirstOrder {
                 learning_rate,

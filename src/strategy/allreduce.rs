@@ -43,6 +43,7 @@ pub fn steps_per_epoch(plan: &Plan, train_rows: u64) -> u64 {
 }
 
 /// Builds and runs the training dataflow on this worker.
+#[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
 pub fn run(
     worker: &mut Worker,
     plan: Arc<Plan>,
@@ -80,6 +81,7 @@ pub fn run(
         shards: ranges,
         steps_per_epoch: steps,
         result: Rc::clone(&result),
+        keep_result: index == 0,
         failure: Rc::clone(&failure),
     };
     let collect = CollectContext {

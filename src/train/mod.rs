@@ -24,6 +24,8 @@ use plan::Plan;
 pub struct TrainReport {
     /// The model file content (process 0).
     pub model: Option<ModelFile>,
+    /// The trained model as it was in memory (process 0).
+    pub fitted: Option<LinearModel>,
     /// Per-epoch records (process 0).
     pub records: Vec<EpochRecord>,
     /// Training rows.
@@ -89,7 +91,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
 }
 
 struct WorkerResult {
-    model: Option<ModelFile>,
+    model: Option<(ModelFile, LinearModel)>,
     records: Vec<EpochRecord>,
     rows: (u64, u64),
 }
@@ -123,7 +125,7 @@ fn worker_main(
             l2: plan.pipeline.model.l2,
             l1: plan.pipeline.model.l1,
         };
-        ModelFile::new(&model, &spec, summary)
+        (ModelFile::new(&model, &spec, summary), model)
     });
     Ok(WorkerResult {
         model,
@@ -154,6 +156,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
         .map_err(Error::Cluster)?;
     let mut report = TrainReport {
         model: None,
+        fitted: None,
         records: Vec::new(),
         train_rows: 0,
         validation_rows: 0,
@@ -175,8 +178,9 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
             Ok(Ok(w)) => {
                 report.train_rows = w.rows.0;
                 report.validation_rows = w.rows.1;
-                if w.model.is_some() {
-                    report.model = w.model;
+                if let Some((file, fitted)) = w.model {
+                    report.model = Some(file);
+                    report.fitted = Some(fitted);
                     report.records = w.records;
                 }
             }

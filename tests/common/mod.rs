@@ -1,0 +1,135 @@
+//! Helpers shared by the integration tests: running the real binary,
+//! reading real Parquet files, writing bad-input fixtures.
+#![allow(dead_code, clippy::unwrap_used, clippy::needless_range_loop)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+
+/// The repository root (where `datasets/` and `pipelines/` live).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the `tidemill` binary with `args` from the repository root.
+pub fn tidemill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(args)
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .output()
+        .expect("the tidemill binary runs")
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn tidemill_ok(args: &[&str]) -> String {
+    let out = tidemill(args);
+    assert!(
+        out.status.success(),
+        "tidemill {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads whole columns of a Parquet file as f64 (numeric columns only).
+pub fn read_columns(path: &Path, columns: &[&str]) -> Vec<Vec<f64>> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = vec![Vec::new(); columns.len()];
+    for batch in reader {
+        let batch = batch.unwrap();
+        for (j, c) in columns.iter().enumerate() {
+            let col =
+                arrow::compute::cast(batch.column_by_name(c).unwrap(), &DataType::Float64).unwrap();
+            let col = col.as_primitive::<Float64Type>();
+            out[j].extend((0..col.len()).map(|i| col.value(i)));
+        }
+    }
+    out
+}
+
+/// Column names of a Parquet file.
+pub fn column_names(path: &Path) -> Vec<String> {
+    let file = std::fs::File::open(path).unwrap();
+    let b = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    b.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// Writes a Parquet file with the given columns, `rows_per_group` rows per row group.
+pub fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>, rows_per_group: usize) {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| arrow::datatypes::Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows_per_group.max(1)))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(file, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Solves the dense system `a x = b` by Gaussian elimination with partial pivoting.
+pub fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+    let n = b.len();
+    for col in 0..n {
+        let piv = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap();
+        a.swap(col, piv);
+        b.swap(col, piv);
+        for r in col + 1..n {
+            let f = a[r][col] / a[col][col];
+            for c in col..n {
+                a[r][c] -= f * a[col][c];
+            }
+            b[r] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|c| a[r][c] * x[c]).sum();
+        x[r] = (b[r] - s) / a[r][r];
+    }
+    x
+}
+
+/// Standardises columns the way tidemill does: values are read as `f32`,
+/// centred and scaled by the population mean and standard deviation, and
+/// rounded to `f32` again.
+pub fn standardize(cols: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    cols.iter()
+        .map(|c| {
+            let c32: Vec<f64> = c.iter().map(|&v| v as f32 as f64).collect();
+            let n = c32.len() as f64;
+            let mean = c32.iter().sum::<f64>() / n;
+            let var = c32.iter().map(|v| v * v).sum::<f64>() / n - mean * mean;
+            let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
+            c32.iter()
+                .map(|&v| ((v - mean) / sd) as f32 as f64)
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,166 @@
+//! The same pipeline and seed give a byte-identical model file on 1, 2 and 4
+//! worker threads and on 2 processes over loopback TCP, for slice and
+//! shuffle, for SGD and L-BFGS.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{root, tidemill_ok};
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+fn train_threads(pipeline: &str, sets: &[&str], workers: usize, out: &Path) -> Vec<u8> {
+    let w = workers.to_string();
+    let model = out.to_string_lossy().to_string();
+    let mut args = vec!["train", pipeline, "--workers", &w, "--model-out", &model];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    tidemill_ok(&args);
+    std::fs::read(out).unwrap()
+}
+
+/// Two real processes, one worker thread each, talking over loopback.
+fn train_processes(pipeline: &str, sets: &[&str], dir: &Path) -> Vec<u8> {
+    let ports = free_ports(2);
+    let hostfile = dir.join("hosts");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let model = dir.join("multi.json");
+    let spawn = |process: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+        cmd.current_dir(root())
+            .env("TIDEMILL_LOG", "warn")
+            .args([
+                "train",
+                pipeline,
+                "--processes",
+                "2",
+                "--process",
+                &process.to_string(),
+            ])
+            .arg("--hostfile")
+            .arg(&hostfile)
+            .arg("--model-out")
+            .arg(&model)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        cmd.spawn().unwrap()
+    };
+    let p0 = spawn(0);
+    let p1 = spawn(1);
+    for p in [p0, p1] {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::read(&model).unwrap()
+}
+
+fn check(pipeline: &str, sets: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = train_threads(pipeline, sets, 1, &dir.path().join("w1.json"));
+    for w in [2, 4] {
+        let other = train_threads(pipeline, sets, w, &dir.path().join(format!("w{w}.json")));
+        assert!(
+            reference == other,
+            "{pipeline} {sets:?}: {w} workers differ from 1"
+        );
+    }
+    let multi = train_processes(pipeline, sets, dir.path());
+    assert!(
+        reference == multi,
+        "{pipeline} {sets:?}: 2 processes differ from 1 worker"
+    );
+}
+
+#[test]
+fn lbfgs_slice() {
+    check("pipelines/quickstart.toml", &["data.partition=slice"]);
+}
+
+#[test]
+fn lbfgs_shuffle() {
+    check(
+        "pipelines/quickstart.toml",
+        &["data.partition=shuffle", "data.max_unit_rows=50"],
+    );
+}
+
+#[test]
+fn sgd_slice() {
+    check(
+        "pipelines/breast_cancer.toml",
+        &[
+            "data.partition=slice",
+            "optimizer.kind=sgd",
+            "optimizer.learning_rate=0.1",
+        ],
+    );
+}
+
+#[test]
+fn sgd_shuffle_hashed_categoricals() {
+    check(
+        "pipelines/adult.toml",
+        &[
+            "data.partition=shuffle",
+            "optimizer.kind=sgd",
+            "train.epochs=2",
+        ],
+    );
+}
+
+#[test]
+fn softmax_adam_shuffle() {
+    check(
+        "pipelines/digits.toml",
+        &[
+            "optimizer.kind=adam",
+            "optimizer.learning_rate=0.01",
+            "train.epochs=3",
+        ],
+    );
+}
+
+#[test]
+fn different_seeds_give_different_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets = ["optimizer.kind=sgd"];
+    let a = train_threads(
+        "pipelines/breast_cancer.toml",
+        &sets,
+        2,
+        &dir.path().join("a.json"),
+    );
+    let b = train_threads(
+        "pipelines/breast_cancer.toml",
+        &["optimizer.kind=sgd", "data.seed=8"],
+        2,
+        &dir.path().join("b.json"),
+    );
+    assert_ne!(a, b, "the seed must matter under shuffle");
+}
