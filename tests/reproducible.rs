@@ -164,3 +164,39 @@ fn different_seeds_give_different_models() {
     );
     assert_ne!(a, b, "the seed must matter under shuffle");
 }
+
+#[test]
+fn streaming_epochs_lbfgs() {
+    check(
+        "pipelines/california_housing.toml",
+        &["data.cache=false", "data.max_unit_rows=3000"],
+    );
+}
+
+#[test]
+fn streaming_epochs_sgd_shuffle() {
+    check(
+        "pipelines/adult.toml",
+        &["data.cache=false", "train.epochs=2"],
+    );
+}
+
+/// Full-batch results do not depend on caching when every unit fits in one
+/// stream window: the same rows, summed in the same order.
+#[test]
+fn streaming_and_cached_full_batch_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = train_threads(
+        "pipelines/quickstart.toml",
+        &["data.partition=slice"],
+        2,
+        &dir.path().join("a.json"),
+    );
+    let b = train_threads(
+        "pipelines/quickstart.toml",
+        &["data.partition=slice", "data.cache=false"],
+        2,
+        &dir.path().join("b.json"),
+    );
+    assert!(a == b, "slice + L-BFGS must not depend on data.cache");
+}

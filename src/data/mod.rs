@@ -13,4 +13,5 @@ pub mod hashing;
 pub mod load;
 pub mod partition;
 pub mod source;
+pub mod stream;
 pub mod unit;

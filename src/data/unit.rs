@@ -4,7 +4,9 @@
 use std::fs::File;
 
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +58,14 @@ pub fn plan(source: &Source, max_unit_rows: usize) -> Vec<Unit> {
     units
 }
 
-/// Reads the rows of one unit, decoding only `columns`, as a single batch.
-pub fn read(source: &Source, unit: &Unit, columns: &[String]) -> Result<RecordBatch> {
+/// A reader over the rows of one unit, decoding only `columns`, in batches
+/// of at most `batch_rows` rows.
+pub fn reader(
+    source: &Source,
+    unit: &Unit,
+    columns: &[String],
+    batch_rows: usize,
+) -> Result<ParquetRecordBatchReader> {
     let pf = &source.files[unit.file];
     let file = File::open(&pf.path).map_err(|e| Error::io(&pf.path, e))?;
     let schema = pf.schema();
@@ -81,13 +89,19 @@ pub fn read(source: &Source, unit: &Unit, columns: &[String]) -> Result<RecordBa
     if rest > 0 {
         selectors.push(RowSelector::skip(rest));
     }
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, pf.metadata.clone())
+    ParquetRecordBatchReaderBuilder::new_with_metadata(file, pf.metadata.clone())
         .with_row_groups(vec![unit.row_group])
         .with_projection(mask)
         .with_row_selection(RowSelection::from(selectors))
-        .with_batch_size(unit.rows.max(1))
+        .with_batch_size(batch_rows.max(1))
         .build()
-        .map_err(|e| Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group)))?;
+        .map_err(|e| Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group)))
+}
+
+/// Reads the rows of one unit, decoding only `columns`, as a single batch.
+pub fn read(source: &Source, unit: &Unit, columns: &[String]) -> Result<RecordBatch> {
+    let pf = &source.files[unit.file];
+    let reader = reader(source, unit, columns, unit.rows)?;
     let mut batches = Vec::new();
     for b in reader {
         batches.push(

@@ -14,7 +14,6 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::{EvalMsg, Failure, GradMsg, ParamMsg, Phase, WorkerOut};
 use crate::data::cache::WorkerData;
-use crate::data::partition::chunk;
 use crate::error::Error;
 use crate::exact::Exact;
 use crate::metrics::EvalPartial;
@@ -96,43 +95,30 @@ impl State {
         let mut loss = Exact::default();
         let mut rows = 0u64;
         let steps = self.ctx.steps_per_epoch;
-        for (id, held) in self.ctx.data.held() {
-            let block = &held.data.train;
-            let (a, b) = chunk(block.rows, steps, step, id);
-            if a == b {
-                continue;
-            }
-            let order = held.order.as_deref();
-            let l = self
-                .ctx
-                .model
-                .accumulate(
-                    block,
-                    (a..b).map(|i| order.map_or(i, |o| o[i])),
-                    &mut self.scratch,
-                    &mut acc,
-                )
-                .map_err(|message| Error::Diverged {
-                    epoch,
-                    step,
-                    message,
-                })?;
-            loss += Exact::from_f64(l).ok_or_else(|| Error::Diverged {
-                epoch,
-                step,
-                message: "the loss is not finite".into(),
-            })?;
-            rows += (b - a) as u64;
-        }
+        let model = &self.ctx.model;
+        let scratch = &mut self.scratch;
+        let diverged = |message: String| Error::Diverged {
+            epoch,
+            step,
+            message,
+        };
+        self.ctx.data.step_rows(step, steps, |block, idx| {
+            let l = model
+                .accumulate(block, idx.iter().copied(), scratch, &mut acc)
+                .map_err(diverged)?;
+            loss += Exact::from_f64(l).ok_or_else(|| diverged("the loss is not finite".into()))?;
+            rows += idx.len() as u64;
+            Ok(())
+        })?;
         Ok((acc, loss, rows))
     }
 
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
         let mut partial = EvalPartial::default();
         let model = &self.ctx.model;
-        for block in self.ctx.data.validation()? {
-            partial.add_block(model, block);
-        }
+        self.ctx
+            .data
+            .validation(|block| partial.add_block(model, block))?;
         Ok(partial)
     }
 
