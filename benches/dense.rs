@@ -33,8 +33,9 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn pipeline(data: &Path, cache: bool, epochs: u32, batch: usize, l2: f64) -> Pipeline {
+    let per_step = std::env::var("UNITS_PER_STEP").unwrap_or_else(|_| "4".into());
     let text = format!(
-        "[data]\ntrain = {:?}\nlabel = \"label\"\npartition = \"slice\"\ncache = {cache}\n\
+        "[data]\ntrain = {:?}\nlabel = \"label\"\npartition = \"slice\"\ncache = {cache}\nunits_per_step = {per_step}\n\
          [model]\nkind = \"logistic\"\nl2 = {l2}\n\
          [optimizer]\nkind = \"sgd\"\nlearning_rate = 0.5\nbatch_size = {batch}\nschedule = \"inverse_sqrt\"\ndecay = 0.01\n\
          [train]\nepochs = {epochs}\n",
@@ -100,6 +101,7 @@ fn train(data: &Path, workers: usize, cache: bool, epochs: u32, batch: usize, l2
     };
     let report = tidemill::train::run(p, &cluster).expect("training runs");
     let total = started.elapsed().as_secs_f64();
+    let train_rss = peak_rss_mb();
     let ends: Vec<f64> = report.records.iter().map(|r| r.elapsed_s).collect();
     let epoch_s: Vec<f64> = ends
         .iter()
@@ -127,7 +129,7 @@ fn train(data: &Path, workers: usize, cache: bool, epochs: u32, batch: usize, l2
            "train_s": ends.last().copied().unwrap_or(0.0),
            "examples_per_s": report.train_rows as f64 * epochs as f64 / ends.last().copied().unwrap_or(1.0),
            "test_logloss": m.loss, "test_auc": m.auc, "eval_s": eval_started.elapsed().as_secs_f64(),
-           "peak_rss_mb": peak_rss_mb()})
+           "peak_rss_mb": train_rss, "peak_rss_with_eval_mb": peak_rss_mb()})
 }
 
 fn tempfile_dir() -> PathBuf {

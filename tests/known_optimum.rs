@@ -245,7 +245,7 @@ fn first_order_methods_reach_documented_tolerance() {
             "adagrad",
             &[
                 "optimizer.kind=adagrad",
-                "optimizer.learning_rate=0.5",
+                "optimizer.learning_rate=0.2",
                 "optimizer.batch_size=32",
                 "train.epochs=200",
             ],

@@ -1,28 +1,79 @@
 //! The units a worker holds for the current epoch: decoded once and kept
-//! (`cache = true`), or streamed window by window each epoch (`cache = false`,
-//! bounded memory).
+//! (`cache = true`), or streamed window by window (`cache = false`, one open
+//! stream per unit of the current wave). Both modes feed the same rows in
+//! the same order and segments, so `cache` changes memory and speed, never
+//! the model.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::encode::{Block, ClassMap, FeatureSpec, LabelUse};
 use super::load::{load_unit, Split, UnitData};
-use super::partition::{assign, chunk, row_order};
-use super::stream::{Rows, StreamSpec, UnitStream};
+use super::partition::{assign, row_order, StepPlan};
+use super::stream::{Rows, StreamSpec, UnitStream, WINDOW_ROWS};
+use super::unit::Unit;
 use crate::error::Result;
 use crate::spec::{ModelKind, Partition};
 use crate::train::plan::Plan;
 
-/// One cached unit with its row order for the current epoch.
+/// The shuffle key of window `window` of unit `unit` (shared with streams).
+pub fn window_key(unit: usize, window: u64) -> usize {
+    ((unit as u64) << 20 ^ window) as usize
+}
+
+/// One cached unit: its rows, their order for the epoch, and the
+/// boundaries of its stream windows (segments are cut there).
 #[derive(Debug)]
 struct Cached {
     data: UnitData,
     order: Option<Vec<usize>>,
+    windows: Vec<usize>,
 }
 
-enum Held {
-    Cached(Cached),
-    Streamed(Box<UnitStream>),
+impl Cached {
+    fn new(data: UnitData, unit: &Unit) -> Cached {
+        let rows = &data.train.file_row;
+        let mut windows = vec![0];
+        for i in 1..rows.len() {
+            if (rows[i] - unit.file_row) / WINDOW_ROWS as u64
+                != (rows[i - 1] - unit.file_row) / WINDOW_ROWS as u64
+            {
+                windows.push(i);
+            }
+        }
+        windows.push(rows.len());
+        Cached {
+            data,
+            order: None,
+            windows,
+        }
+    }
+
+    /// Row order for an epoch: each window permuted on its own (shuffle).
+    fn reorder(&mut self, unit: &Unit, s: &StreamSpec, epoch: u32) {
+        if s.partition == Partition::Slice {
+            self.order = None;
+            return;
+        }
+        let mut order = Vec::with_capacity(self.data.train.rows);
+        for w in self.windows.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if a == b {
+                continue;
+            }
+            let window = (self.data.train.file_row[a] - unit.file_row) / WINDOW_ROWS as u64;
+            let perm = row_order(
+                b - a,
+                s.partition,
+                s.seed,
+                epoch,
+                window_key(unit.id, window),
+            )
+            .unwrap_or_default();
+            order.extend(perm.into_iter().map(|i| a + i));
+        }
+        self.order = Some(order);
+    }
 }
 
 /// The data one worker holds.
@@ -30,14 +81,16 @@ pub struct WorkerData {
     index: usize,
     peers: usize,
     plan: Arc<Plan>,
+    steps: StepPlan,
     stream: StreamSpec,
     train_rows: Vec<usize>,
     epoch: Option<u32>,
-    owners: Vec<usize>,
-    held: BTreeMap<usize, Held>,
+    /// Units this worker holds in the current epoch.
+    mine: Vec<usize>,
+    cached: BTreeMap<usize, Cached>,
+    streams: BTreeMap<usize, UnitStream>,
+    open_wave: Option<usize>,
     validation_files: Option<BTreeMap<usize, Block>>,
-    /// Streams have been read since they were opened.
-    streamed: bool,
 }
 
 impl WorkerData {
@@ -49,6 +102,7 @@ impl WorkerData {
         plan: Arc<Plan>,
         spec: FeatureSpec,
         train_rows: Vec<usize>,
+        steps: StepPlan,
     ) -> WorkerData {
         let classes = match plan.pipeline.model.kind {
             ModelKind::Linear => None,
@@ -66,13 +120,15 @@ impl WorkerData {
             index,
             peers,
             plan,
+            steps,
             stream,
             train_rows,
             epoch: None,
-            owners: Vec::new(),
-            held: BTreeMap::new(),
+            mine: Vec::new(),
+            cached: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            open_wave: None,
             validation_files: None,
-            streamed: false,
         }
     }
 
@@ -90,97 +146,107 @@ impl WorkerData {
         }
         let plan = Arc::clone(&self.plan);
         let d = &plan.pipeline.data;
-        self.owners = assign(&self.train_rows, self.peers, d.partition, d.seed, epoch);
-        let owners = &self.owners;
-        let index = self.index;
-        self.held
-            .retain(|id, h| owners[*id] == index && matches!(h, Held::Cached(_)));
-        let split = Split {
-            fraction: plan.validation_fraction,
-            seed: d.seed,
-        };
-        for unit in &plan.train.units {
-            if self.owners[unit.id] != self.index {
-                continue;
-            }
-            if !d.cache {
-                let s =
-                    UnitStream::open(&plan.train.source, unit, &self.stream, Rows::Train, epoch)?;
-                self.held.insert(unit.id, Held::Streamed(Box::new(s)));
-                continue;
-            }
-            if !self.held.contains_key(&unit.id) {
-                let data = load_unit(
-                    &plan.train.source,
-                    unit,
-                    &self.stream.spec,
-                    self.label(),
-                    split,
-                )?;
-                self.held
-                    .insert(unit.id, Held::Cached(Cached { data, order: None }));
-            }
-            if let Some(Held::Cached(c)) = self.held.get_mut(&unit.id) {
-                c.order = match d.partition {
-                    Partition::Slice => None,
-                    Partition::Shuffle => {
-                        row_order(c.data.train.rows, d.partition, d.seed, epoch, unit.id)
-                    }
-                };
+        let owners = assign(&self.train_rows, self.peers, d.partition, d.seed, epoch);
+        self.mine = (0..owners.len())
+            .filter(|&u| owners[u] == self.index)
+            .collect();
+        self.streams.clear();
+        self.open_wave = None;
+        if d.cache {
+            let mine = &self.mine;
+            self.cached.retain(|id, _| mine.contains(id));
+            let split = Split {
+                fraction: plan.validation_fraction,
+                seed: d.seed,
+            };
+            for &id in &self.mine {
+                let unit = &plan.train.units[id];
+                if !self.cached.contains_key(&id) {
+                    let data = load_unit(
+                        &plan.train.source,
+                        unit,
+                        &self.stream.spec,
+                        self.label(),
+                        split,
+                    )?;
+                    self.cached.insert(id, Cached::new(data, unit));
+                }
+                if let Some(c) = self.cached.get_mut(&id) {
+                    c.reorder(unit, &self.stream, epoch);
+                }
             }
         }
         self.epoch = Some(epoch);
-        self.streamed = false;
         Ok(())
     }
 
-    /// Starts the streamed units over (a new pass inside the same epoch, as
-    /// every L-BFGS evaluation is).
-    fn rewind(&mut self) -> Result<()> {
-        let plan = Arc::clone(&self.plan);
-        let epoch = self.epoch.unwrap_or(0);
-        for (&id, held) in self.held.iter_mut() {
-            if let Held::Streamed(s) = held {
-                **s = UnitStream::open(
-                    &plan.train.source,
-                    &plan.train.units[id],
-                    &self.stream,
-                    Rows::Train,
-                    epoch,
-                )?;
-            }
-        }
-        self.streamed = false;
-        Ok(())
-    }
-
-    /// Feeds this worker's rows of step `step` (of `steps`) to `f`, unit by
-    /// unit in unit order, as (block, row indices) segments.
+    /// Feeds this worker's rows of step `step` to `f`, unit by unit in unit
+    /// order, as (block, row indices) segments that never cross a window.
     pub fn step_rows(
         &mut self,
         step: u64,
-        steps: u64,
         mut f: impl FnMut(&Block, &[usize]) -> Result<()>,
     ) -> Result<()> {
-        if step == 0 && self.streamed {
-            self.rewind()?;
-        }
-        let mut idx = Vec::new();
-        for (&id, held) in self.held.iter_mut() {
-            let (a, b) = chunk(self.train_rows[id], steps, step, id);
-            if a == b {
-                continue;
-            }
-            match held {
-                Held::Cached(c) => {
-                    idx.clear();
-                    idx.extend((a..b).map(|i| c.order.as_ref().map_or(i, |o| o[i])));
-                    f(&c.data.train, &idx)?;
+        let plan = Arc::clone(&self.plan);
+        let epoch = self.epoch.unwrap_or(0);
+        if !plan.pipeline.data.cache {
+            if self.steps.is_full_batch() {
+                // One pass over every unit, one open stream at a time.
+                for &id in &self.mine {
+                    let unit = &plan.train.units[id];
+                    let mut s = UnitStream::open(
+                        &plan.train.source,
+                        unit,
+                        &self.stream,
+                        Rows::Train,
+                        epoch,
+                    )?;
+                    s.feed(&self.stream, self.train_rows[id], &mut f)?;
                 }
-                Held::Streamed(s) => {
-                    self.streamed = true;
+                return Ok(());
+            }
+            let wave = self.steps.wave_at(step);
+            if self.open_wave != Some(wave) {
+                self.streams.clear();
+                for &id in self.mine.iter().filter(|&&u| self.steps.wave_of(u) == wave) {
+                    let unit = &plan.train.units[id];
+                    let s = UnitStream::open(
+                        &plan.train.source,
+                        unit,
+                        &self.stream,
+                        Rows::Train,
+                        epoch,
+                    )?;
+                    self.streams.insert(id, s);
+                }
+                self.open_wave = Some(wave);
+            }
+            for (&id, s) in self.streams.iter_mut() {
+                if let Some((a, b)) = self.steps.rows(id, self.train_rows[id], step) {
                     s.feed(&self.stream, b - a, &mut f)?;
                 }
+            }
+            return Ok(());
+        }
+        let mut idx = Vec::new();
+        for (&id, c) in &self.cached {
+            let Some((a, b)) = self.steps.rows(id, self.train_rows[id], step) else {
+                continue;
+            };
+            // Cut [a, b) where stream windows end, exactly as streaming does.
+            let mut start = a;
+            while start < b {
+                let end = c
+                    .windows
+                    .iter()
+                    .copied()
+                    .find(|&w| w > start)
+                    .unwrap_or(b)
+                    .min(b);
+                idx.clear();
+                idx.extend((start..end).map(|i| c.order.as_ref().map_or(i, |o| o[i])));
+                f(&c.data.train, &idx)?;
+                start = end;
             }
         }
         Ok(())
@@ -224,22 +290,21 @@ impl WorkerData {
                 .for_each(f);
             return Ok(());
         }
-        for (&id, held) in &self.held {
-            match held {
-                Held::Cached(c) => f(&c.data.validation),
-                Held::Streamed(_) => {
-                    let unit = &plan.train.units[id];
-                    let epoch = self.epoch.unwrap_or(0);
-                    UnitStream::open(
-                        &plan.train.source,
-                        unit,
-                        &self.stream,
-                        Rows::Validation,
-                        epoch,
-                    )?
-                    .drain(&self.stream, &mut f)?;
-                }
-            }
+        if cache {
+            self.cached.values().for_each(|c| f(&c.data.validation));
+            return Ok(());
+        }
+        let epoch = self.epoch.unwrap_or(0);
+        for &id in &self.mine {
+            let unit = &plan.train.units[id];
+            UnitStream::open(
+                &plan.train.source,
+                unit,
+                &self.stream,
+                Rows::Validation,
+                epoch,
+            )?
+            .drain(&self.stream, &mut f)?;
         }
         Ok(())
     }

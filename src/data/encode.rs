@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -207,12 +207,8 @@ fn cast(array: &ArrayRef, to: &DataType, name: &str, origin: &Origin) -> Result<
     })
 }
 
-/// Numeric values of a column as f64, `None` for null / NaN / ±inf.
-fn numeric_values(
-    array: &ArrayRef,
-    name: &str,
-    origin: &Origin,
-) -> Result<Vec<(f64, &'static str)>> {
+/// A numeric column cast to f64.
+fn numeric_array(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Float64Array> {
     if !is_numeric_type(array.data_type()) {
         return Err(Error::ColumnType {
             file: origin.file.to_path_buf(),
@@ -222,23 +218,39 @@ fn numeric_values(
         });
     }
     let f = cast(array, &DataType::Float64, name, origin)?;
-    let f = f.as_primitive::<Float64Type>();
-    Ok((0..f.len())
-        .map(|i| {
-            if f.is_null(i) {
-                (f64::NAN, "null value")
-            } else {
-                let v = f.value(i);
-                if v.is_nan() {
-                    (v, "NaN")
-                } else if v.is_infinite() {
-                    (v, "infinite value")
-                } else {
-                    (v, "")
-                }
-            }
-        })
-        .collect())
+    Ok(f.as_primitive::<Float64Type>().clone())
+}
+
+/// What is wrong with value `i`, or `""` if it is a usable number.
+#[inline]
+fn badness(a: &Float64Array, i: usize) -> &'static str {
+    if a.is_null(i) {
+        "null value"
+    } else {
+        let v = a.value(i);
+        if v.is_nan() {
+            "NaN"
+        } else if v.is_infinite() {
+            "infinite value"
+        } else {
+            ""
+        }
+    }
+}
+
+/// True if every value is present and finite (the common case, checked fast).
+fn all_finite(a: &Float64Array) -> bool {
+    a.null_count() == 0 && a.values().iter().all(|v| v.is_finite())
+}
+
+/// Numeric values of a column as (value, what is wrong or "").
+fn numeric_values(
+    array: &ArrayRef,
+    name: &str,
+    origin: &Origin,
+) -> Result<Vec<(f64, &'static str)>> {
+    let a = numeric_array(array, name, origin)?;
+    Ok((0..a.len()).map(|i| (a.value(i), badness(&a, i))).collect())
 }
 
 /// Tokens of a column; `None` for nulls.
@@ -311,8 +323,13 @@ pub fn decode(
 
     let mut numeric = Vec::with_capacity(spec.numeric.len());
     for f in &spec.numeric {
-        let values = numeric_values(column(batch, &f.name, origin)?, &f.name, origin)?;
-        for (i, (_, bad)) in values.iter().enumerate() {
+        let values = numeric_array(column(batch, &f.name, origin)?, &f.name, origin)?;
+        if all_finite(&values) {
+            numeric.push(values);
+            continue;
+        }
+        for (i, k) in keep.iter_mut().enumerate() {
+            let bad = badness(&values, i);
             if !bad.is_empty() {
                 match spec.on_missing {
                     OnMissing::Error => {
@@ -321,7 +338,7 @@ pub fn decode(
                             what: bad.to_string(),
                         })
                     }
-                    OnMissing::SkipRow => keep[i] = false,
+                    OnMissing::SkipRow => *k = false,
                     OnMissing::Zero | OnMissing::Mean => {}
                 }
             }
@@ -385,13 +402,24 @@ pub fn decode(
         tokens: Vec::new(),
         file_row: Vec::with_capacity(rows),
     };
-    for i in (0..n).filter(|&i| keep[i]) {
-        block.file_row.push(origin.first_row + i as u64);
-        for (f, values) in spec.numeric.iter().zip(&numeric) {
-            let (v, bad) = values[i];
-            let raw = if bad.is_empty() { v } else { f.fill };
-            block.dense.push(((raw - f.center) / f.scale) as f32);
+    let kept: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
+    block
+        .file_row
+        .extend(kept.iter().map(|&i| origin.first_row + i as u64));
+    block.dense.resize(rows * p, 0.0);
+    for (j, (f, values)) in spec.numeric.iter().zip(&numeric).enumerate() {
+        let clean = all_finite(values);
+        let raw = values.values();
+        for (r, &i) in kept.iter().enumerate() {
+            let v = if clean || badness(values, i).is_empty() {
+                raw[i]
+            } else {
+                f.fill
+            };
+            block.dense[r * p + j] = ((v - f.center) / f.scale) as f32;
         }
+    }
+    for &i in &kept {
         for (col, values) in spec.categorical.iter().zip(&tokens) {
             match &values[i] {
                 Some(tok) => {

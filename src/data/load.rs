@@ -3,8 +3,9 @@
 use super::encode::{decode, Block, FeatureSpec, LabelUse, Origin};
 use super::partition::is_validation;
 use super::source::Source;
+use super::stream::WINDOW_ROWS;
 use super::unit::{self, Unit};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The decoded rows of a unit.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,72 @@ pub struct Split {
     pub fraction: Option<f64>,
     /// Seed of the split.
     pub seed: u64,
+}
+
+fn split_block(block: super::encode::Block, unit: &Unit, split: Split) -> UnitData {
+    match split.fraction {
+        None => UnitData {
+            train: block,
+            validation: Block::default(),
+        },
+        Some(fraction) => {
+            let held: Vec<bool> = block
+                .file_row
+                .iter()
+                .map(|&r| is_validation(split.seed, unit.file, r, fraction))
+                .collect();
+            let mut train = block.clone();
+            train.retain(|i| !held[i]);
+            let mut validation = block;
+            validation.retain(|i| held[i]);
+            UnitData { train, validation }
+        }
+    }
+}
+
+/// Reads and decodes a unit window by window (8192 rows at a time), so that
+/// memory holds one window; `f` sees each window's rows, split.
+pub fn for_each_window(
+    source: &Source,
+    unit: &Unit,
+    spec: &FeatureSpec,
+    label: LabelUse,
+    split: Split,
+    mut f: impl FnMut(UnitData) -> Result<()>,
+) -> Result<()> {
+    let mut columns = spec.feature_columns();
+    if !matches!(label, LabelUse::Skip) {
+        columns.push(spec.label.clone());
+    }
+    let file = &source.files[unit.file];
+    let reader = unit::reader(source, unit, &columns, WINDOW_ROWS)?;
+    let mut read = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| {
+            Error::parquet(&file.path, format!("row group {}: {e}", unit.row_group))
+        })?;
+        let origin = Origin {
+            file: &file.path,
+            row_group: Some(unit.row_group),
+            first_row: unit.file_row + read,
+        };
+        read += batch.num_rows() as u64;
+        f(split_block(
+            decode(&batch, spec, label, &origin)?,
+            unit,
+            split,
+        ))?;
+    }
+    if read != unit.rows as u64 {
+        return Err(Error::parquet(
+            &file.path,
+            format!(
+                "row group {}: expected {} rows, decoded {read} (truncated file?)",
+                unit.row_group, unit.rows
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads and decodes a unit; with a split, rows are divided by a seeded
@@ -45,22 +112,5 @@ pub fn load_unit(
         first_row: unit.file_row,
     };
     let block = decode(&batch, spec, label, &origin)?;
-    Ok(match split.fraction {
-        None => UnitData {
-            train: block,
-            validation: Block::default(),
-        },
-        Some(fraction) => {
-            let held: Vec<bool> = block
-                .file_row
-                .iter()
-                .map(|&r| is_validation(split.seed, unit.file, r, fraction))
-                .collect();
-            let mut train = block.clone();
-            train.retain(|i| !held[i]);
-            let mut validation = block;
-            validation.retain(|i| held[i]);
-            UnitData { train, validation }
-        }
-    })
+    Ok(split_block(block, unit, split))
 }

@@ -106,6 +106,106 @@ pub fn chunk(n: usize, steps: u64, s: u64, unit: usize) -> (usize, usize) {
     (at(s as u128), at(s as u128 + 1))
 }
 
+/// Which rows of which unit each step of an epoch takes.
+///
+/// Units are grouped into waves of at most `units_per_step` units
+/// (`wave(u) = u mod waves`, fixed by the data). Wave `k` with `N_k`
+/// training rows gets `⌈N_k / batch⌉` consecutive steps; each of them takes
+/// its [`chunk`] of every unit of the wave. A step therefore draws a
+/// stratified batch from a handful of units, and a streaming worker only
+/// keeps the current wave's units open. Full-batch methods have one step
+/// that takes every row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepPlan {
+    wave_of: Vec<usize>,
+    /// First step of each wave, plus the total at the end.
+    first_step: Vec<u64>,
+    full_batch: bool,
+}
+
+impl StepPlan {
+    /// Plans an epoch over units with `train_rows` rows each; `batch` is
+    /// `None` for full-batch methods.
+    ///
+    /// # Examples
+    /// ```
+    /// use tidemill::data::partition::StepPlan;
+    /// let plan = StepPlan::new(&[100, 100, 100, 100], Some(50), 2);
+    /// assert_eq!(plan.steps(), 8);
+    /// assert_eq!(plan.rows(0, 100, 0), Some((0, 25)));
+    /// assert_eq!(plan.rows(1, 100, 0), None); // unit 1 is in the second wave
+    /// ```
+    pub fn new(train_rows: &[usize], batch: Option<usize>, units_per_step: usize) -> StepPlan {
+        let units = train_rows.len();
+        let waves = units.div_ceil(units_per_step.max(1)).max(1);
+        let wave_of: Vec<usize> = (0..units).map(|u| u % waves).collect();
+        let mut first_step = vec![0u64];
+        match batch {
+            None => first_step.push(1),
+            Some(b) => {
+                for k in 0..waves {
+                    let rows: u64 = (0..units)
+                        .filter(|&u| wave_of[u] == k)
+                        .map(|u| train_rows[u] as u64)
+                        .sum();
+                    let steps = rows.div_ceil(b.max(1) as u64);
+                    first_step.push(first_step[k] + steps);
+                }
+                if first_step[waves] == 0 {
+                    // No rows at all: one empty step keeps the loop going.
+                    first_step[waves] = 1;
+                }
+            }
+        }
+        StepPlan {
+            wave_of,
+            first_step,
+            full_batch: batch.is_none(),
+        }
+    }
+
+    /// Steps per epoch.
+    pub fn steps(&self) -> u64 {
+        *self.first_step.last().unwrap_or(&1)
+    }
+
+    /// The wave step `step` belongs to (0 for full batch).
+    pub fn wave_at(&self, step: u64) -> usize {
+        if self.full_batch {
+            return 0;
+        }
+        self.first_step
+            .windows(2)
+            .position(|w| step >= w[0] && step < w[1])
+            .unwrap_or(0)
+    }
+
+    /// The wave of a unit.
+    pub fn wave_of(&self, unit: usize) -> usize {
+        self.wave_of[unit]
+    }
+
+    /// True if one step takes every row.
+    pub fn is_full_batch(&self) -> bool {
+        self.full_batch
+    }
+
+    /// Rows `[start, end)` of unit `unit` (with `n` training rows) that step
+    /// `step` takes, or `None` if the step does not touch the unit.
+    pub fn rows(&self, unit: usize, n: usize, step: u64) -> Option<(usize, usize)> {
+        if self.full_batch {
+            return Some((0, n));
+        }
+        let k = self.wave_at(step);
+        if self.wave_of[unit] != k {
+            return None;
+        }
+        let first = self.first_step[k];
+        let steps = self.first_step[k + 1] - first;
+        Some(chunk(n, steps, step - first, unit))
+    }
+}
+
 /// Is the row at `file_row` of file `file` a validation row?
 pub fn is_validation(seed: u64, file: usize, file_row: u64, fraction: f64) -> bool {
     uniform(seed ^ 0x5EED_0003, file as u64, file_row) < fraction
@@ -157,6 +257,26 @@ mod tests {
             let mut o = row_order(n, Partition::Shuffle, seed, epoch, 7).unwrap();
             o.sort_unstable();
             prop_assert_eq!(o, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn step_plan_covers_every_row_once(rows in proptest::collection::vec(0usize..500, 1..40), batch in 1usize..300, per in 1usize..10) {
+            let plan = StepPlan::new(&rows, Some(batch), per);
+            let mut next = vec![0usize; rows.len()];
+            for s in 0..plan.steps() {
+                let mut units = 0;
+                for (u, &n) in rows.iter().enumerate() {
+                    if let Some((a, b)) = plan.rows(u, n, s) {
+                        prop_assert_eq!(a, next[u]);
+                        next[u] = b;
+                        units += 1;
+                    }
+                }
+                prop_assert!(units <= per);
+            }
+            prop_assert_eq!(next, rows);
         }
     }
 

@@ -2,13 +2,13 @@
 //! decoded window per unit, never the whole partition.
 //!
 //! Under `shuffle`, rows are permuted inside each window by
-//! `(seed, epoch, unit, window)` — a coarser shuffle than the full-unit
-//! permutation of cached units, traded for bounded memory.
+//! `(seed, epoch, unit, window)`, as cached units are.
 
 use std::path::PathBuf;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
+use super::cache::window_key;
 use super::encode::{decode, Block, ClassMap, FeatureSpec, LabelUse, Origin};
 use super::partition::{is_validation, row_order};
 use super::source::Source;
@@ -119,10 +119,13 @@ impl UnitStream {
         }
         self.order = match s.partition {
             Partition::Slice => None,
-            Partition::Shuffle => {
-                let key = (self.unit.id as u64) << 20 ^ self.windows;
-                row_order(block.rows, s.partition, s.seed, self.epoch, key as usize)
-            }
+            Partition::Shuffle => row_order(
+                block.rows,
+                s.partition,
+                s.seed,
+                self.epoch,
+                window_key(self.unit.id, self.windows),
+            ),
         };
         self.windows += 1;
         self.window = block;

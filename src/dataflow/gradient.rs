@@ -36,8 +36,6 @@ pub struct GradientContext {
     pub model: LinearModel,
     /// Shard ranges of the parameter vector.
     pub shards: Vec<Range<usize>>,
-    /// Steps per epoch (1 for full-batch methods).
-    pub steps_per_epoch: u64,
     /// Where the final parameters go (set only on the worker that keeps them).
     pub result: Rc<RefCell<Option<FinalParams>>>,
     /// True on worker 0, which keeps the final parameters.
@@ -94,7 +92,6 @@ impl State {
         let mut acc = vec![Exact::default(); self.ctx.model.layout.len()];
         let mut loss = Exact::default();
         let mut rows = 0u64;
-        let steps = self.ctx.steps_per_epoch;
         let model = &self.ctx.model;
         let scratch = &mut self.scratch;
         let diverged = |message: String| Error::Diverged {
@@ -102,7 +99,7 @@ impl State {
             step,
             message,
         };
-        self.ctx.data.step_rows(step, steps, |block, idx| {
+        self.ctx.data.step_rows(step, |block, idx| {
             let l = model
                 .accumulate(block, idx.iter().copied(), scratch, &mut acc)
                 .map_err(diverged)?;

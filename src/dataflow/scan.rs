@@ -15,7 +15,7 @@ use timely::worker::Worker;
 
 use super::Failure;
 use crate::data::encode::{ClassMap, LabelUse};
-use crate::data::load::{load_unit, Split};
+use crate::data::load::{for_each_window, Split};
 use crate::data::partition::assign;
 use crate::error::{Error, Location};
 use crate::exact::Exact;
@@ -122,7 +122,10 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
         let rows: Vec<usize> = units.units.iter().map(|u| u.rows).collect();
         let owners = assign(&rows, peers, Partition::Slice, 0, 0);
         for unit in units.units.iter().filter(|u| owners[u.id] == index) {
-            let checked = load_unit(&units.source, unit, &spec, label, split).and_then(|data| {
+            let (mut train_rows, mut held_rows) = (0u64, 0u64);
+            let mut moments = vec![Moments::default(); spec.numeric.len()];
+            let mut labels = std::mem::take(&mut out.labels);
+            let checked = for_each_window(&units.source, unit, &spec, label, split, |data| {
                 let blocks = [&data.train, &data.validation];
                 label_tokens_check(
                     &blocks,
@@ -130,28 +133,12 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
                     &units.source,
                     unit,
                     &spec.label,
-                    &mut out.labels,
+                    &mut labels,
                 )?;
-                Ok(data)
-            });
-            let data = match checked {
-                Ok(d) => d,
-                Err(e) => {
-                    // Units are visited in order: the first failure is the lowest.
-                    if out.failure.is_none() {
-                        out.failure = Some(((which, unit.id), Failure::from(&e)));
-                    }
-                    continue;
-                }
-            };
-            if which == 0 {
-                out.train_units.push((
-                    unit.id,
-                    data.train.rows as u64,
-                    data.validation.rows as u64,
-                ));
+                train_rows += data.train.rows as u64;
+                held_rows += data.validation.rows as u64;
                 let b = &data.train;
-                for (j, m) in out.moments.iter_mut().enumerate() {
+                for (j, m) in moments.iter_mut().enumerate() {
                     let (mut s, mut ss, mut n) = (0.0f64, 0.0f64, 0u64);
                     for i in 0..b.rows {
                         let x = b.dense[i * b.p + j] as f64;
@@ -165,8 +152,25 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
                     m.sum += Exact::from_f64(s).unwrap_or_default();
                     m.sumsq += Exact::from_f64(ss).unwrap_or_default();
                 }
+                Ok(())
+            });
+            out.labels = labels;
+            if let Err(e) = checked {
+                // Units are visited in order: the first failure is the lowest.
+                if out.failure.is_none() {
+                    out.failure = Some(((which, unit.id), Failure::from(&e)));
+                }
+                continue;
+            }
+            if which == 0 {
+                out.train_units.push((unit.id, train_rows, held_rows));
+                for (m, o) in out.moments.iter_mut().zip(moments) {
+                    m.n += o.n;
+                    m.sum += o.sum;
+                    m.sumsq += o.sumsq;
+                }
             } else {
-                out.validation_units.push((unit.id, data.train.rows as u64));
+                out.validation_units.push((unit.id, train_rows));
             }
         }
     }

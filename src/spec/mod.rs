@@ -93,6 +93,8 @@ pub struct DataSpec {
     pub cache: bool,
     /// Largest unit in rows.
     pub max_unit_rows: usize,
+    /// Most units one mini-batch step draws from.
+    pub units_per_step: usize,
 }
 
 /// Model families.
@@ -410,6 +412,10 @@ impl Pipeline {
         if max_unit_rows == 0 {
             return Err(value_err("data.max_unit_rows", "must be at least 1"));
         }
+        let units_per_step = d.units_per_step.unwrap_or(4);
+        if units_per_step == 0 {
+            return Err(value_err("data.units_per_step", "must be at least 1"));
+        }
 
         let m = raw.model;
         let kind = match m.kind.as_str() {
@@ -594,6 +600,7 @@ impl Pipeline {
                 seed: d.seed.unwrap_or(0),
                 cache: d.cache.unwrap_or(true),
                 max_unit_rows,
+                units_per_step,
             },
             model,
             optimizer,

@@ -84,6 +84,8 @@ pub struct RawData {
     pub cache: Option<bool>,
     /// Largest unit; bigger row groups are cut into parts of this many rows.
     pub max_unit_rows: Option<usize>,
+    /// Most units one mini-batch step draws from (and a streaming job keeps open).
+    pub units_per_step: Option<usize>,
 }
 
 /// `[model]`.

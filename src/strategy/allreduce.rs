@@ -14,6 +14,7 @@ use timely::worker::Worker;
 
 use crate::data::cache::WorkerData;
 use crate::data::encode::FeatureSpec;
+use crate::data::partition::StepPlan;
 use crate::dataflow::collect::{CollectContext, CollectMetrics};
 use crate::dataflow::fold::FoldShards;
 use crate::dataflow::gradient::{FinalParams, GradientContext, Gradients};
@@ -33,13 +34,11 @@ pub struct LoopOutcome {
     pub records: Vec<EpochRecord>,
 }
 
-/// Steps per epoch: `ceil(rows / batch_size)` for mini-batch methods, 1 for
-/// full-batch L-BFGS.
-pub fn steps_per_epoch(plan: &Plan, train_rows: u64) -> u64 {
-    match plan.pipeline.optimizer.first_order() {
-        Some(f) => train_rows.div_ceil(f.batch_size as u64).max(1),
-        None => 1,
-    }
+/// The epoch's steps: waves of `units_per_step` units, `⌈rows / batch_size⌉`
+/// steps per wave for mini-batch methods, one full-batch step for L-BFGS.
+pub fn step_plan(plan: &Plan, train_rows: &[usize]) -> StepPlan {
+    let batch = plan.pipeline.optimizer.first_order().map(|f| f.batch_size);
+    StepPlan::new(train_rows, batch, plan.pipeline.data.units_per_step)
 }
 
 /// Builds and runs the training dataflow on this worker.
@@ -62,11 +61,10 @@ pub fn run(
     let owned: Vec<u32> = (0..ranges.len() as u32)
         .filter(|&k| owner(k, peers) == index)
         .collect();
-    let train_rows: u64 = scan.train_rows.iter().sum();
-    let steps = steps_per_epoch(&plan, train_rows);
-    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps);
     let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
-    let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows);
+    let steps = step_plan(&plan, &rows);
+    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps.steps());
+    let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows, steps);
 
     let result = Rc::new(RefCell::new(None));
     let records = Rc::new(RefCell::new(Vec::new()));
@@ -79,7 +77,6 @@ pub fn run(
             theta: vec![0.0; layout.len()],
         },
         shards: ranges,
-        steps_per_epoch: steps,
         result: Rc::clone(&result),
         keep_result: index == 0,
         failure: Rc::clone(&failure),
