@@ -45,8 +45,9 @@ fn pipeline(data: &Path, cache: bool, epochs: u32, batch: usize, l2: f64) -> Pip
 }
 
 /// Reads and decodes every unit once, on `workers` threads (slice partition),
-/// exactly as training decodes them, and throws the blocks away.
-fn scan(data: &Path, workers: usize) -> Value {
+/// exactly as training decodes them, and throws the blocks away; `windowed`
+/// reads 8192-row windows as streaming epochs do, else whole units.
+fn scan(data: &Path, workers: usize, windowed: bool) -> Value {
     let plan = Arc::new(Plan::new(pipeline(data, true, 1, 4096, 0.0)).expect("plan"));
     let rows: Vec<usize> = plan.train.units.iter().map(|u| u.rows).collect();
     let owners = assign(&rows, workers, Partition::Slice, 0, 0);
@@ -61,6 +62,26 @@ fn scan(data: &Path, workers: usize) -> Value {
                 let mut bytes = 0usize;
                 let mut rows = 0usize;
                 for unit in plan.train.units.iter().filter(|u| owners[u.id] == w) {
+                    if windowed {
+                        let split = tidemill::data::load::Split {
+                            fraction: None,
+                            seed: 0,
+                        };
+                        tidemill::data::load::for_each_window(
+                            &plan.train.source,
+                            unit,
+                            &spec,
+                            LabelUse::Value,
+                            split,
+                            |d| {
+                                bytes += d.train.heap_bytes();
+                                rows += d.train.rows;
+                                Ok(())
+                            },
+                        )
+                        .expect("windowed scan");
+                        continue;
+                    }
                     let cols: Vec<String> = spec
                         .feature_columns()
                         .into_iter()
@@ -88,7 +109,7 @@ fn scan(data: &Path, workers: usize) -> Value {
         bytes += b;
     }
     let seconds = started.elapsed().as_secs_f64();
-    json!({"mode": "scan", "workers": workers, "rows": rows, "seconds": seconds,
+    json!({"mode": if windowed { "scan-windowed" } else { "scan" }, "workers": workers, "rows": rows, "seconds": seconds,
            "decoded_mb": bytes as f64 / (1024.0 * 1024.0), "peak_rss_mb": peak_rss_mb()})
 }
 
@@ -159,7 +180,8 @@ fn main() {
     let data = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "/tmp/bench".into()));
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     match mode {
-        "scan" => println!("{}", scan(&data, num(2, 1))),
+        "scan" => println!("{}", scan(&data, num(2, 1), false)),
+        "scan-windowed" => println!("{}", scan(&data, num(2, 1), true)),
         "train" => {
             let workers = num(2, 1);
             let cache = args.get(3).map(|s| s == "true").unwrap_or(true);

@@ -290,6 +290,9 @@ impl WorkerData {
                 .for_each(f);
             return Ok(());
         }
+        if plan.validation_fraction.is_none() {
+            return Ok(()); // no validation rows: nothing to read
+        }
         if cache {
             self.cached.values().for_each(|c| f(&c.data.validation));
             return Ok(());

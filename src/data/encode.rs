@@ -113,12 +113,22 @@ pub enum LabelUse<'a> {
 pub struct ClassMap {
     names: Vec<String>,
     index: HashMap<String, usize>,
+    /// Classes whose names are numbers, sorted by value: numeric labels are
+    /// matched by value, without formatting each row.
+    values: Vec<(f64, usize)>,
 }
 
 impl ClassMap {
     /// Builds the map from names in index order.
     pub fn new(names: &[String]) -> ClassMap {
+        let mut values: Vec<(f64, usize)> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.parse::<f64>().ok().map(|v| (v, i)))
+            .collect();
+        values.sort_by(|a, b| a.0.total_cmp(&b.0));
         ClassMap {
+            values,
             names: names.to_vec(),
             index: names
                 .iter()
@@ -127,6 +137,15 @@ impl ClassMap {
                 .collect(),
         }
     }
+    /// The class of a numeric label value.
+    pub fn by_value(&self, v: f64) -> Option<usize> {
+        let v = v + 0.0; // -0.0 is the class "0"
+        self.values
+            .binary_search_by(|(x, _)| x.total_cmp(&v))
+            .ok()
+            .map(|j| self.values[j].1)
+    }
+
     /// Is `token` one of the classes?
     pub fn contains(&self, token: &str) -> bool {
         self.index.contains_key(token)
@@ -243,16 +262,6 @@ fn all_finite(a: &Float64Array) -> bool {
     a.null_count() == 0 && a.values().iter().all(|v| v.is_finite())
 }
 
-/// Numeric values of a column as (value, what is wrong or "").
-fn numeric_values(
-    array: &ArrayRef,
-    name: &str,
-    origin: &Origin,
-) -> Result<Vec<(f64, &'static str)>> {
-    let a = numeric_array(array, name, origin)?;
-    Ok((0..a.len()).map(|i| (a.value(i), badness(&a, i))).collect())
-}
-
 /// Tokens of a column; `None` for nulls.
 fn token_values(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Vec<Option<String>>> {
     let t = array.data_type();
@@ -278,30 +287,43 @@ fn token_values(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Vec<Opt
         .collect())
 }
 
-/// Label tokens or values of a column; `None` for null / NaN.
-fn label_values(
-    array: &ArrayRef,
-    name: &str,
-    origin: &Origin,
-) -> Result<Vec<Option<(f64, String)>>> {
-    let t = array.data_type();
-    if is_numeric_type(t) {
-        let v = numeric_values(array, name, origin)?;
-        Ok(v.into_iter()
-            .map(|(x, bad)| bad.is_empty().then(|| (x, number_token(x))))
-            .collect())
-    } else if is_token_type(t) {
-        Ok(token_values(array, name, origin)?
-            .into_iter()
-            .map(|s| s.map(|s| (f64::NAN, s)))
-            .collect())
-    } else {
-        Err(Error::ColumnType {
-            file: origin.file.to_path_buf(),
-            column: name.to_string(),
-            found: t.to_string(),
-            expected: "a label must be numeric or a string".into(),
-        })
+/// A label column: numbers (compared by value) or textual tokens.
+enum LabelColumn {
+    Numeric(Float64Array),
+    Tokens(Vec<Option<String>>),
+}
+
+impl LabelColumn {
+    fn read(array: &ArrayRef, name: &str, origin: &Origin) -> Result<LabelColumn> {
+        let t = array.data_type();
+        if is_numeric_type(t) {
+            Ok(LabelColumn::Numeric(numeric_array(array, name, origin)?))
+        } else if is_token_type(t) {
+            Ok(LabelColumn::Tokens(token_values(array, name, origin)?))
+        } else {
+            Err(Error::ColumnType {
+                file: origin.file.to_path_buf(),
+                column: name.to_string(),
+                found: t.to_string(),
+                expected: "a label must be numeric or a string".into(),
+            })
+        }
+    }
+
+    /// Is the label of row `i` missing (null, NaN or infinite)?
+    fn missing(&self, i: usize) -> bool {
+        match self {
+            LabelColumn::Numeric(a) => !badness(a, i).is_empty(),
+            LabelColumn::Tokens(t) => t[i].is_none(),
+        }
+    }
+
+    /// The label of row `i` as text (messages and class discovery).
+    fn token(&self, i: usize) -> String {
+        match self {
+            LabelColumn::Numeric(a) => number_token(a.value(i)),
+            LabelColumn::Tokens(t) => t[i].clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -371,11 +393,12 @@ pub fn decode(
     let labels = match label {
         LabelUse::Skip => None,
         _ => {
-            let values = label_values(column(batch, &spec.label, origin)?, &spec.label, origin)?;
-            for (i, v) in values.iter().enumerate() {
-                if v.is_none() {
+            let values =
+                LabelColumn::read(column(batch, &spec.label, origin)?, &spec.label, origin)?;
+            for (i, k) in keep.iter_mut().enumerate() {
+                if values.missing(i) {
                     if skip {
-                        keep[i] = false;
+                        *k = false;
                     } else {
                         return Err(Error::MissingValue {
                             location: Box::new(origin.at(&spec.label, i)),
@@ -435,35 +458,35 @@ pub fn decode(
         }
     }
     if let Some(values) = labels {
-        let kept = values.into_iter().enumerate().filter(|(i, _)| keep[*i]);
-        match label {
-            LabelUse::Skip => {}
-            LabelUse::Value => {
-                for (i, v) in kept {
-                    let (x, tok) = v.unwrap_or((f64::NAN, String::new()));
-                    if x.is_nan() {
-                        return Err(Error::BadLabel {
-                            location: Box::new(origin.at(&spec.label, i)),
-                            message: format!("regression label '{tok}' is not a number"),
-                        });
-                    }
-                    block.label.push(x as f32);
-                }
+        match (label, &values) {
+            (LabelUse::Skip, _) => {}
+            (LabelUse::Value, LabelColumn::Numeric(a)) => {
+                block.label.extend(kept.iter().map(|&i| a.value(i) as f32));
             }
-            LabelUse::Tokens => {
-                block.tokens = kept
-                    .map(|(_, v)| v.map(|v| v.1).unwrap_or_default())
-                    .collect();
+            (LabelUse::Value, LabelColumn::Tokens(_)) => {
+                let i = kept.first().copied().unwrap_or(0);
+                return Err(Error::BadLabel {
+                    location: Box::new(origin.at(&spec.label, i)),
+                    message: format!("regression label '{}' is not a number", values.token(i)),
+                });
             }
-            LabelUse::Classes(map) => {
-                for (i, v) in kept {
-                    let tok = v.map(|v| v.1).unwrap_or_default();
-                    match map.index.get(&tok) {
-                        Some(&k) => block.label.push(k as f32),
+            (LabelUse::Tokens, _) => {
+                block.tokens = kept.iter().map(|&i| values.token(i)).collect();
+            }
+            (LabelUse::Classes(map), _) => {
+                for &i in &kept {
+                    let k = match &values {
+                        LabelColumn::Numeric(a) => map.by_value(a.value(i)),
+                        LabelColumn::Tokens(t) => {
+                            t[i].as_ref().and_then(|tok| map.index.get(tok).copied())
+                        }
+                    };
+                    match k {
+                        Some(k) => block.label.push(k as f32),
                         None => {
                             return Err(Error::UnknownLabel {
                                 location: Box::new(origin.at(&spec.label, i)),
-                                value: tok,
+                                value: values.token(i),
                                 classes: map.describe(),
                             })
                         }

@@ -94,10 +94,12 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
             .then(|| vec!["0".to_string(), "1".to_string()])
     });
     let check = declared.as_ref().map(|c| ClassMap::new(c));
-    let label = if kind == ModelKind::Linear {
-        LabelUse::Value
-    } else {
-        LabelUse::Tokens
+    // Known classes are checked by the decoder itself (by value for numeric
+    // labels); only class discovery needs the label of every row as text.
+    let label = match (&check, kind) {
+        (_, ModelKind::Linear) => LabelUse::Value,
+        (Some(map), _) => LabelUse::Classes(map),
+        (None, _) => LabelUse::Tokens,
     };
     let split = Split {
         fraction: plan.validation_fraction,
