@@ -225,7 +225,13 @@ fn train(a: TrainArgs) -> Result<()> {
         )?;
         tracing::info!(path = %path.display(), "metrics written");
     }
-    let last = report.records.last();
+    // With early stopping the model is the best epoch's: report that one.
+    let last = report
+        .records
+        .iter()
+        .rev()
+        .find(|r| r.best == Some(true))
+        .or(report.records.last());
     tracing::info!(
         train_rows = report.train_rows,
         validation_rows = report.validation_rows,
@@ -241,6 +247,7 @@ fn train(a: TrainArgs) -> Result<()> {
         "validation_rows": report.validation_rows,
         "rows_per_worker": report.rows_per_worker,
         "objective": model.training.objective,
+        "epoch_reported": last.map(|r| r.epoch),
         "train_loss": last.and_then(|r| r.train_loss),
         "validation": last.and_then(|r| r.validation.clone()),
         "seconds": started.elapsed().as_secs_f64(),

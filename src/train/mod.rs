@@ -32,7 +32,7 @@ pub struct TrainReport {
     pub train_rows: u64,
     /// Validation rows.
     pub validation_rows: u64,
-    /// Training rows per worker in epoch 0 (skew).
+    /// Training rows per worker in epoch 0 (the skew users watch).
     pub rows_per_worker: Vec<u64>,
     /// Units in the training data.
     pub units: usize,
@@ -94,6 +94,7 @@ struct WorkerResult {
     model: Option<(ModelFile, LinearModel)>,
     records: Vec<EpochRecord>,
     rows: (u64, u64),
+    unit_rows: Vec<usize>,
 }
 
 fn worker_main(
@@ -131,6 +132,7 @@ fn worker_main(
         model,
         records: outcome.records,
         rows: (train_rows, val_rows),
+        unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
 }
 
@@ -164,6 +166,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
         units,
     };
     let mut first_failure: Option<Failure> = None;
+    let mut unit_rows = Vec::new();
     for (i, r) in guards.join().into_iter().enumerate() {
         match r {
             Err(panic) => {
@@ -178,6 +181,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
             Ok(Ok(w)) => {
                 report.train_rows = w.rows.0;
                 report.validation_rows = w.rows.1;
+                unit_rows = w.unit_rows;
                 if let Some((file, fitted)) = w.model {
                     report.model = Some(file);
                     report.fitted = Some(fitted);
@@ -192,9 +196,8 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
             code: f.code,
         });
     }
-    let rows: Vec<usize> = plan.train.units.iter().map(|u| u.rows).collect();
     let d = &plan.pipeline.data;
-    let owners = assign(&rows, cluster.total_workers(), d.partition, d.seed, 0);
-    report.rows_per_worker = rows_per_worker(&rows, &owners, cluster.total_workers());
+    let owners = assign(&unit_rows, cluster.total_workers(), d.partition, d.seed, 0);
+    report.rows_per_worker = rows_per_worker(&unit_rows, &owners, cluster.total_workers());
     Ok(report)
 }
