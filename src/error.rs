@@ -211,6 +211,24 @@ impl Error {
         }
     }
 
+    /// A [`Error::MissingColumn`] listing the columns `schema` does have.
+    pub fn missing_column(
+        file: impl Into<PathBuf>,
+        column: &str,
+        schema: &arrow::datatypes::Schema,
+    ) -> Self {
+        Error::MissingColumn {
+            file: file.into(),
+            column: column.to_string(),
+            available: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// Wraps a Parquet reader error with the file it concerns.
     pub fn parquet(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
         Error::Parquet {

@@ -155,16 +155,9 @@ pub fn predict(
     let mut fields = Vec::new();
     let mut keep_idx = Vec::new();
     for k in keep {
-        let i = in_schema.index_of(k).map_err(|_| Error::MissingColumn {
-            file: input.into(),
-            column: k.clone(),
-            available: in_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let i = in_schema
+            .index_of(k)
+            .map_err(|_| Error::missing_column(input, k, &in_schema))?;
         keep_idx.push(i);
         fields.push(in_schema.field(i).clone());
     }

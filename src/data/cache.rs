@@ -180,6 +180,17 @@ impl WorkerData {
         Ok(())
     }
 
+    fn open_train(&self, id: usize, epoch: u32) -> Result<UnitStream> {
+        let plan = &self.plan;
+        UnitStream::open(
+            &plan.train.source,
+            &plan.train.units[id],
+            &self.stream,
+            Rows::Train,
+            epoch,
+        )
+    }
+
     /// Feeds this worker's rows of step `step` to `f`, unit by unit in unit
     /// order, as (block, row indices) segments that never cross a window.
     pub fn step_rows(
@@ -193,14 +204,7 @@ impl WorkerData {
             if self.steps.is_full_batch() {
                 // One pass over every unit, one open stream at a time.
                 for &id in &self.mine {
-                    let unit = &plan.train.units[id];
-                    let mut s = UnitStream::open(
-                        &plan.train.source,
-                        unit,
-                        &self.stream,
-                        Rows::Train,
-                        epoch,
-                    )?;
+                    let mut s = self.open_train(id, epoch)?;
                     s.feed(&self.stream, self.train_rows[id], &mut f)?;
                 }
                 return Ok(());
@@ -208,15 +212,14 @@ impl WorkerData {
             let wave = self.steps.wave_at(step);
             if self.open_wave != Some(wave) {
                 self.streams.clear();
-                for &id in self.mine.iter().filter(|&&u| self.steps.wave_of(u) == wave) {
-                    let unit = &plan.train.units[id];
-                    let s = UnitStream::open(
-                        &plan.train.source,
-                        unit,
-                        &self.stream,
-                        Rows::Train,
-                        epoch,
-                    )?;
+                let wave_units: Vec<usize> = self
+                    .mine
+                    .iter()
+                    .copied()
+                    .filter(|&u| self.steps.wave_of(u) == wave)
+                    .collect();
+                for id in wave_units {
+                    let s = self.open_train(id, epoch)?;
                     self.streams.insert(id, s);
                 }
                 self.open_wave = Some(wave);

@@ -204,17 +204,7 @@ pub fn number_token(v: f64) -> String {
 fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin) -> Result<&'b ArrayRef> {
     batch
         .column_by_name(name)
-        .ok_or_else(|| Error::MissingColumn {
-            file: origin.file.to_path_buf(),
-            column: name.to_string(),
-            available: batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        .ok_or_else(|| Error::missing_column(origin.file, name, &batch.schema()))
 }
 
 fn cast(array: &ArrayRef, to: &DataType, name: &str, origin: &Origin) -> Result<ArrayRef> {

@@ -55,17 +55,7 @@ impl ParquetFile {
     pub fn column_type(&self, column: &str) -> Result<&DataType> {
         match self.schema().field_with_name(column) {
             Ok(f) => Ok(f.data_type()),
-            Err(_) => Err(Error::MissingColumn {
-                file: self.path.clone(),
-                column: column.to_string(),
-                available: self
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
+            Err(_) => Err(Error::missing_column(&self.path, column, self.schema())),
         }
     }
 }
