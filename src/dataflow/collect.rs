@@ -52,6 +52,7 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
             value: None,
             since: 0,
         };
+        let mut last_steps = 0u64;
         self.unary_frontier(
             Exchange::new(|_m: &EvalMsg| 0u64),
             "CollectMetrics",
@@ -93,7 +94,9 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                         let mut validation = EvalPartial::default();
                         let mut train_loss = Exact::default();
                         let mut train_rows = 0u64;
+                        let mut bytes = 0u64;
                         for m in msgs {
+                            bytes += m.bytes;
                             validation.merge(m.validation);
                             train_loss += m.train_loss;
                             train_rows += m.train_rows;
@@ -128,6 +131,9 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             train_loss: (train_rows > 0 && objective.is_none())
                                 .then(|| train_loss.to_f64() / train_rows as f64),
                             objective,
+                            bytes_exchanged: bytes,
+                            bytes_per_step: bytes as f64
+                                / steps.saturating_sub(last_steps).max(1) as f64,
                             validation: metrics,
                             best: ctx.early_stopping.as_ref().map(|_| is_best),
                         };
@@ -138,6 +144,7 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             validation_loss = record.validation.as_ref().map(|m| m.loss),
                             "epoch done"
                         );
+                        last_steps = steps;
                         ctx.records.borrow_mut().push(record);
                         output.session(&cap).give(Control {
                             stop,

@@ -12,7 +12,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
-use super::{EvalMsg, Failure, GradMsg, ParamMsg, Phase, WorkerOut};
+use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Phase, WorkerOut};
 use crate::data::cache::WorkerData;
 use crate::error::Error;
 use crate::exact::Exact;
@@ -40,6 +40,10 @@ pub struct GradientContext {
     pub result: Rc<RefCell<Option<FinalParams>>>,
     /// True on worker 0, which keeps the final parameters.
     pub keep_result: bool,
+    /// This worker's index.
+    pub index: usize,
+    /// Number of workers.
+    pub peers: usize,
     /// Where this worker records its own failure.
     pub failure: Rc<RefCell<Option<Failure>>>,
 }
@@ -56,7 +60,20 @@ struct State {
     scratch: Scratch,
     epoch_loss: Exact,
     epoch_rows: u64,
+    /// Payload bytes this worker received from or sent to other workers
+    /// since the last evaluation.
+    epoch_bytes: u64,
     stopped: bool,
+}
+
+/// Payload bytes of a parameter message with `n` values (bincode layout).
+pub fn param_bytes(n: usize) -> u64 {
+    4 + 24 + 8 + 8 * n as u64
+}
+
+/// Payload bytes of a gradient message with `n` values (bincode layout).
+pub fn grad_bytes(n: usize) -> u64 {
+    4 + 8 + 16 * n as u64 + 16 + 8 + 1
 }
 
 impl State {
@@ -80,6 +97,9 @@ impl State {
             }
             self.ctx.model.theta[range].copy_from_slice(&m.values);
             seen[k] = true;
+            if owner(m.shard, self.ctx.peers) != self.ctx.index {
+                self.epoch_bytes += param_bytes(m.values.len());
+            }
         }
         if let Some(k) = seen.iter().position(|s| !s) {
             return Err(format!("shard {k} did not arrive (its owner stopped)"));
@@ -137,6 +157,9 @@ impl State {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;
                     for (k, range) in self.ctx.shards.iter().enumerate() {
+                        if owner(k as u32, self.ctx.peers) != self.ctx.index {
+                            self.epoch_bytes += grad_bytes(range.len());
+                        }
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
                             values: acc[range.clone()].to_vec(),
@@ -176,6 +199,7 @@ impl State {
                     validation,
                     train_loss: std::mem::take(&mut self.epoch_loss),
                     train_rows: std::mem::take(&mut self.epoch_rows),
+                    bytes: std::mem::take(&mut self.epoch_bytes),
                     failure,
                 }));
             }
@@ -197,6 +221,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             scratch: Scratch::default(),
             epoch_loss: Exact::default(),
             epoch_rows: 0,
+            epoch_bytes: 0,
             stopped: false,
         };
         self.unary_frontier(Local, "Gradients", move |_cap, _info| {

@@ -106,6 +106,9 @@ pub struct EvalMsg {
     pub train_loss: Exact,
     /// Training rows behind `train_loss`.
     pub train_rows: u64,
+    /// Payload bytes this worker exchanged with other workers since the
+    /// previous evaluation (parameters received, gradients sent).
+    pub bytes: u64,
     /// Set if the worker failed.
     pub failure: Option<Failure>,
 }

@@ -20,6 +20,11 @@ pub struct EpochRecord {
     /// Objective with penalties at the iterate (L-BFGS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objective: Option<f64>,
+    /// Payload bytes exchanged between workers during the epoch (parameters
+    /// received plus gradients sent, over all workers; 0 on one worker).
+    pub bytes_exchanged: u64,
+    /// `bytes_exchanged` per optimizer step.
+    pub bytes_per_step: f64,
     /// Metrics on the validation rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<Metrics>,

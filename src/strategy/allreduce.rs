@@ -79,6 +79,8 @@ pub fn run(
         shards: ranges,
         result: Rc::clone(&result),
         keep_result: index == 0,
+        index,
+        peers,
         failure: Rc::clone(&failure),
     };
     let collect = CollectContext {
