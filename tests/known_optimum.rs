@@ -9,76 +9,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{column_names, read_columns, root, solve, standardize};
+use common::{load, logistic_objective, margin, ridge_objective, root, sigmoid, solve, Problem};
 use tidemill::cluster::Cluster;
 use tidemill::spec::Pipeline;
-
-struct Problem {
-    x: Vec<Vec<f64>>, // rows × p, standardised like tidemill
-    y: Vec<f64>,
-    names: Vec<String>,
-}
-
-fn load(file: &str, label: &str) -> Problem {
-    let path = root().join("datasets").join(file);
-    let names: Vec<String> = column_names(&path)
-        .into_iter()
-        .filter(|n| n != label)
-        .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let cols = standardize(&read_columns(&path, &refs));
-    let y = read_columns(&path, &[label])
-        .remove(0)
-        .into_iter()
-        .map(|v| v as f32 as f64)
-        .collect();
-    let n = cols[0].len();
-    let x = (0..n)
-        .map(|i| cols.iter().map(|c| c[i]).collect())
-        .collect();
-    Problem { x, y, names }
-}
-
-fn sigmoid(m: f64) -> f64 {
-    1.0 / (1.0 + (-m).exp())
-}
-
-fn softplus(m: f64) -> f64 {
-    if m > 0.0 {
-        m + (-m).exp().ln_1p()
-    } else {
-        m.exp().ln_1p()
-    }
-}
-
-fn margin(theta: &[f64], x: &[f64]) -> f64 {
-    theta[0] + theta[1..].iter().zip(x).map(|(w, v)| w * v).sum::<f64>()
-}
-
-fn logistic_objective(p: &Problem, theta: &[f64], l2: f64) -> f64 {
-    let n = p.y.len() as f64;
-    let loss: f64 =
-        p.x.iter()
-            .zip(&p.y)
-            .map(|(x, &y)| {
-                let m = margin(theta, x);
-                softplus(m) - y * m
-            })
-            .sum::<f64>()
-            / n;
-    loss + 0.5 * l2 * theta[1..].iter().map(|w| w * w).sum::<f64>()
-}
-
-fn ridge_objective(p: &Problem, theta: &[f64], l2: f64) -> f64 {
-    let n = p.y.len() as f64;
-    let loss: f64 =
-        p.x.iter()
-            .zip(&p.y)
-            .map(|(x, &y)| 0.5 * (y - margin(theta, x)).powi(2))
-            .sum::<f64>()
-            / n;
-    loss + 0.5 * l2 * theta[1..].iter().map(|w| w * w).sum::<f64>()
-}
 
 /// Newton's method in f64 on the L2 logistic objective.
 fn newton_logistic(p: &Problem, l2: f64) -> Vec<f64> {

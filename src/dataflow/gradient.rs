@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::exact::Exact;
 use crate::metrics::EvalPartial;
 use crate::model::{LinearModel, Scratch};
+use crate::optim::{self, FirstOrderState, Penalty};
+use crate::spec::OptimizerSpec;
 
 /// The final parameters, as seen by worker 0.
 #[derive(Debug, Clone)]
@@ -46,6 +48,25 @@ pub struct GradientContext {
     pub peers: usize,
     /// Where this worker records its own failure.
     pub failure: Rc<RefCell<Option<Failure>>>,
+    /// `model-average`: how this worker steps its own replica.
+    pub local: Option<LocalTraining>,
+}
+
+/// Local training of a replica (`model-average`): the worker applies the
+/// optimizer itself for `sync_every` steps, then sends its replica.
+pub struct LocalTraining {
+    /// The optimizer (first-order).
+    pub spec: OptimizerSpec,
+    /// Penalties.
+    pub penalty: Penalty,
+    /// Fit intercepts.
+    pub fit_intercept: bool,
+    /// Local steps per round.
+    pub sync_every: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// This worker's optimizer state (kept across rounds, never averaged).
+    pub state: FirstOrderState,
 }
 
 /// Extension trait: compute gradient partials from broadcast parameters.
@@ -130,6 +151,90 @@ impl State {
         Ok((acc, loss, rows))
     }
 
+    /// `model-average`: steps the replica over this worker's rows of the
+    /// round's steps, and returns `rows · replica` (exact) with the loss and
+    /// rows, for the owners' weighted average.
+    fn train_local(&mut self, epoch: u32, step: u64) -> Result<(Vec<Exact>, Exact, u64), Error> {
+        let Some(local) = self.ctx.local.as_mut() else {
+            return Err(Error::Cluster("no local training configured".into()));
+        };
+        self.ctx.data.prepare(epoch)?;
+        let k = local.sync_every.min(local.steps_per_epoch - step);
+        let layout = self.ctx.model.layout;
+        let n = layout.len();
+        let (mut loss, mut rows) = (Exact::default(), 0u64);
+        for j in 0..k {
+            let s = step + j;
+            let diverged = |message: String| Error::Diverged {
+                epoch,
+                step: s,
+                message,
+            };
+            let mut acc = vec![Exact::default(); n];
+            let (mut l, mut r) = (Exact::default(), 0u64);
+            let model = &self.ctx.model;
+            let scratch = &mut self.scratch;
+            self.ctx.data.step_rows(s, |block, idx| {
+                let part = model
+                    .accumulate(block, idx.iter().copied(), scratch, &mut acc)
+                    .map_err(diverged)?;
+                l += Exact::from_f64(part)
+                    .ok_or_else(|| diverged("the loss is not finite".into()))?;
+                r += idx.len() as u64;
+                Ok(())
+            })?;
+            loss += l;
+            rows += r;
+            if r == 0 {
+                continue;
+            }
+            let grad: Vec<f64> = acc
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    if !local.fit_intercept && layout.is_intercept(i) {
+                        0.0
+                    } else {
+                        g.to_f64() / r as f64
+                    }
+                })
+                .collect();
+            let lr = local.spec.first_order().map_or(0.0, |f| {
+                f.schedule.rate(
+                    f.learning_rate,
+                    epoch as u64 * local.steps_per_epoch + s,
+                    epoch,
+                )
+            });
+            let theta = &mut self.ctx.model.theta;
+            optim::step(
+                &local.spec,
+                theta,
+                &grad,
+                &mut local.state,
+                lr,
+                local.penalty,
+                |i| !layout.is_intercept(i),
+            );
+            if let Some(i) = theta.iter().position(|w| !w.is_finite()) {
+                return Err(diverged(format!("parameter {i} became {}", theta[i])));
+            }
+        }
+        let weighted = self
+            .ctx
+            .model
+            .theta
+            .iter()
+            .map(|&w| Exact::from_f64(w * rows as f64))
+            .collect::<Option<Vec<Exact>>>()
+            .ok_or_else(|| Error::Diverged {
+                epoch,
+                step,
+                message: "a replica weight is too large to average".into(),
+            })?;
+        Ok((weighted, loss, rows))
+    }
+
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
         let mut partial = EvalPartial::default();
         let model = &self.ctx.model;
@@ -152,7 +257,11 @@ impl State {
             }
         };
         match phase {
-            Phase::Train { epoch, step } => match self.train(epoch, step) {
+            Phase::Train { epoch, step } => match if self.ctx.local.is_some() {
+                self.train_local(epoch, step)
+            } else {
+                self.train(epoch, step)
+            } {
                 Ok((acc, loss, rows)) => {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;

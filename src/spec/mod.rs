@@ -239,6 +239,9 @@ impl OptimizerSpec {
 pub enum Strategy {
     /// Synchronous: every step sums all workers' gradients.
     Allreduce,
+    /// Local SGD: each worker steps its own replica on its own rows, and the
+    /// replicas are averaged (weighted by rows) every `sync_every` steps.
+    ModelAverage,
 }
 
 /// Early stopping on a validation metric.
@@ -261,6 +264,8 @@ pub struct TrainSpec {
     pub strategy: Strategy,
     /// Number of parameter shards.
     pub shards: usize,
+    /// Local steps between averagings (`model-average`); `None` = once per epoch.
+    pub sync_every: Option<u64>,
     /// Early stopping, if asked for.
     pub early_stopping: Option<EarlyStopping>,
 }
@@ -548,15 +553,26 @@ impl Pipeline {
         if epochs == 0 {
             return Err(value_err("train.epochs", "must be at least 1"));
         }
-        let strategy = match t.strategy.as_deref().unwrap_or("allreduce") {
-            "allreduce" => Strategy::Allreduce,
-            other => {
-                return Err(value_err(
+        let strategy =
+            match t.strategy.as_deref().unwrap_or("allreduce") {
+                "allreduce" => Strategy::Allreduce,
+                "model-average" => Strategy::ModelAverage,
+                other => return Err(value_err(
                     "train.strategy",
-                    format!("'{other}' is not available; this version offers: allreduce"),
-                ))
-            }
-        };
+                    format!(
+                        "'{other}' is not available; this version offers: allreduce, model-average"
+                    ),
+                )),
+            };
+        if strategy == Strategy::ModelAverage && optimizer.first_order().is_none() {
+            return Err(value_err(
+                "train.strategy",
+                "model-average trains local replicas with mini-batch steps: use optimizer.kind = sgd, momentum, adagrad or adam (L-BFGS is full-batch; use allreduce)",
+            ));
+        }
+        if t.sync_every == Some(0) {
+            return Err(value_err("train.sync_every", "must be at least 1"));
+        }
         let shards = t.shards.unwrap_or(16);
         if shards == 0 {
             return Err(value_err("train.shards", "must be at least 1"));
@@ -608,6 +624,7 @@ impl Pipeline {
                 epochs,
                 strategy,
                 shards,
+                sync_every: t.sync_every,
                 early_stopping,
             },
             output: OutputSpec {

@@ -142,6 +142,8 @@ pub struct RawTrain {
     pub strategy: Option<String>,
     /// Number of parameter shards (default 16); shard k lives on worker k mod W.
     pub shards: Option<usize>,
+    /// `model-average`: local steps between averagings (default: one epoch).
+    pub sync_every: Option<u64>,
     /// Stop when the validation metric stops improving.
     pub early_stopping: Option<RawEarlyStopping>,
 }

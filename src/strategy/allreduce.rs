@@ -17,11 +17,13 @@ use crate::data::encode::FeatureSpec;
 use crate::data::partition::StepPlan;
 use crate::dataflow::collect::{CollectContext, CollectMetrics};
 use crate::dataflow::fold::FoldShards;
-use crate::dataflow::gradient::{FinalParams, GradientContext, Gradients};
+use crate::dataflow::gradient::{FinalParams, GradientContext, Gradients, LocalTraining};
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
 use crate::metrics::sink::EpochRecord;
 use crate::model::{Layout, LinearModel};
+use crate::optim::{FirstOrderState, Penalty};
+use crate::spec::Strategy;
 use crate::strategy::driver::Driver;
 use crate::train::plan::Plan;
 
@@ -63,7 +65,8 @@ pub fn run(
         .collect();
     let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
     let steps = step_plan(&plan, &rows);
-    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps.steps());
+    let steps_per_epoch = steps.steps();
+    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps_per_epoch);
     let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows, steps);
 
     let result = Rc::new(RefCell::new(None));
@@ -81,6 +84,22 @@ pub fn run(
         keep_result: index == 0,
         index,
         peers,
+        local: (plan.pipeline.train.strategy == Strategy::ModelAverage).then(|| LocalTraining {
+            spec: plan.pipeline.optimizer,
+            penalty: Penalty {
+                l2: plan.pipeline.model.l2,
+                l1: plan.pipeline.model.l1,
+            },
+            fit_intercept: plan.pipeline.model.fit_intercept,
+            sync_every: plan
+                .pipeline
+                .train
+                .sync_every
+                .unwrap_or(steps_per_epoch)
+                .max(1),
+            steps_per_epoch,
+            state: FirstOrderState::default(),
+        }),
         failure: Rc::clone(&failure),
     };
     let collect = CollectContext {

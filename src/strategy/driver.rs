@@ -33,6 +33,11 @@ enum Mode {
         spec: OptimizerSpec,
         steps_per_epoch: u64,
     },
+    /// Replicas are stepped by the workers; owners only average them.
+    Average {
+        steps_per_epoch: u64,
+        sync_every: u64,
+    },
     Lbfgs {
         opt: Box<Lbfgs>,
         converged: bool,
@@ -80,7 +85,12 @@ impl Driver {
                 }
             })
             .collect();
+        let average = pipeline.train.strategy == crate::spec::Strategy::ModelAverage;
         let mode = match pipeline.optimizer {
+            _ if average => Mode::Average {
+                steps_per_epoch,
+                sync_every: pipeline.train.sync_every.unwrap_or(steps_per_epoch).max(1),
+            },
             OptimizerSpec::Lbfgs { memory, tolerance } => {
                 let n = layout.len();
                 let penalised = (0..n).map(|i| !layout.is_intercept(i)).collect();
@@ -170,6 +180,34 @@ impl Driver {
                 .collect()
         };
         match &mut self.mode {
+            Mode::Average {
+                steps_per_epoch,
+                sync_every,
+            } => {
+                let k = (*sync_every).min(*steps_per_epoch - step);
+                if rows > 0 {
+                    for s in &mut self.shards {
+                        if let Some(sum) = sums.get(&s.id) {
+                            // Σ rows_w · replica_w / Σ rows_w
+                            s.params = sum.iter().map(|v| v / rows as f64).collect();
+                        }
+                    }
+                }
+                self.steps += k;
+                self.phase = if step + k < *steps_per_epoch {
+                    Phase::Train {
+                        epoch,
+                        step: step + k,
+                    }
+                } else {
+                    Phase::Eval {
+                        epoch: epoch + 1,
+                        steps: self.steps,
+                        objective: None,
+                    }
+                };
+                Ok(self.emit(self.phase, false))
+            }
             Mode::FirstOrder {
                 spec,
                 steps_per_epoch,
@@ -289,7 +327,7 @@ impl Driver {
             return self.emit(self.phase, self.keep_best);
         }
         match &mut self.mode {
-            Mode::FirstOrder { .. } => {
+            Mode::FirstOrder { .. } | Mode::Average { .. } => {
                 self.phase = Phase::Train { epoch, step: 0 };
             }
             Mode::Lbfgs { opt, .. } => {

@@ -1,7 +1,9 @@
 //! Distribution strategies: variations of one timely training loop.
 //!
 //! * [`allreduce`] — synchronous: every step sums all workers' gradients,
-//!   folded by shard owners, parameters broadcast back.
+//!   folded by shard owners, parameters broadcast back. The same loop runs
+//!   `model-average`: workers step local replicas for `sync_every` steps
+//!   (see `dataflow::gradient::LocalTraining`) and owners average them.
 //!
 //! [`driver`] is the owners' round state machine shared by the strategies.
 
