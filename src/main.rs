@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .compact()
         .init();
+    std::panic::set_hook(Box::new(panic_hook));
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -32,6 +33,24 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Turns a lost peer process into a clear message and exit code 7 (timely
+/// reports it as a panic of its network threads); anything else is a bug.
+fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    if msg.contains("timely communication error") || msg.contains("MergeQueue poisoned") {
+        eprintln!(
+            "error: cluster: lost the connection to a peer process ({msg}); no output was written"
+        );
+        std::process::exit(7);
+    }
+    eprintln!("error: internal error, please report it: {info}");
 }
 
 fn is_broken_pipe(e: &tidemill::Error) -> bool {

@@ -553,17 +553,18 @@ impl Pipeline {
         if epochs == 0 {
             return Err(value_err("train.epochs", "must be at least 1"));
         }
-        let strategy =
-            match t.strategy.as_deref().unwrap_or("allreduce") {
-                "allreduce" => Strategy::Allreduce,
-                "model-average" => Strategy::ModelAverage,
-                other => return Err(value_err(
+        let strategy = match t.strategy.as_deref().unwrap_or("allreduce") {
+            "allreduce" => Strategy::Allreduce,
+            "model-average" => Strategy::ModelAverage,
+            other => {
+                return Err(value_err(
                     "train.strategy",
                     format!(
                         "'{other}' is not available; this version offers: allreduce, model-average"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if strategy == Strategy::ModelAverage && optimizer.first_order().is_none() {
             return Err(value_err(
                 "train.strategy",
