@@ -152,6 +152,33 @@ fn model_average_logistic_breast_cancer() {
     );
 }
 
+/// california_housing is ordered geographically: under `slice` each worker
+/// holds a different region and local replicas drift apart between
+/// averagings (the non-IID case). Shuffled units keep replicas close.
+#[test]
+fn model_average_ridge_california_housing_shuffled() {
+    let p = common::load("california_housing.parquet", "MedHouseVal");
+    let l2 = 0.001;
+    check(
+        "pipelines/california_housing.toml",
+        &p,
+        |t| common::ridge_objective(&p, t, l2),
+        &[
+            "train.strategy=model-average",
+            "data.partition=shuffle",
+            "train.sync_every=4",
+            "optimizer.kind=adam",
+            "optimizer.learning_rate=0.02",
+            "optimizer.batch_size=256",
+            "optimizer.schedule=inverse_sqrt",
+            "optimizer.decay=0.01",
+            "train.epochs=20",
+            "data.validation={ fraction = 0.0001 }",
+        ],
+        2e-2,
+    );
+}
+
 #[test]
 fn model_average_rejects_lbfgs() {
     let out = common::tidemill(&[
