@@ -98,9 +98,7 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                             let acc = sums
                                 .entry(g.shard)
                                 .or_insert_with(|| vec![Exact::default(); g.values.len()]);
-                            for (a, v) in acc.iter_mut().zip(g.values) {
-                                *a += v;
-                            }
+                            g.values.add_into(acc);
                         }
                         let total_loss = loss.values().next().copied().unwrap_or_default().to_f64();
                         let total_rows = rows.values().next().copied().unwrap_or(0);

@@ -12,7 +12,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
-use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Phase, WorkerOut};
+use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase, WorkerOut};
 use crate::data::cache::WorkerData;
 use crate::error::Error;
 use crate::exact::Exact;
@@ -92,9 +92,9 @@ pub fn param_bytes(n: usize) -> u64 {
     4 + 24 + 8 + 8 * n as u64
 }
 
-/// Payload bytes of a gradient message with `n` values (bincode layout).
+/// Payload bytes of a gradient message with `n` dense values (bincode layout).
 pub fn grad_bytes(n: usize) -> u64 {
-    4 + 8 + 16 * n as u64 + 16 + 8 + 1
+    4 + Partial::Dense(vec![Exact::default(); n]).bytes() + 16 + 8 + 1
 }
 
 impl State {
@@ -266,12 +266,13 @@ impl State {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;
                     for (k, range) in self.ctx.shards.iter().enumerate() {
+                        let values = Partial::from_slice(&acc[range.clone()]);
                         if owner(k as u32, self.ctx.peers) != self.ctx.index {
-                            self.epoch_bytes += grad_bytes(range.len());
+                            self.epoch_bytes += 4 + values.bytes() + 16 + 8 + 1;
                         }
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
-                            values: acc[range.clone()].to_vec(),
+                            values,
                             loss,
                             rows,
                             failure: None,
@@ -285,7 +286,7 @@ impl State {
                     for k in 0..self.ctx.shards.len() {
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
-                            values: Vec::new(),
+                            values: Partial::Dense(Vec::new()),
                             loss: Exact::default(),
                             rows: 0,
                             failure: Some(f.clone()),

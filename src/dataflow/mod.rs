@@ -80,13 +80,86 @@ impl From<&crate::error::Error> for Failure {
     }
 }
 
+/// Exact partial sums over a shard's coordinates, dense or sparse.
+///
+/// Wide hashed models touch few coordinates per step: only the non-zero
+/// ones travel then (as `(index, value)` pairs), whenever that is smaller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Partial {
+    /// Every coordinate.
+    Dense(Vec<Exact>),
+    /// Non-zero coordinates, by offset inside the shard.
+    Sparse {
+        /// Coordinates in the shard.
+        len: u32,
+        /// (offset, value), offsets increasing.
+        entries: Vec<(u32, Exact)>,
+    },
+}
+
+impl Partial {
+    /// The cheaper form of `values`.
+    pub fn from_slice(values: &[Exact]) -> Partial {
+        let nnz = values.iter().filter(|v| v.0 != 0).count();
+        // A dense value costs 16 bytes, a sparse entry 20.
+        if nnz * 20 < values.len() * 16 {
+            Partial::Sparse {
+                len: values.len() as u32,
+                entries: values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.0 != 0)
+                    .map(|(i, &v)| (i as u32, v))
+                    .collect(),
+            }
+        } else {
+            Partial::Dense(values.to_vec())
+        }
+    }
+
+    /// Coordinates covered.
+    pub fn len(&self) -> usize {
+        match self {
+            Partial::Dense(v) => v.len(),
+            Partial::Sparse { len, .. } => *len as usize,
+        }
+    }
+
+    /// True if it covers no coordinates.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the partial into `acc` (of length [`Partial::len`]).
+    pub fn add_into(self, acc: &mut [Exact]) {
+        match self {
+            Partial::Dense(v) => acc.iter_mut().zip(v).for_each(|(a, v)| *a += v),
+            Partial::Sparse { entries, .. } => {
+                for (i, v) in entries {
+                    if let Some(a) = acc.get_mut(i as usize) {
+                        *a += v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serialized payload bytes (bincode layout).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Partial::Dense(v) => 4 + 8 + 16 * v.len() as u64,
+            Partial::Sparse { entries, .. } => 4 + 4 + 8 + 20 * entries.len() as u64,
+        }
+    }
+}
+
 /// A worker's gradient partial for one shard.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GradMsg {
     /// Shard id.
     pub shard: u32,
     /// Exact partial sums of the loss gradient over the shard's coordinates.
-    pub values: Vec<Exact>,
+    pub values: Partial,
     /// Exact partial loss sum (all coordinates; the same in every shard's message).
     pub loss: Exact,
     /// Rows in the partial.
@@ -142,4 +215,36 @@ pub fn shard_ranges(len: usize, shards: usize) -> Vec<std::ops::Range<usize>> {
 /// The worker that owns shard `k` among `workers`.
 pub fn owner(shard: u32, workers: usize) -> usize {
     shard as usize % workers.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn partials_add_like_dense_vectors(values in proptest::collection::vec(prop_oneof![Just(0i128), -1000i128..1000], 0..200)) {
+            let v: Vec<Exact> = values.iter().map(|&x| Exact(x)).collect();
+            let p = Partial::from_slice(&v);
+            prop_assert_eq!(p.len(), v.len());
+            let mut acc = vec![Exact(7); v.len()];
+            p.clone().add_into(&mut acc);
+            let want: Vec<Exact> = v.iter().map(|&x| x + Exact(7)).collect();
+            prop_assert_eq!(acc, want);
+            let dense = Partial::Dense(v.clone()).bytes();
+            prop_assert!(p.bytes() <= dense + 8);
+        }
+    }
+
+    #[test]
+    fn mostly_zero_partials_travel_sparse() {
+        let mut v = vec![Exact(0); 1000];
+        v[3] = Exact(5);
+        assert!(matches!(Partial::from_slice(&v), Partial::Sparse { .. }));
+        assert!(matches!(
+            Partial::from_slice(&[Exact(1); 10]),
+            Partial::Dense(_)
+        ));
+    }
 }
