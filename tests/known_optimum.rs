@@ -151,7 +151,7 @@ fn first_order_methods_reach_documented_tolerance() {
     let best = newton_logistic(&p, l2);
     let f_best = logistic_objective(&p, &best, l2);
     let base = pipeline("breast_cancer.parquet", "target", "logistic", l2);
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         (
             "sgd",
             &[
@@ -184,6 +184,15 @@ fn first_order_methods_reach_documented_tolerance() {
             ],
         ),
         (
+            "ftrl",
+            &[
+                "optimizer.kind=ftrl",
+                "optimizer.learning_rate=0.5",
+                "optimizer.batch_size=32",
+                "train.epochs=200",
+            ],
+        ),
+        (
             "adam",
             &[
                 "optimizer.kind=adam",
@@ -208,4 +217,49 @@ fn first_order_methods_reach_documented_tolerance() {
         );
         assert!(diff < 0.05, "{name}: coefficients differ by {diff}");
     }
+}
+
+/// L1: OWL-QN (L-BFGS) and FTRL-Proximal reach the same L1-regularised
+/// optimum and both set weights exactly to zero.
+#[test]
+fn l1_optimum_owlqn_and_ftrl_agree() {
+    let (l1, l2) = (0.02, 0.001);
+    let p = load("breast_cancer.parquet", "target");
+    let objective = |t: &[f64]| {
+        logistic_objective(&p, t, l2) + l1 * t[1..].iter().map(|w| w.abs()).sum::<f64>()
+    };
+    let base = pipeline("breast_cancer.parquet", "target", "logistic", l2);
+    let l1_set = format!("model.l1={l1}");
+    let owlqn = train(&base, &[&l1_set], &p.names, 2);
+    let ftrl = train(
+        &base,
+        &[
+            &l1_set,
+            "optimizer.kind=ftrl",
+            "optimizer.learning_rate=0.5",
+            "optimizer.batch_size=32",
+            "train.epochs=300",
+        ],
+        &p.names,
+        2,
+    );
+    let (fo, ff) = (objective(&owlqn), objective(&ftrl));
+    let zeros = |t: &[f64]| t[1..].iter().filter(|w| **w == 0.0).count();
+    eprintln!(
+        "owlqn {fo} ({} zeros), ftrl {ff} ({} zeros)",
+        zeros(&owlqn),
+        zeros(&ftrl)
+    );
+    assert!(
+        zeros(&owlqn) >= 10,
+        "L1 should zero many of 30 weights: {}",
+        zeros(&owlqn)
+    );
+    assert!(
+        zeros(&ftrl) >= 10,
+        "FTRL should zero weights too: {}",
+        zeros(&ftrl)
+    );
+    assert!(ff >= fo - 1e-9 * fo.abs(), "FTRL beat OWL-QN: {ff} < {fo}");
+    assert!((ff - fo) / fo < 1e-2, "FTRL {ff} vs OWL-QN {fo}");
 }

@@ -127,6 +127,34 @@ pub fn step(
                 params[i] = prox(i, params[i] - eta * state.m[i] / c1, eta);
             }
         }
+        OptimizerSpec::Ftrl { beta, .. } => {
+            // z and n of FTRL-Proximal. Its λ1, λ2 weigh the *sum* of the
+            // gradients seen; scaling them by the step count makes `l1`,
+            // `l2` mean what they mean for every other optimizer.
+            state.m.resize(n, 0.0);
+            state.v.resize(n, 0.0);
+            let t = state.t as f64;
+            let alpha = lr;
+            for i in 0..n {
+                let g = grad[i];
+                let n_old = state.v[i];
+                let n_new = n_old + g * g;
+                let sigma = (n_new.sqrt() - n_old.sqrt()) / alpha;
+                state.m[i] += g - sigma * params[i];
+                state.v[i] = n_new;
+                let (l1, l2) = if penalised(i) {
+                    (t * penalty.l1, t * penalty.l2)
+                } else {
+                    (0.0, 0.0)
+                };
+                let z = state.m[i];
+                params[i] = if z.abs() <= l1 {
+                    0.0
+                } else {
+                    -(z - z.signum() * l1) / ((beta + n_new.sqrt()) / alpha + l2)
+                };
+            }
+        }
         OptimizerSpec::Lbfgs { .. } => {}
     }
 }

@@ -200,6 +200,15 @@ pub enum OptimizerSpec {
         /// Denominator guard.
         epsilon: f64,
     },
+    /// FTRL-Proximal (McMahan et al., 2013): per-coordinate rates
+    /// `α / (β + √Σg²)`, L1 and L2 in closed form.
+    Ftrl {
+        /// Shared settings (`learning_rate` is α; the schedule must be constant).
+        #[serde(flatten)]
+        base: FirstOrder,
+        /// β of the per-coordinate rate.
+        beta: f64,
+    },
     /// Full-batch L-BFGS (OWL-QN when `l1 > 0`).
     Lbfgs {
         /// History length.
@@ -227,7 +236,8 @@ impl OptimizerSpec {
             OptimizerSpec::Sgd(b) => Some(b),
             OptimizerSpec::Momentum { base, .. }
             | OptimizerSpec::Adagrad { base, .. }
-            | OptimizerSpec::Adam { base, .. } => Some(base),
+            | OptimizerSpec::Adam { base, .. }
+            | OptimizerSpec::Ftrl { base, .. } => Some(base),
             OptimizerSpec::Lbfgs { .. } => None,
         }
     }
@@ -530,6 +540,19 @@ impl Pipeline {
                 beta2: unit_interval("optimizer.beta2", o.beta2.unwrap_or(0.999))?,
                 epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
             },
+            "ftrl" => {
+                let base = first_order()?;
+                if base.schedule != Schedule::Constant {
+                    return Err(value_err(
+                        "optimizer.schedule",
+                        "FTRL has per-coordinate rates built in: use the constant schedule",
+                    ));
+                }
+                OptimizerSpec::Ftrl {
+                    base,
+                    beta: non_negative("optimizer.beta", o.beta.unwrap_or(1.0))?,
+                }
+            }
             "lbfgs" => {
                 let memory = o.memory.unwrap_or(10);
                 if memory == 0 {
@@ -543,7 +566,7 @@ impl Pipeline {
             other => {
                 return Err(value_err(
                     "optimizer.kind",
-                    format!("'{other}' is not one of sgd, momentum, adagrad, adam, lbfgs"),
+                    format!("'{other}' is not one of sgd, momentum, adagrad, adam, ftrl, lbfgs"),
                 ))
             }
         };

@@ -108,7 +108,7 @@ pub struct RawModel {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOptimizer {
-    /// `sgd`, `momentum`, `adagrad`, `adam` or `lbfgs` (default).
+    /// `sgd`, `momentum`, `adagrad`, `adam`, `ftrl` or `lbfgs` (default).
     pub kind: Option<String>,
     /// Step size for the first-order methods.
     pub learning_rate: Option<f64>,
@@ -122,6 +122,8 @@ pub struct RawOptimizer {
     pub momentum: Option<f64>,
     /// Adam β₁.
     pub beta1: Option<f64>,
+    /// FTRL β.
+    pub beta: Option<f64>,
     /// Adam β₂.
     pub beta2: Option<f64>,
     /// AdaGrad / Adam ε.

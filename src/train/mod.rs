@@ -142,6 +142,7 @@ fn optimizer_name(p: &Pipeline) -> String {
         crate::spec::OptimizerSpec::Momentum { .. } => "momentum",
         crate::spec::OptimizerSpec::Adagrad { .. } => "adagrad",
         crate::spec::OptimizerSpec::Adam { .. } => "adam",
+        crate::spec::OptimizerSpec::Ftrl { .. } => "ftrl",
         crate::spec::OptimizerSpec::Lbfgs { .. } => "lbfgs",
     }
     .to_string()
