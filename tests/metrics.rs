@@ -67,3 +67,48 @@ fn bytes_exchanged_are_counted() {
         evaluations * (param_bytes(n) + grad_bytes(n)) + recs.len() as u64 * param_bytes(n);
     assert_eq!(total, expected);
 }
+
+#[test]
+fn plot_renders_loss_against_wall_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for strategy in ["allreduce", "model-average"] {
+        let m = dir.path().join(format!("{strategy}.jsonl"));
+        let ms = m.to_string_lossy().to_string();
+        let s = format!("train.strategy={strategy}");
+        tidemill_ok(&[
+            "train",
+            "pipelines/breast_cancer.toml",
+            "-w",
+            "2",
+            "--metrics-out",
+            &ms,
+            "--set",
+            &s,
+            "--set",
+            "optimizer.kind=sgd",
+            "--set",
+            "train.epochs=5",
+        ]);
+        files.push(ms);
+    }
+    let svg = dir.path().join("plot/loss.svg");
+    let out = svg.to_string_lossy().to_string();
+    tidemill_ok(&["plot", &files[0], &files[1], "--out", &out]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"));
+    assert!(
+        text.contains("allreduce") && text.contains("model-average"),
+        "legend labels missing"
+    );
+    assert!(
+        text.matches("<polyline").count() >= 2,
+        "one line per run expected"
+    );
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"not\": \"a record\"}\n").unwrap();
+    let r = common::tidemill(&["plot", &bad.to_string_lossy(), "--out", &out]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not a tidemill metrics record"));
+}

@@ -42,6 +42,22 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Describe Parquet data: schema, row groups, rows, null counts.
     Inspect(InspectArgs),
+    /// Plot loss against wall time from metrics files (SVG).
+    Plot(PlotArgs),
+}
+
+/// `plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Metrics files (JSON lines), one series each, labelled by file name.
+    #[arg(required = true)]
+    pub metrics: Vec<PathBuf>,
+    /// Output SVG file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Chart title.
+    #[arg(long, default_value = "loss against wall time")]
+    pub title: String,
 }
 
 /// Where and how to run.
@@ -177,6 +193,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Plot(a) => crate::metrics::plot::plot_files(&a.metrics, &a.out, &a.title),
         Command::Inspect(a) => {
             let info = crate::inspect::inspect(&a.paths)?;
             if a.json {

@@ -1,6 +1,7 @@
 //! Evaluation metrics: additive partials computed where the rows are,
 //! merged exactly, finished into the numbers users read.
 
+pub mod plot;
 pub mod sink;
 
 use serde::{Deserialize, Serialize};
