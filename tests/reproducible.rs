@@ -6,21 +6,10 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{root, tidemill_ok};
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 fn train_threads(pipeline: &str, sets: &[&str], workers: usize, out: &Path) -> Vec<u8> {
     let w = workers.to_string();
@@ -36,13 +25,7 @@ fn train_threads(pipeline: &str, sets: &[&str], workers: usize, out: &Path) -> V
 
 /// Two real processes, one worker thread each, talking over loopback.
 fn train_processes(pipeline: &str, sets: &[&str], dir: &Path) -> Vec<u8> {
-    let ports = free_ports(2);
-    let hostfile = dir.join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    let hostfile = common::hostfile(dir, 2);
     let model = dir.join("multi.json");
     let spawn = |process: usize| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));

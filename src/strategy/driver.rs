@@ -155,6 +155,25 @@ impl Driver {
         }
     }
 
+    /// Moves `k` steps on from step `step` of `epoch`: the next training
+    /// round, or the epoch's evaluation.
+    fn advance(&mut self, epoch: u32, step: u64, k: u64, steps_per_epoch: u64) -> Vec<ParamMsg> {
+        self.steps += k;
+        self.phase = if step + k < steps_per_epoch {
+            Phase::Train {
+                epoch,
+                step: step + k,
+            }
+        } else {
+            Phase::Eval {
+                epoch: epoch + 1,
+                steps: self.steps,
+                objective: None,
+            }
+        };
+        self.emit(self.phase, false)
+    }
+
     /// Applies a training round's summed gradient (per owned shard).
     pub fn on_gradients(
         &mut self,
@@ -193,20 +212,8 @@ impl Driver {
                         }
                     }
                 }
-                self.steps += k;
-                self.phase = if step + k < *steps_per_epoch {
-                    Phase::Train {
-                        epoch,
-                        step: step + k,
-                    }
-                } else {
-                    Phase::Eval {
-                        epoch: epoch + 1,
-                        steps: self.steps,
-                        objective: None,
-                    }
-                };
-                Ok(self.emit(self.phase, false))
+                let steps_per_epoch = *steps_per_epoch;
+                Ok(self.advance(epoch, step, k, steps_per_epoch))
             }
             Mode::FirstOrder {
                 spec,
@@ -237,20 +244,8 @@ impl Driver {
                         }
                     }
                 }
-                self.steps += 1;
-                self.phase = if step + 1 < *steps_per_epoch {
-                    Phase::Train {
-                        epoch,
-                        step: step + 1,
-                    }
-                } else {
-                    Phase::Eval {
-                        epoch: epoch + 1,
-                        steps: self.steps,
-                        objective: None,
-                    }
-                };
-                Ok(self.emit(self.phase, false))
+                let steps_per_epoch = *steps_per_epoch;
+                Ok(self.advance(epoch, step, 1, steps_per_epoch))
             }
             Mode::Lbfgs {
                 opt,

@@ -201,3 +201,25 @@ pub fn ridge_objective(p: &Problem, theta: &[f64], l2: f64) -> f64 {
             / n;
     loss + 0.5 * l2 * theta[1..].iter().map(|w| w * w).sum::<f64>()
 }
+
+/// `n` free loopback ports (bound, read, released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Writes a hostfile for `n` processes on free loopback ports into `dir`.
+pub fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let hosts = dir.join("hosts");
+    let lines: String = free_ports(n)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}\n"))
+        .collect();
+    std::fs::write(&hosts, lines).unwrap();
+    hosts
+}
