@@ -172,11 +172,7 @@ fn stdin_and_stdout_streams() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out, "predict to stdout");
     let stream = out.stdout;
     let batches: Vec<RecordBatch> = StreamReader::try_new(&stream[..], None)
         .unwrap()

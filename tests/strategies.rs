@@ -1,7 +1,9 @@
 //! Distribution strategies converge to the allreduce optimum: model
-//! averaging (local SGD) on 1, 2 and 4 workers and on 2 processes reaches a
-//! documented tolerance (docs/strategies.md) of the optimum of the same
-//! objective.
+//! averaging (local SGD) and the parameter server with bounded staleness, on
+//! 1, 2 and 4 workers and on 2 processes, reach a documented tolerance
+//! (docs/strategies.md) of the optimum of the same objective. The parameter
+//! server with `staleness = 0` is the allreduce loop, byte for byte, and a
+//! slowed worker lets the others run ahead by at most `staleness` steps.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -63,24 +65,24 @@ fn train_two_processes(pipeline: &str, sets: &[&str], dir: &Path) -> serde_json:
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_success(&out, "a cluster process");
     }
     serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap()
 }
 
-/// Trains the optimum with L-BFGS and each model-average run, and checks the
-/// relative objective gap.
+/// Trains the optimum with L-BFGS and each run of `strategy` (1, 2, 4
+/// workers, 2 processes), and checks the relative objective gap.
 fn check(
     pipeline: &str,
     p: &Problem,
     objective: impl Fn(&[f64]) -> f64,
-    average: &[&str],
+    strategy: &[&str],
     tolerance: f64,
 ) {
+    let label = strategy
+        .iter()
+        .find_map(|s| s.strip_prefix("train.strategy="))
+        .unwrap_or("allreduce");
     let dir = tempfile::tempdir().unwrap();
     let base = ["data.validation={ fraction = 0.0001 }"];
     let best = theta_of(
@@ -98,17 +100,17 @@ fn check(
     for w in [1, 2, 4] {
         runs.push((
             format!("{w} workers"),
-            train(pipeline, average, w, dir.path(), &format!("w{w}.json")),
+            train(pipeline, strategy, w, dir.path(), &format!("w{w}.json")),
         ));
     }
     runs.push((
         "2 processes".into(),
-        train_two_processes(pipeline, average, dir.path()),
+        train_two_processes(pipeline, strategy, dir.path()),
     ));
     for (name, model) in runs {
         let f = objective(&theta_of(&model, &p.names));
         let gap = (f - f_best) / f_best;
-        eprintln!("{pipeline} model-average {name}: objective gap {gap:.2e}");
+        eprintln!("{pipeline} {label} {name}: objective gap {gap:.2e}");
         assert!(gap > -1e-9, "{name} beat the optimum: {f} < {f_best}");
         assert!(
             gap < tolerance,
@@ -117,25 +119,58 @@ fn check(
     }
 }
 
-#[test]
-fn model_average_logistic_breast_cancer() {
+/// SGD settings for L2 logistic regression on breast_cancer.
+const SGD_LOGISTIC: [&str; 7] = [
+    "optimizer.kind=sgd",
+    "optimizer.learning_rate=0.5",
+    "optimizer.batch_size=32",
+    "optimizer.schedule=inverse_sqrt",
+    "optimizer.decay=0.05",
+    "train.epochs=100",
+    "data.validation={ fraction = 0.0001 }",
+];
+
+/// Adam settings for ridge regression on california_housing.
+const ADAM_RIDGE: [&str; 7] = [
+    "optimizer.kind=adam",
+    "optimizer.learning_rate=0.02",
+    "optimizer.batch_size=256",
+    "optimizer.schedule=inverse_sqrt",
+    "optimizer.decay=0.01",
+    "train.epochs=20",
+    "data.validation={ fraction = 0.0001 }",
+];
+
+/// L2 logistic regression on breast_cancer with SGD, under `strategy`.
+fn breast_cancer_logistic(strategy: &[&str], tolerance: f64) {
     let p = load("breast_cancer.parquet", "target");
-    let l2 = 0.01;
+    let sets: Vec<&str> = strategy.iter().chain(&SGD_LOGISTIC).copied().collect();
     check(
         "pipelines/quickstart.toml",
         &p,
-        |t| logistic_objective(&p, t, l2),
-        &[
-            "train.strategy=model-average",
-            "train.sync_every=4",
-            "optimizer.kind=sgd",
-            "optimizer.learning_rate=0.5",
-            "optimizer.batch_size=32",
-            "optimizer.schedule=inverse_sqrt",
-            "optimizer.decay=0.05",
-            "train.epochs=100",
-            "data.validation={ fraction = 0.0001 }",
-        ],
+        |t| logistic_objective(&p, t, 0.01),
+        &sets,
+        tolerance,
+    );
+}
+
+/// Ridge regression on california_housing with Adam, under `strategy`.
+fn california_ridge(strategy: &[&str], tolerance: f64) {
+    let p = common::load("california_housing.parquet", "MedHouseVal");
+    let sets: Vec<&str> = strategy.iter().chain(&ADAM_RIDGE).copied().collect();
+    check(
+        "pipelines/california_housing.toml",
+        &p,
+        |t| common::ridge_objective(&p, t, 0.001),
+        &sets,
+        tolerance,
+    );
+}
+
+#[test]
+fn model_average_logistic_breast_cancer() {
+    breast_cancer_logistic(
+        &["train.strategy=model-average", "train.sync_every=4"],
         1e-3,
     );
 }
@@ -145,23 +180,11 @@ fn model_average_logistic_breast_cancer() {
 /// averagings (the non-IID case). Shuffled units keep replicas close.
 #[test]
 fn model_average_ridge_california_housing_shuffled() {
-    let p = common::load("california_housing.parquet", "MedHouseVal");
-    let l2 = 0.001;
-    check(
-        "pipelines/california_housing.toml",
-        &p,
-        |t| common::ridge_objective(&p, t, l2),
+    california_ridge(
         &[
             "train.strategy=model-average",
             "data.partition=shuffle",
             "train.sync_every=4",
-            "optimizer.kind=adam",
-            "optimizer.learning_rate=0.02",
-            "optimizer.batch_size=256",
-            "optimizer.schedule=inverse_sqrt",
-            "optimizer.decay=0.01",
-            "train.epochs=20",
-            "data.validation={ fraction = 0.0001 }",
         ],
         2e-2,
     );
@@ -177,4 +200,148 @@ fn model_average_rejects_lbfgs() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("model-average"));
+}
+
+#[test]
+fn param_server_logistic_breast_cancer() {
+    breast_cancer_logistic(&["train.strategy=param-server", "train.staleness=2"], 1e-3);
+}
+
+#[test]
+fn param_server_ridge_california_housing() {
+    california_ridge(
+        &["train.strategy=param-server", "train.staleness=async"],
+        2e-2,
+    );
+}
+
+#[test]
+fn param_server_with_zero_staleness_is_allreduce_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    for workers in [2, 4] {
+        let run = |strategy: &str| {
+            let out = dir.path().join(format!("{strategy}-{workers}.json"));
+            let w = workers.to_string();
+            let m = out.to_string_lossy().to_string();
+            let set = format!("train.strategy={strategy}");
+            tidemill_ok(&[
+                "train",
+                "pipelines/breast_cancer.toml",
+                "--workers",
+                &w,
+                "--set",
+                &set,
+                "--set",
+                "train.epochs=5",
+                "--model-out",
+                &m,
+            ]);
+            std::fs::read(out).unwrap()
+        };
+        let a = run("allreduce");
+        let b = run("param-server");
+        assert!(a == b, "{workers} workers: param-server (s = 0) differs");
+    }
+}
+
+/// Per step of worker 0: how many steps it is ahead of worker 1, i.e. its
+/// step index minus the number of steps worker 1 had finished when it began.
+fn run_ahead(trace: &Path) -> Vec<i64> {
+    let events: Vec<[u128; 4]> = std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Vec<u128> = l.split(' ').map(|x| x.parse().unwrap()).collect();
+            [v[0], v[1], v[2], v[3]]
+        })
+        .collect();
+    let slow_ends: Vec<u128> = events.iter().filter(|e| e[0] == 1).map(|e| e[3]).collect();
+    events
+        .iter()
+        .filter(|e| e[0] == 0)
+        .map(|e| {
+            let done = slow_ends.iter().filter(|&&end| end <= e[2]).count();
+            e[1] as i64 - done as i64
+        })
+        .collect()
+}
+
+#[test]
+fn slowed_worker_lets_others_run_ahead_at_most_staleness_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in [0i64, 3] {
+        let trace = dir.path().join(format!("trace-{s}.txt"));
+        let metrics = dir.path().join(format!("metrics-{s}.jsonl"));
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .env("TIDEMILL_LOG", "warn")
+            .env("TIDEMILL_SLOW_WORKER", "1:15")
+            .env("TIDEMILL_TRACE_STEPS", &trace)
+            .args(["train", "pipelines/breast_cancer.toml", "--workers", "2"])
+            .args(["--set", "train.strategy=param-server"])
+            .args(["--set", &format!("train.staleness={s}")])
+            .args(["--set", "train.epochs=2"])
+            .arg("--model-out")
+            .arg(dir.path().join("m.json"))
+            .arg("--metrics-out")
+            .arg(&metrics)
+            .output()
+            .unwrap();
+        common::assert_success(&out, "slowed param-server run");
+        let ahead = run_ahead(&trace);
+        let most = ahead.iter().copied().max().unwrap();
+        eprintln!("staleness {s}: worker 0 ran ahead by at most {most} ({ahead:?})");
+        assert_eq!(ahead.len(), 30, "one trace line per step of worker 0");
+        assert!(most <= s, "ran {most} steps ahead with staleness {s}");
+        if s > 0 {
+            assert!(most >= 1, "the fast worker never ran ahead: {ahead:?}");
+        }
+        // The observed staleness histogram (over both workers and all 16
+        // shards) never exceeds the bound either.
+        for line in std::fs::read_to_string(&metrics).unwrap().lines() {
+            let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+            let hist: Vec<u64> = rec["staleness"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert!(hist.len() as i64 <= s + 1, "histogram {hist:?}");
+            assert_eq!(hist.iter().sum::<u64>(), 15 * 2 * 16, "{hist:?}");
+        }
+    }
+}
+
+#[test]
+fn strategy_keys_are_checked() {
+    for (sets, needle) in [
+        (&["train.strategy=param-server"][..], "param-server"),
+        (&["train.staleness=2"][..], "train.staleness"),
+        (
+            &[
+                "optimizer.kind=sgd",
+                "train.strategy=param-server",
+                "train.staleness=33",
+            ][..],
+            "from 0 to 32",
+        ),
+        (
+            &[
+                "optimizer.kind=sgd",
+                "train.strategy=param-server",
+                "train.staleness=\"soon\"",
+            ][..],
+            "\"soon\"",
+        ),
+        (&["train.sync_every=4"][..], "train.sync_every"),
+    ] {
+        let mut args = vec!["validate", "pipelines/quickstart.toml"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = common::tidemill(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sets:?}: {err}");
+        assert!(err.contains(needle), "{sets:?}: {err}");
+    }
 }

@@ -95,8 +95,16 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                         let mut train_loss = Exact::default();
                         let mut train_rows = 0u64;
                         let mut bytes = 0u64;
+                        let mut staleness: Vec<u64> = Vec::new();
                         for m in msgs {
                             bytes += m.bytes;
+                            if staleness.len() < m.staleness.len() {
+                                staleness.resize(m.staleness.len(), 0);
+                            }
+                            staleness
+                                .iter_mut()
+                                .zip(&m.staleness)
+                                .for_each(|(a, b)| *a += b);
                             validation.merge(m.validation);
                             train_loss += m.train_loss;
                             train_rows += m.train_rows;
@@ -134,6 +142,7 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             bytes_exchanged: bytes,
                             bytes_per_step: bytes as f64
                                 / steps.saturating_sub(last_steps).max(1) as f64,
+                            staleness: (!staleness.is_empty()).then_some(staleness),
                             validation: metrics,
                             best: ctx.early_stopping.as_ref().map(|_| is_best),
                         };

@@ -18,7 +18,8 @@ use crate::strategy::driver::Driver;
 pub trait FoldShards<'scope> {
     /// Routes each [`GradMsg`] to its shard's owner, waits until a round is
     /// complete (the frontier has passed it, on gradients and control), then
-    /// lets the [`Driver`] step and emits the next round's [`ParamMsg`]s.
+    /// lets the [`Driver`] step and emits the [`ParamMsg`]s it releases, each
+    /// at the delay the driver asks for.
     fn fold_shards(
         self,
         control: StreamVec<'scope, u64, Control>,
@@ -49,9 +50,11 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
             let mut stopped = false;
             move |(grads, f1), (controls, f2), output| {
                 if let Some(cap) = start.take() {
-                    output
-                        .session(&cap)
-                        .give_iterator(driver.start().into_iter());
+                    for (delay, msg) in driver.start() {
+                        output
+                            .session(&cap.delayed(&(*cap.time() + delay)))
+                            .give(msg);
+                    }
                 }
                 grads.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(output.output_index()) {
@@ -119,7 +122,9 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                     } else {
                         Vec::new()
                     };
-                    output.session(&cap).give_iterator(next.into_iter());
+                    for (delay, msg) in next {
+                        output.session(&cap.delayed(&(t + delay))).give(msg);
+                    }
                 }
             }
         })

@@ -12,6 +12,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
+use super::hooks::Hooks;
 use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase, WorkerOut};
 use crate::data::cache::WorkerData;
 use crate::error::Error;
@@ -50,6 +51,16 @@ pub struct GradientContext {
     pub failure: Rc<RefCell<Option<Failure>>>,
     /// `model-average`: how this worker steps its own replica.
     pub local: Option<LocalTraining>,
+    /// `param-server`: how many rounds ahead of the slowest worker this one
+    /// may compute (0 = synchronous). Fresher shards that have already
+    /// arrived for later rounds are read instead of the round's own.
+    pub lag: u64,
+    /// Steps per epoch (to tell how stale a read is).
+    pub steps_per_epoch: u64,
+    /// Count the staleness of every shard read (`param-server`).
+    pub record_staleness: bool,
+    /// Test hooks (slowed worker, step trace).
+    pub hooks: Hooks,
 }
 
 /// Local training of a replica (`model-average`): the worker applies the
@@ -84,12 +95,14 @@ struct State {
     /// Payload bytes this worker received from or sent to other workers
     /// since the last evaluation.
     epoch_bytes: u64,
+    /// Shard reads by staleness since the last evaluation.
+    staleness: Vec<u64>,
     stopped: bool,
 }
 
 /// Payload bytes of a parameter message with `n` values (bincode layout).
 pub fn param_bytes(n: usize) -> u64 {
-    4 + 24 + 8 + 8 * n as u64
+    4 + 24 + 8 + 8 + 8 * n as u64
 }
 
 /// Payload bytes of a gradient message with `n` dense values (bincode layout).
@@ -118,9 +131,6 @@ impl State {
             }
             self.ctx.model.theta[range].copy_from_slice(&m.values);
             seen[k] = true;
-            if owner(m.shard, self.ctx.peers) != self.ctx.index {
-                self.epoch_bytes += param_bytes(m.values.len());
-            }
         }
         if let Some(k) = seen.iter().position(|s| !s) {
             return Err(format!("shard {k} did not arrive (its owner stopped)"));
@@ -244,8 +254,68 @@ impl State {
         Ok(partial)
     }
 
-    fn round(&mut self, msgs: Vec<ParamMsg>, emit: &mut impl FnMut(WorkerOut)) {
+    /// One training round (plain or local replica), through the test hooks.
+    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<(Vec<Exact>, Exact, u64), Error> {
+        let hooks = std::mem::take(&mut self.ctx.hooks);
+        let out = hooks.step(u64::from(epoch) * self.ctx.steps_per_epoch + step, || {
+            if self.ctx.local.is_some() {
+                self.train_local(epoch, step)
+            } else {
+                self.train(epoch, step)
+            }
+        });
+        self.ctx.hooks = hooks;
+        out
+    }
+
+    /// `param-server`: overwrites each shard with the freshest version that
+    /// has already arrived for a later round, and counts how stale the
+    /// shards read for step `step` of `epoch` are.
+    fn read_fresher(&mut self, msgs: &[ParamMsg], fresher: &[&ParamMsg], epoch: u32, step: u64) {
+        let mut version: Vec<u64> = vec![0; self.ctx.shards.len()];
+        for m in msgs {
+            if let Some(v) = version.get_mut(m.shard as usize) {
+                *v = m.version;
+            }
+        }
+        for m in fresher {
+            let k = m.shard as usize;
+            let Some(range) = self.ctx.shards.get(k) else {
+                continue;
+            };
+            if m.version > version[k] && m.values.len() == range.len() {
+                self.ctx.model.theta[range.clone()].copy_from_slice(&m.values);
+                version[k] = m.version;
+            }
+        }
+        if self.ctx.record_staleness {
+            let synchronous = u64::from(epoch) * self.ctx.steps_per_epoch + step;
+            for v in version {
+                let behind = synchronous.saturating_sub(v) as usize;
+                if self.staleness.len() <= behind {
+                    self.staleness.resize(behind + 1, 0);
+                }
+                self.staleness[behind] += 1;
+            }
+        }
+    }
+
+    fn round(
+        &mut self,
+        msgs: Vec<ParamMsg>,
+        fresher: &[&ParamMsg],
+        emit: &mut impl FnMut(WorkerOut),
+    ) {
         if self.stopped {
+            return;
+        }
+        for m in &msgs {
+            if owner(m.shard, self.ctx.peers) != self.ctx.index {
+                self.epoch_bytes += param_bytes(m.values.len());
+            }
+        }
+        if msgs.iter().all(|m| m.phase == Phase::Refresh) {
+            // Read ahead by `read_fresher` when a later round needed them.
             return;
         }
         let phase = match self.assemble(&msgs) {
@@ -256,12 +326,13 @@ impl State {
                 return;
             }
         };
+        if let Phase::Train { epoch, step } = phase {
+            if self.ctx.record_staleness || !fresher.is_empty() {
+                self.read_fresher(&msgs, fresher, epoch, step);
+            }
+        }
         match phase {
-            Phase::Train { epoch, step } => match if self.ctx.local.is_some() {
-                self.train_local(epoch, step)
-            } else {
-                self.train(epoch, step)
-            } {
+            Phase::Train { epoch, step } => match self.train_traced(epoch, step) {
                 Ok((acc, loss, rows)) => {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;
@@ -310,6 +381,7 @@ impl State {
                     train_loss: std::mem::take(&mut self.epoch_loss),
                     train_rows: std::mem::take(&mut self.epoch_rows),
                     bytes: std::mem::take(&mut self.epoch_bytes),
+                    staleness: std::mem::take(&mut self.staleness),
                     failure,
                 }));
             }
@@ -319,22 +391,26 @@ impl State {
                     phase,
                 });
             }
-            Phase::Final { .. } => {}
+            Phase::Final { .. } | Phase::Refresh => {}
         }
     }
 }
 
 impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
     fn gradients(self, ctx: GradientContext) -> StreamVec<'scope, u64, WorkerOut> {
+        let lag = ctx.lag;
         let mut state = State {
             ctx,
             scratch: Scratch::default(),
             epoch_loss: Exact::default(),
             epoch_rows: 0,
             epoch_bytes: 0,
+            staleness: Vec::new(),
             stopped: false,
         };
-        self.unary_frontier(Local, "Gradients", move |_cap, _info| {
+        let scope = self.scope();
+        self.unary_frontier(Local, "Gradients", move |_cap, info| {
+            let activator = scope.activator_for(info.address);
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<ParamMsg>)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
@@ -347,13 +423,37 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
                             .append(data);
                     }
                 });
-                while let Some((&t, _)) = pending.first_key_value() {
+                // One round per activation: its gradients and progress reach
+                // the other workers before this one starts the next round.
+                if let Some((&t, (_, first))) = pending.first_key_value() {
                     if frontier.frontier().less_equal(&t) {
-                        break;
+                        return;
+                    }
+                    let trains = first
+                        .first()
+                        .is_some_and(|m| matches!(m.phase, Phase::Train { .. }));
+                    if let Some(wait) = trains.then(|| state.ctx.hooks.hold(t)).flatten() {
+                        activator.activate_after(wait);
+                        return;
                     }
                     if let Some((_, (cap, msgs))) = pending.pop_first() {
+                        // Rounds up to `lag` later may already hold fresher shards.
+                        let fresher: Vec<&ParamMsg> = if lag == 0 {
+                            Vec::new()
+                        } else {
+                            pending
+                                .range(t + 1..=t + lag)
+                                .flat_map(|(_, (_, later))| later.iter())
+                                .collect()
+                        };
                         let mut session = output.session(&cap);
-                        state.round(msgs, &mut |m| session.give(m));
+                        state.round(msgs, &fresher, &mut |m| session.give(m));
+                    }
+                    if pending
+                        .first_key_value()
+                        .is_some_and(|(&next, _)| !frontier.frontier().less_equal(&next))
+                    {
+                        activator.activate();
                     }
                 }
             }

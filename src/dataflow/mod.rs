@@ -16,6 +16,7 @@
 pub mod collect;
 pub mod fold;
 pub mod gradient;
+pub mod hooks;
 pub mod scan;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,9 @@ pub enum Phase {
         /// Objective at these parameters, when the optimizer knows it.
         objective: Option<f64>,
     },
+    /// Fresher parameters for workers that run ahead (`param-server`):
+    /// nothing to compute, only to read.
+    Refresh,
     /// Training is over; these are the final parameters.
     Final {
         /// Epochs (or iterations) run.
@@ -58,6 +62,8 @@ pub struct ParamMsg {
     pub shard: u32,
     /// What to do with them.
     pub phase: Phase,
+    /// Optimizer updates folded into the values so far.
+    pub version: u64,
     /// The shard's values.
     pub values: Vec<f64>,
 }
@@ -182,6 +188,10 @@ pub struct EvalMsg {
     /// Payload bytes this worker exchanged with other workers since the
     /// previous evaluation (parameters received, gradients sent).
     pub bytes: u64,
+    /// `param-server`: how many shard reads since the previous evaluation
+    /// were `i` optimizer updates behind a synchronous run, for each `i`
+    /// (empty for the other strategies).
+    pub staleness: Vec<u64>,
     /// Set if the worker failed.
     pub failure: Option<Failure>,
 }

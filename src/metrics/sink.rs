@@ -25,6 +25,10 @@ pub struct EpochRecord {
     pub bytes_exchanged: u64,
     /// `bytes_exchanged` per optimizer step.
     pub bytes_per_step: f64,
+    /// `param-server`: shard reads during the epoch that were `i` optimizer
+    /// updates behind a synchronous run, for `i = 0, 1, …` (over all workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<Vec<u64>>,
     /// Metrics on the validation rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<Metrics>,

@@ -252,6 +252,45 @@ pub enum Strategy {
     /// Local SGD: each worker steps its own replica on its own rows, and the
     /// replicas are averaged (weighted by rows) every `sync_every` steps.
     ModelAverage,
+    /// Sharded parameter server: workers push gradient partials to the shard
+    /// owners and pull fresh shards, running up to `staleness` steps ahead
+    /// of the slowest worker.
+    ParamServer,
+}
+
+impl Strategy {
+    /// The name used in pipelines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Allreduce => "allreduce",
+            Strategy::ModelAverage => "model-average",
+            Strategy::ParamServer => "param-server",
+        }
+    }
+}
+
+/// The hard cap on how far a `param-server` worker may run ahead of the
+/// slowest one, and what `staleness = "async"` means.
+pub const MAX_STALENESS: u32 = 32;
+
+/// `train.staleness`: how many steps a worker may run ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Staleness {
+    /// At most this many steps (0 = bulk-synchronous).
+    Bounded(u32),
+    /// As far as the hard cap [`MAX_STALENESS`].
+    Async,
+}
+
+impl Staleness {
+    /// The bound in steps.
+    pub fn bound(self) -> u32 {
+        match self {
+            Staleness::Bounded(s) => s,
+            Staleness::Async => MAX_STALENESS,
+        }
+    }
 }
 
 /// Early stopping on a validation metric.
@@ -276,6 +315,8 @@ pub struct TrainSpec {
     pub shards: usize,
     /// Local steps between averagings (`model-average`); `None` = once per epoch.
     pub sync_every: Option<u64>,
+    /// How far `param-server` workers may run ahead (0 for the other strategies).
+    pub staleness: Staleness,
     /// Early stopping, if asked for.
     pub early_stopping: Option<EarlyStopping>,
 }
@@ -579,24 +620,60 @@ impl Pipeline {
         let strategy = match t.strategy.as_deref().unwrap_or("allreduce") {
             "allreduce" => Strategy::Allreduce,
             "model-average" => Strategy::ModelAverage,
+            "param-server" => Strategy::ParamServer,
             other => {
                 return Err(value_err(
                     "train.strategy",
                     format!(
-                        "'{other}' is not available; this version offers: allreduce, model-average"
+                        "'{other}' is not available; this version offers: allreduce, param-server, model-average"
                     ),
                 ))
             }
         };
-        if strategy == Strategy::ModelAverage && optimizer.first_order().is_none() {
+        if strategy != Strategy::Allreduce && optimizer.first_order().is_none() {
             return Err(value_err(
                 "train.strategy",
-                "model-average trains local replicas with mini-batch steps: use optimizer.kind = sgd, momentum, adagrad or adam (L-BFGS is full-batch; use allreduce)",
+                format!("{} takes mini-batch steps: use optimizer.kind = sgd, momentum, adagrad, adam or ftrl (L-BFGS needs exact full-batch gradients; use allreduce)", strategy.name()),
             ));
         }
         if t.sync_every == Some(0) {
             return Err(value_err("train.sync_every", "must be at least 1"));
         }
+        if t.sync_every.is_some() && strategy != Strategy::ModelAverage {
+            return Err(value_err(
+                "train.sync_every",
+                format!(
+                    "only applies to strategy = \"model-average\" (this pipeline uses {})",
+                    strategy.name()
+                ),
+            ));
+        }
+        let staleness = match t.staleness {
+            None => Staleness::Bounded(0),
+            Some(_) if strategy != Strategy::ParamServer => {
+                return Err(value_err(
+                    "train.staleness",
+                    format!(
+                        "only applies to strategy = \"param-server\" (this pipeline uses {})",
+                        strategy.name()
+                    ),
+                ))
+            }
+            Some(raw::RawStaleness::Word(w)) if w == "async" => Staleness::Async,
+            Some(raw::RawStaleness::Steps(n)) if (0..=i64::from(MAX_STALENESS)).contains(&n) => {
+                Staleness::Bounded(n as u32)
+            }
+            Some(other) => {
+                let got = match other {
+                    raw::RawStaleness::Steps(n) => n.to_string(),
+                    raw::RawStaleness::Word(w) => format!("\"{w}\""),
+                };
+                return Err(value_err(
+                    "train.staleness",
+                    format!("expected a number of steps from 0 to {MAX_STALENESS} or \"async\", got {got}"),
+                ));
+            }
+        };
         let shards = t.shards.unwrap_or(16);
         if shards == 0 {
             return Err(value_err("train.shards", "must be at least 1"));
@@ -649,6 +726,7 @@ impl Pipeline {
                 strategy,
                 shards,
                 sync_every: t.sync_every,
+                staleness,
                 early_stopping,
             },
             output: OutputSpec {

@@ -146,8 +146,21 @@ pub struct RawTrain {
     pub shards: Option<usize>,
     /// `model-average`: local steps between averagings (default: one epoch).
     pub sync_every: Option<u64>,
+    /// `param-server`: how many steps a worker may run ahead of the slowest
+    /// (`0` = BSP, a number, or `"async"`).
+    pub staleness: Option<RawStaleness>,
     /// Stop when the validation metric stops improving.
     pub early_stopping: Option<RawEarlyStopping>,
+}
+
+/// `train.staleness`: a step count or a word.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawStaleness {
+    /// Steps.
+    Steps(i64),
+    /// `"async"`.
+    Word(String),
 }
 
 /// `[train.early_stopping]`.

@@ -18,6 +18,7 @@ use crate::data::partition::StepPlan;
 use crate::dataflow::collect::{CollectContext, CollectMetrics};
 use crate::dataflow::fold::FoldShards;
 use crate::dataflow::gradient::{FinalParams, GradientContext, Gradients, LocalTraining};
+use crate::dataflow::hooks::Hooks;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
 use crate::metrics::sink::EpochRecord;
@@ -66,6 +67,10 @@ pub fn run(
     let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
     let steps = step_plan(&plan, &rows);
     let steps_per_epoch = steps.steps();
+    let lag = match plan.pipeline.train.strategy {
+        Strategy::ParamServer => u64::from(plan.pipeline.train.staleness.bound()),
+        _ => 0,
+    };
     let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps_per_epoch);
     let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows, steps);
 
@@ -101,6 +106,10 @@ pub fn run(
             state: FirstOrderState::default(),
         }),
         failure: Rc::clone(&failure),
+        lag,
+        steps_per_epoch,
+        record_staleness: plan.pipeline.train.strategy == Strategy::ParamServer,
+        hooks: Hooks::from_env(index),
     };
     let collect = CollectContext {
         kind,
@@ -110,7 +119,10 @@ pub fn run(
     };
     let fold_failure = Rc::clone(&failure);
     worker.dataflow::<u64, _, _>(move |scope| {
-        let (handle, params) = scope.feedback::<Vec<ParamMsg>>(1);
+        // A round's parameters come back `1 + lag` rounds later: with
+        // `lag = s`, a worker can compute round r as soon as round r - s - 1
+        // is folded, i.e. run up to s rounds ahead of the slowest worker.
+        let (handle, params) = scope.feedback::<Vec<ParamMsg>>(1 + lag);
         let (grads, evals) = params
             .broadcast()
             .gradients(ctx)

@@ -2,7 +2,7 @@
 //! what the owned shards' parameters are. Every owner runs the same
 //! deterministic progression, so owners agree without talking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use super::super::dataflow::{Control, Failure, ParamMsg, Phase};
@@ -45,7 +45,16 @@ enum Mode {
     },
 }
 
-/// The owner-side logic of the synchronous loop.
+/// Parameters to send, each `delay` rounds after the round being folded.
+pub type Emission = Vec<(u64, ParamMsg)>;
+
+/// The owner-side logic of the training loop.
+///
+/// Rounds are folded in timely-time order; every emitted phase that expects
+/// an answer (training gradients, or the collector's control after an
+/// evaluation) joins `in_flight`, so the owner knows what each folded round
+/// was. With `lag = s` (`param-server`), `s + 1` training steps are in
+/// flight at once: folding step `j` releases step `j + s + 1`.
 #[derive(Debug)]
 pub struct Driver {
     shards: Vec<OwnedShard>,
@@ -55,7 +64,8 @@ pub struct Driver {
     fit_intercept: bool,
     epochs: u32,
     keep_best: bool,
-    phase: Phase,
+    lag: u64,
+    in_flight: VecDeque<Phase>,
     steps: u64,
 }
 
@@ -111,6 +121,10 @@ impl Driver {
                 steps_per_epoch,
             },
         };
+        let lag = match mode {
+            Mode::FirstOrder { .. } => u64::from(pipeline.train.staleness.bound()),
+            _ => 0,
+        };
         Driver {
             shards,
             mode,
@@ -119,34 +133,62 @@ impl Driver {
             fit_intercept: pipeline.model.fit_intercept,
             epochs: pipeline.train.epochs,
             keep_best: pipeline.train.early_stopping.is_some(),
-            phase: Phase::Train { epoch: 0, step: 0 },
+            lag,
+            in_flight: VecDeque::new(),
             steps: 0,
         }
     }
 
-    fn emit(&self, phase: Phase, pick_best: bool) -> Vec<ParamMsg> {
+    /// Sends the owned shards with `phase`, `delay` rounds from now.
+    fn send(&mut self, phase: Phase, delay: u64, pick_best: bool) -> Emission {
+        if matches!(phase, Phase::Train { .. } | Phase::Eval { .. }) {
+            self.in_flight.push_back(phase);
+        }
         self.shards
             .iter()
-            .map(|s| ParamMsg {
-                shard: s.id,
-                phase,
-                values: match (&s.best, pick_best) {
+            .map(|s| {
+                let values = match (&s.best, pick_best) {
                     (Some(b), true) => b.clone(),
                     _ => s.params.clone(),
-                },
+                };
+                let msg = ParamMsg {
+                    shard: s.id,
+                    phase,
+                    version: self.steps,
+                    values,
+                };
+                (delay, msg)
             })
             .collect()
     }
 
-    /// The parameters of round 0.
-    pub fn start(&mut self) -> Vec<ParamMsg> {
+    /// Releases the first `lag + 1` steps of `epoch`, one round apart.
+    fn start_epoch(&mut self, epoch: u32) -> Emission {
+        let steps_per_epoch = match self.mode {
+            Mode::FirstOrder {
+                steps_per_epoch, ..
+            }
+            | Mode::Average {
+                steps_per_epoch, ..
+            } => steps_per_epoch,
+            Mode::Lbfgs { .. } => 1,
+        };
+        let mut out = Vec::new();
+        for step in 0..(self.lag + 1).min(steps_per_epoch.max(1)) {
+            out.extend(self.send(Phase::Train { epoch, step }, step, false));
+        }
+        out
+    }
+
+    /// The parameters of the first rounds.
+    pub fn start(&mut self) -> Emission {
         if let Mode::Lbfgs { opt, .. } = &self.mode {
             let x0 = opt.first_point().to_vec();
             for s in &mut self.shards {
                 s.params = x0[s.range.clone()].to_vec();
             }
         }
-        self.emit(self.phase, false)
+        self.start_epoch(0)
     }
 
     fn set_all(&mut self, x: &[f64]) {
@@ -155,23 +197,24 @@ impl Driver {
         }
     }
 
-    /// Moves `k` steps on from step `step` of `epoch`: the next training
-    /// round, or the epoch's evaluation.
-    fn advance(&mut self, epoch: u32, step: u64, k: u64, steps_per_epoch: u64) -> Vec<ParamMsg> {
+    /// After folding step `step` of `epoch` (which moved the optimizer `k`
+    /// steps): the step `lag + 1` ahead, the epoch's evaluation once its
+    /// last step is folded, or fresher parameters for workers running ahead.
+    fn advance(&mut self, epoch: u32, step: u64, k: u64, steps_per_epoch: u64) -> Emission {
         self.steps += k;
-        self.phase = if step + k < steps_per_epoch {
-            Phase::Train {
-                epoch,
-                step: step + k,
-            }
-        } else {
+        let next = step + k + self.lag;
+        let phase = if next < steps_per_epoch {
+            Phase::Train { epoch, step: next }
+        } else if step + k >= steps_per_epoch {
             Phase::Eval {
                 epoch: epoch + 1,
                 steps: self.steps,
                 objective: None,
             }
+        } else {
+            Phase::Refresh
         };
-        self.emit(self.phase, false)
+        self.send(phase, 0, false)
     }
 
     /// Applies a training round's summed gradient (per owned shard).
@@ -180,8 +223,8 @@ impl Driver {
         sums: &BTreeMap<u32, Vec<f64>>,
         loss: f64,
         rows: u64,
-    ) -> Result<Vec<ParamMsg>, Failure> {
-        let Phase::Train { epoch, step } = self.phase else {
+    ) -> Result<Emission, Failure> {
+        let Some(Phase::Train { epoch, step }) = self.in_flight.pop_front() else {
             return Ok(Vec::new());
         };
         let layout = self.layout;
@@ -262,41 +305,42 @@ impl Driver {
                 match opt.observe(loss, &grad) {
                     Next::Evaluate(p) => {
                         // Full batch: every evaluation is step 0 of epoch 0.
-                        self.phase = Phase::Train { epoch: 0, step: 0 };
                         self.set_all(&p);
+                        Ok(self.send(Phase::Train { epoch: 0, step: 0 }, 0, false))
                     }
                     Next::Accepted {
                         objective,
                         converged: c,
                     } => {
                         *converged = c;
-                        self.phase = Phase::Eval {
+                        let phase = Phase::Eval {
                             epoch: opt.iterations(),
                             steps: *evaluations,
                             objective: Some(objective),
                         };
                         let x = opt.iterate().to_vec();
                         self.set_all(&x);
+                        Ok(self.send(phase, 0, false))
                     }
                     Next::Stalled => {
-                        self.phase = Phase::Final {
+                        let phase = Phase::Final {
                             epochs: opt.iterations(),
                             objective: Some(opt.objective_value()),
                         };
                         let x = opt.iterate().to_vec();
                         self.set_all(&x);
+                        Ok(self.send(phase, 0, false))
                     }
                 }
-                Ok(self.emit(self.phase, false))
             }
         }
     }
 
     /// Applies the collector's decision after an evaluation round.
-    pub fn on_control(&mut self, control: &Control) -> Vec<ParamMsg> {
-        let Phase::Eval {
+    pub fn on_control(&mut self, control: &Control) -> Emission {
+        let Some(Phase::Eval {
             epoch, objective, ..
-        } = self.phase
+        }) = self.in_flight.pop_front()
         else {
             return Vec::new();
         };
@@ -315,22 +359,19 @@ impl Driver {
                 }
             );
         if done {
-            self.phase = Phase::Final {
+            let phase = Phase::Final {
                 epochs: epoch,
                 objective,
             };
-            return self.emit(self.phase, self.keep_best);
+            return self.send(phase, 0, self.keep_best);
         }
         match &mut self.mode {
-            Mode::FirstOrder { .. } | Mode::Average { .. } => {
-                self.phase = Phase::Train { epoch, step: 0 };
-            }
+            Mode::FirstOrder { .. } | Mode::Average { .. } => self.start_epoch(epoch),
             Mode::Lbfgs { opt, .. } => {
                 let p = opt.propose();
-                self.phase = Phase::Train { epoch: 0, step: 0 };
                 self.set_all(&p);
+                self.send(Phase::Train { epoch: 0, step: 0 }, 0, false)
             }
         }
-        self.emit(self.phase, false)
     }
 }

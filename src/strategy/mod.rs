@@ -4,6 +4,9 @@
 //!   folded by shard owners, parameters broadcast back. The same loop runs
 //!   `model-average`: workers step local replicas for `sync_every` steps
 //!   (see `dataflow::gradient::LocalTraining`) and owners average them.
+//!   And `param-server`: the feedback edge delays parameters by
+//!   `staleness + 1` rounds, so workers run up to `staleness` steps ahead of
+//!   the slowest, reading the freshest shards that have arrived.
 //!
 //! [`driver`] is the owners' round state machine shared by the strategies.
 

@@ -27,14 +27,19 @@ pub fn tidemill(args: &[&str]) -> Output {
         .expect("the tidemill binary runs")
 }
 
+/// Asserts that a finished process succeeded, showing its stderr if not.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs and asserts success, returning stdout.
 pub fn tidemill_ok(args: &[&str]) -> String {
     let out = tidemill(args);
-    assert!(
-        out.status.success(),
-        "tidemill {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &format!("tidemill {args:?}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

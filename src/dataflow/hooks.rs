@@ -1,0 +1,80 @@
+//! Test hooks, read once from the environment: slow one worker down, and
+//! trace when every worker computes each training step. Both exist so tests
+//! can watch bounded staleness from the outside; neither is needed to train.
+//!
+//! * `TIDEMILL_SLOW_WORKER=INDEX:MILLIS` — worker `INDEX` starts each round
+//!   `MILLIS` milliseconds after its parameters are ready. The wait does not
+//!   block the worker's thread (it is a timely timed activation), so the
+//!   worker keeps folding its own shards meanwhile: it models a worker whose
+//!   compute is slow, not one whose shard service is.
+//! * `TIDEMILL_TRACE_STEPS=PATH` — every worker appends one line per training
+//!   step to `PATH`: `worker global_step start_ns end_ns` (Unix time).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The hooks that apply to one worker.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    index: usize,
+    slow: Option<Duration>,
+    trace: Option<PathBuf>,
+    /// The round being held back and when it may start.
+    held: Option<(u64, Instant)>,
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+impl Hooks {
+    /// Reads the hooks for worker `index`.
+    pub fn from_env(index: usize) -> Hooks {
+        let slow = std::env::var("TIDEMILL_SLOW_WORKER").ok().and_then(|v| {
+            let (w, ms) = v.split_once(':')?;
+            (w.trim().parse::<usize>().ok()? == index)
+                .then(|| Duration::from_millis(ms.trim().parse().unwrap_or(0)))
+        });
+        let trace = std::env::var_os("TIDEMILL_TRACE_STEPS").map(PathBuf::from);
+        Hooks {
+            index,
+            slow,
+            trace,
+            held: None,
+        }
+    }
+
+    /// For a slowed worker: how much longer round `t` must wait (`None`
+    /// once it may start).
+    pub fn hold(&mut self, t: u64) -> Option<Duration> {
+        let slow = self.slow?;
+        let now = Instant::now();
+        let until = match self.held {
+            Some((held, until)) if held == t => until,
+            _ => {
+                let until = now + slow;
+                self.held = Some((t, until));
+                until
+            }
+        };
+        (now < until).then(|| until - now)
+    }
+
+    /// Runs training step `global_step` (counted over all epochs) through the hooks.
+    pub fn step<T>(&self, global_step: u64, f: impl FnOnce() -> T) -> T {
+        let start = now_ns();
+        let out = f();
+        if let Some(path) = &self.trace {
+            let line = format!("{} {} {} {}\n", self.index, global_step, start, now_ns());
+            // One short O_APPEND write per line keeps lines whole across threads.
+            if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(path) {
+                let _ = file.write_all(line.as_bytes());
+            }
+        }
+        out
+    }
+}
