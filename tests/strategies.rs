@@ -313,9 +313,127 @@ fn slowed_worker_lets_others_run_ahead_at_most_staleness_steps() {
 }
 
 #[test]
+fn model_parallel_logistic_breast_cancer() {
+    breast_cancer_logistic(&["train.strategy=model-parallel"], 1e-3);
+}
+
+#[test]
+fn model_parallel_ridge_california_housing() {
+    california_ridge(&["train.strategy=model-parallel"], 2e-2);
+}
+
+/// Every number in a model file's weights, by path.
+fn weights(model: &serde_json::Value) -> std::collections::BTreeMap<String, f64> {
+    fn walk(
+        path: String,
+        v: &serde_json::Value,
+        out: &mut std::collections::BTreeMap<String, f64>,
+    ) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    walk(format!("{path}/{k}"), v, out);
+                }
+            }
+            v => {
+                if let Some(x) = v.as_f64() {
+                    out.insert(path, x);
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for key in ["intercept", "coefficients", "hashed"] {
+        walk(key.to_string(), &model[key], &mut out);
+    }
+    out
+}
+
+/// Model-parallel on 4 workers trains the allreduce model (up to the
+/// rounding of summing partial margins), while each worker holds only its
+/// block: numeric columns (breast_cancer, california) or hashed slots
+/// (adult).
+#[test]
+fn model_parallel_is_allreduce_with_each_worker_holding_one_block() {
+    let dir = tempfile::tempdir().unwrap();
+    for (pipeline, sets) in [
+        ("pipelines/breast_cancer.toml", &["train.epochs=10"][..]),
+        ("pipelines/california_housing.toml", &ADAM_RIDGE[..5]),
+        ("pipelines/adult.toml", &["train.epochs=2"][..]),
+    ] {
+        let mut summaries = Vec::new();
+        let mut models = Vec::new();
+        for strategy in ["allreduce", "model-parallel"] {
+            let out = dir.path().join(format!("{strategy}.json"));
+            let m = out.to_string_lossy().to_string();
+            let set = format!("train.strategy={strategy}");
+            let mut args = vec![
+                "train",
+                pipeline,
+                "--workers",
+                "4",
+                "--model-out",
+                &m,
+                "--set",
+                &set,
+            ];
+            for s in sets {
+                args.extend(["--set", s]);
+            }
+            let stdout = tidemill_ok(&args);
+            let json = &stdout[stdout.find('{').unwrap()..];
+            summaries.push(serde_json::from_str::<serde_json::Value>(json).unwrap());
+            models.push(
+                serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap())
+                    .unwrap(),
+            );
+        }
+        let (a, b) = (weights(&models[0]), weights(&models[1]));
+        assert!(a.len() > 5, "{pipeline}: {a:?}");
+        let scale = a.values().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (k, x) in &a {
+            let y = b.get(k).copied().unwrap_or(0.0);
+            assert!(
+                (x - y).abs() <= 1e-9 * scale,
+                "{pipeline} {k}: allreduce {x} vs model-parallel {y}"
+            );
+        }
+        assert!(
+            b.keys().all(|k| a.contains_key(k)),
+            "{pipeline}: extra weights"
+        );
+        let held = |s: &serde_json::Value| -> Vec<u64> {
+            s["params_per_worker"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect()
+        };
+        let (full, blocks) = (held(&summaries[0]), held(&summaries[1]));
+        let n = full[0];
+        assert_eq!(full, vec![n; 4], "{pipeline}: replicas");
+        // Four blocks: every weight once, plus an unused intercept slot in
+        // blocks 1-3 (one per output); balanced to within one column.
+        assert_eq!(
+            blocks.iter().sum::<u64>(),
+            n + 3,
+            "{pipeline}: {blocks:?} of {n}"
+        );
+        let (lo, hi) = (blocks.iter().min().unwrap(), blocks.iter().max().unwrap());
+        assert!(
+            hi - lo <= 1 && *hi <= n / 4 + 2,
+            "{pipeline}: {blocks:?} of {n}"
+        );
+        eprintln!("{pipeline}: {n} parameters, held per worker {blocks:?}");
+    }
+}
+
+#[test]
 fn strategy_keys_are_checked() {
     for (sets, needle) in [
         (&["train.strategy=param-server"][..], "param-server"),
+        (&["train.strategy=model-parallel"][..], "model-parallel"),
         (&["train.staleness=2"][..], "train.staleness"),
         (
             &[

@@ -263,6 +263,7 @@ fn train(a: TrainArgs) -> Result<()> {
         "train_rows": report.train_rows,
         "validation_rows": report.validation_rows,
         "rows_per_worker": report.rows_per_worker,
+        "params_per_worker": report.params_per_worker,
         "objective": model.training.objective,
         "epoch_reported": last.map(|r| r.epoch),
         "train_loss": last.and_then(|r| r.train_loss),

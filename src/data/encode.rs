@@ -95,6 +95,42 @@ pub struct Block {
     pub file_row: Vec<u64>,
 }
 
+impl Block {
+    /// Appends rows `idx` of `src` (same feature layout) to this block.
+    pub fn push_rows(&mut self, src: &Block, idx: &[usize]) {
+        if self.rows == 0 {
+            self.p = src.p;
+            self.c = src.c;
+        }
+        for &i in idx {
+            self.dense
+                .extend_from_slice(&src.dense[i * src.p..(i + 1) * src.p]);
+            self.hashed
+                .extend_from_slice(&src.hashed[i * src.c..(i + 1) * src.c]);
+            self.signs
+                .extend_from_slice(&src.signs[i * src.c..(i + 1) * src.c]);
+            if let Some(&y) = src.label.get(i) {
+                self.label.push(y);
+            }
+            if let Some(&r) = src.file_row.get(i) {
+                self.file_row.push(r);
+            }
+        }
+        self.rows += idx.len();
+    }
+
+    /// Removes every row, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.rows = 0;
+        self.dense.clear();
+        self.hashed.clear();
+        self.signs.clear();
+        self.label.clear();
+        self.tokens.clear();
+        self.file_row.clear();
+    }
+}
+
 /// How to read the label.
 #[derive(Debug, Clone, Copy)]
 pub enum LabelUse<'a> {

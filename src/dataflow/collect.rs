@@ -2,19 +2,18 @@
 //! epoch record, decides early stopping, and tells every shard owner.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
+use super::rounds::Rounds;
 use super::{Control, EvalMsg, Phase};
 use crate::exact::Exact;
 use crate::metrics::sink::EpochRecord;
-use crate::metrics::{EvalPartial, MetricKind};
+use crate::metrics::{EvalPartial, MetricKind, Metrics};
 use crate::spec::{EarlyStopping, ModelKind};
 
 /// What the collector needs to know.
@@ -36,45 +35,66 @@ pub trait CollectMetrics<'scope> {
     fn collect_metrics(self, ctx: CollectContext) -> StreamVec<'scope, u64, Control>;
 }
 
-struct Best {
-    value: Option<f64>,
+/// The early-stopping rule: tracks the best value of the watched metric.
+#[derive(Debug, Clone)]
+pub struct EarlyStop {
+    rule: Option<(MetricKind, EarlyStopping)>,
+    best: Option<f64>,
     since: u32,
+}
+
+impl EarlyStop {
+    /// The rule of a pipeline (`None`: never stop early).
+    pub fn new(rule: Option<&EarlyStopping>, kind: ModelKind) -> EarlyStop {
+        let rule = rule.and_then(|es| {
+            MetricKind::parse(&es.metric, kind)
+                .ok()
+                .map(|m| (m, es.clone()))
+        });
+        EarlyStop {
+            rule,
+            best: None,
+            since: 0,
+        }
+    }
+
+    /// Observes an epoch's validation metrics: (stop now, these are the best so far).
+    pub fn observe(&mut self, metrics: Option<&Metrics>) -> (bool, bool) {
+        let (Some((metric, es)), Some(m)) = (&self.rule, metrics) else {
+            return (false, false);
+        };
+        let Some(v) = metric.get(m) else {
+            return (false, false);
+        };
+        let improved = match self.best {
+            None => true,
+            Some(b) if metric.higher_is_better() => v > b + es.min_delta,
+            Some(b) => v < b - es.min_delta,
+        };
+        if improved {
+            self.best = Some(v);
+            self.since = 0;
+            (false, true)
+        } else {
+            self.since += 1;
+            (self.since >= es.patience, false)
+        }
+    }
 }
 
 impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
     fn collect_metrics(self, ctx: CollectContext) -> StreamVec<'scope, u64, Control> {
         let started = Instant::now();
-        let metric = ctx
-            .early_stopping
-            .as_ref()
-            .and_then(|es| MetricKind::parse(&es.metric, ctx.kind).ok());
-        let mut best = Best {
-            value: None,
-            since: 0,
-        };
+        let mut early = EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind);
         let mut last_steps = 0u64;
         self.unary_frontier(
             Exchange::new(|_m: &EvalMsg| 0u64),
             "CollectMetrics",
             move |_cap, _info| {
-                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<EvalMsg>)> = BTreeMap::new();
+                let mut rounds = Rounds::default();
                 move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        if let Some(cap) = cap.retain_least(output.output_index()) {
-                            pending
-                                .entry(*cap.time())
-                                .or_insert_with(|| (cap, Vec::new()))
-                                .1
-                                .append(data);
-                        }
-                    });
-                    while let Some((&t, _)) = pending.first_key_value() {
-                        if frontier.frontier().less_equal(&t) {
-                            break;
-                        }
-                        let Some((_, (cap, msgs))) = pending.pop_first() else {
-                            break;
-                        };
+                    input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
+                    while let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
                         if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
                             output.session(&cap).give(Control {
                                 stop: true,
@@ -110,28 +130,7 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             train_rows += m.train_rows;
                         }
                         let metrics = ctx.has_validation.then(|| validation.finish(ctx.kind));
-                        let (mut stop, mut is_best) = (false, false);
-                        if let (Some(metric), Some(m), Some(es)) =
-                            (metric, &metrics, &ctx.early_stopping)
-                        {
-                            if let Some(v) = metric.get(m) {
-                                let improved = match best.value {
-                                    None => true,
-                                    Some(b) if metric.higher_is_better() => v > b + es.min_delta,
-                                    Some(b) => v < b - es.min_delta,
-                                };
-                                if improved {
-                                    best = Best {
-                                        value: Some(v),
-                                        since: 0,
-                                    };
-                                    is_best = true;
-                                } else {
-                                    best.since += 1;
-                                    stop = best.since >= es.patience;
-                                }
-                            }
-                        }
+                        let (stop, is_best) = early.observe(metrics.as_ref());
                         let record = EpochRecord {
                             epoch,
                             steps,

@@ -3,16 +3,15 @@
 //! partials (evaluation rounds).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Pipeline as Local;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::hooks::Hooks;
+use super::rounds::Rounds;
 use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase, WorkerOut};
 use crate::data::cache::WorkerData;
 use crate::error::Error;
@@ -411,50 +410,29 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
         let scope = self.scope();
         self.unary_frontier(Local, "Gradients", move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<ParamMsg>)> = BTreeMap::new();
+            let mut rounds = Rounds::default();
             move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    if let Some(cap) = cap.retain_least(output.output_index()) {
-                        let t = *cap.time();
-                        pending
-                            .entry(t)
-                            .or_insert_with(|| (cap, Vec::new()))
-                            .1
-                            .append(data);
-                    }
-                });
+                input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
                 // One round per activation: its gradients and progress reach
                 // the other workers before this one starts the next round.
-                if let Some((&t, (_, first))) = pending.first_key_value() {
-                    if frontier.frontier().less_equal(&t) {
-                        return;
-                    }
-                    let trains = first
-                        .first()
-                        .is_some_and(|m| matches!(m.phase, Phase::Train { .. }));
-                    if let Some(wait) = trains.then(|| state.ctx.hooks.hold(t)).flatten() {
-                        activator.activate_after(wait);
-                        return;
-                    }
-                    if let Some((_, (cap, msgs))) = pending.pop_first() {
-                        // Rounds up to `lag` later may already hold fresher shards.
-                        let fresher: Vec<&ParamMsg> = if lag == 0 {
-                            Vec::new()
-                        } else {
-                            pending
-                                .range(t + 1..=t + lag)
-                                .flat_map(|(_, (_, later))| later.iter())
-                                .collect()
-                        };
-                        let mut session = output.session(&cap);
-                        state.round(msgs, &fresher, &mut |m| session.give(m));
-                    }
-                    if pending
-                        .first_key_value()
-                        .is_some_and(|(&next, _)| !frontier.frontier().less_equal(&next))
-                    {
-                        activator.activate();
-                    }
+                let Some((t, first)) = rounds.ready(frontier.frontier()) else {
+                    return;
+                };
+                let trains = first
+                    .first()
+                    .is_some_and(|m| matches!(m.phase, Phase::Train { .. }));
+                if let Some(wait) = trains.then(|| state.ctx.hooks.hold(t)).flatten() {
+                    activator.activate_after(wait);
+                    return;
+                }
+                if let Some((t, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                    // Rounds up to `lag` later may already hold fresher shards.
+                    let fresher: Vec<&ParamMsg> = rounds.buffered(t + 1..=t + lag).collect();
+                    let mut session = output.session(&cap);
+                    state.round(msgs, &fresher, &mut |m| session.give(m));
+                }
+                if rounds.ready(frontier.frontier()).is_some() {
+                    activator.activate();
                 }
             }
         })

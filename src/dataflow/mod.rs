@@ -17,6 +17,8 @@ pub mod collect;
 pub mod fold;
 pub mod gradient;
 pub mod hooks;
+pub mod margins;
+pub mod rounds;
 pub mod scan;
 
 use serde::{Deserialize, Serialize};

@@ -142,17 +142,35 @@ fn exact(v: f64) -> Exact {
 impl EvalPartial {
     /// Evaluates `model` on every row of `block` and adds the results.
     pub fn add_block(&mut self, model: &LinearModel, block: &Block) {
-        let k = model.layout.k;
+        self.add_rows(
+            model.kind,
+            model.layout.k,
+            block.rows,
+            |i, out| model.margins(block, i, out),
+            |i| block.label[i] as f64,
+        );
+    }
+
+    /// Adds `rows` rows of a `kind` model with `k` outputs, given each
+    /// row's margins (`margins(i, out)`) and label.
+    pub fn add_rows(
+        &mut self,
+        kind: ModelKind,
+        k: usize,
+        rows: usize,
+        mut margins: impl FnMut(usize, &mut [f64]),
+        label: impl Fn(usize) -> f64,
+    ) {
         let mut out = vec![0.0; k];
         let (mut loss, mut sse, mut sae, mut sy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        if model.kind.is_classifier() && self.per_class.len() < k.max(2) {
+        if kind.is_classifier() && self.per_class.len() < k.max(2) {
             self.per_class.resize(k.max(2), [0; 3]);
         }
-        for i in 0..block.rows {
-            model.margins(block, i, &mut out);
-            let y = block.label[i] as f64;
-            loss += crate::model::loss::loss(model.kind, &out, y);
-            match model.kind {
+        for i in 0..rows {
+            margins(i, &mut out);
+            let y = label(i);
+            loss += crate::model::loss::loss(kind, &out, y);
+            match kind {
                 ModelKind::Linear => {
                     let r = y - out[0];
                     sse += r * r;
@@ -163,7 +181,7 @@ impl EvalPartial {
                 ModelKind::Logistic | ModelKind::Hinge => {
                     let pred = usize::from(out[0] > 0.0);
                     self.count(pred, y as usize);
-                    let score = if model.kind == ModelKind::Logistic {
+                    let score = if kind == ModelKind::Logistic {
                         crate::model::loss::sigmoid(out[0])
                     } else {
                         out[0]
@@ -181,7 +199,7 @@ impl EvalPartial {
                 }
             }
         }
-        self.rows += block.rows as u64;
+        self.rows += rows as u64;
         self.loss += exact(loss);
         self.sse += exact(sse);
         self.sae += exact(sae);

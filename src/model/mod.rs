@@ -5,6 +5,7 @@
 //! logistic and hinge, one per class for softmax) an intercept followed by
 //! one weight per input dimension (numeric features, then the hashed space).
 
+pub mod block;
 pub mod file;
 pub mod loss;
 

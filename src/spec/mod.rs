@@ -256,6 +256,9 @@ pub enum Strategy {
     /// owners and pull fresh shards, running up to `staleness` steps ahead
     /// of the slowest worker.
     ParamServer,
+    /// Features and their weights split into one block per worker; workers
+    /// exchange partial margins.
+    ModelParallel,
 }
 
 impl Strategy {
@@ -265,6 +268,7 @@ impl Strategy {
             Strategy::Allreduce => "allreduce",
             Strategy::ModelAverage => "model-average",
             Strategy::ParamServer => "param-server",
+            Strategy::ModelParallel => "model-parallel",
         }
     }
 }
@@ -621,11 +625,12 @@ impl Pipeline {
             "allreduce" => Strategy::Allreduce,
             "model-average" => Strategy::ModelAverage,
             "param-server" => Strategy::ParamServer,
+            "model-parallel" => Strategy::ModelParallel,
             other => {
                 return Err(value_err(
                     "train.strategy",
                     format!(
-                        "'{other}' is not available; this version offers: allreduce, param-server, model-average"
+                        "'{other}' is not available; this version offers: allreduce, param-server, model-average, model-parallel"
                     ),
                 ))
             }

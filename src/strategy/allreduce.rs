@@ -35,6 +35,8 @@ pub struct LoopOutcome {
     pub result: Option<FinalParams>,
     /// Epoch records (worker 0 only).
     pub records: Vec<EpochRecord>,
+    /// Parameters each worker held during training (worker 0 only).
+    pub held: Vec<u64>,
 }
 
 /// The epoch's steps: waves of `units_per_step` units, `⌈rows / batch_size⌉`
@@ -142,6 +144,8 @@ pub fn run(
     let outcome = LoopOutcome {
         result: result.borrow_mut().take(),
         records: std::mem::take(&mut *records.borrow_mut()),
+        // Every worker holds a full replica of the parameters.
+        held: vec![layout.len() as u64; peers],
     };
     Ok(outcome)
 }

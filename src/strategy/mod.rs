@@ -8,7 +8,11 @@
 //!   `staleness + 1` rounds, so workers run up to `staleness` steps ahead of
 //!   the slowest, reading the freshest shards that have arrived.
 //!
+//! * [`model_parallel`] — features and weights split into one block per
+//!   worker; partial margins are exchanged instead of parameters.
+//!
 //! [`driver`] is the owners' round state machine shared by the strategies.
 
 pub mod allreduce;
 pub mod driver;
+pub mod model_parallel;

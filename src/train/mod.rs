@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::metrics::sink::EpochRecord;
 use crate::model::file::{ModelFile, TrainingSummary};
 use crate::model::{Layout, LinearModel};
-use crate::spec::{ModelKind, OnMissing, Pipeline};
-use crate::strategy::allreduce;
+use crate::spec::{ModelKind, OnMissing, Pipeline, Strategy};
+use crate::strategy::{allreduce, model_parallel};
 use plan::Plan;
 
 /// What a training job produced (complete on process 0 only).
@@ -34,6 +34,9 @@ pub struct TrainReport {
     pub validation_rows: u64,
     /// Training rows per worker in epoch 0 (the skew users watch).
     pub rows_per_worker: Vec<u64>,
+    /// Parameters each worker held during training (process 0): the full
+    /// vector for the data-parallel strategies, one block for `model-parallel`.
+    pub params_per_worker: Vec<u64>,
     /// Units in the training data.
     pub units: usize,
 }
@@ -93,6 +96,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
 struct WorkerResult {
     model: Option<(ModelFile, LinearModel)>,
     records: Vec<EpochRecord>,
+    held: Vec<u64>,
     rows: (u64, u64),
     unit_rows: Vec<usize>,
 }
@@ -103,7 +107,12 @@ fn worker_main(
 ) -> Result<WorkerResult, Failure> {
     let scan = scan::run(worker, plan)?;
     let spec = finalize(plan, &scan)?;
-    let outcome = allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan)?;
+    let outcome = match plan.pipeline.train.strategy {
+        Strategy::ModelParallel => {
+            model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan)?
+        }
+        _ => allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan)?,
+    };
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
@@ -131,6 +140,7 @@ fn worker_main(
     Ok(WorkerResult {
         model,
         records: outcome.records,
+        held: outcome.held,
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
@@ -164,6 +174,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
         train_rows: 0,
         validation_rows: 0,
         rows_per_worker: Vec::new(),
+        params_per_worker: Vec::new(),
         units,
     };
     let mut first_failure: Option<Failure> = None;
@@ -187,6 +198,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
                     report.model = Some(file);
                     report.fitted = Some(fitted);
                     report.records = w.records;
+                    report.params_per_worker = w.held;
                 }
             }
         }
@@ -198,7 +210,13 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
         });
     }
     let d = &plan.pipeline.data;
-    let owners = assign(&unit_rows, cluster.total_workers(), d.partition, d.seed, 0);
-    report.rows_per_worker = rows_per_worker(&unit_rows, &owners, cluster.total_workers());
+    let workers = cluster.total_workers();
+    report.rows_per_worker = if plan.pipeline.train.strategy == Strategy::ModelParallel {
+        // Every worker reads every row (its own columns of it).
+        vec![unit_rows.iter().sum::<usize>() as u64; workers]
+    } else {
+        let owners = assign(&unit_rows, workers, d.partition, d.seed, 0);
+        rows_per_worker(&unit_rows, &owners, workers)
+    };
     Ok(report)
 }

@@ -1,0 +1,427 @@
+//! The `model-parallel` step operator. Every worker reads every row of a
+//! step, but only the columns (or hashed slots) of its own feature block,
+//! and holds only its block's weights. One round (timely time `r`):
+//!
+//! ```text
+//!  margin steps (every worker) ──MarginMsg (partial margins)──► broadcast
+//!        ▲                                                        │
+//!        └──────────────────────── feedback (+1) ◄────────────────┘
+//! ```
+//!
+//! When a round is complete, every worker sums all partial margins (in
+//! worker order, so every worker gets the same sums), computes the loss and
+//! `∂loss/∂margin` of each row, the gradient of its own block and steps its
+//! own optimizer, then sends the partial margins of the next step. The
+//! evaluation rounds send validation margins instead; every worker finishes
+//! the same metrics and makes the same early-stopping decision, and worker
+//! 0 keeps the records. At the end each block goes to worker 0 once, to
+//! write the model file.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline as Local;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::{Stream, StreamVec};
+
+use super::collect::EarlyStop;
+use super::rounds::Rounds;
+use super::{Failure, Phase};
+use crate::data::cache::WorkerData;
+use crate::data::encode::Block;
+use crate::error::Error;
+use crate::exact::Exact;
+use crate::metrics::sink::EpochRecord;
+use crate::metrics::EvalPartial;
+use crate::model::block::FeatureBlock;
+use crate::model::loss;
+use crate::optim::{self, FirstOrderState, Penalty};
+use crate::spec::{EarlyStopping, ModelKind, OptimizerSpec};
+
+/// One worker's partial margins for a round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarginMsg {
+    /// Sending worker.
+    pub from: u32,
+    /// The round: a training step or an evaluation.
+    pub phase: Phase,
+    /// Row-major `rows × k` partial margins.
+    pub margins: Vec<f64>,
+    /// Evaluation rounds: payload bytes this worker sent to other workers
+    /// since the previous evaluation.
+    pub bytes: u64,
+    /// Set if the worker failed.
+    pub failure: Option<Failure>,
+}
+
+/// Payload bytes of a [`MarginMsg`] with `n` margins (bincode layout).
+pub fn margin_bytes(n: usize) -> u64 {
+    4 + 24 + 8 + 8 * n as u64 + 8 + 1
+}
+
+/// A worker's final block, sent to worker 0.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockMsg {
+    /// Sending worker (its block is `FeatureBlock::split(..)[from]`).
+    pub from: u32,
+    /// The block's parameters.
+    pub values: Vec<f64>,
+}
+
+/// What the operator emits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MarginOut {
+    /// Partial margins for every worker.
+    Partial(MarginMsg),
+    /// The final block, for worker 0.
+    Block(BlockMsg),
+}
+
+/// The end of training as seen by every worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// Epochs run.
+    pub epochs: u32,
+}
+
+/// What the operator needs.
+pub struct MarginContext {
+    /// This worker's index and the number of workers.
+    pub index: usize,
+    /// Number of workers.
+    pub peers: usize,
+    /// Every row of the data, decoded with this block's feature spec.
+    pub data: WorkerData,
+    /// The block this worker owns.
+    pub block: FeatureBlock,
+    /// Model family.
+    pub kind: ModelKind,
+    /// First-order optimizer.
+    pub optimizer: OptimizerSpec,
+    /// Penalties.
+    pub penalty: Penalty,
+    /// Fit intercepts.
+    pub fit_intercept: bool,
+    /// Epochs to run.
+    pub epochs: u32,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// True if there are validation rows.
+    pub has_validation: bool,
+    /// Early stopping rule.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Epoch records (kept on worker 0).
+    pub records: Rc<RefCell<Vec<EpochRecord>>>,
+    /// Set when training ends.
+    pub finished: Rc<RefCell<Option<Finished>>>,
+    /// Where this worker records a failure.
+    pub failure: Rc<RefCell<Option<Failure>>>,
+}
+
+/// Extension trait: the model-parallel step.
+pub trait MarginSteps<'scope> {
+    /// Consumes every worker's partial margins of a round and emits this
+    /// worker's partial margins of the next round (or its final block).
+    fn margin_steps(self, ctx: MarginContext) -> StreamVec<'scope, u64, MarginOut>;
+}
+
+struct State {
+    ctx: MarginContext,
+    theta: Vec<f64>,
+    best: Option<Vec<f64>>,
+    opt: FirstOrderState,
+    early: EarlyStop,
+    /// Rows of the step in flight (this block's columns), in margin order.
+    rows: Block,
+    /// Labels of the validation rows, in margin order.
+    val_labels: Vec<f64>,
+    steps: u64,
+    epoch_loss: Exact,
+    epoch_rows: u64,
+    bytes: u64,
+    last_steps: u64,
+    started: Instant,
+    done: bool,
+}
+
+impl State {
+    fn fail(&mut self, e: &Error) -> Failure {
+        let f = Failure::from(e);
+        self.ctx.failure.borrow_mut().get_or_insert(f.clone());
+        self.done = true;
+        f
+    }
+
+    /// This worker's partial margins for `phase`.
+    fn partials(&mut self, phase: Phase) -> Result<Vec<f64>, Error> {
+        let k = self.ctx.block.layout.k;
+        let mut out = Vec::new();
+        let mut m = vec![0.0; k];
+        let (block, theta) = (&self.ctx.block, &self.theta);
+        match phase {
+            Phase::Train { epoch, step } => {
+                self.ctx.data.prepare(epoch)?;
+                self.rows.clear();
+                let rows = &mut self.rows;
+                self.ctx.data.step_rows(step, |b, idx| {
+                    rows.push_rows(b, idx);
+                    Ok(())
+                })?;
+                out.reserve(self.rows.rows * k);
+                for i in 0..self.rows.rows {
+                    block.margins(theta, &self.rows, i, &mut m);
+                    out.extend_from_slice(&m);
+                }
+            }
+            Phase::Eval { .. } => {
+                self.val_labels.clear();
+                let labels = &mut self.val_labels;
+                self.ctx.data.validation(|b| {
+                    for i in 0..b.rows {
+                        block.margins(theta, b, i, &mut m);
+                        out.extend_from_slice(&m);
+                        labels.push(b.label[i] as f64);
+                    }
+                })?;
+            }
+            Phase::Refresh | Phase::Final { .. } => {}
+        }
+        Ok(out)
+    }
+
+    /// Applies a training round: loss, block gradient, optimizer step.
+    fn train(&mut self, epoch: u32, step: u64, margins: &[f64]) -> Result<(), Error> {
+        let k = self.ctx.block.layout.k;
+        let n = self.rows.rows;
+        let diverged = |message: String| Error::Diverged {
+            epoch,
+            step,
+            message,
+        };
+        let mut grad = vec![0.0; self.theta.len()];
+        let mut dm = vec![0.0; k];
+        let mut loss_sum = 0.0;
+        for i in 0..n {
+            let y = self.rows.label[i] as f64;
+            loss_sum +=
+                loss::loss_and_grad(self.ctx.kind, &margins[i * k..(i + 1) * k], y, &mut dm);
+            self.ctx.block.add_gradient(&self.rows, i, &dm, &mut grad);
+        }
+        self.epoch_loss +=
+            Exact::from_f64(loss_sum).ok_or_else(|| diverged("the loss is not finite".into()))?;
+        self.epoch_rows += n as u64;
+        if n > 0 {
+            let block = &self.ctx.block;
+            for (i, g) in grad.iter_mut().enumerate() {
+                *g = if block.is_intercept(i) && !(block.intercept && self.ctx.fit_intercept) {
+                    0.0
+                } else {
+                    *g / n as f64
+                };
+            }
+            let lr = self
+                .ctx
+                .optimizer
+                .first_order()
+                .map_or(0.0, |f| f.schedule.rate(f.learning_rate, self.steps, epoch));
+            optim::step(
+                &self.ctx.optimizer,
+                &mut self.theta,
+                &grad,
+                &mut self.opt,
+                lr,
+                self.ctx.penalty,
+                |i| !block.is_intercept(i),
+            );
+            if let Some(i) = self.theta.iter().position(|w| !w.is_finite()) {
+                let g = block.global(i).unwrap_or(0);
+                return Err(diverged(format!(
+                    "parameter {g} became {} (lower optimizer.learning_rate, or set data.standardize = true)",
+                    self.theta[i]
+                )));
+            }
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// Finishes an evaluation round; returns true if training is over.
+    fn evaluate(&mut self, epoch: u32, steps: u64, margins: &[f64], bytes: u64) -> bool {
+        let k = self.ctx.block.layout.k;
+        let metrics = self.ctx.has_validation.then(|| {
+            let mut p = EvalPartial::default();
+            let labels = &self.val_labels;
+            p.add_rows(
+                self.ctx.kind,
+                k,
+                labels.len(),
+                |i, out| out.copy_from_slice(&margins[i * k..(i + 1) * k]),
+                |i| labels[i],
+            );
+            p.finish(self.ctx.kind)
+        });
+        let (stop, is_best) = self.early.observe(metrics.as_ref());
+        if is_best {
+            self.best = Some(self.theta.clone());
+        }
+        if self.ctx.index == 0 {
+            let rows = std::mem::take(&mut self.epoch_rows);
+            let loss = std::mem::take(&mut self.epoch_loss);
+            self.ctx.records.borrow_mut().push(EpochRecord {
+                epoch,
+                steps,
+                elapsed_s: self.started.elapsed().as_secs_f64(),
+                train_loss: (rows > 0).then(|| loss.to_f64() / rows as f64),
+                objective: None,
+                bytes_exchanged: bytes,
+                bytes_per_step: bytes as f64 / steps.saturating_sub(self.last_steps).max(1) as f64,
+                staleness: None,
+                validation: metrics,
+                best: self.ctx.early_stopping.as_ref().map(|_| is_best),
+            });
+        }
+        self.last_steps = steps;
+        stop || epoch >= self.ctx.epochs
+    }
+
+    /// Sends this worker's partial margins for `phase`.
+    fn send(&mut self, phase: Phase, emit: &mut impl FnMut(MarginOut)) {
+        let (margins, failure) = match self.partials(phase) {
+            Ok(m) => (m, None),
+            Err(e) => (Vec::new(), Some(self.fail(&e))),
+        };
+        let others = self.ctx.peers.saturating_sub(1) as u64;
+        self.bytes += others * margin_bytes(margins.len());
+        let bytes = match phase {
+            Phase::Eval { .. } => std::mem::take(&mut self.bytes),
+            _ => 0,
+        };
+        emit(MarginOut::Partial(MarginMsg {
+            from: self.ctx.index as u32,
+            phase,
+            margins,
+            bytes,
+            failure,
+        }));
+    }
+
+    fn round(&mut self, mut msgs: Vec<MarginMsg>, emit: &mut impl FnMut(MarginOut)) {
+        if self.done {
+            return;
+        }
+        if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
+            self.ctx.failure.borrow_mut().get_or_insert(f);
+            self.done = true;
+            return;
+        }
+        msgs.sort_by_key(|m| m.from);
+        let phase = msgs.first().map(|m| m.phase);
+        let consistent = msgs.len() == self.ctx.peers
+            && msgs.iter().enumerate().all(|(w, m)| {
+                m.from as usize == w
+                    && Some(m.phase) == phase
+                    && m.margins.len() == msgs[0].margins.len()
+            });
+        let Some(phase) = phase.filter(|_| consistent) else {
+            self.fail(&Error::Cluster(format!(
+                "model-parallel round with {} of {} workers' margins",
+                msgs.len(),
+                self.ctx.peers
+            )));
+            return;
+        };
+        // Sum in worker order: every worker gets the same margins.
+        let mut margins = vec![0.0; msgs[0].margins.len()];
+        for m in &msgs {
+            margins
+                .iter_mut()
+                .zip(&m.margins)
+                .for_each(|(a, b)| *a += b);
+        }
+        let next = match phase {
+            Phase::Train { epoch, step } => {
+                if let Err(e) = self.train(epoch, step, &margins) {
+                    let f = self.fail(&e);
+                    emit(MarginOut::Partial(MarginMsg {
+                        from: self.ctx.index as u32,
+                        phase,
+                        margins: Vec::new(),
+                        bytes: 0,
+                        failure: Some(f),
+                    }));
+                    return;
+                }
+                if step + 1 < self.ctx.steps_per_epoch {
+                    Phase::Train {
+                        epoch,
+                        step: step + 1,
+                    }
+                } else {
+                    Phase::Eval {
+                        epoch: epoch + 1,
+                        steps: self.steps,
+                        objective: None,
+                    }
+                }
+            }
+            Phase::Eval { epoch, steps, .. } => {
+                let bytes = msgs.iter().map(|m| m.bytes).sum();
+                if self.evaluate(epoch, steps, &margins, bytes) {
+                    self.done = true;
+                    *self.ctx.finished.borrow_mut() = Some(Finished { epochs: epoch });
+                    let keep = self.ctx.early_stopping.is_some();
+                    let values = match (keep, self.best.take()) {
+                        (true, Some(b)) => b,
+                        _ => std::mem::take(&mut self.theta),
+                    };
+                    emit(MarginOut::Block(BlockMsg {
+                        from: self.ctx.index as u32,
+                        values,
+                    }));
+                    return;
+                }
+                Phase::Train { epoch, step: 0 }
+            }
+            Phase::Refresh | Phase::Final { .. } => return,
+        };
+        self.send(next, emit);
+    }
+}
+
+impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
+    fn margin_steps(self, ctx: MarginContext) -> StreamVec<'scope, u64, MarginOut> {
+        let mut state = State {
+            theta: vec![0.0; ctx.block.len()],
+            best: None,
+            opt: FirstOrderState::default(),
+            early: EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind),
+            rows: Block::default(),
+            val_labels: Vec::new(),
+            steps: 0,
+            epoch_loss: Exact::default(),
+            epoch_rows: 0,
+            bytes: 0,
+            last_steps: 0,
+            started: Instant::now(),
+            done: false,
+            ctx,
+        };
+        self.unary_frontier(Local, "MarginSteps", move |cap0, _info| {
+            let mut start = Some(cap0);
+            let mut rounds = Rounds::default();
+            move |(input, frontier), output| {
+                if let Some(cap) = start.take() {
+                    let mut session = output.session(&cap);
+                    state.send(Phase::Train { epoch: 0, step: 0 }, &mut |m| session.give(m));
+                }
+                input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
+                while let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                    let mut session = output.session(&cap);
+                    state.round(msgs, &mut |m| session.give(m));
+                }
+            }
+        })
+    }
+}

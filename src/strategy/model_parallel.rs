@@ -1,0 +1,127 @@
+//! `model-parallel`: the features and their weights are split into one
+//! block per worker (see [`FeatureBlock`]); each worker decodes only its
+//! block's columns of every row and holds only its block's weights, and the
+//! workers exchange partial margins, not parameters or gradients.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Exchange, Feedback, Inspect, OkErr};
+use timely::worker::Worker;
+
+use super::allreduce::{step_plan, LoopOutcome};
+use crate::data::cache::WorkerData;
+use crate::data::encode::FeatureSpec;
+use crate::dataflow::gradient::FinalParams;
+use crate::dataflow::margins::{BlockMsg, MarginContext, MarginMsg, MarginOut, MarginSteps};
+use crate::dataflow::scan::ScanResult;
+use crate::dataflow::{Failure, Phase};
+use crate::error::Error;
+use crate::model::block::FeatureBlock;
+use crate::model::Layout;
+use crate::optim::Penalty;
+use crate::train::plan::Plan;
+
+/// Builds and runs the model-parallel training dataflow on this worker.
+#[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
+pub fn run(
+    worker: &mut Worker,
+    plan: Arc<Plan>,
+    spec: FeatureSpec,
+    scan: &ScanResult,
+) -> Result<LoopOutcome, Failure> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let p = &plan.pipeline;
+    let layout = Layout::new(p.model.kind, &spec);
+    let blocks = FeatureBlock::split(layout, peers);
+    let block = blocks[index].clone();
+    let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
+    let steps = step_plan(&plan, &rows);
+    let steps_per_epoch = steps.steps();
+    // Every worker reads every row (as worker 0 of 1), but only its columns.
+    let data = WorkerData::new(0, 1, Arc::clone(&plan), block.spec(&spec), rows, steps);
+
+    let records = Rc::new(RefCell::new(Vec::new()));
+    let finished = Rc::new(RefCell::new(None));
+    let failure = Rc::new(RefCell::new(None));
+    let gathered: Rc<RefCell<Vec<BlockMsg>>> = Rc::new(RefCell::new(Vec::new()));
+    let ctx = MarginContext {
+        index,
+        peers,
+        data,
+        block,
+        kind: p.model.kind,
+        optimizer: p.optimizer,
+        penalty: Penalty {
+            l2: p.model.l2,
+            l1: p.model.l1,
+        },
+        fit_intercept: p.model.fit_intercept,
+        epochs: p.train.epochs,
+        steps_per_epoch,
+        has_validation: plan.validation_fraction.is_some() || plan.validation_files.is_some(),
+        early_stopping: p.train.early_stopping.clone(),
+        records: Rc::clone(&records),
+        finished: Rc::clone(&finished),
+        failure: Rc::clone(&failure),
+    };
+    let sink = Rc::clone(&gathered);
+    worker.dataflow::<u64, _, _>(move |scope| {
+        let (handle, partials) = scope.feedback::<Vec<MarginMsg>>(1);
+        let (next, finals) = partials
+            .broadcast()
+            .margin_steps(ctx)
+            .ok_err::<Vec<MarginMsg>, _, Vec<BlockMsg>, _, _>(|out| match out {
+                MarginOut::Partial(m) => Ok(m),
+                MarginOut::Block(b) => Err(b),
+            });
+        next.connect_loop(handle);
+        finals
+            .exchange(|_b: &BlockMsg| 0)
+            .inspect(move |b: &BlockMsg| sink.borrow_mut().push(b.clone()));
+    });
+    while worker.step_or_park(None) {}
+    if let Some(f) = failure.borrow_mut().take() {
+        return Err(f);
+    }
+    let Some(done) = *finished.borrow() else {
+        return Err(Failure::from(&Error::Cluster(
+            "model-parallel training ended without finishing".into(),
+        )));
+    };
+    let mut outcome = LoopOutcome {
+        result: None,
+        records: std::mem::take(&mut *records.borrow_mut()),
+        held: Vec::new(),
+    };
+    if index == 0 {
+        let mut theta = vec![0.0; layout.len()];
+        let mut held = vec![0u64; peers];
+        for b in gathered.borrow().iter() {
+            let block = &blocks[b.from as usize];
+            held[b.from as usize] = b.values.len() as u64;
+            for (i, &v) in b.values.iter().enumerate() {
+                if let Some(g) = block.global(i) {
+                    theta[g] = v;
+                }
+            }
+        }
+        if held.contains(&0) {
+            return Err(Failure::from(&Error::Cluster(
+                "a worker's block did not reach worker 0".into(),
+            )));
+        }
+        outcome.held = held;
+        outcome.result = Some(FinalParams {
+            theta,
+            phase: Phase::Final {
+                epochs: done.epochs,
+                objective: None,
+            },
+        });
+    }
+    Ok(outcome)
+}
