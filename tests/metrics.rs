@@ -7,6 +7,7 @@ mod common;
 
 use common::tidemill_ok;
 use tidemill::dataflow::gradient::{grad_bytes, param_bytes};
+use tidemill::dataflow::ShardValues;
 
 fn records(workers: usize, sets: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +56,9 @@ fn bytes_exchanged_are_counted() {
     }
     // L-BFGS on 2 workers: one shard of all 31 parameters, owned by worker 0.
     // Worker 1 receives the parameters of every round and sends its
-    // gradient in every training round.
+    // gradient in every training round. Every evaluation point moves every
+    // parameter (the whole shard travels); an evaluation round re-sends the
+    // accepted point it already holds (an empty change list).
     let recs = records(2, &[]);
     let total: u64 = recs
         .iter()
@@ -63,8 +66,9 @@ fn bytes_exchanged_are_counted() {
         .sum();
     let evaluations = recs.last().unwrap()["steps"].as_u64().unwrap();
     let n = 31;
-    let expected =
-        evaluations * (param_bytes(n) + grad_bytes(n)) + recs.len() as u64 * param_bytes(n);
+    let whole = param_bytes(&ShardValues::Dense(vec![0.0; n]));
+    let unchanged = param_bytes(&ShardValues::Delta(Vec::new()));
+    let expected = evaluations * (whole + grad_bytes(n)) + recs.len() as u64 * unchanged;
     assert_eq!(total, expected);
 }
 

@@ -12,7 +12,7 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::hooks::Hooks;
 use super::rounds::Rounds;
-use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase, WorkerOut};
+use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase, ShardValues, WorkerOut};
 use crate::data::cache::WorkerData;
 use crate::error::Error;
 use crate::exact::Exact;
@@ -96,12 +96,14 @@ struct State {
     epoch_bytes: u64,
     /// Shard reads by staleness since the last evaluation.
     staleness: Vec<u64>,
+    /// Per shard: (emission seq, optimizer version) of the values held.
+    held: Vec<(u64, u64)>,
     stopped: bool,
 }
 
-/// Payload bytes of a parameter message with `n` values (bincode layout).
-pub fn param_bytes(n: usize) -> u64 {
-    4 + 24 + 8 + 8 + 8 * n as u64
+/// Payload bytes of a parameter message carrying `values` (bincode layout).
+pub fn param_bytes(values: &ShardValues) -> u64 {
+    4 + 24 + 8 + 8 + values.bytes()
 }
 
 /// Payload bytes of a gradient message with `n` dense values (bincode layout).
@@ -110,6 +112,34 @@ pub fn grad_bytes(n: usize) -> u64 {
 }
 
 impl State {
+    /// Applies a shard message if it is the next of its shard (or whole);
+    /// one already applied (read ahead) is skipped. `Ok(false)`: an earlier
+    /// change of the shard has not arrived yet.
+    fn apply(&mut self, m: &ParamMsg) -> Result<bool, String> {
+        let k = m.shard as usize;
+        let range = self
+            .ctx
+            .shards
+            .get(k)
+            .ok_or_else(|| format!("unknown shard {k}"))?
+            .clone();
+        let (seq, _) = self.held[k];
+        if m.seq <= seq {
+            return Ok(true);
+        }
+        let theta = &mut self.ctx.model.theta[range.clone()];
+        match &m.values {
+            ShardValues::Dense(v) if v.len() == range.len() => theta.copy_from_slice(v),
+            ShardValues::Delta(_) if m.seq != seq + 1 => return Ok(false),
+            ShardValues::Delta(e) if e.iter().all(|&(i, _)| (i as usize) < range.len()) => {
+                e.iter().for_each(|&(i, v)| theta[i as usize] = v);
+            }
+            _ => return Err(format!("shard {k} does not fit its range")),
+        }
+        self.held[k] = (m.seq, m.version);
+        Ok(true)
+    }
+
     fn assemble(&mut self, msgs: &[ParamMsg]) -> Result<Phase, String> {
         let n = self.ctx.shards.len();
         let mut seen = vec![false; n];
@@ -118,18 +148,12 @@ impl State {
             .map(|m| m.phase)
             .ok_or("no parameters arrived")?;
         for m in msgs {
-            let k = m.shard as usize;
-            let range = self
-                .ctx
-                .shards
-                .get(k)
-                .ok_or_else(|| format!("unknown shard {k}"))?
-                .clone();
-            if m.phase != phase || m.values.len() != range.len() {
-                return Err(format!("shard {k} is inconsistent with the round"));
+            if m.phase != phase || !self.apply(m)? {
+                return Err(format!("shard {} is inconsistent with the round", m.shard));
             }
-            self.ctx.model.theta[range].copy_from_slice(&m.values);
-            seen[k] = true;
+            if let Some(s) = seen.get_mut(m.shard as usize) {
+                *s = true;
+            }
         }
         if let Some(k) = seen.iter().position(|s| !s) {
             return Err(format!("shard {k} did not arrive (its owner stopped)"));
@@ -267,30 +291,18 @@ impl State {
         out
     }
 
-    /// `param-server`: overwrites each shard with the freshest version that
-    /// has already arrived for a later round, and counts how stale the
-    /// shards read for step `step` of `epoch` are.
-    fn read_fresher(&mut self, msgs: &[ParamMsg], fresher: &[&ParamMsg], epoch: u32, step: u64) {
-        let mut version: Vec<u64> = vec![0; self.ctx.shards.len()];
-        for m in msgs {
-            if let Some(v) = version.get_mut(m.shard as usize) {
-                *v = m.version;
-            }
-        }
+    /// `param-server`: brings each shard to the freshest version that has
+    /// already arrived for a later round, and counts how stale the shards
+    /// read for step `step` of `epoch` are.
+    fn read_fresher(&mut self, fresher: &[&ParamMsg], epoch: u32, step: u64) {
         for m in fresher {
-            let k = m.shard as usize;
-            let Some(range) = self.ctx.shards.get(k) else {
-                continue;
-            };
-            if m.version > version[k] && m.values.len() == range.len() {
-                self.ctx.model.theta[range.clone()].copy_from_slice(&m.values);
-                version[k] = m.version;
-            }
+            // A gap (`Ok(false)`) or a bad message is met again in its own round.
+            let _ = self.apply(m);
         }
         if self.ctx.record_staleness {
             let synchronous = u64::from(epoch) * self.ctx.steps_per_epoch + step;
-            for v in version {
-                let behind = synchronous.saturating_sub(v) as usize;
+            for k in 0..self.held.len() {
+                let behind = synchronous.saturating_sub(self.held[k].1) as usize;
                 if self.staleness.len() <= behind {
                     self.staleness.resize(behind + 1, 0);
                 }
@@ -310,11 +322,16 @@ impl State {
         }
         for m in &msgs {
             if owner(m.shard, self.ctx.peers) != self.ctx.index {
-                self.epoch_bytes += param_bytes(m.values.len());
+                self.epoch_bytes += param_bytes(&m.values);
             }
         }
         if msgs.iter().all(|m| m.phase == Phase::Refresh) {
-            // Read ahead by `read_fresher` when a later round needed them.
+            // Fresher shards for workers running ahead: keep the sequence.
+            for m in &msgs {
+                if self.apply(m).is_err() {
+                    self.stopped = true;
+                }
+            }
             return;
         }
         let phase = match self.assemble(&msgs) {
@@ -327,7 +344,7 @@ impl State {
         };
         if let Phase::Train { epoch, step } = phase {
             if self.ctx.record_staleness || !fresher.is_empty() {
-                self.read_fresher(&msgs, fresher, epoch, step);
+                self.read_fresher(fresher, epoch, step);
             }
         }
         match phase {
@@ -398,6 +415,7 @@ impl State {
 impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
     fn gradients(self, ctx: GradientContext) -> StreamVec<'scope, u64, WorkerOut> {
         let lag = ctx.lag;
+        let held = vec![(0, 0); ctx.shards.len()];
         let mut state = State {
             ctx,
             scratch: Scratch::default(),
@@ -405,6 +423,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             epoch_rows: 0,
             epoch_bytes: 0,
             staleness: Vec::new(),
+            held,
             stopped: false,
         };
         let scope = self.scope();

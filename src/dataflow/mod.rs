@@ -66,8 +66,52 @@ pub struct ParamMsg {
     pub phase: Phase,
     /// Optimizer updates folded into the values so far.
     pub version: u64,
-    /// The shard's values.
-    pub values: Vec<f64>,
+    /// The owner's emission count for this shard (1, 2, …).
+    pub seq: u64,
+    /// The shard's values, whole or as changes since emission `seq - 1`.
+    pub values: ShardValues,
+}
+
+/// A shard's values as sent: whole, or only the coordinates that changed
+/// since the owner's previous emission of the shard (wide hashed models
+/// change few weights per step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardValues {
+    /// Every coordinate.
+    Dense(Vec<f64>),
+    /// (offset, new value) of the changed coordinates, offsets increasing.
+    Delta(Vec<(u32, f64)>),
+}
+
+impl ShardValues {
+    /// The cheaper form of `now`, given the values `before` it (same length)
+    /// that every worker already holds.
+    pub fn diff(before: Option<&[f64]>, now: &[f64]) -> ShardValues {
+        let Some(before) = before.filter(|b| b.len() == now.len()) else {
+            return ShardValues::Dense(now.to_vec());
+        };
+        let changed = || {
+            before
+                .iter()
+                .zip(now)
+                .enumerate()
+                .filter(|(_, (a, b))| a.to_bits() != b.to_bits())
+        };
+        // A dense value costs 8 bytes, a changed entry 12.
+        if changed().count() * 12 < now.len() * 8 {
+            ShardValues::Delta(changed().map(|(i, (_, &v))| (i as u32, v)).collect())
+        } else {
+            ShardValues::Dense(now.to_vec())
+        }
+    }
+
+    /// Serialized payload bytes (bincode layout).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            ShardValues::Dense(v) => 4 + 8 + 8 * v.len() as u64,
+            ShardValues::Delta(e) => 4 + 8 + 12 * e.len() as u64,
+        }
+    }
 }
 
 /// A failure reported through the dataflow so every worker stops cleanly.
@@ -246,6 +290,27 @@ mod tests {
             prop_assert_eq!(acc, want);
             let dense = Partial::Dense(v.clone()).bytes();
             prop_assert!(p.bytes() <= dense + 8);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn shard_deltas_rebuild_the_values(
+            before in proptest::collection::vec(-3.0f64..3.0, 1..100),
+            edits in proptest::collection::vec((0usize..100, -3.0f64..3.0), 0..150),
+        ) {
+            let mut now = before.clone();
+            for (i, v) in edits {
+                let n = now.len();
+                now[i % n] = v;
+            }
+            let mut rebuilt = before.clone();
+            match ShardValues::diff(Some(&before), &now) {
+                ShardValues::Dense(v) => rebuilt = v,
+                ShardValues::Delta(e) => e.into_iter().for_each(|(i, v)| rebuilt[i as usize] = v),
+            }
+            prop_assert_eq!(rebuilt, now.clone());
+            prop_assert_eq!(ShardValues::diff(None, &now), ShardValues::Dense(now.clone()));
         }
     }
 

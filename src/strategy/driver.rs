@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
-use super::super::dataflow::{Control, Failure, ParamMsg, Phase};
+use super::super::dataflow::{Control, Failure, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
 use crate::model::Layout;
 use crate::optim::lbfgs::{Lbfgs, Next};
@@ -25,6 +25,10 @@ pub struct OwnedShard {
     pub state: FirstOrderState,
     /// Best values so far (early stopping).
     pub best: Option<Vec<f64>>,
+    /// The values of the last emission, which every worker holds.
+    pub sent: Option<Vec<f64>>,
+    /// Emissions so far.
+    pub seq: u64,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,8 @@ impl Driver {
                     range,
                     state: FirstOrderState::default(),
                     best: None,
+                    sent: None,
+                    seq: 0,
                 }
             })
             .collect();
@@ -144,19 +150,23 @@ impl Driver {
         if matches!(phase, Phase::Train { .. } | Phase::Eval { .. }) {
             self.in_flight.push_back(phase);
         }
+        let version = self.steps;
         self.shards
-            .iter()
+            .iter_mut()
             .map(|s| {
-                let values = match (&s.best, pick_best) {
+                let now = match (&s.best, pick_best) {
                     (Some(b), true) => b.clone(),
                     _ => s.params.clone(),
                 };
+                s.seq += 1;
                 let msg = ParamMsg {
                     shard: s.id,
                     phase,
-                    version: self.steps,
-                    values,
+                    version,
+                    seq: s.seq,
+                    values: ShardValues::diff(s.sent.as_deref(), &now),
                 };
+                s.sent = Some(now);
                 (delay, msg)
             })
             .collect()
