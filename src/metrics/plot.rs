@@ -69,6 +69,10 @@ pub fn render(series: &[Series], out: &Path, title: &str) -> Result<()> {
     let y_min = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let y_max = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
     let pad = ((y_max - y_min) * 0.05).max(1e-9);
+    // Enough decimals to tell ticks apart when losses differ in the 5th digit.
+    let tick = (y_max - y_min + 2.0 * pad) / 10.0;
+    let decimals = ((-tick.log10()).ceil() as i64 + 1).clamp(2, 12) as usize;
+    let y_label = move |v: &f64| format!("{v:.decimals$}");
     let draw_err = |e: &dyn std::fmt::Display| Error::Io {
         path: out.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
@@ -81,13 +85,14 @@ pub fn render(series: &[Series], out: &Path, title: &str) -> Result<()> {
             .caption(title, ("sans-serif", 22))
             .margin(16)
             .x_label_area_size(44)
-            .y_label_area_size(64)
+            .y_label_area_size(84)
             .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))
             .map_err(|e| draw_err(&e))?;
         chart
             .configure_mesh()
             .x_desc("wall time (s)")
             .y_desc("loss (validation if held out, else training)")
+            .y_label_formatter(&y_label)
             .draw()
             .map_err(|e| draw_err(&e))?;
         for (i, (s, pts)) in series.iter().zip(&points).enumerate() {
