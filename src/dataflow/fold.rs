@@ -10,9 +10,41 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
-use super::{owner, Control, Failure, GradMsg, ParamMsg};
+use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
 use crate::exact::Exact;
-use crate::strategy::driver::Driver;
+use crate::strategy::driver::{Driver, ShardGrad};
+
+/// The exact sum of one shard's partials: sparse if every partial is.
+fn sum_partials(parts: Vec<Partial>) -> ShardGrad {
+    let len = parts.first().map_or(0, Partial::len);
+    if parts.iter().all(|p| matches!(p, Partial::Sparse { .. })) {
+        let mut entries: Vec<(u32, Exact)> = parts
+            .into_iter()
+            .flat_map(|p| match p {
+                Partial::Sparse { entries, .. } => entries,
+                Partial::Dense(_) => Vec::new(),
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut summed: Vec<(u32, f64)> = Vec::with_capacity(entries.len());
+        let mut i = 0;
+        while i < entries.len() {
+            let (k, mut total) = entries[i];
+            i += 1;
+            while i < entries.len() && entries[i].0 == k {
+                total += entries[i].1;
+                i += 1;
+            }
+            summed.push((k, total.to_f64()));
+        }
+        return ShardGrad::Sparse(summed);
+    }
+    let mut acc = vec![Exact::default(); len];
+    for p in parts {
+        p.add_into(&mut acc);
+    }
+    ShardGrad::Dense(acc.into_iter().map(Exact::to_f64).collect())
+}
 
 /// Extension trait: fold gradients into sharded parameters.
 pub trait FoldShards<'scope> {
@@ -92,22 +124,19 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                         continue;
                     }
                     let next = if !round.grads.is_empty() {
-                        let mut sums: BTreeMap<u32, Vec<Exact>> = BTreeMap::new();
+                        let mut parts: BTreeMap<u32, Vec<Partial>> = BTreeMap::new();
                         let mut loss: BTreeMap<u32, Exact> = BTreeMap::new();
                         let mut rows: BTreeMap<u32, u64> = BTreeMap::new();
                         for g in round.grads {
                             *loss.entry(g.shard).or_default() += g.loss;
                             *rows.entry(g.shard).or_default() += g.rows;
-                            let acc = sums
-                                .entry(g.shard)
-                                .or_insert_with(|| vec![Exact::default(); g.values.len()]);
-                            g.values.add_into(acc);
+                            parts.entry(g.shard).or_default().push(g.values);
                         }
                         let total_loss = loss.values().next().copied().unwrap_or_default().to_f64();
                         let total_rows = rows.values().next().copied().unwrap_or(0);
-                        let sums: BTreeMap<u32, Vec<f64>> = sums
+                        let sums: BTreeMap<u32, ShardGrad> = parts
                             .into_iter()
-                            .map(|(k, v)| (k, v.into_iter().map(Exact::to_f64).collect()))
+                            .map(|(k, p)| (k, sum_partials(p)))
                             .collect();
                         match driver.on_gradients(&sums, total_loss, total_rows) {
                             Ok(next) => next,

@@ -98,6 +98,8 @@ struct State {
     staleness: Vec<u64>,
     /// Per shard: (emission seq, optimizer version) of the values held.
     held: Vec<(u64, u64)>,
+    /// Gradient accumulator, all zero between steps.
+    acc: Vec<Exact>,
     stopped: bool,
 }
 
@@ -161,13 +163,22 @@ impl State {
         Ok(phase)
     }
 
-    fn train(&mut self, epoch: u32, step: u64) -> Result<(Vec<Exact>, Exact, u64), Error> {
+    /// The gradient partials of step `step` of `epoch`, one per shard.
+    ///
+    /// The accumulator is kept between steps; only the coordinates a step
+    /// touched are read and cleared, so a step of a wide hashed model costs
+    /// what its rows touch, not the size of the model.
+    fn train(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Exact, u64), Error> {
         self.ctx.data.prepare(epoch)?;
-        let mut acc = vec![Exact::default(); self.ctx.model.layout.len()];
+        let layout = self.ctx.model.layout;
+        if self.acc.len() != layout.len() {
+            self.acc = vec![Exact::default(); layout.len()];
+        }
         let mut loss = Exact::default();
         let mut rows = 0u64;
         let model = &self.ctx.model;
         let scratch = &mut self.scratch;
+        let acc = &mut self.acc;
         let diverged = |message: String| Error::Diverged {
             epoch,
             step,
@@ -175,19 +186,38 @@ impl State {
         };
         self.ctx.data.step_rows(step, |block, idx| {
             let l = model
-                .accumulate(block, idx.iter().copied(), scratch, &mut acc)
+                .accumulate(block, idx.iter().copied(), scratch, acc)
                 .map_err(diverged)?;
             loss += Exact::from_f64(l).ok_or_else(|| diverged("the loss is not finite".into()))?;
             rows += idx.len() as u64;
             Ok(())
         })?;
-        Ok((acc, loss, rows))
+        let mut touched: Vec<usize> = layout.dense_indices().collect();
+        touched.extend(self.scratch.drain_touched());
+        touched.sort_unstable();
+        touched.dedup();
+        let mut partials = Vec::with_capacity(self.ctx.shards.len());
+        let mut rest = &touched[..];
+        for range in &self.ctx.shards {
+            let split = rest.partition_point(|&i| i < range.end);
+            let (mine, after) = rest.split_at(split);
+            rest = after;
+            partials.push(Partial::from_touched(
+                &self.acc[range.clone()],
+                range.start,
+                mine,
+            ));
+        }
+        for &i in &touched {
+            self.acc[i] = Exact::default();
+        }
+        Ok((partials, loss, rows))
     }
 
     /// `model-average`: steps the replica over this worker's rows of the
     /// round's steps, and returns `rows · replica` (exact) with the loss and
     /// rows, for the owners' weighted average.
-    fn train_local(&mut self, epoch: u32, step: u64) -> Result<(Vec<Exact>, Exact, u64), Error> {
+    fn train_local(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Exact, u64), Error> {
         let Some(local) = self.ctx.local.as_mut() else {
             return Err(Error::Cluster("no local training configured".into()));
         };
@@ -218,6 +248,7 @@ impl State {
             })?;
             loss += l;
             rows += r;
+            self.scratch.drain_touched(); // the replica's own steps are dense
             if r == 0 {
                 continue;
             }
@@ -265,7 +296,13 @@ impl State {
                 step,
                 message: "a replica weight is too large to average".into(),
             })?;
-        Ok((weighted, loss, rows))
+        let partials = self
+            .ctx
+            .shards
+            .iter()
+            .map(|r| Partial::from_slice(&weighted[r.clone()]))
+            .collect();
+        Ok((partials, loss, rows))
     }
 
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
@@ -278,7 +315,7 @@ impl State {
     }
 
     /// One training round (plain or local replica), through the test hooks.
-    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<(Vec<Exact>, Exact, u64), Error> {
+    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Exact, u64), Error> {
         let hooks = std::mem::take(&mut self.ctx.hooks);
         let out = hooks.step(u64::from(epoch) * self.ctx.steps_per_epoch + step, || {
             if self.ctx.local.is_some() {
@@ -349,11 +386,10 @@ impl State {
         }
         match phase {
             Phase::Train { epoch, step } => match self.train_traced(epoch, step) {
-                Ok((acc, loss, rows)) => {
+                Ok((partials, loss, rows)) => {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;
-                    for (k, range) in self.ctx.shards.iter().enumerate() {
-                        let values = Partial::from_slice(&acc[range.clone()]);
+                    for (k, values) in partials.into_iter().enumerate() {
                         if owner(k as u32, self.ctx.peers) != self.ctx.index {
                             self.epoch_bytes += 4 + values.bytes() + 16 + 8 + 1;
                         }
@@ -424,6 +460,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             epoch_bytes: 0,
             staleness: Vec::new(),
             held,
+            acc: Vec::new(),
             stopped: false,
         };
         let scope = self.scope();

@@ -37,7 +37,7 @@ use crate::metrics::sink::EpochRecord;
 use crate::metrics::EvalPartial;
 use crate::model::block::FeatureBlock;
 use crate::model::loss;
-use crate::optim::{self, FirstOrderState, Penalty};
+use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{EarlyStopping, ModelKind, OptimizerSpec};
 
 /// One worker's partial margins for a round.
@@ -132,6 +132,11 @@ struct State {
     theta: Vec<f64>,
     best: Option<Vec<f64>>,
     opt: FirstOrderState,
+    /// Gradient buffer (zero outside the step's support) and the
+    /// coordinates the optimizer visits.
+    grad: Vec<f64>,
+    live: LiveSet,
+    touched: Vec<usize>,
     early: EarlyStop,
     /// Rows of the step in flight (this block's columns), in margin order.
     rows: Block,
@@ -200,21 +205,27 @@ impl State {
             step,
             message,
         };
-        let mut grad = vec![0.0; self.theta.len()];
         let mut dm = vec![0.0; k];
         let mut loss_sum = 0.0;
+        let mut touched = std::mem::take(&mut self.touched);
         for i in 0..n {
             let y = self.rows.label[i] as f64;
             loss_sum +=
                 loss::loss_and_grad(self.ctx.kind, &margins[i * k..(i + 1) * k], y, &mut dm);
-            self.ctx.block.add_gradient(&self.rows, i, &dm, &mut grad);
+            self.ctx
+                .block
+                .add_gradient(&self.rows, i, &dm, &mut self.grad, &mut touched);
         }
         self.epoch_loss +=
             Exact::from_f64(loss_sum).ok_or_else(|| diverged("the loss is not finite".into()))?;
         self.epoch_rows += n as u64;
         if n > 0 {
+            // Only coordinates that ever had a gradient need the optimizer.
             let block = &self.ctx.block;
-            for (i, g) in grad.iter_mut().enumerate() {
+            block.dense_indices().for_each(|i| self.live.insert(i));
+            touched.drain(..).for_each(|i| self.live.insert(i));
+            for &i in self.live.indices() {
+                let g = &mut self.grad[i];
                 *g = if block.is_intercept(i) && !(block.intercept && self.ctx.fit_intercept) {
                     0.0
                 } else {
@@ -226,16 +237,25 @@ impl State {
                 .optimizer
                 .first_order()
                 .map_or(0.0, |f| f.schedule.rate(f.learning_rate, self.steps, epoch));
-            optim::step(
+            optim::step_at(
                 &self.ctx.optimizer,
                 &mut self.theta,
-                &grad,
+                &self.grad,
                 &mut self.opt,
                 lr,
                 self.ctx.penalty,
                 |i| !block.is_intercept(i),
+                self.live.indices().iter().copied(),
             );
-            if let Some(i) = self.theta.iter().position(|w| !w.is_finite()) {
+            for &i in self.live.indices() {
+                self.grad[i] = 0.0;
+            }
+            if let Some(&i) = self
+                .live
+                .indices()
+                .iter()
+                .find(|&&i| !self.theta[i].is_finite())
+            {
                 let g = block.global(i).unwrap_or(0);
                 return Err(diverged(format!(
                     "parameter {g} became {} (lower optimizer.learning_rate, or set data.standardize = true)",
@@ -243,6 +263,7 @@ impl State {
                 )));
             }
         }
+        self.touched = touched;
         self.steps += 1;
         Ok(())
     }
@@ -396,6 +417,9 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             theta: vec![0.0; ctx.block.len()],
             best: None,
             opt: FirstOrderState::default(),
+            grad: vec![0.0; ctx.block.len()],
+            live: LiveSet::default(),
+            touched: Vec::new(),
             early: EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind),
             rows: Block::default(),
             val_labels: Vec::new(),

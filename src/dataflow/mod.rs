@@ -169,6 +169,28 @@ impl Partial {
         }
     }
 
+    /// What [`Partial::from_slice`] makes of `values`, knowing that only the
+    /// coordinates in `touched` (sorted, distinct, absolute: `offset` is the
+    /// absolute index of `values[0]`) can be non-zero.
+    pub fn from_touched(values: &[Exact], offset: usize, touched: &[usize]) -> Partial {
+        let nnz = touched
+            .iter()
+            .filter(|&&i| values[i - offset].0 != 0)
+            .count();
+        if nnz * 20 < values.len() * 16 {
+            Partial::Sparse {
+                len: values.len() as u32,
+                entries: touched
+                    .iter()
+                    .map(|&i| ((i - offset) as u32, values[i - offset]))
+                    .filter(|(_, v)| v.0 != 0)
+                    .collect(),
+            }
+        } else {
+            Partial::Dense(values.to_vec())
+        }
+    }
+
     /// Coordinates covered.
     pub fn len(&self) -> usize {
         match self {
@@ -311,6 +333,16 @@ mod tests {
             }
             prop_assert_eq!(rebuilt, now.clone());
             prop_assert_eq!(ShardValues::diff(None, &now), ShardValues::Dense(now.clone()));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn touched_partials_equal_scanned_ones(values in proptest::collection::vec(prop_oneof![Just(0i128), Just(0i128), Just(0i128), -1000i128..1000], 1..300), offset in 0usize..50) {
+            let v: Vec<Exact> = values.iter().map(|&x| Exact(x)).collect();
+            // Touched: every non-zero coordinate, plus a few zero ones.
+            let touched: Vec<usize> = (0..v.len()).filter(|&i| v[i].0 != 0 || i % 7 == 0).map(|i| i + offset).collect();
+            prop_assert_eq!(Partial::from_touched(&v, offset, &touched), Partial::from_slice(&v));
         }
     }
 

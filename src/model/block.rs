@@ -120,10 +120,26 @@ impl FeatureBlock {
         }
     }
 
+    /// Local parameters every row may touch: each output's intercept slot
+    /// and numeric weights (hashed weights are reported per row by
+    /// [`Self::add_gradient`]).
+    pub fn dense_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        let (width, p_w) = (self.width(), self.numeric.len());
+        (0..self.layout.k).flat_map(move |kk| kk * width..kk * width + 1 + p_w)
+    }
+
     /// Adds row `i`'s gradient, given `∂loss/∂margin` in `dm`, to `grad`
-    /// (local parameters).
+    /// (local parameters), and pushes the hashed weights it touched onto
+    /// `touched`.
     #[inline]
-    pub fn add_gradient(&self, block: &Block, i: usize, dm: &[f64], grad: &mut [f64]) {
+    pub fn add_gradient(
+        &self,
+        block: &Block,
+        i: usize,
+        dm: &[f64],
+        grad: &mut [f64],
+        touched: &mut Vec<usize>,
+    ) {
         let (width, p_w) = (self.width(), self.numeric.len());
         let x = &block.dense[i * block.p..(i + 1) * block.p];
         let h = &block.hashed[i * block.c..(i + 1) * block.c];
@@ -144,6 +160,7 @@ impl FeatureBlock {
                 let hj = hj as usize;
                 if (start..end).contains(&hj) {
                     gw[1 + p_w + hj - start] += g * sj as f64;
+                    touched.push(kk * width + 1 + p_w + hj - start);
                 }
             }
         }

@@ -54,6 +54,13 @@ impl Layout {
     pub fn is_intercept(&self, i: usize) -> bool {
         i % (self.d + 1) == 0
     }
+
+    /// Parameters every row touches: each output's intercept and numeric
+    /// weights (the hashed ones depend on the row's tokens).
+    pub fn dense_indices(&self) -> impl Iterator<Item = usize> {
+        let (d, p) = (self.d, self.p);
+        (0..self.k).flat_map(move |kk| kk * (d + 1)..kk * (d + 1) + 1 + p)
+    }
 }
 
 /// A linear model: kind, layout and parameters.
@@ -72,8 +79,18 @@ pub struct LinearModel {
 pub struct Scratch {
     grad: Vec<f64>,
     touched: Vec<usize>,
+    /// Hashed coordinates of `acc` that [`LinearModel::accumulate`] added
+    /// to since the last [`Scratch::drain_touched`] (with repeats).
+    acc_touched: Vec<usize>,
     margins: Vec<f64>,
     dm: Vec<f64>,
+}
+
+impl Scratch {
+    /// The hashed coordinates of the accumulator touched since the last call.
+    pub fn drain_touched(&mut self) -> std::vec::Drain<'_, usize> {
+        self.acc_touched.drain(..)
+    }
 }
 
 impl LinearModel {
@@ -158,6 +175,7 @@ impl LinearModel {
                 if g != 0.0 {
                     acc[idx] += Exact::from_f64(g).ok_or_else(|| overflow(idx))?;
                     scratch.grad[idx] = 0.0;
+                    scratch.acc_touched.push(idx);
                 }
             }
             scratch.touched.clear();

@@ -60,7 +60,6 @@ pub fn soft_threshold(w: f64, tau: f64) -> f64 {
 /// step(&spec, &mut w, &[1.0, 1.0], &mut st, 0.5, Penalty { l2: 0.0, l1: 0.0 }, |i| i == 1);
 /// assert_eq!(w, vec![0.5, 0.5]);
 /// ```
-#[allow(clippy::needless_range_loop)] // several arrays indexed in step
 pub fn step(
     spec: &OptimizerSpec,
     params: &mut [f64],
@@ -70,7 +69,84 @@ pub fn step(
     penalty: Penalty,
     penalised: impl Fn(usize) -> bool,
 ) {
+    step_at(
+        spec,
+        params,
+        grad,
+        state,
+        lr,
+        penalty,
+        penalised,
+        0..params.len(),
+    );
+}
+
+/// Is local coordinate `i` quiescent: zero weight, zero optimizer state?
+///
+/// A quiescent coordinate with a zero gradient is left exactly as it is by
+/// every method (each update is a product with zero), so a step may skip
+/// it: [`step_at`] over the other coordinates computes bit for bit what
+/// [`step`] computes. Wide hashed models are mostly quiescent.
+pub fn is_quiescent(params: &[f64], state: &FirstOrderState, i: usize) -> bool {
+    params[i].to_bits() == 0
+        && state.m.get(i).is_none_or(|m| m.to_bits() == 0)
+        && state.v.get(i).is_none_or(|v| v.to_bits() == 0)
+}
+
+/// The coordinates a step must visit: every coordinate that ever had a
+/// non-zero gradient. All others are quiescent (zero weight, zero state)
+/// with a zero gradient, which every method leaves as they are.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSet {
+    mark: Vec<bool>,
+    list: Vec<usize>,
+}
+
+impl LiveSet {
+    /// Marks coordinate `i` live (no-op if it already is).
+    #[inline]
+    pub fn insert(&mut self, i: usize) {
+        if self.mark.len() <= i {
+            self.mark.resize(i + 1, false);
+        }
+        if !self.mark[i] {
+            self.mark[i] = true;
+            self.list.push(i);
+        }
+    }
+
+    /// The live coordinates, in the order they became live.
+    pub fn indices(&self) -> &[usize] {
+        &self.list
+    }
+
+    /// Number of live coordinates.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// True if no coordinate is live.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// [`step`] on the coordinates in `indices` only (each at most once); the
+/// step counter advances once. The others must be quiescent with a zero
+/// gradient (see [`is_quiescent`]) for the result to equal [`step`]'s.
+#[allow(clippy::too_many_arguments)] // step's arguments plus the coordinates
+pub fn step_at(
+    spec: &OptimizerSpec,
+    params: &mut [f64],
+    grad: &[f64],
+    state: &mut FirstOrderState,
+    lr: f64,
+    penalty: Penalty,
+    penalised: impl Fn(usize) -> bool,
+    indices: impl IntoIterator<Item = usize>,
+) {
     let n = params.len();
+    let indices = indices.into_iter();
     state.t += 1;
     let g_of = |i: usize, w: f64| {
         if penalised(i) {
@@ -88,21 +164,21 @@ pub fn step(
     };
     match *spec {
         OptimizerSpec::Sgd(_) => {
-            for i in 0..n {
+            for i in indices {
                 let w = params[i] - lr * g_of(i, params[i]);
                 params[i] = prox(i, w, lr);
             }
         }
         OptimizerSpec::Momentum { momentum, .. } => {
             state.m.resize(n, 0.0);
-            for i in 0..n {
+            for i in indices {
                 state.m[i] = momentum * state.m[i] + g_of(i, params[i]);
                 params[i] = prox(i, params[i] - lr * state.m[i], lr);
             }
         }
         OptimizerSpec::Adagrad { epsilon, .. } => {
             state.m.resize(n, 0.0);
-            for i in 0..n {
+            for i in indices {
                 let g = g_of(i, params[i]);
                 state.m[i] += g * g;
                 let eta = lr / (state.m[i].sqrt() + epsilon);
@@ -119,7 +195,7 @@ pub fn step(
             state.v.resize(n, 0.0);
             let c1 = 1.0 - beta1.powi(state.t.min(i32::MAX as u64) as i32);
             let c2 = 1.0 - beta2.powi(state.t.min(i32::MAX as u64) as i32);
-            for i in 0..n {
+            for i in indices {
                 let g = g_of(i, params[i]);
                 state.m[i] = beta1 * state.m[i] + (1.0 - beta1) * g;
                 state.v[i] = beta2 * state.v[i] + (1.0 - beta2) * g * g;
@@ -135,7 +211,7 @@ pub fn step(
             state.v.resize(n, 0.0);
             let t = state.t as f64;
             let alpha = lr;
-            for i in 0..n {
+            for i in indices {
                 let g = grad[i];
                 let n_old = state.v[i];
                 let n_new = n_old + g * g;
@@ -209,6 +285,35 @@ mod tests {
                 );
             }
             assert!((w[0] - 2.0).abs() < 1e-3, "{spec:?}: {}", w[0]);
+        }
+    }
+
+    proptest::proptest! {
+        // Skipping quiescent coordinates with zero gradient changes nothing.
+        #[test]
+        fn stepping_only_live_coordinates_is_exact(
+            grads in proptest::collection::vec(proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(0.0), -2.0f64..2.0], 12), 1..6),
+            which in 0usize..5,
+        ) {
+            let spec = [
+                OptimizerSpec::Sgd(base(0.1)),
+                OptimizerSpec::Momentum { base: base(0.05), momentum: 0.9 },
+                OptimizerSpec::Adagrad { base: base(0.5), epsilon: 1e-8 },
+                OptimizerSpec::Adam { base: base(0.05), beta1: 0.9, beta2: 0.999, epsilon: 1e-8 },
+                OptimizerSpec::Ftrl { base: base(0.1), beta: 1.0 },
+            ][which];
+            let penalty = Penalty { l2: 0.01, l1: 0.001 };
+            let (mut all, mut some) = (vec![0.0; 12], vec![0.0; 12]);
+            let (mut st_all, mut st_some) = (FirstOrderState::default(), FirstOrderState::default());
+            for g in &grads {
+                step(&spec, &mut all, g, &mut st_all, 0.1, penalty, |i| i > 0);
+                let live: Vec<usize> = (0..12)
+                    .filter(|&i| g[i] != 0.0 || !is_quiescent(&some, &st_some, i))
+                    .collect();
+                step_at(&spec, &mut some, g, &mut st_some, 0.1, penalty, |i| i > 0, live);
+            }
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(bits(&all), bits(&some));
         }
     }
 

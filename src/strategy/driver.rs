@@ -9,7 +9,7 @@ use super::super::dataflow::{Control, Failure, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
 use crate::model::Layout;
 use crate::optim::lbfgs::{Lbfgs, Next};
-use crate::optim::{self, FirstOrderState, Penalty};
+use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{OptimizerSpec, Pipeline};
 
 /// A shard this worker owns.
@@ -29,6 +29,67 @@ pub struct OwnedShard {
     pub sent: Option<Vec<f64>>,
     /// Emissions so far.
     pub seq: u64,
+    /// Coordinates that ever had a gradient (the others are quiescent).
+    pub live: LiveSet,
+    /// Gradient buffer, zero between steps.
+    pub grad: Vec<f64>,
+    /// What may have changed since the last emission.
+    pub changed: Changed,
+}
+
+/// Which coordinates of a shard may differ from its last emission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Changed {
+    /// None.
+    #[default]
+    Nothing,
+    /// Only live coordinates (a sparse step).
+    Live,
+    /// Any.
+    All,
+}
+
+impl OwnedShard {
+    /// The values to send (the best ones, or the current ones) as
+    /// [`ShardValues::diff`] against the last emission would give them,
+    /// looking only at the coordinates that may have changed.
+    fn emit(&mut self, pick_best: bool) -> ShardValues {
+        let changed = std::mem::take(&mut self.changed);
+        let (Some(sent), false, Changed::Nothing | Changed::Live) =
+            (self.sent.as_mut(), pick_best, changed)
+        else {
+            let now = match (&self.best, pick_best) {
+                (Some(b), true) => b.clone(),
+                _ => self.params.clone(),
+            };
+            let values = ShardValues::diff(self.sent.as_deref(), &now);
+            self.sent = Some(now);
+            // After sending the best values, workers hold those.
+            self.changed = if pick_best {
+                Changed::All
+            } else {
+                Changed::Nothing
+            };
+            return values;
+        };
+        if changed == Changed::Nothing {
+            return ShardValues::Delta(Vec::new());
+        }
+        let mut delta: Vec<(u32, f64)> = self
+            .live
+            .indices()
+            .iter()
+            .filter(|&&i| self.params[i].to_bits() != sent[i].to_bits())
+            .map(|&i| (i as u32, self.params[i]))
+            .collect();
+        delta.iter().for_each(|&(i, v)| sent[i as usize] = v);
+        if delta.len() * 12 < self.params.len() * 8 {
+            delta.sort_unstable_by_key(|e| e.0);
+            ShardValues::Delta(delta)
+        } else {
+            ShardValues::Dense(self.params.clone())
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -47,6 +108,34 @@ enum Mode {
         converged: bool,
         evaluations: u64,
     },
+}
+
+/// A shard's summed gradient: every coordinate, or only the coordinates
+/// some worker touched, as (offset, sum) with offsets increasing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardGrad {
+    /// Every coordinate.
+    Dense(Vec<f64>),
+    /// The touched coordinates; all others are zero.
+    Sparse(Vec<(u32, f64)>),
+}
+
+impl ShardGrad {
+    /// Every coordinate of a shard of `len` coordinates.
+    pub fn to_dense(&self, len: usize) -> Vec<f64> {
+        match self {
+            ShardGrad::Dense(v) => v.clone(),
+            ShardGrad::Sparse(e) => {
+                let mut v = vec![0.0; len];
+                for &(i, g) in e {
+                    if let Some(x) = v.get_mut(i as usize) {
+                        *x = g;
+                    }
+                }
+                v
+            }
+        }
+    }
 }
 
 /// Parameters to send, each `delay` rounds after the round being folded.
@@ -98,6 +187,9 @@ impl Driver {
                     best: None,
                     sent: None,
                     seq: 0,
+                    live: LiveSet::default(),
+                    grad: Vec::new(),
+                    changed: Changed::All,
                 }
             })
             .collect();
@@ -154,19 +246,14 @@ impl Driver {
         self.shards
             .iter_mut()
             .map(|s| {
-                let now = match (&s.best, pick_best) {
-                    (Some(b), true) => b.clone(),
-                    _ => s.params.clone(),
-                };
                 s.seq += 1;
                 let msg = ParamMsg {
                     shard: s.id,
                     phase,
                     version,
                     seq: s.seq,
-                    values: ShardValues::diff(s.sent.as_deref(), &now),
+                    values: s.emit(pick_best),
                 };
-                s.sent = Some(now);
                 (delay, msg)
             })
             .collect()
@@ -204,6 +291,7 @@ impl Driver {
     fn set_all(&mut self, x: &[f64]) {
         for s in &mut self.shards {
             s.params.copy_from_slice(&x[s.range.clone()]);
+            s.changed = Changed::All;
         }
     }
 
@@ -230,7 +318,7 @@ impl Driver {
     /// Applies a training round's summed gradient (per owned shard).
     pub fn on_gradients(
         &mut self,
-        sums: &BTreeMap<u32, Vec<f64>>,
+        sums: &BTreeMap<u32, ShardGrad>,
         loss: f64,
         rows: u64,
     ) -> Result<Emission, Failure> {
@@ -239,16 +327,18 @@ impl Driver {
         };
         let layout = self.layout;
         let fit_intercept = self.fit_intercept;
+        // The mean gradient of coordinate `i` (absolute index) from its sum.
+        let mean_at = move |i: usize, g: f64| -> f64 {
+            if !fit_intercept && layout.is_intercept(i) {
+                0.0
+            } else {
+                g / rows.max(1) as f64
+            }
+        };
         let mean = |range: &Range<usize>, sum: &[f64]| -> Vec<f64> {
             sum.iter()
                 .enumerate()
-                .map(|(i, g)| {
-                    if !fit_intercept && layout.is_intercept(range.start + i) {
-                        0.0
-                    } else {
-                        g / rows.max(1) as f64
-                    }
-                })
+                .map(|(i, &g)| mean_at(range.start + i, g))
                 .collect()
         };
         match &mut self.mode {
@@ -261,7 +351,9 @@ impl Driver {
                     for s in &mut self.shards {
                         if let Some(sum) = sums.get(&s.id) {
                             // Σ rows_w · replica_w / Σ rows_w
+                            let sum = sum.to_dense(s.range.len());
                             s.params = sum.iter().map(|v| v / rows as f64).collect();
+                            s.changed = Changed::All;
                         }
                     }
                 }
@@ -277,18 +369,65 @@ impl Driver {
                     let lr = base.map_or(0.0, |(eta, sch)| sch.rate(eta, self.steps, epoch));
                     for s in &mut self.shards {
                         let Some(sum) = sums.get(&s.id) else { continue };
-                        let grad = mean(&s.range, sum);
                         let start = s.range.start;
-                        optim::step(
-                            spec,
-                            &mut s.params,
-                            &grad,
-                            &mut s.state,
-                            lr,
-                            self.penalty,
-                            |i| !layout.is_intercept(start + i),
-                        );
-                        if let Some(i) = s.params.iter().position(|w| !w.is_finite()) {
+                        let penalised = |i: usize| !layout.is_intercept(start + i);
+                        let n = s.range.len();
+                        if s.grad.len() != n {
+                            s.grad = vec![0.0; n];
+                        }
+                        match sum {
+                            ShardGrad::Dense(sum) => {
+                                let grad = mean(&s.range, sum);
+                                for (i, &g) in grad.iter().enumerate() {
+                                    if g != 0.0 {
+                                        s.live.insert(i);
+                                    }
+                                }
+                                let (state, penalty) = (&mut s.state, self.penalty);
+                                optim::step(
+                                    spec,
+                                    &mut s.params,
+                                    &grad,
+                                    state,
+                                    lr,
+                                    penalty,
+                                    penalised,
+                                );
+                                s.changed = Changed::All;
+                            }
+                            ShardGrad::Sparse(entries) => {
+                                // Quiescent coordinates without a gradient
+                                // would not move: visit the live ones only.
+                                for &(i, g) in entries {
+                                    s.grad[i as usize] = mean_at(start + i as usize, g);
+                                    s.live.insert(i as usize);
+                                }
+                                optim::step_at(
+                                    spec,
+                                    &mut s.params,
+                                    &s.grad,
+                                    &mut s.state,
+                                    lr,
+                                    self.penalty,
+                                    penalised,
+                                    s.live.indices().iter().copied(),
+                                );
+                                entries.iter().for_each(|&(i, _)| s.grad[i as usize] = 0.0);
+                                if s.changed != Changed::All {
+                                    s.changed = Changed::Live;
+                                }
+                            }
+                        }
+                        let bad = match s.changed {
+                            Changed::All => s.params.iter().position(|w| !w.is_finite()),
+                            _ => s
+                                .live
+                                .indices()
+                                .iter()
+                                .copied()
+                                .find(|&i| !s.params[i].is_finite()),
+                        };
+                        if let Some(i) = bad {
                             return Err(Failure::from(&Error::Diverged {
                                 epoch,
                                 step,
@@ -310,7 +449,10 @@ impl Driver {
                 }
                 *evaluations += 1;
                 let full = &self.shards[0];
-                let grad = mean(&full.range, sums.get(&full.id).map_or(&[][..], |v| v));
+                let sum = sums
+                    .get(&full.id)
+                    .map_or_else(Vec::new, |g| g.to_dense(full.range.len()));
+                let grad = mean(&full.range, &sum);
                 let loss = loss / rows.max(1) as f64;
                 match opt.observe(loss, &grad) {
                     Next::Evaluate(p) => {
