@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::exact::Exact;
 use crate::metrics::EvalPartial;
 use crate::model::{LinearModel, Scratch};
-use crate::optim::{self, FirstOrderState, Penalty};
+use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
 use crate::spec::OptimizerSpec;
 
 /// The final parameters, as seen by worker 0.
@@ -77,6 +77,8 @@ pub struct LocalTraining {
     pub steps_per_epoch: u64,
     /// This worker's optimizer state (kept across rounds, never averaged).
     pub state: FirstOrderState,
+    /// Gradient buffer, zero between steps.
+    pub grad: Vec<f64>,
 }
 
 /// Extension trait: compute gradient partials from broadcast parameters.
@@ -100,6 +102,9 @@ struct State {
     held: Vec<(u64, u64)>,
     /// Gradient accumulator, all zero between steps.
     acc: Vec<Exact>,
+    /// `model-average`: replica coordinates that may be non-quiescent (had a
+    /// local gradient, or arrived non-zero from the owners).
+    live: LiveSet,
     stopped: bool,
 }
 
@@ -130,11 +135,25 @@ impl State {
             return Ok(true);
         }
         let theta = &mut self.ctx.model.theta[range.clone()];
+        let replica = self.ctx.local.is_some();
         match &m.values {
-            ShardValues::Dense(v) if v.len() == range.len() => theta.copy_from_slice(v),
+            ShardValues::Dense(v) if v.len() == range.len() => {
+                theta.copy_from_slice(v);
+                if replica {
+                    for (i, x) in v.iter().enumerate() {
+                        if x.to_bits() != 0 {
+                            self.live.insert(range.start + i);
+                        }
+                    }
+                }
+            }
             ShardValues::Delta(_) if m.seq != seq + 1 => return Ok(false),
             ShardValues::Delta(e) if e.iter().all(|&(i, _)| (i as usize) < range.len()) => {
                 e.iter().for_each(|&(i, v)| theta[i as usize] = v);
+                if replica {
+                    e.iter()
+                        .for_each(|&(i, _)| self.live.insert(range.start + i as usize));
+                }
             }
             _ => return Err(format!("shard {k} does not fit its range")),
         }
@@ -225,7 +244,14 @@ impl State {
         let k = local.sync_every.min(local.steps_per_epoch - step);
         let layout = self.ctx.model.layout;
         let n = layout.len();
+        if self.acc.len() != n {
+            self.acc = vec![Exact::default(); n];
+        }
+        if local.grad.len() != n {
+            local.grad = vec![0.0; n];
+        }
         let (mut loss, mut rows) = (Exact::default(), 0u64);
+        let mut touched: Vec<usize> = Vec::new();
         for j in 0..k {
             let s = step + j;
             let diverged = |message: String| Error::Diverged {
@@ -233,13 +259,13 @@ impl State {
                 step: s,
                 message,
             };
-            let mut acc = vec![Exact::default(); n];
             let (mut l, mut r) = (Exact::default(), 0u64);
             let model = &self.ctx.model;
             let scratch = &mut self.scratch;
+            let acc = &mut self.acc;
             self.ctx.data.step_rows(s, |block, idx| {
                 let part = model
-                    .accumulate(block, idx.iter().copied(), scratch, &mut acc)
+                    .accumulate(block, idx.iter().copied(), scratch, acc)
                     .map_err(diverged)?;
                 l += Exact::from_f64(part)
                     .ok_or_else(|| diverged("the loss is not finite".into()))?;
@@ -248,21 +274,25 @@ impl State {
             })?;
             loss += l;
             rows += r;
-            self.scratch.drain_touched(); // the replica's own steps are dense
-            if r == 0 {
-                continue;
-            }
-            let grad: Vec<f64> = acc
-                .iter()
-                .enumerate()
-                .map(|(i, g)| {
-                    if !local.fit_intercept && layout.is_intercept(i) {
+            touched.clear();
+            touched.extend(layout.dense_indices());
+            touched.extend(self.scratch.drain_touched());
+            touched.sort_unstable();
+            touched.dedup();
+            for &i in &touched {
+                let g = std::mem::take(&mut self.acc[i]);
+                if r > 0 {
+                    local.grad[i] = if !local.fit_intercept && layout.is_intercept(i) {
                         0.0
                     } else {
                         g.to_f64() / r as f64
-                    }
-                })
-                .collect();
+                    };
+                    self.live.insert(i);
+                }
+            }
+            if r == 0 {
+                continue;
+            }
             let lr = local.spec.first_order().map_or(0.0, |f| {
                 f.schedule.rate(
                     f.learning_rate,
@@ -271,37 +301,45 @@ impl State {
                 )
             });
             let theta = &mut self.ctx.model.theta;
-            optim::step(
+            optim::step_at(
                 &local.spec,
                 theta,
-                &grad,
+                &local.grad,
                 &mut local.state,
                 lr,
                 local.penalty,
                 |i| !layout.is_intercept(i),
+                self.live.indices().iter().copied(),
             );
-            if let Some(i) = theta.iter().position(|w| !w.is_finite()) {
+            touched.iter().for_each(|&i| local.grad[i] = 0.0);
+            if let Some(&i) = self.live.indices().iter().find(|&&i| !theta[i].is_finite()) {
                 return Err(diverged(format!("parameter {i} became {}", theta[i])));
             }
         }
-        let weighted = self
-            .ctx
-            .model
-            .theta
-            .iter()
-            .map(|&w| Exact::from_f64(w * rows as f64))
-            .collect::<Option<Vec<Exact>>>()
-            .ok_or_else(|| Error::Diverged {
-                epoch,
-                step,
-                message: "a replica weight is too large to average".into(),
-            })?;
-        let partials = self
-            .ctx
-            .shards
-            .iter()
-            .map(|r| Partial::from_slice(&weighted[r.clone()]))
-            .collect();
+        // rows · replica; coordinates outside the live set are exactly 0.
+        let mut live = self.live.indices().to_vec();
+        live.sort_unstable();
+        let theta = &self.ctx.model.theta;
+        for &i in &live {
+            self.acc[i] =
+                Exact::from_f64(theta[i] * rows as f64).ok_or_else(|| Error::Diverged {
+                    epoch,
+                    step,
+                    message: "a replica weight is too large to average".into(),
+                })?;
+        }
+        let mut partials = Vec::with_capacity(self.ctx.shards.len());
+        let mut rest = &live[..];
+        for range in &self.ctx.shards {
+            let (mine, after) = rest.split_at(rest.partition_point(|&i| i < range.end));
+            rest = after;
+            partials.push(Partial::from_touched(
+                &self.acc[range.clone()],
+                range.start,
+                mine,
+            ));
+        }
+        live.iter().for_each(|&i| self.acc[i] = Exact::default());
         Ok((partials, loss, rows))
     }
 
@@ -461,6 +499,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             staleness: Vec::new(),
             held,
             acc: Vec::new(),
+            live: LiveSet::default(),
             stopped: false,
         };
         let scope = self.scope();

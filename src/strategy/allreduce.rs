@@ -106,6 +106,7 @@ pub fn run(
                 .max(1),
             steps_per_epoch,
             state: FirstOrderState::default(),
+            grad: Vec::new(),
         }),
         failure: Rc::clone(&failure),
         lag,
