@@ -182,6 +182,24 @@ impl State {
         Ok(phase)
     }
 
+    /// One partial per shard from the accumulator, given the coordinates
+    /// (sorted, distinct) outside which it is zero; clears them.
+    fn take_partials(&mut self, touched: &[usize]) -> Vec<Partial> {
+        let mut partials = Vec::with_capacity(self.ctx.shards.len());
+        let mut rest = touched;
+        for range in &self.ctx.shards {
+            let (mine, after) = rest.split_at(rest.partition_point(|&i| i < range.end));
+            rest = after;
+            partials.push(Partial::from_touched(
+                &self.acc[range.clone()],
+                range.start,
+                mine,
+            ));
+        }
+        touched.iter().for_each(|&i| self.acc[i] = Exact::default());
+        partials
+    }
+
     /// The gradient partials of step `step` of `epoch`, one per shard.
     ///
     /// The accumulator is kept between steps; only the coordinates a step
@@ -215,22 +233,7 @@ impl State {
         touched.extend(self.scratch.drain_touched());
         touched.sort_unstable();
         touched.dedup();
-        let mut partials = Vec::with_capacity(self.ctx.shards.len());
-        let mut rest = &touched[..];
-        for range in &self.ctx.shards {
-            let split = rest.partition_point(|&i| i < range.end);
-            let (mine, after) = rest.split_at(split);
-            rest = after;
-            partials.push(Partial::from_touched(
-                &self.acc[range.clone()],
-                range.start,
-                mine,
-            ));
-        }
-        for &i in &touched {
-            self.acc[i] = Exact::default();
-        }
-        Ok((partials, loss, rows))
+        Ok((self.take_partials(&touched), loss, rows))
     }
 
     /// `model-average`: steps the replica over this worker's rows of the
@@ -328,19 +331,7 @@ impl State {
                     message: "a replica weight is too large to average".into(),
                 })?;
         }
-        let mut partials = Vec::with_capacity(self.ctx.shards.len());
-        let mut rest = &live[..];
-        for range in &self.ctx.shards {
-            let (mine, after) = rest.split_at(rest.partition_point(|&i| i < range.end));
-            rest = after;
-            partials.push(Partial::from_touched(
-                &self.acc[range.clone()],
-                range.start,
-                mine,
-            ));
-        }
-        live.iter().for_each(|&i| self.acc[i] = Exact::default());
-        Ok((partials, loss, rows))
+        Ok((self.take_partials(&live), loss, rows))
     }
 
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
