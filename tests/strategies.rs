@@ -463,3 +463,112 @@ fn strategy_keys_are_checked() {
         assert!(err.contains(needle), "{sets:?}: {err}");
     }
 }
+
+/// Every strategy trains softmax (digits, dense) and hashed logistic
+/// (adult) models under `slice` and `shuffle`, to well above the majority
+/// class (digits ~0.10, adult ~0.76).
+#[test]
+fn every_strategy_trains_every_model_shape_under_both_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], f64); 2] = [
+        (
+            "pipelines/digits.toml",
+            &["optimizer.kind=adam", "optimizer.learning_rate=0.01"],
+            0.85,
+        ),
+        ("pipelines/adult.toml", &[], 0.84),
+    ];
+    let strategies: [&[&str]; 4] = [
+        &["train.strategy=allreduce"],
+        &["train.strategy=param-server", "train.staleness=2"],
+        &["train.strategy=model-average", "train.sync_every=8"],
+        &["train.strategy=model-parallel"],
+    ];
+    for (pipeline, sets, floor) in cases {
+        for strategy in strategies {
+            for partition in ["slice", "shuffle"] {
+                let m = dir.path().join("m.json").to_string_lossy().to_string();
+                let part = format!("data.partition={partition}");
+                let mut args = vec!["train", pipeline, "-w", "2", "--model-out", &m];
+                for s in sets
+                    .iter()
+                    .chain(strategy)
+                    .chain(&[part.as_str(), "train.epochs=2"])
+                {
+                    args.extend(["--set", s]);
+                }
+                let stdout = tidemill_ok(&args);
+                let summary: serde_json::Value =
+                    serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+                let acc = summary["validation"]["accuracy"].as_f64().unwrap();
+                assert!(
+                    acc > floor,
+                    "{pipeline} {strategy:?} {partition}: accuracy {acc}"
+                );
+            }
+        }
+    }
+}
+
+/// With a budget of 2,000,000 parameters per worker, a 2^22-slot model is
+/// rejected under allreduce (every worker would hold 4,194,306) and trains
+/// under model-parallel on 4 workers, each holding a quarter — the same
+/// model allreduce trains without the budget.
+#[test]
+fn a_model_over_one_workers_budget_trains_model_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "data.hash_bits=22",
+        "train.epochs=1",
+        "train.max_worker_params=2000000",
+    ];
+    let run = |workers: &str, extra: &[&str], name: &str| {
+        let m = dir.path().join(name).to_string_lossy().to_string();
+        let mut args = vec![
+            "train",
+            "pipelines/nycflights.toml",
+            "-w",
+            workers,
+            "--model-out",
+            &m,
+        ];
+        for s in base.iter().chain(extra) {
+            args.extend(["--set", s]);
+        }
+        (common::tidemill(&args), m)
+    };
+    let (out, _) = run("2", &[], "allreduce.json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("train.max_worker_params")
+            && err.contains("4194306")
+            && err.contains("model-parallel"),
+        "{err}"
+    );
+    let (out, model) = run("4", &["train.strategy=model-parallel"], "mp.json");
+    common::assert_success(&out, "model-parallel within budget");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    let held: Vec<u64> = summary["params_per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(held.len(), 4);
+    assert!(held.iter().all(|&h| h <= 2_000_000), "{held:?}");
+    assert_eq!(held.iter().sum::<u64>(), 4_194_306 + 3, "{held:?}");
+    let (out, reference) = run("2", &["train.max_worker_params=100000000"], "ref.json");
+    common::assert_success(&out, "allreduce without the budget");
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (weights(&read(&reference)), weights(&read(&model)));
+    assert!(a.len() > 1000, "{} weights", a.len());
+    for (k, x) in &a {
+        let y = b.get(k).copied().unwrap_or(0.0);
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{k}: {x} vs {y}");
+    }
+}

@@ -321,6 +321,9 @@ pub struct TrainSpec {
     pub sync_every: Option<u64>,
     /// How far `param-server` workers may run ahead (0 for the other strategies).
     pub staleness: Staleness,
+    /// The most parameters one worker may hold, if budgeted; checked once
+    /// the model's size is known (after the statistics scan).
+    pub max_worker_params: Option<u64>,
     /// Early stopping, if asked for.
     pub early_stopping: Option<EarlyStopping>,
 }
@@ -732,6 +735,12 @@ impl Pipeline {
                 shards,
                 sync_every: t.sync_every,
                 staleness,
+                max_worker_params: match t.max_worker_params {
+                    Some(0) => {
+                        return Err(value_err("train.max_worker_params", "must be at least 1"))
+                    }
+                    m => m,
+                },
                 early_stopping,
             },
             output: OutputSpec {

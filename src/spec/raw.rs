@@ -149,6 +149,8 @@ pub struct RawTrain {
     /// `param-server`: how many steps a worker may run ahead of the slowest
     /// (`0` = BSP, a number, or `"async"`).
     pub staleness: Option<RawStaleness>,
+    /// The most parameters one worker may hold (a memory budget).
+    pub max_worker_params: Option<u64>,
     /// Stop when the validation metric stops improving.
     pub early_stopping: Option<RawEarlyStopping>,
 }

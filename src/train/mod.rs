@@ -13,6 +13,7 @@ use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::{Failure, Phase};
 use crate::error::{Error, Result};
 use crate::metrics::sink::EpochRecord;
+use crate::model::block::FeatureBlock;
 use crate::model::file::{ModelFile, TrainingSummary};
 use crate::model::{Layout, LinearModel};
 use crate::spec::{ModelKind, OnMissing, Pipeline, Strategy};
@@ -107,6 +108,7 @@ fn worker_main(
 ) -> Result<WorkerResult, Failure> {
     let scan = scan::run(worker, plan)?;
     let spec = finalize(plan, &scan)?;
+    check_budget(&plan.pipeline, &spec, worker.peers())?;
     let outcome = match plan.pipeline.train.strategy {
         Strategy::ModelParallel => {
             model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan)?
@@ -144,6 +146,49 @@ fn worker_main(
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
+}
+
+/// Parameters one worker holds under the pipeline's strategy on `workers`
+/// workers: the whole vector for the data-parallel strategies, the largest
+/// block for `model-parallel`.
+pub fn params_per_worker(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> u64 {
+    let layout = Layout::new(p.model.kind, spec);
+    match p.train.strategy {
+        Strategy::ModelParallel => FeatureBlock::split(layout, workers)
+            .iter()
+            .map(|b| b.len() as u64)
+            .max()
+            .unwrap_or(0),
+        _ => layout.len() as u64,
+    }
+}
+
+/// Fails if a worker would hold more than `train.max_worker_params`.
+fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), Failure> {
+    let Some(budget) = p.train.max_worker_params else {
+        return Ok(());
+    };
+    let held = params_per_worker(p, spec, workers);
+    if held <= budget {
+        return Ok(());
+    }
+    let total = Layout::new(p.model.kind, spec).len() as u64;
+    let hint = match p.train.strategy {
+        Strategy::ModelParallel => format!(
+            "run on at least {} workers",
+            (workers..=65536)
+                .find(|&w| params_per_worker(p, spec, w) <= budget)
+                .map_or_else(|| "more".to_string(), |w| w.to_string())
+        ),
+        _ => "set train.strategy = \"model-parallel\": each worker then holds one block of the weights".to_string(),
+    };
+    Err(Failure::from(&Error::PipelineValue {
+        key: "train.max_worker_params".into(),
+        message: format!(
+            "the model has {total} parameters and each of the {workers} workers would hold {held} under {}, over the budget of {budget}; {hint}",
+            p.train.strategy.name()
+        ),
+    }))
 }
 
 fn optimizer_name(p: &Pipeline) -> String {
