@@ -31,7 +31,7 @@ declare -A STRATEGY=(
   [model-average]="--set train.strategy=model-average --set train.sync_every=16"
   [model-parallel]="--set train.strategy=model-parallel"
 )
-STRATEGIES=(allreduce ps-s4 ps-async model-average model-parallel)
+read -r -a STRATEGIES <<< "${STRATEGIES:-allreduce ps-s4 ps-async model-average model-parallel}"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -60,11 +60,11 @@ for w in $WORKLOADS; do
       run "$w" "$s" "$l"
     done
   done
-  [ -d "$OUT/$w/t2" ] && "$BIN" plot "$OUT/$w/t2/"{allreduce,ps-s4,ps-async,model-average,model-parallel}.jsonl \
+  [ -f "$OUT/$w/t2/model-parallel.jsonl" ] && "$BIN" plot "$OUT/$w/t2/"{allreduce,ps-s4,ps-async,model-average,model-parallel}.jsonl \
     -o "$OUT/$w.svg" --title "$w: loss against wall time, 2 worker threads" --log warn
 done
 
-python3 - "$OUT" "${STRATEGIES[@]}" <<'PY' | tee "$OUT/table.md"
+python3 - "$OUT" allreduce ps-s4 ps-async model-average model-parallel <<'PY' | tee "$OUT/table.md"
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1]); strategies = sys.argv[2:]
 print("| workload | layout | strategy | first epoch s | steady epoch s | val loss by epoch | bytes/step | peak RSS MB | wall s |")

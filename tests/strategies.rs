@@ -572,3 +572,53 @@ fn a_model_over_one_workers_budget_trains_model_parallel() {
         assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{k}: {x} vs {y}");
     }
 }
+
+/// Two workers whose rows mirror each other (same features, opposite
+/// labels) step their replicas in opposite directions; the average stays
+/// exactly 0, so the owners send no change — and the replicas must still
+/// come back to it (they hold their own steps, not the owners' values).
+#[test]
+fn model_average_replicas_return_to_an_unchanged_average() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mirror.parquet");
+    common::write_parquet(
+        &data,
+        vec![
+            (
+                "x",
+                Arc::new(arrow::array::Float64Array::from(vec![1.0, 1.0])) as _,
+            ),
+            (
+                "y",
+                Arc::new(arrow::array::Int64Array::from(vec![1, 0])) as _,
+            ),
+        ],
+        1,
+    );
+    let pipeline = dir.path().join("mirror.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[data]\ntrain = {:?}\nlabel = \"y\"\npartition = \"slice\"\n\
+             [model]\nkind = \"logistic\"\nl2 = 0.0\n\
+             [optimizer]\nkind = \"sgd\"\nlearning_rate = 0.5\nbatch_size = 2\n\
+             [train]\nepochs = 5\nstrategy = \"model-average\"\nsync_every = 1\n",
+            data.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let model = dir.path().join("m.json");
+    tidemill_ok(&[
+        "train",
+        &pipeline.to_string_lossy(),
+        "-w",
+        "2",
+        "--model-out",
+        &model.to_string_lossy(),
+    ]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(m["intercept"].as_f64(), Some(0.0), "{m}");
+    assert_eq!(m["coefficients"]["x"].as_f64(), Some(0.0), "{m}");
+}

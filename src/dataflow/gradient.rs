@@ -105,6 +105,8 @@ struct State {
     /// `model-average`: replica coordinates that may be non-quiescent (had a
     /// local gradient, or arrived non-zero from the owners).
     live: LiveSet,
+    /// `model-average`: the parameters as the owners last sent them.
+    mirror: Vec<f64>,
     stopped: bool,
 }
 
@@ -134,12 +136,16 @@ impl State {
         if m.seq <= seq {
             return Ok(true);
         }
-        let theta = &mut self.ctx.model.theta[range.clone()];
         let replica = self.ctx.local.is_some();
+        if replica && self.mirror.len() != self.ctx.model.theta.len() {
+            self.mirror = self.ctx.model.theta.clone();
+        }
+        let theta = &mut self.ctx.model.theta[range.clone()];
         match &m.values {
             ShardValues::Dense(v) if v.len() == range.len() => {
                 theta.copy_from_slice(v);
                 if replica {
+                    self.mirror[range.clone()].copy_from_slice(v);
                     for (i, x) in v.iter().enumerate() {
                         if x.to_bits() != 0 {
                             self.live.insert(range.start + i);
@@ -151,8 +157,10 @@ impl State {
             ShardValues::Delta(e) if e.iter().all(|&(i, _)| (i as usize) < range.len()) => {
                 e.iter().for_each(|&(i, v)| theta[i as usize] = v);
                 if replica {
-                    e.iter()
-                        .for_each(|&(i, _)| self.live.insert(range.start + i as usize));
+                    for &(i, v) in e {
+                        self.mirror[range.start + i as usize] = v;
+                        self.live.insert(range.start + i as usize);
+                    }
                 }
             }
             _ => return Err(format!("shard {k} does not fit its range")),
@@ -391,6 +399,15 @@ impl State {
                 self.epoch_bytes += param_bytes(&m.values);
             }
         }
+        if self.ctx.local.is_some() {
+            // The replica moved away from what the owners sent where it
+            // stepped locally; deltas are relative to what they sent.
+            for &i in self.live.indices() {
+                if let Some(&v) = self.mirror.get(i) {
+                    self.ctx.model.theta[i] = v;
+                }
+            }
+        }
         if msgs.iter().all(|m| m.phase == Phase::Refresh) {
             // Fresher shards for workers running ahead: keep the sequence.
             for m in &msgs {
@@ -491,6 +508,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             held,
             acc: Vec::new(),
             live: LiveSet::default(),
+            mirror: Vec::new(),
             stopped: false,
         };
         let scope = self.scope();

@@ -172,14 +172,23 @@ fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), 
     if held <= budget {
         return Ok(());
     }
-    let total = Layout::new(p.model.kind, spec).len() as u64;
+    let layout = Layout::new(p.model.kind, spec);
+    let total = layout.len() as u64;
     let hint = match p.train.strategy {
-        Strategy::ModelParallel => format!(
-            "run on at least {} workers",
-            (workers..=65536)
-                .find(|&w| params_per_worker(p, spec, w) <= budget)
-                .map_or_else(|| "more".to_string(), |w| w.to_string())
-        ),
+        // The largest block holds k · (1 + ⌈d / w⌉) parameters.
+        Strategy::ModelParallel => match (budget / layout.k as u64).checked_sub(1) {
+            Some(per) if per > 0 => {
+                let w = (layout.d as u64).div_ceil(per).max(1) as usize;
+                let w = (w..w + 4)
+                    .find(|&w| params_per_worker(p, spec, w) <= budget)
+                    .unwrap_or(w);
+                format!("run on at least {w} workers")
+            }
+            _ => format!(
+                "a block holds at least {} parameters (an intercept slot and one weight per output)",
+                2 * layout.k
+            ),
+        },
         _ => "set train.strategy = \"model-parallel\": each worker then holds one block of the weights".to_string(),
     };
     Err(Failure::from(&Error::PipelineValue {
