@@ -125,15 +125,16 @@ pub enum Error {
         /// What differs.
         difference: String,
     },
-    /// A value is null, NaN or infinite where the pipeline does not allow it.
-    #[error(
-        "{location}: {what} (set data.on_missing = \"zero\" | \"mean\" | \"skip_row\" to allow it)"
-    )]
+    /// A value is null, NaN, infinite or out of range where the pipeline
+    /// does not allow it.
+    #[error("{location}: {what} ({hint})")]
     MissingValue {
         /// Where.
         location: Box<Location>,
-        /// `null value`, `NaN`, `infinite value`.
+        /// `null value`, `NaN`, `infinite value`, an out-of-range value.
         what: String,
+        /// What the user can do about it.
+        hint: String,
     },
     /// A label value is not one of the declared or known classes.
     #[error("{location}: label value '{value}' is not one of the classes [{classes}]")]
@@ -154,10 +155,12 @@ pub enum Error {
         message: String,
     },
     /// The data has no usable rows.
-    #[error("{what}: no rows to train on")]
+    #[error("{what}: no rows to {purpose}")]
     NoRows {
         /// The data source.
         what: String,
+        /// What the rows were needed for: `train on`, `evaluate`.
+        purpose: &'static str,
     },
     /// Training diverged: a gradient or parameter became non-finite or too large.
     #[error("training diverged at epoch {epoch}, step {step}: {message}")]

@@ -5,19 +5,41 @@
 //! Integer addition is associative, so adding unit partials in any grouping
 //! (per worker, per process, in any arrival order) gives the same bits: the
 //! model is identical on 1, 2 or 4 workers and across processes.
+//!
+//! Two widths:
+//!
+//! - [`Exact`] (128 bits) for gradient vectors, where memory and traffic
+//!   count: partials up to [`LIMIT`] (2^70 ≈ 1.2e21), sums up to 2^71;
+//! - [`Wide`] (256 bits) for scalar sums — losses and evaluation metrics —
+//!   whose terms grow with the square of the label: partials up to
+//!   [`WIDE_LIMIT`] (2^190 ≈ 1.6e57).
+//!
+//! Neither wraps. A sum that leaves its range becomes *overflowed*
+//! ([`Exact::is_overflow`], [`Wide::is_overflow`]); an overflowed value
+//! absorbs everything added to it and reads back as NaN, so the code that
+//! turns a sum into `f64` sees it and fails loudly instead of using a wrong
+//! number.
 
 use serde::{Deserialize, Serialize};
 
 /// Fractional bits of the fixed-point representation (resolution ≈ 1.4e-17).
 pub const FRAC_BITS: i32 = 56;
-/// Largest magnitude a single partial may have (2^70 ≈ 1.2e21).
+/// Largest magnitude a single [`Exact`] partial may have (2^70 ≈ 1.2e21).
 pub const LIMIT: f64 = 1.180_591_620_717_411_3e21;
+/// Largest magnitude a single [`Wide`] partial may have (2^190 ≈ 1.6e57).
+pub const WIDE_LIMIT: f64 = 1.569_275_433_846_670_2e57;
 
-/// A fixed-point sum.
+/// 2^FRAC_BITS as `f64`.
+const SCALE: f64 = 72_057_594_037_927_936.0;
+
+/// A fixed-point sum of 128 bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exact(pub i128);
 
 impl Exact {
+    /// The overflowed value: it absorbs every addition and reads as NaN.
+    pub const OVERFLOW: Exact = Exact(i128::MIN);
+
     /// Rounds an `f64` to fixed point; `None` if it is not finite or too large.
     ///
     /// # Examples
@@ -31,28 +53,57 @@ impl Exact {
     /// ```
     pub fn from_f64(v: f64) -> Option<Exact> {
         if v.is_finite() && v.abs() < LIMIT {
-            Some(Exact((v * (FRAC_BITS as f64).exp2()).round() as i128))
+            Some(Exact((v * SCALE).round() as i128))
         } else {
             None
         }
     }
 
-    /// The value as `f64` (correctly rounded).
+    /// The value as `f64` (correctly rounded); NaN if the sum overflowed.
     pub fn to_f64(self) -> f64 {
-        self.0 as f64 / (FRAC_BITS as f64).exp2()
+        if self.is_overflow() {
+            f64::NAN
+        } else {
+            self.0 as f64 / SCALE
+        }
+    }
+
+    /// True if a sum that produced this value left the representable range.
+    ///
+    /// # Examples
+    /// ```
+    /// use tidemill::exact::Exact;
+    /// let big = Exact::from_f64(1e21).unwrap();
+    /// let mut sum = Exact::default();
+    /// for _ in 0..4 {
+    ///     sum += big;
+    /// }
+    /// assert!(sum.is_overflow());
+    /// assert!(sum.to_f64().is_nan());
+    /// // Overflow is sticky: adding back does not hide it.
+    /// assert!((sum + Exact::from_f64(-1e21).unwrap()).is_overflow());
+    /// ```
+    pub fn is_overflow(self) -> bool {
+        self == Exact::OVERFLOW
     }
 }
 
 impl std::ops::Add for Exact {
     type Output = Exact;
     fn add(self, o: Exact) -> Exact {
-        Exact(self.0.wrapping_add(o.0))
+        if self.is_overflow() || o.is_overflow() {
+            return Exact::OVERFLOW;
+        }
+        match self.0.checked_add(o.0) {
+            Some(v) if v != i128::MIN => Exact(v),
+            _ => Exact::OVERFLOW,
+        }
     }
 }
 
 impl std::ops::AddAssign for Exact {
     fn add_assign(&mut self, o: Exact) {
-        self.0 = self.0.wrapping_add(o.0);
+        *self = *self + o;
     }
 }
 
@@ -65,6 +116,125 @@ pub fn accumulate(acc: &mut [Exact], partial: &[f64]) -> Result<(), usize> {
         }
     }
     Ok(())
+}
+
+/// A fixed-point sum of 256 bits (two's complement `hi · 2^128 + lo`), with
+/// the same [`FRAC_BITS`] as [`Exact`]: where a value fits in 128 bits,
+/// both give the same bits and the same `f64`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wide {
+    hi: i128,
+    lo: u128,
+}
+
+impl Wide {
+    /// The overflowed value: it absorbs every addition and reads as NaN.
+    pub const OVERFLOW: Wide = Wide {
+        hi: i128::MIN,
+        lo: 0,
+    };
+
+    fn from_i128(v: i128) -> Wide {
+        Wide {
+            hi: if v < 0 { -1 } else { 0 },
+            lo: v as u128,
+        }
+    }
+
+    fn negate(self) -> Wide {
+        let (lo, carry) = (!self.lo).overflowing_add(1);
+        Wide {
+            hi: (!self.hi).wrapping_add(i128::from(carry)),
+            lo,
+        }
+    }
+
+    /// Rounds an `f64` to fixed point; `None` if it is not finite or its
+    /// magnitude is [`WIDE_LIMIT`] or more.
+    ///
+    /// # Examples
+    /// ```
+    /// use tidemill::exact::Wide;
+    /// // Squared errors of labels in the billions still sum exactly.
+    /// let a = Wide::from_f64(5e23).unwrap() + Wide::from_f64(0.25).unwrap();
+    /// let b = Wide::from_f64(0.25).unwrap() + Wide::from_f64(5e23).unwrap();
+    /// assert_eq!(a, b);
+    /// assert_eq!((a + Wide::from_f64(-5e23).unwrap()).to_f64(), 0.25);
+    /// assert!(Wide::from_f64(f64::INFINITY).is_none());
+    /// ```
+    pub fn from_f64(v: f64) -> Option<Wide> {
+        if !v.is_finite() || v.abs() >= WIDE_LIMIT {
+            return None;
+        }
+        let s = v * SCALE;
+        if s.abs() < 8.507_059_173_023_462e37 {
+            // Below 2^126: exactly what `Exact` does.
+            return Some(Wide::from_i128(s.round() as i128));
+        }
+        // At 2^126 and above `s` is an integer: mantissa · 2^shift, shift > 0.
+        let bits = s.abs().to_bits();
+        let exponent = ((bits >> 52) & 0x7ff) as i32 - 1075;
+        let mantissa = u128::from((bits & ((1u64 << 52) - 1)) | (1u64 << 52));
+        let shift = exponent as u32; // ≥ 74 here, < 256 by WIDE_LIMIT
+        let magnitude = if shift >= 128 {
+            Wide {
+                hi: (mantissa << (shift - 128)) as i128,
+                lo: 0,
+            }
+        } else {
+            Wide {
+                hi: (mantissa >> (128 - shift)) as i128,
+                lo: mantissa << shift,
+            }
+        };
+        Some(if v < 0.0 {
+            magnitude.negate()
+        } else {
+            magnitude
+        })
+    }
+
+    /// True if a sum that produced this value left the representable range.
+    pub fn is_overflow(self) -> bool {
+        self == Wide::OVERFLOW
+    }
+
+    /// The value as `f64`; NaN if the sum overflowed.
+    pub fn to_f64(self) -> f64 {
+        if self.is_overflow() {
+            return f64::NAN;
+        }
+        let sign_of_lo = if (self.lo as i128) < 0 { -1 } else { 0 };
+        if self.hi == sign_of_lo {
+            // Fits in 128 bits: the same rounding as `Exact`.
+            return (self.lo as i128) as f64 / SCALE;
+        }
+        (self.hi as f64 * 2f64.powi(128) + self.lo as f64) / SCALE
+    }
+}
+
+impl std::ops::Add for Wide {
+    type Output = Wide;
+    fn add(self, o: Wide) -> Wide {
+        if self.is_overflow() || o.is_overflow() {
+            return Wide::OVERFLOW;
+        }
+        let (lo, carry) = self.lo.overflowing_add(o.lo);
+        match self
+            .hi
+            .checked_add(o.hi)
+            .and_then(|h| h.checked_add(i128::from(carry)))
+        {
+            Some(hi) if (Wide { hi, lo }) != Wide::OVERFLOW => Wide { hi, lo },
+            _ => Wide::OVERFLOW,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Wide {
+    fn add_assign(&mut self, o: Wide) {
+        *self = *self + o;
+    }
 }
 
 #[cfg(test)]
@@ -84,5 +254,66 @@ mod tests {
             let naive: f64 = xs.iter().sum();
             prop_assert!((all.to_f64() - naive).abs() <= 1e-9 * (1.0 + naive.abs()));
         }
+
+        /// Where a value fits in 128 bits, `Wide` is `Exact` bit for bit.
+        #[test]
+        fn wide_agrees_with_exact_in_range(xs in proptest::collection::vec(-1e20f64..1e20, 1..50)) {
+            let (mut e, mut w) = (Exact::default(), Wide::default());
+            for &x in &xs {
+                e += Exact::from_f64(x).unwrap();
+                w += Wide::from_f64(x).unwrap();
+            }
+            prop_assert_eq!(e.to_f64().to_bits(), w.to_f64().to_bits());
+        }
+
+        /// Large terms that cancel leave the small ones exactly.
+        #[test]
+        fn wide_sums_large_terms_exactly(
+            big in proptest::collection::vec(1e20f64..1e50, 1..20),
+            small in proptest::collection::vec(-1e3f64..1e3, 1..20),
+        ) {
+            let mut sum = Wide::default();
+            for &b in &big {
+                sum += Wide::from_f64(b).unwrap();
+            }
+            for &s in &small {
+                sum += Wide::from_f64(s).unwrap();
+            }
+            for &b in big.iter().rev() {
+                sum += Wide::from_f64(-b).unwrap();
+            }
+            let mut want = Exact::default();
+            for &s in &small {
+                want += Exact::from_f64(s).unwrap();
+            }
+            prop_assert_eq!(sum.to_f64().to_bits(), want.to_f64().to_bits());
+        }
+
+        /// A single large value reads back as itself.
+        #[test]
+        fn wide_round_trips_large_values(x in -1e56f64..1e56) {
+            let w = Wide::from_f64(x).unwrap();
+            let back = w.to_f64();
+            prop_assert!((back - x).abs() <= 1e-15 * x.abs() + 1e-16, "{} vs {}", back, x);
+        }
+    }
+
+    #[test]
+    fn overflow_is_loud_and_sticky() {
+        let big = Exact::from_f64(1.1e21).unwrap();
+        let mut sum = Exact::default();
+        for _ in 0..3 {
+            sum += big;
+        }
+        assert!(sum.is_overflow(), "2^71 is beyond 128-bit fixed point");
+        assert!(sum.to_f64().is_nan());
+        let mut w = Wide::default();
+        let huge = Wide::from_f64(1.5e57).unwrap();
+        for _ in 0..1000 {
+            w += huge;
+        }
+        assert!(w.is_overflow());
+        assert!((w + Wide::from_f64(-1.5e57).unwrap()).to_f64().is_nan());
+        assert!(Wide::from_f64(2e57).is_none());
     }
 }

@@ -216,7 +216,13 @@ pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
     if partial.rows == 0 {
         return Err(Error::NoRows {
             what: input.to_string(),
+            purpose: "evaluate",
         });
     }
-    Ok(partial.finish(scorer.model.kind))
+    partial
+        .finish(scorer.model.kind)
+        .map_err(|message| Error::Model {
+            path: model.to_path_buf(),
+            message: format!("on {input}: {message}"),
+        })
 }

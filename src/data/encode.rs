@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
-use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,10 @@ pub struct Block {
     pub p: usize,
     /// Row-major `rows × p` numeric values, preprocessed.
     pub dense: Vec<f32>,
+    /// Row-major `rows × p` numeric values in `f64` before centring and
+    /// scaling (missing ones filled); only when asked for ([`decode_raw`]),
+    /// empty otherwise.
+    pub raw: Vec<f64>,
     /// Categorical columns per row.
     pub c: usize,
     /// Row-major `rows × c` hashed slots (in `[0, 2^hash_bits)`).
@@ -88,7 +92,7 @@ pub struct Block {
     /// Row-major `rows × c` signs (±1, or 0 for a missing token).
     pub signs: Vec<f32>,
     /// Label per row: the value (regression) or class index; empty if not read.
-    pub label: Vec<f32>,
+    pub label: Vec<f64>,
     /// Label tokens per row, when classes are still being discovered.
     pub tokens: Vec<String>,
     /// Row index inside the source file of each kept row.
@@ -105,6 +109,10 @@ impl Block {
         for &i in idx {
             self.dense
                 .extend_from_slice(&src.dense[i * src.p..(i + 1) * src.p]);
+            if !src.raw.is_empty() {
+                self.raw
+                    .extend_from_slice(&src.raw[i * src.p..(i + 1) * src.p]);
+            }
             self.hashed
                 .extend_from_slice(&src.hashed[i * src.c..(i + 1) * src.c]);
             self.signs
@@ -123,6 +131,7 @@ impl Block {
     pub fn clear(&mut self) {
         self.rows = 0;
         self.dense.clear();
+        self.raw.clear();
         self.hashed.clear();
         self.signs.clear();
         self.label.clear();
@@ -266,26 +275,70 @@ fn numeric_array(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Float6
     Ok(f.as_primitive::<Float64Type>().clone())
 }
 
-/// What is wrong with value `i`, or `""` if it is a usable number.
-#[inline]
-fn badness(a: &Float64Array, i: usize) -> &'static str {
-    if a.is_null(i) {
-        "null value"
-    } else {
-        let v = a.value(i);
-        if v.is_nan() {
-            "NaN"
-        } else if v.is_infinite() {
-            "infinite value"
-        } else {
-            ""
+/// The largest magnitude a number may have: models compute in `f32` inputs
+/// (and `f64` sums), so a value beyond `f32` range is as unusable as NaN.
+pub const MAX_VALUE: f64 = f32::MAX as f64;
+
+/// Why a number cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    Null,
+    NaN,
+    Infinite,
+    /// Finite, but beyond ±[`MAX_VALUE`].
+    OutOfRange,
+    /// In range, but beyond ±[`MAX_VALUE`] after `(x − center) / scale`.
+    OutOfRangeScaled,
+}
+
+impl Bad {
+    fn describe(self, v: f64, f: Option<&NumericFeature>) -> String {
+        match self {
+            Bad::Null => "null value".into(),
+            Bad::NaN => "NaN".into(),
+            Bad::Infinite => "infinite value".into(),
+            Bad::OutOfRange => {
+                format!("value {v:e} is outside the range tidemill computes in (±{MAX_VALUE:e})")
+            }
+            Bad::OutOfRangeScaled => {
+                let (c, s) = f.map_or((0.0, 1.0), |f| (f.center, f.scale));
+                format!(
+                    "value {v:e} becomes {:e} after standardisation (center {c:e}, scale {s:e}), outside ±{MAX_VALUE:e}",
+                    (v - c) / s
+                )
+            }
         }
     }
 }
 
-/// True if every value is present and finite (the common case, checked fast).
-fn all_finite(a: &Float64Array) -> bool {
-    a.null_count() == 0 && a.values().iter().all(|v| v.is_finite())
+/// What is wrong with value `i` of a feature column, if anything.
+#[inline]
+fn badness(a: &Float64Array, i: usize, f: &NumericFeature) -> Option<Bad> {
+    if a.is_null(i) {
+        return Some(Bad::Null);
+    }
+    let v = a.value(i);
+    if v.abs() <= MAX_VALUE {
+        if ((v - f.center) / f.scale).abs() <= MAX_VALUE {
+            None
+        } else {
+            Some(Bad::OutOfRangeScaled)
+        }
+    } else if v.is_nan() {
+        Some(Bad::NaN)
+    } else if v.is_infinite() {
+        Some(Bad::Infinite)
+    } else {
+        Some(Bad::OutOfRange)
+    }
+}
+
+/// True if every value is present and usable (the common case, checked fast).
+fn all_usable(a: &Float64Array, f: &NumericFeature) -> bool {
+    a.null_count() == 0
+        && a.values()
+            .iter()
+            .all(|&v| v.abs() <= MAX_VALUE && ((v - f.center) / f.scale).abs() <= MAX_VALUE)
 }
 
 /// Tokens of a column; `None` for nulls.
@@ -298,6 +351,14 @@ fn token_values(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Vec<Opt
             found: t.to_string(),
             expected: "a categorical column must hold strings or integers".into(),
         });
+    }
+    if t.is_unsigned_integer() {
+        // Through u64: values above i64::MAX are tokens too, not nulls.
+        let a = cast(array, &DataType::UInt64, name, origin)?;
+        let a = a.as_primitive::<UInt64Type>();
+        return Ok((0..a.len())
+            .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+            .collect());
     }
     if t.is_integer() || matches!(t, DataType::Boolean) {
         let a = cast(array, &DataType::Int64, name, origin)?;
@@ -319,6 +380,12 @@ enum LabelColumn {
     Tokens(Vec<Option<String>>),
 }
 
+/// The hint for a missing label: only dropping the row helps.
+pub const LABEL_HINT: &str = "set data.on_missing = \"skip_row\" to drop such rows";
+/// The hint for a missing feature value when training.
+pub const FEATURE_HINT: &str =
+    "set data.on_missing = \"zero\" | \"mean\" | \"skip_row\" to allow it";
+
 impl LabelColumn {
     fn read(array: &ArrayRef, name: &str, origin: &Origin) -> Result<LabelColumn> {
         let t = array.data_type();
@@ -336,11 +403,28 @@ impl LabelColumn {
         }
     }
 
-    /// Is the label of row `i` missing (null, NaN or infinite)?
-    fn missing(&self, i: usize) -> bool {
+    /// What makes the label of row `i` unusable (null, NaN, infinite, or
+    /// out of range), if anything.
+    fn missing(&self, i: usize) -> Option<String> {
         match self {
-            LabelColumn::Numeric(a) => !badness(a, i).is_empty(),
-            LabelColumn::Tokens(t) => t[i].is_none(),
+            LabelColumn::Numeric(a) => {
+                if a.is_null(i) {
+                    return Some("missing label (null)".into());
+                }
+                let v = a.value(i);
+                if v.is_nan() {
+                    Some("label is NaN".into())
+                } else if v.is_infinite() {
+                    Some(format!("label is {v}"))
+                } else if v.abs() > MAX_VALUE {
+                    Some(format!(
+                        "label {v:e} is outside the range tidemill computes in (±{MAX_VALUE:e})"
+                    ))
+                } else {
+                    None
+                }
+            }
+            LabelColumn::Tokens(t) => t[i].is_none().then(|| "missing label (null)".into()),
         }
     }
 
@@ -355,15 +439,37 @@ impl LabelColumn {
 
 /// Decodes a batch into a [`Block`] following `spec`.
 ///
-/// Missing numeric values follow `spec.on_missing`: `error` fails with the
-/// file, row group, column and row; `skip_row` drops the row; `zero` and
-/// `mean` put in the feature's `fill`. A missing label is always an error
-/// unless the policy is `skip_row`.
+/// Unusable numeric values — null, NaN, infinite, or beyond ±[`MAX_VALUE`]
+/// before or after standardisation — follow `spec.on_missing`: `error`
+/// fails with the file, row group, column and row; `skip_row` drops the
+/// row; `zero` and `mean` put in the feature's `fill`. An unusable label is
+/// always an error unless the policy is `skip_row`.
 pub fn decode(
     batch: &RecordBatch,
     spec: &FeatureSpec,
     label: LabelUse,
     origin: &Origin,
+) -> Result<Block> {
+    decode_with(batch, spec, label, origin, false)
+}
+
+/// [`decode`], also keeping each numeric value in `f64` before centring
+/// and scaling ([`Block::raw`]): what the statistics scan needs.
+pub fn decode_raw(
+    batch: &RecordBatch,
+    spec: &FeatureSpec,
+    label: LabelUse,
+    origin: &Origin,
+) -> Result<Block> {
+    decode_with(batch, spec, label, origin, true)
+}
+
+fn decode_with(
+    batch: &RecordBatch,
+    spec: &FeatureSpec,
+    label: LabelUse,
+    origin: &Origin,
+    keep_raw: bool,
 ) -> Result<Block> {
     let n = batch.num_rows();
     let mut keep = vec![true; n];
@@ -372,26 +478,25 @@ pub fn decode(
     let mut numeric = Vec::with_capacity(spec.numeric.len());
     for f in &spec.numeric {
         let values = numeric_array(column(batch, &f.name, origin)?, &f.name, origin)?;
-        if all_finite(&values) {
-            numeric.push(values);
-            continue;
-        }
-        for (i, k) in keep.iter_mut().enumerate() {
-            let bad = badness(&values, i);
-            if !bad.is_empty() {
-                match spec.on_missing {
-                    OnMissing::Error => {
-                        return Err(Error::MissingValue {
-                            location: Box::new(origin.at(&f.name, i)),
-                            what: bad.to_string(),
-                        })
+        let clean = all_usable(&values, f);
+        if !clean {
+            for (i, k) in keep.iter_mut().enumerate() {
+                if let Some(bad) = badness(&values, i, f) {
+                    match spec.on_missing {
+                        OnMissing::Error => {
+                            return Err(Error::MissingValue {
+                                location: Box::new(origin.at(&f.name, i)),
+                                what: bad.describe(values.value(i), Some(f)),
+                                hint: FEATURE_HINT.into(),
+                            })
+                        }
+                        OnMissing::SkipRow => *k = false,
+                        OnMissing::Zero | OnMissing::Mean => {}
                     }
-                    OnMissing::SkipRow => *k = false,
-                    OnMissing::Zero | OnMissing::Mean => {}
                 }
             }
         }
-        numeric.push(values);
+        numeric.push((values, clean));
     }
     let mut tokens = Vec::with_capacity(spec.categorical.len());
     for c in &spec.categorical {
@@ -402,6 +507,7 @@ pub fn decode(
                     return Err(Error::MissingValue {
                         location: Box::new(origin.at(c, i)),
                         what: "null value".into(),
+                        hint: FEATURE_HINT.into(),
                     })
                 }
                 OnMissing::SkipRow => {
@@ -422,13 +528,14 @@ pub fn decode(
             let values =
                 LabelColumn::read(column(batch, &spec.label, origin)?, &spec.label, origin)?;
             for (i, k) in keep.iter_mut().enumerate() {
-                if values.missing(i) {
+                if let Some(what) = values.missing(i) {
                     if skip {
                         *k = false;
                     } else {
                         return Err(Error::MissingValue {
                             location: Box::new(origin.at(&spec.label, i)),
-                            what: "missing label (null or NaN)".into(),
+                            what,
+                            hint: LABEL_HINT.into(),
                         });
                     }
                 }
@@ -445,6 +552,7 @@ pub fn decode(
         p,
         c,
         dense: Vec::with_capacity(rows * p),
+        raw: Vec::new(),
         hashed: Vec::with_capacity(rows * c),
         signs: Vec::with_capacity(rows * c),
         label: Vec::new(),
@@ -456,16 +564,22 @@ pub fn decode(
         .file_row
         .extend(kept.iter().map(|&i| origin.first_row + i as u64));
     block.dense.resize(rows * p, 0.0);
-    for (j, (f, values)) in spec.numeric.iter().zip(&numeric).enumerate() {
-        let clean = all_finite(values);
+    if keep_raw {
+        block.raw.resize(rows * p, 0.0);
+    }
+    for (j, (f, (values, clean))) in spec.numeric.iter().zip(&numeric).enumerate() {
         let raw = values.values();
         for (r, &i) in kept.iter().enumerate() {
-            let v = if clean || badness(values, i).is_empty() {
+            let v = if *clean || badness(values, i, f).is_none() {
                 raw[i]
             } else {
                 f.fill
             };
+            // In range by the checks above (fill values are training means).
             block.dense[r * p + j] = ((v - f.center) / f.scale) as f32;
+            if keep_raw {
+                block.raw[r * p + j] = v;
+            }
         }
     }
     for &i in &kept {
@@ -487,7 +601,7 @@ pub fn decode(
         match (label, &values) {
             (LabelUse::Skip, _) => {}
             (LabelUse::Value, LabelColumn::Numeric(a)) => {
-                block.label.extend(kept.iter().map(|&i| a.value(i) as f32));
+                block.label.extend(kept.iter().map(|&i| a.value(i)));
             }
             (LabelUse::Value, LabelColumn::Tokens(_)) => {
                 let i = kept.first().copied().unwrap_or(0);
@@ -508,7 +622,7 @@ pub fn decode(
                         }
                     };
                     match k {
-                        Some(k) => block.label.push(k as f32),
+                        Some(k) => block.label.push(k as f64),
                         None => {
                             return Err(Error::UnknownLabel {
                                 location: Box::new(origin.at(&spec.label, i)),
@@ -524,6 +638,24 @@ pub fn decode(
     Ok(block)
 }
 
+/// The rows of row-major `v` (`w` values a row) whose flag is set.
+fn pick_rows<T: Copy>(v: &[T], w: usize, flags: &[bool]) -> Vec<T> {
+    flags
+        .iter()
+        .enumerate()
+        .filter(|(_, &k)| k)
+        .flat_map(|(i, _)| v[i * w..(i + 1) * w].iter().copied())
+        .collect()
+}
+
+/// The rows of row-major `v` (`w` values a row) in `order`.
+fn gather_rows<T: Copy>(v: &[T], w: usize, order: &[usize]) -> Vec<T> {
+    order
+        .iter()
+        .flat_map(|&i| v[i * w..(i + 1) * w].iter().copied())
+        .collect()
+}
+
 impl Block {
     /// Keeps only the rows for which `keep(i)` holds.
     pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
@@ -533,24 +665,14 @@ impl Block {
             return;
         }
         let (p, c) = (self.p, self.c);
-        let pick = |v: &[f32], w: usize| -> Vec<f32> {
-            flags
-                .iter()
-                .enumerate()
-                .filter(|(_, &k)| k)
-                .flat_map(|(i, _)| v[i * w..(i + 1) * w].iter().copied())
-                .collect()
-        };
-        self.dense = pick(&self.dense, p);
-        self.signs = pick(&self.signs, c);
-        self.hashed = flags
-            .iter()
-            .enumerate()
-            .filter(|(_, &k)| k)
-            .flat_map(|(i, _)| self.hashed[i * c..(i + 1) * c].iter().copied())
-            .collect();
+        self.dense = pick_rows(&self.dense, p, &flags);
+        if !self.raw.is_empty() {
+            self.raw = pick_rows(&self.raw, p, &flags);
+        }
+        self.signs = pick_rows(&self.signs, c, &flags);
+        self.hashed = pick_rows(&self.hashed, c, &flags);
         if !self.label.is_empty() {
-            self.label = pick(&self.label, 1);
+            self.label = pick_rows(&self.label, 1, &flags);
         }
         if !self.tokens.is_empty() {
             self.tokens = flags
@@ -560,42 +682,32 @@ impl Block {
                 .map(|(_, t)| t.clone())
                 .collect();
         }
-        self.file_row = flags
-            .iter()
-            .zip(&self.file_row)
-            .filter(|(&k, _)| k)
-            .map(|(_, &r)| r)
-            .collect();
+        self.file_row = pick_rows(&self.file_row, 1, &flags);
         self.rows = rows;
     }
 
     /// Reorders rows by `order` (a permutation of `0..rows`).
     pub fn permute(&mut self, order: &[usize]) {
         let (p, c) = (self.p, self.c);
-        let gather = |v: &[f32], w: usize| -> Vec<f32> {
-            order
-                .iter()
-                .flat_map(|&i| v[i * w..(i + 1) * w].iter().copied())
-                .collect()
-        };
-        self.dense = gather(&self.dense, p);
-        self.signs = gather(&self.signs, c);
-        self.hashed = order
-            .iter()
-            .flat_map(|&i| self.hashed[i * c..(i + 1) * c].iter().copied())
-            .collect();
-        if !self.label.is_empty() {
-            self.label = gather(&self.label, 1);
+        self.dense = gather_rows(&self.dense, p, order);
+        if !self.raw.is_empty() {
+            self.raw = gather_rows(&self.raw, p, order);
         }
-        self.file_row = order.iter().map(|&i| self.file_row[i]).collect();
+        self.signs = gather_rows(&self.signs, c, order);
+        self.hashed = gather_rows(&self.hashed, c, order);
+        if !self.label.is_empty() {
+            self.label = gather_rows(&self.label, 1, order);
+        }
+        self.file_row = gather_rows(&self.file_row, 1, order);
     }
 
     /// Bytes held by the decoded values.
     pub fn heap_bytes(&self) -> usize {
         self.dense.len() * 4
+            + self.raw.len() * 8
             + self.hashed.len() * 4
             + self.signs.len() * 4
-            + self.label.len() * 4
+            + self.label.len() * 8
             + self.file_row.len() * 8
     }
 }

@@ -1,6 +1,6 @@
 //! Reading and decoding one unit, split into training and validation rows.
 
-use super::encode::{decode, Block, FeatureSpec, LabelUse, Origin};
+use super::encode::{decode, decode_raw, Block, FeatureSpec, LabelUse, Origin};
 use super::partition::is_validation;
 use super::source::Source;
 use super::stream::WINDOW_ROWS;
@@ -47,7 +47,8 @@ fn split_block(block: super::encode::Block, unit: &Unit, split: Split) -> UnitDa
 }
 
 /// Reads and decodes a unit window by window (8192 rows at a time), so that
-/// memory holds one window; `f` sees each window's rows, split.
+/// memory holds one window; `f` sees each window's rows, split, with their
+/// numeric values also in `f64` ([`Block::raw`]) for the statistics scan.
 pub fn for_each_window(
     source: &Source,
     unit: &Unit,
@@ -74,7 +75,7 @@ pub fn for_each_window(
         };
         read += batch.num_rows() as u64;
         f(split_block(
-            decode(&batch, spec, label, &origin)?,
+            decode_raw(&batch, spec, label, &origin)?,
             unit,
             split,
         ))?;

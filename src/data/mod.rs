@@ -5,12 +5,15 @@
 //!   reproducible summation) and reads one unit with column projection;
 //! * [`partition`] assigns units to workers (slice / shuffle) and orders rows;
 //! * [`encode`] turns Arrow columns into `f32` feature rows and labels;
+//! * [`moments`] are the feature statistics of standardisation, exact in
+//!   what they depend on;
 //! * [`hashing`] is the signed hashing trick for categorical tokens.
 
 pub mod cache;
 pub mod encode;
 pub mod hashing;
 pub mod load;
+pub mod moments;
 pub mod partition;
 pub mod source;
 pub mod stream;

@@ -10,8 +10,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::rounds::Rounds;
-use super::{Control, EvalMsg, Phase};
-use crate::exact::Exact;
+use super::{Control, EvalMsg, Failure, Phase};
+use crate::error::Error;
+use crate::exact::Wide;
 use crate::metrics::sink::EpochRecord;
 use crate::metrics::{EvalPartial, MetricKind, Metrics};
 use crate::spec::{EarlyStopping, ModelKind};
@@ -112,7 +113,7 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             continue;
                         };
                         let mut validation = EvalPartial::default();
-                        let mut train_loss = Exact::default();
+                        let mut train_loss = Wide::default();
                         let mut train_rows = 0u64;
                         let mut bytes = 0u64;
                         let mut staleness: Vec<u64> = Vec::new();
@@ -129,7 +130,26 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             train_loss += m.train_loss;
                             train_rows += m.train_rows;
                         }
-                        let metrics = ctx.has_validation.then(|| validation.finish(ctx.kind));
+                        let metrics = match ctx
+                            .has_validation
+                            .then(|| validation.finish(ctx.kind))
+                            .transpose()
+                        {
+                            Ok(m) => m,
+                            Err(message) => {
+                                let f = Failure::from(&Error::Diverged {
+                                    epoch: epoch.saturating_sub(1),
+                                    step: 0,
+                                    message,
+                                });
+                                output.session(&cap).give(Control {
+                                    stop: true,
+                                    best: false,
+                                    failure: Some(f),
+                                });
+                                continue;
+                            }
+                        };
                         let (stop, is_best) = early.observe(metrics.as_ref());
                         let record = EpochRecord {
                             epoch,

@@ -11,7 +11,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
-use crate::exact::Exact;
+use crate::exact::{Exact, Wide};
 use crate::strategy::driver::{Driver, ShardGrad};
 
 /// The exact sum of one shard's partials: sparse if every partial is.
@@ -125,7 +125,7 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                     }
                     let next = if !round.grads.is_empty() {
                         let mut parts: BTreeMap<u32, Vec<Partial>> = BTreeMap::new();
-                        let mut loss: BTreeMap<u32, Exact> = BTreeMap::new();
+                        let mut loss: BTreeMap<u32, Wide> = BTreeMap::new();
                         let mut rows: BTreeMap<u32, u64> = BTreeMap::new();
                         for g in round.grads {
                             *loss.entry(g.shard).or_default() += g.loss;

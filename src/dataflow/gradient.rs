@@ -12,10 +12,13 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::hooks::Hooks;
 use super::rounds::Rounds;
-use super::{owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase, ShardValues, WorkerOut};
+use super::{
+    loss_message, overflow_message, owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase,
+    ShardValues, WorkerOut,
+};
 use crate::data::cache::WorkerData;
 use crate::error::Error;
-use crate::exact::Exact;
+use crate::exact::{Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::model::{LinearModel, Scratch};
 use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
@@ -91,7 +94,7 @@ pub trait Gradients<'scope> {
 struct State {
     ctx: GradientContext,
     scratch: Scratch,
-    epoch_loss: Exact,
+    epoch_loss: Wide,
     epoch_rows: u64,
     /// Payload bytes this worker received from or sent to other workers
     /// since the last evaluation.
@@ -115,9 +118,15 @@ pub fn param_bytes(values: &ShardValues) -> u64 {
     4 + 24 + 8 + 8 + values.bytes()
 }
 
-/// Payload bytes of a gradient message with `n` dense values (bincode layout).
+/// Payload bytes of a gradient message carrying `values` (bincode layout:
+/// shard, values, 256-bit loss, rows, no failure).
+pub fn grad_msg_bytes(values: &Partial) -> u64 {
+    4 + values.bytes() + 32 + 8 + 1
+}
+
+/// Payload bytes of a gradient message with `n` dense values.
 pub fn grad_bytes(n: usize) -> u64 {
-    4 + Partial::Dense(vec![Exact::default(); n]).bytes() + 16 + 8 + 1
+    grad_msg_bytes(&Partial::Dense(vec![Exact::default(); n]))
 }
 
 impl State {
@@ -213,13 +222,13 @@ impl State {
     /// The accumulator is kept between steps; only the coordinates a step
     /// touched are read and cleared, so a step of a wide hashed model costs
     /// what its rows touch, not the size of the model.
-    fn train(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Exact, u64), Error> {
+    fn train(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Wide, u64), Error> {
         self.ctx.data.prepare(epoch)?;
         let layout = self.ctx.model.layout;
         if self.acc.len() != layout.len() {
             self.acc = vec![Exact::default(); layout.len()];
         }
-        let mut loss = Exact::default();
+        let mut loss = Wide::default();
         let mut rows = 0u64;
         let model = &self.ctx.model;
         let scratch = &mut self.scratch;
@@ -233,7 +242,7 @@ impl State {
             let l = model
                 .accumulate(block, idx.iter().copied(), scratch, acc)
                 .map_err(diverged)?;
-            loss += Exact::from_f64(l).ok_or_else(|| diverged("the loss is not finite".into()))?;
+            loss += Wide::from_f64(l).ok_or_else(|| diverged(loss_message(l)))?;
             rows += idx.len() as u64;
             Ok(())
         })?;
@@ -247,7 +256,7 @@ impl State {
     /// `model-average`: steps the replica over this worker's rows of the
     /// round's steps, and returns `rows · replica` (exact) with the loss and
     /// rows, for the owners' weighted average.
-    fn train_local(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Exact, u64), Error> {
+    fn train_local(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Wide, u64), Error> {
         let Some(local) = self.ctx.local.as_mut() else {
             return Err(Error::Cluster("no local training configured".into()));
         };
@@ -261,7 +270,7 @@ impl State {
         if local.grad.len() != n {
             local.grad = vec![0.0; n];
         }
-        let (mut loss, mut rows) = (Exact::default(), 0u64);
+        let (mut loss, mut rows) = (Wide::default(), 0u64);
         let mut touched: Vec<usize> = Vec::new();
         for j in 0..k {
             let s = step + j;
@@ -270,7 +279,7 @@ impl State {
                 step: s,
                 message,
             };
-            let (mut l, mut r) = (Exact::default(), 0u64);
+            let (mut l, mut r) = (Wide::default(), 0u64);
             let model = &self.ctx.model;
             let scratch = &mut self.scratch;
             let acc = &mut self.acc;
@@ -278,8 +287,7 @@ impl State {
                 let part = model
                     .accumulate(block, idx.iter().copied(), scratch, acc)
                     .map_err(diverged)?;
-                l += Exact::from_f64(part)
-                    .ok_or_else(|| diverged("the loss is not finite".into()))?;
+                l += Wide::from_f64(part).ok_or_else(|| diverged(loss_message(part)))?;
                 r += idx.len() as u64;
                 Ok(())
             })?;
@@ -292,6 +300,9 @@ impl State {
             touched.dedup();
             for &i in &touched {
                 let g = std::mem::take(&mut self.acc[i]);
+                if g.is_overflow() {
+                    return Err(diverged(overflow_message(i)));
+                }
                 if r > 0 {
                     local.grad[i] = if !local.fit_intercept && layout.is_intercept(i) {
                         0.0
@@ -352,7 +363,7 @@ impl State {
     }
 
     /// One training round (plain or local replica), through the test hooks.
-    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Exact, u64), Error> {
+    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Wide, u64), Error> {
         let hooks = std::mem::take(&mut self.ctx.hooks);
         let out = hooks.step(u64::from(epoch) * self.ctx.steps_per_epoch + step, || {
             if self.ctx.local.is_some() {
@@ -437,7 +448,7 @@ impl State {
                     self.epoch_rows += rows;
                     for (k, values) in partials.into_iter().enumerate() {
                         if owner(k as u32, self.ctx.peers) != self.ctx.index {
-                            self.epoch_bytes += 4 + values.bytes() + 16 + 8 + 1;
+                            self.epoch_bytes += grad_msg_bytes(&values);
                         }
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
@@ -456,7 +467,7 @@ impl State {
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
                             values: Partial::Dense(Vec::new()),
-                            loss: Exact::default(),
+                            loss: Wide::default(),
                             rows: 0,
                             failure: Some(f.clone()),
                         }));
@@ -473,7 +484,7 @@ impl State {
                         (EvalPartial::default(), Some(f))
                     }
                 };
-                emit(WorkerOut::Eval(EvalMsg {
+                emit(WorkerOut::Eval(Box::new(EvalMsg {
                     phase,
                     validation,
                     train_loss: std::mem::take(&mut self.epoch_loss),
@@ -481,7 +492,7 @@ impl State {
                     bytes: std::mem::take(&mut self.epoch_bytes),
                     staleness: std::mem::take(&mut self.staleness),
                     failure,
-                }));
+                })));
             }
             Phase::Final { .. } if self.ctx.keep_result => {
                 *self.ctx.result.borrow_mut() = Some(FinalParams {
@@ -501,7 +512,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
         let mut state = State {
             ctx,
             scratch: Scratch::default(),
-            epoch_loss: Exact::default(),
+            epoch_loss: Wide::default(),
             epoch_rows: 0,
             epoch_bytes: 0,
             staleness: Vec::new(),

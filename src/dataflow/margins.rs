@@ -28,11 +28,11 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::collect::EarlyStop;
 use super::rounds::Rounds;
-use super::{Failure, Phase};
+use super::{loss_message, Failure, Phase};
 use crate::data::cache::WorkerData;
 use crate::data::encode::Block;
 use crate::error::Error;
-use crate::exact::Exact;
+use crate::exact::Wide;
 use crate::metrics::sink::EpochRecord;
 use crate::metrics::EvalPartial;
 use crate::model::block::FeatureBlock;
@@ -143,7 +143,7 @@ struct State {
     /// Labels of the validation rows, in margin order.
     val_labels: Vec<f64>,
     steps: u64,
-    epoch_loss: Exact,
+    epoch_loss: Wide,
     epoch_rows: u64,
     bytes: u64,
     last_steps: u64,
@@ -157,6 +157,18 @@ impl State {
         self.ctx.failure.borrow_mut().get_or_insert(f.clone());
         self.done = true;
         f
+    }
+
+    /// Fails on `e` and tells the other workers, in place of `phase`'s margins.
+    fn fail_round(&mut self, e: &Error, phase: Phase, emit: &mut impl FnMut(MarginOut)) {
+        let f = self.fail(e);
+        emit(MarginOut::Partial(MarginMsg {
+            from: self.ctx.index as u32,
+            phase,
+            margins: Vec::new(),
+            bytes: 0,
+            failure: Some(f),
+        }));
     }
 
     /// This worker's partial margins for `phase`.
@@ -187,7 +199,7 @@ impl State {
                     for i in 0..b.rows {
                         block.margins(theta, b, i, &mut m);
                         out.extend_from_slice(&m);
-                        labels.push(b.label[i] as f64);
+                        labels.push(b.label[i]);
                     }
                 })?;
             }
@@ -209,7 +221,7 @@ impl State {
         let mut loss_sum = 0.0;
         let mut touched = std::mem::take(&mut self.touched);
         for i in 0..n {
-            let y = self.rows.label[i] as f64;
+            let y = self.rows.label[i];
             loss_sum +=
                 loss::loss_and_grad(self.ctx.kind, &margins[i * k..(i + 1) * k], y, &mut dm);
             self.ctx
@@ -217,7 +229,7 @@ impl State {
                 .add_gradient(&self.rows, i, &dm, &mut self.grad, &mut touched);
         }
         self.epoch_loss +=
-            Exact::from_f64(loss_sum).ok_or_else(|| diverged("the loss is not finite".into()))?;
+            Wide::from_f64(loss_sum).ok_or_else(|| diverged(loss_message(loss_sum)))?;
         self.epoch_rows += n as u64;
         if n > 0 {
             // Only coordinates that ever had a gradient need the optimizer.
@@ -269,7 +281,13 @@ impl State {
     }
 
     /// Finishes an evaluation round; returns true if training is over.
-    fn evaluate(&mut self, epoch: u32, steps: u64, margins: &[f64], bytes: u64) -> bool {
+    fn evaluate(
+        &mut self,
+        epoch: u32,
+        steps: u64,
+        margins: &[f64],
+        bytes: u64,
+    ) -> Result<bool, Error> {
         let k = self.ctx.block.layout.k;
         let metrics = self.ctx.has_validation.then(|| {
             let mut p = EvalPartial::default();
@@ -283,6 +301,11 @@ impl State {
             );
             p.finish(self.ctx.kind)
         });
+        let metrics = metrics.transpose().map_err(|message| Error::Diverged {
+            epoch: epoch.saturating_sub(1),
+            step: 0,
+            message,
+        })?;
         let (stop, is_best) = self.early.observe(metrics.as_ref());
         if is_best {
             self.best = Some(self.theta.clone());
@@ -304,7 +327,7 @@ impl State {
             });
         }
         self.last_steps = steps;
-        stop || epoch >= self.ctx.epochs
+        Ok(stop || epoch >= self.ctx.epochs)
     }
 
     /// Sends this worker's partial margins for `phase`.
@@ -364,14 +387,7 @@ impl State {
         let next = match phase {
             Phase::Train { epoch, step } => {
                 if let Err(e) = self.train(epoch, step, &margins) {
-                    let f = self.fail(&e);
-                    emit(MarginOut::Partial(MarginMsg {
-                        from: self.ctx.index as u32,
-                        phase,
-                        margins: Vec::new(),
-                        bytes: 0,
-                        failure: Some(f),
-                    }));
+                    self.fail_round(&e, phase, emit);
                     return;
                 }
                 if step + 1 < self.ctx.steps_per_epoch {
@@ -389,7 +405,14 @@ impl State {
             }
             Phase::Eval { epoch, steps, .. } => {
                 let bytes = msgs.iter().map(|m| m.bytes).sum();
-                if self.evaluate(epoch, steps, &margins, bytes) {
+                let over = match self.evaluate(epoch, steps, &margins, bytes) {
+                    Ok(over) => over,
+                    Err(e) => {
+                        self.fail_round(&e, phase, emit);
+                        return;
+                    }
+                };
+                if over {
                     self.done = true;
                     *self.ctx.finished.borrow_mut() = Some(Finished { epochs: epoch });
                     let keep = self.ctx.early_stopping.is_some();
@@ -424,7 +447,7 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             rows: Block::default(),
             val_labels: Vec::new(),
             steps: 0,
-            epoch_loss: Exact::default(),
+            epoch_loss: Wide::default(),
             epoch_rows: 0,
             bytes: 0,
             last_steps: 0,

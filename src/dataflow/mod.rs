@@ -23,7 +23,7 @@ pub mod scan;
 
 use serde::{Deserialize, Serialize};
 
-use crate::exact::Exact;
+use crate::exact::{Exact, Wide};
 use crate::metrics::EvalPartial;
 
 /// What a round asks the workers to do.
@@ -132,6 +132,25 @@ impl From<&crate::error::Error> for Failure {
     }
 }
 
+/// The message for a per-unit loss sum that cannot be summed exactly.
+pub fn loss_message(loss: f64) -> String {
+    if loss.is_finite() {
+        format!(
+            "a unit's loss sum is {loss:e}, beyond the {:e} that exact sums hold (rescale the label, or set data.standardize = true)",
+            crate::exact::WIDE_LIMIT
+        )
+    } else {
+        format!("the loss became {loss} (lower optimizer.learning_rate, or set data.standardize = true)")
+    }
+}
+
+/// The message for an exact gradient sum that overflowed at coordinate `i`.
+pub fn overflow_message(i: usize) -> String {
+    format!(
+        "the exact sum of gradient component {i} left the range of 128-bit fixed point (|sum| ≥ 2^71 ≈ 2.4e21): rescale the feature or label (data.standardize = true)"
+    )
+}
+
 /// Exact partial sums over a shard's coordinates, dense or sparse.
 ///
 /// Wide hashed models touch few coordinates per step: only the non-zero
@@ -235,7 +254,7 @@ pub struct GradMsg {
     /// Exact partial sums of the loss gradient over the shard's coordinates.
     pub values: Partial,
     /// Exact partial loss sum (all coordinates; the same in every shard's message).
-    pub loss: Exact,
+    pub loss: Wide,
     /// Rows in the partial.
     pub rows: u64,
     /// Set if the worker failed.
@@ -250,7 +269,7 @@ pub struct EvalMsg {
     /// Validation partial.
     pub validation: EvalPartial,
     /// Exact sum of training batch losses since the previous evaluation.
-    pub train_loss: Exact,
+    pub train_loss: Wide,
     /// Training rows behind `train_loss`.
     pub train_rows: u64,
     /// Payload bytes this worker exchanged with other workers since the
@@ -280,8 +299,9 @@ pub struct Control {
 pub enum WorkerOut {
     /// Gradient partial for a shard owner.
     Grad(GradMsg),
-    /// Evaluation partial for the collector.
-    Eval(EvalMsg),
+    /// Evaluation partial for the collector (boxed: far larger than a
+    /// gradient message, and sent once an epoch).
+    Eval(Box<EvalMsg>),
 }
 
 /// Contiguous, balanced ranges of `len` parameters cut into `shards` shards.

@@ -3,11 +3,11 @@
 //! feature means and variances (exactly), and surfaces the first bad input.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline as Local;
+use timely::dataflow::channels::pact::{Exchange, Pipeline as Local};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::ToStream;
@@ -16,43 +16,11 @@ use timely::worker::Worker;
 use super::Failure;
 use crate::data::encode::{ClassMap, LabelUse};
 use crate::data::load::{for_each_window, Split};
+use crate::data::moments::{merge_in_unit_order, Moments};
 use crate::data::partition::assign;
 use crate::error::{Error, Location};
-use crate::exact::Exact;
 use crate::spec::{ModelKind, Partition};
 use crate::train::plan::Plan;
-
-/// Running moments of one numeric feature over training rows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Moments {
-    /// Non-missing values.
-    pub n: u64,
-    /// Σ x.
-    pub sum: Exact,
-    /// Σ x².
-    pub sumsq: Exact,
-}
-
-impl Moments {
-    /// Mean (0 without values).
-    pub fn mean(&self) -> f64 {
-        if self.n == 0 {
-            0.0
-        } else {
-            self.sum.to_f64() / self.n as f64
-        }
-    }
-    /// Population standard deviation.
-    pub fn std(&self) -> f64 {
-        if self.n == 0 {
-            return 0.0;
-        }
-        let m = self.mean();
-        (self.sumsq.to_f64() / self.n as f64 - m * m)
-            .max(0.0)
-            .sqrt()
-    }
-}
 
 /// What one worker learned from its units.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -61,8 +29,6 @@ pub struct ScanPartial {
     pub train_units: Vec<(usize, u64, u64)>,
     /// (unit id, rows) of units of separate validation files.
     pub validation_units: Vec<(usize, u64)>,
-    /// Moments per numeric feature (training rows only).
-    pub moments: Vec<Moments>,
     /// Distinct label tokens (classifiers).
     pub labels: BTreeSet<String>,
     /// The first failure, keyed by (source, unit) so all workers pick the same one.
@@ -86,7 +52,10 @@ pub struct ScanResult {
 
 const MAX_CLASSES: usize = 10_000;
 
-fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
+/// One unit's moments of one numeric feature: (feature, unit id, moments).
+type UnitMoments = (u32, usize, Moments);
+
+fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<UnitMoments>) {
     let spec = plan.scan_spec();
     let kind = plan.pipeline.model.kind;
     let declared = plan.pipeline.data.classes.clone().or_else(|| {
@@ -105,10 +74,8 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
         fraction: plan.validation_fraction,
         seed: plan.pipeline.data.seed,
     };
-    let mut out = ScanPartial {
-        moments: vec![Moments::default(); spec.numeric.len()],
-        ..ScanPartial::default()
-    };
+    let mut out = ScanPartial::default();
+    let mut unit_moments = Vec::new();
     let mut sets = vec![(0u8, &plan.train, split)];
     if let Some(v) = &plan.validation_files {
         sets.push((
@@ -139,20 +106,14 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
                 )?;
                 train_rows += data.train.rows as u64;
                 held_rows += data.validation.rows as u64;
+                // Missing values are NaN here (the scan's fill): not counted.
                 let b = &data.train;
-                for (j, m) in moments.iter_mut().enumerate() {
-                    let (mut s, mut ss, mut n) = (0.0f64, 0.0f64, 0u64);
-                    for i in 0..b.rows {
-                        let x = b.dense[i * b.p + j] as f64;
+                for row in b.raw.chunks_exact(b.p.max(1)).take(b.rows) {
+                    for (m, &x) in moments.iter_mut().zip(row) {
                         if !x.is_nan() {
-                            s += x;
-                            ss += x * x;
-                            n += 1;
+                            m.push(x);
                         }
                     }
-                    m.n += n;
-                    m.sum += Exact::from_f64(s).unwrap_or_default();
-                    m.sumsq += Exact::from_f64(ss).unwrap_or_default();
                 }
                 Ok(())
             });
@@ -166,17 +127,18 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> ScanPartial {
             }
             if which == 0 {
                 out.train_units.push((unit.id, train_rows, held_rows));
-                for (m, o) in out.moments.iter_mut().zip(moments) {
-                    m.n += o.n;
-                    m.sum += o.sum;
-                    m.sumsq += o.sumsq;
-                }
+                unit_moments.extend(
+                    moments
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, m)| (j as u32, unit.id, m)),
+                );
             } else {
                 out.validation_units.push((unit.id, train_rows));
             }
         }
     }
-    out
+    (out, unit_moments)
 }
 
 fn label_tokens_check(
@@ -223,10 +185,17 @@ fn label_tokens_check(
 
 /// Runs the scan as a dataflow on this worker; every worker returns the
 /// same merged result (or the same first failure).
+///
+/// Row counts and labels are broadcast. Each feature's per-unit moments go
+/// to one worker (feature `j` to worker `j mod peers`), which combines them
+/// in unit order and broadcasts the result: the statistics depend on the
+/// units alone, and no worker holds every unit's moments of every feature.
 pub fn run(worker: &mut Worker, plan: &Plan) -> Result<ScanResult, Failure> {
-    let partial = scan_local(plan, worker.index(), worker.peers());
+    let (partial, unit_moments) = scan_local(plan, worker.index(), worker.peers());
     let received = Rc::new(RefCell::new(Vec::<ScanPartial>::new()));
     let sink = Rc::clone(&received);
+    let merged = Rc::new(RefCell::new(Vec::<(u32, Moments)>::new()));
+    let merged_sink = Rc::clone(&merged);
     worker.dataflow::<u64, _, _>(move |scope| {
         vec![partial].to_stream(scope).broadcast().sink(
             Local,
@@ -235,13 +204,47 @@ pub fn run(worker: &mut Worker, plan: &Plan) -> Result<ScanResult, Failure> {
                 input.for_each(|_cap, data| sink.borrow_mut().append(data));
             },
         );
+        unit_moments
+            .to_stream(scope)
+            .unary_frontier(
+                Exchange::new(|m: &UnitMoments| u64::from(m.0)),
+                "MergeMoments",
+                |cap, _info| {
+                    let mut cap = Some(cap);
+                    let mut parts: BTreeMap<u32, Vec<(usize, Moments)>> = BTreeMap::new();
+                    move |(input, frontier), output| {
+                        input.for_each(|_time, data| {
+                            for (j, unit, m) in data.drain(..) {
+                                parts.entry(j).or_default().push((unit, m));
+                            }
+                        });
+                        if frontier.is_empty() {
+                            if let Some(cap) = cap.take() {
+                                let mut session = output.session(&cap);
+                                for (j, units) in std::mem::take(&mut parts) {
+                                    session.give((j, merge_in_unit_order(units)));
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .broadcast()
+            .sink(Local, "CollectMoments", move |(input, _frontier)| {
+                input.for_each(|_cap, data| merged_sink.borrow_mut().append(data));
+            });
     });
     while worker.step_or_park(None) {}
     let parts = std::mem::take(&mut *received.borrow_mut());
-    merge(plan, parts)
+    let moments = std::mem::take(&mut *merged.borrow_mut());
+    merge(plan, parts, moments)
 }
 
-fn merge(plan: &Plan, parts: Vec<ScanPartial>) -> Result<ScanResult, Failure> {
+fn merge(
+    plan: &Plan,
+    parts: Vec<ScanPartial>,
+    moments: Vec<(u32, Moments)>,
+) -> Result<ScanResult, Failure> {
     if let Some((_, f)) = parts
         .iter()
         .filter_map(|p| p.failure.clone())
@@ -265,12 +268,12 @@ fn merge(plan: &Plan, parts: Vec<ScanPartial>) -> Result<ScanResult, Failure> {
         for (id, r) in p.validation_units {
             result.validation_rows[id] = r;
         }
-        for (m, o) in result.moments.iter_mut().zip(p.moments) {
-            m.n += o.n;
-            m.sum += o.sum;
-            m.sumsq += o.sumsq;
-        }
         result.labels.extend(p.labels);
+    }
+    for (j, m) in moments {
+        if let Some(slot) = result.moments.get_mut(j as usize) {
+            *slot = m;
+        }
     }
     Ok(result)
 }

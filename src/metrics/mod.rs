@@ -7,7 +7,7 @@ pub mod sink;
 use serde::{Deserialize, Serialize};
 
 use crate::data::encode::Block;
-use crate::exact::Exact;
+use crate::exact::Wide;
 use crate::model::LinearModel;
 use crate::spec::ModelKind;
 
@@ -117,26 +117,28 @@ pub struct EvalPartial {
     /// Rows seen.
     pub rows: u64,
     /// Σ loss.
-    pub loss: Exact,
+    pub loss: Wide,
     /// Correct classifications.
     pub correct: u64,
     /// Σ (y − ŷ)².
-    pub sse: Exact,
+    pub sse: Wide,
     /// Σ |y − ŷ|.
-    pub sae: Exact,
+    pub sae: Wide,
     /// Σ y.
-    pub sy: Exact,
+    pub sy: Wide,
     /// Σ y².
-    pub syy: Exact,
+    pub syy: Wide,
     /// Per class: true positives, false positives, false negatives.
     pub per_class: Vec<[u64; 3]>,
     /// (score, is positive) for AUC.
-    pub scores: Vec<(f32, bool)>,
+    pub scores: Vec<(f64, bool)>,
 }
 
-fn exact(v: f64) -> Exact {
-    // Evaluation sums of a finite model are finite; clamp pathological ones.
-    Exact::from_f64(v).unwrap_or(Exact::from_f64(v.clamp(-1e20, 1e20)).unwrap_or_default())
+/// A batch's sum as an exact partial; a sum that is not finite, or too
+/// large to hold, makes the partial overflowed, and [`EvalPartial::finish`]
+/// then fails instead of reporting a wrong number.
+fn exact(v: f64) -> Wide {
+    Wide::from_f64(v).unwrap_or(Wide::OVERFLOW)
 }
 
 impl EvalPartial {
@@ -147,7 +149,7 @@ impl EvalPartial {
             model.layout.k,
             block.rows,
             |i, out| model.margins(block, i, out),
-            |i| block.label[i] as f64,
+            |i| block.label[i],
         );
     }
 
@@ -186,7 +188,7 @@ impl EvalPartial {
                     } else {
                         out[0]
                     };
-                    self.scores.push((score as f32, y > 0.5));
+                    self.scores.push((score, y > 0.5));
                 }
                 ModelKind::Softmax => {
                     let mut best = 0;
@@ -237,8 +239,24 @@ impl EvalPartial {
         self.scores.extend(o.scores);
     }
 
-    /// The finished metrics.
-    pub fn finish(mut self, kind: ModelKind) -> Metrics {
+    /// The finished metrics, or what overflowed: a loss or error sum that
+    /// is not finite (the model's outputs overflow on some row) is an error,
+    /// never a number.
+    pub fn finish(mut self, kind: ModelKind) -> Result<Metrics, String> {
+        let sums = [
+            ("loss", self.loss),
+            ("squared error", self.sse),
+            ("absolute error", self.sae),
+            ("label", self.sy),
+            ("squared label", self.syy),
+        ];
+        if let Some((what, _)) = sums.iter().find(|(_, s)| s.is_overflow()) {
+            return Err(format!(
+                "the {what} sum over {} evaluation rows is not finite or beyond {:e}: the model's outputs overflow on these rows",
+                self.rows,
+                crate::exact::WIDE_LIMIT
+            ));
+        }
         let n = self.rows.max(1) as f64;
         let mut m = Metrics {
             rows: self.rows,
@@ -277,7 +295,7 @@ impl EvalPartial {
                 }
             }
         }
-        m
+        Ok(m)
     }
 }
 
@@ -288,7 +306,7 @@ impl EvalPartial {
 /// let mut s = vec![(0.1, false), (0.4, true), (0.35, false), (0.3, true)];
 /// assert_eq!(tidemill::metrics::auc(&mut s), Some(0.75));
 /// ```
-pub fn auc(scores: &mut [(f32, bool)]) -> Option<f64> {
+pub fn auc(scores: &mut [(f64, bool)]) -> Option<f64> {
     scores.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let pos = scores.iter().filter(|s| s.1).count() as f64;
     let neg = scores.len() as f64 - pos;

@@ -62,7 +62,8 @@ pub fn render(series: &[Series], out: &Path, title: &str) -> Result<()> {
     let all: Vec<&(f64, f64)> = points.iter().flatten().collect();
     if all.is_empty() {
         return Err(Error::NoRows {
-            what: "metrics files (no loss values to plot)".into(),
+            what: "metrics files: no loss values".into(),
+            purpose: "plot",
         });
     }
     let x_max = all.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-9) * 1.05;

@@ -138,7 +138,7 @@ impl LinearModel {
         let hashed = block.c > 0;
         for i in rows {
             self.margins(block, i, &mut scratch.margins);
-            let y = block.label[i] as f64;
+            let y = block.label[i];
             loss_sum += loss::loss_and_grad(self.kind, &scratch.margins, y, &mut scratch.dm);
             let x = &block.dense[i * block.p..(i + 1) * block.p];
             let h = &block.hashed[i * block.c..(i + 1) * block.c];
@@ -161,19 +161,24 @@ impl LinearModel {
             }
         }
         // Round the partial once into the exact accumulator, then clear it.
-        let overflow = |i: usize| format!("gradient component {i} is not finite or too large");
+        let overflow = |i: usize, g: f64| {
+            format!(
+                "the gradient of component {i} summed over a unit's rows is {g:e}: not finite, or beyond the {:e} exact sums hold (rescale the feature or label, or set data.standardize = true)",
+                exact::LIMIT
+            )
+        };
         for kk in 0..k {
             let base = kk * (d + 1);
             let range = base..base + 1 + p;
             exact::accumulate(&mut acc[range.clone()], &scratch.grad[range.clone()])
-                .map_err(|i| overflow(base + i))?;
+                .map_err(|i| overflow(base + i, scratch.grad[base + i]))?;
             scratch.grad[range].iter_mut().for_each(|g| *g = 0.0);
         }
         if hashed {
             for &idx in &scratch.touched {
                 let g = scratch.grad[idx];
                 if g != 0.0 {
-                    acc[idx] += Exact::from_f64(g).ok_or_else(|| overflow(idx))?;
+                    acc[idx] += Exact::from_f64(g).ok_or_else(|| overflow(idx, g))?;
                     scratch.grad[idx] = 0.0;
                     scratch.acc_touched.push(idx);
                 }

@@ -131,7 +131,7 @@ pub fn run(
             .gradients(ctx)
             .ok_err::<Vec<GradMsg>, _, Vec<EvalMsg>, _, _>(|out| match out {
                 WorkerOut::Grad(g) => Ok(g),
-                WorkerOut::Eval(e) => Err(e),
+                WorkerOut::Eval(e) => Err(*e),
             });
         let control = evals.collect_metrics(collect).broadcast();
         grads

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
-use super::super::dataflow::{Control, Failure, ParamMsg, Phase, ShardValues};
+use super::super::dataflow::{overflow_message, Control, Failure, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
 use crate::model::Layout;
 use crate::optim::lbfgs::{Lbfgs, Next};
@@ -134,6 +134,15 @@ impl ShardGrad {
                 }
                 v
             }
+        }
+    }
+
+    /// The offset of the first coordinate whose exact sum overflowed (it
+    /// reads as NaN: every partial summed into it was finite).
+    pub fn overflowed(&self) -> Option<usize> {
+        match self {
+            ShardGrad::Dense(v) => v.iter().position(|g| g.is_nan()),
+            ShardGrad::Sparse(e) => e.iter().find(|(_, g)| g.is_nan()).map(|&(i, _)| i as usize),
         }
     }
 }
@@ -325,6 +334,23 @@ impl Driver {
         let Some(Phase::Train { epoch, step }) = self.in_flight.pop_front() else {
             return Ok(Vec::new());
         };
+        let diverged = |message: String| {
+            Failure::from(&Error::Diverged {
+                epoch,
+                step,
+                message,
+            })
+        };
+        for s in &self.shards {
+            if let Some(i) = sums.get(&s.id).and_then(ShardGrad::overflowed) {
+                return Err(diverged(overflow_message(s.range.start + i)));
+            }
+        }
+        if loss.is_nan() {
+            return Err(diverged(
+                "the exact sum of the round's losses left the range of 256-bit fixed point (≥ 2^199): rescale the label".into(),
+            ));
+        }
         let layout = self.layout;
         let fit_intercept = self.fit_intercept;
         // The mean gradient of coordinate `i` (absolute index) from its sum.

@@ -11,7 +11,7 @@ use crate::data::encode::{number_token, FeatureSpec};
 use crate::data::partition::{assign, rows_per_worker};
 use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::{Failure, Phase};
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 use crate::metrics::sink::EpochRecord;
 use crate::model::block::FeatureBlock;
 use crate::model::file::{ModelFile, TrainingSummary};
@@ -49,6 +49,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     if rows == 0 {
         return Err(Failure::from(&Error::NoRows {
             what: plan.train.source.describe(),
+            purpose: "train on",
         }));
     }
     let mut spec = plan.draft.clone();
@@ -79,10 +80,17 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
                     labels = v.into_iter().map(number_token).collect();
                 }
                 if labels.len() < 2 {
-                    return Err(Failure::from(&Error::NoRows {
-                        what: format!(
-                            "{}: softmax needs at least 2 label classes, found [{}];",
+                    return Err(Failure::from(&Error::BadLabel {
+                        location: Box::new(Location {
+                            file: plan.train.source.reference().path.clone(),
+                            row_group: None,
+                            column: Some(d.label.clone()),
+                            row: None,
+                        }),
+                        message: format!(
+                            "softmax needs at least 2 label classes; the training rows of {} have {} ([{}])",
                             plan.train.source.describe(),
+                            labels.len(),
                             labels.join(", ")
                         ),
                     }));

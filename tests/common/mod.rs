@@ -121,25 +121,22 @@ pub fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     x
 }
 
-/// Standardises columns the way tidemill does: values are read as `f32`,
-/// centred and scaled by the population mean and standard deviation, and
-/// rounded to `f32` again.
+/// Standardises columns the way tidemill does: the population mean and
+/// standard deviation of the `f64` values, then `(v − mean) / sd` rounded
+/// to `f32`.
 pub fn standardize(cols: &[Vec<f64>]) -> Vec<Vec<f64>> {
     cols.iter()
         .map(|c| {
-            let c32: Vec<f64> = c.iter().map(|&v| v as f32 as f64).collect();
-            let n = c32.len() as f64;
-            let mean = c32.iter().sum::<f64>() / n;
-            let var = c32.iter().map(|v| v * v).sum::<f64>() / n - mean * mean;
+            let n = c.len() as f64;
+            let mean = c.iter().sum::<f64>() / n;
+            let var = c.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
             let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
-            c32.iter()
-                .map(|&v| ((v - mean) / sd) as f32 as f64)
-                .collect()
+            c.iter().map(|&v| ((v - mean) / sd) as f32 as f64).collect()
         })
         .collect()
 }
 
-/// A dataset loaded the way tidemill sees it (standardised, f32-rounded).
+/// A dataset loaded the way tidemill sees it (standardised, features f32-rounded).
 pub struct Problem {
     pub x: Vec<Vec<f64>>, // rows × p, standardised like tidemill
     pub y: Vec<f64>,
@@ -154,11 +151,7 @@ pub fn load(file: &str, label: &str) -> Problem {
         .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let cols = standardize(&read_columns(&path, &refs));
-    let y = read_columns(&path, &[label])
-        .remove(0)
-        .into_iter()
-        .map(|v| v as f32 as f64)
-        .collect();
+    let y = read_columns(&path, &[label]).remove(0);
     let n = cols[0].len();
     let x = (0..n)
         .map(|i| cols.iter().map(|c| c[i]).collect())

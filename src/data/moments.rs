@@ -1,0 +1,165 @@
+//! Mean and variance of numeric features, exact in what they depend on.
+//!
+//! Raw sums `Σx`, `Σx²` of large values lose the variance to cancellation
+//! (Unix timestamps, money amounts: `E[x²] − E[x]²` of two numbers near
+//! 1e18 or beyond) or overflow a fixed-point accumulator. Instead, each unit
+//! keeps Welford's running mean and sum of squared deviations over its rows
+//! in file order, and units are combined with Chan et al.'s pairwise update
+//! **in unit order**. Both orders are fixed by the data, never by the
+//! workers, so the statistics — and the model trained with them — are the
+//! same bits on any number of workers and processes.
+
+use serde::{Deserialize, Serialize};
+
+/// Count, mean and sum of squared deviations of one feature over some rows.
+///
+/// Values are taken relative to a `shift` (the first value seen): the
+/// difference of two nearby floats is exact, so the deviations keep every
+/// bit the data has even where the values dwarf their spread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    /// Values seen (missing values are not counted).
+    pub n: u64,
+    /// The first value seen; the others are taken relative to it.
+    pub shift: f64,
+    /// Mean of `x − shift`.
+    pub mean: f64,
+    /// Σ (x − mean)².
+    pub m2: f64,
+}
+
+impl Moments {
+    /// Adds one value (Welford's update).
+    ///
+    /// # Examples
+    /// ```
+    /// use tidemill::data::moments::Moments;
+    /// let mut m = Moments::default();
+    /// for x in [1.6e9 + 1.0, 1.6e9 + 2.0, 1.6e9 + 3.0] {
+    ///     m.push(x);
+    /// }
+    /// assert_eq!(m.mean(), 1.6e9 + 2.0);
+    /// assert!((m.std() - (2.0f64 / 3.0).sqrt()).abs() < 1e-12);
+    /// ```
+    #[inline]
+    pub fn push(&mut self, x: f64) {
+        if self.n == 0 {
+            self.shift = x;
+        }
+        let x = x - self.shift;
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
+    }
+
+    /// The moments of the rows of `self` followed by those of `other`
+    /// (Chan, Golub and LeVeque's pairwise update).
+    pub fn merge(self, other: Moments) -> Moments {
+        if other.n == 0 {
+            return self;
+        }
+        if self.n == 0 {
+            return other;
+        }
+        let n = self.n + other.n;
+        let (na, nb, nn) = (self.n as f64, other.n as f64, n as f64);
+        // Shifts of nearby values differ exactly.
+        let delta = (other.shift - self.shift) + (other.mean - self.mean);
+        Moments {
+            n,
+            shift: self.shift,
+            mean: self.mean + delta * (nb / nn),
+            m2: self.m2 + other.m2 + delta * delta * (na * nb / nn),
+        }
+    }
+
+    /// Mean (0 without values).
+    pub fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.shift + self.mean
+        }
+    }
+
+    /// Population standard deviation (0 without values).
+    pub fn std(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            (self.m2 / self.n as f64).max(0.0).sqrt()
+        }
+    }
+
+    /// True if mean and variance are finite numbers.
+    pub fn is_finite(&self) -> bool {
+        self.mean().is_finite() && self.m2.is_finite()
+    }
+}
+
+/// The moments of units given as `(unit id, moments)`, combined in unit
+/// order whatever order they come in.
+pub fn merge_in_unit_order(mut units: Vec<(usize, Moments)>) -> Moments {
+    units.sort_by_key(|u| u.0);
+    units
+        .into_iter()
+        .fold(Moments::default(), |acc, (_, m)| acc.merge(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Two-pass moments in f64 around the first value (differences of
+    /// nearby floats are exact), the reference.
+    fn two_pass(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let d: Vec<f64> = xs.iter().map(|x| x - xs[0]).collect();
+        let mean = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+        (xs[0] + mean, var.sqrt())
+    }
+
+    proptest! {
+        /// Any cut into units, merged in unit order, matches two passes —
+        /// at the scale of timestamps, of money amounts, and mixed.
+        #[test]
+        fn unit_moments_match_two_passes(
+            center in prop_oneof![Just(0.0), Just(1.6e9), Just(1e12), Just(-3e15)],
+            spread in prop_oneof![Just(1e-3), Just(1.0), Just(8.7e6)],
+            noise in proptest::collection::vec(-1.0f64..1.0, 2..300),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+        ) {
+            let xs: Vec<f64> = noise.iter().map(|z| center + spread * z).collect();
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % xs.len()).collect();
+            bounds.push(0);
+            bounds.push(xs.len());
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut units = Vec::new();
+            for (id, w) in bounds.windows(2).enumerate() {
+                let mut m = Moments::default();
+                xs[w[0]..w[1]].iter().for_each(|&x| m.push(x));
+                units.push((id, m));
+            }
+            units.reverse(); // arrival order does not matter
+            let m = merge_in_unit_order(units);
+            let (mean, std) = two_pass(&xs);
+            prop_assert_eq!(m.n, xs.len() as u64);
+            prop_assert!((m.mean() - mean).abs() <= 1e-15 * mean.abs() + 1e-12 * spread);
+            prop_assert!((m.std() - std).abs() <= 1e-6 * std + 1e-9 * spread, "{} vs {}", m.std(), std);
+        }
+    }
+
+    #[test]
+    fn empty_units_change_nothing() {
+        let mut a = Moments::default();
+        a.push(3.0);
+        a.push(5.0);
+        assert_eq!(a.merge(Moments::default()), a);
+        assert_eq!(Moments::default().merge(a), a);
+        assert_eq!(Moments::default().std(), 0.0);
+    }
+}
