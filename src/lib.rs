@@ -24,7 +24,8 @@
 //! | [`train`] | planning and running a job |
 //! | [`metrics`] | metric definitions and JSON-lines records |
 //! | [`predict`] | scoring and evaluating tables with a saved model |
-//! | [`io`] | atomic files, Parquet / Arrow IPC in and out |
+//! | [`io`] | atomic files, Parquet / Arrow IPC in and out, bounded reads |
+//! | [`memory`] | known allocations checked against available memory |
 //!
 //! ## Example
 //!
@@ -43,6 +44,7 @@ pub mod error;
 pub mod exact;
 pub mod inspect;
 pub mod io;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

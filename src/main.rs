@@ -36,7 +36,9 @@ fn main() -> ExitCode {
 }
 
 /// Turns a lost peer process into a clear message and exit code 7 (timely
-/// reports it as a panic of its network threads); anything else is a bug.
+/// reports it as a panic of its network threads); anything else is a bug:
+/// a message asking for a report and exit code 1 (never Rust's 101, and
+/// never a hang of the other threads).
 fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
     let payload = info.payload();
     let msg = payload
@@ -51,6 +53,7 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
         std::process::exit(7);
     }
     eprintln!("error: internal error, please report it: {info}");
+    std::process::exit(1);
 }
 
 fn is_broken_pipe(e: &tidemill::Error) -> bool {

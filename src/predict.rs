@@ -6,7 +6,7 @@ use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
-use crate::data::encode::{decode, ClassMap, LabelUse, Origin};
+use crate::data::encode::{decode, Block, ClassMap, LabelUse, Origin};
 use crate::error::{Error, Result};
 use crate::io::table::{self, Format, TableOutput};
 use crate::metrics::{EvalPartial, Metrics};
@@ -63,11 +63,26 @@ impl Scorer {
         }
     }
 
+    /// Decodes a batch as the model was trained to; a bad value's hint
+    /// speaks of the model's policy, not of a pipeline key.
+    fn decode(&self, batch: &RecordBatch, label: LabelUse, origin: &Origin) -> Result<Block> {
+        decode(batch, &self.file.features, label, origin).map_err(|e| match e {
+            Error::MissingValue { location, what, .. } => Error::MissingValue {
+                location,
+                what,
+                hint: format!(
+                    "the model was trained with data.on_missing = \"{}\", which decides how it treats such values: clean the input, or retrain with another policy",
+                    self.file.features.on_missing.name()
+                ),
+            },
+            other => other,
+        })
+    }
+
     /// Scores a batch: one column per output field, null where a row was
     /// skipped under `on_missing = "skip_row"`.
     pub fn score(&self, batch: &RecordBatch, origin: &Origin) -> Result<Vec<ArrayRef>> {
-        let spec = &self.file.features;
-        let block = decode(batch, spec, LabelUse::Skip, origin)?;
+        let block = self.decode(batch, LabelUse::Skip, origin)?;
         let n = batch.num_rows();
         let k = self.model.layout.k;
         let classes = self.classes();
@@ -134,7 +149,7 @@ impl Scorer {
             (_, ModelKind::Linear) | (None, _) => LabelUse::Value,
             (Some(m), _) => LabelUse::Classes(m),
         };
-        let block = decode(batch, spec, label, origin)?;
+        let block = self.decode(batch, label, origin)?;
         partial.add_block(&self.model, &block);
         Ok(())
     }
@@ -154,6 +169,13 @@ pub fn predict(
     let in_schema = source.schema.clone();
     let mut fields = Vec::new();
     let mut keep_idx = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(k) = keep.iter().find(|k| !seen.insert(k.as_str())) {
+        return Err(Error::PipelineValue {
+            key: "--keep".into(),
+            message: format!("'{k}' is listed twice"),
+        });
+    }
     for k in keep {
         let i = in_schema
             .index_of(k)

@@ -65,9 +65,7 @@ pub fn for_each_window(
     let reader = unit::reader(source, unit, &columns, WINDOW_ROWS)?;
     let mut read = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| {
-            Error::parquet(&file.path, format!("row group {}: {e}", unit.row_group))
-        })?;
+        let batch = batch.map_err(|e| unit::read_error(file, unit, &columns, e))?;
         let origin = Origin {
             file: &file.path,
             row_group: Some(unit.row_group),

@@ -159,6 +159,36 @@ impl Source {
         Ok(())
     }
 
+    /// Each file's canonical path (links and `..` resolved), as listed.
+    fn canonical(&self) -> Vec<PathBuf> {
+        self.files
+            .iter()
+            .map(|f| std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone()))
+            .collect()
+    }
+
+    /// Two entries that are the same file (listed twice, or once by name and
+    /// once inside a listed directory): their rows would count twice.
+    pub fn repeated_file(&self) -> Option<(PathBuf, PathBuf)> {
+        let canonical = self.canonical();
+        let mut seen = std::collections::HashMap::new();
+        for (i, c) in canonical.iter().enumerate() {
+            if let Some(j) = seen.insert(c.clone(), i) {
+                return Some((self.files[j].path.clone(), self.files[i].path.clone()));
+            }
+        }
+        None
+    }
+
+    /// A file of `self` that is also a file of `other`.
+    pub fn shared_file(&self, other: &Source) -> Option<PathBuf> {
+        let theirs: std::collections::HashSet<PathBuf> = other.canonical().into_iter().collect();
+        self.canonical()
+            .iter()
+            .position(|c| theirs.contains(c))
+            .map(|i| self.files[i].path.clone())
+    }
+
     /// Total rows over all files.
     pub fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.rows()).sum()

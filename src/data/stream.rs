@@ -5,15 +5,16 @@
 //! `(seed, epoch, unit, window)`, as cached units are.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use super::cache::window_key;
 use super::encode::{decode, Block, ClassMap, FeatureSpec, LabelUse, Origin};
 use super::partition::{is_validation, row_order};
-use super::source::Source;
+use super::source::{ParquetFile, Source};
 use super::unit::{self, Unit};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::spec::Partition;
 
 /// Rows decoded at a time per streamed unit.
@@ -49,6 +50,8 @@ pub struct StreamSpec {
 pub struct UnitStream {
     unit: Unit,
     path: PathBuf,
+    file: Arc<ParquetFile>,
+    columns: Vec<String>,
     reader: ParquetRecordBatchReader,
     rows: Rows,
     epoch: u32,
@@ -74,6 +77,8 @@ impl UnitStream {
         Ok(UnitStream {
             unit: *unit,
             path: source.files[unit.file].path.clone(),
+            file: Arc::clone(&source.files[unit.file]),
+            columns,
             reader,
             rows,
             epoch,
@@ -89,12 +94,8 @@ impl UnitStream {
         let Some(batch) = self.reader.next() else {
             return Ok(false);
         };
-        let batch = batch.map_err(|e| {
-            Error::parquet(
-                &self.path,
-                format!("row group {}: {e}", self.unit.row_group),
-            )
-        })?;
+        let batch =
+            batch.map_err(|e| unit::read_error(&self.file, &self.unit, &self.columns, e))?;
         let origin = Origin {
             file: &self.path,
             row_group: Some(self.unit.row_group),

@@ -10,7 +10,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
-use super::source::Source;
+use super::source::{ParquetFile, Source};
 use crate::error::{Error, Result};
 
 /// A fixed slice of rows of one row group of one file.
@@ -66,7 +66,16 @@ pub fn reader(
     columns: &[String],
     batch_rows: usize,
 ) -> Result<ParquetRecordBatchReader> {
-    let pf = &source.files[unit.file];
+    file_reader(&source.files[unit.file], unit, columns, batch_rows)
+}
+
+/// [`reader`] on the unit's file.
+fn file_reader(
+    pf: &ParquetFile,
+    unit: &Unit,
+    columns: &[String],
+    batch_rows: usize,
+) -> Result<ParquetRecordBatchReader> {
     let file = File::open(&pf.path).map_err(|e| Error::io(&pf.path, e))?;
     let schema = pf.schema();
     let mut indices = Vec::with_capacity(columns.len());
@@ -98,15 +107,36 @@ pub fn reader(
         .map_err(|e| Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group)))
 }
 
+/// The error for a unit whose columns failed to decode with `e`, naming
+/// the column where it can: each column is read again on its own, and the
+/// first that fails is the one with the corrupt page (a checksum mismatch,
+/// a bad compressed block, a truncated chunk).
+pub fn read_error(
+    pf: &ParquetFile,
+    unit: &Unit,
+    columns: &[String],
+    e: impl std::fmt::Display,
+) -> Error {
+    let fails_alone = |c: &String| match file_reader(pf, unit, std::slice::from_ref(c), 8192) {
+        Ok(mut r) => r.any(|b| b.is_err()),
+        Err(_) => true,
+    };
+    match columns.iter().find(|c| fails_alone(c)) {
+        Some(c) => Error::parquet(
+            &pf.path,
+            format!("row group {}, column '{c}': {e}", unit.row_group),
+        ),
+        None => Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group)),
+    }
+}
+
 /// Reads the rows of one unit, decoding only `columns`, as a single batch.
 pub fn read(source: &Source, unit: &Unit, columns: &[String]) -> Result<RecordBatch> {
     let pf = &source.files[unit.file];
     let reader = reader(source, unit, columns, unit.rows)?;
     let mut batches = Vec::new();
     for b in reader {
-        batches.push(
-            b.map_err(|e| Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group)))?,
-        );
+        batches.push(b.map_err(|e| read_error(pf, unit, columns, e))?);
     }
     let projected = match batches.first() {
         Some(b) => b.schema(),

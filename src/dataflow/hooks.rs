@@ -9,6 +9,9 @@
 //!   compute is slow, not one whose shard service is.
 //! * `TIDEMILL_TRACE_STEPS=PATH` — every worker appends one line per training
 //!   step to `PATH`: `worker global_step start_ns end_ns` (Unix time).
+//! * `TIDEMILL_INJECT_PANIC=worker` — worker 0 panics as training starts, so
+//!   that a test can check what a bug looks like from outside (exit code 1,
+//!   a message asking for a report, no output written).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -29,6 +32,13 @@ fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+/// Panics if `TIDEMILL_INJECT_PANIC` names `place` (see the module docs).
+pub fn inject_panic(place: &str) {
+    if std::env::var("TIDEMILL_INJECT_PANIC").is_ok_and(|v| v == place) {
+        panic!("injected by TIDEMILL_INJECT_PANIC={place}");
+    }
 }
 
 impl Hooks {

@@ -14,7 +14,7 @@ use timely::dataflow::operators::ToStream;
 use timely::worker::Worker;
 
 use super::Failure;
-use crate::data::encode::{ClassMap, LabelUse};
+use crate::data::encode::{ClassMap, LabelUse, MAX_CLASSES};
 use crate::data::load::{for_each_window, Split};
 use crate::data::moments::{merge_in_unit_order, Moments};
 use crate::data::partition::assign;
@@ -49,8 +49,6 @@ pub struct ScanResult {
     /// Distinct label tokens.
     pub labels: BTreeSet<String>,
 }
-
-const MAX_CLASSES: usize = 10_000;
 
 /// One unit's moments of one numeric feature: (feature, unit id, moments).
 type UnitMoments = (u32, usize, Moments);

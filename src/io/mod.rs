@@ -2,4 +2,5 @@
 //! Parquet and Arrow IPC, paths or `-` for stdin/stdout.
 
 pub mod atomic;
+pub mod bounded;
 pub mod table;

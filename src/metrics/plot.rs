@@ -19,7 +19,14 @@ pub struct Series {
 
 /// Reads a metrics JSON-lines file.
 pub fn read_series(path: &Path) -> Result<Series> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::io::bounded::read(path, crate::io::bounded::MAX_METRICS_BYTES)
+        .map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+        )
+    })?;
     let mut records = Vec::new();
     for (i, line) in text
         .lines()

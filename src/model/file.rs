@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Layout, LinearModel};
-use crate::data::encode::FeatureSpec;
+use crate::data::encode::{check_classes, FeatureSpec};
 use crate::error::{Error, Result};
+use crate::io::bounded::{self, MAX_MODEL_BYTES};
 use crate::spec::ModelKind;
+use crate::spec::MAX_HASH_BITS;
 
 /// Format tag written into every model file.
 pub const FORMAT: &str = "tidemill-model";
@@ -132,28 +134,115 @@ impl ModelFile {
     }
 
     /// Reads and checks a model file.
+    ///
+    /// The file is parsed as it is read, so that something that is not a
+    /// model (`/dev/urandom`, a Parquet file) fails on its first bytes, and
+    /// no more than [`MAX_MODEL_BYTES`] are ever read. Everything a later
+    /// step relies on (class counts, distinct names, finite
+    /// preprocessing, the size of the parameter vector) is checked here.
     pub fn load(path: &Path) -> Result<ModelFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let bad = |message: String| Error::Model {
             path: path.to_path_buf(),
             message,
         };
-        let head: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        if head.get("format").and_then(Value::as_str) != Some(FORMAT) {
-            return Err(bad(format!(
-                "not a tidemill model (missing \"format\": \"{FORMAT}\")"
-            )));
+        let reader = bounded::open(path, MAX_MODEL_BYTES).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => bad(e.to_string()),
+            _ => Error::io(path, e),
+        })?;
+        let head: Value = serde_json::from_reader(reader)
+            .map_err(|e| bad(format!("not a JSON model file: {e}")))?;
+        match head.get("format") {
+            Some(Value::String(s)) if s == FORMAT => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "not a tidemill model (\"format\" is {other}, not \"{FORMAT}\")"
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "not a tidemill model (missing \"format\": \"{FORMAT}\")"
+                )))
+            }
         }
-        match head.get("version").and_then(Value::as_u64) {
-            Some(v) if v == VERSION as u64 => {}
-            Some(v) => {
+        match head.get("version") {
+            Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
+            Some(v) if v.is_u64() => {
                 return Err(bad(format!(
                     "model format version {v}; this tidemill reads version {VERSION}"
                 )))
             }
+            Some(v) => {
+                return Err(bad(format!(
+                    "\"version\" must be the number {VERSION}, got {v}"
+                )))
+            }
             None => return Err(bad("missing \"version\"".into())),
         }
-        serde_json::from_value(head).map_err(|e| bad(e.to_string()))
+        let file: ModelFile = serde_json::from_value(head).map_err(|e| bad(e.to_string()))?;
+        file.check().map_err(bad)?;
+        Ok(file)
+    }
+
+    /// Checks what the format cannot express: a file that passes can be
+    /// turned into a model and score rows without a panic.
+    fn check(&self) -> std::result::Result<(), String> {
+        let f = &self.features;
+        if f.label.is_empty() {
+            return Err("features.label is empty".into());
+        }
+        if !(1..=MAX_HASH_BITS).contains(&f.hash_bits) {
+            return Err(format!(
+                "features.hash_bits is {}; it must be in 1..={MAX_HASH_BITS}",
+                f.hash_bits
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for name in f.numeric.iter().map(|n| &n.name).chain(&f.categorical) {
+            if !names.insert(name.as_str()) {
+                return Err(format!("feature '{name}' is listed twice"));
+            }
+        }
+        for n in &f.numeric {
+            let ok =
+                n.fill.is_finite() && n.center.is_finite() && n.scale.is_finite() && n.scale > 0.0;
+            if !ok {
+                return Err(format!(
+                    "feature '{}' has fill {}, center {}, scale {}: they must be finite and the scale positive",
+                    n.name, n.fill, n.center, n.scale
+                ));
+            }
+        }
+        match (self.kind, &f.classes) {
+            (ModelKind::Linear, None) => {}
+            (ModelKind::Linear, Some(_)) => {
+                return Err("a linear (regression) model has no classes".into())
+            }
+            (_, None) => return Err(format!("a {:?} model needs features.classes", self.kind)),
+            (kind, Some(classes)) => {
+                check_classes(classes).map_err(|m| format!("features.classes: {m}"))?;
+                let binary = matches!(kind, ModelKind::Logistic | ModelKind::Hinge);
+                if binary && classes.len() != 2 {
+                    return Err(format!(
+                        "a binary model needs 2 classes, features.classes has {}",
+                        classes.len()
+                    ));
+                }
+                if kind == ModelKind::Softmax
+                    && !(2..=crate::data::encode::MAX_CLASSES).contains(&classes.len())
+                {
+                    return Err(format!(
+                        "a softmax model needs 2 to {} classes, features.classes has {}",
+                        crate::data::encode::MAX_CLASSES,
+                        classes.len()
+                    ));
+                }
+            }
+        }
+        let layout = Layout::new(self.kind, f);
+        crate::memory::check(
+            (layout.len() as u64).saturating_mul(8),
+            &format!("the model's {} parameters", layout.len()),
+        )
     }
 
     /// The in-memory model.

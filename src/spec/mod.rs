@@ -43,6 +43,18 @@ pub enum OnMissing {
     SkipRow,
 }
 
+impl OnMissing {
+    /// The name used in pipelines.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnMissing::Error => "error",
+            OnMissing::Zero => "zero",
+            OnMissing::Mean => "mean",
+            OnMissing::SkipRow => "skip_row",
+        }
+    }
+}
+
 /// How units are assigned to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -273,6 +285,9 @@ impl Strategy {
     }
 }
 
+/// The largest `data.hash_bits`: 2^28 hashed slots per output.
+pub const MAX_HASH_BITS: u32 = 28;
+
 /// The hard cap on how far a `param-server` worker may run ahead of the
 /// slowest one, and what `staleness = "async"` means.
 pub const MAX_STALENESS: u32 = 32;
@@ -344,6 +359,16 @@ fn value_err(key: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// Fails if a list names something twice (a duplicate feature would get two
+/// weights under one name; a duplicate class, two outputs for one label).
+fn distinct(key: &str, list: &[String]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    match list.iter().find(|v| !seen.insert(v.as_str())) {
+        Some(v) => Err(value_err(key, format!("'{v}' is listed twice"))),
+        None => Ok(()),
+    }
+}
+
 fn paths(raw: &RawPaths) -> Vec<PathBuf> {
     match raw {
         RawPaths::One(p) => vec![PathBuf::from(p)],
@@ -381,7 +406,23 @@ fn unit_interval(key: &str, v: f64) -> Result<f64> {
 impl Pipeline {
     /// Reads, overrides and validates a pipeline file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let syntax = |message: String| Error::PipelineSyntax {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = crate::io::bounded::read(path, crate::io::bounded::MAX_PIPELINE_BYTES)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    syntax(format!("not a pipeline file: {e}"))
+                }
+                _ => Error::io(path, e),
+            })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            syntax(format!(
+                "not a pipeline file: not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
         Self::parse(&text, path, overrides)
     }
 
@@ -411,7 +452,28 @@ impl Pipeline {
         }
         let validation = match d.validation {
             None => None,
-            Some(RawValidation::Fraction { fraction }) => {
+            Some(RawValidation {
+                fraction: Some(_),
+                path: Some(_),
+            }) => {
+                return Err(value_err(
+                    "data.validation",
+                    "give either { fraction = F } (hold out training rows) or { path = P } (separate files), not both",
+                ))
+            }
+            Some(RawValidation {
+                fraction: None,
+                path: None,
+            }) => {
+                return Err(value_err(
+                    "data.validation",
+                    "give { fraction = F } (hold out training rows) or { path = P } (separate files)",
+                ))
+            }
+            Some(RawValidation {
+                fraction: Some(fraction),
+                ..
+            }) => {
                 if !(fraction > 0.0 && fraction < 1.0) {
                     return Err(value_err(
                         "data.validation.fraction",
@@ -420,7 +482,9 @@ impl Pipeline {
                 }
                 Some(ValidationSpec::Fraction(fraction))
             }
-            Some(RawValidation::Path { path }) => Some(ValidationSpec::Files(paths(&path))),
+            Some(RawValidation {
+                path: Some(path), ..
+            }) => Some(ValidationSpec::Files(paths(&path))),
         };
         let on_missing = match d.on_missing.as_deref().unwrap_or("error") {
             "error" => OnMissing::Error,
@@ -445,12 +509,17 @@ impl Pipeline {
             }
         };
         let hash_bits = d.hash_bits.unwrap_or(18);
-        if !(1..=28).contains(&hash_bits) {
+        if !(1..=MAX_HASH_BITS).contains(&hash_bits) {
             return Err(value_err(
                 "data.hash_bits",
-                format!("must be in 1..=28, got {hash_bits}"),
+                format!("must be in 1..={MAX_HASH_BITS}, got {hash_bits}"),
             ));
         }
+        if let Some(f) = &d.features {
+            distinct("data.features", f)?;
+        }
+        distinct("data.categorical", &d.categorical)?;
+        distinct("data.exclude", &d.exclude)?;
         if d.categorical.contains(&d.label) {
             return Err(value_err(
                 "data.categorical",
@@ -494,6 +563,18 @@ impl Pipeline {
             }
         };
         if let Some(classes) = &d.classes {
+            crate::data::encode::check_classes(classes)
+                .map_err(|m| value_err("data.classes", m))?;
+            if classes.len() > crate::data::encode::MAX_CLASSES {
+                return Err(value_err(
+                    "data.classes",
+                    format!(
+                        "{} classes; at most {} are supported",
+                        classes.len(),
+                        crate::data::encode::MAX_CLASSES
+                    ),
+                ));
+            }
             let want_two = matches!(kind, ModelKind::Logistic | ModelKind::Hinge);
             if want_two && classes.len() != 2 {
                 return Err(value_err(

@@ -33,20 +33,16 @@ pub enum RawPaths {
     Many(Vec<String>),
 }
 
-/// How to hold out validation rows.
+/// How to hold out validation rows: `{ fraction = F }` or `{ path = P }`
+/// (exactly one; checked in [`super::Pipeline::from_raw`], so that the
+/// message can say so).
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum RawValidation {
-    /// A seeded random fraction of the training rows.
-    Fraction {
-        /// In (0, 1).
-        fraction: f64,
-    },
-    /// A separate data source.
-    Path {
-        /// File, directory or list.
-        path: RawPaths,
-    },
+#[serde(deny_unknown_fields)]
+pub struct RawValidation {
+    /// A seeded random fraction of the training rows, in (0, 1).
+    pub fraction: Option<f64>,
+    /// A separate data source: file, directory or list.
+    pub path: Option<RawPaths>,
 }
 
 /// `[data]`.

@@ -114,6 +114,9 @@ fn worker_main(
     worker: &mut timely::worker::Worker,
     plan: &Arc<Plan>,
 ) -> Result<WorkerResult, Failure> {
+    if worker.index() == 0 {
+        crate::dataflow::hooks::inject_panic("worker");
+    }
     let scan = scan::run(worker, plan)?;
     let spec = finalize(plan, &scan)?;
     check_budget(&plan.pipeline, &spec, worker.peers())?;

@@ -126,12 +126,31 @@ impl Plan {
         let mut columns = features.clone();
         columns.push(d.label.clone());
         let source = Source::open(&d.train, &columns)?;
+        if let Some((a, b)) = source.repeated_file() {
+            return Err(Error::PipelineValue {
+                key: "data.train".into(),
+                message: format!(
+                    "{} and {} are the same file: its rows would be trained on twice",
+                    a.display(),
+                    b.display()
+                ),
+            });
+        }
         let units = unit::plan(&source, d.max_unit_rows);
         let (validation_files, validation_fraction) = match &d.validation {
             None => (None, None),
             Some(ValidationSpec::Fraction(f)) => (None, Some(*f)),
             Some(ValidationSpec::Files(paths)) => {
                 let vs = Source::open(paths, &columns)?;
+                if let Some(f) = vs.shared_file(&source) {
+                    return Err(Error::PipelineValue {
+                        key: "data.validation.path".into(),
+                        message: format!(
+                            "{} is also a training file: validation would score rows the model was trained on",
+                            f.display()
+                        ),
+                    });
+                }
                 // The validation files must match the training types too.
                 for c in &columns {
                     let want = source.reference().column_type(c)?;

@@ -1,0 +1,594 @@
+//! What a careless or hostile user can hand tidemill — duplicate names,
+//! numbers beyond `f32`, corrupt pages, model files that are not models,
+//! endless devices — ends in a clear message and a documented exit code,
+//! never a silently wrong model, a panic (exit 101) or unbounded memory.
+//!
+//! Each test is a regression test for a defect found by a hostile pass.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array};
+use common::{root, tidemill, write_parquet};
+use serde_json::Value;
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+    /// 60 rows: x1, x2 numeric, y in {0, 1}; `x1` of row 37 replaced by `odd`.
+    fn data(&self, name: &str, odd: Option<f64>) -> PathBuf {
+        let p = self.path(name);
+        let x1: Vec<f64> = (0..60)
+            .map(|i| match (i, odd) {
+                (37, Some(v)) => v,
+                _ => i as f64 / 10.0,
+            })
+            .collect();
+        write_parquet(
+            &p,
+            vec![
+                ("x1", Arc::new(Float64Array::from(x1)) as ArrayRef),
+                (
+                    "x2",
+                    Arc::new(Float64Array::from(
+                        (0..60).map(|i| (i % 7) as f64).collect::<Vec<_>>(),
+                    )),
+                ),
+                (
+                    "y",
+                    Arc::new(Int64Array::from(
+                        (0..60).map(|i| (i % 2) as i64).collect::<Vec<_>>(),
+                    )),
+                ),
+            ],
+            20,
+        );
+        p
+    }
+    /// A pipeline on `train` with extra lines in `[data]` and `[model]`.
+    fn pipeline(&self, train: &Path, data: &str, model: &str) -> PathBuf {
+        let p = self.path("p.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[data]\ntrain = {:?}\nlabel = \"y\"\n{data}\n[model]\nkind = \"logistic\"\n{model}\n[train]\nepochs = 3\n[output]\nmodel = {:?}\n",
+                train.to_string_lossy(),
+                self.s("model.json")
+            ),
+        )
+        .unwrap();
+        p
+    }
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        let out = tidemill(args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+    fn train(&self, pipeline: &Path) -> (i32, String) {
+        let _ = std::fs::remove_file(self.path("model.json"));
+        let r = self.run(&["train", &pipeline.to_string_lossy()]);
+        if r.0 != 0 {
+            assert!(
+                !self.path("model.json").exists(),
+                "a failed run wrote a model"
+            );
+        }
+        r
+    }
+    /// A trained model file (on the clean data, `on_missing` as given).
+    fn model(&self, on_missing: &str) -> PathBuf {
+        let d = self.data("clean.parquet", None);
+        let p = self.pipeline(&d, &format!("on_missing = {on_missing:?}"), "");
+        let (code, err) = self.train(&p);
+        assert_eq!(code, 0, "{err}");
+        self.path("model.json")
+    }
+}
+
+// ---- duplicates -------------------------------------------------------
+
+#[test]
+fn duplicate_classes_are_refused() {
+    let c = Case::new();
+    let d = c.data("d.parquet", None);
+    let (code, err) = c.train(&c.pipeline(&d, "classes = [\"0\", \"1\", \"1\"]", ""));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("data.classes") && err.contains("listed twice"),
+        "{err}"
+    );
+    // Two spellings of one number would both match the label value 1.
+    let p = c.pipeline(&d, "classes = [\"0\", \"1\", \"1.0\"]", "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("kind = \"logistic\"", "kind = \"softmax\"");
+    std::fs::write(&p, text).unwrap();
+    let (code, err) = c.train(&p);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("same number"), "{err}");
+}
+
+#[test]
+fn duplicate_features_and_files_are_refused() {
+    let c = Case::new();
+    let d = c.data("d.parquet", None);
+    let (code, err) = c.train(&c.pipeline(&d, "features = [\"x1\", \"x2\", \"x1\"]", ""));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("data.features") && err.contains("'x1'"),
+        "{err}"
+    );
+
+    // The same file twice (once through a link) would count its rows twice.
+    let link = c.path("again.parquet");
+    std::os::unix::fs::symlink(&d, &link).unwrap();
+    let p = c.pipeline(&d, "", "");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        &format!("train = {:?}", d.to_string_lossy()),
+        &format!(
+            "train = [{:?}, {:?}]",
+            d.to_string_lossy(),
+            link.to_string_lossy()
+        ),
+    );
+    std::fs::write(&p, text).unwrap();
+    let (code, err) = c.train(&p);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("same file"), "{err}");
+
+    // Validation rows that are training rows.
+    let p = c.pipeline(
+        &d,
+        &format!("validation = {{ path = {:?} }}", c.s("again.parquet")),
+        "",
+    );
+    let (code, err) = c.train(&p);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("also a training file"), "{err}");
+}
+
+#[test]
+fn duplicate_keep_columns_are_refused() {
+    let c = Case::new();
+    let model = c.model("error");
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        &c.s("clean.parquet"),
+        "--output",
+        &c.s("p.parquet"),
+        "--keep",
+        "x1,x2,x1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--keep") && err.contains("listed twice"),
+        "{err}"
+    );
+    assert!(!c.path("p.parquet").exists());
+}
+
+// ---- values beyond f32 ------------------------------------------------
+
+#[test]
+fn a_value_beyond_f32_is_a_bad_value_with_its_location() {
+    let c = Case::new();
+    let d = c.data("big.parquet", Some(1e300));
+    let (code, err) = c.train(&c.pipeline(&d, "", ""));
+    assert_eq!(code, 4, "{err}");
+    for part in [
+        "big.parquet",
+        "row group 1",
+        "column 'x1'",
+        "row 37",
+        "outside the range",
+    ] {
+        assert!(err.contains(part), "missing {part:?}: {err}");
+    }
+    // Under a fill policy it is filled like a NaN, and training succeeds.
+    let (code, err) = c.train(&c.pipeline(&d, "on_missing = \"zero\"", ""));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn predict_refuses_values_beyond_f32_as_its_model_says() {
+    let c = Case::new();
+    let model = c.model("error");
+    let big = c.data("big.parquet", Some(-1e300));
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        &big.to_string_lossy(),
+        "--output",
+        &c.s("p.parquet"),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("column 'x1', row 37") && err.contains("outside the range"),
+        "{err}"
+    );
+    // The hint speaks of the model's policy, not of a training key to set.
+    assert!(
+        err.contains("model was trained with data.on_missing = \"error\""),
+        "{err}"
+    );
+    assert!(!c.path("p.parquet").exists());
+
+    // A skip_row model leaves that row's prediction null.
+    let model = c.model("skip_row");
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        &big.to_string_lossy(),
+        "--output",
+        &c.s("p.parquet"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let probs = common::read_columns(&c.path("p.parquet"), &["probability"]);
+    assert_eq!(probs[0].len(), 60);
+    let file = std::fs::File::open(c.path("p.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let nulls: usize = reader
+        .map(|b| {
+            b.unwrap()
+                .column_by_name("probability")
+                .unwrap()
+                .null_count()
+        })
+        .sum();
+    assert_eq!(nulls, 1);
+}
+
+#[test]
+fn regression_labels_beyond_f32_and_bad_labels_say_what_they_are() {
+    let c = Case::new();
+    let p = c.path("r.parquet");
+    let y: Vec<Option<f64>> = (0..40)
+        .map(|i| match i {
+            5 => Some(1e300),
+            _ => Some(i as f64),
+        })
+        .collect();
+    write_parquet(
+        &p,
+        vec![
+            (
+                "x1",
+                Arc::new(Float64Array::from(
+                    (0..40).map(|i| i as f64).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            ("y", Arc::new(Float64Array::from(y))),
+        ],
+        20,
+    );
+    let pipe = c.pipeline(&p, "", "");
+    let text = std::fs::read_to_string(&pipe)
+        .unwrap()
+        .replace("kind = \"logistic\"", "kind = \"linear\"");
+    std::fs::write(&pipe, text).unwrap();
+    let (code, err) = c.train(&pipe);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("column 'y', row 5") && err.contains("label 1e300"),
+        "{err}"
+    );
+
+    // An infinite label is called infinite, a NaN one NaN; only skip_row helps.
+    for (v, says) in [(f64::INFINITY, "label is inf"), (f64::NAN, "label is NaN")] {
+        let y: Vec<Option<f64>> = (0..40)
+            .map(|i| Some(if i == 5 { v } else { i as f64 }))
+            .collect();
+        write_parquet(
+            &p,
+            vec![
+                (
+                    "x1",
+                    Arc::new(Float64Array::from(
+                        (0..40).map(|i| i as f64).collect::<Vec<_>>(),
+                    )) as ArrayRef,
+                ),
+                ("y", Arc::new(Float64Array::from(y))),
+            ],
+            20,
+        );
+        let (code, err) = c.train(&pipe);
+        assert_eq!(code, 4, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(
+            err.contains("skip_row") && !err.contains("\"zero\""),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn unsigned_categories_above_i64_max_are_tokens_not_nulls() {
+    let c = Case::new();
+    let p = c.path("u.parquet");
+    let ids: Vec<u64> = (0..40).map(|i| u64::MAX - (i % 3)).collect();
+    write_parquet(
+        &p,
+        vec![
+            ("id", Arc::new(UInt64Array::from(ids)) as ArrayRef),
+            (
+                "x1",
+                Arc::new(Float64Array::from(
+                    (0..40).map(|i| i as f64).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "y",
+                Arc::new(Int64Array::from(
+                    (0..40).map(|i| (i % 2) as i64).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+        20,
+    );
+    let (code, err) = c.train(&c.pipeline(&p, "categorical = [\"id\"]\nhash_bits = 4", ""));
+    assert_eq!(code, 0, "{err}");
+}
+
+// ---- corrupt pages ----------------------------------------------------
+
+#[test]
+fn a_page_with_a_wrong_checksum_is_refused_naming_its_column() {
+    let c = Case::new();
+    let fixture = root().join("tests/fixtures/page_checksums.parquet");
+    let mut bytes = std::fs::read(&fixture).unwrap();
+    // Flip bytes near the end of row group 1's 'x2' chunk: page data, not
+    // the page header (the header is at the chunk's start).
+    let file = std::fs::File::open(&fixture).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap(),
+    )
+    .clone();
+    let (start, len) = meta.row_group(1).column(1).byte_range();
+    let end = (start + len) as usize;
+    for b in &mut bytes[end - 40..end - 32] {
+        *b ^= 0x5a;
+    }
+    let bad = c.path("bad.parquet");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (code, err) = c.train(&c.pipeline(&bad, "", ""));
+    assert_eq!(code, 4, "{err}");
+    for part in ["bad.parquet", "row group 1", "column 'x2'", "CRC"] {
+        assert!(err.contains(part), "missing {part:?}: {err}");
+    }
+    // The intact fixture trains.
+    let (code, err) = c.train(&c.pipeline(&fixture, "", ""));
+    assert_eq!(code, 0, "{err}");
+}
+
+// ---- model files that are not what they claim --------------------------
+
+/// A named edit of a model file and what the refusal must say.
+type ModelEdit = (&'static str, Box<dyn FnOnce(&mut Value)>, &'static str);
+
+fn edit_model(model: &Path, to: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(to, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn inconsistent_model_files_are_refused_not_panicked_on() {
+    let c = Case::new();
+    let model = c.model("error");
+    let edits: Vec<ModelEdit> = vec![
+        (
+            "one class",
+            Box::new(|v| v["features"]["classes"] = serde_json::json!(["0"])),
+            "needs 2 classes",
+        ),
+        (
+            "dup class",
+            Box::new(|v| v["features"]["classes"] = serde_json::json!(["1", "1"])),
+            "listed twice",
+        ),
+        (
+            "dup feature",
+            Box::new(|v| {
+                let f = v["features"]["numeric"][0].clone();
+                v["features"]["numeric"].as_array_mut().unwrap().push(f);
+            }),
+            "listed twice",
+        ),
+        (
+            "zero scale",
+            Box::new(|v| v["features"]["numeric"][0]["scale"] = 0.0.into()),
+            "scale positive",
+        ),
+        (
+            "hash bits",
+            Box::new(|v| v["features"]["hash_bits"] = 64.into()),
+            "hash_bits",
+        ),
+        (
+            "string version",
+            Box::new(|v| v["version"] = "1".into()),
+            "must be the number 1",
+        ),
+        (
+            "huge model",
+            Box::new(|v| {
+                v["kind"] = "softmax".into();
+                v["features"]["hash_bits"] = 28.into();
+                v["features"]["categorical"] = serde_json::json!(["z"]);
+                let classes: Vec<String> = (0..9000).map(|i| i.to_string()).collect();
+                v["features"]["classes"] = serde_json::json!(classes);
+            }),
+            "more than the",
+        ),
+    ];
+    for (name, edit, says) in edits {
+        let bad = c.path(&format!("{}.json", name.replace(' ', "_")));
+        edit_model(&model, &bad, edit);
+        let (code, err) = c.run(&[
+            "predict",
+            "--model",
+            &bad.to_string_lossy(),
+            "--input",
+            &c.s("clean.parquet"),
+            "--output",
+            &c.s("p.parquet"),
+        ]);
+        assert_eq!(code, 5, "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(!err.contains("internal error"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn endless_and_binary_inputs_fail_fast_in_bounded_memory() {
+    let c = Case::new();
+    c.model("error");
+    for dev in ["/dev/urandom", "/dev/zero"] {
+        if !Path::new(dev).exists() {
+            continue;
+        }
+        let started = Instant::now();
+        let (code, err) = c.run(&["eval", "--model", dev, "--input", &c.s("clean.parquet")]);
+        assert_eq!(code, 5, "{dev}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{dev} took {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let (code, err) = c.run(&["train", dev]);
+        assert_eq!(code, 2, "{dev}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{dev} took {:?}",
+            started.elapsed()
+        );
+    }
+    // A pipeline that is not UTF-8 is a bad pipeline (2), not an I/O error (3).
+    let p = c.path("latin1.toml");
+    std::fs::write(&p, b"[data]\ntrain = \"caf\xe9.parquet\"\n").unwrap();
+    let (code, err) = c.run(&["validate", &p.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+}
+
+// ---- a bug is exit 1 with a message, never 101 ------------------------
+
+#[test]
+fn a_panic_is_exit_one_with_a_report_request() {
+    let c = Case::new();
+    let d = c.data("d.parquet", None);
+    let p = c.pipeline(&d, "", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(["train", &p.to_string_lossy(), "--workers", "2"])
+        .env("TIDEMILL_LOG", "warn")
+        .env("TIDEMILL_INJECT_PANIC", "worker")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("internal error, please report it"), "{err}");
+    assert!(!c.path("model.json").exists());
+}
+
+// ---- smaller misreports -----------------------------------------------
+
+#[test]
+fn misreports_say_what_is_wrong() {
+    let c = Case::new();
+    let d = c.data("d.parquet", None);
+    // Both kinds of validation at once.
+    let (code, err) = c.train(&c.pipeline(
+        &d,
+        &format!(
+            "validation = {{ fraction = 0.2, path = {:?} }}",
+            d.to_string_lossy()
+        ),
+        "",
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not both") && !err.contains("untagged"),
+        "{err}"
+    );
+
+    // eval on zero rows.
+    let model = c.model("error");
+    let empty = c.path("empty.parquet");
+    write_parquet(
+        &empty,
+        vec![
+            (
+                "x1",
+                Arc::new(Float64Array::from(Vec::<f64>::new())) as ArrayRef,
+            ),
+            ("x2", Arc::new(Float64Array::from(Vec::<f64>::new()))),
+            ("y", Arc::new(Int64Array::from(Vec::<i64>::new()))),
+        ],
+        20,
+    );
+    let (code, err) = c.run(&[
+        "eval",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        &empty.to_string_lossy(),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no rows to evaluate"), "{err}");
+
+    // softmax on a label with one class.
+    let one = c.path("one.parquet");
+    write_parquet(
+        &one,
+        vec![
+            (
+                "x1",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])) as ArrayRef,
+            ),
+            ("y", Arc::new(StringArray::from(vec!["a", "a", "a"]))),
+        ],
+        20,
+    );
+    let p = c.pipeline(&one, "", "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("kind = \"logistic\"", "kind = \"softmax\"");
+    std::fs::write(&p, text).unwrap();
+    let (code, err) = c.train(&p);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("at least 2 label classes") && err.contains("[a]"),
+        "{err}"
+    );
+}
