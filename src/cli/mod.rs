@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::key::KEY_ENV;
-use crate::cluster::{Cluster, ClusterKey};
+use crate::cluster::{Cluster, ClusterKey, MAX_CONNECT_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::io::table::Format;
 use crate::spec::Pipeline;
@@ -94,10 +94,13 @@ impl ClusterArgs {
         let seconds = self.connect_timeout;
         let connect_timeout = Duration::try_from_secs_f64(seconds)
             .ok()
-            .filter(|d| !d.is_zero())
+            .filter(|d| !d.is_zero() && *d <= MAX_CONNECT_TIMEOUT)
             .ok_or_else(|| Error::Usage {
                 option: "--connect-timeout".into(),
-                message: format!("{seconds} is not a positive number of seconds"),
+                message: format!(
+                    "{seconds} is not a number of seconds in (0, {}]",
+                    MAX_CONNECT_TIMEOUT.as_secs()
+                ),
             })?;
         let key = ClusterKey::resolve(self.cluster_key_file.as_deref(), std::env::var_os(KEY_ENV))?;
         let cluster = Cluster {

@@ -30,6 +30,9 @@ pub use key::ClusterKey;
 /// How long start-up waits for the other processes by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest `--connect-timeout` accepted (a year).
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Workers and processes of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
@@ -103,8 +106,14 @@ impl Cluster {
                 ),
             );
         }
-        if self.connect_timeout.is_zero() {
-            return usage("--connect-timeout", "must be more than 0 seconds".into());
+        if self.connect_timeout.is_zero() || self.connect_timeout > MAX_CONNECT_TIMEOUT {
+            return usage(
+                "--connect-timeout",
+                format!(
+                    "must be more than 0 and at most {} seconds",
+                    MAX_CONNECT_TIMEOUT.as_secs()
+                ),
+            );
         }
         Ok(())
     }
