@@ -180,7 +180,40 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// The cluster (workers, processes, hostfile) is misconfigured or failed.
+    /// A command-line option has a value that cannot be used (e.g.
+    /// `--workers 0`, `--process` out of range, an empty cluster key).
+    #[error("{option}: {message}")]
+    Usage {
+        /// The option, e.g. `--workers`.
+        option: String,
+        /// Why its value cannot be used.
+        message: String,
+    },
+    /// The hostfile is malformed: an entry that is not `host:port`, a port
+    /// out of range, a host that does not resolve, a repeated address, too
+    /// few entries.
+    #[error("hostfile {}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Hostfile {
+        /// The hostfile.
+        path: std::path::PathBuf,
+        /// The line (1-based), when one line is at fault.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another process of the cluster runs a different job: another
+    /// pipeline, other data, another tidemill version or layout.
+    #[error("process {process} at {address} runs a different job: {differences}")]
+    JobMismatch {
+        /// The other process's index.
+        process: usize,
+        /// Its address.
+        address: String,
+        /// The differing keys with both values, `key = there there, here here`.
+        differences: String,
+    },
+    /// The cluster failed: a peer could not be reached in time, refused
+    /// this process, or was lost.
     #[error("cluster: {0}")]
     Cluster(String),
     /// An error found by a worker (possibly in another process), relayed
@@ -243,9 +276,12 @@ impl Error {
     /// The process exit code for this error (see `docs/cli.md`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::PipelineSyntax { .. } | Error::PipelineValue { .. } | Error::Override { .. } => {
-                2
-            }
+            Error::PipelineSyntax { .. }
+            | Error::PipelineValue { .. }
+            | Error::Override { .. }
+            | Error::Usage { .. }
+            | Error::Hostfile { .. }
+            | Error::JobMismatch { .. } => 2,
             Error::Io { .. } | Error::NoFiles { .. } => 3,
             Error::Parquet { .. }
             | Error::Ipc { .. }

@@ -21,7 +21,8 @@
 //! | [`exact`] | fixed-point sums that make results independent of worker count |
 //! | [`dataflow`] | timely operators: scan, gradients, fold, metrics collector |
 //! | [`strategy`] | distribution strategies built from those operators |
-//! | [`train`] | planning and running a job |
+//! | [`train`] | planning and running a job; the job description processes compare |
+//! | [`cluster`] | workers, processes, addresses; the handshake that starts a cluster |
 //! | [`metrics`] | metric definitions and JSON-lines records |
 //! | [`predict`] | scoring and evaluating tables with a saved model |
 //! | [`io`] | atomic files, Parquet / Arrow IPC in and out, bounded reads |

@@ -3,10 +3,12 @@
 //! The pipeline file says *what* to train; flags say *where and how*.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::Cluster;
+use crate::cluster::key::KEY_ENV;
+use crate::cluster::{Cluster, ClusterKey, MAX_CONNECT_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::io::table::Format;
 use crate::spec::Pipeline;
@@ -75,17 +77,42 @@ pub struct ClusterArgs {
     /// One host:port per line, in process order (default 127.0.0.1:2101+i).
     #[arg(long)]
     pub hostfile: Option<PathBuf>,
+    /// Seconds start-up waits for the other processes before it fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub connect_timeout: f64,
+    /// File holding the cluster key every process must share (else the
+    /// TIDEMILL_CLUSTER_KEY environment variable, else a public default).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 impl ClusterArgs {
-    /// As a [`Cluster`].
-    pub fn cluster(&self) -> Cluster {
-        Cluster {
+    /// As a checked [`Cluster`]; the key comes from `--cluster-key-file`,
+    /// else from the [`KEY_ENV`] environment variable, else the public
+    /// default.
+    pub fn cluster(&self) -> Result<Cluster> {
+        let seconds = self.connect_timeout;
+        let connect_timeout = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= MAX_CONNECT_TIMEOUT)
+            .ok_or_else(|| Error::Usage {
+                option: "--connect-timeout".into(),
+                message: format!(
+                    "{seconds} is not a number of seconds in (0, {}]",
+                    MAX_CONNECT_TIMEOUT.as_secs()
+                ),
+            })?;
+        let key = ClusterKey::resolve(self.cluster_key_file.as_deref(), std::env::var_os(KEY_ENV))?;
+        let cluster = Cluster {
             workers: self.workers,
             processes: self.processes,
             process: self.process,
             hostfile: self.hostfile.clone(),
-        }
+            connect_timeout,
+            key,
+        };
+        cluster.validate()?;
+        Ok(cluster)
     }
 }
 
@@ -207,6 +234,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
     if let Some(m) = a.model_out {
         pipeline.output.model = Some(m);
@@ -214,7 +242,6 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(m) = a.metrics_out {
         pipeline.output.metrics = Some(m);
     }
-    let cluster = a.cluster.cluster();
     let outputs = pipeline.output.clone();
     let started = std::time::Instant::now();
     tracing::info!(

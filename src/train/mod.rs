@@ -1,7 +1,10 @@
 //! Running a training job: plan on the calling thread, then one timely
 //! computation per process (statistics scan, then the training loop), and
 //! the results of worker 0 turned into a model file and metric records.
+//! With several processes, each first checks that the others run the same
+//! job ([`job::describe`], compared in the cluster handshake).
 
+pub mod job;
 pub mod plan;
 
 use std::sync::Arc;
@@ -227,11 +230,12 @@ fn optimizer_name(p: &Pipeline) -> String {
 /// report is complete on process 0.
 pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
     let plan = Arc::new(Plan::new(pipeline)?);
-    let config = cluster.timely_config()?;
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
-    let guards = timely::execute(config, move |worker| worker_main(worker, &shared))
-        .map_err(Error::Cluster)?;
+    let guards = cluster.execute(
+        || job::describe(&plan),
+        move |worker| worker_main(worker, &shared),
+    )?;
     let mut report = TrainReport {
         model: None,
         fitted: None,

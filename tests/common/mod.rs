@@ -221,3 +221,67 @@ pub fn hostfile(dir: &Path, n: usize) -> PathBuf {
     std::fs::write(&hosts, lines).unwrap();
     hosts
 }
+
+/// Starts `tidemill args` from the repository root in the background, with
+/// stdout and stderr piped and `envs` set (logs at `warn` unless `envs`
+/// says otherwise).
+pub fn start(args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .env_remove("TIDEMILL_CLUSTER_KEY")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("the tidemill binary starts")
+}
+
+/// Waits for a child started by [`start`] for at most `limit`; past that
+/// it is killed and the test fails (a process that waits forever is the
+/// bug some tests look for).
+pub fn finish(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("tidemill still running after {limit:?}; stderr:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}

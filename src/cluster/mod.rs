@@ -1,0 +1,197 @@
+//! Where the job runs: worker threads per process, processes, and their
+//! addresses, started as a timely computation.
+//!
+//! With several processes, timely's cluster mode stays the transport, but
+//! tidemill makes the TCP connections itself (`connect.rs`) so that each one
+//! first passes the [`handshake`]: the processes prove they hold the same
+//! cluster [`key`], and compare job cards ([`card`]) so that processes of
+//! different jobs refuse each other. Strangers are dropped; the real peers
+//! are waited for up to a deadline.
+
+pub mod card;
+mod connect;
+pub mod handshake;
+pub mod hostfile;
+pub mod key;
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::ProcessBuilder;
+use timely::communication::{AllocatorBuilder, Hooks, WorkerGuards};
+
+use crate::error::{Error, Result};
+pub use card::JobDescription;
+pub use hostfile::Address;
+pub use key::ClusterKey;
+
+/// How long start-up waits for the other processes by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest `--connect-timeout` accepted (a year).
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Workers and processes of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes.
+    pub processes: usize,
+    /// This process's index in `0..processes`.
+    pub process: usize,
+    /// File with one `host:port` per process, in process order.
+    pub hostfile: Option<PathBuf>,
+    /// How long start-up waits for every other process to connect.
+    pub connect_timeout: Duration,
+    /// The key processes prove they share.
+    pub key: ClusterKey,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            key: ClusterKey::public_default(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Total workers over all processes.
+    pub fn total_workers(&self) -> usize {
+        self.workers * self.processes
+    }
+
+    /// True for the process that writes outputs (process 0).
+    pub fn is_leader(&self) -> bool {
+        self.process == 0
+    }
+
+    /// Checks the layout and the addresses; every mistake is a usage error
+    /// (exit code 2).
+    pub fn validate(&self) -> Result<()> {
+        self.check_layout()?;
+        if self.processes > 1 {
+            self.addresses()?;
+        }
+        Ok(())
+    }
+
+    fn check_layout(&self) -> Result<()> {
+        let usage = |option: &str, message: String| {
+            Err(Error::Usage {
+                option: option.into(),
+                message,
+            })
+        };
+        if self.workers == 0 {
+            return usage("--workers", "must be at least 1".into());
+        }
+        if self.processes == 0 {
+            return usage("--processes", "must be at least 1".into());
+        }
+        if self.process >= self.processes {
+            return usage(
+                "--process",
+                format!(
+                    "{} is not in 0..{} (the processes are numbered from 0)",
+                    self.process, self.processes
+                ),
+            );
+        }
+        if self.connect_timeout.is_zero() || self.connect_timeout > MAX_CONNECT_TIMEOUT {
+            return usage(
+                "--connect-timeout",
+                format!(
+                    "must be more than 0 and at most {} seconds",
+                    MAX_CONNECT_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The checked addresses of the processes: the hostfile's first
+    /// `processes` entries, or `127.0.0.1:2101+i`.
+    pub fn addresses(&self) -> Result<Vec<Address>> {
+        match &self.hostfile {
+            None => hostfile::defaults(self.processes),
+            Some(path) => hostfile::read(path, self.processes),
+        }
+    }
+
+    /// Starts `func` on every worker thread of this process, connected to
+    /// the workers of the other processes. `job` describes the job for the
+    /// handshake; it is only called when there are other processes.
+    ///
+    /// Returns timely's guards; dropping them waits for the workers and
+    /// then for the network threads, as `timely::execute` does.
+    pub fn execute<T, F>(
+        &self,
+        job: impl FnOnce() -> Result<JobDescription>,
+        func: F,
+    ) -> Result<WorkerGuards<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut timely::worker::Worker) -> T + Send + Sync + 'static,
+    {
+        self.check_layout()?;
+        let (builders, others): (Vec<AllocatorBuilder>, Box<dyn Any + Send>) = if self.processes > 1
+        {
+            self.network(job)?
+        } else if self.workers > 1 {
+            timely::CommunicationConfig::Process(self.workers)
+                .try_build()
+                .map_err(Error::Cluster)?
+        } else {
+            timely::CommunicationConfig::Thread
+                .try_build()
+                .map_err(Error::Cluster)?
+        };
+        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), func)
+            .map_err(Error::Cluster)
+    }
+
+    /// Connects to the other processes through the handshake and starts
+    /// timely's network threads on the sockets (what timely's own
+    /// `CommunicationConfig::Cluster` does after making its connections).
+    fn network(
+        &self,
+        job: impl FnOnce() -> Result<JobDescription>,
+    ) -> Result<(Vec<AllocatorBuilder>, Box<dyn Any + Send>)> {
+        let addresses = self.addresses()?;
+        let local = handshake::Local::new(
+            self.key.clone(),
+            self.process,
+            addresses.iter().map(|a| a.text.clone()).collect(),
+            self.workers,
+            job()?,
+        )?;
+        let sockets = connect::establish(local, &addresses, self.connect_timeout)?;
+        let hooks = Hooks::default();
+        let process_allocators = ProcessBuilder::new_typed_vector(
+            self.workers,
+            hooks.refill.clone(),
+            hooks.spill.clone(),
+        );
+        let (builders, guard) = initialize_networking_from_sockets(
+            process_allocators,
+            sockets,
+            self.process,
+            self.workers,
+            hooks,
+        )
+        .map_err(|e| Error::Cluster(format!("cannot start the network threads: {e}")))?;
+        Ok((
+            builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+            Box::new(guard),
+        ))
+    }
+}
