@@ -87,6 +87,40 @@ pub enum Error {
         /// Why it cannot be applied.
         message: String,
     },
+    /// Command-line arguments that cannot be used as given.
+    #[error("{flags}: {message}")]
+    Usage {
+        /// The flag(s) or pipeline key(s) concerned.
+        flags: String,
+        /// What is wrong and what would work.
+        message: String,
+    },
+    /// Two outputs of a command, or an output and an input, name the same
+    /// file (after following links): writing one would destroy the other.
+    #[error(
+        "{first} and {second} both name {path}: give each output a file of its own, apart from the inputs"
+    )]
+    SamePath {
+        /// The flag (or pipeline key) named first.
+        first: String,
+        /// The other flag (or key).
+        second: String,
+        /// The path, as the second one gave it.
+        path: PathBuf,
+    },
+    /// An output cannot be prepared, written or put in place.
+    #[error("{flag} {path}: {action}")]
+    Output {
+        /// The flag or pipeline key that named the output.
+        flag: String,
+        /// The output's path, as given.
+        path: PathBuf,
+        /// What could not be done, e.g. `cannot be written`.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The data source names no files.
     #[error("{path}: no Parquet files found")]
     NoFiles {
@@ -240,10 +274,12 @@ impl Error {
     /// The process exit code for this error (see `docs/cli.md`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::PipelineSyntax { .. } | Error::PipelineValue { .. } | Error::Override { .. } => {
-                2
-            }
-            Error::Io { .. } | Error::NoFiles { .. } => 3,
+            Error::PipelineSyntax { .. }
+            | Error::PipelineValue { .. }
+            | Error::Override { .. }
+            | Error::Usage { .. }
+            | Error::SamePath { .. } => 2,
+            Error::Io { .. } | Error::Output { .. } | Error::NoFiles { .. } => 3,
             Error::Parquet { .. }
             | Error::Ipc { .. }
             | Error::MissingColumn { .. }

@@ -24,7 +24,7 @@
 //! | [`train`] | planning and running a job |
 //! | [`metrics`] | metric definitions and JSON-lines records |
 //! | [`predict`] | scoring and evaluating tables with a saved model |
-//! | [`io`] | atomic files, Parquet / Arrow IPC in and out |
+//! | [`io`] | output sets committed atomically, temporary files, signals; Parquet / Arrow IPC in and out |
 //!
 //! ## Example
 //!
