@@ -121,8 +121,8 @@ impl Live {
 
 /// Removes every live temporary file of this process, for an exit that
 /// skips destructors (a lost cluster peer). Returns how many there were, or
-/// `None` if the list is busy (a commit is in progress on this thread or
-/// another), in which case nothing is removed.
+/// `None` if the list is busy (a thread, perhaps this one, is creating or
+/// removing a temporary file), in which case nothing is removed.
 pub fn discard_live() -> Option<usize> {
     let mut live = match LIVE.try_lock() {
         Ok(guard) => Live(guard),
