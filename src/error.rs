@@ -87,6 +87,32 @@ pub enum Error {
         /// Why it cannot be applied.
         message: String,
     },
+    /// Two outputs of a command, or an output and an input, name the same
+    /// file (after following links): writing one would destroy the other.
+    #[error(
+        "{first} and {second} both name {path}: give each output a file of its own, apart from the inputs"
+    )]
+    SamePath {
+        /// The flag (or pipeline key) named first.
+        first: String,
+        /// The other flag (or key).
+        second: String,
+        /// The path, as the second one gave it.
+        path: PathBuf,
+    },
+    /// An output cannot be prepared, written or put in place.
+    #[error("{flag} {path}: {action}")]
+    Output {
+        /// The flag or pipeline key that named the output.
+        flag: String,
+        /// The output's path, as given.
+        path: PathBuf,
+        /// What could not be done, e.g. `cannot be written`.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The data source names no files.
     #[error("{path}: no Parquet files found")]
     NoFiles {
@@ -180,11 +206,12 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// A command-line option has a value that cannot be used (e.g.
-    /// `--workers 0`, `--process` out of range, an empty cluster key).
+    /// A command-line option (or the pipeline key it stands for) has a
+    /// value that cannot be used (e.g. `--workers 0`, `--process` out of
+    /// range, an empty cluster key, `-` where stdout is taken).
     #[error("{option}: {message}")]
     Usage {
-        /// The option, e.g. `--workers`.
+        /// The option(s) or key(s), e.g. `--workers`.
         option: String,
         /// Why its value cannot be used.
         message: String,
@@ -281,8 +308,9 @@ impl Error {
             | Error::Override { .. }
             | Error::Usage { .. }
             | Error::Hostfile { .. }
-            | Error::JobMismatch { .. } => 2,
-            Error::Io { .. } | Error::NoFiles { .. } => 3,
+            | Error::JobMismatch { .. }
+            | Error::SamePath { .. } => 2,
+            Error::Io { .. } | Error::Output { .. } | Error::NoFiles { .. } => 3,
             Error::Parquet { .. }
             | Error::Ipc { .. }
             | Error::MissingColumn { .. }

@@ -25,7 +25,7 @@
 //! | [`cluster`] | workers, processes, addresses; the handshake that starts a cluster |
 //! | [`metrics`] | metric definitions and JSON-lines records |
 //! | [`predict`] | scoring and evaluating tables with a saved model |
-//! | [`io`] | atomic files, Parquet / Arrow IPC in and out, bounded reads |
+//! | [`io`] | output sets committed atomically, temporary files, signals, bounded reads; Parquet / Arrow IPC in and out |
 //! | [`memory`] | known allocations checked against available memory |
 //!
 //! ## Example

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
         .compact()
         .init();
     std::panic::set_hook(Box::new(panic_hook));
+    if let Err(e) = tidemill::io::signals::install() {
+        tracing::warn!(error = %e, "no signal handler: temporary files are left to the next run's sweep");
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -47,18 +50,23 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     if msg.contains("timely communication error") || msg.contains("MergeQueue poisoned") {
+        // Exiting skips destructors: remove the temporary files here.
+        let _ = tidemill::io::temp::discard_live();
         eprintln!(
             "error: cluster: lost the connection to a peer process ({msg}); no output was written"
         );
         std::process::exit(7);
     }
+    let _ = tidemill::io::temp::discard_live();
     eprintln!("error: internal error, please report it: {info}");
     std::process::exit(1);
 }
 
 fn is_broken_pipe(e: &tidemill::Error) -> bool {
     match e {
-        tidemill::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::BrokenPipe,
+        tidemill::Error::Io { source, .. } | tidemill::Error::Output { source, .. } => {
+            source.kind() == std::io::ErrorKind::BrokenPipe
+        }
         other => other.to_string().contains("Broken pipe"),
     }
 }

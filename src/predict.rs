@@ -8,6 +8,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::data::encode::{decode, Block, ClassMap, LabelUse, Origin};
 use crate::error::{Error, Result};
+use crate::io::atomic::{OutputSet, Request};
 use crate::io::table::{self, Format, TableOutput};
 use crate::metrics::{EvalPartial, Metrics};
 use crate::model::file::ModelFile;
@@ -156,7 +157,9 @@ impl Scorer {
 }
 
 /// `tidemill predict`: scores `input` into `output`, keeping the `keep`
-/// columns of the input in front of the predictions.
+/// columns of the input in front of the predictions. The output is
+/// prepared before anything is read (an unwritable path fails at once) and
+/// appears only once it is complete; it may not be the model or the input.
 pub fn predict(
     model: &std::path::Path,
     input: &str,
@@ -164,6 +167,11 @@ pub fn predict(
     format: Option<Format>,
     keep: &[String],
 ) -> Result<u64> {
+    let out_path = std::path::Path::new(output);
+    let mut outputs = OutputSet::prepare(
+        &[Request::file_or_stdout("--output", out_path)],
+        &[("--model", model), ("--input", std::path::Path::new(input))],
+    )?;
     let scorer = Scorer::load(model)?;
     let source = table::open(input)?;
     let in_schema = source.schema.clone();
@@ -197,7 +205,7 @@ pub fn predict(
     }
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let format = format.unwrap_or_else(|| Format::for_output(output));
-    let mut out = TableOutput::create(output, format, Arc::clone(&schema))?;
+    let mut out = TableOutput::create(&outputs.outputs()[0], format, Arc::clone(&schema))?;
     let mut rows = 0u64;
     for item in source {
         let (batch, origin) = item?;
@@ -219,6 +227,7 @@ pub fn predict(
         rows += batch.num_rows() as u64;
     }
     out.finish()?;
+    outputs.commit()?;
     Ok(rows)
 }
 

@@ -10,8 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::cluster::key::KEY_ENV;
 use crate::cluster::{Cluster, ClusterKey, MAX_CONNECT_TIMEOUT};
 use crate::error::{Error, Result};
+use crate::io::atomic::OutputSet;
 use crate::io::table::Format;
 use crate::spec::Pipeline;
+use outputs::{pipeline_inputs, PipelineOutputs};
+
+mod outputs;
 
 /// tidemill: distributed training of linear models on Parquet data, as a
 /// timely dataflow.
@@ -29,7 +33,8 @@ pub struct Cli {
 /// Exit codes, shown in `--help`.
 pub const EXIT_CODES: &str =
     "Exit codes: 0 ok, 1 internal error, 2 bad pipeline or usage, 3 I/O error, \
-4 bad input data, 5 bad model file, 6 training diverged, 7 cluster failure.";
+4 bad input data, 5 bad model file, 6 training diverged, 7 cluster failure, \
+128+N interrupted by signal N (130 SIGINT, 143 SIGTERM).";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -206,20 +211,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", to_json(&m));
             Ok(())
         }
-        Command::Validate(a) => {
-            let p = Pipeline::load(&a.pipeline, &a.overrides)?;
-            let plan = crate::train::plan::Plan::new(p)?;
-            println!(
-                "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'",
-                plan.train.source.files.len(),
-                plan.train.source.rows(),
-                plan.train.units.len(),
-                plan.draft.numeric.len(),
-                plan.draft.categorical.len(),
-                plan.draft.label
-            );
-            Ok(())
-        }
+        Command::Validate(a) => validate(a),
         Command::Plot(a) => crate::metrics::plot::plot_files(&a.metrics, &a.out, &a.title),
         Command::Inspect(a) => {
             let info = crate::inspect::inspect(&a.paths)?;
@@ -233,16 +225,45 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn validate(a: ValidateArgs) -> Result<()> {
+    let p = Pipeline::load(&a.pipeline, &a.overrides)?;
+    let outputs = PipelineOutputs::new(&p, false, false);
+    let requests = outputs.requests();
+    crate::io::atomic::check_writable(&requests, &pipeline_inputs(&a.pipeline, &p))?;
+    let plan = crate::train::plan::Plan::new(p)?;
+    println!(
+        "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}",
+        plan.train.source.files.len(),
+        plan.train.source.rows(),
+        plan.train.units.len(),
+        plan.draft.numeric.len(),
+        plan.draft.categorical.len(),
+        plan.draft.label,
+        outputs.describe()
+    );
+    Ok(())
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
+    let (model_flag, metrics_flag) = (a.model_out.is_some(), a.metrics_out.is_some());
     if let Some(m) = a.model_out {
         pipeline.output.model = Some(m);
     }
     if let Some(m) = a.metrics_out {
         pipeline.output.metrics = Some(m);
     }
-    let outputs = pipeline.output.clone();
+    let paths = PipelineOutputs::new(&pipeline, model_flag, metrics_flag);
+    // Process 0 writes the outputs. They are prepared before training, so
+    // that an unwritable path fails now rather than after the work; the
+    // other processes create nothing.
+    let outputs = if cluster.is_leader() {
+        let inputs = pipeline_inputs(&a.pipeline, &pipeline);
+        Some(OutputSet::prepare(&paths.requests(), &inputs)?)
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     tracing::info!(
         pipeline = %a.pipeline.display(),
@@ -251,23 +272,27 @@ fn train(a: TrainArgs) -> Result<()> {
         "training"
     );
     let report = crate::train::run(pipeline, &cluster)?;
-    if !cluster.is_leader() {
+    let Some(mut outputs) = outputs else {
         return Ok(());
-    }
+    };
     let model = report.model.as_ref().ok_or_else(|| Error::Worker {
         worker: 0,
         message: "finished without a model".into(),
     })?;
-    if let Some(path) = &outputs.model {
-        crate::io::atomic::write(path, model.to_json()?.as_bytes())?;
-        tracing::info!(path = %path.display(), "model written");
+    // The outputs were requested model first, then metrics.
+    let mut contents = Vec::new();
+    if paths.model.is_some() {
+        contents.push(model.to_json()?);
     }
-    if let Some(path) = &outputs.metrics {
-        crate::io::atomic::write(
-            path,
-            crate::metrics::sink::to_jsonl(&report.records).as_bytes(),
-        )?;
-        tracing::info!(path = %path.display(), "metrics written");
+    if paths.metrics.is_some() {
+        contents.push(crate::metrics::sink::to_jsonl(&report.records));
+    }
+    for (output, text) in outputs.outputs().iter_mut().zip(&contents) {
+        output.write_all(text.as_bytes())?;
+    }
+    outputs.commit()?;
+    for (flag, path) in [&paths.model, &paths.metrics].into_iter().flatten() {
+        tracing::info!(path = %path.display(), flag, "written");
     }
     // With early stopping the model is the best epoch's: report that one.
     let last = report

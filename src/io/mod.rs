@@ -1,6 +1,11 @@
-//! Files in and out: atomic writes, tabular readers and writers for
-//! Parquet and Arrow IPC, paths or `-` for stdin/stdout.
+//! Files in and out: output sets written atomically (temporary files,
+//! sweeps, signals), tabular readers and writers for Parquet and Arrow IPC,
+//! paths or `-` for stdin/stdout.
 
 pub mod atomic;
 pub mod bounded;
+pub mod signals;
+pub mod sweep;
 pub mod table;
+pub mod target;
+pub mod temp;

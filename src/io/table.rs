@@ -1,9 +1,11 @@
 //! Tabular input and output: Parquet files, Arrow IPC files and streams,
-//! and `-` for stdin / stdout.
+//! and `-` for stdin / stdout (outputs are prepared by
+//! [`super::atomic::OutputSet`]).
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::{FileReader, StreamReader};
@@ -14,7 +16,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::atomic::AtomicFile;
+use super::atomic::Output;
 use crate::data::source::ParquetFile;
 use crate::error::{Error, Result};
 
@@ -187,77 +189,129 @@ enum Inner {
     Stream(StreamWriter<Box<dyn Write + Send>>),
 }
 
-/// A table being written to a path (atomically) or stdout.
-pub struct TableOutput {
-    inner: Inner,
-    atomic: Option<AtomicFile>,
+/// Keeps the first I/O error the sink reports, so that a full disk or a
+/// closed pipe is reported as such (exit code 3, or a quiet exit for a
+/// closed pipe) rather than as whatever the Parquet or IPC writer wraps it
+/// in.
+#[derive(Clone)]
+struct Tap {
+    first: Arc<Mutex<Option<io::Error>>>,
+    flag: String,
     path: PathBuf,
 }
 
+impl Tap {
+    fn keep<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+            first.get_or_insert(e);
+            copy
+        })
+    }
+
+    /// The sink's own error if it had one, else `fallback`.
+    fn explain(&self, fallback: Error) -> Error {
+        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+        match first.take() {
+            Some(source) => Error::Output {
+                flag: self.flag.clone(),
+                path: self.path.clone(),
+                action: "cannot be written".into(),
+                source,
+            },
+            None => fallback,
+        }
+    }
+}
+
+/// A sink that reports its errors to a [`Tap`].
+struct Tapped {
+    inner: Box<dyn Write + Send>,
+    tap: Tap,
+}
+
+impl Write for Tapped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.tap.keep(r)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.tap.keep(r)
+    }
+}
+
+/// A table being written into a prepared [`Output`]; the caller commits
+/// the output set once [`TableOutput::finish`] returns.
+pub struct TableOutput {
+    inner: Inner,
+    tap: Tap,
+}
+
 impl TableOutput {
-    /// Starts writing `schema` to `path` (`-` for stdout) in `format`.
-    pub fn create(path: &str, format: Format, schema: SchemaRef) -> Result<TableOutput> {
-        let p = PathBuf::from(path);
-        let (sink, atomic): (Box<dyn Write + Send>, Option<AtomicFile>) = if path == "-" {
-            (Box::new(std::io::stdout()), None)
-        } else {
-            let mut a = AtomicFile::create(&p)?;
-            let f = a.file().try_clone().map_err(|e| Error::io(&p, e))?;
-            (Box::new(std::io::BufWriter::new(f)), Some(a))
+    /// Starts writing `schema` into `output` in `format`.
+    pub fn create(output: &Output, format: Format, schema: SchemaRef) -> Result<TableOutput> {
+        let tap = Tap {
+            first: Arc::new(Mutex::new(None)),
+            flag: output.flag().to_string(),
+            path: output.path().to_path_buf(),
         };
+        let sink: Box<dyn Write + Send> = Box::new(Tapped {
+            inner: output.writer()?,
+            tap: tap.clone(),
+        });
+        let p = &tap.path;
         let inner = match format {
             Format::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .build();
-                Inner::Parquet(
-                    ArrowWriter::try_new(sink, schema, Some(props))
-                        .map_err(|e| Error::parquet(&p, e))?,
-                )
+                ArrowWriter::try_new(sink, schema, Some(props))
+                    .map(Inner::Parquet)
+                    .map_err(|e| Error::parquet(p, e))
             }
-            Format::Ipc => {
-                Inner::Ipc(FileWriter::try_new(sink, &schema).map_err(|e| ipc_err(&p, e))?)
-            }
-            Format::IpcStream => {
-                Inner::Stream(StreamWriter::try_new(sink, &schema).map_err(|e| ipc_err(&p, e))?)
-            }
-        };
-        Ok(TableOutput {
-            inner,
-            atomic,
-            path: p,
-        })
+            Format::Ipc => FileWriter::try_new(sink, &schema)
+                .map(Inner::Ipc)
+                .map_err(|e| ipc_err(p, e)),
+            Format::IpcStream => StreamWriter::try_new(sink, &schema)
+                .map(Inner::Stream)
+                .map_err(|e| ipc_err(p, e)),
+        }
+        .map_err(|e| tap.explain(e))?;
+        Ok(TableOutput { inner, tap })
     }
 
     /// Appends a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let p = &self.path;
+        let p = &self.tap.path;
         match &mut self.inner {
             Inner::Parquet(w) => w.write(batch).map_err(|e| Error::parquet(p, e)),
             Inner::Ipc(w) => w.write(batch).map_err(|e| ipc_err(p, e)),
             Inner::Stream(w) => w.write(batch).map_err(|e| ipc_err(p, e)),
         }
+        .map_err(|e| self.tap.explain(e))
     }
 
-    /// Finishes the file and moves it into place.
+    /// Finishes the table and flushes it into the output (which the caller
+    /// then commits).
     pub fn finish(self) -> Result<()> {
-        let p = &self.path;
-        let mut sink = match self.inner {
-            Inner::Parquet(w) => w.into_inner().map_err(|e| Error::parquet(p, e))?,
-            Inner::Ipc(mut w) => {
-                w.finish().map_err(|e| ipc_err(p, e))?;
-                w.into_inner().map_err(|e| ipc_err(p, e))?
-            }
-            Inner::Stream(mut w) => {
-                w.finish().map_err(|e| ipc_err(p, e))?;
-                w.into_inner().map_err(|e| ipc_err(p, e))?
-            }
+        let p = &self.tap.path;
+        let finished = match self.inner {
+            Inner::Parquet(w) => w.into_inner().map_err(|e| Error::parquet(p, e)),
+            Inner::Ipc(mut w) => w
+                .finish()
+                .and_then(|()| w.into_inner())
+                .map_err(|e| ipc_err(p, e)),
+            Inner::Stream(mut w) => w
+                .finish()
+                .and_then(|()| w.into_inner())
+                .map_err(|e| ipc_err(p, e)),
         };
-        sink.flush().map_err(|e| Error::io(p, e))?;
-        drop(sink);
-        if let Some(a) = self.atomic {
-            a.commit()?;
-        }
-        Ok(())
+        let mut sink = finished.map_err(|e| self.tap.explain(e))?;
+        sink.flush().map_err(|e| {
+            self.tap
+                .explain(Error::io(p, io::Error::new(e.kind(), e.to_string())))
+        })
     }
 }

@@ -7,6 +7,7 @@ use plotters::prelude::*;
 
 use super::sink::EpochRecord;
 use crate::error::{Error, Result};
+use crate::io::atomic::{OutputSet, Request};
 
 /// One run to draw: a label and its epoch records.
 #[derive(Debug, Clone)]
@@ -57,6 +58,12 @@ pub fn loss_of(r: &EpochRecord) -> Option<f64> {
 
 /// Draws loss against elapsed seconds for every series into an SVG file.
 pub fn render(series: &[Series], out: &Path, title: &str) -> Result<()> {
+    crate::io::atomic::write("--out", out, render_svg(series, out, title)?.as_bytes())
+}
+
+/// Draws loss against elapsed seconds for every series, as SVG text
+/// (`out` names the file in messages).
+pub fn render_svg(series: &[Series], out: &Path, title: &str) -> Result<String> {
     let points: Vec<Vec<(f64, f64)>> = series
         .iter()
         .map(|s| {
@@ -121,14 +128,21 @@ pub fn render(series: &[Series], out: &Path, title: &str) -> Result<()> {
             .map_err(|e| draw_err(&e))?;
         root.present().map_err(|e| draw_err(&e))?;
     }
-    crate::io::atomic::write(out, svg.as_bytes())
+    Ok(svg)
 }
 
-/// Reads every file and renders them into `out`.
+/// Reads every file and renders them into `out` (prepared first, and never
+/// one of the metrics files).
 pub fn plot_files(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
+    let inputs: Vec<(&str, &Path)> = files.iter().map(|f| ("METRICS", f.as_path())).collect();
+    let mut set = OutputSet::prepare(&[Request::file("--out", out)], &inputs)?;
     let series = files
         .iter()
         .map(|f| read_series(f))
         .collect::<Result<Vec<_>>>()?;
-    render(&series, out, title)
+    let svg = render_svg(&series, out, title)?;
+    for o in set.outputs() {
+        o.write_all(svg.as_bytes())?;
+    }
+    set.commit()
 }

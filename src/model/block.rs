@@ -78,7 +78,7 @@ impl FeatureBlock {
 
     /// Is local parameter `i` an intercept slot (never penalised)?
     pub fn is_intercept(&self, i: usize) -> bool {
-        i % self.width() == 0
+        i.is_multiple_of(self.width())
     }
 
     /// The feature spec this block decodes: its own numeric columns, and the

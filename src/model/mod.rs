@@ -52,7 +52,7 @@ impl Layout {
 
     /// Is parameter `i` an intercept (never penalised)?
     pub fn is_intercept(&self, i: usize) -> bool {
-        i % (self.d + 1) == 0
+        i.is_multiple_of(self.d + 1)
     }
 
     /// Parameters every row touches: each output's intercept and numeric

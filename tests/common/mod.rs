@@ -285,3 +285,86 @@ pub fn finish(mut child: std::process::Child, limit: std::time::Duration) -> Out
         stderr: stderr.join().unwrap(),
     }
 }
+
+/// Trains the quickstart pipeline into `dir/model.json` (metrics into
+/// `dir/metrics.jsonl`, not the pipeline's own paths) and returns the model path.
+pub fn quickstart_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model.json");
+    let metrics = dir.join("metrics.jsonl");
+    tidemill_ok(&[
+        "train",
+        "pipelines/quickstart.toml",
+        "--model-out",
+        &model.to_string_lossy(),
+        "--metrics-out",
+        &metrics.to_string_lossy(),
+    ]);
+    model
+}
+
+/// The rows of `datasets/FILE` repeated `copies` times, as an Arrow IPC
+/// stream (what `predict -i -` reads).
+pub fn ipc_stream(file: &str, copies: usize) -> Vec<u8> {
+    let f = std::fs::File::open(root().join("datasets").join(file)).unwrap();
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batches[0].schema()).unwrap();
+    for _ in 0..copies {
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+    }
+    w.finish().unwrap();
+    drop(w);
+    buf
+}
+
+/// The hidden files beside `name` in `dir` (`.NAME…`: temporary files, the
+/// old `.NAME.tmp-PID` ones and tidemill's `.NAME.tidemill-XXXXXXXXXX.tmp`).
+pub fn hidden_beside(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let prefix = format!(".{name}");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Polls `ready` until it holds; panics with `what` after a minute (a
+/// liveness bound, not a timing assertion).
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Runs `predict` with `model` on `datasets/breast_cancer.parquet` into `out`.
+pub fn predict_breast_cancer(model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (m, o) = (model.to_string_lossy(), out.to_string_lossy());
+    let mut args = vec![
+        "predict",
+        "-m",
+        &m,
+        "-i",
+        "datasets/breast_cancer.parquet",
+        "-o",
+        &o,
+    ];
+    args.extend(extra);
+    tidemill(&args)
+}

@@ -1,0 +1,240 @@
+//! What an output path names, decided before anything is written.
+//!
+//! * `-`: standard output, where the command allows it.
+//! * A regular file, or nothing yet: written to a temporary file beside it
+//!   and renamed into place ([`Kind::Replace`]).
+//! * A symbolic link: followed to the file it finally names, which is then
+//!   handled as above; the link itself is kept (write-through). A dangling
+//!   link is followed to where its target would be.
+//! * A character or block device, a FIFO or a socket: opened and written in
+//!   place ([`Kind::Stream`]); renaming over `/dev/null` or a FIFO would
+//!   replace it with a regular file.
+//! * A directory: an error.
+
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Links followed before giving up (as the kernel's `ELOOP` limit).
+const MAX_LINKS: usize = 40;
+
+/// How an output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `-`: standard output.
+    Stdout,
+    /// A regular file (or none yet): temporary file, fsync, rename, fsync
+    /// of the directory.
+    Replace,
+    /// A device, FIFO or socket: opened for writing and streamed into.
+    Stream,
+}
+
+/// A resolved output (or input) path.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The path as given, for messages.
+    pub given: PathBuf,
+    /// The path written: `given` with every symbolic link followed.
+    pub resolved: PathBuf,
+    /// How it is written.
+    pub kind: Kind,
+    /// Whether something is at `resolved` now, and what.
+    meta: Option<Metadata>,
+    /// `resolved` with its directory made canonical, for comparisons.
+    canonical: PathBuf,
+}
+
+impl Target {
+    /// Resolves `given` (`-` is standard output).
+    pub fn resolve(given: &Path) -> io::Result<Target> {
+        if given.as_os_str() == "-" {
+            return Ok(Target {
+                given: given.to_path_buf(),
+                resolved: given.to_path_buf(),
+                kind: Kind::Stdout,
+                meta: None,
+                canonical: given.to_path_buf(),
+            });
+        }
+        let (resolved, meta) = follow_links(given)?;
+        let kind = match &meta {
+            None => Kind::Replace,
+            Some(m) if m.is_file() => Kind::Replace,
+            Some(m) if m.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "is a directory",
+                ))
+            }
+            Some(_) => Kind::Stream,
+        };
+        if kind == Kind::Replace && resolved.file_name().is_none() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "names no file"));
+        }
+        let canonical = canonical(&resolved);
+        Ok(Target {
+            given: given.to_path_buf(),
+            resolved,
+            kind,
+            meta,
+            canonical,
+        })
+    }
+
+    /// The directory the temporary file goes in (for [`Kind::Replace`]).
+    pub fn dir(&self) -> PathBuf {
+        match self.resolved.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// True for a FIFO (opening one for writing waits for a reader).
+    pub fn is_fifo(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.file_type().is_fifo())
+    }
+
+    fn is_char_device(&self) -> bool {
+        self.meta
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_char_device())
+    }
+
+    /// True if writing one would overwrite the other: the same file after
+    /// following links and making directories canonical, or the same inode
+    /// (a hard link). Standard output is never the same file as anything,
+    /// and two character devices (`/dev/null` twice) may both be written.
+    pub fn same_file(&self, other: &Target) -> bool {
+        if self.kind == Kind::Stdout || other.kind == Kind::Stdout {
+            return false;
+        }
+        if self.is_char_device() && other.is_char_device() {
+            return false;
+        }
+        if self.canonical == other.canonical {
+            return true;
+        }
+        match (&self.meta, &other.meta) {
+            (Some(a), Some(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+}
+
+/// Follows symbolic links from `path` until something that is not a link,
+/// or nothing, is found; returns that path and what is there.
+fn follow_links(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
+    let mut path = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((path, None)),
+            Err(e) => return Err(e),
+        };
+        if !meta.file_type().is_symlink() {
+            return Ok((path, Some(meta)));
+        }
+        let next = std::fs::read_link(&path)?;
+        path = match path.parent() {
+            Some(dir) if next.is_relative() => dir.join(next),
+            _ => next,
+        };
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("more than {MAX_LINKS} levels of symbolic links"),
+    ))
+}
+
+/// `path` with its directory made canonical (when the directory exists)
+/// and made absolute (always).
+fn canonical(path: &Path) -> PathBuf {
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n,
+        ),
+        _ => return std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    };
+    match std::fs::canonicalize(dir) {
+        Ok(d) => d.join(name),
+        Err(_) => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(Target::resolve(Path::new("-")).unwrap().kind, Kind::Stdout);
+        assert_eq!(
+            Target::resolve(&d.join("new.json")).unwrap().kind,
+            Kind::Replace
+        );
+        std::fs::write(d.join("old.json"), b"x").unwrap();
+        assert_eq!(
+            Target::resolve(&d.join("old.json")).unwrap().kind,
+            Kind::Replace
+        );
+        assert_eq!(
+            Target::resolve(Path::new("/dev/null")).unwrap().kind,
+            Kind::Stream
+        );
+        let err = Target::resolve(d).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::IsADirectory);
+        // Under a regular file: fails now, not after the work.
+        assert!(Target::resolve(&d.join("old.json/m.json")).is_err());
+    }
+
+    #[test]
+    fn links_are_followed_to_the_final_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::fs::write(d.join("real/m.json"), b"x").unwrap();
+        symlink("real/m.json", d.join("one")).unwrap();
+        symlink(d.join("one"), d.join("two")).unwrap();
+        symlink("real/missing.json", d.join("dangling")).unwrap();
+        symlink("loop", d.join("loop")).unwrap();
+        let t = Target::resolve(&d.join("two")).unwrap();
+        assert_eq!(t.resolved, d.join("real/m.json"));
+        assert_eq!(t.dir(), d.join("real"));
+        let t = Target::resolve(&d.join("dangling")).unwrap();
+        assert_eq!(
+            (t.resolved, t.kind),
+            (d.join("real/missing.json"), Kind::Replace)
+        );
+        assert!(Target::resolve(&d.join("loop")).is_err());
+    }
+
+    #[test]
+    fn same_file_through_links_dots_and_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("m.json"), b"x").unwrap();
+        symlink(d.join("m.json"), d.join("link")).unwrap();
+        std::fs::hard_link(d.join("m.json"), d.join("hard")).unwrap();
+        let r = |p: &str| Target::resolve(&d.join(p)).unwrap();
+        assert!(r("m.json").same_file(&r("link")));
+        assert!(r("m.json").same_file(&r("sub/../m.json")));
+        assert!(r("m.json").same_file(&r("hard")));
+        assert!(r("new").same_file(&r("sub/../new")));
+        assert!(!r("m.json").same_file(&r("new")));
+        let null = Target::resolve(Path::new("/dev/null")).unwrap();
+        assert!(!null.same_file(&null));
+        let out = Target::resolve(Path::new("-")).unwrap();
+        assert!(!out.same_file(&out));
+    }
+}

@@ -1,0 +1,367 @@
+//! Outputs on real files, devices, FIFOs and links, with the real binary:
+//! temporary files never follow links, devices and FIFOs are streamed into
+//! (not renamed over), links are written through, a command's outputs
+//! appear together or not at all and are checked before training, and one
+//! path named twice is a usage error.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{symlink, FileTypeExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{predict_breast_cancer, quickstart_model, root, tidemill, tidemill_ok};
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn train(args: &[&str]) -> Output {
+    let mut all = vec!["train", "pipelines/quickstart.toml"];
+    all.extend(args);
+    tidemill(&all)
+}
+
+fn assert_char_device(path: &str) {
+    let ft = std::fs::metadata(path).unwrap().file_type();
+    assert!(
+        ft.is_char_device(),
+        "{path} is no longer a character device"
+    );
+}
+
+/// Regression (issue 6): the old temporary name `.NAME.tmp-PID` was opened
+/// with `File::create`, which followed a link planted there and overwrote
+/// its target with the model. Process 0 of a two-process job waits for
+/// process 1, which gives time to plant links at its old names.
+#[test]
+fn links_planted_at_the_old_temporary_names_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hosts = common::hostfile(d, 2);
+    let (model, metrics) = (d.join("model.json"), d.join("metrics.jsonl"));
+    let spawn = |p: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .env("TIDEMILL_LOG", "warn")
+            .args(["train", "pipelines/quickstart.toml", "-n", "2", "-p", p])
+            .arg("--hostfile")
+            .arg(&hosts)
+            .arg("--model-out")
+            .arg(&model)
+            .arg("--metrics-out")
+            .arg(&metrics)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let leader = spawn("0");
+    let mut victims = Vec::new();
+    for name in ["model.json", "metrics.jsonl"] {
+        let victim = d.join(format!("victim-{name}"));
+        std::fs::write(&victim, b"precious").unwrap();
+        symlink(&victim, d.join(format!(".{name}.tmp-{}", leader.id()))).unwrap();
+        victims.push(victim);
+    }
+    let follower = spawn("1");
+    let (out0, out1) = (
+        leader.wait_with_output().unwrap(),
+        follower.wait_with_output().unwrap(),
+    );
+    assert!(out0.status.success(), "{}", stderr(&out0));
+    assert!(out1.status.success(), "{}", stderr(&out1));
+    for v in &victims {
+        assert_eq!(std::fs::read(v).unwrap(), b"precious", "{v:?} overwritten");
+    }
+    for out in [&model, &metrics] {
+        let meta = out.symlink_metadata().unwrap();
+        assert!(meta.file_type().is_file(), "{out:?} is not a regular file");
+    }
+    assert!(std::fs::read_to_string(&model).unwrap().starts_with('{'));
+}
+
+/// The same for `predict`, which creates its temporary file after reading
+/// the input's schema from stdin: the link is planted before any is sent.
+#[test]
+fn predict_never_follows_a_link_at_a_temporary_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = quickstart_model(d);
+    let out = d.join("p.parquet");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args(["predict", "-m", &s(&model), "-i", "-", "-o", &s(&out)])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    symlink(&victim, d.join(format!(".p.parquet.tmp-{}", child.id()))).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(&common::ipc_stream("breast_cancer.parquet", 1))
+        .unwrap();
+    drop(stdin);
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(out.symlink_metadata().unwrap().file_type().is_file());
+}
+
+/// Regression (issue 7): `/dev/null` was renamed over (as root) and became
+/// a regular file.
+#[test]
+fn dev_null_stays_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let out = train(&["--model-out", "/dev/null", "--metrics-out", &s(&metrics)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_char_device("/dev/null");
+    assert!(metrics.exists());
+
+    let model = quickstart_model(dir.path());
+    let out = predict_breast_cancer(&model, Path::new("/dev/null"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_char_device("/dev/null");
+}
+
+/// `/dev/full` fails every write with ENOSPC: exit 3 with a message, the
+/// device intact, and (train) the other output of the set not written.
+#[test]
+fn dev_full_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let out = train(&["--model-out", "/dev/full", "--metrics-out", &s(&metrics)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("--model-out /dev/full"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_char_device("/dev/full");
+    assert!(!metrics.exists(), "half of the output set was committed");
+    assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+
+    let model = quickstart_model(dir.path());
+    let out = predict_breast_cancer(&model, Path::new("/dev/full"), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("--output /dev/full"), "{err}");
+    assert_char_device("/dev/full");
+}
+
+/// A FIFO with a reader: the reader gets the whole file, the FIFO stays.
+fn read_fifo_while(run: impl FnOnce(&Path) -> Output) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || tx.send(std::fs::read(path).unwrap()));
+    let out = run(&fifo);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the FIFO's reader got nothing (was the FIFO replaced?)");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    got
+}
+
+#[test]
+fn a_fifo_reader_gets_the_whole_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("model.json");
+    let metrics = dir.path().join("m.jsonl");
+    let args = |model: &Path| {
+        train(&[
+            "--model-out",
+            &s(model),
+            "--metrics-out",
+            &s(&metrics),
+            "--set",
+            "train.epochs=5",
+        ])
+    };
+    let got = read_fifo_while(args);
+    assert!(args(&reference).status.success());
+    assert_eq!(got, std::fs::read(&reference).unwrap());
+}
+
+#[test]
+fn a_fifo_reader_gets_the_whole_prediction_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let reference = dir.path().join("p.parquet");
+    let predict = |out: &Path| predict_breast_cancer(&model, out, &["--format", "parquet"]);
+    let got = read_fifo_while(predict);
+    assert!(predict(&reference).status.success());
+    assert_eq!(got, std::fs::read(&reference).unwrap());
+}
+
+/// Links are written through: the link stays, the file it names is
+/// replaced atomically (a dangling link gets its file created).
+#[test]
+fn a_symlinked_output_keeps_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("real")).unwrap();
+    std::fs::write(d.join("real/model.json"), b"old").unwrap();
+    symlink("real/model.json", d.join("model.json")).unwrap();
+    symlink("real/metrics.jsonl", d.join("metrics.jsonl")).unwrap();
+    let out = train(&[
+        "--model-out",
+        &s(&d.join("model.json")),
+        "--metrics-out",
+        &s(&d.join("metrics.jsonl")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (link, target) in [
+        ("model.json", "real/model.json"),
+        ("metrics.jsonl", "real/metrics.jsonl"),
+    ] {
+        let meta = d.join(link).symlink_metadata().unwrap();
+        assert!(meta.file_type().is_symlink(), "{link} was replaced");
+        assert_eq!(std::fs::read_link(d.join(link)).unwrap(), Path::new(target));
+    }
+    let model = std::fs::read_to_string(d.join("real/model.json")).unwrap();
+    assert!(model.starts_with('{'), "{model}");
+    assert!(std::fs::read_to_string(d.join("real/metrics.jsonl"))
+        .unwrap()
+        .contains("\"epoch\""));
+    assert_eq!(names(&d.join("real")), ["metrics.jsonl", "model.json"]);
+}
+
+/// Regression (issue 8): `--metrics-out` failing after training left the
+/// model written. Now the outputs are prepared before training: it fails
+/// at once (no training step traced), exit 3, and writes nothing.
+#[test]
+fn an_unwritable_output_fails_before_training_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("file"), b"a regular file").unwrap();
+    let bad = d.join("file/metrics.jsonl");
+    let trace = d.join("trace");
+    for existing in [None, Some("the previous model")] {
+        let model = d.join("model.json");
+        if let Some(text) = existing {
+            std::fs::write(&model, text).unwrap();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .env("TIDEMILL_LOG", "warn")
+            .env("TIDEMILL_TRACE_STEPS", &trace)
+            .args(["train", "pipelines/quickstart.toml"])
+            .args(["--model-out", &s(&model), "--metrics-out", &s(&bad)])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("--metrics-out") && err.contains(&s(&bad)),
+            "{err}"
+        );
+        assert!(!trace.exists(), "it trained before failing");
+        match existing {
+            None => assert!(!model.exists(), "a model was written"),
+            Some(text) => assert_eq!(std::fs::read_to_string(&model).unwrap(), text),
+        }
+        let expected: &[&str] = if existing.is_some() {
+            &["file", "model.json"]
+        } else {
+            &["file"]
+        };
+        assert_eq!(names(d), expected);
+    }
+}
+
+/// Regression (issue 8): `--model-out X --metrics-out X` silently lost the
+/// model. The same file named twice (directly, through `..`, through a
+/// link, or as an input) is a usage error naming both flags.
+#[test]
+fn one_path_named_twice_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let x = d.join("x.json");
+    symlink(&x, d.join("link")).unwrap();
+    for (model, metrics) in [
+        (x.clone(), x.clone()),
+        (x.clone(), d.join("sub/../x.json")),
+        (x.clone(), d.join("link")),
+    ] {
+        let out = train(&["--model-out", &s(&model), "--metrics-out", &s(&metrics)]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--model-out") && err.contains("--metrics-out"),
+            "{err}"
+        );
+    }
+    assert!(!x.exists());
+
+    let model = quickstart_model(d);
+    let before = std::fs::read(&model).unwrap();
+    let input = d.join("in.parquet");
+    std::fs::copy(root().join("datasets/breast_cancer.parquet"), &input).unwrap();
+    let input_bytes = std::fs::read(&input).unwrap();
+    for (output, flag) in [(&input, "--input"), (&model, "--model")] {
+        let out = tidemill(&[
+            "predict",
+            "-m",
+            &s(&model),
+            "-i",
+            &s(&input),
+            "-o",
+            &s(output),
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--output") && err.contains(flag), "{err}");
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    assert_eq!(std::fs::read(&input).unwrap(), input_bytes);
+}
+
+/// Regression (issue 8): `validate` said ok for an unwritable output.
+#[test]
+fn validate_checks_the_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("file"), b"a regular file").unwrap();
+    let bad = d.join("file/m.jsonl");
+    let set = format!("output.metrics={}", s(&bad));
+    let out = tidemill(&["validate", "pipelines/quickstart.toml", "--set", &set]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("output.metrics") && err.contains(&s(&bad)),
+        "{err}"
+    );
+
+    let good = format!("output.metrics={}", s(&d.join("new/dir/m.jsonl")));
+    let ok = tidemill_ok(&["validate", "pipelines/quickstart.toml", "--set", &good]);
+    assert!(ok.contains("outputs writable"), "{ok}");
+    assert_eq!(names(d), ["file"], "validate left something behind");
+}
