@@ -1,6 +1,7 @@
 //! The same pipeline and seed give a byte-identical model file on 1, 2 and 4
 //! worker threads and on 2 processes over loopback TCP, for slice and
-//! shuffle, for SGD and L-BFGS.
+//! shuffle, for SGD and L-BFGS, and with lazy updates for every first-order
+//! method.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -127,6 +128,39 @@ fn softmax_adam_shuffle() {
             "train.epochs=3",
         ],
     );
+}
+
+/// Lazy updates on hashed categoricals (adult: 2^12 slots, `l2 = 1e-4`):
+/// SGD with elastic net and FTRL with both penalties (lazy by default;
+/// readers compute the weights that moved while untouched), and momentum,
+/// AdaGrad and Adam asked for lazily; one of them also streamed.
+#[test]
+fn lazy_updates_hashed_categoricals() {
+    for sets in [
+        &["optimizer.kind=sgd", "model.l1=0.0005"][..],
+        &["optimizer.kind=ftrl", "model.l1=0.001"],
+        &[
+            "optimizer.kind=sgd",
+            "model.l1=0.0005",
+            "data.cache=false",
+            "data.partition=slice",
+        ],
+        &[
+            "optimizer.kind=momentum",
+            "optimizer.learning_rate=0.01",
+            "optimizer.lazy=true",
+        ],
+        &["optimizer.kind=adagrad", "optimizer.lazy=true"],
+        &[
+            "optimizer.kind=adam",
+            "optimizer.learning_rate=0.01",
+            "optimizer.lazy=true",
+        ],
+    ] {
+        let mut sets = sets.to_vec();
+        sets.push("train.epochs=2");
+        check("pipelines/adult.toml", &sets);
+    }
 }
 
 #[test]

@@ -13,14 +13,15 @@ use timely::dataflow::{Stream, StreamVec};
 use super::hooks::Hooks;
 use super::rounds::Rounds;
 use super::{
-    loss_message, overflow_message, owner, EvalMsg, Failure, GradMsg, ParamMsg, Partial, Phase,
-    ShardValues, WorkerOut,
+    loss_message, overflow_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg,
+    Partial, Phase, ShardValues, WorkerOut,
 };
 use crate::data::cache::WorkerData;
 use crate::error::Error;
 use crate::exact::{Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::model::{LinearModel, Scratch};
+use crate::optim::lazy::{Clock, Lazy, Reader};
 use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
 use crate::spec::OptimizerSpec;
 
@@ -63,6 +64,9 @@ pub struct GradientContext {
     pub record_staleness: bool,
     /// Test hooks (slowed worker, step trace).
     pub hooks: Hooks,
+    /// Lazy updates whose untouched weights move: the worker's copy of
+    /// what the owners published, read at the step of each round.
+    pub reader: Option<Reader>,
 }
 
 /// Local training of a replica (`model-average`): the worker applies the
@@ -82,6 +86,11 @@ pub struct LocalTraining {
     pub state: FirstOrderState,
     /// Gradient buffer, zero between steps.
     pub grad: Vec<f64>,
+    /// Lazy updates of the replica (`None`: every step visits every live
+    /// coordinate), and the steps the replica took.
+    pub lazy: Option<Lazy>,
+    /// The replica's clock (lazy updates).
+    pub clock: Clock,
 }
 
 /// Extension trait: compute gradient partials from broadcast parameters.
@@ -103,6 +112,11 @@ struct State {
     staleness: Vec<u64>,
     /// Per shard: (emission seq, optimizer version) of the values held.
     held: Vec<(u64, u64)>,
+    /// Lazy updates: per shard, the optimizer step of the values held.
+    held_step: Vec<u64>,
+    /// Lazy updates: parameters brought up to date for the round's reads,
+    /// to be set back to what was published after it.
+    fetched: Vec<usize>,
     /// Gradient accumulator, all zero between steps.
     acc: Vec<Exact>,
     /// `model-average`: replica coordinates that may be non-quiescent (had a
@@ -114,8 +128,10 @@ struct State {
 }
 
 /// Payload bytes of a parameter message carrying `values` (bincode layout).
+/// (shard, phase, version, seq, values, and the tag of the lazy header,
+/// whose bytes [`LazyHeader::bytes`] counts when there is one).
 pub fn param_bytes(values: &ShardValues) -> u64 {
-    4 + 24 + 8 + 8 + values.bytes()
+    4 + 24 + 8 + 8 + values.bytes() + 1
 }
 
 /// Payload bytes of a gradient message carrying `values` (bincode layout:
@@ -148,6 +164,37 @@ impl State {
         let replica = self.ctx.local.is_some();
         if replica && self.mirror.len() != self.ctx.model.theta.len() {
             self.mirror = self.ctx.model.theta.clone();
+        }
+        if let (Some(reader), Some(h)) = (self.ctx.reader.as_mut(), m.lazy.as_ref()) {
+            if !matches!(m.values, ShardValues::Dense(_)) && m.seq != seq + 1 {
+                return Ok(false);
+            }
+            if !reader.record(h.stamp) {
+                return Err(format!("shard {k} skipped an optimizer step"));
+            }
+            let layout = self.ctx.model.layout;
+            let t = h.stamp.t;
+            for &(i, z, n) in &h.state {
+                let i = range.start + i as usize;
+                if i >= range.end {
+                    return Err(format!("shard {k} does not fit its range"));
+                }
+                self.ctx.model.theta[i] = reader.publish_state(i, z, n, t, !layout.is_intercept(i));
+            }
+            match &m.values {
+                ShardValues::Dense(v) if v.len() == range.len() => v
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, &w)| reader.publish(range.start + i, w, t)),
+                ShardValues::Delta(e) if e.iter().all(|&(i, _)| (i as usize) < range.len()) => e
+                    .iter()
+                    .for_each(|&(i, w)| reader.publish(range.start + i as usize, w, t)),
+                _ => return Err(format!("shard {k} does not fit its range")),
+            }
+            if h.flushed {
+                reader.flushed(range.clone(), t);
+            }
+            self.held_step[k] = t;
         }
         let theta = &mut self.ctx.model.theta[range.clone()];
         match &m.values {
@@ -230,22 +277,51 @@ impl State {
         }
         let mut loss = Wide::default();
         let mut rows = 0u64;
-        let model = &self.ctx.model;
+        let model = &mut self.ctx.model;
         let scratch = &mut self.scratch;
         let acc = &mut self.acc;
+        let (reader, fetched) = (self.ctx.reader.as_ref(), &mut self.fetched);
+        let (shards, held_step) = (&self.ctx.shards, &self.held_step);
         let diverged = |message: String| Error::Diverged {
             epoch,
             step,
             message,
         };
-        self.ctx.data.step_rows(step, |block, idx| {
+        // Under allreduce every shard is at the same step.
+        let same = held_step.iter().all(|&t| Some(&t) == held_step.first());
+        let step_of = |j: usize| match (same, held_step.first()) {
+            (true, Some(&t)) => t,
+            _ => held_step
+                .get(shards.partition_point(|s| s.end <= j))
+                .copied()
+                .unwrap_or(0),
+        };
+        let fed = self.ctx.data.step_rows(step, |block, idx| {
+            if let Some(reader) = reader {
+                // The weights at the step each shard is at, not as published.
+                for &r in idx {
+                    for j in layout.hashed_coords(block, r) {
+                        let t = step_of(j);
+                        if !reader.is_current(j, t) {
+                            model.theta[j] = reader.read(j, t, !layout.is_intercept(j));
+                            fetched.push(j);
+                        }
+                    }
+                }
+            }
             let l = model
                 .accumulate(block, idx.iter().copied(), scratch, acc)
                 .map_err(diverged)?;
             loss += Wide::from_f64(l).ok_or_else(|| diverged(loss_message(l)))?;
             rows += idx.len() as u64;
             Ok(())
-        })?;
+        });
+        if let Some(reader) = reader {
+            for j in fetched.drain(..) {
+                model.theta[j] = reader.published(j);
+            }
+        }
+        fed?;
         let mut touched: Vec<usize> = layout.dense_indices().collect();
         touched.extend(self.scratch.drain_touched());
         touched.sort_unstable();
@@ -280,10 +356,26 @@ impl State {
                 message,
             };
             let (mut l, mut r) = (Wide::default(), 0u64);
-            let model = &self.ctx.model;
+            let model = &mut self.ctx.model;
             let scratch = &mut self.scratch;
             let acc = &mut self.acc;
+            let LocalTraining {
+                spec,
+                lazy,
+                state,
+                clock,
+                ..
+            } = local;
             self.ctx.data.step_rows(s, |block, idx| {
+                if let Some(lazy) = lazy.as_mut() {
+                    // Bring what the rows read up to the replica's last step.
+                    for &row in idx {
+                        for i in layout.hashed_coords(block, row) {
+                            let penalised = !layout.is_intercept(i);
+                            lazy.read(spec, &mut model.theta, state, clock, i, penalised);
+                        }
+                    }
+                }
                 let part = model
                     .accumulate(block, idx.iter().copied(), scratch, acc)
                     .map_err(diverged)?;
@@ -309,7 +401,9 @@ impl State {
                     } else {
                         g.to_f64() / r as f64
                     };
-                    self.live.insert(i);
+                    if local.lazy.is_none() {
+                        self.live.insert(i);
+                    }
                 }
             }
             if r == 0 {
@@ -323,20 +417,59 @@ impl State {
                 )
             });
             let theta = &mut self.ctx.model.theta;
-            optim::step_at(
-                &local.spec,
-                theta,
-                &local.grad,
-                &mut local.state,
-                lr,
-                local.penalty,
-                |i| !layout.is_intercept(i),
-                self.live.indices().iter().copied(),
-            );
+            let penalised = |i: usize| !layout.is_intercept(i);
+            let bad = if let Some(lazy) = local.lazy.as_mut() {
+                // Touched: every row's coordinates and those with a non-zero
+                // gradient; the others wait.
+                touched.retain(|&i| local.grad[i] != 0.0 || layout.is_dense(i));
+                local.clock.tick(lr, local.penalty);
+                lazy.step(
+                    &local.spec,
+                    theta,
+                    &local.grad,
+                    &mut local.state,
+                    &local.clock,
+                    lr,
+                    local.penalty,
+                    penalised,
+                    &touched,
+                );
+                touched.iter().for_each(|&i| self.live.insert(i));
+                touched.iter().copied().find(|&i| !theta[i].is_finite())
+            } else {
+                optim::step_at(
+                    &local.spec,
+                    theta,
+                    &local.grad,
+                    &mut local.state,
+                    lr,
+                    local.penalty,
+                    penalised,
+                    self.live.indices().iter().copied(),
+                );
+                self.live
+                    .indices()
+                    .iter()
+                    .copied()
+                    .find(|&i| !theta[i].is_finite())
+            };
             touched.iter().for_each(|&i| local.grad[i] = 0.0);
-            if let Some(&i) = self.live.indices().iter().find(|&&i| !theta[i].is_finite()) {
+            if let Some(i) = bad {
                 return Err(diverged(format!("parameter {i} became {}", theta[i])));
             }
+        }
+        if let Some(lazy) = local.lazy.as_mut() {
+            // The replica goes to the owners as the weights themselves.
+            lazy.flush(
+                &local.spec,
+                &mut self.ctx.model.theta,
+                &mut local.state,
+                &local.clock,
+                self.live.indices(),
+                |i| !layout.is_intercept(i),
+            );
+            let now = local.clock.now().t;
+            local.clock.forget_before(now);
         }
         // rows · replica; coordinates outside the live set are exactly 0.
         let mut live = self.live.indices().to_vec();
@@ -407,7 +540,8 @@ impl State {
         }
         for m in &msgs {
             if owner(m.shard, self.ctx.peers) != self.ctx.index {
-                self.epoch_bytes += param_bytes(&m.values);
+                self.epoch_bytes +=
+                    param_bytes(&m.values) + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
             }
         }
         if self.ctx.local.is_some() {
@@ -436,6 +570,10 @@ impl State {
                 return;
             }
         };
+        if let (Phase::Eval { .. }, Some(reader)) = (phase, self.ctx.reader.as_mut()) {
+            // Every shard was flushed: nothing is behind its step any more.
+            reader.forget_before(self.held_step.iter().copied().min().unwrap_or(0));
+        }
         if let Phase::Train { epoch, step } = phase {
             if self.ctx.record_staleness || !fresher.is_empty() {
                 self.read_fresher(fresher, epoch, step);
@@ -516,7 +654,9 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             epoch_rows: 0,
             epoch_bytes: 0,
             staleness: Vec::new(),
+            held_step: vec![0; held.len()],
             held,
+            fetched: Vec::new(),
             acc: Vec::new(),
             live: LiveSet::default(),
             mirror: Vec::new(),

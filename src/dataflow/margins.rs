@@ -37,6 +37,7 @@ use crate::metrics::sink::EpochRecord;
 use crate::metrics::EvalPartial;
 use crate::model::block::FeatureBlock;
 use crate::model::loss;
+use crate::optim::lazy::{Clock, Lazy};
 use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{EarlyStopping, ModelKind, OptimizerSpec};
 
@@ -137,6 +138,10 @@ struct State {
     grad: Vec<f64>,
     live: LiveSet,
     touched: Vec<usize>,
+    /// Lazy updates of the block (`None`: every step visits every live
+    /// coordinate), and the steps taken.
+    lazy: Option<Lazy>,
+    clock: Clock,
     early: EarlyStop,
     /// Rows of the step in flight (this block's columns), in margin order.
     rows: Block,
@@ -176,7 +181,6 @@ impl State {
         let k = self.ctx.block.layout.k;
         let mut out = Vec::new();
         let mut m = vec![0.0; k];
-        let (block, theta) = (&self.ctx.block, &self.theta);
         match phase {
             Phase::Train { epoch, step } => {
                 self.ctx.data.prepare(epoch)?;
@@ -186,15 +190,28 @@ impl State {
                     rows.push_rows(b, idx);
                     Ok(())
                 })?;
+                let block = &self.ctx.block;
+                if let Some(lazy) = self.lazy.as_mut() {
+                    // Bring what the rows read up to the last step.
+                    for i in 0..self.rows.rows {
+                        for j in block.hashed_coords(&self.rows, i) {
+                            let penalised = !block.is_intercept(j);
+                            let (spec, opt) = (&self.ctx.optimizer, &mut self.opt);
+                            lazy.read(spec, &mut self.theta, opt, &self.clock, j, penalised);
+                        }
+                    }
+                }
                 out.reserve(self.rows.rows * k);
                 for i in 0..self.rows.rows {
-                    block.margins(theta, &self.rows, i, &mut m);
+                    block.margins(&self.theta, &self.rows, i, &mut m);
                     out.extend_from_slice(&m);
                 }
             }
             Phase::Eval { .. } => {
+                self.flush();
                 self.val_labels.clear();
                 let labels = &mut self.val_labels;
+                let (block, theta) = (&self.ctx.block, &self.theta);
                 self.ctx.data.validation(|b| {
                     for i in 0..b.rows {
                         block.margins(theta, b, i, &mut m);
@@ -206,6 +223,24 @@ impl State {
             Phase::Refresh | Phase::Final { .. } => {}
         }
         Ok(out)
+    }
+
+    /// Lazy updates: brings every live weight up to the last step (so that
+    /// evaluation, the best weights and the final block are the weights).
+    fn flush(&mut self) {
+        if let Some(lazy) = self.lazy.as_mut() {
+            let block = &self.ctx.block;
+            lazy.flush(
+                &self.ctx.optimizer,
+                &mut self.theta,
+                &mut self.opt,
+                &self.clock,
+                self.live.indices(),
+                |i| !block.is_intercept(i),
+            );
+            let now = self.clock.now().t;
+            self.clock.forget_before(now);
+        }
     }
 
     /// Applies a training round: loss, block gradient, optimizer step.
@@ -232,42 +267,78 @@ impl State {
             Wide::from_f64(loss_sum).ok_or_else(|| diverged(loss_message(loss_sum)))?;
         self.epoch_rows += n as u64;
         if n > 0 {
-            // Only coordinates that ever had a gradient need the optimizer.
             let block = &self.ctx.block;
-            block.dense_indices().for_each(|i| self.live.insert(i));
-            touched.drain(..).for_each(|i| self.live.insert(i));
-            for &i in self.live.indices() {
-                let g = &mut self.grad[i];
-                *g = if block.is_intercept(i) && !(block.intercept && self.ctx.fit_intercept) {
-                    0.0
-                } else {
-                    *g / n as f64
-                };
-            }
             let lr = self
                 .ctx
                 .optimizer
                 .first_order()
                 .map_or(0.0, |f| f.schedule.rate(f.learning_rate, self.steps, epoch));
-            optim::step_at(
-                &self.ctx.optimizer,
-                &mut self.theta,
-                &self.grad,
-                &mut self.opt,
-                lr,
-                self.ctx.penalty,
-                |i| !block.is_intercept(i),
-                self.live.indices().iter().copied(),
-            );
-            for &i in self.live.indices() {
-                self.grad[i] = 0.0;
-            }
-            if let Some(&i) = self
-                .live
-                .indices()
-                .iter()
-                .find(|&&i| !self.theta[i].is_finite())
-            {
+            let intercept = block.intercept && self.ctx.fit_intercept;
+            let mean = |i: usize, g: f64| {
+                if block.is_intercept(i) && !intercept {
+                    0.0
+                } else {
+                    g / n as f64
+                }
+            };
+            let bad = if let Some(lazy) = self.lazy.as_mut() {
+                // Touched: every row's coordinates and those with a non-zero
+                // gradient; the others wait.
+                touched.extend(block.dense_indices());
+                touched.sort_unstable();
+                touched.dedup();
+                for &i in &touched {
+                    self.grad[i] = mean(i, self.grad[i]);
+                }
+                let grad = &mut self.grad;
+                let mut visit: Vec<usize> = touched
+                    .iter()
+                    .copied()
+                    .filter(|&i| grad[i] != 0.0 || block.is_dense(i))
+                    .collect();
+                self.clock.tick(lr, self.ctx.penalty);
+                lazy.step(
+                    &self.ctx.optimizer,
+                    &mut self.theta,
+                    grad,
+                    &mut self.opt,
+                    &self.clock,
+                    lr,
+                    self.ctx.penalty,
+                    |i| !block.is_intercept(i),
+                    &visit,
+                );
+                touched.drain(..).for_each(|i| grad[i] = 0.0);
+                visit.iter().for_each(|&i| self.live.insert(i));
+                visit.retain(|&i| !self.theta[i].is_finite());
+                visit.first().copied()
+            } else {
+                // Only coordinates that ever had a gradient need the optimizer.
+                block.dense_indices().for_each(|i| self.live.insert(i));
+                touched.drain(..).for_each(|i| self.live.insert(i));
+                for &i in self.live.indices() {
+                    self.grad[i] = mean(i, self.grad[i]);
+                }
+                optim::step_at(
+                    &self.ctx.optimizer,
+                    &mut self.theta,
+                    &self.grad,
+                    &mut self.opt,
+                    lr,
+                    self.ctx.penalty,
+                    |i| !block.is_intercept(i),
+                    self.live.indices().iter().copied(),
+                );
+                for &i in self.live.indices() {
+                    self.grad[i] = 0.0;
+                }
+                self.live
+                    .indices()
+                    .iter()
+                    .copied()
+                    .find(|&i| !self.theta[i].is_finite())
+            };
+            if let Some(i) = bad {
                 let g = block.global(i).unwrap_or(0);
                 return Err(diverged(format!(
                     "parameter {g} became {} (lower optimizer.learning_rate, or set data.standardize = true)",
@@ -443,6 +514,12 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             grad: vec![0.0; ctx.block.len()],
             live: LiveSet::default(),
             touched: Vec::new(),
+            lazy: ctx
+                .optimizer
+                .first_order()
+                .is_some_and(|f| f.lazy)
+                .then(|| Lazy::new(&ctx.optimizer, ctx.penalty)),
+            clock: Clock::default(),
             early: EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind),
             rows: Block::default(),
             val_labels: Vec::new(),

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exact::{Exact, Wide};
 use crate::metrics::EvalPartial;
+use crate::optim::lazy::Stamp;
 
 /// What a round asks the workers to do.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -70,6 +71,33 @@ pub struct ParamMsg {
     pub seq: u64,
     /// The shard's values, whole or as changes since emission `seq - 1`.
     pub values: ShardValues,
+    /// Lazy updates: when the values were published (`None`: eager
+    /// updates, every value is the weight at `version`).
+    pub lazy: Option<LazyHeader>,
+}
+
+/// What readers of lazily updated shards need besides the values (see
+/// [`crate::optim::lazy`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LazyHeader {
+    /// The optimizer's clock after the step the values come from: the
+    /// coordinates sent were brought up to date at it.
+    pub stamp: Stamp,
+    /// Every coordinate of the shard is up to date as of `stamp` (a flush,
+    /// or a whole shard): the ones not sent are unchanged, not behind.
+    pub flushed: bool,
+    /// FTRL with a penalty: (offset, z, n) of the coordinates touched since
+    /// the previous emission, offsets increasing. Readers compute weights
+    /// at later steps from them ([`crate::optim::ftrl_weight`]); the
+    /// weights of these coordinates at `stamp` are not sent.
+    pub state: Vec<(u32, f64, f64)>,
+}
+
+impl LazyHeader {
+    /// Serialized payload bytes (bincode layout).
+    pub fn bytes(&self) -> u64 {
+        8 + 16 + 16 + 1 + 8 + 20 * self.state.len() as u64
+    }
 }
 
 /// A shard's values as sent: whole, or only the coordinates that changed

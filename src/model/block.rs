@@ -128,6 +128,29 @@ impl FeatureBlock {
         (0..self.layout.k).flat_map(move |kk| kk * width..kk * width + 1 + p_w)
     }
 
+    /// Is local parameter `i` one of [`Self::dense_indices`]?
+    pub fn is_dense(&self, i: usize) -> bool {
+        i % self.width() <= self.numeric.len()
+    }
+
+    /// The hashed local parameters row `i` of `block` reads (for every
+    /// output; with repeats when tokens collide).
+    pub fn hashed_coords<'a>(
+        &'a self,
+        block: &'a Block,
+        i: usize,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let (width, p_w) = (self.width(), self.numeric.len());
+        let h = &block.hashed[i * block.c..(i + 1) * block.c];
+        let Range { start, end } = self.hashed;
+        (0..self.layout.k).flat_map(move |kk| {
+            h.iter()
+                .map(|&hj| hj as usize)
+                .filter(move |hj| (start..end).contains(hj))
+                .map(move |hj| kk * width + 1 + p_w + hj - start)
+        })
+    }
+
     /// Adds row `i`'s gradient, given `∂loss/∂margin` in `dm`, to `grad`
     /// (local parameters), and pushes the hashed weights it touched onto
     /// `touched`.

@@ -61,6 +61,23 @@ impl Layout {
         let (d, p) = (self.d, self.p);
         (0..self.k).flat_map(move |kk| kk * (d + 1)..kk * (d + 1) + 1 + p)
     }
+
+    /// Is parameter `i` one of [`Layout::dense_indices`]?
+    pub fn is_dense(&self, i: usize) -> bool {
+        i % (self.d + 1) <= self.p
+    }
+
+    /// The hashed parameters row `i` of `block` reads (for every output;
+    /// with repeats when tokens collide).
+    pub fn hashed_coords<'a>(
+        &self,
+        block: &'a Block,
+        i: usize,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let (d, p) = (self.d, self.p);
+        let h = &block.hashed[i * block.c..(i + 1) * block.c];
+        (0..self.k).flat_map(move |kk| h.iter().map(move |&hj| kk * (d + 1) + 1 + p + hj as usize))
+    }
 }
 
 /// A linear model: kind, layout and parameters.

@@ -5,6 +5,7 @@
 //! owner of each shard applies the same step the single-worker run would.
 //! L-BFGS needs global dot products and lives in [`lbfgs`].
 
+pub mod lazy;
 pub mod lbfgs;
 
 use serde::{Deserialize, Serialize};
@@ -54,7 +55,7 @@ pub fn soft_threshold(w: f64, tau: f64) -> f64 {
 /// ```
 /// use tidemill::optim::{step, FirstOrderState, Penalty};
 /// use tidemill::spec::{FirstOrder, OptimizerSpec, Schedule};
-/// let spec = OptimizerSpec::Sgd(FirstOrder { learning_rate: 0.5, batch_size: 1, schedule: Schedule::Constant });
+/// let spec = OptimizerSpec::Sgd(FirstOrder { learning_rate: 0.5, batch_size: 1, schedule: Schedule::Constant, lazy: false });
 /// let mut w = vec![1.0, 1.0];
 /// let mut st = FirstOrderState::default();
 /// step(&spec, &mut w, &[1.0, 1.0], &mut st, 0.5, Penalty { l2: 0.0, l1: 0.0 }, |i| i == 1);
@@ -145,93 +146,175 @@ pub fn step_at(
     penalised: impl Fn(usize) -> bool,
     indices: impl IntoIterator<Item = usize>,
 ) {
-    let n = params.len();
-    let indices = indices.into_iter();
-    state.t += 1;
-    let g_of = |i: usize, w: f64| {
-        if penalised(i) {
-            grad[i] + penalty.l2 * w
-        } else {
-            grad[i]
+    let rates = Rates::advance(spec, state, params.len(), lr, penalty);
+    rates.apply(spec, params, grad, state, indices, penalised);
+}
+
+/// What one step of a first-order method applies to every coordinate it
+/// visits: the rate, the penalties and the step count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rates {
+    lr: f64,
+    penalty: Penalty,
+    /// Optimizer steps including this one, as `f64` (FTRL scales its
+    /// penalties by it).
+    t: f64,
+    /// Adam's bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
+    c1: f64,
+    c2: f64,
+}
+
+impl Rates {
+    /// Counts one more step in `state` (sizing its moments for `n`
+    /// coordinates) and returns the step's constants.
+    pub(crate) fn advance(
+        spec: &OptimizerSpec,
+        state: &mut FirstOrderState,
+        n: usize,
+        lr: f64,
+        penalty: Penalty,
+    ) -> Rates {
+        state.t += 1;
+        let (mut c1, mut c2) = (1.0, 1.0);
+        match *spec {
+            OptimizerSpec::Momentum { .. } | OptimizerSpec::Adagrad { .. } => {
+                state.m.resize(n, 0.0);
+            }
+            OptimizerSpec::Adam { beta1, beta2, .. } => {
+                state.m.resize(n, 0.0);
+                state.v.resize(n, 0.0);
+                c1 = 1.0 - beta1.powi(state.t.min(i32::MAX as u64) as i32);
+                c2 = 1.0 - beta2.powi(state.t.min(i32::MAX as u64) as i32);
+            }
+            OptimizerSpec::Ftrl { .. } => {
+                state.m.resize(n, 0.0);
+                state.v.resize(n, 0.0);
+            }
+            OptimizerSpec::Sgd(_) | OptimizerSpec::Lbfgs { .. } => {}
         }
+        Rates {
+            lr,
+            penalty,
+            t: state.t as f64,
+            c1,
+            c2,
+        }
+    }
+
+    /// The step's update of every coordinate in `indices` (the optimizer
+    /// is matched once; each arm is a loop of its own). `grad[i]` is the
+    /// mean loss gradient; L2 is added here for penalised coordinates, L1
+    /// is a proximal step with the coordinate's rate.
+    #[inline]
+    pub(crate) fn apply(
+        &self,
+        spec: &OptimizerSpec,
+        params: &mut [f64],
+        grad: &[f64],
+        state: &mut FirstOrderState,
+        indices: impl IntoIterator<Item = usize>,
+        penalised: impl Fn(usize) -> bool,
+    ) {
+        let Rates {
+            lr,
+            penalty,
+            t,
+            c1,
+            c2,
+        } = *self;
+        let (m, v) = (&mut state.m[..], &mut state.v[..]);
+        // The gradient of a coordinate with weight `w`: the loss part, plus
+        // L2 if it is penalised; and L1's proximal step with rate `eta`.
+        let g_of = |grad: f64, w: f64, p: bool| if p { grad + penalty.l2 * w } else { grad };
+        let l1 = penalty.l1 > 0.0;
+        let prox = |w: f64, eta: f64, p: bool| {
+            if l1 && p {
+                soft_threshold(w, eta * penalty.l1)
+            } else {
+                w
+            }
+        };
+        match *spec {
+            OptimizerSpec::Sgd(_) => {
+                for i in indices {
+                    let (p, w) = (penalised(i), params[i]);
+                    params[i] = prox(w - lr * g_of(grad[i], w, p), lr, p);
+                }
+            }
+            OptimizerSpec::Momentum { momentum, .. } => {
+                for i in indices {
+                    let (p, w) = (penalised(i), params[i]);
+                    let mi = momentum * m[i] + g_of(grad[i], w, p);
+                    m[i] = mi;
+                    params[i] = prox(w - lr * mi, lr, p);
+                }
+            }
+            OptimizerSpec::Adagrad { epsilon, .. } => {
+                for i in indices {
+                    let (p, w) = (penalised(i), params[i]);
+                    let g = g_of(grad[i], w, p);
+                    let mi = m[i] + g * g;
+                    m[i] = mi;
+                    let eta = lr / (mi.sqrt() + epsilon);
+                    params[i] = prox(w - eta * g, eta, p);
+                }
+            }
+            OptimizerSpec::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                ..
+            } => {
+                let (b1, b2) = (1.0 - beta1, 1.0 - beta2);
+                for i in indices {
+                    let (p, w) = (penalised(i), params[i]);
+                    let g = g_of(grad[i], w, p);
+                    let (mi, vi) = (beta1 * m[i] + b1 * g, beta2 * v[i] + b2 * g * g);
+                    (m[i], v[i]) = (mi, vi);
+                    let eta = lr / ((vi / c2).sqrt() + epsilon);
+                    params[i] = prox(w - eta * mi / c1, eta, p);
+                }
+            }
+            OptimizerSpec::Ftrl { beta, .. } => {
+                // z and n of FTRL-Proximal (in m and v).
+                for i in indices {
+                    let g = grad[i];
+                    let n_old = v[i];
+                    let n_new = n_old + g * g;
+                    let sigma = (n_new.sqrt() - n_old.sqrt()) / lr;
+                    m[i] += g - sigma * params[i];
+                    v[i] = n_new;
+                    params[i] = ftrl_weight(m[i], n_new, t, lr, beta, penalty, penalised(i));
+                }
+            }
+            OptimizerSpec::Lbfgs { .. } => {}
+        }
+    }
+}
+
+/// FTRL-Proximal's weight in closed form from its state `z`, `n` after `t`
+/// steps, with per-coordinate rate `α / (β + √n)`. Its λ1, λ2 weigh the
+/// *sum* of the gradients seen; scaling them by the step count makes `l1`,
+/// `l2` mean what they mean for every other optimizer.
+#[inline]
+pub fn ftrl_weight(
+    z: f64,
+    n: f64,
+    t: f64,
+    alpha: f64,
+    beta: f64,
+    penalty: Penalty,
+    penalised: bool,
+) -> f64 {
+    let (l1, l2) = if penalised {
+        (t * penalty.l1, t * penalty.l2)
+    } else {
+        (0.0, 0.0)
     };
-    let prox = |i: usize, w: f64, eta: f64| {
-        if penalty.l1 > 0.0 && penalised(i) {
-            soft_threshold(w, eta * penalty.l1)
-        } else {
-            w
-        }
-    };
-    match *spec {
-        OptimizerSpec::Sgd(_) => {
-            for i in indices {
-                let w = params[i] - lr * g_of(i, params[i]);
-                params[i] = prox(i, w, lr);
-            }
-        }
-        OptimizerSpec::Momentum { momentum, .. } => {
-            state.m.resize(n, 0.0);
-            for i in indices {
-                state.m[i] = momentum * state.m[i] + g_of(i, params[i]);
-                params[i] = prox(i, params[i] - lr * state.m[i], lr);
-            }
-        }
-        OptimizerSpec::Adagrad { epsilon, .. } => {
-            state.m.resize(n, 0.0);
-            for i in indices {
-                let g = g_of(i, params[i]);
-                state.m[i] += g * g;
-                let eta = lr / (state.m[i].sqrt() + epsilon);
-                params[i] = prox(i, params[i] - eta * g, eta);
-            }
-        }
-        OptimizerSpec::Adam {
-            beta1,
-            beta2,
-            epsilon,
-            ..
-        } => {
-            state.m.resize(n, 0.0);
-            state.v.resize(n, 0.0);
-            let c1 = 1.0 - beta1.powi(state.t.min(i32::MAX as u64) as i32);
-            let c2 = 1.0 - beta2.powi(state.t.min(i32::MAX as u64) as i32);
-            for i in indices {
-                let g = g_of(i, params[i]);
-                state.m[i] = beta1 * state.m[i] + (1.0 - beta1) * g;
-                state.v[i] = beta2 * state.v[i] + (1.0 - beta2) * g * g;
-                let eta = lr / ((state.v[i] / c2).sqrt() + epsilon);
-                params[i] = prox(i, params[i] - eta * state.m[i] / c1, eta);
-            }
-        }
-        OptimizerSpec::Ftrl { beta, .. } => {
-            // z and n of FTRL-Proximal. Its λ1, λ2 weigh the *sum* of the
-            // gradients seen; scaling them by the step count makes `l1`,
-            // `l2` mean what they mean for every other optimizer.
-            state.m.resize(n, 0.0);
-            state.v.resize(n, 0.0);
-            let t = state.t as f64;
-            let alpha = lr;
-            for i in indices {
-                let g = grad[i];
-                let n_old = state.v[i];
-                let n_new = n_old + g * g;
-                let sigma = (n_new.sqrt() - n_old.sqrt()) / alpha;
-                state.m[i] += g - sigma * params[i];
-                state.v[i] = n_new;
-                let (l1, l2) = if penalised(i) {
-                    (t * penalty.l1, t * penalty.l2)
-                } else {
-                    (0.0, 0.0)
-                };
-                let z = state.m[i];
-                params[i] = if z.abs() <= l1 {
-                    0.0
-                } else {
-                    -(z - z.signum() * l1) / ((beta + n_new.sqrt()) / alpha + l2)
-                };
-            }
-        }
-        OptimizerSpec::Lbfgs { .. } => {}
+    if z.abs() <= l1 {
+        0.0
+    } else {
+        -(z - z.signum() * l1) / ((beta + n.sqrt()) / alpha + l2)
     }
 }
 
@@ -245,6 +328,7 @@ mod tests {
             learning_rate: lr,
             batch_size: 1,
             schedule: Schedule::Constant,
+            lazy: false,
         }
     }
 

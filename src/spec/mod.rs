@@ -239,6 +239,9 @@ pub struct FirstOrder {
     pub batch_size: usize,
     /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// Lazy updates: a step visits only the coordinates its batch touched
+    /// (see [`crate::optim::lazy`]); false visits every live coordinate.
+    pub lazy: bool,
 }
 
 impl OptimizerSpec {
@@ -350,6 +353,53 @@ pub struct OutputSpec {
     pub model: Option<PathBuf>,
     /// Metrics JSONL.
     pub metrics: Option<PathBuf>,
+}
+
+/// Settles `optimizer.lazy` (see [`crate::optim::lazy`]): by default lazy
+/// updates are on where they are exact — SGD, FTRL, and AdaGrad without a
+/// penalty — and off where they change the algorithm (momentum, Adam,
+/// AdaGrad with a penalty), which must be asked for.
+fn lazy_updates(
+    optimizer: &mut OptimizerSpec,
+    model: &ModelSpec,
+    asked: Option<bool>,
+) -> Result<()> {
+    let unpenalised = model.l1 == 0.0 && model.l2 == 0.0;
+    let base = match optimizer {
+        OptimizerSpec::Sgd(b) => {
+            // An untouched weight decays by 1 − η·l2 per step; the closed
+            // form needs that factor positive.
+            let decays = b.learning_rate * model.l2 < 1.0;
+            if asked == Some(true) && !decays {
+                return Err(value_err(
+                    "optimizer.lazy",
+                    format!(
+                        "lazy SGD needs learning_rate · l2 < 1 (got {} · {}): lower optimizer.learning_rate or model.l2, or set optimizer.lazy = false",
+                        b.learning_rate, model.l2
+                    ),
+                ));
+            }
+            b.lazy = decays;
+            b
+        }
+        OptimizerSpec::Ftrl { base, .. } => {
+            base.lazy = true;
+            base
+        }
+        OptimizerSpec::Adagrad { base, .. } => {
+            base.lazy = unpenalised;
+            base
+        }
+        OptimizerSpec::Momentum { base, .. } | OptimizerSpec::Adam { base, .. } => {
+            base.lazy = false;
+            base
+        }
+        OptimizerSpec::Lbfgs { .. } => return Ok(()),
+    };
+    if let Some(lazy) = asked {
+        base.lazy = lazy;
+    }
+    Ok(())
 }
 
 fn value_err(key: &str, message: impl Into<String>) -> Error {
@@ -651,9 +701,11 @@ impl Pipeline {
                 learning_rate,
                 batch_size,
                 schedule,
+                // Set below, once the kind and the penalties are known.
+                lazy: false,
             })
         };
-        let optimizer = match okind.as_str() {
+        let mut optimizer = match okind.as_str() {
             "sgd" => OptimizerSpec::Sgd(first_order()?),
             "momentum" => OptimizerSpec::Momentum {
                 base: first_order()?,
@@ -699,6 +751,8 @@ impl Pipeline {
                 ))
             }
         };
+
+        lazy_updates(&mut optimizer, &model, o.lazy)?;
 
         let t = raw.train;
         let epochs = t.epochs.unwrap_or(10);
@@ -838,6 +892,50 @@ mod tests {
 
     const MIN: &str =
         "[data]\ntrain = \"x.parquet\"\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n";
+
+    /// Lazy updates are on by default exactly where they do not change the
+    /// algorithm; asking overrides, except where the closed form fails.
+    #[test]
+    fn lazy_updates_default_to_where_they_are_exact() {
+        let lazy = |sets: &[&str]| -> Result<bool> {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let p = Pipeline::parse(MIN, Path::new("p.toml"), &sets)?;
+            Ok(p.optimizer.first_order().is_some_and(|f| f.lazy))
+        };
+        for (sets, want) in [
+            (&["optimizer.kind=sgd", "model.l2=0.01"][..], true),
+            (&["optimizer.kind=ftrl", "model.l1=0.01"][..], true),
+            (&["optimizer.kind=adagrad"][..], true),
+            (&["optimizer.kind=adagrad", "model.l2=0.01"][..], false),
+            (&["optimizer.kind=adagrad", "model.l1=0.01"][..], false),
+            (&["optimizer.kind=momentum"][..], false),
+            (&["optimizer.kind=adam"][..], false),
+            (&["optimizer.kind=adam", "optimizer.lazy=true"][..], true),
+            (&["optimizer.kind=sgd", "optimizer.lazy=false"][..], false),
+            // 1 − η·l2 ≤ 0: eager unless asked for, and then refused.
+            (
+                &[
+                    "optimizer.kind=sgd",
+                    "optimizer.learning_rate=2",
+                    "model.l2=0.5",
+                ][..],
+                false,
+            ),
+        ] {
+            assert_eq!(lazy(sets).unwrap(), want, "{sets:?}");
+        }
+        let err = lazy(&[
+            "optimizer.kind=sgd",
+            "optimizer.learning_rate=2",
+            "model.l2=0.5",
+            "optimizer.lazy=true",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("optimizer.lazy") && err.to_string().contains("< 1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_fill_in() {

@@ -124,6 +124,8 @@ pub struct RawOptimizer {
     pub beta2: Option<f64>,
     /// AdaGrad / Adam ε.
     pub epsilon: Option<f64>,
+    /// Lazy updates for the first-order methods (default true).
+    pub lazy: Option<bool>,
     /// L-BFGS history length.
     pub memory: Option<usize>,
     /// L-BFGS stops when the relative objective change falls below this.

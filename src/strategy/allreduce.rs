@@ -23,6 +23,7 @@ use crate::dataflow::scan::ScanResult;
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
 use crate::metrics::sink::EpochRecord;
 use crate::model::{Layout, LinearModel};
+use crate::optim::lazy::{Clock, Drift, Lazy, Reader};
 use crate::optim::{FirstOrderState, Penalty};
 use crate::spec::Strategy;
 use crate::strategy::driver::Driver;
@@ -74,6 +75,13 @@ pub fn run(
         _ => 0,
     };
     let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps_per_epoch);
+    let penalty = Penalty {
+        l2: plan.pipeline.model.l2,
+        l1: plan.pipeline.model.l1,
+    };
+    let optimizer = plan.pipeline.optimizer;
+    let lazy = optimizer.first_order().is_some_and(|f| f.lazy);
+    let average = plan.pipeline.train.strategy == Strategy::ModelAverage;
     let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows, steps);
 
     let result = Rc::new(RefCell::new(None));
@@ -91,12 +99,9 @@ pub fn run(
         keep_result: index == 0,
         index,
         peers,
-        local: (plan.pipeline.train.strategy == Strategy::ModelAverage).then(|| LocalTraining {
-            spec: plan.pipeline.optimizer,
-            penalty: Penalty {
-                l2: plan.pipeline.model.l2,
-                l1: plan.pipeline.model.l1,
-            },
+        local: average.then(|| LocalTraining {
+            spec: optimizer,
+            penalty,
             fit_intercept: plan.pipeline.model.fit_intercept,
             sync_every: plan
                 .pipeline
@@ -107,12 +112,17 @@ pub fn run(
             steps_per_epoch,
             state: FirstOrderState::default(),
             grad: Vec::new(),
+            lazy: lazy.then(|| Lazy::new(&optimizer, penalty)),
+            clock: Clock::default(),
         }),
         failure: Rc::clone(&failure),
         lag,
         steps_per_epoch,
         record_staleness: plan.pipeline.train.strategy == Strategy::ParamServer,
         hooks: Hooks::from_env(index),
+        reader: (lazy && !average)
+            .then(|| Reader::new(Drift::of(&optimizer, penalty), layout.len()))
+            .flatten(),
     };
     let collect = CollectContext {
         kind,

@@ -5,9 +5,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
-use super::super::dataflow::{overflow_message, Control, Failure, ParamMsg, Phase, ShardValues};
+use super::super::dataflow::{
+    overflow_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues,
+};
 use crate::error::Error;
 use crate::model::Layout;
+use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
 use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{OptimizerSpec, Pipeline};
@@ -35,26 +38,97 @@ pub struct OwnedShard {
     pub grad: Vec<f64>,
     /// What may have changed since the last emission.
     pub changed: Changed,
+    /// Lazy updates (`None`: every step visits every live coordinate).
+    pub lazy: Option<Lazy>,
+    /// Offsets every step touches: intercepts and numeric weights.
+    pub dense: Vec<usize>,
+    /// Lazy updates: offsets touched since the last emission.
+    pub pending: Vec<usize>,
 }
 
-/// Which coordinates of a shard may differ from its last emission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which coordinates of a shard may differ from its last emission (each
+/// variant includes the ones before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Changed {
     /// None.
     #[default]
     Nothing,
-    /// Only live coordinates (a sparse step).
+    /// Only the ones in `pending` (a lazy step).
+    Touched,
+    /// Only live coordinates (a sparse step, or a lazy flush).
     Live,
     /// Any.
     All,
 }
 
 impl OwnedShard {
-    /// The values to send (the best ones, or the current ones) as
-    /// [`ShardValues::diff`] against the last emission would give them,
-    /// looking only at the coordinates that may have changed.
-    fn emit(&mut self, pick_best: bool) -> ShardValues {
+    /// Marks that `c` may have changed.
+    fn mark(&mut self, c: Changed) {
+        self.changed = self.changed.max(c);
+    }
+
+    /// The values to send (the best ones, or the current ones), and with
+    /// lazy updates the header readers need (`stamp`: the clock now).
+    ///
+    /// After lazy steps, what they touched: the weights (or FTRL's state,
+    /// from which readers compute the weights), or the whole shard when
+    /// every coordinate was touched. Otherwise (eager steps, a flush, the
+    /// first or the best values) as [`ShardValues::diff`] against the last
+    /// emission would give them, looking only at what may have changed.
+    fn emit(&mut self, pick_best: bool, stamp: Stamp) -> (ShardValues, Option<LazyHeader>) {
         let changed = std::mem::take(&mut self.changed);
+        let Some(lazy) = self.lazy.as_ref() else {
+            return (self.emit_values(pick_best, changed), None);
+        };
+        let drifts = lazy.drift().moves();
+        let ftrl = matches!(lazy.drift(), Drift::Ftrl { .. });
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_unstable();
+        pending.dedup();
+        let mut header = LazyHeader {
+            stamp,
+            flushed: false,
+            state: Vec::new(),
+        };
+        if ftrl {
+            header.state = pending
+                .iter()
+                .map(|&i| (i as u32, self.state.m[i], self.state.v[i]))
+                .collect();
+        }
+        let values = match self.sent.as_mut() {
+            Some(sent) if changed == Changed::Touched && !pick_best => {
+                pending.iter().for_each(|&i| sent[i] = self.params[i]);
+                if ftrl {
+                    ShardValues::Delta(Vec::new())
+                } else if pending.len() == self.params.len() {
+                    header.flushed = true;
+                    ShardValues::Dense(self.params.clone())
+                } else {
+                    ShardValues::Delta(
+                        pending
+                            .iter()
+                            .map(|&i| (i as u32, self.params[i]))
+                            .collect(),
+                    )
+                }
+            }
+            _ => {
+                if let (true, Some(sent)) = (ftrl, self.sent.as_mut()) {
+                    // Readers compute these from the state sent along.
+                    pending.iter().for_each(|&i| sent[i] = self.params[i]);
+                }
+                header.flushed = changed >= Changed::Live || self.sent.is_none() || pick_best;
+                self.emit_values(pick_best, changed)
+            }
+        };
+        pending.clear();
+        self.pending = pending;
+        // Readers need the header only to compute weights that drift.
+        (values, drifts.then_some(header))
+    }
+
+    fn emit_values(&mut self, pick_best: bool, changed: Changed) -> ShardValues {
         let (Some(sent), false, Changed::Nothing | Changed::Live) =
             (self.sent.as_mut(), pick_best, changed)
         else {
@@ -147,6 +221,15 @@ impl ShardGrad {
     }
 }
 
+/// The failure of a step that made parameter `i` (absolute) non-finite.
+fn diverged_at(epoch: u32, step: u64, i: usize, w: f64) -> Failure {
+    Failure::from(&Error::Diverged {
+        epoch,
+        step,
+        message: format!("parameter {i} became {w} (lower optimizer.learning_rate, or set data.standardize = true)"),
+    })
+}
+
 /// Parameters to send, each `delay` rounds after the round being folded.
 pub type Emission = Vec<(u64, ParamMsg)>;
 
@@ -169,6 +252,8 @@ pub struct Driver {
     lag: u64,
     in_flight: VecDeque<Phase>,
     steps: u64,
+    /// Lazy updates: the steps applied, shared by the owned shards.
+    clock: Clock,
 }
 
 impl Driver {
@@ -184,11 +269,22 @@ impl Driver {
             l2: pipeline.model.l2,
             l1: pipeline.model.l1,
         };
+        let average = pipeline.train.strategy == crate::spec::Strategy::ModelAverage;
+        let lazy = match pipeline.optimizer.first_order() {
+            Some(f) if f.lazy && !average => Some(Lazy::new(&pipeline.optimizer, penalty)),
+            _ => None,
+        };
+        let dense: Vec<usize> = layout.dense_indices().collect();
         let shards: Vec<OwnedShard> = owned
             .iter()
             .map(|&id| {
                 let range = ranges[id as usize].clone();
+                let lo = dense.partition_point(|&i| i < range.start);
+                let hi = dense.partition_point(|&i| i < range.end);
                 OwnedShard {
+                    lazy: lazy.clone(),
+                    dense: dense[lo..hi].iter().map(|&i| i - range.start).collect(),
+                    pending: Vec::new(),
                     id,
                     params: vec![0.0; range.len()],
                     range,
@@ -202,7 +298,6 @@ impl Driver {
                 }
             })
             .collect();
-        let average = pipeline.train.strategy == crate::spec::Strategy::ModelAverage;
         let mode = match pipeline.optimizer {
             _ if average => Mode::Average {
                 steps_per_epoch,
@@ -243,7 +338,34 @@ impl Driver {
             lag,
             in_flight: VecDeque::new(),
             steps: 0,
+            clock: Clock::default(),
         }
+    }
+
+    /// Lazy updates: brings every live coordinate of the owned shards up to
+    /// the latest step (so that evaluation, the best values and the final
+    /// model are the weights themselves), and forgets older clock stamps.
+    fn flush(&mut self) {
+        let Mode::FirstOrder { spec, .. } = &self.mode else {
+            return;
+        };
+        let layout = self.layout;
+        for s in &mut self.shards {
+            let start = s.range.start;
+            if let Some(lazy) = s.lazy.as_mut() {
+                lazy.flush(
+                    spec,
+                    &mut s.params,
+                    &mut s.state,
+                    &self.clock,
+                    s.live.indices(),
+                    |i| !layout.is_intercept(start + i),
+                );
+                s.mark(Changed::Live);
+            }
+        }
+        let now = self.clock.now().t;
+        self.clock.forget_before(now);
     }
 
     /// Sends the owned shards with `phase`, `delay` rounds from now.
@@ -251,17 +373,23 @@ impl Driver {
         if matches!(phase, Phase::Train { .. } | Phase::Eval { .. }) {
             self.in_flight.push_back(phase);
         }
+        if matches!(phase, Phase::Eval { .. } | Phase::Final { .. }) {
+            self.flush();
+        }
         let version = self.steps;
+        let stamp = self.clock.now();
         self.shards
             .iter_mut()
             .map(|s| {
                 s.seq += 1;
+                let (values, lazy) = s.emit(pick_best, stamp);
                 let msg = ParamMsg {
                     shard: s.id,
                     phase,
                     version,
                     seq: s.seq,
-                    values: s.emit(pick_best),
+                    values,
+                    lazy,
                 };
                 (delay, msg)
             })
@@ -393,6 +521,9 @@ impl Driver {
                 if rows > 0 {
                     let base = spec.first_order().map(|f| (f.learning_rate, f.schedule));
                     let lr = base.map_or(0.0, |(eta, sch)| sch.rate(eta, self.steps, epoch));
+                    if self.shards.iter().any(|s| s.lazy.is_some()) {
+                        self.clock.tick(lr, self.penalty);
+                    }
                     for s in &mut self.shards {
                         let Some(sum) = sums.get(&s.id) else { continue };
                         let start = s.range.start;
@@ -401,8 +532,57 @@ impl Driver {
                         if s.grad.len() != n {
                             s.grad = vec![0.0; n];
                         }
-                        match sum {
-                            ShardGrad::Dense(sum) => {
+                        match (s.lazy.as_mut(), sum) {
+                            (Some(lazy), sum) => {
+                                // Touched: every row's coordinates and those
+                                // with a non-zero sum; the others wait.
+                                let mut touched = std::mem::take(&mut s.pending);
+                                debug_assert!(touched.is_empty(), "every fold emits");
+                                touched.extend_from_slice(&s.dense);
+                                let mut set = |i: usize, g: f64| {
+                                    s.grad[i] = mean_at(start + i, g);
+                                    if s.grad[i] != 0.0 {
+                                        touched.push(i);
+                                    }
+                                };
+                                match sum {
+                                    ShardGrad::Dense(v) => {
+                                        v.iter().enumerate().for_each(|(i, &g)| set(i, g))
+                                    }
+                                    ShardGrad::Sparse(e) => {
+                                        e.iter().for_each(|&(i, g)| set(i as usize, g))
+                                    }
+                                }
+                                touched.sort_unstable();
+                                touched.dedup();
+                                lazy.step(
+                                    spec,
+                                    &mut s.params,
+                                    &s.grad,
+                                    &mut s.state,
+                                    &self.clock,
+                                    lr,
+                                    self.penalty,
+                                    penalised,
+                                    &touched,
+                                );
+                                match sum {
+                                    ShardGrad::Dense(_) => s.grad.iter_mut().for_each(|g| *g = 0.0),
+                                    ShardGrad::Sparse(e) => {
+                                        e.iter().for_each(|&(i, _)| s.grad[i as usize] = 0.0)
+                                    }
+                                }
+                                touched.iter().for_each(|&i| s.live.insert(i));
+                                let bad =
+                                    touched.iter().copied().find(|&i| !s.params[i].is_finite());
+                                s.pending = touched;
+                                s.mark(Changed::Touched);
+                                if let Some(i) = bad {
+                                    return Err(diverged_at(epoch, step, start + i, s.params[i]));
+                                }
+                                continue;
+                            }
+                            (None, ShardGrad::Dense(sum)) => {
                                 let grad = mean(&s.range, sum);
                                 for (i, &g) in grad.iter().enumerate() {
                                     if g != 0.0 {
@@ -421,7 +601,7 @@ impl Driver {
                                 );
                                 s.changed = Changed::All;
                             }
-                            ShardGrad::Sparse(entries) => {
+                            (None, ShardGrad::Sparse(entries)) => {
                                 // Quiescent coordinates without a gradient
                                 // would not move: visit the live ones only.
                                 for &(i, g) in entries {
@@ -439,9 +619,7 @@ impl Driver {
                                     s.live.indices().iter().copied(),
                                 );
                                 entries.iter().for_each(|&(i, _)| s.grad[i as usize] = 0.0);
-                                if s.changed != Changed::All {
-                                    s.changed = Changed::Live;
-                                }
+                                s.mark(Changed::Live);
                             }
                         }
                         let bad = match s.changed {
@@ -454,11 +632,7 @@ impl Driver {
                                 .find(|&i| !s.params[i].is_finite()),
                         };
                         if let Some(i) = bad {
-                            return Err(Failure::from(&Error::Diverged {
-                                epoch,
-                                step,
-                                message: format!("parameter {} became {} (lower optimizer.learning_rate, or set data.standardize = true)", start + i, s.params[i]),
-                            }));
+                            return Err(diverged_at(epoch, step, start + i, s.params[i]));
                         }
                     }
                 }
