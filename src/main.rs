@@ -43,6 +43,11 @@ fn main() -> ExitCode {
 /// a message asking for a report and exit code 1 (never Rust's 101, and
 /// never a hang of the other threads).
 fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
+    if tidemill::io::guard::in_untrusted() {
+        // A third-party decoder failed on malformed input: the guard
+        // around it turns this into an error naming the input.
+        return;
+    }
     let payload = info.payload();
     let msg = payload
         .downcast_ref::<&str>()

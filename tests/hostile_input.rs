@@ -592,3 +592,65 @@ fn misreports_say_what_is_wrong() {
         "{err}"
     );
 }
+
+// ---- decoders that panic on malformed input --------------------------
+
+/// arrow-ipc slices buffers at offsets read from the input without a
+/// bounds check, and panics on a damaged stream; `predict` must report the
+/// input (exit 4), not crash. The damage is found by trying single-byte
+/// flips in-process until the guarded reader reports a decoder failure.
+#[test]
+fn a_decoder_panic_on_a_damaged_ipc_stream_is_bad_input() {
+    let c = Case::new();
+    c.model("error");
+    let clean = c.data("clean2.parquet", None);
+    let file = std::fs::File::open(&clean).unwrap();
+    let batches: Vec<arrow::record_batch::RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let mut stream = Vec::new();
+    {
+        let mut w =
+            arrow::ipc::writer::StreamWriter::try_new(&mut stream, &batches[0].schema()).unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let damaged = c.path("damaged.arrows");
+    let found = (0..stream.len()).find_map(|i| {
+        [0x80u8, 0x40, 0x10].iter().find_map(|mask| {
+            let mut b = stream.clone();
+            b[i] ^= mask;
+            std::fs::write(&damaged, &b).unwrap();
+            let failed = match tidemill::io::table::open(&damaged.to_string_lossy()) {
+                Err(e) => e.to_string().contains("decoder failed"),
+                Ok(input) => input
+                    .filter_map(Result::err)
+                    .any(|e| e.to_string().contains("decoder failed")),
+            };
+            failed.then_some(b)
+        })
+    });
+    let bytes = found.expect("some single-byte flip makes the IPC decoder panic");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &c.s("model.json"),
+        "--input",
+        &damaged.to_string_lossy(),
+        "--output",
+        &c.s("p.parquet"),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("damaged.arrows") && err.contains("malformed"),
+        "{err}"
+    );
+    assert!(!c.path("p.parquet").exists());
+}

@@ -23,8 +23,11 @@ impl ParquetFile {
     /// Opens a file and parses its footer.
     pub fn open(path: &Path) -> Result<ParquetFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| Error::parquet(path, e))?;
+        let metadata = crate::io::guard::untrusted(|| {
+            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        })
+        .map_err(|e| Error::parquet(path, e))?
+        .map_err(|e| Error::parquet(path, e))?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
             metadata,
