@@ -111,19 +111,23 @@ impl Case {
 fn duplicate_classes_are_refused() {
     let c = Case::new();
     let d = c.data("d.parquet", None);
-    let (code, err) = c.train(&c.pipeline(&d, "classes = [\"0\", \"1\", \"1\"]", ""));
+    let softmax = |classes: &str| {
+        let p = c.pipeline(&d, &format!("classes = {classes}"), "");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("kind = \"logistic\"", "kind = \"softmax\"");
+        std::fs::write(&p, text).unwrap();
+        c.train(&p)
+    };
+    // Softmax used to accept it: 3 classes listed, 2 coefficient sets.
+    let (code, err) = softmax(r#"["0", "1", "1"]"#);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("data.classes") && err.contains("listed twice"),
         "{err}"
     );
     // Two spellings of one number would both match the label value 1.
-    let p = c.pipeline(&d, "classes = [\"0\", \"1\", \"1.0\"]", "");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("kind = \"logistic\"", "kind = \"softmax\"");
-    std::fs::write(&p, text).unwrap();
-    let (code, err) = c.train(&p);
+    let (code, err) = softmax(r#"["0", "1", "1.0"]"#);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("same number"), "{err}");
 }
@@ -653,4 +657,45 @@ fn a_decoder_panic_on_a_damaged_ipc_stream_is_bad_input() {
         "{err}"
     );
     assert!(!c.path("p.parquet").exists());
+}
+
+/// A model whose size is known after the statistics scan — here 200
+/// softmax classes × 2^28 hashed slots, over a terabyte — is refused with
+/// its size before anything of that size is allocated (it used to end in
+/// an out-of-memory abort).
+#[test]
+fn a_model_larger_than_memory_is_refused_before_allocating() {
+    let c = Case::new();
+    let p = c.path("wide.parquet");
+    write_parquet(
+        &p,
+        vec![
+            (
+                "token",
+                Arc::new(StringArray::from(
+                    (0..400).map(|i| format!("t{}", i % 37)).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Int64Array::from(
+                    (0..400).map(|i| i % 200).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+        100,
+    );
+    let pipe = c.pipeline(&p, "categorical = [\"token\"]\nhash_bits = 28", "");
+    let text = std::fs::read_to_string(&pipe)
+        .unwrap()
+        .replace("kind = \"logistic\"", "kind = \"softmax\"");
+    std::fs::write(&pipe, text).unwrap();
+    let started = Instant::now();
+    let (code, err) = c.train(&pipe);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("more than the") && err.contains("model-parallel"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
 }

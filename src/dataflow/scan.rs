@@ -33,6 +33,8 @@ pub struct ScanPartial {
     pub labels: BTreeSet<String>,
     /// The first failure, keyed by (source, unit) so all workers pick the same one.
     pub failure: Option<((u8, usize), Failure)>,
+    /// Memory available on this worker's machine, where known.
+    pub memory: Option<u64>,
 }
 
 /// The merged scan.
@@ -48,6 +50,10 @@ pub struct ScanResult {
     pub moments: Vec<Moments>,
     /// Distinct label tokens.
     pub labels: BTreeSet<String>,
+    /// The least memory available on any worker's machine, where known:
+    /// every worker sees the same figure, so all decide alike whether the
+    /// model fits.
+    pub memory: Option<u64>,
 }
 
 /// One unit's moments of one numeric feature: (feature, unit id, moments).
@@ -72,7 +78,10 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
         fraction: plan.validation_fraction,
         seed: plan.pipeline.data.seed,
     };
-    let mut out = ScanPartial::default();
+    let mut out = ScanPartial {
+        memory: crate::memory::available(),
+        ..ScanPartial::default()
+    };
     let mut unit_moments = Vec::new();
     let mut sets = vec![(0u8, &plan.train, split)];
     if let Some(v) = &plan.validation_files {
@@ -257,6 +266,7 @@ fn merge(
         validation_rows: vec![0; plan.validation_files.as_ref().map_or(0, |v| v.units.len())],
         moments: vec![Moments::default(); plan.draft.numeric.len()],
         labels: BTreeSet::new(),
+        memory: parts.iter().filter_map(|p| p.memory).min(),
     };
     for p in parts {
         for (id, t, v) in p.train_units {

@@ -116,6 +116,7 @@ struct WorkerResult {
 fn worker_main(
     worker: &mut timely::worker::Worker,
     plan: &Arc<Plan>,
+    local_workers: usize,
 ) -> Result<WorkerResult, Failure> {
     if worker.index() == 0 {
         crate::dataflow::hooks::inject_panic("worker");
@@ -123,6 +124,13 @@ fn worker_main(
     let scan = scan::run(worker, plan)?;
     let spec = finalize(plan, &scan)?;
     check_budget(&plan.pipeline, &spec, worker.peers())?;
+    check_memory(
+        &plan.pipeline,
+        &spec,
+        worker.peers(),
+        local_workers,
+        scan.memory,
+    )?;
     let outcome = match plan.pipeline.train.strategy {
         Strategy::ModelParallel => {
             model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan)?
@@ -214,6 +222,45 @@ fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), 
     }))
 }
 
+/// Bytes a worker holds per parameter at the least: the parameter itself
+/// (`f64`) and its exact gradient accumulator (`i128`).
+const BYTES_PER_PARAM: u64 = 8 + 16;
+
+/// Fails, before anything of the model's size is allocated, if the workers
+/// of one process would need more memory than the least any machine of the
+/// job has available (`memory`, the same on every worker); an allocation of
+/// that size would otherwise end in an out-of-memory abort.
+fn check_memory(
+    p: &Pipeline,
+    spec: &FeatureSpec,
+    workers: usize,
+    local_workers: usize,
+    memory: Option<u64>,
+) -> Result<(), Failure> {
+    let Some(available) = memory else {
+        return Ok(());
+    };
+    let held = params_per_worker(p, spec, workers);
+    let needed = held
+        .saturating_mul(BYTES_PER_PARAM)
+        .saturating_mul(local_workers as u64);
+    if needed <= available {
+        return Ok(());
+    }
+    let hint = match p.train.strategy {
+        Strategy::ModelParallel => "run on more processes, or lower data.hash_bits",
+        _ => "set train.strategy = \"model-parallel\" (each worker then holds one block), or lower data.hash_bits",
+    };
+    Err(Failure::from(&Error::Usage {
+        option: "model size".into(),
+        message: format!(
+            "{local_workers} worker(s) holding {held} parameters each need at least {}, more than the {} of memory available; {hint}",
+            crate::memory::human(needed),
+            crate::memory::human(available)
+        ),
+    }))
+}
+
 fn optimizer_name(p: &Pipeline) -> String {
     match p.optimizer {
         crate::spec::OptimizerSpec::Sgd(_) => "sgd",
@@ -232,9 +279,10 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
     let plan = Arc::new(Plan::new(pipeline)?);
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
+    let local_workers = cluster.workers;
     let guards = cluster.execute(
         || job::describe(&plan),
-        move |worker| worker_main(worker, &shared),
+        move |worker| worker_main(worker, &shared, local_workers),
     )?;
     let mut report = TrainReport {
         model: None,
