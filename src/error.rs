@@ -120,12 +120,14 @@ pub enum Error {
         path: PathBuf,
     },
     /// A column the pipeline needs is absent.
-    #[error("{file}: column '{column}' not found; columns are: {available}")]
+    #[error("{file}: column '{column}' not found{}; columns are: {available}", did_you_mean(suggestion.as_deref()))]
     MissingColumn {
         /// The file.
         file: PathBuf,
         /// The column asked for.
         column: String,
+        /// The nearest column name, if one is close.
+        suggestion: Option<String>,
         /// The columns the file does have, comma separated.
         available: String,
     },
@@ -262,6 +264,32 @@ pub enum Error {
     },
 }
 
+/// `" (did you mean 'x'?)"`, or nothing.
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
+}
+
+/// The name in `names` nearest to `wanted`, if it is close enough to be a
+/// likely misspelling (Jaro–Winkler similarity above 0.8, or the same name
+/// in another case).
+pub fn nearest<'a>(wanted: &str, names: &[&'a str]) -> Option<&'a str> {
+    names
+        .iter()
+        .map(|n| {
+            let score = if n.eq_ignore_ascii_case(wanted) {
+                1.0
+            } else {
+                strsim::jaro_winkler(wanted, n)
+            };
+            (score, *n)
+        })
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
 /// Shorthand for results in tidemill.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -280,9 +308,11 @@ impl Error {
         column: &str,
         schema: &arrow::datatypes::Schema,
     ) -> Self {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         Error::MissingColumn {
             file: file.into(),
             column: column.to_string(),
+            suggestion: nearest(column, &names).map(String::from),
             available: schema
                 .fields()
                 .iter()

@@ -699,3 +699,47 @@ fn a_model_larger_than_memory_is_refused_before_allocating() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// A misspelt `data.exclude` left the column it meant in the features: on
+/// nycflights, `arr_dealy` let `arr_delay` leak the label (AUC 0.997).
+/// Early item of the ETL-stage issue, taken here because it is a silent
+/// wrong model.
+#[test]
+fn a_misspelt_exclusion_is_refused_with_the_column_it_meant() {
+    let text = std::fs::read_to_string(root().join("pipelines/nycflights.toml")).unwrap();
+    let c = Case::new();
+    let p = c.path("leak.toml");
+    let data = root().join("datasets/nycflights13.parquet");
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("features") && !l.starts_with("categorical"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "train = \"datasets/nycflights13.parquet\"",
+            &format!(
+                "train = {:?}\nexclude = [\"arr_dealy\", \"dep_delay\"]\ncategorical = [\"carrier\", \"origin\", \"dest\"]",
+                data.to_string_lossy()
+            ),
+        );
+    std::fs::write(&p, text).unwrap();
+    let (code, err) = c.run(&["validate", &p.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("data.exclude") && err.contains("did you mean 'arr_delay'"),
+        "{err}"
+    );
+    // A misspelt feature name gets the suggestion too.
+    let (code, err) = c.run(&[
+        "validate",
+        &p.to_string_lossy(),
+        "--set",
+        "data.exclude=[]",
+        "--set",
+        "data.categorical=[]",
+        "--set",
+        "data.features=[\"distnce\"]",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("did you mean 'distance'"), "{err}");
+}
