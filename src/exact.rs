@@ -29,6 +29,11 @@ pub const LIMIT: f64 = 1.180_591_620_717_411_3e21;
 /// Largest magnitude a single [`Wide`] partial may have (2^190 ≈ 1.6e57).
 pub const WIDE_LIMIT: f64 = 1.569_275_433_846_670_2e57;
 
+/// The magnitude an [`Exact`] sum cannot reach: 2^(127 − FRAC_BITS) = 2^71.
+pub const SUM_LIMIT: f64 = 2_361_183_241_434_822_606_848.0;
+/// The magnitude a [`Wide`] sum cannot reach: 2^(255 − FRAC_BITS) = 2^199.
+pub const WIDE_SUM_LIMIT: f64 = 8.034_690_221_294_951e59;
+
 /// 2^FRAC_BITS as `f64`.
 const SCALE: f64 = 72_057_594_037_927_936.0;
 

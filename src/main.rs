@@ -48,12 +48,7 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
         // around it turns this into an error naming the input.
         return;
     }
-    let payload = info.payload();
-    let msg = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let msg = tidemill::io::guard::panic_message(info.payload());
     if msg.contains("timely communication error") || msg.contains("MergeQueue poisoned") {
         // Exiting skips destructors: remove the temporary files here.
         let _ = tidemill::io::temp::discard_live();

@@ -290,9 +290,13 @@ proptest! {
         }
         let p = scratch("model-values.json", serde_json::to_string(&v).unwrap().as_bytes());
         if let Ok(m) = ModelFile::load(&p) {
-            // Whatever loads must turn into a model of the size it says.
-            let model = m.to_model(&p);
-            prop_assert!(model.is_ok() || model.is_err());
+            // Whatever loads and converts is a model of the size its
+            // feature spec says, with finite weights.
+            if let Ok(model) = m.to_model(&p) {
+                let layout = tidemill::model::Layout::new(m.kind, &m.features);
+                prop_assert_eq!(model.theta.len(), layout.len());
+                prop_assert!(model.theta.iter().all(|w| w.is_finite()));
+            }
         }
         exercise_model(&p);
     }

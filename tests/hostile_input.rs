@@ -434,6 +434,21 @@ fn inconsistent_model_files_are_refused_not_panicked_on() {
             "scale positive",
         ),
         (
+            "huge weight",
+            Box::new(|v| v["coefficients"]["x1"] = 1e308.into()),
+            "not finite",
+        ),
+        (
+            "huge fill",
+            Box::new(|v| v["features"]["numeric"][0]["fill"] = 1e300.into()),
+            "fill",
+        ),
+        (
+            "unknown coefficient",
+            Box::new(|v| v["coefficients"]["x9"] = 1.0.into()),
+            "names no numeric feature",
+        ),
+        (
             "hash bits",
             Box::new(|v| v["features"]["hash_bits"] = 64.into()),
             "hash_bits",
@@ -742,4 +757,81 @@ fn a_misspelt_exclusion_is_refused_with_the_column_it_meant() {
     ]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("did you mean 'distance'"), "{err}");
+}
+
+/// A model file is valid JSON but 64 MB of tiny array elements: parsed
+/// into a generic JSON tree it took 35 bytes of memory per byte of file
+/// (a 16 GiB file would have needed half a terabyte). Typed parsing keeps
+/// nothing that is not a weight, so it is refused in bounded memory.
+#[test]
+fn a_model_file_cannot_make_tidemill_allocate_beyond_its_size() {
+    let c = Case::new();
+    c.model("error");
+    let zeros = "0,".repeat(32 << 20);
+    for (name, body) in [
+        ("junk.json", format!("{{\"format\":\"tidemill-model\",\"version\":1,\"junk\":[{zeros}0]}}")),
+        ("intercept.json", format!("{{\"format\":\"tidemill-model\",\"version\":1,\"kind\":\"logistic\",\"intercept\":[{zeros}0]}}")),
+    ] {
+        let p = c.path(name);
+        std::fs::write(&p, body).unwrap();
+        let (code, err) = c.run(&["eval", "--model", &p.to_string_lossy(), "--input", &c.s("clean.parquet")]);
+        assert_eq!(code, 5, "{name}: {err}");
+    }
+    let peak = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap()
+        .max_rss(); // KiB on Linux
+    assert!(peak < 400 * 1024, "a child peaked at {peak} KiB");
+}
+
+/// A file with two columns of one name: training used to take the first
+/// and ignore the second, and write a model listing the feature twice
+/// (which predict then refused).
+#[test]
+fn two_columns_of_one_name_are_refused() {
+    let c = Case::new();
+    let p = c.path("twice.parquet");
+    let col = |k: f64| {
+        Arc::new(Float64Array::from(
+            (0..40).map(|i| i as f64 * k).collect::<Vec<_>>(),
+        )) as ArrayRef
+    };
+    write_parquet(
+        &p,
+        vec![
+            ("x", col(1.0)),
+            ("x", col(-3.0)),
+            (
+                "y",
+                Arc::new(Int64Array::from(
+                    (0..40).map(|i| (i % 2) as i64).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+        20,
+    );
+    let (code, err) = c.train(&c.pipeline(&p, "", ""));
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("column 'x'") && err.contains("2 columns of that name"),
+        "{err}"
+    );
+    // And as a predict input.
+    let model = c.model("error");
+    let q = c.path("twice_in.parquet");
+    write_parquet(
+        &q,
+        vec![("x1", col(1.0)), ("x2", col(1.0)), ("x1", col(2.0))],
+        20,
+    );
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        &q.to_string_lossy(),
+        "--output",
+        &c.s("p.parquet"),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("column 'x1'"), "{err}");
 }

@@ -325,3 +325,71 @@ fn an_exact_sum_that_overflows_fails_loudly() {
         assert!(!model.exists(), "a failed run wrote a model");
     }
 }
+
+/// R² is `1 − SSE/SST`, and `SST = Σy² − n·ȳ²` loses everything to
+/// cancellation when labels dwarf their spread: at an offset of 1e12 it
+/// read 0.99884 where the true value is 0.99005, and was absent at 1e12
+/// (early stopping on `r2` then picks noise). Labels are now summed
+/// around a reference (the training label mean; in `eval`, the first label).
+#[test]
+fn r2_keeps_its_precision_when_labels_dwarf_their_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut results = Vec::new();
+    for offset in [0.0, 1e10, 1e12] {
+        let mut rng = Rng(5);
+        let rows = |n: usize, rng: &mut Rng| {
+            let (mut a, mut y) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let x = rng.normal();
+                a.push(x);
+                y.push(offset + 1000.0 * x + 100.0 * rng.normal());
+            }
+            (a, y)
+        };
+        let (train_a, train_y) = rows(3000, &mut rng);
+        let (test_a, test_y) = rows(1000, &mut rng);
+        let write = |name: &str, a: &[f64], y: &[f64]| {
+            let p = dir.path().join(format!("{name}-{offset:e}.parquet"));
+            write_parquet(
+                &p,
+                vec![
+                    ("a", Arc::new(Float64Array::from(a.to_vec())) as ArrayRef),
+                    ("y", Arc::new(Float64Array::from(y.to_vec()))),
+                ],
+                500,
+            );
+            p
+        };
+        let train_path = write("train", &train_a, &train_y);
+        let test_path = write("test", &test_a, &test_y);
+        let p = dir.path().join(format!("r2-{offset:e}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[data]\ntrain = {:?}\nlabel = \"y\"\nvalidation = {{ path = {:?} }}\n[model]\nkind = \"linear\"\n[optimizer]\nkind = \"lbfgs\"\n[train]\nepochs = 100\n",
+                train_path.to_string_lossy(),
+                test_path.to_string_lossy()
+            ),
+        )
+        .unwrap();
+        let model = dir.path().join(format!("m-{offset:e}.json"));
+        let summary = train(&p, &model, 2);
+        let eval: Value = serde_json::from_str(&tidemill_ok(&[
+            "eval",
+            "--model",
+            &model.to_string_lossy(),
+            "--input",
+            &test_path.to_string_lossy(),
+        ]))
+        .unwrap();
+        let validation_r2 = summary["validation"]["r2"].as_f64().unwrap();
+        let eval_r2 = eval["r2"].as_f64().unwrap();
+        results.push((offset, validation_r2, eval_r2));
+    }
+    let (_, base, _) = results[0];
+    assert!(base > 0.98 && base < 0.999, "{results:?}");
+    for (offset, v, e) in &results {
+        assert!((v - base).abs() < 1e-6, "offset {offset}: {results:?}");
+        assert!((e - base).abs() < 1e-6, "offset {offset}: {results:?}");
+    }
+}

@@ -63,6 +63,9 @@ pub struct GradientContext {
     pub record_staleness: bool,
     /// Test hooks (slowed worker, step trace).
     pub hooks: Hooks,
+    /// The reference validation labels are taken relative to (regression:
+    /// the training label mean), the same on every worker.
+    pub label_ref: Option<f64>,
 }
 
 /// Local training of a replica (`model-average`): the worker applies the
@@ -354,7 +357,7 @@ impl State {
     }
 
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
-        let mut partial = EvalPartial::default();
+        let mut partial = EvalPartial::with_label_ref(self.ctx.label_ref);
         let model = &self.ctx.model;
         self.ctx
             .data

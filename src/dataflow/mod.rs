@@ -147,7 +147,8 @@ pub fn loss_message(loss: f64) -> String {
 /// The message for an exact gradient sum that overflowed at coordinate `i`.
 pub fn overflow_message(i: usize) -> String {
     format!(
-        "the exact sum of gradient component {i} left the range of 128-bit fixed point (|sum| ≥ 2^71 ≈ 2.4e21): rescale the feature or label (data.standardize = true)"
+        "the exact sum of gradient component {i} left the range of 128-bit fixed point (|sum| ≥ {:e}): rescale the feature or label (data.standardize = true)",
+        crate::exact::SUM_LIMIT
     )
 }
 

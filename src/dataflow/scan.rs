@@ -48,6 +48,11 @@ pub struct ScanResult {
     pub validation_rows: Vec<u64>,
     /// Moments per numeric feature.
     pub moments: Vec<Moments>,
+    /// Moments of a regression label over the training rows (empty for
+    /// classifiers): its mean is the reference validation metrics shift
+    /// labels by, so that R² keeps its precision when labels dwarf their
+    /// spread.
+    pub label: Moments,
     /// Distinct label tokens.
     pub labels: BTreeSet<String>,
     /// The least memory available on any worker's machine, where known:
@@ -99,7 +104,8 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
         let owners = assign(&rows, peers, Partition::Slice, 0, 0);
         for unit in units.units.iter().filter(|u| owners[u.id] == index) {
             let (mut train_rows, mut held_rows) = (0u64, 0u64);
-            let mut moments = vec![Moments::default(); spec.numeric.len()];
+            // One per numeric feature, then the label's (regression).
+            let mut moments = vec![Moments::default(); spec.numeric.len() + 1];
             let mut labels = std::mem::take(&mut out.labels);
             let checked = for_each_window(&units.source, unit, &spec, label, split, |data| {
                 let blocks = [&data.train, &data.validation];
@@ -121,6 +127,10 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
                             m.push(x);
                         }
                     }
+                }
+                if kind == ModelKind::Linear {
+                    let m = &mut moments[spec.numeric.len()];
+                    b.label.iter().for_each(|&y| m.push(y));
                 }
                 Ok(())
             });
@@ -266,6 +276,7 @@ fn merge(
         validation_rows: vec![0; plan.validation_files.as_ref().map_or(0, |v| v.units.len())],
         moments: vec![Moments::default(); plan.draft.numeric.len()],
         labels: BTreeSet::new(),
+        label: Moments::default(),
         memory: parts.iter().filter_map(|p| p.memory).min(),
     };
     for p in parts {
@@ -279,8 +290,9 @@ fn merge(
         result.labels.extend(p.labels);
     }
     for (j, m) in moments {
-        if let Some(slot) = result.moments.get_mut(j as usize) {
-            *slot = m;
+        match result.moments.get_mut(j as usize) {
+            Some(slot) => *slot = m,
+            None => result.label = m,
         }
     }
     Ok(result)

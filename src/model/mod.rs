@@ -8,6 +8,7 @@
 pub mod block;
 pub mod file;
 pub mod loss;
+pub mod weights;
 
 use serde::{Deserialize, Serialize};
 
@@ -190,8 +191,13 @@ impl LinearModel {
 
     /// Predicted value (linear), positive-class probability (logistic),
     /// decision value (hinge) or class probabilities (softmax) of one row.
-    pub fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) {
+    /// Returns false if a margin is not finite (the weights overflow on
+    /// this row), in which case `out` means nothing.
+    pub fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool {
         self.margins(block, i, out);
+        if !out.iter().all(|m| m.is_finite()) {
+            return false;
+        }
         match self.kind {
             ModelKind::Linear | ModelKind::Hinge => {}
             ModelKind::Logistic => out[0] = loss::sigmoid(out[0]),
@@ -205,5 +211,6 @@ impl LinearModel {
                 out.iter_mut().for_each(|o| *o /= z);
             }
         }
+        true
     }
 }

@@ -113,6 +113,7 @@ pub fn run(
         steps_per_epoch,
         record_staleness: plan.pipeline.train.strategy == Strategy::ParamServer,
         hooks: Hooks::from_env(index),
+        label_ref: (scan.label.n > 0).then(|| scan.label.mean()),
     };
     let collect = CollectContext {
         kind,

@@ -348,7 +348,10 @@ impl Driver {
         }
         if loss.is_nan() {
             return Err(diverged(
-                "the exact sum of the round's losses left the range of 256-bit fixed point (≥ 2^199): rescale the label".into(),
+                format!(
+                    "the exact sum of the round's losses left the range of 256-bit fixed point (≥ {:e}): rescale the label",
+                    crate::exact::WIDE_SUM_LIMIT
+                ),
             ));
         }
         let layout = self.layout;

@@ -57,6 +57,21 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     }
     let mut spec = plan.draft.clone();
     for (f, m) in spec.numeric.iter_mut().zip(&scan.moments) {
+        if !m.is_finite() {
+            return Err(Failure::from(&Error::BadLabel {
+                location: Box::new(Location {
+                    file: plan.train.source.reference().path.clone(),
+                    row_group: None,
+                    column: Some(f.name.clone()),
+                    row: None,
+                }),
+                message: format!(
+                    "the mean or variance of the feature is not finite (mean {}, Σ squared deviations {})",
+                    m.mean(),
+                    m.m2
+                ),
+            }));
+        }
         f.fill = if d.on_missing == OnMissing::Mean {
             m.mean()
         } else {
@@ -123,6 +138,9 @@ fn worker_main(
     }
     let scan = scan::run(worker, plan)?;
     let spec = finalize(plan, &scan)?;
+    if worker.index() == 0 && !plan.pipeline.data.standardize {
+        warn_coarse_features(&spec, &scan);
+    }
     check_budget(&plan.pipeline, &spec, worker.peers())?;
     check_memory(
         &plan.pipeline,
@@ -168,6 +186,31 @@ fn worker_main(
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
+}
+
+/// Warns about numeric features whose values, held as `f32` model inputs
+/// without standardisation, keep little of their spread: Unix timestamps
+/// around 1.6e9 land on steps of 128 s. (With `standardize`, centring
+/// happens in `f64` first and nothing is lost.)
+fn warn_coarse_features(spec: &FeatureSpec, scan: &ScanResult) {
+    for (f, m) in spec.numeric.iter().zip(&scan.moments) {
+        let (mean, std) = (m.mean(), m.std());
+        if m.n == 0 || std <= 0.0 {
+            continue;
+        }
+        // The spacing of f32 values near the largest typical magnitude.
+        let step = (mean.abs() + 3.0 * std) * f64::from(f32::EPSILON);
+        if step > 1e-3 * std {
+            tracing::warn!(
+                feature = %f.name,
+                mean,
+                std,
+                f32_step = step,
+                "values are held as f32 in steps of {step:.3e}, {:.2}% of their standard deviation: set data.standardize = true to keep their precision",
+                100.0 * step / std
+            );
+        }
+    }
 }
 
 /// Parameters one worker holds under the pipeline's strategy on `workers`
