@@ -365,3 +365,47 @@ fn validate_checks_the_outputs() {
     assert!(ok.contains("outputs writable"), "{ok}");
     assert_eq!(names(d), ["file"], "validate left something behind");
 }
+
+/// Regression: any error whose message mentioned "Broken pipe" exited 0
+/// as if a reader had closed the pipe; here a column of that name.
+#[test]
+fn a_message_mentioning_a_broken_pipe_is_still_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let out = predict_breast_cancer(
+        &model,
+        &dir.path().join("p.parquet"),
+        &["--keep", "Broken pipe"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("'Broken pipe' not found"), "{err}");
+}
+
+/// A reader that closes standard output early ends `predict -o -`
+/// quietly, with exit code 0.
+#[test]
+fn a_reader_closing_stdout_early_is_a_quiet_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args([
+            "predict",
+            "-m",
+            &s(&model),
+            "-i",
+            "datasets/breast_cancer.parquet",
+        ])
+        .args(["-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
