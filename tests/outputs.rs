@@ -366,6 +366,29 @@ fn validate_checks_the_outputs() {
     assert_eq!(names(d), ["file"], "validate left something behind");
 }
 
+/// Regression: `..` through a directory that did not exist yet was kept
+/// as written, so `new/x/../m.json` and `new/m.json` compared different,
+/// and the metrics replaced the model with exit 0. It is the same file
+/// once the directories are created: a usage error, nothing created.
+#[test]
+fn dots_through_a_new_directory_name_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = train(&[
+        "--model-out",
+        &s(&d.join("new/x/../m.json")),
+        "--metrics-out",
+        &s(&d.join("new/m.json")),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--model-out") && err.contains("--metrics-out"),
+        "{err}"
+    );
+    assert!(names(d).is_empty(), "{:?}", names(d));
+}
+
 /// Regression: any error whose message mentioned "Broken pipe" exited 0
 /// as if a reader had closed the pipe; here a column of that name.
 #[test]

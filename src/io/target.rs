@@ -14,7 +14,7 @@
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// Links followed before giving up (as the kernel's `ELOOP` limit).
 const MAX_LINKS: usize = 40;
@@ -42,7 +42,8 @@ pub struct Target {
     pub kind: Kind,
     /// Whether something is at `resolved` now, and what.
     meta: Option<Metadata>,
-    /// `resolved` with its directory made canonical, for comparisons.
+    /// `resolved` as the kernel will resolve it (see [`canonical`]), for
+    /// comparisons.
     canonical: PathBuf,
 }
 
@@ -148,24 +149,41 @@ fn follow_links(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
     ))
 }
 
-/// `path` with its directory made canonical (when the directory exists)
-/// and made absolute (always).
+/// `path` as the kernel will resolve it once the missing directories
+/// above it are created: absolute, every link in the part that exists
+/// followed, and `..` taken lexically only where it follows a directory
+/// that does not exist yet (such a directory holds no links, and its `..`
+/// is the directory it will be made in). Going back up into the part
+/// that exists, `..` is the physical parent, as the kernel's.
 fn canonical(path: &Path) -> PathBuf {
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) => (
-            if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            },
-            n,
-        ),
-        _ => return std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    let Ok(absolute) = std::path::absolute(path) else {
+        return path.to_path_buf();
     };
-    match std::fs::canonicalize(dir) {
-        Ok(d) => d.join(name),
-        Err(_) => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    let mut out = PathBuf::new();
+    // Whether `out` is made canonical as far as it goes (all of it exists).
+    let mut exists = true;
+    for part in absolute.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir => out.push(part),
+            Component::CurDir => {}
+            // `out` is canonical, or canonical below a missing part: its
+            // lexical parent is the kernel's `..` either way.
+            Component::ParentDir => {
+                out.pop();
+                exists = exists || out.exists();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if exists {
+                    match std::fs::canonicalize(&out) {
+                        Ok(c) => out = c,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -236,5 +254,25 @@ mod tests {
         assert!(!null.same_file(&null));
         let out = Target::resolve(Path::new("-")).unwrap();
         assert!(!out.same_file(&out));
+    }
+
+    /// Regression: `..` after a directory that does not exist yet was kept
+    /// as written, so `new/x/../m.json` and `new/m.json` compared different
+    /// although, once the directories are made, they are one file.
+    #[test]
+    fn dots_through_directories_that_do_not_exist_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("real/deep")).unwrap();
+        symlink(d.join("real/deep"), d.join("link")).unwrap();
+        let r = |p: &str| Target::resolve(&d.join(p)).unwrap();
+        assert!(r("new/x/../m.json").same_file(&r("new/m.json")));
+        assert!(r("new/x/y/../../m.json").same_file(&r("new/m.json")));
+        assert!(!r("new/x/../m.json").same_file(&r("new/x/m.json")));
+        // Back above the nearest existing directory, the kernel's `..`
+        // (the physical parent) applies: `link/new/../..` is `real`.
+        assert!(r("link/new/../../m.json").same_file(&r("real/m.json")));
+        assert!(!r("link/new/../../m.json").same_file(&r("m.json")));
+        assert!(r("new/../../m.json").same_file(&r("../m.json")));
     }
 }
