@@ -389,6 +389,85 @@ fn dots_through_a_new_directory_name_the_same_file() {
     assert!(names(d).is_empty(), "{:?}", names(d));
 }
 
+/// Regression: a symbolic link at an output path was followed whoever
+/// owned it, where the kernel (with `fs.protected_symlinks`, as most
+/// distributions set it) refuses to follow, for `>` in a shell, a link in
+/// a sticky world-writable directory (like /tmp) owned by neither the user
+/// nor the directory's owner: another user could plant `model.json ->
+/// ~/.bashrc` there. Such a link is refused (exit 3, the target intact);
+/// links owned by the user or by the directory's owner, and links in
+/// directories that are not sticky, are still written through.
+///
+/// A link owned by someone else can only be made as root (CI runs as
+/// root); otherwise that half is skipped.
+#[test]
+fn foreign_links_in_sticky_world_writable_directories_are_not_followed() {
+    use std::os::unix::fs::{lchown, PermissionsExt};
+    const OTHER: u32 = 54_321;
+    const THIRD: u32 = 54_322;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shared = d.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let metrics = d.join("metrics.jsonl");
+    let model_into = |link: &Path| train(&["--model-out", &s(link), "--metrics-out", &s(&metrics)]);
+
+    // Planted by another user (as root, chown can make one), in a
+    // directory a third user owns.
+    let planted = shared.join("model.json");
+    symlink(&victim, &planted).unwrap();
+    let as_root = match lchown(&planted, Some(OTHER), Some(OTHER)) {
+        Ok(()) => {
+            lchown(&shared, Some(THIRD), Some(THIRD)).unwrap();
+            true
+        }
+        Err(e) => {
+            eprintln!("only the own-link half runs (not root: {e})");
+            false
+        }
+    };
+
+    // Our own link: written through.
+    let own = shared.join("own.json");
+    symlink(&victim, &own).unwrap();
+    let out = model_into(&own);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&victim).unwrap().starts_with('{'));
+    assert!(own.symlink_metadata().unwrap().file_type().is_symlink());
+    std::fs::write(&victim, b"precious").unwrap();
+    if !as_root {
+        return;
+    }
+
+    let out = model_into(&planted);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("--model-out") && err.contains("sticky"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(planted.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(names(&shared), ["model.json", "own.json"]);
+
+    // Owned by the directory's owner: followed, as the kernel does.
+    lchown(&shared, Some(OTHER), None).unwrap();
+    let out = model_into(&planted);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&victim).unwrap().starts_with('{'));
+    std::fs::write(&victim, b"precious").unwrap();
+
+    // Not sticky: followed.
+    lchown(&shared, Some(THIRD), None).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = model_into(&planted);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&victim).unwrap().starts_with('{'));
+}
+
 /// Regression: any error whose message mentioned "Broken pipe" exited 0
 /// as if a reader had closed the pipe; here a column of that name.
 #[test]

@@ -5,7 +5,11 @@
 //!   and renamed into place ([`Kind::Replace`]).
 //! * A symbolic link: followed to the file it finally names, which is then
 //!   handled as above; the link itself is kept (write-through). A dangling
-//!   link is followed to where its target would be.
+//!   link is followed to where its target would be. A link in a sticky,
+//!   world-writable directory (like `/tmp`) is followed only if it is owned
+//!   by the user running tidemill or by the directory's owner: the rule the
+//!   kernel applies to a shell's `>` under `fs.protected_symlinks`, applied
+//!   here whatever that setting (see [`may_follow`]).
 //! * A character or block device, a FIFO or a socket: opened and written in
 //!   place ([`Kind::Stream`]); renaming over `/dev/null` or a FIFO would
 //!   replace it with a regular file.
@@ -48,8 +52,20 @@ pub struct Target {
 }
 
 impl Target {
-    /// Resolves `given` (`-` is standard output).
+    /// Resolves the output path `given` (`-` is standard output). A link
+    /// that [`may_follow`] refuses is an error (`PermissionDenied`).
     pub fn resolve(given: &Path) -> io::Result<Target> {
+        Self::resolve_links(given, true)
+    }
+
+    /// Resolves the input path `given`, to compare it with outputs: as
+    /// [`Target::resolve`], but every link is followed (reading through a
+    /// link destroys nothing).
+    pub fn resolve_input(given: &Path) -> io::Result<Target> {
+        Self::resolve_links(given, false)
+    }
+
+    fn resolve_links(given: &Path, protected: bool) -> io::Result<Target> {
         if given.as_os_str() == "-" {
             return Ok(Target {
                 given: given.to_path_buf(),
@@ -59,7 +75,7 @@ impl Target {
                 canonical: given.to_path_buf(),
             });
         }
-        let (resolved, meta) = follow_links(given)?;
+        let (resolved, meta) = follow_links(given, protected)?;
         let kind = match &meta {
             None => Kind::Replace,
             Some(m) if m.is_file() => Kind::Replace,
@@ -125,8 +141,9 @@ impl Target {
 }
 
 /// Follows symbolic links from `path` until something that is not a link,
-/// or nothing, is found; returns that path and what is there.
-fn follow_links(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
+/// or nothing, is found; returns that path and what is there. With
+/// `protected`, a link [`may_follow`] refuses is an error.
+fn follow_links(path: &Path, protected: bool) -> io::Result<(PathBuf, Option<Metadata>)> {
     let mut path = path.to_path_buf();
     for _ in 0..MAX_LINKS {
         let meta = match std::fs::symlink_metadata(&path) {
@@ -137,16 +154,53 @@ fn follow_links(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
         if !meta.file_type().is_symlink() {
             return Ok((path, Some(meta)));
         }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if protected {
+            let d = std::fs::metadata(dir)?;
+            let me = nix::unistd::geteuid().as_raw();
+            if !may_follow(meta.uid(), d.mode(), d.uid(), me) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is a symbolic link owned by uid {}, in the sticky, world-writable \
+                         directory {} owned by uid {}: not followed, as the kernel's \
+                         fs.protected_symlinks refuses to (it may be another user's trap); \
+                         name the file it points to if that is the one meant",
+                        path.display(),
+                        meta.uid(),
+                        dir.display(),
+                        d.uid(),
+                    ),
+                ));
+            }
+        }
         let next = std::fs::read_link(&path)?;
-        path = match path.parent() {
-            Some(dir) if next.is_relative() => dir.join(next),
-            _ => next,
+        path = if next.is_relative() {
+            dir.join(next)
+        } else {
+            next
         };
     }
     Err(io::Error::new(
         io::ErrorKind::InvalidInput,
         format!("more than {MAX_LINKS} levels of symbolic links"),
     ))
+}
+
+/// Whether a symbolic link owned by `link_uid`, in a directory with mode
+/// `dir_mode` owned by `dir_uid`, may be followed by the user `me`: the
+/// kernel's `fs.protected_symlinks` rule (`may_follow_link` in
+/// `fs/namei.c`). In a sticky, world-writable directory anyone can plant a
+/// link, so only the user's own links and the directory owner's are
+/// followed; elsewhere, every link.
+pub fn may_follow(link_uid: u32, dir_mode: u32, dir_uid: u32, me: u32) -> bool {
+    const STICKY_AND_WORLD_WRITABLE: u32 = 0o1002;
+    link_uid == me
+        || dir_mode & STICKY_AND_WORLD_WRITABLE != STICKY_AND_WORLD_WRITABLE
+        || link_uid == dir_uid
 }
 
 /// `path` as the kernel will resolve it once the missing directories
@@ -254,6 +308,47 @@ mod tests {
         assert!(!null.same_file(&null));
         let out = Target::resolve(Path::new("-")).unwrap();
         assert!(!out.same_file(&out));
+    }
+
+    #[test]
+    fn the_kernels_rule_for_links_in_sticky_directories() {
+        let (me, dir_owner, other) = (1000, 0, 1001);
+        // /tmp: sticky and world-writable.
+        assert!(may_follow(me, 0o41777, dir_owner, me));
+        assert!(may_follow(dir_owner, 0o41777, dir_owner, me));
+        assert!(!may_follow(other, 0o41777, dir_owner, me));
+        assert!(!may_follow(other, 0o1777, dir_owner, dir_owner));
+        // Not both sticky and world-writable: every link.
+        assert!(may_follow(other, 0o40777, dir_owner, me));
+        assert!(may_follow(other, 0o41775, dir_owner, me));
+        assert!(may_follow(other, 0o40755, dir_owner, me));
+    }
+
+    /// Regression: an output link planted in a sticky, world-writable
+    /// directory by another user was followed. Only root can plant one
+    /// (CI runs as root); elsewhere the own-link half runs.
+    #[test]
+    fn foreign_links_in_sticky_directories_are_refused_for_outputs() {
+        use std::os::unix::fs::{lchown, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let victim = dir.path().join("victim");
+        let link = shared.join("m.json");
+        symlink(&victim, &link).unwrap();
+        assert_eq!(Target::resolve(&link).unwrap().resolved, victim);
+        if lchown(&link, Some(54_321), None).is_err() {
+            return;
+        }
+        let err = Target::resolve(&link).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        // Through a link of our own: refused all the same.
+        let mine = dir.path().join("mine");
+        symlink(&link, &mine).unwrap();
+        assert!(Target::resolve(&mine).is_err());
+        // Reading through it destroys nothing: an input follows it.
+        assert_eq!(Target::resolve_input(&link).unwrap().resolved, victim);
     }
 
     /// Regression: `..` after a directory that does not exist yet was kept
