@@ -389,6 +389,56 @@ fn dots_through_a_new_directory_name_the_same_file() {
     assert!(names(d).is_empty(), "{:?}", names(d));
 }
 
+/// Regression: an output inside a directory listed in `data.train` (or
+/// `data.validation.path`) was not compared with the files read from it,
+/// and replaced a training file with exit 0.
+#[test]
+fn an_output_over_a_data_file_inside_a_listed_directory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    std::fs::create_dir_all(data.join("part")).unwrap();
+    let file = data.join("part/breast_cancer.parquet");
+    std::fs::copy(root().join("datasets/breast_cancer.parquet"), &file).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let train_dir = format!("data.train={:?}", s(&data));
+    let validation_dir = format!("data.validation={{ path = {:?} }}", s(&data));
+    for (set, key) in [
+        (train_dir.as_str(), "data.train"),
+        (validation_dir.as_str(), "data.validation.path"),
+    ] {
+        let out = train(&[
+            "--set",
+            set,
+            "--model-out",
+            &s(&d.join("m.json")),
+            "--metrics-out",
+            &s(&file),
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains(key) && err.contains("--metrics-out"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes, "{set}");
+        assert_eq!(names(d), ["data"], "{set}");
+
+        let metrics = format!("output.metrics={:?}", s(&file));
+        let out = tidemill(&[
+            "validate",
+            "pipelines/quickstart.toml",
+            "--set",
+            set,
+            "--set",
+            &metrics,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "validate {set}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 /// Regression: a symbolic link at an output path was followed whoever
 /// owned it, where the kernel (with `fs.protected_symlinks`, as most
 /// distributions set it) refuses to follow, for `>` in a shell, a link in
