@@ -330,6 +330,15 @@ impl Error {
         }
     }
 
+    /// True if this is an output whose reader went away (`EPIPE` while
+    /// writing to standard output, a pipe or a FIFO): not a failure of
+    /// tidemill's, so `main` exits quietly with code 0. Decided by the
+    /// error's kind, never by its text, and never for errors on inputs or
+    /// the network.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, Error::Output { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     /// The process exit code for this error (see `docs/cli.md`).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -355,5 +364,30 @@ impl Error {
             Error::Cluster(_) | Error::Worker { .. } => 7,
             Error::Relayed { code, .. } => *code,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    /// Regression: `main` exited 0 for any error whose message contained
+    /// "Broken pipe" (a cluster error quoting an I/O error, a column named
+    /// so), or for an input's `EPIPE`.
+    #[test]
+    fn only_an_outputs_broken_pipe_is_a_closed_pipe() {
+        let output = |kind| Error::Output {
+            flag: "--output".into(),
+            path: "-".into(),
+            action: "cannot be written".into(),
+            source: std::io::Error::new(kind, "Broken pipe (os error 32)"),
+        };
+        assert!(output(ErrorKind::BrokenPipe).is_closed_pipe());
+        assert!(!output(ErrorKind::Other).is_closed_pipe());
+        let input = Error::io("-", std::io::Error::from(ErrorKind::BrokenPipe));
+        assert!(!input.is_closed_pipe());
+        let cluster = Error::Cluster("process 1: Broken pipe (os error 32)".into());
+        assert!(!cluster.is_closed_pipe());
     }
 }

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if is_broken_pipe(&e) {
+            if e.is_closed_pipe() {
                 // The reader downstream went away: not our failure.
                 return ExitCode::SUCCESS;
             }
@@ -60,13 +60,4 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
     let _ = tidemill::io::temp::discard_live();
     eprintln!("error: internal error, please report it: {info}");
     std::process::exit(1);
-}
-
-fn is_broken_pipe(e: &tidemill::Error) -> bool {
-    match e {
-        tidemill::Error::Io { source, .. } | tidemill::Error::Output { source, .. } => {
-            source.kind() == std::io::ErrorKind::BrokenPipe
-        }
-        other => other.to_string().contains("Broken pipe"),
-    }
 }

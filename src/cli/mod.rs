@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::io::atomic::OutputSet;
 use crate::io::table::Format;
 use crate::spec::Pipeline;
-use outputs::{pipeline_inputs, PipelineOutputs};
+use outputs::{PipelineInputs, PipelineOutputs};
 
 mod outputs;
 
@@ -229,7 +229,8 @@ fn validate(a: ValidateArgs) -> Result<()> {
     let p = Pipeline::load(&a.pipeline, &a.overrides)?;
     let outputs = PipelineOutputs::new(&p, false, false);
     let requests = outputs.requests();
-    crate::io::atomic::check_writable(&requests, &pipeline_inputs(&a.pipeline, &p))?;
+    let inputs = PipelineInputs::new(&a.pipeline, &p)?;
+    crate::io::atomic::check_writable(&requests, &inputs.list())?;
     let plan = crate::train::plan::Plan::new(p)?;
     println!(
         "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}",
@@ -259,8 +260,8 @@ fn train(a: TrainArgs) -> Result<()> {
     // that an unwritable path fails now rather than after the work; the
     // other processes create nothing.
     let outputs = if cluster.is_leader() {
-        let inputs = pipeline_inputs(&a.pipeline, &pipeline);
-        Some(OutputSet::prepare(&paths.requests(), &inputs)?)
+        let inputs = PipelineInputs::new(&a.pipeline, &pipeline)?;
+        Some(OutputSet::prepare(&paths.requests(), &inputs.list())?)
     } else {
         None
     };

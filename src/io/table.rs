@@ -238,13 +238,18 @@ impl Tap {
     fn explain(&self, fallback: Error) -> Error {
         let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
         match first.take() {
-            Some(source) => Error::Output {
-                flag: self.flag.clone(),
-                path: self.path.clone(),
-                action: "cannot be written".into(),
-                source,
-            },
+            Some(source) => self.output_error(source),
             None => fallback,
+        }
+    }
+
+    /// `source` as an error of this output.
+    fn output_error(&self, source: io::Error) -> Error {
+        Error::Output {
+            flag: self.flag.clone(),
+            path: self.path.clone(),
+            action: "cannot be written".into(),
+            source,
         }
     }
 }
@@ -333,9 +338,13 @@ impl TableOutput {
                 .map_err(|e| ipc_err(p, e)),
         };
         let mut sink = finished.map_err(|e| self.tap.explain(e))?;
+        // The tap has the flush's error (it wraps the sink); the fallback
+        // is the output's error all the same.
         sink.flush().map_err(|e| {
-            self.tap
-                .explain(Error::io(p, io::Error::new(e.kind(), e.to_string())))
+            let fallback = self
+                .tap
+                .output_error(io::Error::new(e.kind(), e.to_string()));
+            self.tap.explain(fallback)
         })
     }
 }
