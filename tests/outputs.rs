@@ -561,3 +561,44 @@ fn a_reader_closing_stdout_early_is_a_quiet_exit() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+/// Regression: `inspect`, `eval`, `validate` and `train` printed with
+/// `println!`, which panics (exit 1) when the reader has gone; every
+/// command that writes to standard output must end quietly instead.
+#[test]
+fn every_command_ends_quietly_when_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let model = s(&model);
+    let (m2, metrics) = (dir.path().join("m2.json"), dir.path().join("m.jsonl"));
+    let (m2, metrics) = (s(&m2), s(&metrics));
+    let commands: [&[&str]; 5] = [
+        &["inspect", "datasets/breast_cancer.parquet", "--json"],
+        &["inspect", "datasets/breast_cancer.parquet"],
+        &["eval", "-m", &model, "-i", "datasets/breast_cancer.parquet"],
+        &["validate", "pipelines/quickstart.toml"],
+        &[
+            "train",
+            "pipelines/quickstart.toml",
+            "--model-out",
+            &m2,
+            "--metrics-out",
+            &metrics,
+        ],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .env("TIDEMILL_LOG", "warn")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

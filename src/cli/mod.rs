@@ -192,6 +192,22 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// Writes a command's result to stdout; a reader that went away is an
+/// [`Error::Output`] of kind `BrokenPipe` (a quiet exit), never a panic as
+/// `println!` would make it.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Output {
+            flag: "stdout".into(),
+            path: "-".into(),
+            action: "cannot be written".into(),
+            source,
+        })
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
@@ -208,7 +224,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) => {
             let m = crate::predict::evaluate(&a.model, &a.input)?;
-            println!("{}", to_json(&m));
+            emit(&(to_json(&m) + "\n"))?;
             Ok(())
         }
         Command::Validate(a) => validate(a),
@@ -216,9 +232,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => {
             let info = crate::inspect::inspect(&a.paths)?;
             if a.json {
-                println!("{}", to_json(&info));
+                emit(&(to_json(&info) + "\n"))?;
             } else {
-                print!("{}", crate::inspect::render(&info));
+                emit(&crate::inspect::render(&info))?;
             }
             Ok(())
         }
@@ -232,8 +248,8 @@ fn validate(a: ValidateArgs) -> Result<()> {
     let inputs = PipelineInputs::new(&a.pipeline, &p)?;
     crate::io::atomic::check_writable(&requests, &inputs.list())?;
     let plan = crate::train::plan::Plan::new(p)?;
-    println!(
-        "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}",
+    emit(&format!(
+        "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}\n",
         plan.train.source.files.len(),
         plan.train.source.rows(),
         plan.train.units.len(),
@@ -241,8 +257,7 @@ fn validate(a: ValidateArgs) -> Result<()> {
         plan.draft.categorical.len(),
         plan.draft.label,
         outputs.describe()
-    );
-    Ok(())
+    ))
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -323,6 +338,6 @@ fn train(a: TrainArgs) -> Result<()> {
         "validation": last.and_then(|r| r.validation.clone()),
         "seconds": started.elapsed().as_secs_f64(),
     });
-    println!("{}", to_json(&summary));
+    emit(&(to_json(&summary) + "\n"))?;
     Ok(())
 }
