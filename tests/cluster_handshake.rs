@@ -158,8 +158,9 @@ fn strangers_are_dropped_and_the_job_runs() {
 fn stdout_of_a_cluster_run_is_one_json_document() {
     let job = Job::new();
     let p0 = job.start(0, &[], &[]);
-    // Let process 0 wait a while (no probe: on timely's own start-up a probe
-    // crashes it): nothing of the waiting may reach stdout.
+    // Let process 0 wait a while before process 1 starts: nothing of the
+    // waiting (nor of the probe's stranger warning) may reach stdout.
+    job.wait_for_listener();
     std::thread::sleep(Duration::from_secs(2));
     let p1 = job.start(1, &[], &[]);
     let (out0, out1) = (finish(p0, LIMIT), finish(p1, LIMIT));
