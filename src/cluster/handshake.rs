@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rand::TryRngCore;
 
+use super::admission::Stage;
 use super::card::{self, Card, JobDescription};
 use super::key::ClusterKey;
 use crate::error::Error;
@@ -37,8 +38,33 @@ pub const PROTOCOL: u32 = 1;
 /// The largest job card accepted, in bytes.
 pub const MAX_CARD_BYTES: usize = 1 << 20;
 
+/// How long an accepted connection may take to authenticate (its hello
+/// and its proof): a real peer needs one round trip, a stranger holds a
+/// slot no longer than this.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long one handshake may take in all.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When the accepting side's handshake must have got how far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// The hello and the proof, received.
+    pub authenticated: Instant,
+    /// The whole handshake.
+    pub done: Instant,
+}
+
+impl Deadlines {
+    /// The deadlines of a handshake that starts at `start`, none past
+    /// `limit`.
+    pub fn from(start: Instant, limit: Instant) -> Deadlines {
+        Deadlines {
+            authenticated: limit.min(start + AUTH_TIMEOUT),
+            done: limit.min(start + HANDSHAKE_TIMEOUT),
+        }
+    }
+}
 
 const MAGIC: &[u8; 8] = b"TIDEMILL";
 const NONCE: usize = 32;
@@ -124,19 +150,33 @@ impl Local {
 }
 
 /// A side: runs the handshake on an accepted connection from `from` and
-/// returns the process index the peer proved it is.
+/// returns the process index the peer proved it is. `progress` is told
+/// each [`Stage`] reached; when it answers false (the listener dropped the
+/// connection meanwhile), the handshake stops.
 pub(crate) fn accept(
     stream: &mut TcpStream,
     from: &str,
     local: &Local,
-    deadline: Instant,
+    deadlines: Deadlines,
+    progress: &dyn Fn(Stage) -> bool,
 ) -> Result<usize, Fault> {
+    let reached = |stage| {
+        if progress(stage) {
+            Ok(())
+        } else {
+            Err(Fault::Transient(
+                "dropped to make room before it authenticated".into(),
+            ))
+        }
+    };
+    let deadline = deadlines.authenticated;
     let hello = read_frame(stream, HELLO_BYTES, deadline)?;
     if hello.len() != HELLO_BYTES || !hello.starts_with(MAGIC) {
         return Err(Fault::Transient(
             "it did not open with the tidemill handshake".into(),
         ));
     }
+    reached(Stage::Hello)?;
     let protocol = be_u32(&hello[MAGIC.len()..]);
     let their_nonce = &hello[MAGIC.len() + 4..];
     let our_nonce = nonce()?;
@@ -177,6 +217,8 @@ pub(crate) fn accept(
             "it failed authentication (it does not hold this job's cluster key)".into(),
         ));
     }
+    reached(Stage::Authenticated)?;
+    let deadline = deadlines.done;
     let theirs = read_frame(stream, MAX_CARD_BYTES, deadline)?;
     let there: Card = serde_json::from_slice(&theirs)
         .map_err(|e| Fault::Transient(format!("its job card is unreadable: {e}")))?;
@@ -450,7 +492,13 @@ mod tests {
         std::thread::scope(|s| {
             let a = s.spawn(|| {
                 let (mut stream, from) = listener.accept().unwrap();
-                accept(&mut stream, &from.to_string(), acceptor, deadline)
+                let deadlines = Deadlines {
+                    authenticated: deadline,
+                    done: deadline,
+                };
+                accept(&mut stream, &from.to_string(), acceptor, deadlines, &|_| {
+                    true
+                })
             });
             let mut stream = TcpStream::connect(addr).unwrap();
             let c = connect(&mut stream, acceptor.me, "a:1", connector, deadline);
@@ -479,6 +527,56 @@ mod tests {
         let (got, sent) = run(&a, &c);
         assert!(matches!(got, Err(Fault::Transient(r)) if r.contains("another cluster key")));
         assert!(matches!(sent, Err(Fault::Fatal(Error::Cluster(m))) if m.contains("cluster key")));
+    }
+
+    #[test]
+    fn a_silent_connection_is_dropped_at_the_authentication_deadline() {
+        let a = local(0, Some(b"k"), 1);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _silent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut stream, from) = listener.accept().unwrap();
+        let start = Instant::now();
+        let deadlines = Deadlines {
+            authenticated: start + Duration::from_millis(100),
+            done: start + Duration::from_secs(30),
+        };
+        let got = accept(&mut stream, &from.to_string(), &a, deadlines, &|_| true);
+        assert!(matches!(got, Err(Fault::Transient(r)) if r.contains("in time")));
+        assert!(
+            Instant::now() < deadlines.done,
+            "it waited past authentication"
+        );
+    }
+
+    #[test]
+    fn a_connection_dropped_by_the_listener_stops_at_the_next_stage() {
+        let (a, c) = (local(0, Some(b"k"), 1), local(1, Some(b"k"), 1));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadlines = Deadlines::from(Instant::now(), deadline);
+        std::thread::scope(|s| {
+            let acceptor = s.spawn(|| {
+                let (mut stream, from) = listener.accept().unwrap();
+                let dropped_after_hello = |stage| stage == Stage::Hello;
+                accept(
+                    &mut stream,
+                    &from.to_string(),
+                    &a,
+                    deadlines,
+                    &dropped_after_hello,
+                )
+            });
+            let mut stream = TcpStream::connect(addr).unwrap();
+            let sent = connect(&mut stream, 0, "a:1", &c, deadline);
+            assert!(matches!(sent, Err(Fault::Transient(_))), "{sent:?}");
+            let got = acceptor.join().unwrap();
+            assert!(matches!(got, Err(Fault::Transient(r)) if r.contains("dropped to make room")));
+        });
+        assert!(
+            !a.claimed.lock().unwrap()[1],
+            "a dropped connection claimed its index"
+        );
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! different jobs refuse each other. Strangers are dropped; the real peers
 //! are waited for up to a deadline.
 
+mod admission;
 pub mod card;
 mod connect;
 pub mod handshake;
 pub mod hostfile;
+mod ignored;
 pub mod key;
 
 use std::any::Any;
