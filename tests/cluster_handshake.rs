@@ -398,6 +398,44 @@ fn a_process_with_another_key_fails_and_process_0_keeps_waiting() {
     );
 }
 
+/// Regression: without a key, a hostfile with addresses off this machine
+/// ran silently on the public default key, with which anyone who can reach
+/// the ports can take a missing process's place.
+#[test]
+fn no_key_with_an_address_off_this_machine_is_refused_unless_allowed() {
+    let job = Job::new();
+    // 192.0.2.1 (TEST-NET-1) is not loopback; process 0 only listens on
+    // its own, loopback, address.
+    let hosts = format!("127.0.0.1:{}\n192.0.2.1:{}\n", job.ports[0], job.ports[1]);
+    std::fs::write(&job.hosts, hosts).unwrap();
+    let refused = finish(job.start(0, &["--connect-timeout", "1"], &[]), LIMIT);
+    assert_code(&refused, 2, "no key");
+    let err = stderr(&refused);
+    for needed in ["192.0.2.1:", "--allow-public-key", "TIDEMILL_CLUSTER_KEY"] {
+        assert!(err.contains(needed), "no {needed}: {err}");
+    }
+    // Allowed, it runs (and times out waiting for process 1) after one warning.
+    let allow = ["--connect-timeout", "1", "--allow-public-key"];
+    let allowed = finish(job.start(0, &allow, &[]), LIMIT);
+    assert_code(&allowed, 7, "--allow-public-key");
+    let err = stderr(&allowed);
+    assert_eq!(
+        err.matches("public default cluster key").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("WARN") && err.contains("192.0.2.1:"), "{err}");
+    // With a key, neither.
+    let key = [("TIDEMILL_CLUSTER_KEY", "9d1f0c5e7a2b4c68b3e1f0a9d8c7b6a5")];
+    let keyed = finish(job.start(0, &["--connect-timeout", "1"], &key), LIMIT);
+    assert_code(&keyed, 7, "with a key");
+    assert!(
+        !stderr(&keyed).contains("public default"),
+        "{}",
+        stderr(&keyed)
+    );
+}
+
 #[test]
 fn a_process_alone_times_out_naming_its_peer() {
     for (alone, other) in [(0, 1), (1, 0)] {
@@ -409,6 +447,8 @@ fn a_process_alone_times_out_naming_its_peer() {
             job.ports[other]
         );
         assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+        // Loopback addresses only: the public default key draws no warning.
+        assert!(!stderr(&out).contains("public default"), "{}", stderr(&out));
     }
 }
 

@@ -89,6 +89,11 @@ pub struct ClusterArgs {
     /// TIDEMILL_CLUSTER_KEY environment variable, else a public default).
     #[arg(long, value_name = "PATH")]
     pub cluster_key_file: Option<PathBuf>,
+    /// Run without a cluster key (on the public default key) even when a
+    /// hostfile address is not loopback: anyone who can reach the ports
+    /// could then take a missing process's place or stop the job.
+    #[arg(long)]
+    pub allow_public_key: bool,
 }
 
 impl ClusterArgs {
@@ -115,6 +120,7 @@ impl ClusterArgs {
             hostfile: self.hostfile.clone(),
             connect_timeout,
             key,
+            allow_public_key: self.allow_public_key,
         };
         cluster.validate()?;
         Ok(cluster)
