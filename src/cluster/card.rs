@@ -34,6 +34,9 @@ pub(crate) struct Card {
     pub protocol: u32,
     /// The tidemill version.
     pub tidemill: String,
+    /// The build fingerprint: a digest of the sources tidemill was built
+    /// from (`TIDEMILL_BUILD`, see `build/fingerprint.rs`).
+    pub build: String,
     /// Processes in the cluster.
     pub processes: usize,
     /// Worker threads per process.
@@ -121,6 +124,7 @@ pub(crate) fn differences(here: &Card, there: &Card) -> Vec<String> {
     let header = [
         field("handshake protocol", |c| c.protocol.to_string()),
         field("tidemill version", |c| c.tidemill.clone()),
+        field("tidemill build", |c| c.build.clone()),
         field("--processes", |c| c.processes.to_string()),
         field("--workers", |c| c.workers.to_string()),
     ];
@@ -279,6 +283,7 @@ mod tests {
         let card = Card {
             protocol: 1,
             tidemill: "0.1.0".into(),
+            build: "0123456789abcdef".into(),
             processes: 2,
             workers: 1,
             process: 0,
@@ -326,10 +331,11 @@ mod tests {
         let mut there =
             card(json!({"model": {"l2": 0.5, "kind": "logistic"}, "data": {"seed": 2}}));
         there.0.workers = 2;
+        there.0.build = "fedcba9876543210".into();
         let d = compare(&here, &there, &BTreeMap::new()).unwrap();
         assert_eq!(
             d,
-            "--workers 2 there, 1 here; data.seed = 2 there, 1 here; model.l2 = 0.5 there, 0.0001 here"
+            "tidemill build fedcba9876543210 there, 0123456789abcdef here; --workers 2 there, 1 here; data.seed = 2 there, 1 here; model.l2 = 0.5 there, 0.0001 here"
         );
     }
 

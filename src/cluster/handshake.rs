@@ -36,6 +36,10 @@ use super::card::{self, Card, Job, JobDescription};
 use super::key::ClusterKey;
 use crate::error::Error;
 
+/// This build's fingerprint (see `build/fingerprint.rs`): processes must
+/// be built from the same sources, not only carry the same version.
+pub const BUILD: &str = env!("TIDEMILL_BUILD");
+
 /// The handshake protocol version; processes must speak the same one.
 pub const PROTOCOL: u32 = 2;
 
@@ -129,12 +133,25 @@ impl Local {
         workers: usize,
         job: JobDescription,
     ) -> Result<Local, Error> {
+        Local::of_build(key, me, addresses, workers, job, BUILD)
+    }
+
+    /// [`Local::new`] for a given build fingerprint.
+    fn of_build(
+        key: ClusterKey,
+        me: usize,
+        addresses: Vec<String>,
+        workers: usize,
+        job: JobDescription,
+        build: &str,
+    ) -> Result<Local, Error> {
         let processes = addresses.len();
         let described = Job::new(&job.identity)
             .map_err(|e| Error::Cluster(format!("cannot encode the job description: {e}")))?;
         let card = Card {
             protocol: PROTOCOL,
             tidemill: env!("CARGO_PKG_VERSION").to_string(),
+            build: build.to_string(),
             processes,
             workers,
             process: me,
@@ -683,6 +700,31 @@ mod tests {
         assert!(
             !a.claimed.lock().unwrap()[1],
             "a dropped connection claimed its index"
+        );
+    }
+
+    /// Regression: only the version number was compared, so different
+    /// builds of one version ran together.
+    #[test]
+    fn builds_of_different_sources_refuse_each_other_naming_both() {
+        let a = local(0, None, 1);
+        let job = JobDescription {
+            identity: serde_json::json!({ "data": { "seed": 1 } }),
+            labels: Default::default(),
+        };
+        let addresses = a.addresses.clone();
+        let key = ClusterKey::public_default();
+        let other = "0000000000000000";
+        let c = Local::of_build(key, 1, addresses, 1, job, other).unwrap();
+        assert_eq!(c.card.tidemill, a.card.tidemill);
+        let (got, sent) = run(&a, &c);
+        assert_eq!(
+            differences(got),
+            format!("tidemill build {other} there, {BUILD} here")
+        );
+        assert_eq!(
+            differences(sent),
+            format!("tidemill build {BUILD} there, {other} here")
         );
     }
 
