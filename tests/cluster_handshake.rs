@@ -233,6 +233,23 @@ fn a_flood_of_strangers_does_not_keep_the_peer_out_or_flood_the_log() {
     assert!(log.contains("ignored"), "{log}");
 }
 
+/// A flood neither keeps a waiting process from its deadline (the accept
+/// loop ran until the listener had nothing left) nor fills its log.
+#[test]
+fn a_flood_does_not_keep_a_lone_process_past_its_timeout() {
+    let job = Job::new();
+    let p0 = job.start(0, &["--connect-timeout", "3"], &[]);
+    job.wait_for_listener();
+    let flood = Flood::start(job.ports[0], 100);
+    let out = finish(p0, LIMIT);
+    drop(flood);
+    assert_code(&out, 7, "process 0 alone");
+    let log = stderr(&out);
+    assert!(log.contains("process 1 at"), "{log}");
+    let lines = log.lines().count();
+    assert!(lines <= 10, "process 0 logged {lines} lines:\n{log}");
+}
+
 #[test]
 fn stdout_of_a_cluster_run_is_one_json_document() {
     let job = Job::new();
