@@ -231,7 +231,7 @@ pub enum Error {
         message: String,
     },
     /// Another process of the cluster runs a different job: another
-    /// pipeline, other data, another tidemill version or layout.
+    /// pipeline, other data, another tidemill version, build or layout.
     #[error("process {process} at {address} runs a different job: {differences}")]
     JobMismatch {
         /// The other process's index.

@@ -20,7 +20,7 @@ mod outputs;
 /// tidemill: distributed training of linear models on Parquet data, as a
 /// timely dataflow.
 #[derive(Debug, Parser)]
-#[command(name = "tidemill", version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(name = "tidemill", version = VERSION, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Log level for stderr: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info", env = "TIDEMILL_LOG")]
@@ -29,6 +29,15 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The version and build fingerprint, shown by `--version`: processes of
+/// a cluster must show the same.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (build ",
+    env!("TIDEMILL_BUILD"),
+    ")"
+);
 
 /// Exit codes, shown in `--help`.
 pub const EXIT_CODES: &str =
@@ -89,6 +98,11 @@ pub struct ClusterArgs {
     /// TIDEMILL_CLUSTER_KEY environment variable, else a public default).
     #[arg(long, value_name = "PATH")]
     pub cluster_key_file: Option<PathBuf>,
+    /// Run without a cluster key (on the public default key) even when a
+    /// hostfile address is not loopback: anyone who can reach the ports
+    /// could then take a missing process's place or stop the job.
+    #[arg(long)]
+    pub allow_public_key: bool,
 }
 
 impl ClusterArgs {
@@ -115,6 +129,7 @@ impl ClusterArgs {
             hostfile: self.hostfile.clone(),
             connect_timeout,
             key,
+            allow_public_key: self.allow_public_key,
         };
         cluster.validate()?;
         Ok(cluster)
