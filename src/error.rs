@@ -120,12 +120,14 @@ pub enum Error {
         path: PathBuf,
     },
     /// A column the pipeline needs is absent.
-    #[error("{file}: column '{column}' not found; columns are: {available}")]
+    #[error("{file}: column '{column}' not found{}; columns are: {available}", did_you_mean(suggestion.as_deref()))]
     MissingColumn {
         /// The file.
         file: PathBuf,
         /// The column asked for.
         column: String,
+        /// The nearest column name, if one is close.
+        suggestion: Option<String>,
         /// The columns the file does have, comma separated.
         available: String,
     },
@@ -229,7 +231,7 @@ pub enum Error {
         message: String,
     },
     /// Another process of the cluster runs a different job: another
-    /// pipeline, other data, another tidemill version or layout.
+    /// pipeline, other data, another tidemill version, build or layout.
     #[error("process {process} at {address} runs a different job: {differences}")]
     JobMismatch {
         /// The other process's index.
@@ -262,6 +264,32 @@ pub enum Error {
     },
 }
 
+/// `" (did you mean 'x'?)"`, or nothing.
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
+}
+
+/// The name in `names` nearest to `wanted`, if it is close enough to be a
+/// likely misspelling (Jaro–Winkler similarity above 0.8, or the same name
+/// in another case).
+pub fn nearest<'a>(wanted: &str, names: &[&'a str]) -> Option<&'a str> {
+    names
+        .iter()
+        .map(|n| {
+            let score = if n.eq_ignore_ascii_case(wanted) {
+                1.0
+            } else {
+                strsim::jaro_winkler(wanted, n)
+            };
+            (score, *n)
+        })
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
 /// Shorthand for results in tidemill.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -280,9 +308,11 @@ impl Error {
         column: &str,
         schema: &arrow::datatypes::Schema,
     ) -> Self {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         Error::MissingColumn {
             file: file.into(),
             column: column.to_string(),
+            suggestion: nearest(column, &names).map(String::from),
             available: schema
                 .fields()
                 .iter()
@@ -298,6 +328,15 @@ impl Error {
             path: path.into(),
             message: err.to_string(),
         }
+    }
+
+    /// True if this is an output whose reader went away (`EPIPE` while
+    /// writing to standard output, a pipe or a FIFO): not a failure of
+    /// tidemill's, so `main` exits quietly with code 0. Decided by the
+    /// error's kind, never by its text, and never for errors on inputs or
+    /// the network.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, Error::Output { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
     /// The process exit code for this error (see `docs/cli.md`).
@@ -325,5 +364,30 @@ impl Error {
             Error::Cluster(_) | Error::Worker { .. } => 7,
             Error::Relayed { code, .. } => *code,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    /// Regression: `main` exited 0 for any error whose message contained
+    /// "Broken pipe" (a cluster error quoting an I/O error, a column named
+    /// so), or for an input's `EPIPE`.
+    #[test]
+    fn only_an_outputs_broken_pipe_is_a_closed_pipe() {
+        let output = |kind| Error::Output {
+            flag: "--output".into(),
+            path: "-".into(),
+            action: "cannot be written".into(),
+            source: std::io::Error::new(kind, "Broken pipe (os error 32)"),
+        };
+        assert!(output(ErrorKind::BrokenPipe).is_closed_pipe());
+        assert!(!output(ErrorKind::Other).is_closed_pipe());
+        let input = Error::io("-", std::io::Error::from(ErrorKind::BrokenPipe));
+        assert!(!input.is_closed_pipe());
+        let cluster = Error::Cluster("process 1: Broken pipe (os error 32)".into());
+        assert!(!cluster.is_closed_pipe());
     }
 }

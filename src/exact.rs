@@ -14,11 +14,23 @@
 //!   whose terms grow with the square of the label: partials up to
 //!   [`WIDE_LIMIT`] (2^190 ≈ 1.6e57).
 //!
-//! Neither wraps. A sum that leaves its range becomes *overflowed*
-//! ([`Exact::is_overflow`], [`Wide::is_overflow`]); an overflowed value
-//! absorbs everything added to it and reads back as NaN, so the code that
-//! turns a sum into `f64` sees it and fails loudly instead of using a wrong
-//! number.
+//! How each one stays exact:
+//!
+//! - [`Exact`] adds *wrap* (two's complement modulo 2^128), so that any
+//!   grouping gives the same bits even where an intermediate sum would
+//!   leave the range. Alongside, every sum carries a [`Bound`]: the total of
+//!   its partials' magnitudes, itself an order-independent (saturating) sum.
+//!   While the bound stays below 2^127 no grouping of the partials can have
+//!   wrapped, so the sum is exact; once it does not, the code that reads the
+//!   sum fails loudly — and, the bound being a property of the partials
+//!   alone, it fails on 1, 2 or 16 workers alike ([`Bound::holds`]).
+//! - [`Wide`] adds are checked: a sum that leaves its range becomes
+//!   *overflowed* ([`Wide::is_overflow`]), absorbs everything added to it and
+//!   reads back as NaN. That is order-independent because of what `Wide`
+//!   sums: either non-negative terms (losses, squared errors), where every
+//!   partial sum is at most the total, or signed terms bounded by the data
+//!   range (labels within ±f32::MAX < 2^128, so |y − ref| < 2^129), whose
+//!   sums could reach 2^199 only over more than 2^70 rows.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,17 +41,20 @@ pub const LIMIT: f64 = 1.180_591_620_717_411_3e21;
 /// Largest magnitude a single [`Wide`] partial may have (2^190 ≈ 1.6e57).
 pub const WIDE_LIMIT: f64 = 1.569_275_433_846_670_2e57;
 
+/// The magnitude an [`Exact`] sum cannot reach: 2^(127 − FRAC_BITS) = 2^71.
+pub const SUM_LIMIT: f64 = 2_361_183_241_434_822_606_848.0;
+/// The magnitude a [`Wide`] sum cannot reach: 2^(255 − FRAC_BITS) = 2^199.
+pub const WIDE_SUM_LIMIT: f64 = 8.034_690_221_294_951e59;
+
 /// 2^FRAC_BITS as `f64`.
 const SCALE: f64 = 72_057_594_037_927_936.0;
 
-/// A fixed-point sum of 128 bits.
+/// A fixed-point sum of 128 bits. Addition wraps; see [`Bound`] for when
+/// the sum is exact.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exact(pub i128);
 
 impl Exact {
-    /// The overflowed value: it absorbs every addition and reads as NaN.
-    pub const OVERFLOW: Exact = Exact(i128::MIN);
-
     /// Rounds an `f64` to fixed point; `None` if it is not finite or too large.
     ///
     /// # Examples
@@ -59,45 +74,23 @@ impl Exact {
         }
     }
 
-    /// The value as `f64` (correctly rounded); NaN if the sum overflowed.
+    /// The value as `f64` (correctly rounded). Meaningful only where the
+    /// sum's [`Bound`] holds.
     pub fn to_f64(self) -> f64 {
-        if self.is_overflow() {
-            f64::NAN
-        } else {
-            self.0 as f64 / SCALE
-        }
+        self.0 as f64 / SCALE
     }
 
-    /// True if a sum that produced this value left the representable range.
-    ///
-    /// # Examples
-    /// ```
-    /// use tidemill::exact::Exact;
-    /// let big = Exact::from_f64(1e21).unwrap();
-    /// let mut sum = Exact::default();
-    /// for _ in 0..4 {
-    ///     sum += big;
-    /// }
-    /// assert!(sum.is_overflow());
-    /// assert!(sum.to_f64().is_nan());
-    /// // Overflow is sticky: adding back does not hide it.
-    /// assert!((sum + Exact::from_f64(-1e21).unwrap()).is_overflow());
-    /// ```
-    pub fn is_overflow(self) -> bool {
-        self == Exact::OVERFLOW
+    /// This value's contribution to a [`Bound`].
+    pub fn magnitude(self) -> Bound {
+        Bound(self.0.unsigned_abs())
     }
 }
 
 impl std::ops::Add for Exact {
     type Output = Exact;
+    /// Wrapping: associative and commutative in every case.
     fn add(self, o: Exact) -> Exact {
-        if self.is_overflow() || o.is_overflow() {
-            return Exact::OVERFLOW;
-        }
-        match self.0.checked_add(o.0) {
-            Some(v) if v != i128::MIN => Exact(v),
-            _ => Exact::OVERFLOW,
-        }
+        Exact(self.0.wrapping_add(o.0))
     }
 }
 
@@ -107,15 +100,71 @@ impl std::ops::AddAssign for Exact {
     }
 }
 
-/// Adds `partial` (f64) into `acc` (fixed point) element-wise; returns the
-/// index of the first non-finite or out-of-range value, if any.
-pub fn accumulate(acc: &mut [Exact], partial: &[f64]) -> Result<(), usize> {
+/// An upper bound on the magnitude of every partial sum of a set of
+/// [`Exact`] values: the sum of their magnitudes, in fixed-point units,
+/// saturating at `u128::MAX`. Saturating addition of non-negative numbers
+/// is `min(total, MAX)`, so a bound, like the sum it guards, is the same
+/// in any grouping.
+///
+/// # Examples
+/// ```
+/// use tidemill::exact::{Bound, Exact};
+/// let big = Exact::from_f64(1e21).unwrap();
+/// let (mut sum, mut bound) = (Exact::default(), Bound::default());
+/// for v in [big, big, Exact::from_f64(-1e21).unwrap()] {
+///     sum += v;
+///     bound += v.magnitude();
+/// }
+/// // 1e21 + 1e21 − 1e21 may have wrapped on the way: the bound says so,
+/// // in whatever order the three were added.
+/// assert!(!bound.holds());
+/// let small = Exact::from_f64(3.0).unwrap();
+/// assert!((small.magnitude() + small.magnitude()).holds());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Bound(pub u128);
+
+impl Bound {
+    /// True if no grouping of the values behind this bound can have left
+    /// the range of [`Exact`] (magnitude below 2^127), so every sum of them
+    /// is exact.
+    pub fn holds(self) -> bool {
+        self.0 < 1u128 << 127
+    }
+
+    /// The bound as `f64`, in value units (for messages).
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / SCALE
+    }
+}
+
+impl std::ops::Add for Bound {
+    type Output = Bound;
+    fn add(self, o: Bound) -> Bound {
+        Bound(self.0.saturating_add(o.0))
+    }
+}
+
+impl std::ops::AddAssign for Bound {
+    fn add_assign(&mut self, o: Bound) {
+        *self = *self + o;
+    }
+}
+
+/// Adds `partial` (f64) into `acc` (fixed point) element-wise, and returns
+/// the largest magnitude among the rounded values (the [`Bound`] that one
+/// unit's partial adds to every coordinate's sum); `Err` gives the index
+/// of the first non-finite or out-of-range value.
+pub fn accumulate(acc: &mut [Exact], partial: &[f64]) -> Result<Bound, usize> {
+    let mut largest = Bound::default();
     for (i, (a, &p)) in acc.iter_mut().zip(partial).enumerate() {
         if p != 0.0 {
-            *a += Exact::from_f64(p).ok_or(i)?;
+            let v = Exact::from_f64(p).ok_or(i)?;
+            largest = largest.max(v.magnitude());
+            *a += v;
         }
     }
-    Ok(())
+    Ok(largest)
 }
 
 /// A fixed-point sum of 256 bits (two's complement `hi · 2^128 + lo`), with
@@ -298,15 +347,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn overflow_is_loud_and_sticky() {
-        let big = Exact::from_f64(1.1e21).unwrap();
-        let mut sum = Exact::default();
-        for _ in 0..3 {
-            sum += big;
+    proptest! {
+        /// Wrapping sums are the same in any grouping, and where the bound
+        /// holds they equal the sum computed in 256 bits.
+        #[test]
+        fn wrapping_sums_are_exact_where_the_bound_holds(
+            xs in proptest::collection::vec(-1.1e21f64..1.1e21, 1..8),
+            cut in 0usize..8,
+        ) {
+            let e: Vec<Exact> = xs.iter().map(|&x| Exact::from_f64(x).unwrap()).collect();
+            let cut = cut.min(e.len());
+            let fold = |s: &[Exact]| s.iter().fold((Exact::default(), Bound::default()), |(a, b), &v| (a + v, b + v.magnitude()));
+            let (l, lb) = fold(&e[..cut]);
+            let (r, rb) = fold(&e[cut..]);
+            let (all, bound) = fold(&e.iter().rev().copied().collect::<Vec<_>>());
+            prop_assert_eq!(l + r, all);
+            prop_assert_eq!(lb + rb, bound);
+            if bound.holds() {
+                let wide = xs.iter().fold(Wide::default(), |w, &x| w + Wide::from_f64(x).unwrap());
+                prop_assert_eq!(all.to_f64().to_bits(), wide.to_f64().to_bits());
+            }
         }
-        assert!(sum.is_overflow(), "2^71 is beyond 128-bit fixed point");
-        assert!(sum.to_f64().is_nan());
+    }
+
+    #[test]
+    fn a_bound_beyond_the_range_is_loud_in_every_order() {
+        let big = Exact::from_f64(1.1e21).unwrap();
+        let neg = Exact::from_f64(-1.1e21).unwrap();
+        for order in [[big, big, neg], [big, neg, big], [neg, big, big]] {
+            let bound = order
+                .iter()
+                .fold(Bound::default(), |b, v| b + v.magnitude());
+            assert!(!bound.holds(), "2^71 may be passed on the way in {order:?}");
+        }
+        assert!((big.magnitude() + neg.magnitude()).holds());
+        assert_eq!(Bound(u128::MAX) + Bound(1), Bound(u128::MAX));
         let mut w = Wide::default();
         let huge = Wide::from_f64(1.5e57).unwrap();
         for _ in 0..1000 {

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if is_broken_pipe(&e) {
+            if e.is_closed_pipe() {
                 // The reader downstream went away: not our failure.
                 return ExitCode::SUCCESS;
             }
@@ -43,12 +43,12 @@ fn main() -> ExitCode {
 /// a message asking for a report and exit code 1 (never Rust's 101, and
 /// never a hang of the other threads).
 fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
-    let payload = info.payload();
-    let msg = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    if tidemill::io::guard::in_untrusted() {
+        // A third-party decoder failed on malformed input: the guard
+        // around it turns this into an error naming the input.
+        return;
+    }
+    let msg = tidemill::io::guard::panic_message(info.payload());
     if msg.contains("timely communication error") || msg.contains("MergeQueue poisoned") {
         // Exiting skips destructors: remove the temporary files here.
         let _ = tidemill::io::temp::discard_live();
@@ -60,13 +60,4 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
     let _ = tidemill::io::temp::discard_live();
     eprintln!("error: internal error, please report it: {info}");
     std::process::exit(1);
-}
-
-fn is_broken_pipe(e: &tidemill::Error) -> bool {
-    match e {
-        tidemill::Error::Io { source, .. } | tidemill::Error::Output { source, .. } => {
-            source.kind() == std::io::ErrorKind::BrokenPipe
-        }
-        other => other.to_string().contains("Broken pipe"),
-    }
 }

@@ -12,13 +12,15 @@ pub fn available() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// `bytes` as a short human figure: `512 MiB`, `21.3 GiB`.
+/// `bytes` as a short human figure: `9 bytes`, `64 KiB`, `512 MiB`,
+/// `21.3 GiB`.
 pub fn human(bytes: u64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", bytes as f64 / GIB)
-    } else {
-        format!("{} MiB", bytes.div_ceil(1 << 20))
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / GIB),
+        b if b >= 1 << 20 => format!("{} MiB", b.div_ceil(1 << 20)),
+        b if b >= 1 << 10 => format!("{} KiB", b.div_ceil(1 << 10)),
+        b => format!("{b} bytes"),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::spec::{ModelKind, OnMissing};
 
 /// A loaded model ready to score tables.
 pub struct Scorer {
+    path: std::path::PathBuf,
     file: ModelFile,
     model: LinearModel,
 }
@@ -26,7 +27,11 @@ impl Scorer {
     pub fn load(path: &std::path::Path) -> Result<Scorer> {
         let file = ModelFile::load(path)?;
         let model = file.to_model(path)?;
-        Ok(Scorer { file, model })
+        Ok(Scorer {
+            path: path.to_path_buf(),
+            file,
+            model,
+        })
     }
 
     /// The model.
@@ -106,7 +111,16 @@ impl Scorer {
                 continue;
             }
             kept.next();
-            self.model.predict_row(&block, bi, &mut out);
+            if !self.model.predict_row(&block, bi, &mut out) {
+                return Err(Error::Model {
+                    path: self.path.clone(),
+                    message: format!(
+                        "its output for {}, row {} is not finite: the weights overflow on this row",
+                        origin.file.display(),
+                        origin.first_row + i as u64
+                    ),
+                });
+            }
             bi += 1;
             match self.model.kind {
                 ModelKind::Linear => values[0].append_value(out[0]),

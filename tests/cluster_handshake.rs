@@ -7,10 +7,11 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,9 +116,9 @@ fn threads_model(dir: &Path) -> Vec<u8> {
 #[test]
 fn strangers_are_dropped_and_the_job_runs() {
     let job = Job::new();
-    // Process 0 waits at most 8 s, less than one stranger's handshake may
-    // take (10 s): the job only succeeds if strangers do not hold up the
-    // real peer.
+    // Process 0 waits at most 8 s, less than a handshake may take in all
+    // (10 s): the job only succeeds if strangers do not hold up the real
+    // peer.
     let p0 = job.start(0, &["--connect-timeout", "8"], &[]);
     job.wait_for_listener();
     // A port scan: connect and close (the probe above was one too).
@@ -145,7 +146,7 @@ fn strangers_are_dropped_and_the_job_runs() {
     assert_code(&out0, 0, "process 0");
     assert_code(&out1, 0, "process 1");
     let log = stderr(&out0);
-    assert!(log.contains("not a process of this job"), "{log}");
+    assert!(log.contains("not processes of this job"), "{log}");
     assert!(log.contains("-byte message where at most"), "{log}");
     let multi = std::fs::read(job.path("model.json")).unwrap();
     assert!(
@@ -154,12 +155,108 @@ fn strangers_are_dropped_and_the_job_runs() {
     );
 }
 
+/// Strangers on process 0's port until dropped: one holds `held` idle
+/// connections (reopening any that process 0 closes), another connects and
+/// closes as fast as it can.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(port: u16, held: usize) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let dial = move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok();
+        let holder = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut idle: Vec<Option<TcpStream>> = (0..held).map(|_| None).collect();
+                while !stop.load(Ordering::Relaxed) {
+                    for slot in idle.iter_mut() {
+                        let open = slot.as_mut().is_some_and(|s| {
+                            let mut byte = [0u8; 1];
+                            matches!(s.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                        });
+                        if !open {
+                            *slot = dial().filter(|s| s.set_nonblocking(true).is_ok());
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let flooder = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(dial());
+                }
+            })
+        };
+        Flood {
+            stop,
+            threads: vec![holder, flooder],
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Regression: 40 idle connections kept process 1 out until both timed
+/// out (exit 7), and process 0 logged a warning per dropped connection
+/// (9,669 lines in 25 s).
+#[test]
+fn a_flood_of_strangers_does_not_keep_the_peer_out_or_flood_the_log() {
+    let job = Job::new();
+    let timeout = ["--connect-timeout", "15"];
+    let p0 = job.start(0, &timeout, &[]);
+    job.wait_for_listener();
+    let flood = Flood::start(job.ports[0], 100);
+    std::thread::sleep(Duration::from_millis(500));
+    let p1 = job.start(1, &timeout, &[]);
+    let out1 = finish(p1, LIMIT);
+    let out0 = finish(p0, LIMIT);
+    drop(flood);
+    assert_code(&out0, 0, "process 0");
+    assert_code(&out1, 0, "process 1");
+    let log = stderr(&out0);
+    let lines = log.lines().count();
+    assert!(lines <= 40, "process 0 logged {lines} lines:\n{log}");
+    assert!(log.contains("ignored"), "{log}");
+}
+
+/// A flood neither keeps a waiting process from its deadline (the accept
+/// loop ran until the listener had nothing left) nor fills its log.
+#[test]
+fn a_flood_does_not_keep_a_lone_process_past_its_timeout() {
+    let job = Job::new();
+    let p0 = job.start(0, &["--connect-timeout", "3"], &[]);
+    job.wait_for_listener();
+    let flood = Flood::start(job.ports[0], 100);
+    let out = finish(p0, LIMIT);
+    drop(flood);
+    assert_code(&out, 7, "process 0 alone");
+    let log = stderr(&out);
+    assert!(log.contains("process 1 at"), "{log}");
+    let lines = log.lines().count();
+    assert!(lines <= 10, "process 0 logged {lines} lines:\n{log}");
+}
+
 #[test]
 fn stdout_of_a_cluster_run_is_one_json_document() {
     let job = Job::new();
     let p0 = job.start(0, &[], &[]);
-    // Let process 0 wait a while (no probe: on timely's own start-up a probe
-    // crashes it): nothing of the waiting may reach stdout.
+    // Let process 0 wait a while before process 1 starts: nothing of the
+    // waiting (nor of the probe's stranger warning) may reach stdout.
+    job.wait_for_listener();
     std::thread::sleep(Duration::from_secs(2));
     let p1 = job.start(1, &[], &[]);
     let (out0, out1) = (finish(p0, LIMIT), finish(p1, LIMIT));
@@ -318,6 +415,44 @@ fn a_process_with_another_key_fails_and_process_0_keeps_waiting() {
     );
 }
 
+/// Regression: without a key, a hostfile with addresses off this machine
+/// ran silently on the public default key, with which anyone who can reach
+/// the ports can take a missing process's place.
+#[test]
+fn no_key_with_an_address_off_this_machine_is_refused_unless_allowed() {
+    let job = Job::new();
+    // 192.0.2.1 (TEST-NET-1) is not loopback; process 0 only listens on
+    // its own, loopback, address.
+    let hosts = format!("127.0.0.1:{}\n192.0.2.1:{}\n", job.ports[0], job.ports[1]);
+    std::fs::write(&job.hosts, hosts).unwrap();
+    let refused = finish(job.start(0, &["--connect-timeout", "1"], &[]), LIMIT);
+    assert_code(&refused, 2, "no key");
+    let err = stderr(&refused);
+    for needed in ["192.0.2.1:", "--allow-public-key", "TIDEMILL_CLUSTER_KEY"] {
+        assert!(err.contains(needed), "no {needed}: {err}");
+    }
+    // Allowed, it runs (and times out waiting for process 1) after one warning.
+    let allow = ["--connect-timeout", "1", "--allow-public-key"];
+    let allowed = finish(job.start(0, &allow, &[]), LIMIT);
+    assert_code(&allowed, 7, "--allow-public-key");
+    let err = stderr(&allowed);
+    assert_eq!(
+        err.matches("public default cluster key").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("WARN") && err.contains("192.0.2.1:"), "{err}");
+    // With a key, neither.
+    let key = [("TIDEMILL_CLUSTER_KEY", "9d1f0c5e7a2b4c68b3e1f0a9d8c7b6a5")];
+    let keyed = finish(job.start(0, &["--connect-timeout", "1"], &key), LIMIT);
+    assert_code(&keyed, 7, "with a key");
+    assert!(
+        !stderr(&keyed).contains("public default"),
+        "{}",
+        stderr(&keyed)
+    );
+}
+
 #[test]
 fn a_process_alone_times_out_naming_its_peer() {
     for (alone, other) in [(0, 1), (1, 0)] {
@@ -329,6 +464,8 @@ fn a_process_alone_times_out_naming_its_peer() {
             job.ports[other]
         );
         assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+        // Loopback addresses only: the public default key draws no warning.
+        assert!(!stderr(&out).contains("public default"), "{}", stderr(&out));
     }
 }
 

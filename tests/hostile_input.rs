@@ -111,19 +111,23 @@ impl Case {
 fn duplicate_classes_are_refused() {
     let c = Case::new();
     let d = c.data("d.parquet", None);
-    let (code, err) = c.train(&c.pipeline(&d, "classes = [\"0\", \"1\", \"1\"]", ""));
+    let softmax = |classes: &str| {
+        let p = c.pipeline(&d, &format!("classes = {classes}"), "");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("kind = \"logistic\"", "kind = \"softmax\"");
+        std::fs::write(&p, text).unwrap();
+        c.train(&p)
+    };
+    // Softmax used to accept it: 3 classes listed, 2 coefficient sets.
+    let (code, err) = softmax(r#"["0", "1", "1"]"#);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("data.classes") && err.contains("listed twice"),
         "{err}"
     );
     // Two spellings of one number would both match the label value 1.
-    let p = c.pipeline(&d, "classes = [\"0\", \"1\", \"1.0\"]", "");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("kind = \"logistic\"", "kind = \"softmax\"");
-    std::fs::write(&p, text).unwrap();
-    let (code, err) = c.train(&p);
+    let (code, err) = softmax(r#"["0", "1", "1.0"]"#);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("same number"), "{err}");
 }
@@ -430,6 +434,21 @@ fn inconsistent_model_files_are_refused_not_panicked_on() {
             "scale positive",
         ),
         (
+            "huge weight",
+            Box::new(|v| v["coefficients"]["x1"] = 1e308.into()),
+            "not finite",
+        ),
+        (
+            "huge fill",
+            Box::new(|v| v["features"]["numeric"][0]["fill"] = 1e300.into()),
+            "fill",
+        ),
+        (
+            "unknown coefficient",
+            Box::new(|v| v["coefficients"]["x9"] = 1.0.into()),
+            "names no numeric feature",
+        ),
+        (
             "hash bits",
             Box::new(|v| v["features"]["hash_bits"] = 64.into()),
             "hash_bits",
@@ -591,4 +610,228 @@ fn misreports_say_what_is_wrong() {
         err.contains("at least 2 label classes") && err.contains("[a]"),
         "{err}"
     );
+}
+
+// ---- decoders that panic on malformed input --------------------------
+
+/// arrow-ipc slices buffers at offsets read from the input without a
+/// bounds check, and panics on a damaged stream; `predict` must report the
+/// input (exit 4), not crash. The damage is found by trying single-byte
+/// flips in-process until the guarded reader reports a decoder failure.
+#[test]
+fn a_decoder_panic_on_a_damaged_ipc_stream_is_bad_input() {
+    let c = Case::new();
+    c.model("error");
+    let clean = c.data("clean2.parquet", None);
+    let file = std::fs::File::open(&clean).unwrap();
+    let batches: Vec<arrow::record_batch::RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let mut stream = Vec::new();
+    {
+        let mut w =
+            arrow::ipc::writer::StreamWriter::try_new(&mut stream, &batches[0].schema()).unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let damaged = c.path("damaged.arrows");
+    let found = (0..stream.len()).find_map(|i| {
+        [0x80u8, 0x40, 0x10].iter().find_map(|mask| {
+            let mut b = stream.clone();
+            b[i] ^= mask;
+            std::fs::write(&damaged, &b).unwrap();
+            let failed = match tidemill::io::table::open(&damaged.to_string_lossy()) {
+                Err(e) => e.to_string().contains("decoder failed"),
+                Ok(input) => input
+                    .filter_map(Result::err)
+                    .any(|e| e.to_string().contains("decoder failed")),
+            };
+            failed.then_some(b)
+        })
+    });
+    let bytes = found.expect("some single-byte flip makes the IPC decoder panic");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &c.s("model.json"),
+        "--input",
+        &damaged.to_string_lossy(),
+        "--output",
+        &c.s("p.parquet"),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("damaged.arrows") && err.contains("malformed"),
+        "{err}"
+    );
+    assert!(!c.path("p.parquet").exists());
+}
+
+/// A model whose size is known after the statistics scan — here 200
+/// softmax classes × 2^28 hashed slots, over a terabyte — is refused with
+/// its size before anything of that size is allocated (it used to end in
+/// an out-of-memory abort).
+#[test]
+fn a_model_larger_than_memory_is_refused_before_allocating() {
+    let c = Case::new();
+    let p = c.path("wide.parquet");
+    write_parquet(
+        &p,
+        vec![
+            (
+                "token",
+                Arc::new(StringArray::from(
+                    (0..400).map(|i| format!("t{}", i % 37)).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Int64Array::from(
+                    (0..400).map(|i| i % 200).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+        100,
+    );
+    let pipe = c.pipeline(&p, "categorical = [\"token\"]\nhash_bits = 28", "");
+    let text = std::fs::read_to_string(&pipe)
+        .unwrap()
+        .replace("kind = \"logistic\"", "kind = \"softmax\"");
+    std::fs::write(&pipe, text).unwrap();
+    let started = Instant::now();
+    let (code, err) = c.train(&pipe);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("more than the") && err.contains("model-parallel"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A misspelt `data.exclude` left the column it meant in the features: on
+/// nycflights, `arr_dealy` let `arr_delay` leak the label (AUC 0.997).
+/// Early item of the ETL-stage issue, taken here because it is a silent
+/// wrong model.
+#[test]
+fn a_misspelt_exclusion_is_refused_with_the_column_it_meant() {
+    let text = std::fs::read_to_string(root().join("pipelines/nycflights.toml")).unwrap();
+    let c = Case::new();
+    let p = c.path("leak.toml");
+    let data = root().join("datasets/nycflights13.parquet");
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("features") && !l.starts_with("categorical"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "train = \"datasets/nycflights13.parquet\"",
+            &format!(
+                "train = {:?}\nexclude = [\"arr_dealy\", \"dep_delay\"]\ncategorical = [\"carrier\", \"origin\", \"dest\"]",
+                data.to_string_lossy()
+            ),
+        );
+    std::fs::write(&p, text).unwrap();
+    let (code, err) = c.run(&["validate", &p.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("data.exclude") && err.contains("did you mean 'arr_delay'"),
+        "{err}"
+    );
+    // A misspelt feature name gets the suggestion too.
+    let (code, err) = c.run(&[
+        "validate",
+        &p.to_string_lossy(),
+        "--set",
+        "data.exclude=[]",
+        "--set",
+        "data.categorical=[]",
+        "--set",
+        "data.features=[\"distnce\"]",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("did you mean 'distance'"), "{err}");
+}
+
+/// A model file is valid JSON but 64 MB of tiny array elements: parsed
+/// into a generic JSON tree it took 35 bytes of memory per byte of file
+/// (a 16 GiB file would have needed half a terabyte). Typed parsing keeps
+/// nothing that is not a weight, so it is refused in bounded memory.
+#[test]
+fn a_model_file_cannot_make_tidemill_allocate_beyond_its_size() {
+    let c = Case::new();
+    c.model("error");
+    let zeros = "0,".repeat(32 << 20);
+    for (name, body) in [
+        ("junk.json", format!("{{\"format\":\"tidemill-model\",\"version\":1,\"junk\":[{zeros}0]}}")),
+        ("intercept.json", format!("{{\"format\":\"tidemill-model\",\"version\":1,\"kind\":\"logistic\",\"intercept\":[{zeros}0]}}")),
+    ] {
+        let p = c.path(name);
+        std::fs::write(&p, body).unwrap();
+        let (code, err) = c.run(&["eval", "--model", &p.to_string_lossy(), "--input", &c.s("clean.parquet")]);
+        assert_eq!(code, 5, "{name}: {err}");
+    }
+    let peak = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap()
+        .max_rss(); // KiB on Linux
+    assert!(peak < 400 * 1024, "a child peaked at {peak} KiB");
+}
+
+/// A file with two columns of one name: training used to take the first
+/// and ignore the second, and write a model listing the feature twice
+/// (which predict then refused).
+#[test]
+fn two_columns_of_one_name_are_refused() {
+    let c = Case::new();
+    let p = c.path("twice.parquet");
+    let col = |k: f64| {
+        Arc::new(Float64Array::from(
+            (0..40).map(|i| i as f64 * k).collect::<Vec<_>>(),
+        )) as ArrayRef
+    };
+    write_parquet(
+        &p,
+        vec![
+            ("x", col(1.0)),
+            ("x", col(-3.0)),
+            (
+                "y",
+                Arc::new(Int64Array::from(
+                    (0..40).map(|i| (i % 2) as i64).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+        20,
+    );
+    let (code, err) = c.train(&c.pipeline(&p, "", ""));
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("column 'x'") && err.contains("2 columns of that name"),
+        "{err}"
+    );
+    // And as a predict input.
+    let model = c.model("error");
+    let q = c.path("twice_in.parquet");
+    write_parquet(
+        &q,
+        vec![("x1", col(1.0)), ("x2", col(1.0)), ("x1", col(2.0))],
+        20,
+    );
+    let (code, err) = c.run(&[
+        "predict",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        &q.to_string_lossy(),
+        "--output",
+        &c.s("p.parquet"),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("column 'x1'"), "{err}");
 }

@@ -75,9 +75,10 @@ fn train(toml: &str, overrides: &[&str], names: &[String], workers: usize) -> Ve
     };
     let report = tidemill::train::run(pipeline, &cluster).unwrap();
     let model = report.model.unwrap();
-    let mut theta = vec![model.intercept.as_f64().unwrap()];
+    let mut theta = vec![model.intercept.number().unwrap()];
+    let coefficients = model.coefficients.named().unwrap();
     for n in names {
-        theta.push(model.coefficients[n].as_f64().unwrap());
+        theta.push(coefficients.iter().find(|(k, _)| k == n).unwrap().1);
     }
     theta
 }

@@ -118,6 +118,22 @@ fn pipeline(dir: &Path, data: &Path, extra: &str) -> PathBuf {
     p
 }
 
+/// An unstandardised L-BFGS logistic pipeline on `data`, and its model path.
+fn plain_lbfgs(dir: &Path, data: &Path) -> (PathBuf, PathBuf) {
+    let p = dir.join("plain.toml");
+    let model = dir.join("m.json");
+    std::fs::write(
+        &p,
+        format!(
+            "[data]\ntrain = {:?}\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n[optimizer]\nkind = \"lbfgs\"\n[output]\nmodel = {:?}\n",
+            data.to_string_lossy(),
+            model.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    (p, model)
+}
+
 fn train(pipeline: &Path, model: &Path, workers: usize) -> Value {
     let out = tidemill_ok(&[
         "train",
@@ -303,17 +319,7 @@ fn an_exact_sum_that_overflows_fails_loudly() {
         // Units of 100 rows: each unit's partial (≈1.2e20) fits, 40 of them do not.
         100,
     );
-    let p = dir.path().join("huge.toml");
-    let model = dir.path().join("m.json");
-    std::fs::write(
-        &p,
-        format!(
-            "[data]\ntrain = {:?}\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n[optimizer]\nkind = \"lbfgs\"\n[output]\nmodel = {:?}\n",
-            path.to_string_lossy(),
-            model.to_string_lossy()
-        ),
-    )
-    .unwrap();
+    let (p, model) = plain_lbfgs(dir.path(), &path);
     for workers in ["1", "2"] {
         let out = tidemill(&["train", &p.to_string_lossy(), "--workers", workers]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -324,4 +330,115 @@ fn an_exact_sum_that_overflows_fails_loudly() {
         );
         assert!(!model.exists(), "a failed run wrote a model");
     }
+}
+
+/// R² is `1 − SSE/SST`, and `SST = Σy² − n·ȳ²` loses everything to
+/// cancellation when labels dwarf their spread: at an offset of 1e12 it
+/// read 0.99884 where the true value is 0.99005, and was absent at 1e12
+/// (early stopping on `r2` then picks noise). Labels are now summed
+/// around a reference (the training label mean; in `eval`, the first label).
+#[test]
+fn r2_keeps_its_precision_when_labels_dwarf_their_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut results = Vec::new();
+    for offset in [0.0, 1e10, 1e12] {
+        let mut rng = Rng(5);
+        let rows = |n: usize, rng: &mut Rng| {
+            let (mut a, mut y) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let x = rng.normal();
+                a.push(x);
+                y.push(offset + 1000.0 * x + 100.0 * rng.normal());
+            }
+            (a, y)
+        };
+        let (train_a, train_y) = rows(3000, &mut rng);
+        let (test_a, test_y) = rows(1000, &mut rng);
+        let write = |name: &str, a: &[f64], y: &[f64]| {
+            let p = dir.path().join(format!("{name}-{offset:e}.parquet"));
+            write_parquet(
+                &p,
+                vec![
+                    ("a", Arc::new(Float64Array::from(a.to_vec())) as ArrayRef),
+                    ("y", Arc::new(Float64Array::from(y.to_vec()))),
+                ],
+                500,
+            );
+            p
+        };
+        let train_path = write("train", &train_a, &train_y);
+        let test_path = write("test", &test_a, &test_y);
+        let p = dir.path().join(format!("r2-{offset:e}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[data]\ntrain = {:?}\nlabel = \"y\"\nvalidation = {{ path = {:?} }}\n[model]\nkind = \"linear\"\n[optimizer]\nkind = \"lbfgs\"\n[train]\nepochs = 100\n",
+                train_path.to_string_lossy(),
+                test_path.to_string_lossy()
+            ),
+        )
+        .unwrap();
+        let model = dir.path().join(format!("m-{offset:e}.json"));
+        let summary = train(&p, &model, 2);
+        let eval: Value = serde_json::from_str(&tidemill_ok(&[
+            "eval",
+            "--model",
+            &model.to_string_lossy(),
+            "--input",
+            &test_path.to_string_lossy(),
+        ]))
+        .unwrap();
+        let validation_r2 = summary["validation"]["r2"].as_f64().unwrap();
+        let eval_r2 = eval["r2"].as_f64().unwrap();
+        results.push((offset, validation_r2, eval_r2));
+    }
+    let (_, base, _) = results[0];
+    assert!(base > 0.98 && base < 0.999, "{results:?}");
+    for (offset, v, e) in &results {
+        assert!((v - base).abs() < 1e-6, "offset {offset}: {results:?}");
+        assert!((e - base).abs() < 1e-6, "offset {offset}: {results:?}");
+    }
+}
+
+/// Regression: an exact sum failed or not depending on how the units
+/// were grouped. Here unit partials of ±1e21 (each within range) cancel in
+/// total, but one worker adding three positive ones in a row passed 2^71
+/// and failed, while three workers (each summing a + and a − unit) trained
+/// on. Whether a sum is exact is now decided by the partials' magnitudes
+/// alone, the same on every worker count: the run fails on all of them.
+#[test]
+fn an_exact_sum_fails_on_every_worker_count_or_on_none() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six units of 100 rows; x = 2e19, so a unit's partial is ±0.5·100·2e19.
+    let signs = [0i64, 0, 0, 1, 1, 1];
+    let n = signs.len() * 100;
+    let path = dir.path().join("cancel.parquet");
+    write_parquet(
+        &path,
+        vec![
+            ("x", Arc::new(Float64Array::from(vec![2e19; n])) as ArrayRef),
+            (
+                "y",
+                Arc::new(Int64Array::from(
+                    (0..n).map(|i| signs[i / 100]).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+        100,
+    );
+    let (p, model) = plain_lbfgs(dir.path(), &path);
+    let mut messages = Vec::new();
+    for workers in ["1", "2", "3", "6"] {
+        let out = tidemill(&["train", &p.to_string_lossy(), "--workers", workers]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(6), "{workers} workers: {err}");
+        assert!(!model.exists(), "a failed run wrote a model");
+        let line = err
+            .lines()
+            .find(|l| l.contains("in every order"))
+            .unwrap_or_else(|| panic!("{workers} workers: {err}"))
+            .to_string();
+        messages.push(line);
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "{messages:#?}");
 }

@@ -134,15 +134,17 @@ fn train(file: &Path, slots: &[u32], sets: &[&str], workers: usize) -> Vec<f64> 
         .unwrap()
         .model
         .unwrap();
-    assert_eq!(model.intercept.as_f64(), Some(0.0));
+    assert_eq!(model.intercept.number(), Some(0.0));
+    let named = |w: &tidemill::model::weights::Weights, k: &str| -> Option<f64> {
+        w.named()?.iter().find(|(n, _)| n == k).map(|&(_, v)| v)
+    };
     let hashed = model.hashed.unwrap();
-    std::iter::once(model.coefficients["x"].as_f64().unwrap())
-        .chain(slots.iter().map(|s| {
-            hashed
-                .get(s.to_string())
-                .and_then(|v| v.as_f64())
-                .unwrap_or(0.0)
-        }))
+    std::iter::once(named(&model.coefficients, "x").unwrap())
+        .chain(
+            slots
+                .iter()
+                .map(|s| named(&hashed, &s.to_string()).unwrap_or(0.0)),
+        )
         .collect()
 }
 

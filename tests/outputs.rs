@@ -365,3 +365,240 @@ fn validate_checks_the_outputs() {
     assert!(ok.contains("outputs writable"), "{ok}");
     assert_eq!(names(d), ["file"], "validate left something behind");
 }
+
+/// Regression: `..` through a directory that did not exist yet was kept
+/// as written, so `new/x/../m.json` and `new/m.json` compared different,
+/// and the metrics replaced the model with exit 0. It is the same file
+/// once the directories are created: a usage error, nothing created.
+#[test]
+fn dots_through_a_new_directory_name_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = train(&[
+        "--model-out",
+        &s(&d.join("new/x/../m.json")),
+        "--metrics-out",
+        &s(&d.join("new/m.json")),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--model-out") && err.contains("--metrics-out"),
+        "{err}"
+    );
+    assert!(names(d).is_empty(), "{:?}", names(d));
+}
+
+/// Regression: an output inside a directory listed in `data.train` (or
+/// `data.validation.path`) was not compared with the files read from it,
+/// and replaced a training file with exit 0.
+#[test]
+fn an_output_over_a_data_file_inside_a_listed_directory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    std::fs::create_dir_all(data.join("part")).unwrap();
+    let file = data.join("part/breast_cancer.parquet");
+    std::fs::copy(root().join("datasets/breast_cancer.parquet"), &file).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let train_dir = format!("data.train={:?}", s(&data));
+    let validation_dir = format!("data.validation={{ path = {:?} }}", s(&data));
+    for (set, key) in [
+        (train_dir.as_str(), "data.train"),
+        (validation_dir.as_str(), "data.validation.path"),
+    ] {
+        let out = train(&[
+            "--set",
+            set,
+            "--model-out",
+            &s(&d.join("m.json")),
+            "--metrics-out",
+            &s(&file),
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains(key) && err.contains("--metrics-out"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes, "{set}");
+        assert_eq!(names(d), ["data"], "{set}");
+
+        let metrics = format!("output.metrics={:?}", s(&file));
+        let out = tidemill(&[
+            "validate",
+            "pipelines/quickstart.toml",
+            "--set",
+            set,
+            "--set",
+            &metrics,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "validate {set}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// Regression: a symbolic link at an output path was followed whoever
+/// owned it, where the kernel (with `fs.protected_symlinks`, as most
+/// distributions set it) refuses to follow, for `>` in a shell, a link in
+/// a sticky world-writable directory (like /tmp) owned by neither the user
+/// nor the directory's owner: another user could plant `model.json ->
+/// ~/.bashrc` there. Such a link is refused (exit 3, the target intact);
+/// links owned by the user or by the directory's owner, and links in
+/// directories that are not sticky, are still written through.
+///
+/// A link owned by someone else can only be made as root (CI runs as
+/// root); otherwise that half is skipped.
+#[test]
+fn foreign_links_in_sticky_world_writable_directories_are_not_followed() {
+    use std::os::unix::fs::{lchown, PermissionsExt};
+    const OTHER: u32 = 54_321;
+    const THIRD: u32 = 54_322;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shared = d.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let metrics = d.join("metrics.jsonl");
+    let model_into = |link: &Path| train(&["--model-out", &s(link), "--metrics-out", &s(&metrics)]);
+
+    // Planted by another user (as root, chown can make one), in a
+    // directory a third user owns.
+    let planted = shared.join("model.json");
+    symlink(&victim, &planted).unwrap();
+    let as_root = match lchown(&planted, Some(OTHER), Some(OTHER)) {
+        Ok(()) => {
+            lchown(&shared, Some(THIRD), Some(THIRD)).unwrap();
+            true
+        }
+        Err(e) => {
+            eprintln!("only the own-link half runs (not root: {e})");
+            false
+        }
+    };
+
+    // Our own link: written through.
+    let own = shared.join("own.json");
+    symlink(&victim, &own).unwrap();
+    let out = model_into(&own);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&victim).unwrap().starts_with('{'));
+    assert!(own.symlink_metadata().unwrap().file_type().is_symlink());
+    std::fs::write(&victim, b"precious").unwrap();
+    if !as_root {
+        return;
+    }
+
+    let out = model_into(&planted);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("--model-out") && err.contains("sticky"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(planted.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(names(&shared), ["model.json", "own.json"]);
+
+    // Owned by the directory's owner: followed, as the kernel does.
+    lchown(&shared, Some(OTHER), None).unwrap();
+    let out = model_into(&planted);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&victim).unwrap().starts_with('{'));
+    std::fs::write(&victim, b"precious").unwrap();
+
+    // Not sticky: followed.
+    lchown(&shared, Some(THIRD), None).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = model_into(&planted);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&victim).unwrap().starts_with('{'));
+}
+
+/// Regression: any error whose message mentioned "Broken pipe" exited 0
+/// as if a reader had closed the pipe; here a column of that name.
+#[test]
+fn a_message_mentioning_a_broken_pipe_is_still_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let out = predict_breast_cancer(
+        &model,
+        &dir.path().join("p.parquet"),
+        &["--keep", "Broken pipe"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("'Broken pipe' not found"), "{err}");
+}
+
+/// A reader that closes standard output early ends `predict -o -`
+/// quietly, with exit code 0.
+#[test]
+fn a_reader_closing_stdout_early_is_a_quiet_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args([
+            "predict",
+            "-m",
+            &s(&model),
+            "-i",
+            "datasets/breast_cancer.parquet",
+        ])
+        .args(["-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+/// Regression: `inspect`, `eval`, `validate` and `train` printed with
+/// `println!`, which panics (exit 1) when the reader has gone; every
+/// command that writes to standard output must end quietly instead.
+#[test]
+fn every_command_ends_quietly_when_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let model = s(&model);
+    let (m2, metrics) = (dir.path().join("m2.json"), dir.path().join("m.jsonl"));
+    let (m2, metrics) = (s(&m2), s(&metrics));
+    let commands: [&[&str]; 5] = [
+        &["inspect", "datasets/breast_cancer.parquet", "--json"],
+        &["inspect", "datasets/breast_cancer.parquet"],
+        &["eval", "-m", &model, "-i", "datasets/breast_cancer.parquet"],
+        &["validate", "pipelines/quickstart.toml"],
+        &[
+            "train",
+            "pipelines/quickstart.toml",
+            "--model-out",
+            &m2,
+            "--metrics-out",
+            &metrics,
+        ],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .env("TIDEMILL_LOG", "warn")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

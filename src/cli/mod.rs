@@ -13,14 +13,14 @@ use crate::error::{Error, Result};
 use crate::io::atomic::OutputSet;
 use crate::io::table::Format;
 use crate::spec::Pipeline;
-use outputs::{pipeline_inputs, PipelineOutputs};
+use outputs::{PipelineInputs, PipelineOutputs};
 
 mod outputs;
 
 /// tidemill: distributed training of linear models on Parquet data, as a
 /// timely dataflow.
 #[derive(Debug, Parser)]
-#[command(name = "tidemill", version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(name = "tidemill", version = VERSION, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Log level for stderr: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info", env = "TIDEMILL_LOG")]
@@ -29,6 +29,15 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The version and build fingerprint, shown by `--version`: processes of
+/// a cluster must show the same.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (build ",
+    env!("TIDEMILL_BUILD"),
+    ")"
+);
 
 /// Exit codes, shown in `--help`.
 pub const EXIT_CODES: &str =
@@ -89,6 +98,11 @@ pub struct ClusterArgs {
     /// TIDEMILL_CLUSTER_KEY environment variable, else a public default).
     #[arg(long, value_name = "PATH")]
     pub cluster_key_file: Option<PathBuf>,
+    /// Run without a cluster key (on the public default key) even when a
+    /// hostfile address is not loopback: anyone who can reach the ports
+    /// could then take a missing process's place or stop the job.
+    #[arg(long)]
+    pub allow_public_key: bool,
 }
 
 impl ClusterArgs {
@@ -115,6 +129,7 @@ impl ClusterArgs {
             hostfile: self.hostfile.clone(),
             connect_timeout,
             key,
+            allow_public_key: self.allow_public_key,
         };
         cluster.validate()?;
         Ok(cluster)
@@ -192,6 +207,22 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// Writes a command's result to stdout; a reader that went away is an
+/// [`Error::Output`] of kind `BrokenPipe` (a quiet exit), never a panic as
+/// `println!` would make it.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Output {
+            flag: "stdout".into(),
+            path: "-".into(),
+            action: "cannot be written".into(),
+            source,
+        })
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
@@ -208,7 +239,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) => {
             let m = crate::predict::evaluate(&a.model, &a.input)?;
-            println!("{}", to_json(&m));
+            emit(&(to_json(&m) + "\n"))?;
             Ok(())
         }
         Command::Validate(a) => validate(a),
@@ -216,9 +247,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => {
             let info = crate::inspect::inspect(&a.paths)?;
             if a.json {
-                println!("{}", to_json(&info));
+                emit(&(to_json(&info) + "\n"))?;
             } else {
-                print!("{}", crate::inspect::render(&info));
+                emit(&crate::inspect::render(&info))?;
             }
             Ok(())
         }
@@ -229,10 +260,11 @@ fn validate(a: ValidateArgs) -> Result<()> {
     let p = Pipeline::load(&a.pipeline, &a.overrides)?;
     let outputs = PipelineOutputs::new(&p, false, false);
     let requests = outputs.requests();
-    crate::io::atomic::check_writable(&requests, &pipeline_inputs(&a.pipeline, &p))?;
+    let inputs = PipelineInputs::new(&a.pipeline, &p)?;
+    crate::io::atomic::check_writable(&requests, &inputs.list())?;
     let plan = crate::train::plan::Plan::new(p)?;
-    println!(
-        "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}",
+    emit(&format!(
+        "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}\n",
         plan.train.source.files.len(),
         plan.train.source.rows(),
         plan.train.units.len(),
@@ -240,8 +272,7 @@ fn validate(a: ValidateArgs) -> Result<()> {
         plan.draft.categorical.len(),
         plan.draft.label,
         outputs.describe()
-    );
-    Ok(())
+    ))
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -259,8 +290,8 @@ fn train(a: TrainArgs) -> Result<()> {
     // that an unwritable path fails now rather than after the work; the
     // other processes create nothing.
     let outputs = if cluster.is_leader() {
-        let inputs = pipeline_inputs(&a.pipeline, &pipeline);
-        Some(OutputSet::prepare(&paths.requests(), &inputs)?)
+        let inputs = PipelineInputs::new(&a.pipeline, &pipeline)?;
+        Some(OutputSet::prepare(&paths.requests(), &inputs.list())?)
     } else {
         None
     };
@@ -322,6 +353,6 @@ fn train(a: TrainArgs) -> Result<()> {
         "validation": last.and_then(|r| r.validation.clone()),
         "seconds": started.elapsed().as_secs_f64(),
     });
-    println!("{}", to_json(&summary));
+    emit(&(to_json(&summary) + "\n"))?;
     Ok(())
 }

@@ -1,6 +1,11 @@
 //! The job card: what two processes tell each other about their job once
 //! they have authenticated, and how two cards are compared so that a
 //! mismatch names the keys that differ.
+//!
+//! The card carries the job description as a digest of its canonical
+//! JSON (object keys sorted), so that its size does not grow with the data
+//! files; the descriptions themselves travel only when the digests differ,
+//! to name what differs.
 
 use std::collections::BTreeMap;
 
@@ -29,14 +34,78 @@ pub(crate) struct Card {
     pub protocol: u32,
     /// The tidemill version.
     pub tidemill: String,
+    /// The build fingerprint: a digest of the sources tidemill was built
+    /// from (`TIDEMILL_BUILD`, see `build/fingerprint.rs`).
+    pub build: String,
     /// Processes in the cluster.
     pub processes: usize,
     /// Worker threads per process.
     pub workers: usize,
     /// The sender's process index (not compared).
     pub process: usize,
-    /// [`JobDescription::identity`].
-    pub job: Value,
+    /// [`Job::digest`] of [`JobDescription::identity`].
+    pub job: String,
+}
+
+/// A job description as it is hashed and sent: canonical JSON (object
+/// keys sorted, no white space), so that equal descriptions have equal
+/// bytes on every machine.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Job {
+    /// The canonical JSON.
+    pub bytes: Vec<u8>,
+    /// The description parsed back from `bytes`, so that both sides
+    /// compare values that went through JSON alike.
+    pub value: Value,
+    /// The BLAKE3 digest of `bytes`, in hex.
+    pub digest: String,
+}
+
+impl Job {
+    /// The canonical form of `identity`.
+    pub fn new(identity: &Value) -> serde_json::Result<Job> {
+        let mut bytes = Vec::new();
+        canonical(identity, &mut bytes)?;
+        let value = serde_json::from_slice(&bytes)?;
+        let digest = blake3::hash(&bytes).to_hex().to_string();
+        Ok(Job {
+            bytes,
+            value,
+            digest,
+        })
+    }
+}
+
+/// Writes `v` as JSON with the keys of every object sorted.
+fn canonical(v: &Value, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    match v {
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key)?;
+                out.push(b':');
+                canonical(item, out)?;
+            }
+            out.push(b'}');
+        }
+        leaf => serde_json::to_writer(out, leaf)?,
+    }
+    Ok(())
 }
 
 /// The most differences a message names.
@@ -45,29 +114,53 @@ const SHOWN: usize = 4;
 /// The longest value shown in a message, in characters.
 const VALUE_CHARS: usize = 80;
 
-/// The differences between two cards (the process index aside), as
-/// `key = there there, here here` items joined by `; `, or `None` when the
-/// cards describe the same job.
-pub(crate) fn differences(
-    here: &Card,
-    there: &Card,
-    labels: &BTreeMap<String, String>,
-) -> Option<String> {
+/// The digits of a digest shown in a message.
+const DIGEST_CHARS: usize = 16;
+
+/// The differences between the compared fields of two cards (the process
+/// index and the job digest aside), as `name there there, here here`.
+pub(crate) fn differences(here: &Card, there: &Card) -> Vec<String> {
     let field = |name: &'static str, get: fn(&Card) -> String| (name, get(here), get(there));
     let header = [
         field("handshake protocol", |c| c.protocol.to_string()),
         field("tidemill version", |c| c.tidemill.clone()),
+        field("tidemill build", |c| c.build.clone()),
         field("--processes", |c| c.processes.to_string()),
         field("--workers", |c| c.workers.to_string()),
     ];
-    let mut found: Vec<String> = header
+    header
         .into_iter()
         .filter(|(_, here, there)| here != there)
         .map(|(name, here, there)| format!("{name} {there} there, {here} here"))
-        .collect();
+        .collect()
+}
+
+/// The differences between two job descriptions, as `key = there there,
+/// here here` with the local label of the key, if any.
+pub(crate) fn job_differences(
+    here: &Value,
+    there: &Value,
+    labels: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut keys = Vec::new();
-    walk(String::new(), &here.job, &there.job, &mut keys);
-    found.extend(keys.iter().map(|d| d.describe(labels)));
+    walk(String::new(), here, there, &mut keys);
+    keys.iter().map(|d| d.describe(labels)).collect()
+}
+
+/// The difference of two job digests whose descriptions were not compared
+/// key by key.
+pub(crate) fn digest_difference(here: &str, there: &str, why: &str) -> String {
+    let short = |d: &str| d.chars().take(DIGEST_CHARS).collect::<String>();
+    format!(
+        "the job description (digest {} there, {} here; {why})",
+        short(there),
+        short(here)
+    )
+}
+
+/// The first differences joined by `; ` for a message, or `None` when
+/// there are none.
+pub(crate) fn summary(mut found: Vec<String>) -> Option<String> {
     if found.is_empty() {
         return None;
     }
@@ -185,23 +278,51 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn card(job: Value) -> Card {
-        Card {
+    fn card(job: Value) -> (Card, Job) {
+        let job = Job::new(&job).unwrap();
+        let card = Card {
             protocol: 1,
             tidemill: "0.1.0".into(),
+            build: "0123456789abcdef".into(),
             processes: 2,
             workers: 1,
             process: 0,
-            job,
+            job: job.digest.clone(),
+        };
+        (card, job)
+    }
+
+    /// What the handshake reports for two cards.
+    fn compare(
+        here: &(Card, Job),
+        there: &(Card, Job),
+        labels: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut found = differences(&here.0, &there.0);
+        if here.0.job != there.0.job {
+            found.extend(job_differences(&here.1.value, &there.1.value, labels));
         }
+        summary(found)
     }
 
     #[test]
     fn equal_cards_from_other_processes_agree() {
         let a = card(json!({"model": {"l2": 0.0001}}));
         let mut b = a.clone();
-        b.process = 1;
-        assert_eq!(differences(&a, &b, &BTreeMap::new()), None);
+        b.0.process = 1;
+        assert_eq!(compare(&a, &b, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn equal_descriptions_have_one_digest_whatever_their_key_order() {
+        let a = card(json!({"model": {"l2": 0.5, "kind": "logistic"}, "data": {"seed": 1}}));
+        let b = card(json!({"data": {"seed": 1}, "model": {"kind": "logistic", "l2": 0.5}}));
+        assert_eq!(a.1.digest, b.1.digest);
+        assert_eq!(
+            String::from_utf8(a.1.bytes).unwrap(),
+            r#"{"data":{"seed":1},"model":{"kind":"logistic","l2":0.5}}"#
+        );
+        assert_ne!(a.1.digest, card(json!({"data": {"seed": 2}})).1.digest);
     }
 
     #[test]
@@ -209,11 +330,12 @@ mod tests {
         let here = card(json!({"model": {"l2": 0.0001, "kind": "logistic"}, "data": {"seed": 1}}));
         let mut there =
             card(json!({"model": {"l2": 0.5, "kind": "logistic"}, "data": {"seed": 2}}));
-        there.workers = 2;
-        let d = differences(&here, &there, &BTreeMap::new()).unwrap();
+        there.0.workers = 2;
+        there.0.build = "fedcba9876543210".into();
+        let d = compare(&here, &there, &BTreeMap::new()).unwrap();
         assert_eq!(
             d,
-            "--workers 2 there, 1 here; model.l2 = 0.5 there, 0.0001 here; data.seed = 2 there, 1 here"
+            "tidemill build fedcba9876543210 there, 0123456789abcdef here; --workers 2 there, 1 here; data.seed = 2 there, 1 here; model.l2 = 0.5 there, 0.0001 here"
         );
     }
 
@@ -225,7 +347,7 @@ mod tests {
             ("data.train[1]".to_string(), "b.parquet".to_string()),
             ("data.train[10]".to_string(), "k.parquet".to_string()),
         ]);
-        let d = differences(&here, &there, &labels).unwrap();
+        let d = compare(&here, &there, &labels).unwrap();
         assert_eq!(
             d,
             "data.train[1].size = 21 there, 20 here (b.parquet here); data.train[2] = {\"size\":5} there, (absent) here"
@@ -236,7 +358,16 @@ mod tests {
     fn long_lists_are_cut() {
         let here = card(json!({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": "x".repeat(200)}));
         let there = card(json!({"a": 2, "b": 2, "c": 2, "d": 2, "e": 2, "f": "y"}));
-        let d = differences(&here, &there, &BTreeMap::new()).unwrap();
+        let d = compare(&here, &there, &BTreeMap::new()).unwrap();
         assert!(d.ends_with("; and 2 more"), "{d}");
+    }
+
+    #[test]
+    fn a_digest_difference_names_both_digests_shortly() {
+        let d = digest_difference(&"a".repeat(64), &"b".repeat(64), "too large");
+        assert_eq!(
+            d,
+            "the job description (digest bbbbbbbbbbbbbbbb there, aaaaaaaaaaaaaaaa here; too large)"
+        );
     }
 }

@@ -10,10 +10,14 @@
 //!    the keyed BLAKE3 of (`accept`, protocol, both nonces).
 //! 3. C checks A's proof, then C → A `proof`: C's index and C's proof,
 //!    the keyed BLAKE3 of (`connect`, protocol, both nonces, the index).
-//! 4. C → A C's job card (JSON); A checks C's proof first.
+//! 4. C → A C's job card (JSON, with the job description as a digest);
+//!    A checks C's proof first.
 //! 5. A → C A's job card. Both compare the cards (the same comparison on
 //!    both sides, so both see a mismatch).
-//! 6. A → C the verdict: accepted, or refused with a reason (a different
+//! 6. Only if the job digests differ: C → A, then A → C, the job
+//!    description (canonical JSON, or nothing if it is over
+//!    [`MAX_JOB_BYTES`]), so that both can name the keys that differ.
+//! 7. A → C the verdict: accepted, or refused with a reason (a different
 //!    job; an index A does not expect or already has).
 //!
 //! Fresh random nonces on both sides make every proof good for one
@@ -27,18 +31,52 @@ use std::time::{Duration, Instant};
 
 use rand::TryRngCore;
 
-use super::card::{self, Card, JobDescription};
+use super::admission::Stage;
+use super::card::{self, Card, Job, JobDescription};
 use super::key::ClusterKey;
 use crate::error::Error;
 
-/// The handshake protocol version; processes must speak the same one.
-pub const PROTOCOL: u32 = 1;
+/// This build's fingerprint (see `build/fingerprint.rs`): processes must
+/// be built from the same sources, not only carry the same version.
+pub const BUILD: &str = env!("TIDEMILL_BUILD");
 
-/// The largest job card accepted, in bytes.
-pub const MAX_CARD_BYTES: usize = 1 << 20;
+/// The handshake protocol version; processes must speak the same one.
+pub const PROTOCOL: u32 = 2;
+
+/// The largest job card accepted, in bytes (the job is in it as a digest).
+pub const MAX_CARD_BYTES: usize = 4096;
+
+/// The largest job description exchanged to name differences when the
+/// digests differ, in bytes; over it, a mismatch names the digests only.
+pub const MAX_JOB_BYTES: usize = 64 << 20;
+
+/// How long an accepted connection may take to authenticate (its hello
+/// and its proof): a real peer needs one round trip, a stranger holds a
+/// slot no longer than this.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long one handshake may take in all.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When the accepting side's handshake must have got how far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// The hello and the proof, received.
+    pub authenticated: Instant,
+    /// The whole handshake.
+    pub done: Instant,
+}
+
+impl Deadlines {
+    /// The deadlines of a handshake that starts at `start`, none past
+    /// `limit`.
+    pub fn from(start: Instant, limit: Instant) -> Deadlines {
+        Deadlines {
+            authenticated: limit.min(start + AUTH_TIMEOUT),
+            done: limit.min(start + HANDSHAKE_TIMEOUT),
+        }
+    }
+}
 
 const MAGIC: &[u8; 8] = b"TIDEMILL";
 const NONCE: usize = 32;
@@ -46,6 +84,8 @@ const MAC: usize = blake3::OUT_LEN;
 const HELLO_BYTES: usize = MAGIC.len() + 4 + NONCE;
 const CHALLENGE_BYTES: usize = HELLO_BYTES + MAC;
 const PROOF_BYTES: usize = 4 + MAC;
+/// The most bytes of a frame read at once.
+const READ_CHUNK: usize = 64 * 1024;
 /// The largest verdict: a status byte and a reason.
 const MAX_VERDICT_BYTES: usize = 4096;
 const ACCEPT: &[u8] = b"tidemill/accept";
@@ -71,9 +111,10 @@ pub(crate) struct Local {
     pub me: usize,
     /// Our card, serialized once.
     pub card_bytes: Vec<u8>,
-    /// Our card as it is compared (parsed back from `card_bytes`, so that
-    /// both sides compare values that went through JSON alike).
+    /// Our card.
     pub card: Card,
+    /// Our job description, sent when the digests differ.
+    pub job: Job,
     /// Labels for messages about differences.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Every process's address as written, for messages.
@@ -92,30 +133,38 @@ impl Local {
         workers: usize,
         job: JobDescription,
     ) -> Result<Local, Error> {
+        Local::of_build(key, me, addresses, workers, job, BUILD)
+    }
+
+    /// [`Local::new`] for a given build fingerprint.
+    fn of_build(
+        key: ClusterKey,
+        me: usize,
+        addresses: Vec<String>,
+        workers: usize,
+        job: JobDescription,
+        build: &str,
+    ) -> Result<Local, Error> {
         let processes = addresses.len();
+        let described = Job::new(&job.identity)
+            .map_err(|e| Error::Cluster(format!("cannot encode the job description: {e}")))?;
         let card = Card {
             protocol: PROTOCOL,
             tidemill: env!("CARGO_PKG_VERSION").to_string(),
+            build: build.to_string(),
             processes,
             workers,
             process: me,
-            job: job.identity,
+            job: described.digest.clone(),
         };
         let card_bytes = serde_json::to_vec(&card)
             .map_err(|e| Error::Cluster(format!("cannot encode the job card: {e}")))?;
-        if card_bytes.len() > MAX_CARD_BYTES {
-            return Err(Error::Cluster(format!(
-                "the job description is {} bytes, over the handshake's limit of {MAX_CARD_BYTES} (too many data files?)",
-                card_bytes.len()
-            )));
-        }
-        let card = serde_json::from_slice(&card_bytes)
-            .map_err(|e| Error::Cluster(format!("cannot decode our own job card: {e}")))?;
         Ok(Local {
             key,
             me,
             card_bytes,
             card,
+            job: described,
             labels: job.labels,
             addresses,
             claimed: Mutex::new(vec![false; processes]),
@@ -124,19 +173,33 @@ impl Local {
 }
 
 /// A side: runs the handshake on an accepted connection from `from` and
-/// returns the process index the peer proved it is.
+/// returns the process index the peer proved it is. `progress` is told
+/// each [`Stage`] reached; when it answers false (the listener dropped the
+/// connection meanwhile), the handshake stops.
 pub(crate) fn accept(
     stream: &mut TcpStream,
     from: &str,
     local: &Local,
-    deadline: Instant,
+    deadlines: Deadlines,
+    progress: &dyn Fn(Stage) -> bool,
 ) -> Result<usize, Fault> {
+    let reached = |stage| {
+        if progress(stage) {
+            Ok(())
+        } else {
+            Err(Fault::Transient(
+                "dropped to make room before it authenticated".into(),
+            ))
+        }
+    };
+    let deadline = deadlines.authenticated;
     let hello = read_frame(stream, HELLO_BYTES, deadline)?;
     if hello.len() != HELLO_BYTES || !hello.starts_with(MAGIC) {
         return Err(Fault::Transient(
             "it did not open with the tidemill handshake".into(),
         ));
     }
+    reached(Stage::Hello)?;
     let protocol = be_u32(&hello[MAGIC.len()..]);
     let their_nonce = &hello[MAGIC.len() + 4..];
     let our_nonce = nonce()?;
@@ -177,6 +240,8 @@ pub(crate) fn accept(
             "it failed authentication (it does not hold this job's cluster key)".into(),
         ));
     }
+    reached(Stage::Authenticated)?;
+    let deadline = deadlines.done;
     let theirs = read_frame(stream, MAX_CARD_BYTES, deadline)?;
     let there: Card = serde_json::from_slice(&theirs)
         .map_err(|e| Fault::Transient(format!("its job card is unreadable: {e}")))?;
@@ -187,7 +252,7 @@ pub(crate) fn accept(
             there.process
         )));
     }
-    if let Some(differences) = card::differences(&local.card, &there, &local.labels) {
+    if let Some(differences) = compare(stream, local, &there, Side::Accepting, deadline)? {
         // Best effort: the peer compares the cards itself.
         let _ = write_verdict(stream, REFUSED, "a different job", deadline);
         let address = match local.addresses.get(index) {
@@ -273,7 +338,7 @@ pub(crate) fn connect(
             "process {peer} at {address} sent an unreadable job card: {e}"
         )))
     })?;
-    if let Some(differences) = card::differences(&local.card, &there, &local.labels) {
+    if let Some(differences) = compare(stream, local, &there, Side::Connecting, deadline)? {
         return Err(Fault::Fatal(Error::JobMismatch {
             process: peer,
             address: address.to_string(),
@@ -295,6 +360,59 @@ pub(crate) fn connect(
         )))),
         _ => Err(Fault::Transient("its verdict is malformed".into())),
     }
+}
+
+/// Which side of the handshake this process is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Accepting,
+    Connecting,
+}
+
+/// Compares our card with theirs, and, when the job digests differ,
+/// exchanges the job descriptions to name the keys that differ (the
+/// connecting side sends first). `None` when the jobs are the same.
+fn compare(
+    stream: &mut TcpStream,
+    local: &Local,
+    there: &Card,
+    side: Side,
+    deadline: Instant,
+) -> Result<Option<String>, Fault> {
+    let mut found = card::differences(&local.card, there);
+    if there.job != local.card.job {
+        let ours: &[u8] = if local.job.bytes.len() <= MAX_JOB_BYTES {
+            &local.job.bytes
+        } else {
+            &[]
+        };
+        if side == Side::Connecting {
+            write_frame(stream, ours, deadline)?;
+        }
+        let theirs = read_frame(stream, MAX_JOB_BYTES, deadline)?;
+        if side == Side::Accepting {
+            write_frame(stream, ours, deadline)?;
+        }
+        let (here, there_digest) = (&local.card.job, &there.job);
+        let keys = if ours.is_empty() || theirs.is_empty() {
+            let why = format!("too large to compare key by key, over {MAX_JOB_BYTES} bytes");
+            vec![card::digest_difference(here, there_digest, &why)]
+        } else {
+            match serde_json::from_slice(&theirs) {
+                Ok(value) => card::job_differences(&local.job.value, &value, &local.labels),
+                Err(e) => {
+                    let why = format!("its description is unreadable: {e}");
+                    vec![card::digest_difference(here, there_digest, &why)]
+                }
+            }
+        };
+        if keys.is_empty() {
+            let why = "the descriptions are equal but not byte for byte";
+            found.push(card::digest_difference(here, there_digest, why));
+        }
+        found.extend(keys);
+    }
+    Ok(card::summary(found))
 }
 
 /// Marks process `index` as connected, if it is one that connects to us
@@ -381,8 +499,13 @@ fn read_frame(stream: &mut TcpStream, limit: usize, deadline: Instant) -> Result
             "it announced a {length}-byte message where at most {limit} bytes are allowed"
         )));
     }
-    let mut payload = vec![0u8; length];
-    read_exact_by(stream, &mut payload, deadline)?;
+    // Grown as the bytes arrive: an announced length allocates nothing.
+    let mut payload = Vec::new();
+    while payload.len() < length {
+        let start = payload.len();
+        payload.resize(length.min(start + READ_CHUNK), 0);
+        read_exact_by(stream, &mut payload[start..], deadline)?;
+    }
     Ok(payload)
 }
 
@@ -434,12 +557,55 @@ mod tests {
             Some(s) => ClusterKey::from_secret(s, "test").unwrap(),
             None => ClusterKey::public_default(),
         };
+        local_job(me, key, serde_json::json!({ "data": { "seed": seed } }))
+    }
+
+    fn local_job(me: usize, key: ClusterKey, identity: serde_json::Value) -> Local {
         let job = JobDescription {
-            identity: serde_json::json!({ "data": { "seed": seed } }),
+            identity,
             labels: Default::default(),
         };
         let addresses = vec!["a:1".into(), "b:2".into(), "c:3".into()];
         Local::new(key, me, addresses, 1, job).unwrap()
+    }
+
+    /// The error of a side that found the other runs a different job.
+    fn differences<T: std::fmt::Debug>(r: Result<T, Fault>) -> String {
+        match r {
+            Err(Fault::Fatal(Error::JobMismatch { differences, .. })) => differences,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Regression: the job card was capped at 1 MiB, so a job of some 10,000
+    /// data files or more could not run on several processes.
+    #[test]
+    fn a_job_of_many_files_connects_and_a_difference_among_them_is_named() {
+        let files = |changed: Option<u64>| {
+            let train: Vec<serde_json::Value> = (0..20_000u64)
+                .map(|i| {
+                    let size = if changed == Some(i) { 1 } else { 1000 + i };
+                    let footer = blake3::hash(&i.to_be_bytes());
+                    serde_json::json!({ "size": size, "footer_blake3": footer.to_hex().as_str() })
+                })
+                .collect();
+            serde_json::json!({ "data": { "train": train } })
+        };
+        assert!(files(None).to_string().len() > 1 << 20);
+        let key = || ClusterKey::public_default();
+        let a = local_job(0, key(), files(None));
+        let (got, sent) = run(&a, &local_job(1, key(), files(None)));
+        assert_eq!(got.unwrap(), 1);
+        sent.unwrap();
+        let (got, sent) = run(&a, &local_job(2, key(), files(Some(15_000))));
+        assert_eq!(
+            differences(got),
+            "data.train[15000].size = 1 there, 16000 here"
+        );
+        assert_eq!(
+            differences(sent),
+            "data.train[15000].size = 16000 there, 1 here"
+        );
     }
 
     /// Runs both sides over loopback: `acceptor` accepts, `connector` (process `peer` to it) connects.
@@ -450,7 +616,13 @@ mod tests {
         std::thread::scope(|s| {
             let a = s.spawn(|| {
                 let (mut stream, from) = listener.accept().unwrap();
-                accept(&mut stream, &from.to_string(), acceptor, deadline)
+                let deadlines = Deadlines {
+                    authenticated: deadline,
+                    done: deadline,
+                };
+                accept(&mut stream, &from.to_string(), acceptor, deadlines, &|_| {
+                    true
+                })
             });
             let mut stream = TcpStream::connect(addr).unwrap();
             let c = connect(&mut stream, acceptor.me, "a:1", connector, deadline);
@@ -482,14 +654,85 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_connection_is_dropped_at_the_authentication_deadline() {
+        let a = local(0, Some(b"k"), 1);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _silent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut stream, from) = listener.accept().unwrap();
+        let start = Instant::now();
+        let deadlines = Deadlines {
+            authenticated: start + Duration::from_millis(100),
+            done: start + Duration::from_secs(30),
+        };
+        let got = accept(&mut stream, &from.to_string(), &a, deadlines, &|_| true);
+        assert!(matches!(got, Err(Fault::Transient(r)) if r.contains("in time")));
+        assert!(
+            Instant::now() < deadlines.done,
+            "it waited past authentication"
+        );
+    }
+
+    #[test]
+    fn a_connection_dropped_by_the_listener_stops_at_the_next_stage() {
+        let (a, c) = (local(0, Some(b"k"), 1), local(1, Some(b"k"), 1));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadlines = Deadlines::from(Instant::now(), deadline);
+        std::thread::scope(|s| {
+            let acceptor = s.spawn(|| {
+                let (mut stream, from) = listener.accept().unwrap();
+                let dropped_after_hello = |stage| stage == Stage::Hello;
+                accept(
+                    &mut stream,
+                    &from.to_string(),
+                    &a,
+                    deadlines,
+                    &dropped_after_hello,
+                )
+            });
+            let mut stream = TcpStream::connect(addr).unwrap();
+            let sent = connect(&mut stream, 0, "a:1", &c, deadline);
+            assert!(matches!(sent, Err(Fault::Transient(_))), "{sent:?}");
+            let got = acceptor.join().unwrap();
+            assert!(matches!(got, Err(Fault::Transient(r)) if r.contains("dropped to make room")));
+        });
+        assert!(
+            !a.claimed.lock().unwrap()[1],
+            "a dropped connection claimed its index"
+        );
+    }
+
+    /// Regression: only the version number was compared, so different
+    /// builds of one version ran together.
+    #[test]
+    fn builds_of_different_sources_refuse_each_other_naming_both() {
+        let a = local(0, None, 1);
+        let job = JobDescription {
+            identity: serde_json::json!({ "data": { "seed": 1 } }),
+            labels: Default::default(),
+        };
+        let addresses = a.addresses.clone();
+        let key = ClusterKey::public_default();
+        let other = "0000000000000000";
+        let c = Local::of_build(key, 1, addresses, 1, job, other).unwrap();
+        assert_eq!(c.card.tidemill, a.card.tidemill);
+        let (got, sent) = run(&a, &c);
+        assert_eq!(
+            differences(got),
+            format!("tidemill build {other} there, {BUILD} here")
+        );
+        assert_eq!(
+            differences(sent),
+            format!("tidemill build {BUILD} there, {other} here")
+        );
+    }
+
+    #[test]
     fn a_different_job_fails_both_sides() {
         let (a, c) = (local(0, None, 1), local(2, None, 2));
         let (got, sent) = run(&a, &c);
-        let differences = |r: Result<(), Fault>| match r {
-            Err(Fault::Fatal(Error::JobMismatch { differences, .. })) => differences,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(differences(got.map(|_| ())), "data.seed = 2 there, 1 here");
+        assert_eq!(differences(got), "data.seed = 2 there, 1 here");
         assert_eq!(differences(sent), "data.seed = 1 there, 2 here");
     }
 }

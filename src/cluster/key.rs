@@ -4,7 +4,9 @@
 //! It comes from `--cluster-key-file PATH` or the environment variable
 //! [`KEY_ENV`]; without either, a fixed public default is used, which keeps
 //! strangers that do not speak the handshake out but lets anyone who can
-//! reach the port take part in it (see `docs/security.md`).
+//! reach the port take part in it (see `docs/security.md`). So it is
+//! refused when an address is not loopback, unless
+//! [`Cluster::allow_public_key`](super::Cluster::allow_public_key).
 
 use std::ffi::OsString;
 use std::io::Read;

@@ -8,10 +8,12 @@
 //! different jobs refuse each other. Strangers are dropped; the real peers
 //! are waited for up to a deadline.
 
+mod admission;
 pub mod card;
 mod connect;
 pub mod handshake;
 pub mod hostfile;
+mod ignored;
 pub mod key;
 
 use std::any::Any;
@@ -48,6 +50,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// The key processes prove they share.
     pub key: ClusterKey,
+    /// Run with the public default key even when an address is not
+    /// loopback (else that is refused: see [`Cluster::validate`]).
+    pub allow_public_key: bool,
 }
 
 impl Default for Cluster {
@@ -59,6 +64,7 @@ impl Default for Cluster {
             hostfile: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             key: ClusterKey::public_default(),
+            allow_public_key: false,
         }
     }
 }
@@ -74,14 +80,50 @@ impl Cluster {
         self.process == 0
     }
 
-    /// Checks the layout and the addresses; every mistake is a usage error
-    /// (exit code 2).
+    /// Checks the layout, the addresses and the key; every mistake is a
+    /// usage error (exit code 2). With several processes, the public
+    /// default key is refused when an address is not loopback (anyone who
+    /// can reach the ports could take a missing process's place), unless
+    /// [`Cluster::allow_public_key`].
     pub fn validate(&self) -> Result<()> {
         self.check_layout()?;
         if self.processes > 1 {
-            self.addresses()?;
+            self.key_exposure(&self.addresses()?)?;
         }
         Ok(())
+    }
+
+    /// Refuses the public default key with addresses off this machine,
+    /// unless allowed; when allowed, returns the warning to log.
+    fn key_exposure(&self, addresses: &[Address]) -> Result<Option<String>> {
+        if !self.key.is_public() {
+            return Ok(None);
+        }
+        let exposed: Vec<&str> = addresses
+            .iter()
+            .filter(|a| a.resolved.iter().any(|r| !r.ip().is_loopback()))
+            .map(|a| a.text.as_str())
+            .collect();
+        let Some(first) = exposed.first() else {
+            return Ok(None);
+        };
+        let listed = match exposed.len() {
+            1 => format!("{first} is not a loopback address"),
+            n => format!("{first} and {} other address(es) are not loopback", n - 1),
+        };
+        let risk = "with the public default cluster key, anyone who can reach the job's ports can take a missing process's place or stop the job";
+        let fix = "give every process the same secret key with --cluster-key-file PATH or the TIDEMILL_CLUSTER_KEY environment variable (e.g. head -c 32 /dev/urandom | base64 > key)";
+        if self.allow_public_key {
+            return Ok(Some(format!(
+                "no cluster key is set and {listed}: {risk}; {fix}"
+            )));
+        }
+        Err(Error::Usage {
+            option: "--cluster-key-file".into(),
+            message: format!(
+                "no cluster key is set and {listed}: {risk}. To fix it, {fix}; or pass --allow-public-key to run with the public key anyway"
+            ),
+        })
     }
 
     fn check_layout(&self) -> Result<()> {
@@ -167,6 +209,9 @@ impl Cluster {
         job: impl FnOnce() -> Result<JobDescription>,
     ) -> Result<(Vec<AllocatorBuilder>, Box<dyn Any + Send>)> {
         let addresses = self.addresses()?;
+        if let Some(warning) = self.key_exposure(&addresses)? {
+            tracing::warn!("{warning}");
+        }
         let local = handshake::Local::new(
             self.key.clone(),
             self.process,

@@ -69,7 +69,7 @@ impl Cached {
                 epoch,
                 window_key(unit.id, window),
             )
-            .unwrap_or_default();
+            .unwrap_or_else(|| (0..b - a).collect());
             order.extend(perm.into_iter().map(|i| a + i));
         }
         self.order = Some(order);

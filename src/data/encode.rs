@@ -279,7 +279,22 @@ pub fn number_token(v: f64) -> String {
     }
 }
 
+/// Fails if `schema` has more than one column named `name`.
+pub fn unique_column(schema: &arrow::datatypes::Schema, name: &str, file: &Path) -> Result<()> {
+    let count = schema.fields().iter().filter(|f| f.name() == name).count();
+    if count > 1 {
+        return Err(Error::ColumnType {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+            found: format!("{count} columns of that name"),
+            expected: "every column tidemill reads must have a name of its own (rename one)".into(),
+        });
+    }
+    Ok(())
+}
+
 fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin) -> Result<&'b ArrayRef> {
+    unique_column(&batch.schema(), name, origin.file)?;
     batch
         .column_by_name(name)
         .ok_or_else(|| Error::missing_column(origin.file, name, &batch.schema()))

@@ -5,8 +5,8 @@
 //!   reproducible summation) and reads one unit with column projection;
 //! * [`partition`] assigns units to workers (slice / shuffle) and orders rows;
 //! * [`encode`] turns Arrow columns into `f32` feature rows and labels;
-//! * [`moments`] are the feature statistics of standardisation, exact in
-//!   what they depend on;
+//! * [`moments`] are the feature statistics of standardisation, accurate at
+//!   any magnitude and fixed by the data alone;
 //! * [`hashing`] is the signed hashing trick for categorical tokens.
 
 pub mod cache;

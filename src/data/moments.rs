@@ -1,4 +1,5 @@
-//! Mean and variance of numeric features, exact in what they depend on.
+//! Mean and variance of numeric features: accurate at any magnitude, and
+//! fixed by the data alone.
 //!
 //! Raw sums `Σx`, `Σx²` of large values lose the variance to cancellation
 //! (Unix timestamps, money amounts: `E[x²] − E[x]²` of two numbers near

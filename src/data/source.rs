@@ -23,8 +23,11 @@ impl ParquetFile {
     /// Opens a file and parses its footer.
     pub fn open(path: &Path) -> Result<ParquetFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| Error::parquet(path, e))?;
+        let metadata = crate::io::guard::untrusted(|| {
+            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        })
+        .map_err(|e| Error::parquet(path, e))?
+        .map_err(|e| Error::parquet(path, e))?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
             metadata,
@@ -51,8 +54,11 @@ impl ParquetFile {
         self.row_group_rows().iter().map(|&r| r as u64).sum()
     }
 
-    /// The type of a column, or a [`Error::MissingColumn`] naming the ones there are.
+    /// The type of a column, or a [`Error::MissingColumn`] naming the ones
+    /// there are; a name the file gives two columns is refused (which one
+    /// was meant cannot be told, and the second would be silently ignored).
     pub fn column_type(&self, column: &str) -> Result<&DataType> {
+        crate::data::encode::unique_column(self.schema(), column, &self.path)?;
         match self.schema().field_with_name(column) {
             Ok(f) => Ok(f.data_type()),
             Err(_) => Err(Error::missing_column(&self.path, column, self.schema())),

@@ -7,8 +7,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
-
 use super::cache::window_key;
 use super::encode::{decode, Block, ClassMap, FeatureSpec, LabelUse, Origin};
 use super::partition::{is_validation, row_order};
@@ -52,7 +50,7 @@ pub struct UnitStream {
     path: PathBuf,
     file: Arc<ParquetFile>,
     columns: Vec<String>,
-    reader: ParquetRecordBatchReader,
+    reader: unit::UnitReader,
     rows: Rows,
     epoch: u32,
     window: Block,

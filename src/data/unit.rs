@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::source::{ParquetFile, Source};
 use crate::error::{Error, Result};
+use crate::io::guard;
 
 /// A fixed slice of rows of one row group of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +59,29 @@ pub fn plan(source: &Source, max_unit_rows: usize) -> Vec<Unit> {
     units
 }
 
+/// A unit's batches, each decoded under [`guard::untrusted`]: a decoder
+/// panic on malformed pages becomes an error, and ends the reader.
+pub struct UnitReader {
+    inner: ParquetRecordBatchReader,
+    failed: bool,
+}
+
+impl Iterator for UnitReader {
+    type Item = std::result::Result<RecordBatch, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = match guard::untrusted(|| self.inner.next()) {
+            Ok(next) => next?.map_err(|e| e.to_string()),
+            Err(msg) => Err(msg),
+        };
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
 /// A reader over the rows of one unit, decoding only `columns`, in batches
 /// of at most `batch_rows` rows.
 pub fn reader(
@@ -65,7 +89,7 @@ pub fn reader(
     unit: &Unit,
     columns: &[String],
     batch_rows: usize,
-) -> Result<ParquetRecordBatchReader> {
+) -> Result<UnitReader> {
     file_reader(&source.files[unit.file], unit, columns, batch_rows)
 }
 
@@ -75,7 +99,7 @@ fn file_reader(
     unit: &Unit,
     columns: &[String],
     batch_rows: usize,
-) -> Result<ParquetRecordBatchReader> {
+) -> Result<UnitReader> {
     let file = File::open(&pf.path).map_err(|e| Error::io(&pf.path, e))?;
     let schema = pf.schema();
     let mut indices = Vec::with_capacity(columns.len());
@@ -98,13 +122,23 @@ fn file_reader(
     if rest > 0 {
         selectors.push(RowSelector::skip(rest));
     }
-    ParquetRecordBatchReaderBuilder::new_with_metadata(file, pf.metadata.clone())
-        .with_row_groups(vec![unit.row_group])
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_batch_size(batch_rows.max(1))
-        .build()
-        .map_err(|e| Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group)))
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::parquet(&pf.path, format!("row group {}: {e}", unit.row_group))
+    };
+    let inner = guard::untrusted(|| {
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file, pf.metadata.clone())
+            .with_row_groups(vec![unit.row_group])
+            .with_projection(mask)
+            .with_row_selection(RowSelection::from(selectors))
+            .with_batch_size(batch_rows.max(1))
+            .build()
+    })
+    .map_err(|e| bad(&e))?
+    .map_err(|e| bad(&e))?;
+    Ok(UnitReader {
+        inner,
+        failed: false,
+    })
 }
 
 /// The error for a unit whose columns failed to decode with `e`, naming

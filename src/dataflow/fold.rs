@@ -11,7 +11,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
-use crate::exact::{Exact, Wide};
+use crate::exact::{Bound, Exact, Wide};
 use crate::strategy::driver::{Driver, ShardGrad};
 
 /// The exact sum of one shard's partials: sparse if every partial is.
@@ -127,18 +127,21 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                         let mut parts: BTreeMap<u32, Vec<Partial>> = BTreeMap::new();
                         let mut loss: BTreeMap<u32, Wide> = BTreeMap::new();
                         let mut rows: BTreeMap<u32, u64> = BTreeMap::new();
+                        let mut bound: BTreeMap<u32, Bound> = BTreeMap::new();
                         for g in round.grads {
                             *loss.entry(g.shard).or_default() += g.loss;
+                            *bound.entry(g.shard).or_default() += g.bound;
                             *rows.entry(g.shard).or_default() += g.rows;
                             parts.entry(g.shard).or_default().push(g.values);
                         }
                         let total_loss = loss.values().next().copied().unwrap_or_default().to_f64();
                         let total_rows = rows.values().next().copied().unwrap_or(0);
+                        let total_bound = bound.values().next().copied().unwrap_or_default();
                         let sums: BTreeMap<u32, ShardGrad> = parts
                             .into_iter()
                             .map(|(k, p)| (k, sum_partials(p)))
                             .collect();
-                        match driver.on_gradients(&sums, total_loss, total_rows) {
+                        match driver.on_gradients(&sums, total_loss, total_rows, total_bound) {
                             Ok(next) => next,
                             Err(f) => {
                                 failure.borrow_mut().get_or_insert(f);

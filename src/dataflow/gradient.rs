@@ -13,12 +13,12 @@ use timely::dataflow::{Stream, StreamVec};
 use super::hooks::Hooks;
 use super::rounds::Rounds;
 use super::{
-    loss_message, overflow_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg,
-    Partial, Phase, ShardValues, WorkerOut,
+    bound_message, loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial,
+    Phase, ShardValues, WorkerOut,
 };
 use crate::data::cache::WorkerData;
 use crate::error::Error;
-use crate::exact::{Exact, Wide};
+use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::model::{LinearModel, Scratch};
 use crate::optim::lazy::{Clock, Lazy, Reader};
@@ -67,6 +67,9 @@ pub struct GradientContext {
     /// Lazy updates whose untouched weights move: the worker's copy of
     /// what the owners published, read at the step of each round.
     pub reader: Option<Reader>,
+    /// The reference validation labels are taken relative to (regression:
+    /// the training label mean), the same on every worker.
+    pub label_ref: Option<f64>,
 }
 
 /// Local training of a replica (`model-average`): the worker applies the
@@ -135,15 +138,19 @@ pub fn param_bytes(values: &ShardValues) -> u64 {
 }
 
 /// Payload bytes of a gradient message carrying `values` (bincode layout:
-/// shard, values, 256-bit loss, rows, no failure).
+/// shard, values, 256-bit loss, 128-bit bound, rows, no failure).
 pub fn grad_msg_bytes(values: &Partial) -> u64 {
-    4 + values.bytes() + 32 + 8 + 1
+    4 + values.bytes() + 32 + 16 + 8 + 1
 }
 
 /// Payload bytes of a gradient message with `n` dense values.
 pub fn grad_bytes(n: usize) -> u64 {
     grad_msg_bytes(&Partial::Dense(vec![Exact::default(); n]))
 }
+
+/// A worker's output of a training round: a partial per shard, the exact
+/// loss sum, the rows, and the partials' [`Bound`].
+type TrainOut = (Vec<Partial>, Wide, u64, Bound);
 
 impl State {
     /// Applies a shard message if it is the next of its shard (or whole);
@@ -269,7 +276,7 @@ impl State {
     /// The accumulator is kept between steps; only the coordinates a step
     /// touched are read and cleared, so a step of a wide hashed model costs
     /// what its rows touch, not the size of the model.
-    fn train(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Wide, u64), Error> {
+    fn train(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         self.ctx.data.prepare(epoch)?;
         let layout = self.ctx.model.layout;
         if self.acc.len() != layout.len() {
@@ -277,6 +284,7 @@ impl State {
         }
         let mut loss = Wide::default();
         let mut rows = 0u64;
+        let mut bound = Bound::default();
         let model = &mut self.ctx.model;
         let scratch = &mut self.scratch;
         let acc = &mut self.acc;
@@ -309,10 +317,11 @@ impl State {
                     }
                 }
             }
-            let l = model
+            let (l, b) = model
                 .accumulate(block, idx.iter().copied(), scratch, acc)
                 .map_err(diverged)?;
             loss += Wide::from_f64(l).ok_or_else(|| diverged(loss_message(l)))?;
+            bound += b;
             rows += idx.len() as u64;
             Ok(())
         });
@@ -326,13 +335,13 @@ impl State {
         touched.extend(self.scratch.drain_touched());
         touched.sort_unstable();
         touched.dedup();
-        Ok((self.take_partials(&touched), loss, rows))
+        Ok((self.take_partials(&touched), loss, rows, bound))
     }
 
     /// `model-average`: steps the replica over this worker's rows of the
     /// round's steps, and returns `rows · replica` (exact) with the loss and
     /// rows, for the owners' weighted average.
-    fn train_local(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Wide, u64), Error> {
+    fn train_local(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         let Some(local) = self.ctx.local.as_mut() else {
             return Err(Error::Cluster("no local training configured".into()));
         };
@@ -355,7 +364,7 @@ impl State {
                 step: s,
                 message,
             };
-            let (mut l, mut r) = (Wide::default(), 0u64);
+            let (mut l, mut r, mut b) = (Wide::default(), 0u64, Bound::default());
             let model = &mut self.ctx.model;
             let scratch = &mut self.scratch;
             let acc = &mut self.acc;
@@ -376,10 +385,11 @@ impl State {
                         }
                     }
                 }
-                let part = model
+                let (part, largest) = model
                     .accumulate(block, idx.iter().copied(), scratch, acc)
                     .map_err(diverged)?;
                 l += Wide::from_f64(part).ok_or_else(|| diverged(loss_message(part)))?;
+                b += largest;
                 r += idx.len() as u64;
                 Ok(())
             })?;
@@ -390,11 +400,12 @@ impl State {
             touched.extend(self.scratch.drain_touched());
             touched.sort_unstable();
             touched.dedup();
+            if !b.holds() {
+                touched.iter().for_each(|&i| self.acc[i] = Exact::default());
+                return Err(diverged(bound_message(b)));
+            }
             for &i in &touched {
                 let g = std::mem::take(&mut self.acc[i]);
-                if g.is_overflow() {
-                    return Err(diverged(overflow_message(i)));
-                }
                 if r > 0 {
                     local.grad[i] = if !local.fit_intercept && layout.is_intercept(i) {
                         0.0
@@ -475,19 +486,21 @@ impl State {
         let mut live = self.live.indices().to_vec();
         live.sort_unstable();
         let theta = &self.ctx.model.theta;
+        let mut bound = Bound::default();
         for &i in &live {
-            self.acc[i] =
-                Exact::from_f64(theta[i] * rows as f64).ok_or_else(|| Error::Diverged {
-                    epoch,
-                    step,
-                    message: "a replica weight is too large to average".into(),
-                })?;
+            let v = Exact::from_f64(theta[i] * rows as f64).ok_or_else(|| Error::Diverged {
+                epoch,
+                step,
+                message: "a replica weight is too large to average".into(),
+            })?;
+            bound = bound.max(v.magnitude());
+            self.acc[i] = v;
         }
-        Ok((self.take_partials(&live), loss, rows))
+        Ok((self.take_partials(&live), loss, rows, bound))
     }
 
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
-        let mut partial = EvalPartial::default();
+        let mut partial = EvalPartial::with_label_ref(self.ctx.label_ref);
         let model = &self.ctx.model;
         self.ctx
             .data
@@ -496,7 +509,7 @@ impl State {
     }
 
     /// One training round (plain or local replica), through the test hooks.
-    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<(Vec<Partial>, Wide, u64), Error> {
+    fn train_traced(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         let hooks = std::mem::take(&mut self.ctx.hooks);
         let out = hooks.step(u64::from(epoch) * self.ctx.steps_per_epoch + step, || {
             if self.ctx.local.is_some() {
@@ -581,7 +594,7 @@ impl State {
         }
         match phase {
             Phase::Train { epoch, step } => match self.train_traced(epoch, step) {
-                Ok((partials, loss, rows)) => {
+                Ok((partials, loss, rows, bound)) => {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;
                     for (k, values) in partials.into_iter().enumerate() {
@@ -592,6 +605,7 @@ impl State {
                             shard: k as u32,
                             values,
                             loss,
+                            bound,
                             rows,
                             failure: None,
                         }));
@@ -606,6 +620,7 @@ impl State {
                             shard: k as u32,
                             values: Partial::Dense(Vec::new()),
                             loss: Wide::default(),
+                            bound: Bound::default(),
                             rows: 0,
                             failure: Some(f.clone()),
                         }));

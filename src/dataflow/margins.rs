@@ -111,6 +111,9 @@ pub struct MarginContext {
     pub steps_per_epoch: u64,
     /// True if there are validation rows.
     pub has_validation: bool,
+    /// The reference validation labels are taken relative to (regression:
+    /// the training label mean), the same on every worker.
+    pub label_ref: Option<f64>,
     /// Early stopping rule.
     pub early_stopping: Option<EarlyStopping>,
     /// Epoch records (kept on worker 0).
@@ -361,7 +364,7 @@ impl State {
     ) -> Result<bool, Error> {
         let k = self.ctx.block.layout.k;
         let metrics = self.ctx.has_validation.then(|| {
-            let mut p = EvalPartial::default();
+            let mut p = EvalPartial::with_label_ref(self.ctx.label_ref);
             let labels = &self.val_labels;
             p.add_rows(
                 self.ctx.kind,

@@ -23,7 +23,7 @@ pub mod scan;
 
 use serde::{Deserialize, Serialize};
 
-use crate::exact::{Exact, Wide};
+use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::optim::lazy::Stamp;
 
@@ -172,10 +172,12 @@ pub fn loss_message(loss: f64) -> String {
     }
 }
 
-/// The message for an exact gradient sum that overflowed at coordinate `i`.
-pub fn overflow_message(i: usize) -> String {
+/// The message for gradient partials whose [`Bound`] does not hold.
+pub fn bound_message(bound: Bound) -> String {
     format!(
-        "the exact sum of gradient component {i} left the range of 128-bit fixed point (|sum| ≥ 2^71 ≈ 2.4e21): rescale the feature or label (data.standardize = true)"
+        "the step's gradient partials sum to magnitudes of up to {:e}, beyond the {:e} that exact sums in 128-bit fixed point hold in every order: rescale the feature or label (data.standardize = true)",
+        bound.to_f64(),
+        crate::exact::SUM_LIMIT
     )
 }
 
@@ -283,6 +285,10 @@ pub struct GradMsg {
     pub values: Partial,
     /// Exact partial loss sum (all coordinates; the same in every shard's message).
     pub loss: Wide,
+    /// Bound on the magnitude of `values` and of every partial sum behind
+    /// them (the same in every shard's message): the owner sums the bounds
+    /// with the values and fails the step where the total does not hold.
+    pub bound: Bound,
     /// Rows in the partial.
     pub rows: u64,
     /// Set if the worker failed.

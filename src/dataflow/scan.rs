@@ -33,6 +33,8 @@ pub struct ScanPartial {
     pub labels: BTreeSet<String>,
     /// The first failure, keyed by (source, unit) so all workers pick the same one.
     pub failure: Option<((u8, usize), Failure)>,
+    /// Memory available on this worker's machine, where known.
+    pub memory: Option<u64>,
 }
 
 /// The merged scan.
@@ -46,8 +48,17 @@ pub struct ScanResult {
     pub validation_rows: Vec<u64>,
     /// Moments per numeric feature.
     pub moments: Vec<Moments>,
+    /// Moments of a regression label over the training rows (empty for
+    /// classifiers): its mean is the reference validation metrics shift
+    /// labels by, so that R² keeps its precision when labels dwarf their
+    /// spread.
+    pub label: Moments,
     /// Distinct label tokens.
     pub labels: BTreeSet<String>,
+    /// The least memory available on any worker's machine, where known:
+    /// every worker sees the same figure, so all decide alike whether the
+    /// model fits.
+    pub memory: Option<u64>,
 }
 
 /// One unit's moments of one numeric feature: (feature, unit id, moments).
@@ -72,7 +83,10 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
         fraction: plan.validation_fraction,
         seed: plan.pipeline.data.seed,
     };
-    let mut out = ScanPartial::default();
+    let mut out = ScanPartial {
+        memory: crate::memory::available(),
+        ..ScanPartial::default()
+    };
     let mut unit_moments = Vec::new();
     let mut sets = vec![(0u8, &plan.train, split)];
     if let Some(v) = &plan.validation_files {
@@ -90,7 +104,8 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
         let owners = assign(&rows, peers, Partition::Slice, 0, 0);
         for unit in units.units.iter().filter(|u| owners[u.id] == index) {
             let (mut train_rows, mut held_rows) = (0u64, 0u64);
-            let mut moments = vec![Moments::default(); spec.numeric.len()];
+            // One per numeric feature, then the label's (regression).
+            let mut moments = vec![Moments::default(); spec.numeric.len() + 1];
             let mut labels = std::mem::take(&mut out.labels);
             let checked = for_each_window(&units.source, unit, &spec, label, split, |data| {
                 let blocks = [&data.train, &data.validation];
@@ -112,6 +127,10 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
                             m.push(x);
                         }
                     }
+                }
+                if kind == ModelKind::Linear {
+                    let m = &mut moments[spec.numeric.len()];
+                    b.label.iter().for_each(|&y| m.push(y));
                 }
                 Ok(())
             });
@@ -257,6 +276,8 @@ fn merge(
         validation_rows: vec![0; plan.validation_files.as_ref().map_or(0, |v| v.units.len())],
         moments: vec![Moments::default(); plan.draft.numeric.len()],
         labels: BTreeSet::new(),
+        label: Moments::default(),
+        memory: parts.iter().filter_map(|p| p.memory).min(),
     };
     for p in parts {
         for (id, t, v) in p.train_units {
@@ -269,8 +290,9 @@ fn merge(
         result.labels.extend(p.labels);
     }
     for (j, m) in moments {
-        if let Some(slot) = result.moments.get_mut(j as usize) {
-            *slot = m;
+        match result.moments.get_mut(j as usize) {
+            Some(slot) => *slot = m,
+            None => result.label = m,
         }
     }
     Ok(result)

@@ -304,7 +304,10 @@ impl OutputSet {
 }
 
 /// Resolves every request and input; refuses `-` where it is not allowed
-/// and any file named twice (usage errors come before I/O errors).
+/// and any file named twice (usage errors come before I/O errors). An input
+/// that cannot be resolved is an error, not left out of the comparison (a
+/// directory among them too: the caller expands directories into the files
+/// it reads).
 fn resolve_all(requests: &[Request<'_>], inputs: &[Input<'_>]) -> Result<Vec<Target>> {
     let mut resolved = Vec::new();
     for r in requests {
@@ -316,10 +319,17 @@ fn resolve_all(requests: &[Request<'_>], inputs: &[Input<'_>]) -> Result<Vec<Tar
         }
         resolved.push(Target::resolve(r.path));
     }
+    let mut unresolved = None;
     let inputs: Vec<(&str, Target)> = inputs
         .iter()
         .filter(|(_, p)| p.as_os_str() != "-")
-        .filter_map(|(flag, p)| Target::resolve(p).ok().map(|t| (*flag, t)))
+        .filter_map(|(flag, p)| match Target::resolve_input(p) {
+            Ok(t) => Some((*flag, t)),
+            Err(e) => {
+                unresolved.get_or_insert_with(|| Error::io(p, e));
+                None
+            }
+        })
         .collect();
     for (i, (r, a)) in requests.iter().zip(&resolved).enumerate() {
         let Ok(a) = a else { continue };
@@ -335,6 +345,9 @@ fn resolve_all(requests: &[Request<'_>], inputs: &[Input<'_>]) -> Result<Vec<Tar
                 path: a.given.clone(),
             });
         }
+    }
+    if let Some(e) = unresolved {
+        return Err(e);
     }
     requests
         .iter()
@@ -504,6 +517,25 @@ mod tests {
         assert_eq!(entries(d), ["in.parquet", "link"]);
         let err = OutputSet::prepare(&[Request::file("--a", Path::new("-"))], &[]).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{err}");
+    }
+
+    /// Regression: an input that could not be resolved was left out of the
+    /// comparison without a word (a directory among them: the files in it
+    /// went unprotected). Now it is an error, before anything is created.
+    #[test]
+    fn an_input_that_cannot_be_resolved_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        symlink("loop", d.join("loop")).unwrap();
+        std::fs::create_dir(d.join("data")).unwrap();
+        let out = d.join("m.json");
+        for input in [d.join("loop"), d.join("data")] {
+            let inputs: &[Input<'_>] = &[("--input", &input)];
+            let err = OutputSet::prepare(&[Request::file("--out", &out)], inputs).unwrap_err();
+            assert_eq!(err.exit_code(), 3, "{err}");
+            assert!(err.to_string().contains(&*input.to_string_lossy()), "{err}");
+        }
+        assert_eq!(entries(d), ["data", "loop"]);
     }
 
     #[test]

@@ -58,17 +58,11 @@ impl<R: Read> Read for Limited<R> {
 fn too_large(limit: u64) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
-        format!("larger than {}, the most tidemill reads", human(limit)),
+        format!(
+            "larger than {}, the most tidemill reads",
+            crate::memory::human(limit)
+        ),
     )
-}
-
-/// `1 MiB`, `16 GiB`.
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{} GiB", b >> 30),
-        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
-        b => format!("{b} bytes"),
-    }
 }
 
 /// Opens `path` for reading at most `limit` bytes. A regular file larger

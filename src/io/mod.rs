@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod bounded;
+pub mod guard;
 pub mod signals;
 pub mod sweep;
 pub mod table;

@@ -17,6 +17,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::atomic::Output;
+use super::guard;
 use crate::data::source::ParquetFile;
 use crate::error::{Error, Result};
 
@@ -86,8 +87,10 @@ fn ipc_err(path: &Path, e: impl std::fmt::Display) -> Error {
 pub fn open(path: &str) -> Result<TableInput> {
     if path == "-" {
         let p = PathBuf::from("-");
-        let reader = StreamReader::try_new(BufReader::new(std::io::stdin()), None)
-            .map_err(|e| ipc_err(&p, e))?;
+        let reader =
+            guard::untrusted(|| StreamReader::try_new(BufReader::new(std::io::stdin()), None))
+                .map_err(|e| ipc_err(&p, e))?
+                .map_err(|e| ipc_err(&p, e))?;
         return Ok(ipc_batches(p, reader.schema(), reader));
     }
     let p = PathBuf::from(path);
@@ -100,13 +103,16 @@ pub fn open(path: &str) -> Result<TableInput> {
         return parquet_batches(&p);
     }
     if n == 6 && &magic == b"ARROW1" {
-        let reader = FileReader::try_new(file, None).map_err(|e| ipc_err(&p, e))?;
+        let reader = guard::untrusted(|| FileReader::try_new(file, None))
+            .map_err(|e| ipc_err(&p, e))?
+            .map_err(|e| ipc_err(&p, e))?;
         let schema = reader.schema();
         return Ok(ipc_batches(p, schema, reader));
     }
     if n >= 4 && magic[..4] == [0xff, 0xff, 0xff, 0xff] {
-        let reader =
-            StreamReader::try_new(BufReader::new(file), None).map_err(|e| ipc_err(&p, e))?;
+        let reader = guard::untrusted(|| StreamReader::try_new(BufReader::new(file), None))
+            .map_err(|e| ipc_err(&p, e))?
+            .map_err(|e| ipc_err(&p, e))?;
         let schema = reader.schema();
         return Ok(ipc_batches(p, schema, reader));
     }
@@ -119,15 +125,32 @@ where
     I: Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + 'static,
 {
     let mut row = 0u64;
-    let batches = reader.map(move |b| {
-        let b = b.map_err(|e| ipc_err(&path, e))?;
-        let origin = BatchOrigin {
-            path: path.clone(),
-            row_group: None,
-            first_row: row,
+    let mut reader = reader;
+    let mut failed = false;
+    // Each batch is decoded under the guard; after a failure, nothing more
+    // is read from the input.
+    let batches = std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let next = match guard::untrusted(|| reader.next()) {
+            Ok(next) => next?,
+            Err(msg) => {
+                failed = true;
+                return Some(Err(ipc_err(&path, msg)));
+            }
         };
-        row += b.num_rows() as u64;
-        Ok((b, origin))
+        let item = next.map_err(|e| ipc_err(&path, e)).map(|b| {
+            let origin = BatchOrigin {
+                path: path.clone(),
+                row_group: None,
+                first_row: row,
+            };
+            row += b.num_rows() as u64;
+            (b, origin)
+        });
+        failed = item.is_err();
+        Some(item)
     });
     TableInput {
         schema,
@@ -172,9 +195,10 @@ fn parquet_batches(path: &Path) -> Result<TableInput> {
             }
             Ok(out)
         };
-        match read() {
-            Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
+        match guard::untrusted(read) {
+            Ok(Ok(v)) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+            Ok(Err(e)) => vec![Err(e)],
+            Err(msg) => vec![Err(Error::parquet(&path, format!("row group {rg}: {msg}")))],
         }
     });
     Ok(TableInput {
@@ -214,13 +238,18 @@ impl Tap {
     fn explain(&self, fallback: Error) -> Error {
         let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
         match first.take() {
-            Some(source) => Error::Output {
-                flag: self.flag.clone(),
-                path: self.path.clone(),
-                action: "cannot be written".into(),
-                source,
-            },
+            Some(source) => self.output_error(source),
             None => fallback,
+        }
+    }
+
+    /// `source` as an error of this output.
+    fn output_error(&self, source: io::Error) -> Error {
+        Error::Output {
+            flag: self.flag.clone(),
+            path: self.path.clone(),
+            action: "cannot be written".into(),
+            source,
         }
     }
 }
@@ -309,9 +338,13 @@ impl TableOutput {
                 .map_err(|e| ipc_err(p, e)),
         };
         let mut sink = finished.map_err(|e| self.tap.explain(e))?;
+        // The tap has the flush's error (it wraps the sink); the fallback
+        // is the output's error all the same.
         sink.flush().map_err(|e| {
-            self.tap
-                .explain(Error::io(p, io::Error::new(e.kind(), e.to_string())))
+            let fallback = self
+                .tap
+                .output_error(io::Error::new(e.kind(), e.to_string()));
+            self.tap.explain(fallback)
         })
     }
 }

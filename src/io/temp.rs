@@ -29,8 +29,9 @@ const MARK: &str = ".tidemill-";
 const SUFFIX: &str = ".tmp";
 /// Random characters in a name (62^10 names per output).
 const RANDOM_LEN: usize = 10;
-/// The output's name is cut to this many characters in the temporary name,
-/// which keeps the name within `NAME_MAX`.
+/// The output's name is cut to at most this many bytes (on a character
+/// boundary) in the temporary name, which keeps the whole name within the
+/// 255 bytes (`NAME_MAX`) a file name may have: 100 + 25.
 const BASE_LEN: usize = 100;
 /// Names tried before giving up.
 const ATTEMPTS: usize = 32;
@@ -57,11 +58,12 @@ pub fn is_temp_name(name: &OsStr) -> bool {
 
 /// A fresh temporary name for an output called `target_name`.
 fn temp_name(target_name: &OsStr) -> String {
-    let base: String = target_name
-        .to_string_lossy()
-        .chars()
-        .take(BASE_LEN)
-        .collect();
+    let name = target_name.to_string_lossy();
+    let mut cut = name.len().min(BASE_LEN);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let base = &name[..cut];
     let random: String = rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
         .take(RANDOM_LEN)
@@ -307,6 +309,30 @@ mod tests {
         }
         let long = "x".repeat(250);
         assert!(temp_name(OsStr::new(&long)).len() < 255);
+    }
+
+    /// Regression: the output's name was cut to 100 characters, not bytes,
+    /// so a long name in a script of 4-byte characters (or of bytes that
+    /// are not UTF-8, each shown as a 3-byte U+FFFD) made a temporary name
+    /// longer than the 255 bytes a file name may have.
+    #[test]
+    fn long_multibyte_names_fit_in_a_file_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let four = format!("{}.json", "\u{1d4c1}".repeat(60));
+        let two = format!("{}.json", "\u{e9}".repeat(125));
+        let mut raw = vec![0xffu8; 200];
+        raw.extend(b".json");
+        for name in [OsStr::new(&four), OsStr::new(&two), OsStr::from_bytes(&raw)] {
+            assert!(name.len() <= 255);
+            let temp = temp_name(name);
+            assert!(temp.len() <= 255, "{} bytes", temp.len());
+            assert!(is_temp_name(OsStr::new(&temp)), "{temp}");
+            let t = TempFile::create(dir.path(), name).unwrap();
+            drop(t);
+            crate::io::atomic::write("--out", &dir.path().join(name), b"x").unwrap();
+            assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"x");
+        }
     }
 
     #[test]

@@ -124,9 +124,15 @@ pub struct EvalPartial {
     pub sse: Wide,
     /// Σ |y − ŷ|.
     pub sae: Wide,
-    /// Σ y.
+    /// The reference labels are taken relative to (regression): R² needs
+    /// `Σ(y − ȳ)²`, which raw sums `Σy²`, `Σy` lose to cancellation where
+    /// labels dwarf their spread. Set by [`EvalPartial::with_label_ref`]
+    /// (training: the training label mean, the same on every worker) or
+    /// by the first label seen (`eval`, one pass in file order).
+    pub label_ref: Option<f64>,
+    /// Σ (y − label_ref).
     pub sy: Wide,
-    /// Σ y².
+    /// Σ (y − label_ref)².
     pub syy: Wide,
     /// Per class: true positives, false positives, false negatives.
     pub per_class: Vec<[u64; 3]>,
@@ -142,6 +148,15 @@ fn exact(v: f64) -> Wide {
 }
 
 impl EvalPartial {
+    /// An empty partial whose labels will be taken relative to `label_ref`
+    /// (see [`EvalPartial::label_ref`]); `None` leaves it to the first label.
+    pub fn with_label_ref(label_ref: Option<f64>) -> EvalPartial {
+        EvalPartial {
+            label_ref: label_ref.filter(|r| r.is_finite()),
+            ..EvalPartial::default()
+        }
+    }
+
     /// Evaluates `model` on every row of `block` and adds the results.
     pub fn add_block(&mut self, model: &LinearModel, block: &Block) {
         self.add_rows(
@@ -168,6 +183,10 @@ impl EvalPartial {
         if kind.is_classifier() && self.per_class.len() < k.max(2) {
             self.per_class.resize(k.max(2), [0; 3]);
         }
+        if kind == ModelKind::Linear && rows > 0 && self.label_ref.is_none() {
+            self.label_ref = Some(label(0));
+        }
+        let reference = self.label_ref.unwrap_or(0.0);
         for i in 0..rows {
             margins(i, &mut out);
             let y = label(i);
@@ -177,8 +196,9 @@ impl EvalPartial {
                     let r = y - out[0];
                     sse += r * r;
                     sae += r.abs();
-                    sy += y;
-                    syy += y * y;
+                    let d = y - reference;
+                    sy += d;
+                    syy += d * d;
                 }
                 ModelKind::Logistic | ModelKind::Hinge => {
                     let pred = usize::from(out[0] > 0.0);
@@ -220,7 +240,12 @@ impl EvalPartial {
     }
 
     /// Adds another partial.
-    pub fn merge(&mut self, o: EvalPartial) {
+    pub fn merge(&mut self, mut o: EvalPartial) {
+        match (self.label_ref, o.label_ref) {
+            (None, r) if self.rows == 0 || self.sy == Wide::default() => self.label_ref = r,
+            (Some(a), Some(b)) if a.to_bits() != b.to_bits() => o.rebase(a),
+            _ => {}
+        }
         self.rows += o.rows;
         self.loss += o.loss;
         self.correct += o.correct;
@@ -237,6 +262,18 @@ impl EvalPartial {
             }
         }
         self.scores.extend(o.scores);
+    }
+
+    /// Moves the label sums to another reference. Exact merges need a
+    /// common reference (training gives every worker the same one); this
+    /// is the fallback for partials started apart, in `f64`.
+    fn rebase(&mut self, to: f64) {
+        let Some(from) = self.label_ref else { return };
+        let (n, shift) = (self.rows as f64, from - to);
+        let (sy, syy) = (self.sy.to_f64(), self.syy.to_f64());
+        self.sy = exact(sy + n * shift);
+        self.syy = exact(syy + 2.0 * shift * sy + n * shift * shift);
+        self.label_ref = Some(to);
     }
 
     /// The finished metrics, or what overflowed: a loss or error sum that
@@ -268,6 +305,8 @@ impl EvalPartial {
                 let sse = self.sse.to_f64();
                 m.rmse = Some((sse / n).sqrt());
                 m.mae = Some(self.sae.to_f64() / n);
+                // Around the reference: no cancellation when the labels
+                // dwarf their spread.
                 let mean = self.sy.to_f64() / n;
                 let sst = self.syy.to_f64() - n * mean * mean;
                 m.r2 = (sst > 0.0).then(|| 1.0 - sse / sst);

@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
+use super::weights::{repeated, Named, Weights};
 use super::{Layout, LinearModel};
-use crate::data::encode::{check_classes, FeatureSpec};
+use crate::data::encode::{check_classes, FeatureSpec, MAX_VALUE};
 use crate::error::{Error, Result};
 use crate::io::bounded::{self, MAX_MODEL_BYTES};
 use crate::spec::ModelKind;
@@ -41,6 +41,7 @@ pub struct TrainingSummary {
 
 /// A model file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelFile {
     /// Always `tidemill-model`.
     pub format: String,
@@ -51,12 +52,12 @@ pub struct ModelFile {
     /// Preprocessing.
     pub features: FeatureSpec,
     /// Intercept (number), or per class (object) for softmax.
-    pub intercept: Value,
+    pub intercept: Weights,
     /// Weight per numeric feature name, or per class then feature for softmax.
-    pub coefficients: Value,
+    pub coefficients: Weights,
     /// Non-zero weights of the hashed space, keyed by slot (per class for softmax).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub hashed: Option<Value>,
+    pub hashed: Option<Weights>,
     /// About the run.
     pub training: TrainingSummary,
 }
@@ -67,6 +68,109 @@ fn class_names(spec: &FeatureSpec, k: usize) -> Vec<String> {
         .unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect())
 }
 
+/// What the first pass over a model file found at `format` and `version`,
+/// without holding anything else of the file.
+#[derive(Debug, Deserialize)]
+struct Header {
+    format: Option<Probe>,
+    version: Option<Probe>,
+}
+
+/// A JSON value seen but not kept: strings and integers as they are, the
+/// rest described.
+#[derive(Debug)]
+enum Probe {
+    Text(String),
+    Integer(u64),
+    Other(&'static str),
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Text(s) => write!(f, "{:?}", s.chars().take(40).collect::<String>()),
+            Probe::Integer(v) => write!(f, "{v}"),
+            Probe::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Probe, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Probe;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Probe, E> {
+                Ok(Probe::Text(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Probe, E> {
+                Ok(Probe::Integer(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Probe, E> {
+                Ok(Probe::Other("a negative number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Probe, E> {
+                Ok(Probe::Other("a fractional number"))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Probe, E> {
+                Ok(Probe::Other("a boolean"))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Probe, E> {
+                Ok(Probe::Other("null"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<Probe, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Probe::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<Probe, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Probe::Other("an object"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A reader that keeps a copy of what it reads, up to `limit` bytes: a
+/// model file that is not a regular file (a FIFO, `<(…)`) can be read
+/// only once, so its first pass keeps the bytes for the second.
+struct Tee<R> {
+    inner: R,
+    kept: Vec<u8>,
+    limit: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.kept.len() + n > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "larger than {}, the most that fits in memory here",
+                    crate::memory::human(self.limit as u64)
+                ),
+            ));
+        }
+        self.kept.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Bytes of memory a model file needs per byte of JSON once parsed, at
+/// most (names and `f64`s in vectors; see [`super::weights`]).
+const PARSED_BYTES_PER_BYTE: u64 = 2;
+
 impl ModelFile {
     /// Builds the file content of a trained model.
     pub fn new(
@@ -75,41 +179,42 @@ impl ModelFile {
         training: TrainingSummary,
     ) -> ModelFile {
         let Layout { k, d, p } = model.layout;
-        let block = |kk: usize| -> (Value, Value, Map<String, Value>) {
+        let block = |kk: usize| -> (f64, Named, Named) {
             let base = kk * (d + 1);
-            let intercept = Value::from(model.theta[base]);
-            let coefs: Map<String, Value> = features
+            let coefs: Named = features
                 .numeric
                 .iter()
                 .enumerate()
-                .map(|(j, f)| (f.name.clone(), Value::from(model.theta[base + 1 + j])))
+                .map(|(j, f)| (f.name.clone(), model.theta[base + 1 + j]))
                 .collect();
-            let hashed: Map<String, Value> = (p..d)
+            let hashed: Named = (p..d)
                 .filter(|&j| model.theta[base + 1 + j] != 0.0)
-                .map(|j| ((j - p).to_string(), Value::from(model.theta[base + 1 + j])))
+                .map(|j| ((j - p).to_string(), model.theta[base + 1 + j]))
                 .collect();
-            (intercept, Value::Object(coefs), hashed)
+            (model.theta[base], coefs, hashed)
         };
         let has_hashed = d > p;
         let (intercept, coefficients, hashed) = if model.kind == ModelKind::Softmax {
             let names = class_names(features, k);
-            let mut i = Map::new();
-            let mut c = Map::new();
-            let mut h = Map::new();
+            let (mut i, mut c, mut h) = (Vec::new(), Vec::new(), Vec::new());
             for (kk, name) in names.iter().enumerate().take(k) {
                 let (a, b, hh) = block(kk);
-                i.insert(name.clone(), a);
-                c.insert(name.clone(), b);
-                h.insert(name.clone(), Value::Object(hh));
+                i.push((name.clone(), a));
+                c.push((name.clone(), b));
+                h.push((name.clone(), hh));
             }
             (
-                Value::Object(i),
-                Value::Object(c),
-                has_hashed.then_some(Value::Object(h)),
+                Weights::Named(i),
+                Weights::PerClass(c),
+                has_hashed.then_some(Weights::PerClass(h)),
             )
         } else {
             let (a, b, hh) = block(0);
-            (a, b, has_hashed.then_some(Value::Object(hh)))
+            (
+                Weights::Number(a),
+                Weights::Named(b),
+                has_hashed.then_some(Weights::Named(hh)),
+            )
         };
         ModelFile {
             format: FORMAT.into(),
@@ -135,9 +240,13 @@ impl ModelFile {
 
     /// Reads and checks a model file.
     ///
-    /// The file is parsed as it is read, so that something that is not a
-    /// model (`/dev/urandom`, a Parquet file) fails on its first bytes, and
-    /// no more than [`MAX_MODEL_BYTES`] are ever read. Everything a later
+    /// Two passes, each parsing as it reads: the first looks only at
+    /// `format` and `version` (so that something that is not a model —
+    /// `/dev/urandom`, a Parquet file — fails on its first bytes, and a
+    /// future version is named as such), the second reads the typed model,
+    /// refusing anything but numbers where weights go. At most
+    /// [`MAX_MODEL_BYTES`] are read, and a file whose parsed form would not
+    /// fit in the memory available is refused first. Everything a later
     /// step relies on (class counts, distinct names, finite
     /// preprocessing, the size of the parameter vector) is checked here.
     pub fn load(path: &Path) -> Result<ModelFile> {
@@ -145,14 +254,39 @@ impl ModelFile {
             path: path.to_path_buf(),
             message,
         };
-        let reader = bounded::open(path, MAX_MODEL_BYTES).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => bad(e.to_string()),
-            _ => Error::io(path, e),
-        })?;
-        let head: Value = serde_json::from_reader(reader)
-            .map_err(|e| bad(format!("not a JSON model file: {e}")))?;
-        match head.get("format") {
-            Some(Value::String(s)) if s == FORMAT => {}
+        let open = || {
+            bounded::open(path, MAX_MODEL_BYTES).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => bad(e.to_string()),
+                _ => Error::io(path, e),
+            })
+        };
+        let regular = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .is_file();
+        let mut kept = None;
+        let header: std::result::Result<Header, serde_json::Error> = if regular {
+            let len = std::fs::metadata(path).map_or(0, |m| m.len());
+            crate::memory::check(
+                len.saturating_mul(PARSED_BYTES_PER_BYTE),
+                "reading this model file",
+            )
+            .map_err(bad)?;
+            serde_json::from_reader(open()?)
+        } else {
+            let room =
+                crate::memory::available().unwrap_or(MAX_MODEL_BYTES) / (1 + PARSED_BYTES_PER_BYTE);
+            let mut tee = Tee {
+                inner: open()?,
+                kept: Vec::new(),
+                limit: usize::try_from(room.min(MAX_MODEL_BYTES)).unwrap_or(usize::MAX),
+            };
+            let h = serde_json::from_reader(&mut tee);
+            kept = Some(tee.kept);
+            h
+        };
+        let header = header.map_err(|e| bad(format!("not a JSON model file: {e}")))?;
+        match &header.format {
+            Some(Probe::Text(s)) if s == FORMAT => {}
             Some(other) => {
                 return Err(bad(format!(
                     "not a tidemill model (\"format\" is {other}, not \"{FORMAT}\")"
@@ -164,21 +298,25 @@ impl ModelFile {
                 )))
             }
         }
-        match head.get("version") {
-            Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
-            Some(v) if v.is_u64() => {
+        match &header.version {
+            Some(Probe::Integer(v)) if *v == u64::from(VERSION) => {}
+            Some(Probe::Integer(v)) => {
                 return Err(bad(format!(
                     "model format version {v}; this tidemill reads version {VERSION}"
                 )))
             }
-            Some(v) => {
+            Some(other) => {
                 return Err(bad(format!(
-                    "\"version\" must be the number {VERSION}, got {v}"
+                    "\"version\" must be the number {VERSION}, got {other}"
                 )))
             }
             None => return Err(bad("missing \"version\"".into())),
         }
-        let file: ModelFile = serde_json::from_value(head).map_err(|e| bad(e.to_string()))?;
+        let file: ModelFile = match kept {
+            Some(bytes) => serde_json::from_slice(&bytes),
+            None => serde_json::from_reader(open()?),
+        }
+        .map_err(|e| bad(e.to_string()))?;
         file.check().map_err(bad)?;
         Ok(file)
     }
@@ -209,6 +347,13 @@ impl ModelFile {
                 return Err(format!(
                     "feature '{}' has fill {}, center {}, scale {}: they must be finite and the scale positive",
                     n.name, n.fill, n.center, n.scale
+                ));
+            }
+            let filled = (n.fill - n.center) / n.scale;
+            if n.fill.abs() > MAX_VALUE || filled.abs() > MAX_VALUE {
+                return Err(format!(
+                    "feature '{}': its fill {} becomes {filled:e} after standardisation, beyond ±{MAX_VALUE:e}",
+                    n.name, n.fill
                 ));
             }
         }
@@ -245,8 +390,8 @@ impl ModelFile {
         )
     }
 
-    /// The in-memory model.
-    #[allow(clippy::needless_range_loop)]
+    /// The in-memory model: every weight where the layout puts it, every
+    /// name the file gives a weight to known, none given twice.
     pub fn to_model(&self, path: &Path) -> Result<LinearModel> {
         let layout = Layout::new(self.kind, &self.features);
         let bad = |message: String| Error::Model {
@@ -255,48 +400,90 @@ impl ModelFile {
         };
         let mut theta = vec![0.0; layout.len()];
         let names = class_names(&self.features, layout.k);
-        let number = |v: Option<&Value>, what: &str| -> Result<f64> {
-            v.and_then(Value::as_f64)
-                .ok_or_else(|| bad(format!("{what} is missing or not a number")))
+        let softmax = self.kind == ModelKind::Softmax;
+        // Per class (softmax) or once: the named numbers under a key.
+        let by_class = |w: &Weights, what: &str| -> Result<Vec<Named>> {
+            if !softmax {
+                return match w {
+                    Weights::Named(n) => Ok(vec![n.clone()]),
+                    _ => Err(bad(format!("{what} must be an object of numbers"))),
+                };
+            }
+            let classes = w
+                .per_class()
+                .ok_or_else(|| bad(format!("{what} must be an object per class")))?;
+            one_per_class(&classes, &names, what).map_err(bad).map(|v| {
+                v.into_iter()
+                    .map(|n| n.cloned().unwrap_or_default())
+                    .collect()
+            })
         };
+        let intercepts: Vec<f64> = if softmax {
+            let n = self
+                .intercept
+                .named()
+                .ok_or_else(|| bad("intercept must be an object of numbers per class".into()))?;
+            let map = index(n, "intercept").map_err(bad)?;
+            if let Some(extra) = n.iter().find(|(c, _)| !names.contains(c)) {
+                return Err(bad(format!("intercept names '{}', not a class", extra.0)));
+            }
+            names
+                .iter()
+                .map(|c| {
+                    map.get(c.as_str())
+                        .copied()
+                        .ok_or_else(|| bad(format!("intercept of class '{c}' is missing")))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            vec![self
+                .intercept
+                .number()
+                .ok_or_else(|| bad("intercept must be a number".into()))?]
+        };
+        let coefficients = by_class(&self.coefficients, "coefficients")?;
+        let hashed = match &self.hashed {
+            Some(h) => Some(by_class(h, "hashed")?),
+            None => None,
+        };
+        let slots = layout.d - layout.p;
         for kk in 0..layout.k {
             let base = kk * (layout.d + 1);
-            let (icpt, coefs, hashed) = if self.kind == ModelKind::Softmax {
-                let c = &names[kk];
-                (
-                    self.intercept.get(c),
-                    self.coefficients.get(c),
-                    self.hashed.as_ref().and_then(|h| h.get(c)),
-                )
-            } else {
-                (
-                    Some(&self.intercept),
-                    Some(&self.coefficients),
-                    self.hashed.as_ref(),
-                )
-            };
-            theta[base] = number(icpt, "intercept")?;
+            theta[base] = intercepts[kk];
+            let coefs = index(&coefficients[kk], "coefficients").map_err(bad)?;
             for (j, f) in self.features.numeric.iter().enumerate() {
-                theta[base + 1 + j] = number(
-                    coefs.and_then(|c| c.get(&f.name)),
-                    &format!("coefficient '{}'", f.name),
-                )?;
+                theta[base + 1 + j] = coefs
+                    .get(f.name.as_str())
+                    .copied()
+                    .ok_or_else(|| bad(format!("coefficient '{}' is missing", f.name)))?;
             }
-            if let Some(Value::Object(h)) = hashed {
-                for (slot, w) in h {
-                    let j: usize = slot
-                        .parse()
-                        .map_err(|_| bad(format!("hashed slot '{slot}' is not a number")))?;
-                    if j >= layout.d - layout.p {
-                        return Err(bad(format!(
-                            "hashed slot {j} is outside 2^{}",
-                            self.features.hash_bits
-                        )));
-                    }
-                    theta[base + 1 + layout.p + j] =
-                        number(Some(w), &format!("hashed weight {slot}"))?;
+            if coefs.len() != self.features.numeric.len() {
+                let extra = coefficients[kk]
+                    .iter()
+                    .find(|(n, _)| !self.features.numeric.iter().any(|f| &f.name == n))
+                    .map_or("", |(n, _)| n.as_str());
+                return Err(bad(format!(
+                    "coefficient '{extra}' names no numeric feature"
+                )));
+            }
+            for (slot, w) in hashed.as_ref().map_or(&[][..], |h| &h[kk][..]) {
+                let j: usize = slot
+                    .parse()
+                    .map_err(|_| bad(format!("hashed slot '{slot}' is not a number")))?;
+                if j >= slots {
+                    return Err(bad(format!(
+                        "hashed slot {j} is outside 2^{}",
+                        self.features.hash_bits
+                    )));
                 }
+                theta[base + 1 + layout.p + j] = *w;
             }
+            if let Some(slot) = hashed.as_ref().and_then(|h| repeated(&h[kk])) {
+                return Err(bad(format!("hashed slot '{slot}' is listed twice")));
+            }
+        }
+        if let Some(i) = theta.iter().position(|w| !w.is_finite()) {
+            return Err(bad(format!("weight {i} is {}", theta[i])));
         }
         Ok(LinearModel {
             kind: self.kind,
@@ -304,4 +491,42 @@ impl ModelFile {
             theta,
         })
     }
+}
+
+/// `named` as a lookup, refusing a name listed twice.
+fn index<'a>(
+    named: &'a Named,
+    what: &str,
+) -> std::result::Result<std::collections::HashMap<&'a str, f64>, String> {
+    if let Some(k) = repeated(named) {
+        return Err(format!("{what}: '{k}' is listed twice"));
+    }
+    Ok(named.iter().map(|(k, v)| (k.as_str(), *v)).collect())
+}
+
+/// The entry of each class in `names` order: each class once, none unknown.
+fn one_per_class<'a>(
+    entries: &[(&str, Option<&'a Named>)],
+    names: &[String],
+    what: &str,
+) -> std::result::Result<Vec<Option<&'a Named>>, String> {
+    let known: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut by_name = std::collections::HashMap::new();
+    for (c, v) in entries {
+        if by_name.insert(*c, *v).is_some() {
+            return Err(format!("{what}: class '{c}' is listed twice"));
+        }
+        if !known.contains(c) {
+            return Err(format!("{what}: '{c}' is not a class"));
+        }
+    }
+    names
+        .iter()
+        .map(|n| {
+            by_name
+                .get(n.as_str())
+                .copied()
+                .ok_or_else(|| format!("{what} of class '{n}' is missing"))
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@
 pub mod block;
 pub mod file;
 pub mod loss;
+pub mod weights;
 
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +134,9 @@ impl LinearModel {
     }
 
     /// Adds the loss gradient of `rows` of `block` (in the given order) to
-    /// `acc` as one exactly-rounded partial, and returns the loss sum.
+    /// `acc` as one exactly-rounded partial, and returns the loss sum and
+    /// the partial's largest magnitude (its contribution to the sums'
+    /// [`exact::Bound`]).
     ///
     /// The partial is summed in `f64` in row order, then rounded once: the
     /// result depends only on the rows, never on the worker computing it.
@@ -143,7 +146,7 @@ impl LinearModel {
         rows: impl Iterator<Item = usize>,
         scratch: &mut Scratch,
         acc: &mut [Exact],
-    ) -> Result<f64, String> {
+    ) -> Result<(f64, exact::Bound), String> {
         let Layout { k, d, p } = self.layout;
         let n = self.layout.len();
         if scratch.grad.len() != n {
@@ -184,31 +187,40 @@ impl LinearModel {
                 exact::LIMIT
             )
         };
+        let mut largest = exact::Bound::default();
         for kk in 0..k {
             let base = kk * (d + 1);
             let range = base..base + 1 + p;
-            exact::accumulate(&mut acc[range.clone()], &scratch.grad[range.clone()])
+            let l = exact::accumulate(&mut acc[range.clone()], &scratch.grad[range.clone()])
                 .map_err(|i| overflow(base + i, scratch.grad[base + i]))?;
+            largest = largest.max(l);
             scratch.grad[range].iter_mut().for_each(|g| *g = 0.0);
         }
         if hashed {
             for &idx in &scratch.touched {
                 let g = scratch.grad[idx];
                 if g != 0.0 {
-                    acc[idx] += Exact::from_f64(g).ok_or_else(|| overflow(idx, g))?;
+                    let v = Exact::from_f64(g).ok_or_else(|| overflow(idx, g))?;
+                    largest = largest.max(v.magnitude());
+                    acc[idx] += v;
                     scratch.grad[idx] = 0.0;
                     scratch.acc_touched.push(idx);
                 }
             }
             scratch.touched.clear();
         }
-        Ok(loss_sum)
+        Ok((loss_sum, largest))
     }
 
     /// Predicted value (linear), positive-class probability (logistic),
     /// decision value (hinge) or class probabilities (softmax) of one row.
-    pub fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) {
+    /// Returns false if a margin is not finite (the weights overflow on
+    /// this row), in which case `out` means nothing.
+    pub fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool {
         self.margins(block, i, out);
+        if !out.iter().all(|m| m.is_finite()) {
+            return false;
+        }
         match self.kind {
             ModelKind::Linear | ModelKind::Hinge => {}
             ModelKind::Logistic => out[0] = loss::sigmoid(out[0]),
@@ -222,5 +234,6 @@ impl LinearModel {
                 out.iter_mut().for_each(|o| *o /= z);
             }
         }
+        true
     }
 }

@@ -123,6 +123,7 @@ pub fn run(
         reader: (lazy && !average)
             .then(|| Reader::new(Drift::of(&optimizer, penalty), layout.len()))
             .flatten(),
+        label_ref: (scan.label.n > 0).then(|| scan.label.mean()),
     };
     let collect = CollectContext {
         kind,

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use super::super::dataflow::{
-    overflow_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues,
+    bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues,
 };
 use crate::error::Error;
+use crate::exact::Bound;
 use crate::model::Layout;
 use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
@@ -208,15 +209,6 @@ impl ShardGrad {
                 }
                 v
             }
-        }
-    }
-
-    /// The offset of the first coordinate whose exact sum overflowed (it
-    /// reads as NaN: every partial summed into it was finite).
-    pub fn overflowed(&self) -> Option<usize> {
-        match self {
-            ShardGrad::Dense(v) => v.iter().position(|g| g.is_nan()),
-            ShardGrad::Sparse(e) => e.iter().find(|(_, g)| g.is_nan()).map(|&(i, _)| i as usize),
         }
     }
 }
@@ -452,12 +444,15 @@ impl Driver {
         self.send(phase, 0, false)
     }
 
-    /// Applies a training round's summed gradient (per owned shard).
+    /// Applies a training round's summed gradient (per owned shard), given
+    /// the [`Bound`] of the partials summed: where it does not hold, the
+    /// sums may have wrapped and the round fails, on any worker count.
     pub fn on_gradients(
         &mut self,
         sums: &BTreeMap<u32, ShardGrad>,
         loss: f64,
         rows: u64,
+        bound: Bound,
     ) -> Result<Emission, Failure> {
         let Some(Phase::Train { epoch, step }) = self.in_flight.pop_front() else {
             return Ok(Vec::new());
@@ -469,14 +464,15 @@ impl Driver {
                 message,
             })
         };
-        for s in &self.shards {
-            if let Some(i) = sums.get(&s.id).and_then(ShardGrad::overflowed) {
-                return Err(diverged(overflow_message(s.range.start + i)));
-            }
+        if !bound.holds() {
+            return Err(diverged(bound_message(bound)));
         }
         if loss.is_nan() {
             return Err(diverged(
-                "the exact sum of the round's losses left the range of 256-bit fixed point (≥ 2^199): rescale the label".into(),
+                format!(
+                    "the exact sum of the round's losses left the range of 256-bit fixed point (≥ {:e}): rescale the label",
+                    crate::exact::WIDE_SUM_LIMIT
+                ),
             ));
         }
         let layout = self.layout;

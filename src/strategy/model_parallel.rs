@@ -63,6 +63,7 @@ pub fn run(
         epochs: p.train.epochs,
         steps_per_epoch,
         has_validation: plan.validation_fraction.is_some() || plan.validation_files.is_some(),
+        label_ref: (scan.label.n > 0).then(|| scan.label.mean()),
         early_stopping: p.train.early_stopping.clone(),
         records: Rc::clone(&records),
         finished: Rc::clone(&finished),

@@ -57,6 +57,21 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     }
     let mut spec = plan.draft.clone();
     for (f, m) in spec.numeric.iter_mut().zip(&scan.moments) {
+        if !m.is_finite() {
+            return Err(Failure::from(&Error::BadLabel {
+                location: Box::new(Location {
+                    file: plan.train.source.reference().path.clone(),
+                    row_group: None,
+                    column: Some(f.name.clone()),
+                    row: None,
+                }),
+                message: format!(
+                    "the mean or variance of the feature is not finite (mean {}, Σ squared deviations {})",
+                    m.mean(),
+                    m.m2
+                ),
+            }));
+        }
         f.fill = if d.on_missing == OnMissing::Mean {
             m.mean()
         } else {
@@ -116,13 +131,24 @@ struct WorkerResult {
 fn worker_main(
     worker: &mut timely::worker::Worker,
     plan: &Arc<Plan>,
+    local_workers: usize,
 ) -> Result<WorkerResult, Failure> {
     if worker.index() == 0 {
         crate::dataflow::hooks::inject_panic("worker");
     }
     let scan = scan::run(worker, plan)?;
     let spec = finalize(plan, &scan)?;
+    if worker.index() == 0 && !plan.pipeline.data.standardize {
+        warn_coarse_features(&spec, &scan);
+    }
     check_budget(&plan.pipeline, &spec, worker.peers())?;
+    check_memory(
+        &plan.pipeline,
+        &spec,
+        worker.peers(),
+        local_workers,
+        scan.memory,
+    )?;
     let outcome = match plan.pipeline.train.strategy {
         Strategy::ModelParallel => {
             model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan)?
@@ -160,6 +186,31 @@ fn worker_main(
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
+}
+
+/// Warns about numeric features whose values, held as `f32` model inputs
+/// without standardisation, keep little of their spread: Unix timestamps
+/// around 1.6e9 land on steps of 128 s. (With `standardize`, centring
+/// happens in `f64` first and nothing is lost.)
+fn warn_coarse_features(spec: &FeatureSpec, scan: &ScanResult) {
+    for (f, m) in spec.numeric.iter().zip(&scan.moments) {
+        let (mean, std) = (m.mean(), m.std());
+        if m.n == 0 || std <= 0.0 {
+            continue;
+        }
+        // The spacing of f32 values near the largest typical magnitude.
+        let step = (mean.abs() + 3.0 * std) * f64::from(f32::EPSILON);
+        if step > 1e-3 * std {
+            tracing::warn!(
+                feature = %f.name,
+                mean,
+                std,
+                f32_step = step,
+                "values are held as f32 in steps of {step:.3e}, {:.2}% of their standard deviation: set data.standardize = true to keep their precision",
+                100.0 * step / std
+            );
+        }
+    }
 }
 
 /// Parameters one worker holds under the pipeline's strategy on `workers`
@@ -214,6 +265,45 @@ fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), 
     }))
 }
 
+/// Bytes a worker holds per parameter at the least: the parameter itself
+/// (`f64`) and its exact gradient accumulator (`i128`).
+const BYTES_PER_PARAM: u64 = 8 + 16;
+
+/// Fails, before anything of the model's size is allocated, if the workers
+/// of one process would need more memory than the least any machine of the
+/// job has available (`memory`, the same on every worker); an allocation of
+/// that size would otherwise end in an out-of-memory abort.
+fn check_memory(
+    p: &Pipeline,
+    spec: &FeatureSpec,
+    workers: usize,
+    local_workers: usize,
+    memory: Option<u64>,
+) -> Result<(), Failure> {
+    let Some(available) = memory else {
+        return Ok(());
+    };
+    let held = params_per_worker(p, spec, workers);
+    let needed = held
+        .saturating_mul(BYTES_PER_PARAM)
+        .saturating_mul(local_workers as u64);
+    if needed <= available {
+        return Ok(());
+    }
+    let hint = match p.train.strategy {
+        Strategy::ModelParallel => "run on more processes, or lower data.hash_bits",
+        _ => "set train.strategy = \"model-parallel\" (each worker then holds one block), or lower data.hash_bits",
+    };
+    Err(Failure::from(&Error::Usage {
+        option: "model size".into(),
+        message: format!(
+            "{local_workers} worker(s) holding {held} parameters each need at least {}, more than the {} of memory available; {hint}",
+            crate::memory::human(needed),
+            crate::memory::human(available)
+        ),
+    }))
+}
+
 fn optimizer_name(p: &Pipeline) -> String {
     match p.optimizer {
         crate::spec::OptimizerSpec::Sgd(_) => "sgd",
@@ -232,9 +322,10 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
     let plan = Arc::new(Plan::new(pipeline)?);
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
+    let local_workers = cluster.workers;
     let guards = cluster.execute(
         || job::describe(&plan),
-        move |worker| worker_main(worker, &shared),
+        move |worker| worker_main(worker, &shared, local_workers),
     )?;
     let mut report = TrainReport {
         model: None,

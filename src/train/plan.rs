@@ -41,6 +41,26 @@ impl Plan {
         let probe = Source::open(&d.train, &[])?;
         let reference = probe.reference();
         let label_type = reference.column_type(&d.label)?.clone();
+        // A misspelt exclusion would silently leave its column in the
+        // features (a label leak, say): every name must be a column.
+        let names: Vec<&str> = reference
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        if let Some(bad) = d.exclude.iter().find(|e| !names.contains(&e.as_str())) {
+            let hint = crate::error::nearest(bad, &names)
+                .map(|n| format!(" (did you mean '{n}'?)"))
+                .unwrap_or_default();
+            return Err(Error::PipelineValue {
+                key: "data.exclude".into(),
+                message: format!(
+                    "'{bad}' is not a column of {}{hint}",
+                    reference.path.display()
+                ),
+            });
+        }
         let features: Vec<String> = match &d.features {
             Some(f) => f.clone(),
             None => reference
