@@ -520,7 +520,7 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             lazy: ctx
                 .optimizer
                 .first_order()
-                .is_some_and(|f| f.lazy)
+                .is_some_and(|f| f.lazy && !ctx.block.hashed.is_empty())
                 .then(|| Lazy::new(&ctx.optimizer, ctx.penalty)),
             clock: Clock::default(),
             early: EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind),

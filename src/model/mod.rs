@@ -63,6 +63,11 @@ impl Layout {
         (0..self.k).flat_map(move |kk| kk * (d + 1)..kk * (d + 1) + 1 + p)
     }
 
+    /// True if the model has hashed (categorical) weights.
+    pub fn has_hashed(&self) -> bool {
+        self.d > self.p
+    }
+
     /// Is parameter `i` one of [`Layout::dense_indices`]?
     pub fn is_dense(&self, i: usize) -> bool {
         i % (self.d + 1) <= self.p

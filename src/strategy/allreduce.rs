@@ -80,7 +80,9 @@ pub fn run(
         l1: plan.pipeline.model.l1,
     };
     let optimizer = plan.pipeline.optimizer;
-    let lazy = optimizer.first_order().is_some_and(|f| f.lazy);
+    // Without hashed features every step touches every weight: lazy
+    // updates would be the eager ones plus a header per message.
+    let lazy = optimizer.first_order().is_some_and(|f| f.lazy) && layout.has_hashed();
     let average = plan.pipeline.train.strategy == Strategy::ModelAverage;
     let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows, steps);
 

@@ -263,7 +263,10 @@ impl Driver {
         };
         let average = pipeline.train.strategy == crate::spec::Strategy::ModelAverage;
         let lazy = match pipeline.optimizer.first_order() {
-            Some(f) if f.lazy && !average => Some(Lazy::new(&pipeline.optimizer, penalty)),
+            // As in `allreduce::run`: not without hashed features.
+            Some(f) if f.lazy && !average && layout.has_hashed() => {
+                Some(Lazy::new(&pipeline.optimizer, penalty))
+            }
             _ => None,
         };
         let dense: Vec<usize> = layout.dense_indices().collect();
