@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `OLD_BINARY` is `tidemill` built from `main` (without lazy updates).
-//! Environment: `WORKERS` (default 2), `REPS` (repetitions of the 100k and
+//! Environment: `WORKLOADS` (a comma-separated subset of `dense`, `hc100k`,
+//! `hc1m`; default all), `WORKERS` (default 2), `REPS` (repetitions of the 100k and
 //! dense runs, interleaved; the median is reported; default 3), `LIMIT`
 //! (seconds after which a run is stopped and reported as `> LIMIT`; the
 //! old binary's 1M-value runs take minutes). The data: `item` takes each
@@ -308,7 +309,15 @@ fn time(data: &Path, old: &Path, reps: usize, workers: usize) {
         ),
         ("hc1m", &["sgd l2=0.001", "adam l2=0", "adam l2=0.001"], 1),
     ];
+    // WORKLOADS: a comma-separated subset of dense, hc100k, hc1m.
+    let only = std::env::var("WORKLOADS").ok();
     for (data_name, opts, reps) in cases {
+        if only
+            .as_ref()
+            .is_some_and(|w| !w.split(',').any(|w| w == data_name))
+        {
+            continue;
+        }
         let p = pipeline(data, data_name, &scratch);
         for name in opts {
             let sets = optimizer(name);

@@ -7,7 +7,8 @@
 #   bash benches/lazy.sh [DATA_DIR] [BASE_BINARY]
 # Without BASE_BINARY, main is built in a worktree of its own
 # ($BASE_DIR, default /tmp/tidemill-bench-base) with its own target.
-# REPS (3), LIMIT (seconds per run, 300), WORKERS (2): see benches/lazy.rs.
+# WORKLOADS (dense,hc100k,hc1m), REPS (3), LIMIT (seconds per run, 300),
+# WORKERS (2): see benches/lazy.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-/tmp/lazy}
