@@ -267,7 +267,7 @@ impl State {
     /// rows, for the owners' weighted average.
     fn train_local(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         let Some(local) = self.ctx.local.as_mut() else {
-            return Err(Error::Cluster("no local training configured".into()));
+            return Err(Error::Internal("no local training configured".into()));
         };
         self.ctx.data.prepare(epoch)?;
         let k = local.sync_every.min(local.steps_per_epoch - step);

@@ -372,7 +372,7 @@ impl State {
                     && m.margins.len() == msgs[0].margins.len()
             });
         let Some(phase) = phase.filter(|_| consistent) else {
-            self.fail(&Error::Cluster(format!(
+            self.fail(&Error::Internal(format!(
                 "model-parallel round with {} of {} workers' margins",
                 msgs.len(),
                 self.ctx.peers

@@ -89,7 +89,7 @@ pub fn run(
         return Err(f);
     }
     let Some(done) = *finished.borrow() else {
-        return Err(Failure::from(&Error::Cluster(
+        return Err(Failure::from(&Error::Internal(
             "model-parallel training ended without finishing".into(),
         )));
     };
@@ -111,7 +111,7 @@ pub fn run(
             }
         }
         if held.contains(&0) {
-            return Err(Failure::from(&Error::Cluster(
+            return Err(Failure::from(&Error::Internal(
                 "a worker's block did not reach worker 0".into(),
             )));
         }

@@ -23,7 +23,7 @@ const TRAILER: u64 = 8;
 /// `{ "size", "footer_blake3" }` per file, labelled with the local path.
 pub fn describe(plan: &Plan) -> Result<JobDescription> {
     let mut identity = serde_json::to_value(&plan.pipeline)
-        .map_err(|e| Error::Cluster(format!("cannot describe the job: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot describe the job: {e}")))?;
     let mut labels = BTreeMap::new();
     let train = fingerprints(&plan.train.source, "data.train", &mut labels)?;
     let validation = match &plan.validation_files {

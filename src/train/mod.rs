@@ -52,7 +52,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     if rows == 0 {
         return Err(Failure::from(&Error::NoRows {
             what: plan.train.source.describe(),
-            purpose: "train on",
+            purpose: "train on".into(),
         }));
     }
     let mut spec = plan.draft.clone();
@@ -364,10 +364,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
         }
     }
     if let Some(f) = first_failure {
-        return Err(Error::Relayed {
-            message: f.message,
-            code: f.code,
-        });
+        return Err(f.into_error());
     }
     let d = &plan.pipeline.data;
     let workers = cluster.total_workers();
