@@ -6,6 +6,7 @@
 
 pub mod job;
 pub mod plan;
+pub mod warm;
 
 use std::sync::Arc;
 
