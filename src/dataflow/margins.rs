@@ -88,6 +88,8 @@ pub struct Finished {
 
 /// What the operator needs.
 pub struct MarginContext {
+    /// The block's starting values (warm start; zeros otherwise).
+    pub init: Vec<f64>,
     /// This worker's index and the number of workers.
     pub index: usize,
     /// Number of workers.
@@ -439,12 +441,20 @@ impl State {
 
 impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
     fn margin_steps(self, ctx: MarginContext) -> StreamVec<'scope, u64, MarginOut> {
+        // Non-zero starting values are live from the start: the penalty
+        // acts on them before any gradient does.
+        let mut live = LiveSet::default();
+        ctx.init
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0.0)
+            .for_each(|(i, _)| live.insert(i));
         let mut state = State {
-            theta: vec![0.0; ctx.block.len()],
+            theta: ctx.init.clone(),
             best: None,
             opt: FirstOrderState::default(),
             grad: vec![0.0; ctx.block.len()],
-            live: LiveSet::default(),
+            live,
             touched: Vec::new(),
             early: EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind),
             rows: Block::default(),

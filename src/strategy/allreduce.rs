@@ -46,13 +46,15 @@ pub fn step_plan(plan: &Plan, train_rows: &[usize]) -> StepPlan {
     StepPlan::new(train_rows, batch, plan.pipeline.data.units_per_step)
 }
 
-/// Builds and runs the training dataflow on this worker.
+/// Builds and runs the training dataflow on this worker, starting from
+/// `init` (zero if `None`).
 #[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
 pub fn run(
     worker: &mut Worker,
     plan: Arc<Plan>,
     spec: FeatureSpec,
     scan: &ScanResult,
+    init: Option<&[f64]>,
 ) -> Result<LoopOutcome, Failure> {
     let index = worker.index();
     let peers = worker.peers();
@@ -73,7 +75,14 @@ pub fn run(
         Strategy::ParamServer => u64::from(plan.pipeline.train.staleness.bound()),
         _ => 0,
     };
-    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps_per_epoch);
+    let driver = Driver::new(
+        &plan.pipeline,
+        layout,
+        &ranges,
+        &owned,
+        steps_per_epoch,
+        init,
+    );
     let data = WorkerData::new(index, peers, Arc::clone(&plan), spec, rows, steps);
 
     let result = Rc::new(RefCell::new(None));
@@ -84,7 +93,7 @@ pub fn run(
         model: LinearModel {
             kind,
             layout,
-            theta: vec![0.0; layout.len()],
+            theta: init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec),
         },
         shards: ranges,
         result: Rc::clone(&result),

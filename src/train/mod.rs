@@ -150,11 +150,19 @@ fn worker_main(
         local_workers,
         scan.memory,
     )?;
+    let init = match &plan.init {
+        Some(m) => Some(
+            m.theta(plan.pipeline.model.kind, &spec)
+                .map_err(|e| Failure::from(&e))?,
+        ),
+        None => None,
+    };
+    let init = init.as_deref();
     let outcome = match plan.pipeline.train.strategy {
         Strategy::ModelParallel => {
-            model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan)?
+            model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan, init)?
         }
-        _ => allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan)?,
+        _ => allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan, init)?,
     };
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
@@ -320,7 +328,13 @@ fn optimizer_name(p: &Pipeline) -> String {
 /// Trains a pipeline on the given cluster. Every process calls this; the
 /// report is complete on process 0.
 pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
-    let plan = Arc::new(Plan::new(pipeline)?);
+    run_plan(Plan::new(pipeline)?, cluster)
+}
+
+/// [`run`] for a plan made already (e.g. with [`Plan::init`] set for a
+/// warm start).
+pub fn run_plan(plan: Plan, cluster: &Cluster) -> Result<TrainReport> {
+    let plan = Arc::new(plan);
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
     let local_workers = cluster.workers;

@@ -263,7 +263,9 @@ mod tests {
             .contains("numeric feature 2 is 'b', the pipeline's 'c'"));
         let more = spec(&[("a", 0.0, 1.0), ("b", 0.0, 1.0), ("d", 0.0, 1.0)], None);
         assert!(message(ModelKind::Logistic, &more).contains("it has no numeric feature 'd'"));
-        assert!(message(ModelKind::Linear, &s).contains("its kind is logistic, the pipeline's linear"));
+        assert!(
+            message(ModelKind::Linear, &s).contains("its kind is logistic, the pipeline's linear")
+        );
         let mut labelled = s.clone();
         labelled.label = "z".into();
         assert!(message(ModelKind::Logistic, &labelled).contains("label is 'y'"));
