@@ -9,6 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Location {
     /// The Parquet (or IPC) file.
+    #[serde(with = "wire::path")]
     pub file: PathBuf,
     /// Row group inside the file, when known.
     pub row_group: Option<usize>,
@@ -35,22 +36,29 @@ impl std::fmt::Display for Location {
 }
 
 /// Everything that can go wrong in tidemill.
-#[derive(Debug, thiserror::Error)]
+///
+/// Errors cross workers and processes whole (serde, with paths as raw bytes
+/// and I/O errors as their kind and message), so an error found by any
+/// worker reaches the user as the same variant, location included.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be opened, read or written.
     #[error("{path}: {source}")]
     Io {
         /// The file or directory.
+        #[serde(with = "wire::path")]
         path: PathBuf,
         /// The underlying error.
         #[source]
+        #[serde(with = "wire::io")]
         source: std::io::Error,
     },
     /// A Parquet file is corrupt, truncated or unreadable.
     #[error("{path}: not a readable Parquet file: {message}")]
     Parquet {
         /// The file.
+        #[serde(with = "wire::path")]
         path: PathBuf,
         /// What the Parquet reader said.
         message: String,
@@ -59,6 +67,7 @@ pub enum Error {
     #[error("{path}: not a readable Arrow IPC stream: {message}")]
     Ipc {
         /// The file, or `-` for stdin.
+        #[serde(with = "wire::path")]
         path: PathBuf,
         /// What the IPC reader said.
         message: String,
@@ -67,6 +76,7 @@ pub enum Error {
     #[error("{path}: {message}")]
     PipelineSyntax {
         /// The pipeline file.
+        #[serde(with = "wire::path")]
         path: PathBuf,
         /// The parser's message (names the key and line).
         message: String,
@@ -98,6 +108,7 @@ pub enum Error {
         /// The other flag (or key).
         second: String,
         /// The path, as the second one gave it.
+        #[serde(with = "wire::path")]
         path: PathBuf,
     },
     /// An output cannot be prepared, written or put in place.
@@ -106,23 +117,27 @@ pub enum Error {
         /// The flag or pipeline key that named the output.
         flag: String,
         /// The output's path, as given.
+        #[serde(with = "wire::path")]
         path: PathBuf,
         /// What could not be done, e.g. `cannot be written`.
         action: String,
         /// The underlying error.
         #[source]
+        #[serde(with = "wire::io")]
         source: std::io::Error,
     },
     /// The data source names no files.
     #[error("{path}: no Parquet files found")]
     NoFiles {
         /// The path that was searched.
+        #[serde(with = "wire::path")]
         path: PathBuf,
     },
     /// A column the pipeline needs is absent.
     #[error("{file}: column '{column}' not found{}; columns are: {available}", did_you_mean(suggestion.as_deref()))]
     MissingColumn {
         /// The file.
+        #[serde(with = "wire::path")]
         file: PathBuf,
         /// The column asked for.
         column: String,
@@ -135,6 +150,7 @@ pub enum Error {
     #[error("{file}: column '{column}' has type {found}; {expected}")]
     ColumnType {
         /// The file.
+        #[serde(with = "wire::path")]
         file: PathBuf,
         /// The column.
         column: String,
@@ -147,8 +163,10 @@ pub enum Error {
     #[error("schema drift: {file} differs from {reference}: {difference}")]
     SchemaDrift {
         /// The file that differs.
+        #[serde(with = "wire::path")]
         file: PathBuf,
         /// The first file, whose schema is the reference.
+        #[serde(with = "wire::path")]
         reference: PathBuf,
         /// What differs.
         difference: String,
@@ -188,7 +206,7 @@ pub enum Error {
         /// The data source.
         what: String,
         /// What the rows were needed for: `train on`, `evaluate`.
-        purpose: &'static str,
+        purpose: std::borrow::Cow<'static, str>,
     },
     /// Training diverged: a gradient or parameter became non-finite or too large.
     #[error("training diverged at epoch {epoch}, step {step}: {message}")]
@@ -204,6 +222,7 @@ pub enum Error {
     #[error("{path}: {message}")]
     Model {
         /// The model file.
+        #[serde(with = "wire::path")]
         path: PathBuf,
         /// What is wrong.
         message: String,
@@ -224,6 +243,7 @@ pub enum Error {
     #[error("hostfile {}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Hostfile {
         /// The hostfile.
+        #[serde(with = "wire::path")]
         path: std::path::PathBuf,
         /// The line (1-based), when one line is at fault.
         line: Option<usize>,
@@ -245,8 +265,12 @@ pub enum Error {
     /// this process, or was lost.
     #[error("cluster: {0}")]
     Cluster(String),
-    /// An error found by a worker (possibly in another process), relayed
-    /// through the dataflow with its original message and exit code.
+    /// An invariant of tidemill's own did not hold: a bug, to be reported.
+    #[error("internal error, please report it: {0}")]
+    Internal(String),
+    /// An error that kept only its message and exit code: what a clone of an
+    /// error falls back to should its wire form ever fail (it does not for
+    /// any error tidemill makes).
     #[error("{message}")]
     Relayed {
         /// The original message.
@@ -362,7 +386,94 @@ impl Error {
             Error::Model { .. } => 5,
             Error::Diverged { .. } => 6,
             Error::Cluster(_) | Error::Worker { .. } => 7,
+            Error::Internal(_) => 1,
             Error::Relayed { code, .. } => *code,
+        }
+    }
+}
+
+impl Clone for Error {
+    /// Errors hold `io::Error`s, which are not `Clone`: a clone is made
+    /// through the wire form that carries errors between processes, so it
+    /// is exactly what another process would receive.
+    fn clone(&self) -> Self {
+        bincode::serialize(self)
+            .ok()
+            .and_then(|bytes| bincode::deserialize(&bytes).ok())
+            .unwrap_or_else(|| Error::Relayed {
+                message: self.to_string(),
+                code: self.exit_code(),
+            })
+    }
+}
+
+/// Serde forms for the parts of an [`Error`] that have none of their own.
+mod wire {
+    /// Paths as their raw bytes: any path survives, UTF-8 or not.
+    pub mod path {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+        use std::ffi::OsString;
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        use std::path::{Path, PathBuf};
+
+        pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+            p.as_os_str().as_bytes().serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+            Ok(PathBuf::from(OsString::from_vec(Vec::<u8>::deserialize(
+                d,
+            )?)))
+        }
+    }
+
+    /// I/O errors as `(kind, OS error number, message)`: the kinds tidemill
+    /// tells apart survive (a closed pipe stays a closed pipe), and an OS
+    /// error is rebuilt from its number.
+    pub mod io {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+        use std::io::{Error, ErrorKind};
+
+        const KINDS: [ErrorKind; 20] = [
+            ErrorKind::Other,
+            ErrorKind::NotFound,
+            ErrorKind::PermissionDenied,
+            ErrorKind::BrokenPipe,
+            ErrorKind::AlreadyExists,
+            ErrorKind::InvalidInput,
+            ErrorKind::InvalidData,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::WriteZero,
+            ErrorKind::Interrupted,
+            ErrorKind::TimedOut,
+            ErrorKind::WouldBlock,
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::AddrInUse,
+            ErrorKind::OutOfMemory,
+            ErrorKind::Unsupported,
+            ErrorKind::StorageFull,
+            ErrorKind::IsADirectory,
+        ];
+
+        pub fn serialize<S: Serializer>(e: &Error, s: S) -> Result<S::Ok, S::Error> {
+            let kind = KINDS.iter().position(|k| *k == e.kind()).unwrap_or(0) as u8;
+            (kind, e.raw_os_error(), e.to_string()).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Error, D::Error> {
+            let (kind, os, message) = <(u8, Option<i32>, String)>::deserialize(d)?;
+            Ok(match os {
+                Some(code) => Error::from_raw_os_error(code),
+                None => Error::new(
+                    KINDS
+                        .get(usize::from(kind))
+                        .copied()
+                        .unwrap_or(ErrorKind::Other),
+                    message,
+                ),
+            })
         }
     }
 }
@@ -389,5 +500,54 @@ mod tests {
         assert!(!input.is_closed_pipe());
         let cluster = Error::Cluster("process 1: Broken pipe (os error 32)".into());
         assert!(!cluster.is_closed_pipe());
+    }
+
+    /// Errors cross processes whole: variant, non-UTF-8 paths, I/O error
+    /// kinds and OS error numbers survive the wire form.
+    #[test]
+    fn errors_survive_their_wire_form() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9.parquet"));
+        let missing = Error::MissingValue {
+            location: Box::new(Location {
+                file: odd.clone(),
+                row_group: Some(3),
+                column: Some("x".into()),
+                row: Some(170),
+            }),
+            what: "NaN".into(),
+            hint: "h".into(),
+        };
+        let back: Error = bincode::deserialize(&bincode::serialize(&missing).unwrap()).unwrap();
+        let Error::MissingValue { location, .. } = &back else {
+            panic!("{back:?}");
+        };
+        assert_eq!(location.file, odd);
+        assert_eq!(back.to_string(), missing.to_string());
+
+        let pipe = Error::Output {
+            flag: "-o".into(),
+            path: "-".into(),
+            action: "cannot be written".into(),
+            source: std::io::Error::new(ErrorKind::BrokenPipe, "reader gone"),
+        };
+        assert!(pipe.clone().is_closed_pipe());
+        assert_eq!(pipe.clone().to_string(), pipe.to_string());
+
+        let full = Error::io("/dev/full", std::io::Error::from_raw_os_error(28));
+        let copy = full.clone();
+        assert_eq!(copy.to_string(), full.to_string());
+        let Error::Io { source, .. } = &copy else {
+            panic!("{copy:?}");
+        };
+        assert_eq!(source.raw_os_error(), Some(28));
+        assert_eq!(source.kind(), ErrorKind::StorageFull);
+
+        let no_rows = Error::NoRows {
+            what: "eval".into(),
+            purpose: "evaluate".into(),
+        };
+        assert_eq!(no_rows.clone().to_string(), "eval: no rows to evaluate");
+        assert_eq!(Error::Internal("x".into()).clone().exit_code(), 1);
     }
 }

@@ -261,7 +261,7 @@ pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
     if partial.rows == 0 {
         return Err(Error::NoRows {
             what: input.to_string(),
-            purpose: "evaluate",
+            purpose: "evaluate".into(),
         });
     }
     partial

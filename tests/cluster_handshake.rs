@@ -504,3 +504,33 @@ fn bad_hostfiles_and_layouts_are_usage_errors() {
     usage_error(&["--process", "5", "--processes", "2"], None, "--process");
     usage_error(&["--connect-timeout", "0"], None, "--connect-timeout");
 }
+
+/// Two processes warm-starting from different models would train a hybrid:
+/// the model's digest is part of the job, and a difference is refused.
+#[test]
+fn a_different_init_model_is_refused_on_both_sides() {
+    let job = Job::new();
+    let model = common::quickstart_model(job.dir.path());
+    let mut other: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    other["intercept"] = serde_json::json!(0.25);
+    let other_path = job.path("other.json");
+    std::fs::write(&other_path, other.to_string()).unwrap();
+    let (a, b) = (model.to_string_lossy(), other_path.to_string_lossy());
+    let out = mismatched(&job, &["--init-model", &a], &["--init-model", &b]);
+    assert_both_refuse(&out, "init_model");
+    assert!(stderr(&out.1).contains("other.json"), "{}", stderr(&out.1));
+    // The same weights under another path and layout of the JSON agree.
+    let pretty = job.path("pretty.json");
+    std::fs::write(
+        &pretty,
+        std::fs::read_to_string(&model)
+            .unwrap()
+            .replace('\n', "\n  "),
+    )
+    .unwrap();
+    let p = pretty.to_string_lossy();
+    let (out0, out1) = mismatched(&job, &["--init-model", &a], &["--init-model", &p]);
+    assert_code(&out0, 0, "process 0");
+    assert_code(&out1, 0, "process 1");
+}

@@ -7,7 +7,7 @@ mod common;
 
 use common::tidemill_ok;
 use tidemill::dataflow::gradient::{grad_bytes, param_bytes};
-use tidemill::dataflow::ShardValues;
+use tidemill::dataflow::{Phase, ShardValues};
 
 fn records(workers: usize, sets: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
@@ -66,8 +66,14 @@ fn bytes_exchanged_are_counted() {
         .sum();
     let evaluations = recs.last().unwrap()["steps"].as_u64().unwrap();
     let n = 31;
-    let whole = param_bytes(&ShardValues::Dense(vec![0.0; n]));
-    let unchanged = param_bytes(&ShardValues::Delta(Vec::new()));
+    let point = Phase::Train { epoch: 0, step: 0 };
+    let whole = param_bytes(&point, &ShardValues::Dense(vec![0.0; n]));
+    let accepted = Phase::Eval {
+        epoch: 1,
+        steps: 1,
+        objective: Some(0.5),
+    };
+    let unchanged = param_bytes(&accepted, &ShardValues::Delta(Vec::new()));
     let expected = evaluations * (whole + grad_bytes(n)) + recs.len() as u64 * unchanged;
     assert_eq!(total, expected);
 }
@@ -115,4 +121,127 @@ fn plot_renders_loss_against_wall_time() {
     let r = common::tidemill(&["plot", &bad.to_string_lossy(), "--out", &out]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("not a tidemill metrics record"));
+}
+
+/// Early stopping: the records flag the epochs that improved on the best
+/// by more than `min_delta`, training ends `patience` epochs after the last
+/// of them, and the model written is that epoch's: its validation loss,
+/// computed here from the Parquet rows, is the one recorded for it.
+#[test]
+fn early_stopping_writes_the_best_epochs_model() {
+    let (seed, fraction, patience, min_delta) = (5u64, 0.3, 3usize, 0.001);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[data]\ntrain = \"datasets/breast_cancer.parquet\"\nvalidation = {{ fraction = {fraction} }}\n\
+             label = \"target\"\nstandardize = true\nseed = {seed}\n\
+             [model]\nkind = \"logistic\"\n\
+             [optimizer]\nkind = \"sgd\"\nlearning_rate = 2.0\nbatch_size = 16\n\
+             [train]\nepochs = 60\n\
+             early_stopping = {{ metric = \"loss\", patience = {patience}, min_delta = {min_delta} }}\n"
+        ),
+    )
+    .unwrap();
+    let (model_path, metrics) = (dir.path().join("m.json"), dir.path().join("m.jsonl"));
+    tidemill_ok(&[
+        "train",
+        &pipeline.to_string_lossy(),
+        "--workers",
+        "2",
+        "--model-out",
+        &model_path.to_string_lossy(),
+        "--metrics-out",
+        &metrics.to_string_lossy(),
+    ]);
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let losses: Vec<f64> = recs
+        .iter()
+        .map(|r| r["validation"]["loss"].as_f64().unwrap())
+        .collect();
+    // The rule, applied here to the recorded losses.
+    let mut best = f64::INFINITY;
+    let mut last_best = 0;
+    for (i, (&l, r)) in losses.iter().zip(&recs).enumerate() {
+        let improved = l < best - min_delta;
+        if improved {
+            best = l;
+            last_best = i;
+        }
+        assert_eq!(r["best"], improved, "epoch {}", i + 1);
+    }
+    assert_eq!(
+        recs.len(),
+        last_best + 1 + patience,
+        "training should stop {patience} epochs after the best, {losses:?}"
+    );
+    assert!(recs.len() < 60, "the run should stop early: {losses:?}");
+
+    // The written model, scored on the held-out rows independently.
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model_path).unwrap()).unwrap();
+    let path = common::root().join("datasets/breast_cancer.parquet");
+    let names: Vec<String> = common::column_names(&path)
+        .into_iter()
+        .filter(|n| n != "target")
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cols = common::read_columns(&path, &refs);
+    let y = common::read_columns(&path, &["target"]).remove(0);
+    let held: Vec<bool> = (0..y.len() as u64)
+        .map(|r| tidemill::data::partition::is_validation(seed, 0, r, fraction))
+        .collect();
+    let mut x = vec![Vec::new(); y.len()];
+    for (j, c) in cols.iter().enumerate() {
+        let train: Vec<f64> = c
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| !**h)
+            .map(|(v, _)| *v)
+            .collect();
+        let n = train.len() as f64;
+        let mean = train.iter().sum::<f64>() / n;
+        let sd = (train.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let f = &model["features"]["numeric"][j];
+        assert_eq!(f["name"], names[j]);
+        let (center, scale) = (f["center"].as_f64().unwrap(), f["scale"].as_f64().unwrap());
+        assert!(
+            (center - mean).abs() <= 1e-12 * sd && (scale - sd).abs() <= 1e-12 * sd,
+            "{}: model ({center}, {scale}), training rows ({mean}, {sd})",
+            names[j]
+        );
+        for (row, &v) in x.iter_mut().zip(c) {
+            row.push(((v - mean) / sd) as f32 as f64);
+        }
+    }
+    let mut theta = vec![model["intercept"].as_f64().unwrap()];
+    theta.extend(
+        names
+            .iter()
+            .map(|n| model["coefficients"][n].as_f64().unwrap()),
+    );
+    let (mut sum, mut rows) = (0.0, 0);
+    for ((xi, &yi), _) in x.iter().zip(&y).zip(&held).filter(|(_, h)| **h) {
+        let m = common::margin(&theta, xi);
+        sum += common::softplus(m) - yi * m;
+        rows += 1;
+    }
+    let loss = sum / rows as f64;
+    assert_eq!(recs[last_best]["validation"]["rows"], rows);
+    assert!(
+        (loss - losses[last_best]).abs() <= 1e-12 * loss,
+        "the model's validation loss {loss} is not the best epoch's {} (epoch {}); last epoch's: {}",
+        losses[last_best],
+        last_best + 1,
+        losses[recs.len() - 1]
+    );
+    assert!(
+        (losses[recs.len() - 1] - loss).abs() > 1e-6,
+        "the last epoch must differ from the best"
+    );
 }

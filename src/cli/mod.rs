@@ -153,6 +153,12 @@ pub struct TrainArgs {
     /// Metrics JSONL (overrides output.metrics).
     #[arg(long)]
     pub metrics_out: Option<PathBuf>,
+    /// Start from this model's parameters (warm start) instead of zero. It
+    /// must be for the same kind, label, classes and features; its weights
+    /// are carried to this data's standardisation. It may also be the
+    /// model output (it is read before training).
+    #[arg(long, value_name = "MODEL")]
+    pub init_model: Option<PathBuf>,
 }
 
 /// `predict`.
@@ -302,7 +308,11 @@ fn train(a: TrainArgs) -> Result<()> {
         processes = cluster.processes,
         "training"
     );
-    let report = crate::train::run(pipeline, &cluster)?;
+    let mut plan = crate::train::plan::Plan::new(pipeline)?;
+    if let Some(path) = &a.init_model {
+        plan.init = Some(crate::train::warm::InitModel::load(path)?);
+    }
+    let report = crate::train::run_plan(plan, &cluster)?;
     let Some(mut outputs) = outputs else {
         return Ok(());
     };

@@ -315,3 +315,218 @@ impl WorkerData {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::partition::is_validation;
+    use crate::spec::Pipeline;
+    use arrow::array::{ArrayRef, Float64Array, Int64Array};
+    use arrow::record_batch::RecordBatch;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Rows of the test file: `x` is the file row, `y` its parity, `z` null
+    /// on every 97th row (dropped under `skip_row`).
+    const ROWS: u64 = 25_000;
+    /// Row groups: 20000 rows (cut into two units of 10000, each with a
+    /// window boundary at 8192) and 5000.
+    const GROUPS: [std::ops::Range<u64>; 2] = [0..20_000, 20_000..ROWS];
+    const SEED: u64 = 9;
+    const FRACTION: f64 = 0.25;
+
+    fn write_file(path: &Path) {
+        let batch = |r: std::ops::Range<u64>| {
+            let cols: Vec<(&str, ArrayRef)> = vec![
+                (
+                    "x",
+                    Arc::new(Float64Array::from_iter_values(r.clone().map(|i| i as f64))),
+                ),
+                (
+                    "y",
+                    Arc::new(Int64Array::from_iter_values(
+                        r.clone().map(|i| (i % 2) as i64),
+                    )),
+                ),
+                (
+                    "z",
+                    Arc::new(Float64Array::from_iter(
+                        r.map(|i| (i % 97 != 0).then_some(1.0)),
+                    )),
+                ),
+            ];
+            RecordBatch::try_from_iter(cols).unwrap()
+        };
+        let first = batch(GROUPS[0].clone());
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, first.schema(), None).unwrap();
+        for g in &GROUPS {
+            w.write(&batch(g.clone())).unwrap();
+            w.flush().unwrap();
+        }
+        w.close().unwrap();
+    }
+
+    /// Every worker's segments of every step of `epoch`: (worker, step,
+    /// [(file row, x, label)]).
+    type Fed = Vec<(usize, u64, Vec<(u64, f32, f64)>)>;
+
+    struct Run {
+        fed: Vec<Fed>,
+        validation: Vec<(u64, f32, f64)>,
+        units: Vec<Unit>,
+    }
+
+    fn run(path: &Path, cache: bool, partition: &str) -> Run {
+        let toml = format!(
+            "[data]\ntrain = {path:?}\nlabel = \"y\"\nvalidation = {{ fraction = {FRACTION} }}\n\
+             on_missing = \"skip_row\"\npartition = \"{partition}\"\nseed = {SEED}\ncache = {cache}\n\
+             max_unit_rows = 12000\nunits_per_step = 2\n\
+             [model]\nkind = \"logistic\"\n[optimizer]\nkind = \"sgd\"\nbatch_size = 3000\n"
+        );
+        let pipeline = Pipeline::parse(&toml, Path::new("t.toml"), &[]).unwrap();
+        let plan = Arc::new(Plan::new(pipeline).unwrap());
+        let units = plan.train.units.clone();
+        assert_eq!(
+            units
+                .iter()
+                .map(|u| (u.file_row, u.rows))
+                .collect::<Vec<_>>(),
+            [(0, 10_000), (10_000, 10_000), (20_000, 5000)]
+        );
+        let train_rows: Vec<usize> = units
+            .iter()
+            .map(|u| {
+                (u.file_row..u.file_row + u.rows as u64)
+                    .filter(|&r| r % 97 != 0 && !is_validation(SEED, 0, r, FRACTION))
+                    .count()
+            })
+            .collect();
+        let mut spec = plan.draft.clone();
+        spec.classes = Some(vec!["0".into(), "1".into()]);
+        let steps = StepPlan::new(&train_rows, Some(3000), 2);
+        let mut workers: Vec<WorkerData> = (0..2)
+            .map(|w| {
+                WorkerData::new(
+                    w,
+                    2,
+                    Arc::clone(&plan),
+                    spec.clone(),
+                    train_rows.clone(),
+                    steps.clone(),
+                )
+            })
+            .collect();
+        let mut fed = Vec::new();
+        let mut validation = Vec::new();
+        for epoch in 0..2 {
+            let mut this = Fed::new();
+            for (w, data) in workers.iter_mut().enumerate() {
+                data.prepare(epoch).unwrap();
+                for step in 0..steps.steps() {
+                    data.step_rows(step, |block, idx| {
+                        let seg = idx
+                            .iter()
+                            .map(|&i| (block.file_row[i], block.dense[i * 2], block.label[i]))
+                            .collect();
+                        this.push((w, step, seg));
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+                if epoch == 0 {
+                    data.validation(|block| {
+                        validation.extend(
+                            (0..block.rows)
+                                .map(|i| (block.file_row[i], block.dense[i * 2], block.label[i])),
+                        );
+                    })
+                    .unwrap();
+                }
+            }
+            fed.push(this);
+        }
+        Run {
+            fed,
+            validation,
+            units,
+        }
+    }
+
+    #[test]
+    fn cached_and_streamed_units_feed_the_same_rows_in_the_same_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.parquet");
+        write_file(&path);
+        let train: BTreeSet<u64> = (0..ROWS)
+            .filter(|&r| r % 97 != 0 && !is_validation(SEED, 0, r, FRACTION))
+            .collect();
+        let held: BTreeSet<u64> = (0..ROWS)
+            .filter(|&r| r % 97 != 0 && is_validation(SEED, 0, r, FRACTION))
+            .collect();
+        assert!(train.len() > 15_000 && held.len() > 4000);
+        for partition in ["slice", "shuffle"] {
+            let cached = run(&path, true, partition);
+            let streamed = run(&path, false, partition);
+            assert!(
+                cached.fed == streamed.fed,
+                "{partition}: cache changes what is fed"
+            );
+            assert_eq!(cached.validation, streamed.validation, "{partition}");
+            for (epoch, fed) in cached.fed.iter().enumerate() {
+                let mut rows: Vec<u64> = Vec::new();
+                for (_, _, seg) in fed {
+                    assert!(!seg.is_empty());
+                    for &(r, x, y) in seg {
+                        // Each row decoded from its own file row.
+                        assert_eq!((x, y), (r as f32, (r % 2) as f64), "row {r}");
+                        rows.push(r);
+                    }
+                    // A segment never crosses a window of its unit.
+                    let unit = cached
+                        .units
+                        .iter()
+                        .find(|u| (u.file_row..u.file_row + u.rows as u64).contains(&seg[0].0))
+                        .unwrap();
+                    let window = |r: u64| (r - unit.file_row) / WINDOW_ROWS as u64;
+                    assert!(
+                        seg.iter().all(|&(r, _, _)| unit.file_row <= r
+                            && r < unit.file_row + unit.rows as u64
+                            && window(r) == window(seg[0].0)),
+                        "{partition}: a segment crosses a window"
+                    );
+                    if partition == "slice" {
+                        assert!(
+                            seg.windows(2).all(|p| p[0].0 < p[1].0),
+                            "slice keeps file order"
+                        );
+                    }
+                }
+                // Every training row once an epoch, no held-out or skipped row.
+                rows.sort_unstable();
+                assert_eq!(rows.len(), train.len(), "{partition} epoch {epoch}");
+                assert!(
+                    rows.iter().copied().eq(train.iter().copied()),
+                    "{partition} epoch {epoch}"
+                );
+            }
+            let mut v: Vec<u64> = cached.validation.iter().map(|t| t.0).collect();
+            v.sort_unstable();
+            assert!(
+                v.iter().copied().eq(held.iter().copied()),
+                "{partition}: validation rows"
+            );
+            if partition == "shuffle" {
+                // Rows are permuted, and differently each epoch.
+                let order = |e: usize| -> Vec<u64> {
+                    cached.fed[e]
+                        .iter()
+                        .flat_map(|(_, _, s)| s.iter().map(|t| t.0))
+                        .collect()
+                };
+                assert!(order(0).windows(2).any(|p| p[0] > p[1]));
+                assert_ne!(order(0), order(1));
+            }
+        }
+    }
+}

@@ -759,3 +759,374 @@ impl Block {
             + self.file_row.len() * 8
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        BooleanArray, DictionaryArray, Float32Array, Int32Array, Int64Array, StringArray,
+        UInt64Array,
+    };
+    use arrow::datatypes::Int32Type;
+    use std::sync::Arc;
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    fn numeric(name: &str, fill: f64, center: f64, scale: f64) -> NumericFeature {
+        NumericFeature {
+            name: name.into(),
+            fill,
+            center,
+            scale,
+        }
+    }
+
+    fn spec(
+        numeric: Vec<NumericFeature>,
+        categorical: &[&str],
+        on_missing: OnMissing,
+    ) -> FeatureSpec {
+        FeatureSpec {
+            label: "y".into(),
+            numeric,
+            categorical: categorical.iter().map(|c| c.to_string()).collect(),
+            hash_bits: 10,
+            on_missing,
+            classes: None,
+        }
+    }
+
+    fn origin() -> Origin<'static> {
+        Origin {
+            file: Path::new("data/f.parquet"),
+            row_group: Some(2),
+            first_row: 100,
+        }
+    }
+
+    fn labels(n: usize) -> ArrayRef {
+        Arc::new(Float64Array::from(
+            (0..n).map(|i| i as f64).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The error's location and its `what`.
+    fn missing(e: Error) -> (String, u64, String, String) {
+        match e {
+            Error::MissingValue {
+                location,
+                what,
+                hint,
+            } => {
+                assert_eq!(location.file, Path::new("data/f.parquet"));
+                assert_eq!(location.row_group, Some(2));
+                (location.column.unwrap(), location.row.unwrap(), what, hint)
+            }
+            other => panic!("expected a missing value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numeric_columns_of_every_type_are_centred_scaled_and_rounded_to_f32() {
+        let b = batch(vec![
+            ("a", Arc::new(Int32Array::from(vec![1, -3, 7])) as ArrayRef),
+            ("b", Arc::new(Float32Array::from(vec![0.1f32, 2.5, -1e-3]))),
+            ("c", Arc::new(BooleanArray::from(vec![true, false, true]))),
+            ("d", Arc::new(UInt64Array::from(vec![u64::MAX, 0, 5]))),
+            ("y", Arc::new(Float64Array::from(vec![1.5, -2.0, 3.25]))),
+        ]);
+        let s = spec(
+            vec![
+                numeric("a", 0.0, 2.0, 4.0),
+                numeric("b", 0.0, 0.5, 3.0),
+                numeric("c", 0.0, 0.0, 1.0),
+                numeric("d", 0.0, 1e19, 1e18),
+            ],
+            &[],
+            OnMissing::Error,
+        );
+        let block = decode_raw(&b, &s, LabelUse::Value, &origin()).unwrap();
+        let raw = [
+            [1.0, f64::from(0.1f32), 1.0, 18_446_744_073_709_551_615.0],
+            [-3.0, 2.5, 0.0, 0.0],
+            [7.0, f64::from(-1e-3f32), 1.0, 5.0],
+        ];
+        let (centers, scales) = ([2.0, 0.5, 0.0, 1e19], [4.0, 3.0, 1.0, 1e18]);
+        assert_eq!((block.rows, block.p, block.c), (3, 4, 0));
+        for (r, values) in raw.iter().enumerate() {
+            for (j, &v) in values.iter().enumerate() {
+                assert_eq!(block.raw[r * 4 + j], v);
+                let want = ((v - centers[j]) / scales[j]) as f32;
+                assert_eq!(
+                    block.dense[r * 4 + j].to_bits(),
+                    want.to_bits(),
+                    "row {r} col {j}"
+                );
+            }
+        }
+        assert_eq!(block.label, [1.5, -2.0, 3.25]);
+        assert_eq!(block.file_row, [100, 101, 102]);
+        // decode keeps no raw copy.
+        assert!(decode(&b, &s, LabelUse::Value, &origin())
+            .unwrap()
+            .raw
+            .is_empty());
+    }
+
+    /// One feature column `x` with values `v` (center `c`, scale `s`).
+    fn one(v: Vec<Option<f64>>, c: f64, s: f64, on_missing: OnMissing) -> Result<Block> {
+        let n = v.len();
+        let b = batch(vec![
+            ("x", Arc::new(Float64Array::from(v)) as ArrayRef),
+            ("y", labels(n)),
+        ]);
+        let sp = spec(vec![numeric("x", 7.5, c, s)], &[], on_missing);
+        decode(&b, &sp, LabelUse::Value, &origin())
+    }
+
+    #[test]
+    fn unusable_values_are_classified_and_located() {
+        let max = f64::from(f32::MAX);
+        let above = f64::from_bits(max.to_bits() + 1);
+        let cases: [(f64, f64, f64, &str); 6] = [
+            (f64::NAN, 0.0, 1.0, "NaN"),
+            (f64::INFINITY, 0.0, 1.0, "infinite value"),
+            (f64::NEG_INFINITY, 0.0, 1.0, "infinite value"),
+            (above, 0.0, 1.0, "is outside the range"),
+            (-above, 0.0, 1.0, "is outside the range"),
+            (1e30, 0.0, 1e-10, "after standardisation"),
+        ];
+        for (v, c, s, what) in cases {
+            let e = one(vec![Some(1.0), Some(2.0), Some(v)], c, s, OnMissing::Error).unwrap_err();
+            let (column, row, got, hint) = missing(e);
+            assert_eq!((column.as_str(), row), ("x", 102), "{v}");
+            assert!(got.contains(what), "{v}: {got}");
+            assert_eq!(hint, FEATURE_HINT);
+        }
+        let (_, row, what, _) =
+            missing(one(vec![None, Some(1.0)], 0.0, 1.0, OnMissing::Error).unwrap_err());
+        assert_eq!((row, what.as_str()), (100, "null value"));
+        // The edges of the f32 range are usable, before and after scaling.
+        let ok = one(
+            vec![Some(max), Some(-max), Some(max / 2.0)],
+            0.0,
+            1.0,
+            OnMissing::Error,
+        )
+        .unwrap();
+        assert_eq!(ok.dense, [f32::MAX, -f32::MAX, f32::MAX / 2.0]);
+        let ok = one(vec![Some(max / 2.0)], -max / 2.0, 1.0, OnMissing::Error).unwrap();
+        assert_eq!(ok.dense, [f32::MAX]);
+    }
+
+    #[test]
+    fn unusable_values_follow_the_policy() {
+        let v = || {
+            vec![
+                Some(1.0),
+                None,
+                Some(f64::NAN),
+                Some(4.0),
+                Some(1e39),
+                Some(6.0),
+            ]
+        };
+        let skip = one(v(), 1.0, 2.0, OnMissing::SkipRow).unwrap();
+        assert_eq!(skip.rows, 3);
+        assert_eq!(skip.file_row, [100, 103, 105]);
+        assert_eq!(skip.dense, [0.0, 1.5, 2.5]);
+        assert_eq!(skip.label, [0.0, 3.0, 5.0]);
+        // zero and mean put in the feature's fill (raw units), then scale it.
+        for policy in [OnMissing::Zero, OnMissing::Mean] {
+            let filled = one(v(), 1.0, 2.0, policy).unwrap();
+            let f = ((7.5 - 1.0) / 2.0) as f32;
+            assert_eq!(filled.dense, [0.0, f, f, 1.5, f, 2.5]);
+            assert_eq!(filled.file_row, [100, 101, 102, 103, 104, 105]);
+        }
+    }
+
+    #[test]
+    fn missing_labels_fail_unless_rows_are_skipped() {
+        let b = batch(vec![
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Float64Array::from(vec![
+                    Some(1.0),
+                    None,
+                    Some(f64::INFINITY),
+                    Some(0.5),
+                ])),
+            ),
+        ]);
+        let mut s = spec(vec![numeric("x", 0.0, 0.0, 1.0)], &[], OnMissing::Zero);
+        let (column, row, what, hint) =
+            missing(decode(&b, &s, LabelUse::Value, &origin()).unwrap_err());
+        assert_eq!(
+            (column.as_str(), row, what.as_str()),
+            ("y", 101, "missing label (null)")
+        );
+        assert_eq!(hint, LABEL_HINT);
+        s.on_missing = OnMissing::SkipRow;
+        let block = decode(&b, &s, LabelUse::Value, &origin()).unwrap();
+        assert_eq!(
+            (block.label.as_slice(), block.file_row.as_slice()),
+            ([1.0, 0.5].as_slice(), [100, 103].as_slice())
+        );
+        // Not read for prediction: no label, no failure.
+        s.on_missing = OnMissing::Error;
+        let block = decode(&b, &s, LabelUse::Skip, &origin()).unwrap();
+        assert_eq!((block.rows, block.label.len()), (4, 0));
+    }
+
+    #[test]
+    fn categorical_tokens_hash_by_their_text() {
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![Some("7"), Some("red"), None]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![Some(7), Some(-1), Some(0)]));
+        let big: ArrayRef = Arc::new(UInt64Array::from(vec![u64::MAX, 1, 2]));
+        let bools: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true]));
+        let dict: ArrayRef = Arc::new(
+            vec![Some("7"), Some("red"), None]
+                .into_iter()
+                .collect::<DictionaryArray<Int32Type>>(),
+        );
+        let b = batch(vec![
+            ("s", strings),
+            ("i", ints),
+            ("u", big),
+            ("t", bools),
+            ("d", dict),
+            ("y", labels(3)),
+        ]);
+        let s = spec(Vec::new(), &["s", "i", "u", "t", "d"], OnMissing::Zero);
+        let block = decode(&b, &s, LabelUse::Value, &origin()).unwrap();
+        assert_eq!((block.rows, block.p, block.c), (3, 0, 5));
+        let expect = |row: usize, col: usize, name: &str, token: &str| {
+            let (h, sign) = hash_token(name, token, 10);
+            assert_eq!(
+                (block.hashed[row * 5 + col], block.signs[row * 5 + col]),
+                (h, sign),
+                "row {row} column {name} token {token}"
+            );
+            assert!(h < 1024 && (sign == 1.0 || sign == -1.0));
+        };
+        expect(0, 0, "s", "7");
+        expect(1, 0, "s", "red");
+        expect(0, 1, "i", "7");
+        expect(1, 1, "i", "-1");
+        expect(0, 2, "u", "18446744073709551615");
+        expect(0, 3, "t", "1");
+        expect(1, 3, "t", "0");
+        expect(0, 4, "d", "7");
+        expect(1, 4, "d", "red");
+        // The same text in another column is another token.
+        assert_ne!(hash_token("s", "7", 28), hash_token("i", "7", 28));
+        // A null token contributes nothing under zero …
+        assert_eq!((block.hashed[2 * 5], block.signs[2 * 5]), (0, 0.0));
+        assert_eq!(block.signs[2 * 5 + 4], 0.0);
+        // … drops its row under skip_row, and fails under error.
+        let s = spec(Vec::new(), &["s", "i"], OnMissing::SkipRow);
+        assert_eq!(
+            decode(&b, &s, LabelUse::Value, &origin()).unwrap().file_row,
+            [100, 101]
+        );
+        let s = spec(Vec::new(), &["i", "s"], OnMissing::Error);
+        let (column, row, what, _) =
+            missing(decode(&b, &s, LabelUse::Value, &origin()).unwrap_err());
+        assert_eq!(
+            (column.as_str(), row, what.as_str()),
+            ("s", 102, "null value")
+        );
+    }
+
+    #[test]
+    fn class_labels_match_by_value_or_by_name() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let map = ClassMap::new(&names(&["-1", "1.0", "2.5"]));
+        let y: ArrayRef = Arc::new(Float64Array::from(vec![1.0, -1.0, 2.5, 1.0]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![-1, 1]));
+        let s = spec(Vec::new(), &[], OnMissing::Error);
+        let decode_y = |y: ArrayRef, use_: LabelUse| {
+            let b = batch(vec![("y", y)]);
+            decode(&b, &s, use_, &origin())
+        };
+        assert_eq!(
+            decode_y(y.clone(), LabelUse::Classes(&map)).unwrap().label,
+            [1.0, 0.0, 2.0, 1.0]
+        );
+        assert_eq!(
+            decode_y(ints, LabelUse::Classes(&map)).unwrap().label,
+            [0.0, 1.0]
+        );
+        // -0.0 is the class "0".
+        let zero = ClassMap::new(&names(&["0", "1"]));
+        let signed: ArrayRef = Arc::new(Float64Array::from(vec![-0.0, 1.0]));
+        assert_eq!(
+            decode_y(signed, LabelUse::Classes(&zero)).unwrap().label,
+            [0.0, 1.0]
+        );
+        // A value not among the classes names itself and the classes.
+        let odd: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 3.0]));
+        match decode_y(odd, LabelUse::Classes(&map)).unwrap_err() {
+            Error::UnknownLabel {
+                location,
+                value,
+                classes,
+            } => {
+                assert_eq!((location.row, value.as_str()), (Some(101), "3"));
+                assert_eq!(classes, "-1, 1.0, 2.5");
+            }
+            other => panic!("{other:?}"),
+        }
+        // String labels match by name, exactly.
+        let income = ClassMap::new(&names(&["<=50K", ">50K"]));
+        let text: ArrayRef = Arc::new(StringArray::from(vec![">50K", "<=50K", ">50K"]));
+        assert_eq!(
+            decode_y(text, LabelUse::Classes(&income)).unwrap().label,
+            [1.0, 0.0, 1.0]
+        );
+        let near: ArrayRef = Arc::new(StringArray::from(vec![">50K", ">50K."]));
+        assert!(matches!(
+            decode_y(near, LabelUse::Classes(&income)),
+            Err(Error::UnknownLabel { value, .. }) if value == ">50K."
+        ));
+        // Class discovery sees canonical tokens.
+        assert_eq!(
+            decode_y(y, LabelUse::Tokens).unwrap().tokens,
+            ["1", "-1", "2.5", "1"]
+        );
+        // A regression label must be a number.
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["abc", "3"]));
+        match decode_y(text, LabelUse::Value).unwrap_err() {
+            Error::BadLabel { location, message } => {
+                assert_eq!(location.row, Some(100));
+                assert_eq!(message, "regression label 'abc' is not a number");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn class_lists_are_checked() {
+        let check =
+            |v: &[&str]| check_classes(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(check(&["a", "b", "1"]), Ok(()));
+        assert_eq!(check(&[]), Err("no classes".into()));
+        let e = check(&["a", "b", "a"]).unwrap_err();
+        assert!(e.contains("'a' is listed twice (positions 0 and 2)"), "{e}");
+        for same in [["1", "1.0"], ["-0", "0"], ["1e1", "10"]] {
+            let e = check(&same).unwrap_err();
+            assert!(e.contains("are the same number"), "{same:?}: {e}");
+        }
+        assert_eq!(number_token(3.0), "3");
+        assert_eq!(number_token(-0.0), "0");
+        assert_eq!(number_token(2.5), "2.5");
+        assert_eq!(number_token(1e15), "1000000000000000");
+        assert_eq!(number_token(1e16), "10000000000000000");
+    }
+}

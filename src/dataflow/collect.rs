@@ -185,3 +185,116 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(metric: &str, patience: u32, min_delta: f64, kind: ModelKind) -> EarlyStop {
+        let es = EarlyStopping {
+            metric: metric.into(),
+            patience,
+            min_delta,
+        };
+        EarlyStop::new(Some(&es), kind)
+    }
+
+    fn loss(v: f64) -> Metrics {
+        Metrics {
+            rows: 10,
+            loss: v,
+            ..Metrics::default()
+        }
+    }
+
+    fn accuracy(v: f64) -> Metrics {
+        Metrics {
+            accuracy: Some(v),
+            ..loss(1.0)
+        }
+    }
+
+    /// Feeds `values` and returns the (stop, best) decisions.
+    fn run(es: &mut EarlyStop, values: &[Metrics]) -> Vec<(bool, bool)> {
+        values.iter().map(|m| es.observe(Some(m))).collect()
+    }
+
+    #[test]
+    fn loss_must_drop_by_more_than_min_delta_below_the_best() {
+        let mut es = rule("loss", 2, 0.1, ModelKind::Logistic);
+        // Best 1.0; 0.95 is within 0.1 of it (a miss); 0.89 is 0.11 below
+        // it and counts; 0.8 and 0.795 are within 0.1 of 0.89: two misses stop.
+        let got = run(&mut es, &[1.0, 0.95, 0.89, 0.8, 0.795].map(loss));
+        assert_eq!(
+            got,
+            [
+                (false, true),
+                (false, false),
+                (false, true),
+                (false, false),
+                (true, false)
+            ]
+        );
+        let mut es = rule("loss", 3, 0.1, ModelKind::Logistic);
+        let got = run(&mut es, &[1.0, 0.95, 0.91, 0.89].map(loss));
+        assert_eq!(
+            got,
+            [(false, true), (false, false), (false, false), (false, true)],
+            "0.89 is measured against the best (1.0), not the last value"
+        );
+    }
+
+    #[test]
+    fn a_miss_count_restarts_after_an_improvement() {
+        let mut es = rule("loss", 2, 0.0, ModelKind::Linear);
+        let got = run(&mut es, &[5.0, 6.0, 4.0, 4.0, 3.0, 3.5, 3.0].map(loss));
+        // An equal value is no improvement when min_delta is 0.
+        assert_eq!(
+            got,
+            [
+                (false, true),
+                (false, false),
+                (false, true),
+                (false, false),
+                (false, true),
+                (false, false),
+                (true, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn higher_is_better_metrics_must_rise() {
+        let mut es = rule("accuracy", 1, 0.01, ModelKind::Softmax);
+        let got = run(&mut es, &[0.5, 0.52, 0.525, 0.9].map(accuracy));
+        assert_eq!(
+            got,
+            [(false, true), (false, true), (true, false), (false, true)]
+        );
+        // patience 0: the first miss stops.
+        let mut es = rule("accuracy", 0, 0.0, ModelKind::Softmax);
+        assert_eq!(
+            run(&mut es, &[0.5, 0.4].map(accuracy)),
+            [(false, true), (true, false)]
+        );
+    }
+
+    #[test]
+    fn no_rule_or_no_value_never_stops_or_counts() {
+        let mut none = EarlyStop::new(None, ModelKind::Logistic);
+        assert_eq!(
+            run(&mut none, &[1.0, 2.0, 3.0, 4.0].map(loss)),
+            [(false, false); 4]
+        );
+        // No validation metrics: nothing observed, nothing counted.
+        let mut es = rule("loss", 1, 0.0, ModelKind::Logistic);
+        assert_eq!(es.observe(None), (false, false));
+        // A metric the records lack (accuracy on a record without it)
+        // neither improves nor counts against patience.
+        let mut es = rule("accuracy", 1, 0.0, ModelKind::Logistic);
+        assert_eq!(es.observe(Some(&accuracy(0.5))), (false, true));
+        assert_eq!(es.observe(Some(&loss(0.1))), (false, false));
+        assert_eq!(es.observe(Some(&accuracy(0.6))), (false, true));
+        assert_eq!(es.observe(Some(&accuracy(0.6))), (true, false));
+    }
+}

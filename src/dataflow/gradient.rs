@@ -130,11 +130,23 @@ struct State {
     stopped: bool,
 }
 
-/// Payload bytes of a parameter message carrying `values` (bincode layout).
-/// (shard, phase, version, seq, values, and the tag of the lazy header,
-/// whose bytes [`LazyHeader::bytes`] counts when there is one).
-pub fn param_bytes(values: &ShardValues) -> u64 {
-    4 + 24 + 8 + 8 + values.bytes() + 1
+/// Serialized bytes of a [`Phase`] (bincode layout: a 4-byte variant
+/// index, then the fields; an `Option` is a 1-byte tag and its value).
+fn phase_bytes(phase: &Phase) -> u64 {
+    let option = |o: &Option<f64>| 1 + o.map_or(0, |_| 8);
+    4 + match phase {
+        Phase::Train { .. } => 4 + 8,
+        Phase::Eval { objective, .. } => 4 + 8 + option(objective),
+        Phase::Refresh => 0,
+        Phase::Final { objective, .. } => 4 + option(objective),
+    }
+}
+
+/// Payload bytes of a parameter message of `phase` carrying `values`
+/// (bincode layout: shard, phase, version, seq, values, and the tag of the
+/// lazy header, whose bytes [`LazyHeader::bytes`] counts when there is one).
+pub fn param_bytes(phase: &Phase, values: &ShardValues) -> u64 {
+    4 + phase_bytes(phase) + 8 + 8 + values.bytes() + 1
 }
 
 /// Payload bytes of a gradient message carrying `values` (bincode layout:
@@ -343,7 +355,7 @@ impl State {
     /// rows, for the owners' weighted average.
     fn train_local(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         let Some(local) = self.ctx.local.as_mut() else {
-            return Err(Error::Cluster("no local training configured".into()));
+            return Err(Error::Internal("no local training configured".into()));
         };
         self.ctx.data.prepare(epoch)?;
         let k = local.sync_every.min(local.steps_per_epoch - step);
@@ -554,7 +566,7 @@ impl State {
         for m in &msgs {
             if owner(m.shard, self.ctx.peers) != self.ctx.index {
                 self.epoch_bytes +=
-                    param_bytes(&m.values) + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
+                    param_bytes(&m.phase, &m.values) + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
             }
         }
         if self.ctx.local.is_some() {
@@ -706,5 +718,166 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timely::dataflow::channels::ContainerBytes;
+
+    /// The bytes timely puts on the wire for a batch of `msgs`.
+    fn timely_bytes<T: serde::Serialize + for<'a> serde::Deserialize<'a>>(msgs: Vec<T>) -> Vec<u8> {
+        let mut out = Vec::new();
+        msgs.into_bytes(&mut out);
+        out
+    }
+
+    /// The serialized length of one message as timely sends it: a batch of
+    /// one is an 8-byte count, the message, then zero padding to 8 bytes.
+    fn real_len<T: serde::Serialize + for<'a> serde::Deserialize<'a> + Clone>(m: &T) -> u64 {
+        let own = bincode::serialize(m).unwrap();
+        let wire = timely_bytes(vec![m.clone()]);
+        assert_eq!(wire[..8], 1u64.to_le_bytes(), "a batch of one");
+        assert_eq!(
+            wire[8..8 + own.len()],
+            own[..],
+            "timely sends the bincode bytes"
+        );
+        assert!(wire[8 + own.len()..].iter().all(|&b| b == 0));
+        assert_eq!(wire.len(), (8 + own.len()).div_ceil(8) * 8);
+        own.len() as u64
+    }
+
+    fn exacts(n: usize) -> Vec<Exact> {
+        (0..n)
+            .map(|i| Exact(if i % 3 == 0 { 0 } else { (i as i128 - 7) << 90 }))
+            .collect()
+    }
+
+    fn partials() -> Vec<Partial> {
+        let mut v = vec![
+            Partial::Dense(Vec::new()),
+            Partial::Dense(exacts(1)),
+            Partial::Dense(exacts(31)),
+            Partial::Sparse {
+                len: 1000,
+                entries: Vec::new(),
+            },
+            Partial::Sparse {
+                len: 1 << 20,
+                entries: vec![
+                    (0, Exact(-1)),
+                    (17, Exact(i128::MAX)),
+                    (1 << 19, Exact(i128::MIN)),
+                ],
+            },
+        ];
+        let mut wide = vec![Exact(0); 5000];
+        wide[4] = Exact(3);
+        wide[4999] = Exact(-5);
+        v.push(Partial::from_slice(&wide));
+        v.push(Partial::from_slice(&[Exact(-9); 64]));
+        assert!(matches!(v[5], Partial::Sparse { .. }) && matches!(v[6], Partial::Dense(_)));
+        v
+    }
+
+    #[test]
+    fn partial_and_gradient_message_sizes_are_the_serialized_sizes() {
+        let losses = [
+            Wide::default(),
+            Wide::from_f64(-3.5e40).unwrap(),
+            Wide::OVERFLOW,
+        ];
+        for (i, values) in partials().into_iter().enumerate() {
+            assert_eq!(values.bytes(), real_len(&values), "{values:?}");
+            let m = GradMsg {
+                shard: i as u32 * 1000,
+                loss: losses[i % losses.len()],
+                bound: Bound(u128::MAX >> i),
+                rows: u64::MAX - i as u64,
+                failure: None,
+                values,
+            };
+            assert_eq!(grad_msg_bytes(&m.values), real_len(&m), "{m:?}");
+        }
+        assert_eq!(
+            grad_bytes(31),
+            real_len(&GradMsg {
+                shard: 0,
+                values: Partial::Dense(vec![Exact(1); 31]),
+                loss: Wide::default(),
+                bound: Bound(0),
+                rows: 0,
+                failure: None,
+            })
+        );
+    }
+
+    #[test]
+    fn parameter_message_sizes_are_the_serialized_sizes() {
+        let values = [
+            ShardValues::Dense(Vec::new()),
+            ShardValues::Dense(vec![-0.5; 31]),
+            ShardValues::Delta(Vec::new()),
+            ShardValues::Delta(vec![(0, 1.0), (u32::MAX, f64::MIN)]),
+            ShardValues::diff(Some(&[0.0; 100]), &[1.0; 100]),
+            ShardValues::diff(Some(&[0.0; 100]), &[0.0; 100]),
+        ];
+        let phases = [
+            Phase::Train {
+                epoch: 3,
+                step: u64::MAX,
+            },
+            Phase::Eval {
+                epoch: 1,
+                steps: 9,
+                objective: Some(0.25),
+            },
+            Phase::Eval {
+                epoch: 1,
+                steps: 9,
+                objective: None,
+            },
+            Phase::Refresh,
+            Phase::Final {
+                epochs: 7,
+                objective: Some(1.0),
+            },
+            Phase::Final {
+                epochs: 7,
+                objective: None,
+            },
+        ];
+        for v in &values {
+            assert_eq!(v.bytes(), real_len(v), "{v:?}");
+            for phase in phases {
+                // Eager, lazy with weights only, lazy with FTRL's state.
+                for state in [
+                    None,
+                    Some(vec![]),
+                    Some(vec![(1, 0.5, 2.0), (3, -1.0, 4.0)]),
+                ] {
+                    let m = ParamMsg {
+                        shard: 5,
+                        phase,
+                        version: 11,
+                        seq: 12,
+                        values: v.clone(),
+                        lazy: state.map(|state| LazyHeader {
+                            stamp: crate::optim::lazy::Stamp::default(),
+                            flushed: true,
+                            state,
+                        }),
+                    };
+                    let header = m.lazy.as_ref().map_or(0, LazyHeader::bytes);
+                    assert_eq!(
+                        param_bytes(&m.phase, &m.values) + header,
+                        real_len(&m),
+                        "{m:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -89,6 +89,8 @@ pub struct Finished {
 
 /// What the operator needs.
 pub struct MarginContext {
+    /// The block's starting values (warm start; zeros otherwise).
+    pub init: Vec<f64>,
     /// This worker's index and the number of workers.
     pub index: usize,
     /// Number of workers.
@@ -443,7 +445,7 @@ impl State {
                     && m.margins.len() == msgs[0].margins.len()
             });
         let Some(phase) = phase.filter(|_| consistent) else {
-            self.fail(&Error::Cluster(format!(
+            self.fail(&Error::Internal(format!(
                 "model-parallel round with {} of {} workers' margins",
                 msgs.len(),
                 self.ctx.peers
@@ -510,12 +512,20 @@ impl State {
 
 impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
     fn margin_steps(self, ctx: MarginContext) -> StreamVec<'scope, u64, MarginOut> {
+        // Non-zero starting values are live from the start: the penalty
+        // acts on them before any gradient does.
+        let mut live = LiveSet::default();
+        ctx.init
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0.0)
+            .for_each(|(i, _)| live.insert(i));
         let mut state = State {
-            theta: vec![0.0; ctx.block.len()],
+            theta: ctx.init.clone(),
             best: None,
             opt: FirstOrderState::default(),
             grad: vec![0.0; ctx.block.len()],
-            live: LiveSet::default(),
+            live,
             touched: Vec::new(),
             lazy: ctx
                 .optimizer

@@ -142,21 +142,29 @@ impl ShardValues {
     }
 }
 
-/// A failure reported through the dataflow so every worker stops cleanly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The user-facing message.
-    pub message: String,
-    /// The exit code it maps to.
-    pub code: u8,
+/// A failure reported through the dataflow so every worker stops cleanly:
+/// the error itself, which reaches the user as the same variant (file, row
+/// group, column and row included) whichever worker or process found it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure(pub Box<crate::error::Error>);
+
+impl Failure {
+    /// The error, to return to the caller.
+    pub fn into_error(self) -> crate::error::Error {
+        *self.0
+    }
+}
+
+impl PartialEq for Failure {
+    /// Failures are equal if they would read and exit the same.
+    fn eq(&self, o: &Failure) -> bool {
+        self.0.exit_code() == o.0.exit_code() && self.0.to_string() == o.0.to_string()
+    }
 }
 
 impl From<&crate::error::Error> for Failure {
     fn from(e: &crate::error::Error) -> Self {
-        Failure {
-            message: e.to_string(),
-            code: e.exit_code(),
-        }
+        Failure(Box::new(e.clone()))
     }
 }
 

@@ -77,7 +77,7 @@ pub fn render_svg(series: &[Series], out: &Path, title: &str) -> Result<String> 
     if all.is_empty() {
         return Err(Error::NoRows {
             what: "metrics files: no loss values".into(),
-            purpose: "plot",
+            purpose: "plot".into(),
         });
     }
     let x_max = all.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-9) * 1.05;

@@ -47,13 +47,15 @@ pub fn step_plan(plan: &Plan, train_rows: &[usize]) -> StepPlan {
     StepPlan::new(train_rows, batch, plan.pipeline.data.units_per_step)
 }
 
-/// Builds and runs the training dataflow on this worker.
+/// Builds and runs the training dataflow on this worker, starting from
+/// `init` (zero if `None`).
 #[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
 pub fn run(
     worker: &mut Worker,
     plan: Arc<Plan>,
     spec: FeatureSpec,
     scan: &ScanResult,
+    init: Option<&[f64]>,
 ) -> Result<LoopOutcome, Failure> {
     let index = worker.index();
     let peers = worker.peers();
@@ -74,7 +76,14 @@ pub fn run(
         Strategy::ParamServer => u64::from(plan.pipeline.train.staleness.bound()),
         _ => 0,
     };
-    let driver = Driver::new(&plan.pipeline, layout, &ranges, &owned, steps_per_epoch);
+    let driver = Driver::new(
+        &plan.pipeline,
+        layout,
+        &ranges,
+        &owned,
+        steps_per_epoch,
+        init,
+    );
     let penalty = Penalty {
         l2: plan.pipeline.model.l2,
         l1: plan.pipeline.model.l1,
@@ -94,7 +103,7 @@ pub fn run(
         model: LinearModel {
             kind,
             layout,
-            theta: vec![0.0; layout.len()],
+            theta: init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec),
         },
         shards: ranges,
         result: Rc::clone(&result),

@@ -249,13 +249,15 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// The driver for the shards in `owned` (ids into `ranges`).
+    /// The driver for the shards in `owned` (ids into `ranges`), starting
+    /// from `init` (the whole parameter vector; zero if `None`).
     pub fn new(
         pipeline: &Pipeline,
         layout: Layout,
         ranges: &[Range<usize>],
         owned: &[u32],
         steps_per_epoch: u64,
+        init: Option<&[f64]>,
     ) -> Driver {
         let penalty = Penalty {
             l2: pipeline.model.l2,
@@ -276,18 +278,28 @@ impl Driver {
                 let range = ranges[id as usize].clone();
                 let lo = dense.partition_point(|&i| i < range.start);
                 let hi = dense.partition_point(|&i| i < range.end);
+                let params =
+                    init.map_or_else(|| vec![0.0; range.len()], |t| t[range.clone()].to_vec());
+                // Non-zero starting values are live from the start: the
+                // penalty acts on them before any gradient does.
+                let mut live = LiveSet::default();
+                params
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| **w != 0.0)
+                    .for_each(|(j, _)| live.insert(j));
                 OwnedShard {
                     lazy: lazy.clone(),
                     dense: dense[lo..hi].iter().map(|&i| i - range.start).collect(),
                     pending: Vec::new(),
                     id,
-                    params: vec![0.0; range.len()],
+                    params,
                     range,
                     state: FirstOrderState::default(),
                     best: None,
                     sent: None,
                     seq: 0,
-                    live: LiveSet::default(),
+                    live,
                     grad: Vec::new(),
                     changed: Changed::All,
                 }
@@ -303,7 +315,7 @@ impl Driver {
                 let penalised = (0..n).map(|i| !layout.is_intercept(i)).collect();
                 Mode::Lbfgs {
                     opt: Box::new(Lbfgs::new(
-                        vec![0.0; n],
+                        init.map_or_else(|| vec![0.0; n], <[f64]>::to_vec),
                         memory,
                         tolerance,
                         penalty,

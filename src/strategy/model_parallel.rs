@@ -24,13 +24,15 @@ use crate::model::Layout;
 use crate::optim::Penalty;
 use crate::train::plan::Plan;
 
-/// Builds and runs the model-parallel training dataflow on this worker.
+/// Builds and runs the model-parallel training dataflow on this worker,
+/// starting from `init` (the whole parameter vector; zero if `None`).
 #[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
 pub fn run(
     worker: &mut Worker,
     plan: Arc<Plan>,
     spec: FeatureSpec,
     scan: &ScanResult,
+    init: Option<&[f64]>,
 ) -> Result<LoopOutcome, Failure> {
     let index = worker.index();
     let peers = worker.peers();
@@ -48,7 +50,14 @@ pub fn run(
     let finished = Rc::new(RefCell::new(None));
     let failure = Rc::new(RefCell::new(None));
     let gathered: Rc<RefCell<Vec<BlockMsg>>> = Rc::new(RefCell::new(Vec::new()));
+    let start: Vec<f64> = (0..block.len())
+        .map(|i| match (init, block.global(i)) {
+            (Some(t), Some(g)) => t[g],
+            _ => 0.0,
+        })
+        .collect();
     let ctx = MarginContext {
+        init: start,
         index,
         peers,
         data,
@@ -89,7 +98,7 @@ pub fn run(
         return Err(f);
     }
     let Some(done) = *finished.borrow() else {
-        return Err(Failure::from(&Error::Cluster(
+        return Err(Failure::from(&Error::Internal(
             "model-parallel training ended without finishing".into(),
         )));
     };
@@ -111,7 +120,7 @@ pub fn run(
             }
         }
         if held.contains(&0) {
-            return Err(Failure::from(&Error::Cluster(
+            return Err(Failure::from(&Error::Internal(
                 "a worker's block did not reach worker 0".into(),
             )));
         }

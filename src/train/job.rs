@@ -2,7 +2,8 @@
 //! resolved pipeline without its outputs and data paths (paths may differ
 //! between machines), and, for every data file of the training and
 //! validation sources in order, its size and a digest of its Parquet
-//! footer (contents may not).
+//! footer (contents may not); and the digest of the model a warm start
+//! begins from.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,7 +24,7 @@ const TRAILER: u64 = 8;
 /// `{ "size", "footer_blake3" }` per file, labelled with the local path.
 pub fn describe(plan: &Plan) -> Result<JobDescription> {
     let mut identity = serde_json::to_value(&plan.pipeline)
-        .map_err(|e| Error::Cluster(format!("cannot describe the job: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot describe the job: {e}")))?;
     let mut labels = BTreeMap::new();
     let train = fingerprints(&plan.train.source, "data.train", &mut labels)?;
     let validation = match &plan.validation_files {
@@ -34,6 +35,10 @@ pub fn describe(plan: &Plan) -> Result<JobDescription> {
     };
     if let Value::Object(pipeline) = &mut identity {
         pipeline.shift_remove("output");
+        if let Some(init) = &plan.init {
+            labels.insert("init_model".into(), init.path.display().to_string());
+            pipeline.insert("init_model".into(), json!({ "blake3": init.digest }));
+        }
         if let Some(Value::Object(data)) = pipeline.get_mut("data") {
             data.insert("train".into(), train);
             if let Some(v) = validation {

@@ -6,6 +6,7 @@
 
 pub mod job;
 pub mod plan;
+pub mod warm;
 
 use std::sync::Arc;
 
@@ -52,7 +53,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     if rows == 0 {
         return Err(Failure::from(&Error::NoRows {
             what: plan.train.source.describe(),
-            purpose: "train on",
+            purpose: "train on".into(),
         }));
     }
     let mut spec = plan.draft.clone();
@@ -149,11 +150,19 @@ fn worker_main(
         local_workers,
         scan.memory,
     )?;
+    let init = match &plan.init {
+        Some(m) => Some(
+            m.theta(plan.pipeline.model.kind, &spec)
+                .map_err(|e| Failure::from(&e))?,
+        ),
+        None => None,
+    };
+    let init = init.as_deref();
     let outcome = match plan.pipeline.train.strategy {
         Strategy::ModelParallel => {
-            model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan)?
+            model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan, init)?
         }
-        _ => allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan)?,
+        _ => allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan, init)?,
     };
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
@@ -319,7 +328,13 @@ fn optimizer_name(p: &Pipeline) -> String {
 /// Trains a pipeline on the given cluster. Every process calls this; the
 /// report is complete on process 0.
 pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
-    let plan = Arc::new(Plan::new(pipeline)?);
+    run_plan(Plan::new(pipeline)?, cluster)
+}
+
+/// [`run`] for a plan made already (e.g. with [`Plan::init`] set for a
+/// warm start).
+pub fn run_plan(plan: Plan, cluster: &Cluster) -> Result<TrainReport> {
+    let plan = Arc::new(plan);
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
     let local_workers = cluster.workers;
@@ -364,10 +379,7 @@ pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
         }
     }
     if let Some(f) = first_failure {
-        return Err(Error::Relayed {
-            message: f.message,
-            code: f.code,
-        });
+        return Err(f.into_error());
     }
     let d = &plan.pipeline.data;
     let workers = cluster.total_workers();

@@ -32,6 +32,8 @@ pub struct Plan {
     pub draft: FeatureSpec,
     /// True if the label column holds strings.
     pub string_label: bool,
+    /// The saved model to start from (warm start), if any.
+    pub init: Option<super::warm::InitModel>,
 }
 
 impl Plan {
@@ -208,6 +210,7 @@ impl Plan {
             validation_fraction,
             draft,
             string_label,
+            init: None,
         })
     }
 
