@@ -142,6 +142,9 @@ fn worker_main(
     if worker.index() == 0 && !plan.pipeline.data.standardize {
         warn_coarse_features(&spec, &scan);
     }
+    if worker.index() == 0 {
+        hint_lazy_updates(&plan.pipeline, &spec);
+    }
     check_budget(&plan.pipeline, &spec, worker.peers())?;
     check_memory(
         &plan.pipeline,
@@ -195,6 +198,22 @@ fn worker_main(
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
+}
+
+/// Says, once, that eager steps of a wide hashed model will cost what the
+/// live weights cost, where `optimizer.lazy = true` would make them cost
+/// what the batch touches (momentum, Adam and AdaGrad with a penalty are
+/// eager by default: lazy updates change those algorithms).
+fn hint_lazy_updates(p: &Pipeline, spec: &FeatureSpec) {
+    let Some(first) = p.optimizer.first_order() else {
+        return;
+    };
+    if !first.lazy && spec.hashed_dim() >= 1 << 16 {
+        tracing::info!(
+            hashed_slots = spec.hashed_dim(),
+            "every step visits every weight a row has touched so far; optimizer.lazy = true makes a step cost what its batch touches (for this optimizer a variant with lazy semantics: see docs/optimizers.md#lazy-updates)"
+        );
+    }
 }
 
 /// Warns about numeric features whose values, held as `f32` model inputs
