@@ -183,3 +183,46 @@ fn a_model_for_other_features_is_refused_naming_the_first_difference() {
         "{err}"
     );
 }
+
+/// Regression: FTRL's weights are a function of its state (z, n), and a
+/// warm start left that state at zero, so the first step put every weight
+/// back to zero (eager) or kept untouched ones at their start (lazy): the
+/// two disagreed and the start was lost. The state now starts at the
+/// saved weights: eager and lazy give the same model, which continues
+/// from the saved one.
+#[test]
+fn ftrl_continues_from_the_saved_model_eager_and_lazy_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (start, _) = train(
+        dir.path(),
+        "init",
+        "pipelines/adult.toml",
+        &["--set", "train.epochs=1"],
+    );
+    let init = s(&dir.path().join("init.json"));
+    let ftrl = [
+        "--set",
+        "optimizer.kind=\"ftrl\"",
+        "--set",
+        "train.epochs=1",
+    ];
+    let loss = |v: &Value| v["validation"]["loss"].as_f64().unwrap();
+    for penalty in ["model.l2=0", "model.l2=0.001"] {
+        let mut runs = Vec::new();
+        for lazy in ["false", "true"] {
+            let name = format!("ftrl-{penalty}-{lazy}");
+            let set = format!("optimizer.lazy={lazy}");
+            let mut args = ftrl.to_vec();
+            args.extend(["--set", penalty, "--set", &set, "--init-model", &init]);
+            let (summary, _) = train(dir.path(), &name, "pipelines/adult.toml", &args);
+            assert!(
+                loss(&summary) < loss(&start) + 0.01,
+                "{penalty}, lazy {lazy}: {} from {}",
+                loss(&summary),
+                loss(&start)
+            );
+            runs.push(std::fs::read(dir.path().join(format!("{name}.json"))).unwrap());
+        }
+        assert!(runs[0] == runs[1], "{penalty}: eager and lazy FTRL differ");
+    }
+}

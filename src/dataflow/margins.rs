@@ -523,7 +523,7 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
         let mut state = State {
             theta: ctx.init.clone(),
             best: None,
-            opt: FirstOrderState::default(),
+            opt: FirstOrderState::starting_at(&ctx.optimizer, &ctx.init),
             grad: vec![0.0; ctx.block.len()],
             live,
             touched: Vec::new(),

@@ -443,6 +443,17 @@ impl Reader {
         })
     }
 
+    /// Starts FTRL's copy of `(z, n)` where the owners start it (a warm
+    /// start: [`FirstOrderState::starting_at`]); until a coordinate's state
+    /// is published, its weight is read from this one.
+    pub fn start_at(mut self, state: &FirstOrderState) -> Reader {
+        if !self.z.is_empty() && state.m.len() == self.z.len() && state.v.len() == self.n.len() {
+            self.z.clone_from(&state.m);
+            self.n.clone_from(&state.v);
+        }
+        self
+    }
+
     /// Takes an owner's stamp (see [`Clock::record`]).
     pub fn record(&mut self, stamp: Stamp) -> bool {
         self.clock.record(stamp)

@@ -32,6 +32,27 @@ pub struct FirstOrderState {
     pub v: Vec<f64>,
 }
 
+impl FirstOrderState {
+    /// The state of a run that starts at `params` (warm start). Only FTRL
+    /// needs one: its weights are a function of its state `z`, `n`, and a
+    /// zero state would put every weight back to zero at the first step.
+    /// `z = −w·β/α` with `n = 0` is the state whose weight is `w` before
+    /// the first step (when no penalty has accrued yet).
+    pub fn starting_at(spec: &OptimizerSpec, params: &[f64]) -> FirstOrderState {
+        match spec {
+            OptimizerSpec::Ftrl { base, beta } if params.iter().any(|&w| w != 0.0) => {
+                let alpha = base.learning_rate;
+                FirstOrderState {
+                    t: 0,
+                    m: params.iter().map(|&w| -w * beta / alpha).collect(),
+                    v: vec![0.0; params.len()],
+                }
+            }
+            _ => FirstOrderState::default(),
+        }
+    }
+}
+
 /// Soft-thresholding: the proximal operator of `τ·|w|`.
 #[inline]
 pub fn soft_threshold(w: f64, tau: f64) -> f64 {

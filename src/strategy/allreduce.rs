@@ -121,7 +121,7 @@ pub fn run(
                 .unwrap_or(steps_per_epoch)
                 .max(1),
             steps_per_epoch,
-            state: FirstOrderState::default(),
+            state: FirstOrderState::starting_at(&plan.pipeline.optimizer, init.unwrap_or(&[])),
             grad: Vec::new(),
             lazy: lazy.then(|| Lazy::new(&optimizer, penalty)),
             clock: Clock::default(),
@@ -133,7 +133,13 @@ pub fn run(
         hooks: Hooks::from_env(index),
         reader: (lazy && !average)
             .then(|| Reader::new(Drift::of(&optimizer, penalty), layout.len()))
-            .flatten(),
+            .flatten()
+            .map(|r| {
+                r.start_at(&FirstOrderState::starting_at(
+                    &optimizer,
+                    init.unwrap_or(&[]),
+                ))
+            }),
         label_ref: (scan.label.n > 0).then(|| scan.label.mean()),
     };
     let collect = CollectContext {
