@@ -394,6 +394,12 @@ fn lazy_updates(
             base.lazy = false;
             base
         }
+        OptimizerSpec::Lbfgs { .. } if asked.is_some() => {
+            return Err(value_err(
+                "optimizer.lazy",
+                "applies to the first-order optimizers only: L-BFGS takes full-batch steps over every weight",
+            ))
+        }
         OptimizerSpec::Lbfgs { .. } => return Ok(()),
     };
     if let Some(lazy) = asked {
@@ -924,6 +930,12 @@ mod tests {
         ] {
             assert_eq!(lazy(sets).unwrap(), want, "{sets:?}");
         }
+        // Regression: L-BFGS ignored the key silently.
+        let err = lazy(&["optimizer.kind=lbfgs", "optimizer.lazy=false"]).unwrap_err();
+        assert!(
+            err.to_string().contains("optimizer.lazy") && err.to_string().contains("L-BFGS"),
+            "{err}"
+        );
         let err = lazy(&[
             "optimizer.kind=sgd",
             "optimizer.learning_rate=2",
