@@ -6,7 +6,7 @@
 # step (counted by tidemill), peak RSS (GNU time; the larger process for 2
 # processes). Writes metrics files, table.md and one SVG per workload
 # (loss against wall time, 2 worker threads) into $OUT.
-#   python3 ../shared/bench/gen_dense.py /tmp/bench   # once: W1 (or set BENCH_DATA)
+#   python3 benches/peers/gen_dense.py /tmp/bench   # once: W1 (or set BENCH_DATA)
 #   bash benches/strategies.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,8 +2,8 @@
 # W1 (dense synthetic logistic, 4M × 32) side by side: scikit-learn SGD and
 # L-BFGS, Vowpal Wabbit, and tidemill on 1 and 2 workers, in one run on one
 # machine, appended to one results file; then the ratio table.
-#   bash ../shared/bench/setup.sh                 # once: the peers' venv (.bench-venv)
-#   python3 ../shared/bench/gen_dense.py /tmp/bench   # once: the data (or add "gen" below)
+#   bash benches/peers/setup.sh                 # once: the peers' venv (.bench-venv)
+#   python3 benches/peers/gen_dense.py /tmp/bench   # once: the data (or add "gen" below)
 #   bash benches/w1_peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +13,9 @@ OUT=${BENCH_OUT:-$BENCH_DATA/results/w1-$(date +%Y%m%d-%H%M%S).jsonl}
 export BENCH_OUT=$OUT
 cargo build --release --benches --quiet
 BENCH=$(ls -t target/release/deps/dense-* | grep -v '\.d$' | head -1)
-bash ../shared/bench/run_all.sh w1-sgd w1-lbfgs w1-vw || true
+bash benches/peers/run_all.sh w1-sgd w1-lbfgs w1-vw || true
 for w in 1 2; do
   "$BENCH" peer "$BENCH_DATA" "$w" | tee -a "$OUT"
 done
-"$BENCH_VENV/bin/python" ../shared/bench/table.py "$OUT"
+"$BENCH_VENV/bin/python" benches/peers/table.py "$OUT"
 echo "results: $OUT"
