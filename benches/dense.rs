@@ -1,9 +1,9 @@
-//! The dense synthetic logistic workload (W1 of `shared/bench`): epoch time
+//! The dense synthetic logistic workload (W1 of `benches/peers`): epoch time
 //! on 1 and 2 workers against a bare Parquet scan-and-decode of the same
 //! columns, examples/s, and peak RSS with and without the decoded cache.
 //!
 //! ```sh
-//! python3 ../shared/bench/gen_dense.py /tmp/bench          # 4M × 32 float32, once
+//! python3 benches/peers/gen_dense.py /tmp/bench          # 4M × 32 float32, once
 //! cargo bench --bench dense -- all /tmp/bench              # every configuration, JSON lines + a table
 //! ```
 //!
@@ -216,7 +216,7 @@ fn main() {
         _ => {
             if !data.join("dense_train.parquet").exists() {
                 eprintln!(
-                    "{}/dense_train.parquet missing: run python3 ../shared/bench/gen_dense.py {}",
+                    "{}/dense_train.parquet missing: run python3 benches/peers/gen_dense.py {}",
                     data.display(),
                     data.display()
                 );

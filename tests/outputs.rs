@@ -534,29 +534,35 @@ fn a_message_mentioning_a_broken_pipe_is_still_an_error() {
     assert!(err.contains("'Broken pipe' not found"), "{err}");
 }
 
+/// Runs `tidemill args` with a standard output whose reader has gone.
+fn with_stdout_closed(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
 /// A reader that closes standard output early ends `predict -o -`
 /// quietly, with exit code 0.
 #[test]
 fn a_reader_closing_stdout_early_is_a_quiet_exit() {
     let dir = tempfile::tempdir().unwrap();
     let model = quickstart_model(dir.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
-        .current_dir(root())
-        .env("TIDEMILL_LOG", "warn")
-        .args([
-            "predict",
-            "-m",
-            &s(&model),
-            "-i",
-            "datasets/breast_cancer.parquet",
-        ])
-        .args(["-o", "-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdout_closed(&[
+        "predict",
+        "-m",
+        &s(&model),
+        "-i",
+        "datasets/breast_cancer.parquet",
+        "-o",
+        "-",
+    ]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
@@ -587,16 +593,7 @@ fn every_command_ends_quietly_when_stdout_is_closed() {
         ],
     ];
     for args in commands {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
-            .current_dir(root())
-            .env("TIDEMILL_LOG", "warn")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = with_stdout_closed(args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
