@@ -418,67 +418,47 @@ impl State {
             }
             for &i in &touched {
                 let g = std::mem::take(&mut self.acc[i]);
-                if r > 0 {
-                    local.grad[i] = if !local.fit_intercept && layout.is_intercept(i) {
-                        0.0
-                    } else {
-                        g.to_f64() / r as f64
-                    };
-                    if local.lazy.is_none() {
-                        self.live.insert(i);
-                    }
-                }
+                let frozen = !local.fit_intercept && layout.is_intercept(i);
+                local.grad[i] = optim::update::mean(g.to_f64(), r, frozen);
             }
             if r == 0 {
+                touched.iter().for_each(|&i| local.grad[i] = 0.0);
                 continue;
             }
-            let lr = local.spec.first_order().map_or(0.0, |f| {
-                f.schedule.rate(
-                    f.learning_rate,
-                    epoch as u64 * local.steps_per_epoch + s,
+            let step_args = optim::update::Step {
+                spec: &local.spec,
+                lr: optim::update::rate(
+                    &local.spec,
+                    u64::from(epoch) * local.steps_per_epoch + s,
                     epoch,
-                )
-            });
-            let theta = &mut self.ctx.model.theta;
-            let penalised = |i: usize| !layout.is_intercept(i);
-            let bad = if let Some(lazy) = local.lazy.as_mut() {
-                // Touched: every row's coordinates and those with a non-zero
-                // gradient; the others wait.
-                touched.retain(|&i| local.grad[i] != 0.0 || layout.is_dense(i));
-                local.clock.tick(lr, local.penalty);
-                lazy.step(
-                    &local.spec,
-                    theta,
-                    &local.grad,
-                    &mut local.state,
-                    &local.clock,
-                    lr,
-                    local.penalty,
-                    penalised,
-                    &touched,
-                );
-                touched.iter().for_each(|&i| self.live.insert(i));
-                touched.iter().copied().find(|&i| !theta[i].is_finite())
-            } else {
-                optim::step_at(
-                    &local.spec,
-                    theta,
-                    &local.grad,
-                    &mut local.state,
-                    lr,
-                    local.penalty,
-                    penalised,
-                    self.live.indices().iter().copied(),
-                );
-                self.live
-                    .indices()
-                    .iter()
-                    .copied()
-                    .find(|&i| !theta[i].is_finite())
+                ),
+                penalty: local.penalty,
             };
-            touched.iter().for_each(|&i| local.grad[i] = 0.0);
+            let dense = |i: usize| layout.is_dense(i);
+            let visit = match local.lazy.as_mut() {
+                Some(lazy) => {
+                    local.clock.tick(step_args.lr, local.penalty);
+                    optim::update::Visit::Lazy {
+                        lazy,
+                        clock: &local.clock,
+                        touched: &mut touched,
+                        dense: &dense,
+                    }
+                }
+                None => optim::update::Visit::Live(&touched),
+            };
+            let theta = &mut self.ctx.model.theta;
+            let bad = optim::update::apply(
+                step_args,
+                theta,
+                &mut local.grad,
+                &mut local.state,
+                &mut self.live,
+                visit,
+                |i| !layout.is_intercept(i),
+            );
             if let Some(i) = bad {
-                return Err(diverged(format!("parameter {i} became {}", theta[i])));
+                return Err(optim::update::diverged(epoch, s, i, theta[i]));
             }
         }
         if let Some(lazy) = local.lazy.as_mut() {

@@ -38,7 +38,7 @@ use crate::metrics::EvalPartial;
 use crate::model::block::FeatureBlock;
 use crate::model::loss;
 use crate::optim::lazy::{Clock, Lazy};
-use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
+use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{EarlyStopping, ModelKind, OptimizerSpec};
 
 /// One worker's partial margins for a round.
@@ -273,82 +273,49 @@ impl State {
         self.epoch_rows += n as u64;
         if n > 0 {
             let block = &self.ctx.block;
-            let lr = self
-                .ctx
-                .optimizer
-                .first_order()
-                .map_or(0.0, |f| f.schedule.rate(f.learning_rate, self.steps, epoch));
-            let intercept = block.intercept && self.ctx.fit_intercept;
-            let mean = |i: usize, g: f64| {
-                if block.is_intercept(i) && !intercept {
-                    0.0
-                } else {
-                    g / n as f64
-                }
+            let step_args = update::Step {
+                spec: &self.ctx.optimizer,
+                lr: update::rate(&self.ctx.optimizer, self.steps, epoch),
+                penalty: self.ctx.penalty,
             };
-            let bad = if let Some(lazy) = self.lazy.as_mut() {
-                // Touched: every row's coordinates and those with a non-zero
-                // gradient; the others wait.
-                touched.extend(block.dense_indices());
-                touched.sort_unstable();
-                touched.dedup();
-                for &i in &touched {
-                    self.grad[i] = mean(i, self.grad[i]);
-                }
-                let grad = &mut self.grad;
-                let mut visit: Vec<usize> = touched
-                    .iter()
-                    .copied()
-                    .filter(|&i| grad[i] != 0.0 || block.is_dense(i))
-                    .collect();
-                self.clock.tick(lr, self.ctx.penalty);
-                lazy.step(
-                    &self.ctx.optimizer,
-                    &mut self.theta,
-                    grad,
-                    &mut self.opt,
-                    &self.clock,
-                    lr,
-                    self.ctx.penalty,
-                    |i| !block.is_intercept(i),
-                    &visit,
+            let frozen_intercept = !(block.intercept && self.ctx.fit_intercept);
+            // Candidates: every row's coordinates and the dense ones.
+            touched.extend(block.dense_indices());
+            touched.sort_unstable();
+            touched.dedup();
+            for &i in &touched {
+                self.grad[i] = update::mean(
+                    self.grad[i],
+                    n as u64,
+                    frozen_intercept && block.is_intercept(i),
                 );
-                touched.drain(..).for_each(|i| grad[i] = 0.0);
-                visit.iter().for_each(|&i| self.live.insert(i));
-                visit.retain(|&i| !self.theta[i].is_finite());
-                visit.first().copied()
-            } else {
-                // Only coordinates that ever had a gradient need the optimizer.
-                block.dense_indices().for_each(|i| self.live.insert(i));
-                touched.drain(..).for_each(|i| self.live.insert(i));
-                for &i in self.live.indices() {
-                    self.grad[i] = mean(i, self.grad[i]);
+            }
+            let dense = |i: usize| block.is_dense(i);
+            let visit = match self.lazy.as_mut() {
+                Some(lazy) => {
+                    self.clock.tick(step_args.lr, self.ctx.penalty);
+                    update::Visit::Lazy {
+                        lazy,
+                        clock: &self.clock,
+                        touched: &mut touched,
+                        dense: &dense,
+                    }
                 }
-                optim::step_at(
-                    &self.ctx.optimizer,
-                    &mut self.theta,
-                    &self.grad,
-                    &mut self.opt,
-                    lr,
-                    self.ctx.penalty,
-                    |i| !block.is_intercept(i),
-                    self.live.indices().iter().copied(),
-                );
-                for &i in self.live.indices() {
-                    self.grad[i] = 0.0;
-                }
-                self.live
-                    .indices()
-                    .iter()
-                    .copied()
-                    .find(|&i| !self.theta[i].is_finite())
+                None => update::Visit::Live(&touched),
             };
+            let bad = update::apply(
+                step_args,
+                &mut self.theta,
+                &mut self.grad,
+                &mut self.opt,
+                &mut self.live,
+                visit,
+                |i| !block.is_intercept(i),
+            );
+            touched.clear();
             if let Some(i) = bad {
                 let g = block.global(i).unwrap_or(0);
-                return Err(diverged(format!(
-                    "parameter {g} became {} (lower optimizer.learning_rate, or set data.standardize = true)",
-                    self.theta[i]
-                )));
+                return Err(update::diverged(epoch, step, g, self.theta[i]));
             }
         }
         self.touched = touched;

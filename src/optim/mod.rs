@@ -7,6 +7,7 @@
 
 pub mod lazy;
 pub mod lbfgs;
+pub mod update;
 
 use serde::{Deserialize, Serialize};
 

@@ -13,7 +13,7 @@ use crate::exact::Bound;
 use crate::model::Layout;
 use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
-use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
+use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{OptimizerSpec, Pipeline};
 
 /// A shard this worker owns.
@@ -211,15 +211,6 @@ impl ShardGrad {
             }
         }
     }
-}
-
-/// The failure of a step that made parameter `i` (absolute) non-finite.
-fn diverged_at(epoch: u32, step: u64, i: usize, w: f64) -> Failure {
-    Failure::from(&Error::Diverged {
-        epoch,
-        step,
-        message: format!("parameter {i} became {w} (lower optimizer.learning_rate, or set data.standardize = true)"),
-    })
 }
 
 /// Parameters to send, each `delay` rounds after the round being folded.
@@ -494,11 +485,7 @@ impl Driver {
         let fit_intercept = self.fit_intercept;
         // The mean gradient of coordinate `i` (absolute index) from its sum.
         let mean_at = move |i: usize, g: f64| -> f64 {
-            if !fit_intercept && layout.is_intercept(i) {
-                0.0
-            } else {
-                g / rows.max(1) as f64
-            }
+            update::mean(g, rows, !fit_intercept && layout.is_intercept(i))
         };
         let mean = |range: &Range<usize>, sum: &[f64]| -> Vec<f64> {
             sum.iter()
@@ -530,120 +517,82 @@ impl Driver {
                 steps_per_epoch,
             } => {
                 if rows > 0 {
-                    let base = spec.first_order().map(|f| (f.learning_rate, f.schedule));
-                    let lr = base.map_or(0.0, |(eta, sch)| sch.rate(eta, self.steps, epoch));
+                    let step_args = update::Step {
+                        spec,
+                        lr: update::rate(spec, self.steps, epoch),
+                        penalty: self.penalty,
+                    };
                     if self.shards.iter().any(|s| s.lazy.is_some()) {
-                        self.clock.tick(lr, self.penalty);
+                        self.clock.tick(step_args.lr, self.penalty);
                     }
                     for s in &mut self.shards {
                         let Some(sum) = sums.get(&s.id) else { continue };
                         let start = s.range.start;
-                        let penalised = |i: usize| !layout.is_intercept(start + i);
                         let n = s.range.len();
                         if s.grad.len() != n {
                             s.grad = vec![0.0; n];
                         }
-                        match (s.lazy.as_mut(), sum) {
-                            (Some(lazy), sum) => {
-                                // Touched: every row's coordinates and those
-                                // with a non-zero sum; the others wait.
-                                let mut touched = std::mem::take(&mut s.pending);
-                                debug_assert!(touched.is_empty(), "every fold emits");
-                                touched.extend_from_slice(&s.dense);
-                                let mut set = |i: usize, g: f64| {
-                                    s.grad[i] = mean_at(start + i, g);
-                                    if s.grad[i] != 0.0 {
-                                        touched.push(i);
-                                    }
-                                };
-                                match sum {
-                                    ShardGrad::Dense(v) => {
-                                        v.iter().enumerate().for_each(|(i, &g)| set(i, g))
-                                    }
-                                    ShardGrad::Sparse(e) => {
-                                        e.iter().for_each(|&(i, g)| set(i as usize, g))
-                                    }
+                        let mut touched = std::mem::take(&mut s.pending);
+                        debug_assert!(touched.is_empty(), "every fold emits");
+                        // An eager dense step visits every coordinate and
+                        // needs no list of them.
+                        let listed = s.lazy.is_some();
+                        match sum {
+                            ShardGrad::Dense(v) => v.iter().enumerate().for_each(|(i, &g)| {
+                                s.grad[i] = mean_at(start + i, g);
+                                if listed {
+                                    touched.push(i);
                                 }
+                            }),
+                            ShardGrad::Sparse(e) => e.iter().for_each(|&(i, g)| {
+                                s.grad[i as usize] = mean_at(start + i as usize, g);
+                                touched.push(i as usize);
+                            }),
+                        }
+                        let dense = |i: usize| layout.is_dense(start + i);
+                        let (visit, changed) = match (s.lazy.as_mut(), sum) {
+                            (Some(lazy), _) => {
+                                // Candidates: every row's coordinates and
+                                // those with a sum; the others wait.
+                                touched.extend_from_slice(&s.dense);
                                 touched.sort_unstable();
                                 touched.dedup();
-                                lazy.step(
-                                    spec,
-                                    &mut s.params,
-                                    &s.grad,
-                                    &mut s.state,
-                                    &self.clock,
-                                    lr,
-                                    self.penalty,
-                                    penalised,
-                                    &touched,
-                                );
-                                match sum {
-                                    ShardGrad::Dense(_) => s.grad.iter_mut().for_each(|g| *g = 0.0),
-                                    ShardGrad::Sparse(e) => {
-                                        e.iter().for_each(|&(i, _)| s.grad[i as usize] = 0.0)
-                                    }
-                                }
-                                touched.iter().for_each(|&i| s.live.insert(i));
-                                let bad =
-                                    touched.iter().copied().find(|&i| !s.params[i].is_finite());
-                                s.pending = touched;
-                                s.mark(Changed::Touched);
-                                if let Some(i) = bad {
-                                    return Err(diverged_at(epoch, step, start + i, s.params[i]));
-                                }
-                                continue;
+                                let visit = update::Visit::Lazy {
+                                    lazy,
+                                    clock: &self.clock,
+                                    touched: &mut touched,
+                                    dense: &dense,
+                                };
+                                (visit, Changed::Touched)
                             }
-                            (None, ShardGrad::Dense(sum)) => {
-                                let grad = mean(&s.range, sum);
-                                for (i, &g) in grad.iter().enumerate() {
-                                    if g != 0.0 {
-                                        s.live.insert(i);
-                                    }
-                                }
-                                let (state, penalty) = (&mut s.state, self.penalty);
-                                optim::step(
-                                    spec,
-                                    &mut s.params,
-                                    &grad,
-                                    state,
-                                    lr,
-                                    penalty,
-                                    penalised,
-                                );
-                                s.changed = Changed::All;
+                            (None, ShardGrad::Dense(_)) => (update::Visit::All, Changed::All),
+                            (None, ShardGrad::Sparse(_)) => {
+                                (update::Visit::Live(&touched), Changed::Live)
                             }
-                            (None, ShardGrad::Sparse(entries)) => {
-                                // Quiescent coordinates without a gradient
-                                // would not move: visit the live ones only.
-                                for &(i, g) in entries {
-                                    s.grad[i as usize] = mean_at(start + i as usize, g);
-                                    s.live.insert(i as usize);
-                                }
-                                optim::step_at(
-                                    spec,
-                                    &mut s.params,
-                                    &s.grad,
-                                    &mut s.state,
-                                    lr,
-                                    self.penalty,
-                                    penalised,
-                                    s.live.indices().iter().copied(),
-                                );
-                                entries.iter().for_each(|&(i, _)| s.grad[i as usize] = 0.0);
-                                s.mark(Changed::Live);
-                            }
-                        }
-                        let bad = match s.changed {
-                            Changed::All => s.params.iter().position(|w| !w.is_finite()),
-                            _ => s
-                                .live
-                                .indices()
-                                .iter()
-                                .copied()
-                                .find(|&i| !s.params[i].is_finite()),
                         };
+                        let bad = update::apply(
+                            step_args,
+                            &mut s.params,
+                            &mut s.grad,
+                            &mut s.state,
+                            &mut s.live,
+                            visit,
+                            |i| !layout.is_intercept(start + i),
+                        );
+                        if changed == Changed::Touched {
+                            s.pending = touched;
+                        } else {
+                            touched.clear();
+                            s.pending = touched;
+                        }
+                        s.mark(changed);
                         if let Some(i) = bad {
-                            return Err(diverged_at(epoch, step, start + i, s.params[i]));
+                            return Err(Failure::from(&update::diverged(
+                                epoch,
+                                step,
+                                start + i,
+                                s.params[i],
+                            )));
                         }
                     }
                 }
