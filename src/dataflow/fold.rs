@@ -12,7 +12,58 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
 use crate::exact::{Bound, Exact, Wide};
-use crate::strategy::driver::{Driver, ShardGrad};
+
+/// A shard's summed gradient: every coordinate, or only the coordinates
+/// some worker touched, as (offset, sum) with offsets increasing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardGrad {
+    /// Every coordinate.
+    Dense(Vec<f64>),
+    /// The touched coordinates; all others are zero.
+    Sparse(Vec<(u32, f64)>),
+}
+
+impl ShardGrad {
+    /// Every coordinate of a shard of `len` coordinates.
+    pub fn to_dense(&self, len: usize) -> Vec<f64> {
+        match self {
+            ShardGrad::Dense(v) => v.clone(),
+            ShardGrad::Sparse(e) => {
+                let mut v = vec![0.0; len];
+                for &(i, g) in e {
+                    if let Some(x) = v.get_mut(i as usize) {
+                        *x = g;
+                    }
+                }
+                v
+            }
+        }
+    }
+}
+
+/// Parameters to send, each `delay` rounds after the round being folded.
+pub type Emission = Vec<(u64, ParamMsg)>;
+
+/// What the shard owners do with a complete round: the strategy's side of
+/// the fold. Every owner must make the same deterministic progression, so
+/// that owners agree without talking.
+pub trait Owner: 'static {
+    /// The parameters of the first rounds.
+    fn start(&mut self) -> Emission;
+
+    /// Applies a training round's summed gradient (per owned shard, with
+    /// the exact loss sum, the rows and the [`Bound`] of the partials).
+    fn on_gradients(
+        &mut self,
+        sums: &BTreeMap<u32, ShardGrad>,
+        loss: f64,
+        rows: u64,
+        bound: Bound,
+    ) -> Result<Emission, Failure>;
+
+    /// Applies the collector's decision after an evaluation round.
+    fn on_control(&mut self, control: &Control) -> Emission;
+}
 
 /// The exact sum of one shard's partials: sparse if every partial is.
 fn sum_partials(parts: Vec<Partial>) -> ShardGrad {
@@ -50,12 +101,12 @@ fn sum_partials(parts: Vec<Partial>) -> ShardGrad {
 pub trait FoldShards<'scope> {
     /// Routes each [`GradMsg`] to its shard's owner, waits until a round is
     /// complete (the frontier has passed it, on gradients and control), then
-    /// lets the [`Driver`] step and emits the [`ParamMsg`]s it releases, each
-    /// at the delay the driver asks for.
+    /// lets the [`Owner`] step and emits the [`ParamMsg`]s it releases, each
+    /// at the delay it asks for.
     fn fold_shards(
         self,
         control: StreamVec<'scope, u64, Control>,
-        driver: Driver,
+        owner: impl Owner,
         failure: Rc<RefCell<Option<Failure>>>,
     ) -> StreamVec<'scope, u64, ParamMsg>;
 }
@@ -71,7 +122,7 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
     fn fold_shards(
         self,
         control: StreamVec<'scope, u64, Control>,
-        mut driver: Driver,
+        mut driver: impl Owner,
         failure: Rc<RefCell<Option<Failure>>>,
     ) -> StreamVec<'scope, u64, ParamMsg> {
         let peers = self.scope().peers();

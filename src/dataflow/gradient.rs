@@ -13,17 +13,15 @@ use timely::dataflow::{Stream, StreamVec};
 use super::hooks::Hooks;
 use super::rounds::Rounds;
 use super::{
-    bound_message, loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial,
-    Phase, ShardValues, WorkerOut,
+    loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial, Phase,
+    ShardValues, WorkerOut,
 };
 use crate::data::cache::WorkerData;
 use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::model::{LinearModel, Scratch};
-use crate::optim::lazy::{Clock, Lazy, Reader};
-use crate::optim::{self, FirstOrderState, LiveSet, Penalty};
-use crate::spec::OptimizerSpec;
+use crate::optim::lazy::Reader;
 
 /// The final parameters, as seen by worker 0.
 #[derive(Debug, Clone)]
@@ -42,26 +40,22 @@ pub struct GradientContext {
     pub model: LinearModel,
     /// Shard ranges of the parameter vector.
     pub shards: Vec<Range<usize>>,
-    /// Where the final parameters go (set only on the worker that keeps them).
-    pub result: Rc<RefCell<Option<FinalParams>>>,
-    /// True on worker 0, which keeps the final parameters.
-    pub keep_result: bool,
+    /// Where the final parameters go: `Some` only on the worker that keeps
+    /// them (worker 0).
+    pub result: Option<Rc<RefCell<Option<FinalParams>>>>,
     /// This worker's index.
     pub index: usize,
     /// Number of workers.
     pub peers: usize,
     /// Where this worker records its own failure.
     pub failure: Rc<RefCell<Option<Failure>>>,
-    /// `model-average`: how this worker steps its own replica.
-    pub local: Option<LocalTraining>,
-    /// `param-server`: how many rounds ahead of the slowest worker this one
-    /// may compute (0 = synchronous). Fresher shards that have already
-    /// arrived for later rounds are read instead of the round's own.
-    pub lag: u64,
-    /// Steps per epoch (to tell how stale a read is).
+    /// A strategy whose workers step their own replica (`model-average`):
+    /// what a training round computes instead of the plain gradient.
+    pub replica: Option<Box<dyn Replica>>,
+    /// How far this worker may read ahead (`param-server`).
+    pub read_ahead: ReadAhead,
+    /// Steps per epoch (to tell how stale a read is, and to number steps).
     pub steps_per_epoch: u64,
-    /// Count the staleness of every shard read (`param-server`).
-    pub record_staleness: bool,
     /// Test hooks (slowed worker, step trace).
     pub hooks: Hooks,
     /// Lazy updates whose untouched weights move: the worker's copy of
@@ -72,28 +66,54 @@ pub struct GradientContext {
     pub label_ref: Option<f64>,
 }
 
-/// Local training of a replica (`model-average`): the worker applies the
-/// optimizer itself for `sync_every` steps, then sends its replica.
-pub struct LocalTraining {
-    /// The optimizer (first-order).
-    pub spec: OptimizerSpec,
-    /// Penalties.
-    pub penalty: Penalty,
-    /// Fit intercepts.
-    pub fit_intercept: bool,
-    /// Local steps per round.
-    pub sync_every: u64,
-    /// Steps per epoch.
-    pub steps_per_epoch: u64,
-    /// This worker's optimizer state (kept across rounds, never averaged).
-    pub state: FirstOrderState,
-    /// Gradient buffer, zero between steps.
-    pub grad: Vec<f64>,
-    /// Lazy updates of the replica (`None`: every step visits every live
-    /// coordinate), and the steps the replica took.
-    pub lazy: Option<Lazy>,
-    /// The replica's clock (lazy updates).
-    pub clock: Clock,
+/// Reading ahead of the slowest worker: the mechanism of bounded staleness.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadAhead {
+    /// How many rounds ahead of the slowest worker this one may compute
+    /// (0 = synchronous). Fresher shards that have already arrived for
+    /// later rounds are read instead of the round's own.
+    pub lag: u64,
+    /// Count the staleness of every shard read (for the epoch records).
+    pub record_staleness: bool,
+}
+
+/// What a replica's local steps work with: the worker's data, the model
+/// (whose parameters are the replica) and the operator's buffers.
+pub struct Workspace<'a> {
+    /// The worker's data.
+    pub data: &'a mut WorkerData,
+    /// The model; its parameters are what the owners sent, then the replica.
+    pub model: &'a mut LinearModel,
+    /// Per-row scratch of the gradient computation.
+    pub scratch: &'a mut Scratch,
+    /// The exact accumulator, all zero on entry; on return it holds the
+    /// values to send on the coordinates returned.
+    pub acc: &'a mut Vec<Exact>,
+}
+
+/// A worker that trains a replica of its own (`model-average`) instead of
+/// sending the gradient of each step: the strategy's side of the gradient
+/// operator.
+pub trait Replica {
+    /// A shard's values arrived from its owner (whole or as changes), to be
+    /// applied to `theta`, which holds what the owners sent before them.
+    fn received(&mut self, theta: &[f64], range: Range<usize>, values: &ShardValues);
+
+    /// Before a round: sets `theta` back to what the owners sent where the
+    /// replica stepped away from it.
+    fn restore(&self, theta: &mut [f64]);
+
+    /// Trains the replica through the round that starts at step `step` of
+    /// `epoch`. Returns the coordinates (sorted) whose values it left in the
+    /// accumulator for the owners, with the exact loss sum, the rows and the
+    /// [`Bound`] of those values.
+    #[allow(clippy::type_complexity)]
+    fn train(
+        &mut self,
+        ws: Workspace<'_>,
+        epoch: u32,
+        step: u64,
+    ) -> Result<(Vec<usize>, Wide, u64, Bound), Error>;
 }
 
 /// Extension trait: compute gradient partials from broadcast parameters.
@@ -122,11 +142,6 @@ struct State {
     fetched: Vec<usize>,
     /// Gradient accumulator, all zero between steps.
     acc: Vec<Exact>,
-    /// `model-average`: replica coordinates that may be non-quiescent (had a
-    /// local gradient, or arrived non-zero from the owners).
-    live: LiveSet,
-    /// `model-average`: the parameters as the owners last sent them.
-    mirror: Vec<f64>,
     stopped: bool,
 }
 
@@ -180,10 +195,6 @@ impl State {
         if m.seq <= seq {
             return Ok(true);
         }
-        let replica = self.ctx.local.is_some();
-        if replica && self.mirror.len() != self.ctx.model.theta.len() {
-            self.mirror = self.ctx.model.theta.clone();
-        }
         if let (Some(reader), Some(h)) = (self.ctx.reader.as_mut(), m.lazy.as_ref()) {
             if !matches!(m.values, ShardValues::Dense(_)) && m.seq != seq + 1 {
                 return Ok(false);
@@ -215,30 +226,19 @@ impl State {
             }
             self.held_step[k] = t;
         }
-        let theta = &mut self.ctx.model.theta[range.clone()];
         match &m.values {
-            ShardValues::Dense(v) if v.len() == range.len() => {
-                theta.copy_from_slice(v);
-                if replica {
-                    self.mirror[range.clone()].copy_from_slice(v);
-                    for (i, x) in v.iter().enumerate() {
-                        if x.to_bits() != 0 {
-                            self.live.insert(range.start + i);
-                        }
-                    }
-                }
-            }
+            ShardValues::Dense(v) if v.len() == range.len() => {}
             ShardValues::Delta(_) if m.seq != seq + 1 => return Ok(false),
-            ShardValues::Delta(e) if e.iter().all(|&(i, _)| (i as usize) < range.len()) => {
-                e.iter().for_each(|&(i, v)| theta[i as usize] = v);
-                if replica {
-                    for &(i, v) in e {
-                        self.mirror[range.start + i as usize] = v;
-                        self.live.insert(range.start + i as usize);
-                    }
-                }
-            }
+            ShardValues::Delta(e) if e.iter().all(|&(i, _)| (i as usize) < range.len()) => {}
             _ => return Err(format!("shard {k} does not fit its range")),
+        }
+        if let Some(replica) = self.ctx.replica.as_mut() {
+            replica.received(&self.ctx.model.theta, range.clone(), &m.values);
+        }
+        let theta = &mut self.ctx.model.theta[range];
+        match &m.values {
+            ShardValues::Dense(v) => theta.copy_from_slice(v),
+            ShardValues::Delta(e) => e.iter().for_each(|&(i, v)| theta[i as usize] = v),
         }
         self.held[k] = (m.seq, m.version);
         Ok(true)
@@ -350,147 +350,6 @@ impl State {
         Ok((self.take_partials(&touched), loss, rows, bound))
     }
 
-    /// `model-average`: steps the replica over this worker's rows of the
-    /// round's steps, and returns `rows · replica` (exact) with the loss and
-    /// rows, for the owners' weighted average.
-    fn train_local(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
-        let Some(local) = self.ctx.local.as_mut() else {
-            return Err(Error::Internal("no local training configured".into()));
-        };
-        self.ctx.data.prepare(epoch)?;
-        let k = local.sync_every.min(local.steps_per_epoch - step);
-        let layout = self.ctx.model.layout;
-        let n = layout.len();
-        if self.acc.len() != n {
-            self.acc = vec![Exact::default(); n];
-        }
-        if local.grad.len() != n {
-            local.grad = vec![0.0; n];
-        }
-        let (mut loss, mut rows) = (Wide::default(), 0u64);
-        let mut touched: Vec<usize> = Vec::new();
-        for j in 0..k {
-            let s = step + j;
-            let diverged = |message: String| Error::Diverged {
-                epoch,
-                step: s,
-                message,
-            };
-            let (mut l, mut r, mut b) = (Wide::default(), 0u64, Bound::default());
-            let model = &mut self.ctx.model;
-            let scratch = &mut self.scratch;
-            let acc = &mut self.acc;
-            let LocalTraining {
-                spec,
-                lazy,
-                state,
-                clock,
-                ..
-            } = local;
-            self.ctx.data.step_rows(s, |block, idx| {
-                if let Some(lazy) = lazy.as_mut() {
-                    // Bring what the rows read up to the replica's last step.
-                    for &row in idx {
-                        for i in layout.hashed_coords(block, row) {
-                            let penalised = !layout.is_intercept(i);
-                            lazy.read(spec, &mut model.theta, state, clock, i, penalised);
-                        }
-                    }
-                }
-                let (part, largest) = model
-                    .accumulate(block, idx.iter().copied(), scratch, acc)
-                    .map_err(diverged)?;
-                l += Wide::from_f64(part).ok_or_else(|| diverged(loss_message(part)))?;
-                b += largest;
-                r += idx.len() as u64;
-                Ok(())
-            })?;
-            loss += l;
-            rows += r;
-            touched.clear();
-            touched.extend(layout.dense_indices());
-            touched.extend(self.scratch.drain_touched());
-            touched.sort_unstable();
-            touched.dedup();
-            if !b.holds() {
-                touched.iter().for_each(|&i| self.acc[i] = Exact::default());
-                return Err(diverged(bound_message(b)));
-            }
-            for &i in &touched {
-                let g = std::mem::take(&mut self.acc[i]);
-                let frozen = !local.fit_intercept && layout.is_intercept(i);
-                local.grad[i] = optim::update::mean(g.to_f64(), r, frozen);
-            }
-            if r == 0 {
-                touched.iter().for_each(|&i| local.grad[i] = 0.0);
-                continue;
-            }
-            let step_args = optim::update::Step {
-                spec: &local.spec,
-                lr: optim::update::rate(
-                    &local.spec,
-                    u64::from(epoch) * local.steps_per_epoch + s,
-                    epoch,
-                ),
-                penalty: local.penalty,
-            };
-            let dense = |i: usize| layout.is_dense(i);
-            let visit = match local.lazy.as_mut() {
-                Some(lazy) => {
-                    local.clock.tick(step_args.lr, local.penalty);
-                    optim::update::Visit::Lazy {
-                        lazy,
-                        clock: &local.clock,
-                        touched: &mut touched,
-                        dense: &dense,
-                    }
-                }
-                None => optim::update::Visit::Live(&touched),
-            };
-            let theta = &mut self.ctx.model.theta;
-            let bad = optim::update::apply(
-                step_args,
-                theta,
-                &mut local.grad,
-                &mut local.state,
-                &mut self.live,
-                visit,
-                |i| !layout.is_intercept(i),
-            );
-            if let Some(i) = bad {
-                return Err(optim::update::diverged(epoch, s, i, theta[i]));
-            }
-        }
-        if let Some(lazy) = local.lazy.as_mut() {
-            // The replica goes to the owners as the weights themselves.
-            lazy.flush(
-                &local.spec,
-                &mut self.ctx.model.theta,
-                &mut local.state,
-                &local.clock,
-                self.live.indices(),
-                |i| !layout.is_intercept(i),
-            );
-            let now = local.clock.now().t;
-            local.clock.forget_before(now);
-        }
-        // rows · replica; coordinates outside the live set are exactly 0.
-        let mut live = self.live.indices().to_vec();
-        live.sort_unstable();
-        let theta = &self.ctx.model.theta;
-        let mut bound = Bound::default();
-        for &i in &live {
-            let v = Exact::from_f64(theta[i] * rows as f64).ok_or_else(|| Error::Diverged {
-                epoch,
-                step,
-                message: "a replica weight is too large to average".into(),
-            })?;
-            bound = bound.max(v.magnitude());
-            self.acc[i] = v;
-        }
-        Ok((self.take_partials(&live), loss, rows, bound))
-    }
-
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
         let mut partial = EvalPartial::with_label_ref(self.ctx.label_ref);
         let model = &self.ctx.model;
@@ -503,13 +362,22 @@ impl State {
     /// One training round (plain or local replica), through the test hooks.
     fn train_traced(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         let hooks = std::mem::take(&mut self.ctx.hooks);
-        let out = hooks.step(u64::from(epoch) * self.ctx.steps_per_epoch + step, || {
-            if self.ctx.local.is_some() {
-                self.train_local(epoch, step)
-            } else {
-                self.train(epoch, step)
-            }
-        });
+        let out = hooks.step(
+            u64::from(epoch) * self.ctx.steps_per_epoch + step,
+            || match self.ctx.replica.as_mut() {
+                Some(replica) => {
+                    let ws = Workspace {
+                        data: &mut self.ctx.data,
+                        model: &mut self.ctx.model,
+                        scratch: &mut self.scratch,
+                        acc: &mut self.acc,
+                    };
+                    let (coords, loss, rows, bound) = replica.train(ws, epoch, step)?;
+                    Ok((self.take_partials(&coords), loss, rows, bound))
+                }
+                None => self.train(epoch, step),
+            },
+        );
         self.ctx.hooks = hooks;
         out
     }
@@ -522,7 +390,7 @@ impl State {
             // A gap (`Ok(false)`) or a bad message is met again in its own round.
             let _ = self.apply(m);
         }
-        if self.ctx.record_staleness {
+        if self.ctx.read_ahead.record_staleness {
             let synchronous = u64::from(epoch) * self.ctx.steps_per_epoch + step;
             for k in 0..self.held.len() {
                 let behind = synchronous.saturating_sub(self.held[k].1) as usize;
@@ -549,14 +417,8 @@ impl State {
                     param_bytes(&m.phase, &m.values) + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
             }
         }
-        if self.ctx.local.is_some() {
-            // The replica moved away from what the owners sent where it
-            // stepped locally; deltas are relative to what they sent.
-            for &i in self.live.indices() {
-                if let Some(&v) = self.mirror.get(i) {
-                    self.ctx.model.theta[i] = v;
-                }
-            }
+        if let Some(replica) = self.ctx.replica.as_ref() {
+            replica.restore(&mut self.ctx.model.theta);
         }
         if msgs.iter().all(|m| m.phase == Phase::Refresh) {
             // Fresher shards for workers running ahead: keep the sequence.
@@ -580,7 +442,7 @@ impl State {
             reader.forget_before(self.held_step.iter().copied().min().unwrap_or(0));
         }
         if let Phase::Train { epoch, step } = phase {
-            if self.ctx.record_staleness || !fresher.is_empty() {
+            if self.ctx.read_ahead.record_staleness || !fresher.is_empty() {
                 self.read_fresher(fresher, epoch, step);
             }
         }
@@ -639,8 +501,11 @@ impl State {
                     failure,
                 })));
             }
-            Phase::Final { .. } if self.ctx.keep_result => {
-                *self.ctx.result.borrow_mut() = Some(FinalParams {
+            Phase::Final { .. } if self.ctx.result.is_some() => {
+                let Some(result) = self.ctx.result.as_ref() else {
+                    return;
+                };
+                *result.borrow_mut() = Some(FinalParams {
                     theta: self.ctx.model.theta.clone(),
                     phase,
                 });
@@ -652,7 +517,7 @@ impl State {
 
 impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
     fn gradients(self, ctx: GradientContext) -> StreamVec<'scope, u64, WorkerOut> {
-        let lag = ctx.lag;
+        let lag = ctx.read_ahead.lag;
         let held = vec![(0, 0); ctx.shards.len()];
         let mut state = State {
             ctx,
@@ -665,8 +530,6 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             held,
             fetched: Vec::new(),
             acc: Vec::new(),
-            live: LiveSet::default(),
-            mirror: Vec::new(),
             stopped: false,
         };
         let scope = self.scope();

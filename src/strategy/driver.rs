@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
-use super::super::dataflow::{
-    bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues,
-};
+use crate::dataflow::fold::{Emission, Owner, ShardGrad};
+use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
 use crate::exact::Bound;
 use crate::model::Layout;
@@ -185,36 +184,28 @@ enum Mode {
     },
 }
 
-/// A shard's summed gradient: every coordinate, or only the coordinates
-/// some worker touched, as (offset, sum) with offsets increasing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ShardGrad {
-    /// Every coordinate.
-    Dense(Vec<f64>),
-    /// The touched coordinates; all others are zero.
-    Sparse(Vec<(u32, f64)>),
+/// What the owners do with a round's sums: the strategy's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerStep {
+    /// Step the optimizer with the mean gradient (or let L-BFGS choose).
+    Optimizer,
+    /// The sums are `rows · replica` of replicas trained for `sync_every`
+    /// steps: the parameters become their rows-weighted mean.
+    Average {
+        /// Steps each replica takes per round.
+        sync_every: u64,
+    },
 }
 
-impl ShardGrad {
-    /// Every coordinate of a shard of `len` coordinates.
-    pub fn to_dense(&self, len: usize) -> Vec<f64> {
-        match self {
-            ShardGrad::Dense(v) => v.clone(),
-            ShardGrad::Sparse(e) => {
-                let mut v = vec![0.0; len];
-                for &(i, g) in e {
-                    if let Some(x) = v.get_mut(i as usize) {
-                        *x = g;
-                    }
-                }
-                v
-            }
-        }
-    }
+/// The strategy's policy for the shard owners.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerPolicy {
+    /// How many training steps may be in flight beyond the one being
+    /// folded (bounded staleness; 0 = synchronous).
+    pub lag: u64,
+    /// What a round's sums become.
+    pub step: OwnerStep,
 }
-
-/// Parameters to send, each `delay` rounds after the round being folded.
-pub type Emission = Vec<(u64, ParamMsg)>;
 
 /// The owner-side logic of the training loop.
 ///
@@ -241,7 +232,8 @@ pub struct Driver {
 
 impl Driver {
     /// The driver for the shards in `owned` (ids into `ranges`), starting
-    /// from `init` (the whole parameter vector; zero if `None`).
+    /// from `init` (the whole parameter vector; zero if `None`), under the
+    /// strategy's `policy`.
     pub fn new(
         pipeline: &Pipeline,
         layout: Layout,
@@ -249,14 +241,15 @@ impl Driver {
         owned: &[u32],
         steps_per_epoch: u64,
         init: Option<&[f64]>,
+        policy: OwnerPolicy,
     ) -> Driver {
         let penalty = Penalty {
             l2: pipeline.model.l2,
             l1: pipeline.model.l1,
         };
-        let average = pipeline.train.strategy == crate::spec::Strategy::ModelAverage;
+        let average = matches!(policy.step, OwnerStep::Average { .. });
         let lazy = match pipeline.optimizer.first_order() {
-            // As in `allreduce::run`: not without hashed features.
+            // As in `sharded::run`: not without hashed features.
             Some(f) if f.lazy && !average && layout.has_hashed() => {
                 Some(Lazy::new(&pipeline.optimizer, penalty))
             }
@@ -299,7 +292,10 @@ impl Driver {
         let mode = match pipeline.optimizer {
             _ if average => Mode::Average {
                 steps_per_epoch,
-                sync_every: pipeline.train.sync_every.unwrap_or(steps_per_epoch).max(1),
+                sync_every: match policy.step {
+                    OwnerStep::Average { sync_every } => sync_every,
+                    OwnerStep::Optimizer => 1,
+                },
             },
             OptimizerSpec::Lbfgs { memory, tolerance } => {
                 let n = layout.len();
@@ -322,7 +318,7 @@ impl Driver {
             },
         };
         let lag = match mode {
-            Mode::FirstOrder { .. } => u64::from(pipeline.train.staleness.bound()),
+            Mode::FirstOrder { .. } => policy.lag,
             _ => 0,
         };
         Driver {
@@ -412,17 +408,6 @@ impl Driver {
         out
     }
 
-    /// The parameters of the first rounds.
-    pub fn start(&mut self) -> Emission {
-        if let Mode::Lbfgs { opt, .. } = &self.mode {
-            let x0 = opt.first_point().to_vec();
-            for s in &mut self.shards {
-                s.params = x0[s.range.clone()].to_vec();
-            }
-        }
-        self.start_epoch(0)
-    }
-
     fn set_all(&mut self, x: &[f64]) {
         for s in &mut self.shards {
             s.params.copy_from_slice(&x[s.range.clone()]);
@@ -449,11 +434,24 @@ impl Driver {
         };
         self.send(phase, 0, false)
     }
+}
+
+impl Owner for Driver {
+    /// The parameters of the first rounds.
+    fn start(&mut self) -> Emission {
+        if let Mode::Lbfgs { opt, .. } = &self.mode {
+            let x0 = opt.first_point().to_vec();
+            for s in &mut self.shards {
+                s.params = x0[s.range.clone()].to_vec();
+            }
+        }
+        self.start_epoch(0)
+    }
 
     /// Applies a training round's summed gradient (per owned shard), given
     /// the [`Bound`] of the partials summed: where it does not hold, the
     /// sums may have wrapped and the round fails, on any worker count.
-    pub fn on_gradients(
+    fn on_gradients(
         &mut self,
         sums: &BTreeMap<u32, ShardGrad>,
         loss: f64,
@@ -649,7 +647,7 @@ impl Driver {
     }
 
     /// Applies the collector's decision after an evaluation round.
-    pub fn on_control(&mut self, control: &Control) -> Emission {
+    fn on_control(&mut self, control: &Control) -> Emission {
         let Some(Phase::Eval {
             epoch, objective, ..
         }) = self.in_flight.pop_front()

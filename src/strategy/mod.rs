@@ -1,18 +1,132 @@
-//! Distribution strategies: variations of one timely training loop.
+//! Distribution strategies: one module per strategy, each owning its
+//! policy, behind the [`Strategy`] trait.
 //!
 //! * [`allreduce`] — synchronous: every step sums all workers' gradients,
-//!   folded by shard owners, parameters broadcast back. The same loop runs
-//!   `model-average`: workers step local replicas for `sync_every` steps
-//!   (see `dataflow::gradient::LocalTraining`) and owners average them.
-//!   And `param-server`: the feedback edge delays parameters by
-//!   `staleness + 1` rounds, so workers run up to `staleness` steps ahead of
-//!   the slowest, reading the freshest shards that have arrived.
-//!
+//!   folded by shard owners, parameters broadcast back.
+//! * [`param_server`] — bounded staleness: workers run up to `staleness`
+//!   steps ahead of the slowest, reading the freshest shards that arrived.
+//! * [`model_average`] — workers step local replicas for `sync_every`
+//!   steps; owners average them.
 //! * [`model_parallel`] — features and weights split into one block per
 //!   worker; partial margins are exchanged instead of parameters.
 //!
-//! [`driver`] is the owners' round state machine shared by the strategies.
+//! The first three share the sharded-parameter loop of [`sharded`] (with
+//! the owners' round state machine in [`driver`]) and differ only in the
+//! policy they give it. Adding a strategy means a variant of
+//! [`crate::spec::Strategy`], a module implementing [`Strategy`], and its
+//! line in [`of`].
 
 pub mod allreduce;
 pub mod driver;
+pub mod model_average;
 pub mod model_parallel;
+pub mod param_server;
+pub mod sharded;
+
+use std::sync::Arc;
+
+use timely::worker::Worker;
+
+use crate::data::encode::FeatureSpec;
+use crate::data::partition::StepPlan;
+use crate::dataflow::gradient::FinalParams;
+use crate::dataflow::scan::ScanResult;
+use crate::dataflow::Failure;
+use crate::metrics::sink::EpochRecord;
+use crate::model::Layout;
+use crate::spec;
+use crate::train::plan::Plan;
+
+/// What every strategy trains from, the same on every worker.
+pub struct LoopInput<'a> {
+    /// The job.
+    pub plan: Arc<Plan>,
+    /// The final feature spec (statistics applied).
+    pub spec: FeatureSpec,
+    /// The statistics scan.
+    pub scan: &'a ScanResult,
+    /// Starting parameters (warm start), the whole vector; zero if `None`.
+    pub init: Option<&'a [f64]>,
+    /// Training rows per unit.
+    pub rows: Vec<usize>,
+    /// The epoch's steps ([`step_plan`]).
+    pub steps: StepPlan,
+}
+
+impl LoopInput<'_> {
+    /// The layout of the parameter vector.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.plan.pipeline.model.kind, &self.spec)
+    }
+
+    /// True if validation rows exist.
+    pub fn has_validation(&self) -> bool {
+        self.plan.validation_fraction.is_some() || self.plan.validation_files.is_some()
+    }
+
+    /// The reference validation labels are taken relative to (regression:
+    /// the training label mean).
+    pub fn label_ref(&self) -> Option<f64> {
+        (self.scan.label.n > 0).then(|| self.scan.label.mean())
+    }
+}
+
+/// What a worker brings home from the loop.
+#[derive(Debug, Default)]
+pub struct LoopOutcome {
+    /// Final parameters (worker 0 only).
+    pub result: Option<FinalParams>,
+    /// Epoch records (worker 0 only).
+    pub records: Vec<EpochRecord>,
+    /// Parameters each worker held during training (worker 0 only).
+    pub held: Vec<u64>,
+}
+
+/// A way of distributing training over the workers.
+pub trait Strategy: Sync {
+    /// The name in pipeline files.
+    fn name(&self) -> &'static str;
+
+    /// Builds and runs the training dataflow on this worker.
+    fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure>;
+
+    /// Parameters one worker holds on `workers` workers: the whole vector
+    /// unless the strategy splits the model.
+    fn params_per_worker(&self, layout: Layout, _workers: usize) -> u64 {
+        layout.len() as u64
+    }
+
+    /// What to do when each worker would hold more than `budget` parameters.
+    fn over_budget_hint(&self, _layout: Layout, _budget: u64) -> String {
+        "set train.strategy = \"model-parallel\": each worker then holds one block of the weights"
+            .into()
+    }
+
+    /// What to do when the workers of a process would not fit in memory.
+    fn out_of_memory_hint(&self) -> &'static str {
+        "set train.strategy = \"model-parallel\" (each worker then holds one block), or lower data.hash_bits"
+    }
+
+    /// True if every worker reads every row (its own columns of it), false
+    /// if each reads its partition of the rows.
+    fn reads_every_row(&self) -> bool {
+        false
+    }
+}
+
+/// The implementation of a pipeline's strategy.
+pub fn of(strategy: spec::Strategy) -> &'static dyn Strategy {
+    match strategy {
+        spec::Strategy::Allreduce => &allreduce::Allreduce,
+        spec::Strategy::ParamServer => &param_server::ParamServer,
+        spec::Strategy::ModelAverage => &model_average::ModelAverage,
+        spec::Strategy::ModelParallel => &model_parallel::ModelParallel,
+    }
+}
+
+/// The epoch's steps: waves of `units_per_step` units, `⌈rows / batch_size⌉`
+/// steps per wave for mini-batch methods, one full-batch step for L-BFGS.
+pub fn step_plan(pipeline: &spec::Pipeline, train_rows: &[usize]) -> StepPlan {
+    let batch = pipeline.optimizer.first_order().map(|f| f.batch_size);
+    StepPlan::new(train_rows, batch, pipeline.data.units_per_step)
+}

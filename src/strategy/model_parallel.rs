@@ -11,40 +11,87 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Exchange, Feedback, Inspect, OkErr};
 use timely::worker::Worker;
 
-use super::allreduce::{step_plan, LoopOutcome};
+use super::{LoopInput, LoopOutcome, Strategy};
 use crate::data::cache::WorkerData;
-use crate::data::encode::FeatureSpec;
 use crate::dataflow::gradient::FinalParams;
 use crate::dataflow::margins::{BlockMsg, MarginContext, MarginMsg, MarginOut, MarginSteps};
-use crate::dataflow::scan::ScanResult;
 use crate::dataflow::{Failure, Phase};
 use crate::error::Error;
 use crate::model::block::FeatureBlock;
 use crate::model::Layout;
 use crate::optim::Penalty;
-use crate::train::plan::Plan;
 
-/// Builds and runs the model-parallel training dataflow on this worker,
-/// starting from `init` (the whole parameter vector; zero if `None`).
+/// The `model-parallel` strategy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelParallel;
+
+impl Strategy for ModelParallel {
+    fn name(&self) -> &'static str {
+        "model-parallel"
+    }
+
+    fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure> {
+        run(worker, input)
+    }
+
+    /// The largest block.
+    fn params_per_worker(&self, layout: Layout, workers: usize) -> u64 {
+        FeatureBlock::split(layout, workers)
+            .iter()
+            .map(|b| b.len() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn over_budget_hint(&self, layout: Layout, budget: u64) -> String {
+        // The largest block holds k · (1 + ⌈d / w⌉) parameters.
+        match (budget / layout.k as u64).checked_sub(1) {
+            Some(per) if per > 0 => {
+                let w = (layout.d as u64).div_ceil(per).max(1) as usize;
+                let w = (w..w + 4)
+                    .find(|&w| self.params_per_worker(layout, w) <= budget)
+                    .unwrap_or(w);
+                format!("run on at least {w} workers")
+            }
+            _ => format!(
+                "a block holds at least {} parameters (an intercept slot and one weight per output)",
+                2 * layout.k
+            ),
+        }
+    }
+
+    fn out_of_memory_hint(&self) -> &'static str {
+        "run on more processes, or lower data.hash_bits"
+    }
+
+    fn reads_every_row(&self) -> bool {
+        true
+    }
+}
+
+/// Builds and runs the model-parallel training dataflow on this worker.
 #[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
-pub fn run(
-    worker: &mut Worker,
-    plan: Arc<Plan>,
-    spec: FeatureSpec,
-    scan: &ScanResult,
-    init: Option<&[f64]>,
-) -> Result<LoopOutcome, Failure> {
+fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure> {
     let index = worker.index();
     let peers = worker.peers();
+    let plan = Arc::clone(&input.plan);
     let p = &plan.pipeline;
-    let layout = Layout::new(p.model.kind, &spec);
+    let layout = input.layout();
+    let init = input.init;
     let blocks = FeatureBlock::split(layout, peers);
     let block = blocks[index].clone();
-    let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
-    let steps = step_plan(&plan, &rows);
-    let steps_per_epoch = steps.steps();
+    let steps_per_epoch = input.steps.steps();
+    let has_validation = input.has_validation();
+    let label_ref = input.label_ref();
     // Every worker reads every row (as worker 0 of 1), but only its columns.
-    let data = WorkerData::new(0, 1, Arc::clone(&plan), block.spec(&spec), rows, steps);
+    let data = WorkerData::new(
+        0,
+        1,
+        Arc::clone(&plan),
+        block.spec(&input.spec),
+        input.rows,
+        input.steps,
+    );
 
     let records = Rc::new(RefCell::new(Vec::new()));
     let finished = Rc::new(RefCell::new(None));
@@ -71,8 +118,8 @@ pub fn run(
         fit_intercept: p.model.fit_intercept,
         epochs: p.train.epochs,
         steps_per_epoch,
-        has_validation: plan.validation_fraction.is_some() || plan.validation_files.is_some(),
-        label_ref: (scan.label.n > 0).then(|| scan.label.mean()),
+        has_validation,
+        label_ref,
         early_stopping: p.train.early_stopping.clone(),
         records: Rc::clone(&records),
         finished: Rc::clone(&finished),

@@ -17,11 +17,10 @@ use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::{Failure, Phase};
 use crate::error::{Error, Location, Result};
 use crate::metrics::sink::EpochRecord;
-use crate::model::block::FeatureBlock;
 use crate::model::file::{ModelFile, TrainingSummary};
 use crate::model::{Layout, LinearModel};
-use crate::spec::{ModelKind, OnMissing, Pipeline, Strategy};
-use crate::strategy::{allreduce, model_parallel};
+use crate::spec::{ModelKind, OnMissing, Pipeline};
+use crate::strategy::{self, step_plan, LoopInput};
 use plan::Plan;
 
 /// What a training job produced (complete on process 0 only).
@@ -161,12 +160,16 @@ fn worker_main(
         None => None,
     };
     let init = init.as_deref();
-    let outcome = match plan.pipeline.train.strategy {
-        Strategy::ModelParallel => {
-            model_parallel::run(worker, Arc::clone(plan), spec.clone(), &scan, init)?
-        }
-        _ => allreduce::run(worker, Arc::clone(plan), spec.clone(), &scan, init)?,
+    let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
+    let input = LoopInput {
+        plan: Arc::clone(plan),
+        spec: spec.clone(),
+        scan: &scan,
+        init,
+        steps: step_plan(&plan.pipeline, &rows),
+        rows,
     };
+    let outcome = strategy::of(plan.pipeline.train.strategy).train(worker, input)?;
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
@@ -245,15 +248,7 @@ fn warn_coarse_features(spec: &FeatureSpec, scan: &ScanResult) {
 /// workers: the whole vector for the data-parallel strategies, the largest
 /// block for `model-parallel`.
 pub fn params_per_worker(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> u64 {
-    let layout = Layout::new(p.model.kind, spec);
-    match p.train.strategy {
-        Strategy::ModelParallel => FeatureBlock::split(layout, workers)
-            .iter()
-            .map(|b| b.len() as u64)
-            .max()
-            .unwrap_or(0),
-        _ => layout.len() as u64,
-    }
+    strategy::of(p.train.strategy).params_per_worker(Layout::new(p.model.kind, spec), workers)
 }
 
 /// Fails if a worker would hold more than `train.max_worker_params`.
@@ -267,23 +262,7 @@ fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), 
     }
     let layout = Layout::new(p.model.kind, spec);
     let total = layout.len() as u64;
-    let hint = match p.train.strategy {
-        // The largest block holds k · (1 + ⌈d / w⌉) parameters.
-        Strategy::ModelParallel => match (budget / layout.k as u64).checked_sub(1) {
-            Some(per) if per > 0 => {
-                let w = (layout.d as u64).div_ceil(per).max(1) as usize;
-                let w = (w..w + 4)
-                    .find(|&w| params_per_worker(p, spec, w) <= budget)
-                    .unwrap_or(w);
-                format!("run on at least {w} workers")
-            }
-            _ => format!(
-                "a block holds at least {} parameters (an intercept slot and one weight per output)",
-                2 * layout.k
-            ),
-        },
-        _ => "set train.strategy = \"model-parallel\": each worker then holds one block of the weights".to_string(),
-    };
+    let hint = strategy::of(p.train.strategy).over_budget_hint(layout, budget);
     Err(Failure::from(&Error::PipelineValue {
         key: "train.max_worker_params".into(),
         message: format!(
@@ -318,10 +297,7 @@ fn check_memory(
     if needed <= available {
         return Ok(());
     }
-    let hint = match p.train.strategy {
-        Strategy::ModelParallel => "run on more processes, or lower data.hash_bits",
-        _ => "set train.strategy = \"model-parallel\" (each worker then holds one block), or lower data.hash_bits",
-    };
+    let hint = strategy::of(p.train.strategy).out_of_memory_hint();
     Err(Failure::from(&Error::Usage {
         option: "model size".into(),
         message: format!(
@@ -402,7 +378,7 @@ pub fn run_plan(plan: Plan, cluster: &Cluster) -> Result<TrainReport> {
     }
     let d = &plan.pipeline.data;
     let workers = cluster.total_workers();
-    report.rows_per_worker = if plan.pipeline.train.strategy == Strategy::ModelParallel {
+    report.rows_per_worker = if strategy::of(plan.pipeline.train.strategy).reads_every_row() {
         // Every worker reads every row (its own columns of it).
         vec![unit_rows.iter().sum::<usize>() as u64; workers]
     } else {

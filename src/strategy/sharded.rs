@@ -1,0 +1,166 @@
+//! The sharded-parameter loop shared by `allreduce`, `param-server` and
+//! `model-average`: shard owners hold the parameters, every worker computes
+//! partials from the shards broadcast to it, and the owners fold the
+//! partials exactly and emit the next round's shards through the feedback
+//! edge. The frontier is the barrier: a round is folded only when no worker
+//! can still send to it. The strategies differ only in the [`Sharding`]
+//! policy they pass.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use timely::worker::Worker;
+
+use super::driver::{Driver, OwnerPolicy, OwnerStep};
+use super::{LoopInput, LoopOutcome};
+use crate::data::cache::WorkerData;
+use crate::dataflow::collect::{CollectContext, CollectMetrics};
+use crate::dataflow::fold::FoldShards;
+use crate::dataflow::gradient::{GradientContext, Gradients, ReadAhead, Replica};
+use crate::dataflow::hooks::Hooks;
+use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
+use crate::model::LinearModel;
+use crate::optim::lazy::{Drift, Reader};
+use crate::optim::{FirstOrderState, Penalty};
+
+/// A strategy's policy for the sharded loop.
+pub struct Sharding {
+    /// Rounds a worker may compute ahead of the slowest (0: synchronous).
+    pub lag: u64,
+    /// Count how stale each shard read is (for the epoch records).
+    pub record_staleness: bool,
+    /// Workers train replicas of their own instead of sending gradients.
+    pub replica: Option<Box<dyn Replica>>,
+    /// What the owners make of a round's sums.
+    pub owner: OwnerStep,
+}
+
+/// Builds and runs the sharded training dataflow on this worker.
+#[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
+pub fn run(
+    worker: &mut Worker,
+    input: LoopInput<'_>,
+    policy: Sharding,
+) -> Result<LoopOutcome, Failure> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let plan = &input.plan;
+    let p = &plan.pipeline;
+    let kind = p.model.kind;
+    let layout = input.layout();
+    let init = input.init;
+    let shards = match p.optimizer.first_order() {
+        Some(_) => p.train.shards,
+        None => 1,
+    };
+    let ranges = shard_ranges(layout.len(), shards);
+    let owned: Vec<u32> = (0..ranges.len() as u32)
+        .filter(|&k| owner(k, peers) == index)
+        .collect();
+    let steps_per_epoch = input.steps.steps();
+    let lag = policy.lag;
+    let driver = Driver::new(
+        p,
+        layout,
+        &ranges,
+        &owned,
+        steps_per_epoch,
+        init,
+        OwnerPolicy {
+            lag,
+            step: policy.owner,
+        },
+    );
+    let optimizer = p.optimizer;
+    let penalty = Penalty {
+        l2: p.model.l2,
+        l1: p.model.l1,
+    };
+    // Without hashed features every step touches every weight: lazy
+    // updates would be the eager ones plus a header per message. Replicas
+    // are read from the owners as weights, never lazily.
+    let lazy_reads = optimizer.first_order().is_some_and(|f| f.lazy)
+        && layout.has_hashed()
+        && policy.replica.is_none();
+    let has_validation = input.has_validation();
+    let label_ref = input.label_ref();
+    let data = WorkerData::new(
+        index,
+        peers,
+        std::sync::Arc::clone(plan),
+        input.spec,
+        input.rows,
+        input.steps,
+    );
+
+    let result = Rc::new(RefCell::new(None));
+    let records = Rc::new(RefCell::new(Vec::new()));
+    let failure = Rc::new(RefCell::new(None));
+    let ctx = GradientContext {
+        data,
+        model: LinearModel {
+            kind,
+            layout,
+            theta: init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec),
+        },
+        shards: ranges,
+        result: (index == 0).then(|| Rc::clone(&result)),
+        index,
+        peers,
+        failure: Rc::clone(&failure),
+        replica: policy.replica,
+        read_ahead: ReadAhead {
+            lag,
+            record_staleness: policy.record_staleness,
+        },
+        steps_per_epoch,
+        hooks: Hooks::from_env(index),
+        reader: lazy_reads
+            .then(|| Reader::new(Drift::of(&optimizer, penalty), layout.len()))
+            .flatten()
+            .map(|r| {
+                r.start_at(&FirstOrderState::starting_at(
+                    &optimizer,
+                    init.unwrap_or(&[]),
+                ))
+            }),
+        label_ref,
+    };
+    let collect = CollectContext {
+        kind,
+        has_validation,
+        early_stopping: p.train.early_stopping.clone(),
+        records: Rc::clone(&records),
+    };
+    let fold_failure = Rc::clone(&failure);
+    worker.dataflow::<u64, _, _>(move |scope| {
+        // A round's parameters come back `1 + lag` rounds later: with
+        // `lag = s`, a worker can compute round r as soon as round r - s - 1
+        // is folded, i.e. run up to s rounds ahead of the slowest worker.
+        let (handle, params) = scope.feedback::<Vec<ParamMsg>>(1 + lag);
+        let (grads, evals) = params
+            .broadcast()
+            .gradients(ctx)
+            .ok_err::<Vec<GradMsg>, _, Vec<EvalMsg>, _, _>(|out| match out {
+                WorkerOut::Grad(g) => Ok(g),
+                WorkerOut::Eval(e) => Err(*e),
+            });
+        let control = evals.collect_metrics(collect).broadcast();
+        grads
+            .fold_shards(control, driver, fold_failure)
+            .connect_loop(handle);
+    });
+    while worker.step_or_park(None) {}
+    if let Some(f) = failure.borrow_mut().take() {
+        return Err(f);
+    }
+    let outcome = LoopOutcome {
+        result: result.borrow_mut().take(),
+        records: std::mem::take(&mut *records.borrow_mut()),
+        // Every worker holds a full replica of the parameters.
+        held: vec![layout.len() as u64; peers],
+    };
+    Ok(outcome)
+}
