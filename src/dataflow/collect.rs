@@ -83,11 +83,109 @@ impl EarlyStop {
     }
 }
 
+/// Logs a finished epoch (once per job: by the worker that keeps the records).
+pub fn log_epoch(record: &EpochRecord) {
+    tracing::info!(
+        epoch = record.epoch,
+        train_loss = record.train_loss,
+        objective = record.objective,
+        validation_loss = record.validation.as_ref().map(|m| m.loss),
+        "epoch done"
+    );
+}
+
+/// An epoch's totals, summed over the workers' partials.
+#[derive(Debug, Default)]
+pub struct EpochTotals {
+    /// Epochs (or L-BFGS iterations) completed.
+    pub epoch: u32,
+    /// Optimizer steps so far.
+    pub steps: u64,
+    /// The objective, when the optimizer knows it (L-BFGS).
+    pub objective: Option<f64>,
+    /// Validation partial (finished only if the job has validation rows).
+    pub validation: EvalPartial,
+    /// Exact sum of training batch losses over the epoch.
+    pub train_loss: Wide,
+    /// Training rows behind `train_loss`.
+    pub train_rows: u64,
+    /// Payload bytes exchanged between workers over the epoch.
+    pub bytes: u64,
+    /// Shard reads by staleness (`param-server`; empty otherwise).
+    pub staleness: Vec<u64>,
+}
+
+/// What closing an epoch decides.
+#[derive(Debug)]
+pub struct EpochEnd {
+    /// The epoch's record.
+    pub record: EpochRecord,
+    /// Stop training (early stopping).
+    pub stop: bool,
+    /// The parameters are the best so far.
+    pub best: bool,
+}
+
+/// Turns epoch totals into epoch records and early-stopping decisions:
+/// the one place where an [`EpochRecord`] is built.
+#[derive(Debug)]
+pub struct Epochs {
+    kind: ModelKind,
+    has_validation: bool,
+    early: EarlyStop,
+    keeps_best: bool,
+    started: Instant,
+    last_steps: u64,
+}
+
+impl Epochs {
+    /// The records of a run of a `kind` model, with or without validation
+    /// rows, under an early-stopping rule; the clock starts now.
+    pub fn new(kind: ModelKind, has_validation: bool, rule: Option<&EarlyStopping>) -> Epochs {
+        Epochs {
+            kind,
+            has_validation,
+            early: EarlyStop::new(rule, kind),
+            keeps_best: rule.is_some(),
+            started: Instant::now(),
+            last_steps: 0,
+        }
+    }
+
+    /// Finishes the validation metrics, decides early stopping and builds
+    /// the record. Fails if the metrics cannot be finished (non-finite).
+    pub fn close(&mut self, t: EpochTotals) -> Result<EpochEnd, Error> {
+        let metrics = self
+            .has_validation
+            .then(|| t.validation.finish(self.kind))
+            .transpose()
+            .map_err(|message| Error::Diverged {
+                epoch: t.epoch.saturating_sub(1),
+                step: 0,
+                message,
+            })?;
+        let (stop, best) = self.early.observe(metrics.as_ref());
+        let record = EpochRecord {
+            epoch: t.epoch,
+            steps: t.steps,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            train_loss: (t.train_rows > 0 && t.objective.is_none())
+                .then(|| t.train_loss.to_f64() / t.train_rows as f64),
+            objective: t.objective,
+            bytes_exchanged: t.bytes,
+            bytes_per_step: t.bytes as f64 / t.steps.saturating_sub(self.last_steps).max(1) as f64,
+            staleness: (!t.staleness.is_empty()).then_some(t.staleness),
+            validation: metrics,
+            best: self.keeps_best.then_some(best),
+        };
+        self.last_steps = t.steps;
+        Ok(EpochEnd { record, stop, best })
+    }
+}
+
 impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
     fn collect_metrics(self, ctx: CollectContext) -> StreamVec<'scope, u64, Control> {
-        let started = Instant::now();
-        let mut early = EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind);
-        let mut last_steps = 0u64;
+        let mut epochs = Epochs::new(ctx.kind, ctx.has_validation, ctx.early_stopping.as_ref());
         self.unary_frontier(
             Exchange::new(|_m: &EvalMsg| 0u64),
             "CollectMetrics",
@@ -112,13 +210,15 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                         else {
                             continue;
                         };
-                        let mut validation = EvalPartial::default();
-                        let mut train_loss = Wide::default();
-                        let mut train_rows = 0u64;
-                        let mut bytes = 0u64;
-                        let mut staleness: Vec<u64> = Vec::new();
+                        let mut totals = EpochTotals {
+                            epoch,
+                            steps,
+                            objective,
+                            ..EpochTotals::default()
+                        };
                         for m in msgs {
-                            bytes += m.bytes;
+                            totals.bytes += m.bytes;
+                            let staleness = &mut totals.staleness;
                             if staleness.len() < m.staleness.len() {
                                 staleness.resize(m.staleness.len(), 0);
                             }
@@ -126,57 +226,26 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                                 .iter_mut()
                                 .zip(&m.staleness)
                                 .for_each(|(a, b)| *a += b);
-                            validation.merge(m.validation);
-                            train_loss += m.train_loss;
-                            train_rows += m.train_rows;
+                            totals.validation.merge(m.validation);
+                            totals.train_loss += m.train_loss;
+                            totals.train_rows += m.train_rows;
                         }
-                        let metrics = match ctx
-                            .has_validation
-                            .then(|| validation.finish(ctx.kind))
-                            .transpose()
-                        {
-                            Ok(m) => m,
-                            Err(message) => {
-                                let f = Failure::from(&Error::Diverged {
-                                    epoch: epoch.saturating_sub(1),
-                                    step: 0,
-                                    message,
-                                });
+                        let EpochEnd { record, stop, best } = match epochs.close(totals) {
+                            Ok(end) => end,
+                            Err(e) => {
                                 output.session(&cap).give(Control {
                                     stop: true,
                                     best: false,
-                                    failure: Some(f),
+                                    failure: Some(Failure::from(&e)),
                                 });
                                 continue;
                             }
                         };
-                        let (stop, is_best) = early.observe(metrics.as_ref());
-                        let record = EpochRecord {
-                            epoch,
-                            steps,
-                            elapsed_s: started.elapsed().as_secs_f64(),
-                            train_loss: (train_rows > 0 && objective.is_none())
-                                .then(|| train_loss.to_f64() / train_rows as f64),
-                            objective,
-                            bytes_exchanged: bytes,
-                            bytes_per_step: bytes as f64
-                                / steps.saturating_sub(last_steps).max(1) as f64,
-                            staleness: (!staleness.is_empty()).then_some(staleness),
-                            validation: metrics,
-                            best: ctx.early_stopping.as_ref().map(|_| is_best),
-                        };
-                        tracing::info!(
-                            epoch,
-                            train_loss = record.train_loss,
-                            objective = record.objective,
-                            validation_loss = record.validation.as_ref().map(|m| m.loss),
-                            "epoch done"
-                        );
-                        last_steps = steps;
+                        log_epoch(&record);
                         ctx.records.borrow_mut().push(record);
                         output.session(&cap).give(Control {
                             stop,
-                            best: is_best,
+                            best,
                             failure: None,
                         });
                     }

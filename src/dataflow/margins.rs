@@ -19,14 +19,13 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline as Local;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
-use super::collect::EarlyStop;
+use super::collect::{log_epoch, EpochTotals, Epochs};
 use super::rounds::Rounds;
 use super::{loss_message, Failure, Phase};
 use crate::data::cache::WorkerData;
@@ -147,7 +146,8 @@ struct State {
     /// coordinate), and the steps taken.
     lazy: Option<Lazy>,
     clock: Clock,
-    early: EarlyStop,
+    /// The epoch records and early stopping, the same on every worker.
+    epochs: Epochs,
     /// Rows of the step in flight (this block's columns), in margin order.
     rows: Block,
     /// Labels of the validation rows, in margin order.
@@ -156,8 +156,6 @@ struct State {
     epoch_loss: Wide,
     epoch_rows: u64,
     bytes: u64,
-    last_steps: u64,
-    started: Instant,
     done: bool,
 }
 
@@ -332,45 +330,35 @@ impl State {
         bytes: u64,
     ) -> Result<bool, Error> {
         let k = self.ctx.block.layout.k;
-        let metrics = self.ctx.has_validation.then(|| {
-            let mut p = EvalPartial::with_label_ref(self.ctx.label_ref);
+        let mut validation = EvalPartial::with_label_ref(self.ctx.label_ref);
+        if self.ctx.has_validation {
             let labels = &self.val_labels;
-            p.add_rows(
+            validation.add_rows(
                 self.ctx.kind,
                 k,
                 labels.len(),
                 |i, out| out.copy_from_slice(&margins[i * k..(i + 1) * k]),
                 |i| labels[i],
             );
-            p.finish(self.ctx.kind)
-        });
-        let metrics = metrics.transpose().map_err(|message| Error::Diverged {
-            epoch: epoch.saturating_sub(1),
-            step: 0,
-            message,
+        }
+        let end = self.epochs.close(EpochTotals {
+            epoch,
+            steps,
+            objective: None,
+            validation,
+            train_loss: std::mem::take(&mut self.epoch_loss),
+            train_rows: std::mem::take(&mut self.epoch_rows),
+            bytes,
+            staleness: Vec::new(),
         })?;
-        let (stop, is_best) = self.early.observe(metrics.as_ref());
-        if is_best {
+        if end.best {
             self.best = Some(self.theta.clone());
         }
         if self.ctx.index == 0 {
-            let rows = std::mem::take(&mut self.epoch_rows);
-            let loss = std::mem::take(&mut self.epoch_loss);
-            self.ctx.records.borrow_mut().push(EpochRecord {
-                epoch,
-                steps,
-                elapsed_s: self.started.elapsed().as_secs_f64(),
-                train_loss: (rows > 0).then(|| loss.to_f64() / rows as f64),
-                objective: None,
-                bytes_exchanged: bytes,
-                bytes_per_step: bytes as f64 / steps.saturating_sub(self.last_steps).max(1) as f64,
-                staleness: None,
-                validation: metrics,
-                best: self.ctx.early_stopping.as_ref().map(|_| is_best),
-            });
+            log_epoch(&end.record);
+            self.ctx.records.borrow_mut().push(end.record);
         }
-        self.last_steps = steps;
-        Ok(stop || epoch >= self.ctx.epochs)
+        Ok(end.stop || epoch >= self.ctx.epochs)
     }
 
     /// Sends this worker's partial margins for `phase`.
@@ -500,15 +488,13 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
                 .is_some_and(|f| f.lazy && !ctx.block.hashed.is_empty())
                 .then(|| Lazy::new(&ctx.optimizer, ctx.penalty)),
             clock: Clock::default(),
-            early: EarlyStop::new(ctx.early_stopping.as_ref(), ctx.kind),
+            epochs: Epochs::new(ctx.kind, ctx.has_validation, ctx.early_stopping.as_ref()),
             rows: Block::default(),
             val_labels: Vec::new(),
             steps: 0,
             epoch_loss: Wide::default(),
             epoch_rows: 0,
             bytes: 0,
-            last_steps: 0,
-            started: Instant::now(),
             done: false,
             ctx,
         };

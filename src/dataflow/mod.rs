@@ -100,6 +100,26 @@ impl LazyHeader {
     }
 }
 
+/// The size rule of every message that can travel sparse: `entries`
+/// (index, value) pairs of `entry_bytes` each are sent instead of `len`
+/// dense values of `value_bytes` each when they are strictly smaller.
+pub fn sparse_is_smaller(
+    entries: usize,
+    len: usize,
+    entry_bytes: usize,
+    value_bytes: usize,
+) -> bool {
+    entries * entry_bytes < len * value_bytes
+}
+
+/// Bytes of a dense parameter value (`f64`) and of a changed entry (`u32`
+/// offset and `f64`).
+const VALUE_BYTES: (usize, usize) = (8, 12);
+
+/// Bytes of a dense exact partial (`i128`) and of a sparse entry (`u32`
+/// offset and `i128`).
+const PARTIAL_BYTES: (usize, usize) = (16, 20);
+
 /// A shard's values as sent: whole, or only the coordinates that changed
 /// since the owner's previous emission of the shard (wide hashed models
 /// change few weights per step).
@@ -112,9 +132,21 @@ pub enum ShardValues {
 }
 
 impl ShardValues {
+    /// The sparse form of `len` values with these changed entries (sorted
+    /// here), if it is the smaller one.
+    pub fn sparse(mut entries: Vec<(u32, f64)>, len: usize) -> Option<ShardValues> {
+        let (value, entry) = VALUE_BYTES;
+        if !sparse_is_smaller(entries.len(), len, entry, value) {
+            return None;
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        Some(ShardValues::Delta(entries))
+    }
+
     /// The cheaper form of `now`, given the values `before` it (same length)
     /// that every worker already holds.
     pub fn diff(before: Option<&[f64]>, now: &[f64]) -> ShardValues {
+        let (value, entry) = VALUE_BYTES;
         let Some(before) = before.filter(|b| b.len() == now.len()) else {
             return ShardValues::Dense(now.to_vec());
         };
@@ -125,8 +157,7 @@ impl ShardValues {
                 .enumerate()
                 .filter(|(_, (a, b))| a.to_bits() != b.to_bits())
         };
-        // A dense value costs 8 bytes, a changed entry 12.
-        if changed().count() * 12 < now.len() * 8 {
+        if sparse_is_smaller(changed().count(), now.len(), entry, value) {
             ShardValues::Delta(changed().map(|(i, (_, &v))| (i as u32, v)).collect())
         } else {
             ShardValues::Dense(now.to_vec())
@@ -210,8 +241,8 @@ impl Partial {
     /// The cheaper form of `values`.
     pub fn from_slice(values: &[Exact]) -> Partial {
         let nnz = values.iter().filter(|v| v.0 != 0).count();
-        // A dense value costs 16 bytes, a sparse entry 20.
-        if nnz * 20 < values.len() * 16 {
+        let (value, entry) = PARTIAL_BYTES;
+        if sparse_is_smaller(nnz, values.len(), entry, value) {
             Partial::Sparse {
                 len: values.len() as u32,
                 entries: values
@@ -234,7 +265,8 @@ impl Partial {
             .iter()
             .filter(|&&i| values[i - offset].0 != 0)
             .count();
-        if nnz * 20 < values.len() * 16 {
+        let (value, entry) = PARTIAL_BYTES;
+        if sparse_is_smaller(nnz, values.len(), entry, value) {
             Partial::Sparse {
                 len: values.len() as u32,
                 entries: touched

@@ -149,7 +149,7 @@ impl OwnedShard {
         if changed == Changed::Nothing {
             return ShardValues::Delta(Vec::new());
         }
-        let mut delta: Vec<(u32, f64)> = self
+        let delta: Vec<(u32, f64)> = self
             .live
             .indices()
             .iter()
@@ -157,12 +157,8 @@ impl OwnedShard {
             .map(|&i| (i as u32, self.params[i]))
             .collect();
         delta.iter().for_each(|&(i, v)| sent[i as usize] = v);
-        if delta.len() * 12 < self.params.len() * 8 {
-            delta.sort_unstable_by_key(|e| e.0);
-            ShardValues::Delta(delta)
-        } else {
-            ShardValues::Dense(self.params.clone())
-        }
+        ShardValues::sparse(delta, self.params.len())
+            .unwrap_or_else(|| ShardValues::Dense(self.params.clone()))
     }
 }
 
