@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::data::source::Source;
-use crate::data::unit;
+use crate::source::files::Source;
+use crate::source::unit;
 use crate::error::Result;
 
 /// One column of the schema.
@@ -83,7 +83,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<SourceInfo> {
     }
     Ok(SourceInfo {
         rows: source.rows(),
-        units: unit::plan(&source, 65_536).len(),
+        units: unit::cut(&source, 65_536).len(),
         files,
     })
 }

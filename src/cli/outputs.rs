@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::data::source;
+use crate::source::files as source;
 use crate::error::{Error, Result};
 use crate::io::atomic::{Input, Request};
 use crate::spec::{Pipeline, ValidationSpec};

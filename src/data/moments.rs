@@ -99,13 +99,46 @@ impl Moments {
     }
 }
 
+/// The moments of the units seen so far, extended in unit order as more
+/// units come: the moments of units `0..n` extended by units `n..m` are the
+/// same bits as those of units `0..m` merged at once, so statistics need not
+/// wait for a source to be complete.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefixMoments {
+    /// Id of the next unit to merge (one past the last merged).
+    next: usize,
+    moments: Moments,
+}
+
+impl PrefixMoments {
+    /// Merges units given as `(unit id, moments)`, in unit order whatever
+    /// order they come in; their ids must follow the units merged already.
+    pub fn extend(&mut self, mut units: Vec<(usize, Moments)>) {
+        units.sort_by_key(|u| u.0);
+        for (id, m) in units {
+            debug_assert!(id >= self.next, "unit {id} merged after unit {}", self.next);
+            self.moments = self.moments.merge(m);
+            self.next = id + 1;
+        }
+    }
+
+    /// One past the last unit merged (0 before any).
+    pub fn units(&self) -> usize {
+        self.next
+    }
+
+    /// The moments of every unit merged so far.
+    pub fn moments(&self) -> Moments {
+        self.moments
+    }
+}
+
 /// The moments of units given as `(unit id, moments)`, combined in unit
 /// order whatever order they come in.
-pub fn merge_in_unit_order(mut units: Vec<(usize, Moments)>) -> Moments {
-    units.sort_by_key(|u| u.0);
-    units
-        .into_iter()
-        .fold(Moments::default(), |acc, (_, m)| acc.merge(m))
+pub fn merge_in_unit_order(units: Vec<(usize, Moments)>) -> Moments {
+    let mut merged = PrefixMoments::default();
+    merged.extend(units);
+    merged.moments()
 }
 
 #[cfg(test)]
