@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 use tidemill::cluster::Cluster;
 use tidemill::data::encode::{decode, LabelUse};
 use tidemill::data::partition::assign;
-use tidemill::spec::{Partition, Pipeline};
 use tidemill::plan::Plan;
 use tidemill::source::DataSource;
+use tidemill::spec::{Partition, Pipeline};
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::source::files::Source;
 use crate::source::unit;
-use crate::error::Result;
 
 /// One column of the schema.
 #[derive(Debug, Serialize)]

@@ -30,11 +30,11 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tidemill::data::encode::{decode, ClassMap, LabelUse, Origin};
 use tidemill::data::window::{for_each_window, Split};
+use tidemill::model::file::ModelFile;
+use tidemill::predict::Scorer;
 use tidemill::source::files::Source;
 use tidemill::source::parquet::ParquetSource;
 use tidemill::source::DataSource;
-use tidemill::model::file::ModelFile;
-use tidemill::predict::Scorer;
 use tidemill::spec::Pipeline;
 
 /// Fixtures made once per test binary: a model file, a Parquet file with

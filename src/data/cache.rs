@@ -190,7 +190,13 @@ impl WorkerData {
             return Ok(());
         }
         let feed = &self.feed;
-        let owners = assign(&self.train_rows, self.peers, feed.partition, feed.seed, epoch);
+        let owners = assign(
+            &self.train_rows,
+            self.peers,
+            feed.partition,
+            feed.seed,
+            epoch,
+        );
         self.mine = (0..owners.len())
             .filter(|&u| owners[u] == self.index)
             .collect();
@@ -216,7 +222,13 @@ impl WorkerData {
 
     fn open_train(&self, id: usize, epoch: u32) -> Result<UnitStream> {
         let train = &self.feed.train;
-        UnitStream::open(&**train, &train.units()[id], &self.stream, Rows::Train, epoch)
+        UnitStream::open(
+            &**train,
+            &train.units()[id],
+            &self.stream,
+            Rows::Train,
+            epoch,
+        )
     }
 
     /// Feeds this worker's rows of step `step` to `f`, unit by unit in unit
@@ -270,7 +282,9 @@ impl WorkerData {
                     continue;
                 }
                 idx.clear();
-                idx.extend((lo - w.start..hi - w.start).map(|i| w.order.as_ref().map_or(i, |o| o[i])));
+                idx.extend(
+                    (lo - w.start..hi - w.start).map(|i| w.order.as_ref().map_or(i, |o| o[i])),
+                );
                 f(&w.train, &idx)?;
             }
         }
@@ -299,8 +313,15 @@ impl WorkerData {
             if self.validation_files.is_none() {
                 let mut blocks = Vec::new();
                 for unit in mine {
-                    let mut reader =
-                        Windows::open(&**v, unit, &spec.spec, spec.label(), spec.split(), Rows::Train, false)?;
+                    let mut reader = Windows::open(
+                        &**v,
+                        unit,
+                        &spec.spec,
+                        spec.label(),
+                        spec.split(),
+                        Rows::Train,
+                        false,
+                    )?;
                     while let Some(w) = reader.next(&spec.spec, spec.label())? {
                         blocks.push(w.data.train);
                     }
@@ -314,17 +335,20 @@ impl WorkerData {
             return Ok(()); // no validation rows: nothing to read
         }
         if feed.cache {
-            self.cached
-                .values()
-                .flat_map(|c| &c.validation)
-                .for_each(f);
+            self.cached.values().flat_map(|c| &c.validation).for_each(f);
             return Ok(());
         }
         let epoch = self.epoch.unwrap_or(0);
         let units = feed.train.units();
         for &id in &self.mine {
-            UnitStream::open(&*feed.train, &units[id], &self.stream, Rows::Validation, epoch)?
-                .drain(&self.stream, &mut f)?;
+            UnitStream::open(
+                &*feed.train,
+                &units[id],
+                &self.stream,
+                Rows::Validation,
+                epoch,
+            )?
+            .drain(&self.stream, &mut f)?;
         }
         Ok(())
     }

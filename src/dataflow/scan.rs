@@ -279,7 +279,12 @@ fn merge(
     let mut result = ScanResult {
         train_rows: vec![0; n_units],
         split_rows: vec![0; n_units],
-        validation_rows: vec![0; plan.validation_files.as_ref().map_or(0, |v| v.units().len())],
+        validation_rows: vec![
+            0;
+            plan.validation_files
+                .as_ref()
+                .map_or(0, |v| v.units().len())
+        ],
         moments: vec![Moments::default(); plan.draft.numeric.len()],
         labels: BTreeSet::new(),
         label: Moments::default(),

@@ -171,12 +171,11 @@ fn parquet_batches(path: &Path) -> Result<TableInput> {
     let batches = plan.into_iter().flat_map(move |(rg, first_row)| {
         let read = || -> Result<Vec<(RecordBatch, BatchOrigin)>> {
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
-                    .with_row_groups(vec![rg])
-                    .with_batch_size(65_536)
-                    .build()
-                    .map_err(|e| Error::parquet(&path, format!("row group {rg}: {e}")))?;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(65_536)
+                .build()
+                .map_err(|e| Error::parquet(&path, format!("row group {rg}: {e}")))?;
             let mut out = Vec::new();
             let mut row = first_row;
             for b in reader {

@@ -621,8 +621,7 @@ impl Pipeline {
             }
         };
         if let Some(classes) = &d.classes {
-            classes::check_classes(classes)
-                .map_err(|m| value_err("data.classes", m))?;
+            classes::check_classes(classes).map_err(|m| value_err("data.classes", m))?;
             if classes.len() > classes::MAX_CLASSES {
                 return Err(value_err(
                     "data.classes",

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 
 use super::warm::InitModel;
 use crate::cluster::JobDescription;
+use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::source::files::{ParquetFile, Source};
-use crate::error::{Error, Result};
 
 /// The trailer of a Parquet file: footer length (u32, little-endian) and `PAR1`.
 const TRAILER: u64 = 8;
