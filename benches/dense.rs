@@ -19,8 +19,9 @@ use serde_json::{json, Value};
 use tidemill::cluster::Cluster;
 use tidemill::data::encode::{decode, LabelUse};
 use tidemill::data::partition::assign;
+use tidemill::plan::Plan;
+use tidemill::source::DataSource;
 use tidemill::spec::{Partition, Pipeline};
-use tidemill::train::plan::Plan;
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -49,7 +50,7 @@ fn pipeline(data: &Path, cache: bool, epochs: u32, batch: usize, l2: f64) -> Pip
 /// reads 8192-row windows as streaming epochs do, else whole units.
 fn scan(data: &Path, workers: usize, windowed: bool) -> Value {
     let plan = Arc::new(Plan::new(pipeline(data, true, 1, 4096, 0.0)).expect("plan"));
-    let rows: Vec<usize> = plan.train.units.iter().map(|u| u.rows).collect();
+    let rows: Vec<usize> = plan.train.units().iter().map(|u| u.rows).collect();
     let owners = assign(&rows, workers, Partition::Slice, 0, 0);
     let spec = plan.scan_spec();
     let started = Instant::now();
@@ -61,14 +62,14 @@ fn scan(data: &Path, workers: usize, windowed: bool) -> Value {
             std::thread::spawn(move || {
                 let mut bytes = 0usize;
                 let mut rows = 0usize;
-                for unit in plan.train.units.iter().filter(|u| owners[u.id] == w) {
+                for unit in plan.train.units().iter().filter(|u| owners[u.id] == w) {
                     if windowed {
-                        let split = tidemill::data::load::Split {
+                        let split = tidemill::data::window::Split {
                             fraction: None,
                             seed: 0,
                         };
-                        tidemill::data::load::for_each_window(
-                            &plan.train.source,
+                        tidemill::data::window::for_each_window(
+                            &*plan.train,
                             unit,
                             &spec,
                             LabelUse::Value,
@@ -87,10 +88,16 @@ fn scan(data: &Path, workers: usize, windowed: bool) -> Value {
                         .into_iter()
                         .chain([spec.label.clone()])
                         .collect();
-                    let batch =
-                        tidemill::data::unit::read(&plan.train.source, unit, &cols).expect("read");
+                    // The whole unit as one batch.
+                    let batch = plan
+                        .train
+                        .open(unit, &cols, unit.rows)
+                        .expect("open")
+                        .next()
+                        .expect("a batch")
+                        .expect("read");
                     let origin = tidemill::data::encode::Origin {
-                        file: &plan.train.source.files[unit.file].path,
+                        file: plan.train.unit_path(unit),
                         row_group: Some(unit.row_group),
                         first_row: unit.file_row,
                     };

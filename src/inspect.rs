@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::data::source::Source;
-use crate::data::unit;
 use crate::error::Result;
+use crate::source::files::Source;
+use crate::source::unit;
 
 /// One column of the schema.
 #[derive(Debug, Serialize)]
@@ -83,7 +83,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<SourceInfo> {
     }
     Ok(SourceInfo {
         rows: source.rows(),
-        units: unit::plan(&source, 65_536).len(),
+        units: unit::cut(&source, 65_536).len(),
         files,
     })
 }

@@ -15,13 +15,15 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`spec`] | the pipeline file: raw serde structs → validated spec |
-//! | [`data`] | sources, units, partitioning, decoding to `f32` blocks |
+//! | [`source`] | where rows come from: Parquet files, footers, units, the [`source::DataSource`] interface |
+//! | [`plan`] | the job plan: files, units, columns and types every worker agrees on |
+//! | [`data`] | partitioning, the windowed unit reader, decoding to `f32` blocks |
 //! | [`model`] | linear family: layout, losses, prediction, model file |
 //! | [`optim`] | pure optimizer steps (SGD, momentum, AdaGrad, Adam), L-BFGS/OWL-QN |
 //! | [`exact`] | fixed-point sums that make results independent of worker count |
 //! | [`dataflow`] | timely operators: scan, gradients, fold, metrics collector |
 //! | [`strategy`] | distribution strategies built from those operators |
-//! | [`train`] | planning and running a job; the job description processes compare |
+//! | [`train`] | running a job; the job description processes compare |
 //! | [`cluster`] | workers, processes, addresses; the handshake that starts a cluster |
 //! | [`metrics`] | metric definitions and JSON-lines records |
 //! | [`predict`] | scoring and evaluating tables with a saved model |
@@ -49,7 +51,9 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plan;
 pub mod predict;
+pub mod source;
 pub mod spec;
 pub mod strategy;
 pub mod train;

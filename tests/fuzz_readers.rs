@@ -29,11 +29,12 @@ use arrow::record_batch::RecordBatch;
 use proptest::prelude::*;
 use serde_json::Value;
 use tidemill::data::encode::{decode, ClassMap, LabelUse, Origin};
-use tidemill::data::load::{load_unit, Split};
-use tidemill::data::source::Source;
-use tidemill::data::unit;
+use tidemill::data::window::{for_each_window, Split};
 use tidemill::model::file::ModelFile;
 use tidemill::predict::Scorer;
+use tidemill::source::files::Source;
+use tidemill::source::parquet::ParquetSource;
+use tidemill::source::DataSource;
 use tidemill::spec::Pipeline;
 
 /// Fixtures made once per test binary: a model file, a Parquet file with
@@ -318,7 +319,7 @@ proptest! {
             text.push_str(&format!("{k} = {v}\n"));
         }
         if let Ok(p) = Pipeline::parse(&text, Path::new("fuzz.toml"), &sets) {
-            let _ = tidemill::train::plan::Plan::new(p);
+            let _ = tidemill::plan::Plan::new(p);
         }
     }
 
@@ -335,10 +336,11 @@ proptest! {
         let model: ModelFile = serde_json::from_slice(&fixtures().model).unwrap();
         let spec = model.features.clone();
         let classes = ClassMap::new(spec.classes.as_deref().unwrap_or(&[]));
-        for u in unit::plan(&source, 25) {
+        let source = ParquetSource::new(source, 25);
+        for u in source.units() {
             for label in [LabelUse::Classes(&classes), LabelUse::Tokens, LabelUse::Value, LabelUse::Skip] {
                 let split = Split { fraction: Some(0.3), seed: 7 };
-                let _ = load_unit(&source, &u, &spec, label, split);
+                let _ = for_each_window(&source, u, &spec, label, split, |_| Ok(()));
             }
         }
     }

@@ -268,11 +268,11 @@ fn validate(a: ValidateArgs) -> Result<()> {
     let requests = outputs.requests();
     let inputs = PipelineInputs::new(&a.pipeline, &p)?;
     crate::io::atomic::check_writable(&requests, &inputs.list())?;
-    let plan = crate::train::plan::Plan::new(p)?;
+    let plan = crate::plan::Plan::new(p)?;
     emit(&format!(
         "ok: {} file(s), {} rows, {} units; {} numeric and {} categorical feature(s); label '{}'; {}\n",
-        plan.train.source.files.len(),
-        plan.train.source.rows(),
+        plan.train.files.files.len(),
+        plan.train.files.rows(),
         plan.train.units.len(),
         plan.draft.numeric.len(),
         plan.draft.categorical.len(),
@@ -308,11 +308,12 @@ fn train(a: TrainArgs) -> Result<()> {
         processes = cluster.processes,
         "training"
     );
-    let mut plan = crate::train::plan::Plan::new(pipeline)?;
-    if let Some(path) = &a.init_model {
-        plan.init = Some(crate::train::warm::InitModel::load(path)?);
-    }
-    let report = crate::train::run_plan(plan, &cluster)?;
+    let plan = crate::plan::Plan::new(pipeline)?;
+    let init = match &a.init_model {
+        Some(path) => Some(crate::train::warm::InitModel::load(path)?),
+        None => None,
+    };
+    let report = crate::train::run_plan(plan, init, &cluster)?;
     let Some(mut outputs) = outputs else {
         return Ok(());
     };

@@ -4,9 +4,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::data::source;
 use crate::error::{Error, Result};
 use crate::io::atomic::{Input, Request};
+use crate::source::files as source;
 use crate::spec::{Pipeline, ValidationSpec};
 
 /// The outputs of a pipeline with the flag (or key) that named each.

@@ -1,78 +1,118 @@
 //! The units a worker holds for the current epoch: decoded once and kept
 //! (`cache = true`), or streamed window by window (`cache = false`, one open
-//! stream per unit of the current wave). Both modes feed the same rows in
-//! the same order and segments, so `cache` changes memory and speed, never
-//! the model.
+//! stream per unit of the current wave). Both read units with the same
+//! [`Windows`] reader and feed the same rows in the same order and
+//! segments, so `cache` changes memory and speed, never the model.
+//!
+//! A worker reads through a [`Feed`], a narrow view of the plan: its
+//! sources (any [`DataSource`]), the split, the partition and the seed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::encode::{Block, ClassMap, FeatureSpec, LabelUse};
-use super::load::{load_unit, Split, UnitData};
-use super::partition::{assign, row_order, StepPlan};
-use super::stream::{Rows, StreamSpec, UnitStream, WINDOW_ROWS};
-use super::unit::Unit;
+use super::encode::{Block, ClassMap, FeatureSpec};
+use super::partition::{assign, window_order, StepPlan};
+use super::stream::{StreamSpec, UnitStream};
+use super::window::{Rows, Split, Windows};
 use crate::error::Result;
+use crate::plan::Plan;
+use crate::source::unit::Unit;
+use crate::source::DataSource;
 use crate::spec::{ModelKind, Partition};
-use crate::train::plan::Plan;
 
-/// The shuffle key of window `window` of unit `unit` (shared with streams).
-pub fn window_key(unit: usize, window: u64) -> usize {
-    ((unit as u64) << 20 ^ window) as usize
+/// What a worker reads, and how rows are split and ordered.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// The training units.
+    pub train: Arc<dyn DataSource>,
+    /// Separate validation units, if validation is by files.
+    pub validation: Option<Arc<dyn DataSource>>,
+    /// Fraction of training rows held out, if validation is by fraction.
+    pub fraction: Option<f64>,
+    /// Seed of the split and of shuffling.
+    pub seed: u64,
+    /// Slice or shuffle.
+    pub partition: Partition,
+    /// Keep decoded units in memory (true) or stream them every epoch.
+    pub cache: bool,
+    /// True if labels are class names (classifiers), false for a
+    /// regression value.
+    pub classify: bool,
 }
 
-/// One cached unit: its rows, their order for the epoch, and the
-/// boundaries of its stream windows (segments are cut there).
-#[derive(Debug)]
-struct Cached {
-    data: UnitData,
-    order: Option<Vec<usize>>,
-    windows: Vec<usize>,
-}
-
-impl Cached {
-    fn new(data: UnitData, unit: &Unit) -> Cached {
-        let rows = &data.train.file_row;
-        let mut windows = vec![0];
-        for i in 1..rows.len() {
-            if (rows[i] - unit.file_row) / WINDOW_ROWS as u64
-                != (rows[i - 1] - unit.file_row) / WINDOW_ROWS as u64
-            {
-                windows.push(i);
-            }
-        }
-        windows.push(rows.len());
-        Cached {
-            data,
-            order: None,
-            windows,
+impl Feed {
+    /// The feed of a plan.
+    pub fn of(plan: &Plan) -> Feed {
+        let d = &plan.pipeline.data;
+        Feed {
+            train: Arc::clone(&plan.train) as Arc<dyn DataSource>,
+            validation: plan
+                .validation_files
+                .as_ref()
+                .map(|v| Arc::clone(v) as Arc<dyn DataSource>),
+            fraction: plan.validation_fraction,
+            seed: d.seed,
+            partition: d.partition,
+            cache: d.cache,
+            classify: plan.pipeline.model.kind != ModelKind::Linear,
         }
     }
 
+    fn split(&self) -> Split {
+        Split {
+            fraction: self.fraction,
+            seed: self.seed,
+        }
+    }
+}
+
+/// One window of a cached unit: its training rows and their order.
+#[derive(Debug)]
+struct CachedWindow {
+    /// Position of the window in its unit.
+    index: u64,
+    /// Training rows of the unit before this window.
+    start: usize,
+    train: Block,
+    order: Option<Vec<usize>>,
+}
+
+/// One cached unit: its windows (segments are cut where they end) and its
+/// held-out rows.
+#[derive(Debug)]
+struct Cached {
+    windows: Vec<CachedWindow>,
+    validation: Vec<Block>,
+}
+
+impl Cached {
+    /// Reads and decodes a unit, window by window.
+    fn load(source: &dyn DataSource, unit: &Unit, s: &StreamSpec, split: Split) -> Result<Cached> {
+        let mut reader = Windows::open(source, unit, &s.spec, s.label(), split, Rows::Both, false)?;
+        let mut cached = Cached {
+            windows: Vec::new(),
+            validation: Vec::new(),
+        };
+        let mut start = 0;
+        while let Some(w) = reader.next(&s.spec, s.label())? {
+            let rows = w.data.train.rows;
+            cached.windows.push(CachedWindow {
+                index: w.index,
+                start,
+                train: w.data.train,
+                order: None,
+            });
+            cached.validation.push(w.data.validation);
+            start += rows;
+        }
+        Ok(cached)
+    }
+
     /// Row order for an epoch: each window permuted on its own (shuffle).
-    fn reorder(&mut self, unit: &Unit, s: &StreamSpec, epoch: u32) {
-        if s.partition == Partition::Slice {
-            self.order = None;
-            return;
+    fn reorder(&mut self, unit: usize, s: &StreamSpec, epoch: u32) {
+        for w in &mut self.windows {
+            w.order = window_order(w.train.rows, s.partition, s.seed, epoch, unit, w.index);
         }
-        let mut order = Vec::with_capacity(self.data.train.rows);
-        for w in self.windows.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            if a == b {
-                continue;
-            }
-            let window = (self.data.train.file_row[a] - unit.file_row) / WINDOW_ROWS as u64;
-            let perm = row_order(
-                b - a,
-                s.partition,
-                s.seed,
-                epoch,
-                window_key(unit.id, window),
-            )
-            .unwrap_or_else(|| (0..b - a).collect());
-            order.extend(perm.into_iter().map(|i| a + i));
-        }
-        self.order = Some(order);
     }
 }
 
@@ -80,7 +120,7 @@ impl Cached {
 pub struct WorkerData {
     index: usize,
     peers: usize,
-    plan: Arc<Plan>,
+    feed: Feed,
     steps: StepPlan,
     stream: StreamSpec,
     train_rows: Vec<usize>,
@@ -90,7 +130,7 @@ pub struct WorkerData {
     cached: BTreeMap<usize, Cached>,
     streams: BTreeMap<usize, UnitStream>,
     open_wave: Option<usize>,
-    validation_files: Option<BTreeMap<usize, Block>>,
+    validation_files: Option<Vec<Block>>,
 }
 
 impl WorkerData {
@@ -104,22 +144,34 @@ impl WorkerData {
         train_rows: Vec<usize>,
         steps: StepPlan,
     ) -> WorkerData {
-        let classes = match plan.pipeline.model.kind {
-            ModelKind::Linear => None,
-            _ => spec.classes.as_ref().map(|c| ClassMap::new(c)),
+        WorkerData::with_feed(index, peers, Feed::of(&plan), spec, train_rows, steps)
+    }
+
+    /// [`WorkerData::new`] for any feed.
+    pub fn with_feed(
+        index: usize,
+        peers: usize,
+        feed: Feed,
+        spec: FeatureSpec,
+        train_rows: Vec<usize>,
+        steps: StepPlan,
+    ) -> WorkerData {
+        let classes = if feed.classify {
+            spec.classes.as_ref().map(|c| ClassMap::new(c))
+        } else {
+            None
         };
-        let d = &plan.pipeline.data;
         let stream = StreamSpec {
             spec,
             classes,
-            fraction: plan.validation_fraction,
-            seed: d.seed,
-            partition: d.partition,
+            fraction: feed.fraction,
+            seed: feed.seed,
+            partition: feed.partition,
         };
         WorkerData {
             index,
             peers,
-            plan,
+            feed,
             steps,
             stream,
             train_rows,
@@ -132,47 +184,35 @@ impl WorkerData {
         }
     }
 
-    fn label(&self) -> LabelUse<'_> {
-        match &self.stream.classes {
-            Some(c) => LabelUse::Classes(c),
-            None => LabelUse::Value,
-        }
-    }
-
     /// Makes sure the worker holds exactly its units for `epoch`.
     pub fn prepare(&mut self, epoch: u32) -> Result<()> {
         if self.epoch == Some(epoch) {
             return Ok(());
         }
-        let plan = Arc::clone(&self.plan);
-        let d = &plan.pipeline.data;
-        let owners = assign(&self.train_rows, self.peers, d.partition, d.seed, epoch);
+        let feed = &self.feed;
+        let owners = assign(
+            &self.train_rows,
+            self.peers,
+            feed.partition,
+            feed.seed,
+            epoch,
+        );
         self.mine = (0..owners.len())
             .filter(|&u| owners[u] == self.index)
             .collect();
         self.streams.clear();
         self.open_wave = None;
-        if d.cache {
+        if feed.cache {
             let mine = &self.mine;
             self.cached.retain(|id, _| mine.contains(id));
-            let split = Split {
-                fraction: plan.validation_fraction,
-                seed: d.seed,
-            };
+            let units = feed.train.units();
             for &id in &self.mine {
-                let unit = &plan.train.units[id];
                 if !self.cached.contains_key(&id) {
-                    let data = load_unit(
-                        &plan.train.source,
-                        unit,
-                        &self.stream.spec,
-                        self.label(),
-                        split,
-                    )?;
-                    self.cached.insert(id, Cached::new(data, unit));
+                    let data = Cached::load(&*feed.train, &units[id], &self.stream, feed.split())?;
+                    self.cached.insert(id, data);
                 }
                 if let Some(c) = self.cached.get_mut(&id) {
-                    c.reorder(unit, &self.stream, epoch);
+                    c.reorder(id, &self.stream, epoch);
                 }
             }
         }
@@ -181,10 +221,10 @@ impl WorkerData {
     }
 
     fn open_train(&self, id: usize, epoch: u32) -> Result<UnitStream> {
-        let plan = &self.plan;
+        let train = &self.feed.train;
         UnitStream::open(
-            &plan.train.source,
-            &plan.train.units[id],
+            &**train,
+            &train.units()[id],
             &self.stream,
             Rows::Train,
             epoch,
@@ -198,9 +238,8 @@ impl WorkerData {
         step: u64,
         mut f: impl FnMut(&Block, &[usize]) -> Result<()>,
     ) -> Result<()> {
-        let plan = Arc::clone(&self.plan);
         let epoch = self.epoch.unwrap_or(0);
-        if !plan.pipeline.data.cache {
+        if !self.feed.cache {
             if self.steps.is_full_batch() {
                 // One pass over every unit, one open stream at a time.
                 for &id in &self.mine {
@@ -236,20 +275,17 @@ impl WorkerData {
             let Some((a, b)) = self.steps.rows(id, self.train_rows[id], step) else {
                 continue;
             };
-            // Cut [a, b) where stream windows end, exactly as streaming does.
-            let mut start = a;
-            while start < b {
-                let end = c
-                    .windows
-                    .iter()
-                    .copied()
-                    .find(|&w| w > start)
-                    .unwrap_or(b)
-                    .min(b);
+            // Cut [a, b) where windows end, exactly as streaming does.
+            for w in &c.windows {
+                let (lo, hi) = (a.max(w.start), b.min(w.start + w.train.rows));
+                if lo >= hi {
+                    continue;
+                }
                 idx.clear();
-                idx.extend((start..end).map(|i| c.order.as_ref().map_or(i, |o| o[i])));
-                f(&c.data.train, &idx)?;
-                start = end;
+                idx.extend(
+                    (lo - w.start..hi - w.start).map(|i| w.order.as_ref().map_or(i, |o| o[i])),
+                );
+                f(&w.train, &idx)?;
             }
         }
         Ok(())
@@ -258,54 +294,56 @@ impl WorkerData {
     /// Feeds the validation rows this worker evaluates to `f`: the held-out
     /// rows of its units, or its slice of the separate validation files.
     pub fn validation(&mut self, mut f: impl FnMut(&Block)) -> Result<()> {
-        let plan = Arc::clone(&self.plan);
-        let cache = plan.pipeline.data.cache;
-        if let Some(v) = &plan.validation_files {
-            let rows: Vec<usize> = v.units.iter().map(|u| u.rows).collect();
+        let feed = self.feed.clone();
+        if let Some(v) = &feed.validation {
+            let rows: Vec<usize> = v.units().iter().map(|u| u.rows).collect();
             let owners = assign(&rows, self.peers, Partition::Slice, 0, 0);
-            let mine = v.units.iter().filter(|u| owners[u.id] == self.index);
-            if !cache {
-                let spec = StreamSpec {
-                    fraction: None,
-                    partition: Partition::Slice,
-                    ..self.stream.clone()
-                };
+            let mine = v.units().iter().filter(|u| owners[u.id] == self.index);
+            let spec = StreamSpec {
+                fraction: None,
+                partition: Partition::Slice,
+                ..self.stream.clone()
+            };
+            if !feed.cache {
                 for unit in mine {
-                    UnitStream::open(&v.source, unit, &spec, Rows::All, 0)?.drain(&spec, &mut f)?;
+                    UnitStream::open(&**v, unit, &spec, Rows::Train, 0)?.drain(&spec, &mut f)?;
                 }
                 return Ok(());
             }
             if self.validation_files.is_none() {
-                let mut blocks = BTreeMap::new();
+                let mut blocks = Vec::new();
                 for unit in mine {
-                    let split = Split {
-                        fraction: None,
-                        seed: 0,
-                    };
-                    let data = load_unit(&v.source, unit, &self.stream.spec, self.label(), split)?;
-                    blocks.insert(unit.id, data.train);
+                    let mut reader = Windows::open(
+                        &**v,
+                        unit,
+                        &spec.spec,
+                        spec.label(),
+                        spec.split(),
+                        Rows::Train,
+                        false,
+                    )?;
+                    while let Some(w) = reader.next(&spec.spec, spec.label())? {
+                        blocks.push(w.data.train);
+                    }
                 }
                 self.validation_files = Some(blocks);
             }
-            self.validation_files
-                .iter()
-                .flat_map(|b| b.values())
-                .for_each(f);
+            self.validation_files.iter().flatten().for_each(f);
             return Ok(());
         }
-        if plan.validation_fraction.is_none() {
+        if feed.fraction.is_none() {
             return Ok(()); // no validation rows: nothing to read
         }
-        if cache {
-            self.cached.values().for_each(|c| f(&c.data.validation));
+        if feed.cache {
+            self.cached.values().flat_map(|c| &c.validation).for_each(f);
             return Ok(());
         }
         let epoch = self.epoch.unwrap_or(0);
+        let units = feed.train.units();
         for &id in &self.mine {
-            let unit = &plan.train.units[id];
             UnitStream::open(
-                &plan.train.source,
-                unit,
+                &*feed.train,
+                &units[id],
                 &self.stream,
                 Rows::Validation,
                 epoch,
@@ -319,7 +357,7 @@ impl WorkerData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::partition::is_validation;
+    use crate::data::partition::{is_validation, WINDOW_ROWS};
     use crate::spec::Pipeline;
     use arrow::array::{ArrayRef, Float64Array, Int64Array};
     use arrow::record_batch::RecordBatch;

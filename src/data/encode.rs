@@ -10,67 +10,13 @@ use std::path::Path;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
 
 use super::hashing::hash_token;
 use crate::error::{Error, Location, Result};
+pub use crate::plan::features::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
+pub use crate::source::files::unique_column;
+pub use crate::spec::classes::{check_classes, MAX_CLASSES};
 use crate::spec::OnMissing;
-
-/// A numeric feature and its preprocessing: missing → `fill`, then
-/// `(x − center) / scale`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NumericFeature {
-    /// Column name.
-    pub name: String,
-    /// Value used for missing entries (raw units); unused under `error`/`skip_row`.
-    pub fill: f64,
-    /// Subtracted before scaling (the training mean when standardising, else 0).
-    pub center: f64,
-    /// Divisor (the training standard deviation when standardising, else 1).
-    pub scale: f64,
-}
-
-/// Everything needed to turn a row of a table into model inputs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FeatureSpec {
-    /// Label column.
-    pub label: String,
-    /// Numeric features in weight order.
-    pub numeric: Vec<NumericFeature>,
-    /// Hashed categorical columns.
-    pub categorical: Vec<String>,
-    /// The hashed space has `2^hash_bits` slots (after the numeric features).
-    pub hash_bits: u32,
-    /// Missing-value policy.
-    pub on_missing: OnMissing,
-    /// Class names in index order (classifiers).
-    pub classes: Option<Vec<String>>,
-}
-
-impl FeatureSpec {
-    /// Number of input dimensions: numeric features plus the hashed space.
-    pub fn dim(&self) -> usize {
-        self.numeric.len() + self.hashed_dim()
-    }
-
-    /// Size of the hashed space (0 without categorical columns).
-    pub fn hashed_dim(&self) -> usize {
-        if self.categorical.is_empty() {
-            0
-        } else {
-            1usize << self.hash_bits
-        }
-    }
-
-    /// The feature columns to read.
-    pub fn feature_columns(&self) -> Vec<String> {
-        self.numeric
-            .iter()
-            .map(|f| f.name.clone())
-            .chain(self.categorical.iter().cloned())
-            .collect()
-    }
-}
 
 /// Decoded rows of one unit (or one input batch).
 #[derive(Debug, Clone, Default)]
@@ -163,38 +109,6 @@ pub struct ClassMap {
     values: Vec<(f64, usize)>,
 }
 
-/// The most classes a model may have.
-pub const MAX_CLASSES: usize = 10_000;
-
-/// Checks a list of class names: at least one, no name twice, and no two
-/// names that are the same number (`"1"` and `"1.0"` would both match the
-/// label value 1). The message names the offending classes.
-pub fn check_classes(names: &[String]) -> std::result::Result<(), String> {
-    if names.is_empty() {
-        return Err("no classes".into());
-    }
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in names.iter().enumerate() {
-        if let Some(j) = seen.insert(n.as_str(), i) {
-            return Err(format!(
-                "class '{n}' is listed twice (positions {j} and {i}): every class must be distinct"
-            ));
-        }
-    }
-    let mut values: Vec<(f64, &str)> = names
-        .iter()
-        .filter_map(|n| n.parse::<f64>().ok().map(|v| (v + 0.0, n.as_str())))
-        .collect();
-    values.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some(w) = values.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(format!(
-            "classes '{}' and '{}' are the same number: a label value would match both",
-            w[0].1, w[1].1
-        ));
-    }
-    Ok(())
-}
-
 impl ClassMap {
     /// Builds the map from names in index order (checked by
     /// [`check_classes`] where they come from a user or a file).
@@ -256,20 +170,6 @@ impl Origin<'_> {
     }
 }
 
-/// Is the Arrow type usable as a numeric feature or regression label?
-pub fn is_numeric_type(t: &DataType) -> bool {
-    t.is_numeric() || matches!(t, DataType::Boolean)
-}
-
-/// Is the Arrow type usable as a categorical token column?
-pub fn is_token_type(t: &DataType) -> bool {
-    match t {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(_, v) => is_token_type(v),
-        t => t.is_integer() || matches!(t, DataType::Boolean),
-    }
-}
-
 /// Canonical text of a number used as a token: integers without a fraction.
 pub fn number_token(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -277,20 +177,6 @@ pub fn number_token(v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-/// Fails if `schema` has more than one column named `name`.
-pub fn unique_column(schema: &arrow::datatypes::Schema, name: &str, file: &Path) -> Result<()> {
-    let count = schema.fields().iter().filter(|f| f.name() == name).count();
-    if count > 1 {
-        return Err(Error::ColumnType {
-            file: file.to_path_buf(),
-            column: name.to_string(),
-            found: format!("{count} columns of that name"),
-            expected: "every column tidemill reads must have a name of its own (rename one)".into(),
-        });
-    }
-    Ok(())
 }
 
 fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin) -> Result<&'b ArrayRef> {

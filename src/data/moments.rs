@@ -99,13 +99,46 @@ impl Moments {
     }
 }
 
+/// The moments of the units seen so far, extended in unit order as more
+/// units come: the moments of units `0..n` extended by units `n..m` are the
+/// same bits as those of units `0..m` merged at once, so statistics need not
+/// wait for a source to be complete.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefixMoments {
+    /// Id of the next unit to merge (one past the last merged).
+    next: usize,
+    moments: Moments,
+}
+
+impl PrefixMoments {
+    /// Merges units given as `(unit id, moments)`, in unit order whatever
+    /// order they come in; their ids must follow the units merged already.
+    pub fn extend(&mut self, mut units: Vec<(usize, Moments)>) {
+        units.sort_by_key(|u| u.0);
+        for (id, m) in units {
+            debug_assert!(id >= self.next, "unit {id} merged after unit {}", self.next);
+            self.moments = self.moments.merge(m);
+            self.next = id + 1;
+        }
+    }
+
+    /// One past the last unit merged (0 before any).
+    pub fn units(&self) -> usize {
+        self.next
+    }
+
+    /// The moments of every unit merged so far.
+    pub fn moments(&self) -> Moments {
+        self.moments
+    }
+}
+
 /// The moments of units given as `(unit id, moments)`, combined in unit
 /// order whatever order they come in.
-pub fn merge_in_unit_order(mut units: Vec<(usize, Moments)>) -> Moments {
-    units.sort_by_key(|u| u.0);
-    units
-        .into_iter()
-        .fold(Moments::default(), |acc, (_, m)| acc.merge(m))
+pub fn merge_in_unit_order(units: Vec<(usize, Moments)>) -> Moments {
+    let mut merged = PrefixMoments::default();
+    merged.extend(units);
+    merged.moments()
 }
 
 #[cfg(test)]
@@ -162,5 +195,105 @@ mod tests {
         assert_eq!(a.merge(Moments::default()), a);
         assert_eq!(Moments::default().merge(a), a);
         assert_eq!(Moments::default().std(), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array};
+    use arrow::record_batch::RecordBatch;
+
+    use super::*;
+    use crate::data::encode::{FeatureSpec, LabelUse, NumericFeature};
+    use crate::data::window::{for_each_window, Split};
+    use crate::source::files::Source;
+    use crate::source::parquet::ParquetSource;
+    use crate::source::DataSource;
+    use crate::spec::OnMissing;
+
+    /// Statistics of units 0..n extended by units n..m are the bits of
+    /// units 0..m merged at once, on moments read from a Parquet file the
+    /// way the scan reads them.
+    #[test]
+    fn extending_a_prefix_gives_the_same_bits_as_merging_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.parquet");
+        let x = |i: u64| 1.6e9 + ((i * 7919) % 1013) as f64 * 0.37;
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = None;
+        for g in 0..5u64 {
+            let r = g * 900..(g + 1) * 900;
+            let cols: Vec<(&str, ArrayRef)> = vec![
+                (
+                    "x",
+                    Arc::new(Float64Array::from_iter_values(r.clone().map(x))),
+                ),
+                (
+                    "y",
+                    Arc::new(Int64Array::from_iter_values(r.map(|i| (i % 2) as i64))),
+                ),
+            ];
+            let batch = RecordBatch::try_from_iter(cols).unwrap();
+            let w = writer.get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    file.try_clone().unwrap(),
+                    batch.schema(),
+                    None,
+                )
+                .unwrap()
+            });
+            w.write(&batch).unwrap();
+            w.flush().unwrap();
+        }
+        writer.unwrap().close().unwrap();
+
+        let columns = ["x".to_string(), "y".to_string()];
+        let files = Source::open(std::slice::from_ref(&path), &columns).unwrap();
+        let source = ParquetSource::new(files, 400);
+        let spec = FeatureSpec {
+            label: "y".into(),
+            numeric: vec![NumericFeature {
+                name: "x".into(),
+                fill: f64::NAN,
+                center: 0.0,
+                scale: 1.0,
+            }],
+            categorical: Vec::new(),
+            hash_bits: 4,
+            on_missing: OnMissing::Error,
+            classes: None,
+        };
+        let split = Split {
+            fraction: Some(0.2),
+            seed: 3,
+        };
+        let units: Vec<(usize, Moments)> = source
+            .units()
+            .iter()
+            .map(|unit| {
+                let mut m = Moments::default();
+                for_each_window(&source, unit, &spec, LabelUse::Value, split, |data| {
+                    data.train.raw.iter().for_each(|&v| m.push(v));
+                    Ok(())
+                })
+                .unwrap();
+                (unit.id, m)
+            })
+            .collect();
+        assert_eq!(units.len(), 15);
+        let bits = |m: Moments| (m.n, m.shift.to_bits(), m.mean.to_bits(), m.m2.to_bits());
+        let at_once = merge_in_unit_order(units.clone());
+        assert!(at_once.n > 3000 && at_once.std() > 1.0);
+        for n in 0..=units.len() {
+            let mut prefix = PrefixMoments::default();
+            prefix.extend(units[..n].to_vec());
+            assert_eq!(prefix.units(), n);
+            let mut later = units[n..].to_vec();
+            later.reverse(); // arrival order does not matter
+            prefix.extend(later);
+            assert_eq!(bits(prefix.moments()), bits(at_once), "prefix of {n} units");
+        }
     }
 }

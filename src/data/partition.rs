@@ -206,6 +206,29 @@ impl StepPlan {
     }
 }
 
+/// Rows a unit is read and decoded in at a time: the window. Memory holds
+/// one decoded window per streamed unit, and shuffled rows are permuted
+/// inside their window, so cached and streamed units order rows alike.
+pub const WINDOW_ROWS: usize = 8192;
+
+/// The shuffle key of window `window` of unit `unit`.
+pub fn window_key(unit: usize, window: u64) -> usize {
+    ((unit as u64) << 20 ^ window) as usize
+}
+
+/// The order of the `n` rows of window `window` of unit `unit` in `epoch`:
+/// `None` (file order) for slice, a seeded permutation for shuffle.
+pub fn window_order(
+    n: usize,
+    partition: Partition,
+    seed: u64,
+    epoch: u32,
+    unit: usize,
+    window: u64,
+) -> Option<Vec<usize>> {
+    row_order(n, partition, seed, epoch, window_key(unit, window))
+}
+
 /// Is the row at `file_row` of file `file` a validation row?
 pub fn is_validation(seed: u64, file: usize, file_row: u64, fraction: f64) -> bool {
     uniform(seed ^ 0x5EED_0003, file as u64, file_row) < fraction

@@ -4,30 +4,13 @@
 //! Under `shuffle`, rows are permuted inside each window by
 //! `(seed, epoch, unit, window)`, as cached units are.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use super::cache::window_key;
-use super::encode::{decode, Block, ClassMap, FeatureSpec, LabelUse, Origin};
-use super::partition::{is_validation, row_order};
-use super::source::{ParquetFile, Source};
-use super::unit::{self, Unit};
+use super::encode::{Block, ClassMap, FeatureSpec, LabelUse};
+use super::partition::window_order;
+use super::window::{Rows, Split, Windows};
 use crate::error::Result;
+use crate::source::unit::Unit;
+use crate::source::DataSource;
 use crate::spec::Partition;
-
-/// Rows decoded at a time per streamed unit.
-pub const WINDOW_ROWS: usize = 8192;
-
-/// Which rows of a unit a stream yields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rows {
-    /// Training rows (validation rows of a fraction split are dropped).
-    Train,
-    /// Only the held-out validation rows.
-    Validation,
-    /// Every row.
-    All,
-}
 
 /// How a stream decodes and orders its rows.
 #[derive(Debug, Clone)]
@@ -44,89 +27,71 @@ pub struct StreamSpec {
     pub partition: Partition,
 }
 
+impl StreamSpec {
+    /// How labels are decoded: as classes, or as values.
+    pub fn label(&self) -> LabelUse<'_> {
+        match &self.classes {
+            Some(c) => LabelUse::Classes(c),
+            None => LabelUse::Value,
+        }
+    }
+
+    /// The training / validation split.
+    pub fn split(&self) -> Split {
+        Split {
+            fraction: self.fraction,
+            seed: self.seed,
+        }
+    }
+}
+
 /// A unit being read window by window.
 pub struct UnitStream {
-    unit: Unit,
-    path: PathBuf,
-    file: Arc<ParquetFile>,
-    columns: Vec<String>,
-    reader: unit::UnitReader,
+    unit: usize,
+    windows: Windows,
     rows: Rows,
     epoch: u32,
     window: Block,
     order: Option<Vec<usize>>,
     pos: usize,
-    read: u64,
-    windows: u64,
 }
 
 impl UnitStream {
-    /// Opens a unit for streaming in `epoch`.
+    /// Opens a unit for streaming `rows` (training or validation rows) in `epoch`.
     pub fn open(
-        source: &Source,
+        source: &dyn DataSource,
         unit: &Unit,
         s: &StreamSpec,
         rows: Rows,
         epoch: u32,
     ) -> Result<UnitStream> {
-        let mut columns = s.spec.feature_columns();
-        columns.push(s.spec.label.clone());
-        let reader = unit::reader(source, unit, &columns, WINDOW_ROWS)?;
         Ok(UnitStream {
-            unit: *unit,
-            path: source.files[unit.file].path.clone(),
-            file: Arc::clone(&source.files[unit.file]),
-            columns,
-            reader,
+            unit: unit.id,
+            windows: Windows::open(source, unit, &s.spec, s.label(), s.split(), rows, false)?,
             rows,
             epoch,
             window: Block::default(),
             order: None,
             pos: 0,
-            read: 0,
-            windows: 0,
         })
     }
 
     fn refill(&mut self, s: &StreamSpec) -> Result<bool> {
-        let Some(batch) = self.reader.next() else {
+        let Some(w) = self.windows.next(&s.spec, s.label())? else {
             return Ok(false);
         };
-        let batch =
-            batch.map_err(|e| unit::read_error(&self.file, &self.unit, &self.columns, e))?;
-        let origin = Origin {
-            file: &self.path,
-            row_group: Some(self.unit.row_group),
-            first_row: self.unit.file_row + self.read,
+        let block = match self.rows {
+            Rows::Validation => w.data.validation,
+            Rows::Train | Rows::Both => w.data.train,
         };
-        self.read += batch.num_rows() as u64;
-        let label = match &s.classes {
-            Some(c) => LabelUse::Classes(c),
-            None => LabelUse::Value,
-        };
-        let mut block = decode(&batch, &s.spec, label, &origin)?;
-        if let Some(f) = s.fraction {
-            let keep = |r: u64| match self.rows {
-                Rows::Train => !is_validation(s.seed, self.unit.file, r, f),
-                Rows::Validation => is_validation(s.seed, self.unit.file, r, f),
-                Rows::All => true,
-            };
-            let flags: Vec<bool> = block.file_row.iter().map(|&r| keep(r)).collect();
-            block.retain(|i| flags[i]);
-        } else if self.rows == Rows::Validation {
-            block.retain(|_| false);
-        }
-        self.order = match s.partition {
-            Partition::Slice => None,
-            Partition::Shuffle => row_order(
-                block.rows,
-                s.partition,
-                s.seed,
-                self.epoch,
-                window_key(self.unit.id, self.windows),
-            ),
-        };
-        self.windows += 1;
+        self.order = window_order(
+            block.rows,
+            s.partition,
+            s.seed,
+            self.epoch,
+            self.unit,
+            w.index,
+        );
         self.window = block;
         self.pos = 0;
         Ok(true)

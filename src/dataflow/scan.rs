@@ -14,13 +14,15 @@ use timely::dataflow::operators::ToStream;
 use timely::worker::Worker;
 
 use super::Failure;
-use crate::data::encode::{ClassMap, LabelUse, MAX_CLASSES};
-use crate::data::load::{for_each_window, Split};
-use crate::data::moments::{merge_in_unit_order, Moments};
+use crate::data::encode::{Block, ClassMap, LabelUse, MAX_CLASSES};
+use crate::data::moments::{Moments, PrefixMoments};
 use crate::data::partition::assign;
+use crate::data::window::{for_each_window, Split};
 use crate::error::{Error, Location};
+use crate::plan::Plan;
+use crate::source::unit::Unit;
+use crate::source::DataSource;
 use crate::spec::{ModelKind, Partition};
-use crate::train::plan::Plan;
 
 /// What one worker learned from its units.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -88,31 +90,31 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
         ..ScanPartial::default()
     };
     let mut unit_moments = Vec::new();
-    let mut sets = vec![(0u8, &plan.train, split)];
+    let mut sets: Vec<(u8, &dyn DataSource, Split)> = vec![(0, &*plan.train, split)];
     if let Some(v) = &plan.validation_files {
         sets.push((
             1,
-            v,
+            &**v,
             Split {
                 fraction: None,
                 seed: 0,
             },
         ));
     }
-    for (which, units, split) in sets {
-        let rows: Vec<usize> = units.units.iter().map(|u| u.rows).collect();
+    for (which, source, split) in sets {
+        let rows: Vec<usize> = source.units().iter().map(|u| u.rows).collect();
         let owners = assign(&rows, peers, Partition::Slice, 0, 0);
-        for unit in units.units.iter().filter(|u| owners[u.id] == index) {
+        for unit in source.units().iter().filter(|u| owners[u.id] == index) {
             let (mut train_rows, mut held_rows) = (0u64, 0u64);
             // One per numeric feature, then the label's (regression).
             let mut moments = vec![Moments::default(); spec.numeric.len() + 1];
             let mut labels = std::mem::take(&mut out.labels);
-            let checked = for_each_window(&units.source, unit, &spec, label, split, |data| {
+            let checked = for_each_window(source, unit, &spec, label, split, |data| {
                 let blocks = [&data.train, &data.validation];
                 label_tokens_check(
                     &blocks,
                     check.as_ref(),
-                    &units.source,
+                    source.unit_path(unit),
                     unit,
                     &spec.label,
                     &mut labels,
@@ -159,10 +161,10 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
 }
 
 fn label_tokens_check(
-    blocks: &[&crate::data::encode::Block],
+    blocks: &[&Block],
     declared: Option<&ClassMap>,
-    source: &crate::data::source::Source,
-    unit: &crate::data::unit::Unit,
+    path: &std::path::Path,
+    unit: &Unit,
     label: &str,
     seen: &mut BTreeSet<String>,
 ) -> Result<(), Error> {
@@ -172,7 +174,7 @@ fn label_tokens_check(
                 if !map.contains(tok) {
                     return Err(Error::UnknownLabel {
                         location: Box::new(Location {
-                            file: source.files[unit.file].path.clone(),
+                            file: path.to_path_buf(),
                             row_group: Some(unit.row_group),
                             column: Some(label.to_string()),
                             row: Some(b.file_row[i]),
@@ -186,7 +188,7 @@ fn label_tokens_check(
                 if seen.len() > MAX_CLASSES {
                     return Err(Error::BadLabel {
                         location: Box::new(Location {
-                            file: source.files[unit.file].path.clone(),
+                            file: path.to_path_buf(),
                             row_group: Some(unit.row_group),
                             column: Some(label.to_string()),
                             row: Some(b.file_row[i]),
@@ -229,6 +231,8 @@ pub fn run(worker: &mut Worker, plan: &Plan) -> Result<ScanResult, Failure> {
                 |cap, _info| {
                     let mut cap = Some(cap);
                     let mut parts: BTreeMap<u32, Vec<(usize, Moments)>> = BTreeMap::new();
+                    // Each feature's statistics: its units' moments, merged
+                    // in unit order once every unit has arrived.
                     move |(input, frontier), output| {
                         input.for_each(|_time, data| {
                             for (j, unit, m) in data.drain(..) {
@@ -239,7 +243,9 @@ pub fn run(worker: &mut Worker, plan: &Plan) -> Result<ScanResult, Failure> {
                             if let Some(cap) = cap.take() {
                                 let mut session = output.session(&cap);
                                 for (j, units) in std::mem::take(&mut parts) {
-                                    session.give((j, merge_in_unit_order(units)));
+                                    let mut merged = PrefixMoments::default();
+                                    merged.extend(units);
+                                    session.give((j, merged.moments()));
                                 }
                             }
                         }
@@ -269,11 +275,16 @@ fn merge(
     {
         return Err(f);
     }
-    let n_units = plan.train.units.len();
+    let n_units = plan.train.units().len();
     let mut result = ScanResult {
         train_rows: vec![0; n_units],
         split_rows: vec![0; n_units],
-        validation_rows: vec![0; plan.validation_files.as_ref().map_or(0, |v| v.units.len())],
+        validation_rows: vec![
+            0;
+            plan.validation_files
+                .as_ref()
+                .map_or(0, |v| v.units().len())
+        ],
         moments: vec![Moments::default(); plan.draft.numeric.len()],
         labels: BTreeSet::new(),
         label: Moments::default(),

@@ -1,9 +1,10 @@
 //! Files in and out: output sets written atomically (temporary files,
-//! sweeps, signals), tabular readers and writers for Parquet and Arrow IPC,
+//! sweeps, signals), Parquet footers, tabular readers and writers for Parquet and Arrow IPC,
 //! paths or `-` for stdin/stdout.
 
 pub mod atomic;
 pub mod bounded;
+pub mod footer;
 pub mod guard;
 pub mod signals;
 pub mod sweep;

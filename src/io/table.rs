@@ -18,7 +18,6 @@ use parquet::file::properties::WriterProperties;
 
 use super::atomic::Output;
 use super::guard;
-use crate::data::source::ParquetFile;
 use crate::error::{Error, Result};
 
 /// Table formats.
@@ -159,9 +158,9 @@ where
 }
 
 fn parquet_batches(path: &Path) -> Result<TableInput> {
-    let pf = ParquetFile::open(path)?;
-    let schema = pf.schema().clone();
-    let rows = pf.row_group_rows();
+    let metadata = super::footer::read(path)?;
+    let schema = metadata.schema().clone();
+    let rows = super::footer::row_group_rows(&metadata);
     let mut first = 0u64;
     let mut plan = Vec::new();
     for (rg, r) in rows.into_iter().enumerate() {
@@ -172,12 +171,11 @@ fn parquet_batches(path: &Path) -> Result<TableInput> {
     let batches = plan.into_iter().flat_map(move |(rg, first_row)| {
         let read = || -> Result<Vec<(RecordBatch, BatchOrigin)>> {
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, pf.metadata.clone())
-                    .with_row_groups(vec![rg])
-                    .with_batch_size(65_536)
-                    .build()
-                    .map_err(|e| Error::parquet(&path, format!("row group {rg}: {e}")))?;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(65_536)
+                .build()
+                .map_err(|e| Error::parquet(&path, format!("row group {rg}: {e}")))?;
             let mut out = Vec::new();
             let mut row = first_row;
             for b in reader {

@@ -4,6 +4,8 @@
 //! key); [`Pipeline::from_raw`] checks values and fills defaults into the
 //! typed structs below, with errors naming the dotted key.
 
+pub mod classes;
+pub mod metric;
 pub mod overrides;
 pub mod raw;
 
@@ -619,15 +621,14 @@ impl Pipeline {
             }
         };
         if let Some(classes) = &d.classes {
-            crate::data::encode::check_classes(classes)
-                .map_err(|m| value_err("data.classes", m))?;
-            if classes.len() > crate::data::encode::MAX_CLASSES {
+            classes::check_classes(classes).map_err(|m| value_err("data.classes", m))?;
+            if classes.len() > classes::MAX_CLASSES {
                 return Err(value_err(
                     "data.classes",
                     format!(
                         "{} classes; at most {} are supported",
                         classes.len(),
-                        crate::data::encode::MAX_CLASSES
+                        classes::MAX_CLASSES
                     ),
                 ));
             }
@@ -837,7 +838,7 @@ impl Pipeline {
                     ));
                 }
                 let metric = es.metric.unwrap_or_else(|| "loss".to_string());
-                crate::metrics::MetricKind::parse(&metric, kind)
+                metric::MetricKind::parse(&metric, kind)
                     .map_err(|m| value_err("train.early_stopping.metric", m))?;
                 Some(EarlyStopping {
                     metric,

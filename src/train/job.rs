@@ -11,10 +11,11 @@ use std::io::{Read, Seek, SeekFrom};
 
 use serde_json::{json, Value};
 
-use super::plan::Plan;
+use super::warm::InitModel;
 use crate::cluster::JobDescription;
-use crate::data::source::{ParquetFile, Source};
 use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::source::files::{ParquetFile, Source};
 
 /// The trailer of a Parquet file: footer length (u32, little-endian) and `PAR1`.
 const TRAILER: u64 = 8;
@@ -22,20 +23,20 @@ const TRAILER: u64 = 8;
 /// The job description of a plan (see the module docs). The data keys
 /// `data.train` and `data.validation.files` hold one
 /// `{ "size", "footer_blake3" }` per file, labelled with the local path.
-pub fn describe(plan: &Plan) -> Result<JobDescription> {
+pub fn describe(plan: &Plan, init: Option<&InitModel>) -> Result<JobDescription> {
     let mut identity = serde_json::to_value(&plan.pipeline)
         .map_err(|e| Error::Internal(format!("cannot describe the job: {e}")))?;
     let mut labels = BTreeMap::new();
-    let train = fingerprints(&plan.train.source, "data.train", &mut labels)?;
+    let train = fingerprints(&plan.train.files, "data.train", &mut labels)?;
     let validation = match &plan.validation_files {
         Some(v) => Some(json!({
-            "files": fingerprints(&v.source, "data.validation.files", &mut labels)?
+            "files": fingerprints(&v.files, "data.validation.files", &mut labels)?
         })),
         None => None,
     };
     if let Value::Object(pipeline) = &mut identity {
         pipeline.shift_remove("output");
-        if let Some(init) = &plan.init {
+        if let Some(init) = init {
             labels.insert("init_model".into(), init.path.display().to_string());
             pipeline.insert("init_model".into(), json!({ "blake3": init.digest }));
         }

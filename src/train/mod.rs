@@ -5,8 +5,9 @@
 //! job ([`job::describe`], compared in the cluster handshake).
 
 pub mod job;
-pub mod plan;
 pub mod warm;
+
+pub use crate::plan;
 
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     let rows: u64 = scan.train_rows.iter().sum();
     if rows == 0 {
         return Err(Failure::from(&Error::NoRows {
-            what: plan.train.source.describe(),
+            what: plan.train.files.describe(),
             purpose: "train on".into(),
         }));
     }
@@ -60,7 +61,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
         if !m.is_finite() {
             return Err(Failure::from(&Error::BadLabel {
                 location: Box::new(Location {
-                    file: plan.train.source.reference().path.clone(),
+                    file: plan.train.files.reference().path.clone(),
                     row_group: None,
                     column: Some(f.name.clone()),
                     row: None,
@@ -100,14 +101,14 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
                 if labels.len() < 2 {
                     return Err(Failure::from(&Error::BadLabel {
                         location: Box::new(Location {
-                            file: plan.train.source.reference().path.clone(),
+                            file: plan.train.files.reference().path.clone(),
                             row_group: None,
                             column: Some(d.label.clone()),
                             row: None,
                         }),
                         message: format!(
                             "softmax needs at least 2 label classes; the training rows of {} have {} ([{}])",
-                            plan.train.source.describe(),
+                            plan.train.files.describe(),
                             labels.len(),
                             labels.join(", ")
                         ),
@@ -131,6 +132,7 @@ struct WorkerResult {
 fn worker_main(
     worker: &mut timely::worker::Worker,
     plan: &Arc<Plan>,
+    init: Option<&warm::InitModel>,
     local_workers: usize,
 ) -> Result<WorkerResult, Failure> {
     if worker.index() == 0 {
@@ -152,7 +154,7 @@ fn worker_main(
         local_workers,
         scan.memory,
     )?;
-    let init = match &plan.init {
+    let init = match init {
         Some(m) => Some(
             m.theta(plan.pipeline.model.kind, &spec)
                 .map_err(|e| Failure::from(&e))?,
@@ -323,19 +325,25 @@ fn optimizer_name(p: &Pipeline) -> String {
 /// Trains a pipeline on the given cluster. Every process calls this; the
 /// report is complete on process 0.
 pub fn run(pipeline: Pipeline, cluster: &Cluster) -> Result<TrainReport> {
-    run_plan(Plan::new(pipeline)?, cluster)
+    run_plan(Plan::new(pipeline)?, None, cluster)
 }
 
-/// [`run`] for a plan made already (e.g. with [`Plan::init`] set for a
-/// warm start).
-pub fn run_plan(plan: Plan, cluster: &Cluster) -> Result<TrainReport> {
+/// [`run`] for a plan made already, starting from the saved model `init`
+/// (a warm start) if there is one.
+pub fn run_plan(
+    plan: Plan,
+    init: Option<warm::InitModel>,
+    cluster: &Cluster,
+) -> Result<TrainReport> {
     let plan = Arc::new(plan);
+    let init = init.map(Arc::new);
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
+    let start = init.clone();
     let local_workers = cluster.workers;
     let guards = cluster.execute(
-        || job::describe(&plan),
-        move |worker| worker_main(worker, &shared, local_workers),
+        || job::describe(&plan, init.as_deref()),
+        move |worker| worker_main(worker, &shared, start.as_deref(), local_workers),
     )?;
     let mut report = TrainReport {
         model: None,

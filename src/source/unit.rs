@@ -1,7 +1,9 @@
 //! Units: fixed slices of rows defined by the data (row groups, cut into
-//! parts of at most `max_unit_rows`), never by the worker count.
+//! parts of at most `max_unit_rows`), never by the worker count; and the
+//! reader of one unit's columns.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{
@@ -10,7 +12,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
-use super::source::{ParquetFile, Source};
+use super::files::{ParquetFile, Source};
 use crate::error::{Error, Result};
 use crate::io::guard;
 
@@ -32,7 +34,7 @@ pub struct Unit {
 }
 
 /// Cuts a source into units, in file / row-group order.
-pub fn plan(source: &Source, max_unit_rows: usize) -> Vec<Unit> {
+pub fn cut(source: &Source, max_unit_rows: usize) -> Vec<Unit> {
     let mut units = Vec::new();
     for (fi, file) in source.files.iter().enumerate() {
         let mut file_row = 0u64;
@@ -61,7 +63,7 @@ pub fn plan(source: &Source, max_unit_rows: usize) -> Vec<Unit> {
 
 /// A unit's batches, each decoded under [`guard::untrusted`]: a decoder
 /// panic on malformed pages becomes an error, and ends the reader.
-pub struct UnitReader {
+struct UnitReader {
     inner: ParquetRecordBatchReader,
     failed: bool,
 }
@@ -82,18 +84,8 @@ impl Iterator for UnitReader {
     }
 }
 
-/// A reader over the rows of one unit, decoding only `columns`, in batches
-/// of at most `batch_rows` rows.
-pub fn reader(
-    source: &Source,
-    unit: &Unit,
-    columns: &[String],
-    batch_rows: usize,
-) -> Result<UnitReader> {
-    file_reader(&source.files[unit.file], unit, columns, batch_rows)
-}
-
-/// [`reader`] on the unit's file.
+/// A reader over the rows of `unit` of file `pf`, decoding only `columns`,
+/// in batches of at most `batch_rows` rows.
 fn file_reader(
     pf: &ParquetFile,
     unit: &Unit,
@@ -164,35 +156,64 @@ pub fn read_error(
     }
 }
 
-/// Reads the rows of one unit, decoding only `columns`, as a single batch.
-pub fn read(source: &Source, unit: &Unit, columns: &[String]) -> Result<RecordBatch> {
-    let pf = &source.files[unit.file];
-    let reader = reader(source, unit, columns, unit.rows)?;
-    let mut batches = Vec::new();
-    for b in reader {
-        batches.push(b.map_err(|e| read_error(pf, unit, columns, e))?);
+/// A unit's batches with errors in their final form: a failed decode names
+/// the file, row group and, where it can, the column ([`read_error`]); a
+/// unit that ends short of its rows is an error too (a truncated file).
+pub struct UnitBatches {
+    file: Arc<ParquetFile>,
+    unit: Unit,
+    columns: Vec<String>,
+    inner: UnitReader,
+    read: usize,
+    done: bool,
+}
+
+impl UnitBatches {
+    /// Opens `unit` of `file`, decoding only `columns`, in batches of at
+    /// most `batch_rows` rows.
+    pub fn open(
+        file: &Arc<ParquetFile>,
+        unit: &Unit,
+        columns: &[String],
+        batch_rows: usize,
+    ) -> Result<UnitBatches> {
+        Ok(UnitBatches {
+            inner: file_reader(file, unit, columns, batch_rows)?,
+            file: Arc::clone(file),
+            unit: *unit,
+            columns: columns.to_vec(),
+            read: 0,
+            done: false,
+        })
     }
-    let projected = match batches.first() {
-        Some(b) => b.schema(),
-        None => {
-            return Err(Error::parquet(
-                &pf.path,
-                format!("row group {}: no rows decoded", unit.row_group),
-            ))
+}
+
+impl Iterator for UnitBatches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        if self.done {
+            return None;
         }
-    };
-    let batch = arrow::compute::concat_batches(&projected, &batches)
-        .map_err(|e| Error::parquet(&pf.path, e))?;
-    if batch.num_rows() != unit.rows {
-        return Err(Error::parquet(
-            &pf.path,
-            format!(
-                "row group {}: expected {} rows, decoded {} (truncated file?)",
-                unit.row_group,
-                unit.rows,
-                batch.num_rows()
-            ),
-        ));
+        let item = match self.inner.next() {
+            Some(Ok(batch)) => {
+                self.read += batch.num_rows();
+                return Some(Ok(batch));
+            }
+            Some(Err(e)) => Err(read_error(&self.file, &self.unit, &self.columns, e)),
+            None if self.read == self.unit.rows => {
+                self.done = true;
+                return None;
+            }
+            None => Err(Error::parquet(
+                &self.file.path,
+                format!(
+                    "row group {}: expected {} rows, decoded {} (truncated file?)",
+                    self.unit.row_group, self.unit.rows, self.read
+                ),
+            )),
+        };
+        self.done = true;
+        Some(item)
     }
-    Ok(batch)
 }

@@ -1,12 +1,14 @@
 //! Resolving a data source (file, directory, list) to Parquet files and
 //! checking that they agree on the columns a pipeline uses.
+//!
+//! [`Source`] is the list of files; [`super::parquet::ParquetSource`] adds
+//! their units and is what the layers above read through.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use crate::error::{Error, Result};
 
@@ -22,15 +24,9 @@ pub struct ParquetFile {
 impl ParquetFile {
     /// Opens a file and parses its footer.
     pub fn open(path: &Path) -> Result<ParquetFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let metadata = crate::io::guard::untrusted(|| {
-            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        })
-        .map_err(|e| Error::parquet(path, e))?
-        .map_err(|e| Error::parquet(path, e))?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
-            metadata,
+            metadata: crate::io::footer::read(path)?,
         })
     }
 
@@ -41,12 +37,7 @@ impl ParquetFile {
 
     /// Rows in each row group.
     pub fn row_group_rows(&self) -> Vec<usize> {
-        self.metadata
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|rg| rg.num_rows().max(0) as usize)
-            .collect()
+        crate::io::footer::row_group_rows(&self.metadata)
     }
 
     /// Total rows.
@@ -58,12 +49,26 @@ impl ParquetFile {
     /// there are; a name the file gives two columns is refused (which one
     /// was meant cannot be told, and the second would be silently ignored).
     pub fn column_type(&self, column: &str) -> Result<&DataType> {
-        crate::data::encode::unique_column(self.schema(), column, &self.path)?;
+        unique_column(self.schema(), column, &self.path)?;
         match self.schema().field_with_name(column) {
             Ok(f) => Ok(f.data_type()),
             Err(_) => Err(Error::missing_column(&self.path, column, self.schema())),
         }
     }
+}
+
+/// Fails if `schema` has more than one column named `name`.
+pub fn unique_column(schema: &Schema, name: &str, file: &Path) -> Result<()> {
+    let count = schema.fields().iter().filter(|f| f.name() == name).count();
+    if count > 1 {
+        return Err(Error::ColumnType {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+            found: format!("{count} columns of that name"),
+            expected: "every column tidemill reads must have a name of its own (rename one)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A resolved data source: an ordered list of Parquet files.

@@ -1,21 +1,17 @@
 //! The job plan: everything every worker must agree on before the dataflow
 //! starts, computed identically in every process from the pipeline and the
-//! files' footers.
+//! files' footers. It sits above [`crate::spec`] and [`crate::source`] and
+//! below everything that reads rows.
 
-use crate::data::encode::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
-use crate::data::source::Source;
-use crate::data::unit::{self, Unit};
+pub mod features;
+
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::source::files::Source;
+use crate::source::parquet::ParquetSource;
 use crate::spec::{ModelKind, OnMissing, Pipeline, ValidationSpec};
-
-/// A data source cut into units.
-#[derive(Debug, Clone)]
-pub struct Units {
-    /// The files.
-    pub source: Source,
-    /// Their units, in order.
-    pub units: Vec<Unit>,
-}
+use features::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
 
 /// A checked, resolved training job.
 #[derive(Debug, Clone)]
@@ -23,17 +19,15 @@ pub struct Plan {
     /// The pipeline.
     pub pipeline: Pipeline,
     /// Training data.
-    pub train: Units,
+    pub train: Arc<ParquetSource>,
     /// Validation data from separate files.
-    pub validation_files: Option<Units>,
+    pub validation_files: Option<Arc<ParquetSource>>,
     /// Fraction of training rows held out, if validation is by fraction.
     pub validation_fraction: Option<f64>,
     /// The feature spec before statistics (no centring, scaling or classes).
     pub draft: FeatureSpec,
     /// True if the label column holds strings.
     pub string_label: bool,
-    /// The saved model to start from (warm start), if any.
-    pub init: Option<super::warm::InitModel>,
 }
 
 impl Plan {
@@ -158,7 +152,6 @@ impl Plan {
                 ),
             });
         }
-        let units = unit::plan(&source, d.max_unit_rows);
         let (validation_files, validation_fraction) = match &d.validation {
             None => (None, None),
             Some(ValidationSpec::Fraction(f)) => (None, Some(*f)),
@@ -185,16 +178,13 @@ impl Plan {
                         });
                     }
                 }
-                let vu = unit::plan(&vs, d.max_unit_rows);
                 (
-                    Some(Units {
-                        source: vs,
-                        units: vu,
-                    }),
+                    Some(Arc::new(ParquetSource::new(vs, d.max_unit_rows))),
                     None,
                 )
             }
         };
+        let train = Arc::new(ParquetSource::new(source, d.max_unit_rows));
         let draft = FeatureSpec {
             label: d.label.clone(),
             numeric,
@@ -205,12 +195,11 @@ impl Plan {
         };
         Ok(Plan {
             pipeline,
-            train: Units { source, units },
+            train,
             validation_files,
             validation_fraction,
             draft,
             string_label,
-            init: None,
         })
     }
 

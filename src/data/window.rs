@@ -1,0 +1,182 @@
+//! The one reader of a unit: its rows decoded window by window
+//! ([`WINDOW_ROWS`] at a time), each window split into training and
+//! validation rows by a seeded hash of the row's file and row number
+//! (independent of units and workers). The statistics scan, the cache and
+//! the streams all read units through it, so they see the same rows in the
+//! same windows.
+
+use std::path::PathBuf;
+
+use super::encode::{decode, decode_raw, Block, FeatureSpec, LabelUse, Origin};
+use super::partition::{is_validation, WINDOW_ROWS};
+use crate::error::Result;
+use crate::source::unit::Unit;
+use crate::source::{Batches, DataSource};
+
+/// Decoded rows of a unit or of one of its windows.
+#[derive(Debug, Clone, Default)]
+pub struct UnitData {
+    /// Rows trained on.
+    pub train: Block,
+    /// Rows held out (validation by fraction); empty otherwise.
+    pub validation: Block,
+}
+
+/// How training and validation rows are separated inside units.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    /// Fraction held out, if any.
+    pub fraction: Option<f64>,
+    /// Seed of the split.
+    pub seed: u64,
+}
+
+/// Which rows of each window a reader keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// The rows not held out (every row without a fraction split).
+    Train,
+    /// Only the held-out rows.
+    Validation,
+    /// Both, apart.
+    Both,
+}
+
+/// One decoded window of a unit.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// Position of the window in its unit (0-based).
+    pub index: u64,
+    /// Its rows, split (the part not kept is empty).
+    pub data: UnitData,
+}
+
+/// A unit being read window by window.
+pub struct Windows {
+    unit: Unit,
+    path: PathBuf,
+    batches: Batches,
+    split: Split,
+    rows: Rows,
+    raw: bool,
+    read: u64,
+    index: u64,
+}
+
+impl Windows {
+    /// Opens `unit` of `source`, reading the columns of `spec` (and the
+    /// label unless `label` skips it). With `raw`, numeric values are also
+    /// kept in `f64` before centring and scaling ([`Block::raw`]), as the
+    /// statistics scan needs.
+    pub fn open(
+        source: &dyn DataSource,
+        unit: &Unit,
+        spec: &FeatureSpec,
+        label: LabelUse,
+        split: Split,
+        rows: Rows,
+        raw: bool,
+    ) -> Result<Windows> {
+        let mut columns = spec.feature_columns();
+        if !matches!(label, LabelUse::Skip) {
+            columns.push(spec.label.clone());
+        }
+        Ok(Windows {
+            unit: *unit,
+            path: source.unit_path(unit).to_path_buf(),
+            batches: source.open(unit, &columns, WINDOW_ROWS)?,
+            split,
+            rows,
+            raw,
+            read: 0,
+            index: 0,
+        })
+    }
+
+    /// Decodes the next window with `spec` and `label` (those it was
+    /// opened with), or `None` after the last.
+    pub fn next(&mut self, spec: &FeatureSpec, label: LabelUse) -> Result<Option<Window>> {
+        let Some(batch) = self.batches.next() else {
+            return Ok(None);
+        };
+        let batch = batch?;
+        let origin = Origin {
+            file: &self.path,
+            row_group: Some(self.unit.row_group),
+            first_row: self.unit.file_row + self.read,
+        };
+        self.read += batch.num_rows() as u64;
+        let block = if self.raw {
+            decode_raw(&batch, spec, label, &origin)?
+        } else {
+            decode(&batch, spec, label, &origin)?
+        };
+        let window = Window {
+            index: self.index,
+            data: split_rows(block, &self.unit, self.split, self.rows),
+        };
+        self.index += 1;
+        Ok(Some(window))
+    }
+}
+
+/// Divides a window's rows by the seeded hash of their file row.
+fn split_rows(mut block: Block, unit: &Unit, split: Split, rows: Rows) -> UnitData {
+    let held: Vec<bool> = match split.fraction {
+        Some(f) => block
+            .file_row
+            .iter()
+            .map(|&r| is_validation(split.seed, unit.file, r, f))
+            .collect(),
+        None if rows == Rows::Validation => vec![false; block.rows],
+        None => {
+            return UnitData {
+                train: block,
+                validation: Block::default(),
+            }
+        }
+    };
+    match rows {
+        Rows::Train => {
+            block.retain(|i| !held[i]);
+            UnitData {
+                train: block,
+                validation: Block::default(),
+            }
+        }
+        Rows::Validation => {
+            block.retain(|i| held[i]);
+            UnitData {
+                train: Block::default(),
+                validation: block,
+            }
+        }
+        Rows::Both => {
+            let mut validation = block.clone();
+            validation.retain(|i| held[i]);
+            block.retain(|i| !held[i]);
+            UnitData {
+                train: block,
+                validation,
+            }
+        }
+    }
+}
+
+/// Reads and decodes a unit window by window, so that memory holds one
+/// window; `f` sees each window's rows, split, with their numeric values
+/// also in `f64` ([`Block::raw`]) for the statistics scan.
+pub fn for_each_window(
+    source: &dyn DataSource,
+    unit: &Unit,
+    spec: &FeatureSpec,
+    label: LabelUse,
+    split: Split,
+    mut f: impl FnMut(UnitData) -> Result<()>,
+) -> Result<()> {
+    let mut windows = Windows::open(source, unit, spec, label, split, Rows::Both, true)?;
+    while let Some(w) = windows.next(spec, label)? {
+        f(w.data)?;
+    }
+    Ok(())
+}
