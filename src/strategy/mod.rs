@@ -35,7 +35,7 @@ use crate::dataflow::Failure;
 use crate::metrics::sink::EpochRecord;
 use crate::model::Layout;
 use crate::spec;
-use crate::train::plan::Plan;
+use crate::plan::Plan;
 
 /// What every strategy trains from, the same on every worker.
 pub struct LoopInput<'a> {

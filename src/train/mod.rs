@@ -7,7 +7,6 @@
 pub mod job;
 pub mod warm;
 
-pub use crate::plan;
 
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ use crate::model::file::{ModelFile, TrainingSummary};
 use crate::model::{Layout, LinearModel};
 use crate::spec::{ModelKind, OnMissing, Pipeline};
 use crate::strategy::{self, step_plan, LoopInput};
-use plan::Plan;
+use crate::plan::Plan;
 
 /// What a training job produced (complete on process 0 only).
 #[derive(Debug, Clone)]
