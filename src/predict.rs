@@ -12,21 +12,21 @@ use crate::io::atomic::{OutputSet, Request};
 use crate::io::table::{self, Format, TableOutput};
 use crate::metrics::{EvalPartial, Metrics};
 use crate::model::file::ModelFile;
-use crate::model::LinearModel;
+use crate::model::Model;
 use crate::spec::{ModelKind, OnMissing};
 
 /// A loaded model ready to score tables.
 pub struct Scorer {
     path: std::path::PathBuf,
     file: ModelFile,
-    model: LinearModel,
+    model: Box<dyn Model>,
 }
 
 impl Scorer {
     /// Loads a model file.
     pub fn load(path: &std::path::Path) -> Result<Scorer> {
         let file = ModelFile::load(path)?;
-        let model = file.to_model(path)?;
+        let model = Box::new(file.to_model(path)?);
         Ok(Scorer {
             path: path.to_path_buf(),
             file,
@@ -35,13 +35,13 @@ impl Scorer {
     }
 
     /// The model.
-    pub fn model(&self) -> &LinearModel {
-        &self.model
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
     }
 
     fn classes(&self) -> Vec<String> {
         self.file.features.classes.clone().unwrap_or_else(|| {
-            (0..self.model.layout.k.max(2))
+            (0..self.model.outputs().max(2))
                 .map(|i| i.to_string())
                 .collect()
         })
@@ -49,7 +49,7 @@ impl Scorer {
 
     /// The prediction columns this model adds.
     pub fn output_fields(&self) -> Vec<Field> {
-        match self.model.kind {
+        match self.model.kind() {
             ModelKind::Linear => vec![Field::new("prediction", DataType::Float64, true)],
             ModelKind::Logistic => vec![
                 Field::new("prediction", DataType::Utf8, true),
@@ -90,7 +90,7 @@ impl Scorer {
     pub fn score(&self, batch: &RecordBatch, origin: &Origin) -> Result<Vec<ArrayRef>> {
         let block = self.decode(batch, LabelUse::Skip, origin)?;
         let n = batch.num_rows();
-        let k = self.model.layout.k;
+        let k = self.model.outputs();
         let classes = self.classes();
         let mut out = vec![0.0; k];
         let mut label = StringBuilder::new();
@@ -122,7 +122,7 @@ impl Scorer {
                 });
             }
             bi += 1;
-            match self.model.kind {
+            match self.model.kind() {
                 ModelKind::Linear => values[0].append_value(out[0]),
                 ModelKind::Logistic => {
                     label.append_value(&classes[usize::from(out[0] > 0.5)]);
@@ -142,7 +142,7 @@ impl Scorer {
             }
         }
         let mut cols: Vec<ArrayRef> = Vec::new();
-        if self.model.kind != ModelKind::Linear {
+        if self.model.kind() != ModelKind::Linear {
             cols.push(Arc::new(label.finish()));
         }
         for mut v in values {
@@ -160,12 +160,12 @@ impl Scorer {
     ) -> Result<()> {
         let spec = &self.file.features;
         let map = spec.classes.as_ref().map(|c| ClassMap::new(c));
-        let label = match (&map, self.model.kind) {
+        let label = match (&map, self.model.kind()) {
             (_, ModelKind::Linear) | (None, _) => LabelUse::Value,
             (Some(m), _) => LabelUse::Classes(m),
         };
         let block = self.decode(batch, label, origin)?;
-        partial.add_block(&self.model, &block);
+        partial.add_block(self.model.as_ref(), &block);
         Ok(())
     }
 }
@@ -265,7 +265,7 @@ pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
         });
     }
     partial
-        .finish(scorer.model.kind)
+        .finish(scorer.model.kind())
         .map_err(|message| Error::Model {
             path: model.to_path_buf(),
             message: format!("on {input}: {message}"),

@@ -217,7 +217,7 @@ fn exercise_model(path: &Path) {
         let _ = scorer.score(&batch, &o);
         let mut partial = tidemill::metrics::EvalPartial::default();
         let _ = scorer.evaluate(&batch, &o, &mut partial);
-        let _ = partial.finish(scorer.model().kind);
+        let _ = partial.finish(scorer.model().kind());
     }
 }
 

@@ -20,7 +20,7 @@ use crate::data::cache::WorkerData;
 use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
-use crate::model::{LinearModel, Scratch};
+use crate::model::{Model, Roles, Scratch};
 use crate::optim::lazy::Reader;
 
 /// The final parameters, as seen by worker 0.
@@ -36,8 +36,10 @@ pub struct FinalParams {
 pub struct GradientContext {
     /// The worker's data.
     pub data: WorkerData,
-    /// Model shape (theta is filled in each round).
-    pub model: LinearModel,
+    /// The model (its parameters are set each round).
+    pub model: Box<dyn Model>,
+    /// The roles of its parameters.
+    pub roles: Roles,
     /// Shard ranges of the parameter vector.
     pub shards: Vec<Range<usize>>,
     /// Where the final parameters go: `Some` only on the worker that keeps
@@ -83,7 +85,7 @@ pub struct Workspace<'a> {
     /// The worker's data.
     pub data: &'a mut WorkerData,
     /// The model; its parameters are what the owners sent, then the replica.
-    pub model: &'a mut LinearModel,
+    pub model: &'a mut dyn Model,
     /// Per-row scratch of the gradient computation.
     pub scratch: &'a mut Scratch,
     /// The exact accumulator, all zero on entry; on return it holds the
@@ -202,14 +204,15 @@ impl State {
             if !reader.record(h.stamp) {
                 return Err(format!("shard {k} skipped an optimizer step"));
             }
-            let layout = self.ctx.model.layout;
+            let roles = &self.ctx.roles;
             let t = h.stamp.t;
             for &(i, z, n) in &h.state {
                 let i = range.start + i as usize;
                 if i >= range.end {
                     return Err(format!("shard {k} does not fit its range"));
                 }
-                self.ctx.model.theta[i] = reader.publish_state(i, z, n, t, !layout.is_intercept(i));
+                self.ctx.model.params_mut()[i] =
+                    reader.publish_state(i, z, n, t, !roles.is_intercept(i));
             }
             match &m.values {
                 ShardValues::Dense(v) if v.len() == range.len() => v
@@ -233,9 +236,9 @@ impl State {
             _ => return Err(format!("shard {k} does not fit its range")),
         }
         if let Some(replica) = self.ctx.replica.as_mut() {
-            replica.received(&self.ctx.model.theta, range.clone(), &m.values);
+            replica.received(self.ctx.model.params(), range.clone(), &m.values);
         }
-        let theta = &mut self.ctx.model.theta[range];
+        let theta = &mut self.ctx.model.params_mut()[range];
         match &m.values {
             ShardValues::Dense(v) => theta.copy_from_slice(v),
             ShardValues::Delta(e) => e.iter().for_each(|&(i, v)| theta[i as usize] = v),
@@ -290,9 +293,9 @@ impl State {
     /// what its rows touch, not the size of the model.
     fn train(&mut self, epoch: u32, step: u64) -> Result<TrainOut, Error> {
         self.ctx.data.prepare(epoch)?;
-        let layout = self.ctx.model.layout;
-        if self.acc.len() != layout.len() {
-            self.acc = vec![Exact::default(); layout.len()];
+        let roles = &self.ctx.roles;
+        if self.acc.len() != roles.len() {
+            self.acc = vec![Exact::default(); roles.len()];
         }
         let mut loss = Wide::default();
         let mut rows = 0u64;
@@ -316,21 +319,25 @@ impl State {
                 .copied()
                 .unwrap_or(0),
         };
+        let mut coords = Vec::new();
         let fed = self.ctx.data.step_rows(step, |block, idx| {
             if let Some(reader) = reader {
                 // The weights at the step each shard is at, not as published.
                 for &r in idx {
-                    for j in layout.hashed_coords(block, r) {
+                    coords.clear();
+                    model.sparse_coords(block, r, &mut |j| coords.push(j));
+                    let theta = model.params_mut();
+                    for &j in &coords {
                         let t = step_of(j);
                         if !reader.is_current(j, t) {
-                            model.theta[j] = reader.read(j, t, !layout.is_intercept(j));
+                            theta[j] = reader.read(j, t, !roles.is_intercept(j));
                             fetched.push(j);
                         }
                     }
                 }
             }
             let (l, b) = model
-                .accumulate(block, idx.iter().copied(), scratch, acc)
+                .accumulate(block, idx, scratch, acc)
                 .map_err(diverged)?;
             loss += Wide::from_f64(l).ok_or_else(|| diverged(loss_message(l)))?;
             bound += b;
@@ -338,12 +345,13 @@ impl State {
             Ok(())
         });
         if let Some(reader) = reader {
+            let theta = model.params_mut();
             for j in fetched.drain(..) {
-                model.theta[j] = reader.published(j);
+                theta[j] = reader.published(j);
             }
         }
         fed?;
-        let mut touched: Vec<usize> = layout.dense_indices().collect();
+        let mut touched: Vec<usize> = roles.dense_indices().to_vec();
         touched.extend(self.scratch.drain_touched());
         touched.sort_unstable();
         touched.dedup();
@@ -352,7 +360,7 @@ impl State {
 
     fn evaluate(&mut self) -> Result<EvalPartial, Error> {
         let mut partial = EvalPartial::with_label_ref(self.ctx.label_ref);
-        let model = &self.ctx.model;
+        let model = self.ctx.model.as_ref();
         self.ctx
             .data
             .validation(|block| partial.add_block(model, block))?;
@@ -368,7 +376,7 @@ impl State {
                 Some(replica) => {
                     let ws = Workspace {
                         data: &mut self.ctx.data,
-                        model: &mut self.ctx.model,
+                        model: self.ctx.model.as_mut(),
                         scratch: &mut self.scratch,
                         acc: &mut self.acc,
                     };
@@ -418,7 +426,7 @@ impl State {
             }
         }
         if let Some(replica) = self.ctx.replica.as_ref() {
-            replica.restore(&mut self.ctx.model.theta);
+            replica.restore(self.ctx.model.params_mut());
         }
         if msgs.iter().all(|m| m.phase == Phase::Refresh) {
             // Fresher shards for workers running ahead: keep the sequence.
@@ -506,7 +514,7 @@ impl State {
                     return;
                 };
                 *result.borrow_mut() = Some(FinalParams {
-                    theta: self.ctx.model.theta.clone(),
+                    theta: self.ctx.model.params().to_vec(),
                     phase,
                 });
             }

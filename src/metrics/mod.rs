@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::encode::Block;
 use crate::exact::Wide;
-use crate::model::LinearModel;
+use crate::model::Model;
 use crate::spec::ModelKind;
 
 pub use crate::spec::metric::MetricKind;
@@ -102,10 +102,10 @@ impl EvalPartial {
     }
 
     /// Evaluates `model` on every row of `block` and adds the results.
-    pub fn add_block(&mut self, model: &LinearModel, block: &Block) {
+    pub fn add_block(&mut self, model: &dyn Model, block: &Block) {
         self.add_rows(
-            model.kind,
-            model.layout.k,
+            model.kind(),
+            model.outputs(),
             block.rows,
             |i, out| model.margins(block, i, out),
             |i| block.label[i],

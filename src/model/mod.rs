@@ -1,9 +1,18 @@
-//! The linear model family: layout of the parameter vector, margins,
-//! per-row gradients and predictions.
+//! Models: the [`Model`] interface the operators, strategies, metrics,
+//! prediction and the model file work through, the parameter [`Roles`]
+//! the optimizer needs, and its one implementation today, the linear
+//! family ([`LinearModel`]: linear, logistic, hinge, softmax).
 //!
-//! Parameters are one flat vector: for each output `k` (one for linear,
-//! logistic and hinge, one per class for softmax) an intercept followed by
-//! one weight per input dimension (numeric features, then the hashed space).
+//! A linear model's parameters are one flat vector: for each output `k`
+//! (one for linear, logistic and hinge, one per class for softmax) an
+//! intercept followed by one weight per input dimension (numeric features,
+//! then the hashed space).
+//!
+//! A model with hidden layers is a new module implementing [`Model`] (its
+//! forward pass in `margins`, its backward pass in `accumulate`, its
+//! [`Roles`], its model-file section), plus its case in [`build`]: no
+//! operator or strategy changes. (`model-parallel` splits the linear
+//! family's features into blocks and stays specific to it.)
 
 pub mod block;
 pub mod file;
@@ -16,7 +25,147 @@ use crate::data::encode::{Block, FeatureSpec};
 use crate::exact::{self, Exact};
 use crate::spec::ModelKind;
 
-/// Shape of the parameter vector.
+/// What the training loop, metrics, prediction and the model file need of
+/// a model. Methods work on whole rows or blocks, so that the dynamic
+/// dispatch costs nothing next to the arithmetic.
+pub trait Model: std::fmt::Debug + Send {
+    /// The family (which loss, which predictions).
+    fn kind(&self) -> ModelKind;
+
+    /// Outputs (margins) per row.
+    fn outputs(&self) -> usize;
+
+    /// The roles of the parameters: which are intercepts (never
+    /// penalised), which every step touches.
+    fn roles(&self) -> Roles;
+
+    /// The parameter vector.
+    fn params(&self) -> &[f64];
+
+    /// The parameter vector, to be set by the training loop.
+    fn params_mut(&mut self) -> &mut [f64];
+
+    /// The forward pass: the margins of row `i` of `block` into `out`
+    /// (length [`Model::outputs`]).
+    fn margins(&self, block: &Block, i: usize, out: &mut [f64]);
+
+    /// Calls `visit` with each parameter row `i` of `block` reads besides
+    /// the [`Roles::dense_indices`] (with repeats).
+    fn sparse_coords(&self, block: &Block, i: usize, visit: &mut dyn FnMut(usize));
+
+    /// The loss gradient of `rows` of `block` (in that order), added to
+    /// `acc` as one exactly rounded partial; returns the loss sum and the
+    /// partial's largest magnitude (its contribution to the sums'
+    /// [`exact::Bound`]). Coordinates outside the dense ones that it adds
+    /// to are recorded in `scratch` ([`Scratch::drain_touched`]).
+    fn accumulate(
+        &self,
+        block: &Block,
+        rows: &[usize],
+        scratch: &mut Scratch,
+        acc: &mut [Exact],
+    ) -> Result<(f64, exact::Bound), String>;
+
+    /// The prediction of row `i` of `block` into `out` (length
+    /// [`Model::outputs`]); false if a margin is not finite.
+    fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool;
+
+    /// The model-file section of the trained model.
+    fn to_file(&self, features: &FeatureSpec, training: file::TrainingSummary) -> file::ModelFile;
+}
+
+/// The model a pipeline trains, for a feature spec, starting from `init`
+/// (zero if `None`).
+pub fn build(kind: ModelKind, features: &FeatureSpec, init: Option<&[f64]>) -> Box<dyn Model> {
+    let layout = Layout::new(kind, features);
+    Box::new(LinearModel {
+        kind,
+        layout,
+        theta: init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec),
+    })
+}
+
+/// A set of parameter indices, one bit each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Mask(Vec<u64>);
+
+impl Mask {
+    fn new(len: usize, set: impl Fn(usize) -> bool) -> Mask {
+        let mut words = vec![0u64; len.div_ceil(64)];
+        for i in (0..len).filter(|&i| set(i)) {
+            words[i / 64] |= 1 << (i % 64);
+        }
+        Mask(words)
+    }
+
+    #[inline]
+    fn has(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+}
+
+/// The roles of a model's parameters, as the optimizer and the shard
+/// owners see them: intercepts are never penalised; dense parameters are
+/// touched by every step (the others only by the rows that read them,
+/// which lazy updates and sparse messages exploit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    len: usize,
+    intercept: Mask,
+    dense: Mask,
+    dense_list: Vec<usize>,
+}
+
+impl Roles {
+    /// Roles of `len` parameters.
+    pub fn new(
+        len: usize,
+        intercept: impl Fn(usize) -> bool,
+        dense: impl Fn(usize) -> bool,
+    ) -> Roles {
+        let dense_list = (0..len).filter(|&i| dense(i)).collect();
+        Roles {
+            len,
+            intercept: Mask::new(len, intercept),
+            dense: Mask::new(len, dense),
+            dense_list,
+        }
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Is parameter `i` an intercept (never penalised)?
+    #[inline]
+    pub fn is_intercept(&self, i: usize) -> bool {
+        self.intercept.has(i)
+    }
+
+    /// Does every step touch parameter `i`?
+    #[inline]
+    pub fn is_dense(&self, i: usize) -> bool {
+        self.dense.has(i)
+    }
+
+    /// The parameters every step touches, increasing.
+    pub fn dense_indices(&self) -> &[usize] {
+        &self.dense_list
+    }
+
+    /// True if some parameters are touched only by the rows that read them.
+    pub fn has_sparse(&self) -> bool {
+        self.dense_list.len() < self.len
+    }
+}
+
+/// Shape of a linear model's parameter vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// Outputs (margins per row).
@@ -44,6 +193,11 @@ impl Layout {
     /// Length of the parameter vector.
     pub fn len(&self) -> usize {
         self.k * (self.d + 1)
+    }
+
+    /// The roles of the parameters.
+    pub fn roles(&self) -> Roles {
+        Roles::new(self.len(), |i| self.is_intercept(i), |i| self.is_dense(i))
     }
 
     /// True if there are no parameters (never for a valid model).
@@ -240,5 +394,53 @@ impl LinearModel {
             }
         }
         true
+    }
+}
+
+impl Model for LinearModel {
+    fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    fn outputs(&self) -> usize {
+        self.layout.k
+    }
+
+    fn roles(&self) -> Roles {
+        self.layout.roles()
+    }
+
+    fn params(&self) -> &[f64] {
+        &self.theta
+    }
+
+    fn params_mut(&mut self) -> &mut [f64] {
+        &mut self.theta
+    }
+
+    fn margins(&self, block: &Block, i: usize, out: &mut [f64]) {
+        LinearModel::margins(self, block, i, out);
+    }
+
+    fn sparse_coords(&self, block: &Block, i: usize, visit: &mut dyn FnMut(usize)) {
+        self.layout.hashed_coords(block, i).for_each(visit);
+    }
+
+    fn accumulate(
+        &self,
+        block: &Block,
+        rows: &[usize],
+        scratch: &mut Scratch,
+        acc: &mut [Exact],
+    ) -> Result<(f64, exact::Bound), String> {
+        LinearModel::accumulate(self, block, rows.iter().copied(), scratch, acc)
+    }
+
+    fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool {
+        LinearModel::predict_row(self, block, i, out)
+    }
+
+    fn to_file(&self, features: &FeatureSpec, training: file::TrainingSummary) -> file::ModelFile {
+        file::ModelFile::new(self, features, training)
     }
 }

@@ -9,7 +9,7 @@ use crate::dataflow::fold::{Emission, Owner, ShardGrad};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
 use crate::exact::Bound;
-use crate::model::Layout;
+use crate::model::Roles;
 use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
@@ -214,7 +214,7 @@ pub struct OwnerPolicy {
 pub struct Driver {
     shards: Vec<OwnedShard>,
     mode: Mode,
-    layout: Layout,
+    roles: Roles,
     penalty: Penalty,
     fit_intercept: bool,
     epochs: u32,
@@ -232,7 +232,7 @@ impl Driver {
     /// strategy's `policy`.
     pub fn new(
         pipeline: &Pipeline,
-        layout: Layout,
+        roles: &Roles,
         ranges: &[Range<usize>],
         owned: &[u32],
         steps_per_epoch: u64,
@@ -246,12 +246,12 @@ impl Driver {
         let average = matches!(policy.step, OwnerStep::Average { .. });
         let lazy = match pipeline.optimizer.first_order() {
             // As in `sharded::run`: not without hashed features.
-            Some(f) if f.lazy && !average && layout.has_hashed() => {
+            Some(f) if f.lazy && !average && roles.has_sparse() => {
                 Some(Lazy::new(&pipeline.optimizer, penalty))
             }
             _ => None,
         };
-        let dense: Vec<usize> = layout.dense_indices().collect();
+        let dense: &[usize] = roles.dense_indices();
         let shards: Vec<OwnedShard> = owned
             .iter()
             .map(|&id| {
@@ -294,8 +294,8 @@ impl Driver {
                 },
             },
             OptimizerSpec::Lbfgs { memory, tolerance } => {
-                let n = layout.len();
-                let penalised = (0..n).map(|i| !layout.is_intercept(i)).collect();
+                let n = roles.len();
+                let penalised = (0..n).map(|i| !roles.is_intercept(i)).collect();
                 Mode::Lbfgs {
                     opt: Box::new(Lbfgs::new(
                         init.map_or_else(|| vec![0.0; n], <[f64]>::to_vec),
@@ -320,7 +320,7 @@ impl Driver {
         Driver {
             shards,
             mode,
-            layout,
+            roles: roles.clone(),
             penalty,
             fit_intercept: pipeline.model.fit_intercept,
             epochs: pipeline.train.epochs,
@@ -339,7 +339,7 @@ impl Driver {
         let Mode::FirstOrder { spec, .. } = &self.mode else {
             return;
         };
-        let layout = self.layout;
+        let roles = &self.roles;
         for s in &mut self.shards {
             let start = s.range.start;
             if let Some(lazy) = s.lazy.as_mut() {
@@ -349,7 +349,7 @@ impl Driver {
                     &mut s.state,
                     &self.clock,
                     s.live.indices(),
-                    |i| !layout.is_intercept(start + i),
+                    |i| !roles.is_intercept(start + i),
                 );
                 s.mark(Changed::Live);
             }
@@ -475,11 +475,11 @@ impl Owner for Driver {
                 ),
             ));
         }
-        let layout = self.layout;
+        let roles = &self.roles;
         let fit_intercept = self.fit_intercept;
         // The mean gradient of coordinate `i` (absolute index) from its sum.
         let mean_at = move |i: usize, g: f64| -> f64 {
-            update::mean(g, rows, !fit_intercept && layout.is_intercept(i))
+            update::mean(g, rows, !fit_intercept && roles.is_intercept(i))
         };
         let mean = |range: &Range<usize>, sum: &[f64]| -> Vec<f64> {
             sum.iter()
@@ -543,7 +543,7 @@ impl Owner for Driver {
                                 touched.push(i as usize);
                             }),
                         }
-                        let dense = |i: usize| layout.is_dense(start + i);
+                        let dense = |i: usize| roles.is_dense(start + i);
                         let (visit, changed) = match (s.lazy.as_mut(), sum) {
                             (Some(lazy), _) => {
                                 // Candidates: every row's coordinates and
@@ -571,7 +571,7 @@ impl Owner for Driver {
                             &mut s.state,
                             &mut s.live,
                             visit,
-                            |i| !layout.is_intercept(start + i),
+                            |i| !roles.is_intercept(start + i),
                         );
                         if changed == Changed::Touched {
                             s.pending = touched;

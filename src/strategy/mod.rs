@@ -34,8 +34,8 @@ use crate::dataflow::scan::ScanResult;
 use crate::dataflow::Failure;
 use crate::metrics::sink::EpochRecord;
 use crate::model::Layout;
-use crate::spec;
 use crate::plan::Plan;
+use crate::spec;
 
 /// What every strategy trains from, the same on every worker.
 pub struct LoopInput<'a> {

@@ -19,7 +19,7 @@ use crate::dataflow::gradient::{Replica, Workspace};
 use crate::dataflow::{bound_message, loss_message, Failure, ShardValues};
 use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
-use crate::model::Layout;
+use crate::model::Roles;
 use crate::optim::lazy::{Clock, Lazy};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::OptimizerSpec;
@@ -37,13 +37,13 @@ impl Strategy for ModelAverage {
         let p = &input.plan.pipeline;
         let steps_per_epoch = input.steps.steps();
         let sync_every = p.train.sync_every.unwrap_or(steps_per_epoch).max(1);
-        let layout = input.layout();
+        let roles = input.layout().roles();
         let penalty = Penalty {
             l2: p.model.l2,
             l1: p.model.l1,
         };
         // As for the owners' steps: lazy updates only with hashed features.
-        let lazy = p.optimizer.first_order().is_some_and(|f| f.lazy) && layout.has_hashed();
+        let lazy = p.optimizer.first_order().is_some_and(|f| f.lazy) && roles.has_sparse();
         let replica = LocalSteps {
             spec: p.optimizer,
             penalty,
@@ -56,7 +56,7 @@ impl Strategy for ModelAverage {
             clock: Clock::default(),
             live: LiveSet::default(),
             mirror: Vec::new(),
-            layout,
+            roles,
         };
         sharded::run(
             worker,
@@ -98,8 +98,8 @@ pub struct LocalSteps {
     live: LiveSet,
     /// The parameters as the owners last sent them.
     mirror: Vec<f64>,
-    /// The model's layout.
-    layout: Layout,
+    /// The roles of the model's parameters.
+    roles: Roles,
 }
 
 impl Replica for LocalSteps {
@@ -152,8 +152,8 @@ impl Replica for LocalSteps {
         } = ws;
         data.prepare(epoch)?;
         let k = self.sync_every.min(self.steps_per_epoch - step);
-        let layout = self.layout;
-        let n = layout.len();
+        let roles = &self.roles;
+        let n = roles.len();
         if acc.len() != n {
             *acc = vec![Exact::default(); n];
         }
@@ -162,6 +162,7 @@ impl Replica for LocalSteps {
         }
         let (mut loss, mut rows) = (Wide::default(), 0u64);
         let mut touched: Vec<usize> = Vec::new();
+        let mut coords: Vec<usize> = Vec::new();
         for j in 0..k {
             let s = step + j;
             let diverged = |message: String| Error::Diverged {
@@ -176,14 +177,17 @@ impl Replica for LocalSteps {
                 if let Some(lazy) = lazy.as_mut() {
                     // Bring what the rows read up to the replica's last step.
                     for &row in idx {
-                        for i in layout.hashed_coords(block, row) {
-                            let penalised = !layout.is_intercept(i);
-                            lazy.read(spec, &mut model.theta, state, clock, i, penalised);
+                        coords.clear();
+                        model.sparse_coords(block, row, &mut |i| coords.push(i));
+                        let theta = model.params_mut();
+                        for &i in &coords {
+                            let penalised = !roles.is_intercept(i);
+                            lazy.read(spec, theta, state, clock, i, penalised);
                         }
                     }
                 }
                 let (part, largest) = model
-                    .accumulate(block, idx.iter().copied(), scratch, acc)
+                    .accumulate(block, idx, scratch, acc)
                     .map_err(diverged)?;
                 l += Wide::from_f64(part).ok_or_else(|| diverged(loss_message(part)))?;
                 b += largest;
@@ -193,7 +197,7 @@ impl Replica for LocalSteps {
             loss += l;
             rows += r;
             touched.clear();
-            touched.extend(layout.dense_indices());
+            touched.extend_from_slice(roles.dense_indices());
             touched.extend(scratch.drain_touched());
             touched.sort_unstable();
             touched.dedup();
@@ -203,7 +207,7 @@ impl Replica for LocalSteps {
             }
             for &i in &touched {
                 let g = std::mem::take(&mut acc[i]);
-                let frozen = !self.fit_intercept && layout.is_intercept(i);
+                let frozen = !self.fit_intercept && roles.is_intercept(i);
                 self.grad[i] = update::mean(g.to_f64(), r, frozen);
             }
             if r == 0 {
@@ -219,7 +223,7 @@ impl Replica for LocalSteps {
                 ),
                 penalty: self.penalty,
             };
-            let dense = |i: usize| layout.is_dense(i);
+            let dense = |i: usize| roles.is_dense(i);
             let visit = match self.lazy.as_mut() {
                 Some(lazy) => {
                     self.clock.tick(step_args.lr, self.penalty);
@@ -232,7 +236,7 @@ impl Replica for LocalSteps {
                 }
                 None => update::Visit::Live(&touched),
             };
-            let theta = &mut model.theta;
+            let theta = model.params_mut();
             let bad = update::apply(
                 step_args,
                 theta,
@@ -240,7 +244,7 @@ impl Replica for LocalSteps {
                 &mut self.state,
                 &mut self.live,
                 visit,
-                |i| !layout.is_intercept(i),
+                |i| !roles.is_intercept(i),
             );
             if let Some(i) = bad {
                 return Err(update::diverged(epoch, s, i, theta[i]));
@@ -250,11 +254,11 @@ impl Replica for LocalSteps {
             // The replica goes to the owners as the weights themselves.
             lazy.flush(
                 &self.spec,
-                &mut model.theta,
+                model.params_mut(),
                 &mut self.state,
                 &self.clock,
                 self.live.indices(),
-                |i| !layout.is_intercept(i),
+                |i| !roles.is_intercept(i),
             );
             let now = self.clock.now().t;
             self.clock.forget_before(now);
@@ -262,7 +266,7 @@ impl Replica for LocalSteps {
         // rows · replica; coordinates outside the live set are exactly 0.
         let mut live = self.live.indices().to_vec();
         live.sort_unstable();
-        let theta = &model.theta;
+        let theta = model.params();
         let mut bound = Bound::default();
         for &i in &live {
             let v = Exact::from_f64(theta[i] * rows as f64).ok_or_else(|| Error::Diverged {

@@ -21,7 +21,6 @@ use crate::dataflow::fold::FoldShards;
 use crate::dataflow::gradient::{GradientContext, Gradients, ReadAhead, Replica};
 use crate::dataflow::hooks::Hooks;
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
-use crate::model::LinearModel;
 use crate::optim::lazy::{Drift, Reader};
 use crate::optim::{FirstOrderState, Penalty};
 
@@ -49,13 +48,14 @@ pub fn run(
     let plan = &input.plan;
     let p = &plan.pipeline;
     let kind = p.model.kind;
-    let layout = input.layout();
     let init = input.init;
+    let model = crate::model::build(kind, &input.spec, init);
+    let roles = model.roles();
     let shards = match p.optimizer.first_order() {
         Some(_) => p.train.shards,
         None => 1,
     };
-    let ranges = shard_ranges(layout.len(), shards);
+    let ranges = shard_ranges(roles.len(), shards);
     let owned: Vec<u32> = (0..ranges.len() as u32)
         .filter(|&k| owner(k, peers) == index)
         .collect();
@@ -63,7 +63,7 @@ pub fn run(
     let lag = policy.lag;
     let driver = Driver::new(
         p,
-        layout,
+        &roles,
         &ranges,
         &owned,
         steps_per_epoch,
@@ -82,7 +82,7 @@ pub fn run(
     // updates would be the eager ones plus a header per message. Replicas
     // are read from the owners as weights, never lazily.
     let lazy_reads = optimizer.first_order().is_some_and(|f| f.lazy)
-        && layout.has_hashed()
+        && roles.has_sparse()
         && policy.replica.is_none();
     let has_validation = input.has_validation();
     let label_ref = input.label_ref();
@@ -95,16 +95,14 @@ pub fn run(
         input.steps,
     );
 
+    let len = roles.len();
     let result = Rc::new(RefCell::new(None));
     let records = Rc::new(RefCell::new(Vec::new()));
     let failure = Rc::new(RefCell::new(None));
     let ctx = GradientContext {
         data,
-        model: LinearModel {
-            kind,
-            layout,
-            theta: init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec),
-        },
+        model,
+        roles,
         shards: ranges,
         result: (index == 0).then(|| Rc::clone(&result)),
         index,
@@ -118,7 +116,7 @@ pub fn run(
         steps_per_epoch,
         hooks: Hooks::from_env(index),
         reader: lazy_reads
-            .then(|| Reader::new(Drift::of(&optimizer, penalty), layout.len()))
+            .then(|| Reader::new(Drift::of(&optimizer, penalty), len))
             .flatten()
             .map(|r| {
                 r.start_at(&FirstOrderState::starting_at(
@@ -160,7 +158,7 @@ pub fn run(
         result: result.borrow_mut().take(),
         records: std::mem::take(&mut *records.borrow_mut()),
         // Every worker holds a full replica of the parameters.
-        held: vec![layout.len() as u64; peers],
+        held: vec![len as u64; peers],
     };
     Ok(outcome)
 }

@@ -7,7 +7,6 @@
 pub mod job;
 pub mod warm;
 
-
 use std::sync::Arc;
 
 use crate::cluster::Cluster;
@@ -18,18 +17,18 @@ use crate::dataflow::{Failure, Phase};
 use crate::error::{Error, Location, Result};
 use crate::metrics::sink::EpochRecord;
 use crate::model::file::{ModelFile, TrainingSummary};
-use crate::model::{Layout, LinearModel};
+use crate::model::{self, Layout, Model};
+use crate::plan::Plan;
 use crate::spec::{ModelKind, OnMissing, Pipeline};
 use crate::strategy::{self, step_plan, LoopInput};
-use crate::plan::Plan;
 
 /// What a training job produced (complete on process 0 only).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TrainReport {
     /// The model file content (process 0).
     pub model: Option<ModelFile>,
     /// The trained model as it was in memory (process 0).
-    pub fitted: Option<LinearModel>,
+    pub fitted: Option<Box<dyn Model>>,
     /// Per-epoch records (process 0).
     pub records: Vec<EpochRecord>,
     /// Training rows.
@@ -121,7 +120,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
 }
 
 struct WorkerResult {
-    model: Option<(ModelFile, LinearModel)>,
+    model: Option<(ModelFile, Box<dyn Model>)>,
     records: Vec<EpochRecord>,
     held: Vec<u64>,
     rows: (u64, u64),
@@ -176,11 +175,7 @@ fn worker_main(
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
     let model = outcome.result.map(|fp| {
         let kind = plan.pipeline.model.kind;
-        let model = LinearModel {
-            kind,
-            layout: Layout::new(kind, &spec),
-            theta: fp.theta,
-        };
+        let model = model::build(kind, &spec, Some(&fp.theta));
         let (epochs, objective) = match fp.phase {
             Phase::Final { epochs, objective } => (epochs, objective),
             _ => (0, None),
@@ -193,7 +188,7 @@ fn worker_main(
             l2: plan.pipeline.model.l2,
             l1: plan.pipeline.model.l1,
         };
-        (ModelFile::new(&model, &spec, summary), model)
+        (model.to_file(&spec, summary), model)
     });
     Ok(WorkerResult {
         model,
