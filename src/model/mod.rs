@@ -444,3 +444,33 @@ impl Model for LinearModel {
         file::ModelFile::new(self, features, training)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_answer_as_the_linear_layout_does() {
+        for layout in [
+            Layout { k: 1, d: 5, p: 5 },
+            Layout { k: 1, d: 9, p: 2 },
+            Layout { k: 3, d: 70, p: 4 },
+            Layout { k: 2, d: 64, p: 0 },
+        ] {
+            let roles = layout.roles();
+            assert_eq!(roles.len(), layout.len());
+            for i in 0..layout.len() {
+                assert_eq!(
+                    roles.is_intercept(i),
+                    layout.is_intercept(i),
+                    "{layout:?} {i}"
+                );
+                assert_eq!(roles.is_dense(i), layout.is_dense(i), "{layout:?} {i}");
+            }
+            assert!(!roles.is_intercept(layout.len()) && !roles.is_dense(layout.len() + 64));
+            let dense: Vec<usize> = layout.dense_indices().collect();
+            assert_eq!(roles.dense_indices(), &dense[..]);
+            assert_eq!(roles.has_sparse(), layout.has_hashed());
+        }
+    }
+}

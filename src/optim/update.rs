@@ -147,3 +147,181 @@ pub fn apply(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::step;
+    use crate::spec::{FirstOrder, Schedule};
+
+    fn adam() -> OptimizerSpec {
+        OptimizerSpec::Adam {
+            base: FirstOrder {
+                learning_rate: 0.1,
+                batch_size: 1,
+                schedule: Schedule::Constant,
+                lazy: false,
+            },
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        }
+    }
+
+    fn sgd() -> OptimizerSpec {
+        OptimizerSpec::Sgd(FirstOrder {
+            learning_rate: 0.1,
+            batch_size: 1,
+            schedule: Schedule::Constant,
+            lazy: true,
+        })
+    }
+
+    const PENALTY: Penalty = Penalty {
+        l2: 0.01,
+        l1: 0.001,
+    };
+
+    /// A gradient that touches coordinates 1, 4 and 6 of 8 (0 is an intercept).
+    fn gradient() -> (Vec<f64>, Vec<usize>) {
+        let mut g = vec![0.0; 8];
+        for (i, v) in [(1, 0.5), (4, -2.0), (6, 0.25)] {
+            g[i] = v;
+        }
+        (g, vec![1, 4, 6])
+    }
+
+    /// Visiting every coordinate, the live ones, or each step's plain
+    /// `step` over the whole vector give the same bits: the untouched
+    /// coordinates are quiescent with a zero gradient.
+    #[test]
+    fn all_live_and_the_plain_step_agree_bit_for_bit() {
+        let spec = adam();
+        let penalised = |i: usize| i != 0;
+        let mut reference = vec![0.0; 8];
+        let mut reference_state = FirstOrderState::default();
+        let mut runs: Vec<(Vec<f64>, FirstOrderState, LiveSet)> = (0..2)
+            .map(|_| (vec![0.0; 8], FirstOrderState::default(), LiveSet::default()))
+            .collect();
+        for _ in 0..5 {
+            let (g, touched) = gradient();
+            step(
+                &spec,
+                &mut reference,
+                &g,
+                &mut reference_state,
+                0.1,
+                PENALTY,
+                penalised,
+            );
+            for (k, (w, state, live)) in runs.iter_mut().enumerate() {
+                let mut grad = g.clone();
+                let visit = if k == 0 {
+                    Visit::All
+                } else {
+                    Visit::Live(&touched)
+                };
+                let s = Step {
+                    spec: &spec,
+                    lr: 0.1,
+                    penalty: PENALTY,
+                };
+                assert_eq!(apply(s, w, &mut grad, state, live, visit, penalised), None);
+                assert!(grad.iter().all(|&g| g == 0.0), "the buffer is cleared");
+            }
+        }
+        for (w, _, live) in &runs {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(w), bits(&reference));
+            let mut l = live.indices().to_vec();
+            l.sort_unstable();
+            assert_eq!(l, [1, 4, 6]);
+        }
+    }
+
+    /// Lazy SGD without a penalty visits only what has a gradient or is
+    /// dense, and moves those exactly as an eager step would.
+    #[test]
+    fn a_lazy_step_visits_the_touched_and_dense_coordinates() {
+        let spec = sgd();
+        let none = Penalty { l2: 0.0, l1: 0.0 };
+        let mut lazy = Lazy::new(&spec, none);
+        let mut clock = Clock::default();
+        clock.tick(0.1, none);
+        let (mut grad, _) = gradient();
+        let eager_grad = grad.clone();
+        // Candidates: 0 (dense), 1, 4, 6 and 5 (touched by a row, zero sum).
+        let mut touched = vec![0, 1, 4, 5, 6];
+        let (mut w, mut state, mut live) =
+            (vec![0.0; 8], FirstOrderState::default(), LiveSet::default());
+        let dense = |i: usize| i == 0;
+        let visit = Visit::Lazy {
+            lazy: &mut lazy,
+            clock: &clock,
+            touched: &mut touched,
+            dense: &dense,
+        };
+        let s = Step {
+            spec: &spec,
+            lr: 0.1,
+            penalty: none,
+        };
+        assert_eq!(
+            apply(s, &mut w, &mut grad, &mut state, &mut live, visit, |i| i
+                != 0),
+            None
+        );
+        assert_eq!(touched, [0, 1, 4, 6], "5 had no gradient and is not dense");
+        let mut eager = vec![0.0; 8];
+        step(
+            &spec,
+            &mut eager,
+            &eager_grad,
+            &mut FirstOrderState::default(),
+            0.1,
+            none,
+            |i| i != 0,
+        );
+        assert_eq!(w, eager);
+        assert!(grad.iter().all(|&g| g == 0.0));
+    }
+
+    #[test]
+    fn the_first_non_finite_coordinate_is_reported() {
+        let spec = sgd();
+        let (mut w, mut state, mut live) =
+            (vec![0.0; 4], FirstOrderState::default(), LiveSet::default());
+        let mut grad = vec![0.0, f64::INFINITY, 0.0, f64::NAN];
+        let s = Step {
+            spec: &spec,
+            lr: 0.1,
+            penalty: PENALTY,
+        };
+        assert_eq!(
+            apply(
+                s,
+                &mut w,
+                &mut grad,
+                &mut state,
+                &mut live,
+                Visit::All,
+                |_| true
+            ),
+            Some(1)
+        );
+        let e = diverged(3, 7, 1, w[1]);
+        assert_eq!(e.exit_code(), 6);
+        assert!(e.to_string().contains("parameter 1 became"), "{e}");
+    }
+
+    #[test]
+    fn the_mean_is_zero_for_a_frozen_intercept() {
+        assert_eq!(mean(6.0, 4, false), 1.5);
+        assert_eq!(mean(6.0, 4, true), 0.0);
+        assert_eq!(
+            mean(6.0, 0, false),
+            6.0,
+            "no rows: the sum itself (it is zero then)"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use raw::{RawPaths, RawPipeline, RawValidation};
+use raw::{RawData, RawModel, RawOptimizer, RawPaths, RawPipeline, RawTrain, RawValidation};
 
 /// A validated pipeline: everything needed to train, nothing unchecked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -503,394 +503,414 @@ impl Pipeline {
 
     /// Checks a raw pipeline and fills in defaults.
     pub fn from_raw(raw: RawPipeline) -> Result<Pipeline> {
-        let d = raw.data;
-        let train = paths(&d.train);
-        if train.is_empty() {
-            return Err(value_err("data.train", "names no files"));
-        }
-        let validation = match d.validation {
-            None => None,
-            Some(RawValidation {
-                fraction: Some(_),
-                path: Some(_),
-            }) => {
-                return Err(value_err(
-                    "data.validation",
-                    "give either { fraction = F } (hold out training rows) or { path = P } (separate files), not both",
-                ))
-            }
-            Some(RawValidation {
-                fraction: None,
-                path: None,
-            }) => {
-                return Err(value_err(
-                    "data.validation",
-                    "give { fraction = F } (hold out training rows) or { path = P } (separate files)",
-                ))
-            }
-            Some(RawValidation {
-                fraction: Some(fraction),
-                ..
-            }) => {
-                if !(fraction > 0.0 && fraction < 1.0) {
-                    return Err(value_err(
-                        "data.validation.fraction",
-                        format!("must be in (0, 1), got {fraction}"),
-                    ));
-                }
-                Some(ValidationSpec::Fraction(fraction))
-            }
-            Some(RawValidation {
-                path: Some(path), ..
-            }) => Some(ValidationSpec::Files(paths(&path))),
-        };
-        let on_missing = match d.on_missing.as_deref().unwrap_or("error") {
-            "error" => OnMissing::Error,
-            "zero" => OnMissing::Zero,
-            "mean" => OnMissing::Mean,
-            "skip_row" => OnMissing::SkipRow,
-            other => {
-                return Err(value_err(
-                    "data.on_missing",
-                    format!("'{other}' is not one of error, zero, mean, skip_row"),
-                ))
-            }
-        };
-        let partition = match d.partition.as_deref().unwrap_or("shuffle") {
-            "slice" => Partition::Slice,
-            "shuffle" => Partition::Shuffle,
-            other => {
-                return Err(value_err(
-                    "data.partition",
-                    format!("'{other}' is not one of slice, shuffle"),
-                ))
-            }
-        };
-        let hash_bits = d.hash_bits.unwrap_or(18);
-        if !(1..=MAX_HASH_BITS).contains(&hash_bits) {
-            return Err(value_err(
-                "data.hash_bits",
-                format!("must be in 1..={MAX_HASH_BITS}, got {hash_bits}"),
-            ));
-        }
-        if let Some(f) = &d.features {
-            distinct("data.features", f)?;
-        }
-        distinct("data.categorical", &d.categorical)?;
-        distinct("data.exclude", &d.exclude)?;
-        if d.categorical.contains(&d.label) {
-            return Err(value_err(
-                "data.categorical",
-                format!("'{}' is the label", d.label),
-            ));
-        }
-        if let Some(f) = &d.features {
-            if f.contains(&d.label) {
-                return Err(value_err(
-                    "data.features",
-                    format!("'{}' is the label", d.label),
-                ));
-            }
-            if let Some(c) = d.categorical.iter().find(|c| !f.contains(c)) {
-                return Err(value_err(
-                    "data.categorical",
-                    format!("'{c}' is not in data.features"),
-                ));
-            }
-        }
-        let max_unit_rows = d.max_unit_rows.unwrap_or(65_536);
-        if max_unit_rows == 0 {
-            return Err(value_err("data.max_unit_rows", "must be at least 1"));
-        }
-        let units_per_step = d.units_per_step.unwrap_or(4);
-        if units_per_step == 0 {
-            return Err(value_err("data.units_per_step", "must be at least 1"));
-        }
-
-        let m = raw.model;
-        let kind = match m.kind.as_str() {
-            "linear" => ModelKind::Linear,
-            "logistic" => ModelKind::Logistic,
-            "softmax" => ModelKind::Softmax,
-            "hinge" => ModelKind::Hinge,
-            other => {
-                return Err(value_err(
-                    "model.kind",
-                    format!("'{other}' is not one of linear, logistic, softmax, hinge"),
-                ))
-            }
-        };
-        if let Some(classes) = &d.classes {
-            classes::check_classes(classes).map_err(|m| value_err("data.classes", m))?;
-            if classes.len() > classes::MAX_CLASSES {
-                return Err(value_err(
-                    "data.classes",
-                    format!(
-                        "{} classes; at most {} are supported",
-                        classes.len(),
-                        classes::MAX_CLASSES
-                    ),
-                ));
-            }
-            let want_two = matches!(kind, ModelKind::Logistic | ModelKind::Hinge);
-            if want_two && classes.len() != 2 {
-                return Err(value_err(
-                    "data.classes",
-                    format!(
-                        "a binary model needs [negative, positive], got {} classes",
-                        classes.len()
-                    ),
-                ));
-            }
-            if kind == ModelKind::Softmax && classes.len() < 2 {
-                return Err(value_err(
-                    "data.classes",
-                    "softmax needs at least 2 classes",
-                ));
-            }
-            if kind == ModelKind::Linear {
-                return Err(value_err(
-                    "data.classes",
-                    "a linear (regression) model has no classes",
-                ));
-            }
-        }
-        let model = ModelSpec {
-            kind,
-            l2: non_negative("model.l2", m.l2)?,
-            l1: non_negative("model.l1", m.l1)?,
-            fit_intercept: m.fit_intercept.unwrap_or(true),
-        };
-
-        let o = raw.optimizer;
-        let okind = o.kind.clone().unwrap_or_else(|| "lbfgs".into());
-        let first_order = || -> Result<FirstOrder> {
-            let learning_rate =
-                positive("optimizer.learning_rate", o.learning_rate.unwrap_or(0.1))?;
-            let batch_size = o.batch_size.unwrap_or(256);
-            if batch_size == 0 {
-                return Err(value_err("optimizer.batch_size", "must be at least 1"));
-            }
-            let schedule = match o.schedule.as_deref().unwrap_or("constant") {
-                "constant" => Schedule::Constant,
-                s @ ("inverse_time" | "inverse_sqrt" | "exponential") => {
-                    let decay = o.decay.ok_or_else(|| {
-                        value_err("optimizer.decay", format!("schedule '{s}' needs a decay"))
-                    })?;
-                    match s {
-                        "inverse_time" => Schedule::InverseTime {
-                            decay: positive("optimizer.decay", decay)?,
-                        },
-                        "inverse_sqrt" => Schedule::InverseSqrt {
-                            decay: positive("optimizer.decay", decay)?,
-                        },
-                        _ => {
-                            if !(decay > 0.0 && decay <= 1.0) {
-                                return Err(value_err(
-                                    "optimizer.decay",
-                                    format!("exponential decay must be in (0, 1], got {decay}"),
-                                ));
-                            }
-                            Schedule::Exponential { decay }
-                        }
-                    }
-                }
-                other => {
-                    return Err(value_err(
-                        "optimizer.schedule",
-                        format!(
-                        "'{other}' is not one of constant, inverse_time, inverse_sqrt, exponential"
-                    ),
-                    ))
-                }
-            };
-            Ok(FirstOrder {
-                learning_rate,
-                batch_size,
-                schedule,
-                // Set below, once the kind and the penalties are known.
-                lazy: false,
-            })
-        };
-        let mut optimizer = match okind.as_str() {
-            "sgd" => OptimizerSpec::Sgd(first_order()?),
-            "momentum" => OptimizerSpec::Momentum {
-                base: first_order()?,
-                momentum: unit_interval("optimizer.momentum", o.momentum.unwrap_or(0.9))?,
-            },
-            "adagrad" => OptimizerSpec::Adagrad {
-                base: first_order()?,
-                epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
-            },
-            "adam" => OptimizerSpec::Adam {
-                base: first_order()?,
-                beta1: unit_interval("optimizer.beta1", o.beta1.unwrap_or(0.9))?,
-                beta2: unit_interval("optimizer.beta2", o.beta2.unwrap_or(0.999))?,
-                epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
-            },
-            "ftrl" => {
-                let base = first_order()?;
-                if base.schedule != Schedule::Constant {
-                    return Err(value_err(
-                        "optimizer.schedule",
-                        "FTRL has per-coordinate rates built in: use the constant schedule",
-                    ));
-                }
-                OptimizerSpec::Ftrl {
-                    base,
-                    beta: non_negative("optimizer.beta", o.beta.unwrap_or(1.0))?,
-                }
-            }
-            "lbfgs" => {
-                let memory = o.memory.unwrap_or(10);
-                if memory == 0 {
-                    return Err(value_err("optimizer.memory", "must be at least 1"));
-                }
-                OptimizerSpec::Lbfgs {
-                    memory,
-                    tolerance: non_negative("optimizer.tolerance", o.tolerance.unwrap_or(1e-12))?,
-                }
-            }
-            other => {
-                return Err(value_err(
-                    "optimizer.kind",
-                    format!("'{other}' is not one of sgd, momentum, adagrad, adam, ftrl, lbfgs"),
-                ))
-            }
-        };
-
-        lazy_updates(&mut optimizer, &model, o.lazy)?;
-
-        let t = raw.train;
-        let epochs = t.epochs.unwrap_or(10);
-        if epochs == 0 {
-            return Err(value_err("train.epochs", "must be at least 1"));
-        }
-        let strategy = match t.strategy.as_deref().unwrap_or("allreduce") {
-            "allreduce" => Strategy::Allreduce,
-            "model-average" => Strategy::ModelAverage,
-            "param-server" => Strategy::ParamServer,
-            "model-parallel" => Strategy::ModelParallel,
-            other => {
-                return Err(value_err(
-                    "train.strategy",
-                    format!(
-                        "'{other}' is not available; this version offers: allreduce, param-server, model-average, model-parallel"
-                    ),
-                ))
-            }
-        };
-        if strategy != Strategy::Allreduce && optimizer.first_order().is_none() {
-            return Err(value_err(
-                "train.strategy",
-                format!("{} takes mini-batch steps: use optimizer.kind = sgd, momentum, adagrad, adam or ftrl (L-BFGS needs exact full-batch gradients; use allreduce)", strategy.name()),
-            ));
-        }
-        if t.sync_every == Some(0) {
-            return Err(value_err("train.sync_every", "must be at least 1"));
-        }
-        if t.sync_every.is_some() && strategy != Strategy::ModelAverage {
-            return Err(value_err(
-                "train.sync_every",
-                format!(
-                    "only applies to strategy = \"model-average\" (this pipeline uses {})",
-                    strategy.name()
-                ),
-            ));
-        }
-        let staleness = match t.staleness {
-            None => Staleness::Bounded(0),
-            Some(_) if strategy != Strategy::ParamServer => {
-                return Err(value_err(
-                    "train.staleness",
-                    format!(
-                        "only applies to strategy = \"param-server\" (this pipeline uses {})",
-                        strategy.name()
-                    ),
-                ))
-            }
-            Some(raw::RawStaleness::Word(w)) if w == "async" => Staleness::Async,
-            Some(raw::RawStaleness::Steps(n)) if (0..=i64::from(MAX_STALENESS)).contains(&n) => {
-                Staleness::Bounded(n as u32)
-            }
-            Some(other) => {
-                let got = match other {
-                    raw::RawStaleness::Steps(n) => n.to_string(),
-                    raw::RawStaleness::Word(w) => format!("\"{w}\""),
-                };
-                return Err(value_err(
-                    "train.staleness",
-                    format!("expected a number of steps from 0 to {MAX_STALENESS} or \"async\", got {got}"),
-                ));
-            }
-        };
-        let shards = t.shards.unwrap_or(16);
-        if shards == 0 {
-            return Err(value_err("train.shards", "must be at least 1"));
-        }
-        let early_stopping = match t.early_stopping {
-            None => None,
-            Some(es) => {
-                if validation.is_none() {
-                    return Err(value_err(
-                        "train.early_stopping",
-                        "needs validation rows: set data.validation",
-                    ));
-                }
-                let metric = es.metric.unwrap_or_else(|| "loss".to_string());
-                metric::MetricKind::parse(&metric, kind)
-                    .map_err(|m| value_err("train.early_stopping.metric", m))?;
-                Some(EarlyStopping {
-                    metric,
-                    patience: es.patience.unwrap_or(3).max(1),
-                    min_delta: non_negative(
-                        "train.early_stopping.min_delta",
-                        es.min_delta.unwrap_or(0.0),
-                    )?,
-                })
-            }
-        };
-
+        let data = data_spec(raw.data)?;
+        let model = model_spec(raw.model, data.classes.as_deref())?;
+        let optimizer = optimizer_spec(raw.optimizer, &model)?;
+        let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         Ok(Pipeline {
-            data: DataSpec {
-                train,
-                validation,
-                label: d.label,
-                features: d.features,
-                exclude: d.exclude,
-                categorical: d.categorical,
-                hash_bits,
-                classes: d.classes,
-                standardize: d.standardize,
-                on_missing,
-                partition,
-                seed: d.seed.unwrap_or(0),
-                cache: d.cache.unwrap_or(true),
-                max_unit_rows,
-                units_per_step,
-            },
+            data,
             model,
             optimizer,
-            train: TrainSpec {
-                epochs,
-                strategy,
-                shards,
-                sync_every: t.sync_every,
-                staleness,
-                max_worker_params: match t.max_worker_params {
-                    Some(0) => {
-                        return Err(value_err("train.max_worker_params", "must be at least 1"))
-                    }
-                    m => m,
-                },
-                early_stopping,
-            },
+            train,
             output: OutputSpec {
                 model: raw.output.model.map(PathBuf::from),
                 metrics: raw.output.metrics.map(PathBuf::from),
             },
         })
     }
+}
+
+/// `[data]`, checked.
+fn data_spec(d: RawData) -> Result<DataSpec> {
+    let train = paths(&d.train);
+    if train.is_empty() {
+        return Err(value_err("data.train", "names no files"));
+    }
+    let validation = match d.validation {
+        None => None,
+        Some(RawValidation {
+            fraction: Some(_),
+            path: Some(_),
+        }) => {
+            return Err(value_err(
+                "data.validation",
+                "give either { fraction = F } (hold out training rows) or { path = P } (separate files), not both",
+            ))
+        }
+        Some(RawValidation {
+            fraction: None,
+            path: None,
+        }) => {
+            return Err(value_err(
+                "data.validation",
+                "give { fraction = F } (hold out training rows) or { path = P } (separate files)",
+            ))
+        }
+        Some(RawValidation {
+            fraction: Some(fraction),
+            ..
+        }) => {
+            if !(fraction > 0.0 && fraction < 1.0) {
+                return Err(value_err(
+                    "data.validation.fraction",
+                    format!("must be in (0, 1), got {fraction}"),
+                ));
+            }
+            Some(ValidationSpec::Fraction(fraction))
+        }
+        Some(RawValidation {
+            path: Some(path), ..
+        }) => Some(ValidationSpec::Files(paths(&path))),
+    };
+    let on_missing = match d.on_missing.as_deref().unwrap_or("error") {
+        "error" => OnMissing::Error,
+        "zero" => OnMissing::Zero,
+        "mean" => OnMissing::Mean,
+        "skip_row" => OnMissing::SkipRow,
+        other => {
+            return Err(value_err(
+                "data.on_missing",
+                format!("'{other}' is not one of error, zero, mean, skip_row"),
+            ))
+        }
+    };
+    let partition = match d.partition.as_deref().unwrap_or("shuffle") {
+        "slice" => Partition::Slice,
+        "shuffle" => Partition::Shuffle,
+        other => {
+            return Err(value_err(
+                "data.partition",
+                format!("'{other}' is not one of slice, shuffle"),
+            ))
+        }
+    };
+    let hash_bits = d.hash_bits.unwrap_or(18);
+    if !(1..=MAX_HASH_BITS).contains(&hash_bits) {
+        return Err(value_err(
+            "data.hash_bits",
+            format!("must be in 1..={MAX_HASH_BITS}, got {hash_bits}"),
+        ));
+    }
+    if let Some(f) = &d.features {
+        distinct("data.features", f)?;
+    }
+    distinct("data.categorical", &d.categorical)?;
+    distinct("data.exclude", &d.exclude)?;
+    if d.categorical.contains(&d.label) {
+        return Err(value_err(
+            "data.categorical",
+            format!("'{}' is the label", d.label),
+        ));
+    }
+    if let Some(f) = &d.features {
+        if f.contains(&d.label) {
+            return Err(value_err(
+                "data.features",
+                format!("'{}' is the label", d.label),
+            ));
+        }
+        if let Some(c) = d.categorical.iter().find(|c| !f.contains(c)) {
+            return Err(value_err(
+                "data.categorical",
+                format!("'{c}' is not in data.features"),
+            ));
+        }
+    }
+    let max_unit_rows = d.max_unit_rows.unwrap_or(65_536);
+    if max_unit_rows == 0 {
+        return Err(value_err("data.max_unit_rows", "must be at least 1"));
+    }
+    let units_per_step = d.units_per_step.unwrap_or(4);
+    if units_per_step == 0 {
+        return Err(value_err("data.units_per_step", "must be at least 1"));
+    }
+    Ok(DataSpec {
+        train,
+        validation,
+        label: d.label,
+        features: d.features,
+        exclude: d.exclude,
+        categorical: d.categorical,
+        hash_bits,
+        classes: d.classes,
+        standardize: d.standardize,
+        on_missing,
+        partition,
+        seed: d.seed.unwrap_or(0),
+        cache: d.cache.unwrap_or(true),
+        max_unit_rows,
+        units_per_step,
+    })
+}
+
+/// `[model]`, checked (with the classes `[data]` declares).
+fn model_spec(m: RawModel, classes: Option<&[String]>) -> Result<ModelSpec> {
+    let kind = match m.kind.as_str() {
+        "linear" => ModelKind::Linear,
+        "logistic" => ModelKind::Logistic,
+        "softmax" => ModelKind::Softmax,
+        "hinge" => ModelKind::Hinge,
+        other => {
+            return Err(value_err(
+                "model.kind",
+                format!("'{other}' is not one of linear, logistic, softmax, hinge"),
+            ))
+        }
+    };
+    if let Some(classes) = classes {
+        classes::check_classes(classes).map_err(|m| value_err("data.classes", m))?;
+        if classes.len() > classes::MAX_CLASSES {
+            return Err(value_err(
+                "data.classes",
+                format!(
+                    "{} classes; at most {} are supported",
+                    classes.len(),
+                    classes::MAX_CLASSES
+                ),
+            ));
+        }
+        let want_two = matches!(kind, ModelKind::Logistic | ModelKind::Hinge);
+        if want_two && classes.len() != 2 {
+            return Err(value_err(
+                "data.classes",
+                format!(
+                    "a binary model needs [negative, positive], got {} classes",
+                    classes.len()
+                ),
+            ));
+        }
+        if kind == ModelKind::Softmax && classes.len() < 2 {
+            return Err(value_err(
+                "data.classes",
+                "softmax needs at least 2 classes",
+            ));
+        }
+        if kind == ModelKind::Linear {
+            return Err(value_err(
+                "data.classes",
+                "a linear (regression) model has no classes",
+            ));
+        }
+    }
+    let model = ModelSpec {
+        kind,
+        l2: non_negative("model.l2", m.l2)?,
+        l1: non_negative("model.l1", m.l1)?,
+        fit_intercept: m.fit_intercept.unwrap_or(true),
+    };
+    Ok(model)
+}
+
+/// `[optimizer]`, checked against the model.
+fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
+    let okind = o.kind.clone().unwrap_or_else(|| "lbfgs".into());
+    let first_order = || -> Result<FirstOrder> {
+        let learning_rate = positive("optimizer.learning_rate", o.learning_rate.unwrap_or(0.1))?;
+        let batch_size = o.batch_size.unwrap_or(256);
+        if batch_size == 0 {
+            return Err(value_err("optimizer.batch_size", "must be at least 1"));
+        }
+        let schedule = match o.schedule.as_deref().unwrap_or("constant") {
+            "constant" => Schedule::Constant,
+            s @ ("inverse_time" | "inverse_sqrt" | "exponential") => {
+                let decay = o.decay.ok_or_else(|| {
+                    value_err("optimizer.decay", format!("schedule '{s}' needs a decay"))
+                })?;
+                match s {
+                    "inverse_time" => Schedule::InverseTime {
+                        decay: positive("optimizer.decay", decay)?,
+                    },
+                    "inverse_sqrt" => Schedule::InverseSqrt {
+                        decay: positive("optimizer.decay", decay)?,
+                    },
+                    _ => {
+                        if !(decay > 0.0 && decay <= 1.0) {
+                            return Err(value_err(
+                                "optimizer.decay",
+                                format!("exponential decay must be in (0, 1], got {decay}"),
+                            ));
+                        }
+                        Schedule::Exponential { decay }
+                    }
+                }
+            }
+            other => {
+                return Err(value_err(
+                    "optimizer.schedule",
+                    format!(
+                        "'{other}' is not one of constant, inverse_time, inverse_sqrt, exponential"
+                    ),
+                ))
+            }
+        };
+        Ok(FirstOrder {
+            learning_rate,
+            batch_size,
+            schedule,
+            // Set below, once the kind and the penalties are known.
+            lazy: false,
+        })
+    };
+    let mut optimizer = match okind.as_str() {
+        "sgd" => OptimizerSpec::Sgd(first_order()?),
+        "momentum" => OptimizerSpec::Momentum {
+            base: first_order()?,
+            momentum: unit_interval("optimizer.momentum", o.momentum.unwrap_or(0.9))?,
+        },
+        "adagrad" => OptimizerSpec::Adagrad {
+            base: first_order()?,
+            epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
+        },
+        "adam" => OptimizerSpec::Adam {
+            base: first_order()?,
+            beta1: unit_interval("optimizer.beta1", o.beta1.unwrap_or(0.9))?,
+            beta2: unit_interval("optimizer.beta2", o.beta2.unwrap_or(0.999))?,
+            epsilon: positive("optimizer.epsilon", o.epsilon.unwrap_or(1e-8))?,
+        },
+        "ftrl" => {
+            let base = first_order()?;
+            if base.schedule != Schedule::Constant {
+                return Err(value_err(
+                    "optimizer.schedule",
+                    "FTRL has per-coordinate rates built in: use the constant schedule",
+                ));
+            }
+            OptimizerSpec::Ftrl {
+                base,
+                beta: non_negative("optimizer.beta", o.beta.unwrap_or(1.0))?,
+            }
+        }
+        "lbfgs" => {
+            let memory = o.memory.unwrap_or(10);
+            if memory == 0 {
+                return Err(value_err("optimizer.memory", "must be at least 1"));
+            }
+            OptimizerSpec::Lbfgs {
+                memory,
+                tolerance: non_negative("optimizer.tolerance", o.tolerance.unwrap_or(1e-12))?,
+            }
+        }
+        other => {
+            return Err(value_err(
+                "optimizer.kind",
+                format!("'{other}' is not one of sgd, momentum, adagrad, adam, ftrl, lbfgs"),
+            ))
+        }
+    };
+
+    lazy_updates(&mut optimizer, model, o.lazy)?;
+    Ok(optimizer)
+}
+
+/// `[train]`, checked against the optimizer and model kind.
+fn train_spec(
+    t: RawTrain,
+    optimizer: &OptimizerSpec,
+    kind: ModelKind,
+    has_validation: bool,
+) -> Result<TrainSpec> {
+    let epochs = t.epochs.unwrap_or(10);
+    if epochs == 0 {
+        return Err(value_err("train.epochs", "must be at least 1"));
+    }
+    let strategy = match t.strategy.as_deref().unwrap_or("allreduce") {
+        "allreduce" => Strategy::Allreduce,
+        "model-average" => Strategy::ModelAverage,
+        "param-server" => Strategy::ParamServer,
+        "model-parallel" => Strategy::ModelParallel,
+        other => {
+            return Err(value_err(
+                "train.strategy",
+                format!(
+                    "'{other}' is not available; this version offers: allreduce, param-server, model-average, model-parallel"
+                ),
+            ))
+        }
+    };
+    if strategy != Strategy::Allreduce && optimizer.first_order().is_none() {
+        return Err(value_err(
+            "train.strategy",
+            format!("{} takes mini-batch steps: use optimizer.kind = sgd, momentum, adagrad, adam or ftrl (L-BFGS needs exact full-batch gradients; use allreduce)", strategy.name()),
+        ));
+    }
+    if t.sync_every == Some(0) {
+        return Err(value_err("train.sync_every", "must be at least 1"));
+    }
+    if t.sync_every.is_some() && strategy != Strategy::ModelAverage {
+        return Err(value_err(
+            "train.sync_every",
+            format!(
+                "only applies to strategy = \"model-average\" (this pipeline uses {})",
+                strategy.name()
+            ),
+        ));
+    }
+    let staleness = match t.staleness {
+        None => Staleness::Bounded(0),
+        Some(_) if strategy != Strategy::ParamServer => {
+            return Err(value_err(
+                "train.staleness",
+                format!(
+                    "only applies to strategy = \"param-server\" (this pipeline uses {})",
+                    strategy.name()
+                ),
+            ))
+        }
+        Some(raw::RawStaleness::Word(w)) if w == "async" => Staleness::Async,
+        Some(raw::RawStaleness::Steps(n)) if (0..=i64::from(MAX_STALENESS)).contains(&n) => {
+            Staleness::Bounded(n as u32)
+        }
+        Some(other) => {
+            let got = match other {
+                raw::RawStaleness::Steps(n) => n.to_string(),
+                raw::RawStaleness::Word(w) => format!("\"{w}\""),
+            };
+            return Err(value_err(
+                "train.staleness",
+                format!(
+                    "expected a number of steps from 0 to {MAX_STALENESS} or \"async\", got {got}"
+                ),
+            ));
+        }
+    };
+    let shards = t.shards.unwrap_or(16);
+    if shards == 0 {
+        return Err(value_err("train.shards", "must be at least 1"));
+    }
+    let early_stopping = match t.early_stopping {
+        None => None,
+        Some(es) => {
+            if !has_validation {
+                return Err(value_err(
+                    "train.early_stopping",
+                    "needs validation rows: set data.validation",
+                ));
+            }
+            let metric = es.metric.unwrap_or_else(|| "loss".to_string());
+            metric::MetricKind::parse(&metric, kind)
+                .map_err(|m| value_err("train.early_stopping.metric", m))?;
+            Some(EarlyStopping {
+                metric,
+                patience: es.patience.unwrap_or(3).max(1),
+                min_delta: non_negative(
+                    "train.early_stopping.min_delta",
+                    es.min_delta.unwrap_or(0.0),
+                )?,
+            })
+        }
+    };
+    Ok(TrainSpec {
+        epochs,
+        strategy,
+        shards,
+        sync_every: t.sync_every,
+        staleness,
+        max_worker_params: match t.max_worker_params {
+            Some(0) => return Err(value_err("train.max_worker_params", "must be at least 1")),
+            m => m,
+        },
+        early_stopping,
+    })
 }
 
 #[cfg(test)]

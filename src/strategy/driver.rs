@@ -430,6 +430,168 @@ impl Driver {
         };
         self.send(phase, 0, false)
     }
+
+    /// The mean gradient of parameter `i` (absolute index) from its sum
+    /// over `rows` rows.
+    fn mean_at(roles: &Roles, fit_intercept: bool, rows: u64, i: usize, g: f64) -> f64 {
+        update::mean(g, rows, !fit_intercept && roles.is_intercept(i))
+    }
+
+    /// `model-average`: the owned shards become `Σ rows_w · replica_w /
+    /// Σ rows_w`, from the sums of `rows · replica`.
+    fn average_replicas(&mut self, sums: &BTreeMap<u32, ShardGrad>, rows: u64) {
+        for s in &mut self.shards {
+            if let Some(sum) = sums.get(&s.id) {
+                let sum = sum.to_dense(s.range.len());
+                s.params = sum.iter().map(|v| v / rows as f64).collect();
+                s.changed = Changed::All;
+            }
+        }
+    }
+
+    /// One first-order step of every owned shard from the summed gradients
+    /// of `rows` rows (step `step` of `epoch`): eager over every coordinate
+    /// (dense sums) or the live ones (sparse sums), or lazy over those the
+    /// step touched.
+    fn step_shards(
+        &mut self,
+        spec: &OptimizerSpec,
+        sums: &BTreeMap<u32, ShardGrad>,
+        rows: u64,
+        epoch: u32,
+        step: u64,
+    ) -> Result<(), Failure> {
+        let step_args = update::Step {
+            spec,
+            lr: update::rate(spec, self.steps, epoch),
+            penalty: self.penalty,
+        };
+        if self.shards.iter().any(|s| s.lazy.is_some()) {
+            self.clock.tick(step_args.lr, self.penalty);
+        }
+        let (roles, fit_intercept) = (&self.roles, self.fit_intercept);
+        let mean_at = |i: usize, g: f64| Self::mean_at(roles, fit_intercept, rows, i, g);
+        for s in &mut self.shards {
+            let Some(sum) = sums.get(&s.id) else { continue };
+            let start = s.range.start;
+            let n = s.range.len();
+            if s.grad.len() != n {
+                s.grad = vec![0.0; n];
+            }
+            let mut touched = std::mem::take(&mut s.pending);
+            debug_assert!(touched.is_empty(), "every fold emits");
+            // An eager dense step visits every coordinate and needs no
+            // list of them.
+            let listed = s.lazy.is_some();
+            match sum {
+                ShardGrad::Dense(v) => v.iter().enumerate().for_each(|(i, &g)| {
+                    s.grad[i] = mean_at(start + i, g);
+                    if listed {
+                        touched.push(i);
+                    }
+                }),
+                ShardGrad::Sparse(e) => e.iter().for_each(|&(i, g)| {
+                    s.grad[i as usize] = mean_at(start + i as usize, g);
+                    touched.push(i as usize);
+                }),
+            }
+            let dense = |i: usize| roles.is_dense(start + i);
+            let (visit, changed) = match (s.lazy.as_mut(), sum) {
+                (Some(lazy), _) => {
+                    // Candidates: every row's coordinates and those with a
+                    // sum; the others wait.
+                    touched.extend_from_slice(&s.dense);
+                    touched.sort_unstable();
+                    touched.dedup();
+                    let visit = update::Visit::Lazy {
+                        lazy,
+                        clock: &self.clock,
+                        touched: &mut touched,
+                        dense: &dense,
+                    };
+                    (visit, Changed::Touched)
+                }
+                (None, ShardGrad::Dense(_)) => (update::Visit::All, Changed::All),
+                (None, ShardGrad::Sparse(_)) => (update::Visit::Live(&touched), Changed::Live),
+            };
+            let bad = update::apply(
+                step_args,
+                &mut s.params,
+                &mut s.grad,
+                &mut s.state,
+                &mut s.live,
+                visit,
+                |i| !roles.is_intercept(start + i),
+            );
+            if changed != Changed::Touched {
+                touched.clear();
+            }
+            s.pending = touched;
+            s.mark(changed);
+            if let Some(i) = bad {
+                return Err(Failure::from(&update::diverged(
+                    epoch,
+                    step,
+                    start + i,
+                    s.params[i],
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// L-BFGS: observes the full-batch loss and gradient at the point the
+    /// workers evaluated, and emits the next point to evaluate, the
+    /// accepted iterate (an evaluation round), or the final one.
+    fn lbfgs_round(&mut self, sums: &BTreeMap<u32, ShardGrad>, loss: f64, rows: u64) -> Emission {
+        let Some(full) = self.shards.first() else {
+            return Vec::new();
+        };
+        let (roles, fit_intercept) = (&self.roles, self.fit_intercept);
+        let start = full.range.start;
+        let grad: Vec<f64> = sums
+            .get(&full.id)
+            .map_or_else(Vec::new, |g| g.to_dense(full.range.len()))
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| Self::mean_at(roles, fit_intercept, rows, start + i, g))
+            .collect();
+        let Mode::Lbfgs {
+            opt,
+            converged,
+            evaluations,
+        } = &mut self.mode
+        else {
+            return Vec::new();
+        };
+        *evaluations += 1;
+        let loss = loss / rows.max(1) as f64;
+        let (phase, x) = match opt.observe(loss, &grad) {
+            // Full batch: every evaluation is step 0 of epoch 0.
+            Next::Evaluate(p) => (Phase::Train { epoch: 0, step: 0 }, p),
+            Next::Accepted {
+                objective,
+                converged: c,
+            } => {
+                *converged = c;
+                let phase = Phase::Eval {
+                    epoch: opt.iterations(),
+                    steps: *evaluations,
+                    objective: Some(objective),
+                };
+                (phase, opt.iterate().to_vec())
+            }
+            Next::Stalled => {
+                let phase = Phase::Final {
+                    epochs: opt.iterations(),
+                    objective: Some(opt.objective_value()),
+                };
+                (phase, opt.iterate().to_vec())
+            }
+        };
+        self.set_all(&x);
+        self.send(phase, 0, false)
+    }
 }
 
 impl Owner for Driver {
@@ -475,173 +637,29 @@ impl Owner for Driver {
                 ),
             ));
         }
-        let roles = &self.roles;
-        let fit_intercept = self.fit_intercept;
-        // The mean gradient of coordinate `i` (absolute index) from its sum.
-        let mean_at = move |i: usize, g: f64| -> f64 {
-            update::mean(g, rows, !fit_intercept && roles.is_intercept(i))
-        };
-        let mean = |range: &Range<usize>, sum: &[f64]| -> Vec<f64> {
-            sum.iter()
-                .enumerate()
-                .map(|(i, &g)| mean_at(range.start + i, g))
-                .collect()
-        };
-        match &mut self.mode {
-            Mode::Average {
+        match &self.mode {
+            &Mode::Average {
                 steps_per_epoch,
                 sync_every,
             } => {
-                let k = (*sync_every).min(*steps_per_epoch - step);
                 if rows > 0 {
-                    for s in &mut self.shards {
-                        if let Some(sum) = sums.get(&s.id) {
-                            // Σ rows_w · replica_w / Σ rows_w
-                            let sum = sum.to_dense(s.range.len());
-                            s.params = sum.iter().map(|v| v / rows as f64).collect();
-                            s.changed = Changed::All;
-                        }
-                    }
+                    self.average_replicas(sums, rows);
                 }
-                let steps_per_epoch = *steps_per_epoch;
+                let k = sync_every.min(steps_per_epoch - step);
                 Ok(self.advance(epoch, step, k, steps_per_epoch))
             }
-            Mode::FirstOrder {
+            &Mode::FirstOrder {
                 spec,
                 steps_per_epoch,
             } => {
                 if rows > 0 {
-                    let step_args = update::Step {
-                        spec,
-                        lr: update::rate(spec, self.steps, epoch),
-                        penalty: self.penalty,
-                    };
-                    if self.shards.iter().any(|s| s.lazy.is_some()) {
-                        self.clock.tick(step_args.lr, self.penalty);
-                    }
-                    for s in &mut self.shards {
-                        let Some(sum) = sums.get(&s.id) else { continue };
-                        let start = s.range.start;
-                        let n = s.range.len();
-                        if s.grad.len() != n {
-                            s.grad = vec![0.0; n];
-                        }
-                        let mut touched = std::mem::take(&mut s.pending);
-                        debug_assert!(touched.is_empty(), "every fold emits");
-                        // An eager dense step visits every coordinate and
-                        // needs no list of them.
-                        let listed = s.lazy.is_some();
-                        match sum {
-                            ShardGrad::Dense(v) => v.iter().enumerate().for_each(|(i, &g)| {
-                                s.grad[i] = mean_at(start + i, g);
-                                if listed {
-                                    touched.push(i);
-                                }
-                            }),
-                            ShardGrad::Sparse(e) => e.iter().for_each(|&(i, g)| {
-                                s.grad[i as usize] = mean_at(start + i as usize, g);
-                                touched.push(i as usize);
-                            }),
-                        }
-                        let dense = |i: usize| roles.is_dense(start + i);
-                        let (visit, changed) = match (s.lazy.as_mut(), sum) {
-                            (Some(lazy), _) => {
-                                // Candidates: every row's coordinates and
-                                // those with a sum; the others wait.
-                                touched.extend_from_slice(&s.dense);
-                                touched.sort_unstable();
-                                touched.dedup();
-                                let visit = update::Visit::Lazy {
-                                    lazy,
-                                    clock: &self.clock,
-                                    touched: &mut touched,
-                                    dense: &dense,
-                                };
-                                (visit, Changed::Touched)
-                            }
-                            (None, ShardGrad::Dense(_)) => (update::Visit::All, Changed::All),
-                            (None, ShardGrad::Sparse(_)) => {
-                                (update::Visit::Live(&touched), Changed::Live)
-                            }
-                        };
-                        let bad = update::apply(
-                            step_args,
-                            &mut s.params,
-                            &mut s.grad,
-                            &mut s.state,
-                            &mut s.live,
-                            visit,
-                            |i| !roles.is_intercept(start + i),
-                        );
-                        if changed == Changed::Touched {
-                            s.pending = touched;
-                        } else {
-                            touched.clear();
-                            s.pending = touched;
-                        }
-                        s.mark(changed);
-                        if let Some(i) = bad {
-                            return Err(Failure::from(&update::diverged(
-                                epoch,
-                                step,
-                                start + i,
-                                s.params[i],
-                            )));
-                        }
-                    }
+                    self.step_shards(&spec, sums, rows, epoch, step)?;
                 }
-                let steps_per_epoch = *steps_per_epoch;
                 Ok(self.advance(epoch, step, 1, steps_per_epoch))
             }
-            Mode::Lbfgs {
-                opt,
-                converged,
-                evaluations,
-            } => {
-                if self.shards.is_empty() {
-                    return Ok(Vec::new());
-                }
-                *evaluations += 1;
-                let full = &self.shards[0];
-                let sum = sums
-                    .get(&full.id)
-                    .map_or_else(Vec::new, |g| g.to_dense(full.range.len()));
-                let grad = mean(&full.range, &sum);
-                let loss = loss / rows.max(1) as f64;
-                match opt.observe(loss, &grad) {
-                    Next::Evaluate(p) => {
-                        // Full batch: every evaluation is step 0 of epoch 0.
-                        self.set_all(&p);
-                        Ok(self.send(Phase::Train { epoch: 0, step: 0 }, 0, false))
-                    }
-                    Next::Accepted {
-                        objective,
-                        converged: c,
-                    } => {
-                        *converged = c;
-                        let phase = Phase::Eval {
-                            epoch: opt.iterations(),
-                            steps: *evaluations,
-                            objective: Some(objective),
-                        };
-                        let x = opt.iterate().to_vec();
-                        self.set_all(&x);
-                        Ok(self.send(phase, 0, false))
-                    }
-                    Next::Stalled => {
-                        let phase = Phase::Final {
-                            epochs: opt.iterations(),
-                            objective: Some(opt.objective_value()),
-                        };
-                        let x = opt.iterate().to_vec();
-                        self.set_all(&x);
-                        Ok(self.send(phase, 0, false))
-                    }
-                }
-            }
+            Mode::Lbfgs { .. } => Ok(self.lbfgs_round(sums, loss, rows)),
         }
     }
-
     /// Applies the collector's decision after an evaluation round.
     fn on_control(&mut self, control: &Control) -> Emission {
         let Some(Phase::Eval {

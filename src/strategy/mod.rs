@@ -130,3 +130,31 @@ pub fn step_plan(pipeline: &spec::Pipeline, train_rows: &[usize]) -> StepPlan {
     let batch = pipeline.optimizer.first_order().map(|f| f.batch_size);
     StepPlan::new(train_rows, batch, pipeline.data.units_per_step)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_strategy_of_the_pipeline_has_its_module() {
+        for s in [
+            spec::Strategy::Allreduce,
+            spec::Strategy::ParamServer,
+            spec::Strategy::ModelAverage,
+            spec::Strategy::ModelParallel,
+        ] {
+            assert_eq!(of(s).name(), s.name());
+        }
+        let layout = Layout { k: 2, d: 99, p: 3 };
+        assert_eq!(
+            of(spec::Strategy::Allreduce).params_per_worker(layout, 4),
+            200
+        );
+        assert_eq!(
+            of(spec::Strategy::ModelParallel).params_per_worker(layout, 4),
+            52
+        );
+        assert!(of(spec::Strategy::ModelParallel).reads_every_row());
+        assert!(!of(spec::Strategy::ParamServer).reads_every_row());
+    }
+}
