@@ -23,22 +23,11 @@ REPS=${REPS:-3}
 EPOCHS=3
 mkdir -p "$OUT"
 
-declare -A WORKLOAD=(
-  [w1]="benches/w1.toml --set data.train=$BENCH_DATA/dense_train.parquet --set 'data.validation={path=\"$BENCH_DATA/dense_test.parquet\"}'"
-  [nyc22]="pipelines/nycflights.toml --set data.hash_bits=22"
-)
-declare -A STRATEGY=(
-  [allreduce]="--set train.strategy=allreduce"
-  [ps-s4]="--set train.strategy=param-server --set train.staleness=4"
-  [ps-async]="--set train.strategy=param-server --set train.staleness=async"
-  [model-average]="--set train.strategy=model-average --set train.sync_every=16"
-  [model-parallel]="--set train.strategy=model-parallel"
-)
+source benches/workloads.sh
 # workload:strategy:layout (t<N>: N worker threads; p2: 2 processes)
 CONFIGS=${CONFIGS:-"w1:allreduce:t1 w1:allreduce:t2 w1:allreduce:p2 w1:ps-s4:t2 w1:ps-async:t2 w1:model-average:t2 w1:model-parallel:t2
 nyc22:allreduce:t1 nyc22:allreduce:t2 nyc22:allreduce:p2 nyc22:ps-s4:t2 nyc22:ps-async:t2 nyc22:model-average:t2 nyc22:model-parallel:t2"}
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run() { # bin tag workload strategy layout rep
   local bin=$1 tag=$2 w=$3 s=$4 l=$5 r=$6 dir="$OUT/$3-$4-$5"

@@ -20,20 +20,9 @@ cargo build --release --quiet
 BIN=$PWD/target/release/tidemill
 TIME=/usr/bin/time
 
-declare -A WORKLOAD=(
-  [w1]="benches/w1.toml --set data.train=$BENCH_DATA/dense_train.parquet --set 'data.validation={path=\"$BENCH_DATA/dense_test.parquet\"}'"
-  [nyc22]="pipelines/nycflights.toml --set data.hash_bits=22"
-)
-declare -A STRATEGY=(
-  [allreduce]="--set train.strategy=allreduce"
-  [ps-s4]="--set train.strategy=param-server --set train.staleness=4"
-  [ps-async]="--set train.strategy=param-server --set train.staleness=async"
-  [model-average]="--set train.strategy=model-average --set train.sync_every=16"
-  [model-parallel]="--set train.strategy=model-parallel"
-)
+source benches/workloads.sh
 read -r -a STRATEGIES <<< "${STRATEGIES:-allreduce ps-s4 ps-async model-average model-parallel}"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run() { # workload strategy layout
   local w=$1 s=$2 l=$3 dir="$OUT/$1/$3"

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
+use super::model_average;
 use crate::dataflow::fold::{Emission, Owner, ShardGrad};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
@@ -437,13 +438,12 @@ impl Driver {
         update::mean(g, rows, !fit_intercept && roles.is_intercept(i))
     }
 
-    /// `model-average`: the owned shards become `Σ rows_w · replica_w /
-    /// Σ rows_w`, from the sums of `rows · replica`.
+    /// `model-average`: the owned shards become the replicas' average
+    /// ([`model_average::average`]).
     fn average_replicas(&mut self, sums: &BTreeMap<u32, ShardGrad>, rows: u64) {
         for s in &mut self.shards {
             if let Some(sum) = sums.get(&s.id) {
-                let sum = sum.to_dense(s.range.len());
-                s.params = sum.iter().map(|v| v / rows as f64).collect();
+                s.params = model_average::average(sum, s.range.len(), rows);
                 s.changed = Changed::All;
             }
         }

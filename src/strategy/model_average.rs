@@ -5,8 +5,9 @@
 //! its optimizer state; only the weights are averaged.
 //!
 //! The policy lives here: the worker side is [`LocalSteps`] (a
-//! [`Replica`] for the gradient operator), the owner side the averaging
-//! [`OwnerStep::Average`] of the shared sharded loop.
+//! [`Replica`] for the gradient operator), the owner side [`average`],
+//! which the shared sharded loop's owners apply under
+//! [`OwnerStep::Average`].
 
 use std::ops::Range;
 
@@ -15,6 +16,7 @@ use timely::worker::Worker;
 use super::driver::OwnerStep;
 use super::sharded::{self, Sharding};
 use super::{LoopInput, LoopOutcome, Strategy};
+use crate::dataflow::fold::ShardGrad;
 use crate::dataflow::gradient::{Replica, Workspace};
 use crate::dataflow::{bound_message, loss_message, Failure, ShardValues};
 use crate::error::Error;
@@ -69,6 +71,13 @@ impl Strategy for ModelAverage {
             },
         )
     }
+}
+
+/// The owners' side: a shard of `len` parameters from the exact sum over
+/// the workers of `rows_w · replica_w`, where the workers trained `rows`
+/// rows in all: `Σ rows_w · replica_w / Σ rows_w`.
+pub fn average(sum: &ShardGrad, len: usize, rows: u64) -> Vec<f64> {
+    sum.to_dense(len).iter().map(|v| v / rows as f64).collect()
 }
 
 /// Local training of a replica: the worker applies the optimizer itself
