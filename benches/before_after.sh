@@ -5,7 +5,8 @@
 # (W1: dense synthetic logistic, 4M × 32; nyc22: nycflights hashed into
 # 2^22 slots). Per configuration: the median steady epoch time (mean of
 # epochs 2 and 3, from the metrics file) of each binary over $REPS runs, the
-# ratio new / old, and whether the two binaries wrote the same model bytes
+# ratio new / old, whether the two binaries wrote the same model bytes and
+# the same validation losses to the last bit, every epoch
 # ("timing-dependent" where runs of the old binary already differ:
 # param-server with staleness).
 #
@@ -61,8 +62,11 @@ def steady(path):
     recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
     recs = [r for r in recs if "elapsed_s" in r]
     return (recs[-1]["elapsed_s"] - recs[0]["elapsed_s"]) / (len(recs) - 1)
-print("| workload | strategy | layout | old steady epoch s | new steady epoch s | new / old | same model |")
-print("|---|---|---|---|---|---|---|")
+def losses(path):
+    recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [(r.get("validation") or {}).get("loss") for r in recs if "elapsed_s" in r]
+print("| workload | strategy | layout | old steady epoch s | new steady epoch s | new / old | same model | same validation losses |")
+print("|---|---|---|---|---|---|---|---|")
 ratios = []
 for d in sorted(p for p in out.iterdir() if p.is_dir()):
     w, rest = d.name.split("-", 1)
@@ -75,7 +79,12 @@ for d in sorted(p for p in out.iterdir() if p.is_dir()):
         same = "timing-dependent"
     else:
         same = "yes" if set(models["new"]) == set(models["old"]) else "NO"
+    curves = {tag: {repr(losses(p)) for p in d.glob(f"{tag}.*.jsonl")} for tag in ("old", "new")}
+    if same == "timing-dependent":
+        same_losses = "timing-dependent"
+    else:
+        same_losses = "yes" if curves["old"] == curves["new"] and len(curves["old"]) == 1 else "NO"
     ratios.append(t["new"] / t["old"])
-    print(f"| {w} | {s} | {l} | {t['old']:.3f} | {t['new']:.3f} | {t['new']/t['old']:.3f} | {same} |")
+    print(f"| {w} | {s} | {l} | {t['old']:.3f} | {t['new']:.3f} | {t['new']/t['old']:.3f} | {same} | {same_losses} |")
 print(f"\ngeometric mean of new / old: {statistics.geometric_mean(ratios):.3f} over {len(ratios)} configurations")
 EOF

@@ -12,17 +12,22 @@
 //!
 //! ## Map
 //!
+//! Layers from the bottom up (each imports only those below it; see
+//! `docs/architecture.md`): spec, source, plan, data, model and optim,
+//! metrics, dataflow, strategy, train (with predict), cli; error, exact,
+//! io, memory and cluster are the foundation.
+//!
 //! | module | what lives there |
 //! |---|---|
 //! | [`spec`] | the pipeline file: raw serde structs → validated spec |
 //! | [`source`] | where rows come from: Parquet files, footers, units, the [`source::DataSource`] interface |
 //! | [`plan`] | the job plan: files, units, columns and types every worker agrees on |
 //! | [`data`] | partitioning, the windowed unit reader, decoding to `f32` blocks |
-//! | [`model`] | linear family: layout, losses, prediction, model file |
-//! | [`optim`] | pure optimizer steps (SGD, momentum, AdaGrad, Adam), L-BFGS/OWL-QN |
+//! | [`model`] | the [`model::Model`] interface and parameter roles; the linear family: layout, losses, prediction, model file |
+//! | [`optim`] | pure optimizer steps (SGD, momentum, AdaGrad, Adam, FTRL), the one step every strategy takes, lazy updates, L-BFGS/OWL-QN |
 //! | [`exact`] | fixed-point sums that make results independent of worker count |
 //! | [`dataflow`] | timely operators: scan, gradients, fold, metrics collector |
-//! | [`strategy`] | distribution strategies built from those operators |
+//! | [`strategy`] | the [`strategy::Strategy`] interface, one module per strategy, built from those operators |
 //! | [`train`] | running a job; the job description processes compare |
 //! | [`cluster`] | workers, processes, addresses; the handshake that starts a cluster |
 //! | [`metrics`] | metric definitions and JSON-lines records |

@@ -26,7 +26,7 @@ impl Scorer {
     /// Loads a model file.
     pub fn load(path: &std::path::Path) -> Result<Scorer> {
         let file = ModelFile::load(path)?;
-        let model = Box::new(file.to_model(path)?);
+        let model = file.load_model(path)?;
         Ok(Scorer {
             path: path.to_path_buf(),
             file,

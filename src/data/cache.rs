@@ -78,11 +78,12 @@ struct CachedWindow {
 }
 
 /// One cached unit: its windows (segments are cut where they end) and its
-/// held-out rows.
+/// held-out rows, as one block: metrics add a block's rows in `f64` and
+/// round once, so the blocks they see are part of what they compute.
 #[derive(Debug)]
 struct Cached {
     windows: Vec<CachedWindow>,
-    validation: Vec<Block>,
+    validation: Block,
 }
 
 impl Cached {
@@ -91,7 +92,7 @@ impl Cached {
         let mut reader = Windows::open(source, unit, &s.spec, s.label(), split, Rows::Both, false)?;
         let mut cached = Cached {
             windows: Vec::new(),
-            validation: Vec::new(),
+            validation: Block::default(),
         };
         let mut start = 0;
         while let Some(w) = reader.next(&s.spec, s.label())? {
@@ -102,7 +103,7 @@ impl Cached {
                 train: w.data.train,
                 order: None,
             });
-            cached.validation.push(w.data.validation);
+            cached.validation.append(w.data.validation);
             start += rows;
         }
         Ok(cached)
@@ -313,6 +314,8 @@ impl WorkerData {
             if self.validation_files.is_none() {
                 let mut blocks = Vec::new();
                 for unit in mine {
+                    // One block per unit, as metrics see a cached unit.
+                    let mut block = Block::default();
                     let mut reader = Windows::open(
                         &**v,
                         unit,
@@ -323,8 +326,9 @@ impl WorkerData {
                         false,
                     )?;
                     while let Some(w) = reader.next(&spec.spec, spec.label())? {
-                        blocks.push(w.data.train);
+                        block.append(w.data.train);
                     }
+                    blocks.push(block);
                 }
                 self.validation_files = Some(blocks);
             }
@@ -335,7 +339,7 @@ impl WorkerData {
             return Ok(()); // no validation rows: nothing to read
         }
         if feed.cache {
-            self.cached.values().flat_map(|c| &c.validation).for_each(f);
+            self.cached.values().map(|c| &c.validation).for_each(f);
             return Ok(());
         }
         let epoch = self.epoch.unwrap_or(0);
@@ -412,6 +416,8 @@ mod tests {
     struct Run {
         fed: Vec<Fed>,
         validation: Vec<(u64, f32, f64)>,
+        /// Blocks the validation rows came in.
+        validation_blocks: usize,
         units: Vec<Unit>,
     }
 
@@ -457,6 +463,7 @@ mod tests {
             .collect();
         let mut fed = Vec::new();
         let mut validation = Vec::new();
+        let mut validation_blocks = 0;
         for epoch in 0..2 {
             let mut this = Fed::new();
             for (w, data) in workers.iter_mut().enumerate() {
@@ -474,6 +481,7 @@ mod tests {
                 }
                 if epoch == 0 {
                     data.validation(|block| {
+                        validation_blocks += 1;
                         validation.extend(
                             (0..block.rows)
                                 .map(|i| (block.file_row[i], block.dense[i * 2], block.label[i])),
@@ -487,6 +495,7 @@ mod tests {
         Run {
             fed,
             validation,
+            validation_blocks,
             units,
         }
     }
@@ -511,6 +520,9 @@ mod tests {
                 "{partition}: cache changes what is fed"
             );
             assert_eq!(cached.validation, streamed.validation, "{partition}");
+            // Metrics round once per block: a cached unit's held-out rows
+            // (10,000-row units, windows of 8192) reach them as one block.
+            assert_eq!(cached.validation_blocks, cached.units.len(), "{partition}");
             for (epoch, fed) in cached.fed.iter().enumerate() {
                 let mut rows: Vec<u64> = Vec::new();
                 for (_, _, seg) in fed {

@@ -73,6 +73,22 @@ impl Block {
         self.rows += idx.len();
     }
 
+    /// Appends every row of `other` (same feature layout), moving them.
+    pub fn append(&mut self, mut other: Block) {
+        if self.rows == 0 {
+            self.p = other.p;
+            self.c = other.c;
+        }
+        self.rows += other.rows;
+        self.dense.append(&mut other.dense);
+        self.raw.append(&mut other.raw);
+        self.hashed.append(&mut other.hashed);
+        self.signs.append(&mut other.signs);
+        self.label.append(&mut other.label);
+        self.tokens.append(&mut other.tokens);
+        self.file_row.append(&mut other.file_row);
+    }
+
     /// Removes every row, keeping the buffers.
     pub fn clear(&mut self) {
         self.rows = 0;

@@ -86,6 +86,8 @@ pub struct Workspace<'a> {
     pub data: &'a mut WorkerData,
     /// The model; its parameters are what the owners sent, then the replica.
     pub model: &'a mut dyn Model,
+    /// The roles of its parameters.
+    pub roles: &'a Roles,
     /// Per-row scratch of the gradient computation.
     pub scratch: &'a mut Scratch,
     /// The exact accumulator, all zero on entry; on return it holds the
@@ -377,6 +379,7 @@ impl State {
                     let ws = Workspace {
                         data: &mut self.ctx.data,
                         model: self.ctx.model.as_mut(),
+                        roles: &self.ctx.roles,
                         scratch: &mut self.scratch,
                         acc: &mut self.acc,
                     };

@@ -390,8 +390,14 @@ impl ModelFile {
         )
     }
 
-    /// The in-memory model: every weight where the layout puts it, every
-    /// name the file gives a weight to known, none given twice.
+    /// The model the file holds, ready to predict: where reading chooses
+    /// the model, as [`super::build`] does for training.
+    pub fn load_model(&self, path: &Path) -> Result<Box<dyn super::Model>> {
+        Ok(Box::new(self.to_model(path)?))
+    }
+
+    /// The in-memory linear model: every weight where the layout puts it,
+    /// every name the file gives a weight to known, none given twice.
     pub fn to_model(&self, path: &Path) -> Result<LinearModel> {
         let layout = Layout::new(self.kind, &self.features);
         let bad = |message: String| Error::Model {

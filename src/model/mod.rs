@@ -85,6 +85,17 @@ pub fn build(kind: ModelKind, features: &FeatureSpec, init: Option<&[f64]>) -> B
     })
 }
 
+/// Parameters of a `kind` model of these features (what [`build`] makes).
+pub fn param_count(kind: ModelKind, features: &FeatureSpec) -> usize {
+    Layout::new(kind, features).len()
+}
+
+/// The roles of the parameters of a `kind` model of these features,
+/// without building it.
+pub fn roles(kind: ModelKind, features: &FeatureSpec) -> Roles {
+    Layout::new(kind, features).roles()
+}
+
 /// A set of parameter indices, one bit each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Mask(Vec<u64>);
@@ -108,27 +119,37 @@ impl Mask {
 /// owners see them: intercepts are never penalised; dense parameters are
 /// touched by every step (the others only by the rows that read them,
 /// which lazy updates and sparse messages exploit).
+///
+/// The linear family answers by arithmetic on its [`Layout`] (no memory
+/// per parameter); any other model gives its roles as per-parameter masks
+/// ([`Roles::new`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roles {
     len: usize,
-    intercept: Mask,
-    dense: Mask,
     dense_list: Vec<usize>,
+    kind: RoleKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RoleKind {
+    Linear(Layout),
+    Masks { intercept: Mask, dense: Mask },
 }
 
 impl Roles {
-    /// Roles of `len` parameters.
+    /// Roles of `len` parameters, given as predicates (kept as bit masks).
     pub fn new(
         len: usize,
         intercept: impl Fn(usize) -> bool,
         dense: impl Fn(usize) -> bool,
     ) -> Roles {
-        let dense_list = (0..len).filter(|&i| dense(i)).collect();
         Roles {
             len,
-            intercept: Mask::new(len, intercept),
-            dense: Mask::new(len, dense),
-            dense_list,
+            dense_list: (0..len).filter(|&i| dense(i)).collect(),
+            kind: RoleKind::Masks {
+                intercept: Mask::new(len, intercept),
+                dense: Mask::new(len, dense),
+            },
         }
     }
 
@@ -145,13 +166,19 @@ impl Roles {
     /// Is parameter `i` an intercept (never penalised)?
     #[inline]
     pub fn is_intercept(&self, i: usize) -> bool {
-        self.intercept.has(i)
+        match &self.kind {
+            RoleKind::Linear(l) => i < self.len && l.is_intercept(i),
+            RoleKind::Masks { intercept, .. } => intercept.has(i),
+        }
     }
 
     /// Does every step touch parameter `i`?
     #[inline]
     pub fn is_dense(&self, i: usize) -> bool {
-        self.dense.has(i)
+        match &self.kind {
+            RoleKind::Linear(l) => i < self.len && l.is_dense(i),
+            RoleKind::Masks { dense, .. } => dense.has(i),
+        }
     }
 
     /// The parameters every step touches, increasing.
@@ -197,7 +224,11 @@ impl Layout {
 
     /// The roles of the parameters.
     pub fn roles(&self) -> Roles {
-        Roles::new(self.len(), |i| self.is_intercept(i), |i| self.is_dense(i))
+        Roles {
+            len: self.len(),
+            dense_list: self.dense_indices().collect(),
+            kind: RoleKind::Linear(*self),
+        }
     }
 
     /// True if there are no parameters (never for a valid model).
@@ -450,7 +481,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roles_answer_as_the_linear_layout_does() {
+    fn roles_answer_as_the_linear_layout_does_by_arithmetic_or_masks() {
         for layout in [
             Layout { k: 1, d: 5, p: 5 },
             Layout { k: 1, d: 9, p: 2 },

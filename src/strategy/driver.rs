@@ -287,12 +287,9 @@ impl Driver {
             })
             .collect();
         let mode = match pipeline.optimizer {
-            _ if average => Mode::Average {
+            _ if let OwnerStep::Average { sync_every } = policy.step => Mode::Average {
                 steps_per_epoch,
-                sync_every: match policy.step {
-                    OwnerStep::Average { sync_every } => sync_every,
-                    OwnerStep::Optimizer => 1,
-                },
+                sync_every,
             },
             OptimizerSpec::Lbfgs { memory, tolerance } => {
                 let n = roles.len();

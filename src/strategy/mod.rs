@@ -33,9 +33,9 @@ use crate::dataflow::gradient::FinalParams;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::Failure;
 use crate::metrics::sink::EpochRecord;
-use crate::model::Layout;
+use crate::model::{self, Model};
 use crate::plan::Plan;
-use crate::spec;
+use crate::spec::{self, ModelKind};
 
 /// What every strategy trains from, the same on every worker.
 pub struct LoopInput<'a> {
@@ -54,9 +54,15 @@ pub struct LoopInput<'a> {
 }
 
 impl LoopInput<'_> {
-    /// The layout of the parameter vector.
-    pub fn layout(&self) -> Layout {
-        Layout::new(self.plan.pipeline.model.kind, &self.spec)
+    /// The model at the starting parameters ([`model::build`]); a strategy
+    /// that holds the whole model builds it, one that splits it does not.
+    pub fn model(&self) -> Box<dyn Model> {
+        model::build(self.plan.pipeline.model.kind, &self.spec, self.init)
+    }
+
+    /// The roles of the model's parameters, without building it.
+    pub fn roles(&self) -> model::Roles {
+        model::roles(self.plan.pipeline.model.kind, &self.spec)
     }
 
     /// True if validation rows exist.
@@ -90,14 +96,15 @@ pub trait Strategy: Sync {
     /// Builds and runs the training dataflow on this worker.
     fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure>;
 
-    /// Parameters one worker holds on `workers` workers: the whole vector
-    /// unless the strategy splits the model.
-    fn params_per_worker(&self, layout: Layout, _workers: usize) -> u64 {
-        layout.len() as u64
+    /// Parameters one worker holds on `workers` workers, for a `kind`
+    /// model of these features: the whole vector unless the strategy
+    /// splits the model.
+    fn params_per_worker(&self, kind: ModelKind, features: &FeatureSpec, _workers: usize) -> u64 {
+        model::param_count(kind, features) as u64
     }
 
     /// What to do when each worker would hold more than `budget` parameters.
-    fn over_budget_hint(&self, _layout: Layout, _budget: u64) -> String {
+    fn over_budget_hint(&self, _kind: ModelKind, _features: &FeatureSpec, _budget: u64) -> String {
         "set train.strategy = \"model-parallel\": each worker then holds one block of the weights"
             .into()
     }
@@ -145,14 +152,31 @@ mod tests {
         ] {
             assert_eq!(of(s).name(), s.name());
         }
-        let layout = Layout { k: 2, d: 99, p: 3 };
+        // 3 classes, 2 numeric features and 2^4 hashed slots: 3 × (1 + 18).
+        let features = FeatureSpec {
+            label: "y".into(),
+            numeric: ["a", "b"]
+                .map(|n| crate::data::encode::NumericFeature {
+                    name: n.into(),
+                    fill: 0.0,
+                    center: 0.0,
+                    scale: 1.0,
+                })
+                .to_vec(),
+            categorical: vec!["c".into()],
+            hash_bits: 4,
+            on_missing: spec::OnMissing::Zero,
+            classes: Some(vec!["x".into(), "y".into(), "z".into()]),
+        };
+        let kind = ModelKind::Softmax;
         assert_eq!(
-            of(spec::Strategy::Allreduce).params_per_worker(layout, 4),
-            200
+            of(spec::Strategy::Allreduce).params_per_worker(kind, &features, 4),
+            57
         );
+        // The largest of 4 blocks: 3 × (1 + ⌈18 / 4⌉).
         assert_eq!(
-            of(spec::Strategy::ModelParallel).params_per_worker(layout, 4),
-            52
+            of(spec::Strategy::ModelParallel).params_per_worker(kind, &features, 4),
+            18
         );
         assert!(of(spec::Strategy::ModelParallel).reads_every_row());
         assert!(!of(spec::Strategy::ParamServer).reads_every_row());

@@ -21,7 +21,6 @@ use crate::dataflow::gradient::{Replica, Workspace};
 use crate::dataflow::{bound_message, loss_message, Failure, ShardValues};
 use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
-use crate::model::Roles;
 use crate::optim::lazy::{Clock, Lazy};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::OptimizerSpec;
@@ -39,13 +38,12 @@ impl Strategy for ModelAverage {
         let p = &input.plan.pipeline;
         let steps_per_epoch = input.steps.steps();
         let sync_every = p.train.sync_every.unwrap_or(steps_per_epoch).max(1);
-        let roles = input.layout().roles();
         let penalty = Penalty {
             l2: p.model.l2,
             l1: p.model.l1,
         };
         // As for the owners' steps: lazy updates only with hashed features.
-        let lazy = p.optimizer.first_order().is_some_and(|f| f.lazy) && roles.has_sparse();
+        let lazy = p.optimizer.first_order().is_some_and(|f| f.lazy) && input.roles().has_sparse();
         let replica = LocalSteps {
             spec: p.optimizer,
             penalty,
@@ -58,7 +56,6 @@ impl Strategy for ModelAverage {
             clock: Clock::default(),
             live: LiveSet::default(),
             mirror: Vec::new(),
-            roles,
         };
         sharded::run(
             worker,
@@ -107,8 +104,6 @@ pub struct LocalSteps {
     live: LiveSet,
     /// The parameters as the owners last sent them.
     mirror: Vec<f64>,
-    /// The roles of the model's parameters.
-    roles: Roles,
 }
 
 impl Replica for LocalSteps {
@@ -156,12 +151,12 @@ impl Replica for LocalSteps {
         let Workspace {
             data,
             model,
+            roles,
             scratch,
             acc,
         } = ws;
         data.prepare(epoch)?;
         let k = self.sync_every.min(self.steps_per_epoch - step);
-        let roles = &self.roles;
         let n = roles.len();
         if acc.len() != n {
             *acc = vec![Exact::default(); n];

@@ -13,6 +13,7 @@ use timely::worker::Worker;
 
 use super::{LoopInput, LoopOutcome, Strategy};
 use crate::data::cache::WorkerData;
+use crate::data::encode::FeatureSpec;
 use crate::dataflow::gradient::FinalParams;
 use crate::dataflow::margins::{BlockMsg, MarginContext, MarginMsg, MarginOut, MarginSteps};
 use crate::dataflow::{Failure, Phase};
@@ -20,6 +21,7 @@ use crate::error::Error;
 use crate::model::block::FeatureBlock;
 use crate::model::Layout;
 use crate::optim::Penalty;
+use crate::spec::ModelKind;
 
 /// The `model-parallel` strategy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,21 +37,22 @@ impl Strategy for ModelParallel {
     }
 
     /// The largest block.
-    fn params_per_worker(&self, layout: Layout, workers: usize) -> u64 {
-        FeatureBlock::split(layout, workers)
+    fn params_per_worker(&self, kind: ModelKind, features: &FeatureSpec, workers: usize) -> u64 {
+        FeatureBlock::split(Layout::new(kind, features), workers)
             .iter()
             .map(|b| b.len() as u64)
             .max()
             .unwrap_or(0)
     }
 
-    fn over_budget_hint(&self, layout: Layout, budget: u64) -> String {
+    fn over_budget_hint(&self, kind: ModelKind, features: &FeatureSpec, budget: u64) -> String {
+        let layout = Layout::new(kind, features);
         // The largest block holds k · (1 + ⌈d / w⌉) parameters.
         match (budget / layout.k as u64).checked_sub(1) {
             Some(per) if per > 0 => {
                 let w = (layout.d as u64).div_ceil(per).max(1) as usize;
                 let w = (w..w + 4)
-                    .find(|&w| self.params_per_worker(layout, w) <= budget)
+                    .find(|&w| self.params_per_worker(kind, features, w) <= budget)
                     .unwrap_or(w);
                 format!("run on at least {w} workers")
             }
@@ -76,7 +79,9 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
     let peers = worker.peers();
     let plan = Arc::clone(&input.plan);
     let p = &plan.pipeline;
-    let layout = input.layout();
+    // Blocks split the linear family's features: this strategy is specific
+    // to it.
+    let layout = Layout::new(p.model.kind, &input.spec);
     let init = input.init;
     let blocks = FeatureBlock::split(layout, peers);
     let block = blocks[index].clone();

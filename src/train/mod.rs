@@ -17,7 +17,7 @@ use crate::dataflow::{Failure, Phase};
 use crate::error::{Error, Location, Result};
 use crate::metrics::sink::EpochRecord;
 use crate::model::file::{ModelFile, TrainingSummary};
-use crate::model::{self, Layout, Model};
+use crate::model::{self, Model};
 use crate::plan::Plan;
 use crate::spec::{ModelKind, OnMissing, Pipeline};
 use crate::strategy::{self, step_plan, LoopInput};
@@ -244,7 +244,7 @@ fn warn_coarse_features(spec: &FeatureSpec, scan: &ScanResult) {
 /// workers: the whole vector for the data-parallel strategies, the largest
 /// block for `model-parallel`.
 pub fn params_per_worker(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> u64 {
-    strategy::of(p.train.strategy).params_per_worker(Layout::new(p.model.kind, spec), workers)
+    strategy::of(p.train.strategy).params_per_worker(p.model.kind, spec, workers)
 }
 
 /// Fails if a worker would hold more than `train.max_worker_params`.
@@ -256,9 +256,8 @@ fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), 
     if held <= budget {
         return Ok(());
     }
-    let layout = Layout::new(p.model.kind, spec);
-    let total = layout.len() as u64;
-    let hint = strategy::of(p.train.strategy).over_budget_hint(layout, budget);
+    let total = model::param_count(p.model.kind, spec) as u64;
+    let hint = strategy::of(p.train.strategy).over_budget_hint(p.model.kind, spec, budget);
     Err(Failure::from(&Error::PipelineValue {
         key: "train.max_worker_params".into(),
         message: format!(
