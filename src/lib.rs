@@ -15,7 +15,7 @@
 //! Layers from the bottom up (each imports only those below it; see
 //! `docs/architecture.md`): spec, source, plan, data, model and optim,
 //! metrics, dataflow, strategy, train (with predict), cli; error, exact,
-//! io, memory and cluster are the foundation.
+//! io, memory, cluster and checkpoint are the foundation.
 //!
 //! | module | what lives there |
 //! |---|---|
@@ -34,6 +34,7 @@
 //! | [`predict`] | scoring and evaluating tables with a saved model |
 //! | [`io`] | output sets committed atomically, temporary files, signals, bounded reads; Parquet / Arrow IPC in and out |
 //! | [`memory`] | known allocations checked against available memory |
+//! | [`checkpoint`] | checkpoint files: self-checking format, atomic store, retention |
 //!
 //! ## Example
 //!
@@ -44,6 +45,7 @@
 //! println!("{}", report.model.unwrap().to_json().unwrap());
 //! ```
 
+pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod data;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules from the bottom up; modules on one line share a layer
 /// (and may not import each other, except in the foundation).
 const LAYERS: &[&[&str]] = &[
-    &["error", "exact", "memory", "io", "cluster"],
+    &["error", "exact", "memory", "io", "cluster", "checkpoint"],
     &["spec"],
     &["source"],
     &["plan"],
