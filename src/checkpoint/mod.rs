@@ -1,7 +1,7 @@
 //! Checkpoint files: the storage half of fault tolerance.
 //!
 //! A checkpoint is an opaque payload (what the training loop saves is
-//! decided above this layer) in a self-checking file ([`format`]): a magic
+//! decided above this layer) in a self-checking file ([`format`](mod@format)): a magic
 //! string, a format version, the payload's length and its BLAKE3 digest.
 //! [`store::Store`] writes checkpoints atomically into a directory (a
 //! temporary file, fsync, rename, fsync of the directory), numbered by a
