@@ -19,6 +19,7 @@ use crate::metrics::sink::EpochRecord;
 use crate::model::file::{ModelFile, TrainingSummary};
 use crate::model::{self, Model};
 use crate::plan::Plan;
+use crate::source::DataSource;
 use crate::spec::{ModelKind, OnMissing, Pipeline};
 use crate::strategy::{self, step_plan, LoopInput};
 
@@ -50,7 +51,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     let rows: u64 = scan.train_rows.iter().sum();
     if rows == 0 {
         return Err(Failure::from(&Error::NoRows {
-            what: plan.train.files.describe(),
+            what: plan.train.describe(),
             purpose: "train on".into(),
         }));
     }
@@ -59,7 +60,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
         if !m.is_finite() {
             return Err(Failure::from(&Error::BadLabel {
                 location: Box::new(Location {
-                    file: plan.train.files.reference().path.clone(),
+                    file: plan.train.reference().to_path_buf(),
                     row_group: None,
                     column: Some(f.name.clone()),
                     row: None,
@@ -99,14 +100,14 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
                 if labels.len() < 2 {
                     return Err(Failure::from(&Error::BadLabel {
                         location: Box::new(Location {
-                            file: plan.train.files.reference().path.clone(),
+                            file: plan.train.reference().to_path_buf(),
                             row_group: None,
                             column: Some(d.label.clone()),
                             row: None,
                         }),
                         message: format!(
                             "softmax needs at least 2 label classes; the training rows of {} have {} ([{}])",
-                            plan.train.files.describe(),
+                            plan.train.describe(),
                             labels.len(),
                             labels.join(", ")
                         ),
