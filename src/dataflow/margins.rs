@@ -289,18 +289,13 @@ impl State {
                 );
             }
             let dense = |i: usize| block.is_dense(i);
-            let visit = match self.lazy.as_mut() {
-                Some(lazy) => {
-                    self.clock.tick(step_args.lr, self.ctx.penalty);
-                    update::Visit::Lazy {
-                        lazy,
-                        clock: &self.clock,
-                        touched: &mut touched,
-                        dense: &dense,
-                    }
-                }
-                None => update::Visit::Live(&touched),
-            };
+            let visit = update::Visit::own_clock(
+                step_args,
+                self.lazy.as_mut(),
+                &mut self.clock,
+                &mut touched,
+                &dense,
+            );
             let bad = update::apply(
                 step_args,
                 &mut self.theta,

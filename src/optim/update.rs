@@ -5,7 +5,7 @@
 //! coordinates it must visit → gradient buffer cleared → finite check.
 
 use super::lazy::{Clock, Lazy};
-use super::{step_at, FirstOrderState, LiveSet, Penalty};
+use super::{step, step_at, FirstOrderState, LiveSet, Penalty};
 use crate::error::Error;
 use crate::spec::OptimizerSpec;
 
@@ -65,6 +65,32 @@ pub enum Visit<'a> {
     },
 }
 
+impl<'a> Visit<'a> {
+    /// The visit of a step that owns its clock (a replica, a block): lazy
+    /// over the candidates in `touched` when `lazy` is set (ticking `clock`
+    /// for this step first), else eager over the live coordinates.
+    pub fn own_clock(
+        step: Step<'_>,
+        lazy: Option<&'a mut Lazy>,
+        clock: &'a mut Clock,
+        touched: &'a mut Vec<usize>,
+        dense: &'a dyn Fn(usize) -> bool,
+    ) -> Visit<'a> {
+        match lazy {
+            Some(lazy) => {
+                clock.tick(step.lr, step.penalty);
+                Visit::Lazy {
+                    lazy,
+                    clock,
+                    touched,
+                    dense,
+                }
+            }
+            None => Visit::Live(touched),
+        }
+    }
+}
+
 /// The optimizer and the step's rate and penalties.
 #[derive(Clone, Copy)]
 pub struct Step<'a> {
@@ -84,7 +110,7 @@ pub struct Step<'a> {
 /// Returns the first visited coordinate that is not finite after the step,
 /// if any: the caller fails the step with [`diverged`].
 pub fn apply(
-    step: Step<'_>,
+    step_args: Step<'_>,
     params: &mut [f64],
     grad: &mut [f64],
     state: &mut FirstOrderState,
@@ -92,7 +118,7 @@ pub fn apply(
     visit: Visit<'_>,
     penalised: impl Fn(usize) -> bool,
 ) -> Option<usize> {
-    let Step { spec, lr, penalty } = step;
+    let Step { spec, lr, penalty } = step_args;
     match visit {
         Visit::All => {
             for (i, &g) in grad.iter().enumerate() {
@@ -100,16 +126,7 @@ pub fn apply(
                     live.insert(i);
                 }
             }
-            step_at(
-                spec,
-                params,
-                grad,
-                state,
-                lr,
-                penalty,
-                penalised,
-                0..params.len(),
-            );
+            step(spec, params, grad, state, lr, penalty, penalised);
             grad.iter_mut().for_each(|g| *g = 0.0);
             params.iter().position(|w| !w.is_finite())
         }

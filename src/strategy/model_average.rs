@@ -228,18 +228,13 @@ impl Replica for LocalSteps {
                 penalty: self.penalty,
             };
             let dense = |i: usize| roles.is_dense(i);
-            let visit = match self.lazy.as_mut() {
-                Some(lazy) => {
-                    self.clock.tick(step_args.lr, self.penalty);
-                    update::Visit::Lazy {
-                        lazy,
-                        clock: &self.clock,
-                        touched: &mut touched,
-                        dense: &dense,
-                    }
-                }
-                None => update::Visit::Live(&touched),
-            };
+            let visit = update::Visit::own_clock(
+                step_args,
+                self.lazy.as_mut(),
+                &mut self.clock,
+                &mut touched,
+                &dense,
+            );
             let theta = model.params_mut();
             let bad = update::apply(
                 step_args,
