@@ -261,6 +261,17 @@ pub enum Error {
         /// The differing keys with both values, `key = there there, here here`.
         differences: String,
     },
+    /// A checkpoint cannot resume this job: it was written by another job
+    /// (other data, features, model or optimizer: the message names what
+    /// differs), another strategy layout, or another tidemill version.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        #[serde(with = "wire::path")]
+        path: PathBuf,
+        /// Why it cannot be used.
+        message: String,
+    },
     /// The cluster failed: a peer could not be reached in time, refused
     /// this process, or was lost.
     #[error("cluster: {0}")]
@@ -372,6 +383,7 @@ impl Error {
             | Error::Usage { .. }
             | Error::Hostfile { .. }
             | Error::JobMismatch { .. }
+            | Error::Checkpoint { .. }
             | Error::SamePath { .. } => 2,
             Error::Io { .. } | Error::Output { .. } | Error::NoFiles { .. } => 3,
             Error::Parquet { .. }

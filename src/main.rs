@@ -33,6 +33,11 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
+            let hint = tidemill::checkpoint::hint::resume_hint();
+            if !hint.is_empty() && matches!(e.exit_code(), 1 | 3 | 7) {
+                // A failure a rerun may get past: say where it resumes.
+                eprintln!("note: {}", hint.trim_start_matches("; "));
+            }
             ExitCode::from(e.exit_code())
         }
     }
@@ -53,7 +58,8 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
         // Exiting skips destructors: remove the temporary files here.
         let _ = tidemill::io::temp::discard_live();
         eprintln!(
-            "error: cluster: lost the connection to a peer process ({msg}); no output was written"
+            "error: cluster: lost the connection to a peer process ({msg}); no output was written{}",
+            tidemill::checkpoint::hint::resume_hint()
         );
         std::process::exit(7);
     }

@@ -10,9 +10,11 @@
 //! Which checkpoints to keep is a policy of its own ([`retention`]), kept
 //! apart from the I/O.
 //!
-//! Not yet here (issue 9): what the training loop saves and restores, the
-//! pipeline keys, `train --resume`.
+//! What a training job saves is decided by its strategy (the strategy
+//! layer's `snapshot` module); `train --resume` reads it back (the train
+//! layer's `resume` module).
 
 pub mod format;
+pub mod hint;
 pub mod retention;
 pub mod store;

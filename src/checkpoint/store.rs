@@ -58,6 +58,14 @@ impl Store {
         })
     }
 
+    /// The store in `dir` as it is: nothing is created or swept (for
+    /// reading only, e.g. to name the newest checkpoint in a message).
+    pub fn at(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

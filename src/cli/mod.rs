@@ -159,6 +159,11 @@ pub struct TrainArgs {
     /// model output (it is read before training).
     #[arg(long, value_name = "MODEL")]
     pub init_model: Option<PathBuf>,
+    /// Continue from the newest whole checkpoint in `output.checkpoint`
+    /// (train from the start if there is none). The checkpoint must come
+    /// from the same pipeline and data; see docs/fault-tolerance.md.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// `predict`.
@@ -313,7 +318,7 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(path) => Some(crate::train::warm::InitModel::load(path)?),
         None => None,
     };
-    let report = crate::train::run_plan(plan, init, &cluster)?;
+    let report = crate::train::run_job(plan, init, a.resume, &cluster)?;
     let Some(mut outputs) = outputs else {
         return Ok(());
     };

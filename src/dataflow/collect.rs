@@ -10,6 +10,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::rounds::Rounds;
+use super::snapshot::{Cadence, CollectorState, CollectorStates};
 use super::{Control, EvalMsg, Failure, Phase};
 use crate::error::Error;
 use crate::exact::Wide;
@@ -27,6 +28,12 @@ pub struct CollectContext {
     pub early_stopping: Option<EarlyStopping>,
     /// Where the records go (read by the caller on worker 0).
     pub records: Rc<RefCell<Vec<EpochRecord>>>,
+    /// Checkpoints: when they fall, and where the collector leaves its
+    /// state at each checkpointed boundary.
+    pub checkpoints: Option<(Cadence, CollectorStates)>,
+    /// A resumed job: the collector's state at the boundary it resumes
+    /// from (the records in `records` already).
+    pub resumed: Option<CollectorState>,
 }
 
 /// Extension trait: collect evaluation partials into metric records.
@@ -135,10 +142,40 @@ pub struct Epochs {
     early: EarlyStop,
     keeps_best: bool,
     started: Instant,
+    /// Seconds of training before `started` (a resumed job).
+    elapsed_before: f64,
     last_steps: u64,
 }
 
 impl Epochs {
+    /// The state to save at a boundary, with the records so far.
+    pub fn state(&self, records: &[EpochRecord]) -> Result<CollectorState, Error> {
+        let mut lines = String::new();
+        for r in records {
+            let line = serde_json::to_string(r)
+                .map_err(|e| Error::Internal(format!("cannot save an epoch record: {e}")))?;
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        let records = lines;
+        Ok(CollectorState {
+            records,
+            early_best: self.early.best,
+            early_since: self.early.since,
+            last_steps: self.last_steps,
+            elapsed_s: self.elapsed_before + self.started.elapsed().as_secs_f64(),
+            replicas: Vec::new(),
+        })
+    }
+
+    /// Continues from a saved state (a resumed job).
+    pub fn resume(&mut self, state: &CollectorState) {
+        self.early.best = state.early_best;
+        self.early.since = state.early_since;
+        self.last_steps = state.last_steps;
+        self.elapsed_before = state.elapsed_s;
+    }
+
     /// The records of a run of a `kind` model, with or without validation
     /// rows, under an early-stopping rule; the clock starts now.
     pub fn new(kind: ModelKind, has_validation: bool, rule: Option<&EarlyStopping>) -> Epochs {
@@ -148,6 +185,7 @@ impl Epochs {
             early: EarlyStop::new(rule, kind),
             keeps_best: rule.is_some(),
             started: Instant::now(),
+            elapsed_before: 0.0,
             last_steps: 0,
         }
     }
@@ -168,7 +206,7 @@ impl Epochs {
         let record = EpochRecord {
             epoch: t.epoch,
             steps: t.steps,
-            elapsed_s: self.started.elapsed().as_secs_f64(),
+            elapsed_s: self.elapsed_before + self.started.elapsed().as_secs_f64(),
             train_loss: (t.train_rows > 0 && t.objective.is_none())
                 .then(|| t.train_loss.to_f64() / t.train_rows as f64),
             objective: t.objective,
@@ -186,6 +224,9 @@ impl Epochs {
 impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
     fn collect_metrics(self, ctx: CollectContext) -> StreamVec<'scope, u64, Control> {
         let mut epochs = Epochs::new(ctx.kind, ctx.has_validation, ctx.early_stopping.as_ref());
+        if let Some(state) = &ctx.resumed {
+            epochs.resume(state);
+        }
         self.unary_frontier(
             Exchange::new(|_m: &EvalMsg| 0u64),
             "CollectMetrics",
@@ -210,6 +251,7 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                         else {
                             continue;
                         };
+                        let mut replicas = Vec::new();
                         let mut totals = EpochTotals {
                             epoch,
                             steps,
@@ -217,6 +259,9 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             ..EpochTotals::default()
                         };
                         for m in msgs {
+                            if let Some(r) = m.replica {
+                                replicas.push(r);
+                            }
                             totals.bytes += m.bytes;
                             let staleness = &mut totals.staleness;
                             if staleness.len() < m.staleness.len() {
@@ -230,19 +275,36 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             totals.train_loss += m.train_loss;
                             totals.train_rows += m.train_rows;
                         }
+                        let stop_on = |e: &Error| Control {
+                            stop: true,
+                            best: false,
+                            failure: Some(Failure::from(e)),
+                        };
                         let EpochEnd { record, stop, best } = match epochs.close(totals) {
                             Ok(end) => end,
                             Err(e) => {
-                                output.session(&cap).give(Control {
-                                    stop: true,
-                                    best: false,
-                                    failure: Some(Failure::from(&e)),
-                                });
+                                output.session(&cap).give(stop_on(&e));
                                 continue;
                             }
                         };
                         log_epoch(&record);
                         ctx.records.borrow_mut().push(record);
+                        if let Some((cadence, states)) = &ctx.checkpoints {
+                            if cadence.due(epoch) {
+                                match epochs.state(&ctx.records.borrow()) {
+                                    Ok(mut state) => {
+                                        replicas.sort_by_key(|r| r.0);
+                                        state.replicas =
+                                            replicas.into_iter().map(|r| r.1).collect();
+                                        states.borrow_mut().insert(epoch, state);
+                                    }
+                                    Err(e) => {
+                                        output.session(&cap).give(stop_on(&e));
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
                         output.session(&cap).give(Control {
                             stop,
                             best,

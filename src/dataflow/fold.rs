@@ -10,6 +10,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Stream, StreamVec};
 
+use serde::{Deserialize, Serialize};
+
+use super::snapshot::OwnerPart;
 use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
 use crate::exact::{Bound, Exact, Wide};
 
@@ -63,6 +66,22 @@ pub trait Owner: 'static {
 
     /// Applies the collector's decision after an evaluation round.
     fn on_control(&mut self, control: &Control) -> Emission;
+
+    /// The owned shards' state at the boundary [`Owner::on_control`] just
+    /// passed, if that boundary is checkpointed.
+    fn take_snapshot(&mut self) -> Option<OwnerPart> {
+        None
+    }
+}
+
+/// What the fold emits: the next rounds' parameters into the feedback, and
+/// the owners' checkpoint parts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FoldOut {
+    /// Parameters for a later round.
+    Params(ParamMsg),
+    /// An owner's state at a checkpointed boundary.
+    Saved(OwnerPart),
 }
 
 /// The exact sum of one shard's partials: sparse if every partial is.
@@ -102,13 +121,13 @@ pub trait FoldShards<'scope> {
     /// Routes each [`GradMsg`] to its shard's owner, waits until a round is
     /// complete (the frontier has passed it, on gradients and control), then
     /// lets the [`Owner`] step and emits the [`ParamMsg`]s it releases, each
-    /// at the delay it asks for.
+    /// at the delay it asks for, and the owner's checkpoint parts.
     fn fold_shards(
         self,
         control: StreamVec<'scope, u64, Control>,
         owner: impl Owner,
         failure: Rc<RefCell<Option<Failure>>>,
-    ) -> StreamVec<'scope, u64, ParamMsg>;
+    ) -> StreamVec<'scope, u64, FoldOut>;
 }
 
 #[derive(Default)]
@@ -124,7 +143,7 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
         control: StreamVec<'scope, u64, Control>,
         mut driver: impl Owner,
         failure: Rc<RefCell<Option<Failure>>>,
-    ) -> StreamVec<'scope, u64, ParamMsg> {
+    ) -> StreamVec<'scope, u64, FoldOut> {
         let peers = self.scope().peers();
         let route = Exchange::new(move |m: &GradMsg| owner(m.shard, peers) as u64);
         self.binary_frontier(control, route, Local, "FoldShards", move |cap0, _info| {
@@ -136,7 +155,7 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                     for (delay, msg) in driver.start() {
                         output
                             .session(&cap.delayed(&(*cap.time() + delay)))
-                            .give(msg);
+                            .give(FoldOut::Params(msg));
                     }
                 }
                 grads.for_each(|cap, data| {
@@ -201,12 +220,18 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                             }
                         }
                     } else if let Some(c) = round.control.first() {
-                        driver.on_control(c)
+                        let next = driver.on_control(c);
+                        if let Some(part) = driver.take_snapshot() {
+                            output.session(&cap).give(FoldOut::Saved(part));
+                        }
+                        next
                     } else {
                         Vec::new()
                     };
                     for (delay, msg) in next {
-                        output.session(&cap.delayed(&(t + delay))).give(msg);
+                        output
+                            .session(&cap.delayed(&(t + delay)))
+                            .give(FoldOut::Params(msg));
                     }
                 }
             }

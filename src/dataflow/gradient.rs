@@ -12,6 +12,7 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::hooks::Hooks;
 use super::rounds::Rounds;
+use super::snapshot::Cadence;
 use super::{
     loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial, Phase,
     ShardValues, WorkerOut,
@@ -66,6 +67,9 @@ pub struct GradientContext {
     /// The reference validation labels are taken relative to (regression:
     /// the training label mean), the same on every worker.
     pub label_ref: Option<f64>,
+    /// Checkpoints, if the job takes them: replicas send their state with
+    /// the evaluation of a checkpointed boundary.
+    pub cadence: Option<Cadence>,
 }
 
 /// Reading ahead of the slowest worker: the mechanism of bounded staleness.
@@ -118,6 +122,10 @@ pub trait Replica {
         epoch: u32,
         step: u64,
     ) -> Result<(Vec<usize>, Wide, u64, Bound), Error>;
+
+    /// The replica's own state at an epoch boundary (its optimizer state,
+    /// not the weights, which the owners hold), for a checkpoint.
+    fn save(&self) -> Vec<u8>;
 }
 
 /// Extension trait: compute gradient partials from broadcast parameters.
@@ -413,6 +421,36 @@ impl State {
         }
     }
 
+    /// Answers a round with `failure` instead of results: every shard
+    /// owner (training) or the collector (evaluation) then stops.
+    fn fail_round(&self, msgs: &[ParamMsg], f: Failure, emit: &mut impl FnMut(WorkerOut)) {
+        match msgs.first().map(|m| m.phase) {
+            Some(Phase::Train { .. }) => {
+                for k in 0..self.ctx.shards.len() {
+                    emit(WorkerOut::Grad(GradMsg {
+                        shard: k as u32,
+                        values: Partial::Dense(Vec::new()),
+                        loss: Wide::default(),
+                        bound: Bound::default(),
+                        rows: 0,
+                        failure: Some(f.clone()),
+                    }));
+                }
+            }
+            Some(phase @ Phase::Eval { .. }) => emit(WorkerOut::Eval(Box::new(EvalMsg {
+                phase,
+                validation: EvalPartial::default(),
+                train_loss: Wide::default(),
+                train_rows: 0,
+                bytes: 0,
+                staleness: Vec::new(),
+                failure: Some(f),
+                replica: None,
+            }))),
+            _ => {}
+        }
+    }
+
     fn round(
         &mut self,
         msgs: Vec<ParamMsg>,
@@ -420,6 +458,14 @@ impl State {
         emit: &mut impl FnMut(WorkerOut),
     ) {
         if self.stopped {
+            return;
+        }
+        // Another operator of this worker failed (a checkpoint that could
+        // not be written): stop the job as a failed step would.
+        let elsewhere = self.ctx.failure.borrow().clone();
+        if let Some(f) = elsewhere {
+            self.stopped = true;
+            self.fail_round(&msgs, f, emit);
             return;
         }
         for m in &msgs {
@@ -480,16 +526,7 @@ impl State {
                     let f = Failure::from(&e);
                     *self.ctx.failure.borrow_mut() = Some(f.clone());
                     self.stopped = true;
-                    for k in 0..self.ctx.shards.len() {
-                        emit(WorkerOut::Grad(GradMsg {
-                            shard: k as u32,
-                            values: Partial::Dense(Vec::new()),
-                            loss: Wide::default(),
-                            bound: Bound::default(),
-                            rows: 0,
-                            failure: Some(f.clone()),
-                        }));
-                    }
+                    self.fail_round(&msgs, f, emit);
                 }
             },
             Phase::Eval { .. } => {
@@ -502,6 +539,12 @@ impl State {
                         (EvalPartial::default(), Some(f))
                     }
                 };
+                let saved = match (phase, &self.ctx.cadence, &self.ctx.replica) {
+                    (Phase::Eval { epoch, .. }, Some(c), Some(r)) if c.due(epoch) => {
+                        Some((self.ctx.index as u32, r.save()))
+                    }
+                    _ => None,
+                };
                 emit(WorkerOut::Eval(Box::new(EvalMsg {
                     phase,
                     validation,
@@ -510,6 +553,7 @@ impl State {
                     bytes: std::mem::take(&mut self.epoch_bytes),
                     staleness: std::mem::take(&mut self.staleness),
                     failure,
+                    replica: saved,
                 })));
             }
             Phase::Final { .. } if self.ctx.result.is_some() => {

@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod margins;
 pub mod rounds;
 pub mod scan;
+pub mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
@@ -355,6 +356,9 @@ pub struct EvalMsg {
     pub staleness: Vec<u64>,
     /// Set if the worker failed.
     pub failure: Option<Failure>,
+    /// The worker's replica state (worker index, its encoding), at a
+    /// checkpointed boundary of a strategy whose workers keep replicas.
+    pub replica: Option<(u32, Vec<u8>)>,
 }
 
 /// The collector's decision after an evaluation, sent to every shard owner.

@@ -40,7 +40,7 @@ pub struct ScanPartial {
 }
 
 /// The merged scan.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ScanResult {
     /// Training rows per training unit.
     pub train_rows: Vec<u64>,

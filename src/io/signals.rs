@@ -42,7 +42,10 @@ fn exit_on(signal: i32) -> ! {
     // Held until the process is gone: no commit starts after this.
     let _window = temp::commit_window();
     let removed = temp::live().discard_all();
-    eprintln!("error: interrupted by {name}; removed {removed} temporary file(s)");
+    eprintln!(
+        "error: interrupted by {name}; removed {removed} temporary file(s){}",
+        crate::checkpoint::hint::resume_hint()
+    );
     std::process::exit(128 + signal);
 }
 

@@ -200,6 +200,21 @@ impl Clock {
         }
     }
 
+    /// The stamps kept, oldest first (for a checkpoint).
+    pub fn stamps(&self) -> Vec<Stamp> {
+        self.stamps.iter().copied().collect()
+    }
+
+    /// The clock that keeps `stamps` (oldest first, one per step), as
+    /// [`Clock::stamps`] gave them; `None` if they are empty or not one
+    /// step apart.
+    pub fn from_stamps(stamps: Vec<Stamp>) -> Option<Clock> {
+        let consecutive = stamps.windows(2).all(|w| w[1].t == w[0].t + 1);
+        (!stamps.is_empty() && consecutive).then(|| Clock {
+            stamps: stamps.into(),
+        })
+    }
+
     /// Stamps kept.
     pub fn len(&self) -> usize {
         self.stamps.len()
@@ -300,6 +315,19 @@ impl Lazy {
     /// How untouched weights move.
     pub fn drift(&self) -> Drift {
         self.drift
+    }
+
+    /// The step each coordinate is current at (for a checkpoint; missing
+    /// coordinates are at step 0).
+    pub fn current_at(&self) -> &[u64] {
+        &self.last
+    }
+
+    /// These lazy updates with coordinates current at `last`, as
+    /// [`Lazy::current_at`] gave them.
+    pub fn resumed(mut self, last: Vec<u64>) -> Lazy {
+        self.last = last;
+        self
     }
 
     fn last(&mut self, i: usize) -> &mut u64 {
@@ -451,6 +479,15 @@ impl Reader {
             self.z.clone_from(&state.m);
             self.n.clone_from(&state.v);
         }
+        self
+    }
+
+    /// A reader that starts at `stamp` (a resumed job): every coordinate
+    /// is read from what the owners publish next, which is whole.
+    pub fn resume_at(mut self, stamp: Stamp) -> Reader {
+        self.clock = Clock {
+            stamps: [stamp].into(),
+        };
         self
     }
 

@@ -138,6 +138,14 @@ impl LiveSet {
         }
     }
 
+    /// The set of `indices` (in the order they became live), as
+    /// [`LiveSet::indices`] gave them.
+    pub fn from_indices(indices: &[usize]) -> LiveSet {
+        let mut set = LiveSet::default();
+        indices.iter().for_each(|&i| set.insert(i));
+        set
+    }
+
     /// The live coordinates, in the order they became live.
     pub fn indices(&self) -> &[usize] {
         &self.list

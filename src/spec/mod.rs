@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use raw::{RawData, RawModel, RawOptimizer, RawPaths, RawPipeline, RawTrain, RawValidation};
+use raw::{
+    RawData, RawModel, RawOptimizer, RawOutput, RawPaths, RawPipeline, RawTrain, RawValidation,
+};
 
 /// A validated pipeline: everything needed to train, nothing unchecked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -355,6 +357,78 @@ pub struct OutputSpec {
     pub model: Option<PathBuf>,
     /// Metrics JSONL.
     pub metrics: Option<PathBuf>,
+    /// Checkpoints, if asked for.
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// `[output] checkpoint*`: where and how often the training state is saved
+/// (see docs/fault-tolerance.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointSpec {
+    /// The directory of the checkpoint files.
+    pub dir: PathBuf,
+    /// A checkpoint every this many epochs (L-BFGS iterations), and after
+    /// the last one.
+    pub every: u32,
+    /// The newest checkpoints kept (at least 1).
+    pub keep: usize,
+}
+
+/// Checkpoints kept by default.
+pub const DEFAULT_CHECKPOINT_KEEP: usize = 3;
+
+/// `[output] checkpoint`, `checkpoint_every`, `checkpoint_keep`, checked.
+fn checkpoint_spec(o: &RawOutput) -> Result<Option<CheckpointSpec>> {
+    let Some(dir) = &o.checkpoint else {
+        for (key, set) in [
+            ("output.checkpoint_every", o.checkpoint_every.is_some()),
+            ("output.checkpoint_keep", o.checkpoint_keep.is_some()),
+        ] {
+            if set {
+                return Err(value_err(
+                    key,
+                    "has no effect without output.checkpoint = \"DIR\"",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if dir.is_empty() {
+        return Err(value_err("output.checkpoint", "names no directory"));
+    }
+    let every = match &o.checkpoint_every {
+        None => 1,
+        Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) => *n as u32,
+        Some(toml::Value::String(s)) if s.trim().ends_with("steps") || s.trim().ends_with("step") => {
+            return Err(value_err(
+                "output.checkpoint_every",
+                format!(
+                    "\"{s}\": checkpoints inside an epoch are not supported yet; checkpoints are taken at epoch boundaries: give a number of epochs (L-BFGS iterations)"
+                ),
+            ))
+        }
+        Some(v) => {
+            return Err(value_err(
+                "output.checkpoint_every",
+                format!("must be a whole number of epochs ≥ 1, got {v}"),
+            ))
+        }
+    };
+    let keep = match o.checkpoint_keep {
+        None => DEFAULT_CHECKPOINT_KEEP,
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => {
+            return Err(value_err(
+                "output.checkpoint_keep",
+                format!("must be at least 1, got {n}"),
+            ))
+        }
+    };
+    Ok(Some(CheckpointSpec {
+        dir: PathBuf::from(dir),
+        every,
+        keep,
+    }))
 }
 
 /// Settles `optimizer.lazy` (see [`crate::optim::lazy`]): by default lazy
@@ -507,6 +581,7 @@ impl Pipeline {
         let model = model_spec(raw.model, data.classes.as_deref())?;
         let optimizer = optimizer_spec(raw.optimizer, &model)?;
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
+        let checkpoint = checkpoint_spec(&raw.output)?;
         Ok(Pipeline {
             data,
             model,
@@ -515,6 +590,7 @@ impl Pipeline {
             output: OutputSpec {
                 model: raw.output.model.map(PathBuf::from),
                 metrics: raw.output.metrics.map(PathBuf::from),
+                checkpoint,
             },
         })
     }

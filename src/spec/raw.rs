@@ -183,4 +183,10 @@ pub struct RawOutput {
     pub model: Option<String>,
     /// Metrics, one JSON object per line.
     pub metrics: Option<String>,
+    /// Checkpoint directory.
+    pub checkpoint: Option<String>,
+    /// Checkpoint interval: epochs (L-BFGS iterations) as a number.
+    pub checkpoint_every: Option<toml::Value>,
+    /// Checkpoints kept.
+    pub checkpoint_keep: Option<i64>,
 }

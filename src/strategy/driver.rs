@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use super::model_average;
+use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, ShardState};
 use crate::dataflow::fold::{Emission, Owner, ShardGrad};
+use crate::dataflow::snapshot::{Cadence, OwnerPart};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
 use crate::exact::Bound;
@@ -225,6 +227,16 @@ pub struct Driver {
     steps: u64,
     /// Lazy updates: the steps applied, shared by the owned shards.
     clock: Clock,
+    /// This owner's worker index.
+    worker: u32,
+    /// When checkpoints fall (`None`: the job takes none).
+    cadence: Option<Cadence>,
+    /// The owned shards' state at the boundary just passed, if it is
+    /// checkpointed.
+    snapshot: Option<OwnerPart>,
+    /// A resumed job: the boundary it resumes at (epochs, objective, the
+    /// job ends there).
+    resumed: Option<(u32, Option<f64>, bool)>,
 }
 
 impl Driver {
@@ -327,6 +339,155 @@ impl Driver {
             in_flight: VecDeque::new(),
             steps: 0,
             clock: Clock::default(),
+            worker: 0,
+            cadence: None,
+            snapshot: None,
+            resumed: None,
+        }
+    }
+
+    /// Takes checkpoints at `cadence`, as worker `worker`'s owner.
+    pub fn checkpointed(mut self, worker: usize, cadence: Option<Cadence>) -> Driver {
+        self.worker = worker as u32;
+        self.cadence = cadence;
+        self
+    }
+
+    /// Continues from the boundary `saved` holds: the owned shards, the
+    /// optimizer's state and step count take its values, and the first
+    /// emission ([`Owner::start`]) is what the boundary released.
+    pub fn resume(&mut self, saved: &Saved) -> Result<(), Error> {
+        let d = &saved.driver;
+        for s in &mut self.shards {
+            let Some(at) = saved.shard(s.id) else {
+                return Err(Error::Internal(format!(
+                    "shard {} is missing from the checkpoint",
+                    s.id
+                )));
+            };
+            if at.params.len() != s.range.len() {
+                return Err(Error::Internal(format!(
+                    "shard {} holds {} parameters in the checkpoint, {} here",
+                    s.id,
+                    at.params.len(),
+                    s.range.len()
+                )));
+            }
+            s.params.clone_from(&at.params);
+            s.state = at.state.clone();
+            s.best.clone_from(&at.best);
+            s.live = LiveSet::from_indices(&at.live);
+            s.lazy = match (s.lazy.take(), &at.lazy) {
+                (Some(lazy), Some(last)) => Some(lazy.resumed(last.clone())),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::Internal(
+                        "the checkpoint and the job disagree on lazy updates".into(),
+                    ))
+                }
+            };
+            if s.lazy
+                .as_ref()
+                .is_some_and(|l| matches!(l.drift(), Drift::Ftrl { .. }))
+            {
+                // Readers compute FTRL's weights from its state: the first
+                // emission sends the state of every live coordinate.
+                s.pending = s.live.indices().to_vec();
+            }
+            s.sent = None;
+            s.changed = Changed::All;
+        }
+        self.steps = d.steps;
+        self.clock = Clock::from_stamps(d.clock.clone())
+            .ok_or_else(|| Error::Internal("the checkpoint's lazy clock is not whole".into()))?;
+        match (&mut self.mode, &d.lbfgs) {
+            (
+                Mode::Lbfgs {
+                    opt,
+                    converged,
+                    evaluations,
+                },
+                Some(at),
+            ) => {
+                **opt = at.opt.clone();
+                *converged = at.converged;
+                *evaluations = at.evaluations;
+            }
+            (Mode::Lbfgs { .. }, None) | (_, Some(_)) => {
+                return Err(Error::Internal(
+                    "the checkpoint and the job disagree on the optimizer".into(),
+                ))
+            }
+            _ => {}
+        }
+        self.resumed = Some((d.epoch, d.objective, d.done));
+        Ok(())
+    }
+
+    /// The owned shards' state at the boundary after `epoch`.
+    fn save(&self, epoch: u32, objective: Option<f64>, done: bool) -> OwnerPart {
+        let shards = self
+            .shards
+            .iter()
+            .map(|s| ShardState {
+                id: s.id,
+                params: s.params.clone(),
+                state: s.state.clone(),
+                best: s.best.clone(),
+                live: s.live.indices().to_vec(),
+                lazy: s.lazy.as_ref().map(|l| l.current_at().to_vec()),
+            })
+            .collect();
+        let lbfgs = match &self.mode {
+            Mode::Lbfgs {
+                opt,
+                converged,
+                evaluations,
+            } => Some(LbfgsState {
+                opt: (**opt).clone(),
+                converged: *converged,
+                evaluations: *evaluations,
+            }),
+            _ => None,
+        };
+        let state = OwnerState {
+            shards,
+            driver: DriverState {
+                epoch,
+                objective,
+                done,
+                steps: self.steps,
+                clock: self.clock.stamps(),
+                lbfgs,
+            },
+        };
+        OwnerPart {
+            epoch,
+            worker: self.worker,
+            // An encoding failure leaves the part empty: the writer then
+            // fails the job, naming this worker.
+            bytes: bincode::serialize(&state).unwrap_or_default(),
+        }
+    }
+
+    /// After the boundary that ends `epoch` epochs: the final parameters if
+    /// the job is `done`, else the first rounds of the next epoch (or the
+    /// next L-BFGS trial point).
+    fn after_boundary(&mut self, epoch: u32, objective: Option<f64>, done: bool) -> Emission {
+        if done {
+            let phase = Phase::Final {
+                epochs: epoch,
+                objective,
+            };
+            return self.send(phase, 0, self.keep_best);
+        }
+        match &mut self.mode {
+            Mode::FirstOrder { .. } | Mode::Average { .. } => self.start_epoch(epoch),
+            Mode::Lbfgs { opt, .. } => {
+                let p = opt.propose();
+                self.set_all(&p);
+                self.send(Phase::Train { epoch: 0, step: 0 }, 0, false)
+            }
         }
     }
 
@@ -594,6 +755,9 @@ impl Driver {
 impl Owner for Driver {
     /// The parameters of the first rounds.
     fn start(&mut self) -> Emission {
+        if let Some((epoch, objective, done)) = self.resumed.take() {
+            return self.after_boundary(epoch, objective, done);
+        }
         if let Mode::Lbfgs { opt, .. } = &self.mode {
             let x0 = opt.first_point().to_vec();
             for s in &mut self.shards {
@@ -679,20 +843,13 @@ impl Owner for Driver {
                     ..
                 }
             );
-        if done {
-            let phase = Phase::Final {
-                epochs: epoch,
-                objective,
-            };
-            return self.send(phase, 0, self.keep_best);
+        if self.cadence.is_some_and(|c| c.due(epoch)) {
+            self.snapshot = Some(self.save(epoch, objective, done));
         }
-        match &mut self.mode {
-            Mode::FirstOrder { .. } | Mode::Average { .. } => self.start_epoch(epoch),
-            Mode::Lbfgs { opt, .. } => {
-                let p = opt.propose();
-                self.set_all(&p);
-                self.send(Phase::Train { epoch: 0, step: 0 }, 0, false)
-            }
-        }
+        self.after_boundary(epoch, objective, done)
+    }
+
+    fn take_snapshot(&mut self) -> Option<OwnerPart> {
+        self.snapshot.take()
     }
 }

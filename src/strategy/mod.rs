@@ -22,20 +22,24 @@ pub mod model_average;
 pub mod model_parallel;
 pub mod param_server;
 pub mod sharded;
+pub mod snapshot;
 
 use std::sync::Arc;
 
 use timely::worker::Worker;
 
+use crate::checkpoint::store::Store;
 use crate::data::encode::FeatureSpec;
 use crate::data::partition::StepPlan;
 use crate::dataflow::gradient::FinalParams;
 use crate::dataflow::scan::ScanResult;
+use crate::dataflow::snapshot::Cadence;
 use crate::dataflow::Failure;
 use crate::metrics::sink::EpochRecord;
 use crate::model::{self, Model};
 use crate::plan::Plan;
 use crate::spec::{self, ModelKind};
+use snapshot::Saved;
 
 /// What every strategy trains from, the same on every worker.
 pub struct LoopInput<'a> {
@@ -51,6 +55,23 @@ pub struct LoopInput<'a> {
     pub rows: Vec<usize>,
     /// The epoch's steps ([`step_plan`]).
     pub steps: StepPlan,
+    /// Checkpoints, if the job takes them.
+    pub checkpoints: Option<Checkpointing>,
+    /// A resumed job: the checkpoint it continues from.
+    pub resume: Option<Arc<Saved>>,
+}
+
+/// A job's checkpoints, as a strategy's loop needs them.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// When they fall.
+    pub cadence: Cadence,
+    /// How many to keep.
+    pub keep: usize,
+    /// Where they go: on worker 0 only (the one that writes them).
+    pub store: Option<Store>,
+    /// The job description they carry (canonical JSON).
+    pub identity: Arc<String>,
 }
 
 impl LoopInput<'_> {
@@ -95,6 +116,17 @@ pub trait Strategy: Sync {
 
     /// Builds and runs the training dataflow on this worker.
     fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure>;
+
+    /// True if the strategy takes checkpoints (`[output] checkpoint`).
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    /// True if a checkpoint resumes on another worker count with the
+    /// model an uninterrupted run on the writing count makes.
+    fn resumes_on_any_worker_count(&self) -> bool {
+        true
+    }
 
     /// Parameters one worker holds on `workers` workers, for a `kind`
     /// model of these features: the whole vector unless the strategy

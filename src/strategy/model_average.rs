@@ -11,6 +11,8 @@
 
 use std::ops::Range;
 
+use serde::{Deserialize, Serialize};
+
 use timely::worker::Worker;
 
 use super::driver::OwnerStep;
@@ -21,7 +23,7 @@ use crate::dataflow::gradient::{Replica, Workspace};
 use crate::dataflow::{bound_message, loss_message, Failure, ShardValues};
 use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
-use crate::optim::lazy::{Clock, Lazy};
+use crate::optim::lazy::{Clock, Lazy, Stamp};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::OptimizerSpec;
 
@@ -34,6 +36,12 @@ impl Strategy for ModelAverage {
         "model-average"
     }
 
+    /// Each worker's replica keeps its own optimizer state, and which rows
+    /// a replica trains on depends on the worker count.
+    fn resumes_on_any_worker_count(&self) -> bool {
+        false
+    }
+
     fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure> {
         let p = &input.plan.pipeline;
         let steps_per_epoch = input.steps.steps();
@@ -44,7 +52,7 @@ impl Strategy for ModelAverage {
         };
         // As for the owners' steps: lazy updates only with hashed features.
         let lazy = p.optimizer.first_order().is_some_and(|f| f.lazy) && input.roles().has_sparse();
-        let replica = LocalSteps {
+        let mut replica = LocalSteps {
             spec: p.optimizer,
             penalty,
             fit_intercept: p.model.fit_intercept,
@@ -57,6 +65,15 @@ impl Strategy for ModelAverage {
             live: LiveSet::default(),
             mirror: Vec::new(),
         };
+        if let Some(saved) = &input.resume {
+            let index = worker.index();
+            let bytes = saved.collector.replicas.get(index).ok_or_else(|| {
+                Failure::from(&Error::Internal(format!(
+                    "the checkpoint holds no replica of worker {index}"
+                )))
+            })?;
+            replica.load(bytes).map_err(|e| Failure::from(&e))?;
+        }
         sharded::run(
             worker,
             input,
@@ -75,6 +92,16 @@ impl Strategy for ModelAverage {
 /// rows in all: `Σ rows_w · replica_w / Σ rows_w`.
 pub fn average(sum: &ShardGrad, len: usize, rows: u64) -> Vec<f64> {
     sum.to_dense(len).iter().map(|v| v / rows as f64).collect()
+}
+
+/// A replica's own state at an epoch boundary (the weights are the
+/// owners').
+#[derive(Serialize, Deserialize)]
+struct ReplicaState {
+    state: FirstOrderState,
+    lazy: Option<Vec<u64>>,
+    clock: Vec<Stamp>,
+    live: Vec<usize>,
 }
 
 /// Local training of a replica: the worker applies the optimizer itself
@@ -106,7 +133,35 @@ pub struct LocalSteps {
     mirror: Vec<f64>,
 }
 
+impl LocalSteps {
+    /// Continues from the state [`Replica::save`] gave.
+    fn load(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let bad = |what: &str| Error::Internal(format!("a saved replica {what}"));
+        let saved: ReplicaState = bincode::deserialize(bytes).map_err(|_| bad("does not read"))?;
+        self.state = saved.state;
+        self.live = LiveSet::from_indices(&saved.live);
+        self.clock = Clock::from_stamps(saved.clock).ok_or_else(|| bad("has a broken clock"))?;
+        self.lazy = match (self.lazy.take(), saved.lazy) {
+            (Some(lazy), Some(last)) => Some(lazy.resumed(last)),
+            (None, None) => None,
+            _ => return Err(bad("disagrees with the job on lazy updates")),
+        };
+        Ok(())
+    }
+}
+
 impl Replica for LocalSteps {
+    fn save(&self) -> Vec<u8> {
+        let state = ReplicaState {
+            state: self.state.clone(),
+            lazy: self.lazy.as_ref().map(|l| l.current_at().to_vec()),
+            clock: self.clock.stamps(),
+            live: self.live.indices().to_vec(),
+        };
+        // An empty state does not read back: a resume then fails loudly.
+        bincode::serialize(&state).unwrap_or_default()
+    }
+
     fn received(&mut self, theta: &[f64], range: Range<usize>, values: &ShardValues) {
         if self.mirror.len() != theta.len() {
             self.mirror = theta.to_vec();

@@ -70,6 +70,11 @@ impl Strategy for ModelParallel {
     fn reads_every_row(&self) -> bool {
         true
     }
+
+    /// Not yet: its blocks' optimizer state is split by the worker count.
+    fn checkpoints(&self) -> bool {
+        false
+    }
 }
 
 /// Builds and runs the model-parallel training dataflow on this worker.

@@ -11,15 +11,18 @@ use std::rc::Rc;
 
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+
+use super::snapshot::Checkpointer;
 use timely::worker::Worker;
 
 use super::driver::{Driver, OwnerPolicy, OwnerStep};
 use super::{LoopInput, LoopOutcome};
 use crate::data::cache::WorkerData;
 use crate::dataflow::collect::{CollectContext, CollectMetrics};
-use crate::dataflow::fold::FoldShards;
+use crate::dataflow::fold::{FoldOut, FoldShards};
 use crate::dataflow::gradient::{GradientContext, Gradients, ReadAhead, Replica};
 use crate::dataflow::hooks::Hooks;
+use crate::dataflow::snapshot::{CollectorStates, SaveCheckpoints};
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
 use crate::optim::lazy::{Drift, Reader};
 use crate::optim::{FirstOrderState, Penalty};
@@ -61,7 +64,8 @@ pub fn run(
         .collect();
     let steps_per_epoch = input.steps.steps();
     let lag = policy.lag;
-    let driver = Driver::new(
+    let cadence = input.checkpoints.as_ref().map(|c| c.cadence);
+    let mut driver = Driver::new(
         p,
         &roles,
         &ranges,
@@ -72,7 +76,25 @@ pub fn run(
             lag,
             step: policy.owner,
         },
-    );
+    )
+    .checkpointed(index, cadence);
+    let resume = input.resume.clone();
+    if let Some(saved) = &resume {
+        driver.resume(saved).map_err(|e| Failure::from(&e))?;
+    }
+    // Worker 0 writes the checkpoints.
+    let writer = input.checkpoints.as_ref().and_then(|c| {
+        c.store.clone().map(|store| Checkpointer {
+            store,
+            keep: c.keep,
+            cadence: c.cadence,
+            identity: c.identity.to_string(),
+            strategy: p.train.strategy.name(),
+            workers: peers as u32,
+            shards: ranges.len(),
+        })
+    });
+    let scan = input.scan.clone();
     let optimizer = p.optimizer;
     let penalty = Penalty {
         l2: p.model.l2,
@@ -119,20 +141,33 @@ pub fn run(
             .then(|| Reader::new(Drift::of(&optimizer, penalty), len))
             .flatten()
             .map(|r| {
-                r.start_at(&FirstOrderState::starting_at(
+                let r = r.start_at(&FirstOrderState::starting_at(
                     &optimizer,
                     init.unwrap_or(&[]),
-                ))
+                ));
+                match resume.as_ref().and_then(|s| s.driver.clock.last()) {
+                    Some(&stamp) => r.resume_at(stamp),
+                    None => r,
+                }
             }),
         label_ref,
+        cadence,
     };
+    let states: CollectorStates = Rc::default();
+    let resumed_collector = resume.as_ref().map(|s| s.collector.clone());
+    if let Some(state) = &resumed_collector {
+        *records.borrow_mut() = state.epoch_records().map_err(|e| Failure::from(&e))?;
+    }
     let collect = CollectContext {
         kind,
         has_validation,
         early_stopping: p.train.early_stopping.clone(),
         records: Rc::clone(&records),
+        checkpoints: cadence.map(|c| (c, Rc::clone(&states))),
+        resumed: resumed_collector,
     };
     let fold_failure = Rc::clone(&failure);
+    let save_failure = Rc::clone(&failure);
     worker.dataflow::<u64, _, _>(move |scope| {
         // A round's parameters come back `1 + lag` rounds later: with
         // `lag = s`, a worker can compute round r as soon as round r - s - 1
@@ -146,9 +181,20 @@ pub fn run(
                 WorkerOut::Eval(e) => Err(*e),
             });
         let control = evals.collect_metrics(collect).broadcast();
-        grads
+        let (params, parts) = grads
             .fold_shards(control, driver, fold_failure)
-            .connect_loop(handle);
+            .ok_err(|out| match out {
+                FoldOut::Params(p) => Ok(p),
+                FoldOut::Saved(s) => Err(s),
+            });
+        params.connect_loop(handle);
+        if cadence.is_some() {
+            let write = move |epoch, parts, state| match &writer {
+                Some(w) => w.write(epoch, parts, state, &scan).map(|_| ()),
+                None => Ok(()),
+            };
+            parts.save_checkpoints(states, write, save_failure);
+        }
     });
     while worker.step_or_park(None) {}
     if let Some(f) = failure.borrow_mut().take() {

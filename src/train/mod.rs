@@ -5,14 +5,17 @@
 //! job ([`job::describe`], compared in the cluster handshake).
 
 pub mod job;
+pub mod resume;
 pub mod warm;
 
 use std::sync::Arc;
 
-use crate::cluster::Cluster;
+use crate::checkpoint::store::Store;
+use crate::cluster::{Cluster, JobDescription};
 use crate::data::encode::{number_token, FeatureSpec};
 use crate::data::partition::{assign, rows_per_worker};
 use crate::dataflow::scan::{self, ScanResult};
+use crate::dataflow::snapshot::Cadence;
 use crate::dataflow::{Failure, Phase};
 use crate::error::{Error, Location, Result};
 use crate::metrics::sink::EpochRecord;
@@ -21,7 +24,8 @@ use crate::model::{self, Model};
 use crate::plan::Plan;
 use crate::source::DataSource;
 use crate::spec::{ModelKind, OnMissing, Pipeline};
-use crate::strategy::{self, step_plan, LoopInput};
+use crate::strategy::snapshot::Saved;
+use crate::strategy::{self, step_plan, Checkpointing, LoopInput};
 
 /// What a training job produced (complete on process 0 only).
 #[derive(Debug)]
@@ -128,16 +132,31 @@ struct WorkerResult {
     unit_rows: Vec<usize>,
 }
 
+/// A job's checkpoints and the one it resumes from, as every worker sees
+/// them.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// Checkpoints, if the job takes them (the store on process 0 only).
+    checkpoints: Option<Checkpointing>,
+    /// The checkpoint the job resumes from.
+    resume: Option<Arc<Saved>>,
+}
+
 fn worker_main(
     worker: &mut timely::worker::Worker,
     plan: &Arc<Plan>,
     init: Option<&warm::InitModel>,
     local_workers: usize,
+    recovery: &Recovery,
 ) -> Result<WorkerResult, Failure> {
     if worker.index() == 0 {
         crate::dataflow::hooks::inject_panic("worker");
     }
-    let scan = scan::run(worker, plan)?;
+    // A resumed job has its statistics from the checkpoint.
+    let scan = match &recovery.resume {
+        Some(saved) => saved.scan.clone(),
+        None => scan::run(worker, plan)?,
+    };
     let spec = finalize(plan, &scan)?;
     if worker.index() == 0 && !plan.pipeline.data.standardize {
         warn_coarse_features(&spec, &scan);
@@ -169,6 +188,13 @@ fn worker_main(
         init,
         steps: step_plan(&plan.pipeline, &rows),
         rows,
+        checkpoints: recovery.checkpoints.clone().map(|mut c| {
+            if worker.index() != 0 {
+                c.store = None;
+            }
+            c
+        }),
+        resume: recovery.resume.clone(),
     };
     let outcome = strategy::of(plan.pipeline.train.strategy).train(worker, input)?;
     let train_rows: u64 = scan.train_rows.iter().sum();
@@ -198,6 +224,86 @@ fn worker_main(
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
     })
+}
+
+/// The job's checkpoints and the checkpoint it resumes from, and (when
+/// computed for them) the job description the processes compare, which
+/// then names the checkpoint resumed from: all processes must resume from
+/// the same one.
+fn recovery(
+    plan: &Plan,
+    init: Option<&warm::InitModel>,
+    resume: bool,
+    cluster: &Cluster,
+) -> Result<(Recovery, Option<JobDescription>)> {
+    let p = &plan.pipeline;
+    let strategy = strategy::of(p.train.strategy);
+    let Some(spec) = &p.output.checkpoint else {
+        if resume {
+            return Err(Error::Usage {
+                option: "--resume".into(),
+                message: "the pipeline takes no checkpoints: set output.checkpoint = \"DIR\" (or --set output.checkpoint=DIR)".into(),
+            });
+        }
+        return Ok((Recovery::default(), None));
+    };
+    if !strategy.checkpoints() {
+        return Err(Error::PipelineValue {
+            key: "output.checkpoint".into(),
+            message: format!(
+                "train.strategy = \"{}\" does not take checkpoints yet; use \"allreduce\", \"param-server\" or \"model-average\" for a job that must survive failures",
+                strategy.name()
+            ),
+        });
+    }
+    crate::checkpoint::hint::register(spec.dir.clone());
+    let mut description = job::describe(plan, init)?;
+    let identity = resume::canonical(&description.identity)?;
+    let resumed = if resume {
+        let found = resume::load(
+            &spec.dir,
+            &identity,
+            &description.labels,
+            strategy,
+            cluster.total_workers(),
+        )?;
+        match &found {
+            Some(r) => tracing::info!(
+                checkpoint = %r.path.display(),
+                epoch = r.saved.epoch(),
+                written_by_workers = r.saved.workers,
+                "resuming"
+            ),
+            None => tracing::info!(
+                dir = %spec.dir.display(),
+                "no checkpoint to resume from: training from the start"
+            ),
+        }
+        found
+    } else {
+        None
+    };
+    if let serde_json::Value::Object(job) = &mut description.identity {
+        let from = resumed.as_ref().map(|r| r.digest.clone());
+        job.insert("resume_from".into(), serde_json::json!(from));
+    }
+    let store = match cluster.is_leader() {
+        true => Some(Store::open(&spec.dir)?),
+        false => None,
+    };
+    let recovery = Recovery {
+        checkpoints: Some(Checkpointing {
+            cadence: Cadence {
+                every: spec.every,
+                epochs: p.train.epochs,
+            },
+            keep: spec.keep,
+            store,
+            identity: Arc::new(identity),
+        }),
+        resume: resumed.map(|r| r.saved),
+    };
+    Ok((recovery, Some(description)))
 }
 
 /// Says, once, that eager steps of a wide hashed model will cost what the
@@ -329,15 +435,31 @@ pub fn run_plan(
     init: Option<warm::InitModel>,
     cluster: &Cluster,
 ) -> Result<TrainReport> {
+    run_job(plan, init, false, cluster)
+}
+
+/// [`run_plan`], resuming from the newest checkpoint of the job if
+/// `resume` and there is one (see [`resume::load`]).
+pub fn run_job(
+    plan: Plan,
+    init: Option<warm::InitModel>,
+    resume: bool,
+    cluster: &Cluster,
+) -> Result<TrainReport> {
     let plan = Arc::new(plan);
     let init = init.map(Arc::new);
+    let (recovery, description) = recovery(&plan, init.as_deref(), resume, cluster)?;
+    let recovery = Arc::new(recovery);
     let units = plan.train.units.len();
     let shared = Arc::clone(&plan);
     let start = init.clone();
     let local_workers = cluster.workers;
     let guards = cluster.execute(
-        || job::describe(&plan, init.as_deref()),
-        move |worker| worker_main(worker, &shared, start.as_deref(), local_workers),
+        || match description {
+            Some(d) => Ok(d),
+            None => job::describe(&plan, init.as_deref()),
+        },
+        move |worker| worker_main(worker, &shared, start.as_deref(), local_workers, &recovery),
     )?;
     let mut report = TrainReport {
         model: None,
