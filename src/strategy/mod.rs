@@ -30,6 +30,7 @@ use timely::worker::Worker;
 use crate::data::encode::FeatureSpec;
 use crate::data::partition::StepPlan;
 use crate::dataflow::gradient::FinalParams;
+use crate::dataflow::liveness::Heartbeat;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::Failure;
 use crate::metrics::sink::EpochRecord;
@@ -51,6 +52,9 @@ pub struct LoopInput<'a> {
     pub rows: Vec<usize>,
     /// The epoch's steps ([`step_plan`]).
     pub steps: StepPlan,
+    /// This worker's heartbeat (several processes): the loop steps its
+    /// dataflow through [`crate::dataflow::liveness::run`] with it.
+    pub heartbeat: Option<&'a mut Heartbeat>,
 }
 
 impl LoopInput<'_> {

@@ -20,6 +20,7 @@ use crate::dataflow::collect::{CollectContext, CollectMetrics};
 use crate::dataflow::fold::FoldShards;
 use crate::dataflow::gradient::{GradientContext, Gradients, ReadAhead, Replica};
 use crate::dataflow::hooks::Hooks;
+use crate::dataflow::liveness;
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
 use crate::optim::lazy::{Drift, Reader};
 use crate::optim::{FirstOrderState, Penalty};
@@ -133,6 +134,7 @@ pub fn run(
         records: Rc::clone(&records),
     };
     let fold_failure = Rc::clone(&failure);
+    let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
         // A round's parameters come back `1 + lag` rounds later: with
         // `lag = s`, a worker can compute round r as soon as round r - s - 1
@@ -150,7 +152,7 @@ pub fn run(
             .fold_shards(control, driver, fold_failure)
             .connect_loop(handle);
     });
-    while worker.step_or_park(None) {}
+    liveness::run(worker, dataflow, input.heartbeat);
     if let Some(f) = failure.borrow_mut().take() {
         return Err(f);
     }

@@ -2,7 +2,9 @@
 //! computation per process (statistics scan, then the training loop), and
 //! the results of worker 0 turned into a model file and metric records.
 //! With several processes, each first checks that the others run the same
-//! job ([`job::describe`], compared in the cluster handshake).
+//! job ([`job::describe`], compared in the cluster handshake), and every
+//! worker keeps a heartbeat going through the job
+//! ([`crate::dataflow::liveness`]).
 
 pub mod job;
 pub mod warm;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use crate::cluster::Cluster;
 use crate::data::encode::{number_token, FeatureSpec};
 use crate::data::partition::{assign, rows_per_worker};
+use crate::dataflow::liveness::{Heartbeat, Watch};
 use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::{Failure, Phase};
 use crate::error::{Error, Location, Result};
@@ -133,11 +136,14 @@ fn worker_main(
     plan: &Arc<Plan>,
     init: Option<&warm::InitModel>,
     local_workers: usize,
+    watch: Option<&Watch>,
 ) -> Result<WorkerResult, Failure> {
+    // First, so that every worker builds its dataflows in the same order.
+    let mut heartbeat = watch.map(|w| Heartbeat::start(worker, w));
     if worker.index() == 0 {
         crate::dataflow::hooks::inject_panic("worker");
     }
-    let scan = scan::run(worker, plan)?;
+    let scan = scan::run(worker, plan, heartbeat.as_mut())?;
     let spec = finalize(plan, &scan)?;
     if worker.index() == 0 && !plan.pipeline.data.standardize {
         warn_coarse_features(&spec, &scan);
@@ -169,8 +175,14 @@ fn worker_main(
         init,
         steps: step_plan(&plan.pipeline, &rows),
         rows,
+        heartbeat: heartbeat.as_mut(),
     };
-    let outcome = strategy::of(plan.pipeline.train.strategy).train(worker, input)?;
+    let outcome = strategy::of(plan.pipeline.train.strategy).train(worker, input);
+    // The last dataflow has ended: say goodbye before the model is built.
+    if let Some(h) = heartbeat {
+        h.finish(worker);
+    }
+    let outcome = outcome?;
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
@@ -335,9 +347,18 @@ pub fn run_plan(
     let shared = Arc::clone(&plan);
     let start = init.clone();
     let local_workers = cluster.workers;
+    let watch = Watch::of(cluster);
     let guards = cluster.execute(
         || job::describe(&plan, init.as_deref()),
-        move |worker| worker_main(worker, &shared, start.as_deref(), local_workers),
+        move |worker| {
+            worker_main(
+                worker,
+                &shared,
+                start.as_deref(),
+                local_workers,
+                watch.as_ref(),
+            )
+        },
     )?;
     let mut report = TrainReport {
         model: None,
