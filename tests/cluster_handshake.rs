@@ -503,6 +503,9 @@ fn bad_hostfiles_and_layouts_are_usage_errors() {
     usage_error(&["--workers", "0"], None, "--workers");
     usage_error(&["--process", "5", "--processes", "2"], None, "--process");
     usage_error(&["--connect-timeout", "0"], None, "--connect-timeout");
+    usage_error(&["--peer-timeout", "0"], None, "--peer-timeout");
+    usage_error(&["--peer-timeout", "1e9"], None, "--peer-timeout");
+    usage_error(&["--peer-timeout", "NaN"], None, "--peer-timeout");
 }
 
 /// Two processes warm-starting from different models would train a hybrid:

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::key::KEY_ENV;
-use crate::cluster::{Cluster, ClusterKey, MAX_CONNECT_TIMEOUT};
+use crate::cluster::{Cluster, ClusterKey, MAX_CONNECT_TIMEOUT, MAX_PEER_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::io::atomic::OutputSet;
 use crate::io::table::Format;
@@ -94,6 +94,11 @@ pub struct ClusterArgs {
     /// Seconds start-up waits for the other processes before it fails.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub connect_timeout: f64,
+    /// Seconds a peer process may stay silent during the job (stopped, cut
+    /// off by the network) before the others stop with exit code 7. A
+    /// worker busy inside one step longer than this looks silent too.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub peer_timeout: f64,
     /// File holding the cluster key every process must share (else the
     /// TIDEMILL_CLUSTER_KEY environment variable, else a public default).
     #[arg(long, value_name = "PATH")]
@@ -110,17 +115,12 @@ impl ClusterArgs {
     /// else from the [`KEY_ENV`] environment variable, else the public
     /// default.
     pub fn cluster(&self) -> Result<Cluster> {
-        let seconds = self.connect_timeout;
-        let connect_timeout = Duration::try_from_secs_f64(seconds)
-            .ok()
-            .filter(|d| !d.is_zero() && *d <= MAX_CONNECT_TIMEOUT)
-            .ok_or_else(|| Error::Usage {
-                option: "--connect-timeout".into(),
-                message: format!(
-                    "{seconds} is not a number of seconds in (0, {}]",
-                    MAX_CONNECT_TIMEOUT.as_secs()
-                ),
-            })?;
+        let connect_timeout = seconds(
+            "--connect-timeout",
+            self.connect_timeout,
+            MAX_CONNECT_TIMEOUT,
+        )?;
+        let peer_timeout = seconds("--peer-timeout", self.peer_timeout, MAX_PEER_TIMEOUT)?;
         let key = ClusterKey::resolve(self.cluster_key_file.as_deref(), std::env::var_os(KEY_ENV))?;
         let cluster = Cluster {
             workers: self.workers,
@@ -128,12 +128,28 @@ impl ClusterArgs {
             process: self.process,
             hostfile: self.hostfile.clone(),
             connect_timeout,
+            peer_timeout,
             key,
             allow_public_key: self.allow_public_key,
         };
         cluster.validate()?;
         Ok(cluster)
     }
+}
+
+/// `value` seconds of `option` as a duration in (0, `max`]; anything else
+/// is a usage error.
+fn seconds(option: &str, value: f64, max: Duration) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= max)
+        .ok_or_else(|| Error::Usage {
+            option: option.into(),
+            message: format!(
+                "{value} is not a number of seconds in (0, {}]",
+                max.as_secs()
+            ),
+        })
 }
 
 /// `train`.

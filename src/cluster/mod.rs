@@ -35,6 +35,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `--connect-timeout` accepted (a year).
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long a peer may be silent during the job by default before it is
+/// taken for lost: generous, because a worker busy inside one long
+/// operator invocation sends no heartbeat.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest `--peer-timeout` accepted (a year).
+pub const MAX_PEER_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Workers and processes of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
@@ -48,6 +56,10 @@ pub struct Cluster {
     pub hostfile: Option<PathBuf>,
     /// How long start-up waits for every other process to connect.
     pub connect_timeout: Duration,
+    /// How long a worker of another process may be silent during the job
+    /// before it is taken for lost (the heartbeat of
+    /// `dataflow::liveness`; unused with one process).
+    pub peer_timeout: Duration,
     /// The key processes prove they share.
     pub key: ClusterKey,
     /// Run with the public default key even when an address is not
@@ -63,6 +75,7 @@ impl Default for Cluster {
             process: 0,
             hostfile: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
             key: ClusterKey::public_default(),
             allow_public_key: false,
         }
@@ -148,14 +161,20 @@ impl Cluster {
                 ),
             );
         }
-        if self.connect_timeout.is_zero() || self.connect_timeout > MAX_CONNECT_TIMEOUT {
-            return usage(
+        for (option, timeout, max) in [
+            (
                 "--connect-timeout",
-                format!(
-                    "must be more than 0 and at most {} seconds",
-                    MAX_CONNECT_TIMEOUT.as_secs()
-                ),
-            );
+                self.connect_timeout,
+                MAX_CONNECT_TIMEOUT,
+            ),
+            ("--peer-timeout", self.peer_timeout, MAX_PEER_TIMEOUT),
+        ] {
+            if timeout.is_zero() || timeout > max {
+                return usage(
+                    option,
+                    format!("must be more than 0 and at most {} seconds", max.as_secs()),
+                );
+            }
         }
         Ok(())
     }
@@ -238,5 +257,34 @@ impl Cluster {
             builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
             Box::new(guard),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_must_be_positive_and_bounded() {
+        let refused = |c: Cluster| match c.validate() {
+            Err(Error::Usage { option, .. }) => option,
+            other => panic!("accepted: {other:?}"),
+        };
+        let zero = Cluster {
+            peer_timeout: Duration::ZERO,
+            ..Cluster::default()
+        };
+        assert_eq!(refused(zero), "--peer-timeout");
+        let long = Cluster {
+            peer_timeout: MAX_PEER_TIMEOUT + Duration::from_secs(1),
+            ..Cluster::default()
+        };
+        assert_eq!(refused(long), "--peer-timeout");
+        let zero = Cluster {
+            connect_timeout: Duration::ZERO,
+            ..Cluster::default()
+        };
+        assert_eq!(refused(zero), "--connect-timeout");
+        assert!(Cluster::default().validate().is_ok());
     }
 }

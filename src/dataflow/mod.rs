@@ -17,6 +17,7 @@ pub mod collect;
 pub mod fold;
 pub mod gradient;
 pub mod hooks;
+pub mod liveness;
 pub mod margins;
 pub mod rounds;
 pub mod scan;

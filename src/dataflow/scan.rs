@@ -13,6 +13,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::ToStream;
 use timely::worker::Worker;
 
+use super::liveness::{self, Heartbeat};
 use super::Failure;
 use crate::data::encode::{Block, ClassMap, LabelUse, MAX_CLASSES};
 use crate::data::moments::{Moments, PrefixMoments};
@@ -66,7 +67,14 @@ pub struct ScanResult {
 /// One unit's moments of one numeric feature: (feature, unit id, moments).
 type UnitMoments = (u32, usize, Moments);
 
-fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<UnitMoments>) {
+/// This worker's units read and summed; `pulse` is called before each
+/// window (the heartbeat keeps going through a long read).
+fn scan_local(
+    plan: &Plan,
+    index: usize,
+    peers: usize,
+    pulse: &mut dyn FnMut(),
+) -> (ScanPartial, Vec<UnitMoments>) {
     let spec = plan.scan_spec();
     let kind = plan.pipeline.model.kind;
     let declared = plan.pipeline.data.classes.clone().or_else(|| {
@@ -110,6 +118,7 @@ fn scan_local(plan: &Plan, index: usize, peers: usize) -> (ScanPartial, Vec<Unit
             let mut moments = vec![Moments::default(); spec.numeric.len() + 1];
             let mut labels = std::mem::take(&mut out.labels);
             let checked = for_each_window(source, unit, &spec, label, split, |data| {
+                pulse();
                 let blocks = [&data.train, &data.validation];
                 label_tokens_check(
                     &blocks,
@@ -209,12 +218,24 @@ fn label_tokens_check(
 /// to one worker (feature `j` to worker `j mod peers`), which combines them
 /// in unit order and broadcasts the result: the statistics depend on the
 /// units alone, and no worker holds every unit's moments of every feature.
-pub fn run(worker: &mut Worker, plan: &Plan) -> Result<ScanResult, Failure> {
-    let (partial, unit_moments) = scan_local(plan, worker.index(), worker.peers());
+///
+/// With a heartbeat (several processes), it beats while this worker reads
+/// and while the dataflow runs.
+pub fn run(
+    worker: &mut Worker,
+    plan: &Plan,
+    mut heartbeat: Option<&mut Heartbeat>,
+) -> Result<ScanResult, Failure> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let (partial, unit_moments) = match heartbeat.as_deref_mut() {
+        Some(h) => scan_local(plan, index, peers, &mut || h.keep_alive(worker)),
+        None => scan_local(plan, index, peers, &mut || {}),
+    };
     let received = Rc::new(RefCell::new(Vec::<ScanPartial>::new()));
     let sink = Rc::clone(&received);
     let merged = Rc::new(RefCell::new(Vec::<(u32, Moments)>::new()));
     let merged_sink = Rc::clone(&merged);
+    let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
         vec![partial].to_stream(scope).broadcast().sink(
             Local,
@@ -257,7 +278,7 @@ pub fn run(worker: &mut Worker, plan: &Plan) -> Result<ScanResult, Failure> {
                 input.for_each(|_cap, data| merged_sink.borrow_mut().append(data));
             });
     });
-    while worker.step_or_park(None) {}
+    liveness::run(worker, dataflow, heartbeat);
     let parts = std::mem::take(&mut *received.borrow_mut());
     let moments = std::mem::take(&mut *merged.borrow_mut());
     merge(plan, parts, moments)

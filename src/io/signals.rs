@@ -6,7 +6,8 @@
 //! signal never leaves a set of outputs half renamed. SIGKILL cannot be
 //! caught: its temporary files are swept by the next run in the same
 //! directory ([`super::sweep`]). A SIGHUP that was ignored when the process
-//! started (`nohup`) stays ignored.
+//! started (`nohup`) stays ignored. [`exit_now`] ends the process the same
+//! way for other causes.
 
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -39,14 +40,27 @@ fn exit_on(signal: i32) -> ! {
         SIGHUP => "SIGHUP",
         _ => "a signal",
     };
+    exit_now(128 + signal, |removed| {
+        format!(
+            "interrupted by {name}; removed {removed} temporary file(s){}",
+            crate::checkpoint::hint::resume_hint()
+        )
+    })
+}
+
+/// Ends the process at once with exit code `code`, as a signal does:
+/// waits for a commit in progress, removes this process's temporary files,
+/// writes `error: ` and `message(files removed)` as one line on stderr, and
+/// exits without running destructors or waiting for other threads. For a
+/// failure that an orderly shutdown would wait on forever (a peer process
+/// that stopped answering). Must not be called while this thread holds
+/// the list of temporary files or the commit window.
+pub fn exit_now(code: i32, message: impl FnOnce(usize) -> String) -> ! {
     // Held until the process is gone: no commit starts after this.
     let _window = temp::commit_window();
     let removed = temp::live().discard_all();
-    eprintln!(
-        "error: interrupted by {name}; removed {removed} temporary file(s){}",
-        crate::checkpoint::hint::resume_hint()
-    );
-    std::process::exit(128 + signal);
+    eprintln!("error: {}", message(removed));
+    std::process::exit(code);
 }
 
 /// Whether `signal` was set to be ignored when the process started, read

@@ -32,6 +32,7 @@ use crate::checkpoint::store::Store;
 use crate::data::encode::FeatureSpec;
 use crate::data::partition::StepPlan;
 use crate::dataflow::gradient::FinalParams;
+use crate::dataflow::liveness::Heartbeat;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::snapshot::Cadence;
 use crate::dataflow::Failure;
@@ -55,6 +56,9 @@ pub struct LoopInput<'a> {
     pub rows: Vec<usize>,
     /// The epoch's steps ([`step_plan`]).
     pub steps: StepPlan,
+    /// This worker's heartbeat (several processes): the loop steps its
+    /// dataflow through [`crate::dataflow::liveness::run`] with it.
+    pub heartbeat: Option<&'a mut Heartbeat>,
     /// Checkpoints, if the job takes them.
     pub checkpoints: Option<Checkpointing>,
     /// A resumed job: the checkpoint it continues from.

@@ -15,6 +15,7 @@ use super::{LoopInput, LoopOutcome, Strategy};
 use crate::data::cache::WorkerData;
 use crate::data::encode::FeatureSpec;
 use crate::dataflow::gradient::FinalParams;
+use crate::dataflow::liveness;
 use crate::dataflow::margins::{BlockMsg, MarginContext, MarginMsg, MarginOut, MarginSteps};
 use crate::dataflow::{Failure, Phase};
 use crate::error::Error;
@@ -136,6 +137,7 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
         failure: Rc::clone(&failure),
     };
     let sink = Rc::clone(&gathered);
+    let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
         let (handle, partials) = scope.feedback::<Vec<MarginMsg>>(1);
         let (next, finals) = partials
@@ -150,7 +152,7 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
             .exchange(|_b: &BlockMsg| 0)
             .inspect(move |b: &BlockMsg| sink.borrow_mut().push(b.clone()));
     });
-    while worker.step_or_park(None) {}
+    liveness::run(worker, dataflow, input.heartbeat);
     if let Some(f) = failure.borrow_mut().take() {
         return Err(f);
     }

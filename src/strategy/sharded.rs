@@ -22,6 +22,7 @@ use crate::dataflow::collect::{CollectContext, CollectMetrics};
 use crate::dataflow::fold::{FoldOut, FoldShards};
 use crate::dataflow::gradient::{GradientContext, Gradients, ReadAhead, Replica};
 use crate::dataflow::hooks::Hooks;
+use crate::dataflow::liveness;
 use crate::dataflow::snapshot::{CollectorStates, SaveCheckpoints};
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
 use crate::optim::lazy::{Drift, Reader};
@@ -168,6 +169,7 @@ pub fn run(
     };
     let fold_failure = Rc::clone(&failure);
     let save_failure = Rc::clone(&failure);
+    let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
         // A round's parameters come back `1 + lag` rounds later: with
         // `lag = s`, a worker can compute round r as soon as round r - s - 1
@@ -196,7 +198,7 @@ pub fn run(
             parts.save_checkpoints(states, write, save_failure);
         }
     });
-    while worker.step_or_park(None) {}
+    liveness::run(worker, dataflow, input.heartbeat);
     if let Some(f) = failure.borrow_mut().take() {
         return Err(f);
     }

@@ -2,7 +2,9 @@
 //! computation per process (statistics scan, then the training loop), and
 //! the results of worker 0 turned into a model file and metric records.
 //! With several processes, each first checks that the others run the same
-//! job ([`job::describe`], compared in the cluster handshake).
+//! job ([`job::describe`], compared in the cluster handshake), and every
+//! worker keeps a heartbeat going through the job
+//! ([`crate::dataflow::liveness`]).
 
 pub mod job;
 pub mod resume;
@@ -14,6 +16,7 @@ use crate::checkpoint::store::Store;
 use crate::cluster::{Cluster, JobDescription};
 use crate::data::encode::{number_token, FeatureSpec};
 use crate::data::partition::{assign, rows_per_worker};
+use crate::dataflow::liveness::{Heartbeat, Watch};
 use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::snapshot::Cadence;
 use crate::dataflow::{Failure, Phase};
@@ -147,15 +150,18 @@ fn worker_main(
     plan: &Arc<Plan>,
     init: Option<&warm::InitModel>,
     local_workers: usize,
+    watch: Option<&Watch>,
     recovery: &Recovery,
 ) -> Result<WorkerResult, Failure> {
+    // First, so that every worker builds its dataflows in the same order.
+    let mut heartbeat = watch.map(|w| Heartbeat::start(worker, w));
     if worker.index() == 0 {
         crate::dataflow::hooks::inject_panic("worker");
     }
     // A resumed job has its statistics from the checkpoint.
     let scan = match &recovery.resume {
         Some(saved) => saved.scan.clone(),
-        None => scan::run(worker, plan)?,
+        None => scan::run(worker, plan, heartbeat.as_mut())?,
     };
     let spec = finalize(plan, &scan)?;
     if worker.index() == 0 && !plan.pipeline.data.standardize {
@@ -195,8 +201,14 @@ fn worker_main(
             c
         }),
         resume: recovery.resume.clone(),
+        heartbeat: heartbeat.as_mut(),
     };
-    let outcome = strategy::of(plan.pipeline.train.strategy).train(worker, input)?;
+    let outcome = strategy::of(plan.pipeline.train.strategy).train(worker, input);
+    // The last dataflow has ended: say goodbye before the model is built.
+    if let Some(h) = heartbeat {
+        h.finish(worker);
+    }
+    let outcome = outcome?;
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
@@ -454,12 +466,22 @@ pub fn run_job(
     let shared = Arc::clone(&plan);
     let start = init.clone();
     let local_workers = cluster.workers;
+    let watch = Watch::of(cluster);
     let guards = cluster.execute(
         || match description {
             Some(d) => Ok(d),
             None => job::describe(&plan, init.as_deref()),
         },
-        move |worker| worker_main(worker, &shared, start.as_deref(), local_workers, &recovery),
+        move |worker| {
+            worker_main(
+                worker,
+                &shared,
+                start.as_deref(),
+                local_workers,
+                watch.as_ref(),
+                &recovery,
+            )
+        },
     )?;
     let mut report = TrainReport {
         model: None,
