@@ -86,13 +86,12 @@ impl Job {
         std::fs::read(self.model()).unwrap()
     }
 
-    /// Starts a slowed run, waits for checkpoint `k`, lets it train a few
-    /// rounds into the next epoch, and kills it with SIGKILL.
-    fn kill_after(&self, workers: usize, k: u64, slow_ms: u64, extra: &[&str]) {
+    /// Starts a slowed run, waits for its `k`-th checkpoint, lets it train
+    /// a few rounds into the next epoch, and kills it with SIGKILL.
+    fn kill_after(&self, workers: usize, k: usize, slow_ms: u64, extra: &[&str]) {
         let slow = format!("0:{slow_ms}");
         let child = self.start(workers, extra, &[("TIDEMILL_SLOW_WORKER", &slow)]);
-        let file = checkpoint_file(&self.checkpoints(), k);
-        wait_for(&file, Duration::from_secs(60));
+        wait_for_count(&self.checkpoints(), k, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(2 * slow_ms));
         let out = sigkill(child);
         assert_eq!(
@@ -105,18 +104,29 @@ impl Job {
     }
 }
 
-fn checkpoint_file(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("checkpoint-{seq:012}.tmck"))
+/// The checkpoint files in `dir`, oldest first (numbered by position).
+fn checkpoint_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "tmck"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
 }
 
-/// Waits until `path` exists.
-fn wait_for(path: &Path, limit: Duration) {
+/// Waits until `dir` holds `k` checkpoints.
+fn wait_for_count(dir: &Path, k: usize, limit: Duration) {
     let started = Instant::now();
-    while !path.exists() {
+    while count(dir) < k {
         assert!(
             started.elapsed() < limit,
-            "{} did not appear within {limit:?}",
-            path.display()
+            "{} did not get {k} checkpoints within {limit:?}",
+            dir.display()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -147,7 +157,7 @@ fn killed_and_resumed(strategy: &str, cases: &[(&str, &str, u64)], resume_worker
             let reference = job.run(2, &[]);
             std::fs::remove_dir_all(job.checkpoints()).unwrap();
             std::fs::remove_file(job.model()).unwrap();
-            let k = 1 + (n % 2) as u64;
+            let k = 1 + n % 2;
             job.kill_after(2, k, slow_ms, &[]);
             let workers = resume_workers[n % resume_workers.len()];
             let resumed = job.run(workers, &["--resume"]);
@@ -201,16 +211,91 @@ fn model_average_killed_mid_epoch_resumes_to_the_same_model_on_its_worker_count(
 }
 
 #[test]
+fn checkpoints_inside_an_epoch_resume_to_the_same_model() {
+    // "5 steps" cuts epochs of 13 steps; model-average's rounds of 3 steps
+    // pass multiples of 5 inside an epoch too. Killed after the third
+    // checkpoint (inside the first epoch's second half or the second epoch).
+    let cases: [(&str, &[&str], usize); 3] = [
+        ("allreduce", &["model.l1=0.0001", "model.l2=0.001"], 3),
+        (
+            "param-server",
+            &[
+                "train.staleness=0",
+                "optimizer.kind=\"adam\"",
+                "optimizer.learning_rate=0.01",
+            ],
+            1,
+        ),
+        (
+            "model-average",
+            &[
+                "train.sync_every=3",
+                "optimizer.kind=\"adam\"",
+                "optimizer.learning_rate=0.01",
+            ],
+            2,
+        ),
+    ];
+    for (strategy, extra, workers) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = vec![
+            format!("train.strategy=\"{strategy}\""),
+            "output.checkpoint_every=\"5 steps\"".to_string(),
+            "data.partition=\"shuffle\"".to_string(),
+        ];
+        settings.extend(extra.iter().map(|s| s.to_string()));
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let job = Job::new(dir.path(), 3, &settings);
+        let reference = job.run(2, &[]);
+        let written = newest(&job.checkpoints());
+        std::fs::remove_dir_all(job.checkpoints()).unwrap();
+        std::fs::remove_file(job.model()).unwrap();
+        let child = job.start(2, &[], &[("TIDEMILL_SLOW_WORKER", "0:25")]);
+        let ck = job.checkpoints();
+        let started = Instant::now();
+        while count(&ck) < 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no third checkpoint"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        let out = sigkill(child);
+        assert_eq!(out.status.code(), None, "it ended before the kill");
+        let at = newest(&ck);
+        assert!(at < written, "killed after its last checkpoint");
+        let resumed = job.run(workers, &["--resume"]);
+        assert!(
+            resumed == reference,
+            "{strategy}: resumed from step {at} on {workers} workers, the model differs"
+        );
+    }
+}
+
+/// Checkpoint files in `dir`.
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmck"))
+            .count()
+    })
+}
+
+#[test]
 fn a_truncated_or_bit_flipped_checkpoint_is_skipped_for_the_one_before() {
     let dir = tempfile::tempdir().unwrap();
     let job = Job::new(dir.path(), 4, &[]);
     let reference = job.run(2, &[]);
     let ck = job.checkpoints();
+    let files = checkpoint_files(&ck);
+    assert_eq!(files.len(), 4, "one checkpoint per epoch");
     // The newest cut short, the one before it with one bit flipped.
-    let newest = checkpoint_file(&ck, 4);
+    let newest = files[3].clone();
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-    let flipped = checkpoint_file(&ck, 3);
+    let flipped = files[2].clone();
     let mut bytes = std::fs::read(&flipped).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
@@ -228,7 +313,7 @@ fn a_truncated_or_bit_flipped_checkpoint_is_skipped_for_the_one_before() {
             skipped.display()
         );
     }
-    let used = checkpoint_file(&ck, 2);
+    let used = files[1].clone();
     assert!(
         stderr.contains(&format!("resuming checkpoint={}", used.display())),
         "did not resume from {}: {stderr}",
@@ -343,10 +428,7 @@ fn a_two_process_job_that_loses_a_process_resumes_as_one() {
     };
     let survivor = spawn("0");
     let victim = spawn("1");
-    wait_for(
-        &checkpoint_file(&job.checkpoints(), 1),
-        Duration::from_secs(60),
-    );
+    wait_for_count(&job.checkpoints(), 1, Duration::from_secs(60));
     sigkill(victim);
     let killed = Instant::now();
     let out = finish(survivor, Duration::from_secs(30));

@@ -164,7 +164,6 @@ impl Epochs {
             early_since: self.early.since,
             last_steps: self.last_steps,
             elapsed_s: self.elapsed_before + self.started.elapsed().as_secs_f64(),
-            replicas: Vec::new(),
         })
     }
 
@@ -227,6 +226,12 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
         if let Some(state) = &ctx.resumed {
             epochs.resume(state);
         }
+        if let Some((_, states)) = &ctx.checkpoints {
+            // The state a checkpoint before the first close carries.
+            let first = ctx.resumed.clone().unwrap_or_default();
+            let epoch = ctx.records.borrow().last().map_or(0, |r| r.epoch);
+            states.borrow_mut().insert(epoch, first);
+        }
         self.unary_frontier(
             Exchange::new(|_m: &EvalMsg| 0u64),
             "CollectMetrics",
@@ -251,7 +256,6 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                         else {
                             continue;
                         };
-                        let mut replicas = Vec::new();
                         let mut totals = EpochTotals {
                             epoch,
                             steps,
@@ -259,9 +263,6 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                             ..EpochTotals::default()
                         };
                         for m in msgs {
-                            if let Some(r) = m.replica {
-                                replicas.push(r);
-                            }
                             totals.bytes += m.bytes;
                             let staleness = &mut totals.staleness;
                             if staleness.len() < m.staleness.len() {
@@ -289,19 +290,16 @@ impl<'scope> CollectMetrics<'scope> for Stream<'scope, u64, Vec<EvalMsg>> {
                         };
                         log_epoch(&record);
                         ctx.records.borrow_mut().push(record);
-                        if let Some((cadence, states)) = &ctx.checkpoints {
-                            if cadence.due(epoch) {
-                                match epochs.state(&ctx.records.borrow()) {
-                                    Ok(mut state) => {
-                                        replicas.sort_by_key(|r| r.0);
-                                        state.replicas =
-                                            replicas.into_iter().map(|r| r.1).collect();
-                                        states.borrow_mut().insert(epoch, state);
-                                    }
-                                    Err(e) => {
-                                        output.session(&cap).give(stop_on(&e));
-                                        continue;
-                                    }
+                        if let Some((_, states)) = &ctx.checkpoints {
+                            // Every close: a checkpoint inside the next
+                            // epoch carries this state too.
+                            match epochs.state(&ctx.records.borrow()) {
+                                Ok(state) => {
+                                    states.borrow_mut().insert(epoch, state);
+                                }
+                                Err(e) => {
+                                    output.session(&cap).give(stop_on(&e));
+                                    continue;
                                 }
                             }
                         }

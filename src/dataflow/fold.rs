@@ -12,7 +12,7 @@ use timely::dataflow::{Stream, StreamVec};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::OwnerPart;
+use super::snapshot::Part;
 use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
 use crate::exact::{Bound, Exact, Wide};
 
@@ -59,7 +59,7 @@ pub trait Owner: 'static {
     fn on_gradients(
         &mut self,
         sums: &BTreeMap<u32, ShardGrad>,
-        loss: f64,
+        loss: Wide,
         rows: u64,
         bound: Bound,
     ) -> Result<Emission, Failure>;
@@ -67,9 +67,9 @@ pub trait Owner: 'static {
     /// Applies the collector's decision after an evaluation round.
     fn on_control(&mut self, control: &Control) -> Emission;
 
-    /// The owned shards' state at the boundary [`Owner::on_control`] just
-    /// passed, if that boundary is checkpointed.
-    fn take_snapshot(&mut self) -> Option<OwnerPart> {
+    /// The owned shards' state at the point the last call just passed (a
+    /// step or an epoch boundary), if a checkpoint falls there.
+    fn take_snapshot(&mut self) -> Option<Part> {
         None
     }
 }
@@ -80,8 +80,8 @@ pub trait Owner: 'static {
 pub enum FoldOut {
     /// Parameters for a later round.
     Params(ParamMsg),
-    /// An owner's state at a checkpointed boundary.
-    Saved(OwnerPart),
+    /// An owner's state where a checkpoint falls.
+    Saved(Part),
 }
 
 /// The exact sum of one shard's partials: sparse if every partial is.
@@ -204,7 +204,7 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                             *rows.entry(g.shard).or_default() += g.rows;
                             parts.entry(g.shard).or_default().push(g.values);
                         }
-                        let total_loss = loss.values().next().copied().unwrap_or_default().to_f64();
+                        let total_loss = loss.values().next().copied().unwrap_or_default();
                         let total_rows = rows.values().next().copied().unwrap_or(0);
                         let total_bound = bound.values().next().copied().unwrap_or_default();
                         let sums: BTreeMap<u32, ShardGrad> = parts
@@ -220,14 +220,13 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                             }
                         }
                     } else if let Some(c) = round.control.first() {
-                        let next = driver.on_control(c);
-                        if let Some(part) = driver.take_snapshot() {
-                            output.session(&cap).give(FoldOut::Saved(part));
-                        }
-                        next
+                        driver.on_control(c)
                     } else {
                         Vec::new()
                     };
+                    if let Some(part) = driver.take_snapshot() {
+                        output.session(&cap).give(FoldOut::Saved(part));
+                    }
                     for (delay, msg) in next {
                         output
                             .session(&cap.delayed(&(t + delay)))

@@ -12,7 +12,7 @@ use timely::dataflow::{Stream, StreamVec};
 
 use super::hooks::Hooks;
 use super::rounds::Rounds;
-use super::snapshot::Cadence;
+use super::snapshot::{Cadence, Part, PartOf};
 use super::{
     loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial, Phase,
     ShardValues, WorkerOut,
@@ -67,9 +67,12 @@ pub struct GradientContext {
     /// The reference validation labels are taken relative to (regression:
     /// the training label mean), the same on every worker.
     pub label_ref: Option<f64>,
-    /// Checkpoints, if the job takes them: replicas send their state with
-    /// the evaluation of a checkpointed boundary.
+    /// Checkpoints, if the job takes them: replicas send their state at
+    /// every evaluation and where a checkpoint falls inside an epoch.
     pub cadence: Option<Cadence>,
+    /// The training loss and rows of the epoch so far (a job resumed
+    /// inside an epoch, on worker 0; zero otherwise).
+    pub epoch_start: (Wide, u64),
 }
 
 /// Reading ahead of the slowest worker: the mechanism of bounded staleness.
@@ -123,8 +126,11 @@ pub trait Replica {
         step: u64,
     ) -> Result<(Vec<usize>, Wide, u64, Bound), Error>;
 
-    /// The replica's own state at an epoch boundary (its optimizer state,
-    /// not the weights, which the owners hold), for a checkpoint.
+    /// The steps of the round that starts at step `step` of an epoch.
+    fn round_steps(&self, step: u64) -> u64;
+
+    /// The replica's own state between rounds (its optimizer state, not
+    /// the weights, which the owners hold), for a checkpoint.
     fn save(&self) -> Vec<u8>;
 }
 
@@ -421,6 +427,35 @@ impl State {
         }
     }
 
+    /// Sends the replica's state, if there is one, for a checkpoint at step
+    /// count `position` after `epoch` epochs.
+    fn save_replica(&self, position: u64, epoch: u32, emit: &mut impl FnMut(WorkerOut)) {
+        if let Some(r) = self.ctx.replica.as_ref() {
+            emit(WorkerOut::Saved(Part {
+                position,
+                epoch,
+                worker: self.ctx.index as u32,
+                of: PartOf::Replica,
+                bytes: r.save(),
+            }));
+        }
+    }
+
+    /// After the training round at step `step` of `epoch`: the replica's
+    /// state, if a checkpoint falls at the end of the round inside the
+    /// epoch (the owners decide alike).
+    fn save_replica_inside(&self, epoch: u32, step: u64, emit: &mut impl FnMut(WorkerOut)) {
+        let (Some(cadence), Some(r)) = (self.ctx.cadence, self.ctx.replica.as_ref()) else {
+            return;
+        };
+        let spe = self.ctx.steps_per_epoch;
+        let k = r.round_steps(step);
+        let position = u64::from(epoch) * spe + step + k;
+        if step + k < spe && cadence.due_at_step(position, k) {
+            self.save_replica(position, epoch, emit);
+        }
+    }
+
     /// Answers a round with `failure` instead of results: every shard
     /// owner (training) or the collector (evaluation) then stops.
     fn fail_round(&self, msgs: &[ParamMsg], f: Failure, emit: &mut impl FnMut(WorkerOut)) {
@@ -445,7 +480,6 @@ impl State {
                 bytes: 0,
                 staleness: Vec::new(),
                 failure: Some(f),
-                replica: None,
             }))),
             _ => {}
         }
@@ -521,6 +555,7 @@ impl State {
                             failure: None,
                         }));
                     }
+                    self.save_replica_inside(epoch, step, emit);
                 }
                 Err(e) => {
                     let f = Failure::from(&e);
@@ -539,12 +574,11 @@ impl State {
                         (EvalPartial::default(), Some(f))
                     }
                 };
-                let saved = match (phase, &self.ctx.cadence, &self.ctx.replica) {
-                    (Phase::Eval { epoch, .. }, Some(c), Some(r)) if c.due(epoch) => {
-                        Some((self.ctx.index as u32, r.save()))
-                    }
-                    _ => None,
-                };
+                if let (Phase::Eval { epoch, steps, .. }, Some(_)) = (phase, &self.ctx.cadence) {
+                    // At every evaluation: the owners decide whether a
+                    // checkpoint falls there.
+                    self.save_replica(steps, epoch, emit);
+                }
                 emit(WorkerOut::Eval(Box::new(EvalMsg {
                     phase,
                     validation,
@@ -553,7 +587,6 @@ impl State {
                     bytes: std::mem::take(&mut self.epoch_bytes),
                     staleness: std::mem::take(&mut self.staleness),
                     failure,
-                    replica: saved,
                 })));
             }
             Phase::Final { .. } if self.ctx.result.is_some() => {
@@ -574,11 +607,12 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
     fn gradients(self, ctx: GradientContext) -> StreamVec<'scope, u64, WorkerOut> {
         let lag = ctx.read_ahead.lag;
         let held = vec![(0, 0); ctx.shards.len()];
+        let (epoch_loss, epoch_rows) = ctx.epoch_start;
         let mut state = State {
             ctx,
             scratch: Scratch::default(),
-            epoch_loss: Wide::default(),
-            epoch_rows: 0,
+            epoch_loss,
+            epoch_rows,
             epoch_bytes: 0,
             staleness: Vec::new(),
             held_step: vec![0; held.len()],

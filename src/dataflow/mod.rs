@@ -357,9 +357,6 @@ pub struct EvalMsg {
     pub staleness: Vec<u64>,
     /// Set if the worker failed.
     pub failure: Option<Failure>,
-    /// The worker's replica state (worker index, its encoding), at a
-    /// checkpointed boundary of a strategy whose workers keep replicas.
-    pub replica: Option<(u32, Vec<u8>)>,
 }
 
 /// The collector's decision after an evaluation, sent to every shard owner.
@@ -381,6 +378,8 @@ pub enum WorkerOut {
     /// Evaluation partial for the collector (boxed: far larger than a
     /// gradient message, and sent once an epoch).
     Eval(Box<EvalMsg>),
+    /// The worker's replica state for a checkpoint (`model-average`).
+    Saved(snapshot::Part),
 }
 
 /// Contiguous, balanced ranges of `len` parameters cut into `shards` shards.

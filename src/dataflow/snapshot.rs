@@ -17,38 +17,84 @@ use timely::dataflow::StreamVec;
 use super::Failure;
 use crate::error::{Error, Result};
 use crate::metrics::sink::EpochRecord;
+use crate::spec::CheckpointEvery;
 
-/// When checkpoints are taken: after every `every`-th epoch (L-BFGS
-/// iteration) and after the last one.
+/// When checkpoints are taken: after the last epoch (L-BFGS iteration),
+/// and every `n` epochs, or whenever the optimizer's steps pass a multiple
+/// of `n` (inside an epoch at the end of the round that passes it; at the
+/// epoch's boundary, after its evaluation, when that round is the epoch's
+/// last).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cadence {
-    /// Epochs between checkpoints (at least 1).
-    pub every: u32,
+    /// How often.
+    pub every: CheckpointEvery,
     /// The epochs the job runs at most (`train.epochs`).
     pub epochs: u32,
 }
 
 impl Cadence {
-    /// True if the boundary after `epoch` epochs (1-based) is checkpointed.
-    pub fn due(&self, epoch: u32) -> bool {
-        epoch >= self.epochs || epoch.is_multiple_of(self.every.max(1))
+    /// Epochs between checkpoints, for a cadence in epochs.
+    pub fn epochs(every: u32, epochs: u32) -> Cadence {
+        Cadence {
+            every: CheckpointEvery::Epochs(every),
+            epochs,
+        }
+    }
+
+    /// True if the boundary after `epoch` epochs (1-based) is checkpointed;
+    /// `steps` is the optimizer's step count there and `last` the steps of
+    /// the epoch's last round.
+    pub fn due_at_epoch(&self, epoch: u32, steps: u64, last: u64) -> bool {
+        epoch >= self.epochs
+            || match self.every {
+                CheckpointEvery::Epochs(n) => epoch.is_multiple_of(n.max(1)),
+                CheckpointEvery::Steps(n) => passes(steps, last, n),
+            }
+    }
+
+    /// True if a checkpoint falls after a round inside an epoch (not its
+    /// last) that ran `k` steps and ended at step count `steps`.
+    pub fn due_at_step(&self, steps: u64, k: u64) -> bool {
+        match self.every {
+            CheckpointEvery::Epochs(_) => false,
+            CheckpointEvery::Steps(n) => passes(steps, k, n),
+        }
     }
 }
 
-/// One shard owner's state at the boundary after `epoch` epochs, encoded
-/// by its strategy.
+/// True if the `k` steps that ended at step count `steps` passed a
+/// multiple of `n`.
+fn passes(steps: u64, k: u64, n: u64) -> bool {
+    let n = n.max(1);
+    steps / n > steps.saturating_sub(k) / n
+}
+
+/// Whose state a [`Part`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartOf {
+    /// A shard owner's: its shards and the state every owner shares.
+    Owner,
+    /// A worker's replica (`model-average`): its own optimizer state.
+    Replica,
+}
+
+/// A piece of a checkpoint, encoded by the strategy, sent to worker 0.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OwnerPart {
-    /// The boundary: epochs (L-BFGS iterations) completed.
+pub struct Part {
+    /// Where in the job: the optimizer's step count (L-BFGS: iterations),
+    /// which numbers the checkpoint.
+    pub position: u64,
+    /// Epochs (L-BFGS iterations) completed.
     pub epoch: u32,
-    /// The worker that owns the shards.
+    /// The worker it comes from.
     pub worker: u32,
-    /// The strategy's encoding of the owned shards.
+    /// Whose state it is.
+    pub of: PartOf,
+    /// The strategy's encoding.
     pub bytes: Vec<u8>,
 }
 
-/// The collector's state after closing an epoch, and the workers' replica
-/// states that reached it with the epoch's evaluation.
+/// The collector's state after closing an epoch (or before the first).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CollectorState {
     /// The epoch records so far, as JSON lines (records skip absent
@@ -62,9 +108,6 @@ pub struct CollectorState {
     pub last_steps: u64,
     /// Seconds of training before this boundary.
     pub elapsed_s: f64,
-    /// Each worker's replica state, by worker index (empty unless workers
-    /// keep replicas).
-    pub replicas: Vec<Vec<u8>>,
 }
 
 impl CollectorState {
@@ -81,35 +124,41 @@ impl CollectorState {
     }
 }
 
-/// The collector's states by boundary, on worker 0: filled by the
-/// collector, taken by the checkpoint sink.
+/// The collector's states by epochs completed, on worker 0: filled by the
+/// collector, read by the checkpoint sink (a checkpoint inside epoch
+/// `e + 1` carries the state after epoch `e`).
 pub type CollectorStates = Rc<RefCell<BTreeMap<u32, CollectorState>>>;
 
-/// Extension trait: gather the owners' checkpoint parts on worker 0.
+/// What the checkpoint sink hands to its writer: the position, the epochs
+/// completed, the parts (ordered by kind, then worker) and the collector's
+/// state there.
+pub type Gathered = (u64, u32, Vec<Part>, CollectorState);
+
+/// Extension trait: gather checkpoint parts on worker 0.
 pub trait SaveCheckpoints {
-    /// Sends every [`OwnerPart`] to worker 0 and, once a boundary's parts
-    /// are all in (the frontier has passed its round), calls `write` with
-    /// the boundary, its parts (ordered by worker) and the collector's
-    /// state there. A failed write is recorded in `failure`, which stops
-    /// the job (the gradient operator checks it every round).
+    /// Sends every [`Part`] to worker 0 and, once a round's parts are all
+    /// in (the frontier has passed it) and hold the owners' state, calls
+    /// `write` with them and the collector's state. A failed write is
+    /// recorded in `failure`, which stops the job (the gradient operator
+    /// checks it every round).
     fn save_checkpoints(
         self,
         states: CollectorStates,
-        write: impl FnMut(u32, Vec<OwnerPart>, CollectorState) -> Result<()> + 'static,
+        write: impl FnMut(Gathered) -> Result<()> + 'static,
         failure: Rc<RefCell<Option<Failure>>>,
     );
 }
 
-impl SaveCheckpoints for StreamVec<'_, u64, OwnerPart> {
+impl SaveCheckpoints for StreamVec<'_, u64, Part> {
     fn save_checkpoints(
         self,
         states: CollectorStates,
-        mut write: impl FnMut(u32, Vec<OwnerPart>, CollectorState) -> Result<()> + 'static,
+        mut write: impl FnMut(Gathered) -> Result<()> + 'static,
         failure: Rc<RefCell<Option<Failure>>>,
     ) {
-        let mut pending: BTreeMap<u64, Vec<OwnerPart>> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Vec<Part>> = BTreeMap::new();
         self.sink(
-            Exchange::new(|_p: &OwnerPart| 0u64),
+            Exchange::new(|_p: &Part| 0u64),
             "SaveCheckpoints",
             move |(input, frontier)| {
                 input.for_each(|cap, data| {
@@ -124,20 +173,29 @@ impl SaveCheckpoints for StreamVec<'_, u64, OwnerPart> {
                     let Some((_, mut parts)) = pending.pop_first() else {
                         break;
                     };
+                    // Replicas send their state at every evaluation; only
+                    // a round where the owners saved theirs is a checkpoint.
+                    let Some(owner) = parts.iter().find(|p| p.of == PartOf::Owner) else {
+                        continue;
+                    };
                     if failure.borrow().is_some() {
                         continue;
                     }
-                    parts.sort_by_key(|p| p.worker);
-                    let Some(epoch) = parts.first().map(|p| p.epoch) else {
-                        continue;
+                    let (position, epoch) = (owner.position, owner.epoch);
+                    parts.sort_by_key(|p| (p.of == PartOf::Replica, p.worker));
+                    let state = {
+                        let mut states = states.borrow_mut();
+                        let state = states.get(&epoch).cloned();
+                        // Older states are never needed again.
+                        states.retain(|&e, _| e >= epoch);
+                        state
                     };
-                    let state = states.borrow_mut().remove(&epoch);
                     let result = match state {
                         Some(state) if parts.iter().all(|p| p.epoch == epoch) => {
-                            write(epoch, parts, state)
+                            write((position, epoch, parts, state))
                         }
                         _ => Err(Error::Internal(format!(
-                            "the checkpoint after epoch {epoch} is incomplete: the collector's state or an owner's part is missing"
+                            "the checkpoint at step {position} (epoch {epoch}) is incomplete: the collector's state or a part is missing"
                         ))),
                     };
                     if let Err(e) = result {
@@ -155,16 +213,37 @@ mod tests {
 
     #[test]
     fn checkpoints_fall_every_n_epochs_and_after_the_last() {
-        let c = Cadence {
-            every: 3,
-            epochs: 10,
-        };
-        let due: Vec<u32> = (1..=12).filter(|&e| c.due(e)).collect();
+        let c = Cadence::epochs(3, 10);
+        let due: Vec<u32> = (1..=12).filter(|&e| c.due_at_epoch(e, 0, 1)).collect();
         assert_eq!(due, [3, 6, 9, 10, 11, 12]);
-        let every = Cadence {
-            every: 1,
-            epochs: 2,
+        assert!(
+            !c.due_at_step(9, 1),
+            "a cadence in epochs never cuts an epoch"
+        );
+        let every = Cadence::epochs(1, 2);
+        assert!(every.due_at_epoch(1, 0, 1) && every.due_at_epoch(2, 0, 1));
+    }
+
+    #[test]
+    fn checkpoints_in_steps_fall_where_a_round_passes_a_multiple() {
+        let c = Cadence {
+            every: CheckpointEvery::Steps(10),
+            epochs: 100,
         };
-        assert!(every.due(1) && every.due(2));
+        // Rounds of one step: at 10, 20, …
+        let due: Vec<u64> = (1..=35).filter(|&s| c.due_at_step(s, 1)).collect();
+        assert_eq!(due, [10, 20, 30]);
+        // Rounds of 4 steps (model-average, sync_every = 4): the round that
+        // ends at 12 passed 10, the one that ends at 20 reached 20.
+        let due: Vec<u64> = (1..=6)
+            .map(|r| 4 * r)
+            .filter(|&s| c.due_at_step(s, 4))
+            .collect();
+        assert_eq!(due, [12, 20]);
+        // An epoch whose last round passes a multiple is checkpointed at its
+        // boundary; one that does not is not (before the last epoch).
+        assert!(c.due_at_epoch(3, 30, 1));
+        assert!(!c.due_at_epoch(3, 33, 1));
+        assert!(c.due_at_epoch(100, 1001, 1), "the last epoch always is");
     }
 }

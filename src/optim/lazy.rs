@@ -482,12 +482,25 @@ impl Reader {
         self
     }
 
-    /// A reader that starts at `stamp` (a resumed job): every coordinate
-    /// is read from what the owners publish next, which is whole.
-    pub fn resume_at(mut self, stamp: Stamp) -> Reader {
-        self.clock = Clock {
-            stamps: [stamp].into(),
+    /// The reader of a resumed job, holding what the owners last
+    /// published: each weight, the step it is current at, FTRL's `(z, n)`
+    /// (empty otherwise), and the owners' clock. Vectors shorter than the
+    /// reader are padded with zeros (coordinates never touched).
+    pub fn resumed(
+        mut self,
+        published: &[f64],
+        last: &[u64],
+        state: (&[f64], &[f64]),
+        clock: Clock,
+    ) -> Reader {
+        let fill = |to: &mut [f64], from: &[f64]| {
+            to.iter_mut().zip(from).for_each(|(t, f)| *t = *f);
         };
+        fill(&mut self.published, published);
+        self.last.iter_mut().zip(last).for_each(|(t, f)| *t = *f);
+        fill(&mut self.z, state.0);
+        fill(&mut self.n, state.1);
+        self.clock = clock;
         self
     }
 

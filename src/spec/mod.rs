@@ -367,15 +367,39 @@ pub struct OutputSpec {
 pub struct CheckpointSpec {
     /// The directory of the checkpoint files.
     pub dir: PathBuf,
-    /// A checkpoint every this many epochs (L-BFGS iterations), and after
-    /// the last one.
-    pub every: u32,
+    /// How often: after the last epoch, and every so many epochs or steps.
+    pub every: CheckpointEvery,
     /// The newest checkpoints kept (at least 1).
     pub keep: usize,
 }
 
+/// `output.checkpoint_every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointEvery {
+    /// Every `n` epochs (L-BFGS iterations).
+    Epochs(u32),
+    /// Whenever the optimizer steps pass a multiple of `n` (inside an
+    /// epoch too): `"N steps"`.
+    Steps(u64),
+}
+
 /// Checkpoints kept by default.
 pub const DEFAULT_CHECKPOINT_KEEP: usize = 3;
+
+/// Checkpoints inside an epoch need a point where no step is in flight and
+/// steps are mini-batch steps.
+fn steps_can_checkpoint(optimizer: &OptimizerSpec, train: &TrainSpec) -> Result<()> {
+    let why = if optimizer.first_order().is_none() {
+        "L-BFGS takes one full-batch step per iteration: give a number of iterations"
+    } else if train.strategy == Strategy::ParamServer && train.staleness.bound() > 0 {
+        "with train.staleness > 0 steps are always in flight: give a number of epochs"
+    } else if train.strategy == Strategy::ModelParallel {
+        "model-parallel checkpoints at epoch boundaries: give a number of epochs"
+    } else {
+        return Ok(());
+    };
+    Err(value_err("output.checkpoint_every", why))
+}
 
 /// `[output] checkpoint`, `checkpoint_every`, `checkpoint_keep`, checked.
 fn checkpoint_spec(o: &RawOutput) -> Result<Option<CheckpointSpec>> {
@@ -397,20 +421,31 @@ fn checkpoint_spec(o: &RawOutput) -> Result<Option<CheckpointSpec>> {
         return Err(value_err("output.checkpoint", "names no directory"));
     }
     let every = match &o.checkpoint_every {
-        None => 1,
-        Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) => *n as u32,
-        Some(toml::Value::String(s)) if s.trim().ends_with("steps") || s.trim().ends_with("step") => {
-            return Err(value_err(
-                "output.checkpoint_every",
-                format!(
-                    "\"{s}\": checkpoints inside an epoch are not supported yet; checkpoints are taken at epoch boundaries: give a number of epochs (L-BFGS iterations)"
-                ),
-            ))
+        None => CheckpointEvery::Epochs(1),
+        Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) => {
+            CheckpointEvery::Epochs(*n as u32)
+        }
+        Some(toml::Value::String(text)) => {
+            let steps = text
+                .trim()
+                .strip_suffix("steps")
+                .or_else(|| text.trim().strip_suffix("step"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .filter(|&n| n >= 1);
+            match steps {
+                Some(n) => CheckpointEvery::Steps(n),
+                None => {
+                    return Err(value_err(
+                        "output.checkpoint_every",
+                        format!("\"{text}\" is not \"N steps\" with N ≥ 1 (or a number of epochs)"),
+                    ))
+                }
+            }
         }
         Some(v) => {
             return Err(value_err(
                 "output.checkpoint_every",
-                format!("must be a whole number of epochs ≥ 1, got {v}"),
+                format!("must be a whole number of epochs ≥ 1 or \"N steps\", got {v}"),
             ))
         }
     };
@@ -582,6 +617,9 @@ impl Pipeline {
         let optimizer = optimizer_spec(raw.optimizer, &model)?;
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         let checkpoint = checkpoint_spec(&raw.output)?;
+        if let Some(CheckpointEvery::Steps(_)) = checkpoint.as_ref().map(|c| c.every) {
+            steps_can_checkpoint(&optimizer, &train)?;
+        }
         Ok(Pipeline {
             data,
             model,

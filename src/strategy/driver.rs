@@ -8,10 +8,10 @@ use std::ops::Range;
 use super::model_average;
 use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, ShardState};
 use crate::dataflow::fold::{Emission, Owner, ShardGrad};
-use crate::dataflow::snapshot::{Cadence, OwnerPart};
+use crate::dataflow::snapshot::{Cadence, Part, PartOf};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
-use crate::exact::Bound;
+use crate::exact::{Bound, Wide};
 use crate::model::Roles;
 use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
@@ -231,12 +231,31 @@ pub struct Driver {
     worker: u32,
     /// When checkpoints fall (`None`: the job takes none).
     cadence: Option<Cadence>,
-    /// The owned shards' state at the boundary just passed, if it is
-    /// checkpointed.
-    snapshot: Option<OwnerPart>,
-    /// A resumed job: the boundary it resumes at (epochs, objective, the
-    /// job ends there).
-    resumed: Option<(u32, Option<f64>, bool)>,
+    /// The owned shards' state at the point just passed, if a checkpoint
+    /// falls there.
+    snapshot: Option<Part>,
+    /// A resumed job: where it resumes.
+    resumed: Option<Resumed>,
+    /// Exact sum of the training losses since the last evaluation.
+    epoch_loss: Wide,
+    /// Training rows behind `epoch_loss`.
+    epoch_rows: u64,
+    /// Steps of the last round folded.
+    last_round: u64,
+}
+
+/// Where a resumed job continues.
+#[derive(Debug, Clone, Copy)]
+enum Resumed {
+    /// At the boundary after `epoch` epochs, with its objective; the job
+    /// ends there if `done`.
+    Boundary {
+        epoch: u32,
+        objective: Option<f64>,
+        done: bool,
+    },
+    /// Inside epoch `epoch` (0-based), at step `step`.
+    Step { epoch: u32, step: u64 },
 }
 
 impl Driver {
@@ -343,6 +362,9 @@ impl Driver {
             cadence: None,
             snapshot: None,
             resumed: None,
+            epoch_loss: Wide::default(),
+            epoch_rows: 0,
+            last_round: 1,
         }
     }
 
@@ -386,18 +408,15 @@ impl Driver {
                     ))
                 }
             };
-            if s.lazy
-                .as_ref()
-                .is_some_and(|l| matches!(l.drift(), Drift::Ftrl { .. }))
-            {
-                // Readers compute FTRL's weights from its state: the first
-                // emission sends the state of every live coordinate.
-                s.pending = s.live.indices().to_vec();
-            }
-            s.sent = None;
-            s.changed = Changed::All;
+            // The workers start from the checkpoint's values: what the
+            // owners last sent them.
+            s.sent = Some(s.params.clone());
+            s.pending.clear();
+            s.changed = Changed::Nothing;
         }
         self.steps = d.steps;
+        self.epoch_loss = d.epoch_loss;
+        self.epoch_rows = d.epoch_rows;
         self.clock = Clock::from_stamps(d.clock.clone())
             .ok_or_else(|| Error::Internal("the checkpoint's lazy clock is not whole".into()))?;
         match (&mut self.mode, &d.lbfgs) {
@@ -420,12 +439,35 @@ impl Driver {
             }
             _ => {}
         }
-        self.resumed = Some((d.epoch, d.objective, d.done));
+        self.resumed = Some(match d.next {
+            Some((epoch, step)) => Resumed::Step { epoch, step },
+            None => Resumed::Boundary {
+                epoch: d.epoch,
+                objective: d.objective,
+                done: d.done,
+            },
+        });
         Ok(())
     }
 
-    /// The owned shards' state at the boundary after `epoch`.
-    fn save(&self, epoch: u32, objective: Option<f64>, done: bool) -> OwnerPart {
+    /// Where the job is, in the numbering of its checkpoints: the
+    /// optimizer's steps (L-BFGS: its iterations, `epoch`).
+    fn position(&self, epoch: u32) -> u64 {
+        match self.mode {
+            Mode::Lbfgs { .. } => u64::from(epoch),
+            _ => self.steps,
+        }
+    }
+
+    /// The owned shards' state after `epoch` epochs, at their boundary or
+    /// (`next`: the round to run next) inside the next epoch.
+    fn save(
+        &self,
+        epoch: u32,
+        objective: Option<f64>,
+        done: bool,
+        next: Option<(u32, u64)>,
+    ) -> Part {
         let shards = self
             .shards
             .iter()
@@ -459,11 +501,16 @@ impl Driver {
                 steps: self.steps,
                 clock: self.clock.stamps(),
                 lbfgs,
+                next,
+                epoch_loss: self.epoch_loss,
+                epoch_rows: self.epoch_rows,
             },
         };
-        OwnerPart {
+        Part {
+            position: self.position(epoch),
             epoch,
             worker: self.worker,
+            of: PartOf::Owner,
             // An encoding failure leaves the part empty: the writer then
             // fails the job, naming this worker.
             bytes: bincode::serialize(&state).unwrap_or_default(),
@@ -588,6 +635,34 @@ impl Driver {
             Phase::Refresh
         };
         self.send(phase, 0, false)
+    }
+
+    /// [`Driver::advance`] after a training round of `k` steps that
+    /// summed `loss` over `rows` rows, taking a checkpoint if one falls
+    /// inside the epoch here.
+    fn advance_saving(
+        &mut self,
+        epoch: u32,
+        step: u64,
+        k: u64,
+        steps_per_epoch: u64,
+        loss: Wide,
+        rows: u64,
+    ) -> Emission {
+        self.epoch_loss += loss;
+        self.epoch_rows += rows;
+        self.last_round = k;
+        let out = self.advance(epoch, step, k, steps_per_epoch);
+        let next = step + k;
+        if next < steps_per_epoch && self.cadence.is_some_and(|c| c.due_at_step(self.steps, k)) {
+            self.snapshot = Some(self.save(epoch, None, false, Some((epoch, next))));
+        }
+        if next >= steps_per_epoch {
+            // The evaluation's record holds them from here.
+            self.epoch_loss = Wide::default();
+            self.epoch_rows = 0;
+        }
+        out
     }
 
     /// The mean gradient of parameter `i` (absolute index) from its sum
@@ -755,8 +830,16 @@ impl Driver {
 impl Owner for Driver {
     /// The parameters of the first rounds.
     fn start(&mut self) -> Emission {
-        if let Some((epoch, objective, done)) = self.resumed.take() {
-            return self.after_boundary(epoch, objective, done);
+        match self.resumed.take() {
+            Some(Resumed::Boundary {
+                epoch,
+                objective,
+                done,
+            }) => return self.after_boundary(epoch, objective, done),
+            Some(Resumed::Step { epoch, step }) => {
+                return self.send(Phase::Train { epoch, step }, 0, false)
+            }
+            None => {}
         }
         if let Mode::Lbfgs { opt, .. } = &self.mode {
             let x0 = opt.first_point().to_vec();
@@ -773,10 +856,11 @@ impl Owner for Driver {
     fn on_gradients(
         &mut self,
         sums: &BTreeMap<u32, ShardGrad>,
-        loss: f64,
+        exact_loss: Wide,
         rows: u64,
         bound: Bound,
     ) -> Result<Emission, Failure> {
+        let loss = exact_loss.to_f64();
         let Some(Phase::Train { epoch, step }) = self.in_flight.pop_front() else {
             return Ok(Vec::new());
         };
@@ -807,7 +891,7 @@ impl Owner for Driver {
                     self.average_replicas(sums, rows);
                 }
                 let k = sync_every.min(steps_per_epoch - step);
-                Ok(self.advance(epoch, step, k, steps_per_epoch))
+                Ok(self.advance_saving(epoch, step, k, steps_per_epoch, exact_loss, rows))
             }
             &Mode::FirstOrder {
                 spec,
@@ -816,7 +900,7 @@ impl Owner for Driver {
                 if rows > 0 {
                     self.step_shards(&spec, sums, rows, epoch, step)?;
                 }
-                Ok(self.advance(epoch, step, 1, steps_per_epoch))
+                Ok(self.advance_saving(epoch, step, 1, steps_per_epoch, exact_loss, rows))
             }
             Mode::Lbfgs { .. } => Ok(self.lbfgs_round(sums, loss, rows)),
         }
@@ -843,13 +927,16 @@ impl Owner for Driver {
                     ..
                 }
             );
-        if self.cadence.is_some_and(|c| c.due(epoch)) {
-            self.snapshot = Some(self.save(epoch, objective, done));
+        if self
+            .cadence
+            .is_some_and(|c| c.due_at_epoch(epoch, self.steps, self.last_round))
+        {
+            self.snapshot = Some(self.save(epoch, objective, done, None));
         }
         self.after_boundary(epoch, objective, done)
     }
 
-    fn take_snapshot(&mut self) -> Option<OwnerPart> {
+    fn take_snapshot(&mut self) -> Option<Part> {
         self.snapshot.take()
     }
 }

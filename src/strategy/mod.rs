@@ -79,10 +79,15 @@ pub struct Checkpointing {
 }
 
 impl LoopInput<'_> {
-    /// The model at the starting parameters ([`model::build`]); a strategy
-    /// that holds the whole model builds it, one that splits it does not.
+    /// The model at the starting parameters ([`model::build`]): the
+    /// checkpoint's when resuming, else `init`; a strategy that holds the
+    /// whole model builds it, one that splits it does not.
     pub fn model(&self) -> Box<dyn Model> {
-        model::build(self.plan.pipeline.model.kind, &self.spec, self.init)
+        let kind = self.plan.pipeline.model.kind;
+        match &self.resume {
+            Some(saved) => model::build(kind, &self.spec, Some(&saved.params())),
+            None => model::build(kind, &self.spec, self.init),
+        }
     }
 
     /// The roles of the model's parameters, without building it.

@@ -67,12 +67,17 @@ impl Strategy for ModelAverage {
         };
         if let Some(saved) = &input.resume {
             let index = worker.index();
-            let bytes = saved.collector.replicas.get(index).ok_or_else(|| {
+            let bytes = saved.replicas.get(index).ok_or_else(|| {
                 Failure::from(&Error::Internal(format!(
                     "the checkpoint holds no replica of worker {index}"
                 )))
             })?;
             replica.load(bytes).map_err(|e| Failure::from(&e))?;
+            // The workers start from the checkpoint's weights: as if the
+            // owners had sent them whole (a checkpoint inside an epoch is
+            // taken before the replicas received the round's average).
+            let theta = saved.params();
+            replica.received(&theta, 0..theta.len(), &ShardValues::Dense(theta.clone()));
         }
         sharded::run(
             worker,
@@ -151,6 +156,11 @@ impl LocalSteps {
 }
 
 impl Replica for LocalSteps {
+    fn round_steps(&self, step: u64) -> u64 {
+        self.sync_every
+            .min(self.steps_per_epoch.saturating_sub(step))
+    }
+
     fn save(&self) -> Vec<u8> {
         let state = ReplicaState {
             state: self.state.clone(),
@@ -211,7 +221,7 @@ impl Replica for LocalSteps {
             acc,
         } = ws;
         data.prepare(epoch)?;
-        let k = self.sync_every.min(self.steps_per_epoch - step);
+        let k = self.round_steps(step);
         let n = roles.len();
         if acc.len() != n {
             *acc = vec![Exact::default(); n];

@@ -10,9 +10,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
 
-use super::snapshot::Checkpointer;
+use super::snapshot::{Checkpointer, Saved};
 use timely::worker::Worker;
 
 use super::driver::{Driver, OwnerPolicy, OwnerStep};
@@ -23,9 +23,11 @@ use crate::dataflow::fold::{FoldOut, FoldShards};
 use crate::dataflow::gradient::{GradientContext, Gradients, ReadAhead, Replica};
 use crate::dataflow::hooks::Hooks;
 use crate::dataflow::liveness;
-use crate::dataflow::snapshot::{CollectorStates, SaveCheckpoints};
+use crate::dataflow::snapshot::{CollectorStates, Part, SaveCheckpoints};
 use crate::dataflow::{owner, shard_ranges, EvalMsg, Failure, GradMsg, ParamMsg, WorkerOut};
-use crate::optim::lazy::{Drift, Reader};
+use crate::error::Error;
+use crate::exact::Wide;
+use crate::optim::lazy::{Clock, Drift, Reader};
 use crate::optim::{FirstOrderState, Penalty};
 
 /// A strategy's policy for the sharded loop.
@@ -38,6 +40,20 @@ pub struct Sharding {
     pub replica: Option<Box<dyn Replica>>,
     /// What the owners make of a round's sums.
     pub owner: OwnerStep,
+}
+
+/// The reader of a resumed job: what the owners last published, from the
+/// checkpoint.
+fn resumed_reader(reader: Reader, saved: &Saved) -> Result<Reader, Failure> {
+    let clock = Clock::from_stamps(saved.driver.clock.clone()).ok_or_else(|| {
+        Failure::from(&Error::Internal(
+            "the checkpoint's lazy clock is not whole".into(),
+        ))
+    })?;
+    let last = saved.concat(|s| s.lazy.as_deref().unwrap_or(&[]), 0);
+    let z = saved.concat(|s| &s.state.m, 0.0);
+    let n = saved.concat(|s| &s.state.v, 0.0);
+    Ok(reader.resumed(&saved.params(), &last, (&z, &n), clock))
 }
 
 /// Builds and runs the sharded training dataflow on this worker.
@@ -146,13 +162,19 @@ pub fn run(
                     &optimizer,
                     init.unwrap_or(&[]),
                 ));
-                match resume.as_ref().and_then(|s| s.driver.clock.last()) {
-                    Some(&stamp) => r.resume_at(stamp),
-                    None => r,
+                match &resume {
+                    Some(saved) => resumed_reader(r, saved),
+                    None => Ok(r),
                 }
-            }),
+            })
+            .transpose()?,
         label_ref,
         cadence,
+        // Worker 0 carries the epoch's training loss so far.
+        epoch_start: match (&resume, index) {
+            (Some(saved), 0) => (saved.driver.epoch_loss, saved.driver.epoch_rows),
+            _ => (Wide::default(), 0),
+        },
     };
     let states: CollectorStates = Rc::default();
     let resumed_collector = resume.as_ref().map(|s| s.collector.clone());
@@ -175,13 +197,15 @@ pub fn run(
         // `lag = s`, a worker can compute round r as soon as round r - s - 1
         // is folded, i.e. run up to s rounds ahead of the slowest worker.
         let (handle, params) = scope.feedback::<Vec<ParamMsg>>(1 + lag);
-        let (grads, evals) = params
+        let (grads, rest) = params
             .broadcast()
             .gradients(ctx)
-            .ok_err::<Vec<GradMsg>, _, Vec<EvalMsg>, _, _>(|out| match out {
+            .ok_err::<Vec<GradMsg>, _, Vec<Result<EvalMsg, Part>>, _, _>(|out| match out {
                 WorkerOut::Grad(g) => Ok(g),
-                WorkerOut::Eval(e) => Err(*e),
+                WorkerOut::Eval(e) => Err(Ok(*e)),
+                WorkerOut::Saved(p) => Err(Err(p)),
             });
+        let (evals, replicas) = rest.ok_err::<Vec<EvalMsg>, _, Vec<Part>, _, _>(|r| r);
         let control = evals.collect_metrics(collect).broadcast();
         let (params, parts) = grads
             .fold_shards(control, driver, fold_failure)
@@ -191,11 +215,13 @@ pub fn run(
             });
         params.connect_loop(handle);
         if cadence.is_some() {
-            let write = move |epoch, parts, state| match &writer {
-                Some(w) => w.write(epoch, parts, state, &scan).map(|_| ()),
+            let write = move |gathered| match &writer {
+                Some(w) => w.write(gathered, &scan).map(|_| ()),
                 None => Ok(()),
             };
-            parts.save_checkpoints(states, write, save_failure);
+            parts
+                .concat(replicas)
+                .save_checkpoints(states, write, save_failure);
         }
     });
     liveness::run(worker, dataflow, input.heartbeat);

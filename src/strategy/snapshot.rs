@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::store::Store;
 use crate::dataflow::scan::ScanResult;
-use crate::dataflow::snapshot::{Cadence, CollectorState, OwnerPart};
+use crate::dataflow::snapshot::{Cadence, CollectorState, Gathered, PartOf};
 use crate::error::{Error, Result};
+use crate::exact::Wide;
 use crate::optim::lazy::Stamp;
 use crate::optim::lbfgs::Lbfgs;
 use crate::optim::FirstOrderState;
@@ -71,6 +72,14 @@ pub struct DriverState {
     pub clock: Vec<Stamp>,
     /// L-BFGS only.
     pub lbfgs: Option<LbfgsState>,
+    /// Inside an epoch: the round to run next (epoch, step); `None` at an
+    /// epoch boundary.
+    pub next: Option<(u32, u64)>,
+    /// Exact sum of the training losses since the last evaluation (inside
+    /// an epoch: the epoch's so far).
+    pub epoch_loss: Wide,
+    /// Training rows behind `epoch_loss`.
+    pub epoch_rows: u64,
 }
 
 /// One owner's part of a checkpoint: its shards and the common state.
@@ -98,6 +107,9 @@ pub struct Saved {
     pub scan: ScanResult,
     /// The collector's records and early-stopping state.
     pub collector: CollectorState,
+    /// Each worker's replica state, by worker (`model-average`; empty for
+    /// the other strategies).
+    pub replicas: Vec<Vec<u8>>,
     /// Every shard, by id.
     pub shards: Vec<ShardState>,
     /// The common state.
@@ -108,6 +120,26 @@ impl Saved {
     /// Epochs (L-BFGS iterations) completed at this checkpoint.
     pub fn epoch(&self) -> u32 {
         self.driver.epoch
+    }
+
+    /// The whole parameter vector (the shards in order).
+    pub fn params(&self) -> Vec<f64> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.params.iter().copied())
+            .collect()
+    }
+
+    /// Per coordinate, padded to each shard's length with `pad`: what
+    /// `get` gives of each shard.
+    pub fn concat<T: Copy>(&self, get: impl Fn(&ShardState) -> &[T], pad: T) -> Vec<T> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let v = get(s);
+            out.extend_from_slice(&v[..v.len().min(s.params.len())]);
+            out.resize(out.len() + s.params.len().saturating_sub(v.len()), pad);
+        }
+        out
     }
 
     /// The shard `id`.
@@ -161,19 +193,25 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Puts a boundary's parts together and writes them as checkpoint
-    /// number `epoch`, then drops the ones the retention policy expires.
-    pub fn write(
-        &self,
-        epoch: u32,
-        parts: Vec<OwnerPart>,
-        collector: CollectorState,
-        scan: &ScanResult,
-    ) -> Result<PathBuf> {
+    /// Puts a checkpoint's parts together and writes them, numbered by
+    /// their position, then drops the ones the retention policy expires.
+    pub fn write(&self, gathered: Gathered, scan: &ScanResult) -> Result<PathBuf> {
         let started = Instant::now();
+        let (position, epoch, parts, collector) = gathered;
         let mut shards: Vec<Option<ShardState>> = vec![None; self.shards];
         let mut driver = None;
+        let mut replicas = Vec::new();
         for part in parts {
+            if part.of == PartOf::Replica {
+                if part.worker as usize != replicas.len() {
+                    return Err(Error::Internal(format!(
+                        "the replica of worker {} is missing from the checkpoint at step {position}",
+                        replicas.len()
+                    )));
+                }
+                replicas.push(part.bytes);
+                continue;
+            }
             let owner: OwnerState = bincode::deserialize(&part.bytes).map_err(|e| {
                 Error::Internal(format!(
                     "the checkpoint part of worker {} does not read: {e}",
@@ -186,7 +224,7 @@ impl Checkpointer {
                     Some(slot @ None) => *slot = Some(s),
                     _ => {
                         return Err(Error::Internal(format!(
-                            "shard {id} came twice or out of range in the checkpoint after epoch {epoch}"
+                            "shard {id} came twice or out of range in the checkpoint at step {position}"
                         )))
                     }
                 }
@@ -199,14 +237,21 @@ impl Checkpointer {
             .map(|(k, s)| {
                 s.ok_or_else(|| {
                     Error::Internal(format!(
-                        "shard {k} is missing from the checkpoint after epoch {epoch}"
+                        "shard {k} is missing from the checkpoint at step {position}"
                     ))
                 })
             })
             .collect::<Result<_>>()?;
         let driver = driver.ok_or_else(|| {
-            Error::Internal(format!("the checkpoint after epoch {epoch} has no owner"))
+            Error::Internal(format!("the checkpoint at step {position} has no owner"))
         })?;
+        if !replicas.is_empty() && replicas.len() != self.workers as usize {
+            return Err(Error::Internal(format!(
+                "the checkpoint at step {position} holds {} of {} replicas",
+                replicas.len(),
+                self.workers
+            )));
+        }
         let saved = Saved {
             version: PAYLOAD_VERSION,
             identity: self.identity.clone(),
@@ -214,15 +259,17 @@ impl Checkpointer {
             workers: self.workers,
             scan: scan.clone(),
             collector,
+            replicas,
             shards,
             driver,
         };
         let payload = saved.encode()?;
-        let path = self.store.write(u64::from(epoch), &payload)?;
+        let path = self.store.write(position, &payload)?;
         self.store.prune(self.keep)?;
         tracing::info!(
             checkpoint = %path.display(),
             epoch,
+            step = position,
             bytes = payload.len(),
             seconds = started.elapsed().as_secs_f64(),
             "checkpoint written"
