@@ -297,6 +297,16 @@ pub enum Error {
         /// What it reported.
         message: String,
     },
+    /// A job run under `train --max-restarts` ended in a failure that was
+    /// not restarted: one a rerun would repeat, an interruption, or one
+    /// after the last restart. Its exit code is the job's.
+    #[error("{message}")]
+    Supervised {
+        /// What happened, and why it was not restarted.
+        message: String,
+        /// The job's exit code (128 + N for a job killed by signal N).
+        code: u8,
+    },
 }
 
 /// `" (did you mean 'x'?)"`, or nothing.
@@ -399,7 +409,7 @@ impl Error {
             Error::Diverged { .. } => 6,
             Error::Cluster(_) | Error::Worker { .. } => 7,
             Error::Internal(_) => 1,
-            Error::Relayed { code, .. } => *code,
+            Error::Relayed { code, .. } | Error::Supervised { code, .. } => *code,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::spec::Pipeline;
 use outputs::{PipelineInputs, PipelineOutputs};
 
 mod outputs;
+mod supervise;
 
 /// tidemill: distributed training of linear models on Parquet data, as a
 /// timely dataflow.
@@ -180,6 +181,16 @@ pub struct TrainArgs {
     /// from the same pipeline and data; see docs/fault-tolerance.md.
     #[arg(long)]
     pub resume: bool,
+    /// Run the job as a child process and restart it from its newest
+    /// checkpoint (adding --resume) up to this many times after a failure a
+    /// rerun may get past: exit code 1, 3 or 7, or killed by a signal such
+    /// as SIGKILL. Needs output.checkpoint; 0 runs the job in this process.
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    pub max_restarts: u32,
+    /// Seconds before the first restart; each further one waits twice as
+    /// long as the one before, at most 60.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub restart_backoff: f64,
 }
 
 /// `predict`.
@@ -303,6 +314,9 @@ fn validate(a: ValidateArgs) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    if a.max_restarts > 0 {
+        return supervise::run(&a);
+    }
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
     let (model_flag, metrics_flag) = (a.model_out.is_some(), a.metrics_out.is_some());

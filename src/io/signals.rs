@@ -8,11 +8,64 @@
 //! directory ([`super::sweep`]). A SIGHUP that was ignored when the process
 //! started (`nohup`) stays ignored. [`exit_now`] ends the process the same
 //! way for other causes.
+//!
+//! A supervisor (`train --max-restarts`) starts its child process through
+//! [`spawn_child`]: a signal is then passed on to the child first, and the
+//! supervisor, once it has reaped the child ([`child_reaped`] says which
+//! signal was passed on), exits with 128 + that signal without restarting
+//! it. Should the child not end within [`CHILD_GRACE`], the handler kills
+//! it with SIGKILL and exits as above.
 
+use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::temp;
+
+/// How long a signal passed on to a supervised child waits for it to end
+/// before the child is killed with SIGKILL.
+pub const CHILD_GRACE: Duration = Duration::from_secs(30);
+
+/// A supervisor's running child and the signal passed on to it.
+struct Supervised {
+    /// The child's process id, while it runs.
+    pid: Option<i32>,
+    /// The signal passed on to it.
+    forwarded: Option<i32>,
+}
+
+static SUPERVISED: Mutex<Supervised> = Mutex::new(Supervised {
+    pid: None,
+    forwarded: None,
+});
+
+fn supervised() -> MutexGuard<'static, Supervised> {
+    SUPERVISED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts `command` as the child a signal is passed on to. Starting and
+/// registering it are one step for the handler: a signal that arrives
+/// meanwhile reaches the child, never leaving it running on its own.
+pub fn spawn_child(command: &mut Command) -> std::io::Result<Child> {
+    let mut s = supervised();
+    let child = command.spawn()?;
+    s.pid = i32::try_from(child.id()).ok();
+    Ok(child)
+}
+
+/// Says that the child started by [`spawn_child`] has been reaped, and
+/// returns the signal passed on to it, if one was: the supervisor then
+/// exits with 128 + that signal and restarts nothing.
+pub fn child_reaped() -> Option<i32> {
+    let mut s = supervised();
+    s.pid = None;
+    s.forwarded
+}
 
 /// Starts the thread that handles SIGINT, SIGTERM and SIGHUP. Call it once,
 /// early in `main`.
@@ -32,7 +85,9 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes the temporary files and exits; never returns.
+/// Removes the temporary files and exits; never returns. With a
+/// supervised child, passes the signal on to it first and leaves the exit
+/// to the supervisor, unless the child outlives [`CHILD_GRACE`].
 fn exit_on(signal: i32) -> ! {
     let name = match signal {
         SIGINT => "SIGINT",
@@ -40,6 +95,28 @@ fn exit_on(signal: i32) -> ! {
         SIGHUP => "SIGHUP",
         _ => "a signal",
     };
+    // Signalled while registered (under the lock): not reaped yet, so the
+    // pid is still the child's.
+    let child = {
+        let mut s = supervised();
+        if let Some(pid) = s.pid {
+            s.forwarded = Some(signal);
+            let _ = kill(Pid::from_raw(pid), Signal::try_from(signal).ok());
+        }
+        s.pid
+    };
+    if let Some(pid) = child {
+        std::thread::sleep(CHILD_GRACE);
+        if let Some(pid) = supervised().pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        exit_now(128 + signal, |_| {
+            format!(
+                "interrupted by {name}: the supervised job (pid {pid}) did not end within {} s of it and was killed with SIGKILL",
+                CHILD_GRACE.as_secs()
+            )
+        })
+    }
     exit_now(128 + signal, |removed| {
         format!(
             "interrupted by {name}; removed {removed} temporary file(s){}",
