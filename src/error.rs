@@ -307,6 +307,26 @@ pub enum Error {
         /// The job's exit code (128 + N for a job killed by signal N).
         code: u8,
     },
+    /// Training stopped at a checkpoint because a process of the job was
+    /// asked to stop (SIGINT or SIGTERM): `--resume` continues it. Exit
+    /// code 128 + the signal, as for a process the signal ended.
+    #[error("stopped by {} (it reached worker {worker}'s process); the job was checkpointed where it stopped and no other output was written", signal_name(*signal))]
+    Stopped {
+        /// The signal.
+        signal: i32,
+        /// A worker of the process it reached.
+        worker: usize,
+    },
+}
+
+/// The name of a signal tidemill handles.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        1 => "SIGHUP",
+        _ => "a signal",
+    }
 }
 
 /// `" (did you mean 'x'?)"`, or nothing.
@@ -410,6 +430,7 @@ impl Error {
             Error::Cluster(_) | Error::Worker { .. } => 7,
             Error::Internal(_) => 1,
             Error::Relayed { code, .. } | Error::Supervised { code, .. } => *code,
+            Error::Stopped { signal, .. } => u8::try_from(128 + signal).unwrap_or(1),
         }
     }
 }

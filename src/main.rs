@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 source = s.source();
             }
             let hint = tidemill::checkpoint::hint::resume_hint();
-            if !hint.is_empty() && matches!(e.exit_code(), 1 | 3 | 7) {
+            if !hint.is_empty() && matches!(e.exit_code(), 1 | 3 | 7 | 129..) {
                 // A failure a rerun may get past: say where it resumes.
                 eprintln!("note: {}", hint.trim_start_matches("; "));
             }

@@ -410,15 +410,14 @@ fn newest(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_two_process_job_that_loses_a_process_resumes_as_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = Job::new(dir.path(), 4, &["data.partition=\"shuffle\""]);
+/// A job's uninterrupted model (one process, two workers), and the same
+/// job started as two slowed processes of one worker each.
+fn two_processes(dir: &Path) -> (Job, Vec<u8>, [Child; 2]) {
+    let job = Job::new(dir, 4, &["data.partition=\"shuffle\""]);
     let reference = job.run(2, &[]);
     std::fs::remove_dir_all(job.checkpoints()).unwrap();
     std::fs::remove_file(job.model()).unwrap();
-    let hosts = common::hostfile(dir.path(), 2);
-    let hosts = hosts.display().to_string();
+    let hosts = common::hostfile(dir, 2).display().to_string();
     let spawn = |p: &str| {
         job.start(
             1,
@@ -426,8 +425,14 @@ fn a_two_process_job_that_loses_a_process_resumes_as_one() {
             &[("TIDEMILL_SLOW_WORKER", "0:25")],
         )
     };
-    let survivor = spawn("0");
-    let victim = spawn("1");
+    let children = [spawn("0"), spawn("1")];
+    (job, reference, children)
+}
+
+#[test]
+fn a_two_process_job_that_loses_a_process_resumes_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, reference, [survivor, victim]) = two_processes(dir.path());
     wait_for_count(&job.checkpoints(), 1, Duration::from_secs(60));
     sigkill(victim);
     let killed = Instant::now();
@@ -453,5 +458,85 @@ fn a_two_process_job_that_loses_a_process_resumes_as_one() {
     assert!(
         resumed == reference,
         "resumed as one process with two workers, the model differs"
+    );
+}
+
+/// Sends `signal` to a slowed job once it has written its first
+/// checkpoint: it must stop at a checkpoint of its own, exit 128 + the
+/// signal, say so, and write no model.
+fn stopped_by(job: &Job, workers: usize, signal: Signal, extra: &[&str]) -> Output {
+    let child = job.start(workers, extra, &[("TIDEMILL_SLOW_WORKER", "0:25")]);
+    wait_for_count(&job.checkpoints(), 1, Duration::from_secs(60));
+    let before = newest(&job.checkpoints());
+    std::thread::sleep(Duration::from_millis(60));
+    kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+    let out = finish(child, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + signal as i32), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped by {}", signal.as_str())),
+        "{stderr}"
+    );
+    assert!(
+        newest(&job.checkpoints()) > before,
+        "no checkpoint where it stopped: {stderr}"
+    );
+    assert!(!job.model().exists(), "a stopped job wrote a model");
+    out
+}
+
+#[test]
+fn sigterm_and_sigint_stop_at_a_checkpoint_that_resumes_to_the_same_model() {
+    // Synchronous first-order steps stop at the next step; model-average
+    // at the next epoch boundary.
+    let cases: [(&str, &[&str], Signal, usize); 2] = [
+        (
+            "allreduce",
+            &["optimizer.kind=\"adam\""],
+            Signal::SIGTERM,
+            1,
+        ),
+        ("model-average", &["train.sync_every=3"], Signal::SIGINT, 2),
+    ];
+    for (strategy, extra, signal, workers) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = vec![format!("train.strategy=\"{strategy}\"")];
+        settings.extend(extra.iter().map(|s| s.to_string()));
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let job = Job::new(dir.path(), 4, &settings);
+        let reference = job.run(2, &[]);
+        std::fs::remove_dir_all(job.checkpoints()).unwrap();
+        std::fs::remove_file(job.model()).unwrap();
+        stopped_by(&job, 2, signal, &[]);
+        let resumed = job.run(workers, &["--resume"]);
+        assert!(
+            resumed == reference,
+            "{strategy}: stopped by {signal}, resumed on {workers} workers: the model differs"
+        );
+    }
+}
+
+#[test]
+fn sigterm_to_one_process_stops_the_cluster_at_one_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, reference, [first, second]) = two_processes(dir.path());
+    wait_for_count(&job.checkpoints(), 1, Duration::from_secs(60));
+    let before = newest(&job.checkpoints());
+    kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).unwrap();
+    for (name, child) in [("process 1", second), ("process 0", first)] {
+        let out = finish(child, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(143), "{name}: {stderr}");
+        assert!(stderr.contains("stopped by SIGTERM"), "{name}: {stderr}");
+    }
+    assert!(
+        newest(&job.checkpoints()) > before,
+        "no checkpoint where it stopped"
+    );
+    assert!(!job.model().exists(), "a stopped job wrote a model");
+    let resumed = job.run(2, &["--resume"]);
+    assert!(
+        resumed == reference,
+        "resumed as one process: the model differs"
     );
 }

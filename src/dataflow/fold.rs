@@ -72,6 +72,19 @@ pub trait Owner: 'static {
     fn take_snapshot(&mut self) -> Option<Part> {
         None
     }
+
+    /// A worker asked the job to stop (`why`, a signal): the owner stops at
+    /// the next point where it can take a checkpoint, emitting nothing
+    /// more. An owner that cannot leaves it to the caller, which stops at
+    /// once (no checkpoint).
+    fn stop(&mut self, why: Failure) -> Option<Failure> {
+        Some(why)
+    }
+
+    /// The stop request, once the owner has stopped (its checkpoint taken).
+    fn take_stopped(&mut self) -> Option<Failure> {
+        None
+    }
 }
 
 /// What the fold emits: the next rounds' parameters into the feedback, and
@@ -186,9 +199,18 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                     let failed = round
                         .grads
                         .iter()
-                        .find_map(|g| g.failure.clone())
+                        .find_map(|g| g.failure.clone().filter(|f| !f.is_stop()))
                         .or_else(|| round.control.iter().find_map(|c| c.failure.clone()));
                     if let Some(f) = failed {
+                        failure.borrow_mut().get_or_insert(f);
+                        stopped = true;
+                        continue;
+                    }
+                    let asked = round
+                        .grads
+                        .iter()
+                        .find_map(|g| g.failure.clone().filter(Failure::is_stop));
+                    if let Some(f) = asked.and_then(|f| driver.stop(f)) {
                         failure.borrow_mut().get_or_insert(f);
                         stopped = true;
                         continue;
@@ -226,6 +248,10 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                     };
                     if let Some(part) = driver.take_snapshot() {
                         output.session(&cap).give(FoldOut::Saved(part));
+                    }
+                    if let Some(f) = driver.take_stopped() {
+                        failure.borrow_mut().get_or_insert(f);
+                        stopped = true;
                     }
                     for (delay, msg) in next {
                         output

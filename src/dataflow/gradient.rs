@@ -542,6 +542,18 @@ impl State {
                 Ok((partials, loss, rows, bound)) => {
                     self.epoch_loss += loss;
                     self.epoch_rows += rows;
+                    // Asked to stop (SIGINT, SIGTERM): every owner learns it
+                    // from this round's messages, so all stop at one point.
+                    let stop = self
+                        .ctx
+                        .cadence
+                        .and(crate::io::signals::stop_requested())
+                        .map(|signal| {
+                            Failure::from(&Error::Stopped {
+                                signal,
+                                worker: self.ctx.index,
+                            })
+                        });
                     for (k, values) in partials.into_iter().enumerate() {
                         if owner(k as u32, self.ctx.peers) != self.ctx.index {
                             self.epoch_bytes += grad_msg_bytes(&values);
@@ -552,7 +564,7 @@ impl State {
                             loss,
                             bound,
                             rows,
-                            failure: None,
+                            failure: stop.clone(),
                         }));
                     }
                     self.save_replica_inside(epoch, step, emit);

@@ -182,6 +182,12 @@ impl ShardValues {
 pub struct Failure(pub Box<crate::error::Error>);
 
 impl Failure {
+    /// True for a request to stop at a checkpoint (a signal), which rides
+    /// on a round's messages without failing it.
+    pub fn is_stop(&self) -> bool {
+        matches!(*self.0, crate::error::Error::Stopped { .. })
+    }
+
     /// The error, to return to the caller.
     pub fn into_error(self) -> crate::error::Error {
         *self.0

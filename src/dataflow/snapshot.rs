@@ -178,7 +178,8 @@ impl SaveCheckpoints for StreamVec<'_, u64, Part> {
                     let Some(owner) = parts.iter().find(|p| p.of == PartOf::Owner) else {
                         continue;
                     };
-                    if failure.borrow().is_some() {
+                    // A stop request (a signal) still gets its checkpoint.
+                    if failure.borrow().as_ref().is_some_and(|f| !f.is_stop()) {
                         continue;
                     }
                     let (position, epoch) = (owner.position, owner.epoch);

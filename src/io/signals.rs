@@ -17,6 +17,7 @@
 //! it with SIGKILL and exits as above.
 
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -67,6 +68,24 @@ pub fn child_reaped() -> Option<i32> {
     s.forwarded
 }
 
+/// A job that can stop at a checkpoint is running (see [`stop_at_checkpoint`]).
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
+/// The signal that asked it to stop (0: none).
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+/// Says that this process runs a job that, on a first SIGINT or SIGTERM,
+/// stops at its next step with a checkpoint ([`stop_requested`]) instead
+/// of ending at once; a second signal still ends it at once.
+pub fn stop_at_checkpoint() {
+    GRACEFUL.store(true, Ordering::SeqCst);
+}
+
+/// The signal that asked the job to stop at a checkpoint, if one did.
+pub fn stop_requested() -> Option<i32> {
+    let s = STOP.load(Ordering::SeqCst);
+    (s != 0).then_some(s)
+}
+
 /// Starts the thread that handles SIGINT, SIGTERM and SIGHUP. Call it once,
 /// early in `main`.
 pub fn install() -> std::io::Result<()> {
@@ -78,7 +97,20 @@ pub fn install() -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("tidemill-signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                let graceful = GRACEFUL.load(Ordering::SeqCst)
+                    && signal != SIGHUP
+                    && supervised().pid.is_none()
+                    && STOP
+                        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                if graceful {
+                    eprintln!(
+                        "warning: {}: stopping at the next step with a checkpoint; send it again to stop at once",
+                        crate::error::signal_name(signal)
+                    );
+                    continue;
+                }
                 exit_on(signal);
             }
         })?;

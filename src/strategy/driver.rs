@@ -242,6 +242,11 @@ pub struct Driver {
     epoch_rows: u64,
     /// Steps of the last round folded.
     last_round: u64,
+    /// A worker asked the job to stop (a signal): at the next point where
+    /// a checkpoint can be taken.
+    stop_request: Option<Failure>,
+    /// The request, once stopped there.
+    stopped: Option<Failure>,
 }
 
 /// Where a resumed job continues.
@@ -365,6 +370,8 @@ impl Driver {
             epoch_loss: Wide::default(),
             epoch_rows: 0,
             last_round: 1,
+            stop_request: None,
+            stopped: None,
         }
     }
 
@@ -654,8 +661,19 @@ impl Driver {
         self.last_round = k;
         let out = self.advance(epoch, step, k, steps_per_epoch);
         let next = step + k;
-        if next < steps_per_epoch && self.cadence.is_some_and(|c| c.due_at_step(self.steps, k)) {
+        // Inside an epoch, a stop needs a synchronous first-order step:
+        // nothing in flight, no replica mid-round.
+        let stop_here = self.stop_request.is_some()
+            && self.lag == 0
+            && matches!(self.mode, Mode::FirstOrder { .. });
+        if next < steps_per_epoch
+            && (stop_here || self.cadence.is_some_and(|c| c.due_at_step(self.steps, k)))
+        {
             self.snapshot = Some(self.save(epoch, None, false, Some((epoch, next))));
+            if stop_here {
+                self.stopped = self.stop_request.take();
+                return Vec::new();
+            }
         }
         if next >= steps_per_epoch {
             // The evaluation's record holds them from here.
@@ -927,16 +945,37 @@ impl Owner for Driver {
                     ..
                 }
             );
-        if self
-            .cadence
-            .is_some_and(|c| c.due_at_epoch(epoch, self.steps, self.last_round))
+        let stop_here = self.stop_request.is_some() && !done;
+        if stop_here
+            || self
+                .cadence
+                .is_some_and(|c| c.due_at_epoch(epoch, self.steps, self.last_round))
         {
             self.snapshot = Some(self.save(epoch, objective, done, None));
+        }
+        if stop_here {
+            self.stopped = self.stop_request.take();
+            return Vec::new();
         }
         self.after_boundary(epoch, objective, done)
     }
 
     fn take_snapshot(&mut self) -> Option<Part> {
         self.snapshot.take()
+    }
+
+    /// Stops at the next step (synchronous first-order steps) or the next
+    /// epoch boundary, with a checkpoint there; without checkpoints, at
+    /// once.
+    fn stop(&mut self, why: Failure) -> Option<Failure> {
+        if self.cadence.is_none() {
+            return Some(why);
+        }
+        self.stop_request.get_or_insert(why);
+        None
+    }
+
+    fn take_stopped(&mut self) -> Option<Failure> {
+        self.stopped.take()
     }
 }

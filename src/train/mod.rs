@@ -269,6 +269,8 @@ fn recovery(
         });
     }
     crate::checkpoint::hint::register(spec.dir.clone());
+    // A first SIGINT or SIGTERM stops the job at a checkpoint.
+    crate::io::signals::stop_at_checkpoint();
     let mut description = job::describe(plan, init)?;
     let identity = resume::canonical(&description.identity)?;
     let resumed = if resume {
