@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use super::model_average;
-use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, ShardState};
+use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, Stored};
 use crate::dataflow::fold::{Emission, Owner, ShardGrad};
 use crate::dataflow::snapshot::{Cadence, Part, PartOf};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
@@ -478,13 +478,25 @@ impl Driver {
         let shards = self
             .shards
             .iter()
-            .map(|s| ShardState {
-                id: s.id,
-                params: s.params.clone(),
-                state: s.state.clone(),
-                best: s.best.clone(),
-                live: s.live.indices().to_vec(),
-                lazy: s.lazy.as_ref().map(|l| l.current_at().to_vec()),
+            .map(|s| {
+                // Where the owners step, every coordinate outside the live
+                // set and the dense offsets is quiescent (the invariant
+                // sparse steps rely on): a wide model's checkpoint costs
+                // its live set. Averages and L-BFGS set whole vectors.
+                let stepped = matches!(self.mode, Mode::FirstOrder { .. });
+                let mut candidates = s.live.indices().to_vec();
+                candidates.extend_from_slice(&s.dense);
+                candidates.sort_unstable();
+                candidates.dedup();
+                Stored::of(
+                    s.id,
+                    &s.params,
+                    &s.state,
+                    s.best.as_deref(),
+                    s.live.indices(),
+                    s.lazy.as_ref().map(|l| l.current_at()),
+                    stepped.then_some(&candidates[..]),
+                )
             })
             .collect();
         let lbfgs = match &self.mode {

@@ -28,8 +28,9 @@ use crate::optim::FirstOrderState;
 /// is refused with this number named.
 pub const PAYLOAD_VERSION: u32 = 1;
 
-/// One shard's state at a boundary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One shard's state at a boundary, as a resumed job reads it (see
+/// [`Stored`] for how it is kept).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShardState {
     /// Shard id.
     pub id: u32,
@@ -43,6 +44,160 @@ pub struct ShardState {
     pub live: Vec<usize>,
     /// Lazy updates: the step each coordinate is current at.
     pub lazy: Option<Vec<u64>>,
+}
+
+/// A shard as a checkpoint keeps it: its vectors whole, or only the
+/// coordinates where any of them is not zero (`at`, increasing), each
+/// vector with its own length (an optimizer state may be shorter than the
+/// shard, or empty). A wide hashed model's checkpoint then costs what its
+/// live weights cost, not its width, and is read back bit for bit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    id: u32,
+    /// `None`: every vector whole; else the coordinates kept.
+    at: Option<Vec<u32>>,
+    params: (u64, Vec<f64>),
+    m: (u64, Vec<f64>),
+    v: (u64, Vec<f64>),
+    t: u64,
+    best: Option<(u64, Vec<f64>)>,
+    live: Vec<usize>,
+    lazy: Option<(u64, Vec<u64>)>,
+}
+
+/// Sparse storage pays when at most this fraction of coordinates is kept.
+const SPARSE_BELOW: usize = 4;
+
+impl Stored {
+    /// Shard `id` with these vectors (copied, whole or sparse). With
+    /// `candidates` (sorted, distinct), only those coordinates are looked
+    /// at: the caller vouches that every other one is quiescent (zero
+    /// weight, zero state, as outside a [`crate::optim::LiveSet`] plus the
+    /// dense offsets), and its lazy stamp is read back as 0, which brings
+    /// a zero weight and state to the same zeros. Without, every
+    /// coordinate is looked at.
+    pub fn of(
+        id: u32,
+        params: &[f64],
+        state: &FirstOrderState,
+        best: Option<&[f64]>,
+        live: &[usize],
+        lazy: Option<&[u64]>,
+        candidates: Option<&[usize]>,
+    ) -> Stored {
+        let n = params.len();
+        let nonzero = |v: &[f64], i: usize| v.get(i).is_some_and(|x| x.to_bits() != 0);
+        // Every coordinate where some vector is not (positive) zero: the
+        // others are read back as zeros, bit for bit.
+        let kept = |i: usize| {
+            nonzero(params, i)
+                || nonzero(&state.m, i)
+                || nonzero(&state.v, i)
+                || best.is_some_and(|b| nonzero(b, i))
+                || lazy.is_some_and(|l| l.get(i).is_some_and(|&x| x != 0))
+        };
+        let mut at: Vec<u32> = Vec::new();
+        let mut sparse = n >= 64;
+        let all = 0..n;
+        let look: Box<dyn Iterator<Item = usize>> = match candidates {
+            Some(c) if c.len() * SPARSE_BELOW <= n => Box::new(c.iter().copied()),
+            Some(_) => {
+                sparse = false;
+                Box::new(std::iter::empty())
+            }
+            None => Box::new(all),
+        };
+        for i in look {
+            if i < n && kept(i) {
+                at.push(i as u32);
+                if at.len() * SPARSE_BELOW > n {
+                    sparse = false;
+                    break;
+                }
+            }
+        }
+        if !sparse {
+            return Stored {
+                id,
+                at: None,
+                params: (n as u64, params.to_vec()),
+                m: (state.m.len() as u64, state.m.clone()),
+                v: (state.v.len() as u64, state.v.clone()),
+                t: state.t,
+                best: best.map(|b| (b.len() as u64, b.to_vec())),
+                live: live.to_vec(),
+                lazy: lazy.map(|l| (l.len() as u64, l.to_vec())),
+            };
+        }
+        let pick = |v: &[f64]| -> (u64, Vec<f64>) {
+            let kept = at
+                .iter()
+                .map(|&i| v.get(i as usize).copied().unwrap_or(0.0));
+            (v.len() as u64, kept.collect())
+        };
+        Stored {
+            id,
+            params: pick(params),
+            m: pick(&state.m),
+            v: pick(&state.v),
+            t: state.t,
+            best: best.map(pick),
+            live: live.to_vec(),
+            lazy: lazy.map(|l| {
+                let kept = at.iter().map(|&i| l.get(i as usize).copied().unwrap_or(0));
+                (l.len() as u64, kept.collect())
+            }),
+            at: Some(at),
+        }
+    }
+
+    /// The shard's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Its parameter count.
+    pub fn len(&self) -> usize {
+        self.params.0 as usize
+    }
+
+    /// True if it has no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.params.0 == 0
+    }
+
+    /// The shard, whole.
+    pub fn read(&self) -> ShardState {
+        ShardState::from(self.clone())
+    }
+}
+
+impl From<Stored> for ShardState {
+    fn from(s: Stored) -> ShardState {
+        fn whole<T: Copy + Default>(at: Option<&[u32]>, (len, kept): (u64, Vec<T>)) -> Vec<T> {
+            let Some(at) = at else { return kept };
+            let mut v = vec![T::default(); len as usize];
+            for (&i, x) in at.iter().zip(kept) {
+                if let Some(slot) = v.get_mut(i as usize) {
+                    *slot = x;
+                }
+            }
+            v
+        }
+        let at = s.at.as_deref();
+        ShardState {
+            id: s.id,
+            params: whole(at, s.params),
+            state: FirstOrderState {
+                t: s.t,
+                m: whole(at, s.m),
+                v: whole(at, s.v),
+            },
+            best: s.best.map(|b| whole(at, b)),
+            live: s.live,
+            lazy: s.lazy.map(|l| whole(at, l)),
+        }
+    }
 }
 
 /// L-BFGS's state at a boundary (an accepted iterate).
@@ -86,7 +241,7 @@ pub struct DriverState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OwnerState {
     /// The shards it owns.
-    pub shards: Vec<ShardState>,
+    pub shards: Vec<Stored>,
     /// The common state.
     pub driver: DriverState,
 }
@@ -111,7 +266,7 @@ pub struct Saved {
     /// the other strategies).
     pub replicas: Vec<Vec<u8>>,
     /// Every shard, by id.
-    pub shards: Vec<ShardState>,
+    pub shards: Vec<Stored>,
     /// The common state.
     pub driver: DriverState,
 }
@@ -124,27 +279,28 @@ impl Saved {
 
     /// The whole parameter vector (the shards in order).
     pub fn params(&self) -> Vec<f64> {
-        self.shards
-            .iter()
-            .flat_map(|s| s.params.iter().copied())
-            .collect()
+        self.concat(|s| &s.params, 0.0)
     }
 
     /// Per coordinate, padded to each shard's length with `pad`: what
     /// `get` gives of each shard.
     pub fn concat<T: Copy>(&self, get: impl Fn(&ShardState) -> &[T], pad: T) -> Vec<T> {
         let mut out = Vec::new();
-        for s in &self.shards {
-            let v = get(s);
+        for stored in &self.shards {
+            let s = stored.read();
+            let v = get(&s);
             out.extend_from_slice(&v[..v.len().min(s.params.len())]);
             out.resize(out.len() + s.params.len().saturating_sub(v.len()), pad);
         }
         out
     }
 
-    /// The shard `id`.
-    pub fn shard(&self, id: u32) -> Option<&ShardState> {
-        self.shards.get(id as usize).filter(|s| s.id == id)
+    /// The shard `id`, whole.
+    pub fn shard(&self, id: u32) -> Option<ShardState> {
+        self.shards
+            .get(id as usize)
+            .filter(|s| s.id == id)
+            .map(Stored::read)
     }
 
     /// The payload bytes.
@@ -198,7 +354,7 @@ impl Checkpointer {
     pub fn write(&self, gathered: Gathered, scan: &ScanResult) -> Result<PathBuf> {
         let started = Instant::now();
         let (position, epoch, parts, collector) = gathered;
-        let mut shards: Vec<Option<ShardState>> = vec![None; self.shards];
+        let mut shards: Vec<Option<Stored>> = vec![None; self.shards];
         let mut driver = None;
         let mut replicas = Vec::new();
         for part in parts {
@@ -231,7 +387,7 @@ impl Checkpointer {
             }
             driver.get_or_insert(owner.driver);
         }
-        let shards: Vec<ShardState> = shards
+        let shards: Vec<Stored> = shards
             .into_iter()
             .enumerate()
             .map(|(k, s)| {
@@ -275,5 +431,76 @@ impl Checkpointer {
             "checkpoint written"
         );
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn round_trip(params: Vec<f64>, m: Vec<f64>, lazy: Option<Vec<u64>>) -> (bool, ShardState) {
+        let state = FirstOrderState {
+            t: 7,
+            m,
+            v: Vec::new(),
+        };
+        let best = Some(params.iter().map(|x| x * 2.0).collect::<Vec<f64>>());
+        let stored = Stored::of(
+            3,
+            &params,
+            &state,
+            best.as_deref(),
+            &[5, 1],
+            lazy.as_deref(),
+            None,
+        );
+        let sparse = stored.at.is_some();
+        let bytes = bincode::serialize(&stored).expect("encodes");
+        let back: Stored = bincode::deserialize(&bytes).expect("decodes");
+        let s = back.read();
+        assert_eq!(s.id, 3);
+        assert_eq!(bits(&s.params), bits(&params));
+        assert_eq!(bits(&s.state.m), bits(&state.m), "lengths and bits kept");
+        assert!(s.state.v.is_empty() && s.state.t == 7);
+        assert_eq!(s.best.as_deref().map(bits), best.as_deref().map(bits));
+        assert_eq!(s.live, [5, 1], "the order coordinates became live in");
+        assert_eq!(s.lazy, lazy);
+        (sparse, s)
+    }
+
+    #[test]
+    fn a_mostly_zero_shard_is_kept_sparse_and_read_back_bit_for_bit() {
+        let mut params = vec![0.0; 1000];
+        params[1] = -0.0; // not positive zero: kept
+        params[5] = 0.25;
+        let mut m = vec![0.0; 600]; // shorter than the shard
+        m[599] = 1e-300;
+        let mut lazy = vec![0; 10];
+        lazy[9] = 4;
+        let (sparse, _) = round_trip(params, m, Some(lazy));
+        assert!(sparse);
+    }
+
+    #[test]
+    fn candidates_bound_what_a_sparse_shard_looks_at() {
+        let mut params = vec![0.0; 1000];
+        params[7] = 1.5;
+        params[900] = 2.5; // not a candidate: the caller vouched it is zero
+        let state = FirstOrderState::default();
+        let stored = Stored::of(0, &params, &state, None, &[7], None, Some(&[3, 7]));
+        assert_eq!(stored.at.as_deref(), Some(&[7u32][..]));
+        let whole = Stored::of(0, &params, &state, None, &[7], None, Some(&[1; 300]));
+        assert!(whole.at.is_none(), "many candidates: kept whole");
+    }
+
+    #[test]
+    fn a_dense_shard_is_kept_whole() {
+        let params: Vec<f64> = (0..100).map(|i| f64::from(i) + 0.5).collect();
+        let (sparse, _) = round_trip(params, Vec::new(), None);
+        assert!(!sparse);
     }
 }
