@@ -26,6 +26,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::collect::{log_epoch, EpochTotals, Epochs};
+use super::hooks::Hooks;
 use super::rounds::Rounds;
 use super::{loss_message, Failure, Phase};
 use crate::data::cache::WorkerData;
@@ -157,6 +158,8 @@ struct State {
     epoch_rows: u64,
     bytes: u64,
     done: bool,
+    /// Test hooks (a slowed worker).
+    hooks: Hooks,
 }
 
 impl State {
@@ -478,9 +481,8 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             live,
             touched: Vec::new(),
             lazy: ctx
-                .optimizer
-                .first_order()
-                .is_some_and(|f| f.lazy && !ctx.block.hashed.is_empty())
+                .block
+                .steps_lazily(&ctx.optimizer)
                 .then(|| Lazy::new(&ctx.optimizer, ctx.penalty)),
             clock: Clock::default(),
             epochs: Epochs::new(ctx.kind, ctx.has_validation, ctx.early_stopping.as_ref()),
@@ -491,9 +493,12 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             epoch_rows: 0,
             bytes: 0,
             done: false,
+            hooks: Hooks::from_env(ctx.index),
             ctx,
         };
-        self.unary_frontier(Local, "MarginSteps", move |cap0, _info| {
+        let scope = self.scope();
+        self.unary_frontier(Local, "MarginSteps", move |cap0, info| {
+            let activator = scope.activator_for(info.address);
             let mut start = Some(cap0);
             let mut rounds = Rounds::default();
             move |(input, frontier), output| {
@@ -502,7 +507,17 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
                     state.send(Phase::Train { epoch: 0, step: 0 }, &mut |m| session.give(m));
                 }
                 input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
-                while let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                while let Some((t, first)) = rounds.ready(frontier.frontier()) {
+                    let trains = first
+                        .first()
+                        .is_some_and(|m| matches!(m.phase, Phase::Train { .. }));
+                    if let Some(wait) = trains.then(|| state.hooks.hold(t)).flatten() {
+                        activator.activate_after(wait);
+                        return;
+                    }
+                    let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) else {
+                        break;
+                    };
                     let mut session = output.session(&cap);
                     state.round(msgs, &mut |m| session.give(m));
                 }

@@ -132,6 +132,13 @@ pub trait Strategy: Sync {
         true
     }
 
+    /// Why a checkpoint resumes only on the worker count that wrote it
+    /// (where [`Self::resumes_on_any_worker_count`] is false), for the
+    /// message that refuses another count.
+    fn one_worker_count_reason(&self) -> &'static str {
+        "its workers keep state of their own"
+    }
+
     /// Parameters one worker holds on `workers` workers, for a `kind`
     /// model of these features: the whole vector unless the strategy
     /// splits the model.

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::Checkpointing;
 use crate::checkpoint::store::Store;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::snapshot::{Cadence, CollectorState, OwnerPart};
@@ -161,8 +162,29 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Puts a boundary's parts together and writes them as checkpoint
-    /// number `epoch`, then drops the ones the retention policy expires.
+    /// The writer of a job's checkpoints, on the worker that writes them
+    /// (worker 0, the one whose `checkpoints` hold the store): `strategy`
+    /// on `workers` workers, the parameter vector in `shards` sections.
+    pub fn of(
+        checkpoints: Option<&Checkpointing>,
+        strategy: &'static str,
+        workers: usize,
+        shards: usize,
+    ) -> Option<Checkpointer> {
+        let c = checkpoints?;
+        c.store.clone().map(|store| Checkpointer {
+            store,
+            keep: c.keep,
+            cadence: c.cadence,
+            identity: c.identity.to_string(),
+            strategy,
+            workers: workers as u32,
+            shards,
+        })
+    }
+
+    /// Puts a boundary's parts (one [`OwnerState`] per owner) together and
+    /// writes them as checkpoint number `epoch` (see [`Self::save`]).
     pub fn write(
         &self,
         epoch: u32,
@@ -207,6 +229,21 @@ impl Checkpointer {
         let driver = driver.ok_or_else(|| {
             Error::Internal(format!("the checkpoint after epoch {epoch} has no owner"))
         })?;
+        self.save(started, shards, driver, collector, scan)
+    }
+
+    /// Writes the state after `driver.epoch` epochs (put together since
+    /// `started`) as checkpoint number `driver.epoch`, then drops the ones
+    /// the retention policy expires.
+    pub fn save(
+        &self,
+        started: Instant,
+        shards: Vec<ShardState>,
+        driver: DriverState,
+        collector: CollectorState,
+        scan: &ScanResult,
+    ) -> Result<PathBuf> {
+        let epoch = driver.epoch;
         let saved = Saved {
             version: PAYLOAD_VERSION,
             identity: self.identity.clone(),
