@@ -17,6 +17,7 @@
 //! line in [`of`].
 
 pub mod allreduce;
+pub mod blocks;
 pub mod driver;
 pub mod model_average;
 pub mod model_parallel;

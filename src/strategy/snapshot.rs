@@ -9,6 +9,10 @@
 //! across a boundary except `model-average` replicas (their optimizer
 //! state), which is why that strategy resumes only on the worker count that
 //! wrote the checkpoint.
+//!
+//! A `model-parallel` checkpoint has the same content with one section, the
+//! whole parameter vector, put together from the workers' blocks by global
+//! coordinate ([`super::blocks`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
