@@ -540,3 +540,31 @@ fn sigterm_to_one_process_stops_the_cluster_at_one_checkpoint() {
         "resumed as one process: the model differs"
     );
 }
+
+#[test]
+fn model_parallel_killed_mid_epoch_resumes_to_the_same_model() {
+    // Blocks are cut by the worker count and margins summed over them, so
+    // the model differs in its last bits between worker counts: a
+    // checkpoint resumes on the count that wrote it. (L-BFGS takes
+    // full-batch steps: allreduce only.)
+    killed_and_resumed(
+        "model-parallel",
+        &[
+            ("sgd", "model.l1=0.0001", 25),
+            ("adam", "optimizer.learning_rate=0.01", 25),
+        ],
+        &[2],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new(dir.path(), 1, &["train.strategy=\"model-parallel\""]);
+    job.run(2, &[]);
+    std::fs::remove_file(job.model()).unwrap();
+    let out = finish(job.start(3, &["--resume"], &[]), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("written by 2 workers and model-parallel resumes only on as many"),
+        "{stderr}"
+    );
+    assert!(!job.model().exists(), "a refused resume wrote a model");
+}

@@ -233,12 +233,12 @@ fn a_panicking_worker_thread_is_restarted_until_the_restarts_are_exhausted() {
 
 #[test]
 fn a_failure_a_rerun_would_repeat_is_not_restarted() {
-    // (override, exit code, children started): bad data and a strategy
-    // without checkpoints fail in the child; a bad value fails the
+    // (override, exit code, children started): bad data and a model over
+    // the worker budget fail in the child; a bad value fails the
     // supervisor's own reading of the pipeline, before any child.
     for (setting, code, children) in [
         ("data.label=\"nope\"", 4, 1),
-        ("train.strategy=\"model-parallel\"", 2, 1),
+        ("train.max_worker_params=1", 2, 1),
         ("model.l2=-1", 2, 0),
     ] {
         let dir = tempfile::tempdir().unwrap();

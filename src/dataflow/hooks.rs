@@ -2,8 +2,9 @@
 //! trace when every worker computes each training step. Both exist so tests
 //! can watch bounded staleness from the outside; neither is needed to train.
 //!
-//! * `TIDEMILL_SLOW_WORKER=INDEX:MILLIS` — worker `INDEX` starts each round
-//!   `MILLIS` milliseconds after its parameters are ready. The wait does not
+//! * `TIDEMILL_SLOW_WORKER=INDEX:MILLIS` — worker `INDEX` starts each
+//!   training round `MILLIS` milliseconds after its parameters (under
+//!   `model-parallel`: the round's margins) are ready. The wait does not
 //!   block the worker's thread (it is a timely timed activation), so the
 //!   worker keeps folding its own shards meanwhile: it models a worker whose
 //!   compute is slow, not one whose shard service is.

@@ -16,6 +16,11 @@
 //! the same metrics and makes the same early-stopping decision, and worker
 //! 0 keeps the records. At the end each block goes to worker 0 once, to
 //! write the model file.
+//!
+//! At a checkpointed epoch boundary every worker emits its block's state
+//! ([`BlockState`], encoded by the strategy) as an [`Part`], and
+//! worker 0 leaves the records' and early stopping's state for the
+//! checkpoint sink; a resumed job starts each block from its state there.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -26,7 +31,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
 use super::collect::{log_epoch, EpochTotals, Epochs};
+use super::hooks::Hooks;
 use super::rounds::Rounds;
+use super::snapshot::{Cadence, CollectorState, CollectorStates, Part, PartOf};
 use super::{loss_message, Failure, Phase};
 use crate::data::cache::WorkerData;
 use crate::data::encode::Block;
@@ -36,7 +43,7 @@ use crate::metrics::sink::EpochRecord;
 use crate::metrics::EvalPartial;
 use crate::model::block::FeatureBlock;
 use crate::model::loss;
-use crate::optim::lazy::{Clock, Lazy};
+use crate::optim::lazy::{Clock, Lazy, Stamp};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{EarlyStopping, ModelKind, OptimizerSpec};
 
@@ -77,6 +84,50 @@ pub enum MarginOut {
     Partial(MarginMsg),
     /// The final block, for worker 0.
     Block(BlockMsg),
+    /// The block's state at a checkpointed boundary, for worker 0.
+    Saved(Part),
+}
+
+/// A block's state at an epoch boundary, in its local coordinates: what a
+/// checkpoint keeps of it and what a resumed job starts it from. Nothing
+/// else a block holds outlives the boundary (the gradient buffer is zero,
+/// the epoch's loss and bytes are taken by its evaluation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockState {
+    /// Epochs completed.
+    pub epoch: u32,
+    /// The job ends at this boundary (last epoch or early stop).
+    pub done: bool,
+    /// The block's parameters.
+    pub theta: Vec<f64>,
+    /// Its optimizer state.
+    pub opt: FirstOrderState,
+    /// The best parameters so far (early stopping).
+    pub best: Option<Vec<f64>>,
+    /// The coordinates that ever had a gradient, in the order they did.
+    pub live: Vec<usize>,
+    /// Lazy updates: the step each coordinate is current at.
+    pub lazy: Option<Vec<u64>>,
+    /// Lazy updates: the clock's stamps, oldest first.
+    pub clock: Vec<Stamp>,
+    /// Optimizer steps so far.
+    pub steps: u64,
+}
+
+/// A block's encoding for a checkpoint (the strategy's; the bytes of an
+/// [`Part`]). A block that cannot be saved says why in its bytes:
+/// the writer on worker 0 then fails the job with that reason.
+pub type EncodeBlock = Box<dyn Fn(&BlockState) -> Vec<u8>>;
+
+/// How a model-parallel job takes checkpoints.
+pub struct BlockCheckpoints {
+    /// When they fall.
+    pub cadence: Cadence,
+    /// Where worker 0 leaves the records' and early stopping's state at
+    /// each checkpointed boundary (the checkpoint sink takes it).
+    pub states: CollectorStates,
+    /// How a block's state is encoded.
+    pub encode: EncodeBlock,
 }
 
 /// The end of training as seen by every worker.
@@ -123,6 +174,12 @@ pub struct MarginContext {
     pub finished: Rc<RefCell<Option<Finished>>>,
     /// Where this worker records a failure.
     pub failure: Rc<RefCell<Option<Failure>>>,
+    /// Checkpoints, if the job takes them.
+    pub checkpoints: Option<BlockCheckpoints>,
+    /// A resumed job: the block's state at the boundary it resumes from
+    /// (in place of `init`), and the records' and early stopping's state
+    /// there (the records already in `records` on worker 0).
+    pub resume: Option<(BlockState, CollectorState)>,
 }
 
 /// Extension trait: the model-parallel step.
@@ -157,6 +214,10 @@ struct State {
     epoch_rows: u64,
     bytes: u64,
     done: bool,
+    /// A resumed job: the boundary it starts after (epochs, done).
+    resumed: Option<(u32, bool)>,
+    /// Test hooks (a slowed worker).
+    hooks: Hooks,
 }
 
 impl State {
@@ -170,6 +231,13 @@ impl State {
     /// Fails on `e` and tells the other workers, in place of `phase`'s margins.
     fn fail_round(&mut self, e: &Error, phase: Phase, emit: &mut impl FnMut(MarginOut)) {
         let f = self.fail(e);
+        self.tell(f, phase, emit);
+    }
+
+    /// Stops on failure `f` and tells the other workers, in place of
+    /// `phase`'s margins.
+    fn tell(&mut self, f: Failure, phase: Phase, emit: &mut impl FnMut(MarginOut)) {
+        self.done = true;
         emit(MarginOut::Partial(MarginMsg {
             from: self.ctx.index as u32,
             phase,
@@ -377,8 +445,129 @@ impl State {
         }));
     }
 
+    /// Continues from a checkpoint's state of this block: `init` is
+    /// ignored, and [`Self::start`] goes on after the boundary.
+    fn resume(&mut self, block: BlockState, collector: &CollectorState) -> Result<(), Error> {
+        let len = self.ctx.block.len();
+        if block.theta.len() != len {
+            return Err(Error::Internal(format!(
+                "the checkpoint's block {} holds {} parameters, {len} here",
+                self.ctx.index,
+                block.theta.len()
+            )));
+        }
+        self.lazy = match (self.lazy.take(), block.lazy) {
+            (Some(lazy), Some(last)) => Some(lazy.resumed(last)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Internal(
+                    "the checkpoint and the job disagree on lazy updates".into(),
+                ))
+            }
+        };
+        self.clock = Clock::from_stamps(block.clock)
+            .ok_or_else(|| Error::Internal("the checkpoint's lazy clock is not whole".into()))?;
+        self.theta = block.theta;
+        self.opt = block.opt;
+        self.best = block.best;
+        self.live = LiveSet::from_indices(&block.live);
+        self.steps = block.steps;
+        self.epochs.resume(collector);
+        self.resumed = Some((block.epoch, block.done));
+        Ok(())
+    }
+
+    /// The first round: a fresh job's first step, or what the boundary a
+    /// resumed job continues from released: the next epoch's first step,
+    /// or (the job ended there) a round without margins, after which the
+    /// blocks go to worker 0.
+    fn start(&mut self, emit: &mut impl FnMut(MarginOut)) {
+        let phase = match self.resumed {
+            Some((epochs, true)) => Phase::Final {
+                epochs,
+                objective: None,
+            },
+            Some((epoch, false)) => Phase::Train { epoch, step: 0 },
+            None => Phase::Train { epoch: 0, step: 0 },
+        };
+        let failed = self.ctx.failure.borrow().clone();
+        match failed {
+            // Resuming failed: the other workers stop at the first round.
+            Some(f) => self.tell(f, phase, emit),
+            None => self.send(phase, emit),
+        }
+    }
+
+    /// Ends training after `epochs` epochs: the block (its best values
+    /// under early stopping) goes to worker 0.
+    fn finish(&mut self, epochs: u32, emit: &mut impl FnMut(MarginOut)) {
+        self.done = true;
+        *self.ctx.finished.borrow_mut() = Some(Finished { epochs });
+        let keep = self.ctx.early_stopping.is_some();
+        let values = match (keep, self.best.take()) {
+            (true, Some(b)) => b,
+            _ => std::mem::take(&mut self.theta),
+        };
+        emit(MarginOut::Block(BlockMsg {
+            from: self.ctx.index as u32,
+            values,
+        }));
+    }
+
+    /// At the boundary after `epoch` epochs (the job ends there if
+    /// `done`): if it is checkpointed, the block's state for the
+    /// checkpoint, and on worker 0 the records' and early stopping's.
+    fn checkpoint(
+        &mut self,
+        epoch: u32,
+        done: bool,
+        emit: &mut impl FnMut(MarginOut),
+    ) -> Result<(), Error> {
+        let Some(c) = self
+            .ctx
+            .checkpoints
+            .as_ref()
+            .filter(|c| c.cadence.due_at_epoch(epoch, self.steps, 1))
+        else {
+            return Ok(());
+        };
+        if self.ctx.index == 0 {
+            let state = self.epochs.state(&self.ctx.records.borrow())?;
+            c.states.borrow_mut().insert(epoch, state);
+        }
+        let block = BlockState {
+            epoch,
+            done,
+            theta: self.theta.clone(),
+            opt: self.opt.clone(),
+            best: self.best.clone(),
+            live: self.live.indices().to_vec(),
+            lazy: self.lazy.as_ref().map(|l| l.current_at().to_vec()),
+            clock: self.clock.stamps(),
+            steps: self.steps,
+        };
+        emit(MarginOut::Saved(Part {
+            position: self.steps,
+            epoch,
+            worker: self.ctx.index as u32,
+            of: PartOf::Owner,
+            bytes: (c.encode)(&block),
+        }));
+        Ok(())
+    }
+
     fn round(&mut self, mut msgs: Vec<MarginMsg>, emit: &mut impl FnMut(MarginOut)) {
         if self.done {
+            return;
+        }
+        // Another operator of this worker failed (a checkpoint that could
+        // not be written): stop the job as a failed round would.
+        let elsewhere = self.ctx.failure.borrow().clone();
+        if let Some(f) = elsewhere {
+            match msgs.first().map(|m| m.phase) {
+                Some(phase) => self.tell(f, phase, emit),
+                None => self.done = true,
+            }
             return;
         }
         if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
@@ -431,37 +620,34 @@ impl State {
             }
             Phase::Eval { epoch, steps, .. } => {
                 let bytes = msgs.iter().map(|m| m.bytes).sum();
-                let over = match self.evaluate(epoch, steps, &margins, bytes) {
-                    Ok(over) => over,
+                let over = self
+                    .evaluate(epoch, steps, &margins, bytes)
+                    .and_then(|over| self.checkpoint(epoch, over, emit).map(|()| over));
+                match over {
+                    Ok(true) => {
+                        self.finish(epoch, emit);
+                        return;
+                    }
+                    Ok(false) => {}
                     Err(e) => {
                         self.fail_round(&e, phase, emit);
                         return;
                     }
-                };
-                if over {
-                    self.done = true;
-                    *self.ctx.finished.borrow_mut() = Some(Finished { epochs: epoch });
-                    let keep = self.ctx.early_stopping.is_some();
-                    let values = match (keep, self.best.take()) {
-                        (true, Some(b)) => b,
-                        _ => std::mem::take(&mut self.theta),
-                    };
-                    emit(MarginOut::Block(BlockMsg {
-                        from: self.ctx.index as u32,
-                        values,
-                    }));
-                    return;
                 }
                 Phase::Train { epoch, step: 0 }
             }
-            Phase::Refresh | Phase::Final { .. } => return,
+            Phase::Final { epochs, .. } => {
+                self.finish(epochs, emit);
+                return;
+            }
+            Phase::Refresh => return,
         };
         self.send(next, emit);
     }
 }
 
 impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
-    fn margin_steps(self, ctx: MarginContext) -> StreamVec<'scope, u64, MarginOut> {
+    fn margin_steps(self, mut ctx: MarginContext) -> StreamVec<'scope, u64, MarginOut> {
         // Non-zero starting values are live from the start: the penalty
         // acts on them before any gradient does.
         let mut live = LiveSet::default();
@@ -470,6 +656,8 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             .enumerate()
             .filter(|(_, w)| **w != 0.0)
             .for_each(|(i, _)| live.insert(i));
+        let hooks = Hooks::from_env(ctx.index);
+        let resume = ctx.resume.take();
         let mut state = State {
             theta: ctx.init.clone(),
             best: None,
@@ -478,9 +666,8 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             live,
             touched: Vec::new(),
             lazy: ctx
-                .optimizer
-                .first_order()
-                .is_some_and(|f| f.lazy && !ctx.block.hashed.is_empty())
+                .block
+                .steps_lazily(&ctx.optimizer)
                 .then(|| Lazy::new(&ctx.optimizer, ctx.penalty)),
             clock: Clock::default(),
             epochs: Epochs::new(ctx.kind, ctx.has_validation, ctx.early_stopping.as_ref()),
@@ -491,18 +678,37 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             epoch_rows: 0,
             bytes: 0,
             done: false,
+            resumed: None,
+            hooks,
             ctx,
         };
-        self.unary_frontier(Local, "MarginSteps", move |cap0, _info| {
+        if let Some((block, collector)) = resume {
+            if let Err(e) = state.resume(block, &collector) {
+                state.fail(&e);
+            }
+        }
+        let scope = self.scope();
+        self.unary_frontier(Local, "MarginSteps", move |cap0, info| {
+            let activator = scope.activator_for(info.address);
             let mut start = Some(cap0);
             let mut rounds = Rounds::default();
             move |(input, frontier), output| {
                 if let Some(cap) = start.take() {
                     let mut session = output.session(&cap);
-                    state.send(Phase::Train { epoch: 0, step: 0 }, &mut |m| session.give(m));
+                    state.start(&mut |m| session.give(m));
                 }
                 input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
-                while let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                while let Some((t, first)) = rounds.ready(frontier.frontier()) {
+                    let trains = first
+                        .first()
+                        .is_some_and(|m| matches!(m.phase, Phase::Train { .. }));
+                    if let Some(wait) = trains.then(|| state.hooks.hold(t)).flatten() {
+                        activator.activate_after(wait);
+                        return;
+                    }
+                    let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) else {
+                        break;
+                    };
                     let mut session = output.session(&cap);
                     state.round(msgs, &mut |m| session.give(m));
                 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Layout;
 use crate::data::encode::{Block, FeatureSpec};
+use crate::spec::OptimizerSpec;
 
 /// The part of the parameter vector one worker owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,14 @@ impl FeatureBlock {
         } else {
             Some(base + 1 + self.layout.p + self.hashed.start + j - 1 - p_w)
         }
+    }
+
+    /// True if the block takes lazy updates under `optimizer`: only with
+    /// hashed slots (every step touches every numeric weight).
+    pub fn steps_lazily(&self, optimizer: &OptimizerSpec) -> bool {
+        optimizer
+            .first_order()
+            .is_some_and(|f| f.lazy && !self.hashed.is_empty())
     }
 
     /// Is local parameter `i` an intercept slot (never penalised)?

@@ -17,6 +17,7 @@
 //! line in [`of`].
 
 pub mod allreduce;
+pub mod blocks;
 pub mod driver;
 pub mod model_average;
 pub mod model_parallel;
@@ -131,10 +132,24 @@ pub trait Strategy: Sync {
         true
     }
 
+    /// True if a first SIGINT or SIGTERM stops the job at a checkpoint
+    /// (its owners agree on the point from the round's messages); false:
+    /// the signal ends the process at once, the last checkpoint stands.
+    fn stops_at_checkpoint(&self) -> bool {
+        true
+    }
+
     /// True if a checkpoint resumes on another worker count with the
     /// model an uninterrupted run on the writing count makes.
     fn resumes_on_any_worker_count(&self) -> bool {
         true
+    }
+
+    /// Why a checkpoint resumes only on the worker count that wrote it
+    /// (where [`Self::resumes_on_any_worker_count`] is false), for the
+    /// message that refuses another count.
+    fn one_worker_count_reason(&self) -> &'static str {
+        "its workers keep state of their own"
     }
 
     /// Parameters one worker holds on `workers` workers, for a `kind`

@@ -42,6 +42,10 @@ impl Strategy for ModelAverage {
         false
     }
 
+    fn one_worker_count_reason(&self) -> &'static str {
+        "each worker's replica keeps its own optimizer state"
+    }
+
     fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure> {
         let p = &input.plan.pipeline;
         let steps_per_epoch = input.steps.steps();

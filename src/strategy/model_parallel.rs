@@ -6,17 +6,23 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Exchange, Feedback, Inspect, OkErr};
 use timely::worker::Worker;
 
+use super::blocks;
+use super::snapshot::{Assembled, Checkpointer, Stored};
 use super::{LoopInput, LoopOutcome, Strategy};
 use crate::data::cache::WorkerData;
 use crate::data::encode::FeatureSpec;
 use crate::dataflow::gradient::FinalParams;
 use crate::dataflow::liveness;
-use crate::dataflow::margins::{BlockMsg, MarginContext, MarginMsg, MarginOut, MarginSteps};
+use crate::dataflow::margins::{
+    BlockCheckpoints, BlockMsg, MarginContext, MarginMsg, MarginOut, MarginSteps,
+};
+use crate::dataflow::snapshot::{CollectorStates, Gathered, Part, SaveCheckpoints};
 use crate::dataflow::{Failure, Phase};
 use crate::error::Error;
 use crate::model::block::FeatureBlock;
@@ -72,9 +78,21 @@ impl Strategy for ModelParallel {
         true
     }
 
-    /// Not yet: its blocks' optimizer state is split by the worker count.
-    fn checkpoints(&self) -> bool {
+    /// The blocks are cut by the worker count and margins are summed block
+    /// by block, so the model differs in its last bits between worker
+    /// counts: a checkpoint resumes on the count that wrote it.
+    fn resumes_on_any_worker_count(&self) -> bool {
         false
+    }
+
+    /// Not yet: a signal ends a model-parallel job at once (its last
+    /// checkpoint stands).
+    fn stops_at_checkpoint(&self) -> bool {
+        false
+    }
+
+    fn one_worker_count_reason(&self) -> &'static str {
+        "its blocks, and so the rounding of the margins summed over them, depend on the worker count"
     }
 }
 
@@ -107,6 +125,38 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
     let records = Rc::new(RefCell::new(Vec::new()));
     let finished = Rc::new(RefCell::new(None));
     let failure = Rc::new(RefCell::new(None));
+    // A resumed job: this worker's block of the checkpoint; worker 0 keeps
+    // the records. A failure here stops every worker at the first round.
+    let resume = input.resume.as_deref().and_then(|saved| {
+        let resumed =
+            blocks::split(saved, &block, block.steps_lazily(&p.optimizer)).and_then(|state| {
+                if index == 0 {
+                    *records.borrow_mut() = saved.collector.epoch_records()?;
+                }
+                Ok((state, saved.collector.clone()))
+            });
+        resumed
+            .map_err(|e| *failure.borrow_mut() = Some(Failure::from(&e)))
+            .ok()
+    });
+    let states: CollectorStates = Rc::default();
+    let takes_checkpoints = input.checkpoints.is_some();
+    let checkpoints = input.checkpoints.as_ref().map(|c| {
+        let (block, worker) = (block.clone(), index);
+        BlockCheckpoints {
+            cadence: c.cadence,
+            states: Rc::clone(&states),
+            encode: Box::new(move |s| blocks::encode(&block, worker, s)),
+        }
+    });
+    // Worker 0 writes the checkpoints.
+    let writer = Checkpointer::of(
+        input.checkpoints.as_ref(),
+        p.train.strategy.name(),
+        peers,
+        1,
+    );
+    let scan = input.scan.clone();
     let gathered: Rc<RefCell<Vec<BlockMsg>>> = Rc::new(RefCell::new(Vec::new()));
     let start: Vec<f64> = (0..block.len())
         .map(|i| match (init, block.global(i)) {
@@ -135,22 +185,64 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
         records: Rc::clone(&records),
         finished: Rc::clone(&finished),
         failure: Rc::clone(&failure),
+        checkpoints,
+        resume,
     };
     let sink = Rc::clone(&gathered);
+    let save_failure = Rc::clone(&failure);
     let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
         let (handle, partials) = scope.feedback::<Vec<MarginMsg>>(1);
-        let (next, finals) = partials
+        let (next, rest) = partials
             .broadcast()
             .margin_steps(ctx)
-            .ok_err::<Vec<MarginMsg>, _, Vec<BlockMsg>, _, _>(|out| match out {
-                MarginOut::Partial(m) => Ok(m),
-                MarginOut::Block(b) => Err(b),
-            });
+            .ok_err::<Vec<MarginMsg>, _, Vec<Result<BlockMsg, Part>>, _, _>(
+                |out| match out {
+                    MarginOut::Partial(m) => Ok(m),
+                    MarginOut::Block(b) => Err(Ok(b)),
+                    MarginOut::Saved(s) => Err(Err(s)),
+                },
+            );
         next.connect_loop(handle);
+        let (finals, parts) =
+            rest.ok_err::<Vec<BlockMsg>, _, Vec<Part>, _, _>(|out| out);
         finals
             .exchange(|_b: &BlockMsg| 0)
             .inspect(move |b: &BlockMsg| sink.borrow_mut().push(b.clone()));
+        if !takes_checkpoints {
+            return;
+        }
+        let write = move |(position, epoch, parts, collector): Gathered| match &writer {
+            Some(w) => {
+                let started = Instant::now();
+                let (all, driver) = blocks::merge(layout.len(), &parts)?;
+                if driver.epoch != epoch {
+                    return Err(Error::Internal(format!(
+                        "the blocks' state after epoch {} came for the checkpoint after epoch {epoch}",
+                        driver.epoch
+                    )));
+                }
+                let shard = Stored::of(
+                    0,
+                    &all.params,
+                    &all.state,
+                    all.best.as_deref(),
+                    &all.live,
+                    all.lazy.as_deref(),
+                    None,
+                );
+                let state = Assembled {
+                    position,
+                    shards: vec![shard],
+                    driver,
+                    collector,
+                    replicas: Vec::new(),
+                };
+                w.save(started, state, &scan).map(|_| ())
+            }
+            None => Ok(()),
+        };
+        parts.save_checkpoints(states, write, save_failure);
     });
     liveness::run(worker, dataflow, input.heartbeat);
     if let Some(f) = failure.borrow_mut().take() {

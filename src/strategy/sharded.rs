@@ -100,17 +100,12 @@ pub fn run(
         driver.resume(saved).map_err(|e| Failure::from(&e))?;
     }
     // Worker 0 writes the checkpoints.
-    let writer = input.checkpoints.as_ref().and_then(|c| {
-        c.store.clone().map(|store| Checkpointer {
-            store,
-            keep: c.keep,
-            cadence: c.cadence,
-            identity: c.identity.to_string(),
-            strategy: p.train.strategy.name(),
-            workers: peers as u32,
-            shards: ranges.len(),
-        })
-    });
+    let writer = Checkpointer::of(
+        input.checkpoints.as_ref(),
+        p.train.strategy.name(),
+        peers,
+        ranges.len(),
+    );
     let scan = input.scan.clone();
     let optimizer = p.optimizer;
     let penalty = Penalty {

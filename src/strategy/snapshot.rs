@@ -9,12 +9,17 @@
 //! across a boundary except `model-average` replicas (their optimizer
 //! state), which is why that strategy resumes only on the worker count that
 //! wrote the checkpoint.
+//!
+//! A `model-parallel` checkpoint has the same content with one section, the
+//! whole parameter vector, put together from the workers' blocks by global
+//! coordinate ([`super::blocks`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::Checkpointing;
 use crate::checkpoint::store::Store;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::snapshot::{Cadence, CollectorState, Gathered, PartOf};
@@ -29,8 +34,8 @@ use crate::optim::FirstOrderState;
 pub const PAYLOAD_VERSION: u32 = 1;
 
 /// One shard's state at a boundary, as a resumed job reads it (see
-/// [`Stored`] for how it is kept).
-#[derive(Debug, Clone, PartialEq)]
+/// [`Stored`] for how a checkpoint keeps it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardState {
     /// Shard id.
     pub id: u32,
@@ -329,6 +334,21 @@ impl Saved {
     }
 }
 
+/// A checkpoint put together, before it is written.
+#[derive(Debug)]
+pub struct Assembled {
+    /// Its number: the optimizer's step count (L-BFGS: iterations).
+    pub position: u64,
+    /// Every shard, by id.
+    pub shards: Vec<Stored>,
+    /// The common state.
+    pub driver: DriverState,
+    /// The collector's state.
+    pub collector: CollectorState,
+    /// Each worker's replica state (empty unless workers keep replicas).
+    pub replicas: Vec<Vec<u8>>,
+}
+
 /// Writes the checkpoints of a job (on worker 0).
 #[derive(Debug)]
 pub struct Checkpointer {
@@ -349,8 +369,30 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Puts a checkpoint's parts together and writes them, numbered by
-    /// their position, then drops the ones the retention policy expires.
+    /// The writer of a job's checkpoints, on the worker that writes them
+    /// (worker 0, the one whose `checkpoints` hold the store): `strategy`
+    /// on `workers` workers, the parameter vector in `shards` sections.
+    pub fn of(
+        checkpoints: Option<&Checkpointing>,
+        strategy: &'static str,
+        workers: usize,
+        shards: usize,
+    ) -> Option<Checkpointer> {
+        let c = checkpoints?;
+        c.store.clone().map(|store| Checkpointer {
+            store,
+            keep: c.keep,
+            cadence: c.cadence,
+            identity: c.identity.to_string(),
+            strategy,
+            workers: workers as u32,
+            shards,
+        })
+    }
+
+    /// Puts a sharded job's checkpoint parts (one [`OwnerState`] per
+    /// owner, one replica state per worker where workers keep replicas)
+    /// together and writes them (see [`Self::save`]).
     pub fn write(&self, gathered: Gathered, scan: &ScanResult) -> Result<PathBuf> {
         let started = Instant::now();
         let (position, epoch, parts, collector) = gathered;
@@ -401,6 +443,12 @@ impl Checkpointer {
         let driver = driver.ok_or_else(|| {
             Error::Internal(format!("the checkpoint at step {position} has no owner"))
         })?;
+        if driver.epoch != epoch {
+            return Err(Error::Internal(format!(
+                "the owners' state after epoch {} came for the checkpoint after epoch {epoch}",
+                driver.epoch
+            )));
+        }
         if !replicas.is_empty() && replicas.len() != self.workers as usize {
             return Err(Error::Internal(format!(
                 "the checkpoint at step {position} holds {} of {} replicas",
@@ -408,6 +456,27 @@ impl Checkpointer {
                 self.workers
             )));
         }
+        let state = Assembled {
+            position,
+            shards,
+            driver,
+            collector,
+            replicas,
+        };
+        self.save(started, state, scan)
+    }
+
+    /// Writes a checkpoint put together since `started` as checkpoint
+    /// number `position`, then drops the ones the retention policy expires.
+    pub fn save(&self, started: Instant, state: Assembled, scan: &ScanResult) -> Result<PathBuf> {
+        let Assembled {
+            position,
+            shards,
+            driver,
+            collector,
+            replicas,
+        } = state;
+        let epoch = driver.epoch;
         let saved = Saved {
             version: PAYLOAD_VERSION,
             identity: self.identity.clone(),

@@ -269,8 +269,10 @@ fn recovery(
         });
     }
     crate::checkpoint::hint::register(spec.dir.clone());
-    // A first SIGINT or SIGTERM stops the job at a checkpoint.
-    crate::io::signals::stop_at_checkpoint();
+    if strategy.stops_at_checkpoint() {
+        // A first SIGINT or SIGTERM stops the job at a checkpoint.
+        crate::io::signals::stop_at_checkpoint();
+    }
     let mut description = job::describe(plan, init)?;
     let identity = resume::canonical(&description.identity)?;
     let resumed = if resume {

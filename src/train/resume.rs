@@ -71,9 +71,10 @@ pub fn load(
     }
     if saved.workers as usize != workers && !strategy.resumes_on_any_worker_count() {
         return Err(refuse(format!(
-            "it was written by {} workers and {} resumes only on as many (each worker's replica keeps its own optimizer state); run with {} workers in all",
+            "it was written by {} workers and {} resumes only on as many ({}); run with {} workers in all",
             saved.workers,
             strategy.name(),
+            strategy.one_worker_count_reason(),
             saved.workers
         )));
     }
