@@ -57,8 +57,13 @@ fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
     if msg.contains("timely communication error") || msg.contains("MergeQueue poisoned") {
         // Exiting skips destructors: remove the temporary files here.
         let _ = tidemill::io::temp::discard_live();
+        let peer = std::thread::current()
+            .name()
+            .and_then(tidemill::cluster::peer_of_thread)
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
         eprintln!(
-            "error: cluster: lost the connection to a peer process ({msg}); no output was written{}",
+            "error: cluster: lost the connection to a peer process{peer} ({msg}); no output was written{}",
             tidemill::checkpoint::hint::resume_hint()
         );
         std::process::exit(7);

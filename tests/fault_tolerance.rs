@@ -445,7 +445,7 @@ fn a_two_process_job_that_loses_a_process_resumes_as_one() {
     );
     assert_eq!(out.status.code(), Some(7), "{stderr}");
     assert!(
-        stderr.contains("lost the connection to a peer process"),
+        stderr.contains("lost the connection to a peer process (process 1 at 127.0.0.1:"),
         "{stderr}"
     );
     assert!(

@@ -29,6 +29,27 @@ pub use card::JobDescription;
 pub use hostfile::Address;
 pub use key::ClusterKey;
 
+/// The addresses of this job's processes, once it connects (for messages
+/// about a lost peer, which may come from a panicking network thread).
+static PEERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The peer process a timely network thread talks to, from the thread's
+/// name (`timely:recv-N`, `timely:send-N`), with its address: `"process N
+/// at HOST:PORT"`.
+pub fn peer_of_thread(name: &str) -> Option<String> {
+    let n: usize = name
+        .strip_prefix("timely:recv-")
+        .or_else(|| name.strip_prefix("timely:send-"))?
+        .parse()
+        .ok()?;
+    let at = PEERS
+        .get()
+        .and_then(|p| p.get(n))
+        .map(|a| format!(" at {a}"))
+        .unwrap_or_default();
+    Some(format!("process {n}{at}"))
+}
+
 /// How long start-up waits for the other processes by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -228,6 +249,7 @@ impl Cluster {
         job: impl FnOnce() -> Result<JobDescription>,
     ) -> Result<(Vec<AllocatorBuilder>, Box<dyn Any + Send>)> {
         let addresses = self.addresses()?;
+        let _ = PEERS.set(addresses.iter().map(|a| a.text.clone()).collect());
         if let Some(warning) = self.key_exposure(&addresses)? {
             tracing::warn!("{warning}");
         }

@@ -353,9 +353,9 @@ mod tests {
     use crate::dataflow::scan::ScanResult;
     use crate::dataflow::snapshot::CollectorState;
     use crate::dataflow::snapshot::PartOf;
-    use crate::strategy::snapshot::Stored;
     use crate::model::Layout;
     use crate::optim::lazy::Stamp;
+    use crate::strategy::snapshot::Stored;
     use crate::strategy::snapshot::PAYLOAD_VERSION;
 
     const LAYOUTS: [Layout; 4] = [
