@@ -568,3 +568,32 @@ fn model_parallel_killed_mid_epoch_resumes_to_the_same_model() {
     );
     assert!(!job.model().exists(), "a refused resume wrote a model");
 }
+
+#[test]
+fn a_fresh_run_beside_checkpoints_and_steps_without_the_row_cache_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new(dir.path(), 1, &[]);
+    job.run(1, &[]);
+    std::fs::remove_file(job.model()).unwrap();
+    // Without --resume its checkpoints would be pruned as older than the
+    // other run's, or a later resume would continue that run.
+    let out = finish(job.start(1, &[], &[]), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("already holds checkpoints") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(!job.model().exists());
+    // Streamed units are read from their start: no resuming inside epochs.
+    let other = tempfile::tempdir().unwrap();
+    let streamed = Job::new(
+        other.path(),
+        1,
+        &["data.cache=false", "output.checkpoint_every=\"5 steps\""],
+    );
+    let out = finish(streamed.start(1, &[], &[]), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("data.cache = false"), "{stderr}");
+}

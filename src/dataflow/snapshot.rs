@@ -178,10 +178,9 @@ impl SaveCheckpoints for StreamVec<'_, u64, Part> {
                     let Some(owner) = parts.iter().find(|p| p.of == PartOf::Owner) else {
                         continue;
                     };
-                    // A stop request (a signal) still gets its checkpoint.
-                    if failure.borrow().as_ref().is_some_and(|f| !f.is_stop()) {
-                        continue;
-                    }
+                    // A failure in a later round does not spoil this
+                    // state: it is written (an incomplete one is refused
+                    // below).
                     let (position, epoch) = (owner.position, owner.epoch);
                     parts.sort_by_key(|p| (p.of == PartOf::Replica, p.worker));
                     let state = {

@@ -16,6 +16,7 @@
 //! it. Should the child not end within [`CHILD_GRACE`], the handler kills
 //! it with SIGKILL and exits as above.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -30,7 +31,13 @@ use super::temp;
 
 /// How long a signal passed on to a supervised child waits for it to end
 /// before the child is killed with SIGKILL.
-pub const CHILD_GRACE: Duration = Duration::from_secs(30);
+/// Long enough for a job that stops at its next epoch boundary.
+pub const CHILD_GRACE: Duration = Duration::from_secs(120);
+
+/// A repeat of the signal that asked a job to stop, within this long of
+/// it, is the same request arriving twice (a service manager signals every
+/// process of a group, and a supervisor passes it on too), not a second one.
+const REPEAT: Duration = Duration::from_secs(2);
 
 /// A supervisor's running child and the signal passed on to it.
 struct Supervised {
@@ -54,6 +61,10 @@ fn supervised() -> MutexGuard<'static, Supervised> {
 /// meanwhile reaches the child, never leaving it running on its own.
 pub fn spawn_child(command: &mut Command) -> std::io::Result<Child> {
     let mut s = supervised();
+    // Its own process group: a terminal's Ctrl-C reaches the supervisor
+    // alone, which passes it on once (twice would stop the child at once
+    // instead of at a checkpoint).
+    command.process_group(0);
     let child = command.spawn()?;
     s.pid = i32::try_from(child.id()).ok();
     Ok(child)
@@ -97,7 +108,11 @@ pub fn install() -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("tidemill-signals".into())
         .spawn(move || {
+            let mut asked: Option<(i32, std::time::Instant)> = None;
             for signal in signals.forever() {
+                if asked.is_some_and(|(s, at)| s == signal && at.elapsed() < REPEAT) {
+                    continue;
+                }
                 let graceful = GRACEFUL.load(Ordering::SeqCst)
                     && signal != SIGHUP
                     && supervised().pid.is_none()
@@ -105,6 +120,7 @@ pub fn install() -> std::io::Result<()> {
                         .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok();
                 if graceful {
+                    asked = Some((signal, std::time::Instant::now()));
                     eprintln!(
                         "warning: {}: stopping at the next step with a checkpoint; send it again to stop at once",
                         crate::error::signal_name(signal)

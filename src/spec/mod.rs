@@ -388,8 +388,14 @@ pub const DEFAULT_CHECKPOINT_KEEP: usize = 3;
 
 /// Checkpoints inside an epoch need a point where no step is in flight and
 /// steps are mini-batch steps.
-fn steps_can_checkpoint(optimizer: &OptimizerSpec, train: &TrainSpec) -> Result<()> {
-    let why = if optimizer.first_order().is_none() {
+fn steps_can_checkpoint(
+    optimizer: &OptimizerSpec,
+    train: &TrainSpec,
+    data: &DataSpec,
+) -> Result<()> {
+    let why = if !data.cache {
+        "with data.cache = false a unit's rows are streamed from its start, so a job cannot resume inside an epoch: give a number of epochs"
+    } else if optimizer.first_order().is_none() {
         "L-BFGS takes one full-batch step per iteration: give a number of iterations"
     } else if train.strategy == Strategy::ParamServer && train.staleness.bound() > 0 {
         "with train.staleness > 0 steps are always in flight: give a number of epochs"
@@ -618,7 +624,7 @@ impl Pipeline {
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         let checkpoint = checkpoint_spec(&raw.output)?;
         if let Some(CheckpointEvery::Steps(_)) = checkpoint.as_ref().map(|c| c.every) {
-            steps_can_checkpoint(&optimizer, &train)?;
+            steps_can_checkpoint(&optimizer, &train, &data)?;
         }
         Ok(Pipeline {
             data,

@@ -247,6 +247,9 @@ pub struct Driver {
     stop_request: Option<Failure>,
     /// The request, once stopped there.
     stopped: Option<Failure>,
+    /// A job may resume inside an epoch (workers cache their rows; a
+    /// streamed unit is read from its start).
+    resumes_inside_epochs: bool,
 }
 
 /// Where a resumed job continues.
@@ -372,6 +375,7 @@ impl Driver {
             last_round: 1,
             stop_request: None,
             stopped: None,
+            resumes_inside_epochs: pipeline.data.cache,
         }
     }
 
@@ -677,6 +681,7 @@ impl Driver {
         // nothing in flight, no replica mid-round.
         let stop_here = self.stop_request.is_some()
             && self.lag == 0
+            && self.resumes_inside_epochs
             && matches!(self.mode, Mode::FirstOrder { .. });
         if next < steps_per_epoch
             && (stop_here || self.cadence.is_some_and(|c| c.due_at_step(self.steps, k)))

@@ -449,7 +449,8 @@ impl Checkpointer {
                 driver.epoch
             )));
         }
-        if !replicas.is_empty() && replicas.len() != self.workers as usize {
+        let replicated = self.strategy == "model-average";
+        if (replicated || !replicas.is_empty()) && replicas.len() != self.workers as usize {
             return Err(Error::Internal(format!(
                 "the checkpoint at step {position} holds {} of {} replicas",
                 replicas.len(),

@@ -275,6 +275,21 @@ fn recovery(
     }
     let mut description = job::describe(plan, init)?;
     let identity = resume::canonical(&description.identity)?;
+    if !resume {
+        // A fresh job beside another run's checkpoints would have its own
+        // pruned away as older, or resume into theirs later.
+        let store = crate::checkpoint::store::Store::at(&spec.dir);
+        if let Some(seq) = store.list().ok().and_then(|l| l.last().copied()) {
+            return Err(Error::Usage {
+                option: "output.checkpoint".into(),
+                message: format!(
+                    "{} already holds checkpoints (the newest is {}): pass --resume to continue from them, or remove them or choose another directory",
+                    spec.dir.display(),
+                    store.path(seq).display()
+                ),
+            });
+        }
+    }
     let resumed = if resume {
         let found = resume::load(
             &spec.dir,
