@@ -407,6 +407,13 @@ impl Checkpointer {
                         replicas.len()
                     )));
                 }
+                if part.bytes.is_empty() {
+                    // Its state did not encode: fail now, not at a resume.
+                    return Err(Error::Internal(format!(
+                        "the replica state of worker {} did not encode for the checkpoint at step {position}",
+                        part.worker
+                    )));
+                }
                 replicas.push(part.bytes);
                 continue;
             }
