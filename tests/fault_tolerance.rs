@@ -215,8 +215,19 @@ fn checkpoints_inside_an_epoch_resume_to_the_same_model() {
     // "5 steps" cuts epochs of 13 steps; model-average's rounds of 3 steps
     // pass multiples of 5 inside an epoch too. Killed after the third
     // checkpoint (inside the first epoch's second half or the second epoch).
-    let cases: [(&str, &[&str], usize); 3] = [
+    let cases: [(&str, &[&str], usize); 4] = [
         ("allreduce", &["model.l1=0.0001", "model.l2=0.001"], 3),
+        // Resumes on the worker count that wrote it; lazy FTRL steps
+        // resume with their clock mid-epoch.
+        (
+            "model-parallel",
+            &[
+                "optimizer.kind=\"ftrl\"",
+                "model.l1=0.0001",
+                "model.l2=0.001",
+            ],
+            2,
+        ),
         (
             "param-server",
             &[
@@ -488,8 +499,9 @@ fn stopped_by(job: &Job, workers: usize, signal: Signal, extra: &[&str]) -> Outp
 #[test]
 fn sigterm_and_sigint_stop_at_a_checkpoint_that_resumes_to_the_same_model() {
     // Synchronous first-order steps stop at the next step; model-average
-    // at the next epoch boundary.
-    let cases: [(&str, &[&str], Signal, usize); 2] = [
+    // at the next epoch boundary; model-parallel at the next step, on the
+    // worker count that wrote it.
+    let cases: [(&str, &[&str], Signal, usize); 3] = [
         (
             "allreduce",
             &["optimizer.kind=\"adam\""],
@@ -497,6 +509,12 @@ fn sigterm_and_sigint_stop_at_a_checkpoint_that_resumes_to_the_same_model() {
             1,
         ),
         ("model-average", &["train.sync_every=3"], Signal::SIGINT, 2),
+        (
+            "model-parallel",
+            &["optimizer.kind=\"adagrad\"", "optimizer.learning_rate=0.05"],
+            Signal::SIGTERM,
+            2,
+        ),
     ];
     for (strategy, extra, signal, workers) in cases {
         let dir = tempfile::tempdir().unwrap();

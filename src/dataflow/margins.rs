@@ -17,10 +17,18 @@
 //! 0 keeps the records. At the end each block goes to worker 0 once, to
 //! write the model file.
 //!
-//! At a checkpointed epoch boundary every worker emits its block's state
-//! ([`BlockState`], encoded by the strategy) as an [`Part`], and
-//! worker 0 leaves the records' and early stopping's state for the
-//! checkpoint sink; a resumed job starts each block from its state there.
+//! At a checkpointed epoch boundary, or after a step that passes a multiple
+//! of `checkpoint_every = "N steps"`, every worker emits its block's state
+//! ([`BlockState`], encoded by the strategy) as a [`Part`]; worker 0
+//! leaves the records' and early stopping's state of every epoch boundary
+//! for the checkpoint sink; a resumed job starts each block from its state
+//! there.
+//!
+//! A first SIGINT or SIGTERM (with checkpoints) rides on the next partial
+//! margins a worker of the signalled process sends. Every worker sees it in
+//! the same round, so all stop at one point: after that round's step, with
+//! a checkpoint there (inside the epoch), or at the boundary after the
+//! epoch's evaluation when the step was the epoch's last.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -112,6 +120,14 @@ pub struct BlockState {
     pub clock: Vec<Stamp>,
     /// Optimizer steps so far.
     pub steps: u64,
+    /// Inside epoch `epoch + 1`: the step to run next (`None` at the
+    /// boundary after `epoch` epochs).
+    pub next: Option<u64>,
+    /// Exact sum of the epoch's training losses so far (the same on every
+    /// worker: every worker sums the same margins).
+    pub epoch_loss: Wide,
+    /// Training rows behind `epoch_loss`.
+    pub epoch_rows: u64,
 }
 
 /// A block's encoding for a checkpoint (the strategy's; the bytes of an
@@ -214,8 +230,12 @@ struct State {
     epoch_rows: u64,
     bytes: u64,
     done: bool,
-    /// A resumed job: the boundary it starts after (epochs, done).
-    resumed: Option<(u32, bool)>,
+    /// A resumed job: where it starts (epochs completed, the step to run
+    /// next inside the next epoch, done).
+    resumed: Option<(u32, Option<u64>, bool)>,
+    /// A stop asked for in a round that could not stop (the epoch's last
+    /// step): it stops at the boundary after the evaluation.
+    stop_request: Option<Failure>,
     /// Test hooks (a slowed worker).
     hooks: Hooks,
 }
@@ -427,7 +447,7 @@ impl State {
     /// Sends this worker's partial margins for `phase`.
     fn send(&mut self, phase: Phase, emit: &mut impl FnMut(MarginOut)) {
         let (margins, failure) = match self.partials(phase) {
-            Ok(m) => (m, None),
+            Ok(m) => (m, self.asked_to_stop()),
             Err(e) => (Vec::new(), Some(self.fail(&e))),
         };
         let others = self.ctx.peers.saturating_sub(1) as u64;
@@ -443,6 +463,18 @@ impl State {
             bytes,
             failure,
         }));
+    }
+
+    /// A request to stop at a checkpoint (a first SIGINT or SIGTERM to this
+    /// process), for a job that takes checkpoints.
+    fn asked_to_stop(&self) -> Option<Failure> {
+        self.ctx.checkpoints.as_ref()?;
+        crate::io::signals::stop_requested().map(|signal| {
+            Failure::from(&Error::Stopped {
+                signal,
+                worker: self.ctx.index,
+            })
+        })
     }
 
     /// Continues from a checkpoint's state of this block: `init` is
@@ -472,22 +504,47 @@ impl State {
         self.best = block.best;
         self.live = LiveSet::from_indices(&block.live);
         self.steps = block.steps;
+        self.epoch_loss = block.epoch_loss;
+        self.epoch_rows = block.epoch_rows;
         self.epochs.resume(collector);
-        self.resumed = Some((block.epoch, block.done));
+        self.resumed = Some((block.epoch, block.next, block.done));
         Ok(())
     }
 
-    /// The first round: a fresh job's first step, or what the boundary a
-    /// resumed job continues from released: the next epoch's first step,
-    /// or (the job ended there) a round without margins, after which the
-    /// blocks go to worker 0.
+    /// The first round: a fresh job's first step, or where the checkpoint
+    /// a resumed job continues from stood: the step after it inside an
+    /// epoch, the next epoch's first step after a boundary, or (the job
+    /// ended there) a round without margins, after which the blocks go to
+    /// worker 0.
     fn start(&mut self, emit: &mut impl FnMut(MarginOut)) {
+        if let Some(c) = self
+            .ctx
+            .checkpoints
+            .as_ref()
+            .filter(|_| self.ctx.index == 0)
+        {
+            // The collector's state a checkpoint before the first boundary
+            // carries.
+            let state = self.epochs.state(&self.ctx.records.borrow());
+            match state {
+                Ok(state) => {
+                    let epoch = self.resumed.map_or(0, |(e, _, _)| e);
+                    c.states.borrow_mut().insert(epoch, state);
+                }
+                Err(e) => {
+                    self.fail(&e);
+                }
+            }
+        }
         let phase = match self.resumed {
-            Some((epochs, true)) => Phase::Final {
+            Some((epochs, _, true)) => Phase::Final {
                 epochs,
                 objective: None,
             },
-            Some((epoch, false)) => Phase::Train { epoch, step: 0 },
+            Some((epoch, next, false)) => Phase::Train {
+                epoch,
+                step: next.unwrap_or(0),
+            },
             None => Phase::Train { epoch: 0, step: 0 },
         };
         let failed = self.ctx.failure.borrow().clone();
@@ -515,26 +572,43 @@ impl State {
     }
 
     /// At the boundary after `epoch` epochs (the job ends there if
-    /// `done`): if it is checkpointed, the block's state for the
-    /// checkpoint, and on worker 0 the records' and early stopping's.
-    fn checkpoint(
+    /// `done`): on worker 0 the records' and early stopping's state there,
+    /// and if the boundary is checkpointed (or `forced`: the job stops
+    /// there), the block's state for the checkpoint.
+    fn boundary(
         &mut self,
         epoch: u32,
         done: bool,
+        forced: bool,
         emit: &mut impl FnMut(MarginOut),
     ) -> Result<(), Error> {
-        let Some(c) = self
-            .ctx
-            .checkpoints
-            .as_ref()
-            .filter(|c| c.cadence.due_at_epoch(epoch, self.steps, 1))
-        else {
+        let Some(c) = self.ctx.checkpoints.as_ref() else {
             return Ok(());
         };
         if self.ctx.index == 0 {
+            // Every boundary: a checkpoint inside the next epoch carries
+            // this state too.
             let state = self.epochs.state(&self.ctx.records.borrow())?;
             c.states.borrow_mut().insert(epoch, state);
         }
+        if forced || c.cadence.due_at_epoch(epoch, self.steps, 1) {
+            self.save(epoch, None, done, emit);
+        }
+        Ok(())
+    }
+
+    /// The block's state for a checkpoint after `epoch` epochs, inside the
+    /// next one before step `next` if given.
+    fn save(
+        &mut self,
+        epoch: u32,
+        next: Option<u64>,
+        done: bool,
+        emit: &mut impl FnMut(MarginOut),
+    ) {
+        let Some(c) = self.ctx.checkpoints.as_ref() else {
+            return;
+        };
         let block = BlockState {
             epoch,
             done,
@@ -545,6 +619,9 @@ impl State {
             lazy: self.lazy.as_ref().map(|l| l.current_at().to_vec()),
             clock: self.clock.stamps(),
             steps: self.steps,
+            next,
+            epoch_loss: self.epoch_loss,
+            epoch_rows: self.epoch_rows,
         };
         emit(MarginOut::Saved(Part {
             position: self.steps,
@@ -553,7 +630,13 @@ impl State {
             of: PartOf::Owner,
             bytes: (c.encode)(&block),
         }));
-        Ok(())
+    }
+
+    /// Stops the job on request `f`, its checkpoint taken: nothing more is
+    /// sent, and the request ends the job (exit 128 + the signal).
+    fn stop(&mut self, f: Failure) {
+        self.ctx.failure.borrow_mut().get_or_insert(f);
+        self.done = true;
     }
 
     fn round(&mut self, mut msgs: Vec<MarginMsg>, emit: &mut impl FnMut(MarginOut)) {
@@ -570,10 +653,20 @@ impl State {
             }
             return;
         }
-        if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
+        if let Some(f) = msgs
+            .iter()
+            .find_map(|m| m.failure.clone().filter(|f| !f.is_stop()))
+        {
             self.ctx.failure.borrow_mut().get_or_insert(f);
             self.done = true;
             return;
+        }
+        // Every worker sees the same requests: all stop at one point.
+        let asked = msgs
+            .iter()
+            .find_map(|m| m.failure.clone().filter(Failure::is_stop));
+        if let Some(f) = asked.filter(|_| self.stop_request.is_none()) {
+            self.stop_request = Some(f);
         }
         msgs.sort_by_key(|m| m.from);
         let phase = msgs.first().map(|m| m.phase);
@@ -606,6 +699,18 @@ impl State {
                     return;
                 }
                 if step + 1 < self.ctx.steps_per_epoch {
+                    let due = self
+                        .ctx
+                        .checkpoints
+                        .as_ref()
+                        .is_some_and(|c| c.cadence.due_at_step(self.steps, 1));
+                    if due || self.stop_request.is_some() {
+                        self.save(epoch, Some(step + 1), false, emit);
+                    }
+                    if let Some(f) = self.stop_request.take() {
+                        self.stop(f);
+                        return;
+                    }
                     Phase::Train {
                         epoch,
                         step: step + 1,
@@ -620,15 +725,24 @@ impl State {
             }
             Phase::Eval { epoch, steps, .. } => {
                 let bytes = msgs.iter().map(|m| m.bytes).sum();
+                let stopping = self.stop_request.is_some();
                 let over = self
                     .evaluate(epoch, steps, &margins, bytes)
-                    .and_then(|over| self.checkpoint(epoch, over, emit).map(|()| over));
+                    .and_then(|over| {
+                        self.boundary(epoch, over, stopping && !over, emit)
+                            .map(|()| over)
+                    });
                 match over {
                     Ok(true) => {
                         self.finish(epoch, emit);
                         return;
                     }
-                    Ok(false) => {}
+                    Ok(false) => {
+                        if let Some(f) = self.stop_request.take() {
+                            self.stop(f);
+                            return;
+                        }
+                    }
                     Err(e) => {
                         self.fail_round(&e, phase, emit);
                         return;
@@ -679,6 +793,7 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             bytes: 0,
             done: false,
             resumed: None,
+            stop_request: None,
             hooks,
             ctx,
         };

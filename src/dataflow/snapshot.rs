@@ -140,7 +140,7 @@ pub trait SaveCheckpoints {
     /// in (the frontier has passed it) and hold the owners' state, calls
     /// `write` with them and the collector's state. A failed write is
     /// recorded in `failure`, which stops the job (the gradient operator
-    /// checks it every round).
+    /// checks it every round); it replaces a stop request there.
     fn save_checkpoints(
         self,
         states: CollectorStates,
@@ -199,7 +199,13 @@ impl SaveCheckpoints for StreamVec<'_, u64, Part> {
                         ))),
                     };
                     if let Err(e) = result {
-                        failure.borrow_mut().get_or_insert(Failure::from(&e));
+                        // A failed write outranks a stop request, which
+                        // would say the job was checkpointed where it
+                        // stopped.
+                        let mut failure = failure.borrow_mut();
+                        if failure.as_ref().is_none_or(Failure::is_stop) {
+                            *failure = Some(Failure::from(&e));
+                        }
                     }
                 }
             },

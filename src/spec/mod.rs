@@ -399,8 +399,6 @@ fn steps_can_checkpoint(
         "L-BFGS takes one full-batch step per iteration: give a number of iterations"
     } else if train.strategy == Strategy::ParamServer && train.staleness.bound() > 0 {
         "with train.staleness > 0 steps are always in flight: give a number of epochs"
-    } else if train.strategy == Strategy::ModelParallel {
-        "model-parallel checkpoints at epoch boundaries: give a number of epochs"
     } else {
         return Ok(());
     };

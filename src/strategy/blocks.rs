@@ -174,9 +174,9 @@ fn block_part(block: &FeatureBlock, worker: usize, s: &BlockState) -> Result<Blo
             steps: s.steps,
             clock: s.clock.clone(),
             lbfgs: None,
-            next: None,
-            epoch_loss: Default::default(),
-            epoch_rows: 0,
+            next: s.next.map(|step| (s.epoch, step)),
+            epoch_loss: s.epoch_loss,
+            epoch_rows: s.epoch_rows,
         },
     })
 }
@@ -233,6 +233,8 @@ pub fn merge(len: usize, parts: &[Part]) -> Result<(ShardState, DriverState)> {
         let sized = |m: &[f64], kept: &[f64]| m.len() == n * usize::from(!kept.is_empty());
         let agree = p.coords.iter().map(ExactSizeIterator::len).sum::<usize>() == n
             && (p.driver.epoch, p.driver.done, p.driver.steps) == (d.epoch, d.done, d.steps)
+            && (p.driver.next, p.driver.epoch_loss, p.driver.epoch_rows)
+                == (d.next, d.epoch_loss, d.epoch_rows)
             && (v.lazy.is_none() || &p.driver.clock == clock)
             && v.state.t == t
             && sized(&v.state.m, &all.state.m)
@@ -241,7 +243,7 @@ pub fn merge(len: usize, parts: &[Part]) -> Result<(ShardState, DriverState)> {
             && v.lazy.as_ref().is_none_or(|l| l.len() == n);
         if !agree {
             return Err(bad(format!(
-                "worker {w}'s block disagrees with worker {}'s on its size, the steps, the clock or the state kept",
+                "worker {w}'s block disagrees with worker {}'s on its size, the steps, the position, the epoch's loss, the clock or the state kept",
                 parts[0].worker
             )));
         }
@@ -307,6 +309,18 @@ pub fn split(saved: &Saved, block: &FeatureBlock, lazy: bool) -> Result<BlockSta
     if (lazy && all.lazy.is_none()) || saved.driver.lbfgs.is_some() {
         return Err(bad("it was taken with another optimizer setting".into()));
     }
+    let d = &saved.driver;
+    let next = match d.next {
+        Some((epoch, step)) if epoch == d.epoch => Some(step),
+        Some((epoch, _)) => {
+            return Err(bad(format!(
+                "it stands inside epoch {} after {} epochs",
+                epoch + 1,
+                d.epoch
+            )))
+        }
+        None => None,
+    };
     // Idle slots: zero, and live and current since the first step.
     let gather = |v: &[f64]| -> Vec<f64> {
         (0..block.len())
@@ -343,7 +357,10 @@ pub fn split(saved: &Saved, block: &FeatureBlock, lazy: bool) -> Result<BlockSta
             true => saved.driver.clock.clone(),
             false => Clock::default().stamps(),
         },
-        steps: saved.driver.steps,
+        steps: d.steps,
+        next,
+        epoch_loss: d.epoch_loss,
+        epoch_rows: d.epoch_rows,
     })
 }
 
@@ -410,6 +427,10 @@ mod tests {
             }),
             clock,
             steps: 40,
+            // Inside the third epoch, its loss so far not a round number.
+            next: Some(5),
+            epoch_loss: crate::exact::Wide::from_f64(12.375).unwrap_or_default(),
+            epoch_rows: 5 * 64,
         }
     }
 

@@ -132,13 +132,6 @@ pub trait Strategy: Sync {
         true
     }
 
-    /// True if a first SIGINT or SIGTERM stops the job at a checkpoint
-    /// (its owners agree on the point from the round's messages); false:
-    /// the signal ends the process at once, the last checkpoint stands.
-    fn stops_at_checkpoint(&self) -> bool {
-        true
-    }
-
     /// True if a checkpoint resumes on another worker count with the
     /// model an uninterrupted run on the writing count makes.
     fn resumes_on_any_worker_count(&self) -> bool {

@@ -85,12 +85,6 @@ impl Strategy for ModelParallel {
         false
     }
 
-    /// Not yet: a signal ends a model-parallel job at once (its last
-    /// checkpoint stands).
-    fn stops_at_checkpoint(&self) -> bool {
-        false
-    }
-
     fn one_worker_count_reason(&self) -> &'static str {
         "its blocks, and so the rounding of the margins summed over them, depend on the worker count"
     }

@@ -269,10 +269,9 @@ fn recovery(
         });
     }
     crate::checkpoint::hint::register(spec.dir.clone());
-    if strategy.stops_at_checkpoint() {
-        // A first SIGINT or SIGTERM stops the job at a checkpoint.
-        crate::io::signals::stop_at_checkpoint();
-    }
+    // A first SIGINT or SIGTERM stops the job at a checkpoint (its workers
+    // agree on the point from a round's messages).
+    crate::io::signals::stop_at_checkpoint();
     let mut description = job::describe(plan, init)?;
     let identity = resume::canonical(&description.identity)?;
     if !resume {
