@@ -63,6 +63,7 @@ pub mod predict;
 pub mod source;
 pub mod spec;
 pub mod strategy;
+pub mod stream;
 pub mod train;
 
 pub use error::{Error, Result};

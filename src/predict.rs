@@ -49,24 +49,7 @@ impl Scorer {
 
     /// The prediction columns this model adds.
     pub fn output_fields(&self) -> Vec<Field> {
-        match self.model.kind() {
-            ModelKind::Linear => vec![Field::new("prediction", DataType::Float64, true)],
-            ModelKind::Logistic => vec![
-                Field::new("prediction", DataType::Utf8, true),
-                Field::new("probability", DataType::Float64, true),
-            ],
-            ModelKind::Hinge => vec![
-                Field::new("prediction", DataType::Utf8, true),
-                Field::new("score", DataType::Float64, true),
-            ],
-            ModelKind::Softmax => std::iter::once(Field::new("prediction", DataType::Utf8, true))
-                .chain(
-                    self.classes()
-                        .iter()
-                        .map(|c| Field::new(format!("probability_{c}"), DataType::Float64, true)),
-                )
-                .collect(),
-        }
+        output_fields(self.model.kind(), &self.classes())
     }
 
     /// Decodes a batch as the model was trained to; a bad value's hint
@@ -91,13 +74,8 @@ impl Scorer {
         let block = self.decode(batch, LabelUse::Skip, origin)?;
         let n = batch.num_rows();
         let k = self.model.outputs();
-        let classes = self.classes();
+        let mut cols = Predictions::new(self.model.kind(), self.classes(), k, n);
         let mut out = vec![0.0; k];
-        let mut label = StringBuilder::new();
-        let mut values: Vec<Float64Builder> =
-            (0..self.output_fields().len().saturating_sub(1).max(1))
-                .map(|_| Float64Builder::with_capacity(n))
-                .collect();
         let mut kept = block
             .file_row
             .iter()
@@ -106,8 +84,7 @@ impl Scorer {
         let mut bi = 0;
         for i in 0..n {
             if kept.peek() != Some(&i) {
-                label.append_null();
-                values.iter_mut().for_each(|v| v.append_null());
+                cols.push(None);
                 continue;
             }
             kept.next();
@@ -122,33 +99,9 @@ impl Scorer {
                 });
             }
             bi += 1;
-            match self.model.kind() {
-                ModelKind::Linear => values[0].append_value(out[0]),
-                ModelKind::Logistic => {
-                    label.append_value(&classes[usize::from(out[0] > 0.5)]);
-                    values[0].append_value(out[0]);
-                }
-                ModelKind::Hinge => {
-                    label.append_value(&classes[usize::from(out[0] > 0.0)]);
-                    values[0].append_value(out[0]);
-                }
-                ModelKind::Softmax => {
-                    let best = (0..k).fold(0, |b, j| if out[j] > out[b] { j } else { b });
-                    label.append_value(&classes[best]);
-                    for (v, &p) in values.iter_mut().zip(&out) {
-                        v.append_value(p);
-                    }
-                }
-            }
+            cols.push(Some(&out));
         }
-        let mut cols: Vec<ArrayRef> = Vec::new();
-        if self.model.kind() != ModelKind::Linear {
-            cols.push(Arc::new(label.finish()));
-        }
-        for mut v in values {
-            cols.push(Arc::new(v.finish()));
-        }
-        Ok(cols)
+        Ok(cols.finish())
     }
 
     /// Evaluates the model on a labelled batch.
@@ -270,4 +223,100 @@ pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
             path: model.to_path_buf(),
             message: format!("on {input}: {message}"),
         })
+}
+
+/// The prediction columns of a `kind` model with these class names (as
+/// `predict` writes them, and `stream --predictions-out`).
+pub fn output_fields(kind: ModelKind, classes: &[String]) -> Vec<Field> {
+    match kind {
+        ModelKind::Linear => vec![Field::new("prediction", DataType::Float64, true)],
+        ModelKind::Logistic => vec![
+            Field::new("prediction", DataType::Utf8, true),
+            Field::new("probability", DataType::Float64, true),
+        ],
+        ModelKind::Hinge => vec![
+            Field::new("prediction", DataType::Utf8, true),
+            Field::new("score", DataType::Float64, true),
+        ],
+        ModelKind::Softmax => std::iter::once(Field::new("prediction", DataType::Utf8, true))
+            .chain(
+                classes
+                    .iter()
+                    .map(|c| Field::new(format!("probability_{c}"), DataType::Float64, true)),
+            )
+            .collect(),
+    }
+}
+
+/// Builds the [`output_fields`] columns from each row's
+/// [`crate::model::Model::predict_row`] outputs (`None`: a skipped row,
+/// null).
+pub struct Predictions {
+    kind: ModelKind,
+    classes: Vec<String>,
+    label: StringBuilder,
+    values: Vec<Float64Builder>,
+}
+
+impl Predictions {
+    /// Columns for `n` rows of a `kind` model with `k` outputs.
+    pub fn new(kind: ModelKind, classes: Vec<String>, k: usize, n: usize) -> Predictions {
+        let values = match kind {
+            ModelKind::Softmax => k,
+            _ => 1,
+        };
+        Predictions {
+            kind,
+            classes,
+            label: StringBuilder::new(),
+            values: (0..values)
+                .map(|_| Float64Builder::with_capacity(n))
+                .collect(),
+        }
+    }
+
+    /// Adds a row's outputs.
+    pub fn push(&mut self, out: Option<&[f64]>) {
+        let Some(out) = out else {
+            self.label.append_null();
+            self.values.iter_mut().for_each(|v| v.append_null());
+            return;
+        };
+        let class = |i: usize| {
+            self.classes
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| i.to_string())
+        };
+        match self.kind {
+            ModelKind::Linear => self.values[0].append_value(out[0]),
+            ModelKind::Logistic => {
+                self.label.append_value(class(usize::from(out[0] > 0.5)));
+                self.values[0].append_value(out[0]);
+            }
+            ModelKind::Hinge => {
+                self.label.append_value(class(usize::from(out[0] > 0.0)));
+                self.values[0].append_value(out[0]);
+            }
+            ModelKind::Softmax => {
+                let best = (0..out.len()).fold(0, |b, j| if out[j] > out[b] { j } else { b });
+                self.label.append_value(class(best));
+                for (v, &p) in self.values.iter_mut().zip(out) {
+                    v.append_value(p);
+                }
+            }
+        }
+    }
+
+    /// The columns.
+    pub fn finish(mut self) -> Vec<ArrayRef> {
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        if self.kind != ModelKind::Linear {
+            cols.push(Arc::new(self.label.finish()));
+        }
+        for mut v in self.values {
+            cols.push(Arc::new(v.finish()));
+        }
+        cols
+    }
 }

@@ -51,6 +51,9 @@ pub const EXIT_CODES: &str =
 pub enum Command {
     /// Train a pipeline and write the model and metrics.
     Train(TrainArgs),
+    /// Train incrementally on a stream of rows, scoring each before it is
+    /// trained on, publishing model snapshots as it goes.
+    Stream(StreamArgs),
     /// Score a table with a saved model.
     Predict(PredictArgs),
     /// Print JSON metrics of a saved model on a labelled table.
@@ -193,6 +196,51 @@ pub struct TrainArgs {
     pub restart_backoff: f64,
 }
 
+/// `stream`.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// Pipeline file (TOML); `[stream]` says how batches are cut.
+    pub pipeline: PathBuf,
+    /// The source: `-` for an Arrow IPC stream on stdin, or a Parquet or
+    /// Arrow IPC file or a directory of Parquet files to replay in row order.
+    #[arg(long, short)]
+    pub input: String,
+    /// A replay's pace in rows per second (default: as fast as possible).
+    #[arg(long, value_name = "ROWS_PER_SECOND")]
+    pub rate: Option<f64>,
+    #[command(flatten)]
+    /// Cluster layout.
+    pub cluster: ClusterArgs,
+    /// Override a pipeline key, e.g. `--set stream.batch_rows=10000`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Model snapshots (overrides output.model).
+    #[arg(long)]
+    pub model_out: Option<PathBuf>,
+    /// Progressive metrics, a JSON line per batch (overrides output.metrics).
+    #[arg(long)]
+    pub metrics_out: Option<PathBuf>,
+    /// Start from this model's weights, with its feature statistics frozen.
+    #[arg(long, value_name = "MODEL")]
+    pub init_model: Option<PathBuf>,
+    /// Continue from the newest checkpoint in `output.checkpoint`.
+    #[arg(long)]
+    pub resume: bool,
+    /// With `--resume` on stdin: the row of the stream the producer's first
+    /// row is (default 0: it sends the stream again from its start, and the
+    /// rows the checkpoint holds are skipped).
+    #[arg(long, value_name = "ROW", default_value_t = 0)]
+    pub input_offset: u64,
+    /// Every row's progressive prediction (scored before it was trained
+    /// on), in input order: a path (`.parquet`, `.arrow`), or `-` for an
+    /// Arrow IPC stream on stdout (the summary then goes to stderr).
+    #[arg(long, value_name = "PATH")]
+    pub predictions_out: Option<String>,
+    /// Input columns to copy beside the predictions, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub keep: Vec<String>,
+}
+
 /// `predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -270,6 +318,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a),
+        Command::Stream(a) => stream(a),
         Command::Predict(a) => {
             let rows = crate::predict::predict(&a.model, &a.input, &a.output, a.format, &a.keep)?;
             tracing::info!(rows, output = %a.output, "predictions written");
@@ -311,6 +360,68 @@ fn validate(a: ValidateArgs) -> Result<()> {
         plan.draft.label,
         outputs.describe()
     ))
+}
+
+fn stream(a: StreamArgs) -> Result<()> {
+    let cluster = a.cluster.cluster()?;
+    let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
+    if let Some(m) = a.model_out {
+        pipeline.output.model = Some(m);
+    }
+    if let Some(m) = a.metrics_out {
+        pipeline.output.metrics = Some(m);
+    }
+    let input = match a.input.as_str() {
+        "-" => {
+            if a.rate.is_some() {
+                return Err(Error::Usage {
+                    option: "--rate".into(),
+                    message: "paces a replay; stdin arrives at its producer's pace".into(),
+                });
+            }
+            crate::stream::source::Input::Stdin
+        }
+        path => {
+            if let Some(r) = a.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+                return Err(Error::Usage {
+                    option: "--rate".into(),
+                    message: format!("must be a number of rows per second > 0, got {r}"),
+                });
+            }
+            crate::stream::source::Input::Replay {
+                path: PathBuf::from(path),
+                rate: a.rate,
+            }
+        }
+    };
+    let init = match &a.init_model {
+        Some(path) => Some(crate::train::warm::InitModel::load(path)?),
+        None => None,
+    };
+    let job = crate::stream::StreamJob {
+        pipeline,
+        input,
+        init,
+        resume: a.resume,
+        input_offset: a.input_offset,
+        predictions: a.predictions_out.clone(),
+        keep: a.keep,
+    };
+    let Some(summary) = crate::stream::run(job, &cluster)? else {
+        return Ok(());
+    };
+    tracing::info!(
+        rows = summary.rows,
+        batches = summary.batches,
+        rows_per_second = summary.rows_per_second,
+        "stream done"
+    );
+    if a.predictions_out.as_deref() == Some("-") {
+        // Stdout carries the predictions.
+        eprintln!("{}", to_json(&summary));
+        return Ok(());
+    }
+    emit(&(to_json(&summary) + "\n"))
 }
 
 fn train(a: TrainArgs) -> Result<()> {

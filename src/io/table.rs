@@ -320,6 +320,19 @@ impl TableOutput {
         .map_err(|e| self.tap.explain(e))
     }
 
+    /// Pushes what was written so far on to the output (an IPC stream's
+    /// reader downstream sees the batches at once); Parquet writes its row
+    /// groups as they fill.
+    pub fn flush(&mut self) -> Result<()> {
+        let p = &self.tap.path;
+        match &mut self.inner {
+            Inner::Parquet(_) => Ok(()),
+            Inner::Ipc(w) => w.flush().map_err(|e| ipc_err(p, e)),
+            Inner::Stream(w) => w.flush().map_err(|e| ipc_err(p, e)),
+        }
+        .map_err(|e| self.tap.explain(e))
+    }
+
     /// Finishes the table and flushes it into the output (which the caller
     /// then commits).
     pub fn finish(self) -> Result<()> {

@@ -60,6 +60,22 @@ pub struct ModelFile {
     pub hashed: Option<Weights>,
     /// About the run.
     pub training: TrainingSummary,
+    /// A snapshot of a stream (`tidemill stream`): where in it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stream: Option<StreamStamp>,
+}
+
+/// Where in its stream a model snapshot was taken.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamStamp {
+    /// Snapshots published so far, this one included (1, 2, …).
+    pub snapshot: u64,
+    /// Batches trained on.
+    pub batches: u64,
+    /// Rows of the stream consumed (every one scored, then trained on).
+    pub rows: u64,
+    /// The input (`-` for stdin).
+    pub input: String,
 }
 
 fn class_names(spec: &FeatureSpec, k: usize) -> Vec<String> {
@@ -225,6 +241,7 @@ impl ModelFile {
             coefficients,
             hashed,
             training,
+            stream: None,
         }
     }
 

@@ -5,7 +5,10 @@
 
 pub mod features;
 
+use std::path::Path;
 use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema};
 
 use crate::error::{Error, Result};
 use crate::source::files::Source;
@@ -36,109 +39,11 @@ impl Plan {
         let d = &pipeline.data;
         let probe = Source::open(&d.train, &[])?;
         let reference = probe.reference();
-        let label_type = reference.column_type(&d.label)?.clone();
-        // A misspelt exclusion would silently leave its column in the
-        // features (a label leak, say): every name must be a column.
-        let names: Vec<&str> = reference
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect();
-        if let Some(bad) = d.exclude.iter().find(|e| !names.contains(&e.as_str())) {
-            let hint = crate::error::nearest(bad, &names)
-                .map(|n| format!(" (did you mean '{n}'?)"))
-                .unwrap_or_default();
-            return Err(Error::PipelineValue {
-                key: "data.exclude".into(),
-                message: format!(
-                    "'{bad}' is not a column of {}{hint}",
-                    reference.path.display()
-                ),
-            });
-        }
-        let features: Vec<String> = match &d.features {
-            Some(f) => f.clone(),
-            None => reference
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| *n != d.label && !d.exclude.contains(n))
-                .collect(),
-        };
-        if features.is_empty() {
-            return Err(Error::PipelineValue {
-                key: "data.features".into(),
-                message: "no feature columns".into(),
-            });
-        }
-        let mut numeric = Vec::new();
-        for name in &features {
-            let t = reference.column_type(name)?;
-            if d.categorical.contains(name) {
-                if !is_token_type(t) {
-                    return Err(Error::ColumnType {
-                        file: reference.path.clone(),
-                        column: name.clone(),
-                        found: t.to_string(),
-                        expected: "a categorical column must hold strings or integers".into(),
-                    });
-                }
-            } else if is_numeric_type(t) {
-                numeric.push(NumericFeature {
-                    name: name.clone(),
-                    fill: 0.0,
-                    center: 0.0,
-                    scale: 1.0,
-                });
-            } else {
-                return Err(Error::ColumnType {
-                    file: reference.path.clone(),
-                    column: name.clone(),
-                    found: t.to_string(),
-                    expected: "a numeric feature needs an integer, float or boolean column; list it in data.categorical to hash it, or in data.exclude to drop it".into(),
-                });
-            }
-        }
-        for c in &d.categorical {
-            if !features.contains(c) {
-                return Err(Error::PipelineValue {
-                    key: "data.categorical".into(),
-                    message: format!("'{c}' is not a feature column"),
-                });
-            }
-        }
-        let string_label = !is_numeric_type(&label_type);
-        let kind = pipeline.model.kind;
-        if string_label && !is_token_type(&label_type) {
-            return Err(Error::ColumnType {
-                file: reference.path.clone(),
-                column: d.label.clone(),
-                found: label_type.to_string(),
-                expected: "a label must be numeric or a string".into(),
-            });
-        }
-        if string_label && kind == ModelKind::Linear {
-            return Err(Error::ColumnType {
-                file: reference.path.clone(),
-                column: d.label.clone(),
-                found: label_type.to_string(),
-                expected: "a linear (regression) model needs a numeric label".into(),
-            });
-        }
-        if string_label
-            && matches!(kind, ModelKind::Logistic | ModelKind::Hinge)
-            && d.classes.is_none()
-        {
-            return Err(Error::PipelineValue {
-                key: "data.classes".into(),
-                message: format!(
-                    "label '{}' holds strings: declare data.classes = [\"<negative>\", \"<positive>\"]",
-                    d.label
-                ),
-            });
-        }
+        let Draft {
+            spec: draft,
+            features,
+            string_label,
+        } = draft(&pipeline, reference.schema(), &reference.path)?;
         let mut columns = features.clone();
         columns.push(d.label.clone());
         let source = Source::open(&d.train, &columns)?;
@@ -185,14 +90,6 @@ impl Plan {
             }
         };
         let train = Arc::new(ParquetSource::new(source, d.max_unit_rows));
-        let draft = FeatureSpec {
-            label: d.label.clone(),
-            numeric,
-            categorical: d.categorical.clone(),
-            hash_bits: d.hash_bits,
-            on_missing: d.on_missing,
-            classes: None,
-        };
         Ok(Plan {
             pipeline,
             train,
@@ -213,5 +110,137 @@ impl Plan {
             s.on_missing = OnMissing::Zero;
         }
         s
+    }
+}
+
+/// The feature spec before statistics that `pipeline` makes of a table with
+/// `schema` (read from `file`, named in messages): features, their kinds,
+/// the label's type, all checked.
+pub struct Draft {
+    /// The spec (no centring, scaling or classes).
+    pub spec: FeatureSpec,
+    /// The feature columns, in order.
+    pub features: Vec<String>,
+    /// True if the label column holds strings.
+    pub string_label: bool,
+}
+
+/// Checks `pipeline`'s columns against `schema` (of `file`) and drafts the
+/// feature spec: what [`Plan::new`] does with the first training file, and
+/// what `stream` does with its input's schema.
+pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft> {
+    let d = &pipeline.data;
+    let label_type = column_type(schema, &d.label, file)?.clone();
+    // A misspelt exclusion would silently leave its column in the
+    // features (a label leak, say): every name must be a column.
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if let Some(bad) = d.exclude.iter().find(|e| !names.contains(&e.as_str())) {
+        let hint = crate::error::nearest(bad, &names)
+            .map(|n| format!(" (did you mean '{n}'?)"))
+            .unwrap_or_default();
+        return Err(Error::PipelineValue {
+            key: "data.exclude".into(),
+            message: format!("'{bad}' is not a column of {}{hint}", file.display()),
+        });
+    }
+    let features: Vec<String> = match &d.features {
+        Some(f) => f.clone(),
+        None => schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| *n != d.label && !d.exclude.contains(n))
+            .collect(),
+    };
+    if features.is_empty() {
+        return Err(Error::PipelineValue {
+            key: "data.features".into(),
+            message: "no feature columns".into(),
+        });
+    }
+    let mut numeric = Vec::new();
+    for name in &features {
+        let t = column_type(schema, name, file)?;
+        if d.categorical.contains(name) {
+            if !is_token_type(t) {
+                return Err(Error::ColumnType {
+                    file: file.to_path_buf(),
+                    column: name.clone(),
+                    found: t.to_string(),
+                    expected: "a categorical column must hold strings or integers".into(),
+                });
+            }
+        } else if is_numeric_type(t) {
+            numeric.push(NumericFeature {
+                name: name.clone(),
+                fill: 0.0,
+                center: 0.0,
+                scale: 1.0,
+            });
+        } else {
+            return Err(Error::ColumnType {
+                file: file.to_path_buf(),
+                column: name.clone(),
+                found: t.to_string(),
+                expected: "a numeric feature needs an integer, float or boolean column; list it in data.categorical to hash it, or in data.exclude to drop it".into(),
+            });
+        }
+    }
+    for c in &d.categorical {
+        if !features.contains(c) {
+            return Err(Error::PipelineValue {
+                key: "data.categorical".into(),
+                message: format!("'{c}' is not a feature column"),
+            });
+        }
+    }
+    let string_label = !is_numeric_type(&label_type);
+    let kind = pipeline.model.kind;
+    if string_label && !is_token_type(&label_type) {
+        return Err(Error::ColumnType {
+            file: file.to_path_buf(),
+            column: d.label.clone(),
+            found: label_type.to_string(),
+            expected: "a label must be numeric or a string".into(),
+        });
+    }
+    if string_label && kind == ModelKind::Linear {
+        return Err(Error::ColumnType {
+            file: file.to_path_buf(),
+            column: d.label.clone(),
+            found: label_type.to_string(),
+            expected: "a linear (regression) model needs a numeric label".into(),
+        });
+    }
+    if string_label && matches!(kind, ModelKind::Logistic | ModelKind::Hinge) && d.classes.is_none()
+    {
+        return Err(Error::PipelineValue {
+            key: "data.classes".into(),
+            message: format!(
+                "label '{}' holds strings: declare data.classes = [\"<negative>\", \"<positive>\"]",
+                d.label
+            ),
+        });
+    }
+    Ok(Draft {
+        spec: FeatureSpec {
+            label: d.label.clone(),
+            numeric,
+            categorical: d.categorical.clone(),
+            hash_bits: d.hash_bits,
+            on_missing: d.on_missing,
+            classes: None,
+        },
+        features,
+        string_label,
+    })
+}
+
+/// The type of `column` in `schema` (of `file`), or why there is none.
+fn column_type<'a>(schema: &'a Schema, column: &str, file: &Path) -> Result<&'a DataType> {
+    crate::source::files::unique_column(schema, column, file)?;
+    match schema.field_with_name(column) {
+        Ok(f) => Ok(f.data_type()),
+        Err(_) => Err(Error::missing_column(file, column, schema)),
     }
 }

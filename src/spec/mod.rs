@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use raw::{
-    RawData, RawModel, RawOptimizer, RawOutput, RawPaths, RawPipeline, RawTrain, RawValidation,
+    RawData, RawModel, RawOptimizer, RawOutput, RawPaths, RawPipeline, RawStream, RawTrain,
+    RawValidation,
 };
 
 /// A validated pipeline: everything needed to train, nothing unchecked.
@@ -31,6 +32,33 @@ pub struct Pipeline {
     pub train: TrainSpec,
     /// Output files.
     pub output: OutputSpec,
+    /// `tidemill stream`: batches and snapshots.
+    pub stream: StreamSpec,
+}
+
+/// `[stream]`: how `tidemill stream` cuts its input into batches and
+/// publishes the model (see docs/streaming.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamSpec {
+    /// Rows per batch (default 4096).
+    pub batch_rows: usize,
+    /// A live source's batch also ends this many seconds after its first
+    /// row arrived, however few rows it has.
+    pub batch_seconds: Option<f64>,
+    /// Training passes over each batch (default 1); rows are scored before
+    /// the first.
+    pub passes: u32,
+    /// A replay's rows are sorted by this column (stable) before they flow.
+    pub order_by: Option<String>,
+    /// A snapshot of the model every this many batches (default 1).
+    pub snapshot_every: u64,
+    /// A snapshot at least this often (seconds), at a batch's end.
+    pub snapshot_seconds: Option<f64>,
+    /// Numbered snapshots `model-NNNNNN.json` kept beside the model file
+    /// (default 0: none).
+    pub snapshot_keep: usize,
+    /// Batches in the rolling progressive metrics (default 10).
+    pub rolling_batches: usize,
 }
 
 /// What to do with null, NaN or infinite feature values.
@@ -621,6 +649,7 @@ impl Pipeline {
         let optimizer = optimizer_spec(raw.optimizer, &model)?;
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         let checkpoint = checkpoint_spec(&raw.output)?;
+        let stream = stream_spec(&raw.stream)?;
         if let Some(CheckpointEvery::Steps(_)) = checkpoint.as_ref().map(|c| c.every) {
             steps_can_checkpoint(&optimizer, &train, &data)?;
         }
@@ -634,8 +663,39 @@ impl Pipeline {
                 metrics: raw.output.metrics.map(PathBuf::from),
                 checkpoint,
             },
+            stream,
         })
     }
+}
+
+/// `[stream]`, checked.
+fn stream_spec(r: &RawStream) -> Result<StreamSpec> {
+    let count = |key: &str, v: Option<i64>, default: i64, min: i64| -> Result<i64> {
+        let v = v.unwrap_or(default);
+        if v < min {
+            return Err(value_err(key, format!("must be ≥ {min}, got {v}")));
+        }
+        Ok(v)
+    };
+    let seconds = |key: &str, v: Option<f64>| -> Result<Option<f64>> {
+        match v {
+            Some(s) if !(s.is_finite() && s > 0.0) => Err(value_err(
+                key,
+                format!("must be a number of seconds > 0, got {s}"),
+            )),
+            other => Ok(other),
+        }
+    };
+    Ok(StreamSpec {
+        batch_rows: count("stream.batch_rows", r.batch_rows, 4096, 1)? as usize,
+        batch_seconds: seconds("stream.batch_seconds", r.batch_seconds)?,
+        passes: count("stream.passes", r.passes, 1, 1)?.min(i64::from(u32::MAX)) as u32,
+        order_by: r.order_by.clone(),
+        snapshot_every: count("stream.snapshot_every", r.snapshot_every, 1, 1)? as u64,
+        snapshot_seconds: seconds("stream.snapshot_seconds", r.snapshot_seconds)?,
+        snapshot_keep: count("stream.snapshot_keep", r.snapshot_keep, 0, 0)? as usize,
+        rolling_batches: count("stream.rolling_batches", r.rolling_batches, 10, 1)? as usize,
+    })
 }
 
 /// `[data]`, checked.

@@ -21,6 +21,31 @@ pub struct RawPipeline {
     /// Where results go.
     #[serde(default)]
     pub output: RawOutput,
+    /// How `tidemill stream` cuts and publishes a stream.
+    #[serde(default)]
+    pub stream: RawStream,
+}
+
+/// `[stream]`: what `tidemill stream` does with its input.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    /// Rows per batch.
+    pub batch_rows: Option<i64>,
+    /// A live source's batch also ends this long after its first row.
+    pub batch_seconds: Option<f64>,
+    /// Training passes over each batch.
+    pub passes: Option<i64>,
+    /// A replay's rows sorted by this column first.
+    pub order_by: Option<String>,
+    /// A snapshot of the model every this many batches.
+    pub snapshot_every: Option<i64>,
+    /// And at least this often, in seconds.
+    pub snapshot_seconds: Option<f64>,
+    /// Numbered snapshots kept beside the model file (0: none).
+    pub snapshot_keep: Option<i64>,
+    /// Batches in the rolling progressive metrics.
+    pub rolling_batches: Option<i64>,
 }
 
 /// One path or a list of paths.

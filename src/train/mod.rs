@@ -440,7 +440,8 @@ fn check_memory(
     }))
 }
 
-fn optimizer_name(p: &Pipeline) -> String {
+/// The optimizer's name, as the model file gives it.
+pub fn optimizer_name(p: &Pipeline) -> String {
     match p.optimizer {
         crate::spec::OptimizerSpec::Sgd(_) => "sgd",
         crate::spec::OptimizerSpec::Momentum { .. } => "momentum",

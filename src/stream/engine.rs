@@ -1,0 +1,531 @@
+//! The stream's dataflow. Time is the global step number: the leader
+//! (worker 0) sends every worker its slice of step `s`'s rows at time `s`;
+//! batches are runs of consecutive steps, and a batch has ended once the
+//! frontier has passed its last step.
+//!
+//! ```text
+//!  leader input ──StepIn (by worker)──► steps: score, gradient ──GradOut──► broadcast
+//!                                          ▲ replica (shared)                 │
+//!                                          └────────── apply: exact sum, step ◄┘
+//! ```
+//!
+//! `steps` takes step `s` once its rows are all in and the worker's
+//! replica has applied every step before `s`; `apply` sums every worker's
+//! partial of `s` once the frontier has passed `s` and steps the replica,
+//! the same on every worker. No feedback edge: `apply` wakes `steps`.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline as Local};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Exchange as _, Input, Inspect, OkErr, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::worker::Worker;
+
+use super::replica::{Replica, ReplicaState};
+use crate::data::encode::{decode, ClassMap, FeatureSpec, LabelUse, Origin};
+use crate::dataflow::rounds::Rounds;
+use crate::dataflow::{Failure, Partial};
+use crate::error::Error;
+use crate::exact::{Bound, Wide};
+use crate::metrics::EvalPartial;
+use crate::spec::{ModelKind, Pipeline};
+
+/// Rows in transit: a record batch, as an Arrow IPC stream between
+/// processes (moved as it is between the threads of one).
+#[derive(Debug, Clone)]
+pub struct Rows(pub RecordBatch);
+
+impl Serialize for Rows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::new();
+        let mut w = StreamWriter::try_new(&mut bytes, &self.0.schema())
+            .map_err(serde::ser::Error::custom)?;
+        w.write(&self.0).map_err(serde::ser::Error::custom)?;
+        w.finish().map_err(serde::ser::Error::custom)?;
+        drop(w);
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rows, D::Error> {
+        let bytes: serde_bytes_like::Bytes = Deserialize::deserialize(d)?;
+        let mut r =
+            StreamReader::try_new(Cursor::new(bytes.0), None).map_err(serde::de::Error::custom)?;
+        match r.next() {
+            Some(Ok(b)) => Ok(Rows(b)),
+            Some(Err(e)) => Err(serde::de::Error::custom(e)),
+            None => Err(serde::de::Error::custom("no rows in a step's piece")),
+        }
+    }
+}
+
+mod serde_bytes_like {
+    //! A byte buffer that reads what `serialize_bytes` wrote.
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+
+    pub struct Bytes(pub Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                    Ok(Bytes(v))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Bytes, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(b) = a.next_element::<u8>()? {
+                        out.push(b);
+                    }
+                    Ok(Bytes(out))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
+/// Some of a step's rows for one worker, with where they came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Piece {
+    /// The rows.
+    pub rows: Rows,
+    /// Their file (`-`: stdin).
+    pub origin: std::path::PathBuf,
+    /// The file row of the first.
+    pub file_row: u64,
+}
+
+/// Where every worker starts: the feature spec and the model's state, at
+/// step `step`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Start {
+    /// The feature spec.
+    pub spec: FeatureSpec,
+    /// The model.
+    pub state: ReplicaState,
+    /// The first step.
+    pub step: u64,
+}
+
+/// A worker's share of one step, from the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepIn {
+    /// The worker it is for.
+    pub to: u32,
+    /// The global step number (its timely time).
+    pub step: u64,
+    /// The batch it belongs to.
+    pub batch: u64,
+    /// The batch's last step (of its last pass).
+    pub last_in_batch: bool,
+    /// First pass: score the rows before training on them.
+    pub score: bool,
+    /// The rows, by chunk ([`super::leader::CHUNK_ROWS`]).
+    pub chunks: Vec<Vec<Piece>>,
+    /// The start, with a worker's first step.
+    pub start: Option<Arc<Start>>,
+    /// A new feature spec from this step on (running statistics).
+    pub spec: Option<Arc<FeatureSpec>>,
+}
+
+/// A worker's result for one step, to every worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GradOut {
+    /// The worker.
+    pub from: u32,
+    /// The step.
+    pub step: u64,
+    /// Its batch.
+    pub batch: u64,
+    /// The batch's last step.
+    pub last_in_batch: bool,
+    /// The gradient partial (none without rows).
+    pub grad: Option<Partial>,
+    /// Exact loss sum.
+    pub loss: Wide,
+    /// Rows.
+    pub rows: u64,
+    /// The partial's bound.
+    pub bound: Bound,
+    /// Progressive validation of the rows.
+    pub eval: Option<EvalPartial>,
+    /// The process of this worker was asked to stop (SIGINT, SIGTERM).
+    pub stop: bool,
+    /// The worker failed.
+    pub failure: Option<Failure>,
+}
+
+/// A worker's predictions of one step's rows (`--predictions-out`), to the
+/// leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scores {
+    /// The worker.
+    pub from: u32,
+    /// The step.
+    pub step: u64,
+    /// Each row's prediction in the order of the worker's chunks (`None`:
+    /// a row `on_missing = "skip_row"` dropped); empty for a step of a
+    /// later pass.
+    pub rows: Vec<Option<Vec<f64>>>,
+}
+
+/// What the step operator sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StepOut {
+    /// To every worker.
+    Grad(Box<GradOut>),
+    /// To the leader.
+    Scores(Scores),
+}
+
+/// A batch that ended, as every worker saw it.
+#[derive(Debug, Clone)]
+pub struct BatchEnd {
+    /// The batch.
+    pub batch: u64,
+    /// The next step.
+    pub next_step: u64,
+    /// Its rows (first pass).
+    pub rows: u64,
+    /// Its progressive validation.
+    pub eval: EvalPartial,
+    /// Exact training loss over its steps.
+    pub loss: Wide,
+    /// Rows behind `loss` (every pass).
+    pub trained_rows: u64,
+}
+
+/// What a worker's operators share.
+#[derive(Default)]
+pub struct Shared {
+    /// The model, once the start has arrived.
+    pub replica: Option<Replica>,
+    /// The current feature spec.
+    pub spec: Option<FeatureSpec>,
+    /// The next step to apply.
+    pub next: u64,
+    /// The first failure.
+    pub failure: Option<Failure>,
+    /// A worker of the job was asked to stop.
+    pub stop_seen: bool,
+    /// Batches that ended, oldest first (taken by the leader).
+    pub ends: Vec<BatchEnd>,
+    /// Predictions by step (on the leader), as they arrive.
+    pub scores: std::collections::BTreeMap<u64, Vec<Scores>>,
+    /// The batch in progress: progressive validation, loss, rows.
+    eval: EvalPartial,
+    loss: Wide,
+    trained: u64,
+}
+
+/// The handles a worker drives its stream with.
+pub struct Handles {
+    /// The leader's input (every worker has one; only the leader sends).
+    pub input: InputHandleVec<u64, StepIn>,
+    /// Passed a step once every worker has applied it.
+    pub probe: ProbeHandle<u64>,
+    /// The operators' shared state.
+    pub shared: Rc<RefCell<Shared>>,
+}
+
+/// Builds the stream's dataflow on this worker; with `predict`, every
+/// worker sends the leader its predictions of each scored step.
+pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Handles {
+    let index = worker.index();
+    let shared: Rc<RefCell<Shared>> = Rc::default();
+    let mut input = InputHandleVec::new();
+    let probe = ProbeHandle::new();
+    let (steps_state, apply_state, scores_state) =
+        (Rc::clone(&shared), Rc::clone(&shared), Rc::clone(&shared));
+    let p = pipeline;
+    worker.dataflow::<u64, _, _>(|scope| {
+        let steps_activator = Rc::new(RefCell::new(None));
+        let wake = Rc::clone(&steps_activator);
+        let rows = scope.input_from(&mut input);
+        let scope2 = scope;
+        let out = rows
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<StepOut>>, _, _, _>(
+                Exchange::new(|m: &StepIn| u64::from(m.to)),
+                "StreamSteps",
+                move |_cap, info| {
+                    *steps_activator.borrow_mut() = Some(scope2.activator_for(info.address));
+                    let mut rounds: Rounds<StepIn> = Rounds::default();
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
+                        loop {
+                            let ready = {
+                                let s = steps_state.borrow();
+                                match rounds.ready(frontier.frontier()) {
+                                    Some((t, msgs)) => {
+                                        let starts = msgs.iter().any(|m| m.start.is_some());
+                                        (s.replica.is_some() && s.next == t) || starts
+                                    }
+                                    None => false,
+                                }
+                            };
+                            if !ready {
+                                break;
+                            }
+                            let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) else {
+                                break;
+                            };
+                            let (grad, scores) =
+                                one_step(&p, index, &mut steps_state.borrow_mut(), msgs, predict);
+                            let mut session = output.session(&cap);
+                            session.give(StepOut::Grad(Box::new(grad)));
+                            if let Some(s) = scores {
+                                session.give(StepOut::Scores(s));
+                            }
+                        }
+                    }
+                },
+            );
+        let (grads, scores) = out.ok_err::<Vec<GradOut>, _, Vec<Scores>, _, _>(|o| match o {
+            StepOut::Grad(g) => Ok(*g),
+            StepOut::Scores(s) => Err(s),
+        });
+        scores.exchange(|_s: &Scores| 0).inspect(move |s: &Scores| {
+            scores_state
+                .borrow_mut()
+                .scores
+                .entry(s.step)
+                .or_default()
+                .push(s.clone());
+        });
+        grads
+            .broadcast()
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Local,
+                "StreamApply",
+                move |_cap, _info| {
+                    let mut rounds: Rounds<GradOut> = Rounds::default();
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
+                        while let Some((t, _cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                            apply(&mut apply_state.borrow_mut(), t, msgs);
+                            if let Some(a) = wake.borrow().as_ref() {
+                                a.activate();
+                            }
+                        }
+                        // Nothing is sent on: the output only carries progress.
+                        let _ = output;
+                    }
+                },
+            )
+            .probe_with(&probe);
+    });
+    Handles {
+        input,
+        probe,
+        shared,
+    }
+}
+
+/// This worker's part of step `msgs[0].step`, and its predictions of the
+/// step's rows when `predict`.
+fn one_step(
+    p: &Pipeline,
+    index: usize,
+    s: &mut Shared,
+    msgs: Vec<StepIn>,
+    predict: bool,
+) -> (GradOut, Option<Scores>) {
+    let head = msgs.first().cloned();
+    let stop = crate::io::signals::stop_requested().is_some();
+    let mut out = GradOut {
+        from: index as u32,
+        step: head.as_ref().map_or(0, |m| m.step),
+        batch: head.as_ref().map_or(0, |m| m.batch),
+        last_in_batch: head.as_ref().is_some_and(|m| m.last_in_batch),
+        grad: None,
+        loss: Wide::default(),
+        rows: 0,
+        bound: Bound::default(),
+        eval: None,
+        stop,
+        failure: None,
+    };
+    let mut scores = predict.then(|| Scores {
+        from: index as u32,
+        step: out.step,
+        rows: Vec::new(),
+    });
+    if let Some(f) = s.failure.clone() {
+        out.failure = Some(f);
+        return (out, scores);
+    }
+    match step_rows(p, s, msgs, predict) {
+        Ok((partial, maps)) => {
+            if let Some(sc) = scores.as_mut() {
+                for (map, chunk) in maps.iter().zip(&partial.predictions) {
+                    sc.rows
+                        .extend(map.iter().map(|m| m.and_then(|i| chunk.get(i).cloned())));
+                }
+            }
+            out.grad = partial.grad;
+            out.loss = partial.loss;
+            out.rows = partial.rows;
+            out.bound = partial.bound;
+            out.eval = partial.eval;
+        }
+        Err(e) => {
+            let f = Failure::from(&e);
+            s.failure.get_or_insert(f.clone());
+            out.failure = Some(f);
+        }
+    }
+    (out, scores)
+}
+
+/// For each input row of a chunk, its row in the decoded block (`None`:
+/// dropped under `on_missing = "skip_row"`).
+type RowMap = Vec<Option<usize>>;
+
+fn step_rows(
+    p: &Pipeline,
+    s: &mut Shared,
+    msgs: Vec<StepIn>,
+    predict: bool,
+) -> Result<(super::replica::StepPartial, Vec<RowMap>), Error> {
+    let mut score = false;
+    let mut chunks = Vec::new();
+    let mut step = 0;
+    for m in msgs {
+        if let Some(start) = &m.start {
+            s.replica = Some(Replica::new(p, &start.spec, start.state.clone())?);
+            s.spec = Some(start.spec.clone());
+            s.next = start.step;
+        }
+        if let Some(spec) = &m.spec {
+            s.spec = Some((**spec).clone());
+        }
+        score |= m.score;
+        step = m.step;
+        chunks.extend(m.chunks);
+    }
+    let (Some(replica), Some(spec)) = (s.replica.as_mut(), s.spec.as_ref()) else {
+        return Err(Error::Internal(format!(
+            "stream step {step} came before the start"
+        )));
+    };
+    let map = spec.classes.as_ref().map(|c| ClassMap::new(c));
+    let label = match (&map, p.model.kind) {
+        (_, ModelKind::Linear) | (None, _) => LabelUse::Value,
+        (Some(m), _) => LabelUse::Classes(m),
+    };
+    let mut blocks = Vec::with_capacity(chunks.len());
+    let mut maps = Vec::with_capacity(chunks.len());
+    for chunk in &chunks {
+        let mut block = crate::data::encode::Block::default();
+        let mut map = RowMap::new();
+        let mut at = 0;
+        for piece in chunk {
+            let origin = Origin {
+                file: &piece.origin,
+                row_group: None,
+                first_row: piece.file_row,
+            };
+            let decoded = decode(&piece.rows.0, spec, label, &origin)?;
+            let mut kept = decoded.file_row.iter().peekable();
+            for r in 0..piece.rows.0.num_rows() as u64 {
+                if kept.peek() == Some(&&(piece.file_row + r)) {
+                    kept.next();
+                    map.push(Some(at));
+                    at += 1;
+                } else {
+                    map.push(None);
+                }
+            }
+            block.append(decoded);
+        }
+        blocks.push(block);
+        maps.push(map);
+    }
+    let partial = replica
+        .partial(&blocks, score, predict)
+        .map_err(|message| Error::Diverged {
+            epoch: 0,
+            step,
+            message,
+        })?;
+    Ok((partial, maps))
+}
+
+/// Sums every worker's partial of step `t` and steps the replica.
+fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
+    if msgs.iter().any(|m| m.stop) {
+        s.stop_seen = true;
+    }
+    if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
+        s.failure.get_or_insert(f);
+    }
+    if s.failure.is_some() {
+        s.next = t + 1;
+        return;
+    }
+    let Some(head) = msgs.first() else {
+        return;
+    };
+    let (batch, last) = (head.batch, head.last_in_batch);
+    let mut partials = Vec::new();
+    let (mut rows, mut bound, mut loss) = (0u64, Bound::default(), Wide::default());
+    for m in msgs {
+        rows += m.rows;
+        bound += m.bound;
+        loss += m.loss;
+        if let Some(e) = m.eval {
+            if s.eval.rows == 0 {
+                s.eval = EvalPartial::with_label_ref(Some(0.0));
+            }
+            s.eval.merge(e);
+        }
+        if let Some(g) = m.grad {
+            partials.push(g);
+        }
+    }
+    let Some(replica) = s.replica.as_mut() else {
+        s.failure
+            .get_or_insert(Failure::from(&Error::Internal(format!(
+                "stream step {t} applied before the start"
+            ))));
+        return;
+    };
+    if let Err(e) = replica.step(partials, rows, bound, batch, t) {
+        s.failure.get_or_insert(Failure::from(&e));
+        s.next = t + 1;
+        return;
+    }
+    s.loss += loss;
+    s.trained += rows;
+    s.next = t + 1;
+    if last {
+        replica.flush();
+        let eval = std::mem::replace(&mut s.eval, EvalPartial::with_label_ref(Some(0.0)));
+        s.ends.push(BatchEnd {
+            batch,
+            next_step: t + 1,
+            rows: eval.rows,
+            eval,
+            loss: std::mem::take(&mut s.loss),
+            trained_rows: std::mem::take(&mut s.trained),
+        });
+    }
+}

@@ -1,0 +1,306 @@
+//! What a stream hands out as it runs, on the leader: a JSON line of
+//! progressive metrics per batch, model snapshots (the model file replaced
+//! atomically, numbered copies kept if asked), and checkpoints with every
+//! snapshot.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::BatchEnd;
+use super::leader::Statistics;
+use super::replica::{Replica, ReplicaState};
+use crate::checkpoint::store::Store;
+use crate::data::encode::FeatureSpec;
+use crate::error::{Error, Result};
+use crate::metrics::{EvalPartial, Metrics};
+use crate::model::file::{StreamStamp, TrainingSummary};
+use crate::spec::Pipeline;
+
+/// The version of [`Saved`]'s layout.
+pub const STREAM_PAYLOAD_VERSION: u32 = 1;
+
+/// A stream's checkpoint: everything the rest of the stream depends on, at
+/// a batch boundary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    /// [`STREAM_PAYLOAD_VERSION`].
+    pub version: u32,
+    /// The job (canonical JSON): the pipeline and the input.
+    pub identity: String,
+    /// Batches done.
+    pub batches: u64,
+    /// Rows of the source consumed.
+    pub rows: u64,
+    /// Steps done.
+    pub step: u64,
+    /// The feature spec (statistics included).
+    pub spec: FeatureSpec,
+    /// The statistics' state.
+    pub stats: Statistics,
+    /// The model.
+    pub state: ReplicaState,
+    /// Progressive validation over the whole stream.
+    pub cumulative: EvalPartial,
+    /// And over the last batches.
+    pub rolling: Vec<EvalPartial>,
+    /// Snapshots published.
+    pub snapshots: u64,
+    /// Training rows over every pass.
+    pub trained_rows: u64,
+}
+
+/// Where the leader publishes.
+pub struct Publisher {
+    pipeline: Pipeline,
+    input: String,
+    identity: String,
+    model: Option<PathBuf>,
+    metrics: Option<std::io::BufWriter<std::fs::File>>,
+    store: Option<(Store, usize)>,
+    every: u64,
+    seconds: Option<Duration>,
+    keep: usize,
+    last_snapshot: Instant,
+    /// Progressive validation over the whole stream.
+    pub cumulative: EvalPartial,
+    /// Over the last `rolling_batches` batches.
+    pub rolling: VecDeque<EvalPartial>,
+    /// Snapshots published.
+    pub snapshots: u64,
+    /// Training rows over every pass.
+    pub trained_rows: u64,
+    /// Batches published (their ends handled).
+    pub batches: u64,
+    /// The batch index of the newest snapshot.
+    published_at: Option<u64>,
+    started: Instant,
+}
+
+/// What the leader publishes from: the model and the position.
+pub struct At<'a> {
+    /// The replica, at the batch boundary.
+    pub replica: &'a Replica,
+    /// The spec.
+    pub spec: &'a FeatureSpec,
+    /// The statistics.
+    pub stats: &'a Statistics,
+    /// Batches done.
+    pub batches: u64,
+    /// Rows done.
+    pub rows: u64,
+    /// Steps done.
+    pub step: u64,
+}
+
+impl Publisher {
+    /// A publisher for `pipeline` reading `input`; metrics are appended to
+    /// an existing file when `resumed`.
+    pub fn new(
+        pipeline: &Pipeline,
+        input: String,
+        identity: String,
+        resumed: Option<&Saved>,
+    ) -> Result<Publisher> {
+        let metrics = match &pipeline.output.metrics {
+            Some(path) => {
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true);
+                if resumed.is_some() {
+                    o.append(true);
+                } else {
+                    o.write(true).truncate(true);
+                }
+                let f = o.open(path).map_err(|e| Error::Output {
+                    flag: "--metrics-out".into(),
+                    path: path.clone(),
+                    action: "cannot be opened".into(),
+                    source: e,
+                })?;
+                Some(std::io::BufWriter::new(f))
+            }
+            None => None,
+        };
+        let store = match &pipeline.output.checkpoint {
+            Some(c) => Some((Store::open(&c.dir)?, c.keep)),
+            None => None,
+        };
+        let s = &pipeline.stream;
+        Ok(Publisher {
+            pipeline: pipeline.clone(),
+            input,
+            identity,
+            model: pipeline.output.model.clone(),
+            metrics,
+            store,
+            every: s.snapshot_every.max(1),
+            seconds: s.snapshot_seconds.map(Duration::from_secs_f64),
+            keep: s.snapshot_keep,
+            last_snapshot: Instant::now(),
+            cumulative: resumed.map_or_else(fresh, |r| r.cumulative.clone()),
+            rolling: resumed.map_or_else(VecDeque::new, |r| r.rolling.iter().cloned().collect()),
+            snapshots: resumed.map_or(0, |r| r.snapshots),
+            trained_rows: resumed.map_or(0, |r| r.trained_rows),
+            batches: resumed.map_or(0, |r| r.batches),
+            published_at: resumed.map(|r| r.batches),
+            started: Instant::now(),
+        })
+    }
+
+    /// A batch ended: its metrics line, and a snapshot (with a checkpoint)
+    /// if one is due.
+    pub fn batch_end(&mut self, end: BatchEnd, at: &At<'_>) -> Result<()> {
+        let kind = self.pipeline.model.kind;
+        self.cumulative.merge(end.eval.clone());
+        self.rolling.push_back(end.eval.clone());
+        while self.rolling.len() > self.pipeline.stream.rolling_batches.max(1) {
+            self.rolling.pop_front();
+        }
+        self.trained_rows += end.trained_rows;
+        self.batches = end.batch + 1;
+        let rolling = self.rolling.iter().fold(fresh(), |mut a, e| {
+            a.merge(e.clone());
+            a
+        });
+        let due = self.batches.is_multiple_of(self.every)
+            || self
+                .seconds
+                .is_some_and(|s| self.last_snapshot.elapsed() >= s);
+        if due {
+            self.publish(at)?;
+        }
+        if let Some(out) = self.metrics.as_mut() {
+            let train_loss = end.loss.to_f64() / end.trained_rows.max(1) as f64;
+            let line = serde_json::json!({
+                "batch": end.batch,
+                "rows": end.rows,
+                "rows_total": at.rows,
+                "steps": at.step,
+                "train_loss": train_loss,
+                "progressive": finish(end.eval, kind),
+                "rolling": finish(rolling, kind),
+                "cumulative": finish(self.cumulative.clone(), kind),
+                "snapshot": due.then_some(self.snapshots),
+                "seconds": self.started.elapsed().as_secs_f64(),
+            });
+            let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::Output {
+                    flag: "--metrics-out".into(),
+                    path: self.pipeline.output.metrics.clone().unwrap_or_default(),
+                    action: "cannot be written".into(),
+                    source: e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The final snapshot and checkpoint, unless the last batch's were
+    /// just published.
+    pub fn finish(&mut self, at: &At<'_>) -> Result<()> {
+        if self.published_at == Some(at.batches) && self.snapshots > 0 {
+            return Ok(());
+        }
+        self.publish(at)
+    }
+
+    /// Progressive metrics over the whole stream.
+    pub fn progressive(&self) -> Option<Metrics> {
+        finish(self.cumulative.clone(), self.pipeline.model.kind)
+    }
+
+    /// A snapshot and a checkpoint at `at`.
+    fn publish(&mut self, at: &At<'_>) -> Result<()> {
+        self.snapshots += 1;
+        self.last_snapshot = Instant::now();
+        self.published_at = Some(at.batches);
+        if let Some(path) = self.model.clone() {
+            let summary = TrainingSummary {
+                epochs: u32::try_from(at.batches).unwrap_or(u32::MAX),
+                rows: self.trained_rows,
+                objective: None,
+                optimizer: crate::train::optimizer_name(&self.pipeline),
+                l2: self.pipeline.model.l2,
+                l1: self.pipeline.model.l1,
+            };
+            let mut file = at.replica.model().to_file(at.spec, summary);
+            file.stream = Some(StreamStamp {
+                snapshot: self.snapshots,
+                batches: at.batches,
+                rows: at.rows,
+                input: self.input.clone(),
+            });
+            let json = file.to_json()?;
+            crate::io::atomic::write("--model-out", &path, json.as_bytes())?;
+            if self.keep > 0 {
+                let numbered = numbered(&path, self.snapshots);
+                crate::io::atomic::write("--model-out", &numbered, json.as_bytes())?;
+                self.prune_history(&path)?;
+            }
+        }
+        if let Some((store, keep)) = &self.store {
+            let saved = Saved {
+                version: STREAM_PAYLOAD_VERSION,
+                identity: self.identity.clone(),
+                batches: at.batches,
+                rows: at.rows,
+                step: at.step,
+                spec: at.spec.clone(),
+                stats: at.stats.clone(),
+                state: at.replica.state(),
+                cumulative: self.cumulative.clone(),
+                rolling: self.rolling.iter().cloned().collect(),
+                snapshots: self.snapshots,
+                trained_rows: self.trained_rows,
+            };
+            let payload = bincode::serialize(&saved)
+                .map_err(|e| Error::Internal(format!("cannot encode a stream checkpoint: {e}")))?;
+            store.write(at.batches, &payload)?;
+            store.prune(*keep)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `keep` numbered snapshots beside `path`.
+    fn prune_history(&self, path: &Path) -> Result<()> {
+        let oldest_kept = self.snapshots.saturating_sub(self.keep as u64 - 1);
+        for n in (1..oldest_kept).rev() {
+            let old = numbered(path, n);
+            match std::fs::remove_file(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(Error::io(&old, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An empty progressive partial (labels relative to 0, as every worker's).
+fn fresh() -> EvalPartial {
+    EvalPartial::with_label_ref(Some(0.0))
+}
+
+/// The metrics of a partial, if it has rows (a number that cannot be
+/// finished is left out, never made up).
+fn finish(p: EvalPartial, kind: crate::spec::ModelKind) -> Option<Metrics> {
+    if p.rows == 0 {
+        return None;
+    }
+    p.finish(kind).ok()
+}
+
+/// `model-000042.json` beside `model.json`.
+pub fn numbered(path: &Path, n: u64) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+    path.with_file_name(format!("{stem}-{n:06}{ext}"))
+}

@@ -1,0 +1,396 @@
+//! The model every worker of a stream holds whole: parameters and
+//! optimizer state, stepped identically everywhere from the exact sum of
+//! all workers' gradient partials, so every replica holds the same bits on
+//! any worker count.
+//!
+//! Lazy updates keep their stored state the same on every worker too: a
+//! worker that reads a weight its rows touch computes the weight's current
+//! value from the stored one and the clock ([`Replica::peek`]) and puts the
+//! stored value back afterwards, so what is stored changes only in
+//! [`Replica::step`], which every worker takes alike. Every batch ends with
+//! every weight brought up to date ([`Replica::flush`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::encode::{Block, FeatureSpec};
+use crate::dataflow::{loss_message, Partial};
+use crate::error::{Error, Result};
+use crate::exact::{Bound, Exact, Wide};
+use crate::metrics::EvalPartial;
+use crate::model::{self, Model, Roles, Scratch};
+use crate::optim::lazy::{Clock, Lazy, Stamp};
+use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
+use crate::spec::{ModelKind, OptimizerSpec, Pipeline};
+
+/// What a replica is at a batch boundary: what a checkpoint keeps and what
+/// the other workers start from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// Parameters.
+    pub theta: Vec<f64>,
+    /// Optimizer state.
+    pub opt: FirstOrderState,
+    /// Coordinates that ever had a gradient, in the order they did.
+    pub live: Vec<usize>,
+    /// Lazy updates: the step each coordinate is current at.
+    pub lazy: Option<Vec<u64>>,
+    /// Lazy updates: the clock's stamps.
+    pub clock: Vec<Stamp>,
+    /// Optimizer steps so far.
+    pub steps: u64,
+}
+
+/// One worker's gradient of a step's rows.
+#[derive(Debug, Clone, Default)]
+pub struct StepPartial {
+    /// The exact gradient partial.
+    pub grad: Option<Partial>,
+    /// Exact loss sum.
+    pub loss: Wide,
+    /// Rows.
+    pub rows: u64,
+    /// Bound of the partial.
+    pub bound: Bound,
+    /// Progressive validation of the rows, scored before the step.
+    pub eval: Option<EvalPartial>,
+    /// The predictions of each chunk's rows (`predict_row`'s outputs, one
+    /// vector per decoded row), when asked for.
+    pub predictions: Vec<Vec<Vec<f64>>>,
+}
+
+/// A worker's whole model and its optimizer.
+pub struct Replica {
+    kind: ModelKind,
+    optimizer: OptimizerSpec,
+    penalty: Penalty,
+    fit_intercept: bool,
+    model: Box<dyn Model>,
+    roles: Roles,
+    opt: FirstOrderState,
+    live: LiveSet,
+    lazy: Option<Lazy>,
+    clock: Clock,
+    steps: u64,
+    grad: Vec<f64>,
+    acc: Vec<Exact>,
+    sum: Vec<Exact>,
+    scratch: Scratch,
+    peeked: Vec<(usize, f64)>,
+    seen: Vec<bool>,
+    coords: Vec<usize>,
+}
+
+impl Replica {
+    /// A replica of `pipeline`'s model over `spec`, in `state`.
+    pub fn new(pipeline: &Pipeline, spec: &FeatureSpec, state: ReplicaState) -> Result<Replica> {
+        let kind = pipeline.model.kind;
+        let optimizer = pipeline.optimizer;
+        let first = optimizer.first_order().ok_or_else(|| Error::PipelineValue {
+            key: "optimizer.kind".into(),
+            message: "stream takes online steps: use sgd, adagrad, ftrl, momentum or adam (L-BFGS needs the whole data at once)".into(),
+        })?;
+        let len = model::param_count(kind, spec);
+        if state.theta.len() != len {
+            return Err(Error::Internal(format!(
+                "a stream replica of {len} parameters was given {}",
+                state.theta.len()
+            )));
+        }
+        let penalty = Penalty {
+            l2: pipeline.model.l2,
+            l1: pipeline.model.l1,
+        };
+        let roles = model::roles(kind, spec);
+        let lazy = match (first.lazy && roles.has_sparse(), state.lazy) {
+            (true, Some(last)) => Some(Lazy::new(&optimizer, penalty).resumed(last)),
+            (true, None) => Some(Lazy::new(&optimizer, penalty)),
+            (false, _) => None,
+        };
+        let clock = Clock::from_stamps(state.clock)
+            .ok_or_else(|| Error::Internal("a stream state's lazy clock is not whole".into()))?;
+        Ok(Replica {
+            kind,
+            optimizer,
+            penalty,
+            fit_intercept: pipeline.model.fit_intercept,
+            model: model::build(kind, spec, Some(&state.theta)),
+            roles,
+            opt: state.opt,
+            live: LiveSet::from_indices(&state.live),
+            lazy,
+            clock,
+            steps: state.steps,
+            grad: vec![0.0; len],
+            acc: vec![Exact::default(); len],
+            sum: vec![Exact::default(); len],
+            scratch: Scratch::default(),
+            peeked: Vec::new(),
+            seen: Vec::new(),
+            coords: Vec::new(),
+        })
+    }
+
+    /// The state of a fresh model starting at `theta`.
+    pub fn fresh(optimizer: &OptimizerSpec, theta: Vec<f64>) -> ReplicaState {
+        let live = theta
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0.0)
+            .map(|(i, _)| i)
+            .collect();
+        ReplicaState {
+            opt: FirstOrderState::starting_at(optimizer, &theta),
+            theta,
+            live,
+            lazy: None,
+            clock: Clock::default().stamps(),
+            steps: 0,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The state (call at a batch boundary, after [`Replica::flush`]).
+    pub fn state(&self) -> ReplicaState {
+        ReplicaState {
+            theta: self.model.params().to_vec(),
+            opt: self.opt.clone(),
+            live: self.live.indices().to_vec(),
+            lazy: self.lazy.as_ref().map(|l| l.current_at().to_vec()),
+            clock: self.clock.stamps(),
+            steps: self.steps,
+        }
+    }
+
+    /// Puts into the parameters the current value of every weight the rows
+    /// of `block` read, remembering the stored ones ([`Replica::unpeek`]).
+    fn peek(&mut self, block: &Block) {
+        let Some(lazy) = self.lazy.as_ref().filter(|l| l.drift().moves()) else {
+            return;
+        };
+        let (drift, last, now) = (lazy.drift(), lazy.current_at(), self.clock.now());
+        if self.seen.len() != self.grad.len() {
+            self.seen = vec![false; self.grad.len()];
+        }
+        let mut coords = std::mem::take(&mut self.coords);
+        for i in 0..block.rows {
+            coords.clear();
+            self.model.sparse_coords(block, i, &mut |j| coords.push(j));
+            let theta = self.model.params_mut();
+            for &j in &coords {
+                let t = last.get(j).copied().unwrap_or(0);
+                if t >= now.t || self.seen[j] {
+                    continue;
+                }
+                self.seen[j] = true;
+                let stored = theta[j];
+                let (m, v) = (
+                    self.opt.m.get(j).copied().unwrap_or(0.0),
+                    self.opt.v.get(j).copied().unwrap_or(0.0),
+                );
+                let penalised = !self.roles.is_intercept(j);
+                theta[j] = drift.read(stored, &self.clock.at(t), &now, || (m, v), penalised);
+                self.peeked.push((j, stored));
+            }
+        }
+        self.coords = coords;
+    }
+
+    /// Puts back the stored values [`Replica::peek`] replaced.
+    fn unpeek(&mut self) {
+        let theta = self.model.params_mut();
+        for (j, stored) in self.peeked.drain(..) {
+            theta[j] = stored;
+            self.seen[j] = false;
+        }
+    }
+
+    /// This worker's part of a step over its chunks (`blocks`, all their
+    /// rows): the rows scored first when `score`, then the exact gradient
+    /// partial. Each chunk's sums are rounded once, whichever worker has it.
+    pub fn partial(
+        &mut self,
+        blocks: &[Block],
+        score: bool,
+        predict: bool,
+    ) -> Result<StepPartial, String> {
+        let mut eval = score.then(|| EvalPartial::with_label_ref(Some(0.0)));
+        let (mut loss, mut bound, mut rows) = (Wide::default(), Bound::default(), 0u64);
+        let mut predictions = Vec::new();
+        for block in blocks {
+            self.peek(block);
+            let predicted = (score && predict).then(|| self.predict(block));
+            let out = self.chunk(block, eval.as_mut());
+            self.unpeek();
+            if let Some(p) = predicted {
+                predictions.push(p?);
+            }
+            let (l, b) = out?;
+            loss += l;
+            bound += b;
+            rows += block.rows as u64;
+        }
+        if rows == 0 {
+            return Ok(StepPartial {
+                eval,
+                predictions,
+                ..StepPartial::default()
+            });
+        }
+        let mut touched: Vec<usize> = self.roles.dense_indices().to_vec();
+        touched.extend(self.scratch.drain_touched());
+        touched.sort_unstable();
+        touched.dedup();
+        let grad = Partial::from_touched(&self.acc, 0, &touched);
+        touched.iter().for_each(|&i| self.acc[i] = Exact::default());
+        Ok(StepPartial {
+            grad: Some(grad),
+            loss,
+            rows,
+            bound,
+            eval,
+            predictions,
+        })
+    }
+
+    /// The prediction of every row of `block`.
+    fn predict(&self, block: &Block) -> Result<Vec<Vec<f64>>, String> {
+        let mut out = vec![0.0; self.model.outputs()];
+        (0..block.rows)
+            .map(|i| {
+                if self.model.predict_row(block, i, &mut out) {
+                    Ok(out.clone())
+                } else {
+                    Err(format!(
+                        "the model's output is not finite on file row {}: the weights overflow on it",
+                        block.file_row.get(i).copied().unwrap_or(0)
+                    ))
+                }
+            })
+            .collect()
+    }
+
+    /// Scores a chunk into `eval` and adds its gradient to the accumulator.
+    fn chunk(
+        &mut self,
+        block: &Block,
+        eval: Option<&mut EvalPartial>,
+    ) -> Result<(Wide, Bound), String> {
+        if let Some(e) = eval {
+            let mut part = EvalPartial::with_label_ref(Some(0.0));
+            part.add_block(self.model.as_ref(), block);
+            e.merge(part);
+        }
+        if block.rows == 0 {
+            return Ok((Wide::default(), Bound::default()));
+        }
+        let rows: Vec<usize> = (0..block.rows).collect();
+        let (loss, bound) =
+            self.model
+                .accumulate(block, &rows, &mut self.scratch, &mut self.acc)?;
+        let loss = Wide::from_f64(loss).ok_or_else(|| loss_message(loss))?;
+        Ok((loss, bound))
+    }
+
+    /// One optimizer step from every worker's partial (in any order: the
+    /// sums are exact) over `rows` rows in all. `batch` and `step` name the
+    /// step in an error.
+    pub fn step(
+        &mut self,
+        partials: Vec<Partial>,
+        rows: u64,
+        bound: Bound,
+        batch: u64,
+        step: u64,
+    ) -> Result<()> {
+        let epoch = u32::try_from(batch).unwrap_or(u32::MAX);
+        let diverged = |message: String| Error::Diverged {
+            epoch,
+            step,
+            message,
+        };
+        if !bound.holds() {
+            return Err(diverged(crate::dataflow::bound_message(bound)));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut touched: Vec<usize> = Vec::new();
+        for p in partials {
+            match &p {
+                Partial::Dense(_) => touched.extend(0..self.sum.len()),
+                Partial::Sparse { entries, .. } => {
+                    touched.extend(entries.iter().map(|&(i, _)| i as usize))
+                }
+            }
+            p.add_into(&mut self.sum);
+        }
+        touched.extend_from_slice(self.roles.dense_indices());
+        touched.sort_unstable();
+        touched.dedup();
+        let frozen = !self.fit_intercept;
+        for &i in &touched {
+            let g = std::mem::take(&mut self.sum[i]).to_f64();
+            self.grad[i] = update::mean(g, rows, frozen && self.roles.is_intercept(i));
+        }
+        touched.retain(|&i| self.grad[i] != 0.0 || self.roles.is_dense(i));
+        let step_args = update::Step {
+            spec: &self.optimizer,
+            lr: update::rate(&self.optimizer, self.steps, epoch),
+            penalty: self.penalty,
+        };
+        let roles = &self.roles;
+        let dense = |i: usize| roles.is_dense(i);
+        let visit = update::Visit::own_clock(
+            step_args,
+            self.lazy.as_mut(),
+            &mut self.clock,
+            &mut touched,
+            &dense,
+        );
+        let bad = update::apply(
+            step_args,
+            self.model.params_mut(),
+            &mut self.grad,
+            &mut self.opt,
+            &mut self.live,
+            visit,
+            |i| !roles.is_intercept(i),
+        );
+        self.steps += 1;
+        match bad {
+            Some(i) => Err(update::diverged(epoch, step, i, self.model.params()[i])),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings every weight up to the last step (a batch's end).
+    pub fn flush(&mut self) {
+        if let Some(lazy) = self.lazy.as_mut() {
+            let roles = &self.roles;
+            lazy.flush(
+                &self.optimizer,
+                self.model.params_mut(),
+                &mut self.opt,
+                &self.clock,
+                self.live.indices(),
+                |i| !roles.is_intercept(i),
+            );
+            let now = self.clock.now().t;
+            self.clock.forget_before(now);
+        }
+    }
+
+    /// The model's kind.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+}

@@ -1,0 +1,468 @@
+//! `tidemill stream` with real processes, real pipes and real signals:
+//! nycflights13 in time order through the replay source and through an
+//! Arrow IPC stream on stdin (written by pyarrow where it is installed),
+//! on 1, 2 and 4 workers and 2 processes, gives the same model bit for
+//! bit; progressive validation scores each row before training on it; a
+//! stream killed with SIGKILL resumes to the uninterrupted model; SIGTERM
+//! stops it at a batch end with a snapshot and exit 0.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{finish, hostfile, root, start, wait_until};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const PIPELINE: &str = "pipelines/nycflights.toml";
+
+/// Settings every run here shares: batches of 20 000 rows in time order.
+fn settings(extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--set".to_string(),
+        "stream.batch_rows=20000".into(),
+        "--set".into(),
+        "stream.order_by=\"time_hour\"".into(),
+    ];
+    for e in extra {
+        v.push("--set".into());
+        v.push(e.to_string());
+    }
+    v
+}
+
+/// `stream PIPELINE --input INPUT --model-out MODEL ARGS…`, finished.
+fn stream(input: &str, model: &Path, args: &[String], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args(["stream", PIPELINE, "--input", input, "--model-out"])
+        .arg(model)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+    finish(child, Duration::from_secs(120))
+}
+
+fn ok(out: &Output, what: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A model file without the input it came from (the one thing a replay
+/// and stdin stamp differently).
+fn weights(path: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["stream"].as_object_mut().unwrap().remove("input");
+    v
+}
+
+/// nycflights13 sorted by `time_hour` (ties in file order) as an Arrow IPC
+/// stream: written by pyarrow when `TIDEMILL_PYTHON` (or `python3`) has
+/// it, else by arrow-rs (CI sets `TIDEMILL_REQUIRE_PYARROW=1`).
+fn sorted_ipc() -> Vec<u8> {
+    let python = std::env::var("TIDEMILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq, pyarrow.compute as pc
+t = pq.read_table(sys.argv[1])
+t = t.append_column("__row", pa.array(range(t.num_rows), pa.int64()))
+t = t.sort_by([("time_hour", "ascending"), ("__row", "ascending")]).drop_columns(["__row"])
+with pa.ipc.new_stream(sys.stdout.buffer, t.schema) as w:
+    for b in t.to_batches(max_chunksize=3000):
+        w.write_batch(b)
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(root().join("datasets/nycflights13.parquet"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => return o.stdout,
+        other => {
+            assert!(
+                std::env::var_os("TIDEMILL_REQUIRE_PYARROW").is_none(),
+                "pyarrow is required here and {python} could not write the stream: {other:?}"
+            );
+            eprintln!("note: no pyarrow ({python}): the IPC stream is written by arrow-rs");
+        }
+    }
+    use arrow::array::{ArrayRef, UInt32Array};
+    use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+    let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();
+    let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let whole = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let rows: ArrayRef =
+        std::sync::Arc::new(UInt32Array::from_iter_values(0..whole.num_rows() as u32));
+    let order = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: whole.column_by_name("time_hour").unwrap().clone(),
+                options: None,
+            },
+            SortColumn {
+                values: rows,
+                options: None,
+            },
+        ],
+        None,
+    )
+    .unwrap();
+    let sorted = take_record_batch(&whole, &order).unwrap();
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &sorted.schema()).unwrap();
+    let mut at = 0;
+    while at < sorted.num_rows() {
+        let n = (sorted.num_rows() - at).min(3000);
+        w.write(&sorted.slice(at, n)).unwrap();
+        at += n;
+    }
+    w.finish().unwrap();
+    drop(w);
+    buf
+}
+
+#[test]
+fn replay_and_stdin_on_any_worker_count_give_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = |name: &str| dir.path().join(format!("{name}.json"));
+    let data = "datasets/nycflights13.parquet";
+    let predictions = dir.path().join("predictions.parquet");
+    let mut args = settings(&[]);
+    args.extend([
+        "--predictions-out".into(),
+        predictions.display().to_string(),
+    ]);
+    args.extend(["--keep".into(), "late15".into()]);
+    let reference = ok(
+        &stream(data, &model("w1"), &args, None),
+        "replay on 1 worker",
+    );
+    let progressive = &reference["progressive"];
+    assert_eq!(progressive["rows"], 327346);
+    let loss = progressive["loss"].as_f64().unwrap();
+
+    // Progressive validation, checked against the written predictions: the
+    // mean log loss of the scores is the reported one, and the first
+    // batch's rows were scored by the untrained model (p = 0.5).
+    let cols = common::read_columns(&predictions, &["late15", "probability"]);
+    let (y, p) = (&cols[0], &cols[1]);
+    assert_eq!(y.len(), 327346);
+    let recomputed: f64 = y
+        .iter()
+        .zip(p)
+        .map(|(&y, &p)| -(if y == 1.0 { p } else { 1.0 - p }).ln())
+        .sum::<f64>()
+        / y.len() as f64;
+    assert!(
+        (recomputed - loss).abs() < 1e-9,
+        "progressive loss {loss}, recomputed from the predictions {recomputed}"
+    );
+    assert!(p[..2048].iter().all(|&p| p == 0.5), "scored after training");
+    assert!(p[20000..].iter().any(|&p| p != 0.5));
+
+    for w in ["2", "4"] {
+        let out = stream(
+            data,
+            &model(w),
+            &[settings(&[]), vec!["-w".into(), w.into()]].concat(),
+            None,
+        );
+        ok(&out, &format!("replay on {w} workers"));
+        assert!(
+            weights(&model(w)) == weights(&model("w1")),
+            "replay on {w} workers: the model differs from 1 worker's"
+        );
+    }
+
+    let ipc = sorted_ipc();
+    let mut args = settings(&[]);
+    args.retain(|a| !a.contains("order_by"));
+    args.pop(); // the --set before order_by
+    args.extend(["-w".into(), "2".into()]);
+    let out = stream("-", &model("stdin"), &args, Some(&ipc));
+    let summary = ok(&out, "stdin on 2 workers");
+    assert_eq!(summary["progressive"]["loss"].as_f64(), Some(loss));
+    assert!(
+        weights(&model("stdin")) == weights(&model("w1")),
+        "stdin: the model differs from the replay's"
+    );
+
+    // Two processes, one worker each.
+    let hosts = hostfile(dir.path(), 2);
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let m = model(&format!("p{i}"));
+            let mut args: Vec<String> = vec![
+                "stream".into(),
+                PIPELINE.into(),
+                "--input".into(),
+                data.into(),
+                "--model-out".into(),
+                m.display().to_string(),
+                "-n".into(),
+                "2".into(),
+                "-p".into(),
+                i.to_string(),
+                "--hostfile".into(),
+                hosts.display().to_string(),
+            ];
+            args.extend(settings(&[]));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            start(&args, &[])
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = finish(c, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        weights(&model("p0")) == weights(&model("w1")),
+        "2 processes: the model differs"
+    );
+    assert!(!model("p1").exists(), "process 1 wrote a model");
+}
+
+fn checkpoints(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |e| {
+        e.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmck"))
+            .count()
+    })
+}
+
+#[test]
+fn a_stream_killed_mid_way_resumes_to_the_uninterrupted_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let reference = dir.path().join("reference.json");
+    let model = dir.path().join("model.json");
+    let args = |ck: &Path| {
+        settings(&[
+            "stream.batch_rows=5000",
+            &format!("output.checkpoint=\"{}\"", ck.display()),
+            "optimizer.kind=\"ftrl\"",
+            "model.l1=0.00001",
+        ])
+    };
+    ok(
+        &stream(
+            "datasets/nycflights13.parquet",
+            &reference,
+            &args(&dir.path().join("ck0")),
+            None,
+        ),
+        "uninterrupted",
+    );
+
+    // Replay: killed after a few checkpoints (paced so that it is mid-way).
+    let mut a: Vec<String> = vec![
+        "stream".into(),
+        PIPELINE.into(),
+        "--input".into(),
+        "datasets/nycflights13.parquet".into(),
+        "--model-out".into(),
+        model.display().to_string(),
+        "--rate".into(),
+        "100000".into(),
+    ];
+    a.extend(args(&ck));
+    let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+    let child = start(&argv, &[]);
+    wait_until("three checkpoints", || checkpoints(&ck) >= 3);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), None, "it ended before the kill");
+    let resumed = ok(
+        &stream(
+            "datasets/nycflights13.parquet",
+            &model,
+            &[args(&ck), vec!["--resume".into()]].concat(),
+            None,
+        ),
+        "resumed replay",
+    );
+    assert!(resumed["rows_this_run"].as_u64().unwrap() < 327346);
+    assert!(
+        weights(&model) == weights(&reference),
+        "replay killed and resumed: the model differs"
+    );
+
+    // Stdin: the producer sends the stream again from its start; the rows
+    // the checkpoint holds are passed over.
+    let ipc = sorted_ipc();
+    let ck2 = dir.path().join("ck2");
+    let mut sargs = args(&ck2);
+    let i = sargs.iter().position(|a| a.contains("order_by")).unwrap();
+    sargs.drain(i - 1..=i);
+    let half = &ipc[..ipc.len() / 2];
+    let out = stream("-", &model, &sargs, Some(half));
+    // Half an IPC stream is cut mid-message: the source fails, after the
+    // batches before it were checkpointed.
+    assert!(!out.status.success(), "a truncated IPC stream was accepted");
+    assert!(checkpoints(&ck2) >= 1);
+    let out = stream(
+        "-",
+        &model,
+        &[sargs, vec!["--resume".into()]].concat(),
+        Some(&ipc),
+    );
+    ok(&out, "resumed stdin");
+    assert!(
+        weights(&model) == weights(&reference),
+        "stdin cut and resumed: the model differs"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_live_stream_at_a_batch_end_with_a_loadable_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    let ck = dir.path().join("ck");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args(["stream", PIPELINE, "--input", "-", "--model-out"])
+        .arg(&model)
+        .args([
+            "--set",
+            "stream.batch_rows=3000",
+            "--set",
+            &format!("output.checkpoint=\"{}\"", ck.display()),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    // Three batches' rows, and the stream left open (a live producer).
+    let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();
+    let first: arrow::record_batch::RecordBatch =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .with_batch_size(9000)
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut pipe, &first.schema()).unwrap();
+    w.write(&first.slice(0, 9000)).unwrap();
+    w.flush().unwrap();
+    // The three batches trained (each one snapshotted), the stream idle.
+    wait_until("the third snapshot", || {
+        std::fs::read(&model)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["stream"]["rows"] == 9000)
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = finish(child, Duration::from_secs(60));
+    drop(w);
+    drop(pipe);
+    let summary = ok(&out, "stopped stream");
+    assert_eq!(summary["stopped_by"], "SIGTERM", "{summary}");
+    assert_eq!(summary["rows"], 9000);
+    let snapshot = weights(&model);
+    assert_eq!(snapshot["stream"]["rows"], 9000);
+    assert!(checkpoints(&ck) >= 1, "no checkpoint where it stopped");
+    // The snapshot is a model predict loads.
+    let pred = dir.path().join("p.parquet");
+    let out = common::tidemill(&[
+        "predict",
+        "--model",
+        &model.to_string_lossy(),
+        "--input",
+        "datasets/nycflights13.parquet",
+        "--output",
+        &pred.to_string_lossy(),
+    ]);
+    common::assert_success(&out, "predict with the snapshot");
+}
+
+#[test]
+fn a_bad_value_fails_with_its_location_and_writes_nothing_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.parquet");
+    let n = 5000;
+    let x: Vec<Option<f64>> = (0..n)
+        .map(|i| {
+            if i == 4321 {
+                None
+            } else {
+                Some(i as f64 / 100.0)
+            }
+        })
+        .collect();
+    let y: Vec<f64> = (0..n).map(|i| f64::from(i % 3 == 0)).collect();
+    common::write_parquet(
+        &data,
+        vec![
+            (
+                "x",
+                std::sync::Arc::new(arrow::array::Float64Array::from(x)),
+            ),
+            (
+                "y",
+                std::sync::Arc::new(arrow::array::Float64Array::from(y)),
+            ),
+        ],
+        1000,
+    );
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[data]\ntrain = \"{}\"\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n[optimizer]\nkind = \"sgd\"\nbatch_size = 100\n[stream]\nbatch_rows = 1000\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let model = dir.path().join("m.json");
+    let out = common::tidemill(&[
+        "stream",
+        &pipeline.to_string_lossy(),
+        "--input",
+        &data.to_string_lossy(),
+        "--model-out",
+        &model.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("bad.parquet") && stderr.contains("'x'") && stderr.contains("4321"),
+        "{stderr}"
+    );
+    // The snapshots before the bad batch stand, whole; nothing half-written.
+    let snap = weights(&model);
+    assert_eq!(snap["stream"]["rows"], 4000);
+    assert!(common::hidden_beside(dir.path(), "m.json").is_empty());
+}
