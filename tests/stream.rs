@@ -466,3 +466,116 @@ fn a_bad_value_fails_with_its_location_and_writes_nothing_half() {
     assert_eq!(snap["stream"]["rows"], 4000);
     assert!(common::hidden_beside(dir.path(), "m.json").is_empty());
 }
+
+/// Rows `from..from + n` of nycflights13 written to `path` (whole, then
+/// renamed into place unless `hidden`).
+fn nyc_part(path: &Path, from: usize, n: usize) {
+    let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();
+    let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let whole = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let part = whole.slice(from, n);
+    let out = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(out, part.schema(), None).unwrap();
+    w.write(&part).unwrap();
+    w.close().unwrap();
+}
+
+/// The model's `stream.rows`, once it exists.
+fn snapshot_rows(model: &Path) -> Option<u64> {
+    std::fs::read(model)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["stream"]["rows"].as_u64())
+}
+
+#[test]
+fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let model = dir.path().join("model.json");
+    let port = common::free_ports(1)[0];
+    nyc_part(&inbox.join("part-000.parquet"), 0, 10000);
+    let args: Vec<String> = vec![
+        "stream".into(),
+        PIPELINE.into(),
+        "--input".into(),
+        inbox.display().to_string(),
+        "--watch".into(),
+        "--watch-every".into(),
+        "0.05".into(),
+        "--model-out".into(),
+        model.display().to_string(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--set".into(),
+        "stream.batch_rows=5000".into(),
+        // A file's tail shorter than a batch is trained after 0.2 s.
+        "--set".into(),
+        "stream.batch_seconds=0.2".into(),
+        "-w".into(),
+        "2".into(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = start(&argv, &[]);
+    wait_until("the first file trained", || {
+        snapshot_rows(&model) == Some(10000)
+    });
+
+    // A file being written (under a hidden name) is never read, however
+    // long it waits; renamed into place, it is read once.
+    let hidden = inbox.join(".part-001.parquet.tmp");
+    nyc_part(&hidden, 10000, 10000);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(snapshot_rows(&model), Some(10000), "a hidden file was read");
+    std::fs::rename(&hidden, inbox.join("part-001.parquet")).unwrap();
+    wait_until("the second file trained", || {
+        snapshot_rows(&model) == Some(20000)
+    });
+    nyc_part(&inbox.join("part-002.parquet"), 20000, 7000);
+    wait_until("the third file trained", || {
+        snapshot_rows(&model) == Some(27000)
+    });
+
+    // A real HTTP client scrapes the gauges.
+    let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(body.contains("tidemill_stream_rows_total 27000"), "{body}");
+    assert!(body.contains("tidemill_stream_snapshots_total"), "{body}");
+    assert!(
+        body.contains("# TYPE tidemill_stream_progressive_loss gauge"),
+        "{body}"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let summary = ok(&finish(child, Duration::from_secs(60)), "watched stream");
+    assert_eq!(summary["rows"], 27000, "{summary}");
+    assert_eq!(summary["stopped_by"], "SIGTERM");
+
+    // Each file once, in name order: the replay of the same directory.
+    let replay = dir.path().join("replay.json");
+    let out = stream(
+        &inbox.display().to_string(),
+        &replay,
+        &["--set".into(), "stream.batch_rows=5000".into()],
+        None,
+    );
+    ok(&out, "replay of the directory");
+    let (mut a, mut b) = (weights(&model), weights(&replay));
+    for v in [&mut a, &mut b] {
+        v["stream"].as_object_mut().unwrap().remove("snapshot");
+    }
+    assert!(
+        a == b,
+        "the watched stream's model differs from the replay's"
+    );
+}

@@ -208,6 +208,17 @@ pub struct StreamArgs {
     /// A replay's pace in rows per second (default: as fast as possible).
     #[arg(long, value_name = "ROWS_PER_SECOND")]
     pub rate: Option<f64>,
+    /// `--input DIR` is watched: each Parquet file renamed into it is read
+    /// once, in name order, until the stream is stopped (SIGINT, SIGTERM).
+    #[arg(long)]
+    pub watch: bool,
+    /// How often a watched directory is listed, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.2)]
+    pub watch_every: f64,
+    /// Serve Prometheus metrics (rows/s, batches, lag, progressive loss,
+    /// snapshots) at HOST:PORT, `/metrics`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     /// Cluster layout.
     pub cluster: ClusterArgs,
@@ -373,6 +384,12 @@ fn stream(a: StreamArgs) -> Result<()> {
     }
     let input = match a.input.as_str() {
         "-" => {
+            if a.watch {
+                return Err(Error::Usage {
+                    option: "--watch".into(),
+                    message: "watches a directory; stdin is read as it arrives".into(),
+                });
+            }
             if a.rate.is_some() {
                 return Err(Error::Usage {
                     option: "--rate".into(),
@@ -380,6 +397,26 @@ fn stream(a: StreamArgs) -> Result<()> {
                 });
             }
             crate::stream::source::Input::Stdin
+        }
+        dir if a.watch => {
+            if a.rate.is_some() {
+                return Err(Error::Usage {
+                    option: "--rate".into(),
+                    message:
+                        "paces a replay; a watched directory's files arrive at their writers' pace"
+                            .into(),
+                });
+            }
+            if !(a.watch_every.is_finite() && a.watch_every > 0.0) {
+                return Err(Error::Usage {
+                    option: "--watch-every".into(),
+                    message: format!("must be a number of seconds > 0, got {}", a.watch_every),
+                });
+            }
+            crate::stream::source::Input::Watch {
+                dir: PathBuf::from(dir),
+                every: Duration::from_secs_f64(a.watch_every.min(3600.0)),
+            }
         }
         path => {
             if let Some(r) = a.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
@@ -406,6 +443,7 @@ fn stream(a: StreamArgs) -> Result<()> {
         input_offset: a.input_offset,
         predictions: a.predictions_out.clone(),
         keep: a.keep,
+        metrics_addr: a.metrics_addr,
     };
     let Some(summary) = crate::stream::run(job, &cluster)? else {
         return Ok(());

@@ -197,6 +197,11 @@ impl Leader {
         self.ended && self.carry_rows == 0 && self.batch.is_none()
     }
 
+    /// Rows taken from the source and not yet cut into a batch.
+    pub fn held(&self) -> usize {
+        self.carry_rows
+    }
+
     /// True while a batch has steps left to send.
     pub fn sending(&self) -> bool {
         self.batch.is_some()

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod predictions;
 pub mod publish;
 pub mod replica;
+pub mod service;
 pub mod source;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,6 +57,8 @@ pub struct StreamJob {
     pub predictions: Option<String>,
     /// `--keep`: input columns copied to the predictions.
     pub keep: Vec<String>,
+    /// `--metrics-addr`: where the Prometheus endpoint listens.
+    pub metrics_addr: Option<String>,
 }
 
 /// What a stream did (process 0).
@@ -87,6 +90,7 @@ struct LeaderSide {
     leader: Leader,
     publisher: Publisher,
     predictions: Option<predictions::PredictionSink>,
+    service: Option<service::Service>,
     rows_before: u64,
 }
 
@@ -238,7 +242,8 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
             r.rows - job.input_offset
         }
         (Input::Stdin, None) => 0,
-        (Input::Replay { .. }, _) => rows_done,
+        // Files in name order: the rows the checkpoint holds come first.
+        (Input::Replay { .. } | Input::Watch { .. }, _) => rows_done,
     };
     let feed = Feed::open(&job.input, p.stream.order_by.as_deref(), skip)?;
     let draft = crate::plan::draft(
@@ -328,11 +333,16 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
             None
         }
     };
+    let service = match &job.metrics_addr {
+        Some(addr) => Some(service::Service::start(addr)?),
+        None => None,
+    };
     let leader = Leader::new(p, feed, job.input.is_live(), workers, start, stats, at);
     Ok(LeaderSide {
         leader,
         publisher,
         predictions,
+        service,
         rows_before: rows_done,
     })
 }
@@ -413,6 +423,26 @@ fn first_difference(a: &str, b: &str) -> String {
         }
     }
     walk("", &a, &b).unwrap_or_else(|| "?".into())
+}
+
+impl LeaderSide {
+    /// The gauges (`--metrics-addr`) after a batch end.
+    fn show(&self) {
+        let Some(service) = &self.service else {
+            return;
+        };
+        let trained = self.publisher.trained_rows_first_pass();
+        let loss = |m: Option<Metrics>| m.map(|m| m.rmse.map_or(m.loss, |r| r * r));
+        service.show(&service::Reading {
+            rows: trained,
+            rows_this_run: trained.saturating_sub(self.rows_before),
+            batches: self.publisher.batches,
+            lag: (self.leader.rows + self.leader.held() as u64).saturating_sub(trained),
+            loss: loss(self.publisher.progressive()),
+            rolling_loss: loss(self.publisher.rolling()),
+            snapshots: self.publisher.snapshots,
+        });
+    }
 }
 
 /// One worker's stream: the leader drives it; the others follow.
@@ -507,13 +537,16 @@ fn lead(
             return Ok(None);
         }
         if !ends.is_empty() {
-            let s = shared.borrow();
-            if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
-                for end in ends {
-                    side.publisher
-                        .batch_end(end, &at(replica, spec, &side.leader))?;
+            {
+                let s = shared.borrow();
+                if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
+                    for end in ends {
+                        side.publisher
+                            .batch_end(end, &at(replica, spec, &side.leader))?;
+                    }
                 }
             }
+            side.show();
         }
         let signal = crate::io::signals::stop_requested();
         let stop = signal.is_some() || stop_seen;

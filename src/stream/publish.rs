@@ -213,6 +213,20 @@ impl Publisher {
         finish(self.cumulative.clone(), self.pipeline.model.kind)
     }
 
+    /// Progressive metrics over the rolling window.
+    pub fn rolling(&self) -> Option<Metrics> {
+        let all = self.rolling.iter().fold(fresh(), |mut a, e| {
+            a.merge(e.clone());
+            a
+        });
+        finish(all, self.pipeline.model.kind)
+    }
+
+    /// Rows scored (the first pass) over the whole stream.
+    pub fn trained_rows_first_pass(&self) -> u64 {
+        self.cumulative.rows
+    }
+
     /// A snapshot and a checkpoint at `at`.
     fn publish(&mut self, at: &At<'_>) -> Result<()> {
         self.snapshots += 1;

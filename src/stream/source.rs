@@ -33,13 +33,21 @@ pub enum Input {
         /// Rows per second at most (`--rate`); as fast as possible if none.
         rate: Option<f64>,
     },
+    /// A directory watched for Parquet files renamed into it, each read
+    /// once, in name order (a live source).
+    Watch {
+        /// The directory.
+        dir: PathBuf,
+        /// How often it is listed.
+        every: Duration,
+    },
 }
 
 impl Input {
     /// True for a source whose rows arrive as they are produced (batches
     /// may then also end by time, `stream.batch_seconds`).
     pub fn is_live(&self) -> bool {
-        matches!(self, Input::Stdin)
+        matches!(self, Input::Stdin | Input::Watch { .. })
     }
 
     /// The input as the checkpoint's identity names it.
@@ -47,6 +55,7 @@ impl Input {
         match self {
             Input::Stdin => "-".into(),
             Input::Replay { path, .. } => path.display().to_string(),
+            Input::Watch { dir, .. } => format!("{} (watched)", dir.display()),
         }
     }
 }
@@ -171,6 +180,47 @@ fn rows_of(input: &Input, order_by: Option<&str>) -> Result<(SchemaRef, Rows)> {
             let t = table::open("-")?;
             Ok((t.schema.clone(), Box::new(arrivals(t))))
         }
+        Input::Watch { dir, every } => {
+            if order_by.is_some() {
+                return Err(Error::PipelineValue {
+                    key: "stream.order_by".into(),
+                    message:
+                        "sorts a replay; a watched directory is read file by file as files arrive"
+                            .into(),
+                });
+            }
+            if !dir.is_dir() {
+                return Err(Error::Usage {
+                    option: "--input".into(),
+                    message: format!("--watch needs a directory; {} is not one", dir.display()),
+                });
+            }
+            // The schema is the first file's: wait for one.
+            let mut watched = Watched {
+                dir: dir.clone(),
+                every: *every,
+                last: None,
+                read: Default::default(),
+                current: None,
+                schema: None,
+            };
+            let first = loop {
+                match watched.next_file()? {
+                    Some(f) => break f,
+                    None => std::thread::sleep(*every),
+                }
+            };
+            let t = table::open(&path_text(&first)?)?;
+            watched.schema = Some(t.schema.clone());
+            watched.current = Some(Box::new(arrivals(t)));
+            Ok((
+                watched
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty())),
+                Box::new(watched),
+            ))
+        }
         Input::Replay { path, rate } => {
             let files = replay_files(path)?;
             let first = table::open(&path_text(&files[0])?)?;
@@ -233,6 +283,94 @@ fn arrivals(t: table::TableInput) -> impl Iterator<Item = Result<Arrival>> {
             file_row: origin.first_row,
         })
     })
+}
+
+/// Parquet files as they are renamed into a directory, in name order: a
+/// file is read once it has a name ending in `.parquet` that does not
+/// start with `.` (writers write elsewhere, or under a hidden name, and
+/// rename). A file whose name sorts before one already read is an error:
+/// the stream's order, and so a resumed stream's position, is the order of
+/// the names.
+struct Watched {
+    dir: PathBuf,
+    every: Duration,
+    last: Option<std::ffi::OsString>,
+    read: std::collections::HashSet<std::ffi::OsString>,
+    current: Option<Rows>,
+    schema: Option<SchemaRef>,
+}
+
+impl Watched {
+    /// The next file to read, if one has arrived.
+    fn next_file(&mut self) -> Result<Option<PathBuf>> {
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| {
+                n.to_str()
+                    .is_some_and(|n| !n.starts_with('.') && n.ends_with(".parquet"))
+            })
+            .collect();
+        names.sort();
+        let next = match &self.last {
+            None => names.into_iter().next(),
+            Some(last) => {
+                if let Some(late) = names.iter().find(|n| *n < last && !self.read.contains(*n)) {
+                    return Err(Error::Usage {
+                        option: "--watch".into(),
+                        message: format!(
+                            "{} arrived after {}, which sorts after it: name the files so that they sort in the order they arrive (a timestamp or a counter first)",
+                            self.dir.join(late).display(),
+                            self.dir.join(last).display()
+                        ),
+                    });
+                }
+                names.into_iter().find(|n| n > last)
+            }
+        };
+        Ok(next.map(|n| {
+            let path = self.dir.join(&n);
+            self.read.insert(n.clone());
+            self.last = Some(n);
+            path
+        }))
+    }
+}
+
+impl Iterator for Watched {
+    type Item = Result<Arrival>;
+    fn next(&mut self) -> Option<Result<Arrival>> {
+        loop {
+            if let Some(item) = self.current.as_mut().and_then(|c| c.next()) {
+                return Some(item);
+            }
+            self.current = None;
+            match self.next_file() {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => std::thread::sleep(self.every),
+                Ok(Some(path)) => {
+                    let opened = path_text(&path).and_then(|p| table::open(&p));
+                    match opened {
+                        Err(e) => return Some(Err(e)),
+                        Ok(t)
+                            if self
+                                .schema
+                                .as_ref()
+                                .is_some_and(|s| t.schema.fields() != s.fields()) =>
+                        {
+                            return Some(Err(Error::SchemaDrift {
+                                file: path,
+                                reference: self.dir.clone(),
+                                difference:
+                                    "its columns or their types differ from the first file's".into(),
+                            }))
+                        }
+                        Ok(t) => self.current = Some(Box::new(arrivals(t))),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The files of a replay one after the other; each must have the first
