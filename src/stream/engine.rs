@@ -144,6 +144,9 @@ pub struct StepIn {
     pub start: Option<Arc<Start>>,
     /// A new feature spec from this step on (running statistics).
     pub spec: Option<Arc<FeatureSpec>>,
+    /// The leader failed (the source, an output): the stream ends, every
+    /// worker with this failure.
+    pub failure: Option<Failure>,
 }
 
 /// A worker's result for one step, to every worker.
@@ -275,7 +278,9 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
                                 let s = steps_state.borrow();
                                 match rounds.ready(frontier.frontier()) {
                                     Some((t, msgs)) => {
-                                        let starts = msgs.iter().any(|m| m.start.is_some());
+                                        let starts = msgs
+                                            .iter()
+                                            .any(|m| m.start.is_some() || m.failure.is_some());
                                         (s.replica.is_some() && s.next == t) || starts
                                     }
                                     None => false,
@@ -368,6 +373,9 @@ fn one_step(
         step: out.step,
         rows: Vec::new(),
     });
+    if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
+        s.failure.get_or_insert(f);
+    }
     if let Some(f) = s.failure.clone() {
         out.failure = Some(f);
         return (out, scores);

@@ -18,6 +18,7 @@ use super::engine::{Piece, Rows, Start, StepIn};
 use super::source::{Arrival, Feed, Poll};
 use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
 use crate::data::moments::Moments;
+use crate::dataflow::Failure;
 use crate::error::Result;
 use crate::spec::{OnMissing, Pipeline};
 
@@ -243,6 +244,7 @@ impl Leader {
                         .collect(),
                     start: self.start.clone(),
                     spec: spec.clone(),
+                    failure: None,
                 });
             }
             self.start = None;
@@ -253,6 +255,25 @@ impl Leader {
             }
         }
         Ok(out)
+    }
+
+    /// Tells every worker that the stream failed with `f`, at the next step.
+    pub fn failed(&mut self, f: &Failure) -> Vec<StepIn> {
+        let step = self.step;
+        self.step += 1;
+        (0..self.workers)
+            .map(|w| StepIn {
+                to: w as u32,
+                step,
+                batch: self.batches,
+                last_in_batch: false,
+                score: false,
+                chunks: Vec::new(),
+                start: None,
+                spec: None,
+                failure: Some(f.clone()),
+            })
+            .collect()
     }
 
     /// Takes rows from the source into the next batch, if one is complete

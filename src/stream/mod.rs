@@ -466,6 +466,13 @@ fn worker_main(
         };
     };
     let result = lead(worker, &mut side, &mut input, &probe, &shared);
+    if let Err(e) = &result {
+        // Every worker ends with the leader's failure.
+        for m in side.leader.failed(&Failure::from(e)) {
+            input.advance_to(m.step);
+            input.send(m);
+        }
+    }
     drop(input);
     while worker.step_or_park(Some(Duration::from_millis(10))) {}
     if let Some(f) = shared.borrow_mut().failure.take() {
