@@ -518,6 +518,8 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
         // A file's tail shorter than a batch is trained after 0.2 s.
         "--set".into(),
         "stream.batch_seconds=0.2".into(),
+        "--set".into(),
+        format!("output.checkpoint=\"{}\"", dir.path().join("ck").display()),
         "-w".into(),
         "2".into(),
     ];
@@ -578,4 +580,96 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
         a == b,
         "the watched stream's model differs from the replay's"
     );
+
+    // Resumed after the files read were archived (removed) and a new one
+    // arrived: only the new one is read, whole.
+    std::fs::remove_file(inbox.join("part-000.parquet")).unwrap();
+    std::fs::remove_file(inbox.join("part-001.parquet")).unwrap();
+    nyc_part(&inbox.join("part-003.parquet"), 27000, 3000);
+    let mut resumed_args = args.clone();
+    let i = resumed_args
+        .iter()
+        .position(|a| a == "--metrics-addr")
+        .unwrap();
+    resumed_args.drain(i..=i + 1);
+    resumed_args.push("--resume".into());
+    let argv: Vec<&str> = resumed_args.iter().map(String::as_str).collect();
+    let child = start(&argv, &[]);
+    wait_until("the new file trained", || {
+        snapshot_rows(&model) == Some(30000)
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let summary = ok(&finish(child, Duration::from_secs(60)), "resumed watch");
+    assert_eq!(summary["rows_this_run"], 3000, "{summary}");
+    assert_eq!(summary["rows"], 30000, "{summary}");
+}
+
+#[test]
+fn sigterm_to_any_process_of_an_idle_stream_stops_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    nyc_part(&inbox.join("part-000.parquet"), 0, 4000);
+    let model = dir.path().join("model.json");
+    let hosts = hostfile(dir.path(), 2);
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let args: Vec<String> = vec![
+                "stream".into(),
+                PIPELINE.into(),
+                "--input".into(),
+                inbox.display().to_string(),
+                "--watch".into(),
+                "--model-out".into(),
+                model.display().to_string(),
+                "--set".into(),
+                "stream.batch_rows=4000".into(),
+                "-n".into(),
+                "2".into(),
+                "-p".into(),
+                i.to_string(),
+                "--hostfile".into(),
+                hosts.display().to_string(),
+            ];
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            start(&argv, &[])
+        })
+        .collect();
+    wait_until("the file trained", || snapshot_rows(&model) == Some(4000));
+    // Nothing more arrives; process 1 (not the one reading) is asked to stop.
+    kill(Pid::from_raw(children[1].id() as i32), Signal::SIGTERM).unwrap();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = finish(c, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn refusals_an_empty_stream_and_an_offset_without_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.json");
+    let empty = dir.path().join("empty.parquet");
+    nyc_part(&empty, 0, 0);
+    let out = stream(&empty.display().to_string(), &model, &[], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("no rows"), "{stderr}");
+    assert!(!model.exists(), "an empty stream wrote a model");
+
+    let ipc = common::ipc_stream("nycflights13.parquet", 1);
+    let args: Vec<String> = vec![
+        "--set".into(),
+        format!("output.checkpoint=\"{}\"", dir.path().join("ck").display()),
+        "--resume".into(),
+        "--input-offset".into(),
+        "1000".into(),
+    ];
+    let out = stream("-", &model, &args, Some(&ipc));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--input-offset"), "{stderr}");
 }

@@ -133,6 +133,8 @@ pub struct Leader {
     pub batches: u64,
     /// Rows in the batches cut so far (the source's position).
     pub rows: u64,
+    /// The file of the last row cut (its name) and the rows of it cut.
+    pub file: Option<(String, u64)>,
     /// The next global step.
     pub step: u64,
     batch: Option<Cut>,
@@ -151,6 +153,8 @@ pub struct Position {
     pub batches: u64,
     /// Rows done.
     pub rows: u64,
+    /// The file of the last row done, and the rows of it read.
+    pub file: Option<(String, u64)>,
     /// Steps done.
     pub step: u64,
 }
@@ -184,6 +188,7 @@ impl Leader {
             spec: start.spec.clone(),
             batches: at.batches,
             rows: at.rows,
+            file: at.file,
             step: at.step,
             batch: None,
             start: Some(Arc::new(start)),
@@ -257,6 +262,32 @@ impl Leader {
         Ok(out)
     }
 
+    /// True once the first step (with the start) was sent.
+    pub fn started(&self) -> bool {
+        self.start.is_none()
+    }
+
+    /// An empty step for every worker: while the source is idle, it
+    /// carries a stop request from any process to the leader (an empty
+    /// step changes nothing in the model).
+    pub fn heartbeat(&mut self) -> Vec<StepIn> {
+        let step = self.step;
+        self.step += 1;
+        (0..self.workers)
+            .map(|w| StepIn {
+                to: w as u32,
+                step,
+                batch: self.batches,
+                last_in_batch: false,
+                score: false,
+                chunks: Vec::new(),
+                start: None,
+                spec: None,
+                failure: None,
+            })
+            .collect()
+    }
+
     /// Tells every worker that the stream failed with `f`, at the next step.
     pub fn failed(&mut self, f: &Failure) -> Vec<StepIn> {
         let step = self.step;
@@ -281,6 +312,14 @@ impl Leader {
     fn cut(&mut self) -> Result<()> {
         let wait = Duration::from_millis(if self.live { 20 } else { 0 });
         while self.carry_rows < self.batch_rows && !self.ended {
+            // A live batch due by time, or a stop, ends the wait.
+            let due = match (self.batch_seconds, self.first_arrival) {
+                (Some(limit), Some(at)) => self.live && at.elapsed() >= limit,
+                _ => false,
+            };
+            if due || crate::io::signals::stop_requested().is_some() {
+                break;
+            }
             match self.feed.poll(wait)? {
                 Poll::Rows(a) => {
                     if a.batch.num_rows() == 0 {
@@ -330,6 +369,13 @@ impl Leader {
         self.first_arrival = (self.carry_rows > 0).then(Instant::now);
         let spec = self.statistics(&arrivals)?;
         self.fresh = arrivals.iter().map(|a| a.batch.clone()).collect();
+        if let Some(a) = arrivals.last() {
+            let name = a
+                .origin
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            self.file = Some((name, a.file_row + a.batch.num_rows() as u64));
+        }
         let steps_per_pass = have.div_ceil(self.step_rows) as u64;
         self.batch = Some(Cut {
             index: self.batches,

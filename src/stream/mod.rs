@@ -189,13 +189,39 @@ fn identity(p: &Pipeline, input: &Input) -> Result<String> {
         .map_err(|e| Error::Internal(format!("cannot describe the pipeline: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("output");
+        // What only says how it is published or distributed may change
+        // between runs of one stream.
+        o.remove("train");
+        if let Some(s) = o.get_mut("stream").and_then(|s| s.as_object_mut()) {
+            for k in [
+                "snapshot_every",
+                "snapshot_seconds",
+                "snapshot_keep",
+                "rolling_batches",
+            ] {
+                s.remove(k);
+            }
+        }
         if let Some(d) = o.get_mut("data").and_then(|d| d.as_object_mut()) {
             d.remove("train");
             d.remove("validation");
         }
     }
-    let v = serde_json::json!({ "pipeline": v, "input": input.describe() });
+    let source = match input {
+        Input::Stdin => "-".to_string(),
+        Input::Replay { path, .. } => canonical(path),
+        Input::Watch { dir, .. } => format!("{} (watched)", canonical(dir)),
+    };
+    let v = serde_json::json!({ "pipeline": v, "input": source });
     serde_json::to_string(&v).map_err(|e| Error::Internal(format!("cannot describe the job: {e}")))
+}
+
+/// `path` made absolute, as far as it exists.
+fn canonical(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Opens the source, settles the spec and the starting model, and loads the
@@ -228,6 +254,12 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
         (None, false) => None,
     };
     let rows_done = resumed.as_ref().map_or(0, |r| r.rows);
+    if job.input_offset > 0 && (!job.resume || job.input != Input::Stdin || resumed.is_none()) {
+        return Err(Error::Usage {
+            option: "--input-offset".into(),
+            message: "says where a producer on stdin restarts a resumed stream: it needs --input - and --resume, and a checkpoint to resume from (there is none: start the producer at row 0)".into(),
+        });
+    }
     let skip = match (&job.input, &resumed) {
         (Input::Stdin, Some(r)) => {
             if job.input_offset > r.rows {
@@ -245,7 +277,12 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
         // Files in name order: the rows the checkpoint holds come first.
         (Input::Replay { .. } | Input::Watch { .. }, _) => rows_done,
     };
-    let feed = Feed::open(&job.input, p.stream.order_by.as_deref(), skip)?;
+    let at_file = match &job.input {
+        Input::Watch { .. } => resumed.as_ref().and_then(|r| r.file.clone()),
+        _ => None,
+    };
+    let skip = if at_file.is_some() { 0 } else { skip };
+    let feed = Feed::open(&job.input, p.stream.order_by.as_deref(), skip, at_file)?;
     let draft = crate::plan::draft(
         p,
         feed.schema(),
@@ -259,6 +296,7 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
             Position {
                 batches: r.batches,
                 rows: r.rows,
+                file: r.file.clone(),
                 step: r.step,
             },
         ),
@@ -289,6 +327,7 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
                 Position {
                     batches: 0,
                     rows: 0,
+                    file: None,
                     step: 0,
                 },
             )
@@ -431,19 +470,25 @@ impl LeaderSide {
         let Some(service) = &self.service else {
             return;
         };
-        let trained = self.publisher.trained_rows_first_pass();
+        // Called at a batch end, before the next batch is cut: the rows cut
+        // are the rows trained on.
+        let trained = self.leader.rows;
         let loss = |m: Option<Metrics>| m.map(|m| m.rmse.map_or(m.loss, |r| r * r));
         service.show(&service::Reading {
             rows: trained,
             rows_this_run: trained.saturating_sub(self.rows_before),
             batches: self.publisher.batches,
-            lag: (self.leader.rows + self.leader.held() as u64).saturating_sub(trained),
+            lag: self.leader.held() as u64,
             loss: loss(self.publisher.progressive()),
             rolling_loss: loss(self.publisher.rolling()),
             snapshots: self.publisher.snapshots,
         });
     }
 }
+
+/// How long an idle leader waits before an empty step (which brings it a
+/// stop request from another process).
+const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// One worker's stream: the leader drives it; the others follow.
 fn worker_main(
@@ -485,6 +530,13 @@ fn worker_main(
             .and_then(|()| sink.finish())
             .map_err(|e| Failure::from(&e))?;
     }
+    if stopped_by.is_none() && side.publisher.trained_rows_first_pass() == 0 {
+        // A finite stream that ended without a row to train on: no model.
+        return Err(Failure::from(&Error::NoRows {
+            what: side.publisher.input().to_string(),
+            purpose: "train on (every row was skipped, or the input was empty)".into(),
+        }));
+    }
     let s = shared.borrow();
     let (leader, publisher) = (&side.leader, &mut side.publisher);
     if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
@@ -512,6 +564,7 @@ fn at<'a>(replica: &'a Replica, spec: &'a FeatureSpec, leader: &'a Leader) -> At
         stats: &leader.stats,
         batches: leader.batches,
         rows: leader.rows,
+        file: leader.file.clone(),
         step: leader.step,
     }
 }
@@ -527,6 +580,7 @@ fn lead(
     shared: &std::rc::Rc<std::cell::RefCell<engine::Shared>>,
 ) -> Result<Option<String>> {
     let mut last_progress = Instant::now();
+    let mut last_sent = Instant::now();
     // Nothing is applied before the first step (a resumed stream's first
     // step is the checkpoint's).
     shared.borrow_mut().next = side.leader.step;
@@ -563,7 +617,17 @@ fn lead(
                 .then(|| signal.map_or("a signal to another process", crate::error::signal_name));
             return Ok(by.map(String::from));
         }
-        let msgs = side.leader.next_steps(applied, idle && !stop)?;
+        let mut msgs = side.leader.next_steps(applied, idle && !stop)?;
+        if msgs.is_empty() {
+            if idle && side.leader.started() && last_sent.elapsed() >= HEARTBEAT {
+                msgs = side.leader.heartbeat();
+            }
+        } else {
+            last_sent = Instant::now();
+        }
+        if !msgs.is_empty() {
+            last_sent = Instant::now();
+        }
         if let Some(sink) = side.predictions.as_mut() {
             sink.cut(&std::mem::take(&mut side.leader.fresh))?;
             sink.drain(&mut shared.borrow_mut().scores)?;

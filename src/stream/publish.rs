@@ -35,6 +35,9 @@ pub struct Saved {
     pub batches: u64,
     /// Rows of the source consumed.
     pub rows: u64,
+    /// The file of the last row consumed (its name) and the rows of it
+    /// read: where a watched directory continues.
+    pub file: Option<(String, u64)>,
     /// Steps done.
     pub step: u64,
     /// The feature spec (statistics included).
@@ -65,8 +68,12 @@ pub struct Publisher {
     seconds: Option<Duration>,
     keep: usize,
     last_snapshot: Instant,
-    /// Progressive validation over the whole stream.
+    /// Progressive validation over the whole stream, less the scores the
+    /// AUC needs (16 bytes a row: they are in `scores`, this run's only).
     pub cumulative: EvalPartial,
+    /// This run's (score, positive) pairs, for the whole-stream AUC; none
+    /// are kept once they are not the whole stream's (a resumed run).
+    scores: Option<Vec<(f64, bool)>>,
     /// Over the last `rolling_batches` batches.
     pub rolling: VecDeque<EvalPartial>,
     /// Snapshots published.
@@ -92,6 +99,8 @@ pub struct At<'a> {
     pub batches: u64,
     /// Rows done.
     pub rows: u64,
+    /// The file of the last row done, and the rows of it read.
+    pub file: Option<(String, u64)>,
     /// Steps done.
     pub step: u64,
 }
@@ -107,6 +116,22 @@ impl Publisher {
     ) -> Result<Publisher> {
         let metrics = match &pipeline.output.metrics {
             Some(path) => {
+                let fail = |action: &str, e: std::io::Error| Error::Output {
+                    flag: "--metrics-out".into(),
+                    path: path.clone(),
+                    action: action.into(),
+                    source: e,
+                };
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| fail("cannot have its directory created", e))?;
+                }
+                if let Some(r) = resumed {
+                    // The lines of batches after the checkpoint were
+                    // written by the run that stopped: they come again.
+                    keep_lines_before(path, r.batches)
+                        .map_err(|e| fail("cannot be cut back to the checkpoint", e))?;
+                }
                 let mut o = std::fs::OpenOptions::new();
                 o.create(true);
                 if resumed.is_some() {
@@ -141,6 +166,7 @@ impl Publisher {
             keep: s.snapshot_keep,
             last_snapshot: Instant::now(),
             cumulative: resumed.map_or_else(fresh, |r| r.cumulative.clone()),
+            scores: resumed.is_none().then(Vec::new),
             rolling: resumed.map_or_else(VecDeque::new, |r| r.rolling.iter().cloned().collect()),
             snapshots: resumed.map_or(0, |r| r.snapshots),
             trained_rows: resumed.map_or(0, |r| r.trained_rows),
@@ -154,7 +180,12 @@ impl Publisher {
     /// if one is due.
     pub fn batch_end(&mut self, end: BatchEnd, at: &At<'_>) -> Result<()> {
         let kind = self.pipeline.model.kind;
-        self.cumulative.merge(end.eval.clone());
+        let mut whole = end.eval.clone();
+        let scores = std::mem::take(&mut whole.scores);
+        if let Some(all) = self.scores.as_mut() {
+            all.extend(scores);
+        }
+        self.cumulative.merge(whole);
         self.rolling.push_back(end.eval.clone());
         while self.rolling.len() > self.pipeline.stream.rolling_batches.max(1) {
             self.rolling.pop_front();
@@ -208,9 +239,15 @@ impl Publisher {
         self.publish(at)
     }
 
-    /// Progressive metrics over the whole stream.
+    /// Progressive metrics over the whole stream; the AUC only where this
+    /// run saw the whole stream (a resumed run's scores before its
+    /// checkpoint are gone).
     pub fn progressive(&self) -> Option<Metrics> {
-        finish(self.cumulative.clone(), self.pipeline.model.kind)
+        let mut all = self.cumulative.clone();
+        if let Some(scores) = &self.scores {
+            all.scores = scores.clone();
+        }
+        finish(all, self.pipeline.model.kind)
     }
 
     /// Progressive metrics over the rolling window.
@@ -220,6 +257,11 @@ impl Publisher {
             a
         });
         finish(all, self.pipeline.model.kind)
+    }
+
+    /// The input, as the snapshots name it.
+    pub fn input(&self) -> &str {
+        &self.input
     }
 
     /// Rows scored (the first pass) over the whole stream.
@@ -262,6 +304,7 @@ impl Publisher {
                 identity: self.identity.clone(),
                 batches: at.batches,
                 rows: at.rows,
+                file: at.file.clone(),
                 step: at.step,
                 spec: at.spec.clone(),
                 stats: at.stats.clone(),
@@ -292,6 +335,30 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// Keeps the metrics lines of batches before `batches` (an atomic rewrite).
+fn keep_lines_before(path: &Path, batches: u64) -> std::io::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["batch"].as_u64())
+                .is_some_and(|b| b < batches)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    crate::io::atomic::write("--metrics-out", path, kept.as_bytes())
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// An empty progressive partial (labels relative to 0, as every worker's).

@@ -99,7 +99,16 @@ impl Feed {
     /// Opens `input`; a replay is sorted by `order_by` (stable) first, which
     /// reads the whole of it. The first `skip` rows are passed over (a
     /// resumed stream: the rows its checkpoint already holds).
-    pub fn open(input: &Input, order_by: Option<&str>, skip: u64) -> Result<Feed> {
+    ///
+    /// A watched directory resumes at `at_file` instead: the file it was
+    /// reading (files before it in name order are done, whether or not
+    /// they are still there) and the rows of it already read.
+    pub fn open(
+        input: &Input,
+        order_by: Option<&str>,
+        skip: u64,
+        at_file: Option<(String, u64)>,
+    ) -> Result<Feed> {
         let (tx, rx) = sync_channel::<Result<Arrival>>(BUFFERED);
         let (schema_tx, schema_rx) = sync_channel::<Result<SchemaRef>>(1);
         let (input, order_by) = (input.clone(), order_by.map(String::from));
@@ -108,7 +117,7 @@ impl Feed {
         std::thread::Builder::new()
             .name("tidemill-stream-source".into())
             .spawn(move || {
-                let (schema, rows) = match rows_of(&input, order_by.as_deref()) {
+                let (schema, rows) = match rows_of(&input, order_by.as_deref(), skip, at_file) {
                     Ok(opened) => opened,
                     Err(e) => {
                         let _ = schema_tx.send(Err(e));
@@ -118,10 +127,7 @@ impl Feed {
                 if schema_tx.send(Ok(schema)).is_err() {
                     return;
                 }
-                for item in (Skipped {
-                    inner: rows,
-                    left: skip,
-                }) {
+                for item in rows {
                     let failed = item.is_err();
                     if tx.send(item).is_err() || failed {
                         break;
@@ -166,8 +172,14 @@ impl Feed {
 
 type Rows = Box<dyn Iterator<Item = Result<Arrival>>>;
 
-/// The schema and the rows of `input`, in the order they flow.
-fn rows_of(input: &Input, order_by: Option<&str>) -> Result<(SchemaRef, Rows)> {
+/// The schema and the rows of `input`, in the order they flow, the first
+/// `skip` passed over (a watched directory: from `at_file`).
+fn rows_of(
+    input: &Input,
+    order_by: Option<&str>,
+    skip: u64,
+    at_file: Option<(String, u64)>,
+) -> Result<(SchemaRef, Rows)> {
     match input {
         Input::Stdin => {
             if order_by.is_some() {
@@ -178,7 +190,12 @@ fn rows_of(input: &Input, order_by: Option<&str>) -> Result<(SchemaRef, Rows)> {
                 });
             }
             let t = table::open("-")?;
-            Ok((t.schema.clone(), Box::new(arrivals(t))))
+            let schema = t.schema.clone();
+            let rows = Skipped {
+                inner: arrivals(t),
+                left: skip,
+            };
+            Ok((schema, Box::new(rows)))
         }
         Input::Watch { dir, every } => {
             if order_by.is_some() {
@@ -195,7 +212,6 @@ fn rows_of(input: &Input, order_by: Option<&str>) -> Result<(SchemaRef, Rows)> {
                     message: format!("--watch needs a directory; {} is not one", dir.display()),
                 });
             }
-            // The schema is the first file's: wait for one.
             let mut watched = Watched {
                 dir: dir.clone(),
                 every: *every,
@@ -204,15 +220,38 @@ fn rows_of(input: &Input, order_by: Option<&str>) -> Result<(SchemaRef, Rows)> {
                 current: None,
                 schema: None,
             };
-            let first = loop {
-                match watched.next_file()? {
-                    Some(f) => break f,
-                    None => std::thread::sleep(*every),
+            // Resumed: the files before the one it was reading are done;
+            // of that one (if it is still there), the rows read are.
+            let mut first = None;
+            if let Some((name, rows)) = at_file {
+                let name = std::ffi::OsString::from(name);
+                watched.read = watched
+                    .listed()?
+                    .into_iter()
+                    .filter(|n| *n <= name)
+                    .collect();
+                let path = dir.join(&name);
+                watched.last = Some(name);
+                if path.exists() {
+                    first = Some((path, rows));
                 }
+            }
+            // The schema is the first file's: wait for one.
+            let (first, rows) = match first {
+                Some(f) => f,
+                None => loop {
+                    match watched.next_file()? {
+                        Some(f) => break (f, 0),
+                        None => std::thread::sleep(*every),
+                    }
+                },
             };
             let t = table::open(&path_text(&first)?)?;
             watched.schema = Some(t.schema.clone());
-            watched.current = Some(Box::new(arrivals(t)));
+            watched.current = Some(Box::new(Skipped {
+                inner: arrivals(t),
+                left: rows,
+            }));
             Ok((
                 watched
                     .schema
@@ -234,6 +273,12 @@ fn rows_of(input: &Input, order_by: Option<&str>) -> Result<(SchemaRef, Rows)> {
                 Some(column) => Box::new(sorted(rows, column)?.into_iter().map(Ok)),
                 None => rows,
             };
+            // Skipped before paced: a resumed replay does not wait out the
+            // rows it passes over.
+            let rows: Rows = Box::new(Skipped {
+                inner: rows,
+                left: skip,
+            });
             let rows: Rows = match rate {
                 Some(r) => Box::new(Paced::new(rows, *r)),
                 None => rows,
@@ -301,8 +346,8 @@ struct Watched {
 }
 
 impl Watched {
-    /// The next file to read, if one has arrived.
-    fn next_file(&mut self) -> Result<Option<PathBuf>> {
+    /// The Parquet files in the directory now, in name order.
+    fn listed(&self) -> Result<Vec<std::ffi::OsString>> {
         let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -312,6 +357,14 @@ impl Watched {
             })
             .collect();
         names.sort();
+        Ok(names)
+    }
+
+    /// The next file to read, if one has arrived.
+    fn next_file(&mut self) -> Result<Option<PathBuf>> {
+        let names = self.listed()?;
+        // Files read and since removed (archived) are forgotten.
+        self.read.retain(|n| names.binary_search(n).is_ok());
         let next = match &self.last {
             None => names.into_iter().next(),
             Some(last) => {
