@@ -92,6 +92,8 @@ struct LeaderSide {
     predictions: Option<predictions::PredictionSink>,
     service: Option<service::Service>,
     rows_before: u64,
+    /// The checkpoint directory's lock, held while the stream runs.
+    _lock: Option<std::fs::File>,
 }
 
 /// Runs a stream job on `cluster`; the summary comes back on process 0.
@@ -228,6 +230,10 @@ fn canonical(path: &std::path::Path) -> String {
 /// checkpoint a resumed job continues from.
 fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<LeaderSide> {
     let p = &job.pipeline;
+    let lock = match &p.output.checkpoint {
+        Some(c) => Some(lock(&c.dir)?),
+        None => None,
+    };
     let resumed = match (&p.output.checkpoint, job.resume) {
         (None, true) => {
             return Err(Error::Usage {
@@ -383,7 +389,33 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
         predictions,
         service,
         rows_before: rows_done,
+        _lock: lock,
     })
+}
+
+/// Locks the checkpoint directory `dir` (created if need be) for this run:
+/// two streams writing one directory would interleave their checkpoints.
+fn lock(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Usage {
+            option: "output.checkpoint".into(),
+            message: format!(
+                "another run is using {} (it holds {}): stop it first, or use another directory",
+                dir.display(),
+                path.display()
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
 }
 
 /// The class names of a classifier, as the pipeline gives them.
