@@ -24,6 +24,8 @@ const PIPELINE: &str = "pipelines/nycflights.toml";
 fn settings(extra: &[&str]) -> Vec<String> {
     let mut v = vec![
         "--set".to_string(),
+        "stream.snapshot_every=1".into(),
+        "--set".into(),
         "stream.batch_rows=20000".into(),
         "--set".into(),
         "stream.order_by=\"time_hour\"".into(),
@@ -354,6 +356,8 @@ fn sigterm_stops_a_live_stream_at_a_batch_end_with_a_loadable_snapshot() {
         .arg(&model)
         .args([
             "--set",
+            "stream.snapshot_every=1",
+            "--set",
             "stream.batch_rows=3000",
             "--set",
             &format!("output.checkpoint=\"{}\"", ck.display()),
@@ -441,7 +445,7 @@ fn a_bad_value_fails_with_its_location_and_writes_nothing_half() {
     std::fs::write(
         &pipeline,
         format!(
-            "[data]\ntrain = \"{}\"\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n[optimizer]\nkind = \"sgd\"\nbatch_size = 100\n[stream]\nbatch_rows = 1000\n",
+            "[data]\ntrain = \"{}\"\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n[optimizer]\nkind = \"sgd\"\nbatch_size = 100\n[stream]\nbatch_rows = 1000\nsnapshot_every = 1\n",
             data.display()
         ),
     )
@@ -467,8 +471,7 @@ fn a_bad_value_fails_with_its_location_and_writes_nothing_half() {
     assert!(common::hidden_beside(dir.path(), "m.json").is_empty());
 }
 
-/// Rows `from..from + n` of nycflights13 written to `path` (whole, then
-/// renamed into place unless `hidden`).
+/// Rows `from..from + n` of nycflights13 written to `path`.
 fn nyc_part(path: &Path, from: usize, n: usize) {
     let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();
     let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
@@ -483,6 +486,15 @@ fn nyc_part(path: &Path, from: usize, n: usize) {
     let mut w = parquet::arrow::ArrowWriter::try_new(out, part.schema(), None).unwrap();
     w.write(&part).unwrap();
     w.close().unwrap();
+}
+
+/// [`nyc_part`] as a writer into a watched directory does it: written
+/// under a hidden name, then renamed into place.
+fn nyc_arrive(path: &Path, from: usize, n: usize) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let hidden = path.with_file_name(format!(".{name}.tmp"));
+    nyc_part(&hidden, from, n);
+    std::fs::rename(&hidden, path).unwrap();
 }
 
 /// The model's `stream.rows`, once it exists.
@@ -514,6 +526,8 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
         "--metrics-addr".into(),
         format!("127.0.0.1:{port}"),
         "--set".into(),
+        "stream.snapshot_every=1".into(),
+        "--set".into(),
         "stream.batch_rows=5000".into(),
         // A file's tail shorter than a batch is trained after 0.2 s.
         "--set".into(),
@@ -539,19 +553,24 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
     wait_until("the second file trained", || {
         snapshot_rows(&model) == Some(20000)
     });
-    nyc_part(&inbox.join("part-002.parquet"), 20000, 7000);
+    nyc_arrive(&inbox.join("part-002.parquet"), 20000, 7000);
     wait_until("the third file trained", || {
         snapshot_rows(&model) == Some(27000)
     });
 
-    // A real HTTP client scrapes the gauges.
-    let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
-    assert!(body.contains("tidemill_stream_rows_total 27000"), "{body}");
+    // A real HTTP client scrapes the gauges (set just after the snapshot).
+    let scrape = || {
+        ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    wait_until("the gauges of the third file", || {
+        scrape().contains("tidemill_stream_rows_total 27000")
+    });
+    let body = scrape();
     assert!(body.contains("tidemill_stream_snapshots_total"), "{body}");
     assert!(
         body.contains("# TYPE tidemill_stream_progressive_loss gauge"),
@@ -568,7 +587,12 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
     let out = stream(
         &inbox.display().to_string(),
         &replay,
-        &["--set".into(), "stream.batch_rows=5000".into()],
+        &[
+            "--set".into(),
+            "stream.batch_rows=5000".into(),
+            "--set".into(),
+            "stream.snapshot_every=1".into(),
+        ],
         None,
     );
     ok(&out, "replay of the directory");
@@ -585,7 +609,7 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
     // arrived: only the new one is read, whole.
     std::fs::remove_file(inbox.join("part-000.parquet")).unwrap();
     std::fs::remove_file(inbox.join("part-001.parquet")).unwrap();
-    nyc_part(&inbox.join("part-003.parquet"), 27000, 3000);
+    nyc_arrive(&inbox.join("part-003.parquet"), 27000, 3000);
     let mut resumed_args = args.clone();
     let i = resumed_args
         .iter()
@@ -624,6 +648,8 @@ fn sigterm_to_any_process_of_an_idle_stream_stops_them_all() {
                 model.display().to_string(),
                 "--set".into(),
                 "stream.batch_rows=4000".into(),
+                "--set".into(),
+                "stream.snapshot_every=1".into(),
                 "-n".into(),
                 "2".into(),
                 "-p".into(),

@@ -50,15 +50,21 @@ pub struct StreamSpec {
     pub passes: u32,
     /// A replay's rows are sorted by this column (stable) before they flow.
     pub order_by: Option<String>,
-    /// A snapshot of the model every this many batches (default 1).
-    pub snapshot_every: u64,
-    /// A snapshot at least this often (seconds), at a batch's end.
-    pub snapshot_seconds: Option<f64>,
+    /// A snapshot of the model every this many batches (default: none by
+    /// count).
+    pub snapshot_every: Option<u64>,
+    /// A snapshot at least this often (seconds, default 1), at a batch's
+    /// end.
+    pub snapshot_seconds: f64,
     /// Numbered snapshots `model-NNNNNN.json` kept beside the model file
     /// (default 0: none).
     pub snapshot_keep: usize,
     /// Batches in the rolling progressive metrics (default 10).
     pub rolling_batches: usize,
+    /// Keep every row's score for the whole stream's exact AUC in the
+    /// summary (16 bytes a row; default true). Off, memory is bounded by
+    /// the batch however long the stream runs.
+    pub stream_auc: bool,
 }
 
 /// What to do with null, NaN or infinite feature values.
@@ -691,10 +697,14 @@ fn stream_spec(r: &RawStream) -> Result<StreamSpec> {
         batch_seconds: seconds("stream.batch_seconds", r.batch_seconds)?,
         passes: count("stream.passes", r.passes, 1, 1)?.min(i64::from(u32::MAX)) as u32,
         order_by: r.order_by.clone(),
-        snapshot_every: count("stream.snapshot_every", r.snapshot_every, 1, 1)? as u64,
-        snapshot_seconds: seconds("stream.snapshot_seconds", r.snapshot_seconds)?,
+        snapshot_every: match r.snapshot_every {
+            Some(n) => Some(count("stream.snapshot_every", Some(n), 1, 1)? as u64),
+            None => None,
+        },
+        snapshot_seconds: seconds("stream.snapshot_seconds", r.snapshot_seconds)?.unwrap_or(1.0),
         snapshot_keep: count("stream.snapshot_keep", r.snapshot_keep, 0, 0)? as usize,
         rolling_batches: count("stream.rolling_batches", r.rolling_batches, 10, 1)? as usize,
+        stream_auc: r.stream_auc.unwrap_or(true),
     })
 }
 

@@ -46,6 +46,8 @@ pub struct RawStream {
     pub snapshot_keep: Option<i64>,
     /// Batches in the rolling progressive metrics.
     pub rolling_batches: Option<i64>,
+    /// Keep every score for the whole stream's AUC.
+    pub stream_auc: Option<bool>,
 }
 
 /// One path or a list of paths.

@@ -398,6 +398,8 @@ impl Leader {
             return Ok(None);
         };
         let mut raw_spec = self.spec.clone();
+        // The numeric columns only: nothing is hashed twice.
+        raw_spec.categorical.clear();
         for f in &mut raw_spec.numeric {
             f.fill = f64::NAN;
         }

@@ -200,6 +200,7 @@ fn identity(p: &Pipeline, input: &Input) -> Result<String> {
                 "snapshot_seconds",
                 "snapshot_keep",
                 "rolling_batches",
+                "stream_auc",
             ] {
                 s.remove(k);
             }
@@ -297,7 +298,7 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
     let (spec, state, stats, at) = match resumed.as_ref() {
         Some(r) => (
             r.spec.clone(),
-            r.state.clone(),
+            r.replica_state(),
             r.stats.clone(),
             Position {
                 batches: r.batches,

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{EvalPartial, Metrics};
 use crate::model::file::{StreamStamp, TrainingSummary};
 use crate::spec::Pipeline;
+use crate::strategy::snapshot::Stored;
 
 /// The version of [`Saved`]'s layout.
 pub const STREAM_PAYLOAD_VERSION: u32 = 1;
@@ -44,8 +45,14 @@ pub struct Saved {
     pub spec: FeatureSpec,
     /// The statistics' state.
     pub stats: Statistics,
-    /// The model.
-    pub state: ReplicaState,
+    /// The model's parameters and optimizer state, sparse where few
+    /// coordinates are set (a wide hashed model costs what its live
+    /// weights cost).
+    pub model: Stored,
+    /// Lazy updates: the clock's stamps.
+    pub clock: Vec<crate::optim::lazy::Stamp>,
+    /// Optimizer steps.
+    pub steps: u64,
     /// Progressive validation over the whole stream.
     pub cumulative: EvalPartial,
     /// And over the last batches.
@@ -64,8 +71,8 @@ pub struct Publisher {
     model: Option<PathBuf>,
     metrics: Option<std::io::BufWriter<std::fs::File>>,
     store: Option<(Store, usize)>,
-    every: u64,
-    seconds: Option<Duration>,
+    every: Option<u64>,
+    seconds: Duration,
     keep: usize,
     last_snapshot: Instant,
     /// Progressive validation over the whole stream, less the scores the
@@ -161,12 +168,12 @@ impl Publisher {
             model: pipeline.output.model.clone(),
             metrics,
             store,
-            every: s.snapshot_every.max(1),
-            seconds: s.snapshot_seconds.map(Duration::from_secs_f64),
+            every: s.snapshot_every,
+            seconds: Duration::from_secs_f64(s.snapshot_seconds),
             keep: s.snapshot_keep,
             last_snapshot: Instant::now(),
             cumulative: resumed.map_or_else(fresh, |r| r.cumulative.clone()),
-            scores: resumed.is_none().then(Vec::new),
+            scores: (resumed.is_none() && s.stream_auc).then(Vec::new),
             rolling: resumed.map_or_else(VecDeque::new, |r| r.rolling.iter().cloned().collect()),
             snapshots: resumed.map_or(0, |r| r.snapshots),
             trained_rows: resumed.map_or(0, |r| r.trained_rows),
@@ -196,10 +203,10 @@ impl Publisher {
             a.merge(e.clone());
             a
         });
-        let due = self.batches.is_multiple_of(self.every)
-            || self
-                .seconds
-                .is_some_and(|s| self.last_snapshot.elapsed() >= s);
+        let due = self
+            .every
+            .is_some_and(|n| self.batches.is_multiple_of(n.max(1)))
+            || self.last_snapshot.elapsed() >= self.seconds;
         if due {
             self.publish(at)?;
         }
@@ -299,6 +306,7 @@ impl Publisher {
             }
         }
         if let Some((store, keep)) = &self.store {
+            let (model, clock, steps) = at.replica.stored();
             let saved = Saved {
                 version: STREAM_PAYLOAD_VERSION,
                 identity: self.identity.clone(),
@@ -308,7 +316,9 @@ impl Publisher {
                 step: at.step,
                 spec: at.spec.clone(),
                 stats: at.stats.clone(),
-                state: at.replica.state(),
+                model,
+                clock,
+                steps,
                 cumulative: self.cumulative.clone(),
                 rolling: self.rolling.iter().cloned().collect(),
                 snapshots: self.snapshots,
@@ -334,6 +344,21 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+}
+
+impl Saved {
+    /// The model's state as a replica starts from it.
+    pub fn replica_state(&self) -> ReplicaState {
+        let s = self.model.read();
+        ReplicaState {
+            theta: s.params,
+            opt: s.state,
+            live: s.live,
+            lazy: s.lazy,
+            clock: self.clock.clone(),
+            steps: self.steps,
+        }
     }
 }
 

@@ -170,6 +170,27 @@ impl Replica {
         }
     }
 
+    /// The state as a checkpoint keeps it (call at a batch boundary): only
+    /// the live and dense coordinates are looked at, every other one being
+    /// quiescent (zero weight and state, stamp 0), so a wide hashed model
+    /// costs what its live weights cost.
+    pub fn stored(&self) -> (crate::strategy::snapshot::Stored, Vec<Stamp>, u64) {
+        let mut candidates: Vec<usize> = self.live.indices().to_vec();
+        candidates.extend_from_slice(self.roles.dense_indices());
+        candidates.sort_unstable();
+        candidates.dedup();
+        let stored = crate::strategy::snapshot::Stored::of(
+            0,
+            self.model.params(),
+            &self.opt,
+            None,
+            self.live.indices(),
+            self.lazy.as_ref().map(|l| l.current_at()),
+            Some(&candidates),
+        );
+        (stored, self.clock.stamps(), self.steps)
+    }
+
     /// Puts into the parameters the current value of every weight the rows
     /// of `block` read, remembering the stored ones ([`Replica::unpeek`]).
     fn peek(&mut self, block: &Block) {
