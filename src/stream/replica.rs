@@ -5,7 +5,7 @@
 //!
 //! Lazy updates keep their stored state the same on every worker too: a
 //! worker that reads a weight its rows touch computes the weight's current
-//! value from the stored one and the clock ([`Replica::peek`]) and puts the
+//! value from the stored one and the clock (`Replica::peek`) and puts the
 //! stored value back afterwards, so what is stored changes only in
 //! [`Replica::step`], which every worker takes alike. Every batch ends with
 //! every weight brought up to date ([`Replica::flush`]).
