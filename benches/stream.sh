@@ -61,7 +61,8 @@ if [ -f "$BENCH_DATA/dense_truth.json" ]; then
 fi
 
 STREAM="$BIN stream --log warn"
-FINAL="--set stream.snapshot_every=1000000"
+# Only the final snapshot (neither by count nor by time during the run).
+FINAL="--set stream.snapshot_every=1000000 --set stream.snapshot_seconds=1000000"
 
 echo "== inputs for sections 1, 3 and 4"
 T prep "$W" "$BENCH_DATA"
@@ -72,7 +73,7 @@ for rep in $(seq "$REPS"); do
   run nyc vw "$rep" "$PY benches/peers/peers.py nyc-vw-stream --runs 1"
   run nyc tm-w2 "$rep" "$STREAM benches/stream_nyc.toml --input $NYC -w 2 --model-out $W/nyc.json $FINAL"
   run nyc river "$rep" "$PY benches/peers/peers.py nyc-river-stream --runs 1"
-  run nyc tm-w1-snap "$rep" "$STREAM benches/stream_nyc.toml --input $NYC -w 1 --model-out $W/nyc.json"
+  run nyc tm-w1-snap "$rep" "$STREAM benches/stream_nyc.toml --input $NYC -w 1 --model-out $W/nyc.json --set stream.snapshot_every=1"
   run nyc tm-fixed "$rep" "$STREAM benches/stream_nyc.toml --input $W/nyc_4k.parquet -w 1 --model-out $W/nyc.json $FINAL"
   run nyc tm-w1-fast "$rep" "$STREAM benches/stream_nyc.toml --input $NYC -w 1 --model-out $W/nyc.json $FINAL --set optimizer.batch_size=256 --set optimizer.learning_rate=4"
 done
@@ -143,7 +144,7 @@ SNAP="$STREAM benches/stream_nyc.toml --input $NYC -w 1 --model-out $W/model.jso
 for rep in $(seq "$REPS"); do
   for v in final every final-ck every-ck; do
     rm -rf "$W/ck" "$W/model.json"
-    args=""
+    args="--set stream.snapshot_every=1"
     case $v in final*) args="$FINAL" ;; esac
     case $v in *-ck) args="$args --set output.checkpoint=$W/ck" ;; esac
     run snap "$v" "$rep" "$SNAP $args"
