@@ -62,8 +62,7 @@ pub struct StreamSpec {
     /// Batches in the rolling progressive metrics (default 10).
     pub rolling_batches: usize,
     /// Keep every row's score for the whole stream's exact AUC in the
-    /// summary (16 bytes a row; default true). Off, memory is bounded by
-    /// the batch however long the stream runs.
+    /// summary (16 bytes a row; default true); off for endless streams.
     pub stream_auc: bool,
 }
 
