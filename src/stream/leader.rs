@@ -271,25 +271,16 @@ impl Leader {
     /// carries a stop request from any process to the leader (an empty
     /// step changes nothing in the model).
     pub fn heartbeat(&mut self) -> Vec<StepIn> {
-        let step = self.step;
-        self.step += 1;
-        (0..self.workers)
-            .map(|w| StepIn {
-                to: w as u32,
-                step,
-                batch: self.batches,
-                last_in_batch: false,
-                score: false,
-                chunks: Vec::new(),
-                start: None,
-                spec: None,
-                failure: None,
-            })
-            .collect()
+        self.empty_step(None)
     }
 
     /// Tells every worker that the stream failed with `f`, at the next step.
     pub fn failed(&mut self, f: &Failure) -> Vec<StepIn> {
+        self.empty_step(Some(f.clone()))
+    }
+
+    /// A step without rows for every worker, carrying `failure` if given.
+    fn empty_step(&mut self, failure: Option<Failure>) -> Vec<StepIn> {
         let step = self.step;
         self.step += 1;
         (0..self.workers)
@@ -302,7 +293,7 @@ impl Leader {
                 chunks: Vec::new(),
                 start: None,
                 spec: None,
-                failure: Some(f.clone()),
+                failure: failure.clone(),
             })
             .collect()
     }

@@ -224,7 +224,9 @@ impl Publisher {
                 "snapshot": due.then_some(self.snapshots),
                 "seconds": self.started.elapsed().as_secs_f64(),
             });
-            let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
+            let text = serde_json::to_string(&line).map_err(|e| {
+                Error::Internal(format!("cannot write a batch's metrics line: {e}"))
+            })? + "\n";
             out.write_all(text.as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::Output {
