@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use tidemill::cli::{self, Cli};
 
+/// mimalloc rather than glibc's malloc: glibc raises its mmap threshold to
+/// the size of the largest freed block, so the multi-megabyte buffers of
+/// Arrow record batches then come from the heap and a long stream's peak RSS
+/// grew with its length (docs/streaming.md, "Backpressure and memory").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
