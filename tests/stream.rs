@@ -215,42 +215,15 @@ fn replay_and_stdin_on_any_worker_count_give_the_same_model() {
     );
 
     // Two processes, one worker each.
-    let hosts = hostfile(dir.path(), 2);
-    let children: Vec<_> = (0..2)
-        .map(|i| {
-            let m = model(&format!("p{i}"));
-            let mut args: Vec<String> = vec![
-                "stream".into(),
-                PIPELINE.into(),
-                "--input".into(),
-                data.into(),
-                "--model-out".into(),
-                m.display().to_string(),
-                "-n".into(),
-                "2".into(),
-                "-p".into(),
-                i.to_string(),
-                "--hostfile".into(),
-                hosts.display().to_string(),
-            ];
-            args.extend(settings(&[]));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            start(&args, &[])
-        })
-        .collect();
-    for (i, c) in children.into_iter().enumerate() {
-        let out = finish(c, Duration::from_secs(120));
-        assert!(
-            out.status.success(),
-            "process {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let p0 = on_two_processes(dir.path(), "p", data, &[]);
     assert!(
-        weights(&model("p0")) == weights(&model("w1")),
+        weights(&p0) == weights(&model("w1")),
         "2 processes: the model differs"
     );
-    assert!(!model("p1").exists(), "process 1 wrote a model");
+    assert!(
+        !dir.path().join("p-p1.json").exists(),
+        "process 1 wrote a model"
+    );
 }
 
 fn checkpoints(dir: &Path) -> usize {
@@ -259,6 +232,28 @@ fn checkpoints(dir: &Path) -> usize {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmck"))
             .count()
     })
+}
+
+/// A replay of nycflights13 with `args`, paced so that it is mid-way when
+/// `ck` holds three checkpoints, killed with SIGKILL there.
+fn killed_after_three_checkpoints(model: &Path, ck: &Path, args: &[String]) {
+    let mut a: Vec<String> = vec![
+        "stream".into(),
+        PIPELINE.into(),
+        "--input".into(),
+        "datasets/nycflights13.parquet".into(),
+        "--model-out".into(),
+        model.display().to_string(),
+        "--rate".into(),
+        "100000".into(),
+    ];
+    a.extend_from_slice(args);
+    let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+    let child = start(&argv, &[]);
+    wait_until("three checkpoints", || checkpoints(ck) >= 3);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), None, "it ended before the kill");
 }
 
 #[test]
@@ -286,23 +281,7 @@ fn a_stream_killed_mid_way_resumes_to_the_uninterrupted_model() {
     );
 
     // Replay: killed after a few checkpoints (paced so that it is mid-way).
-    let mut a: Vec<String> = vec![
-        "stream".into(),
-        PIPELINE.into(),
-        "--input".into(),
-        "datasets/nycflights13.parquet".into(),
-        "--model-out".into(),
-        model.display().to_string(),
-        "--rate".into(),
-        "100000".into(),
-    ];
-    a.extend(args(&ck));
-    let argv: Vec<&str> = a.iter().map(String::as_str).collect();
-    let child = start(&argv, &[]);
-    wait_until("three checkpoints", || checkpoints(&ck) >= 3);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.status.code(), None, "it ended before the kill");
+    killed_after_three_checkpoints(&model, &ck, &args(&ck));
     let resumed = ok(
         &stream(
             "datasets/nycflights13.parquet",
@@ -628,17 +607,21 @@ fn a_watched_directory_reads_each_renamed_file_once_and_serves_its_metrics() {
     assert_eq!(summary["rows"], 30000, "{summary}");
 }
 
-#[test]
-fn sigterm_to_any_process_of_an_idle_stream_stops_them_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let inbox = dir.path().join("inbox");
+/// A stream of a watched directory holding one 4000-row file, on two
+/// processes of one worker each with `extra` arguments, once that file is
+/// trained (and nothing more arrives): the two children and the model path.
+fn idle_two_process_stream(
+    dir: &Path,
+    extra: &[&str],
+) -> (Vec<std::process::Child>, std::path::PathBuf) {
+    let inbox = dir.join("inbox");
     std::fs::create_dir(&inbox).unwrap();
     nyc_part(&inbox.join("part-000.parquet"), 0, 4000);
-    let model = dir.path().join("model.json");
-    let hosts = hostfile(dir.path(), 2);
+    let model = dir.join("model.json");
+    let hosts = hostfile(dir, 2);
     let children: Vec<_> = (0..2)
         .map(|i| {
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "stream".into(),
                 PIPELINE.into(),
                 "--input".into(),
@@ -657,11 +640,19 @@ fn sigterm_to_any_process_of_an_idle_stream_stops_them_all() {
                 "--hostfile".into(),
                 hosts.display().to_string(),
             ];
+            args.extend(extra.iter().map(|a| a.to_string()));
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             start(&argv, &[])
         })
         .collect();
     wait_until("the file trained", || snapshot_rows(&model) == Some(4000));
+    (children, model)
+}
+
+#[test]
+fn sigterm_to_any_process_of_an_idle_stream_stops_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (children, _) = idle_two_process_stream(dir.path(), &[]);
     // Nothing more arrives; process 1 (not the one reading) is asked to stop.
     kill(Pid::from_raw(children[1].id() as i32), Signal::SIGTERM).unwrap();
     for (i, c) in children.into_iter().enumerate() {
@@ -698,4 +689,167 @@ fn refusals_an_empty_stream_and_an_offset_without_a_checkpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--input-offset"), "{stderr}");
+}
+
+/// A stream of `data` on two processes of one worker each, with `extra`
+/// settings: process 0's model file.
+fn on_two_processes(dir: &Path, name: &str, data: &str, extra: &[&str]) -> std::path::PathBuf {
+    let hosts = hostfile(dir, 2);
+    let model = |i: usize| dir.join(format!("{name}-p{i}.json"));
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let mut args: Vec<String> = vec![
+                "stream".into(),
+                PIPELINE.into(),
+                "--input".into(),
+                data.into(),
+                "--model-out".into(),
+                model(i).display().to_string(),
+                "-n".into(),
+                "2".into(),
+                "-p".into(),
+                i.to_string(),
+                "--hostfile".into(),
+                hosts.display().to_string(),
+            ];
+            args.extend(settings(extra));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            start(&args, &[])
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = finish(c, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "{name}, process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    model(0)
+}
+
+#[test]
+fn param_server_and_model_average_streams_are_deterministic_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = "datasets/nycflights13.parquet";
+    let model = |name: &str| dir.path().join(format!("{name}.json"));
+    // FTRL with L1 and L2: lazy updates whose untouched weights move.
+    let base = [
+        "optimizer.kind=\"ftrl\"",
+        "model.l1=0.00001",
+        "model.l2=0.001",
+        "stream.batch_rows=5000",
+    ];
+    let run = |name: &str, workers: &str, extra: &[&str]| {
+        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let args = [settings(&all), vec!["-w".into(), workers.into()]].concat();
+        ok(&stream(data, &model(name), &args, None), name)
+    };
+    let allreduce = run("allreduce", "1", &[]);
+
+    // param-server: staleness 0 is allreduce; staleness 2 computes each
+    // step against the model two steps behind, the same on any count.
+    let ps = ["train.strategy=\"param-server\""];
+    run("ps0", "2", &ps);
+    assert!(weights(&model("ps0")) == weights(&model("allreduce")));
+    let stale = ["train.strategy=\"param-server\"", "train.staleness=2"];
+    let ps2 = run("ps2-w1", "1", &stale);
+    assert!(weights(&model("ps2-w1")) != weights(&model("allreduce")));
+    assert!(
+        ps2["progressive"]["loss"].as_f64() != allreduce["progressive"]["loss"].as_f64(),
+        "stale gradients left the progressive loss as it was"
+    );
+    run("ps2-w3", "3", &stale);
+    assert!(weights(&model("ps2-w3")) == weights(&model("ps2-w1")));
+    let p = on_two_processes(dir.path(), "ps2", data, &[&base[..], &stale[..]].concat());
+    assert!(weights(&p) == weights(&model("ps2-w1")), "2 processes");
+
+    // model-average: one replica is allreduce; two are averaged at every
+    // batch end and every 3 steps, the same on threads and processes.
+    let ma = ["train.strategy=\"model-average\"", "train.sync_every=3"];
+    run("ma-w1", "1", &ma);
+    assert!(weights(&model("ma-w1")) == weights(&model("allreduce")));
+    let ma2 = run("ma-w2", "2", &ma);
+    assert!(weights(&model("ma-w2")) != weights(&model("allreduce")));
+    let loss = ma2["progressive"]["loss"].as_f64().unwrap();
+    let reference = allreduce["progressive"]["loss"].as_f64().unwrap();
+    assert!(
+        (loss - reference).abs() < 0.02,
+        "model-average's progressive loss {loss} is far from allreduce's {reference}"
+    );
+    let p = on_two_processes(dir.path(), "ma", data, &[&base[..], &ma[..]].concat());
+    assert!(weights(&p) == weights(&model("ma-w2")), "2 processes");
+
+    // Killed mid-way and resumed on the same count: the same model.
+    for (name, extra) in [("ps2-w2", &stale[..]), ("ma-w2", &ma[..])] {
+        ok(
+            &stream(
+                data,
+                &model(&format!("{name}-ref")),
+                &[
+                    settings(&[&base[..], extra].concat()),
+                    vec!["-w".into(), "2".into()],
+                ]
+                .concat(),
+                None,
+            ),
+            name,
+        );
+        let ck = dir.path().join(format!("{name}-ck"));
+        let ck_set = format!("output.checkpoint=\"{}\"", ck.display());
+        let all: Vec<&str> = base
+            .iter()
+            .chain(extra)
+            .copied()
+            .chain([ck_set.as_str()])
+            .collect();
+        let out_model = model(&format!("{name}-resumed"));
+        killed_after_three_checkpoints(
+            &out_model,
+            &ck,
+            &[settings(&all), vec!["-w".into(), "2".into()]].concat(),
+        );
+        ok(
+            &stream(
+                data,
+                &out_model,
+                &[
+                    settings(&all),
+                    vec!["-w".into(), "2".into(), "--resume".into()],
+                ]
+                .concat(),
+                None,
+            ),
+            &format!("{name} resumed"),
+        );
+        assert!(
+            weights(&out_model) == weights(&model(&format!("{name}-ref"))),
+            "{name} killed and resumed: the model differs"
+        );
+    }
+}
+
+#[test]
+fn a_stopped_peer_of_an_idle_stream_is_detected_within_the_peer_timeout() {
+    // SIGSTOP leaves the peer's connections open: only its silence shows.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut children, _) = idle_two_process_stream(dir.path(), &["--peer-timeout", "3"]);
+    let victim = children.pop().unwrap();
+    kill(Pid::from_raw(victim.id() as i32), Signal::SIGSTOP).unwrap();
+    let stopped_at = std::time::Instant::now();
+    let survivor = children.pop().unwrap();
+    let out = finish(survivor, Duration::from_secs(60));
+    let detected = stopped_at.elapsed();
+    let _ = kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL);
+    let _ = finish(victim, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("process 1 at") && stderr.contains("stopped answering"),
+        "{stderr}"
+    );
+    assert!(
+        detected > Duration::from_secs(2) && detected < Duration::from_secs(3 + 10),
+        "detected {detected:?} after the stop, with --peer-timeout 3"
+    );
 }

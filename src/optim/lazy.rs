@@ -330,6 +330,14 @@ impl Lazy {
         self
     }
 
+    /// Marks the coordinates `coords` current at step `t` (their weights
+    /// and state were just set to their values at `t`).
+    pub fn set_current(&mut self, coords: &[usize], t: u64) {
+        for &i in coords {
+            *self.last(i) = t;
+        }
+    }
+
     fn last(&mut self, i: usize) -> &mut u64 {
         if self.last.len() <= i {
             self.last.resize(i + 1, 0);

@@ -31,6 +31,7 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use super::replica::{Replica, ReplicaState};
+use super::sharing::{self, Sharing, SyncPart};
 use crate::data::encode::{decode, ClassMap, FeatureSpec, LabelUse, Origin};
 use crate::dataflow::rounds::Rounds;
 use crate::dataflow::{Failure, Partial};
@@ -136,6 +137,9 @@ pub struct StepIn {
     pub batch: u64,
     /// The batch's last step (of its last pass).
     pub last_in_batch: bool,
+    /// Nothing after this step is computed before it is applied (a batch's
+    /// last step, a model-average sync, an empty step).
+    pub barrier: bool,
     /// First pass: score the rows before training on them.
     pub score: bool,
     /// The rows, by chunk ([`super::leader::CHUNK_ROWS`]).
@@ -160,7 +164,9 @@ pub struct GradOut {
     pub batch: u64,
     /// The batch's last step.
     pub last_in_batch: bool,
-    /// The gradient partial (none without rows).
+    /// A barrier ([`StepIn::barrier`]).
+    pub barrier: bool,
+    /// The gradient partial (none without rows, or for a local replica).
     pub grad: Option<Partial>,
     /// Exact loss sum.
     pub loss: Wide,
@@ -174,6 +180,8 @@ pub struct GradOut {
     pub stop: bool,
     /// The worker failed.
     pub failure: Option<Failure>,
+    /// A local replica at a barrier.
+    pub sync: Option<Box<SyncPart>>,
 }
 
 /// A worker's predictions of one step's rows (`--predictions-out`), to the
@@ -233,6 +241,14 @@ pub struct Shared {
     pub ends: Vec<BatchEnd>,
     /// Predictions by step (on the leader), as they arrive.
     pub scores: std::collections::BTreeMap<u64, Vec<Scores>>,
+    /// How the workers share the model.
+    sharing: Option<Sharing>,
+    /// The last step this worker computed.
+    computed: Option<u64>,
+    /// The last barrier step it computed.
+    barrier: Option<u64>,
+    /// A local replica: rows and optimizer steps since the last barrier.
+    since: (u64, u64),
     /// The batch in progress: progressive validation, loss, rows.
     eval: EvalPartial,
     loss: Wide,
@@ -251,9 +267,17 @@ pub struct Handles {
 
 /// Builds the stream's dataflow on this worker; with `predict`, every
 /// worker sends the leader its predictions of each scored step.
-pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Handles {
+pub fn build(
+    worker: &mut Worker,
+    pipeline: Arc<Pipeline>,
+    sharing: Sharing,
+    predict: bool,
+) -> Handles {
     let index = worker.index();
-    let shared: Rc<RefCell<Shared>> = Rc::default();
+    let shared: Rc<RefCell<Shared>> = Rc::new(RefCell::new(Shared {
+        sharing: Some(sharing),
+        ..Shared::default()
+    }));
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let (steps_state, apply_state, scores_state) =
@@ -262,8 +286,13 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
     worker.dataflow::<u64, _, _>(|scope| {
         let steps_activator = Rc::new(RefCell::new(None));
         let wake = Rc::clone(&steps_activator);
+        // `steps` wakes `apply`: a stale step may be applied once the step
+        // that reads it was computed.
+        let apply_activator: Rc<RefCell<Option<timely::scheduling::Activator>>> =
+            Rc::new(RefCell::new(None));
+        let wake_apply = Rc::clone(&apply_activator);
         let rows = scope.input_from(&mut input);
-        let scope2 = scope;
+        let (scope2, scope3) = (scope, scope);
         let out = rows
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<StepOut>>, _, _, _>(
                 Exchange::new(|m: &StepIn| u64::from(m.to)),
@@ -281,7 +310,8 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
                                         let starts = msgs
                                             .iter()
                                             .any(|m| m.start.is_some() || m.failure.is_some());
-                                        (s.replica.is_some() && s.next == t) || starts
+                                        let needs = sharing.needs_applied(t, s.barrier);
+                                        (s.replica.is_some() && s.next >= needs) || starts
                                     }
                                     None => false,
                                 }
@@ -298,6 +328,9 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
                             session.give(StepOut::Grad(Box::new(grad)));
                             if let Some(s) = scores {
                                 session.give(StepOut::Scores(s));
+                            }
+                            if let Some(a) = wake_apply.borrow().as_ref() {
+                                a.activate();
                             }
                         }
                     }
@@ -320,11 +353,26 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
                 Local,
                 "StreamApply",
-                move |_cap, _info| {
+                move |_cap, info| {
+                    *apply_activator.borrow_mut() = Some(scope3.activator_for(info.address));
                     let mut rounds: Rounds<GradOut> = Rounds::default();
                     move |(input, frontier), output| {
                         input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
-                        while let Some((t, _cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                        loop {
+                            let may = {
+                                let s = apply_state.borrow();
+                                rounds.ready(frontier.frontier()).is_some_and(|(t, _)| {
+                                    s.failure.is_some()
+                                        || sharing.may_apply(t, s.computed, s.barrier)
+                                })
+                            };
+                            if !may {
+                                break;
+                            }
+                            let Some((t, _cap, msgs)) = rounds.pop_ready(frontier.frontier())
+                            else {
+                                break;
+                            };
                             apply(&mut apply_state.borrow_mut(), t, msgs);
                             if let Some(a) = wake.borrow().as_ref() {
                                 a.activate();
@@ -355,11 +403,14 @@ fn one_step(
 ) -> (GradOut, Option<Scores>) {
     let head = msgs.first().cloned();
     let stop = crate::io::signals::stop_requested().is_some();
+    let barrier = head.as_ref().is_some_and(|m| m.barrier);
     let mut out = GradOut {
         from: index as u32,
         step: head.as_ref().map_or(0, |m| m.step),
         batch: head.as_ref().map_or(0, |m| m.batch),
         last_in_batch: head.as_ref().is_some_and(|m| m.last_in_batch),
+        barrier,
+        sync: None,
         grad: None,
         loss: Wide::default(),
         rows: 0,
@@ -373,6 +424,10 @@ fn one_step(
         step: out.step,
         rows: Vec::new(),
     });
+    s.computed = Some(out.step);
+    if barrier {
+        s.barrier = Some(out.step);
+    }
     if let Some(f) = msgs.iter().find_map(|m| m.failure.clone()) {
         s.failure.get_or_insert(f);
     }
@@ -380,7 +435,10 @@ fn one_step(
         out.failure = Some(f);
         return (out, scores);
     }
-    match step_rows(p, s, msgs, predict) {
+    match step_rows(p, s, msgs, predict).and_then(|(partial, maps)| {
+        let local = matches!(s.sharing, Some(Sharing::Local { .. }));
+        local_step(s, &mut out, partial, local, index).map(|partial| (partial, maps))
+    }) {
         Ok((partial, maps)) => {
             if let Some(sc) = scores.as_mut() {
                 for (map, chunk) in maps.iter().zip(&partial.predictions) {
@@ -401,6 +459,38 @@ fn one_step(
         }
     }
     (out, scores)
+}
+
+/// A local replica (model-average) steps on its own partial at once; at a
+/// barrier it is brought up to date and goes to every worker in `out.sync`.
+/// Replicas (`local` false) leave the partial to [`apply`].
+fn local_step(
+    s: &mut Shared,
+    out: &mut GradOut,
+    mut partial: super::replica::StepPartial,
+    local: bool,
+    index: usize,
+) -> Result<super::replica::StepPartial, Error> {
+    if !local {
+        return Ok(partial);
+    }
+    let Some(replica) = s.replica.as_mut() else {
+        return Err(Error::Internal(format!(
+            "stream step {} came before the start",
+            out.step
+        )));
+    };
+    if let Some(grad) = partial.grad.take() {
+        replica.step(vec![grad], partial.rows, partial.bound, out.batch, out.step)?;
+        s.since.0 += partial.rows;
+        s.since.1 += 1;
+    }
+    if out.barrier {
+        replica.flush();
+        let (rows, steps) = std::mem::take(&mut s.since);
+        out.sync = Some(Box::new(replica.sync_part(index as u32, rows, steps)));
+    }
+    Ok(partial)
 }
 
 /// For each input row of a chunk, its row in the decoded block (`None`:
@@ -477,7 +567,8 @@ fn step_rows(
     Ok((partial, maps))
 }
 
-/// Sums every worker's partial of step `t` and steps the replica.
+/// Sums every worker's partial of step `t` and steps the replica (a local
+/// replica: installs the replicas' mean at a barrier).
 fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
     if msgs.iter().any(|m| m.stop) {
         s.stop_seen = true;
@@ -494,6 +585,7 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
     };
     let (batch, last) = (head.batch, head.last_in_batch);
     let mut partials = Vec::new();
+    let mut syncs = Vec::new();
     let (mut rows, mut bound, mut loss) = (0u64, Bound::default(), Wide::default());
     for m in msgs {
         rows += m.rows;
@@ -508,7 +600,11 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
         if let Some(g) = m.grad {
             partials.push(g);
         }
+        if let Some(part) = m.sync {
+            syncs.push(*part);
+        }
     }
+    let local = matches!(s.sharing, Some(Sharing::Local { .. }));
     let Some(replica) = s.replica.as_mut() else {
         s.failure
             .get_or_insert(Failure::from(&Error::Internal(format!(
@@ -516,7 +612,17 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
             ))));
         return;
     };
-    if let Err(e) = replica.step(partials, rows, bound, batch, t) {
+    let stepped = if local {
+        // Each replica stepped on its own rows already.
+        match sharing::average(syncs) {
+            Ok(Some(avg)) => replica.install(&avg),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        }
+    } else {
+        replica.step(partials, rows, bound, batch, t)
+    };
+    if let Err(e) = stepped {
         s.failure.get_or_insert(Failure::from(&e));
         s.next = t + 1;
         return;

@@ -2,8 +2,8 @@
 //! batches and each batch into steps, keeps the running statistics, and
 //! sends every worker its slice of each step.
 //!
-//! Backpressure: the leader sends at most [`LOOKAHEAD`] steps beyond the
-//! last one its replica applied, and cuts batch `e + 1` only once batch `e`
+//! Backpressure: the leader sends at most a few steps beyond the last one
+//! its replica applied ([`Sharing::lookahead`]), and cuts batch `e + 1` only once batch `e`
 //! has ended; it takes rows from the source only to cut a batch. The
 //! source's reader thread holds at most a few record batches, so a
 //! producer faster than training waits on its pipe.
@@ -15,15 +15,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Piece, Rows, Start, StepIn};
+use super::sharing::Sharing;
 use super::source::{Arrival, Feed, Poll};
 use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
 use crate::data::moments::Moments;
 use crate::dataflow::Failure;
 use crate::error::Result;
 use crate::spec::{OnMissing, Pipeline};
-
-/// Steps the leader sends ahead of the last one applied.
-pub const LOOKAHEAD: u64 = 4;
 
 /// Rows of a step's chunk: a step's gradient is the exact sum of its
 /// chunks' partials, each rounded once, and workers take whole chunks, so
@@ -121,6 +119,7 @@ pub struct Leader {
     passes: u32,
     step_rows: usize,
     workers: usize,
+    sharing: Sharing,
     carry: VecDeque<Arrival>,
     carry_rows: usize,
     first_arrival: Option<Instant>,
@@ -162,11 +161,13 @@ pub struct Position {
 impl Leader {
     /// A leader over `feed` for `p` on `workers` workers, starting every
     /// worker at `start`.
+    #[allow(clippy::too_many_arguments)] // the source, the workers and where it starts
     pub fn new(
         p: &Pipeline,
         feed: Feed,
         live: bool,
         workers: usize,
+        sharing: Sharing,
         start: Start,
         stats: Statistics,
         at: Position,
@@ -180,6 +181,7 @@ impl Leader {
             passes: p.stream.passes.max(1),
             step_rows,
             workers,
+            sharing,
             carry: VecDeque::new(),
             carry_rows: 0,
             first_arrival: None,
@@ -221,7 +223,8 @@ impl Leader {
         if self.batch.is_none() && may_cut && !self.done() {
             self.cut()?;
         }
-        while self.step < applied + LOOKAHEAD {
+        let lookahead = self.sharing.lookahead(self.workers);
+        while self.step < applied + lookahead {
             let Some(cut) = self.batch.as_mut() else {
                 break;
             };
@@ -231,15 +234,23 @@ impl Leader {
             let from = (k as usize) * self.step_rows;
             let to = (from + self.step_rows).min(cut.rows);
             let last = cut.sent + 1 == total;
+            let barrier = last || self.sharing.syncs_after(cut.sent);
             let spec = if cut.sent == 0 { cut.spec.take() } else { None };
             let chunks = (to - from).div_ceil(CHUNK_ROWS);
+            let trainer = self.sharing.trainer(self.step, self.workers);
             for w in 0..self.workers {
-                let (first, end) = (chunks * w / self.workers, chunks * (w + 1) / self.workers);
+                // Each worker its share of the chunks, or one worker all.
+                let (first, end) = match trainer {
+                    None => (chunks * w / self.workers, chunks * (w + 1) / self.workers),
+                    Some(t) if t == w => (0, chunks),
+                    Some(_) => (0, 0),
+                };
                 out.push(StepIn {
                     to: w as u32,
                     step: self.step,
                     batch: cut.index,
                     last_in_batch: last,
+                    barrier,
                     score: pass == 0,
                     chunks: (first..end)
                         .map(|c| {
@@ -289,6 +300,9 @@ impl Leader {
                 step,
                 batch: self.batches,
                 last_in_batch: false,
+                // Nothing runs ahead of an empty step: the leader waits
+                // for it to be applied.
+                barrier: true,
                 score: false,
                 chunks: Vec::new(),
                 start: None,

@@ -17,6 +17,7 @@ pub mod predictions;
 pub mod publish;
 pub mod replica;
 pub mod service;
+pub mod sharing;
 pub mod source;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +29,7 @@ use timely::worker::Worker;
 use crate::checkpoint::store::Store;
 use crate::cluster::{Cluster, JobDescription};
 use crate::data::encode::FeatureSpec;
+use crate::dataflow::liveness::{self, Heartbeat, Watch};
 use crate::dataflow::Failure;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -118,6 +120,8 @@ pub fn run(job: StreamJob, cluster: &Cluster) -> Result<Option<StreamSummary>> {
         identity: serde_json::json!({ "stream": identity }),
         labels: Default::default(),
     };
+    // Several processes: a silent peer ends the stream (`--peer-timeout`).
+    let watch = Watch::of(cluster);
     let guards = cluster.execute(
         move || Ok(description),
         move |worker| {
@@ -125,7 +129,7 @@ pub fn run(job: StreamJob, cluster: &Cluster) -> Result<Option<StreamSummary>> {
                 0 => side.lock().unwrap_or_else(PoisonError::into_inner).take(),
                 _ => None,
             };
-            worker_main(worker, Arc::clone(&pipeline), predict, mine)
+            worker_main(worker, Arc::clone(&pipeline), predict, watch.as_ref(), mine)
         },
     )?;
     let mut summary = None;
@@ -164,13 +168,10 @@ fn check(p: &Pipeline) -> Result<()> {
             message: "stream takes online steps: use sgd, adagrad, ftrl, momentum or adam (L-BFGS needs all the data at once)".into(),
         });
     }
-    if p.train.strategy != Strategy::Allreduce {
+    if p.train.strategy == Strategy::ModelParallel {
         return Err(Error::PipelineValue {
             key: "train.strategy".into(),
-            message: format!(
-                "stream runs \"allreduce\" (every worker holds the model and the gradients are summed exactly); \"{}\" streams are not built yet",
-                p.train.strategy.name()
-            ),
+            message: "\"model-parallel\" streams are not built yet: use allreduce, param-server or model-average".into(),
         });
     }
     if p.model.kind == ModelKind::Softmax && p.data.classes.is_none() {
@@ -183,6 +184,14 @@ fn check(p: &Pipeline) -> Result<()> {
         tracing::info!("data.validation is not used by stream: every row is scored before it is trained on (progressive validation)");
     }
     Ok(())
+}
+
+/// How the stream's workers share the model ([`sharing::Sharing`]).
+fn sharing_of(p: &Pipeline) -> Result<sharing::Sharing> {
+    sharing::Sharing::of(p).ok_or_else(|| Error::PipelineValue {
+        key: "train.strategy".into(),
+        message: format!("\"{}\" streams hold no replicas", p.train.strategy.name()),
+    })
 }
 
 /// The job's identity: the pipeline less its outputs, and the input.
@@ -383,7 +392,16 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
         Some(addr) => Some(service::Service::start(addr)?),
         None => None,
     };
-    let leader = Leader::new(p, feed, job.input.is_live(), workers, start, stats, at);
+    let leader = Leader::new(
+        p,
+        feed,
+        job.input.is_live(),
+        workers,
+        sharing_of(p)?,
+        start,
+        stats,
+        at,
+    );
     Ok(LeaderSide {
         leader,
         publisher,
@@ -528,22 +546,41 @@ fn worker_main(
     worker: &mut Worker,
     pipeline: Arc<Pipeline>,
     predict: bool,
+    watch: Option<&Watch>,
     side: Option<LeaderSide>,
 ) -> std::result::Result<Option<StreamSummary>, Failure> {
+    // First, so that every worker builds its dataflows in the same order.
+    let mut heartbeat = watch.map(|w| Heartbeat::start(worker, w));
+    let dataflow = worker.next_dataflow_index();
     let Handles {
         mut input,
         probe,
         shared,
-    } = engine::build(worker, Arc::clone(&pipeline), predict);
+    } = engine::build(
+        worker,
+        Arc::clone(&pipeline),
+        sharing_of(&pipeline).map_err(|e| Failure::from(&e))?,
+        predict,
+    );
     let Some(mut side) = side else {
         input.close();
-        while worker.step_or_park(None) {}
+        liveness::run(worker, dataflow, heartbeat.as_mut());
+        if let Some(h) = heartbeat {
+            h.finish(worker);
+        }
         return match shared.borrow_mut().failure.take() {
             Some(f) => Err(f),
             None => Ok(None),
         };
     };
-    let result = lead(worker, &mut side, &mut input, &probe, &shared);
+    let result = lead(
+        worker,
+        &mut side,
+        &mut input,
+        &probe,
+        &shared,
+        heartbeat.as_mut(),
+    );
     if let Err(e) = &result {
         // Every worker ends with the leader's failure.
         for m in side.leader.failed(&Failure::from(e)) {
@@ -552,7 +589,10 @@ fn worker_main(
         }
     }
     drop(input);
-    while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    liveness::run(worker, dataflow, heartbeat.as_mut());
+    if let Some(h) = heartbeat {
+        h.finish(worker);
+    }
     if let Some(f) = shared.borrow_mut().failure.take() {
         return Err(f);
     }
@@ -611,6 +651,7 @@ fn lead(
     input: &mut timely::dataflow::InputHandleVec<u64, engine::StepIn>,
     probe: &timely::dataflow::ProbeHandle<u64>,
     shared: &std::rc::Rc<std::cell::RefCell<engine::Shared>>,
+    mut heartbeat: Option<&mut Heartbeat>,
 ) -> Result<Option<String>> {
     let mut last_progress = Instant::now();
     let mut last_sent = Instant::now();
@@ -682,5 +723,8 @@ fn lead(
         }
         let _ = probe;
         worker.step_or_park(Some(Duration::from_millis(1)));
+        if let Some(h) = heartbeat.as_deref_mut() {
+            h.keep_alive(worker);
+        }
     }
 }

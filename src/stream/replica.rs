@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sharing::{SparseState, SyncPart};
 use crate::data::encode::{Block, FeatureSpec};
 use crate::dataflow::{loss_message, Partial};
 use crate::error::{Error, Result};
@@ -408,6 +409,75 @@ impl Replica {
             let now = self.clock.now().t;
             self.clock.forget_before(now);
         }
+    }
+
+    /// This replica at a barrier of a local-replica stream (call after
+    /// [`Replica::flush`]), as worker `from`, having trained `rows` rows in
+    /// `local_steps` steps since the last barrier.
+    pub fn sync_part(&self, from: u32, rows: u64, local_steps: u64) -> SyncPart {
+        let mut coords: Vec<usize> = self.live.indices().to_vec();
+        coords.extend_from_slice(self.roles.dense_indices());
+        coords.sort_unstable();
+        coords.dedup();
+        let at = |v: &[f64]| -> Vec<f64> {
+            if v.is_empty() {
+                return Vec::new();
+            }
+            coords
+                .iter()
+                .map(|&i| v.get(i).copied().unwrap_or(0.0))
+                .collect()
+        };
+        let mut live = self.live.indices().to_vec();
+        live.sort_unstable();
+        SyncPart {
+            from,
+            rows,
+            local_steps,
+            state: SparseState {
+                steps: self.steps,
+                opt_t: self.opt.t,
+                theta: at(self.model.params()),
+                m: at(&self.opt.m),
+                v: at(&self.opt.v),
+                coords,
+                live,
+                clock: self.clock.stamps(),
+            },
+        }
+    }
+
+    /// Replaces this replica by the replicas' mean `avg` (every coordinate
+    /// outside `avg.coords` is zero in every replica).
+    pub fn install(&mut self, avg: &SparseState) -> Result<()> {
+        let len = self.grad.len();
+        if avg.coords.last().is_some_and(|&c| c >= len) {
+            return Err(Error::Internal(format!(
+                "an averaged stream model has a coordinate past its {len} parameters"
+            )));
+        }
+        let theta = self.model.params_mut();
+        for (k, &i) in avg.coords.iter().enumerate() {
+            theta[i] = avg.theta[k];
+        }
+        for (vector, values) in [(&mut self.opt.m, &avg.m), (&mut self.opt.v, &avg.v)] {
+            if values.is_empty() {
+                continue;
+            }
+            vector.resize(len, 0.0);
+            for (k, &i) in avg.coords.iter().enumerate() {
+                vector[i] = values[k];
+            }
+        }
+        self.live = LiveSet::from_indices(&avg.live);
+        self.clock = Clock::from_stamps(avg.clock.clone())
+            .ok_or_else(|| Error::Internal("an averaged stream clock is not whole".into()))?;
+        if let Some(lazy) = self.lazy.as_mut() {
+            lazy.set_current(&avg.coords, self.clock.now().t);
+        }
+        self.opt.t = avg.opt_t;
+        self.steps = avg.steps;
+        Ok(())
     }
 
     /// The model's kind.
