@@ -13,6 +13,11 @@
 //! replica has applied every step before `s`; `apply` sums every worker's
 //! partial of `s` once the frontier has passed `s` and steps the replica,
 //! the same on every worker. No feedback edge: `apply` wakes `steps`.
+//!
+//! `model-parallel` ([`split`]): `steps` computes the partial margins of
+//! every row of the step over the worker's block, `apply` sums them and
+//! steps the block, and at a batch end sends the block to worker 0, whose
+//! batch ends once every block is in.
 
 use std::cell::RefCell;
 use std::io::Cursor;
@@ -30,14 +35,16 @@ use timely::dataflow::operators::{Exchange as _, Input, Inspect, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
+use super::publish::WholeModel;
 use super::replica::{Replica, ReplicaState};
+use super::split::{self, BlockAt, RowMap, Split};
 use crate::data::encode::{decode, ClassMap, FeatureSpec, LabelUse, Origin};
 use crate::dataflow::rounds::Rounds;
 use crate::dataflow::{Failure, Partial};
 use crate::error::Error;
-use crate::exact::{Bound, Wide};
+use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
-use crate::spec::{ModelKind, Pipeline};
+use crate::spec::{ModelKind, Pipeline, Strategy};
 
 /// Rows in transit: a record batch, as an Arrow IPC stream between
 /// processes (moved as it is between the threads of one).
@@ -170,6 +177,9 @@ pub struct GradOut {
     pub bound: Bound,
     /// Progressive validation of the rows.
     pub eval: Option<EvalPartial>,
+    /// `model-parallel`: the partial margins of every row of the step
+    /// ([`Split::margins`]).
+    pub margins: Option<Vec<Exact>>,
     /// The process of this worker was asked to stop (SIGINT, SIGTERM).
     pub stop: bool,
     /// The worker failed.
@@ -221,6 +231,8 @@ pub struct BatchEnd {
 pub struct Shared {
     /// The model, once the start has arrived.
     pub replica: Option<Replica>,
+    /// `model-parallel`: this worker's block instead.
+    pub split: Option<Split>,
     /// The current feature spec.
     pub spec: Option<FeatureSpec>,
     /// The next step to apply.
@@ -234,9 +246,39 @@ pub struct Shared {
     /// Predictions by step (on the leader), as they arrive.
     pub scores: std::collections::BTreeMap<u64, Vec<Scores>>,
     /// The batch in progress: progressive validation, loss, rows.
-    eval: EvalPartial,
-    loss: Wide,
-    trained: u64,
+    pub(super) eval: EvalPartial,
+    pub(super) loss: Wide,
+    pub(super) trained: u64,
+}
+
+impl Shared {
+    /// True once the start has arrived.
+    fn started(&self) -> bool {
+        self.replica.is_some() || self.split.is_some()
+    }
+
+    /// The whole model (on the leader, at a batch end).
+    pub fn whole(&self) -> Option<&dyn WholeModel> {
+        match (&self.replica, &self.split) {
+            (Some(r), _) => Some(r),
+            (None, Some(s)) => s.whole().map(|w| w as &dyn WholeModel),
+            (None, None) => None,
+        }
+    }
+
+    /// The batch `batch` ended at step `t`: its progressive validation,
+    /// loss and rows, taken.
+    pub(super) fn end_batch(&mut self, batch: u64, t: u64) -> BatchEnd {
+        let eval = std::mem::replace(&mut self.eval, EvalPartial::with_label_ref(Some(0.0)));
+        BatchEnd {
+            batch,
+            next_step: t + 1,
+            rows: eval.rows,
+            eval,
+            loss: std::mem::take(&mut self.loss),
+            trained_rows: std::mem::take(&mut self.trained),
+        }
+    }
 }
 
 /// The handles a worker drives its stream with.
@@ -252,16 +294,23 @@ pub struct Handles {
 /// Builds the stream's dataflow on this worker; with `predict`, every
 /// worker sends the leader its predictions of each scored step.
 pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Handles {
-    let index = worker.index();
+    let (index, peers) = (worker.index(), worker.peers());
+    // Model-parallel: each worker sends its partial margins, and worker 0
+    // writes the predictions from the summed ones.
+    let blocks = pipeline.train.strategy == Strategy::ModelParallel;
     let shared: Rc<RefCell<Shared>> = Rc::default();
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
-    let (steps_state, apply_state, scores_state) =
-        (Rc::clone(&shared), Rc::clone(&shared), Rc::clone(&shared));
+    let (steps_state, apply_state, scores_state, blocks_state) = (
+        Rc::clone(&shared),
+        Rc::clone(&shared),
+        Rc::clone(&shared),
+        Rc::clone(&shared),
+    );
     let p = pipeline;
     worker.dataflow::<u64, _, _>(|scope| {
         let steps_activator = Rc::new(RefCell::new(None));
-        let wake = Rc::clone(&steps_activator);
+        let (wake, wake_gathered) = (Rc::clone(&steps_activator), Rc::clone(&steps_activator));
         let rows = scope.input_from(&mut input);
         let scope2 = scope;
         let out = rows
@@ -281,7 +330,7 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
                                         let starts = msgs
                                             .iter()
                                             .any(|m| m.start.is_some() || m.failure.is_some());
-                                        (s.replica.is_some() && s.next == t) || starts
+                                        (s.started() && s.next == t) || starts
                                     }
                                     None => false,
                                 }
@@ -292,8 +341,13 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
                             let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) else {
                                 break;
                             };
-                            let (grad, scores) =
-                                one_step(&p, index, &mut steps_state.borrow_mut(), msgs, predict);
+                            let (grad, scores) = one_step(
+                                &p,
+                                (index, peers),
+                                &mut steps_state.borrow_mut(),
+                                msgs,
+                                predict && !blocks,
+                            );
                             let mut session = output.session(&cap);
                             session.give(StepOut::Grad(Box::new(grad)));
                             if let Some(s) = scores {
@@ -315,27 +369,40 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
                 .or_default()
                 .push(s.clone());
         });
-        grads
+        let applied = grads
             .broadcast()
-            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<BlockAt>>, _, _, _>(
                 Local,
                 "StreamApply",
                 move |_cap, _info| {
                     let mut rounds: Rounds<GradOut> = Rounds::default();
                     move |(input, frontier), output| {
                         input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
-                        while let Some((t, _cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
-                            apply(&mut apply_state.borrow_mut(), t, msgs);
+                        while let Some((t, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                            let predict = predict && blocks && index == 0;
+                            let block = apply(&mut apply_state.borrow_mut(), t, msgs, predict);
+                            // Model-parallel batch ends: the block, for worker 0.
+                            if let Some(b) = block {
+                                output.session(&cap).give(b);
+                            }
                             if let Some(a) = wake.borrow().as_ref() {
                                 a.activate();
                             }
                         }
-                        // Nothing is sent on: the output only carries progress.
-                        let _ = output;
                     }
                 },
-            )
-            .probe_with(&probe);
+            );
+        applied
+            .clone()
+            .exchange(|_b: &BlockAt| 0)
+            .inspect(move |b: &BlockAt| {
+                if split::gathered(&mut blocks_state.borrow_mut(), b.clone()) {
+                    if let Some(a) = wake_gathered.borrow().as_ref() {
+                        a.activate();
+                    }
+                }
+            });
+        applied.probe_with(&probe);
     });
     Handles {
         input,
@@ -348,7 +415,7 @@ pub fn build(worker: &mut Worker, pipeline: Arc<Pipeline>, predict: bool) -> Han
 /// step's rows when `predict`.
 fn one_step(
     p: &Pipeline,
-    index: usize,
+    (index, peers): (usize, usize),
     s: &mut Shared,
     msgs: Vec<StepIn>,
     predict: bool,
@@ -365,6 +432,7 @@ fn one_step(
         rows: 0,
         bound: Bound::default(),
         eval: None,
+        margins: None,
         stop,
         failure: None,
     };
@@ -380,7 +448,7 @@ fn one_step(
         out.failure = Some(f);
         return (out, scores);
     }
-    match step_rows(p, s, msgs, predict) {
+    match step_rows(p, (index, peers), s, msgs, predict) {
         Ok((partial, maps)) => {
             if let Some(sc) = scores.as_mut() {
                 for (map, chunk) in maps.iter().zip(&partial.predictions) {
@@ -393,6 +461,7 @@ fn one_step(
             out.rows = partial.rows;
             out.bound = partial.bound;
             out.eval = partial.eval;
+            out.margins = partial.margins;
         }
         Err(e) => {
             let f = Failure::from(&e);
@@ -403,12 +472,9 @@ fn one_step(
     (out, scores)
 }
 
-/// For each input row of a chunk, its row in the decoded block (`None`:
-/// dropped under `on_missing = "skip_row"`).
-type RowMap = Vec<Option<usize>>;
-
 fn step_rows(
     p: &Pipeline,
+    (index, peers): (usize, usize),
     s: &mut Shared,
     msgs: Vec<StepIn>,
     predict: bool,
@@ -418,22 +484,32 @@ fn step_rows(
     let mut step = 0;
     for m in msgs {
         if let Some(start) = &m.start {
-            s.replica = Some(Replica::new(p, &start.spec, start.state.clone())?);
+            match p.train.strategy {
+                Strategy::ModelParallel => {
+                    s.split = Some(Split::new(p, &start.spec, &start.state, index, peers)?);
+                }
+                _ => s.replica = Some(Replica::new(p, &start.spec, start.state.clone())?),
+            }
             s.spec = Some(start.spec.clone());
             s.next = start.step;
         }
         if let Some(spec) = &m.spec {
             s.spec = Some((**spec).clone());
+            if let Some(split) = s.split.as_mut() {
+                split.respec(spec);
+            }
         }
         score |= m.score;
         step = m.step;
         chunks.extend(m.chunks);
     }
-    let (Some(replica), Some(spec)) = (s.replica.as_mut(), s.spec.as_ref()) else {
+    let (Some(spec), true) = (s.spec.as_ref(), s.started()) else {
         return Err(Error::Internal(format!(
             "stream step {step} came before the start"
         )));
     };
+    // A model-parallel worker decodes its block's columns.
+    let spec = s.split.as_ref().map_or(spec, Split::decode_spec);
     let map = spec.classes.as_ref().map(|c| ClassMap::new(c));
     let label = match (&map, p.model.kind) {
         (_, ModelKind::Linear) | (None, _) => LabelUse::Value,
@@ -467,18 +543,34 @@ fn step_rows(
         blocks.push(block);
         maps.push(map);
     }
-    let partial = replica
-        .partial(&blocks, score, predict)
-        .map_err(|message| Error::Diverged {
-            epoch: 0,
-            step,
-            message,
-        })?;
+    let diverged = |message| Error::Diverged {
+        epoch: 0,
+        step,
+        message,
+    };
+    if let Some(split) = s.split.as_mut() {
+        let rows = blocks.iter().map(|b| b.rows as u64).sum();
+        let margins = split.margins(blocks, maps, score).map_err(diverged)?;
+        let partial = super::replica::StepPartial {
+            margins: Some(margins),
+            rows,
+            ..Default::default()
+        };
+        return Ok((partial, Vec::new()));
+    }
+    let Some(replica) = s.replica.as_mut() else {
+        return Err(Error::Internal(format!(
+            "stream step {step} came before the start"
+        )));
+    };
+    let partial = replica.partial(&blocks, score, predict).map_err(diverged)?;
     Ok((partial, maps))
 }
 
-/// Sums every worker's partial of step `t` and steps the replica.
-fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
+/// Sums every worker's partial of step `t` and steps the replica (or the
+/// block: [`split::apply`], which returns a model-parallel worker's block
+/// at a batch end).
+fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Option<BlockAt> {
     if msgs.iter().any(|m| m.stop) {
         s.stop_seen = true;
     }
@@ -487,11 +579,12 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
     }
     if s.failure.is_some() {
         s.next = t + 1;
-        return;
+        return None;
     }
-    let Some(head) = msgs.first() else {
-        return;
-    };
+    if s.split.is_some() {
+        return split::apply(s, t, msgs, predict);
+    }
+    let head = msgs.first()?;
     let (batch, last) = (head.batch, head.last_in_batch);
     let mut partials = Vec::new();
     let (mut rows, mut bound, mut loss) = (0u64, Bound::default(), Wide::default());
@@ -514,26 +607,20 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
             .get_or_insert(Failure::from(&Error::Internal(format!(
                 "stream step {t} applied before the start"
             ))));
-        return;
+        return None;
     };
     if let Err(e) = replica.step(partials, rows, bound, batch, t) {
         s.failure.get_or_insert(Failure::from(&e));
         s.next = t + 1;
-        return;
+        return None;
     }
     s.loss += loss;
     s.trained += rows;
     s.next = t + 1;
     if last {
         replica.flush();
-        let eval = std::mem::replace(&mut s.eval, EvalPartial::with_label_ref(Some(0.0)));
-        s.ends.push(BatchEnd {
-            batch,
-            next_step: t + 1,
-            rows: eval.rows,
-            eval,
-            loss: std::mem::take(&mut s.loss),
-            trained_rows: std::mem::take(&mut s.trained),
-        });
+        let end = s.end_batch(batch, t);
+        s.ends.push(end);
     }
+    None
 }

@@ -20,7 +20,7 @@ use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
 use crate::data::moments::Moments;
 use crate::dataflow::Failure;
 use crate::error::Result;
-use crate::spec::{OnMissing, Pipeline};
+use crate::spec::{OnMissing, Pipeline, Strategy};
 
 /// Steps the leader sends ahead of the last one applied.
 pub const LOOKAHEAD: u64 = 4;
@@ -121,6 +121,9 @@ pub struct Leader {
     passes: u32,
     step_rows: usize,
     workers: usize,
+    /// `model-parallel`: every worker gets every chunk (each holds one
+    /// block of the features).
+    every_row: bool,
     carry: VecDeque<Arrival>,
     carry_rows: usize,
     first_arrival: Option<Instant>,
@@ -180,6 +183,7 @@ impl Leader {
             passes: p.stream.passes.max(1),
             step_rows,
             workers,
+            every_row: p.train.strategy == Strategy::ModelParallel,
             carry: VecDeque::new(),
             carry_rows: 0,
             first_arrival: None,
@@ -234,7 +238,10 @@ impl Leader {
             let spec = if cut.sent == 0 { cut.spec.take() } else { None };
             let chunks = (to - from).div_ceil(CHUNK_ROWS);
             for w in 0..self.workers {
-                let (first, end) = (chunks * w / self.workers, chunks * (w + 1) / self.workers);
+                let (first, end) = match self.every_row {
+                    true => (0, chunks),
+                    false => (chunks * w / self.workers, chunks * (w + 1) / self.workers),
+                };
                 out.push(StepIn {
                     to: w as u32,
                     step: self.step,

@@ -8,8 +8,10 @@
 //! of each step through the dataflow ([`engine`]); every worker holds the
 //! whole model ([`replica`]) and steps it from the exact sum of all
 //! workers' gradients, so the model is the same bits on any number of
-//! workers and processes. The leader publishes metrics, snapshots and
-//! checkpoints at batch ends ([`publish`]).
+//! workers and processes. Under `model-parallel`, every worker holds one
+//! block of the features and weights instead, gets every row and exchanges
+//! exact partial margins ([`split`]). The leader publishes metrics,
+//! snapshots and checkpoints at batch ends ([`publish`]).
 
 pub mod engine;
 pub mod leader;
@@ -18,6 +20,7 @@ pub mod publish;
 pub mod replica;
 pub mod service;
 pub mod source;
+pub mod split;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -164,11 +167,14 @@ fn check(p: &Pipeline) -> Result<()> {
             message: "stream takes online steps: use sgd, adagrad, ftrl, momentum or adam (L-BFGS needs all the data at once)".into(),
         });
     }
-    if p.train.strategy != Strategy::Allreduce {
+    if !matches!(
+        p.train.strategy,
+        Strategy::Allreduce | Strategy::ModelParallel
+    ) {
         return Err(Error::PipelineValue {
             key: "train.strategy".into(),
             message: format!(
-                "stream runs \"allreduce\" (every worker holds the model and the gradients are summed exactly); \"{}\" streams are not built yet",
+                "stream runs \"allreduce\" (every worker holds the model and the gradients are summed exactly) or \"model-parallel\" (every worker holds one block of it); \"{}\" streams are not built yet",
                 p.train.strategy.name()
             ),
         });
@@ -364,7 +370,11 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
                 p.model.kind,
                 classes,
                 k,
-                workers,
+                // Model-parallel: the leader scores every row.
+                match p.train.strategy {
+                    Strategy::ModelParallel => 1,
+                    _ => workers,
+                },
                 at.step,
             )?)
         }
@@ -572,7 +582,7 @@ fn worker_main(
     }
     let s = shared.borrow();
     let (leader, publisher) = (&side.leader, &mut side.publisher);
-    if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
+    if let (Some(replica), Some(spec)) = (s.whole(), s.spec.as_ref()) {
         publisher
             .finish(&at(replica, spec, leader))
             .map_err(|e| Failure::from(&e))?;
@@ -590,7 +600,11 @@ fn worker_main(
     }))
 }
 
-fn at<'a>(replica: &'a Replica, spec: &'a FeatureSpec, leader: &'a Leader) -> At<'a> {
+fn at<'a>(
+    replica: &'a dyn publish::WholeModel,
+    spec: &'a FeatureSpec,
+    leader: &'a Leader,
+) -> At<'a> {
     At {
         replica,
         spec,
@@ -633,7 +647,7 @@ fn lead(
         if !ends.is_empty() {
             {
                 let s = shared.borrow();
-                if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
+                if let (Some(replica), Some(spec)) = (s.whole(), s.spec.as_ref()) {
                     for end in ends {
                         side.publisher
                             .batch_end(end, &at(replica, spec, &side.leader))?;
