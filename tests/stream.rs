@@ -853,3 +853,194 @@ fn a_stopped_peer_of_an_idle_stream_is_detected_within_the_peer_timeout() {
         "detected {detected:?} after the stop, with --peer-timeout 3"
     );
 }
+
+/// `model-parallel` streams: [`settings`] with the strategy set.
+fn split_settings(extra: &[&str]) -> Vec<String> {
+    settings(&[&["train.strategy=\"model-parallel\""], extra].concat())
+}
+
+#[test]
+fn model_parallel_streams_give_one_model_on_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = |name: &str| dir.path().join(format!("{name}.json"));
+    let data = "datasets/nycflights13.parquet";
+    let predictions = dir.path().join("predictions.parquet");
+    let mut args = split_settings(&[]);
+    args.extend([
+        "--predictions-out".into(),
+        predictions.display().to_string(),
+        "--keep".into(),
+        "late15".into(),
+        "-w".into(),
+        "2".into(),
+    ]);
+    let summary = ok(&stream(data, &model("w2"), &args, None), "2 workers");
+    let progressive = &summary["progressive"];
+    assert_eq!(progressive["rows"], 327346);
+    let loss = progressive["loss"].as_f64().unwrap();
+
+    // Progressive validation from the summed margins, before each step:
+    // the predictions give the reported log loss.
+    let cols = common::read_columns(&predictions, &["late15", "probability"]);
+    let (y, p) = (&cols[0], &cols[1]);
+    assert_eq!(y.len(), 327346);
+    let recomputed: f64 = y
+        .iter()
+        .zip(p)
+        .map(|(&y, &p)| -(if y == 1.0 { p } else { 1.0 - p }).ln())
+        .sum::<f64>()
+        / y.len() as f64;
+    assert!(
+        (recomputed - loss).abs() < 1e-9,
+        "progressive loss {loss}, recomputed from the predictions {recomputed}"
+    );
+    assert!(p[..2048].iter().all(|&p| p == 0.5), "scored after training");
+
+    for w in ["1", "4"] {
+        let out = stream(
+            data,
+            &model(w),
+            &[split_settings(&[]), vec!["-w".into(), w.into()]].concat(),
+            None,
+        );
+        let s = ok(&out, &format!("{w} workers"));
+        assert_eq!(s["progressive"], *progressive, "{w} workers");
+        assert!(
+            weights(&model(w)) == weights(&model("w2")),
+            "{w} workers: the model differs from 2 workers'"
+        );
+    }
+
+    // Two processes, one worker each.
+    let p0 = on_two_processes(
+        dir.path(),
+        "mp",
+        data,
+        &["train.strategy=\"model-parallel\""],
+    );
+    assert!(
+        weights(&p0) == weights(&model("w2")),
+        "2 processes: the model differs"
+    );
+
+    // Allreduce sums each margin in f64 in column order, model-parallel
+    // exactly: the same stream to the last bits of the weights.
+    let reference = ok(
+        &stream(data, &model("allreduce"), &settings(&[]), None),
+        "allreduce",
+    );
+    let ar = reference["progressive"]["loss"].as_f64().unwrap();
+    assert!(
+        (ar - loss).abs() < 1e-12,
+        "allreduce {ar}, model-parallel {loss}"
+    );
+    let (a, b) = (weights(&model("allreduce")), weights(&model("w2")));
+    assert_eq!(a["features"], b["features"]);
+    let close = |x: &serde_json::Value, y: &serde_json::Value| {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        (x - y).abs() <= 1e-12 * x.abs().max(1e-3)
+    };
+    assert!(close(&a["intercept"], &b["intercept"]));
+    let hashed = a["hashed"].as_object().unwrap();
+    assert_eq!(hashed.len(), b["hashed"].as_object().unwrap().len());
+    for (k, v) in hashed {
+        assert!(
+            close(v, &b["hashed"][k]),
+            "hashed weight {k}: {v} and {}",
+            b["hashed"][k]
+        );
+    }
+}
+
+#[test]
+fn a_model_parallel_stream_killed_mid_way_resumes_on_another_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let reference = dir.path().join("reference.json");
+    let model = dir.path().join("model.json");
+    let args = |ck: &Path, workers: &str| {
+        let mut a = split_settings(&[
+            "stream.batch_rows=5000",
+            &format!("output.checkpoint=\"{}\"", ck.display()),
+            "optimizer.kind=\"ftrl\"",
+            "model.l1=0.00001",
+        ]);
+        a.extend(["-w".into(), workers.into()]);
+        a
+    };
+    ok(
+        &stream(
+            "datasets/nycflights13.parquet",
+            &reference,
+            &args(&dir.path().join("ck0"), "2"),
+            None,
+        ),
+        "uninterrupted",
+    );
+
+    // Killed on 2 workers after a few checkpoints, resumed on 4 and
+    // killed again after one more, then resumed on 1.
+    let newest = |ck: &Path| {
+        std::fs::read_dir(ck).ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmck"))
+                .max()
+        })
+    };
+    let killed = |workers: &str, resume: bool, until: &dyn Fn() -> bool| {
+        let mut a: Vec<String> = vec![
+            "stream".into(),
+            PIPELINE.into(),
+            "--input".into(),
+            "datasets/nycflights13.parquet".into(),
+            "--model-out".into(),
+            model.display().to_string(),
+            "--rate".into(),
+            "100000".into(),
+        ];
+        a.extend(args(&ck, workers));
+        if resume {
+            a.push("--resume".into());
+        }
+        let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+        let child = start(&argv, &[]);
+        wait_until("checkpoints", until);
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        let out = finish(child, Duration::from_secs(30));
+        assert_eq!(out.status.code(), None, "it ended before the kill");
+    };
+    killed("2", false, &|| checkpoints(&ck) >= 3);
+    let first = newest(&ck);
+    killed("4", true, &|| newest(&ck) > first);
+    let resumed = ok(
+        &stream(
+            "datasets/nycflights13.parquet",
+            &model,
+            &[args(&ck, "1"), vec!["--resume".into()]].concat(),
+            None,
+        ),
+        "resumed on 1 worker",
+    );
+    assert!(resumed["rows_this_run"].as_u64().unwrap() < 327346);
+    assert!(
+        weights(&model) == weights(&reference),
+        "killed and resumed on 4 workers, then 1: the model differs"
+    );
+}
+
+#[test]
+fn a_model_parallel_stream_refuses_what_the_batch_strategy_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.json");
+    let out = stream(
+        "datasets/nycflights13.parquet",
+        &model,
+        &split_settings(&["optimizer.kind=\"lbfgs\""]),
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("optimizer.kind"), "{stderr}");
+    assert!(!model.exists());
+}

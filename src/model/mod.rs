@@ -408,24 +408,31 @@ impl LinearModel {
     /// this row), in which case `out` means nothing.
     pub fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool {
         self.margins(block, i, out);
-        if !out.iter().all(|m| m.is_finite()) {
-            return false;
-        }
-        match self.kind {
-            ModelKind::Linear | ModelKind::Hinge => {}
-            ModelKind::Logistic => out[0] = loss::sigmoid(out[0]),
-            ModelKind::Softmax => {
-                let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut z = 0.0;
-                for o in out.iter_mut() {
-                    *o = (*o - max).exp();
-                    z += *o;
-                }
-                out.iter_mut().for_each(|o| *o /= z);
-            }
-        }
-        true
+        predict_from_margins(self.kind, out)
     }
+}
+
+/// Turns a row's margins in `out` into a `kind` model's prediction (see
+/// [`LinearModel::predict_row`]), in place; false if a margin is not
+/// finite, in which case `out` means nothing.
+pub fn predict_from_margins(kind: ModelKind, out: &mut [f64]) -> bool {
+    if !out.iter().all(|m| m.is_finite()) {
+        return false;
+    }
+    match kind {
+        ModelKind::Linear | ModelKind::Hinge => {}
+        ModelKind::Logistic => out[0] = loss::sigmoid(out[0]),
+        ModelKind::Softmax => {
+            let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mut z = 0.0;
+            for o in out.iter_mut() {
+                *o = (*o - max).exp();
+                z += *o;
+            }
+            out.iter_mut().for_each(|o| *o /= z);
+        }
+    }
+    true
 }
 
 impl Model for LinearModel {

@@ -13,6 +13,11 @@
 //! replica has applied every step before `s`; `apply` sums every worker's
 //! partial of `s` once the frontier has passed `s` and steps the replica,
 //! the same on every worker. No feedback edge: `apply` wakes `steps`.
+//!
+//! `model-parallel` ([`split`]): `steps` computes the partial margins of
+//! every row of the step over the worker's block, `apply` sums them and
+//! steps the block, and at a batch end sends the block to worker 0, whose
+//! batch ends once every block is in.
 
 use std::cell::RefCell;
 use std::io::Cursor;
@@ -30,15 +35,17 @@ use timely::dataflow::operators::{Exchange as _, Input, Inspect, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
+use super::publish::WholeModel;
 use super::replica::{Replica, ReplicaState};
 use super::sharing::{self, Sharing, SyncPart};
+use super::split::{self, BlockAt, RowMap, Split};
 use crate::data::encode::{decode, ClassMap, FeatureSpec, LabelUse, Origin};
 use crate::dataflow::rounds::Rounds;
 use crate::dataflow::{Failure, Partial};
 use crate::error::Error;
-use crate::exact::{Bound, Wide};
+use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
-use crate::spec::{ModelKind, Pipeline};
+use crate::spec::{ModelKind, Pipeline, Strategy};
 
 /// Rows in transit: a record batch, as an Arrow IPC stream between
 /// processes (moved as it is between the threads of one).
@@ -176,6 +183,9 @@ pub struct GradOut {
     pub bound: Bound,
     /// Progressive validation of the rows.
     pub eval: Option<EvalPartial>,
+    /// `model-parallel`: the partial margins of every row of the step
+    /// ([`Split::margins`]).
+    pub margins: Option<Vec<Exact>>,
     /// The process of this worker was asked to stop (SIGINT, SIGTERM).
     pub stop: bool,
     /// The worker failed.
@@ -229,6 +239,8 @@ pub struct BatchEnd {
 pub struct Shared {
     /// The model, once the start has arrived.
     pub replica: Option<Replica>,
+    /// `model-parallel`: this worker's block instead.
+    pub split: Option<Split>,
     /// The current feature spec.
     pub spec: Option<FeatureSpec>,
     /// The next step to apply.
@@ -250,9 +262,39 @@ pub struct Shared {
     /// A local replica: rows and optimizer steps since the last barrier.
     since: (u64, u64),
     /// The batch in progress: progressive validation, loss, rows.
-    eval: EvalPartial,
-    loss: Wide,
-    trained: u64,
+    pub(super) eval: EvalPartial,
+    pub(super) loss: Wide,
+    pub(super) trained: u64,
+}
+
+impl Shared {
+    /// True once the start has arrived.
+    fn started(&self) -> bool {
+        self.replica.is_some() || self.split.is_some()
+    }
+
+    /// The whole model (on the leader, at a batch end).
+    pub fn whole(&self) -> Option<&dyn WholeModel> {
+        match (&self.replica, &self.split) {
+            (Some(r), _) => Some(r),
+            (None, Some(s)) => s.whole().map(|w| w as &dyn WholeModel),
+            (None, None) => None,
+        }
+    }
+
+    /// The batch `batch` ended at step `t`: its progressive validation,
+    /// loss and rows, taken.
+    pub(super) fn end_batch(&mut self, batch: u64, t: u64) -> BatchEnd {
+        let eval = std::mem::replace(&mut self.eval, EvalPartial::with_label_ref(Some(0.0)));
+        BatchEnd {
+            batch,
+            next_step: t + 1,
+            rows: eval.rows,
+            eval,
+            loss: std::mem::take(&mut self.loss),
+            trained_rows: std::mem::take(&mut self.trained),
+        }
+    }
 }
 
 /// The handles a worker drives its stream with.
@@ -273,19 +315,26 @@ pub fn build(
     sharing: Sharing,
     predict: bool,
 ) -> Handles {
-    let index = worker.index();
+    let (index, peers) = (worker.index(), worker.peers());
+    // Model-parallel: each worker sends its partial margins, and worker 0
+    // writes the predictions from the summed ones.
+    let blocks = sharing.every_row();
     let shared: Rc<RefCell<Shared>> = Rc::new(RefCell::new(Shared {
         sharing: Some(sharing),
         ..Shared::default()
     }));
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
-    let (steps_state, apply_state, scores_state) =
-        (Rc::clone(&shared), Rc::clone(&shared), Rc::clone(&shared));
+    let (steps_state, apply_state, scores_state, blocks_state) = (
+        Rc::clone(&shared),
+        Rc::clone(&shared),
+        Rc::clone(&shared),
+        Rc::clone(&shared),
+    );
     let p = pipeline;
     worker.dataflow::<u64, _, _>(|scope| {
         let steps_activator = Rc::new(RefCell::new(None));
-        let wake = Rc::clone(&steps_activator);
+        let (wake, wake_gathered) = (Rc::clone(&steps_activator), Rc::clone(&steps_activator));
         // `steps` wakes `apply`: a stale step may be applied once the step
         // that reads it was computed.
         let apply_activator: Rc<RefCell<Option<timely::scheduling::Activator>>> =
@@ -311,7 +360,7 @@ pub fn build(
                                             .iter()
                                             .any(|m| m.start.is_some() || m.failure.is_some());
                                         let needs = sharing.needs_applied(t, s.barrier);
-                                        (s.replica.is_some() && s.next >= needs) || starts
+                                        (s.started() && s.next >= needs) || starts
                                     }
                                     None => false,
                                 }
@@ -322,8 +371,13 @@ pub fn build(
                             let Some((_, cap, msgs)) = rounds.pop_ready(frontier.frontier()) else {
                                 break;
                             };
-                            let (grad, scores) =
-                                one_step(&p, index, &mut steps_state.borrow_mut(), msgs, predict);
+                            let (grad, scores) = one_step(
+                                &p,
+                                (index, peers),
+                                &mut steps_state.borrow_mut(),
+                                msgs,
+                                predict && !blocks,
+                            );
                             let mut session = output.session(&cap);
                             session.give(StepOut::Grad(Box::new(grad)));
                             if let Some(s) = scores {
@@ -348,9 +402,9 @@ pub fn build(
                 .or_default()
                 .push(s.clone());
         });
-        grads
+        let applied = grads
             .broadcast()
-            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<BlockAt>>, _, _, _>(
                 Local,
                 "StreamApply",
                 move |_cap, info| {
@@ -369,21 +423,33 @@ pub fn build(
                             if !may {
                                 break;
                             }
-                            let Some((t, _cap, msgs)) = rounds.pop_ready(frontier.frontier())
-                            else {
+                            let Some((t, cap, msgs)) = rounds.pop_ready(frontier.frontier()) else {
                                 break;
                             };
-                            apply(&mut apply_state.borrow_mut(), t, msgs);
+                            let predict = predict && blocks && index == 0;
+                            let block = apply(&mut apply_state.borrow_mut(), t, msgs, predict);
+                            // Model-parallel batch ends: the block, for worker 0.
+                            if let Some(b) = block {
+                                output.session(&cap).give(b);
+                            }
                             if let Some(a) = wake.borrow().as_ref() {
                                 a.activate();
                             }
                         }
-                        // Nothing is sent on: the output only carries progress.
-                        let _ = output;
                     }
                 },
-            )
-            .probe_with(&probe);
+            );
+        applied
+            .clone()
+            .exchange(|_b: &BlockAt| 0)
+            .inspect(move |b: &BlockAt| {
+                if split::gathered(&mut blocks_state.borrow_mut(), b.clone()) {
+                    if let Some(a) = wake_gathered.borrow().as_ref() {
+                        a.activate();
+                    }
+                }
+            });
+        applied.probe_with(&probe);
     });
     Handles {
         input,
@@ -396,7 +462,7 @@ pub fn build(
 /// step's rows when `predict`.
 fn one_step(
     p: &Pipeline,
-    index: usize,
+    (index, peers): (usize, usize),
     s: &mut Shared,
     msgs: Vec<StepIn>,
     predict: bool,
@@ -416,6 +482,7 @@ fn one_step(
         rows: 0,
         bound: Bound::default(),
         eval: None,
+        margins: None,
         stop,
         failure: None,
     };
@@ -435,7 +502,7 @@ fn one_step(
         out.failure = Some(f);
         return (out, scores);
     }
-    match step_rows(p, s, msgs, predict).and_then(|(partial, maps)| {
+    match step_rows(p, (index, peers), s, msgs, predict).and_then(|(partial, maps)| {
         let local = matches!(s.sharing, Some(Sharing::Local { .. }));
         local_step(s, &mut out, partial, local, index).map(|partial| (partial, maps))
     }) {
@@ -451,6 +518,7 @@ fn one_step(
             out.rows = partial.rows;
             out.bound = partial.bound;
             out.eval = partial.eval;
+            out.margins = partial.margins;
         }
         Err(e) => {
             let f = Failure::from(&e);
@@ -493,12 +561,9 @@ fn local_step(
     Ok(partial)
 }
 
-/// For each input row of a chunk, its row in the decoded block (`None`:
-/// dropped under `on_missing = "skip_row"`).
-type RowMap = Vec<Option<usize>>;
-
 fn step_rows(
     p: &Pipeline,
+    (index, peers): (usize, usize),
     s: &mut Shared,
     msgs: Vec<StepIn>,
     predict: bool,
@@ -508,22 +573,32 @@ fn step_rows(
     let mut step = 0;
     for m in msgs {
         if let Some(start) = &m.start {
-            s.replica = Some(Replica::new(p, &start.spec, start.state.clone())?);
+            match p.train.strategy {
+                Strategy::ModelParallel => {
+                    s.split = Some(Split::new(p, &start.spec, &start.state, index, peers)?);
+                }
+                _ => s.replica = Some(Replica::new(p, &start.spec, start.state.clone())?),
+            }
             s.spec = Some(start.spec.clone());
             s.next = start.step;
         }
         if let Some(spec) = &m.spec {
             s.spec = Some((**spec).clone());
+            if let Some(split) = s.split.as_mut() {
+                split.respec(spec);
+            }
         }
         score |= m.score;
         step = m.step;
         chunks.extend(m.chunks);
     }
-    let (Some(replica), Some(spec)) = (s.replica.as_mut(), s.spec.as_ref()) else {
+    let (Some(spec), true) = (s.spec.as_ref(), s.started()) else {
         return Err(Error::Internal(format!(
             "stream step {step} came before the start"
         )));
     };
+    // A model-parallel worker decodes its block's columns.
+    let spec = s.split.as_ref().map_or(spec, Split::decode_spec);
     let map = spec.classes.as_ref().map(|c| ClassMap::new(c));
     let label = match (&map, p.model.kind) {
         (_, ModelKind::Linear) | (None, _) => LabelUse::Value,
@@ -557,19 +632,35 @@ fn step_rows(
         blocks.push(block);
         maps.push(map);
     }
-    let partial = replica
-        .partial(&blocks, score, predict)
-        .map_err(|message| Error::Diverged {
-            epoch: 0,
-            step,
-            message,
-        })?;
+    let diverged = |message| Error::Diverged {
+        epoch: 0,
+        step,
+        message,
+    };
+    if let Some(split) = s.split.as_mut() {
+        let rows = blocks.iter().map(|b| b.rows as u64).sum();
+        let margins = split.margins(blocks, maps, score).map_err(diverged)?;
+        let partial = super::replica::StepPartial {
+            margins: Some(margins),
+            rows,
+            ..Default::default()
+        };
+        return Ok((partial, Vec::new()));
+    }
+    let Some(replica) = s.replica.as_mut() else {
+        return Err(Error::Internal(format!(
+            "stream step {step} came before the start"
+        )));
+    };
+    let partial = replica.partial(&blocks, score, predict).map_err(diverged)?;
     Ok((partial, maps))
 }
 
 /// Sums every worker's partial of step `t` and steps the replica (a local
-/// replica: installs the replicas' mean at a barrier).
-fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
+/// replica: installs the replicas' mean at a barrier; a block:
+/// [`split::apply`], which returns a model-parallel worker's block at a
+/// batch end).
+fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Option<BlockAt> {
     if msgs.iter().any(|m| m.stop) {
         s.stop_seen = true;
     }
@@ -578,11 +669,12 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
     }
     if s.failure.is_some() {
         s.next = t + 1;
-        return;
+        return None;
     }
-    let Some(head) = msgs.first() else {
-        return;
-    };
+    if s.split.is_some() {
+        return split::apply(s, t, msgs, predict);
+    }
+    let head = msgs.first()?;
     let (batch, last) = (head.batch, head.last_in_batch);
     let mut partials = Vec::new();
     let mut syncs = Vec::new();
@@ -610,7 +702,7 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
             .get_or_insert(Failure::from(&Error::Internal(format!(
                 "stream step {t} applied before the start"
             ))));
-        return;
+        return None;
     };
     let stepped = if local {
         // Each replica stepped on its own rows already.
@@ -625,21 +717,15 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>) {
     if let Err(e) = stepped {
         s.failure.get_or_insert(Failure::from(&e));
         s.next = t + 1;
-        return;
+        return None;
     }
     s.loss += loss;
     s.trained += rows;
     s.next = t + 1;
     if last {
         replica.flush();
-        let eval = std::mem::replace(&mut s.eval, EvalPartial::with_label_ref(Some(0.0)));
-        s.ends.push(BatchEnd {
-            batch,
-            next_step: t + 1,
-            rows: eval.rows,
-            eval,
-            loss: std::mem::take(&mut s.loss),
-            trained_rows: std::mem::take(&mut s.trained),
-        });
+        let end = s.end_batch(batch, t);
+        s.ends.push(end);
     }
+    None
 }

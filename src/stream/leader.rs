@@ -239,8 +239,10 @@ impl Leader {
             let chunks = (to - from).div_ceil(CHUNK_ROWS);
             let trainer = self.sharing.trainer(self.step, self.workers);
             for w in 0..self.workers {
-                // Each worker its share of the chunks, or one worker all.
+                // Each worker its share of the chunks, one worker all of
+                // them (local replicas), or every worker all (blocks).
                 let (first, end) = match trainer {
+                    _ if self.sharing.every_row() => (0, chunks),
                     None => (chunks * w / self.workers, chunks * (w + 1) / self.workers),
                     Some(t) if t == w => (0, chunks),
                     Some(_) => (0, 0),

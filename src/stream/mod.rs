@@ -8,8 +8,10 @@
 //! of each step through the dataflow ([`engine`]); every worker holds the
 //! whole model ([`replica`]) and steps it from the exact sum of all
 //! workers' gradients, so the model is the same bits on any number of
-//! workers and processes. The leader publishes metrics, snapshots and
-//! checkpoints at batch ends ([`publish`]).
+//! workers and processes. Under `model-parallel`, every worker holds one
+//! block of the features and weights instead, gets every row and exchanges
+//! exact partial margins ([`split`]). The leader publishes metrics,
+//! snapshots and checkpoints at batch ends ([`publish`]).
 
 pub mod engine;
 pub mod leader;
@@ -19,6 +21,7 @@ pub mod replica;
 pub mod service;
 pub mod sharing;
 pub mod source;
+pub mod split;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -168,12 +171,6 @@ fn check(p: &Pipeline) -> Result<()> {
             message: "stream takes online steps: use sgd, adagrad, ftrl, momentum or adam (L-BFGS needs all the data at once)".into(),
         });
     }
-    if p.train.strategy == Strategy::ModelParallel {
-        return Err(Error::PipelineValue {
-            key: "train.strategy".into(),
-            message: "\"model-parallel\" streams are not built yet: use allreduce, param-server or model-average".into(),
-        });
-    }
     if p.model.kind == ModelKind::Softmax && p.data.classes.is_none() {
         return Err(Error::PipelineValue {
             key: "data.classes".into(),
@@ -184,14 +181,6 @@ fn check(p: &Pipeline) -> Result<()> {
         tracing::info!("data.validation is not used by stream: every row is scored before it is trained on (progressive validation)");
     }
     Ok(())
-}
-
-/// How the stream's workers share the model ([`sharing::Sharing`]).
-fn sharing_of(p: &Pipeline) -> Result<sharing::Sharing> {
-    sharing::Sharing::of(p).ok_or_else(|| Error::PipelineValue {
-        key: "train.strategy".into(),
-        message: format!("\"{}\" streams hold no replicas", p.train.strategy.name()),
-    })
 }
 
 /// The job's identity: the pipeline less its outputs, and the input.
@@ -373,7 +362,11 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
                 p.model.kind,
                 classes,
                 k,
-                workers,
+                // Model-parallel: the leader scores every row.
+                match p.train.strategy {
+                    Strategy::ModelParallel => 1,
+                    _ => workers,
+                },
                 at.step,
             )?)
         }
@@ -397,7 +390,7 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
         feed,
         job.input.is_live(),
         workers,
-        sharing_of(p)?,
+        sharing::Sharing::of(p),
         start,
         stats,
         at,
@@ -559,7 +552,7 @@ fn worker_main(
     } = engine::build(
         worker,
         Arc::clone(&pipeline),
-        sharing_of(&pipeline).map_err(|e| Failure::from(&e))?,
+        sharing::Sharing::of(&pipeline),
         predict,
     );
     let Some(mut side) = side else {
@@ -612,7 +605,7 @@ fn worker_main(
     }
     let s = shared.borrow();
     let (leader, publisher) = (&side.leader, &mut side.publisher);
-    if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
+    if let (Some(replica), Some(spec)) = (s.whole(), s.spec.as_ref()) {
         publisher
             .finish(&at(replica, spec, leader))
             .map_err(|e| Failure::from(&e))?;
@@ -630,7 +623,11 @@ fn worker_main(
     }))
 }
 
-fn at<'a>(replica: &'a Replica, spec: &'a FeatureSpec, leader: &'a Leader) -> At<'a> {
+fn at<'a>(
+    replica: &'a dyn publish::WholeModel,
+    spec: &'a FeatureSpec,
+    leader: &'a Leader,
+) -> At<'a> {
     At {
         replica,
         spec,
@@ -674,7 +671,7 @@ fn lead(
         if !ends.is_empty() {
             {
                 let s = shared.borrow();
-                if let (Some(replica), Some(spec)) = (s.replica.as_ref(), s.spec.as_ref()) {
+                if let (Some(replica), Some(spec)) = (s.whole(), s.spec.as_ref()) {
                     for end in ends {
                         side.publisher
                             .batch_end(end, &at(replica, spec, &side.leader))?;

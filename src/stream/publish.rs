@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::BatchEnd;
 use super::leader::Statistics;
-use super::replica::{Replica, ReplicaState};
+use super::replica::ReplicaState;
 use crate::checkpoint::store::Store;
 use crate::data::encode::FeatureSpec;
 use crate::error::{Error, Result};
 use crate::metrics::{EvalPartial, Metrics};
 use crate::model::file::{StreamStamp, TrainingSummary};
+use crate::model::Model;
+use crate::optim::lazy::Stamp;
 use crate::spec::Pipeline;
 use crate::strategy::snapshot::Stored;
 
@@ -94,10 +96,22 @@ pub struct Publisher {
     started: Instant,
 }
 
+/// The whole model a snapshot and a checkpoint are made of: the leader's
+/// replica (`allreduce`), or every worker's block put together on the
+/// leader (`model-parallel`: [`super::split::Whole`]).
+pub trait WholeModel {
+    /// The model.
+    fn model(&self) -> &dyn Model;
+
+    /// The parameters and optimizer state as a checkpoint keeps them, the
+    /// lazy clock's stamps and the optimizer steps (at a batch boundary).
+    fn stored(&self) -> (Stored, Vec<Stamp>, u64);
+}
+
 /// What the leader publishes from: the model and the position.
 pub struct At<'a> {
-    /// The replica, at the batch boundary.
-    pub replica: &'a Replica,
+    /// The whole model, at the batch boundary.
+    pub replica: &'a dyn WholeModel,
     /// The spec.
     pub spec: &'a FeatureSpec,
     /// The statistics.

@@ -57,6 +57,9 @@ pub struct StepPartial {
     /// The predictions of each chunk's rows (`predict_row`'s outputs, one
     /// vector per decoded row), when asked for.
     pub predictions: Vec<Vec<Vec<f64>>>,
+    /// `model-parallel`: the rows' partial margins instead of a gradient
+    /// ([`super::split::Split::margins`]).
+    pub margins: Option<Vec<Exact>>,
 }
 
 /// A worker's whole model and its optimizer.
@@ -280,6 +283,7 @@ impl Replica {
             bound,
             eval,
             predictions,
+            margins: None,
         })
     }
 
@@ -483,5 +487,15 @@ impl Replica {
     /// The model's kind.
     pub fn kind(&self) -> ModelKind {
         self.kind
+    }
+}
+
+impl super::publish::WholeModel for Replica {
+    fn model(&self) -> &dyn Model {
+        Replica::model(self)
+    }
+
+    fn stored(&self) -> (crate::strategy::snapshot::Stored, Vec<Stamp>, u64) {
+        Replica::stored(self)
     }
 }

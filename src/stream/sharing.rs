@@ -39,6 +39,10 @@ pub enum Sharing {
         /// Steps between averagings inside a batch (`None`: at its end).
         sync_every: Option<u64>,
     },
+    /// `model-parallel`: every worker holds one block of the model and
+    /// takes every row of every step (see [`super::split`]); steps are
+    /// synchronous.
+    Split,
 }
 
 /// Steps the leader sends ahead of the last one applied, besides what the
@@ -46,19 +50,23 @@ pub enum Sharing {
 const LOOKAHEAD: u64 = 4;
 
 impl Sharing {
-    /// The sharing of `p`'s strategy (model-parallel streams are not
-    /// replicas: `None`).
-    pub fn of(p: &Pipeline) -> Option<Sharing> {
+    /// The sharing of `p`'s strategy.
+    pub fn of(p: &Pipeline) -> Sharing {
         match p.train.strategy {
-            Strategy::Allreduce => Some(Sharing::Replicated { staleness: 0 }),
-            Strategy::ParamServer => Some(Sharing::Replicated {
+            Strategy::Allreduce => Sharing::Replicated { staleness: 0 },
+            Strategy::ParamServer => Sharing::Replicated {
                 staleness: u64::from(p.train.staleness.bound()),
-            }),
-            Strategy::ModelAverage => Some(Sharing::Local {
+            },
+            Strategy::ModelAverage => Sharing::Local {
                 sync_every: p.train.sync_every,
-            }),
-            Strategy::ModelParallel => None,
+            },
+            Strategy::ModelParallel => Sharing::Split,
         }
+    }
+
+    /// True if every worker takes every row (its block's columns of it).
+    pub fn every_row(self) -> bool {
+        self == Sharing::Split
     }
 
     /// Steps the leader may send beyond the last one applied on
@@ -68,6 +76,7 @@ impl Sharing {
         match self {
             Sharing::Replicated { staleness } => LOOKAHEAD + staleness,
             Sharing::Local { .. } => LOOKAHEAD.max(2 * workers as u64),
+            Sharing::Split => LOOKAHEAD,
         }
     }
 
@@ -80,6 +89,7 @@ impl Sharing {
         match self {
             Sharing::Replicated { staleness } => t.saturating_sub(staleness).max(after_barrier),
             Sharing::Local { .. } => after_barrier,
+            Sharing::Split => t,
         }
     }
 
@@ -92,7 +102,7 @@ impl Sharing {
             Sharing::Replicated { staleness } => {
                 computed.is_some_and(|c| c >= t + staleness) || barrier.is_some_and(|b| b >= t)
             }
-            Sharing::Local { .. } => true,
+            Sharing::Local { .. } | Sharing::Split => true,
         }
     }
 
@@ -101,7 +111,7 @@ impl Sharing {
     pub fn trainer(self, step: u64, workers: usize) -> Option<usize> {
         match self {
             Sharing::Local { .. } => Some((step % workers.max(1) as u64) as usize),
-            Sharing::Replicated { .. } => None,
+            Sharing::Replicated { .. } | Sharing::Split => None,
         }
     }
 
