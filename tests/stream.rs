@@ -784,6 +784,39 @@ fn param_server_and_model_average_streams_are_deterministic_and_resume() {
     let p = on_two_processes(dir.path(), "ma", data, &[&base[..], &ma[..]].concat());
     assert!(weights(&p) == weights(&model("ma-w2")), "2 processes");
 
+    // From stdin, with the producer pausing mid-way (the idle leader sends
+    // empty steps meanwhile): still the replay's model.
+    let ipc = sorted_ipc();
+    let mut args = settings(&[&base[..], &ma[..]].concat());
+    let i = args.iter().position(|a| a.contains("order_by")).unwrap();
+    args.drain(i - 1..=i);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args(["stream", PIPELINE, "--input", "-", "--model-out"])
+        .arg(model("ma-stdin"))
+        .args(&args)
+        .args(["-w", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let half = ipc.len() / 2;
+        pipe.write_all(&ipc[..half]).unwrap();
+        pipe.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        pipe.write_all(&ipc[half..]).unwrap();
+    });
+    let out = finish(child, Duration::from_secs(120));
+    writer.join().unwrap();
+    ok(&out, "model-average from a pausing stdin");
+    assert!(
+        weights(&model("ma-stdin")) == weights(&model("ma-w2")),
+        "model-average: a pause in the producer changed the model"
+    );
+
     // Killed mid-way and resumed on the same count: the same model.
     for (name, extra) in [("ps2-w2", &stale[..]), ("ma-w2", &ma[..])] {
         ok(

@@ -9,10 +9,17 @@
 //!                                          └────────── apply: exact sum, step ◄┘
 //! ```
 //!
-//! `steps` takes step `s` once its rows are all in and the worker's
-//! replica has applied every step before `s`; `apply` sums every worker's
-//! partial of `s` once the frontier has passed `s` and steps the replica,
-//! the same on every worker. No feedback edge: `apply` wakes `steps`.
+//! `steps` takes step `s` once its rows are all in and the worker's model
+//! has applied the steps the strategy requires before `s`
+//! ([`Sharing::needs_applied`]: every one for allreduce and model-parallel,
+//! all but the last `staleness` for param-server, those up to the last
+//! barrier for model-average); `apply` takes step `s` once the frontier
+//! has passed it (and, under staleness, once the step that reads the model
+//! before it was computed: [`Sharing::may_apply`]) and sums every worker's
+//! partial and steps the replica, the same on every worker (model-average:
+//! each replica stepped itself in `steps`; `apply` installs the replicas'
+//! mean at a barrier; model-parallel: [`split::apply`]). No feedback
+//! edge: `apply` wakes `steps` and `steps` wakes `apply`.
 //!
 //! `model-parallel` ([`split`]): `steps` computes the partial margins of
 //! every row of the step over the worker's block, `apply` sums them and
@@ -556,7 +563,11 @@ fn local_step(
     if out.barrier {
         replica.flush();
         let (rows, steps) = std::mem::take(&mut s.since);
-        out.sync = Some(Box::new(replica.sync_part(index as u32, rows, steps)));
+        // A replica that trained nothing since the last barrier is that
+        // barrier's, as every other one that did not: it sends nothing.
+        if rows > 0 {
+            out.sync = Some(Box::new(replica.sync_part(index as u32, rows, steps)));
+        }
     }
     Ok(partial)
 }
@@ -707,7 +718,7 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Option<Bl
     let stepped = if local {
         // Each replica stepped on its own rows already.
         match sharing::average(syncs) {
-            Ok(Some(avg)) => replica.install(&avg),
+            Ok(Some((avg, mixed))) => replica.install(&avg, mixed, batch),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         }

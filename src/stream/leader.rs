@@ -237,7 +237,9 @@ impl Leader {
             let barrier = last || self.sharing.syncs_after(cut.sent);
             let spec = if cut.sent == 0 { cut.spec.take() } else { None };
             let chunks = (to - from).div_ceil(CHUNK_ROWS);
-            let trainer = self.sharing.trainer(self.step, self.workers);
+            // By the step's place in its batch, not its global number: empty
+            // steps between batches (an idle source's) must not move it.
+            let trainer = self.sharing.trainer(cut.sent, self.workers);
             for w in 0..self.workers {
                 // Each worker its share of the chunks, one worker all of
                 // them (local replicas), or every worker all (blocks).

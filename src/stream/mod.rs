@@ -5,12 +5,15 @@
 //!
 //! The leader (worker 0 of process 0) reads the source ([`source`]), cuts
 //! it into batches and steps ([`leader`]) and sends every worker its slice
-//! of each step through the dataflow ([`engine`]); every worker holds the
-//! whole model ([`replica`]) and steps it from the exact sum of all
-//! workers' gradients, so the model is the same bits on any number of
-//! workers and processes. Under `model-parallel`, every worker holds one
-//! block of the features and weights instead, gets every row and exchanges
-//! exact partial margins ([`split`]). The leader publishes metrics,
+//! of each step through the dataflow ([`engine`]). How the workers share
+//! the model is the strategy's ([`sharing`]): under allreduce and
+//! param-server every worker holds the whole model ([`replica`]) and steps
+//! it from the exact sum of all workers' gradients, so the model is the
+//! same bits on any number of workers and processes; under model-average
+//! each worker steps its own replica and the replicas are averaged at
+//! barriers; under model-parallel every worker holds one block of the
+//! features and weights, gets every row and exchanges exact partial
+//! margins ([`split`]). The leader publishes metrics,
 //! snapshots and checkpoints at batch ends ([`publish`]).
 
 pub mod engine;
@@ -657,17 +660,19 @@ fn lead(
     // step is the checkpoint's).
     shared.borrow_mut().next = side.leader.step;
     loop {
-        let (applied, ends, failed, stop_seen) = {
+        let (applied, ends, failure, stop_seen) = {
             let mut s = shared.borrow_mut();
             (
                 s.next,
                 std::mem::take(&mut s.ends),
-                s.failure.is_some(),
+                s.failure.clone(),
                 s.stop_seen,
             )
         };
-        if failed {
-            return Ok(None);
+        if let Some(f) = failure {
+            // Sent on to every worker: a failure only this one saw (a
+            // model-parallel block's) must end the others too.
+            return Err(f.into_error());
         }
         if !ends.is_empty() {
             {

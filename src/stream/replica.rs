@@ -451,9 +451,12 @@ impl Replica {
         }
     }
 
-    /// Replaces this replica by the replicas' mean `avg` (every coordinate
-    /// outside `avg.coords` is zero in every replica).
-    pub fn install(&mut self, avg: &SparseState) -> Result<()> {
+    /// Replaces this replica by the replicas' state `avg` (every coordinate
+    /// outside `avg.coords` is zero in every replica); `mixed`: a mean of
+    /// several, whose FTRL weights are then recomputed from the mean state
+    /// `(z, n)` (the weights are a function of it; the mean of the weights
+    /// is not), at the rate of the step of batch `batch` just taken.
+    pub fn install(&mut self, avg: &SparseState, mixed: bool, batch: u64) -> Result<()> {
         let len = self.grad.len();
         if avg.coords.last().is_some_and(|&c| c >= len) {
             return Err(Error::Internal(format!(
@@ -481,6 +484,26 @@ impl Replica {
         }
         self.opt.t = avg.opt_t;
         self.steps = avg.steps;
+        if let (OptimizerSpec::Ftrl { beta, .. }, true) = (self.optimizer, mixed) {
+            let epoch = u32::try_from(batch).unwrap_or(u32::MAX);
+            let lr = update::rate(&self.optimizer, self.steps.saturating_sub(1), epoch);
+            let theta = self.model.params_mut();
+            for &i in &avg.coords {
+                let (z, n) = (self.opt.m.get(i), self.opt.v.get(i));
+                if let (Some(&z), Some(&n)) = (z, n) {
+                    let penalised = !self.roles.is_intercept(i);
+                    theta[i] = crate::optim::ftrl_weight(
+                        z,
+                        n,
+                        self.opt.t as f64,
+                        lr,
+                        beta,
+                        self.penalty,
+                        penalised,
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

@@ -106,11 +106,12 @@ impl Sharing {
         }
     }
 
-    /// The worker that trains step `step` of a local-replica stream, whole
-    /// (`None`: every worker takes its share of every step).
-    pub fn trainer(self, step: u64, workers: usize) -> Option<usize> {
+    /// The worker that trains the `k`-th step (from 0, over every pass) of
+    /// a batch of a local-replica stream, whole (`None`: every worker takes
+    /// its share of every step).
+    pub fn trainer(self, k: u64, workers: usize) -> Option<usize> {
         match self {
-            Sharing::Local { .. } => Some((step % workers.max(1) as u64) as usize),
+            Sharing::Local { .. } => Some((k % workers.max(1) as u64) as usize),
             Sharing::Replicated { .. } | Sharing::Split => None,
         }
     }
@@ -166,9 +167,10 @@ pub struct SyncPart {
 /// The rows-weighted mean of the replicas that trained since the last
 /// barrier (`Σ rows_w · x_w / Σ rows_w` per coordinate and vector, the
 /// products rounded once and summed exactly, so the order of `parts` does
-/// not matter); a single replica that trained is taken as it is. `None` if
-/// none trained: the replicas are still the last barrier's, identical.
-pub fn average(mut parts: Vec<SyncPart>) -> Result<Option<SparseState>> {
+/// not matter), and whether it mixes several; a single replica that
+/// trained is taken as it is. `None` if none trained: the replicas are
+/// still the last barrier's, identical.
+pub fn average(mut parts: Vec<SyncPart>) -> Result<Option<(SparseState, bool)>> {
     parts.retain(|p| p.rows > 0);
     parts.sort_by_key(|p| p.from);
     let Some(first) = parts.first() else {
@@ -182,7 +184,7 @@ pub fn average(mut parts: Vec<SyncPart>) -> Result<Option<SparseState>> {
     // then is. The step count (the rate schedule's) counts every replica's.
     let (clock, opt_t) = (first.state.clock.clone(), first.state.opt_t);
     if parts.len() == 1 {
-        return Ok(Some(parts.remove(0).state));
+        return Ok(Some((parts.remove(0).state, false)));
     }
     let mut coords: Vec<usize> = parts
         .iter()
@@ -202,10 +204,12 @@ pub fn average(mut parts: Vec<SyncPart>) -> Result<Option<SparseState>> {
     let mut theta = vec![Exact::default(); coords.len()];
     let mut m = vec![Exact::default(); if has_m { coords.len() } else { 0 }];
     let mut v = vec![Exact::default(); if has_v { coords.len() } else { 0 }];
-    let too_large = || Error::Diverged {
+    let too_large = || {
+        Error::Diverged {
         epoch: 0,
-        step: base_steps,
-        message: "a replica's weight or optimizer state is too large to average".into(),
+        step: base_steps + local,
+        message: "a replica's weight or optimizer state is too large to average (after this many optimizer steps)".into(),
+    }
     };
     for part in &parts {
         let (r, p) = (part.rows as f64, &part.state);
@@ -227,16 +231,19 @@ pub fn average(mut parts: Vec<SyncPart>) -> Result<Option<SparseState>> {
         }
     }
     let mean = |acc: Vec<Exact>| acc.into_iter().map(|e| e.to_f64() / rows as f64).collect();
-    Ok(Some(SparseState {
-        coords,
-        theta: mean(theta),
-        m: mean(m),
-        v: mean(v),
-        live,
-        clock,
-        steps: base_steps + local,
-        opt_t,
-    }))
+    Ok(Some((
+        SparseState {
+            coords,
+            theta: mean(theta),
+            m: mean(m),
+            v: mean(v),
+            live,
+            clock,
+            steps: base_steps + local,
+            opt_t,
+        },
+        true,
+    )))
 }
 
 #[cfg(test)]
@@ -265,8 +272,9 @@ mod tests {
     fn the_mean_is_weighted_by_rows_and_independent_of_order() {
         let a = part(0, 100, &[1, 5], &[1.0, 2.0]);
         let b = part(1, 300, &[5, 9], &[4.0, 8.0]);
-        let ab = average(vec![a.clone(), b.clone()]).unwrap().unwrap();
-        let ba = average(vec![b, a]).unwrap().unwrap();
+        let (ab, mixed) = average(vec![a.clone(), b.clone()]).unwrap().unwrap();
+        let (ba, _) = average(vec![b, a]).unwrap().unwrap();
+        assert!(mixed);
         assert_eq!(ab, ba);
         assert_eq!(ab.coords, vec![1, 5, 9]);
         // Coordinate 1: only a is non-zero there; 9: only b.
@@ -280,7 +288,8 @@ mod tests {
     fn one_replica_that_trained_is_taken_as_it_is() {
         let a = part(0, 0, &[1], &[7.0]);
         let b = part(1, 3, &[2], &[0.1]);
-        let got = average(vec![a.clone(), b]).unwrap().unwrap();
+        let (got, mixed) = average(vec![a.clone(), b]).unwrap().unwrap();
+        assert!(!mixed);
         assert_eq!(got.theta, vec![0.1]);
         assert_eq!(got.steps, 12);
         assert!(average(vec![a]).unwrap().is_none());
