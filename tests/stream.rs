@@ -948,6 +948,29 @@ fn model_parallel_streams_give_one_model_on_any_worker_count() {
         );
     }
 
+    // The blocks are put together only for a snapshot: with none before
+    // the end, once, after the last batch (an empty step of its own).
+    let only_final = [
+        "stream.snapshot_every=1000000",
+        "stream.snapshot_seconds=1000000",
+    ];
+    let out = stream(
+        data,
+        &model("final-only"),
+        &[split_settings(&only_final), vec!["-w".into(), "2".into()]].concat(),
+        None,
+    );
+    assert_eq!(ok(&out, "final snapshot only")["snapshots"], 1);
+    let unnumbered = |name: &str| {
+        let mut w = weights(&model(name));
+        w["stream"].as_object_mut().unwrap().remove("snapshot");
+        w
+    };
+    assert!(
+        unnumbered("final-only") == unnumbered("w2"),
+        "gathered only at the end: the model differs"
+    );
+
     // Two processes, one worker each.
     let p0 = on_two_processes(
         dir.path(),

@@ -154,6 +154,10 @@ pub struct StepIn {
     /// Nothing after this step is computed before it is applied (a batch's
     /// last step, a model-average sync, an empty step).
     pub barrier: bool,
+    /// A snapshot follows this step (a batch's last step, or an empty step
+    /// before the stream ends): a model-parallel stream gathers its blocks
+    /// into the whole model here, and only here.
+    pub snapshot: bool,
     /// First pass: score the rows before training on them.
     pub score: bool,
     /// The rows, by chunk ([`super::leader::CHUNK_ROWS`]).
@@ -180,6 +184,8 @@ pub struct GradOut {
     pub last_in_batch: bool,
     /// A barrier ([`StepIn::barrier`]).
     pub barrier: bool,
+    /// A snapshot follows ([`StepIn::snapshot`]).
+    pub snapshot: bool,
     /// The gradient partial (none without rows, or for a local replica).
     pub grad: Option<Partial>,
     /// Exact loss sum.
@@ -239,6 +245,8 @@ pub struct BatchEnd {
     pub loss: Wide,
     /// Rows behind `loss` (every pass).
     pub trained_rows: u64,
+    /// A snapshot is published at this end ([`StepIn::snapshot`]).
+    pub snapshot: bool,
 }
 
 /// What a worker's operators share.
@@ -268,6 +276,8 @@ pub struct Shared {
     barrier: Option<u64>,
     /// A local replica: rows and optimizer steps since the last barrier.
     since: (u64, u64),
+    /// The last step of the last batch that ended.
+    last_end: Option<u64>,
     /// The batch in progress: progressive validation, loss, rows.
     pub(super) eval: EvalPartial,
     pub(super) loss: Wide,
@@ -278,6 +288,16 @@ impl Shared {
     /// True once the start has arrived.
     fn started(&self) -> bool {
         self.replica.is_some() || self.split.is_some()
+    }
+
+    /// True if [`Shared::whole`] holds every batch that ended (a
+    /// model-parallel stream's whole model is put together only for a
+    /// snapshot).
+    pub fn whole_is_current(&self) -> bool {
+        match (&self.replica, &self.split) {
+            (None, Some(split)) => split.whole_at() >= self.last_end,
+            _ => true,
+        }
     }
 
     /// The whole model (on the leader, at a batch end).
@@ -291,9 +311,11 @@ impl Shared {
 
     /// The batch `batch` ended at step `t`: its progressive validation,
     /// loss and rows, taken.
-    pub(super) fn end_batch(&mut self, batch: u64, t: u64) -> BatchEnd {
+    pub(super) fn end_batch(&mut self, batch: u64, t: u64, snapshot: bool) -> BatchEnd {
         let eval = std::mem::replace(&mut self.eval, EvalPartial::with_label_ref(Some(0.0)));
+        self.last_end = Some(t);
         BatchEnd {
+            snapshot,
             batch,
             next_step: t + 1,
             rows: eval.rows,
@@ -477,12 +499,14 @@ fn one_step(
     let head = msgs.first().cloned();
     let stop = crate::io::signals::stop_requested().is_some();
     let barrier = head.as_ref().is_some_and(|m| m.barrier);
+    let snapshot = head.as_ref().is_some_and(|m| m.snapshot);
     let mut out = GradOut {
         from: index as u32,
         step: head.as_ref().map_or(0, |m| m.step),
         batch: head.as_ref().map_or(0, |m| m.batch),
         last_in_batch: head.as_ref().is_some_and(|m| m.last_in_batch),
         barrier,
+        snapshot,
         sync: None,
         grad: None,
         loss: Wide::default(),
@@ -686,7 +710,7 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Option<Bl
         return split::apply(s, t, msgs, predict);
     }
     let head = msgs.first()?;
-    let (batch, last) = (head.batch, head.last_in_batch);
+    let (batch, last, snapshot) = (head.batch, head.last_in_batch, head.snapshot);
     let mut partials = Vec::new();
     let mut syncs = Vec::new();
     let (mut rows, mut bound, mut loss) = (0u64, Bound::default(), Wide::default());
@@ -735,7 +759,7 @@ fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Option<Bl
     s.next = t + 1;
     if last {
         replica.flush();
-        let end = s.end_batch(batch, t);
+        let end = s.end_batch(batch, t, snapshot);
         s.ends.push(end);
     }
     None

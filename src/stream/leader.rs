@@ -218,7 +218,14 @@ impl Leader {
     /// Sends the steps the window allows (`applied`: the next step the
     /// leader's replica will apply), cutting a new batch first if
     /// `may_cut` (the previous batch has ended). Returns the messages.
-    pub fn next_steps(&mut self, applied: u64, may_cut: bool) -> Result<Vec<StepIn>> {
+    /// A batch's last step says whether a snapshot follows it:
+    /// `snapshot_due(batch)`.
+    pub fn next_steps(
+        &mut self,
+        applied: u64,
+        may_cut: bool,
+        snapshot_due: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<StepIn>> {
         let mut out = Vec::new();
         if self.batch.is_none() && may_cut && !self.done() {
             self.cut()?;
@@ -235,6 +242,7 @@ impl Leader {
             let to = (from + self.step_rows).min(cut.rows);
             let last = cut.sent + 1 == total;
             let barrier = last || self.sharing.syncs_after(cut.sent);
+            let snapshot = last && snapshot_due(cut.index);
             let spec = if cut.sent == 0 { cut.spec.take() } else { None };
             let chunks = (to - from).div_ceil(CHUNK_ROWS);
             // By the step's place in its batch, not its global number: empty
@@ -255,6 +263,7 @@ impl Leader {
                     batch: cut.index,
                     last_in_batch: last,
                     barrier,
+                    snapshot,
                     score: pass == 0,
                     chunks: (first..end)
                         .map(|c| {
@@ -286,16 +295,22 @@ impl Leader {
     /// carries a stop request from any process to the leader (an empty
     /// step changes nothing in the model).
     pub fn heartbeat(&mut self) -> Vec<StepIn> {
-        self.empty_step(None)
+        self.empty_step(None, false)
     }
 
     /// Tells every worker that the stream failed with `f`, at the next step.
     pub fn failed(&mut self, f: &Failure) -> Vec<StepIn> {
-        self.empty_step(Some(f.clone()))
+        self.empty_step(Some(f.clone()), false)
+    }
+
+    /// An empty step after which a snapshot follows: the last one, of a
+    /// stream whose last batch end published none.
+    pub fn before_snapshot(&mut self) -> Vec<StepIn> {
+        self.empty_step(None, true)
     }
 
     /// A step without rows for every worker, carrying `failure` if given.
-    fn empty_step(&mut self, failure: Option<Failure>) -> Vec<StepIn> {
+    fn empty_step(&mut self, failure: Option<Failure>, snapshot: bool) -> Vec<StepIn> {
         let step = self.step;
         self.step += 1;
         (0..self.workers)
@@ -307,6 +322,7 @@ impl Leader {
                 // Nothing runs ahead of an empty step: the leader waits
                 // for it to be applied.
                 barrier: true,
+                snapshot,
                 score: false,
                 chunks: Vec::new(),
                 start: None,

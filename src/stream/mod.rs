@@ -689,12 +689,21 @@ fn lead(
         let signal = crate::io::signals::stop_requested();
         let stop = signal.is_some() || stop_seen;
         let idle = !side.leader.sending() && applied == side.leader.step;
+        let mut msgs = Vec::new();
         if idle && (stop || side.leader.done()) {
-            let by = stop
-                .then(|| signal.map_or("a signal to another process", crate::error::signal_name));
-            return Ok(by.map(String::from));
+            if shared.borrow().whole_is_current() {
+                let by = stop.then(|| {
+                    signal.map_or("a signal to another process", crate::error::signal_name)
+                });
+                return Ok(by.map(String::from));
+            }
+            // Model-parallel, the last batch end published nothing: its
+            // blocks are put together for the final snapshot first.
+            msgs = side.leader.before_snapshot();
         }
-        let mut msgs = side.leader.next_steps(applied, idle && !stop)?;
+        let publisher = &side.publisher;
+        let due = |batch: u64| publisher.due(batch);
+        msgs.extend(side.leader.next_steps(applied, idle && !stop, &due)?);
         if msgs.is_empty() {
             if idle && side.leader.started() && last_sent.elapsed() >= HEARTBEAT {
                 msgs = side.leader.heartbeat();

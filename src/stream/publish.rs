@@ -219,10 +219,8 @@ impl Publisher {
             a.merge(e.clone());
             a
         });
-        let due = self
-            .every
-            .is_some_and(|n| self.batches.is_multiple_of(n.max(1)))
-            || self.last_snapshot.elapsed() >= self.seconds;
+        // Decided when the batch's last step was sent ([`Self::due`]).
+        let due = end.snapshot;
         if due {
             self.publish(at)?;
         }
@@ -253,6 +251,14 @@ impl Publisher {
                 })?;
         }
         Ok(())
+    }
+
+    /// True if the end of batch `batch` (from 0) is to publish a snapshot:
+    /// every `snapshot_every` batches, or `snapshot_seconds` after the last.
+    pub fn due(&self, batch: u64) -> bool {
+        self.every
+            .is_some_and(|n| (batch + 1).is_multiple_of(n.max(1)))
+            || self.last_snapshot.elapsed() >= self.seconds
     }
 
     /// The final snapshot and checkpoint, unless the last batch's were

@@ -115,8 +115,11 @@ pub struct Split {
 /// Worker 0's side of a batch end: it waits for every block.
 #[derive(Default)]
 struct Gather {
-    /// The batch end whose blocks are awaited (at its last step).
-    pending: Option<(u64, BatchEnd)>,
+    /// The step whose blocks are awaited, with the batch that ends there
+    /// (none: the empty step before a last snapshot).
+    pending: Option<(u64, Option<BatchEnd>)>,
+    /// The step the whole model was put together at (none: the start's).
+    at: Option<u64>,
     /// Blocks by step, as they arrive.
     parts: BTreeMap<u64, Vec<BlockAt>>,
     /// The whole model at the last batch end (at the start, before one).
@@ -225,6 +228,11 @@ impl Split {
     /// The whole model (worker 0), as of the last batch end.
     pub fn whole(&self) -> Option<&Whole> {
         self.gather.whole.as_ref()
+    }
+
+    /// The step [`Split::whole`] was put together at (`None`: the start).
+    pub fn whole_at(&self) -> Option<u64> {
+        self.gather.at
     }
 
     /// This worker's partial margins of a step's rows (`chunks`, decoded
@@ -718,9 +726,9 @@ pub fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Optio
         s.next = t + 1;
         return None;
     };
-    let (batch, last) = msgs
-        .first()
-        .map_or((0, false), |m| (m.batch, m.last_in_batch));
+    let (batch, last, snapshot) = msgs.first().map_or((0, false, false), |m| {
+        (m.batch, m.last_in_batch, m.snapshot)
+    });
     let leader = split.index == 0;
     let n = split.rows.iter().map(|b| b.rows).sum::<usize>() * split.block.layout.k;
     let mut sums = vec![Exact::default(); n];
@@ -765,7 +773,8 @@ pub fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Optio
             let f = Failure::from(&e);
             s.failure.get_or_insert(f.clone());
             s.next = t + 1;
-            return last.then_some(BlockAt {
+            // Worker 0 waits for every block of a snapshot's step.
+            return snapshot.then_some(BlockAt {
                 step: t,
                 worker,
                 part: Err(f),
@@ -780,25 +789,29 @@ pub fn apply(s: &mut Shared, t: u64, msgs: Vec<GradOut>, predict: bool) -> Optio
     }
     s.loss += loss;
     s.trained += trained;
-    if !last {
+    if last {
+        split.flush();
+    }
+    let end = last.then(|| s.end_batch(batch, t, snapshot));
+    if !snapshot {
+        // No snapshot follows: the blocks stay where they are.
+        if let Some(end) = end.filter(|_| leader) {
+            s.ends.push(end);
+        }
         s.next = t + 1;
         return None;
     }
-    split.flush();
+    let split = s.split.as_mut()?;
     let part = BlockAt {
         step: t,
         worker,
         part: Ok(split.part(t)),
     };
     if leader {
-        // The batch ends once every block is in.
-        let end = s.end_batch(batch, t);
-        if let Some(split) = s.split.as_mut() {
-            split.gather.pending = Some((t, end));
-        }
+        // The step is done (and its batch ends) once every block is in.
+        split.gather.pending = Some((t, end));
     } else {
         // Only the leader publishes.
-        s.end_batch(batch, t);
         s.next = t + 1;
     }
     Some(part)
@@ -834,7 +847,10 @@ pub fn gathered(s: &mut Shared, b: BlockAt) -> bool {
     match merged {
         Ok(whole) => {
             split.gather.whole = Some(whole);
-            s.ends.push(end);
+            split.gather.at = Some(t);
+            if let Some(end) = end {
+                s.ends.push(end);
+            }
         }
         Err(f) => {
             s.failure.get_or_insert(f);
