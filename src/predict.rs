@@ -171,7 +171,10 @@ pub fn predict(
         tracing::info!("rows with missing values get null predictions (model trained with on_missing = skip_row)");
     }
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let format = format.unwrap_or_else(|| Format::for_output(output));
+    let format = match format {
+        Some(f) => f,
+        None => Format::for_output("--output", output)?,
+    };
     let mut out = TableOutput::create(&outputs.outputs()[0], format, Arc::clone(&schema))?;
     let mut rows = 0u64;
     for item in source {

@@ -29,22 +29,41 @@ pub enum Format {
     Ipc,
     /// Arrow IPC stream.
     IpcStream,
+    /// CSV with a header line (arrow-csv's defaults).
+    Csv,
 }
 
 impl Format {
-    /// Guesses the output format from a path: `-` → IPC stream,
-    /// `.parquet` → Parquet, `.arrow`/`.ipc`/`.feather` → IPC file.
-    pub fn for_output(path: &str) -> Format {
+    /// The output format of `path` (given to `flag`) by its extension:
+    /// `-` → IPC stream, `.parquet`/`.pq` → Parquet, `.arrow`/`.ipc`/
+    /// `.feather` → IPC file, `.arrows` → IPC stream, `.csv` → CSV. A
+    /// device or FIFO (`/dev/null`, a named pipe) without one of them
+    /// gets an IPC stream, as `-` does; any other file is refused (a file
+    /// named `.txt` that held Parquet would be a silent mistake).
+    pub fn for_output(flag: &str, path: &str) -> Result<Format> {
+        use std::os::unix::fs::FileTypeExt;
         if path == "-" {
-            return Format::IpcStream;
+            return Ok(Format::IpcStream);
         }
-        let lower = path.to_ascii_lowercase();
-        if lower.ends_with(".arrow") || lower.ends_with(".ipc") || lower.ends_with(".feather") {
-            Format::Ipc
-        } else if lower.ends_with(".arrows") {
-            Format::IpcStream
-        } else {
-            Format::Parquet
+        let streamed = std::fs::metadata(path).is_ok_and(|m| {
+            let t = m.file_type();
+            t.is_char_device() || t.is_fifo() || t.is_socket()
+        });
+        let ext = Path::new(path)
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("parquet" | "pq") => Ok(Format::Parquet),
+            Some("arrow" | "ipc" | "feather") => Ok(Format::Ipc),
+            Some("arrows") => Ok(Format::IpcStream),
+            Some("csv") => Ok(Format::Csv),
+            _ if streamed => Ok(Format::IpcStream),
+            _ => Err(Error::Usage {
+                option: flag.into(),
+                message: format!(
+                    "cannot tell the format of '{path}' from its extension: use .parquet, .arrow (an Arrow IPC file), .arrows (an Arrow IPC stream) or .csv, or give --format"
+                ),
+            }),
         }
     }
 }
@@ -74,6 +93,13 @@ impl Iterator for TableInput {
     }
 }
 
+fn csv_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Ipc {
+        path: path.to_path_buf(),
+        message: format!("as CSV: {e}"),
+    }
+}
+
 fn ipc_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Ipc {
         path: path.to_path_buf(),
@@ -81,27 +107,57 @@ fn ipc_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Opens an input: a Parquet file, an Arrow IPC file or stream, or `-`
-/// (an Arrow IPC stream on stdin).
+/// Opens an input: a Parquet file, an Arrow IPC file or stream, told apart
+/// by their first bytes, or `-`: the same on stdin (an IPC stream is read
+/// as it comes; Parquet and IPC files, which are read from their end, are
+/// first copied to a temporary file, removed when the input is dropped).
 pub fn open(path: &str) -> Result<TableInput> {
     if path == "-" {
-        let p = PathBuf::from("-");
-        let reader =
-            guard::untrusted(|| StreamReader::try_new(BufReader::new(std::io::stdin()), None))
-                .map_err(|e| ipc_err(&p, e))?
-                .map_err(|e| ipc_err(&p, e))?;
-        return Ok(ipc_batches(p, reader.schema(), reader));
+        return open_stdin();
     }
     let p = PathBuf::from(path);
-    let mut file = File::open(&p).map_err(|e| Error::io(&p, e))?;
+    open_file(&p, &p, None)
+}
+
+/// `-`: an Arrow IPC stream read as it comes, or a Parquet or IPC file
+/// spooled to a temporary file first.
+fn open_stdin() -> Result<TableInput> {
+    let p = PathBuf::from("-");
+    let mut stdin = std::io::stdin().lock();
+    let mut head = Vec::with_capacity(6);
+    (&mut stdin)
+        .take(6)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(&p, e))?;
+    let mut whole = io::Cursor::new(head.clone()).chain(stdin);
+    if head.starts_with(b"PAR1") || head.starts_with(b"ARROW1") {
+        let dir = std::env::temp_dir();
+        let mut spool = super::temp::TempFile::create(&dir, std::ffi::OsStr::new("stdin"))
+            .map_err(|e| Error::io(&dir, e))?;
+        let at = spool.path().to_path_buf();
+        io::copy(&mut whole, spool.file_mut())
+            .and_then(|_| spool.file_mut().flush())
+            .map_err(|e| Error::io(&at, e))?;
+        return open_file(&at, &p, Some(spool));
+    }
+    let reader = guard::untrusted(|| StreamReader::try_new(BufReader::new(whole), None))
+        .map_err(|e| ipc_err(&p, e))?
+        .map_err(|e| ipc_err(&p, e))?;
+    Ok(ipc_batches(p, reader.schema(), reader))
+}
+
+/// A file input at `at`, named `name` in messages; `spool` (a temporary
+/// copy of stdin) lives as long as its batches.
+fn open_file(at: &Path, name: &Path, spool: Option<super::temp::TempFile>) -> Result<TableInput> {
+    let p = name.to_path_buf();
+    let mut file = File::open(at).map_err(|e| Error::io(&p, e))?;
     let mut magic = [0u8; 6];
     let n = file.read(&mut magic).map_err(|e| Error::io(&p, e))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(&p, e))?;
-    if n >= 4 && &magic[..4] == b"PAR1" {
-        return parquet_batches(&p);
-    }
     if n == 6 && &magic == b"ARROW1" {
+        // The reader holds the file open: a spooled copy may go now.
+        drop(spool);
         let reader = guard::untrusted(|| FileReader::try_new(file, None))
             .map_err(|e| ipc_err(&p, e))?
             .map_err(|e| ipc_err(&p, e))?;
@@ -115,8 +171,9 @@ pub fn open(path: &str) -> Result<TableInput> {
         let schema = reader.schema();
         return Ok(ipc_batches(p, schema, reader));
     }
-    // Not recognised by magic: let the Parquet reader explain what is wrong.
-    parquet_batches(&p)
+    // Parquet, or not recognised by its first bytes: the Parquet reader
+    // explains what is wrong.
+    parquet_batches(at, name, spool)
 }
 
 fn ipc_batches<I>(path: PathBuf, schema: SchemaRef, reader: I) -> TableInput
@@ -157,8 +214,27 @@ where
     }
 }
 
-fn parquet_batches(path: &Path) -> Result<TableInput> {
-    let metadata = super::footer::read(path)?;
+/// The row groups of the Parquet file at `at` (named `name` in messages);
+/// `spool`, a temporary copy of stdin, lives as long as the batches.
+fn parquet_batches(
+    at: &Path,
+    name: &Path,
+    spool: Option<super::temp::TempFile>,
+) -> Result<TableInput> {
+    let metadata = match spool {
+        None => super::footer::read(at)?,
+        Some(_) => {
+            let file = File::open(at).map_err(|e| Error::io(name, e))?;
+            guard::untrusted(|| {
+                parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
+                    &file,
+                    parquet::arrow::arrow_reader::ArrowReaderOptions::new(),
+                )
+            })
+            .map_err(|e| Error::parquet(name, e))?
+            .map_err(|e| Error::parquet(name, e))?
+        }
+    };
     let schema = metadata.schema().clone();
     let rows = super::footer::row_group_rows(&metadata);
     let mut first = 0u64;
@@ -167,10 +243,11 @@ fn parquet_batches(path: &Path) -> Result<TableInput> {
         plan.push((rg, first));
         first += r as u64;
     }
-    let path = path.to_path_buf();
+    let (at, path) = (at.to_path_buf(), name.to_path_buf());
     let batches = plan.into_iter().flat_map(move |(rg, first_row)| {
+        let _spool = &spool;
         let read = || -> Result<Vec<(RecordBatch, BatchOrigin)>> {
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let file = File::open(&at).map_err(|e| Error::io(&path, e))?;
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
                 .with_row_groups(vec![rg])
                 .with_batch_size(65_536)
@@ -209,6 +286,7 @@ enum Inner {
     Parquet(ArrowWriter<Box<dyn Write + Send>>),
     Ipc(FileWriter<Box<dyn Write + Send>>),
     Stream(StreamWriter<Box<dyn Write + Send>>),
+    Csv(arrow::csv::Writer<Box<dyn Write + Send>>),
 }
 
 /// Keeps the first I/O error the sink reports, so that a full disk or a
@@ -304,6 +382,7 @@ impl TableOutput {
             Format::IpcStream => StreamWriter::try_new(sink, &schema)
                 .map(Inner::Stream)
                 .map_err(|e| ipc_err(p, e)),
+            Format::Csv => Ok(Inner::Csv(arrow::csv::Writer::new(sink))),
         }
         .map_err(|e| tap.explain(e))?;
         Ok(TableOutput { inner, tap })
@@ -316,6 +395,7 @@ impl TableOutput {
             Inner::Parquet(w) => w.write(batch).map_err(|e| Error::parquet(p, e)),
             Inner::Ipc(w) => w.write(batch).map_err(|e| ipc_err(p, e)),
             Inner::Stream(w) => w.write(batch).map_err(|e| ipc_err(p, e)),
+            Inner::Csv(w) => w.write(batch).map_err(|e| csv_err(p, e)),
         }
         .map_err(|e| self.tap.explain(e))
     }
@@ -329,6 +409,7 @@ impl TableOutput {
             Inner::Parquet(_) => Ok(()),
             Inner::Ipc(w) => w.flush().map_err(|e| ipc_err(p, e)),
             Inner::Stream(w) => w.flush().map_err(|e| ipc_err(p, e)),
+            Inner::Csv(_) => Ok(()),
         }
         .map_err(|e| self.tap.explain(e))
     }
@@ -347,6 +428,7 @@ impl TableOutput {
                 .finish()
                 .and_then(|()| w.into_inner())
                 .map_err(|e| ipc_err(p, e)),
+            Inner::Csv(w) => Ok(w.into_inner()),
         };
         let mut sink = finished.map_err(|e| self.tap.explain(e))?;
         // The tap has the flush's error (it wraps the sink); the fallback

@@ -92,7 +92,7 @@ impl PredictionSink {
         )?;
         let table = TableOutput::create(
             &outputs.outputs()[0],
-            Format::for_output(path),
+            Format::for_output("--predictions-out", path)?,
             Arc::clone(&schema),
         )?;
         Ok(PredictionSink {

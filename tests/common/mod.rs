@@ -302,16 +302,21 @@ pub fn quickstart_model(dir: &Path) -> PathBuf {
     model
 }
 
-/// The rows of `datasets/FILE` repeated `copies` times, as an Arrow IPC
-/// stream (what `predict -i -` reads).
-pub fn ipc_stream(file: &str, copies: usize) -> Vec<u8> {
+/// The record batches of `datasets/FILE`.
+pub fn dataset_batches(file: &str) -> Vec<RecordBatch> {
     let f = std::fs::File::open(root().join("datasets").join(file)).unwrap();
-    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(f)
+    ParquetRecordBatchReaderBuilder::try_new(f)
         .unwrap()
         .build()
         .unwrap()
         .map(Result::unwrap)
-        .collect();
+        .collect()
+}
+
+/// The rows of `datasets/FILE` repeated `copies` times, as an Arrow IPC
+/// stream (what `predict -i -` reads).
+pub fn ipc_stream(file: &str, copies: usize) -> Vec<u8> {
+    let batches = dataset_batches(file);
     let mut buf = Vec::new();
     let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batches[0].schema()).unwrap();
     for _ in 0..copies {

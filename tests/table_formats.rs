@@ -1,0 +1,147 @@
+//! Table formats in and out, with real files and pipes: `predict` reads
+//! Parquet and Arrow IPC files and streams from a path or from stdin (told
+//! apart by their first bytes), writes the format its output's extension
+//! names (CSV included), and refuses an extension it does not know rather
+//! than write Parquet under another name.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{quickstart_model, read_columns, root};
+
+const DATA: &str = "datasets/breast_cancer.parquet";
+
+/// `predict --model MODEL --input - --output OUT` with `stdin` piped in,
+/// temporary files under `tmp`.
+fn predict_stdin(model: &Path, out: &Path, stdin: Vec<u8>, tmp: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .env("TMPDIR", tmp)
+        .args(["--log", "warn", "predict", "--model"])
+        .arg(model)
+        .args(["--input", "-", "--output"])
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn predict(model: &Path, input: &str, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .args(["--log", "warn", "predict", "--model"])
+        .arg(model)
+        .args(["--input", input, "--output"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The bundled table as an Arrow IPC file, written by arrow-rs.
+fn ipc_file() -> Vec<u8> {
+    let batches = common::dataset_batches("breast_cancer.parquet");
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::FileWriter::try_new(&mut buf, &batches[0].schema()).unwrap();
+    for b in &batches {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+    buf
+}
+
+#[test]
+fn stdin_takes_parquet_and_ipc_files_and_leaves_no_spool_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let model = quickstart_model(dir.path());
+    let reference = dir.path().join("from-file.parquet");
+    ok(&predict(&model, DATA, &reference), "from the file");
+    let want = read_columns(&reference, &["prediction", "probability"]);
+
+    let parquet = std::fs::read(root().join(DATA)).unwrap();
+    for (name, bytes) in [("parquet", parquet), ("ipc-file", ipc_file())] {
+        let out = dir.path().join(format!("{name}.parquet"));
+        ok(
+            &predict_stdin(&model, &out, bytes, &tmp),
+            &format!("{name} on stdin"),
+        );
+        assert_eq!(
+            read_columns(&out, &["prediction", "probability"]),
+            want,
+            "{name} on stdin"
+        );
+    }
+    // The spooled copies of stdin are gone.
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn the_output_format_is_the_extensions_and_an_unknown_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let parquet = dir.path().join("p.parquet");
+    ok(&predict(&model, DATA, &parquet), "parquet");
+    let want = read_columns(&parquet, &["prediction", "probability"]);
+
+    let csv = dir.path().join("p.csv");
+    ok(&predict(&model, DATA, &csv), "csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("prediction,probability"));
+    let rows: Vec<(f64, f64)> = lines
+        .map(|l| {
+            let (a, b) = l.split_once(',').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), want[0].len());
+    for (i, (p, q)) in rows.iter().enumerate() {
+        // Written as the shortest text that reads back to the same f64.
+        assert_eq!((*p, *q), (want[0][i], want[1][i]), "row {i}");
+    }
+
+    // An IPC file by its extension.
+    let arrow = dir.path().join("p.arrow");
+    ok(&predict(&model, DATA, &arrow), "arrow");
+    assert_eq!(&std::fs::read(&arrow).unwrap()[..6], b"ARROW1");
+
+    // Not a silent Parquet file under another name: exit 2, nothing written.
+    let txt = dir.path().join("p.txt");
+    let out = predict(&model, DATA, &txt);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--output") && stderr.contains(".csv"),
+        "{stderr}"
+    );
+    assert!(!txt.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("p.txt"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
