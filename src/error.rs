@@ -72,6 +72,15 @@ pub enum Error {
         /// What the IPC reader said.
         message: String,
     },
+    /// A CSV input is unreadable (or a CSV output could not be encoded).
+    #[error("{path}: not readable as CSV: {message}")]
+    Csv {
+        /// The file, or `-` for stdin.
+        #[serde(with = "wire::path")]
+        path: PathBuf,
+        /// What the CSV reader or writer said.
+        message: String,
+    },
     /// The pipeline file is not valid TOML or has an unknown / mistyped key.
     #[error("{path}: {message}")]
     PipelineSyntax {
@@ -418,6 +427,7 @@ impl Error {
             Error::Io { .. } | Error::Output { .. } | Error::NoFiles { .. } => 3,
             Error::Parquet { .. }
             | Error::Ipc { .. }
+            | Error::Csv { .. }
             | Error::MissingColumn { .. }
             | Error::ColumnType { .. }
             | Error::SchemaDrift { .. }

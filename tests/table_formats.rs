@@ -145,3 +145,58 @@ fn the_output_format_is_the_extensions_and_an_unknown_one_is_refused() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn csv_is_read_from_a_path_and_from_stdin_with_inferred_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let model = quickstart_model(dir.path());
+    let reference = dir.path().join("from-parquet.parquet");
+    ok(&predict(&model, DATA, &reference), "from Parquet");
+    let want = read_columns(&reference, &["probability"]);
+
+    let mut csv = Vec::new();
+    {
+        let mut w = arrow::csv::Writer::new(&mut csv);
+        for b in common::dataset_batches("breast_cancer.parquet") {
+            w.write(&b).unwrap();
+        }
+    }
+    let path = dir.path().join("table.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let from_path = dir.path().join("from-csv.parquet");
+    ok(
+        &predict(&model, &path.to_string_lossy(), &from_path),
+        "a .csv file",
+    );
+    let from_stdin = dir.path().join("from-stdin.parquet");
+    ok(
+        &predict_stdin(&model, &from_stdin, csv, &tmp),
+        "CSV on stdin",
+    );
+    for got in [&from_path, &from_stdin] {
+        let got = read_columns(got, &["probability"]);
+        assert_eq!(got[0].len(), want[0].len());
+        // The f32 features went through decimal text: the same to ~1e-7.
+        for (a, b) in got[0].iter().zip(&want[0]) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+
+    // A ragged row: exit 4, named as CSV.
+    let bad = dir.path().join("bad.csv");
+    let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[5] = "1,2";
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let out = predict(
+        &model,
+        &bad.to_string_lossy(),
+        &dir.path().join("x.parquet"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not readable as CSV"), "{stderr}");
+}

@@ -94,9 +94,9 @@ impl Iterator for TableInput {
 }
 
 fn csv_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Ipc {
+    Error::Csv {
         path: path.to_path_buf(),
-        message: format!("as CSV: {e}"),
+        message: e.to_string(),
     }
 }
 
@@ -116,7 +116,12 @@ pub fn open(path: &str) -> Result<TableInput> {
         return open_stdin();
     }
     let p = PathBuf::from(path);
-    open_file(&p, &p, None)
+    let csv = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    open_file(&p, &p, None).or_else(|e| match csv {
+        // Not Parquet nor Arrow IPC, and named .csv: read as CSV.
+        true => csv_batches(&p, &p, None),
+        false => Err(e),
+    })
 }
 
 /// `-`: an Arrow IPC stream read as it comes, or a Parquet or IPC file
@@ -130,7 +135,14 @@ fn open_stdin() -> Result<TableInput> {
         .read_to_end(&mut head)
         .map_err(|e| Error::io(&p, e))?;
     let mut whole = io::Cursor::new(head.clone()).chain(stdin);
-    if head.starts_with(b"PAR1") || head.starts_with(b"ARROW1") {
+    let file = head.starts_with(b"PAR1") || head.starts_with(b"ARROW1");
+    // Neither a file nor an IPC stream (binary from its first byte): CSV.
+    let text = !file
+        && !head.is_empty()
+        && head
+            .iter()
+            .all(|&b| b == b'\t' || b == b'\n' || b == b'\r' || b >= 0x20);
+    if file || text {
         let dir = std::env::temp_dir();
         let mut spool = super::temp::TempFile::create(&dir, std::ffi::OsStr::new("stdin"))
             .map_err(|e| Error::io(&dir, e))?;
@@ -138,7 +150,7 @@ fn open_stdin() -> Result<TableInput> {
         io::copy(&mut whole, spool.file_mut())
             .and_then(|_| spool.file_mut().flush())
             .map_err(|e| Error::io(&at, e))?;
-        return open_file(&at, &p, Some(spool));
+        return open_file(&at, &p, Some((spool, text)));
     }
     let reader = guard::untrusted(|| StreamReader::try_new(BufReader::new(whole), None))
         .map_err(|e| ipc_err(&p, e))?
@@ -147,8 +159,17 @@ fn open_stdin() -> Result<TableInput> {
 }
 
 /// A file input at `at`, named `name` in messages; `spool` (a temporary
-/// copy of stdin) lives as long as its batches.
-fn open_file(at: &Path, name: &Path, spool: Option<super::temp::TempFile>) -> Result<TableInput> {
+/// copy of stdin, and whether it is text) lives as long as its batches.
+fn open_file(
+    at: &Path,
+    name: &Path,
+    spool: Option<(super::temp::TempFile, bool)>,
+) -> Result<TableInput> {
+    let spool = match spool {
+        Some((spool, true)) => return csv_batches(at, name, Some(spool)),
+        Some((spool, false)) => Some(spool),
+        None => None,
+    };
     let p = name.to_path_buf();
     let mut file = File::open(at).map_err(|e| Error::io(&p, e))?;
     let mut magic = [0u8; 6];
@@ -174,6 +195,38 @@ fn open_file(at: &Path, name: &Path, spool: Option<super::temp::TempFile>) -> Re
     // Parquet, or not recognised by its first bytes: the Parquet reader
     // explains what is wrong.
     parquet_batches(at, name, spool)
+}
+
+/// A CSV table with a header line at `at` (named `name` in messages), its
+/// column types inferred from every row (arrow-csv: integers, floats,
+/// booleans, dates, else strings); `spool` lives as long as the batches.
+fn csv_batches(at: &Path, name: &Path, spool: Option<super::temp::TempFile>) -> Result<TableInput> {
+    let open = || File::open(at).map_err(|e| Error::io(name, e));
+    let format = arrow::csv::reader::Format::default().with_header(true);
+    let (schema, _) = guard::untrusted(|| {
+        format
+            .infer_schema(open()?, None)
+            .map_err(|e| csv_err(name, e))
+    })
+    .map_err(|e| csv_err(name, e))??;
+    let schema: SchemaRef = Arc::new(schema);
+    let reader = arrow::csv::ReaderBuilder::new(Arc::clone(&schema))
+        .with_header(true)
+        .with_batch_size(65_536)
+        .build(open()?)
+        .map_err(|e| csv_err(name, e))?;
+    let mut input = ipc_batches(name.to_path_buf(), Arc::clone(&schema), reader);
+    // The rows are counted after the header line; errors are the CSV
+    // reader's, named as such.
+    let batches = std::mem::replace(&mut input.batches, Box::new(std::iter::empty()));
+    input.batches = Box::new(batches.map(move |b| {
+        let _spool = &spool;
+        b.map_err(|e| match e {
+            Error::Ipc { path, message } => Error::Csv { path, message },
+            other => other,
+        })
+    }));
+    Ok(input)
 }
 
 fn ipc_batches<I>(path: PathBuf, schema: SchemaRef, reader: I) -> TableInput
