@@ -23,6 +23,17 @@ pub struct Scorer {
 }
 
 impl Scorer {
+    /// How a CSV input is typed for this model: its numeric features (and
+    /// a regression's label) as numbers, every other column as text.
+    pub fn csv_columns(&self) -> table::CsvColumns {
+        let f = &self.file.features;
+        let mut numeric: Vec<String> = f.numeric.iter().map(|n| n.name.clone()).collect();
+        if self.model.kind() == crate::spec::ModelKind::Linear {
+            numeric.push(f.label.clone());
+        }
+        table::CsvColumns::Numeric(numeric)
+    }
+
     /// Loads a model file.
     pub fn load(path: &std::path::Path) -> Result<Scorer> {
         let file = ModelFile::load(path)?;
@@ -139,8 +150,13 @@ pub fn predict(
         &[Request::file_or_stdout("--output", out_path)],
         &[("--model", model), ("--input", std::path::Path::new(input))],
     )?;
+    // Refused before anything is read (stdin may be a live producer).
+    let format = match format {
+        Some(f) => f,
+        None => Format::for_output("--output", output)?,
+    };
     let scorer = Scorer::load(model)?;
-    let source = table::open(input)?;
+    let source = table::open(input, &scorer.csv_columns())?;
     let in_schema = source.schema.clone();
     let mut fields = Vec::new();
     let mut keep_idx = Vec::new();
@@ -171,10 +187,6 @@ pub fn predict(
         tracing::info!("rows with missing values get null predictions (model trained with on_missing = skip_row)");
     }
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let format = match format {
-        Some(f) => f,
-        None => Format::for_output("--output", output)?,
-    };
     let mut out = TableOutput::create(&outputs.outputs()[0], format, Arc::clone(&schema))?;
     let mut rows = 0u64;
     for item in source {
@@ -205,7 +217,7 @@ pub fn predict(
 pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
     let scorer = Scorer::load(model)?;
     let mut partial = EvalPartial::default();
-    for item in table::open(input)? {
+    for item in table::open(input, &scorer.csv_columns())? {
         let (batch, origin) = item?;
         let o = Origin {
             file: &origin.path,

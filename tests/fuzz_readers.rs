@@ -203,7 +203,10 @@ fn exercise_model(path: &Path) {
         return;
     };
     let data = scratch("clean.parquet", &fixtures().parquet);
-    let Ok(input) = tidemill::io::table::open(&data.to_string_lossy()) else {
+    let Ok(input) = tidemill::io::table::open(
+        &data.to_string_lossy(),
+        &tidemill::io::table::CsvColumns::Numeric(Vec::new()),
+    ) else {
         return;
     };
     let _ = scorer.output_fields();
@@ -356,7 +359,7 @@ proptest! {
             ("in.arrows", &f.ipc_stream),
         ][which];
         let p = scratch(name, &apply(clean, &damages));
-        let Ok(input) = tidemill::io::table::open(&p.to_string_lossy()) else {
+        let Ok(input) = tidemill::io::table::open(&p.to_string_lossy(), &tidemill::io::table::CsvColumns::Numeric(Vec::new())) else {
             return Ok(());
         };
         let model: ModelFile = serde_json::from_slice(&f.model).unwrap();
@@ -380,10 +383,13 @@ fn fixtures_are_valid() {
         ("v.arrows", &f.ipc_stream),
     ] {
         let p = scratch(name, bytes);
-        let rows: usize = tidemill::io::table::open(&p.to_string_lossy())
-            .unwrap()
-            .map(|b| b.unwrap().0.num_rows())
-            .sum();
+        let rows: usize = tidemill::io::table::open(
+            &p.to_string_lossy(),
+            &tidemill::io::table::CsvColumns::Numeric(Vec::new()),
+        )
+        .unwrap()
+        .map(|b| b.unwrap().0.num_rows())
+        .sum();
         assert_eq!(rows, 120, "{name}");
     }
 }

@@ -646,7 +646,10 @@ fn a_decoder_panic_on_a_damaged_ipc_stream_is_bad_input() {
             let mut b = stream.clone();
             b[i] ^= mask;
             std::fs::write(&damaged, &b).unwrap();
-            let failed = match tidemill::io::table::open(&damaged.to_string_lossy()) {
+            let failed = match tidemill::io::table::open(
+                &damaged.to_string_lossy(),
+                &tidemill::io::table::CsvColumns::Numeric(Vec::new()),
+            ) {
                 Err(e) => e.to_string().contains("decoder failed"),
                 Ok(input) => input
                     .filter_map(Result::err)

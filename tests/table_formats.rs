@@ -147,7 +147,7 @@ fn the_output_format_is_the_extensions_and_an_unknown_one_is_refused() {
 }
 
 #[test]
-fn csv_is_read_from_a_path_and_from_stdin_with_inferred_types() {
+fn csv_is_read_from_a_path_and_from_stdin_typed_by_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -199,4 +199,139 @@ fn csv_is_read_from_a_path_and_from_stdin_with_inferred_types() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("not readable as CSV"), "{stderr}");
+}
+
+/// Categories that look like numbers or booleans (`01`, `true`) stay the
+/// text they are in a CSV input: the same predictions as from Parquet, bit
+/// for bit, and `--keep` copies them unchanged.
+#[test]
+fn csv_categories_that_look_like_numbers_stay_text() {
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let codes = ["01", "02", "03", "10"];
+    let n = 400;
+    let code: Vec<&str> = (0..n).map(|i| codes[i % 4]).collect();
+    let flag: Vec<&str> = (0..n)
+        .map(|i| if i % 3 == 0 { "true" } else { "false" })
+        .collect();
+    let y: Vec<i64> = (0..n)
+        .map(|i| i64::from(i % 4 < 2) ^ i64::from(i % 7 == 0))
+        .collect();
+    let x: Vec<f64> = (0..n).map(|i| (i % 5) as f64).collect();
+    let parquet = dir.path().join("cat.parquet");
+    common::write_parquet(
+        &parquet,
+        vec![
+            (
+                "code",
+                Arc::new(StringArray::from(code.clone())) as ArrayRef,
+            ),
+            (
+                "flag",
+                Arc::new(StringArray::from(flag.clone())) as ArrayRef,
+            ),
+            ("x", Arc::new(Float64Array::from(x.clone())) as ArrayRef),
+            ("y", Arc::new(Int64Array::from(y.clone())) as ArrayRef),
+        ],
+        100,
+    );
+    let csv = dir.path().join("cat.csv");
+    let mut text = String::from("code,flag,x,y\n");
+    for i in 0..n {
+        text += &format!("{},{},{},{}\n", code[i], flag[i], x[i], y[i]);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let pipeline = dir.path().join("cat.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[data]\ntrain = \"{}\"\nlabel = \"y\"\ncategorical = [\"code\", \"flag\"]\nhash_bits = 8\n\n[model]\nkind = \"logistic\"\nl2 = 0.01\n\n[optimizer]\nkind = \"lbfgs\"\n\n[train]\nepochs = 50\n",
+            parquet.display()
+        ),
+    )
+    .unwrap();
+    let model = dir.path().join("cat.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .args(["--log", "warn", "train"])
+        .arg(&pipeline)
+        .arg("--model-out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    ok(&out, "train");
+    let keep = |input: &Path, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .args(["--log", "warn", "predict", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .args(["--keep", "code,flag"])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    ok(&keep(&parquet, &a), "from Parquet");
+    ok(&keep(&csv, &b), "from CSV");
+    let (a, b) = (
+        std::fs::read_to_string(&a).unwrap(),
+        std::fs::read_to_string(&b).unwrap(),
+    );
+    assert_eq!(a, b, "CSV input changed the categories");
+    assert!(a.lines().nth(1).unwrap().starts_with("01,true,"), "{a}");
+}
+
+#[test]
+fn a_stream_refuses_csv_and_leaves_no_copy_of_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "a,b\n1,2\n").unwrap();
+    let stream = |input: &str, stdin: Vec<u8>, extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .current_dir(root())
+            .env("TMPDIR", &tmp)
+            .args(["--log", "warn", "stream", "pipelines/quickstart.toml"])
+            .args(["--set", "optimizer.kind=\"adagrad\"", "--input", input])
+            .arg("--model-out")
+            .arg(dir.path().join("m.json"))
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let w = std::thread::spawn(move || {
+            let _ = pipe.write_all(&stdin);
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        out
+    };
+    for (input, bytes) in [
+        (csv.to_string_lossy().to_string(), Vec::new()),
+        ("-".to_string(), b"a,b\n1,2\n".to_vec()),
+    ] {
+        let out = stream(&input, bytes, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{input}: {stderr}");
+        assert!(stderr.contains("is CSV"), "{stderr}");
+    }
+    // Parquet on stdin, and the stream then refused (a bad
+    // --predictions-out): the copy of stdin is gone all the same.
+    let parquet = std::fs::read(root().join(DATA)).unwrap();
+    let out = stream("-", parquet, &["--predictions-out", "p.txt"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }

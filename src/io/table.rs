@@ -61,7 +61,8 @@ impl Format {
             _ => Err(Error::Usage {
                 option: flag.into(),
                 message: format!(
-                    "cannot tell the format of '{path}' from its extension: use .parquet, .arrow (an Arrow IPC file), .arrows (an Arrow IPC stream) or .csv, or give --format"
+                    "cannot tell the format of '{path}' from its extension: use .parquet, .arrow (an Arrow IPC file), .arrows (an Arrow IPC stream) or .csv{}",
+                    if flag == "--output" { ", or give --format" } else { "" }
                 ),
             }),
         }
@@ -107,50 +108,106 @@ fn ipc_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Opens an input: a Parquet file, an Arrow IPC file or stream, told apart
-/// by their first bytes, or `-`: the same on stdin (an IPC stream is read
-/// as it comes; Parquet and IPC files, which are read from their end, are
-/// first copied to a temporary file, removed when the input is dropped).
-pub fn open(path: &str) -> Result<TableInput> {
-    if path == "-" {
-        return open_stdin();
-    }
-    let p = PathBuf::from(path);
-    let csv = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    open_file(&p, &p, None).or_else(|e| match csv {
-        // Not Parquet nor Arrow IPC, and named .csv: read as CSV.
-        true => csv_batches(&p, &p, None),
-        false => Err(e),
-    })
+/// How the columns of a CSV input are typed: CSV has none of its own, and
+/// inferring them from the values would turn a category `01` into the
+/// number 1 (a silently wrong prediction).
+#[derive(Debug, Clone)]
+pub enum CsvColumns {
+    /// CSV is not read here, for this reason.
+    Refused(&'static str),
+    /// These columns are parsed as numbers (`f64`; an empty field is null);
+    /// every other one is kept as the text it is.
+    Numeric(Vec<String>),
 }
 
-/// `-`: an Arrow IPC stream read as it comes, or a Parquet or IPC file
-/// spooled to a temporary file first.
-fn open_stdin() -> Result<TableInput> {
+/// Opens an input: a Parquet file, an Arrow IPC file or stream, or CSV
+/// with a header line (typed by `csv`), told apart by their first bytes (a
+/// path that is none of the binary formats is CSV if it is named `.csv`),
+/// or `-`: the same on stdin (an IPC stream is read as it comes; Parquet,
+/// IPC files and CSV are first copied to a temporary file, whose name is
+/// removed as soon as it is open).
+pub fn open(path: &str, csv: &CsvColumns) -> Result<TableInput> {
+    if path == "-" {
+        return open_stdin(csv);
+    }
+    let p = PathBuf::from(path);
+    let named_csv = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let file = File::open(&p).map_err(|e| Error::io(&p, e))?;
+    open_file(file, &p, named_csv.then_some(csv))
+}
+
+/// What the first bytes of an input say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Parquet,
+    IpcFile,
+    IpcStream,
+    Text,
+    Unknown,
+}
+
+fn kind_of(head: &[u8]) -> Kind {
+    if head.starts_with(b"PAR1") {
+        Kind::Parquet
+    } else if head.starts_with(b"ARROW1") {
+        Kind::IpcFile
+    } else if head.starts_with(&[0xff; 4]) {
+        Kind::IpcStream
+    } else if looks_like_text(head) {
+        Kind::Text
+    } else {
+        Kind::Unknown
+    }
+}
+
+/// UTF-8 without control characters but tabs and line ends (a character
+/// cut off at the end of `head` allowed).
+fn looks_like_text(head: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(head) {
+        Ok(t) => t,
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return false,
+    };
+    !valid.is_empty()
+        && valid
+            .chars()
+            .all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// `-`: an Arrow IPC stream read as it comes, or a Parquet file, IPC file
+/// or CSV spooled to a temporary file first.
+fn open_stdin(csv: &CsvColumns) -> Result<TableInput> {
     let p = PathBuf::from("-");
     let mut stdin = std::io::stdin().lock();
-    let mut head = Vec::with_capacity(6);
+    let mut head = Vec::with_capacity(8);
     (&mut stdin)
-        .take(6)
+        .take(8)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(&p, e))?;
+    let kind = kind_of(&head);
+    if let (Kind::Text, CsvColumns::Refused(why)) = (kind, csv) {
+        return Err(csv_refused(&p, why));
+    }
     let mut whole = io::Cursor::new(head.clone()).chain(stdin);
-    let file = head.starts_with(b"PAR1") || head.starts_with(b"ARROW1");
-    // Neither a file nor an IPC stream (binary from its first byte): CSV.
-    let text = !file
-        && !head.is_empty()
-        && head
-            .iter()
-            .all(|&b| b == b'\t' || b == b'\n' || b == b'\r' || b >= 0x20);
-    if file || text {
+    if matches!(kind, Kind::Parquet | Kind::IpcFile | Kind::Text) {
         let dir = std::env::temp_dir();
         let mut spool = super::temp::TempFile::create(&dir, std::ffi::OsStr::new("stdin"))
-            .map_err(|e| Error::io(&dir, e))?;
+            .map_err(|e| Error::Output {
+                flag: "--input -".into(),
+                path: dir.clone(),
+                action: "cannot hold a copy of stdin (set TMPDIR to a writable directory)".into(),
+                source: e,
+            })?;
         let at = spool.path().to_path_buf();
         io::copy(&mut whole, spool.file_mut())
             .and_then(|_| spool.file_mut().flush())
             .map_err(|e| Error::io(&at, e))?;
-        return open_file(&at, &p, Some((spool, text)));
+        let file = File::open(&at).map_err(|e| Error::io(&at, e))?;
+        // Open: the name goes now, so that no exit can leave the copy.
+        drop(spool);
+        return open_file(file, &p, (kind == Kind::Text).then_some(csv));
     }
     let reader = guard::untrusted(|| StreamReader::try_new(BufReader::new(whole), None))
         .map_err(|e| ipc_err(&p, e))?
@@ -158,69 +215,86 @@ fn open_stdin() -> Result<TableInput> {
     Ok(ipc_batches(p, reader.schema(), reader))
 }
 
-/// A file input at `at`, named `name` in messages; `spool` (a temporary
-/// copy of stdin, and whether it is text) lives as long as its batches.
-fn open_file(
-    at: &Path,
-    name: &Path,
-    spool: Option<(super::temp::TempFile, bool)>,
-) -> Result<TableInput> {
-    let spool = match spool {
-        Some((spool, true)) => return csv_batches(at, name, Some(spool)),
-        Some((spool, false)) => Some(spool),
-        None => None,
-    };
-    let p = name.to_path_buf();
-    let mut file = File::open(at).map_err(|e| Error::io(&p, e))?;
-    let mut magic = [0u8; 6];
-    let n = file.read(&mut magic).map_err(|e| Error::io(&p, e))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(&p, e))?;
-    if n == 6 && &magic == b"ARROW1" {
-        // The reader holds the file open: a spooled copy may go now.
-        drop(spool);
-        let reader = guard::untrusted(|| FileReader::try_new(file, None))
-            .map_err(|e| ipc_err(&p, e))?
-            .map_err(|e| ipc_err(&p, e))?;
-        let schema = reader.schema();
-        return Ok(ipc_batches(p, schema, reader));
+fn csv_refused(name: &Path, why: &str) -> Error {
+    Error::Usage {
+        option: "--input".into(),
+        message: format!("{} is CSV: {why}", name.display()),
     }
-    if n >= 4 && magic[..4] == [0xff, 0xff, 0xff, 0xff] {
-        let reader = guard::untrusted(|| StreamReader::try_new(BufReader::new(file), None))
-            .map_err(|e| ipc_err(&p, e))?
-            .map_err(|e| ipc_err(&p, e))?;
-        let schema = reader.schema();
-        return Ok(ipc_batches(p, schema, reader));
-    }
-    // Parquet, or not recognised by its first bytes: the Parquet reader
-    // explains what is wrong.
-    parquet_batches(at, name, spool)
 }
 
-/// A CSV table with a header line at `at` (named `name` in messages), its
-/// column types inferred from every row (arrow-csv: integers, floats,
-/// booleans, dates, else strings); `spool` lives as long as the batches.
-fn csv_batches(at: &Path, name: &Path, spool: Option<super::temp::TempFile>) -> Result<TableInput> {
-    let open = || File::open(at).map_err(|e| Error::io(name, e));
+/// The open input `file`, named `name` in messages; `csv`: CSV is what it
+/// is if it is none of the binary formats.
+fn open_file(mut file: File, name: &Path, csv: Option<&CsvColumns>) -> Result<TableInput> {
+    let p = name.to_path_buf();
+    let mut head = [0u8; 8];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(&p, e)),
+        }
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(&p, e))?;
+    match (kind_of(&head[..n]), csv) {
+        (Kind::IpcFile, _) => {
+            let reader = guard::untrusted(|| FileReader::try_new(file, None))
+                .map_err(|e| ipc_err(&p, e))?
+                .map_err(|e| ipc_err(&p, e))?;
+            let schema = reader.schema();
+            Ok(ipc_batches(p, schema, reader))
+        }
+        (Kind::IpcStream, _) => {
+            let reader = guard::untrusted(|| StreamReader::try_new(BufReader::new(file), None))
+                .map_err(|e| ipc_err(&p, e))?
+                .map_err(|e| ipc_err(&p, e))?;
+            let schema = reader.schema();
+            Ok(ipc_batches(p, schema, reader))
+        }
+        (Kind::Text | Kind::Unknown, Some(CsvColumns::Refused(why))) => Err(csv_refused(&p, why)),
+        (Kind::Text | Kind::Unknown, Some(CsvColumns::Numeric(numeric))) => {
+            csv_batches(file, name, numeric)
+        }
+        // Parquet, or not recognised: the Parquet reader explains what is
+        // wrong.
+        _ => parquet_batches(file, name),
+    }
+}
+
+/// A CSV table with a header line (named `name` in messages): the columns
+/// `numeric` parsed as `f64`, every other one kept as text.
+fn csv_batches(mut file: File, name: &Path, numeric: &[String]) -> Result<TableInput> {
     let format = arrow::csv::reader::Format::default().with_header(true);
-    let (schema, _) = guard::untrusted(|| {
-        format
-            .infer_schema(open()?, None)
-            .map_err(|e| csv_err(name, e))
-    })
-    .map_err(|e| csv_err(name, e))??;
-    let schema: SchemaRef = Arc::new(schema);
+    let header = file.try_clone().map_err(|e| Error::io(name, e))?;
+    let (names, _) = guard::untrusted(|| format.infer_schema(header, Some(0)))
+        .map_err(|e| csv_err(name, e))?
+        .map_err(|e| csv_err(name, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(name, e))?;
+    let fields: Vec<arrow::datatypes::Field> = names
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = if numeric.iter().any(|n| n == f.name()) {
+                arrow::datatypes::DataType::Float64
+            } else {
+                arrow::datatypes::DataType::Utf8
+            };
+            arrow::datatypes::Field::new(f.name(), t, true)
+        })
+        .collect();
+    let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
     let reader = arrow::csv::ReaderBuilder::new(Arc::clone(&schema))
         .with_header(true)
         .with_batch_size(65_536)
-        .build(open()?)
+        .build(file)
         .map_err(|e| csv_err(name, e))?;
     let mut input = ipc_batches(name.to_path_buf(), Arc::clone(&schema), reader);
-    // The rows are counted after the header line; errors are the CSV
-    // reader's, named as such.
+    // Errors are the CSV reader's, named as such.
     let batches = std::mem::replace(&mut input.batches, Box::new(std::iter::empty()));
-    input.batches = Box::new(batches.map(move |b| {
-        let _spool = &spool;
+    input.batches = Box::new(batches.map(|b| {
         b.map_err(|e| match e {
             Error::Ipc { path, message } => Error::Csv { path, message },
             other => other,
@@ -267,27 +341,17 @@ where
     }
 }
 
-/// The row groups of the Parquet file at `at` (named `name` in messages);
-/// `spool`, a temporary copy of stdin, lives as long as the batches.
-fn parquet_batches(
-    at: &Path,
-    name: &Path,
-    spool: Option<super::temp::TempFile>,
-) -> Result<TableInput> {
-    let metadata = match spool {
-        None => super::footer::read(at)?,
-        Some(_) => {
-            let file = File::open(at).map_err(|e| Error::io(name, e))?;
-            guard::untrusted(|| {
-                parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
-                    &file,
-                    parquet::arrow::arrow_reader::ArrowReaderOptions::new(),
-                )
-            })
-            .map_err(|e| Error::parquet(name, e))?
-            .map_err(|e| Error::parquet(name, e))?
-        }
-    };
+/// The row groups of the open Parquet `file` (named `name` in messages),
+/// each read through its own handle on it.
+fn parquet_batches(file: File, name: &Path) -> Result<TableInput> {
+    let metadata = guard::untrusted(|| {
+        parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
+            &file,
+            parquet::arrow::arrow_reader::ArrowReaderOptions::new(),
+        )
+    })
+    .map_err(|e| Error::parquet(name, e))?
+    .map_err(|e| Error::parquet(name, e))?;
     let schema = metadata.schema().clone();
     let rows = super::footer::row_group_rows(&metadata);
     let mut first = 0u64;
@@ -296,11 +360,10 @@ fn parquet_batches(
         plan.push((rg, first));
         first += r as u64;
     }
-    let (at, path) = (at.to_path_buf(), name.to_path_buf());
+    let path = name.to_path_buf();
     let batches = plan.into_iter().flat_map(move |(rg, first_row)| {
-        let _spool = &spool;
         let read = || -> Result<Vec<(RecordBatch, BatchOrigin)>> {
-            let file = File::open(&at).map_err(|e| Error::io(&path, e))?;
+            let file = file.try_clone().map_err(|e| Error::io(&path, e))?;
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
                 .with_row_groups(vec![rg])
                 .with_batch_size(65_536)
@@ -405,6 +468,10 @@ impl Write for Tapped {
 pub struct TableOutput {
     inner: Inner,
     tap: Tap,
+    /// The schema, and whether a batch was written (a CSV output without
+    /// rows still gets its header line).
+    schema: SchemaRef,
+    wrote: bool,
 }
 
 impl TableOutput {
@@ -425,7 +492,7 @@ impl TableOutput {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .build();
-                ArrowWriter::try_new(sink, schema, Some(props))
+                ArrowWriter::try_new(sink, Arc::clone(&schema), Some(props))
                     .map(Inner::Parquet)
                     .map_err(|e| Error::parquet(p, e))
             }
@@ -438,11 +505,17 @@ impl TableOutput {
             Format::Csv => Ok(Inner::Csv(arrow::csv::Writer::new(sink))),
         }
         .map_err(|e| tap.explain(e))?;
-        Ok(TableOutput { inner, tap })
+        Ok(TableOutput {
+            inner,
+            tap,
+            schema,
+            wrote: false,
+        })
     }
 
     /// Appends a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.wrote = true;
         let p = &self.tap.path;
         match &mut self.inner {
             Inner::Parquet(w) => w.write(batch).map_err(|e| Error::parquet(p, e)),
@@ -469,7 +542,13 @@ impl TableOutput {
 
     /// Finishes the table and flushes it into the output (which the caller
     /// then commits).
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
+        if !self.wrote {
+            if let Inner::Csv(_) = self.inner {
+                let empty = RecordBatch::new_empty(Arc::clone(&self.schema));
+                self.write(&empty)?;
+            }
+        }
         let p = &self.tap.path;
         let finished = match self.inner {
             Inner::Parquet(w) => w.into_inner().map_err(|e| Error::parquet(p, e)),
@@ -492,5 +571,60 @@ impl TableOutput {
                 .output_error(io::Error::new(e.kind(), e.to_string()));
             self.tap.explain(fallback)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_told_apart_by_their_first_bytes() {
+        assert_eq!(kind_of(b"PAR1\x15\x04"), Kind::Parquet);
+        assert_eq!(kind_of(b"ARROW1\0\0"), Kind::IpcFile);
+        // An IPC stream whose schema message is 8224 bytes long: its
+        // length's bytes are printable, the marker is not text.
+        assert_eq!(
+            kind_of(&[0xff, 0xff, 0xff, 0xff, 0x20, 0x20, 0, 0]),
+            Kind::IpcStream
+        );
+        assert_eq!(kind_of(b"a,b\n1,2"), Kind::Text);
+        assert_eq!(kind_of("caf\u{e9},x".as_bytes()), Kind::Text);
+        // A character cut off by the 8 bytes looked at is still text.
+        assert_eq!(kind_of(&"abcdef\u{e9}".as_bytes()[..7]), Kind::Text);
+        // A legacy IPC stream starts with a length: binary.
+        assert_eq!(kind_of(&[0x10, 0x01, 0, 0, 0x0c, 0, 0, 0]), Kind::Unknown);
+        assert_eq!(kind_of(b""), Kind::Unknown);
+    }
+
+    #[test]
+    fn an_output_format_comes_from_the_extension_or_is_refused() {
+        assert_eq!(
+            Format::for_output("--output", "-").unwrap(),
+            Format::IpcStream
+        );
+        assert_eq!(
+            Format::for_output("--output", "a/P.CSV").unwrap(),
+            Format::Csv
+        );
+        assert_eq!(
+            Format::for_output("--output", "p.arrows").unwrap(),
+            Format::IpcStream
+        );
+        assert_eq!(
+            Format::for_output("--output", "p.feather").unwrap(),
+            Format::Ipc
+        );
+        assert_eq!(
+            Format::for_output("--output", "p.pq").unwrap(),
+            Format::Parquet
+        );
+        assert_eq!(
+            Format::for_output("--output", "/dev/null").unwrap(),
+            Format::IpcStream
+        );
+        let e = Format::for_output("--predictions-out", "p.txt").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(!e.to_string().contains("--format"), "{e}");
     }
 }

@@ -17,6 +17,12 @@ use arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::io::table;
 
+/// A stream reads Parquet and Arrow IPC: CSV has no column types, and a
+/// stream cannot infer them from rows that have not arrived.
+const NO_CSV: table::CsvColumns = table::CsvColumns::Refused(
+    "stream reads Parquet and Arrow IPC (CSV has no column types, and a stream cannot infer them from rows yet to come): convert it first, e.g. with DuckDB or pyarrow",
+);
+
 /// Record batches the reader thread may hold ahead of the leader.
 pub const BUFFERED: usize = 2;
 
@@ -189,7 +195,7 @@ fn rows_of(
                         .into(),
                 });
             }
-            let t = table::open("-")?;
+            let t = table::open("-", &NO_CSV)?;
             let schema = t.schema.clone();
             let rows = Skipped {
                 inner: arrivals(t),
@@ -246,7 +252,7 @@ fn rows_of(
                     }
                 },
             };
-            let t = table::open(&path_text(&first)?)?;
+            let t = table::open(&path_text(&first)?, &NO_CSV)?;
             watched.schema = Some(t.schema.clone());
             watched.current = Some(Box::new(Skipped {
                 inner: arrivals(t),
@@ -262,7 +268,7 @@ fn rows_of(
         }
         Input::Replay { path, rate } => {
             let files = replay_files(path)?;
-            let first = table::open(&path_text(&files[0])?)?;
+            let first = table::open(&path_text(&files[0])?, &NO_CSV)?;
             let schema = first.schema.clone();
             let rows: Rows = Box::new(Chained {
                 files: files.into_iter().skip(1).collect(),
@@ -402,7 +408,7 @@ impl Iterator for Watched {
                 Err(e) => return Some(Err(e)),
                 Ok(None) => std::thread::sleep(self.every),
                 Ok(Some(path)) => {
-                    let opened = path_text(&path).and_then(|p| table::open(&p));
+                    let opened = path_text(&path).and_then(|p| table::open(&p, &NO_CSV));
                     match opened {
                         Err(e) => return Some(Err(e)),
                         Ok(t)
@@ -444,7 +450,7 @@ impl Iterator for Chained {
             let next = self.files.pop_front();
             self.current = None;
             let path = next?;
-            let opened = path_text(&path).and_then(|p| table::open(&p));
+            let opened = path_text(&path).and_then(|p| table::open(&p, &NO_CSV));
             match opened {
                 Err(e) => return Some(Err(e)),
                 Ok(t) if t.schema.fields() != self.schema.fields() => {
