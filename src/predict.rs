@@ -158,6 +158,19 @@ pub fn predict(
     let scorer = Scorer::load(model)?;
     let source = table::open(input, &scorer.csv_columns())?;
     let in_schema = source.schema.clone();
+    // Checked here too: an input without rows has no batch to fail on.
+    let features = &scorer.file.features;
+    let used = features.numeric.iter().map(|f| &f.name);
+    if let Some(name) = used
+        .chain(&features.categorical)
+        .find(|n| in_schema.field_with_name(n).is_err())
+    {
+        return Err(Error::missing_column(
+            std::path::Path::new(input),
+            name,
+            &in_schema,
+        ));
+    }
     let mut fields = Vec::new();
     let mut keep_idx = Vec::new();
     let mut seen = std::collections::HashSet::new();

@@ -335,3 +335,42 @@ fn a_stream_refuses_csv_and_leaves_no_copy_of_stdin() {
     );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+/// An input without rows is still checked against the model's columns
+/// (there is no batch to fail on): a header-only CSV of other columns is
+/// exit 4, an empty table of the right ones an empty output.
+#[test]
+fn an_input_without_rows_is_checked_for_the_models_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quickstart_model(dir.path());
+    let header = dir.path().join("header.csv");
+    std::fs::write(&header, "a,b\n").unwrap();
+    let out = predict(
+        &model,
+        &header.to_string_lossy(),
+        &dir.path().join("x.parquet"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
+
+    let batches = common::dataset_batches("breast_cancer.parquet");
+    let empty = dir.path().join("empty.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&empty).unwrap(),
+        batches[0].schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batches[0].slice(0, 0)).unwrap();
+    w.close().unwrap();
+    let csv = dir.path().join("empty-out.csv");
+    ok(
+        &predict(&model, &empty.to_string_lossy(), &csv),
+        "empty input",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        "prediction,probability\n"
+    );
+}
