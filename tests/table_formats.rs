@@ -18,13 +18,19 @@ const DATA: &str = "datasets/breast_cancer.parquet";
 /// `predict --model MODEL --input - --output OUT` with `stdin` piped in,
 /// temporary files under `tmp`.
 fn predict_stdin(model: &Path, out: &Path, stdin: Vec<u8>, tmp: &Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
-        .current_dir(root())
-        .env("TMPDIR", tmp)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.env("TMPDIR", tmp)
         .args(["--log", "warn", "predict", "--model"])
         .arg(model)
         .args(["--input", "-", "--output"])
-        .arg(out)
+        .arg(out);
+    with_stdin(cmd, stdin)
+}
+
+/// Runs `cmd` in the repository with `stdin` written into its stdin.
+fn with_stdin(mut cmd: Command, stdin: Vec<u8>) -> Output {
+    let mut child = cmd
+        .current_dir(root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -293,26 +299,14 @@ fn a_stream_refuses_csv_and_leaves_no_copy_of_stdin() {
     let csv = dir.path().join("t.csv");
     std::fs::write(&csv, "a,b\n1,2\n").unwrap();
     let stream = |input: &str, stdin: Vec<u8>, extra: &[&str]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
-            .current_dir(root())
-            .env("TMPDIR", &tmp)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+        cmd.env("TMPDIR", &tmp)
             .args(["--log", "warn", "stream", "pipelines/quickstart.toml"])
             .args(["--set", "optimizer.kind=\"adagrad\"", "--input", input])
             .arg("--model-out")
             .arg(dir.path().join("m.json"))
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        let w = std::thread::spawn(move || {
-            let _ = pipe.write_all(&stdin);
-        });
-        let out = child.wait_with_output().unwrap();
-        w.join().unwrap();
-        out
+            .args(extra);
+        with_stdin(cmd, stdin)
     };
     for (input, bytes) in [
         (csv.to_string_lossy().to_string(), Vec::new()),
