@@ -217,6 +217,23 @@ pub enum Error {
         /// What the rows were needed for: `train on`, `evaluate`.
         purpose: std::borrow::Cow<'static, str>,
     },
+    /// Row keys that cannot be used: repeated in the data, or asked to be
+    /// forgotten but not present (never inserted, or forgotten already).
+    #[error("{}: {message}", path.display())]
+    Keys {
+        /// The data or key file.
+        #[serde(with = "wire::path")]
+        path: PathBuf,
+        /// Which keys and why.
+        message: String,
+    },
+    /// The exact solution does not exist for these rows (a singular system
+    /// without an L2 penalty, or sums that leave the exact range).
+    #[error("no exact solution: {message}")]
+    Unsolvable {
+        /// Why, and what to change.
+        message: String,
+    },
     /// Training diverged: a gradient or parameter became non-finite or too large.
     #[error("training diverged at epoch {epoch}, step {step}: {message}")]
     Diverged {
@@ -434,9 +451,10 @@ impl Error {
             | Error::MissingValue { .. }
             | Error::UnknownLabel { .. }
             | Error::BadLabel { .. }
-            | Error::NoRows { .. } => 4,
+            | Error::NoRows { .. }
+            | Error::Keys { .. } => 4,
             Error::Model { .. } => 5,
-            Error::Diverged { .. } => 6,
+            Error::Diverged { .. } | Error::Unsolvable { .. } => 6,
             Error::Cluster(_) | Error::Worker { .. } => 7,
             Error::Internal(_) => 1,
             Error::Relayed { code, .. } | Error::Supervised { code, .. } => *code,

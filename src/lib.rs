@@ -52,6 +52,7 @@ pub mod data;
 pub mod dataflow;
 pub mod error;
 pub mod exact;
+pub mod incremental;
 pub mod inspect;
 pub mod io;
 pub mod memory;

@@ -10,7 +10,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{load, logistic_objective, margin, ridge_objective, root, sigmoid, solve, Problem};
+use common::{
+    load, logistic_objective, margin, ridge_closed_form, ridge_objective, root, sigmoid, solve,
+    Problem,
+};
 use tidemill::cluster::Cluster;
 use tidemill::spec::Pipeline;
 
@@ -43,27 +46,6 @@ fn newton_logistic(p: &Problem, l2: f64) -> Vec<f64> {
         }
     }
     theta
-}
-
-/// The normal equations of ridge regression in f64.
-fn ridge_closed_form(p: &Problem, l2: f64) -> Vec<f64> {
-    let d = p.x[0].len() + 1;
-    let n = p.y.len() as f64;
-    let mut a = vec![vec![0.0; d]; d];
-    let mut b = vec![0.0; d];
-    for (x, &y) in p.x.iter().zip(&p.y) {
-        let xt: Vec<f64> = std::iter::once(1.0).chain(x.iter().copied()).collect();
-        for i in 0..d {
-            b[i] += xt[i] * y / n;
-            for j in 0..d {
-                a[i][j] += xt[i] * xt[j] / n;
-            }
-        }
-    }
-    for (i, row) in a.iter_mut().enumerate().skip(1) {
-        row[i] += l2;
-    }
-    solve(a, b)
 }
 
 /// Trains in-process and returns [intercept, coefficients in column order].

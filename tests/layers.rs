@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["dataflow"],
     &["strategy"],
     &["train", "predict", "inspect"],
+    &["incremental"],
     &["stream"],
     &["cli", "main"],
 ];

@@ -58,6 +58,10 @@ pub enum Command {
     Predict(PredictArgs),
     /// Print JSON metrics of a saved model on a labelled table.
     Eval(EvalArgs),
+    /// Forget rows of an exact model: retract their keys from its saved
+    /// state (`[output] state`) and rewrite the model of the rows that
+    /// remain.
+    Forget(ForgetArgs),
     /// Check a pipeline (keys, values, files, columns, types) without training.
     Validate(ValidateArgs),
     /// Describe Parquet data: schema, row groups, rows, null counts.
@@ -196,6 +200,24 @@ pub struct TrainArgs {
     pub restart_backoff: f64,
 }
 
+/// `forget`.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Pipeline file (TOML) of the exact model (`optimizer.kind = "exact"`,
+    /// `data.key`, `[output] state`).
+    pub pipeline: PathBuf,
+    /// The keys to forget: a Parquet, Arrow IPC or CSV table (`-` for
+    /// stdin) with a column named like `data.key`, or a single column.
+    #[arg(long, value_name = "PATH")]
+    pub keys: String,
+    /// Override a pipeline key, e.g. `--set output.state='"state/"'`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Model file (overrides output.model).
+    #[arg(long)]
+    pub model_out: Option<PathBuf>,
+}
+
 /// `stream`.
 #[derive(Debug, Args)]
 pub struct StreamArgs {
@@ -250,6 +272,11 @@ pub struct StreamArgs {
     /// Input columns to copy beside the predictions, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub keep: Vec<String>,
+    /// Keys to retract while the stream runs (exact models): a Parquet,
+    /// Arrow IPC or CSV table (`-` for stdin) with a column named like
+    /// `data.key`, read as it arrives; see docs/incremental.md.
+    #[arg(long, value_name = "PATH")]
+    pub retract: Option<String>,
 }
 
 /// `predict`.
@@ -340,6 +367,7 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(&(to_json(&m) + "\n"))?;
             Ok(())
         }
+        Command::Forget(a) => forget(a),
         Command::Validate(a) => validate(a),
         Command::Plot(a) => crate::metrics::plot::plot_files(&a.metrics, &a.out, &a.title),
         Command::Inspect(a) => {
@@ -376,10 +404,10 @@ fn validate(a: ValidateArgs) -> Result<()> {
 fn stream(a: StreamArgs) -> Result<()> {
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
-    if let Some(m) = a.model_out {
+    if let Some(m) = a.model_out.clone() {
         pipeline.output.model = Some(m);
     }
-    if let Some(m) = a.metrics_out {
+    if let Some(m) = a.metrics_out.clone() {
         pipeline.output.metrics = Some(m);
     }
     let input = match a.input.as_str() {
@@ -431,6 +459,15 @@ fn stream(a: StreamArgs) -> Result<()> {
             }
         }
     };
+    if pipeline.optimizer == crate::spec::OptimizerSpec::Exact {
+        return stream_exact(a, pipeline, input, &cluster);
+    }
+    if a.retract.is_some() {
+        return Err(Error::Usage {
+            option: "--retract".into(),
+            message: "retracts rows from an exact model (optimizer.kind = 'exact'); an iterative model cannot forget a row".into(),
+        });
+    }
     let init = match &a.init_model {
         Some(path) => Some(crate::train::warm::InitModel::load(path)?),
         None => None,
@@ -462,6 +499,138 @@ fn stream(a: StreamArgs) -> Result<()> {
     emit(&(to_json(&summary) + "\n"))
 }
 
+/// `stream` with `optimizer.kind = "exact"` (src/stream/exact.rs).
+fn stream_exact(
+    a: StreamArgs,
+    pipeline: Pipeline,
+    input: crate::stream::source::Input,
+    cluster: &crate::cluster::Cluster,
+) -> Result<()> {
+    for (flag, given) in [
+        ("--init-model", a.init_model.is_some()),
+        ("--resume", a.resume),
+        ("--predictions-out", a.predictions_out.is_some()),
+        ("--metrics-addr", a.metrics_addr.is_some()),
+    ] {
+        if given {
+            return Err(Error::Usage {
+                option: flag.into(),
+                message: "not available with an exact model yet (docs/incremental.md)".into(),
+            });
+        }
+    }
+    if a.retract.as_deref() == Some("-") && a.input == "-" {
+        return Err(Error::Usage {
+            option: "--retract".into(),
+            message: "stdin is the input already: give the retractions another path (a FIFO works)"
+                .into(),
+        });
+    }
+    let job = crate::stream::exact::ExactJob {
+        pipeline,
+        input,
+        retract: a.retract,
+    };
+    let Some(summary) = crate::stream::exact::run(job, cluster)? else {
+        return Ok(());
+    };
+    emit(&(to_json(&summary) + "\n"))
+}
+
+/// `train` with `optimizer.kind = "exact"` (src/incremental).
+fn train_exact(
+    plan: crate::plan::Plan,
+    a: &TrainArgs,
+    cluster: &crate::cluster::Cluster,
+    outputs: Option<OutputSet>,
+    paths: &PipelineOutputs,
+    started: std::time::Instant,
+) -> Result<()> {
+    for (flag, given) in [
+        ("--init-model", a.init_model.is_some()),
+        ("--resume", a.resume),
+    ] {
+        if given {
+            return Err(Error::Usage {
+                option: flag.into(),
+                message: "an exact model is solved from its statistics: it has no starting point (continue from its state with `tidemill forget`)".into(),
+            });
+        }
+    }
+    let fitted = crate::incremental::train(plan, cluster)?;
+    let (Some(outputs), Some(fitted)) = (outputs, fitted) else {
+        return Ok(());
+    };
+    let mut contents = Vec::new();
+    if paths.model.is_some() {
+        contents.push(fitted.model.to_json()?);
+    }
+    if paths.metrics.is_some() {
+        // One record: the exact objective of the solution.
+        let record = serde_json::json!({
+            "epoch": 0,
+            "train_loss": fitted.model.training.objective,
+            "train_rows": fitted.model.training.rows,
+        });
+        contents.push(to_json(&record) + "\n");
+    }
+    finish_exact(outputs, &contents, fitted, started)
+}
+
+/// Writes and commits the outputs of an exact `train` or `forget`, then
+/// commits the state (the model first: see `incremental::PendingState`),
+/// then prints the summary.
+fn finish_exact(
+    mut outputs: OutputSet,
+    contents: &[String],
+    mut fitted: crate::incremental::Fitted,
+    started: std::time::Instant,
+) -> Result<()> {
+    for (output, text) in outputs.outputs().iter_mut().zip(contents) {
+        output.write_all(text.as_bytes())?;
+    }
+    outputs.commit()?;
+    let state = match fitted.state.take() {
+        Some(pending) => Some(pending.commit()?),
+        None => None,
+    };
+    emit(&(to_json(&exact_summary(&fitted, state.as_deref(), started)) + "\n"))
+}
+
+/// The JSON line an exact `train` or `forget` prints.
+fn exact_summary(
+    fitted: &crate::incremental::Fitted,
+    state: Option<&std::path::Path>,
+    started: std::time::Instant,
+) -> serde_json::Value {
+    let t = &fitted.model.training;
+    serde_json::json!({
+        "train_rows": t.rows,
+        "objective": t.objective,
+        "keys_blake3_sum": t.data.as_ref().map(|d| d.keys_blake3_sum.clone()),
+        "state": state.map(|p| p.display().to_string()),
+        "seconds": started.elapsed().as_secs_f64(),
+    })
+}
+
+fn forget(a: ForgetArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
+    let model_flag = a.model_out.is_some();
+    if let Some(m) = a.model_out {
+        pipeline.output.model = Some(m);
+    }
+    let paths = PipelineOutputs::new(&pipeline, model_flag, false);
+    let inputs = PipelineInputs::new(&a.pipeline, &pipeline)?;
+    let outputs = OutputSet::prepare(&paths.requests(), &inputs.list())?;
+    let fitted = crate::incremental::forget(&pipeline, &a.keys)?;
+    let contents = match paths.model {
+        Some(_) => vec![fitted.model.to_json()?],
+        None => Vec::new(),
+    };
+    finish_exact(outputs, &contents, fitted, started)
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     if a.max_restarts > 0 {
         return supervise::run(&a);
@@ -469,11 +638,11 @@ fn train(a: TrainArgs) -> Result<()> {
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
     let (model_flag, metrics_flag) = (a.model_out.is_some(), a.metrics_out.is_some());
-    if let Some(m) = a.model_out {
-        pipeline.output.model = Some(m);
+    if let Some(m) = &a.model_out {
+        pipeline.output.model = Some(m.clone());
     }
-    if let Some(m) = a.metrics_out {
-        pipeline.output.metrics = Some(m);
+    if let Some(m) = &a.metrics_out {
+        pipeline.output.metrics = Some(m.clone());
     }
     let paths = PipelineOutputs::new(&pipeline, model_flag, metrics_flag);
     // Process 0 writes the outputs. They are prepared before training, so
@@ -493,6 +662,9 @@ fn train(a: TrainArgs) -> Result<()> {
         "training"
     );
     let plan = crate::plan::Plan::new(pipeline)?;
+    if plan.pipeline.optimizer == crate::spec::OptimizerSpec::Exact {
+        return train_exact(plan, &a, &cluster, outputs, &paths, started);
+    }
     let init = match &a.init_model {
         Some(path) => Some(crate::train::warm::InitModel::load(path)?),
         None => None,

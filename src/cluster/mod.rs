@@ -209,6 +209,23 @@ impl Cluster {
         }
     }
 
+    /// Waits for the workers of `guards` and returns what each returned, in
+    /// worker order; a worker that panicked is an error naming it (by its
+    /// index in the whole cluster).
+    pub fn join<T: Send + 'static>(&self, guards: WorkerGuards<T>) -> Result<Vec<T>> {
+        guards
+            .join()
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.map_err(|panic| Error::Worker {
+                    worker: self.process * self.workers + i,
+                    message: format!("panicked: {panic}"),
+                })
+            })
+            .collect()
+    }
+
     /// Starts `func` on every worker thread of this process, connected to
     /// the workers of the other processes. `job` describes the job for the
     /// handshake; it is only called when there are other processes.

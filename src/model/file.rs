@@ -37,6 +37,23 @@ pub struct TrainingSummary {
     pub l2: f64,
     /// L1 penalty.
     pub l1: f64,
+    /// Which rows the model contains (exact models with a `data.key`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data: Option<DataStamp>,
+}
+
+/// Which rows an exact model contains, for an auditor: their number and
+/// an order-independent digest of their keys (docs/incremental.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataStamp {
+    /// The key column.
+    pub key: String,
+    /// Rows present.
+    pub rows: u64,
+    /// The sum of the BLAKE3-256 hashes of the keys present, in two
+    /// wrapping 128-bit lanes, as 64 hex digits.
+    pub keys_blake3_sum: String,
 }
 
 /// A model file.

@@ -220,7 +220,7 @@ impl Rates {
                 state.m.resize(n, 0.0);
                 state.v.resize(n, 0.0);
             }
-            OptimizerSpec::Sgd(_) | OptimizerSpec::Lbfgs { .. } => {}
+            OptimizerSpec::Sgd(_) | OptimizerSpec::Lbfgs { .. } | OptimizerSpec::Exact => {}
         }
         Rates {
             lr,
@@ -317,7 +317,7 @@ impl Rates {
                     params[i] = ftrl_weight(m[i], n_new, t, lr, beta, penalty, penalised(i));
                 }
             }
-            OptimizerSpec::Lbfgs { .. } => {}
+            OptimizerSpec::Lbfgs { .. } | OptimizerSpec::Exact => {}
         }
     }
 }

@@ -46,6 +46,7 @@ impl Plan {
         } = draft(&pipeline, reference.schema(), &reference.path)?;
         let mut columns = features.clone();
         columns.push(d.label.clone());
+        columns.extend(d.key.iter().cloned());
         let source = Source::open(&d.train, &columns)?;
         if let Some((a, b)) = source.repeated_file() {
             return Err(Error::PipelineValue {
@@ -143,13 +144,22 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
             message: format!("'{bad}' is not a column of {}{hint}", file.display()),
         });
     }
+    if let Some(key) = d.key.as_ref().filter(|k| !names.contains(&k.as_str())) {
+        let hint = crate::error::nearest(key, &names)
+            .map(|n| format!(" (did you mean '{n}'?)"))
+            .unwrap_or_default();
+        return Err(Error::PipelineValue {
+            key: "data.key".into(),
+            message: format!("'{key}' is not a column of {}{hint}", file.display()),
+        });
+    }
     let features: Vec<String> = match &d.features {
         Some(f) => f.clone(),
         None => schema
             .fields()
             .iter()
             .map(|f| f.name().clone())
-            .filter(|n| *n != d.label && !d.exclude.contains(n))
+            .filter(|n| *n != d.label && !d.exclude.contains(n) && Some(n) != d.key.as_ref())
             .collect(),
     };
     if features.is_empty() {

@@ -66,6 +66,91 @@ pub struct StreamSpec {
     /// ends, yes; for a live source (stdin, a watched directory), which
     /// may not, no, so that its memory stays bounded.
     pub stream_auc: Option<bool>,
+    /// A sliding window: rows leave the model (are retracted) once they
+    /// fall out of it (exact models; docs/incremental.md).
+    pub window: Option<WindowSpec>,
+}
+
+/// `[stream] window`: which rows an exact model holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WindowSpec {
+    /// Rows whose `column` is within `length` of the largest value seen:
+    /// `ts > max_ts − length`.
+    Time {
+        /// A timestamp, date, text timestamp or numeric column.
+        column: String,
+        /// The length, in seconds if `in_seconds` (a duration such as
+        /// `"7d"`), else in the column's own units (a number).
+        length: f64,
+        /// Whether `length` is a duration.
+        in_seconds: bool,
+    },
+    /// The last `n` rows.
+    Rows(u64),
+}
+
+/// Parses `"7d"`, `"36h"`, `"90m"`, `"30s"`, `"2w"` into seconds.
+pub fn parse_duration(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.trim().parse().ok()?;
+    let unit = match unit.trim() {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 604_800.0,
+        _ => return None,
+    };
+    (n.is_finite() && n > 0.0).then_some(n * unit)
+}
+
+fn window_spec(w: &Option<crate::spec::raw::RawWindow>) -> Result<Option<WindowSpec>> {
+    let Some(w) = w else { return Ok(None) };
+    match (&w.column, &w.length, w.rows) {
+        (None, None, Some(n)) if n >= 1 => Ok(Some(WindowSpec::Rows(n as u64))),
+        (None, None, Some(n)) => Err(value_err(
+            "stream.window.rows",
+            format!("must be ≥ 1, got {n}"),
+        )),
+        (Some(column), Some(length), None) => {
+            let (length, in_seconds) = match length {
+                toml::Value::String(s) => (
+                    parse_duration(s).ok_or_else(|| {
+                        value_err(
+                            "stream.window.length",
+                            format!("'{s}' is not a duration such as \"7d\", \"12h\", \"30m\", \"45s\" or \"2w\""),
+                        )
+                    })?,
+                    true,
+                ),
+                toml::Value::Integer(i) => (*i as f64, false),
+                toml::Value::Float(f) => (*f, false),
+                other => {
+                    return Err(value_err(
+                        "stream.window.length",
+                        format!("must be a duration (\"7d\") or a number, got {other}"),
+                    ))
+                }
+            };
+            if !(length.is_finite() && length > 0.0) {
+                return Err(value_err(
+                    "stream.window.length",
+                    format!("must be > 0, got {length}"),
+                ));
+            }
+            Ok(Some(WindowSpec::Time {
+                column: column.clone(),
+                length,
+                in_seconds,
+            }))
+        }
+        _ => Err(value_err(
+            "stream.window",
+            "give either { column = \"ts\", length = \"7d\" } or { rows = N }",
+        )),
+    }
 }
 
 /// What to do with null, NaN or infinite feature values.
@@ -122,6 +207,9 @@ pub struct DataSpec {
     pub validation: Option<ValidationSpec>,
     /// Label column.
     pub label: String,
+    /// The row key (`data.key`): what `tidemill forget` names rows by, and
+    /// what the model's data digest is made of (`optimizer.kind = "exact"`).
+    pub key: Option<String>,
     /// Explicit feature list, or `None` for "every column but label/exclude".
     pub features: Option<Vec<String>>,
     /// Columns left out of the default feature list.
@@ -163,6 +251,16 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// The name used in pipelines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Linear => "linear",
+            ModelKind::Logistic => "logistic",
+            ModelKind::Softmax => "softmax",
+            ModelKind::Hinge => "hinge",
+        }
+    }
+
     /// True for the classifiers.
     pub fn is_classifier(self) -> bool {
         !matches!(self, ModelKind::Linear)
@@ -260,6 +358,10 @@ pub enum OptimizerSpec {
         /// β of the per-coordinate rate.
         beta: f64,
     },
+    /// The exact solution from sufficient statistics, maintained under
+    /// insertions and retractions (docs/incremental.md): ridge regression
+    /// by Cholesky on the normal equations.
+    Exact,
     /// Full-batch L-BFGS (OWL-QN when `l1 > 0`).
     Lbfgs {
         /// History length.
@@ -292,7 +394,7 @@ impl OptimizerSpec {
             | OptimizerSpec::Adagrad { base, .. }
             | OptimizerSpec::Adam { base, .. }
             | OptimizerSpec::Ftrl { base, .. } => Some(base),
-            OptimizerSpec::Lbfgs { .. } => None,
+            OptimizerSpec::Lbfgs { .. } | OptimizerSpec::Exact => None,
         }
     }
 }
@@ -394,6 +496,10 @@ pub struct OutputSpec {
     pub metrics: Option<PathBuf>,
     /// Checkpoints, if asked for.
     pub checkpoint: Option<CheckpointSpec>,
+    /// The maintained state of an exact model (`[output] state`): its
+    /// statistics and rows by key, what `tidemill forget` continues from
+    /// (docs/incremental.md).
+    pub state: Option<PathBuf>,
 }
 
 /// `[output] checkpoint*`: where and how often the training state is saved
@@ -550,7 +656,13 @@ fn lazy_updates(
                 "applies to the first-order optimizers only: L-BFGS takes full-batch steps over every weight",
             ))
         }
-        OptimizerSpec::Lbfgs { .. } => return Ok(()),
+        OptimizerSpec::Exact if asked.is_some() => {
+            return Err(value_err(
+                "optimizer.lazy",
+                "applies to the first-order optimizers only: 'exact' takes no steps",
+            ))
+        }
+        OptimizerSpec::Lbfgs { .. } | OptimizerSpec::Exact => return Ok(()),
     };
     if let Some(lazy) = asked {
         base.lazy = lazy;
@@ -660,6 +772,14 @@ impl Pipeline {
         if let Some(CheckpointEvery::Steps(_)) = checkpoint.as_ref().map(|c| c.every) {
             steps_can_checkpoint(&optimizer, &train, &data)?;
         }
+        let state = raw.output.state.map(PathBuf::from);
+        exact_fits(&optimizer, &data, state.as_deref())?;
+        if stream.window.is_some() && optimizer != OptimizerSpec::Exact {
+            return Err(value_err(
+                "stream.window",
+                "a window retracts the rows that leave it, which only an exact model (optimizer.kind = 'exact') can do",
+            ));
+        }
         Ok(Pipeline {
             data,
             model,
@@ -669,10 +789,57 @@ impl Pipeline {
                 model: raw.output.model.map(PathBuf::from),
                 metrics: raw.output.metrics.map(PathBuf::from),
                 checkpoint,
+                state,
             },
             stream,
         })
     }
+}
+
+/// The largest number of numeric features `optimizer.kind = "exact"`
+/// takes: its statistics hold `p(p+1)/2` cross-products and every update
+/// solves a `p × p` system (docs/incremental.md).
+pub const EXACT_MAX_FEATURES: usize = 2048;
+
+/// What `optimizer.kind = "exact"` needs of the data, and what an
+/// `[output] state` needs of the optimizer.
+fn exact_fits(optimizer: &OptimizerSpec, data: &DataSpec, state: Option<&Path>) -> Result<()> {
+    if *optimizer != OptimizerSpec::Exact {
+        if state.is_some() {
+            return Err(value_err(
+                "output.state",
+                "a maintained state belongs to optimizer.kind = 'exact' (the models whose training reduces to sums)",
+            ));
+        }
+        return Ok(());
+    }
+    if !data.categorical.is_empty() {
+        return Err(value_err(
+            "data.categorical",
+            format!(
+                "'exact' keeps the cross-products of every pair of features, so it takes numeric features only (at most {EXACT_MAX_FEATURES}); hashed columns need an iterative optimizer"
+            ),
+        ));
+    }
+    if data.on_missing == OnMissing::Mean {
+        return Err(value_err(
+            "data.on_missing",
+            "'mean' fills with a mean that changes as rows are added and forgotten, so an exact model cannot use it: use error, zero or skip_row",
+        ));
+    }
+    if data.validation.is_some() {
+        return Err(value_err(
+            "data.validation",
+            "'exact' trains on every row of data.train (evaluate the model with `tidemill eval`)",
+        ));
+    }
+    if state.is_some() && data.key.is_none() {
+        return Err(value_err(
+            "data.key",
+            "[output] state keeps rows by their key so that they can be forgotten: name the key column",
+        ));
+    }
+    Ok(())
 }
 
 /// `[stream]`, checked.
@@ -706,6 +873,7 @@ fn stream_spec(r: &RawStream) -> Result<StreamSpec> {
         snapshot_keep: count("stream.snapshot_keep", r.snapshot_keep, 0, 0)? as usize,
         rolling_batches: count("stream.rolling_batches", r.rolling_batches, 10, 1)? as usize,
         stream_auc: r.stream_auc,
+        window: window_spec(&r.window)?,
     })
 }
 
@@ -791,6 +959,20 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
             format!("'{}' is the label", d.label),
         ));
     }
+    if let Some(key) = &d.key {
+        if *key == d.label {
+            return Err(value_err("data.key", format!("'{key}' is the label")));
+        }
+        let listed = d.features.as_ref().is_some_and(|f| f.contains(key));
+        if listed || d.categorical.contains(key) {
+            return Err(value_err(
+                "data.key",
+                format!(
+                    "'{key}' is also a feature: a row key identifies rows, it is not trained on"
+                ),
+            ));
+        }
+    }
     if let Some(f) = &d.features {
         if f.contains(&d.label) {
             return Err(value_err(
@@ -817,6 +999,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         train,
         validation,
         label: d.label,
+        key: d.key,
         features: d.features,
         exclude: d.exclude,
         categorical: d.categorical,
@@ -979,10 +1162,28 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
                 tolerance: non_negative("optimizer.tolerance", o.tolerance.unwrap_or(1e-12))?,
             }
         }
+        "exact" => {
+            if model.kind != ModelKind::Linear {
+                return Err(value_err(
+                    "optimizer.kind",
+                    format!(
+                        "'exact' solves least squares and ridge regression from sufficient statistics; model.kind = '{}' has none (use lbfgs)",
+                        model.kind.name()
+                    ),
+                ));
+            }
+            if model.l1 > 0.0 {
+                return Err(value_err(
+                    "model.l1",
+                    "'exact' solves ridge (l2) in closed form; an l1 penalty has no closed form (use lbfgs, which runs OWL-QN)",
+                ));
+            }
+            OptimizerSpec::Exact
+        }
         other => {
             return Err(value_err(
                 "optimizer.kind",
-                format!("'{other}' is not one of sgd, momentum, adagrad, adam, ftrl, lbfgs"),
+                format!("'{other}' is not one of sgd, momentum, adagrad, adam, ftrl, lbfgs, exact"),
             ))
         }
     };

@@ -48,6 +48,20 @@ pub struct RawStream {
     pub rolling_batches: Option<i64>,
     /// Keep every score for the whole stream's AUC.
     pub stream_auc: Option<bool>,
+    /// A sliding window (exact models).
+    pub window: Option<RawWindow>,
+}
+
+/// `[stream] window`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// The time column.
+    pub column: Option<String>,
+    /// How long rows stay: `"7d"`, `"12h"`, or a number in the column's units.
+    pub length: Option<toml::Value>,
+    /// Or: the last this many rows.
+    pub rows: Option<i64>,
 }
 
 /// One path or a list of paths.
@@ -82,6 +96,8 @@ pub struct RawData {
     pub validation: Option<RawValidation>,
     /// Label column.
     pub label: String,
+    /// Row key column (`optimizer.kind = "exact"`, `tidemill forget`).
+    pub key: Option<String>,
     /// Feature columns; default every column but the label and `exclude`.
     pub features: Option<Vec<String>>,
     /// Columns left out of the default feature list.
@@ -216,4 +232,6 @@ pub struct RawOutput {
     pub checkpoint_every: Option<toml::Value>,
     /// Checkpoints kept.
     pub checkpoint_keep: Option<i64>,
+    /// The maintained state of an exact model.
+    pub state: Option<String>,
 }

@@ -17,6 +17,7 @@
 //! snapshots and checkpoints at batch ends ([`publish`]).
 
 pub mod engine;
+pub mod exact;
 pub mod leader;
 pub mod predictions;
 pub mod publish;
@@ -140,19 +141,13 @@ pub fn run(job: StreamJob, cluster: &Cluster) -> Result<Option<StreamSummary>> {
     )?;
     let mut summary = None;
     let mut failure: Option<Failure> = None;
-    for (i, r) in guards.join().into_iter().enumerate() {
+    for r in cluster.join(guards)? {
         match r {
-            Err(panic) => {
-                return Err(Error::Worker {
-                    worker: cluster.process * cluster.workers + i,
-                    message: format!("panicked: {panic}"),
-                })
-            }
-            Ok(Err(f)) => {
+            Err(f) => {
                 failure.get_or_insert(f);
             }
-            Ok(Ok(Some(s))) => summary = Some(s),
-            Ok(Ok(None)) => {}
+            Ok(Some(s)) => summary = Some(s),
+            Ok(None) => {}
         }
     }
     if let Some(f) = failure {

@@ -313,6 +313,7 @@ impl Publisher {
                 optimizer: crate::train::optimizer_name(&self.pipeline),
                 l2: self.pipeline.model.l2,
                 l1: self.pipeline.model.l1,
+                data: None,
             };
             let mut file = at.replica.model().to_file(at.spec, summary);
             file.stream = Some(StreamStamp {

@@ -226,6 +226,7 @@ fn worker_main(
             optimizer: optimizer_name(&plan.pipeline),
             l2: plan.pipeline.model.l2,
             l1: plan.pipeline.model.l1,
+            data: None,
         };
         (model.to_file(&spec, summary), model)
     });
@@ -449,6 +450,7 @@ pub fn optimizer_name(p: &Pipeline) -> String {
         crate::spec::OptimizerSpec::Adam { .. } => "adam",
         crate::spec::OptimizerSpec::Ftrl { .. } => "ftrl",
         crate::spec::OptimizerSpec::Lbfgs { .. } => "lbfgs",
+        crate::spec::OptimizerSpec::Exact => "exact",
     }
     .to_string()
 }
@@ -514,18 +516,12 @@ pub fn run_job(
     };
     let mut first_failure: Option<Failure> = None;
     let mut unit_rows = Vec::new();
-    for (i, r) in guards.join().into_iter().enumerate() {
+    for r in cluster.join(guards)? {
         match r {
-            Err(panic) => {
-                return Err(Error::Worker {
-                    worker: cluster.process * cluster.workers + i,
-                    message: format!("panicked: {panic}"),
-                })
-            }
-            Ok(Err(f)) => {
+            Err(f) => {
                 first_failure.get_or_insert(f);
             }
-            Ok(Ok(w)) => {
+            Ok(w) => {
                 report.train_rows = w.rows.0;
                 report.validation_rows = w.rows.1;
                 unit_rows = w.unit_rows;

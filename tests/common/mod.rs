@@ -200,6 +200,28 @@ pub fn ridge_objective(p: &Problem, theta: &[f64], l2: f64) -> f64 {
     loss + 0.5 * l2 * theta[1..].iter().map(|w| w * w).sum::<f64>()
 }
 
+/// The normal equations of ridge regression in f64 (intercept first,
+/// unpenalised).
+pub fn ridge_closed_form(p: &Problem, l2: f64) -> Vec<f64> {
+    let d = p.x[0].len() + 1;
+    let n = p.y.len() as f64;
+    let mut a = vec![vec![0.0; d]; d];
+    let mut b = vec![0.0; d];
+    for (x, &y) in p.x.iter().zip(&p.y) {
+        let xt: Vec<f64> = std::iter::once(1.0).chain(x.iter().copied()).collect();
+        for i in 0..d {
+            b[i] += xt[i] * y / n;
+            for j in 0..d {
+                a[i][j] += xt[i] * xt[j] / n;
+            }
+        }
+    }
+    for (i, row) in a.iter_mut().enumerate().skip(1) {
+        row[i] += l2;
+    }
+    solve(a, b)
+}
+
 /// `n` free loopback ports (bound, read, released).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)

@@ -1,0 +1,598 @@
+//! Exact incremental models (docs/incremental.md): training that reduces
+//! to sums, maintained by differential dataflow under insertions and
+//! retractions, so that forgetting rows leaves exactly the model of the
+//! rows that remain.
+//!
+//! - [`normal`]: the sufficient statistics of least squares as an exact
+//!   Abelian difference type;
+//! - [`solve`]: ridge regression from them (Cholesky);
+//! - [`maintain`]: the differential dataflow over keys, statistics and
+//!   forgotten keys;
+//! - [`store`]: the state directory a later command continues from;
+//! - this module: `tidemill train` with `optimizer.kind = "exact"` and
+//!   `tidemill forget`.
+
+pub mod maintain;
+pub mod normal;
+pub mod solve;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+
+use crate::cluster::Cluster;
+use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
+use crate::data::partition::WINDOW_ROWS;
+use crate::error::{Error, Location, Result};
+use crate::model::file::{DataStamp, ModelFile, TrainingSummary};
+use crate::model::{Layout, LinearModel, Model};
+use crate::plan::Plan;
+use crate::source::DataSource;
+use crate::spec::{ModelKind, Pipeline};
+use maintain::{Changes, RowRef, RowVals, Seen};
+use normal::{KeyDigest, Normal};
+use solve::{Ridge, Unsolvable};
+use store::{Generation, JobStamp, StateDir, StoredRow, STATE_VERSION};
+
+/// What an exact training or forgetting produced (process 0).
+#[derive(Debug)]
+pub struct Fitted {
+    /// The model file content.
+    pub model: ModelFile,
+    /// The statistics of the rows present.
+    pub stats: Normal,
+    /// The state generation to commit, if the pipeline keeps a state.
+    pub state: Option<PendingState>,
+}
+
+/// A state generation made but not yet committed. The caller writes the
+/// model first and then commits this: a failure in between leaves a model
+/// newer than the state, and running the same command again (the same
+/// keys are still in the state) brings both to the same point.
+#[derive(Debug)]
+pub struct PendingState {
+    dir: StateDir,
+    seq: u64,
+    generation: Generation,
+}
+
+impl PendingState {
+    /// Commits the generation (see [`StateDir::commit`]); returns its file.
+    pub fn commit(self) -> Result<PathBuf> {
+        self.dir.commit(self.seq, &self.generation)
+    }
+}
+
+/// The key column's values of a batch as text (integers in decimal).
+pub fn keys_of(batch: &RecordBatch, column: &str, origin: &Origin) -> Result<Vec<String>> {
+    let at = |row: Option<u64>| {
+        Box::new(Location {
+            file: origin.file.to_path_buf(),
+            row_group: origin.row_group,
+            column: Some(column.to_string()),
+            row,
+        })
+    };
+    let array = batch
+        .column_by_name(column)
+        .ok_or_else(|| Error::Internal(format!("the key column '{column}' was not read")))?;
+    let text = arrow::compute::cast(array, &DataType::Utf8).map_err(|e| Error::MissingValue {
+        location: at(None),
+        what: format!("a key column of type {} ({e})", array.data_type()),
+        hint: "a key must be text or an integer".into(),
+    })?;
+    let text = text.as_string::<i32>();
+    (0..text.len())
+        .map(|i| {
+            if text.is_null(i) {
+                Err(Error::MissingValue {
+                    location: at(Some(origin.first_row + i as u64)),
+                    what: "null key".into(),
+                    hint: "every row needs a key to be forgotten by".into(),
+                })
+            } else {
+                Ok(text.value(i).to_string())
+            }
+        })
+        .collect()
+}
+
+/// What a worker of `train` read.
+#[derive(Default)]
+struct Read {
+    changes: Changes,
+    stored: Vec<StoredRow>,
+}
+
+/// Reads this worker's units: keys, statistics and (when kept) rows.
+fn read_units(
+    plan: &Plan,
+    spec: &FeatureSpec,
+    worker: usize,
+    peers: usize,
+    keep: bool,
+) -> Result<Read> {
+    let key = plan.pipeline.data.key.clone();
+    let mut columns = spec.feature_columns();
+    columns.push(spec.label.clone());
+    columns.extend(key.iter().cloned());
+    let mut read = Read::default();
+    let source: &dyn DataSource = plan.train.as_ref();
+    for unit in source.units().iter().filter(|u| u.id % peers == worker) {
+        let path = source.unit_path(unit).to_path_buf();
+        let mut stats = Normal::zero_of(spec.numeric.len());
+        let mut first_row = unit.file_row;
+        for batch in source.open(unit, &columns, WINDOW_ROWS)? {
+            let batch = batch?;
+            let origin = Origin {
+                file: &path,
+                row_group: Some(unit.row_group),
+                first_row,
+            };
+            let block = decode_raw(&batch, spec, LabelUse::Value, &origin)?;
+            let keys = match &key {
+                Some(k) => Some(keys_of(&batch, k, &origin)?),
+                None => None,
+            };
+            let p = block.p;
+            for i in 0..block.rows {
+                let row = block.file_row[i];
+                let x = &block.raw[i * p..(i + 1) * p];
+                let y = block.label[i];
+                let text = keys.as_ref().map(|k| k[(row - first_row) as usize].clone());
+                let digest = text.as_deref().map(KeyDigest::of).unwrap_or_default();
+                stats.add_row(&digest, x, y).map_err(|e| Error::MissingValue {
+                    location: Box::new(Location {
+                        file: path.clone(),
+                        row_group: Some(unit.row_group),
+                        column: Some(match e.feature {
+                            Some(j) => spec.numeric[j].name.clone(),
+                            None => spec.label.clone(),
+                        }),
+                        row: Some(row),
+                    }),
+                    what: format!("a value whose square or product ({:e}) is too large for exact sums", e.value),
+                    hint: format!(
+                        "exact models take values up to about 1.1e12 in magnitude (terms up to {:e}): rescale the column",
+                        normal::MAX_TERM
+                    ),
+                })?;
+                if let Some(text) = text {
+                    read.changes.keys.push((digest.id(), (unit.id as u32, row)));
+                    if keep {
+                        read.stored.push(StoredRow {
+                            id: digest.id(),
+                            key: text,
+                            x: x.to_vec(),
+                            y,
+                        });
+                    }
+                }
+            }
+            first_row += batch.num_rows() as u64;
+        }
+        read.changes.inserted.push(stats);
+    }
+    Ok(read)
+}
+
+/// The job a state belongs to.
+fn stamp(pipeline: &Pipeline, spec: &FeatureSpec, key: &str) -> JobStamp {
+    JobStamp {
+        label: spec.label.clone(),
+        key: key.to_string(),
+        features: spec.numeric.iter().map(|f| f.name.clone()).collect(),
+        on_missing: pipeline.data.on_missing.name().to_string(),
+    }
+}
+
+/// Solves the model of `stats` and builds its file (`what` names the
+/// data in a "no rows" error).
+pub fn model_of(
+    pipeline: &Pipeline,
+    draft: &FeatureSpec,
+    stats: &Normal,
+    what: &str,
+) -> Result<ModelFile> {
+    stats
+        .check()
+        .map_err(|message| Error::Unsolvable { message })?;
+    let p = draft.numeric.len();
+    let ridge = Ridge {
+        l2: pipeline.model.l2,
+        fit_intercept: pipeline.model.fit_intercept,
+        standardize: pipeline.data.standardize,
+    };
+    let solution = solve::solve(stats, p, ridge).map_err(|e| match e {
+        Unsolvable::NoRows => Error::NoRows {
+            what: what.to_string(),
+            purpose: "train on".into(),
+        },
+        Unsolvable::Collinear(j) => Error::Unsolvable {
+            message: format!(
+                "feature '{}' is a linear combination of the features before it on these rows, and model.l2 = 0: set model.l2 > 0 or drop the column",
+                draft.numeric[j].name
+            ),
+        },
+    })?;
+    let mut spec = draft.clone();
+    for (j, f) in spec.numeric.iter_mut().enumerate() {
+        f.center = solution.center[j];
+        f.scale = solution.scale[j];
+    }
+    spec.classes = None;
+    let model = LinearModel {
+        kind: ModelKind::Linear,
+        layout: Layout::new(ModelKind::Linear, &spec),
+        theta: solution.theta,
+    };
+    let summary = TrainingSummary {
+        epochs: 0,
+        rows: stats.rows.max(0) as u64,
+        objective: Some(solution.objective),
+        optimizer: "exact".into(),
+        l2: pipeline.model.l2,
+        l1: 0.0,
+        data: pipeline.data.key.as_ref().map(|key| DataStamp {
+            key: key.clone(),
+            rows: stats.rows.max(0) as u64,
+            keys_blake3_sum: stats.keys.hex(),
+        }),
+    };
+    Ok(model.to_file(&spec, summary))
+}
+
+/// `tidemill train` with `optimizer.kind = "exact"`: reads every row once
+/// (each worker its units), enters keys and statistics into the
+/// collections, fails on a repeated key, solves, and — with `[output]
+/// state` — writes the rows by key and the first generation of the state.
+/// Every process calls this; the result is complete on process 0.
+pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
+    let plan = Arc::new(plan);
+    let state = match &plan.pipeline.output.state {
+        Some(dir) => Some((StateDir::open(dir)?, ())),
+        None => None,
+    };
+    let seq = match &state {
+        Some((s, ())) => s.next_seq()?,
+        None => 0,
+    };
+    let state_dir = plan.pipeline.output.state.clone();
+    let rows_total: u64 = plan.train.units().iter().map(|u| u.rows as u64).sum();
+    let buckets = store::buckets_for(rows_total);
+    let shared = Arc::clone(&plan);
+    let guards = cluster.execute(|| crate::train::job::describe(&shared, None), {
+        let plan = Arc::clone(&plan);
+        move |worker| -> Result<Seen> {
+            let (index, peers) = (worker.index(), worker.peers());
+            let keep = state_dir.is_some();
+            let read = read_units(&plan, &plan.draft, index, peers, keep);
+            // This worker's run is written (and synced) before its
+            // changes enter the collections: once the collections'
+            // time is complete on process 0, every run the generation
+            // names is whole, whichever process wrote it.
+            let read = read.and_then(|r| {
+                if let Some(dir) = &state_dir {
+                    StateDir::open(dir)?.write_run(
+                        &StateDir::run_name(seq, index),
+                        r.stored,
+                        buckets,
+                    )?;
+                }
+                Ok(r.changes)
+            });
+            // A failed worker still runs the collections (the others
+            // wait for its inputs to close) and enters its failure,
+            // which every worker learns.
+            let changes = read.unwrap_or_else(|e| Changes {
+                failed: Some(maintain::encode_failure(&e)),
+                ..Changes::default()
+            });
+            let seen = maintain::run(worker, vec![changes])
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            match maintain::first_failure(&seen) {
+                Some(e) => Err(e),
+                None => Ok(seen),
+            }
+        }
+    })?;
+    let mut first: Option<Seen> = None;
+    for r in cluster.join(guards)? {
+        first.get_or_insert(r?);
+    }
+    let seen = first.unwrap_or_default();
+    if let Some(message) = repeated_message(&plan, &seen.repeated) {
+        return Err(Error::Keys {
+            path: plan.train.reference().to_path_buf(),
+            message,
+        });
+    }
+    if !cluster.is_leader() {
+        return Ok(None);
+    }
+    let draft = &plan.draft;
+    let model = model_of(&plan.pipeline, draft, &seen.stats, &plan.train.describe())?;
+    let pending = match (state, &plan.pipeline.data.key) {
+        (Some((dir, ())), Some(key)) => {
+            let generation = Generation {
+                version: STATE_VERSION,
+                job: stamp(&plan.pipeline, draft, key),
+                stats: seen.stats.clone(),
+                buckets,
+                runs: (0..cluster.total_workers())
+                    .map(|w| StateDir::run_name(seq, w))
+                    .collect(),
+                forgotten: BTreeMap::new(),
+            };
+            Some(PendingState {
+                dir,
+                seq,
+                generation,
+            })
+        }
+        _ => None,
+    };
+    Ok(Some(Fitted {
+        model,
+        stats: seen.stats,
+        state: pending,
+    }))
+}
+
+/// The message for keys that occur more than once, naming where.
+fn repeated_message(plan: &Plan, repeated: &[(u128, RowRef)]) -> Option<String> {
+    if repeated.is_empty() {
+        return None;
+    }
+    let mut by_key: BTreeMap<u128, BTreeSet<RowRef>> = BTreeMap::new();
+    for (k, at) in repeated {
+        by_key.entry(*k).or_default().insert(*at);
+    }
+    let units = plan.train.units();
+    let place = |(unit, row): RowRef| {
+        let file = units
+            .get(unit as usize)
+            .map(|u| plan.train.unit_path(u).display().to_string())
+            .unwrap_or_default();
+        format!("{file} row {row}")
+    };
+    // In data order: by each key's first occurrence.
+    let mut groups: Vec<&BTreeSet<RowRef>> = by_key.values().collect();
+    groups.sort();
+    let shown: Vec<String> = groups
+        .into_iter()
+        .take(5)
+        .map(|at| {
+            at.iter()
+                .map(|a| place(*a))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        })
+        .collect();
+    Some(format!(
+        "{} key(s) of data.key = '{}' occur more than once (a key names one row): {}{}",
+        by_key.len(),
+        plan.pipeline.data.key.as_deref().unwrap_or(""),
+        shown.join("; "),
+        if by_key.len() > 5 { "; …" } else { "" }
+    ))
+}
+
+/// Opens a table of keys (`-` for stdin) and picks its key column: the
+/// one named like `data.key` (`key`), or the only one.
+pub fn key_table(path: &str, key: &str) -> Result<(crate::io::table::TableInput, String)> {
+    let input = crate::io::table::open(path, &crate::io::table::CsvColumns::Numeric(Vec::new()))?;
+    let names: Vec<&str> = input
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    let column = if names.contains(&key) {
+        key.to_string()
+    } else if names.len() == 1 {
+        names[0].to_string()
+    } else {
+        let hint = crate::error::nearest(key, &names)
+            .map(|n| format!(" (did you mean '{n}'?)"))
+            .unwrap_or_default();
+        return Err(Error::Keys {
+            path: PathBuf::from(path),
+            message: format!(
+                "no column '{key}' (data.key) among {}{hint}",
+                names.join(", ")
+            ),
+        });
+    };
+    Ok((input, column))
+}
+
+/// The keys of one batch of a key table (see [`key_table`]).
+pub fn table_keys(
+    batch: &RecordBatch,
+    origin: &crate::io::table::BatchOrigin,
+    column: &str,
+) -> Result<Vec<String>> {
+    let o = Origin {
+        file: &origin.path,
+        row_group: origin.row_group,
+        first_row: origin.first_row,
+    };
+    keys_of(batch, column, &o)
+}
+
+/// Reads every key of a key table (see [`key_table`]).
+pub fn read_keys(path: &str, key: &str) -> Result<Vec<String>> {
+    let (input, column) = key_table(path, key)?;
+    let mut keys = Vec::new();
+    for batch in input {
+        let (batch, origin) = batch?;
+        keys.extend(table_keys(&batch, &origin, &column)?);
+    }
+    Ok(keys)
+}
+
+/// `tidemill forget`: retracts `keys` from the state of `pipeline` and
+/// returns the model of the rows that remain, after committing the new
+/// generation of the state. Nothing changes if a key is not present.
+pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
+    let source = Path::new(keys_path);
+    let dir_path = pipeline
+        .output
+        .state
+        .as_ref()
+        .ok_or_else(|| Error::PipelineValue {
+            key: "output.state".into(),
+            message: "forget continues from a state: name its directory".into(),
+        })?;
+    let key = pipeline
+        .data
+        .key
+        .clone()
+        .ok_or_else(|| Error::PipelineValue {
+            key: "data.key".into(),
+            message: "forget names rows by their key: name the key column".into(),
+        })?;
+    if !dir_path.is_dir() {
+        return Err(Error::Checkpoint {
+            path: dir_path.clone(),
+            message: "no state here: run `tidemill train` with this pipeline first".into(),
+        });
+    }
+    let dir = StateDir::open(dir_path)?;
+    let Some((seq, generation)) = dir.newest()? else {
+        return Err(Error::Checkpoint {
+            path: dir_path.clone(),
+            message: "no state generation here: run `tidemill train` with this pipeline first"
+                .into(),
+        });
+    };
+    let draft = Plan::new(pipeline.clone())?.draft;
+    let job = stamp(pipeline, &draft, &key);
+    if job != generation.job {
+        return Err(Error::Checkpoint {
+            path: dir_path.clone(),
+            message: format!(
+                "the state belongs to another job (label '{}', key '{}', features [{}], on_missing {}); this pipeline has label '{}', key '{}', features [{}], on_missing {}",
+                generation.job.label,
+                generation.job.key,
+                generation.job.features.join(", "),
+                generation.job.on_missing,
+                job.label,
+                job.key,
+                job.features.join(", "),
+                job.on_missing
+            ),
+        });
+    }
+    let keys = read_keys(keys_path, &key)?;
+    // A key listed twice is a mistake in the request, told apart from a
+    // key forgotten by an earlier command.
+    let mut seen_here = BTreeSet::new();
+    if let Some(k) = keys.iter().find(|k| !seen_here.insert(k.as_str())) {
+        return Err(Error::Keys {
+            path: source.to_path_buf(),
+            message: format!("key '{k}' is listed twice"),
+        });
+    }
+    let requested: Vec<(u128, String)> = keys
+        .iter()
+        .map(|k| (KeyDigest::of(k).id(), k.clone()))
+        .collect();
+    let ids: Vec<u128> = requested.iter().map(|(id, _)| *id).collect();
+    let rows = dir.lookup(&generation, &ids)?;
+    tracing::debug!(found = rows.len(), asked = ids.len(), "looked up");
+    // Time 0: the part of the collections these keys touch (their rows
+    // and any earlier forgetting of them); time 1: this request.
+    let before = Changes {
+        keys: rows.iter().map(|r| (r.id, (0, 0))).collect(),
+        inserted: Vec::new(),
+        rows: rows
+            .iter()
+            .map(|r| (r.id, RowVals::new(KeyDigest::of(&r.key), &r.x, r.y)))
+            .collect(),
+        forgotten: ids
+            .iter()
+            .filter(|id| generation.forgotten.contains_key(id))
+            .copied()
+            .collect(),
+        ..Changes::default()
+    };
+    let now = Changes {
+        forgotten: ids.clone(),
+        ..Changes::default()
+    };
+    let seen = timely::execute_directly(move |worker| maintain::run(worker, vec![before, now]));
+    let change = seen.get(1).cloned().unwrap_or_default();
+    let name = |id: &u128| {
+        requested
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, k)| format!("'{k}'"))
+            .unwrap_or_default()
+    };
+    let list = |ids: &[u128]| {
+        let mut names: Vec<String> = ids.iter().map(name).collect();
+        names.sort();
+        let more = names.len().saturating_sub(10);
+        names.truncate(10);
+        format!(
+            "{}{}",
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    if !change.again.is_empty() {
+        return Err(Error::Keys {
+            path: source.to_path_buf(),
+            message: format!(
+                "{} key(s) were forgotten already: {} (nothing changed)",
+                change.again.len(),
+                list(&change.again)
+            ),
+        });
+    }
+    let unknown: Vec<u128> = change
+        .unknown
+        .iter()
+        .filter(|(_, d)| *d > 0)
+        .map(|(k, _)| *k)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Keys {
+            path: source.to_path_buf(),
+            message: format!(
+                "{} key(s) were never inserted into the state {}: {} (nothing changed)",
+                unknown.len(),
+                dir_path.display(),
+                list(&unknown)
+            ),
+        });
+    }
+    let mut stats = generation.stats.clone();
+    differential_dataflow::difference::Semigroup::plus_equals(&mut stats, &change.stats);
+    let model = model_of(pipeline, &draft, &stats, &dir_path.display().to_string())?;
+    let mut next = generation;
+    next.stats = stats.clone();
+    next.forgotten.extend(requested);
+    Ok(Fitted {
+        model,
+        stats,
+        state: Some(PendingState {
+            dir,
+            seq: seq + 1,
+            generation: next,
+        }),
+    })
+}

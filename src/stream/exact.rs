@@ -1,0 +1,708 @@
+//! `tidemill stream` with an exact model (`optimizer.kind = "exact"`): the
+//! rows of every batch are inserted into the maintained collections
+//! ([`crate::incremental::maintain`]), the keys of `--retract` and the
+//! rows that leave a `[stream] window` are retracted at the same time, and
+//! the model of the rows present is solved again at every batch end.
+//!
+//! - **Progressive validation**: every row is scored by the model of the
+//!   rows before its batch, before it is inserted (squared error).
+//! - **Retractions** (`--retract PATH|-`): a table of keys, read as it
+//!   arrives on a thread of its own; keys that have arrived are retracted
+//!   at the next batch end. A key whose row has not arrived yet stays
+//!   forgotten, so its row leaves as soon as it comes; one still missing
+//!   when the stream ends is an error naming it.
+//! - **Windows**: `{ column, length }` keeps the rows whose time is within
+//!   `length` of the largest time seen; `{ rows = N }` the last `N` rows.
+//!   Rows that leave are retracted directly (keys, statistics and rows go
+//!   down), so a window's collections stay the size of the window.
+//! - Workers: worker 0 of process 0 reads and enters everything; the
+//!   collections are exchanged by key hash, so their arrangements are
+//!   spread over every worker and process, and the sums are exact: the same
+//!   model on any worker count.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use differential_dataflow::difference::Semigroup;
+use serde::Serialize;
+
+use super::source::{Feed, Input, Poll};
+use crate::cluster::{Cluster, JobDescription};
+use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
+use crate::error::{Error, Location, Result};
+use crate::incremental::maintain::{self, Changes, Collections, RowRef, RowVals, Seen};
+use crate::incremental::normal::{KeyDigest, Normal};
+use crate::incremental::solve::{self, Ridge};
+use crate::model::file::ModelFile;
+use crate::spec::{Pipeline, WindowSpec};
+
+/// An exact stream, as the command line gives it.
+#[derive(Debug)]
+pub struct ExactJob {
+    /// The pipeline (outputs already overridden by flags).
+    pub pipeline: Pipeline,
+    /// The rows to insert.
+    pub input: Input,
+    /// `--retract`: a table of keys to retract (`-` for stdin).
+    pub retract: Option<String>,
+}
+
+/// What an exact stream did (process 0).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExactSummary {
+    /// Rows inserted.
+    pub rows: u64,
+    /// Rows present at the end.
+    pub rows_present: i64,
+    /// Keys retracted by `--retract`.
+    pub retracted: u64,
+    /// Rows that left the window.
+    pub expired: u64,
+    /// Batches.
+    pub batches: u64,
+    /// Model files written while streaming (the last one included).
+    pub snapshots: u64,
+    /// The objective of the final model.
+    pub objective: Option<f64>,
+    /// Root mean squared error of every row scored before it was
+    /// inserted (rows that came before any model are not scored).
+    pub progressive_rmse: Option<f64>,
+    /// Rows scored progressively.
+    pub scored: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Rows per second.
+    pub rows_per_second: f64,
+}
+
+/// Runs the stream on `cluster`. The summary comes back on process 0.
+pub fn run(job: ExactJob, cluster: &Cluster) -> Result<Option<ExactSummary>> {
+    let p = &job.pipeline;
+    if p.output.state.is_some() {
+        return Err(Error::PipelineValue {
+            key: "output.state".into(),
+            message: "an exact stream keeps its collections in memory; continuing a saved state in a stream is not supported yet (train, then forget)".into(),
+        });
+    }
+    if job.retract.is_some() && p.data.key.is_none() {
+        return Err(Error::PipelineValue {
+            key: "data.key".into(),
+            message: "--retract names rows by their key: name the key column".into(),
+        });
+    }
+    let started = Instant::now();
+    let leader = if cluster.is_leader() {
+        Some(Leader::open(&job)?)
+    } else {
+        None
+    };
+    let identity = serde_json::json!({
+        "stream_exact": {
+            "pipeline": {
+                "data": serde_json::to_value(&p.data).unwrap_or_default(),
+                "model": serde_json::to_value(p.model).unwrap_or_default(),
+                "stream": serde_json::to_value(&p.stream).unwrap_or_default(),
+            },
+            "input": job.input.describe(),
+            "retract": job.retract,
+        }
+    });
+    let description = JobDescription {
+        identity,
+        labels: Default::default(),
+    };
+    let leader = Arc::new(Mutex::new(leader));
+    let guards = cluster.execute(move || Ok(description), {
+        let leader = Arc::clone(&leader);
+        move |worker| {
+            let mine = match worker.index() {
+                0 => leader.lock().unwrap_or_else(PoisonError::into_inner).take(),
+                _ => None,
+            };
+            let mut c = Collections::new(worker);
+            match mine {
+                Some(mut l) => {
+                    let out = l.run(worker, &mut c);
+                    // Whatever happened, the other workers learn that
+                    // this was the last time (and why, if it failed).
+                    let failed = out.as_ref().err().map(maintain::encode_failure);
+                    c.step(
+                        worker,
+                        Changes {
+                            failed,
+                            end: true,
+                            ..Changes::default()
+                        },
+                    );
+                    out.map(Some)
+                }
+                None => loop {
+                    let seen = c.step(worker, Changes::default());
+                    if let Some(e) = maintain::first_failure(&seen) {
+                        break Err(e);
+                    }
+                    if seen.end {
+                        break Ok(None);
+                    }
+                },
+            }
+        }
+    })?;
+    let mut summary = None;
+    for r in cluster.join(guards)? {
+        if let Some(s) = r? {
+            summary = Some(s);
+        }
+    }
+    Ok(summary.map(|mut s: ExactSummary| {
+        s.seconds = started.elapsed().as_secs_f64();
+        s.rows_per_second = s.rows as f64 / s.seconds.max(1e-9);
+        s
+    }))
+}
+
+/// A row in a window, waiting to leave.
+type Waiting = (u128, RowRef, RowVals);
+
+/// A time for ordering (`f64` by its total order).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Time(f64);
+impl Eq for Time {}
+impl PartialOrd for Time {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Time {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+/// The rows a window holds, oldest first out.
+enum Window {
+    None,
+    Time {
+        column: String,
+        length: f64,
+        in_seconds: bool,
+        newest: f64,
+        // (time, arrival) → the row.
+        heap: BinaryHeap<Reverse<(Time, u64)>>,
+        rows: BTreeMap<u64, Waiting>,
+    },
+    Rows {
+        n: u64,
+        queue: VecDeque<Waiting>,
+    },
+}
+
+/// Worker 0 of process 0: reads, batches, enters, solves, publishes.
+struct Leader {
+    pipeline: Pipeline,
+    feed: Feed,
+    live: bool,
+    draft: FeatureSpec,
+    retract: Option<Receiver<Result<Vec<String>>>>,
+    retract_open: bool,
+    metrics: Option<std::io::BufWriter<std::fs::File>>,
+    window: Window,
+}
+
+impl Leader {
+    fn open(job: &ExactJob) -> Result<Leader> {
+        let p = &job.pipeline;
+        let feed = Feed::open(&job.input, p.stream.order_by.as_deref(), 0, None)?;
+        let origin = PathBuf::from(job.input.describe());
+        let draft = crate::plan::draft(p, feed.schema(), &origin)?.spec;
+        let window = match &p.stream.window {
+            None => Window::None,
+            Some(WindowSpec::Rows(n)) => Window::Rows {
+                n: *n,
+                queue: VecDeque::new(),
+            },
+            Some(WindowSpec::Time {
+                column,
+                length,
+                in_seconds,
+            }) => {
+                let t = feed
+                    .schema()
+                    .field_with_name(column)
+                    .map_err(|_| Error::missing_column(&origin, column, feed.schema()))?;
+                if *in_seconds && is_number(t.data_type()) {
+                    return Err(Error::PipelineValue {
+                        key: "stream.window.length".into(),
+                        message: format!(
+                            "'{column}' holds numbers ({}), not times: give the length as a number in its units",
+                            t.data_type()
+                        ),
+                    });
+                }
+                Window::Time {
+                    column: column.clone(),
+                    length: *length,
+                    in_seconds: *in_seconds,
+                    newest: f64::NEG_INFINITY,
+                    heap: BinaryHeap::new(),
+                    rows: BTreeMap::new(),
+                }
+            }
+        };
+        let retract = match &job.retract {
+            Some(path) => Some(open_retractions(path, p.data.key.as_deref().unwrap_or(""))?),
+            None => None,
+        };
+        let metrics = match &p.output.metrics {
+            Some(path) => Some(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
+            )),
+            None => None,
+        };
+        Ok(Leader {
+            pipeline: p.clone(),
+            live: job.input.is_live(),
+            feed,
+            draft,
+            retract_open: retract.is_some(),
+            retract,
+            metrics,
+            window,
+        })
+    }
+
+    /// The next batch: at least `stream.batch_rows` rows, or what there is
+    /// when the input ends (or, live, `batch_seconds` after its first row).
+    fn next_batch(&mut self) -> Result<(Vec<super::source::Arrival>, bool)> {
+        let s = &self.pipeline.stream;
+        let mut arrivals = Vec::new();
+        let mut rows = 0;
+        let mut first: Option<Instant> = None;
+        loop {
+            if rows >= s.batch_rows {
+                return Ok((arrivals, false));
+            }
+            if let (true, Some(f), Some(limit)) = (self.live, first, s.batch_seconds) {
+                if f.elapsed().as_secs_f64() >= limit {
+                    return Ok((arrivals, false));
+                }
+            }
+            match self.feed.poll(Duration::from_millis(50))? {
+                Poll::Rows(a) => {
+                    rows += a.batch.num_rows();
+                    first.get_or_insert_with(Instant::now);
+                    arrivals.push(a);
+                }
+                Poll::Idle => {}
+                Poll::End => return Ok((arrivals, true)),
+            }
+        }
+    }
+
+    /// Keys that arrived on `--retract` (all of them, waiting for its end,
+    /// if `finish`).
+    fn retractions(&mut self, finish: bool) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let Some(rx) = &self.retract else {
+            return Ok(keys);
+        };
+        while self.retract_open {
+            let got = if finish {
+                rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                rx.try_recv()
+            };
+            match got {
+                Ok(batch) => keys.extend(batch?),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.retract_open = false,
+            }
+        }
+        Ok(keys)
+    }
+
+    fn run(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        c: &mut Collections,
+    ) -> Result<ExactSummary> {
+        let p = self.pipeline.clone();
+        let ridge = Ridge {
+            l2: p.model.l2,
+            fit_intercept: p.model.fit_intercept,
+            standardize: p.data.standardize,
+        };
+        let dims = self.draft.numeric.len();
+        let keep_rows = self.retract.is_some();
+        let mut summary = ExactSummary::default();
+        let mut total = Normal::default();
+        let mut current: Option<solve::Solution> = None;
+        let (mut sq, mut scored) = (0.0f64, 0u64);
+        let mut stream_row = 0u64;
+        // Forget requests not matched by a row present, by id (net count).
+        let mut pending: BTreeMap<u128, isize> = BTreeMap::new();
+        let mut asked: BTreeMap<u128, String> = BTreeMap::new();
+        let mut last_snapshot = Instant::now();
+        loop {
+            let (arrivals, ended) = self.next_batch()?;
+            let mut changes = Changes {
+                expire_rows: keep_rows,
+                ..Changes::default()
+            };
+            let mut batch_stats = Normal::zero_of(dims);
+            let (mut batch_sq, mut batch_scored, mut batch_rows) = (0.0f64, 0u64, 0u64);
+            for a in &arrivals {
+                let origin = Origin {
+                    file: &a.origin,
+                    row_group: None,
+                    first_row: a.file_row,
+                };
+                let block = decode_raw(&a.batch, &self.draft, LabelUse::Value, &origin)?;
+                let keys = match &p.data.key {
+                    Some(k) => Some(crate::incremental::keys_of(&a.batch, k, &origin)?),
+                    None => None,
+                };
+                let times = match &self.window {
+                    Window::Time {
+                        column, in_seconds, ..
+                    } => Some(times_of(&a.batch, column, *in_seconds, &origin)?),
+                    _ => None,
+                };
+                for i in 0..block.rows {
+                    let local = (block.file_row[i] - a.file_row) as usize;
+                    let x = &block.raw[i * dims..(i + 1) * dims];
+                    let y = block.label[i];
+                    if let Some(s) = &current {
+                        let m = s.theta[0]
+                            + x.iter()
+                                .enumerate()
+                                .map(|(j, v)| s.theta[1 + j] * (v - s.center[j]) / s.scale[j])
+                                .sum::<f64>();
+                        batch_sq += (y - m) * (y - m);
+                        batch_scored += 1;
+                    }
+                    let text = match &keys {
+                        Some(k) => k[local].clone(),
+                        None => format!("#{}", stream_row + local as u64),
+                    };
+                    let digest = KeyDigest::of(&text);
+                    let id = digest.id();
+                    batch_stats.add_row(&digest, x, y).map_err(|e| Error::MissingValue {
+                        location: Box::new(Location {
+                            file: a.origin.clone(),
+                            row_group: None,
+                            column: Some(match e.feature {
+                                Some(j) => self.draft.numeric[j].name.clone(),
+                                None => self.draft.label.clone(),
+                            }),
+                            row: Some(block.file_row[i]),
+                        }),
+                        what: format!("a value whose square or product ({:e}) is too large for exact sums", e.value),
+                        hint: "exact models take values up to about 1.1e12 in magnitude: rescale the column".into(),
+                    })?;
+                    let at: RowRef = (0, stream_row + local as u64);
+                    changes.keys.push((id, at));
+                    let vals = RowVals::new(digest, x, y);
+                    if keep_rows {
+                        changes.rows.push((id, vals.clone()));
+                    }
+                    batch_rows += 1;
+                    match &mut self.window {
+                        Window::None => {}
+                        Window::Rows { queue, .. } => queue.push_back((id, at, vals)),
+                        Window::Time {
+                            heap, rows, newest, ..
+                        } => {
+                            let t = times.as_ref().map_or(0.0, |t| t[local]);
+                            *newest = newest.max(t);
+                            heap.push(Reverse((Time(t), at.1)));
+                            rows.insert(at.1, (id, at, vals));
+                        }
+                    }
+                }
+                stream_row += a.batch.num_rows() as u64;
+            }
+            if batch_rows > 0 {
+                changes.inserted.push(batch_stats);
+            }
+            // Rows leaving the window.
+            let mut leaving: Vec<Waiting> = Vec::new();
+            match &mut self.window {
+                Window::None => {}
+                Window::Rows { n, queue } => {
+                    while queue.len() as u64 > *n {
+                        leaving.extend(queue.pop_front());
+                    }
+                }
+                Window::Time {
+                    length,
+                    newest,
+                    heap,
+                    rows,
+                    ..
+                } => {
+                    let cut = *newest - *length;
+                    while let Some(Reverse((Time(t), arrival))) = heap.peek().copied() {
+                        if t > cut {
+                            break;
+                        }
+                        heap.pop();
+                        leaving.extend(rows.remove(&arrival));
+                    }
+                }
+            }
+            summary.expired += leaving.len() as u64;
+            for (id, _, _) in &leaving {
+                if asked.remove(id).is_some() {
+                    changes.unforgotten.push(*id);
+                }
+            }
+            changes.expired = leaving;
+            // Keys to forget that have arrived.
+            for k in self.retractions(ended)? {
+                let id = KeyDigest::of(&k).id();
+                summary.retracted += 1;
+                asked.insert(id, k);
+                changes.forgotten.push(id);
+            }
+            let seen: Seen = c.step(worker, changes);
+            check(&seen, &p, &asked)?;
+            // Forgotten keys not present come and go as rows arrive.
+            for (id, d) in &seen.unknown {
+                *pending.entry(*id).or_insert(0) += d;
+            }
+            total.plus_equals(&seen.stats);
+            summary.batches += 1;
+            summary.rows += batch_rows;
+            sq += batch_sq;
+            scored += batch_scored;
+            if total.rows > 0 {
+                current = solve::solve(&total, dims, ridge).ok();
+            }
+            let due = match p.stream.snapshot_every {
+                Some(n) => summary.batches % n == 0,
+                None => last_snapshot.elapsed().as_secs_f64() >= p.stream.snapshot_seconds,
+            };
+            if (ended || due) && total.rows > 0 {
+                self.publish(&total, summary.batches)?;
+                summary.snapshots += 1;
+                last_snapshot = Instant::now();
+            }
+            if let Some(m) = &mut self.metrics {
+                let line = serde_json::json!({
+                    "batch": summary.batches,
+                    "rows": batch_rows,
+                    "source_rows": stream_row,
+                    "rows_present": total.rows,
+                    "progressive_rmse": (batch_scored > 0).then(|| (batch_sq / batch_scored as f64).sqrt()),
+                    "objective": current.as_ref().map(|s| s.objective),
+                });
+                writeln!(m, "{line}").and_then(|_| m.flush()).map_err(|e| {
+                    Error::io(
+                        p.output.metrics.as_deref().unwrap_or(Path::new("metrics")),
+                        e,
+                    )
+                })?;
+            }
+            if ended {
+                break;
+            }
+        }
+        // Keys asked to be forgotten whose rows never came.
+        let missing: Vec<String> = pending
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(id, _)| {
+                asked
+                    .get(id)
+                    .map_or_else(|| format!("{id:x}"), |k| format!("'{k}'"))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Keys {
+                path: PathBuf::from("--retract"),
+                message: format!(
+                    "{} key(s) to forget never arrived on the input: {}{}",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(10)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.len() > 10 { ", …" } else { "" }
+                ),
+            });
+        }
+        summary.rows_present = total.rows;
+        summary.objective = current.as_ref().map(|s| s.objective);
+        summary.scored = scored;
+        summary.progressive_rmse = (scored > 0).then(|| (sq / scored as f64).sqrt());
+        Ok(summary)
+    }
+
+    /// Writes the model of `total` (and a numbered copy when
+    /// `stream.snapshot_keep` asks for them).
+    fn publish(&self, total: &Normal, batch: u64) -> Result<()> {
+        let p = &self.pipeline;
+        let Some(path) = &p.output.model else {
+            return Ok(());
+        };
+        let model: ModelFile =
+            crate::incremental::model_of(p, &self.draft, total, "the stream's rows")?;
+        let text = model.to_json()?;
+        crate::io::atomic::write("--model-out", path, text.as_bytes())?;
+        if p.stream.snapshot_keep > 0 {
+            let numbered = super::publish::numbered(path, batch);
+            crate::io::atomic::write("--model-out", &numbered, text.as_bytes())?;
+            if batch > p.stream.snapshot_keep as u64 {
+                let old = super::publish::numbered(path, batch - p.stream.snapshot_keep as u64);
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fails on what the collections reported: repeated keys, keys forgotten
+/// twice, a failed worker.
+fn check(seen: &Seen, p: &Pipeline, asked: &BTreeMap<u128, String>) -> Result<()> {
+    if let Some(e) = maintain::first_failure(seen) {
+        return Err(e);
+    }
+    if let Some((_, (_, row))) = seen.repeated.first() {
+        return Err(Error::Keys {
+            path: PathBuf::from("(stream)"),
+            message: format!(
+                "{} row(s) repeat a key of data.key = '{}' (a key names one row, and stays forgotten once forgotten), the first at row {row} of the stream",
+                seen.repeated.len(),
+                p.data.key.as_deref().unwrap_or("")
+            ),
+        });
+    }
+    if !seen.again.is_empty() {
+        let names: Vec<String> = seen
+            .again
+            .iter()
+            .take(10)
+            .map(|id| {
+                asked
+                    .get(id)
+                    .map_or_else(|| format!("{id:x}"), |k| format!("'{k}'"))
+            })
+            .collect();
+        return Err(Error::Keys {
+            path: PathBuf::from("--retract"),
+            message: format!(
+                "{} key(s) were asked to be forgotten twice: {}",
+                seen.again.len(),
+                names.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn is_number(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating()
+}
+
+/// The window column's values: seconds for times, the values for numbers.
+fn times_of(
+    batch: &RecordBatch,
+    column: &str,
+    in_seconds: bool,
+    origin: &Origin,
+) -> Result<Vec<f64>> {
+    let at = |row: Option<u64>, what: String| Error::MissingValue {
+        location: Box::new(Location {
+            file: origin.file.to_path_buf(),
+            row_group: origin.row_group,
+            column: Some(column.to_string()),
+            row,
+        }),
+        what,
+        hint: "every row needs a time for the window".into(),
+    };
+    let array = batch
+        .column_by_name(column)
+        .ok_or_else(|| at(None, "no such column".into()))?;
+    let (values, per_second): (arrow::array::ArrayRef, f64) = match array.data_type() {
+        t if is_number(t) => {
+            if in_seconds {
+                return Err(at(None, format!("a number ({t}), not a time")));
+            }
+            let v = arrow::compute::cast(array, &DataType::Float64)
+                .map_err(|e| at(None, e.to_string()))?;
+            (v, 1.0)
+        }
+        DataType::Timestamp(_, _)
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Utf8
+        | DataType::LargeUtf8 => {
+            let v = arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))
+                .and_then(|t| arrow::compute::cast(&t, &DataType::Int64))
+                .map_err(|e| at(None, format!("not readable as a time: {e}")))?;
+            (v, 1e6)
+        }
+        t => {
+            return Err(at(
+                None,
+                format!("a column of type {t}, not a time or a number"),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for i in 0..values.len() {
+        if values.is_null(i) || array.is_null(i) {
+            return Err(at(
+                Some(origin.first_row + i as u64),
+                "null or unreadable time".into(),
+            ));
+        }
+        let v = match values.data_type() {
+            DataType::Float64 => values.as_primitive::<Float64Type>().value(i),
+            _ => values.as_primitive::<Int64Type>().value(i) as f64 / per_second,
+        };
+        if !v.is_finite() {
+            return Err(at(Some(origin.first_row + i as u64), format!("time {v}")));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Reads keys from `path` on a thread of its own, batch by batch.
+fn open_retractions(path: &str, key: &str) -> Result<Receiver<Result<Vec<String>>>> {
+    let (tx, rx) = sync_channel::<Result<Vec<String>>>(4);
+    let (path, key) = (path.to_string(), key.to_string());
+    std::thread::Builder::new()
+        .name("tidemill-retract".into())
+        .spawn(move || {
+            let read = || -> Result<()> {
+                let (input, column) = crate::incremental::key_table(&path, &key)?;
+                for b in input {
+                    let (batch, origin) = b?;
+                    let keys = crate::incremental::table_keys(&batch, &origin, &column)?;
+                    if tx.send(Ok(keys)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = read() {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the retraction reader: {e}")))?;
+    Ok(rx)
+}

@@ -1,0 +1,526 @@
+//! Exact incremental models (`optimizer.kind = "exact"`, `tidemill
+//! forget`) through the real binary on real Parquet files: the solution
+//! against an independent closed form, forgetting against training from
+//! scratch on what remains (bit for bit), and the refusals.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, StringArray};
+use common::{assert_success, read_columns, root, tidemill, tidemill_ok, write_parquet};
+
+const FEATURES: [&str; 8] = [
+    "MedInc",
+    "HouseAge",
+    "AveRooms",
+    "AveBedrms",
+    "Population",
+    "AveOccup",
+    "Latitude",
+    "Longitude",
+];
+const LABEL: &str = "MedHouseVal";
+
+/// california_housing with a key column `id` = `r<row>`, keeping the rows
+/// `keep` selects, in row groups of 1000 (several units).
+fn keyed(dir: &Path, name: &str, keep: impl Fn(usize) -> bool) -> PathBuf {
+    let src = root().join("datasets/california_housing.parquet");
+    let mut names: Vec<&str> = FEATURES.to_vec();
+    names.push(LABEL);
+    let cols = read_columns(&src, &names);
+    let rows: Vec<usize> = (0..cols[0].len()).filter(|&i| keep(i)).collect();
+    let mut columns: Vec<(&str, ArrayRef)> = names
+        .iter()
+        .zip(&cols)
+        .map(|(n, c)| {
+            let v: Vec<f64> = rows.iter().map(|&i| c[i]).collect();
+            (*n, Arc::new(Float64Array::from(v)) as ArrayRef)
+        })
+        .collect();
+    let ids: Vec<String> = rows.iter().map(|i| format!("r{i}")).collect();
+    columns.push(("id", Arc::new(StringArray::from(ids)) as ArrayRef));
+    let path = dir.join(name);
+    write_parquet(&path, columns, 1000);
+    path
+}
+
+fn pipeline(dir: &Path, data: &Path, state: &str) -> PathBuf {
+    let text = format!(
+        "[data]\ntrain = {:?}\nlabel = \"{LABEL}\"\nkey = \"id\"\nstandardize = true\n\
+         [model]\nkind = \"linear\"\nl2 = 0.001\n[optimizer]\nkind = \"exact\"\n\
+         [output]\nstate = {:?}\n",
+        data.to_string_lossy(),
+        dir.join(state).to_string_lossy()
+    );
+    let path = dir.join(format!("{state}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn train(pipeline: &Path, model: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["train", s(pipeline), "--model-out", s(model)];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&tidemill_ok(&args)).unwrap()
+}
+
+/// Runs `tidemill forget` with `keys` as CSV on stdin.
+fn forget(pipeline: &Path, model: &Path, keys: &[String]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args([
+            "forget",
+            s(pipeline),
+            "--keys",
+            "-",
+            "--model-out",
+            s(model),
+        ])
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let csv = std::iter::once("id".to_string())
+        .chain(keys.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(csv.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn keys(rows: impl Iterator<Item = usize>) -> Vec<String> {
+    rows.map(|i| format!("r{i}")).collect()
+}
+
+fn theta(model: &Path) -> Vec<f64> {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
+    std::iter::once(m["intercept"].as_f64().unwrap())
+        .chain(
+            FEATURES
+                .iter()
+                .map(|f| m["coefficients"][f].as_f64().unwrap()),
+        )
+        .collect()
+}
+
+#[test]
+fn exact_ridge_is_the_closed_form_and_lbfgs_optimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = keyed(dir.path(), "all.parquet", |_| true);
+    let p = pipeline(dir.path(), &data, "state");
+    let model = dir.path().join("exact.json");
+    let summary = train(&p, &model, &["-w", "2"]);
+    // The normal equations in f64, computed independently (tests/common).
+    let best = common::ridge_closed_form(&common::load("california_housing.parquet", LABEL), 0.001);
+    let got = theta(&model);
+    let diff = got
+        .iter()
+        .zip(&best)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        diff < 1e-8,
+        "coefficients differ from the closed form by {diff}"
+    );
+    // L-BFGS on the same objective reaches the same optimum.
+    let lbfgs = dir.path().join("lbfgs.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let stateless = dir.path().join("lbfgs.toml");
+    std::fs::write(&stateless, text.split("[output]").next().unwrap()).unwrap();
+    let out = tidemill_ok(&[
+        "train",
+        s(&stateless),
+        "--set",
+        "optimizer.kind=\"lbfgs\"",
+        "--set",
+        "train.epochs=1000",
+        "--model-out",
+        s(&lbfgs),
+    ]);
+    let lb: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (fe, fl) = (
+        summary["objective"].as_f64().unwrap(),
+        lb["objective"].as_f64().unwrap(),
+    );
+    assert!(
+        (fe - fl).abs() / fl < 1e-8 && fe <= fl * (1.0 + 1e-12),
+        "exact {fe} vs L-BFGS {fl}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(m["training"]["optimizer"], "exact");
+    assert_eq!(m["training"]["data"]["rows"], 20640);
+    assert_eq!(m["training"]["data"]["key"], "id");
+    // The saved model predicts: the binary reads it back.
+    let scored = dir.path().join("scored.csv");
+    tidemill_ok(&[
+        "predict",
+        "--model",
+        s(&model),
+        "--input",
+        s(&data),
+        "--output",
+        s(&scored),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&scored).unwrap().lines().count(),
+        20641
+    );
+}
+
+#[test]
+fn forgetting_rows_equals_never_training_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = keyed(dir.path(), "all.parquet", |_| true);
+    let rest = keyed(dir.path(), "rest.parquet", |i| i % 3 != 0 && i % 7 != 1);
+    let p_all = pipeline(dir.path(), &all, "state");
+    let p_rest = pipeline(dir.path(), &rest, "rest_state");
+    // The model of the remaining rows, trained from scratch on 1 worker.
+    let scratch = dir.path().join("scratch.json");
+    train(&p_rest, &scratch, &[]);
+    // Every row on 3 workers, then two forgets (one key file each).
+    let model = dir.path().join("model.json");
+    let before = train(&p_all, &model, &["-w", "3"]);
+    let first = keys((0..20640).filter(|i| i % 3 == 0));
+    let second = keys((0..20640).filter(|i| i % 3 != 0 && i % 7 == 1));
+    let out = forget(&p_all, &model, &first);
+    assert_success(&out, "forget (first)");
+    let out = forget(&p_all, &model, &second);
+    assert_success(&out, "forget (second)");
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(before["keys_blake3_sum"], after["keys_blake3_sum"]);
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        std::fs::read(&scratch).unwrap(),
+        "the model after forgetting differs from the model of the remaining rows"
+    );
+}
+
+#[test]
+fn same_model_file_on_any_worker_count_and_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = keyed(dir.path(), "all.parquet", |_| true);
+    let p = pipeline(dir.path(), &data, "state");
+    let one = dir.path().join("one.json");
+    train(&p, &one, &[]);
+    for w in ["2", "4"] {
+        let m = dir.path().join(format!("w{w}.json"));
+        train(&p, &m, &["-w", w]);
+        assert_eq!(
+            std::fs::read(&m).unwrap(),
+            std::fs::read(&one).unwrap(),
+            "{w} workers"
+        );
+    }
+    let hosts = common::hostfile(dir.path(), 2);
+    let multi = dir.path().join("multi.json");
+    let spawn = |process: &str| {
+        common::start(
+            &[
+                "train",
+                s(&p),
+                "--processes",
+                "2",
+                "--process",
+                process,
+                "--hostfile",
+                s(&hosts),
+                "--model-out",
+                s(&multi),
+            ],
+            &[],
+        )
+    };
+    let (p0, p1) = (spawn("0"), spawn("1"));
+    let limit = std::time::Duration::from_secs(120);
+    let (o0, o1) = (common::finish(p0, limit), common::finish(p1, limit));
+    assert_success(&o0, "process 0");
+    assert_success(&o1, "process 1");
+    assert_eq!(
+        std::fs::read(&multi).unwrap(),
+        std::fs::read(&one).unwrap(),
+        "2 processes"
+    );
+    // And the state the processes wrote together serves a forget.
+    let out = forget(&p, &multi, &keys(0..10));
+    assert_success(&out, "forget after a 2-process train");
+}
+
+#[test]
+fn forgetting_keys_never_inserted_is_an_error_that_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = keyed(dir.path(), "all.parquet", |i| i < 5000);
+    let p = pipeline(dir.path(), &data, "state");
+    let model = dir.path().join("model.json");
+    train(&p, &model, &[]);
+    let snapshot = |d: &Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let state = dir.path().join("state");
+    let (model_before, state_before) = (std::fs::read(&model).unwrap(), snapshot(&state));
+    let out = forget(&p, &model, &["r1".into(), "nobody".into(), "r9999".into()]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 key(s) were never inserted")
+            && err.contains("'nobody'")
+            && err.contains("'r9999'"),
+        "{err}"
+    );
+    assert!(!err.contains("'r1'"), "{err}");
+    assert_eq!(std::fs::read(&model).unwrap(), model_before);
+    assert_eq!(snapshot(&state), state_before);
+    // Forgetting twice: the second time is an error too.
+    assert_success(&forget(&p, &model, &["r1".into()]), "forget r1");
+    let out = forget(&p, &model, &["r1".into()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forgotten already"));
+    // A key listed twice in one request.
+    let out = forget(&p, &model, &["r2".into(), "r2".into()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listed twice"));
+}
+
+#[test]
+fn repeated_keys_and_misfit_pipelines_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rows 0..100 twice: ids repeat.
+    let a = keyed(dir.path(), "a.parquet", |i| i < 100);
+    let b = dir.path().join("b.parquet");
+    std::fs::copy(&a, &b).unwrap();
+    let text = format!(
+        "[data]\ntrain = [{:?}, {:?}]\nlabel = \"{LABEL}\"\nkey = \"id\"\n[model]\nkind = \"linear\"\n[optimizer]\nkind = \"exact\"\n",
+        a.to_string_lossy(),
+        b.to_string_lossy()
+    );
+    let p = dir.path().join("dup.toml");
+    std::fs::write(&p, text).unwrap();
+    let out = tidemill(&["train", s(&p), "-w", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("100 key(s)") && err.contains("occur more than once") && err.contains("row 0"),
+        "{err}"
+    );
+    let data = keyed(dir.path(), "all.parquet", |i| i < 100);
+    let p = pipeline(dir.path(), &data, "state");
+    for (set, key) in [
+        ("model.kind=\"logistic\"", "optimizer.kind"),
+        ("data.key=\"idd\"", "data.key"),
+        ("data.on_missing=\"mean\"", "data.on_missing"),
+        ("model.l1=0.1", "model.l1"),
+    ] {
+        let out = tidemill(&["train", s(&p), "--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains(key), "{set}: {err}");
+    }
+}
+
+/// The nycflights13 pipeline of the window test: ridge on a few numeric
+/// columns, rows with a missing value dropped.
+fn nyc_pipeline(data: &Path, extra: &str) -> String {
+    format!(
+        "[data]\ntrain = {:?}\nlabel = \"arr_delay\"\n\
+         features = [\"dep_delay\", \"distance\", \"hour\", \"sched_dep_time\", \"month\"]\n\
+         on_missing = \"skip_row\"\nstandardize = true\n\
+         [model]\nkind = \"linear\"\nl2 = 0.01\n[optimizer]\nkind = \"exact\"\n{extra}",
+        data.to_string_lossy()
+    )
+}
+
+#[test]
+fn a_seven_day_window_equals_training_on_each_windows_rows() {
+    use arrow::array::{Array, AsArray, UInt32Array};
+    use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+    let dir = tempfile::tempdir().unwrap();
+    let nyc = root().join("datasets/nycflights13.parquet");
+    let model = dir.path().join("m.json");
+    let metrics = dir.path().join("metrics.jsonl");
+    let p = dir.path().join("window.toml");
+    std::fs::write(
+        &p,
+        nyc_pipeline(
+            &nyc,
+            "[stream]\norder_by = \"time_hour\"\nbatch_rows = 40000\nsnapshot_every = 1\nsnapshot_keep = 100\n\
+             window = { column = \"time_hour\", length = \"7d\" }\n",
+        ),
+    )
+    .unwrap();
+    let out = tidemill_ok(&[
+        "stream",
+        s(&p),
+        "--input",
+        s(&nyc),
+        "--model-out",
+        s(&model),
+        "--metrics-out",
+        s(&metrics),
+        "-w",
+        "2",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(summary["expired"].as_u64().unwrap() > 300_000, "{summary}");
+    // The rows in time order (a stable sort, as the replay's).
+    let batches = common::dataset_batches("nycflights13.parquet");
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let th = all.column_by_name("time_hour").unwrap();
+    let text = th.as_string::<i32>();
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by(|a, b| text.value(*a as usize).cmp(text.value(*b as usize)));
+    let sorted = arrow::compute::take_record_batch(&all, &UInt32Array::from(order)).unwrap();
+    let secs = arrow::compute::cast(
+        sorted.column_by_name("time_hour").unwrap(),
+        &DataType::Timestamp(TimeUnit::Second, None),
+    )
+    .unwrap();
+    let secs = arrow::compute::cast(&secs, &DataType::Int64).unwrap();
+    let secs = secs.as_primitive::<Int64Type>();
+    let usable = |i: usize| {
+        [
+            "arr_delay",
+            "dep_delay",
+            "distance",
+            "hour",
+            "sched_dep_time",
+            "month",
+        ]
+        .iter()
+        .all(|c| !sorted.column_by_name(c).unwrap().is_null(i))
+    };
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut compared = 0;
+    for (k, line) in lines.iter().enumerate() {
+        let consumed = line["source_rows"].as_u64().unwrap() as usize;
+        let newest = (0..consumed)
+            .filter(|&i| usable(i))
+            .map(|i| secs.value(i))
+            .max()
+            .unwrap();
+        let keep: Vec<u32> = (0..consumed)
+            .filter(|&i| usable(i) && secs.value(i) > newest - 7 * 86_400)
+            .map(|i| i as u32)
+            .collect();
+        let rows = arrow::compute::take_record_batch(&sorted, &UInt32Array::from(keep)).unwrap();
+        let part = dir.path().join(format!("window-{k}.parquet"));
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&part).unwrap(),
+            rows.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&rows).unwrap();
+        w.close().unwrap();
+        let scratch_p = dir.path().join(format!("scratch-{k}.toml"));
+        std::fs::write(&scratch_p, nyc_pipeline(&part, "")).unwrap();
+        let scratch = dir.path().join(format!("scratch-{k}.json"));
+        train(&scratch_p, &scratch, &[]);
+        let snapshot = dir.path().join(format!("m-{:06}.json", k + 1));
+        assert_eq!(
+            std::fs::read(&snapshot).unwrap(),
+            std::fs::read(&scratch).unwrap(),
+            "snapshot {} (after {consumed} rows) differs from training on its window's rows",
+            k + 1
+        );
+        compared += 1;
+    }
+    assert!(compared >= 5, "{compared} snapshots compared");
+}
+
+#[test]
+fn a_stream_with_retractions_ends_with_the_model_of_what_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = keyed(dir.path(), "all.parquet", |_| true);
+    let rest = keyed(dir.path(), "rest.parquet", |i| i % 5 != 2);
+    // The keys to forget, as CSV, some of them before their rows come.
+    let gone = dir.path().join("gone.csv");
+    let mut csv = String::from("id\n");
+    for i in (0..20640).filter(|i| i % 5 == 2).rev() {
+        csv.push_str(&format!("r{i}\n"));
+    }
+    std::fs::write(&gone, csv).unwrap();
+    let p_rest = pipeline(dir.path(), &rest, "rest");
+    let scratch = dir.path().join("scratch.json");
+    train(&p_rest, &scratch, &[]);
+    let text = std::fs::read_to_string(&p_rest).unwrap();
+    let stateless = dir.path().join("stream.toml");
+    std::fs::write(
+        &stateless,
+        text.split("[output]").next().unwrap().to_string() + "[stream]\nbatch_rows = 3000\n",
+    )
+    .unwrap();
+    for w in ["1", "3"] {
+        let model = dir.path().join(format!("stream-{w}.json"));
+        let out = tidemill_ok(&[
+            "stream",
+            s(&stateless),
+            "--input",
+            s(&all),
+            "--retract",
+            s(&gone),
+            "--model-out",
+            s(&model),
+            "-w",
+            w,
+        ]);
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary["retracted"], 4128);
+        assert_eq!(summary["rows_present"], 20640 - 4128);
+        assert_eq!(
+            std::fs::read(&model).unwrap(),
+            std::fs::read(&scratch).unwrap(),
+            "{w} workers"
+        );
+    }
+    // A key that never comes is an error naming it.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id\nr1\nstranger\n").unwrap();
+    let out = tidemill(&[
+        "stream",
+        s(&stateless),
+        "--input",
+        s(&all),
+        "--retract",
+        s(&bad),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'stranger'") && !err.contains("'r1'"), "{err}");
+}
