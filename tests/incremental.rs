@@ -524,3 +524,142 @@ fn a_stream_with_retractions_ends_with_the_model_of_what_remains() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'stranger'") && !err.contains("'r1'"), "{err}");
 }
+
+/// One feature `t` and a label, written to `name`.
+fn two_columns(dir: &Path, name: &str, t: Vec<f64>, y: Vec<f64>) -> PathBuf {
+    let path = dir.join(name);
+    write_parquet(
+        &path,
+        vec![
+            ("t", Arc::new(Float64Array::from(t)) as ArrayRef),
+            ("y", Arc::new(Float64Array::from(y)) as ArrayRef),
+        ],
+        1000,
+    );
+    path
+}
+
+fn plain_pipeline(dir: &Path, data: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("plain.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[data]\ntrain = {:?}\nlabel = \"y\"\n{extra}\n[model]\nkind = \"linear\"\nl2 = 0.0\n[optimizer]\nkind = \"exact\"\n",
+            data.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Large-offset, constant and tiny columns: the exact centred moments get
+/// the first two right, and the third is refused rather than misstated.
+#[test]
+fn magnitudes_that_cancel_in_floating_point_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    // t = 1.7e9 + i % 100, y = 0.5 (t − 1.7e9) + 3: recovered exactly.
+    let t: Vec<f64> = (0..5000).map(|i| 1.7e9 + (i % 100) as f64).collect();
+    let y: Vec<f64> = t.iter().map(|t| 0.5 * (t - 1.7e9) + 3.0).collect();
+    let data = two_columns(dir.path(), "ts.parquet", t, y);
+    for standardize in ["false", "true"] {
+        let p = plain_pipeline(dir.path(), &data, &format!("standardize = {standardize}"));
+        let model = dir.path().join("ts.json");
+        train(&p, &model, &[]);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+        let f = &m["features"]["numeric"][0];
+        let slope = m["coefficients"]["t"].as_f64().unwrap() / f["scale"].as_f64().unwrap();
+        assert!(
+            (slope - 0.5).abs() < 1e-9,
+            "standardize = {standardize}: slope {slope}"
+        );
+        assert!(m["training"]["objective"].as_f64().unwrap() < 1e-12);
+    }
+    // A constant column: scale 1, weight 0.
+    let data = two_columns(
+        dir.path(),
+        "const.parquet",
+        vec![0.7; 100],
+        (0..100).map(f64::from).collect(),
+    );
+    let p = plain_pipeline(dir.path(), &data, "standardize = true");
+    let model = dir.path().join("const.json");
+    // (Without a penalty a constant column makes the system singular: an
+    // error, tested in solve.rs.)
+    train(&p, &model, &["--set", "model.l2=0.01"]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(m["features"]["numeric"][0]["scale"], 1.0);
+    assert_eq!(m["coefficients"]["t"], 0.0);
+    // A column varying by 1e-7: refused, naming it.
+    let data = two_columns(
+        dir.path(),
+        "tiny.parquet",
+        (0..100).map(|i| 1e-7 * (i % 7) as f64).collect(),
+        (0..100).map(f64::from).collect(),
+    );
+    let p = plain_pipeline(dir.path(), &data, "standardize = true");
+    let out = tidemill(&["train", s(&p)]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'t' varies by only"));
+}
+
+#[test]
+fn a_damaged_state_or_one_with_forgotten_keys_is_not_built_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = keyed(dir.path(), "all.parquet", |i| i < 200);
+    let p = pipeline(dir.path(), &data, "state");
+    let model = dir.path().join("model.json");
+    train(&p, &model, &[]);
+    assert_success(&forget(&p, &model, &keys(0..3)), "forget");
+    // Training again into it would bring the forgotten keys back.
+    let out = tidemill(&["train", s(&p)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 forgotten key(s)"));
+    // A damaged newest generation: an error, not the older generation.
+    let newest = dir.path().join("state/checkpoint-000000000002.tmck");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&newest, bytes).unwrap();
+    let out = forget(&p, &model, &keys(5..6));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
+    // A stream whose rows are all retracted ends without a model: an error.
+    let gone = dir.path().join("all.csv");
+    std::fs::write(
+        &gone,
+        std::iter::once("id".to_string())
+            .chain(keys(0..200))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let stateless = dir.path().join("s.toml");
+    std::fs::write(&stateless, text.split("[output]").next().unwrap()).unwrap();
+    let out = tidemill(&[
+        "stream",
+        s(&stateless),
+        "--input",
+        s(&data),
+        "--retract",
+        s(&gone),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -28,7 +28,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use differential_dataflow::difference::{Abelian, Semigroup};
+use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Broadcast;
@@ -94,6 +94,8 @@ pub struct Changes {
     pub expired: Vec<(u128, RowRef, RowVals)>,
     /// Whether the expired rows were entered in `rows`.
     pub expire_rows: bool,
+    /// Whether the expired rows' keys were entered in `keys`.
+    pub expire_keys: bool,
     /// Forget requests withdrawn (their row has left by a window).
     pub unforgotten: Vec<u128>,
     /// This is the last time (a stream's leader says so, and the other
@@ -134,6 +136,9 @@ pub struct Seen {
     pub failed: Vec<(usize, String)>,
     /// Some worker said this is the last time.
     pub end: bool,
+    /// Every input of every worker is closed (a worker is gone): nothing
+    /// more will come.
+    pub closed: bool,
 }
 
 type Sink<T> = Rc<RefCell<Vec<(u64, T)>>>;
@@ -313,14 +318,20 @@ impl Collections {
         if let Some(e) = changes.failed {
             self.failed_in.update((self.index, e), 1);
         }
+        // The rows leaving enter as one difference of their statistics.
+        let mut leaving = Normal::default();
         for (k, at, vals) in changes.expired {
-            self.keys_in.update((k, at), -1);
-            let mut n = vals.normal();
-            n.negate();
-            self.inserted_in.update((), n);
+            if changes.expire_keys {
+                self.keys_in.update((k, at), -1);
+            }
+            leaving.plus_equals(&vals.normal());
             if changes.expire_rows {
                 self.rows_in.update((k, vals), -1);
             }
+        }
+        if !leaving.is_zero() {
+            leaving.negate();
+            self.inserted_in.update((), leaving);
         }
         for k in changes.unforgotten {
             self.forgotten_in.update(k, -1);
@@ -346,7 +357,10 @@ impl Collections {
         while self.probe.less_than(&(t + 1)) {
             worker.step_or_park(Some(std::time::Duration::from_millis(50)));
         }
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            closed: self.probe.done(),
+            ..Seen::default()
+        };
         for (_, n) in self.stats.borrow_mut().drain(..) {
             // One consolidated update per time; added in case of parts.
             seen.stats.plus_equals(&n);

@@ -102,6 +102,32 @@ pub fn keys_of(batch: &RecordBatch, column: &str, origin: &Origin) -> Result<Vec
         .collect()
 }
 
+/// The error for a value outside the exact range, where it is.
+pub fn too_large(
+    e: normal::TooLarge,
+    spec: &FeatureSpec,
+    file: &Path,
+    row_group: Option<usize>,
+    row: u64,
+) -> Error {
+    Error::MissingValue {
+        location: Box::new(Location {
+            file: file.to_path_buf(),
+            row_group,
+            column: Some(match e.feature {
+                Some(j) => spec.numeric[j].name.clone(),
+                None => spec.label.clone(),
+            }),
+            row: Some(row),
+        }),
+        what: format!("a value ({:e}) outside what exact sums hold", e.value),
+        hint: format!(
+            "exact models take values below {:e} in magnitude: rescale the column",
+            normal::MAX_VALUE
+        ),
+    }
+}
+
 /// What a worker of `train` read.
 #[derive(Default)]
 struct Read {
@@ -140,36 +166,34 @@ fn read_units(
                 None => None,
             };
             let p = block.p;
-            for i in 0..block.rows {
-                let row = block.file_row[i];
-                let x = &block.raw[i * p..(i + 1) * p];
-                let y = block.label[i];
-                let text = keys.as_ref().map(|k| k[(row - first_row) as usize].clone());
-                let digest = text.as_deref().map(KeyDigest::of).unwrap_or_default();
-                stats.add_row(&digest, x, y).map_err(|e| Error::MissingValue {
-                    location: Box::new(Location {
-                        file: path.clone(),
-                        row_group: Some(unit.row_group),
-                        column: Some(match e.feature {
-                            Some(j) => spec.numeric[j].name.clone(),
-                            None => spec.label.clone(),
-                        }),
-                        row: Some(row),
-                    }),
-                    what: format!("a value whose square or product ({:e}) is too large for exact sums", e.value),
-                    hint: format!(
-                        "exact models take values up to about 1.1e12 in magnitude (terms up to {:e}): rescale the column",
-                        normal::MAX_TERM
-                    ),
+            let texts: Option<Vec<String>> = keys.map(|k| {
+                block
+                    .file_row
+                    .iter()
+                    .map(|&row| k[(row - first_row) as usize].clone())
+                    .collect()
+            });
+            let digests: Vec<KeyDigest> = match &texts {
+                Some(t) => t.iter().map(|k| KeyDigest::of(k)).collect(),
+                None => vec![KeyDigest::default(); block.rows],
+            };
+            stats
+                .add_rows(&digests, &block.raw, &block.label, p)
+                .map_err(|(i, e)| {
+                    too_large(e, spec, &path, Some(unit.row_group), block.file_row[i])
                 })?;
-                if let Some(text) = text {
-                    read.changes.keys.push((digest.id(), (unit.id as u32, row)));
+            if let Some(texts) = texts {
+                for (i, text) in texts.into_iter().enumerate() {
+                    let id = digests[i].id();
+                    read.changes
+                        .keys
+                        .push((id, (unit.id as u32, block.file_row[i])));
                     if keep {
                         read.stored.push(StoredRow {
-                            id: digest.id(),
+                            id,
                             key: text,
-                            x: x.to_vec(),
-                            y,
+                            x: block.raw[i * p..(i + 1) * p].to_vec(),
+                            y: block.label[i],
                         });
                     }
                 }
@@ -191,6 +215,25 @@ fn stamp(pipeline: &Pipeline, spec: &FeatureSpec, key: &str) -> JobStamp {
     }
 }
 
+/// Solves the ridge problem of `pipeline` on the rows of `stats`.
+pub fn solve_ridge(
+    pipeline: &Pipeline,
+    draft: &FeatureSpec,
+    stats: &Normal,
+) -> std::result::Result<solve::Solution, Unsolvable> {
+    let p = draft.numeric.len();
+    let ridge = Ridge {
+        l2: pipeline.model.l2,
+        fit_intercept: pipeline.model.fit_intercept,
+        standardize: pipeline.data.standardize,
+    };
+    let names = |j: usize| match draft.numeric.get(j) {
+        Some(f) => f.name.clone(),
+        None => draft.label.clone(),
+    };
+    solve::solve(stats, p, ridge, &names)
+}
+
 /// Solves the model of `stats` and builds its file (`what` names the
 /// data in a "no rows" error).
 pub fn model_of(
@@ -199,24 +242,18 @@ pub fn model_of(
     stats: &Normal,
     what: &str,
 ) -> Result<ModelFile> {
-    stats
-        .check()
-        .map_err(|message| Error::Unsolvable { message })?;
-    let p = draft.numeric.len();
-    let ridge = Ridge {
-        l2: pipeline.model.l2,
-        fit_intercept: pipeline.model.fit_intercept,
-        standardize: pipeline.data.standardize,
-    };
-    let solution = solve::solve(stats, p, ridge).map_err(|e| match e {
+    let solution = solve_ridge(pipeline, draft, stats).map_err(|e| match e {
         Unsolvable::NoRows => Error::NoRows {
             what: what.to_string(),
             purpose: "train on".into(),
         },
+        Unsolvable::Range(message) => Error::Unsolvable { message },
         Unsolvable::Collinear(j) => Error::Unsolvable {
             message: format!(
-                "feature '{}' is a linear combination of the features before it on these rows, and model.l2 = 0: set model.l2 > 0 or drop the column",
-                draft.numeric[j].name
+                "feature '{}' is a linear combination of the features before it on these rows{}: drop the column{}",
+                draft.numeric[j].name,
+                if pipeline.model.l2 == 0.0 { " and model.l2 = 0" } else { "" },
+                if pipeline.model.l2 == 0.0 { " or set model.l2 > 0" } else { " or raise model.l2" },
             ),
         },
     })?;
@@ -259,9 +296,32 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
         None => None,
     };
     let seq = match &state {
-        Some((s, ())) => s.next_seq()?,
+        Some((s, ())) => {
+            if let Some((_, g)) = s.newest()? {
+                if !g.forgotten.is_empty() {
+                    return Err(Error::Checkpoint {
+                        path: s.dir().to_path_buf(),
+                        message: format!(
+                            "this state has {} forgotten key(s); training again from data.train would bring back those still there: remove them from the data and train into a new state directory",
+                            g.forgotten.len()
+                        ),
+                    });
+                }
+            }
+            s.next_seq()?
+        }
         None => 0,
     };
+    let p = plan.draft.numeric.len();
+    if p > crate::spec::EXACT_MAX_FEATURES {
+        return Err(Error::PipelineValue {
+            key: "data.features".into(),
+            message: format!(
+                "{p} numeric features; 'exact' keeps every pair's cross-product and solves a p × p system per update, which is the right tool up to {} features: use lbfgs",
+                crate::spec::EXACT_MAX_FEATURES
+            ),
+        });
+    }
     let state_dir = plan.pipeline.output.state.clone();
     let rows_total: u64 = plan.train.units().iter().map(|u| u.rows as u64).sum();
     let buckets = store::buckets_for(rows_total);

@@ -5,13 +5,18 @@
 //! `model.kind = "linear"`: `(1/2n)·Σ(y − b − wᵀz)² + (l2/2)·‖w‖²`, with
 //! `z = (x − center) / scale` (the mean and population standard deviation
 //! of the rows when standardising, else 0 and 1) and an unpenalised
-//! intercept `b`. With the intercept it is eliminated:
-//! `(Szz/n − μ μᵀ + l2·I) w = Szy/n − μ ȳ`, `b = ȳ − μᵀw`, where
-//! `μ = Σz/n`; without it, `(Szz/n + l2·I) w = Szy/n`. Every quantity is
-//! taken from the exact sums of [`Normal`], so the solution depends on the
-//! rows present only, never on their order or on the workers.
+//! intercept `b`. Everything is taken from the exact centred moments of
+//! [`Normal::moments`] (covariances `C`, `c_xy`, `c_yy` and means `m`, `ȳ`),
+//! with `D = diag(scale)` and `μ = D⁻¹(m − center)`:
+//!
+//! - with the intercept, `(D⁻¹CD⁻¹ + l2·I) w = D⁻¹c_xy`, `b = ȳ − μᵀw`;
+//! - without, `(D⁻¹(C + (m−c)(m−c)ᵀ)D⁻¹ + l2·I) w = D⁻¹(c_xy + (m−c)ȳ)`.
+//!
+//! So the solution depends on the rows present only, never on their order
+//! or on the workers, and no sum of large numbers is ever subtracted from
+//! another in floating point.
 
-use super::normal::{width, Normal};
+use super::normal::Normal;
 
 /// A solved model on the standardised scale.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,8 +27,7 @@ pub struct Solution {
     pub scale: Vec<f64>,
     /// `[intercept, w_1 … w_p]`.
     pub theta: Vec<f64>,
-    /// The objective at `theta` (from the statistics: rounding in the last
-    /// digits where the fit is near perfect).
+    /// The objective at `theta`.
     pub objective: f64,
 }
 
@@ -32,6 +36,8 @@ pub struct Solution {
 pub enum Unsolvable {
     /// No rows left.
     NoRows,
+    /// The statistics cannot be solved from exactly (the reason).
+    Range(String),
     /// The system is singular: this feature is a linear combination of
     /// those before it (only without an L2 penalty).
     Collinear(usize),
@@ -48,56 +54,53 @@ pub struct Ridge {
     pub standardize: bool,
 }
 
-/// Solves ridge regression for `p` features from `stats`.
-pub fn solve(stats: &Normal, p: usize, ridge: Ridge) -> Result<Solution, Unsolvable> {
-    if stats.rows <= 0 || stats.sums.len() != width(p) {
+/// Solves ridge regression for `p` features from `stats`; `names(j)`
+/// names value `j` (feature `j < p`, the label at `p`) in messages.
+pub fn solve(
+    stats: &Normal,
+    p: usize,
+    ridge: Ridge,
+    names: &dyn Fn(usize) -> String,
+) -> Result<Solution, Unsolvable> {
+    if stats.rows <= 0 {
         return Err(Unsolvable::NoRows);
     }
-    let n = stats.rows as f64;
-    let v = |k: usize| stats.value(k);
-    let (sy, syy) = (v(0), v(1));
-    let ybar = sy / n;
-    let sx = |j: usize| v(2 + j);
-    let sxy = |j: usize| v(2 + p + j);
-    let upper = |i: usize, j: usize| {
-        let (i, j) = if i <= j { (i, j) } else { (j, i) };
-        // Row i of the upper triangle starts after rows 0..i.
-        2 + 2 * p + i * p - i * (i.saturating_sub(1)) / 2 - i + j
-    };
-    let sxx = |i: usize, j: usize| v(upper(i, j));
-    let mean: Vec<f64> = (0..p).map(|j| sx(j) / n).collect();
+    let mo = stats.check(p, names).map_err(Unsolvable::Range)?;
+    let m = p + 1;
+    let cov = |i: usize, j: usize| mo.cov[i * m + j];
+    let ybar = mo.mean[p];
     let (center, scale): (Vec<f64>, Vec<f64>) = if ridge.standardize {
         (0..p)
             .map(|j| {
-                let var = (sxx(j, j) / n - mean[j] * mean[j]).max(0.0);
-                let sd = var.sqrt();
-                (mean[j], if sd > 0.0 { sd } else { 1.0 })
+                let sd = cov(j, j).max(0.0).sqrt();
+                (mo.mean[j], if sd > 0.0 { sd } else { 1.0 })
             })
             .unzip()
     } else {
         (vec![0.0; p], vec![1.0; p])
     };
-    // Second moments of z (Szz/n), its mean μ and Szy/n.
-    let mu: Vec<f64> = (0..p).map(|j| (mean[j] - center[j]) / scale[j]).collect();
+    // The offsets of the means from the centres (0 when standardising).
+    let off: Vec<f64> = (0..p).map(|j| mo.mean[j] - center[j]).collect();
+    let mu: Vec<f64> = (0..p).map(|j| off[j] / scale[j]).collect();
+    // E[zzᵀ] − (intercept ? μμᵀ : 0), and E[zy] − (intercept ? μȳ : 0).
     let mut a = vec![0.0; p * p];
+    let mut b = vec![0.0; p];
     for i in 0..p {
         for j in 0..p {
-            let m =
-                sxx(i, j) / n - center[i] * mean[j] - mean[i] * center[j] + center[i] * center[j];
-            a[i * p + j] = m / (scale[i] * scale[j]);
-        }
-    }
-    let mut b: Vec<f64> = (0..p)
-        .map(|j| (sxy(j) / n - center[j] * ybar) / scale[j])
-        .collect();
-    if ridge.fit_intercept {
-        for i in 0..p {
-            for j in 0..p {
-                a[i * p + j] -= mu[i] * mu[j];
+            let mut v = cov(i, j);
+            if !ridge.fit_intercept {
+                v += off[i] * off[j];
             }
-            b[i] -= mu[i] * ybar;
+            a[i * p + j] = v / (scale[i] * scale[j]);
         }
+        let mut v = cov(i, p);
+        if !ridge.fit_intercept {
+            v += off[i] * ybar;
+        }
+        b[i] = v / scale[i];
     }
+    let quad = a.clone();
+    let lin = b.clone();
     for i in 0..p {
         a[i * p + i] += ridge.l2;
     }
@@ -107,27 +110,23 @@ pub fn solve(stats: &Normal, p: usize, ridge: Ridge) -> Result<Solution, Unsolva
     } else {
         0.0
     };
+    // rss/n = E[y²] − 2wᵀE[zy] + wᵀE[zzᵀ]w, centred with the intercept.
+    let yy = if ridge.fit_intercept {
+        cov(p, p)
+    } else {
+        cov(p, p) + ybar * ybar
+    };
+    let mut rss = yy;
+    for i in 0..p {
+        rss -= 2.0 * w[i] * lin[i];
+        for j in 0..p {
+            rss += w[i] * w[j] * quad[i * p + j];
+        }
+    }
+    let objective = 0.5 * rss.max(0.0) + 0.5 * ridge.l2 * w.iter().map(|w| w * w).sum::<f64>();
     let mut theta = Vec::with_capacity(p + 1);
     theta.push(intercept);
     theta.extend_from_slice(&w);
-    // Σ(y − θᵀz̃)² = Σy² − 2θᵀΣz̃y + θᵀ(Σz̃z̃ᵀ)θ, z̃ = [1, z].
-    let zy = |j: usize| (sxy(j) - center[j] * sy) / scale[j];
-    let zz = |i: usize, j: usize| {
-        (sxx(i, j) - center[i] * sx(j) - sx(i) * center[j] + n * center[i] * center[j])
-            / (scale[i] * scale[j])
-    };
-    let zsum = |j: usize| (sx(j) - n * center[j]) / scale[j];
-    let mut quad = n * intercept * intercept;
-    let mut cross = intercept * sy;
-    for i in 0..p {
-        cross += w[i] * zy(i);
-        quad += 2.0 * intercept * w[i] * zsum(i);
-        for j in 0..p {
-            quad += w[i] * w[j] * zz(i, j);
-        }
-    }
-    let rss = (syy - 2.0 * cross + quad).max(0.0);
-    let objective = rss / (2.0 * n) + 0.5 * ridge.l2 * w.iter().map(|w| w * w).sum::<f64>();
     Ok(Solution {
         center,
         scale,
@@ -139,9 +138,11 @@ pub fn solve(stats: &Normal, p: usize, ridge: Ridge) -> Result<Solution, Unsolva
 /// Solves `A x = b` for a symmetric positive definite `p × p` matrix `A`
 /// (row-major) by Cholesky factorisation `A = L Lᵀ`.
 fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, p: usize) -> Result<Vec<f64>, Unsolvable> {
-    let largest = (0..p).map(|i| a[i * p + i].abs()).fold(0.0, f64::max);
-    let tiny = largest * 1e-13;
+    // A pivot that lost all but 1e-13 of its diagonal entry is zero: the
+    // column lies in the span of those before it.
+    let diagonal: Vec<f64> = (0..p).map(|i| a[i * p + i]).collect();
     for j in 0..p {
+        let tiny = diagonal[j].abs() * 1e-13;
         let mut d = a[j * p + j];
         for k in 0..j {
             d -= a[j * p + k] * a[j * p + k];
@@ -182,22 +183,8 @@ mod tests {
     use super::*;
     use crate::incremental::normal::KeyDigest;
 
-    /// The upper-triangle index agrees with the order `add_row` fills.
-    #[test]
-    fn upper_index_matches_layout() {
-        let p = 4;
-        let mut n = Normal::zero_of(p);
-        let x = [2.0, 3.0, 5.0, 7.0];
-        n.add_row(&KeyDigest::of("a"), &x, 0.0).unwrap();
-        let mut k = 2 + 2 * p;
-        for i in 0..p {
-            for j in i..p {
-                let idx = 2 + 2 * p + i * p - i * (i.saturating_sub(1)) / 2 - i + j;
-                assert_eq!(idx, k, "({i},{j})");
-                assert_eq!(n.value(idx), x[i] * x[j]);
-                k += 1;
-            }
-        }
+    fn name(j: usize) -> String {
+        format!("c{j}")
     }
 
     /// An exactly linear relation is recovered; the objective is zero.
@@ -205,26 +192,34 @@ mod tests {
     fn recovers_a_linear_relation() {
         let mut n = Normal::zero_of(2);
         for i in 0..50 {
-            let (a, b) = (i as f64, ((i * 7) % 11) as f64);
-            n.add_row(&KeyDigest::of(&i.to_string()), &[a, b], 3.0 + 2.0 * a - b)
-                .unwrap();
+            let (a, b) = (1.7e9 + i as f64, ((i * 7) % 11) as f64);
+            n.add_row(
+                &KeyDigest::of(&i.to_string()),
+                &[a, b],
+                3.0 + 2.0 * (a - 1.7e9) - b,
+            )
+            .unwrap();
         }
-        for standardize in [false, true] {
+        for (standardize, fit_intercept) in [(false, true), (true, true), (true, false)] {
             let s = solve(
                 &n,
                 2,
                 Ridge {
                     l2: 0.0,
-                    fit_intercept: true,
+                    fit_intercept,
                     standardize,
                 },
+                &name,
             )
             .unwrap();
             let raw: Vec<f64> = (0..2).map(|j| s.theta[1 + j] / s.scale[j]).collect();
-            let b = s.theta[0] - (0..2).map(|j| raw[j] * s.center[j]).sum::<f64>();
-            assert!((raw[0] - 2.0).abs() < 1e-9 && (raw[1] + 1.0).abs() < 1e-9);
-            assert!((b - 3.0).abs() < 1e-8, "{b}");
-            assert!(s.objective < 1e-9);
+            if fit_intercept {
+                assert!(
+                    (raw[0] - 2.0).abs() < 1e-9 && (raw[1] + 1.0).abs() < 1e-9,
+                    "{raw:?}"
+                );
+                assert!(s.objective < 1e-9, "{}", s.objective);
+            }
         }
     }
 
@@ -241,7 +236,25 @@ mod tests {
             fit_intercept: true,
             standardize: false,
         };
-        assert_eq!(solve(&n, 2, ridge), Err(Unsolvable::Collinear(1)));
-        assert!(solve(&n, 2, Ridge { l2: 0.1, ..ridge }).is_ok());
+        assert_eq!(solve(&n, 2, ridge, &name), Err(Unsolvable::Collinear(1)));
+        assert!(solve(&n, 2, Ridge { l2: 0.1, ..ridge }, &name).is_ok());
+    }
+
+    /// A constant column gets scale 1 and weight 0.
+    #[test]
+    fn a_constant_column_is_constant() {
+        let mut n = Normal::zero_of(2);
+        for i in 0..100 {
+            n.add_row(&KeyDigest::of(&i.to_string()), &[i as f64, 0.7], i as f64)
+                .unwrap();
+        }
+        let ridge = Ridge {
+            l2: 0.01,
+            fit_intercept: true,
+            standardize: true,
+        };
+        let s = solve(&n, 2, ridge, &name).unwrap();
+        assert_eq!(s.scale[1], 1.0);
+        assert_eq!(s.theta[2], 0.0);
     }
 }

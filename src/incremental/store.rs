@@ -116,9 +116,26 @@ impl StateDir {
 
     /// The newest whole generation and its number, if any.
     pub fn newest(&self) -> Result<Option<(u64, Generation)>> {
+        // A state is only as good as its newest generation: going back to
+        // an older one would bring forgotten rows back. A damaged newest
+        // generation is an error, never skipped.
         let Some(loaded) = self.store.newest()? else {
+            if let Some(seq) = self.store.list()?.last() {
+                return Err(corrupt(
+                    &self.store.path(*seq),
+                    "no generation of the state is whole (restore the directory from a backup)",
+                ));
+            }
             return Ok(None);
         };
+        if let Some((path, why)) = loaded.skipped.first() {
+            return Err(corrupt(
+                path,
+                format!(
+                    "the newest generation is damaged ({why}); going back to an older one would bring forgotten rows back (restore the directory from a backup)"
+                ),
+            ));
+        }
         let generation: Generation = bincode::deserialize(&loaded.payload)
             .map_err(|e| corrupt(&loaded.path, format!("not a state generation: {e}")))?;
         if generation.version != STATE_VERSION {

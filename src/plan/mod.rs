@@ -153,13 +153,23 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
             message: format!("'{key}' is not a column of {}{hint}", file.display()),
         });
     }
+    // A window's time column orders rows; it is not trained on by default.
+    let window_column = match &pipeline.stream.window {
+        Some(crate::spec::WindowSpec::Time { column, .. }) => Some(column.as_str()),
+        _ => None,
+    };
     let features: Vec<String> = match &d.features {
         Some(f) => f.clone(),
         None => schema
             .fields()
             .iter()
             .map(|f| f.name().clone())
-            .filter(|n| *n != d.label && !d.exclude.contains(n) && Some(n) != d.key.as_ref())
+            .filter(|n| {
+                *n != d.label
+                    && !d.exclude.contains(n)
+                    && Some(n) != d.key.as_ref()
+                    && Some(n.as_str()) != window_column
+            })
             .collect(),
     };
     if features.is_empty() {

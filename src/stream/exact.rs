@@ -40,7 +40,7 @@ use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
 use crate::error::{Error, Location, Result};
 use crate::incremental::maintain::{self, Changes, Collections, RowRef, RowVals, Seen};
 use crate::incremental::normal::{KeyDigest, Normal};
-use crate::incremental::solve::{self, Ridge};
+use crate::incremental::solve;
 use crate::model::file::ModelFile;
 use crate::spec::{Pipeline, WindowSpec};
 
@@ -66,6 +66,9 @@ pub struct ExactSummary {
     pub retracted: u64,
     /// Rows that left the window.
     pub expired: u64,
+    /// Keys to retract that came after their row had left the window
+    /// (nothing to do).
+    pub retracted_after_leaving: u64,
     /// Batches.
     pub batches: u64,
     /// Model files written while streaming (the last one included).
@@ -151,6 +154,12 @@ pub fn run(job: ExactJob, cluster: &Cluster) -> Result<Option<ExactSummary>> {
                     }
                     if seen.end {
                         break Ok(None);
+                    }
+                    if seen.closed {
+                        break Err(Error::Worker {
+                            worker: 0,
+                            message: "the stream's leader stopped without ending the stream".into(),
+                        });
                     }
                 },
             }
@@ -238,6 +247,15 @@ impl Leader {
                     .schema()
                     .field_with_name(column)
                     .map_err(|_| Error::missing_column(&origin, column, feed.schema()))?;
+                if !*in_seconds && !is_number(t.data_type()) {
+                    return Err(Error::PipelineValue {
+                        key: "stream.window.length".into(),
+                        message: format!(
+                            "'{column}' holds times ({}): give the length as a duration such as \"7d\"",
+                            t.data_type()
+                        ),
+                    });
+                }
                 if *in_seconds && is_number(t.data_type()) {
                     return Err(Error::PipelineValue {
                         key: "stream.window.length".into(),
@@ -335,11 +353,6 @@ impl Leader {
         c: &mut Collections,
     ) -> Result<ExactSummary> {
         let p = self.pipeline.clone();
-        let ridge = Ridge {
-            l2: p.model.l2,
-            fit_intercept: p.model.fit_intercept,
-            standardize: p.data.standardize,
-        };
         let dims = self.draft.numeric.len();
         let keep_rows = self.retract.is_some();
         let mut summary = ExactSummary::default();
@@ -350,11 +363,17 @@ impl Leader {
         // Forget requests not matched by a row present, by id (net count).
         let mut pending: BTreeMap<u128, isize> = BTreeMap::new();
         let mut asked: BTreeMap<u128, String> = BTreeMap::new();
+        // With --retract: the keys of rows that left the window.
+        let mut left: std::collections::HashSet<u128> = std::collections::HashSet::new();
         let mut last_snapshot = Instant::now();
         loop {
             let (arrivals, ended) = self.next_batch()?;
+            // Without a key column the rows' keys are their places in the
+            // stream: unique by construction, so the collections need not
+            // check them (nor hold them).
             let mut changes = Changes {
                 expire_rows: keep_rows,
+                expire_keys: p.data.key.is_some(),
                 ..Changes::default()
             };
             let mut batch_stats = Normal::zero_of(dims);
@@ -395,21 +414,19 @@ impl Leader {
                     };
                     let digest = KeyDigest::of(&text);
                     let id = digest.id();
-                    batch_stats.add_row(&digest, x, y).map_err(|e| Error::MissingValue {
-                        location: Box::new(Location {
-                            file: a.origin.clone(),
-                            row_group: None,
-                            column: Some(match e.feature {
-                                Some(j) => self.draft.numeric[j].name.clone(),
-                                None => self.draft.label.clone(),
-                            }),
-                            row: Some(block.file_row[i]),
-                        }),
-                        what: format!("a value whose square or product ({:e}) is too large for exact sums", e.value),
-                        hint: "exact models take values up to about 1.1e12 in magnitude: rescale the column".into(),
+                    batch_stats.add_row(&digest, x, y).map_err(|e| {
+                        crate::incremental::too_large(
+                            e,
+                            &self.draft,
+                            &a.origin,
+                            None,
+                            block.file_row[i],
+                        )
                     })?;
                     let at: RowRef = (0, stream_row + local as u64);
-                    changes.keys.push((id, at));
+                    if p.data.key.is_some() {
+                        changes.keys.push((id, at));
+                    }
                     let vals = RowVals::new(digest, x, y);
                     if keep_rows {
                         changes.rows.push((id, vals.clone()));
@@ -419,9 +436,24 @@ impl Leader {
                         Window::None => {}
                         Window::Rows { queue, .. } => queue.push_back((id, at, vals)),
                         Window::Time {
-                            heap, rows, newest, ..
+                            heap,
+                            rows,
+                            newest,
+                            column,
+                            ..
                         } => {
-                            let t = times.as_ref().map_or(0.0, |t| t[local]);
+                            let Some(Some(t)) = times.as_ref().map(|t| t[local]) else {
+                                return Err(Error::MissingValue {
+                                    location: Box::new(Location {
+                                        file: a.origin.clone(),
+                                        row_group: None,
+                                        column: Some(column.clone()),
+                                        row: Some(block.file_row[i]),
+                                    }),
+                                    what: "a null, unreadable or infinite time".into(),
+                                    hint: "every row of a time window needs its time".into(),
+                                });
+                            };
                             *newest = newest.max(t);
                             heap.push(Reverse((Time(t), at.1)));
                             rows.insert(at.1, (id, at, vals));
@@ -464,11 +496,20 @@ impl Leader {
                 if asked.remove(id).is_some() {
                     changes.unforgotten.push(*id);
                 }
+                if keep_rows {
+                    // A retraction that comes after its row has left is a
+                    // no-op, not a key that never came.
+                    left.insert(*id);
+                }
             }
             changes.expired = leaving;
             // Keys to forget that have arrived.
             for k in self.retractions(ended)? {
                 let id = KeyDigest::of(&k).id();
+                if left.contains(&id) {
+                    summary.retracted_after_leaving += 1;
+                    continue;
+                }
                 summary.retracted += 1;
                 asked.insert(id, k);
                 changes.forgotten.push(id);
@@ -484,9 +525,11 @@ impl Leader {
             summary.rows += batch_rows;
             sq += batch_sq;
             scored += batch_scored;
-            if total.rows > 0 {
-                current = solve::solve(&total, dims, ridge).ok();
-            }
+            // The model of the rows present (none when none are).
+            current = match total.rows > 0 {
+                true => crate::incremental::solve_ridge(&p, &self.draft, &total).ok(),
+                false => None,
+            };
             let due = match p.stream.snapshot_every {
                 Some(n) => summary.batches % n == 0,
                 None => last_snapshot.elapsed().as_secs_f64() >= p.stream.snapshot_seconds,
@@ -515,6 +558,15 @@ impl Leader {
             if ended {
                 break;
             }
+        }
+        if total.rows <= 0 {
+            return Err(Error::NoRows {
+                what: format!(
+                    "the stream's end ({} rows inserted, {} retracted, {} expired)",
+                    summary.rows, summary.retracted, summary.expired
+                ),
+                purpose: "hold a model of".into(),
+            });
         }
         // Keys asked to be forgotten whose rows never came.
         let missing: Vec<String> = pending
@@ -621,7 +673,7 @@ fn times_of(
     column: &str,
     in_seconds: bool,
     origin: &Origin,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Option<f64>>> {
     let at = |row: Option<u64>, what: String| Error::MissingValue {
         location: Box::new(Location {
             file: origin.file.to_path_buf(),
@@ -661,24 +713,20 @@ fn times_of(
             ))
         }
     };
-    let mut out = Vec::with_capacity(values.len());
-    for i in 0..values.len() {
-        if values.is_null(i) || array.is_null(i) {
-            return Err(at(
-                Some(origin.first_row + i as u64),
-                "null or unreadable time".into(),
-            ));
-        }
-        let v = match values.data_type() {
-            DataType::Float64 => values.as_primitive::<Float64Type>().value(i),
-            _ => values.as_primitive::<Int64Type>().value(i) as f64 / per_second,
-        };
-        if !v.is_finite() {
-            return Err(at(Some(origin.first_row + i as u64), format!("time {v}")));
-        }
-        out.push(v);
-    }
-    Ok(out)
+    // A null, unreadable or non-finite time is `None`: an error only for
+    // a row that is kept (`skip_row` may drop it for another reason).
+    Ok((0..values.len())
+        .map(|i| {
+            if values.is_null(i) {
+                return None;
+            }
+            let v = match values.data_type() {
+                DataType::Float64 => values.as_primitive::<Float64Type>().value(i),
+                _ => values.as_primitive::<Int64Type>().value(i) as f64 / per_second,
+            };
+            v.is_finite().then_some(v)
+        })
+        .collect())
 }
 
 /// Reads keys from `path` on a thread of its own, batch by batch.

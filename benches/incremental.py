@@ -1,0 +1,181 @@
+"""Exact incremental models (docs/incremental.md), measured in one run:
+
+1. time to update a model after forgetting 1, 100 and 10,000 rows
+   (`tidemill forget` on a copy of the state) against retraining from
+   scratch on the same machine in the same run: `train` with the exact
+   optimizer (statistics and solve) and `train` with L-BFGS (the iterative
+   optimizer a user would otherwise run), on california_housing (ridge,
+   20,640 rows), nycflights13 (ridge on 5 numeric columns, 327,346 rows;
+   naive Bayes is not built yet) and the dense W1 data (ridge, 4M x 32);
+2. what the state holds against the data: the state directory's bytes
+   against the Parquet file's and the raw values' (rows x columns x 8),
+   and the peak RSS of an exact stream that keeps its rows arranged for
+   retraction (`--retract`) against one that does not.
+
+Usage: python benches/incremental.py OUT_DIR [W1_PARQUET]
+Every figure is a median of REPS (env, default 3) runs; ratios are taken
+within this run. Needs pyarrow (the peers' venv has it).
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+BIN = os.path.abspath("target/release/tidemill")
+REPS = int(os.environ.get("REPS", "3"))
+
+
+def run(cmd, stdin=None):
+    """Runs cmd; returns (wall seconds, peak RSS MiB, stdout)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.PIPE if stdin is not None else None)
+    out, err = p.communicate(stdin)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {err.decode()[-2000:]}")
+    return wall, out.decode()
+
+
+def run_rss(cmd):
+    """Runs cmd under wait4; returns (wall seconds, peak RSS MiB)."""
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(cmd[0], cmd, os.environ.copy(),
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                                       (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    _, status, ru = os.wait4(pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed")
+    return wall, ru.ru_maxrss / 1024.0
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def keyed(src, dst, features, label, key_prefix):
+    t = pq.read_table(src, columns=features + [label])
+    t = t.append_column("id", pa.array([f"{key_prefix}{i}" for i in range(t.num_rows)]))
+    pq.write_table(t, dst, row_group_size=65536)
+    return t.num_rows
+
+
+def pipeline(path, data, label, features, state, optimizer, extra=""):
+    feats = ", ".join(f'"{f}"' for f in features)
+    text = (f'[data]\ntrain = "{data}"\nlabel = "{label}"\nkey = "id"\nfeatures = [{feats}]\n'
+            f'on_missing = "skip_row"\nstandardize = true\n'
+            f'[model]\nkind = "linear"\nl2 = 0.001\n[optimizer]\nkind = "{optimizer}"\n{extra}')
+    if state:
+        text += f'[output]\nstate = "{state}"\n'
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def dir_bytes(d):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+
+
+def main():
+    out_dir = sys.argv[1]
+    w1 = sys.argv[2] if len(sys.argv) > 2 else "/tmp/bench/dense_train.parquet"
+    os.makedirs(out_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="incremental-bench.")
+    results = {"reps": REPS, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "ncpu": os.cpu_count(), "datasets": {}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results["commit"] = commit
+    w1_cols = [f"f{i}" for i in range(32)]
+    sets = [
+        ("california_housing", "datasets/california_housing.parquet", "MedHouseVal",
+         ["MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup", "Latitude", "Longitude"]),
+        ("nycflights13", "datasets/nycflights13.parquet", "arr_delay",
+         ["dep_delay", "distance", "hour", "sched_dep_time", "month"]),
+        ("W1 dense 4M x 32", w1, "label", w1_cols),
+    ]
+    for name, src, label, features in sets:
+        data = os.path.join(work, name.split()[0] + ".parquet")
+        rows = keyed(src, data, features, label, "k")
+        state = os.path.join(work, name.split()[0] + ".state")
+        p_exact = pipeline(os.path.join(work, "exact.toml"), data, label, features, state, "exact")
+        p_lbfgs = pipeline(os.path.join(work, "lbfgs.toml"), data, label, features, None, "lbfgs",
+                           "[train]\nepochs = 200\n")
+        model = os.path.join(work, "m.json")
+        r = {"rows": rows, "parquet_bytes": os.path.getsize(data),
+             "raw_bytes": rows * (len(features) + 1) * 8}
+        exact, lbfgs = [], []
+        for _ in range(REPS):
+            shutil.rmtree(state, ignore_errors=True)
+            exact.append(run([BIN, "train", p_exact, "--model-out", model, "-w", "2"])[0])
+            lbfgs.append(run([BIN, "train", p_lbfgs, "--model-out", model, "-w", "2"])[0])
+        r["train_exact_s"] = med(exact)
+        r["train_lbfgs_s"] = med(lbfgs)
+        r["state_bytes"] = dir_bytes(state)
+        for n in (1, 100, 10000):
+            times = []
+            for rep in range(REPS):
+                copy = state + ".copy"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(state, copy)
+                p_copy = pipeline(os.path.join(work, "copy.toml"), data, label, features, copy, "exact")
+                step = max(1, rows // n)
+                keys = "id\n" + "".join(f"k{(i * step + rep) % rows}\n" for i in range(n))
+                times.append(run([BIN, "forget", p_copy, "--keys", "-", "--model-out", model],
+                                 stdin=keys.encode())[0])
+            r[f"forget_{n}_s"] = med(times)
+        results["datasets"][name] = r
+        print(name, json.dumps(r), flush=True)
+    # Memory of the arranged rows: an exact stream of W1 with and without
+    # --retract (one key), peak RSS.
+    data = os.path.join(work, "W1.parquet")
+    keys = os.path.join(work, "one.csv")
+    with open(keys, "w") as f:
+        f.write("id\nk17\n")
+    p_stream = pipeline(os.path.join(work, "stream.toml"), data, "label", w1_cols, None, "exact",
+                        "[stream]\nbatch_rows = 65536\n")
+    plain, arranged = [], []
+    for _ in range(REPS):
+        plain.append(run_rss([BIN, "stream", p_stream, "--input", data]))
+        arranged.append(run_rss([BIN, "stream", p_stream, "--input", data, "--retract", keys]))
+    results["stream_w1"] = {
+        "plain_s": med([w for w, _ in plain]), "plain_rss_mib": med([m for _, m in plain]),
+        "retract_s": med([w for w, _ in arranged]), "retract_rss_mib": med([m for _, m in arranged]),
+    }
+    print("stream", json.dumps(results["stream_w1"]), flush=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    lines = [f"# Exact incremental models, measured {results['date']} (commit {commit}, "
+             f"{results['ncpu']} cores, medians of {REPS})", "",
+             "| data | rows | train exact (s) | train L-BFGS (s) | forget 1 (s) | forget 100 (s) | forget 10,000 (s) "
+             "| forget 1 / exact | forget 1 / L-BFGS | forget 10,000 / exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["datasets"].items():
+        lines.append(f"| {name} | {r['rows']:,} | {r['train_exact_s']:.3f} | {r['train_lbfgs_s']:.3f} | "
+                     f"{r['forget_1_s']:.3f} | {r['forget_100_s']:.3f} | {r['forget_10000_s']:.3f} | "
+                     f"{r['forget_1_s'] / r['train_exact_s']:.3f} | {r['forget_1_s'] / r['train_lbfgs_s']:.3f} | "
+                     f"{r['forget_10000_s'] / r['train_exact_s']:.3f} |")
+    lines += ["", "| data | Parquet (MB) | raw values (MB) | state (MB) | state / raw |", "|---|---|---|---|---|"]
+    for name, r in results["datasets"].items():
+        lines.append(f"| {name} | {r['parquet_bytes'] / 1e6:.1f} | {r['raw_bytes'] / 1e6:.1f} | "
+                     f"{r['state_bytes'] / 1e6:.1f} | {r['state_bytes'] / r['raw_bytes']:.2f} |")
+    s = results["stream_w1"]
+    lines += ["", "| W1 exact stream | wall (s) | peak RSS (MiB) |", "|---|---|---|",
+              f"| rows not kept (no --retract) | {s['plain_s']:.2f} | {s['plain_rss_mib']:.0f} |",
+              f"| rows arranged for --retract | {s['retract_s']:.2f} | {s['retract_rss_mib']:.0f} |"]
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
