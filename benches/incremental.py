@@ -47,16 +47,18 @@ def run(cmd, stdin=None):
 
 
 def run_rss(cmd):
-    """Runs cmd under wait4; returns (wall seconds, peak RSS MiB)."""
+    """Runs cmd under /usr/bin/time; returns (wall seconds, peak RSS MiB).
+
+    (Not wait4 on a child of this process: posix_spawn's child shares this
+    process's memory until it execs, and pyarrow's pool would count.)
+    """
     t0 = time.perf_counter()
-    pid = os.posix_spawn(cmd[0], cmd, os.environ.copy(),
-                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-                                       (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
-    _, status, ru = os.wait4(pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed")
-    return wall, ru.ru_maxrss / 1024.0
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr[-2000:]}")
+    return wall, int(p.stderr.strip().splitlines()[-1]) / 1024.0
 
 
 def med(xs):

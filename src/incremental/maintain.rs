@@ -30,6 +30,7 @@ use std::rc::Rc;
 
 use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Inspect, Probe};
@@ -207,13 +208,31 @@ impl Collections {
                     })
                     .probe_with(&probe);
 
-                let ids = keys.clone().map(|(k, _)| k);
-                let twice = ids.clone().count().filter(|(_, c)| *c > 1).map(|(k, _)| k);
+                // The keys are arranged once; the repeated-key check and
+                // the membership of forgotten keys both read that one
+                // arrangement (the largest: one record per row present).
+                let keys = keys.arrange_by_key();
+                let repeated = keys
+                    .clone()
+                    .reduce_abelian::<_, ValBuilder<u128, RowRef, u64, isize>, ValSpine<u128, RowRef, u64, isize>, _, _>(
+                        "Repeated",
+                        |_k, input, output| {
+                            let n: isize = input.iter().map(|(_, d)| *d).sum();
+                            if n > 1 {
+                                output.extend(input.iter().map(|(at, d)| (**at, *d)));
+                            }
+                        },
+                        |vec, key, upds| {
+                            vec.clear();
+                            vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+                        },
+                    )
+                    .as_collection(|k, v| (*k, *v));
                 // Every output is broadcast: every worker (and so every
                 // process) learns the same answers and fails or commits alike.
-                // Consolidated before being read: an antijoin, say, is a
-                // difference of two streams whose updates cancel only there.
-                keys.semijoin(twice)
+                // Consolidated before being read: a difference of two
+                // streams' updates cancels only there.
+                repeated
                     .consolidate()
                     .inner
                     .broadcast()
@@ -224,21 +243,25 @@ impl Collections {
                     })
                     .probe_with(&probe);
 
-                forgotten
+                let asked = forgotten.clone().distinct();
+                let present = asked
                     .clone()
-                    .distinct()
                     .map(|k| (k, ()))
-                    .antijoin(ids.distinct())
+                    .arrange_by_key()
+                    .join_core(keys, |k, _, _| Some(*k))
+                    .distinct();
+                asked
+                    .clone()
+                    .concat(present.negate())
                     .consolidate()
                     .inner
                     .broadcast()
-                    .inspect(move |((k, ()), t, d): &((u128, ()), u64, isize)| {
+                    .inspect(move |(k, t, d): &(u128, u64, isize)| {
                         u.borrow_mut().push((*t, (*k, *d)));
                     })
                     .probe_with(&probe);
 
                 forgotten
-                    .clone()
                     .count()
                     .filter(|(_, c)| *c > 1)
                     .consolidate()
@@ -252,7 +275,7 @@ impl Collections {
                     .probe_with(&probe);
 
                 let retracted = rows
-                    .semijoin(forgotten.distinct())
+                    .semijoin(asked)
                     .explode(|(_, vals)| Some(((), vals.normal())))
                     .negate();
                 inserted

@@ -64,6 +64,17 @@ pub struct PendingState {
 impl PendingState {
     /// Commits the generation (see [`StateDir::commit`]); returns its file.
     pub fn commit(self) -> Result<PathBuf> {
+        // Every run the generation names must be here: processes on other
+        // machines write theirs into their own copy of the directory.
+        for run in &self.generation.runs {
+            let path = self.dir.dir().join(run);
+            if !path.is_file() {
+                return Err(Error::Checkpoint {
+                    path,
+                    message: "a row run of this state is missing: with several processes, the state directory must be one directory they all write (a shared file system)".into(),
+                });
+            }
+        }
         self.dir.commit(self.seq, &self.generation)
     }
 }
