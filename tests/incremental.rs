@@ -663,3 +663,46 @@ fn a_damaged_state_or_one_with_forgotten_keys_is_not_built_on() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A key stays forgotten: a retraction applies to the row present, and to
+/// a row with that key that comes after it left the window.
+#[test]
+fn a_forgotten_key_stays_forgotten_in_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("reuse.parquet");
+    write_parquet(
+        &data,
+        vec![
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 5.0, 8.0])) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Float64Array::from(vec![1.0, 4.0, 9.0, 25.0, 64.0])) as ArrayRef,
+            ),
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "b", "c", "a", "d"])) as ArrayRef,
+            ),
+        ],
+        1,
+    );
+    let p = dir.path().join("reuse.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[data]\ntrain = {:?}\nlabel = \"y\"\nkey = \"id\"\n[model]\nkind = \"linear\"\nl2 = 0.1\n\
+             [optimizer]\nkind = \"exact\"\n[stream]\nbatch_rows = 1\nwindow = {{ rows = 2 }}\n",
+            data.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let gone = dir.path().join("gone.csv");
+    std::fs::write(&gone, "id\na\n").unwrap();
+    let out = tidemill_ok(&["stream", s(&p), "--input", s(&data), "--retract", s(&gone)]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The window ends with a (again) and d: a stays forgotten.
+    assert_eq!(summary["rows_present"], 1, "{summary}");
+    assert_eq!(summary["retracted"], 1, "{summary}");
+}

@@ -97,8 +97,6 @@ pub struct Changes {
     pub expire_rows: bool,
     /// Whether the expired rows' keys were entered in `keys`.
     pub expire_keys: bool,
-    /// Forget requests withdrawn (their row has left by a window).
-    pub unforgotten: Vec<u128>,
     /// This is the last time (a stream's leader says so, and the other
     /// workers, which enter nothing, learn it).
     pub end: bool,
@@ -355,9 +353,6 @@ impl Collections {
         if !leaving.is_zero() {
             leaving.negate();
             self.inserted_in.update((), leaving);
-        }
-        for k in changes.unforgotten {
-            self.forgotten_in.update(k, -1);
         }
         if changes.end {
             self.end_in.update((), 1);

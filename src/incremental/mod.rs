@@ -59,6 +59,8 @@ pub struct PendingState {
     dir: StateDir,
     seq: u64,
     generation: Generation,
+    /// The directory's lock, held from reading the state to committing.
+    _lock: std::fs::File,
 }
 
 impl PendingState {
@@ -306,6 +308,11 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
         Some(dir) => Some((StateDir::open(dir)?, ())),
         None => None,
     };
+    // Process 0 holds the directory's lock from here to the commit.
+    let lock = match (&state, cluster.is_leader()) {
+        (Some((s, ())), true) => Some(s.lock()?),
+        _ => None,
+    };
     let seq = match &state {
         Some((s, ())) => {
             if let Some((_, g)) = s.newest()? {
@@ -390,8 +397,8 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
     }
     let draft = &plan.draft;
     let model = model_of(&plan.pipeline, draft, &seen.stats, &plan.train.describe())?;
-    let pending = match (state, &plan.pipeline.data.key) {
-        (Some((dir, ())), Some(key)) => {
+    let pending = match (state, &plan.pipeline.data.key, lock) {
+        (Some((dir, ())), Some(key), Some(lock)) => {
             let generation = Generation {
                 version: STATE_VERSION,
                 job: stamp(&plan.pipeline, draft, key),
@@ -406,6 +413,7 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
                 dir,
                 seq,
                 generation,
+                _lock: lock,
             })
         }
         _ => None,
@@ -538,6 +546,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
         });
     }
     let dir = StateDir::open(dir_path)?;
+    let lock = dir.lock()?;
     let Some((seq, generation)) = dir.newest()? else {
         return Err(Error::Checkpoint {
             path: dir_path.clone(),
@@ -664,6 +673,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
             dir,
             seq: seq + 1,
             generation: next,
+            _lock: lock,
         }),
     })
 }

@@ -89,6 +89,17 @@ pub struct Normal {
     /// zero of any width.
     #[serde(with = "wide")]
     pub sums: Vec<I256>,
+    /// Per value: how many are non-zero but below 2^-16 in magnitude
+    /// (fewer than 2^24 quanta). A column that varies only among such
+    /// values varies below what the quantisation resolves; see
+    /// [`Normal::check`]. Empty for the zero of any width.
+    pub small: Vec<i64>,
+}
+
+/// Whether a value is non-zero but below 2^-16 in magnitude.
+#[inline]
+fn is_small(v: f64) -> bool {
+    v != 0.0 && v.abs() < 1.0 / 65_536.0
 }
 
 /// The serde form of the sums: each as its two 128-bit words.
@@ -171,7 +182,15 @@ impl Normal {
     pub fn zero_of(p: usize) -> Normal {
         Normal {
             sums: vec![I256::ZERO; width(p)],
+            small: vec![0; p + 1],
             ..Normal::default()
+        }
+    }
+
+    fn ensure(&mut self, p: usize) {
+        if self.sums.is_empty() {
+            self.sums = vec![I256::ZERO; width(p)];
+            self.small = vec![0; p + 1];
         }
     }
 
@@ -190,8 +209,9 @@ impl Normal {
             }
             q.push(quantise(v));
         }
-        if self.sums.is_empty() {
-            self.sums = vec![I256::ZERO; width(p)];
+        self.ensure(p);
+        for (j, &v) in x.iter().chain(std::iter::once(&y)).enumerate() {
+            self.small[j] += i64::from(is_small(v));
         }
         let (single, products) = self.sums.split_at_mut(m);
         let mut k = 0;
@@ -243,8 +263,15 @@ impl Normal {
                 q.push(qv);
             }
         }
-        if self.sums.is_empty() {
-            self.sums = vec![I256::ZERO; width(p)];
+        self.ensure(p);
+        for r in 0..rows {
+            for (j, &v) in x[r * p..(r + 1) * p]
+                .iter()
+                .chain(std::iter::once(&y[r]))
+                .enumerate()
+            {
+                self.small[j] += i64::from(is_small(v));
+            }
         }
         // Σ over the block of |q_i·q_j| ≤ rows · largest²: summed in i128
         // while that stays below 2^126.
@@ -335,9 +362,10 @@ impl Normal {
         let m = p + 1;
         for j in 0..m {
             let var = moments.cov[j * m + j];
-            if var > 0.0 && var.sqrt() < 1.0 / 65_536.0 {
+            let small = self.small.get(j).copied().unwrap_or(0) > 0;
+            if (var > 0.0 || small) && var.sqrt() < 1.0 / 65_536.0 {
                 return Err(format!(
-                    "'{}' varies by only {:e} (standard deviation): below what exact sums resolve (values are held to 2^-40); rescale the column",
+                    "'{}' varies by only {:e} (standard deviation) or holds values below 2^-16 that vary below it: below what exact sums resolve (values are held to 2^-40); rescale the column",
                     names(j),
                     var.sqrt()
                 ));
@@ -352,6 +380,7 @@ impl IsZero for Normal {
         self.rows == 0
             && self.keys == KeyDigest::default()
             && self.sums.iter().all(|s| *s == I256::ZERO)
+            && self.small.iter().all(|c| *c == 0)
     }
 }
 
@@ -361,10 +390,14 @@ impl Semigroup for Normal {
             // Zero of any width.
         } else if self.sums.is_empty() {
             self.sums = rhs.sums.clone();
+            self.small = rhs.small.clone();
         } else {
             // Same width: every contributor has the job's features.
             debug_assert_eq!(self.sums.len(), rhs.sums.len());
             for (a, b) in self.sums.iter_mut().zip(&rhs.sums) {
+                *a = a.wrapping_add(*b);
+            }
+            for (a, b) in self.small.iter_mut().zip(&rhs.small) {
                 *a = a.wrapping_add(*b);
             }
         }
@@ -373,6 +406,7 @@ impl Semigroup for Normal {
         if self.is_zero() {
             // One representation of zero, so that consolidation drops it.
             self.sums.clear();
+            self.small.clear();
         }
     }
 }
@@ -388,6 +422,9 @@ impl Abelian for Normal {
         for s in &mut self.sums {
             *s = s.wrapping_neg();
         }
+        for c in &mut self.small {
+            *c = c.wrapping_neg();
+        }
         self.rows = self.rows.wrapping_neg();
         self.keys.negate();
     }
@@ -400,6 +437,9 @@ impl Multiply<isize> for Normal {
         let w = I256::from(*m as i128);
         for s in &mut self.sums {
             *s = s.wrapping_mul(w);
+        }
+        for c in &mut self.small {
+            *c = c.wrapping_mul(*m as i64);
         }
         self.rows = self.rows.wrapping_mul(*m as i64);
         let m = *m as i128 as u128;
@@ -496,6 +536,20 @@ mod tests {
         assert_eq!(m.cov[4], 0.0);
         assert!((m.cov[2] - 0.5 * 833.25).abs() < 1e-9);
         assert!(n.check(2, &|j| j.to_string()).is_ok());
+    }
+
+    #[test]
+    fn variation_below_one_quantum_is_refused() {
+        let mut n = Normal::zero_of(1);
+        for i in 0..100 {
+            n.add_row(
+                &KeyDigest::of(&i.to_string()),
+                &[1e-13 * (i % 5) as f64],
+                i as f64,
+            )
+            .unwrap();
+        }
+        assert!(n.check(1, &|j| format!("c{j}")).is_err());
     }
 
     #[test]

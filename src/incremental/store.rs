@@ -30,7 +30,7 @@ use crate::checkpoint::store::Store;
 use crate::error::{Error, Result};
 
 /// The layout version of generations and runs.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// Rows per bucket a run aims at (the unit of reading when forgetting).
 pub const BUCKET_ROWS: u64 = 512;
@@ -107,6 +107,14 @@ impl StateDir {
         Ok(StateDir {
             store: Store::open(dir)?,
         })
+    }
+
+    /// Locks the directory for this command (`DIR/.lock`, released when
+    /// the returned file is dropped): two commands on one state would each
+    /// write the next generation from the same one, and one's change would
+    /// be lost.
+    pub fn lock(&self) -> Result<File> {
+        crate::io::dir_lock::lock(self.dir(), "output.state")
     }
 
     /// The directory.

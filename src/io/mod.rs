@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod bounded;
+pub mod dir_lock;
 pub mod footer;
 pub mod guard;
 pub mod metrics_http;

@@ -66,8 +66,8 @@ pub struct ExactSummary {
     pub retracted: u64,
     /// Rows that left the window.
     pub expired: u64,
-    /// Keys to retract that came after their row had left the window
-    /// (nothing to do).
+    /// Of those, keys that came after their row had left the window
+    /// (nothing to retract, unless the key comes again).
     pub retracted_after_leaving: u64,
     /// Batches.
     pub batches: u64,
@@ -428,6 +428,8 @@ impl Leader {
                         changes.keys.push((id, at));
                     }
                     let vals = RowVals::new(digest, x, y);
+                    // A key back after its row left is a row to retract again.
+                    left.remove(&id);
                     if keep_rows {
                         changes.rows.push((id, vals.clone()));
                     }
@@ -492,10 +494,9 @@ impl Leader {
                 }
             }
             summary.expired += leaving.len() as u64;
+            // A forget request stands when its row leaves: a key stays
+            // forgotten, so a row that comes again with it leaves at once.
             for (id, _, _) in &leaving {
-                if asked.remove(id).is_some() {
-                    changes.unforgotten.push(*id);
-                }
                 if keep_rows {
                     // A retraction that comes after its row has left is a
                     // no-op, not a key that never came.
@@ -506,9 +507,11 @@ impl Leader {
             // Keys to forget that have arrived.
             for k in self.retractions(ended)? {
                 let id = KeyDigest::of(&k).id();
+                // Into the collections whatever it finds: a key with no row
+                // present stays forgotten (its row, if it comes, leaves at
+                // once); one whose row has left already is not an error.
                 if left.contains(&id) {
                     summary.retracted_after_leaving += 1;
-                    continue;
                 }
                 summary.retracted += 1;
                 asked.insert(id, k);
@@ -534,8 +537,49 @@ impl Leader {
                 Some(n) => summary.batches % n == 0,
                 None => last_snapshot.elapsed().as_secs_f64() >= p.stream.snapshot_seconds,
             };
-            if (ended || due) && total.rows > 0 {
-                self.publish(&total, summary.batches)?;
+            if ended {
+                // Everything that can fail at the end fails before the
+                // last model is written.
+                if total.rows <= 0 {
+                    return Err(Error::NoRows {
+                        what: format!(
+                            "the stream's end ({} rows inserted, {} retracted, {} expired)",
+                            summary.rows, summary.retracted, summary.expired
+                        ),
+                        purpose: "hold a model of".into(),
+                    });
+                }
+                // Keys asked to be forgotten whose rows never came.
+                let missing: Vec<String> = pending
+                    .iter()
+                    .filter(|(id, n)| **n > 0 && !left.contains(*id))
+                    .map(|(id, _)| {
+                        asked
+                            .get(id)
+                            .map_or_else(|| format!("{id:x}"), |k| format!("'{k}'"))
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(Error::Keys {
+                        path: PathBuf::from("--retract"),
+                        message: format!(
+                            "{} key(s) to forget never arrived on the input: {}{}",
+                            missing.len(),
+                            missing
+                                .iter()
+                                .take(10)
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            if missing.len() > 10 { ", …" } else { "" }
+                        ),
+                    });
+                }
+                // The model of the rows present must be solvable, written
+                // or not.
+                crate::incremental::model_of(&p, &self.draft, &total, "the stream's rows")?;
+            }
+            if (ended || due) && total.rows > 0 && self.publish(&total, summary.batches)? {
                 summary.snapshots += 1;
                 last_snapshot = Instant::now();
             }
@@ -559,41 +603,6 @@ impl Leader {
                 break;
             }
         }
-        if total.rows <= 0 {
-            return Err(Error::NoRows {
-                what: format!(
-                    "the stream's end ({} rows inserted, {} retracted, {} expired)",
-                    summary.rows, summary.retracted, summary.expired
-                ),
-                purpose: "hold a model of".into(),
-            });
-        }
-        // Keys asked to be forgotten whose rows never came.
-        let missing: Vec<String> = pending
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(id, _)| {
-                asked
-                    .get(id)
-                    .map_or_else(|| format!("{id:x}"), |k| format!("'{k}'"))
-            })
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Keys {
-                path: PathBuf::from("--retract"),
-                message: format!(
-                    "{} key(s) to forget never arrived on the input: {}{}",
-                    missing.len(),
-                    missing
-                        .iter()
-                        .take(10)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if missing.len() > 10 { ", …" } else { "" }
-                ),
-            });
-        }
         summary.rows_present = total.rows;
         summary.objective = current.as_ref().map(|s| s.objective);
         summary.scored = scored;
@@ -603,10 +612,10 @@ impl Leader {
 
     /// Writes the model of `total` (and a numbered copy when
     /// `stream.snapshot_keep` asks for them).
-    fn publish(&self, total: &Normal, batch: u64) -> Result<()> {
+    fn publish(&self, total: &Normal, batch: u64) -> Result<bool> {
         let p = &self.pipeline;
         let Some(path) = &p.output.model else {
-            return Ok(());
+            return Ok(false);
         };
         let model: ModelFile =
             crate::incremental::model_of(p, &self.draft, total, "the stream's rows")?;
@@ -620,7 +629,7 @@ impl Leader {
                 let _ = std::fs::remove_file(old);
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -407,26 +407,7 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
 /// Locks the checkpoint directory `dir` (created if need be) for this run:
 /// two streams writing one directory would interleave their checkpoints.
 fn lock(dir: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Usage {
-            option: "output.checkpoint".into(),
-            message: format!(
-                "another run is using {} (it holds {}): stop it first, or use another directory",
-                dir.display(),
-                path.display()
-            ),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+    crate::io::dir_lock::lock(dir, "output.checkpoint")
 }
 
 /// The class names of a classifier, as the pipeline gives them.
