@@ -385,7 +385,7 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
     for r in cluster.join(guards)? {
         first.get_or_insert(r?);
     }
-    let seen = first.unwrap_or_default();
+    let seen = first.ok_or_else(|| Error::Internal("no worker reported the statistics".into()))?;
     if let Some(message) = repeated_message(&plan, &seen.repeated) {
         return Err(Error::Keys {
             path: plan.train.reference().to_path_buf(),
@@ -610,7 +610,12 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
         ..Changes::default()
     };
     let seen = timely::execute_directly(move |worker| maintain::run(worker, vec![before, now]));
-    let change = seen.get(1).cloned().unwrap_or_default();
+    // Two times went in, so two answers come out; anything else is a bug,
+    // never "nothing changed".
+    let change = seen
+        .get(1)
+        .cloned()
+        .ok_or_else(|| Error::Internal("the collections gave no answer for the request".into()))?;
     let name = |id: &u128| {
         requested
             .iter()
