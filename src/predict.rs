@@ -256,7 +256,7 @@ pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
 /// The prediction columns of a `kind` model with these class names (as
 /// `predict` writes them, and `stream --predictions-out`).
 pub fn output_fields(kind: ModelKind, classes: &[String]) -> Vec<Field> {
-    match kind {
+    match kind.prediction_kind() {
         ModelKind::Linear => vec![Field::new("prediction", DataType::Float64, true)],
         ModelKind::Logistic => vec![
             Field::new("prediction", DataType::Utf8, true),
@@ -266,13 +266,15 @@ pub fn output_fields(kind: ModelKind, classes: &[String]) -> Vec<Field> {
             Field::new("prediction", DataType::Utf8, true),
             Field::new("score", DataType::Float64, true),
         ],
-        ModelKind::Softmax => std::iter::once(Field::new("prediction", DataType::Utf8, true))
-            .chain(
-                classes
-                    .iter()
-                    .map(|c| Field::new(format!("probability_{c}"), DataType::Float64, true)),
-            )
-            .collect(),
+        ModelKind::Softmax | ModelKind::GaussianNb | ModelKind::MultinomialNb => {
+            std::iter::once(Field::new("prediction", DataType::Utf8, true))
+                .chain(
+                    classes
+                        .iter()
+                        .map(|c| Field::new(format!("probability_{c}"), DataType::Float64, true)),
+                )
+                .collect()
+        }
     }
 }
 
@@ -289,6 +291,7 @@ pub struct Predictions {
 impl Predictions {
     /// Columns for `n` rows of a `kind` model with `k` outputs.
     pub fn new(kind: ModelKind, classes: Vec<String>, k: usize, n: usize) -> Predictions {
+        let kind = kind.prediction_kind();
         let values = match kind {
             ModelKind::Softmax => k,
             _ => 1,
@@ -326,7 +329,7 @@ impl Predictions {
                 self.label.append_value(class(usize::from(out[0] > 0.0)));
                 self.values[0].append_value(out[0]);
             }
-            ModelKind::Softmax => {
+            ModelKind::Softmax | ModelKind::GaussianNb | ModelKind::MultinomialNb => {
                 let best = (0..out.len()).fold(0, |b, j| if out[j] > out[b] { j } else { b });
                 self.label.append_value(class(best));
                 for (v, &p) in self.values.iter_mut().zip(out) {

@@ -49,17 +49,35 @@ pub struct RowVals {
     pub digest: KeyDigest,
     /// Feature bits.
     pub x: Vec<u64>,
-    /// Label bits.
+    /// Label bits (least squares).
     pub y: u64,
+    /// The class (naive Bayes): `Some` makes the row's statistics per
+    /// class ([`Normal::add_class_row`]).
+    pub class: Option<String>,
+    /// Hashed slots of its tokens (naive Bayes).
+    pub slots: Vec<u32>,
 }
 
 impl RowVals {
-    /// From values.
+    /// From values (least squares).
     pub fn new(digest: KeyDigest, x: &[f64], y: f64) -> RowVals {
         RowVals {
             digest,
             x: x.iter().map(|v| v.to_bits()).collect(),
             y: y.to_bits(),
+            class: None,
+            slots: Vec::new(),
+        }
+    }
+
+    /// From values (naive Bayes).
+    pub fn of_class(digest: KeyDigest, x: &[f64], class: String, slots: Vec<u32>) -> RowVals {
+        RowVals {
+            digest,
+            x: x.iter().map(|v| v.to_bits()).collect(),
+            y: 0,
+            class: Some(class),
+            slots,
         }
     }
 
@@ -68,9 +86,18 @@ impl RowVals {
     /// bound check of the sums catches it.
     pub fn normal(&self) -> Normal {
         let x: Vec<f64> = self.x.iter().map(|&b| f64::from_bits(b)).collect();
-        let mut n = Normal::zero_of(x.len());
-        let _ = n.add_row(&self.digest, &x, f64::from_bits(self.y));
-        n
+        match &self.class {
+            Some(class) => {
+                let mut n = Normal::default();
+                let _ = n.add_class_row(&self.digest, &x, class, &self.slots);
+                n
+            }
+            None => {
+                let mut n = Normal::zero_of(x.len());
+                let _ = n.add_row(&self.digest, &x, f64::from_bits(self.y));
+                n
+            }
+        }
     }
 }
 
@@ -451,7 +478,7 @@ mod tests {
     /// and requests whose position is `w` modulo the workers) and checks,
     /// after every time, the maintained statistics against the statistics
     /// of the rows present computed from scratch — bit for bit.
-    fn replay(history: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
+    fn replay(history: Vec<Step>, workers: usize, bayes: bool) -> Result<(), TestCaseError> {
         // The oracle: the rows present after each time, from scratch.
         let mut present: Vec<(String, Vec<f64>, f64)> = Vec::new();
         let mut next_key = 0;
@@ -477,9 +504,7 @@ mod tests {
             let mut scratch = Normal::default();
             // A different order than the stream's: the sums may not care.
             for (k, x, y) in present.iter().rev() {
-                scratch
-                    .add_row(&KeyDigest::of(k), x, *y)
-                    .map_err(|_| TestCaseError::fail("term"))?;
+                scratch.plus_equals(&row_vals(bayes, KeyDigest::of(k), x, *y).normal());
             }
             expect.push(scratch);
             plan.push((new, gone));
@@ -495,11 +520,16 @@ mod tests {
                 let mut changes = Changes::default();
                 for (i, (k, x, y)) in new.iter().enumerate().filter(|(i, _)| i % peers == index) {
                     let d = KeyDigest::of(k);
+                    let vals = row_vals(bayes, d, x, *y);
                     let mut n = Normal::default();
-                    n.add_row(&d, x, *y).expect("fits");
+                    match &vals.class {
+                        Some(c) => n.add_class_row(&d, x, c, &vals.slots),
+                        None => n.add_row(&d, x, *y),
+                    }
+                    .expect("fits");
                     changes.inserted.push(n);
                     changes.keys.push((d.id(), (0, i as u64)));
-                    changes.rows.push((d.id(), RowVals::new(d, x, *y)));
+                    changes.rows.push((d.id(), vals));
                 }
                 for (i, k) in gone.iter().enumerate() {
                     if i % peers == index {
@@ -529,6 +559,18 @@ mod tests {
         Ok(())
     }
 
+    /// A row of the history: least squares, or (naive Bayes) of one of
+    /// three classes with a token slot drawn from its values.
+    fn row_vals(bayes: bool, d: KeyDigest, x: &[f64], y: f64) -> RowVals {
+        if bayes {
+            let class = format!("c{}", (y.abs() as i64) % 3);
+            let slots = vec![(x[0].abs() as u32) % 5, (x[1].abs() as u32) % 3];
+            RowVals::of_class(d, x, class, slots)
+        } else {
+            RowVals::new(d, x, y)
+        }
+    }
+
     fn history() -> impl Strategy<Value = Vec<Step>> {
         let row = (prop::collection::vec(-1e4f64..1e4, 3), -1e3f64..1e3);
         prop::collection::vec(
@@ -547,8 +589,16 @@ mod tests {
         /// insertions and retractions, on 1 and 3 workers.
         #[test]
         fn maintained_equals_from_scratch(h in history()) {
-            replay(h.clone(), 1)?;
-            replay(h, 3)?;
+            replay(h.clone(), 1, false)?;
+            replay(h, 3, false)?;
+        }
+
+        /// The same for the per-class sums of naive Bayes (classes that
+        /// come and go, token counts).
+        #[test]
+        fn maintained_class_sums_equal_from_scratch(h in history()) {
+            replay(h.clone(), 1, true)?;
+            replay(h, 3, true)?;
         }
     }
 }

@@ -6,12 +6,14 @@
 //! - [`normal`]: the sufficient statistics of least squares as an exact
 //!   Abelian difference type;
 //! - [`solve`]: ridge regression from them (Cholesky);
+//! - [`bayes`]: naive Bayes from their per-class form;
 //! - [`maintain`]: the differential dataflow over keys, statistics and
 //!   forgotten keys;
 //! - [`store`]: the state directory a later command continues from;
 //! - this module: `tidemill train` with `optimizer.kind = "exact"` and
 //!   `tidemill forget`.
 
+pub mod bayes;
 pub mod maintain;
 pub mod normal;
 pub mod solve;
@@ -26,7 +28,7 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 
 use crate::cluster::Cluster;
-use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
+use crate::data::encode::{decode_raw, Block, FeatureSpec, LabelUse, Origin};
 use crate::data::partition::WINDOW_ROWS;
 use crate::error::{Error, Location, Result};
 use crate::model::file::{DataStamp, ModelFile, TrainingSummary};
@@ -34,7 +36,7 @@ use crate::model::{Layout, LinearModel, Model};
 use crate::plan::Plan;
 use crate::source::DataSource;
 use crate::spec::{ModelKind, Pipeline};
-use maintain::{Changes, RowRef, RowVals, Seen};
+use maintain::{Changes, RowRef, Seen};
 use normal::{KeyDigest, Normal};
 use solve::{Ridge, Unsolvable};
 use store::{Generation, JobStamp, StateDir, StoredRow, STATE_VERSION};
@@ -157,6 +159,7 @@ fn read_units(
     keep: bool,
 ) -> Result<Read> {
     let key = plan.pipeline.data.key.clone();
+    let kind = plan.pipeline.model.kind;
     let mut columns = spec.feature_columns();
     columns.push(spec.label.clone());
     columns.extend(key.iter().cloned());
@@ -164,7 +167,11 @@ fn read_units(
     let source: &dyn DataSource = plan.train.as_ref();
     for unit in source.units().iter().filter(|u| u.id % peers == worker) {
         let path = source.unit_path(unit).to_path_buf();
-        let mut stats = Normal::zero_of(spec.numeric.len());
+        let mut stats = if kind.is_naive_bayes() {
+            Normal::default()
+        } else {
+            Normal::zero_of(spec.numeric.len())
+        };
         let mut first_row = unit.file_row;
         for batch in source.open(unit, &columns, WINDOW_ROWS)? {
             let batch = batch?;
@@ -173,6 +180,21 @@ fn read_units(
                 row_group: Some(unit.row_group),
                 first_row,
             };
+            if kind.is_naive_bayes() {
+                read_class_rows(
+                    kind,
+                    spec,
+                    &batch,
+                    &origin,
+                    key.as_deref(),
+                    (unit.id as u32, unit.row_group),
+                    keep,
+                    &mut stats,
+                    &mut read,
+                )?;
+                first_row += batch.num_rows() as u64;
+                continue;
+            }
             let block = decode_raw(&batch, spec, LabelUse::Value, &origin)?;
             let keys = match &key {
                 Some(k) => Some(keys_of(&batch, k, &origin)?),
@@ -207,6 +229,8 @@ fn read_units(
                             key: text,
                             x: block.raw[i * p..(i + 1) * p].to_vec(),
                             y: block.label[i],
+                            class: None,
+                            slots: Vec::new(),
                         });
                     }
                 }
@@ -218,13 +242,104 @@ fn read_units(
     Ok(read)
 }
 
+/// A naive Bayes row's class and token slots, read from a decoded block.
+pub fn class_row(block: &Block, i: usize) -> (String, Vec<u32>) {
+    let c = block.c;
+    let slots = block.hashed[i * c..(i + 1) * c]
+        .iter()
+        .zip(&block.signs[i * c..(i + 1) * c])
+        .filter(|(_, &s)| s != 0.0)
+        .map(|(&h, _)| h)
+        .collect();
+    (block.tokens[i].clone(), slots)
+}
+
+/// The error for a negative value given to `multinomial_nb`, if row `i`
+/// of `block` has one.
+pub fn negative_count(spec: &FeatureSpec, block: &Block, i: usize, origin: &Origin) -> Result<()> {
+    let p = block.p;
+    match block.raw[i * p..(i + 1) * p].iter().position(|&v| v < 0.0) {
+        None => Ok(()),
+        Some(j) => Err(Error::MissingValue {
+            location: Box::new(Location {
+                file: origin.file.to_path_buf(),
+                row_group: origin.row_group,
+                column: Some(spec.numeric[j].name.clone()),
+                row: Some(block.file_row[i]),
+            }),
+            what: format!("a negative value ({})", block.raw[i * p + j]),
+            hint: "multinomial_nb takes counts or frequencies (values ≥ 0): use gaussian_nb for other values".into(),
+        }),
+    }
+}
+
+/// Reads a batch of naive Bayes rows into this unit's statistics (and
+/// the keys and stored rows of `read`).
+#[allow(clippy::too_many_arguments)]
+fn read_class_rows(
+    kind: ModelKind,
+    spec: &FeatureSpec,
+    batch: &RecordBatch,
+    origin: &Origin,
+    key: Option<&str>,
+    (unit, row_group): (u32, usize),
+    keep: bool,
+    stats: &mut Normal,
+    read: &mut Read,
+) -> Result<()> {
+    let block = decode_raw(batch, spec, LabelUse::Tokens, origin)?;
+    let keys = match key {
+        Some(k) => Some(keys_of(batch, k, origin)?),
+        None => None,
+    };
+    let p = block.p;
+    for i in 0..block.rows {
+        if kind == ModelKind::MultinomialNb {
+            negative_count(spec, &block, i, origin)?;
+        }
+        let row = block.file_row[i];
+        let text = keys
+            .as_ref()
+            .map(|k| k[(row - origin.first_row) as usize].clone());
+        let digest = text.as_deref().map(KeyDigest::of).unwrap_or_default();
+        let (class, slots) = class_row(&block, i);
+        let x = &block.raw[i * p..(i + 1) * p];
+        stats
+            .add_class_row(&digest, x, &class, &slots)
+            .map_err(|e| too_large(e, spec, origin.file, Some(row_group), row))?;
+        if let Some(text) = text {
+            let id = digest.id();
+            read.changes.keys.push((id, (unit, row)));
+            if keep {
+                read.stored.push(StoredRow {
+                    id,
+                    key: text,
+                    x: x.to_vec(),
+                    y: 0.0,
+                    class: Some(class),
+                    slots,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The job a state belongs to.
 fn stamp(pipeline: &Pipeline, spec: &FeatureSpec, key: &str) -> JobStamp {
+    let nb = pipeline.model.kind.is_naive_bayes();
     JobStamp {
         label: spec.label.clone(),
         key: key.to_string(),
         features: spec.numeric.iter().map(|f| f.name.clone()).collect(),
         on_missing: pipeline.data.on_missing.name().to_string(),
+        statistics: if nb { "naive_bayes" } else { "linear" }.into(),
+        categorical: spec.categorical.clone(),
+        hash_bits: if spec.categorical.is_empty() {
+            0
+        } else {
+            spec.hash_bits
+        },
     }
 }
 
@@ -255,11 +370,33 @@ pub fn model_of(
     stats: &Normal,
     what: &str,
 ) -> Result<ModelFile> {
+    let no_rows = || Error::NoRows {
+        what: what.to_string(),
+        purpose: "train on".into(),
+    };
+    let summary = |objective: Option<f64>| TrainingSummary {
+        epochs: 0,
+        rows: stats.rows.max(0) as u64,
+        objective,
+        optimizer: "exact".into(),
+        l2: pipeline.model.l2,
+        l1: 0.0,
+        data: pipeline.data.key.as_ref().map(|key| DataStamp {
+            key: key.clone(),
+            rows: stats.rows.max(0) as u64,
+            keys_blake3_sum: stats.keys.hex(),
+        }),
+    };
+    if pipeline.model.kind.is_naive_bayes() {
+        let (model, spec) = bayes::fit(&pipeline.model, draft, stats).map_err(|e| match e {
+            Unsolvable::NoRows => no_rows(),
+            Unsolvable::Range(message) => Error::Unsolvable { message },
+            Unsolvable::Collinear(_) => Error::Internal("naive Bayes solves no system".into()),
+        })?;
+        return Ok(model.to_file(&spec, summary(None)));
+    }
     let solution = solve_ridge(pipeline, draft, stats).map_err(|e| match e {
-        Unsolvable::NoRows => Error::NoRows {
-            what: what.to_string(),
-            purpose: "train on".into(),
-        },
+        Unsolvable::NoRows => no_rows(),
         Unsolvable::Range(message) => Error::Unsolvable { message },
         Unsolvable::Collinear(j) => Error::Unsolvable {
             message: format!(
@@ -281,20 +418,7 @@ pub fn model_of(
         layout: Layout::new(ModelKind::Linear, &spec),
         theta: solution.theta,
     };
-    let summary = TrainingSummary {
-        epochs: 0,
-        rows: stats.rows.max(0) as u64,
-        objective: Some(solution.objective),
-        optimizer: "exact".into(),
-        l2: pipeline.model.l2,
-        l1: 0.0,
-        data: pipeline.data.key.as_ref().map(|key| DataStamp {
-            key: key.clone(),
-            rows: stats.rows.max(0) as u64,
-            keys_blake3_sum: stats.keys.hex(),
-        }),
-    };
-    Ok(model.to_file(&spec, summary))
+    Ok(model.to_file(&spec, summary(Some(solution.objective))))
 }
 
 /// `tidemill train` with `optimizer.kind = "exact"`: reads every row once
@@ -331,7 +455,7 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
         None => 0,
     };
     let p = plan.draft.numeric.len();
-    if p > crate::spec::EXACT_MAX_FEATURES {
+    if p > crate::spec::EXACT_MAX_FEATURES && plan.pipeline.model.kind == ModelKind::Linear {
         return Err(Error::PipelineValue {
             key: "data.features".into(),
             message: format!(
@@ -594,10 +718,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
     let before = Changes {
         keys: rows.iter().map(|r| (r.id, (0, 0))).collect(),
         inserted: Vec::new(),
-        rows: rows
-            .iter()
-            .map(|r| (r.id, RowVals::new(KeyDigest::of(&r.key), &r.x, r.y)))
-            .collect(),
+        rows: rows.iter().map(|r| (r.id, r.vals())).collect(),
         forgotten: ids
             .iter()
             .filter(|id| generation.forgotten.contains_key(id))

@@ -23,6 +23,8 @@
 //! every centred moment stays inside 256 bits; and a column must vary by
 //! more than the quantisation can resolve (see [`Normal::check`]).
 
+use std::collections::BTreeMap;
+
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use ethnum::I256;
 use serde::{Deserialize, Serialize};
@@ -94,6 +96,125 @@ pub struct Normal {
     /// values varies below what the quantisation resolves; see
     /// [`Normal::check`]. Empty for the zero of any width.
     pub small: Vec<i64>,
+    /// Naive Bayes: the sums of each class's rows, by the class label
+    /// (a class leaves when its last row does). Empty for least squares.
+    pub classes: BTreeMap<String, ClassSums>,
+}
+
+/// The sums of one class's rows (naive Bayes): their number, and per
+/// numeric feature `Σq_j` and `Σq_j²` (exact, as [`Normal`]'s), and per
+/// hashed slot the tokens that fell in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClassSums {
+    /// Rows of the class.
+    pub rows: i64,
+    /// `[Σq_j (p), Σq_j² (p)]`; empty for the zero.
+    #[serde(with = "wide")]
+    pub sums: Vec<I256>,
+    /// Per feature: values non-zero but below 2^-16 (see [`Normal::small`]).
+    pub small: Vec<i64>,
+    /// Tokens per hashed slot (zero counts absent).
+    pub slots: BTreeMap<u32, i64>,
+}
+
+impl ClassSums {
+    fn is_zero(&self) -> bool {
+        self.rows == 0
+            && self.sums.iter().all(|s| *s == I256::ZERO)
+            && self.small.iter().all(|c| *c == 0)
+            && self.slots.is_empty()
+    }
+
+    /// Adds `rhs` (exactly).
+    pub fn plus(&mut self, rhs: &ClassSums) {
+        if self.sums.is_empty() {
+            self.sums = rhs.sums.clone();
+            self.small = rhs.small.clone();
+        } else if !rhs.sums.is_empty() {
+            debug_assert_eq!(self.sums.len(), rhs.sums.len());
+            for (a, b) in self.sums.iter_mut().zip(&rhs.sums) {
+                *a = a.wrapping_add(*b);
+            }
+            for (a, b) in self.small.iter_mut().zip(&rhs.small) {
+                *a = a.wrapping_add(*b);
+            }
+        }
+        for (s, c) in &rhs.slots {
+            let e = self.slots.entry(*s).or_insert(0);
+            *e = e.wrapping_add(*c);
+            if *e == 0 {
+                self.slots.remove(s);
+            }
+        }
+        self.rows = self.rows.wrapping_add(rhs.rows);
+        if self.sums.iter().all(|s| *s == I256::ZERO) && self.small.iter().all(|c| *c == 0) {
+            self.sums.clear();
+            self.small.clear();
+        }
+    }
+
+    fn scale(&mut self, m: i64) {
+        let w = I256::from(m);
+        for s in &mut self.sums {
+            *s = s.wrapping_mul(w);
+        }
+        for c in &mut self.small {
+            *c = c.wrapping_mul(m);
+        }
+        for c in self.slots.values_mut() {
+            *c = c.wrapping_mul(m);
+        }
+        self.rows = self.rows.wrapping_mul(m);
+    }
+
+    /// The exact sum of feature `j` of the class's rows (of `p`), rounded
+    /// once.
+    pub fn total(&self, p: usize, j: usize) -> f64 {
+        match self.sums.get(j) {
+            Some(s) if self.sums.len() == 2 * p => s.as_f64() / SCALE,
+            _ => 0.0,
+        }
+    }
+
+    /// The exact sum of every feature value and token of the class's rows,
+    /// rounded once (the multinomial total count).
+    pub fn grand_total(&self, p: usize) -> f64 {
+        let mut t = I256::ZERO;
+        if self.sums.len() == 2 * p {
+            for s in &self.sums[..p] {
+                t = t.wrapping_add(*s);
+            }
+        }
+        let tokens: i64 = self.slots.values().sum();
+        t = t.wrapping_add(I256::from(tokens).wrapping_mul(I256::from(1i128 << FRAC_BITS)));
+        t.as_f64() / SCALE
+    }
+
+    /// The mean and population variance of feature `j` (of `p`) over the
+    /// class's rows: exact (`n·Σq² − (Σq)²` in integers) until rounded
+    /// once; `None` without rows.
+    pub fn mean_var(&self, p: usize, j: usize) -> Option<(f64, f64)> {
+        if self.rows <= 0 {
+            return None;
+        }
+        let nf = self.rows as f64;
+        if self.sums.len() != 2 * p {
+            // Every value of the class is zero.
+            return Some((0.0, 0.0));
+        }
+        let n = I256::from(self.rows);
+        let (s1, s2) = (self.sums[j], self.sums[p + j]);
+        let c = n.wrapping_mul(s2).wrapping_sub(s1.wrapping_mul(s1));
+        Some((
+            s1.as_f64() / (SCALE * nf),
+            c.as_f64() / (SCALE * SCALE * nf * nf),
+        ))
+    }
+
+    /// Whether feature `j` holds a value below 2^-16 (see [`Normal::check`]).
+    pub fn has_small(&self, j: usize) -> bool {
+        self.small.get(j).copied().unwrap_or(0) > 0
+    }
 }
 
 /// Whether a value is non-zero but below 2^-16 in magnitude.
@@ -222,6 +343,46 @@ impl Normal {
                 k += 1;
             }
         }
+        self.rows += 1;
+        self.keys.add(key);
+        Ok(())
+    }
+
+    /// Adds one row of class `class` (naive Bayes): `x` its `p` features,
+    /// `slots` the hashed slots of its tokens (with repeats). Nothing
+    /// changes on an error.
+    pub fn add_class_row(
+        &mut self,
+        key: &KeyDigest,
+        x: &[f64],
+        class: &str,
+        slots: &[u32],
+    ) -> Result<(), TooLarge> {
+        let p = x.len();
+        let mut q = Vec::with_capacity(p);
+        for (j, &v) in x.iter().enumerate() {
+            if v.is_nan() || v.abs() >= MAX_VALUE {
+                return Err(TooLarge {
+                    feature: Some(j),
+                    value: v,
+                });
+            }
+            q.push(quantise(v));
+        }
+        let sums = self.classes.entry(class.to_string()).or_default();
+        if sums.sums.is_empty() {
+            sums.sums = vec![I256::ZERO; 2 * p];
+            sums.small = vec![0; p];
+        }
+        for (j, (&qj, &v)) in q.iter().zip(x).enumerate() {
+            sums.sums[j] = sums.sums[j].wrapping_add(I256::from(qj));
+            add_product(&mut sums.sums[p + j], qj, qj);
+            sums.small[j] += i64::from(is_small(v));
+        }
+        for &s in slots {
+            *sums.slots.entry(s).or_insert(0) += 1;
+        }
+        sums.rows += 1;
         self.rows += 1;
         self.keys.add(key);
         Ok(())
@@ -381,6 +542,7 @@ impl IsZero for Normal {
             && self.keys == KeyDigest::default()
             && self.sums.iter().all(|s| *s == I256::ZERO)
             && self.small.iter().all(|c| *c == 0)
+            && self.classes.is_empty()
     }
 }
 
@@ -399,6 +561,13 @@ impl Semigroup for Normal {
             }
             for (a, b) in self.small.iter_mut().zip(&rhs.small) {
                 *a = a.wrapping_add(*b);
+            }
+        }
+        for (c, sums) in &rhs.classes {
+            let e = self.classes.entry(c.clone()).or_default();
+            e.plus(sums);
+            if e.is_zero() {
+                self.classes.remove(c);
             }
         }
         self.rows = self.rows.wrapping_add(rhs.rows);
@@ -425,6 +594,9 @@ impl Abelian for Normal {
         for c in &mut self.small {
             *c = c.wrapping_neg();
         }
+        for sums in self.classes.values_mut() {
+            sums.scale(-1);
+        }
         self.rows = self.rows.wrapping_neg();
         self.keys.negate();
     }
@@ -440,6 +612,12 @@ impl Multiply<isize> for Normal {
         }
         for c in &mut self.small {
             *c = c.wrapping_mul(*m as i64);
+        }
+        for sums in self.classes.values_mut() {
+            sums.scale(*m as i64);
+        }
+        if *m == 0 {
+            self.classes.clear();
         }
         self.rows = self.rows.wrapping_mul(*m as i64);
         let m = *m as i128 as u128;

@@ -30,7 +30,7 @@ use crate::checkpoint::store::Store;
 use crate::error::{Error, Result};
 
 /// The layout version of generations and runs.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// Rows per bucket a run aims at (the unit of reading when forgetting).
 pub const BUCKET_ROWS: u64 = 512;
@@ -46,6 +46,13 @@ pub struct JobStamp {
     pub features: Vec<String>,
     /// `data.on_missing`.
     pub on_missing: String,
+    /// What the statistics are of: `linear` (least squares) or
+    /// `naive_bayes` (per class; either naive Bayes model solves from them).
+    pub statistics: String,
+    /// The hashed categorical columns and their hash bits (naive Bayes).
+    pub categorical: Vec<String>,
+    /// `data.hash_bits` where there are categorical columns, else 0.
+    pub hash_bits: u32,
 }
 
 /// One generation of the state.
@@ -74,8 +81,25 @@ pub struct StoredRow {
     pub key: String,
     /// Features in weight order (raw values, missing ones filled).
     pub x: Vec<f64>,
-    /// Label.
+    /// Label (least squares).
     pub y: f64,
+    /// The class (naive Bayes).
+    pub class: Option<String>,
+    /// Hashed slots of its tokens (naive Bayes).
+    pub slots: Vec<u32>,
+}
+
+impl StoredRow {
+    /// The row as the collections hold it.
+    pub fn vals(&self) -> super::maintain::RowVals {
+        let digest = super::normal::KeyDigest::of(&self.key);
+        match &self.class {
+            Some(c) => {
+                super::maintain::RowVals::of_class(digest, &self.x, c.clone(), self.slots.clone())
+            }
+            None => super::maintain::RowVals::new(digest, &self.x, self.y),
+        }
+    }
 }
 
 /// The bucket of a key id.
@@ -144,17 +168,20 @@ impl StateDir {
                 ),
             ));
         }
-        let generation: Generation = bincode::deserialize(&loaded.payload)
+        // The version leads the payload: an older layout is named as such
+        // rather than failing to decode.
+        let version: u32 = bincode::deserialize(&loaded.payload)
             .map_err(|e| corrupt(&loaded.path, format!("not a state generation: {e}")))?;
-        if generation.version != STATE_VERSION {
+        if version != STATE_VERSION {
             return Err(corrupt(
                 &loaded.path,
                 format!(
-                    "layout version {}; this build reads {STATE_VERSION}",
-                    generation.version
+                    "layout version {version}; this build reads {STATE_VERSION} (train into a new state directory)"
                 ),
             ));
         }
+        let generation: Generation = bincode::deserialize(&loaded.payload)
+            .map_err(|e| corrupt(&loaded.path, format!("not a state generation: {e}")))?;
         Ok(Some((loaded.seq, generation)))
     }
 

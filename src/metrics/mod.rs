@@ -154,7 +154,7 @@ impl EvalPartial {
                     };
                     self.scores.push((score, y > 0.5));
                 }
-                ModelKind::Softmax => {
+                ModelKind::Softmax | ModelKind::GaussianNb | ModelKind::MultinomialNb => {
                     let mut best = 0;
                     for (j, &m) in out.iter().enumerate() {
                         if m > out[best] {
@@ -224,6 +224,7 @@ impl EvalPartial {
     /// is not finite (the model's outputs overflow on some row) is an error,
     /// never a number.
     pub fn finish(mut self, kind: ModelKind) -> Result<Metrics, String> {
+        let kind = kind.prediction_kind();
         let sums = [
             ("loss", self.loss),
             ("squared error", self.sse),

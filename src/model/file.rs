@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::bayes::NaiveBayes;
 use super::weights::{repeated, Named, Weights};
 use super::{Layout, LinearModel};
 use crate::data::encode::{check_classes, FeatureSpec, MAX_VALUE};
@@ -80,6 +81,35 @@ pub struct ModelFile {
     /// A snapshot of a stream (`tidemill stream`): where in it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stream: Option<StreamStamp>,
+    /// What a naive Bayes model holds besides its priors (`intercept`)
+    /// and per-class means or log-probabilities (`coefficients`, `hashed`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub naive_bayes: Option<BayesSection>,
+}
+
+/// The naive Bayes part of a model file (docs/model-format.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BayesSection {
+    /// Training rows per class.
+    pub class_rows: Weights,
+    /// `gaussian_nb`: per class, each feature's variance (smoothing
+    /// included).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub variance: Option<Weights>,
+    /// `gaussian_nb`: the `var_smoothing` asked for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub var_smoothing: Option<f64>,
+    /// `gaussian_nb`: what it added to every variance.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub epsilon: Option<f64>,
+    /// `multinomial_nb`: the additive smoothing.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub alpha: Option<f64>,
+    /// `multinomial_nb` with hashed columns: per class, the `log θ` of
+    /// every slot `hashed` does not list.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unseen_slot: Option<Weights>,
 }
 
 /// Where in its stream a model snapshot was taken.
@@ -259,6 +289,73 @@ impl ModelFile {
             hashed,
             training,
             stream: None,
+            naive_bayes: None,
+        }
+    }
+
+    /// Builds the file content of a fitted naive Bayes model.
+    pub fn of_bayes(
+        model: &NaiveBayes,
+        features: &FeatureSpec,
+        training: TrainingSummary,
+    ) -> ModelFile {
+        let names = class_names(features, model.k);
+        let p = model.p;
+        let gaussian = model.kind == ModelKind::GaussianNb;
+        let w = NaiveBayes::width(model.kind, p, model.slots);
+        let block = |c: usize| &model.theta[c * w..(c + 1) * w];
+        let per_class = |f: &dyn Fn(usize) -> Named| -> Weights {
+            Weights::PerClass(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(c, n)| (n.clone(), f(c)))
+                    .collect(),
+            )
+        };
+        let numeric = |c: usize, at: usize| -> Named {
+            features
+                .numeric
+                .iter()
+                .enumerate()
+                .map(|(j, f)| (f.name.clone(), block(c)[at + j]))
+                .collect()
+        };
+        let by_name = |v: &dyn Fn(usize) -> f64| -> Weights {
+            Weights::Named(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(c, n)| (n.clone(), v(c)))
+                    .collect(),
+            )
+        };
+        let hashed = (model.slots > 0).then(|| {
+            per_class(&|c| {
+                (0..model.slots)
+                    .filter(|&s| block(c)[1 + p + s] != model.unseen[c])
+                    .map(|s| (s.to_string(), block(c)[1 + p + s]))
+                    .collect()
+            })
+        });
+        ModelFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            kind: model.kind,
+            features: features.clone(),
+            intercept: by_name(&|c| block(c)[0]),
+            coefficients: per_class(&|c| numeric(c, 1)),
+            hashed,
+            training,
+            stream: None,
+            naive_bayes: Some(BayesSection {
+                class_rows: by_name(&|c| model.class_rows[c] as f64),
+                variance: gaussian.then(|| per_class(&|c| numeric(c, 1 + p))),
+                var_smoothing: gaussian.then_some(model.var_smoothing),
+                epsilon: gaussian.then_some(model.epsilon),
+                alpha: (!gaussian).then_some(model.alpha),
+                unseen_slot: (model.slots > 0).then(|| by_name(&|c| model.unseen[c])),
+            }),
         }
     }
 
@@ -406,28 +503,180 @@ impl ModelFile {
                         classes.len()
                     ));
                 }
-                if kind == ModelKind::Softmax
+                if kind.prediction_kind() == ModelKind::Softmax
                     && !(2..=crate::data::encode::MAX_CLASSES).contains(&classes.len())
                 {
                     return Err(format!(
-                        "a softmax model needs 2 to {} classes, features.classes has {}",
+                        "a {} model needs 2 to {} classes, features.classes has {}",
+                        kind.name(),
                         crate::data::encode::MAX_CLASSES,
                         classes.len()
                     ));
                 }
             }
         }
-        let layout = Layout::new(self.kind, f);
+        if self.kind.is_naive_bayes() != self.naive_bayes.is_some() {
+            return Err(format!(
+                "a {} model {} a \"naive_bayes\" section",
+                self.kind.name(),
+                if self.kind.is_naive_bayes() {
+                    "needs"
+                } else {
+                    "has no"
+                }
+            ));
+        }
+        let len = if self.kind.is_naive_bayes() {
+            let k = f.classes.as_ref().map_or(0, Vec::len);
+            let slots = NaiveBayes::slots_of(self.kind, f);
+            k * NaiveBayes::width(self.kind, f.numeric.len(), slots)
+        } else {
+            Layout::new(self.kind, f).len()
+        };
         crate::memory::check(
-            (layout.len() as u64).saturating_mul(8),
-            &format!("the model's {} parameters", layout.len()),
+            (len as u64).saturating_mul(8),
+            &format!("the model's {len} parameters"),
         )
     }
 
     /// The model the file holds, ready to predict: where reading chooses
     /// the model, as [`super::build`] does for training.
     pub fn load_model(&self, path: &Path) -> Result<Box<dyn super::Model>> {
+        if self.kind.is_naive_bayes() {
+            return Ok(Box::new(self.to_bayes(path)?));
+        }
         Ok(Box::new(self.to_model(path)?))
+    }
+
+    /// The in-memory naive Bayes model, every number where the layout
+    /// puts it (checked as [`ModelFile::to_model`] checks a linear one).
+    pub fn to_bayes(&self, path: &Path) -> Result<NaiveBayes> {
+        let bad = |message: String| Error::Model {
+            path: path.to_path_buf(),
+            message,
+        };
+        let section = self.naive_bayes.as_ref().ok_or_else(|| {
+            bad(format!(
+                "a {} model needs a \"naive_bayes\" section",
+                self.kind.name()
+            ))
+        })?;
+        let f = &self.features;
+        let names = f.classes.clone().unwrap_or_default();
+        let k = names.len();
+        let p = f.numeric.len();
+        let gaussian = self.kind == ModelKind::GaussianNb;
+        let slots = NaiveBayes::slots_of(self.kind, f);
+        let w = NaiveBayes::width(self.kind, p, slots);
+        let per_class_number =
+            |w: &Weights, what: &str| number_per_class(w, &names, what).map_err(bad);
+        let per_class_named =
+            |w: &Weights, what: &str| named_per_class(w, &names, what).map_err(bad);
+        // Each numeric feature's number, none missing or unknown.
+        let features_of = |named: &Named, what: &str| -> Result<Vec<f64>> {
+            let map = index(named, what).map_err(bad)?;
+            if let Some(extra) = named
+                .iter()
+                .find(|(n, _)| !f.numeric.iter().any(|g| &g.name == n))
+            {
+                return Err(bad(format!(
+                    "{what}: '{}' names no numeric feature",
+                    extra.0
+                )));
+            }
+            f.numeric
+                .iter()
+                .map(|g| {
+                    map.get(g.name.as_str())
+                        .copied()
+                        .ok_or_else(|| bad(format!("{what}: '{}' is missing", g.name)))
+                })
+                .collect()
+        };
+        let priors = per_class_number(&self.intercept, "intercept")?;
+        let rows = per_class_number(&section.class_rows, "naive_bayes.class_rows")?;
+        let coefficients = per_class_named(&self.coefficients, "coefficients")?;
+        let mut theta = vec![0.0; k * w];
+        let mut unseen = vec![0.0; k];
+        let variance = match (&section.variance, gaussian) {
+            (Some(v), true) => Some(per_class_named(v, "naive_bayes.variance")?),
+            (None, true) => return Err(bad("gaussian_nb needs naive_bayes.variance".into())),
+            (Some(_), false) => {
+                return Err(bad("naive_bayes.variance belongs to gaussian_nb".into()))
+            }
+            (None, false) => None,
+        };
+        let hashed = match (&self.hashed, slots > 0) {
+            (Some(h), true) => Some(per_class_named(h, "hashed")?),
+            (None, true) => Some(vec![Named::new(); k]),
+            (Some(_), false) => {
+                return Err(bad("hashed weights without categorical columns".into()))
+            }
+            (None, false) => None,
+        };
+        if slots > 0 {
+            let u = section.unseen_slot.as_ref().ok_or_else(|| {
+                bad("multinomial_nb with hashed columns needs naive_bayes.unseen_slot".into())
+            })?;
+            unseen = per_class_number(u, "naive_bayes.unseen_slot")?;
+        }
+        for c in 0..k {
+            let b = &mut theta[c * w..(c + 1) * w];
+            b[0] = priors[c];
+            b[1..1 + p].copy_from_slice(&features_of(&coefficients[c], "coefficients")?);
+            if let Some(v) = &variance {
+                let v = features_of(&v[c], "naive_bayes.variance")?;
+                if let Some(j) = v.iter().position(|x| x.is_nan() || *x <= 0.0) {
+                    return Err(bad(format!(
+                        "naive_bayes.variance of class '{}', feature '{}' is {}: variances must be > 0",
+                        names[c], f.numeric[j].name, v[j]
+                    )));
+                }
+                b[1 + p..].copy_from_slice(&v);
+            }
+            if let Some(h) = &hashed {
+                b[1 + p..].iter_mut().for_each(|x| *x = unseen[c]);
+                if let Some(slot) = repeated(&h[c]) {
+                    return Err(bad(format!("hashed slot '{slot}' is listed twice")));
+                }
+                for (slot, v) in &h[c] {
+                    let j: usize = slot
+                        .parse()
+                        .map_err(|_| bad(format!("hashed slot '{slot}' is not a number")))?;
+                    if j >= slots {
+                        return Err(bad(format!("hashed slot {j} is outside 2^{}", f.hash_bits)));
+                    }
+                    b[1 + p + j] = *v;
+                }
+            }
+        }
+        if let Some(i) = theta.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("parameter {i} is {}", theta[i])));
+        }
+        let class_rows = rows
+            .iter()
+            .map(|&r| {
+                if r >= 0.0 && r.fract() == 0.0 && r < 2f64.powi(53) {
+                    Ok(r as u64)
+                } else {
+                    Err(bad(format!(
+                        "naive_bayes.class_rows holds {r}, not a count"
+                    )))
+                }
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        Ok(NaiveBayes {
+            kind: self.kind,
+            k,
+            p,
+            slots,
+            theta,
+            class_rows,
+            unseen,
+            alpha: section.alpha.unwrap_or(0.0),
+            var_smoothing: section.var_smoothing.unwrap_or(0.0),
+            epsilon: section.epsilon.unwrap_or(0.0),
+        })
     }
 
     /// The in-memory linear model: every weight where the layout puts it,
@@ -438,6 +687,12 @@ impl ModelFile {
             path: path.to_path_buf(),
             message,
         };
+        if self.kind.is_naive_bayes() {
+            return Err(bad(format!(
+                "a {} model is not a linear model (it has no weights to start from)",
+                self.kind.name()
+            )));
+        }
         let mut theta = vec![0.0; layout.len()];
         let names = class_names(&self.features, layout.k);
         let softmax = self.kind == ModelKind::Softmax;
@@ -449,32 +704,10 @@ impl ModelFile {
                     _ => Err(bad(format!("{what} must be an object of numbers"))),
                 };
             }
-            let classes = w
-                .per_class()
-                .ok_or_else(|| bad(format!("{what} must be an object per class")))?;
-            one_per_class(&classes, &names, what).map_err(bad).map(|v| {
-                v.into_iter()
-                    .map(|n| n.cloned().unwrap_or_default())
-                    .collect()
-            })
+            named_per_class(w, &names, what).map_err(bad)
         };
         let intercepts: Vec<f64> = if softmax {
-            let n = self
-                .intercept
-                .named()
-                .ok_or_else(|| bad("intercept must be an object of numbers per class".into()))?;
-            let map = index(n, "intercept").map_err(bad)?;
-            if let Some(extra) = n.iter().find(|(c, _)| !names.contains(c)) {
-                return Err(bad(format!("intercept names '{}', not a class", extra.0)));
-            }
-            names
-                .iter()
-                .map(|c| {
-                    map.get(c.as_str())
-                        .copied()
-                        .ok_or_else(|| bad(format!("intercept of class '{c}' is missing")))
-                })
-                .collect::<Result<_>>()?
+            number_per_class(&self.intercept, &names, "intercept").map_err(bad)?
         } else {
             vec![self
                 .intercept
@@ -531,6 +764,46 @@ impl ModelFile {
             theta,
         })
     }
+}
+
+/// One number per class under a key (`{class: number}`), in `names`
+/// order: each class once, none unknown.
+fn number_per_class(
+    w: &Weights,
+    names: &[String],
+    what: &str,
+) -> std::result::Result<Vec<f64>, String> {
+    let n = w
+        .named()
+        .ok_or_else(|| format!("{what} must be an object of numbers per class"))?;
+    let map = index(n, what)?;
+    if let Some(extra) = n.iter().find(|(c, _)| !names.contains(c)) {
+        return Err(format!("{what} names '{}', not a class", extra.0));
+    }
+    names
+        .iter()
+        .map(|c| {
+            map.get(c.as_str())
+                .copied()
+                .ok_or_else(|| format!("{what} of class '{c}' is missing"))
+        })
+        .collect()
+}
+
+/// Numbers by name per class under a key, in `names` order.
+fn named_per_class(
+    w: &Weights,
+    names: &[String],
+    what: &str,
+) -> std::result::Result<Vec<Named>, String> {
+    let classes = w
+        .per_class()
+        .ok_or_else(|| format!("{what} must be an object per class"))?;
+    one_per_class(&classes, names, what).map(|v| {
+        v.into_iter()
+            .map(|n| n.cloned().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// `named` as a lookup, refusing a name listed twice.

@@ -52,7 +52,9 @@ pub fn loss_and_grad(kind: ModelKind, margins: &[f64], y: f64, dm: &mut [f64]) -
                 0.0
             }
         }
-        ModelKind::Softmax => {
+        // A naive Bayes model's margins are joint log-likelihoods: their
+        // softmax is the posterior, its log loss this one.
+        ModelKind::Softmax | ModelKind::GaussianNb | ModelKind::MultinomialNb => {
             let max = margins.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let mut z = 0.0;
             for (d, &m) in dm.iter_mut().zip(margins) {
@@ -72,7 +74,7 @@ pub fn loss_and_grad(kind: ModelKind, margins: &[f64], y: f64, dm: &mut [f64]) -
 /// Loss of one row only.
 pub fn loss(kind: ModelKind, margins: &[f64], y: f64) -> f64 {
     let mut scratch = [0.0; 1];
-    match kind {
+    match kind.prediction_kind() {
         ModelKind::Softmax => {
             let max = margins.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = margins.iter().map(|m| (m - max).exp()).sum();

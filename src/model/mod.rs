@@ -14,6 +14,7 @@
 //! operator or strategy changes. (`model-parallel` splits the linear
 //! family's features into blocks and stays specific to it.)
 
+pub mod bayes;
 pub mod block;
 pub mod file;
 pub mod loss;
@@ -422,7 +423,7 @@ pub fn predict_from_margins(kind: ModelKind, out: &mut [f64]) -> bool {
     match kind {
         ModelKind::Linear | ModelKind::Hinge => {}
         ModelKind::Logistic => out[0] = loss::sigmoid(out[0]),
-        ModelKind::Softmax => {
+        ModelKind::Softmax | ModelKind::GaussianNb | ModelKind::MultinomialNb => {
             let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let mut z = 0.0;
             for o in out.iter_mut() {

@@ -248,6 +248,12 @@ pub enum ModelKind {
     Softmax,
     /// Linear SVM, hinge loss `max(0, 1 − y·ŷ)` with y ∈ {−1, 1}.
     Hinge,
+    /// Gaussian naive Bayes: per class, a normal density per feature
+    /// (fitted exactly from counts and moments, `optimizer.kind = "exact"`).
+    GaussianNb,
+    /// Multinomial naive Bayes over non-negative counts and hashed
+    /// categorical tokens, with additive (Laplace/Lidstone) smoothing.
+    MultinomialNb,
 }
 
 impl ModelKind {
@@ -258,12 +264,32 @@ impl ModelKind {
             ModelKind::Logistic => "logistic",
             ModelKind::Softmax => "softmax",
             ModelKind::Hinge => "hinge",
+            ModelKind::GaussianNb => "gaussian_nb",
+            ModelKind::MultinomialNb => "multinomial_nb",
         }
     }
 
     /// True for the classifiers.
     pub fn is_classifier(self) -> bool {
         !matches!(self, ModelKind::Linear)
+    }
+
+    /// True for the naive Bayes models.
+    pub fn is_naive_bayes(self) -> bool {
+        matches!(self, ModelKind::GaussianNb | ModelKind::MultinomialNb)
+    }
+
+    /// The kind whose predictions this kind's outputs are read as: a naive
+    /// Bayes model's outputs are joint log-likelihoods per class, turned
+    /// into the class posteriors by a softmax, exactly as softmax
+    /// regression's margins are (so predictions, metrics and log loss
+    /// treat them alike).
+    pub fn prediction_kind(self) -> ModelKind {
+        if self.is_naive_bayes() {
+            ModelKind::Softmax
+        } else {
+            self
+        }
     }
 }
 
@@ -278,6 +304,15 @@ pub struct ModelSpec {
     pub l1: f64,
     /// Fit an intercept.
     pub fit_intercept: bool,
+    /// `multinomial_nb`: the additive smoothing `α` added to every count
+    /// (1 is Laplace smoothing).
+    #[serde(default)]
+    pub alpha: f64,
+    /// `gaussian_nb`: the share of the largest feature variance added to
+    /// every class's variances, for stability (as scikit-learn's
+    /// `var_smoothing`).
+    #[serde(default)]
+    pub var_smoothing: f64,
 }
 
 /// Learning-rate schedules of the first-order methods; `t` counts steps.
@@ -773,7 +808,7 @@ impl Pipeline {
             steps_can_checkpoint(&optimizer, &train, &data)?;
         }
         let state = raw.output.state.map(PathBuf::from);
-        exact_fits(&optimizer, &data, state.as_deref())?;
+        exact_fits(&optimizer, model.kind, &data, state.as_deref())?;
         if stream.window.is_some() && optimizer != OptimizerSpec::Exact {
             return Err(value_err(
                 "stream.window",
@@ -803,7 +838,21 @@ pub const EXACT_MAX_FEATURES: usize = 2048;
 
 /// What `optimizer.kind = "exact"` needs of the data, and what an
 /// `[output] state` needs of the optimizer.
-fn exact_fits(optimizer: &OptimizerSpec, data: &DataSpec, state: Option<&Path>) -> Result<()> {
+fn exact_fits(
+    optimizer: &OptimizerSpec,
+    kind: ModelKind,
+    data: &DataSpec,
+    state: Option<&Path>,
+) -> Result<()> {
+    if kind.is_naive_bayes() && *optimizer != OptimizerSpec::Exact {
+        return Err(value_err(
+            "optimizer.kind",
+            format!(
+                "{} is fitted exactly from counts and moments: set optimizer.kind = 'exact'",
+                kind.name()
+            ),
+        ));
+    }
     if *optimizer != OptimizerSpec::Exact {
         if state.is_some() {
             return Err(value_err(
@@ -813,7 +862,19 @@ fn exact_fits(optimizer: &OptimizerSpec, data: &DataSpec, state: Option<&Path>) 
         }
         return Ok(());
     }
-    if !data.categorical.is_empty() {
+    if kind == ModelKind::GaussianNb && !data.categorical.is_empty() {
+        return Err(value_err(
+            "data.categorical",
+            "gaussian_nb models each numeric feature by a normal density; hashed categorical tokens are counts: use multinomial_nb",
+        ));
+    }
+    if kind.is_naive_bayes() && data.standardize {
+        return Err(value_err(
+            "data.standardize",
+            "naive Bayes models the values as they are (gaussian_nb is unchanged by scaling; multinomial_nb counts): leave it false",
+        ));
+    }
+    if kind == ModelKind::Linear && !data.categorical.is_empty() {
         return Err(value_err(
             "data.categorical",
             format!(
@@ -1022,13 +1083,69 @@ fn model_spec(m: RawModel, classes: Option<&[String]>) -> Result<ModelSpec> {
         "logistic" => ModelKind::Logistic,
         "softmax" => ModelKind::Softmax,
         "hinge" => ModelKind::Hinge,
+        "gaussian_nb" => ModelKind::GaussianNb,
+        "multinomial_nb" => ModelKind::MultinomialNb,
         other => {
             return Err(value_err(
                 "model.kind",
-                format!("'{other}' is not one of linear, logistic, softmax, hinge"),
+                format!("'{other}' is not one of linear, logistic, softmax, hinge, gaussian_nb, multinomial_nb"),
             ))
         }
     };
+    if kind.is_naive_bayes() {
+        if classes.is_some() {
+            return Err(value_err(
+                "data.classes",
+                "naive Bayes takes its classes from the rows present (a class without rows has no prior): leave data.classes out",
+            ));
+        }
+        for (key, v) in [("model.l2", m.l2), ("model.l1", m.l1)] {
+            if v != 0.0 {
+                return Err(value_err(
+                    key,
+                    "naive Bayes has no penalty: its smoothing is model.alpha (multinomial_nb) or model.var_smoothing (gaussian_nb)",
+                ));
+            }
+        }
+        if m.fit_intercept.is_some() {
+            return Err(value_err(
+                "model.fit_intercept",
+                "naive Bayes has class priors, not an intercept: leave it out",
+            ));
+        }
+    }
+    if m.alpha.is_some() && kind != ModelKind::MultinomialNb {
+        return Err(value_err(
+            "model.alpha",
+            format!(
+                "the smoothing of multinomial_nb; model.kind is '{}'",
+                kind.name()
+            ),
+        ));
+    }
+    if m.var_smoothing.is_some() && kind != ModelKind::GaussianNb {
+        return Err(value_err(
+            "model.var_smoothing",
+            format!(
+                "the variance smoothing of gaussian_nb; model.kind is '{}'",
+                kind.name()
+            ),
+        ));
+    }
+    let alpha = m.alpha.unwrap_or(1.0);
+    if !(alpha.is_finite() && alpha > 0.0) {
+        return Err(value_err(
+            "model.alpha",
+            format!("must be a number > 0 (a count of 0 would have probability 0), got {alpha}"),
+        ));
+    }
+    let var_smoothing = m.var_smoothing.unwrap_or(1e-9);
+    if !(var_smoothing.is_finite() && var_smoothing >= 0.0) {
+        return Err(value_err(
+            "model.var_smoothing",
+            format!("must be a number ≥ 0, got {var_smoothing}"),
+        ));
+    }
     if let Some(classes) = classes {
         classes::check_classes(classes).map_err(|m| value_err("data.classes", m))?;
         if classes.len() > classes::MAX_CLASSES {
@@ -1069,6 +1186,16 @@ fn model_spec(m: RawModel, classes: Option<&[String]>) -> Result<ModelSpec> {
         l2: non_negative("model.l2", m.l2)?,
         l1: non_negative("model.l1", m.l1)?,
         fit_intercept: m.fit_intercept.unwrap_or(true),
+        alpha: if kind == ModelKind::MultinomialNb {
+            alpha
+        } else {
+            0.0
+        },
+        var_smoothing: if kind == ModelKind::GaussianNb {
+            var_smoothing
+        } else {
+            0.0
+        },
     };
     Ok(model)
 }
@@ -1163,11 +1290,11 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
             }
         }
         "exact" => {
-            if model.kind != ModelKind::Linear {
+            if !(model.kind == ModelKind::Linear || model.kind.is_naive_bayes()) {
                 return Err(value_err(
                     "optimizer.kind",
                     format!(
-                        "'exact' solves least squares and ridge regression from sufficient statistics; model.kind = '{}' has none (use lbfgs)",
+                        "'exact' fits the models whose training reduces to sums (linear: least squares and ridge; gaussian_nb, multinomial_nb); model.kind = '{}' has no sufficient statistics (use lbfgs)",
                         model.kind.name()
                     ),
                 ));

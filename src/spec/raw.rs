@@ -131,7 +131,8 @@ pub struct RawData {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    /// `linear`, `logistic`, `softmax` or `hinge`.
+    /// `linear`, `logistic`, `softmax`, `hinge`, `gaussian_nb` or
+    /// `multinomial_nb`.
     pub kind: String,
     /// L2 penalty: `l2/2·‖w‖²`.
     #[serde(default)]
@@ -141,6 +142,10 @@ pub struct RawModel {
     pub l1: f64,
     /// Fit an (unpenalised) intercept; default true.
     pub fit_intercept: Option<bool>,
+    /// `multinomial_nb`: additive smoothing; default 1.
+    pub alpha: Option<f64>,
+    /// `gaussian_nb`: variance smoothing; default 1e-9.
+    pub var_smoothing: Option<f64>,
 }
 
 /// `[optimizer]`.

@@ -36,13 +36,15 @@ use serde::Serialize;
 
 use super::source::{Feed, Input, Poll};
 use crate::cluster::{Cluster, JobDescription};
-use crate::data::encode::{decode_raw, FeatureSpec, LabelUse, Origin};
+use crate::data::encode::{decode_raw, Block, FeatureSpec, LabelUse, Origin};
 use crate::error::{Error, Location, Result};
 use crate::incremental::maintain::{self, Changes, Collections, RowRef, RowVals, Seen};
 use crate::incremental::normal::{KeyDigest, Normal};
 use crate::incremental::solve;
+use crate::model::bayes::NaiveBayes;
 use crate::model::file::ModelFile;
-use crate::spec::{Pipeline, WindowSpec};
+use crate::model::Model;
+use crate::spec::{ModelKind, Pipeline, WindowSpec};
 
 /// An exact stream, as the command line gives it.
 #[derive(Debug)]
@@ -76,8 +78,15 @@ pub struct ExactSummary {
     /// The objective of the final model.
     pub objective: Option<f64>,
     /// Root mean squared error of every row scored before it was
-    /// inserted (rows that came before any model are not scored).
+    /// inserted (rows that came before any model are not scored; linear).
     pub progressive_rmse: Option<f64>,
+    /// Naive Bayes: the share of rows scored before they were inserted
+    /// whose class was predicted (a row of a class the model had not seen
+    /// counts as wrong).
+    pub progressive_accuracy: Option<f64>,
+    /// Naive Bayes: the mean log loss of those rows, over the rows of
+    /// classes the model had seen (the others have no probability).
+    pub progressive_log_loss: Option<f64>,
     /// Rows scored progressively.
     pub scored: u64,
     /// Wall seconds.
@@ -356,8 +365,10 @@ impl Leader {
         let dims = self.draft.numeric.len();
         let keep_rows = self.retract.is_some();
         let mut summary = ExactSummary::default();
+        let nb = p.model.kind.is_naive_bayes();
         let mut total = Normal::default();
-        let mut current: Option<solve::Solution> = None;
+        let mut current: Option<Current> = None;
+        let mut progress = Progress::default();
         let (mut sq, mut scored) = (0.0f64, 0u64);
         let mut stream_row = 0u64;
         // Forget requests not matched by a row present, by id (net count).
@@ -376,7 +387,12 @@ impl Leader {
                 expire_keys: p.data.key.is_some(),
                 ..Changes::default()
             };
-            let mut batch_stats = Normal::zero_of(dims);
+            let mut batch_stats = if nb {
+                Normal::default()
+            } else {
+                Normal::zero_of(dims)
+            };
+            let mut batch_progress = Progress::default();
             let (mut batch_sq, mut batch_scored, mut batch_rows) = (0.0f64, 0u64, 0u64);
             for a in &arrivals {
                 let origin = Origin {
@@ -384,7 +400,12 @@ impl Leader {
                     row_group: None,
                     first_row: a.file_row,
                 };
-                let block = decode_raw(&a.batch, &self.draft, LabelUse::Value, &origin)?;
+                let labels = if nb {
+                    LabelUse::Tokens
+                } else {
+                    LabelUse::Value
+                };
+                let block = decode_raw(&a.batch, &self.draft, labels, &origin)?;
                 let keys = match &p.data.key {
                     Some(k) => Some(crate::incremental::keys_of(&a.batch, k, &origin)?),
                     None => None,
@@ -398,15 +419,24 @@ impl Leader {
                 for i in 0..block.rows {
                     let local = (block.file_row[i] - a.file_row) as usize;
                     let x = &block.raw[i * dims..(i + 1) * dims];
-                    let y = block.label[i];
-                    if let Some(s) = &current {
-                        let m = s.theta[0]
-                            + x.iter()
-                                .enumerate()
-                                .map(|(j, v)| s.theta[1 + j] * (v - s.center[j]) / s.scale[j])
-                                .sum::<f64>();
-                        batch_sq += (y - m) * (y - m);
-                        batch_scored += 1;
+                    let y = block.label.get(i).copied().unwrap_or(0.0);
+                    match &current {
+                        Some(Current::Ridge(s)) => {
+                            let m = s.theta[0]
+                                + x.iter()
+                                    .enumerate()
+                                    .map(|(j, v)| s.theta[1 + j] * (v - s.center[j]) / s.scale[j])
+                                    .sum::<f64>();
+                            batch_sq += (y - m) * (y - m);
+                            batch_scored += 1;
+                        }
+                        Some(Current::Bayes(model, classes)) => {
+                            batch_progress.score(model, classes, &block, i);
+                        }
+                        None => {}
+                    }
+                    if p.model.kind == ModelKind::MultinomialNb {
+                        crate::incremental::negative_count(&self.draft, &block, i, &origin)?;
                     }
                     let text = match &keys {
                         Some(k) => k[local].clone(),
@@ -414,7 +444,7 @@ impl Leader {
                     };
                     let digest = KeyDigest::of(&text);
                     let id = digest.id();
-                    batch_stats.add_row(&digest, x, y).map_err(|e| {
+                    let too_large = |e| {
                         crate::incremental::too_large(
                             e,
                             &self.draft,
@@ -422,12 +452,21 @@ impl Leader {
                             None,
                             block.file_row[i],
                         )
-                    })?;
+                    };
+                    let vals = if nb {
+                        let (class, slots) = crate::incremental::class_row(&block, i);
+                        batch_stats
+                            .add_class_row(&digest, x, &class, &slots)
+                            .map_err(too_large)?;
+                        RowVals::of_class(digest, x, class, slots)
+                    } else {
+                        batch_stats.add_row(&digest, x, y).map_err(too_large)?;
+                        RowVals::new(digest, x, y)
+                    };
                     let at: RowRef = (0, stream_row + local as u64);
                     if p.data.key.is_some() {
                         changes.keys.push((id, at));
                     }
-                    let vals = RowVals::new(digest, x, y);
                     // A key back after its row left is a row to retract again.
                     left.remove(&id);
                     if keep_rows {
@@ -528,10 +567,17 @@ impl Leader {
             summary.rows += batch_rows;
             sq += batch_sq;
             scored += batch_scored;
-            // The model of the rows present (none when none are).
-            current = match total.rows > 0 {
-                true => crate::incremental::solve_ridge(&p, &self.draft, &total).ok(),
-                false => None,
+            progress.add(&batch_progress);
+            // The model of the rows present (none when none are, or while
+            // it cannot be solved: naive Bayes before a second class).
+            current = match (total.rows > 0, nb) {
+                (false, _) => None,
+                (true, false) => crate::incremental::solve_ridge(&p, &self.draft, &total)
+                    .ok()
+                    .map(Current::Ridge),
+                (true, true) => crate::incremental::bayes::fit(&p.model, &self.draft, &total)
+                    .ok()
+                    .map(|(m, spec)| Current::Bayes(m, spec.classes.unwrap_or_default())),
             };
             let due = match p.stream.snapshot_every {
                 Some(n) => summary.batches % n == 0,
@@ -590,7 +636,9 @@ impl Leader {
                     "source_rows": stream_row,
                     "rows_present": total.rows,
                     "progressive_rmse": (batch_scored > 0).then(|| (batch_sq / batch_scored as f64).sqrt()),
-                    "objective": current.as_ref().map(|s| s.objective),
+                    "progressive_accuracy": batch_progress.accuracy(),
+                    "progressive_log_loss": batch_progress.log_loss(),
+                    "objective": current.as_ref().and_then(Current::objective),
                 });
                 writeln!(m, "{line}").and_then(|_| m.flush()).map_err(|e| {
                     Error::io(
@@ -604,9 +652,11 @@ impl Leader {
             }
         }
         summary.rows_present = total.rows;
-        summary.objective = current.as_ref().map(|s| s.objective);
-        summary.scored = scored;
+        summary.objective = current.as_ref().and_then(Current::objective);
+        summary.scored = scored + progress.scored;
         summary.progressive_rmse = (scored > 0).then(|| (sq / scored as f64).sqrt());
+        summary.progressive_accuracy = progress.accuracy();
+        summary.progressive_log_loss = progress.log_loss();
         Ok(summary)
     }
 
@@ -630,6 +680,65 @@ impl Leader {
             }
         }
         Ok(true)
+    }
+}
+
+/// The model of the rows present, as the next batch's rows are scored by.
+enum Current {
+    Ridge(solve::Solution),
+    /// The model and its classes.
+    Bayes(NaiveBayes, Vec<String>),
+}
+
+impl Current {
+    fn objective(&self) -> Option<f64> {
+        match self {
+            Current::Ridge(s) => Some(s.objective),
+            Current::Bayes(..) => None,
+        }
+    }
+}
+
+/// Progressive validation of a classifier: rows scored, right, and the
+/// log loss of those whose class the model knew.
+#[derive(Debug, Default, Clone)]
+struct Progress {
+    scored: u64,
+    correct: u64,
+    known: u64,
+    loss: f64,
+}
+
+impl Progress {
+    /// Scores row `i` of `block` (its label a class token) with `model`.
+    fn score(&mut self, model: &NaiveBayes, classes: &[String], block: &Block, i: usize) {
+        let mut out = vec![0.0; model.k];
+        model.margins(block, i, &mut out);
+        let best = (0..out.len()).fold(0, |b, j| if out[j] > out[b] { j } else { b });
+        let truth = classes.iter().position(|c| *c == block.tokens[i]);
+        self.scored += 1;
+        if truth == Some(best) {
+            self.correct += 1;
+        }
+        if let Some(t) = truth {
+            self.known += 1;
+            self.loss += crate::model::loss::loss(model.kind, &out, t as f64);
+        }
+    }
+
+    fn add(&mut self, o: &Progress) {
+        self.scored += o.scored;
+        self.correct += o.correct;
+        self.known += o.known;
+        self.loss += o.loss;
+    }
+
+    fn accuracy(&self) -> Option<f64> {
+        (self.scored > 0).then(|| self.correct as f64 / self.scored as f64)
+    }
+
+    fn log_loss(&self) -> Option<f64> {
+        (self.known > 0).then(|| self.loss / self.known as f64)
     }
 }
 
