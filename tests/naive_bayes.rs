@@ -14,6 +14,10 @@ use arrow::array::{Array, ArrayRef, Float64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use common::{assert_success, read_columns, root, tidemill, tidemill_ok, write_parquet};
 
+fn key_file(dir: &Path, name: &str, rows: impl Iterator<Item = usize>) -> PathBuf {
+    common::keys_csv(dir, name, "f", rows)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -250,16 +254,6 @@ fn flights_pipeline(dir: &Path, data: &Path, name: &str, state: bool) -> PathBuf
     path
 }
 
-fn keys_csv(dir: &Path, name: &str, rows: impl Iterator<Item = usize>) -> PathBuf {
-    let path = dir.join(name);
-    let text: String = std::iter::once("id".to_string())
-        .chain(rows.map(|i| format!("f{i}")))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&path, text + "\n").unwrap();
-    path
-}
-
 /// Fits multinomial naive Bayes to the flights of `data` independently
 /// (tokens hashed by the library's public hash, counts summed in `f64`)
 /// and checks the posteriors `predict` writes with `model` against it.
@@ -372,7 +366,7 @@ fn multinomial_nb_with_hashed_columns_forgets_exactly() {
         std::fs::read(&scratch).unwrap()
     );
     for (name, part) in [("a.csv", 0), ("b.csv", 1)] {
-        let keys = keys_csv(
+        let keys = key_file(
             dir.path(),
             name,
             (0..rows).filter(|&i| gone(i) && i % 2 == part),
@@ -395,7 +389,7 @@ fn multinomial_nb_with_hashed_columns_forgets_exactly() {
     // with the same model, on 2 workers.
     let p_stream = flights_pipeline(dir.path(), &all, "stream", false);
     let streamed = dir.path().join("streamed.json");
-    let all_gone = keys_csv(dir.path(), "all_gone.csv", (0..rows).filter(|&i| gone(i)));
+    let all_gone = key_file(dir.path(), "all_gone.csv", (0..rows).filter(|&i| gone(i)));
     let out = tidemill(&[
         "stream",
         s(&p_stream),
@@ -459,7 +453,7 @@ fn gaussian_nb_forgets_a_class_away_and_refuses_what_it_cannot_fit() {
         serde_json::json!(["digit0", "digit1", "digit2"])
     );
     // Forget every row of digit 2: the model of digits 0 and 1.
-    let twos = keys_csv(
+    let twos = key_file(
         dir.path(),
         "twos.csv",
         rows.iter().copied().filter(|&i| y[i] == 2),
@@ -481,7 +475,7 @@ fn gaussian_nb_forgets_a_class_away_and_refuses_what_it_cannot_fit() {
     // Forgetting the ones too would leave one class: refused (exit 6),
     // nothing changes.
     let before = std::fs::read(&model).unwrap();
-    let ones = keys_csv(
+    let ones = key_file(
         dir.path(),
         "ones.csv",
         rows.iter().copied().filter(|&i| y[i] == 1),

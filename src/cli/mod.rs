@@ -216,6 +216,11 @@ pub struct ForgetArgs {
     /// Model file (overrides output.model).
     #[arg(long)]
     pub model_out: Option<PathBuf>,
+    /// Worker threads for re-optimising a model without sufficient
+    /// statistics (`optimizer.kind = "lbfgs"`); an exact model's update
+    /// needs none.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// `stream`.
@@ -623,7 +628,16 @@ fn forget(a: ForgetArgs) -> Result<()> {
     let paths = PipelineOutputs::new(&pipeline, model_flag, false);
     let inputs = PipelineInputs::new(&a.pipeline, &pipeline)?;
     let outputs = OutputSet::prepare(&paths.requests(), &inputs.list())?;
-    let fitted = crate::incremental::forget(&pipeline, &a.keys)?;
+    let fitted = if matches!(pipeline.optimizer, crate::spec::OptimizerSpec::Lbfgs { .. }) {
+        let cluster = crate::cluster::Cluster {
+            workers: a.workers,
+            ..crate::cluster::Cluster::default()
+        };
+        cluster.validate()?;
+        crate::incremental::refit::forget(&pipeline, &a.keys, &cluster)?
+    } else {
+        crate::incremental::forget(&pipeline, &a.keys)?
+    };
     let contents = match paths.model {
         Some(_) => vec![fitted.model.to_json()?],
         None => Vec::new(),
@@ -669,10 +683,23 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(path) => Some(crate::train::warm::InitModel::load(path)?),
         None => None,
     };
-    let report = crate::train::run_job(plan, init, a.resume, &cluster)?;
+    // A state to forget rows from later: every key read (repeats refused)
+    // and the directory locked before training.
+    let state = match (&plan.pipeline.output.state, cluster.is_leader()) {
+        (Some(_), true) => Some(crate::incremental::refit::begin(&plan)?),
+        _ => None,
+    };
+    let mut report = crate::train::run_job(plan, init, a.resume, &cluster)?;
     let Some(mut outputs) = outputs else {
         return Ok(());
     };
+    let (pending, data) = match state {
+        Some((pending, data)) => (Some(pending), Some(data)),
+        None => (None, None),
+    };
+    if let (Some(m), Some(d)) = (report.model.as_mut(), data) {
+        m.training.data = Some(d);
+    }
     let model = report.model.as_ref().ok_or_else(|| Error::Worker {
         worker: 0,
         message: "finished without a model".into(),
@@ -692,6 +719,10 @@ fn train(a: TrainArgs) -> Result<()> {
     for (flag, path) in [&paths.model, &paths.metrics].into_iter().flatten() {
         tracing::info!(path = %path.display(), flag, "written");
     }
+    let state = match pending {
+        Some(p) => Some(p.commit()?),
+        None => None,
+    };
     // With early stopping the model is the best epoch's: report that one.
     let last = report
         .records
@@ -718,6 +749,8 @@ fn train(a: TrainArgs) -> Result<()> {
         "epoch_reported": last.map(|r| r.epoch),
         "train_loss": last.and_then(|r| r.train_loss),
         "validation": last.and_then(|r| r.validation.clone()),
+        "keys_blake3_sum": model.training.data.as_ref().map(|d| d.keys_blake3_sum.clone()),
+        "state": state.map(|p| p.display().to_string()),
         "seconds": started.elapsed().as_secs_f64(),
     });
     emit(&(to_json(&summary) + "\n"))?;

@@ -16,6 +16,7 @@
 pub mod bayes;
 pub mod maintain;
 pub mod normal;
+pub mod refit;
 pub mod solve;
 pub mod store;
 
@@ -326,14 +327,21 @@ fn read_class_rows(
 }
 
 /// The job a state belongs to.
-fn stamp(pipeline: &Pipeline, spec: &FeatureSpec, key: &str) -> JobStamp {
+pub(crate) fn stamp(pipeline: &Pipeline, spec: &FeatureSpec, key: &str) -> JobStamp {
     let nb = pipeline.model.kind.is_naive_bayes();
     JobStamp {
         label: spec.label.clone(),
         key: key.to_string(),
         features: spec.numeric.iter().map(|f| f.name.clone()).collect(),
         on_missing: pipeline.data.on_missing.name().to_string(),
-        statistics: if nb { "naive_bayes" } else { "linear" }.into(),
+        statistics: if pipeline.optimizer != crate::spec::OptimizerSpec::Exact {
+            refit::ROWS
+        } else if nb {
+            "naive_bayes"
+        } else {
+            "linear"
+        }
+        .into(),
         categorical: spec.categorical.clone(),
         hash_bits: if spec.categorical.is_empty() {
             0
@@ -532,6 +540,7 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
                     .map(|w| StateDir::run_name(seq, w))
                     .collect(),
                 forgotten: BTreeMap::new(),
+                source: None,
             };
             Some(PendingState {
                 dir,
@@ -642,34 +651,43 @@ pub fn read_keys(path: &str, key: &str) -> Result<Vec<String>> {
     Ok(keys)
 }
 
-/// `tidemill forget`: retracts `keys` from the state of `pipeline` and
-/// returns the model of the rows that remain, after committing the new
-/// generation of the state. Nothing changes if a key is not present.
-pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
-    let source = Path::new(keys_path);
-    let dir_path = pipeline
-        .output
-        .state
-        .as_ref()
-        .ok_or_else(|| Error::PipelineValue {
-            key: "output.state".into(),
-            message: "forget continues from a state: name its directory".into(),
-        })?;
-    let key = pipeline
-        .data
-        .key
-        .clone()
-        .ok_or_else(|| Error::PipelineValue {
-            key: "data.key".into(),
-            message: "forget names rows by their key: name the key column".into(),
-        })?;
+/// A forget request, checked against the state it applies to.
+struct Request {
+    dir: StateDir,
+    dir_path: PathBuf,
+    lock: std::fs::File,
+    seq: u64,
+    generation: Generation,
+    plan: Plan,
+    key: String,
+    keys: Vec<String>,
+}
+
+/// Opens the state of `pipeline` (locked) and reads the keys of
+/// `keys_path`: the state must be this job's, and no key listed twice.
+fn open_request(pipeline: &Pipeline, keys_path: &str) -> Result<Request> {
+    let (dir_path, key) = match (&pipeline.output.state, &pipeline.data.key) {
+        (Some(d), Some(k)) => (d.clone(), k.clone()),
+        (None, _) => {
+            return Err(Error::PipelineValue {
+                key: "output.state".into(),
+                message: "forget continues from a state: name its directory".into(),
+            })
+        }
+        (_, None) => {
+            return Err(Error::PipelineValue {
+                key: "data.key".into(),
+                message: "forget names rows by their key: name the key column".into(),
+            })
+        }
+    };
     if !dir_path.is_dir() {
         return Err(Error::Checkpoint {
             path: dir_path.clone(),
             message: "no state here: run `tidemill train` with this pipeline first".into(),
         });
     }
-    let dir = StateDir::open(dir_path)?;
+    let dir = StateDir::open(&dir_path)?;
     let lock = dir.lock()?;
     let Some((seq, generation)) = dir.newest()? else {
         return Err(Error::Checkpoint {
@@ -678,21 +696,26 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
                 .into(),
         });
     };
-    let draft = Plan::new(pipeline.clone())?.draft;
-    let job = stamp(pipeline, &draft, &key);
+    let plan = Plan::new(pipeline.clone())?;
+    let job = stamp(pipeline, &plan.draft, &key);
     if job != generation.job {
+        let describe = |j: &JobStamp| {
+            format!(
+                "statistics '{}', label '{}', key '{}', features [{}], categorical [{}], on_missing {}",
+                j.statistics,
+                j.label,
+                j.key,
+                j.features.join(", "),
+                j.categorical.join(", "),
+                j.on_missing
+            )
+        };
         return Err(Error::Checkpoint {
             path: dir_path.clone(),
             message: format!(
-                "the state belongs to another job (label '{}', key '{}', features [{}], on_missing {}); this pipeline has label '{}', key '{}', features [{}], on_missing {}",
-                generation.job.label,
-                generation.job.key,
-                generation.job.features.join(", "),
-                generation.job.on_missing,
-                job.label,
-                job.key,
-                job.features.join(", "),
-                job.on_missing
+                "the state belongs to another job ({}); this pipeline has {}",
+                describe(&generation.job),
+                describe(&job)
             ),
         });
     }
@@ -702,10 +725,39 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
     let mut seen_here = BTreeSet::new();
     if let Some(k) = keys.iter().find(|k| !seen_here.insert(k.as_str())) {
         return Err(Error::Keys {
-            path: source.to_path_buf(),
+            path: PathBuf::from(keys_path),
             message: format!("key '{k}' is listed twice"),
         });
     }
+    Ok(Request {
+        dir,
+        dir_path,
+        lock,
+        seq,
+        generation,
+        plan,
+        key,
+        keys,
+    })
+}
+
+/// `tidemill forget`: retracts `keys` from the state of `pipeline` and
+/// returns the model of the rows that remain, after committing the new
+/// generation of the state. Nothing changes if a key is not present.
+pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
+    let source = Path::new(keys_path);
+    let Request {
+        dir,
+        dir_path,
+        lock,
+        seq,
+        generation,
+        plan,
+        keys,
+        ..
+    } = open_request(pipeline, keys_path)?;
+    let draft = plan.draft;
+    let dir_path = &dir_path;
     let requested: Vec<(u128, String)> = keys
         .iter()
         .map(|k| (KeyDigest::of(k).id(), k.clone()))

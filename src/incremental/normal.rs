@@ -63,12 +63,14 @@ impl KeyDigest {
         self.0[0]
     }
 
-    fn add(&mut self, o: &KeyDigest) {
+    /// Adds another digest (lane by lane, wrapping).
+    pub fn add(&mut self, o: &KeyDigest) {
         self.0[0] = self.0[0].wrapping_add(o.0[0]);
         self.0[1] = self.0[1].wrapping_add(o.0[1]);
     }
 
-    fn negate(&mut self) {
+    /// The digest that adds to this one to give zero.
+    pub fn negate(&mut self) {
         self.0[0] = self.0[0].wrapping_neg();
         self.0[1] = self.0[1].wrapping_neg();
     }

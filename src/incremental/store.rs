@@ -70,6 +70,19 @@ pub struct Generation {
     pub runs: Vec<String>,
     /// Keys forgotten so far, by id (their text beside it).
     pub forgotten: BTreeMap<u128, String>,
+    /// A re-optimised model's state (statistics `rows`): every row of
+    /// `data.train` when it was built, which a `forget` checks the data
+    /// against. `None` for the exact models (their rows are in `runs`).
+    pub source: Option<SourceStamp>,
+}
+
+/// The rows of a training source: their number and key digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStamp {
+    /// Rows.
+    pub rows: u64,
+    /// The sum of their keys' digests.
+    pub keys: super::normal::KeyDigest,
 }
 
 /// A row as a run stores it.

@@ -2,13 +2,16 @@
 //! before training starts.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
 
 use super::files::Source;
 use super::unit::{self, Unit, UnitBatches};
 use super::{Batches, DataSource, Extent};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Parquet files cut into units of at most `max_unit_rows` rows.
 #[derive(Debug, Clone)]
@@ -17,13 +20,54 @@ pub struct ParquetSource {
     pub files: Source,
     /// Their units, in file / row-group order.
     pub units: Vec<Unit>,
+    /// Rows left out of every batch, by their key (forgotten rows).
+    pub drop: Option<RowFilter>,
+}
+
+/// Rows a source leaves out: those whose `column` value (as text) `drop`
+/// says so of.
+#[derive(Clone)]
+pub struct RowFilter {
+    /// The key column.
+    pub column: String,
+    /// True for a key whose row is left out.
+    pub drop: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for RowFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RowFilter({})", self.column)
+    }
+}
+
+impl RowFilter {
+    /// The rows of `batch` whose key is kept (the key column read as
+    /// text; a null key is kept, for the decoder to report).
+    fn apply(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, String> {
+        let column = batch
+            .column_by_name(&self.column)
+            .ok_or_else(|| format!("the key column '{}' was not read", self.column))?;
+        let text = arrow::compute::cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+        let text = text.as_string::<i32>();
+        let keep: BooleanArray = (0..text.len())
+            .map(|i| Some(text.is_null(i) || !(self.drop)(text.value(i))))
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            return Ok(batch);
+        }
+        arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| e.to_string())
+    }
 }
 
 impl ParquetSource {
     /// Cuts `files` into units of at most `max_unit_rows` rows.
     pub fn new(files: Source, max_unit_rows: usize) -> ParquetSource {
         let units = unit::cut(&files, max_unit_rows);
-        ParquetSource { files, units }
+        ParquetSource {
+            files,
+            units,
+            drop: None,
+        }
     }
 }
 
@@ -54,9 +98,29 @@ impl DataSource for ParquetSource {
 
     fn open(&self, unit: &Unit, columns: &[String], batch_rows: usize) -> Result<Batches> {
         let file = &self.files.files[unit.file];
-        Ok(Box::new(UnitBatches::open(
-            file, unit, columns, batch_rows,
-        )?))
+        let Some(filter) = self.drop.clone() else {
+            return Ok(Box::new(UnitBatches::open(
+                file, unit, columns, batch_rows,
+            )?));
+        };
+        // The key column is read too, to leave rows out by it. (Row
+        // numbers in messages then count the rows kept.)
+        let mut columns = columns.to_vec();
+        if !columns.contains(&filter.column) {
+            columns.push(filter.column.clone());
+        }
+        let path = file.path.clone();
+        let batches = UnitBatches::open(file, unit, &columns, batch_rows)?;
+        Ok(Box::new(batches.map(move |b| {
+            b.and_then(|b| {
+                filter.apply(b).map_err(|message| {
+                    Error::Internal(format!(
+                        "{}: leaving forgotten rows out: {message}",
+                        path.display()
+                    ))
+                })
+            })
+        })))
     }
 
     fn extent(&self) -> Extent {

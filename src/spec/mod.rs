@@ -855,10 +855,30 @@ fn exact_fits(
     }
     if *optimizer != OptimizerSpec::Exact {
         if state.is_some() {
-            return Err(value_err(
-                "output.state",
-                "a maintained state belongs to optimizer.kind = 'exact' (the models whose training reduces to sums)",
-            ));
+            if !matches!(optimizer, OptimizerSpec::Lbfgs { .. }) {
+                return Err(value_err(
+                    "output.state",
+                    "a state to forget rows from belongs to optimizer.kind = 'exact' (the models whose training reduces to sums) or 'lbfgs' (re-optimised from the previous model over the rows that remain); a first-order optimizer's model depends on its path, not only on its rows",
+                ));
+            }
+            if data.key.is_none() {
+                return Err(value_err(
+                    "data.key",
+                    "[output] state keeps track of rows by their key so that they can be forgotten: name the key column",
+                ));
+            }
+            if kind == ModelKind::Hinge {
+                return Err(value_err(
+                    "output.state",
+                    "the hinge loss has no derivative at its kink, so L-BFGS does not reach its optimum to the precision a forget must match that of training from scratch: use model.kind = 'logistic'",
+                ));
+            }
+            if data.validation.is_some() {
+                return Err(value_err(
+                    "data.validation",
+                    "a model with a state is trained on every row of data.train, so that forgetting leaves the model of the rows that remain (evaluate it with `tidemill eval`)",
+                ));
+            }
         }
         return Ok(());
     }

@@ -395,3 +395,20 @@ pub fn predict_breast_cancer(model: &Path, out: &Path, extra: &[&str]) -> Output
     args.extend(extra);
     tidemill(&args)
 }
+
+/// A CSV table of keys (column `id`) `<prefix><row>` for `rows`, at
+/// `dir/name` (what `tidemill forget --keys` reads).
+pub fn keys_csv(
+    dir: &Path,
+    name: &str,
+    prefix: &str,
+    rows: impl Iterator<Item = usize>,
+) -> PathBuf {
+    let path = dir.join(name);
+    let text: String = std::iter::once("id".to_string())
+        .chain(rows.map(|i| format!("{prefix}{i}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, text + "\n").unwrap();
+    path
+}

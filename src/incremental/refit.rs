@@ -1,0 +1,262 @@
+//! Forgetting rows of a model without sufficient statistics (logistic,
+//! softmax, hinge, and least squares by L-BFGS): its optimum is
+//! re-optimised, warm-started from the previous model, over the rows that
+//! remain — the same optimum as training from scratch on them, reached in
+//! fewer iterations (docs/incremental.md).
+//!
+//! The state ([`super::store::StateDir`], statistics `rows`) holds no rows
+//! of its own: the rows are `data.train`'s, read again with the forgotten
+//! keys left out ([`crate::source::parquet::RowFilter`]). So that this is
+//! the data the model was trained on, the state records the number and
+//! the key digest of every row of `data.train` when it was built, and
+//! every `forget` reads the keys again and compares.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::normal::{KeyDigest, Normal};
+use super::store::{Generation, SourceStamp, StateDir, STATE_VERSION};
+use super::{keys_of, stamp, Fitted, PendingState};
+use crate::cluster::Cluster;
+use crate::data::encode::Origin;
+use crate::data::partition::WINDOW_ROWS;
+use crate::error::{Error, Result};
+use crate::model::file::{DataStamp, ModelFile};
+use crate::plan::Plan;
+use crate::source::parquet::RowFilter;
+use crate::source::DataSource;
+use crate::spec::Pipeline;
+
+/// The statistics name of a re-optimised model's state.
+pub const ROWS: &str = "rows";
+
+/// Every key of `plan`'s training data: their ids, with the number and
+/// digest of the rows, failing on a repeated key.
+fn source_keys(plan: &Plan) -> Result<(HashSet<u128>, SourceStamp)> {
+    let key = plan.pipeline.data.key.clone().ok_or_else(|| Error::PipelineValue {
+        key: "data.key".into(),
+        message: "[output] state keeps rows by their key so that they can be forgotten: name the key column".into(),
+    })?;
+    let source: &dyn DataSource = plan.train.as_ref();
+    let mut ids = HashSet::new();
+    let (mut rows, mut digest) = (0u64, KeyDigest::default());
+    for unit in source.units() {
+        let path = source.unit_path(unit).to_path_buf();
+        let mut first_row = unit.file_row;
+        for batch in source.open(unit, std::slice::from_ref(&key), WINDOW_ROWS)? {
+            let batch = batch?;
+            let origin = Origin {
+                file: &path,
+                row_group: Some(unit.row_group),
+                first_row,
+            };
+            for (i, k) in keys_of(&batch, &key, &origin)?.iter().enumerate() {
+                let d = KeyDigest::of(k);
+                if !ids.insert(d.id()) {
+                    return Err(Error::Keys {
+                        path: path.clone(),
+                        message: format!(
+                            "key '{k}' of data.key = '{key}' occurs more than once (again at row {}): a key names one row",
+                            first_row + i as u64
+                        ),
+                    });
+                }
+                rows += 1;
+                digest.add(&d);
+            }
+            first_row += batch.num_rows() as u64;
+        }
+    }
+    Ok((ids, SourceStamp { rows, keys: digest }))
+}
+
+/// What `train` with `[output] state` and an iterative optimizer does
+/// before training: reads every key (refusing repeats), and holds the
+/// state directory's lock. Returns the generation to commit once the
+/// model is written, and the data stamp for the model file.
+pub fn begin(plan: &Plan) -> Result<(PendingState, DataStamp)> {
+    let (dir_path, key) = match (&plan.pipeline.output.state, &plan.pipeline.data.key) {
+        (Some(d), Some(k)) => (d.clone(), k.clone()),
+        _ => {
+            return Err(Error::Internal(
+                "a state without a directory or a key".into(),
+            ))
+        }
+    };
+    let dir = StateDir::open(&dir_path)?;
+    let lock = dir.lock()?;
+    if let Some((_, g)) = dir.newest()? {
+        if !g.forgotten.is_empty() {
+            return Err(Error::Checkpoint {
+                path: dir_path.clone(),
+                message: format!(
+                    "this state has {} forgotten key(s); training again from data.train would bring back those still there: remove them from the data and train into a new state directory",
+                    g.forgotten.len()
+                ),
+            });
+        }
+    }
+    let seq = dir.next_seq()?;
+    let (_, source) = source_keys(plan)?;
+    let generation = Generation {
+        version: STATE_VERSION,
+        job: stamp(&plan.pipeline, &plan.draft, &key),
+        stats: Normal {
+            rows: source.rows as i64,
+            keys: source.keys,
+            ..Normal::default()
+        },
+        buckets: 0,
+        runs: Vec::new(),
+        forgotten: BTreeMap::new(),
+        source: Some(source),
+    };
+    let data = DataStamp {
+        key,
+        rows: source.rows,
+        keys_blake3_sum: source.keys.hex(),
+    };
+    Ok((
+        PendingState {
+            dir,
+            seq,
+            generation,
+            _lock: lock,
+        },
+        data,
+    ))
+}
+
+/// `tidemill forget` for a model re-optimised by L-BFGS: checks the
+/// request against `data.train` and the state, then trains warm-started
+/// from the model at `output.model` over the rows that remain.
+pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result<Fitted> {
+    let source_path = Path::new(keys_path);
+    let model_path = pipeline
+        .output
+        .model
+        .clone()
+        .ok_or_else(|| Error::PipelineValue {
+            key: "output.model".into(),
+            message:
+                "forget re-optimises from the model it keeps up to date: name it (or --model-out)"
+                    .into(),
+        })?;
+    let super::Request {
+        dir,
+        dir_path,
+        lock,
+        seq,
+        generation,
+        mut plan,
+        key,
+        keys,
+    } = super::open_request(pipeline, keys_path)?;
+    let recorded = generation.source.ok_or_else(|| Error::Checkpoint {
+        path: dir_path.clone(),
+        message: "the state records no source rows".into(),
+    })?;
+    // The rows the model was trained on must be the rows read now.
+    let (present, now) = source_keys(&plan)?;
+    if now != recorded {
+        return Err(Error::Keys {
+            path: plan.train.reference().to_path_buf(),
+            message: format!(
+                "data.train holds {} rows (keys digest {}), the state was built from {} rows (keys digest {}): the rows must stay as they were for the model to be re-optimised over those that remain (train into a new state directory)",
+                now.rows,
+                now.keys.hex(),
+                recorded.rows,
+                recorded.keys.hex()
+            ),
+        });
+    }
+    let again: Vec<&String> = keys
+        .iter()
+        .filter(|k| generation.forgotten.contains_key(&KeyDigest::of(k).id()))
+        .collect();
+    if !again.is_empty() {
+        return Err(Error::Keys {
+            path: source_path.to_path_buf(),
+            message: format!(
+                "{} key(s) were forgotten already: {} (nothing changed)",
+                again.len(),
+                list(&again)
+            ),
+        });
+    }
+    let unknown: Vec<&String> = keys
+        .iter()
+        .filter(|k| !present.contains(&KeyDigest::of(k).id()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Keys {
+            path: source_path.to_path_buf(),
+            message: format!(
+                "{} key(s) were never inserted into the state {}: {} (nothing changed)",
+                unknown.len(),
+                dir_path.display(),
+                list(&unknown)
+            ),
+        });
+    }
+    let init = crate::train::warm::InitModel::load(&model_path)?;
+    // The rows present after this request: the stamp's, less every key
+    // forgotten.
+    let mut next = generation;
+    for k in &keys {
+        next.forgotten.insert(KeyDigest::of(k).id(), k.clone());
+    }
+    let mut stats = Normal {
+        rows: recorded.rows as i64,
+        keys: recorded.keys,
+        ..Normal::default()
+    };
+    for k in next.forgotten.values() {
+        let mut gone = KeyDigest::of(k);
+        gone.negate();
+        stats.keys.add(&gone);
+        stats.rows -= 1;
+    }
+    next.stats = stats.clone();
+    let dropped: Arc<HashSet<u128>> = Arc::new(next.forgotten.keys().copied().collect());
+    let mut source = (*plan.train).clone();
+    source.drop = Some(RowFilter {
+        column: key.clone(),
+        drop: Arc::new(move |k: &str| dropped.contains(&KeyDigest::of(k).id())),
+    });
+    plan.train = Arc::new(source);
+    let report = crate::train::run_job(plan, Some(init), false, cluster)?;
+    let mut model: ModelFile = report.model.ok_or_else(|| Error::Worker {
+        worker: 0,
+        message: "finished without a model".into(),
+    })?;
+    model.training.data = Some(DataStamp {
+        key,
+        rows: stats.rows.max(0) as u64,
+        keys_blake3_sum: stats.keys.hex(),
+    });
+    Ok(Fitted {
+        model,
+        stats,
+        state: Some(PendingState {
+            dir,
+            seq: seq + 1,
+            generation: next,
+            _lock: lock,
+        }),
+    })
+}
+
+/// Up to 10 keys, quoted, for a message.
+fn list(keys: &[&String]) -> String {
+    let mut names: Vec<String> = keys.iter().map(|k| format!("'{k}'")).collect();
+    names.sort();
+    let more = names.len().saturating_sub(10);
+    names.truncate(10);
+    if more > 0 {
+        format!("{} and {more} more", names.join(", "))
+    } else {
+        names.join(", ")
+    }
+}

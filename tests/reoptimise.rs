@@ -1,0 +1,197 @@
+//! Forgetting rows of models without sufficient statistics (logistic,
+//! softmax by L-BFGS): `tidemill forget` re-optimises warm-started from the
+//! previous model over the rows that remain, and must reach the optimum of
+//! training from scratch on them (objective within 1e-9 relative), in
+//! fewer iterations. Real binary, real Parquet files.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{ArrayRef, StringArray};
+use common::{root, tidemill, tidemill_ok, write_parquet};
+
+fn key_file(dir: &Path, name: &str, rows: impl Iterator<Item = usize>) -> PathBuf {
+    common::keys_csv(dir, name, "r", rows)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `datasets/FILE` with a key column `id` = `r<row>`, keeping the rows
+/// `keep` selects, in row groups of 4000.
+fn keyed(dir: &Path, file: &str, name: &str, keep: impl Fn(usize) -> bool) -> PathBuf {
+    let batches = common::dataset_batches(file);
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let picked: Vec<u64> = (0..all.num_rows() as u64)
+        .filter(|&i| keep(i as usize))
+        .collect();
+    let take = arrow::array::UInt64Array::from(picked.clone());
+    let schema = all.schema();
+    let mut columns: Vec<(&str, ArrayRef)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                f.name().as_str(),
+                arrow::compute::take(all.column(i), &take, None).unwrap(),
+            )
+        })
+        .collect();
+    let ids: Vec<String> = picked.iter().map(|i| format!("r{i}")).collect();
+    columns.push((
+        "id",
+        std::sync::Arc::new(StringArray::from(ids)) as ArrayRef,
+    ));
+    let path = dir.join(name);
+    write_parquet(&path, columns, 4000);
+    path
+}
+
+fn pipeline(dir: &Path, name: &str, data: &Path, body: &str, state: bool) -> PathBuf {
+    let mut text = format!(
+        "[data]\ntrain = {:?}\nkey = \"id\"\nstandardize = true\n{body}\n[optimizer]\nkind = \"lbfgs\"\n[train]\nepochs = 1000\n",
+        s(data)
+    );
+    if state {
+        text += &format!(
+            "[output]\nstate = {:?}\n",
+            s(&dir.join(format!("{name}.state")))
+        );
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn training(model: &Path) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
+    m["training"].clone()
+}
+
+/// Trains on every row with a state, forgets `gone` in two requests, and
+/// checks the result against training from scratch on the rest.
+fn forget_reaches_the_scratch_optimum(file: &str, rows: usize, body: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = |i: usize| i % 17 == 4 || i.is_multiple_of(29);
+    let all = keyed(dir.path(), file, "all.parquet", |_| true);
+    let rest = keyed(dir.path(), file, "rest.parquet", |i| !gone(i));
+    let scratch = dir.path().join("scratch.json");
+    let p_rest = pipeline(dir.path(), "rest", &rest, body, false);
+    tidemill_ok(&["train", s(&p_rest), "--model-out", s(&scratch)]);
+    let p_all = pipeline(dir.path(), "all", &all, body, true);
+    let model = dir.path().join("model.json");
+    let out: serde_json::Value = serde_json::from_str(&tidemill_ok(&[
+        "train",
+        s(&p_all),
+        "--model-out",
+        s(&model),
+        "-w",
+        "2",
+    ]))
+    .unwrap();
+    assert!(out["state"].is_string(), "{out}");
+    assert_eq!(training(&model)["data"]["rows"], rows);
+    for (name, part) in [("a.csv", 0), ("b.csv", 1)] {
+        let keys = key_file(
+            dir.path(),
+            name,
+            (0..rows).filter(|&i| gone(i) && i % 2 == part),
+        );
+        tidemill_ok(&[
+            "forget",
+            s(&p_all),
+            "--keys",
+            s(&keys),
+            "--model-out",
+            s(&model),
+            "-w",
+            "2",
+        ]);
+    }
+    let (got, want) = (training(&model), training(&scratch));
+    let remaining = (0..rows).filter(|&i| !gone(i)).count();
+    assert_eq!(got["rows"], remaining);
+    assert_eq!(got["data"]["rows"], remaining);
+    let (a, b) = (
+        got["objective"].as_f64().unwrap(),
+        want["objective"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-9 * b.abs(),
+        "{file}: objective after forgetting {a}, from scratch {b}"
+    );
+    // Warm-started: fewer iterations than from zero.
+    let (ia, ib) = (
+        got["epochs"].as_u64().unwrap(),
+        want["epochs"].as_u64().unwrap(),
+    );
+    assert!(ia < ib, "{file}: {ia} iterations warm, {ib} from scratch");
+    // The rows must stay what the state was built from.
+    std::fs::copy(&rest, &all).unwrap();
+    let more = key_file(dir.path(), "c.csv", [1usize].into_iter());
+    let out = tidemill(&[
+        "forget",
+        s(&p_all),
+        "--keys",
+        s(&more),
+        "--model-out",
+        s(&model),
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the state was built from"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn forgetting_rows_of_a_logistic_model_reaches_the_scratch_optimum() {
+    forget_reaches_the_scratch_optimum(
+        "adult.parquet",
+        48_842,
+        "label = \"income\"\nclasses = [\"<=50K\", \">50K\"]\n\
+         categorical = [\"workclass\", \"education\", \"marital-status\", \"occupation\", \"relationship\", \"race\", \"gender\", \"native-country\"]\n\
+         hash_bits = 12\n[model]\nkind = \"logistic\"\nl2 = 0.0001",
+    );
+}
+
+#[test]
+fn forgetting_rows_of_a_softmax_model_reaches_the_scratch_optimum() {
+    forget_reaches_the_scratch_optimum(
+        "digits.parquet",
+        1797,
+        "label = \"target\"\n[model]\nkind = \"softmax\"\nl2 = 0.01",
+    );
+}
+
+#[test]
+fn a_state_is_refused_where_forgetting_could_not_be_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("datasets/breast_cancer.parquet");
+    for (body, optimizer, key) in [
+        ("[model]\nkind = \"hinge\"", "lbfgs", "output.state"),
+        ("[model]\nkind = \"logistic\"", "adam", "output.state"),
+    ] {
+        let p = dir.path().join("p.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[data]\ntrain = {:?}\nlabel = \"target\"\nkey = \"mean_radius\"\n{body}\n[optimizer]\nkind = \"{optimizer}\"\n[output]\nstate = {:?}\n",
+                s(&data),
+                s(&dir.path().join("state"))
+            ),
+        )
+        .unwrap();
+        let out = tidemill(&["train", s(&p)]);
+        assert_eq!(out.status.code(), Some(2), "{body}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(key),
+            "{out:?}"
+        );
+    }
+}
