@@ -9,14 +9,22 @@
    naive Bayes on its hashed categorical columns, 327,346 rows; naive Bayes
    has no iterative optimizer, so only the exact retrain is its baseline)
    and the dense W1 data (ridge, 4M x 32);
-2. what the state holds against the data: the state directory's bytes
+2. forgetting rows of models without sufficient statistics (logistic by
+   L-BFGS): `tidemill forget` re-optimises warm-started from the previous
+   model over the rows that remain, against L-BFGS from zero on the same
+   rows: wall time, iterations, and the objectives' relative difference, on
+   adult (48,842 rows, hashed categoricals) and nycflights13 (327,346
+   rows, 2^18 hashed slots);
+3. what the state holds against the data: the state directory's bytes
    against the Parquet file's and the raw values' (rows x columns x 8),
    and the peak RSS of an exact stream that keeps its rows arranged for
    retraction (`--retract`) against one that does not.
 
 Usage: python benches/incremental.py OUT_DIR [W1_PARQUET]
 Every figure is a median of REPS (env, default 3) runs; ratios are taken
-within this run. Needs pyarrow (the peers' venv has it).
+within this run. Needs pyarrow (the peers' venv has it). SECTIONS (env,
+comma-separated among exact, refit, stream; default all) runs only those
+and takes the others from OUT_DIR/results.json of an earlier run.
 """
 
 import json
@@ -32,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-BIN = os.path.abspath("target/release/tidemill")
+BIN = os.path.abspath(os.environ.get("TIDEMILL_BIN", "target/release/tidemill"))
 REPS = int(os.environ.get("REPS", "3"))
 
 
@@ -100,8 +108,17 @@ def main():
     w1 = sys.argv[2] if len(sys.argv) > 2 else "/tmp/bench/dense_train.parquet"
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="incremental-bench.")
+    sections = set(os.environ.get("SECTIONS", "exact,refit,stream").split(","))
     results = {"reps": REPS, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "ncpu": os.cpu_count(), "datasets": {}}
+    earlier = {}
+    if sections != {"exact", "refit", "stream"}:
+        with open(os.path.join(out_dir, "results.json")) as f:
+            earlier = json.load(f)
+        results["datasets"] = earlier["datasets"]
+        results["refit"] = earlier.get("refit", {})
+        results["stream_w1"] = earlier["stream_w1"]
+        results["sections_rerun"] = sorted(sections)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     results["commit"] = commit
     w1_cols = [f"f{i}" for i in range(32)]
@@ -114,7 +131,7 @@ def main():
         ("nycflights13 multinomial_nb (hashed)", "datasets/nycflights13.parquet", "late15", nyc_cats, nyc_cats),
         ("W1 dense 4M x 32", w1, "label", w1_cols, None),
     ]
-    for name, src, label, features, cats in sets:
+    for name, src, label, features, cats in sets if "exact" in sections else []:
         data = os.path.join(work, name.split()[0] + ".parquet")
         rows = keyed(src, data, features, label, "k")
         state = os.path.join(work, name.split()[0] + ".state")
@@ -151,23 +168,95 @@ def main():
             r[f"forget_{n}_s"] = med(times)
         results["datasets"][name] = r
         print(name, json.dumps(r), flush=True)
-    # Memory of the arranged rows: an exact stream of W1 with and without
-    # --retract (one key), peak RSS.
-    data = os.path.join(work, "W1.parquet")
-    keys = os.path.join(work, "one.csv")
-    with open(keys, "w") as f:
-        f.write("id\nk17\n")
-    p_stream = pipeline(os.path.join(work, "stream.toml"), data, "label", w1_cols, None, "exact",
-                        "[stream]\nbatch_rows = 65536\n")
-    plain, arranged = [], []
-    for _ in range(REPS):
-        plain.append(run_rss([BIN, "stream", p_stream, "--input", data]))
-        arranged.append(run_rss([BIN, "stream", p_stream, "--input", data, "--retract", keys]))
-    results["stream_w1"] = {
-        "plain_s": med([w for w, _ in plain]), "plain_rss_mib": med([m for _, m in plain]),
-        "retract_s": med([w for w, _ in arranged]), "retract_rss_mib": med([m for _, m in arranged]),
-    }
-    print("stream", json.dumps(results["stream_w1"]), flush=True)
+    # Re-optimisation (logistic by L-BFGS) after forgetting.
+    if "refit" in sections:
+        results["refit"] = {}
+    adult_cats = ["workclass", "education", "marital-status", "occupation", "relationship", "race",
+                  "gender", "native-country"]
+    refit_sets = [
+        ("adult logistic", "datasets/adult.parquet", "income", adult_cats, 12,
+         'classes = ["<=50K", ">50K"]\n'),
+        ("nycflights13 logistic", "datasets/nycflights13.parquet", "late15",
+         ["carrier", "tailnum", "origin", "dest", "hour"], 18, ""),
+    ]
+    for name, src, label, cats, bits, extra in refit_sets if "refit" in sections else []:
+        t = pq.read_table(src)
+        t = t.append_column("id", pa.array([f"k{i}" for i in range(t.num_rows)]))
+        rows = t.num_rows
+        data = os.path.join(work, "refit.parquet")
+        pq.write_table(t, data, row_group_size=65536)
+        feats = ", ".join(f'"{c}"' for c in cats)
+
+        def refit_pipeline(path, train, state):
+            text = (f'[data]\ntrain = "{train}"\nlabel = "{label}"\nkey = "id"\n{extra}'
+                    f'features = [{feats}]\ncategorical = [{feats}]\nhash_bits = {bits}\n'
+                    f'[model]\nkind = "logistic"\nl2 = 0.0001\n[optimizer]\nkind = "lbfgs"\n'
+                    f'gradient_tolerance = 1e-9\n[train]\nepochs = 1000\n')
+            if state:
+                text += f'[output]\nstate = "{state}"\n'
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+
+        state = os.path.join(work, "refit.state")
+        shutil.rmtree(state, ignore_errors=True)
+        base_model = os.path.join(work, "refit.json")
+        p_state = refit_pipeline(os.path.join(work, "refit.toml"), data, state)
+        wall, out = run([BIN, "train", p_state, "--model-out", base_model, "-w", "2"])
+        r = {"rows": rows, "train_s": wall, "train_iterations": json.loads(out)["epochs"]}
+        for n in (1, 100, 10000):
+            step = max(1, rows // n)
+            gone = set((i * step) % rows for i in range(n))
+            keys = "id\n" + "".join(f"k{i}\n" for i in sorted(gone))
+            rest = os.path.join(work, "refit_rest.parquet")
+            pq.write_table(t.filter(pa.array([i not in gone for i in range(rows)])), rest,
+                           row_group_size=65536)
+            p_rest = refit_pipeline(os.path.join(work, "refit_rest.toml"), rest, None)
+            warm, cold = [], []
+            for _ in range(REPS):
+                copy = state + ".copy"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(state, copy)
+                model = os.path.join(work, "refit_copy.json")
+                shutil.copy(base_model, model)
+                p_copy = refit_pipeline(os.path.join(work, "refit_copy.toml"), data, copy)
+                w, _ = run([BIN, "forget", p_copy, "--keys", "-", "--model-out", model, "-w", "2"],
+                           stdin=keys.encode())
+                with open(model) as f:
+                    warm_t = json.load(f)["training"]
+                warm.append(w)
+                w, out = run([BIN, "train", p_rest, "--model-out", os.path.join(work, "cold.json"),
+                              "-w", "2"])
+                cold_out = json.loads(out)
+                cold.append(w)
+            r[f"forget_{n}"] = {
+                "warm_s": med(warm), "warm_iterations": warm_t["epochs"],
+                "scratch_s": med(cold), "scratch_iterations": cold_out["epochs"],
+                "objective_rel_diff": abs(warm_t["objective"] - cold_out["objective"])
+                / abs(cold_out["objective"]),
+            }
+        results["refit"][name] = r
+        print(name, json.dumps(r), flush=True)
+    if "stream" in sections:
+        # Memory of the arranged rows: an exact stream of W1 with and without
+        # --retract (one key), peak RSS.
+        data = os.path.join(work, "W1.parquet")
+        if not os.path.exists(data):
+            keyed(w1, data, w1_cols, "label", "k")
+        keys = os.path.join(work, "one.csv")
+        with open(keys, "w") as f:
+            f.write("id\nk17\n")
+        p_stream = pipeline(os.path.join(work, "stream.toml"), data, "label", w1_cols, None, "exact",
+                            "[stream]\nbatch_rows = 65536\n")
+        plain, arranged = [], []
+        for _ in range(REPS):
+            plain.append(run_rss([BIN, "stream", p_stream, "--input", data]))
+            arranged.append(run_rss([BIN, "stream", p_stream, "--input", data, "--retract", keys]))
+        results["stream_w1"] = {
+            "plain_s": med([w for w, _ in plain]), "plain_rss_mib": med([m for _, m in plain]),
+            "retract_s": med([w for w, _ in arranged]), "retract_rss_mib": med([m for _, m in arranged]),
+        }
+        print("stream", json.dumps(results["stream_w1"]), flush=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = [f"# Exact incremental models, measured {results['date']} (commit {commit}, "
@@ -186,6 +275,15 @@ def main():
     for name, r in results["datasets"].items():
         lines.append(f"| {name} | {r['parquet_bytes'] / 1e6:.1f} | {r['raw_bytes'] / 1e6:.1f} | "
                      f"{r['state_bytes'] / 1e6:.1f} | {r['state_bytes'] / r['raw_bytes']:.2f} |")
+    lines += ["", "| logistic by L-BFGS | rows | forget | warm (s) | scratch (s) | warm / scratch "
+              "| iterations warm | iterations scratch | objective rel. diff |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["refit"].items():
+        for n in (1, 100, 10000):
+            f = r[f"forget_{n}"]
+            lines.append(f"| {name} | {r['rows']:,} | {n:,} | {f['warm_s']:.2f} | {f['scratch_s']:.2f} | "
+                         f"{f['warm_s'] / f['scratch_s']:.2f} | {f['warm_iterations']} | "
+                         f"{f['scratch_iterations']} | {f['objective_rel_diff']:.1e} |")
     s = results["stream_w1"]
     lines += ["", "| W1 exact stream | wall (s) | peak RSS (MiB) |", "|---|---|---|",
               f"| rows not kept (no --retract) | {s['plain_s']:.2f} | {s['plain_rss_mib']:.0f} |",

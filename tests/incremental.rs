@@ -525,6 +525,93 @@ fn a_stream_with_retractions_ends_with_the_model_of_what_remains() {
     assert!(err.contains("'stranger'") && !err.contains("'r1'"), "{err}");
 }
 
+/// A stream continues the state a `train` left and leaves one that
+/// `forget` and a second stream continue: the model at each step is the
+/// model of the rows present, trained from scratch.
+#[test]
+fn streams_continue_a_saved_state_and_leave_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = keyed(dir.path(), "first.parquet", |i| i < 8000);
+    let second = keyed(dir.path(), "second.parquet", |i| (8000..15000).contains(&i));
+    let third = keyed(dir.path(), "third.parquet", |i| i >= 15000);
+    let p = pipeline(dir.path(), &first, "state");
+    let model = dir.path().join("model.json");
+    train(&p, &model, &[]);
+    // Stream the second part, retracting keys of both parts as it goes.
+    let gone = |i: usize| i % 9 == 5 && i < 15000;
+    let gone_csv = dir.path().join("gone.csv");
+    let list: String = (0..20640)
+        .filter(|&i| gone(i))
+        .map(|i| format!("r{i}\n"))
+        .collect();
+    std::fs::write(&gone_csv, format!("id\n{list}")).unwrap();
+    let out = tidemill_ok(&[
+        "stream",
+        s(&p),
+        "--input",
+        s(&second),
+        "--retract",
+        s(&gone_csv),
+        "--model-out",
+        s(&model),
+        "-w",
+        "2",
+        "--set",
+        "stream.batch_rows=2000",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["rows_continued"], 8000);
+    assert!(summary["state"].is_string(), "{summary}");
+    let scratch = |name: &str, keep: &dyn Fn(usize) -> bool| {
+        let data = keyed(dir.path(), &format!("{name}.parquet"), keep);
+        let path = dir.path().join(format!("{name}.json"));
+        train(&pipeline(dir.path(), &data, name), &path, &[]);
+        std::fs::read(path).unwrap()
+    };
+    let after_stream = scratch("s1", &|i| i < 15000 && !gone(i));
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        after_stream,
+        "after the stream"
+    );
+    // A forget after the stream reaches rows of both parts.
+    let out = forget(&p, &model, &keys([3usize, 9000].into_iter()));
+    assert_success(&out, "forget after the stream");
+    let after_forget = scratch("s2", &|i| i < 15000 && !gone(i) && i != 3 && i != 9000);
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        after_forget,
+        "after the forget"
+    );
+    // A second stream continues from there; a key of the state again is
+    // an error that leaves the state as it was.
+    tidemill_ok(&[
+        "stream",
+        s(&p),
+        "--input",
+        s(&third),
+        "--model-out",
+        s(&model),
+    ]);
+    let after_third = scratch("s3", &|i| !gone(i) && i != 3 && i != 9000);
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        after_third,
+        "after the second stream"
+    );
+    let out = tidemill(&["stream", s(&p), "--input", s(&second)]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keys of the [output] state count"));
+    let out = forget(&p, &model, &keys([20000usize].into_iter()));
+    assert_success(&out, "forget after a failed stream");
+    let last = scratch("s4", &|i| !gone(i) && i != 3 && i != 9000 && i != 20000);
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        last,
+        "after the last forget"
+    );
+}
+
 /// One feature `t` and a label, written to `name`.
 fn two_columns(dir: &Path, name: &str, t: Vec<f64>, y: Vec<f64>) -> PathBuf {
     let path = dir.join(name);

@@ -574,3 +574,35 @@ fn multinomial_nb_refuses_negative_values_naming_them() {
     );
     assert!(!model.exists());
 }
+
+#[test]
+fn labels_that_name_one_class_twice_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f64> = (0..40).map(|i| i as f64).collect();
+    let y: Vec<String> = (0..40)
+        .map(|i| ["1", "1.0", "2"][i % 3].to_string())
+        .collect();
+    let data = dir.path().join("labels.parquet");
+    write_parquet(
+        &data,
+        vec![
+            ("count", Arc::new(Float64Array::from(x)) as ArrayRef),
+            ("label", Arc::new(StringArray::from(y)) as ArrayRef),
+        ],
+        40,
+    );
+    let p = dir.path().join("labels.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[data]\ntrain = {:?}\nlabel = \"label\"\n[model]\nkind = \"gaussian_nb\"\n[optimizer]\nkind = \"exact\"\n",
+            s(&data)
+        ),
+    )
+    .unwrap();
+    let model = dir.path().join("m.json");
+    let out = tidemill(&["train", s(&p), "--model-out", s(&model)]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the labels present"));
+    assert!(!model.exists());
+}

@@ -53,7 +53,7 @@ fn keyed(dir: &Path, file: &str, name: &str, keep: impl Fn(usize) -> bool) -> Pa
 
 fn pipeline(dir: &Path, name: &str, data: &Path, body: &str, state: bool) -> PathBuf {
     let mut text = format!(
-        "[data]\ntrain = {:?}\nkey = \"id\"\nstandardize = true\n{body}\n[optimizer]\nkind = \"lbfgs\"\n[train]\nepochs = 1000\n",
+        "[data]\ntrain = {:?}\nkey = \"id\"\nstandardize = true\n{body}\n[optimizer]\nkind = \"lbfgs\"\ngradient_tolerance = 1e-9\n[train]\nepochs = 1000\n",
         s(data)
     );
     if state {
@@ -71,6 +71,50 @@ fn training(model: &Path) -> serde_json::Value {
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
     m["training"].clone()
+}
+
+/// The model's parameters: intercepts and coefficients, per class or not.
+fn weights(model: &Path) -> Vec<f64> {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
+    let mut out = Vec::new();
+    let mut walk = |v: &serde_json::Value| {
+        fn rec(v: &serde_json::Value, out: &mut Vec<f64>) {
+            match v {
+                serde_json::Value::Number(n) => out.push(n.as_f64().unwrap()),
+                serde_json::Value::Object(o) => o.values().for_each(|x| rec(x, out)),
+                _ => {}
+            }
+        }
+        rec(v, &mut out)
+    };
+    walk(&m["intercept"]);
+    walk(&m["coefficients"]);
+    walk(&m["hashed"]);
+    out
+}
+
+/// The objectives agree within 1e-9 (relative) and the parameters within
+/// what the gradient tolerance leaves (1e-9 over a curvature of at least
+/// l2 = 1e-4).
+fn same_optimum(got: &Path, want: &Path, what: &str) {
+    let (a, b) = (training(got), training(want));
+    let (oa, ob) = (
+        a["objective"].as_f64().unwrap(),
+        b["objective"].as_f64().unwrap(),
+    );
+    assert!(
+        (oa - ob).abs() <= 1e-9 * ob.abs(),
+        "{what}: objective after forgetting {oa}, from scratch {ob}"
+    );
+    let (wa, wb) = (weights(got), weights(want));
+    assert_eq!(wa.len(), wb.len(), "{what}");
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "{what}: a parameter differs by {worst}");
 }
 
 /// Trains on every row with a state, forgets `gone` in two requests, and
@@ -117,23 +161,47 @@ fn forget_reaches_the_scratch_optimum(file: &str, rows: usize, body: &str) {
     let remaining = (0..rows).filter(|&i| !gone(i)).count();
     assert_eq!(got["rows"], remaining);
     assert_eq!(got["data"]["rows"], remaining);
-    let (a, b) = (
-        got["objective"].as_f64().unwrap(),
-        want["objective"].as_f64().unwrap(),
-    );
-    assert!(
-        (a - b).abs() <= 1e-9 * b.abs(),
-        "{file}: objective after forgetting {a}, from scratch {b}"
-    );
+    let _ = want;
+    same_optimum(&model, &scratch, file);
+    // One row more: a small change to the optimum, found as precisely.
+    let one = key_file(dir.path(), "one.csv", [1usize].into_iter());
+    tidemill_ok(&[
+        "forget",
+        s(&p_all),
+        "--keys",
+        s(&one),
+        "--model-out",
+        s(&model),
+    ]);
+    let rest1 = keyed(dir.path(), file, "rest1.parquet", |i| !gone(i) && i != 1);
+    let scratch1 = dir.path().join("scratch1.json");
+    let p_rest1 = pipeline(dir.path(), "rest1", &rest1, body, false);
+    tidemill_ok(&["train", s(&p_rest1), "--model-out", s(&scratch1)]);
+    same_optimum(&model, &scratch1, &format!("{file}, one row"));
     // Warm-started: fewer iterations than from zero.
     let (ia, ib) = (
-        got["epochs"].as_u64().unwrap(),
-        want["epochs"].as_u64().unwrap(),
+        training(&model)["epochs"].as_u64().unwrap(),
+        training(&scratch1)["epochs"].as_u64().unwrap(),
     );
     assert!(ia < ib, "{file}: {ia} iterations warm, {ib} from scratch");
+    // The model to start from must be the state's.
+    let two = key_file(dir.path(), "two.csv", [2usize].into_iter());
+    let out = tidemill(&[
+        "forget",
+        s(&p_all),
+        "--keys",
+        s(&two),
+        "--model-out",
+        s(&scratch),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the model of the state"),
+        "{out:?}"
+    );
     // The rows must stay what the state was built from.
     std::fs::copy(&rest, &all).unwrap();
-    let more = key_file(dir.path(), "c.csv", [1usize].into_iter());
+    let more = key_file(dir.path(), "c.csv", [2usize].into_iter());
     let out = tidemill(&[
         "forget",
         s(&p_all),
@@ -165,7 +233,8 @@ fn forgetting_rows_of_a_softmax_model_reaches_the_scratch_optimum() {
     forget_reaches_the_scratch_optimum(
         "digits.parquet",
         1797,
-        "label = \"target\"\n[model]\nkind = \"softmax\"\nl2 = 0.01",
+        "label = \"target\"\nclasses = [\"0\", \"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\"]\n\
+         [model]\nkind = \"softmax\"\nl2 = 0.01",
     );
 }
 
@@ -174,8 +243,27 @@ fn a_state_is_refused_where_forgetting_could_not_be_exact() {
     let dir = tempfile::tempdir().unwrap();
     let data = root().join("datasets/breast_cancer.parquet");
     for (body, optimizer, key) in [
-        ("[model]\nkind = \"hinge\"", "lbfgs", "output.state"),
-        ("[model]\nkind = \"logistic\"", "adam", "output.state"),
+        (
+            "[model]\nkind = \"hinge\"\nl2 = 0.01",
+            "lbfgs",
+            "output.state",
+        ),
+        (
+            "[model]\nkind = \"logistic\"\nl2 = 0.01",
+            "adam",
+            "output.state",
+        ),
+        ("[model]\nkind = \"logistic\"", "lbfgs", "model.l2"),
+        (
+            "[model]\nkind = \"logistic\"\nl2 = 0.01\nl1 = 0.01",
+            "lbfgs",
+            "model.l1",
+        ),
+        (
+            "[model]\nkind = \"softmax\"\nl2 = 0.01",
+            "lbfgs",
+            "data.classes",
+        ),
     ] {
         let p = dir.path().join("p.toml");
         std::fs::write(

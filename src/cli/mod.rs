@@ -685,7 +685,7 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     // A state to forget rows from later: every key read (repeats refused)
     // and the directory locked before training.
-    let state = match (&plan.pipeline.output.state, cluster.is_leader()) {
+    let begun = match (&plan.pipeline.output.state, cluster.is_leader()) {
         (Some(_), true) => Some(crate::incremental::refit::begin(&plan)?),
         _ => None,
     };
@@ -693,13 +693,10 @@ fn train(a: TrainArgs) -> Result<()> {
     let Some(mut outputs) = outputs else {
         return Ok(());
     };
-    let (pending, data) = match state {
-        Some((pending, data)) => (Some(pending), Some(data)),
-        None => (None, None),
+    let pending = match (begun, report.model.as_mut()) {
+        (Some(b), Some(m)) => Some(b.finish(m)?),
+        _ => None,
     };
-    if let (Some(m), Some(d)) = (report.model.as_mut(), data) {
-        m.training.data = Some(d);
-    }
     let model = report.model.as_ref().ok_or_else(|| Error::Worker {
         worker: 0,
         message: "finished without a model".into(),

@@ -13,18 +13,19 @@
 
 use super::normal::{ClassSums, Normal};
 use super::solve::Unsolvable;
-use crate::data::encode::{number_token, FeatureSpec};
+use crate::data::encode::{check_classes, FeatureSpec};
 use crate::model::bayes::NaiveBayes;
 use crate::spec::{ModelKind, ModelSpec};
 
 /// The classes present, in the order models list them: by value when
-/// every label is a number, else by text.
+/// every label is a number, else by text (each as its rows spell it).
 pub fn class_order(stats: &Normal) -> Vec<String> {
     let mut names: Vec<String> = stats.classes.keys().cloned().collect();
     let numeric: Option<Vec<f64>> = names.iter().map(|l| l.parse::<f64>().ok()).collect();
-    if let Some(mut v) = numeric {
-        v.sort_by(f64::total_cmp);
-        names = v.into_iter().map(number_token).collect();
+    if let Some(v) = numeric {
+        let mut pairs: Vec<(f64, String)> = v.into_iter().zip(names).collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        names = pairs.into_iter().map(|(_, n)| n).collect();
     }
     names
 }
@@ -42,6 +43,9 @@ pub fn fit(
     }
     let p = draft.numeric.len();
     let names = class_order(stats);
+    // Labels that name one class twice ("1" and "1.0") are refused, as
+    // everywhere classes are listed.
+    check_classes(&names).map_err(|m| Unsolvable::Range(format!("the labels present: {m}")))?;
     let classes: Vec<&ClassSums> = names
         .iter()
         .map(|c| {
@@ -74,6 +78,11 @@ pub fn fit(
     let slots = NaiveBayes::slots_of(model.kind, draft);
     let w = NaiveBayes::width(model.kind, p, slots);
     let k = classes.len();
+    crate::memory::check(
+        (k as u64).saturating_mul(w as u64).saturating_mul(8),
+        &format!("the naive Bayes model's {k} × {w} parameters"),
+    )
+    .map_err(Unsolvable::Range)?;
     let mut theta = vec![0.0; k * w];
     let mut unseen = vec![0.0; k];
     let mut epsilon = 0.0;

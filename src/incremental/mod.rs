@@ -334,10 +334,12 @@ pub(crate) fn stamp(pipeline: &Pipeline, spec: &FeatureSpec, key: &str) -> JobSt
         key: key.to_string(),
         features: spec.numeric.iter().map(|f| f.name.clone()).collect(),
         on_missing: pipeline.data.on_missing.name().to_string(),
+        // The naive Bayes kinds keep the same sums, but multinomial_nb
+        // refuses negative values as they enter: a state is one kind's.
         statistics: if pipeline.optimizer != crate::spec::OptimizerSpec::Exact {
             refit::ROWS
         } else if nb {
-            "naive_bayes"
+            pipeline.model.kind.name()
         } else {
             "linear"
         }

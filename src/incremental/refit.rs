@@ -33,12 +33,8 @@ pub const ROWS: &str = "rows";
 
 /// Every key of `plan`'s training data: their ids, with the number and
 /// digest of the rows, failing on a repeated key.
-fn source_keys(plan: &Plan) -> Result<(HashSet<u128>, SourceStamp)> {
-    let key = plan.pipeline.data.key.clone().ok_or_else(|| Error::PipelineValue {
-        key: "data.key".into(),
-        message: "[output] state keeps rows by their key so that they can be forgotten: name the key column".into(),
-    })?;
-    let source: &dyn DataSource = plan.train.as_ref();
+fn source_keys(source: &dyn DataSource, key: &str) -> Result<(HashSet<u128>, SourceStamp)> {
+    let key = key.to_string();
     let mut ids = HashSet::new();
     let (mut rows, mut digest) = (0u64, KeyDigest::default());
     for unit in source.units() {
@@ -71,11 +67,22 @@ fn source_keys(plan: &Plan) -> Result<(HashSet<u128>, SourceStamp)> {
     Ok((ids, SourceStamp { rows, keys: digest }))
 }
 
-/// What `train` with `[output] state` and an iterative optimizer does
-/// before training: reads every key (refusing repeats), and holds the
-/// state directory's lock. Returns the generation to commit once the
-/// model is written, and the data stamp for the model file.
-pub fn begin(plan: &Plan) -> Result<(PendingState, DataStamp)> {
+/// A `train` with `[output] state` and L-BFGS, begun: the state
+/// directory locked (and checked) before training; the keys are read
+/// after it ([`Begun::finish`]), so that a cluster's processes are not
+/// kept waiting to connect.
+pub struct Begun {
+    dir: StateDir,
+    lock: std::fs::File,
+    seq: u64,
+    key: String,
+    job: super::store::JobStamp,
+    source: Arc<crate::source::parquet::ParquetSource>,
+    limit: u32,
+}
+
+/// Locks the state of `plan` for a `train`; see [`Begun`].
+pub fn begin(plan: &Plan) -> Result<Begun> {
     let (dir_path, key) = match (&plan.pipeline.output.state, &plan.pipeline.data.key) {
         (Some(d), Some(k)) => (d.clone(), k.clone()),
         _ => {
@@ -97,35 +104,63 @@ pub fn begin(plan: &Plan) -> Result<(PendingState, DataStamp)> {
             });
         }
     }
-    let seq = dir.next_seq()?;
-    let (_, source) = source_keys(plan)?;
-    let generation = Generation {
-        version: STATE_VERSION,
+    Ok(Begun {
+        seq: dir.next_seq()?,
+        dir,
+        lock,
         job: stamp(&plan.pipeline, &plan.draft, &key),
-        stats: Normal {
-            rows: source.rows as i64,
-            keys: source.keys,
-            ..Normal::default()
-        },
-        buckets: 0,
-        runs: Vec::new(),
-        forgotten: BTreeMap::new(),
-        source: Some(source),
-    };
-    let data = DataStamp {
         key,
-        rows: source.rows,
-        keys_blake3_sum: source.keys.hex(),
-    };
-    Ok((
-        PendingState {
-            dir,
-            seq,
+        source: Arc::clone(&plan.train),
+        limit: plan.pipeline.train.epochs,
+    })
+}
+
+impl Begun {
+    /// After training: checks that `model` is the optimum (not stopped by
+    /// `train.epochs`), reads every key of the data (a repeated one is an
+    /// error), and returns the generation to commit once the model is
+    /// written, with the model's data stamp set.
+    pub fn finish(self, model: &mut ModelFile) -> Result<PendingState> {
+        converged(model, self.limit)?;
+        let (_, source) = source_keys(self.source.as_ref(), &self.key)?;
+        let generation = Generation {
+            version: STATE_VERSION,
+            job: self.job,
+            stats: Normal {
+                rows: source.rows as i64,
+                keys: source.keys,
+                ..Normal::default()
+            },
+            buckets: 0,
+            runs: Vec::new(),
+            forgotten: BTreeMap::new(),
+            source: Some(source),
+        };
+        model.training.data = Some(DataStamp {
+            key: self.key,
+            rows: source.rows,
+            keys_blake3_sum: source.keys.hex(),
+        });
+        Ok(PendingState {
+            dir: self.dir,
+            seq: self.seq,
             generation,
-            _lock: lock,
-        },
-        data,
-    ))
+            _lock: self.lock,
+        })
+    }
+}
+
+/// Fails if L-BFGS ran out of iterations rather than converging: a model
+/// a forget must match is the optimum, or nothing.
+fn converged(model: &ModelFile, limit: u32) -> Result<()> {
+    if model.training.epochs >= limit {
+        return Err(Error::Unsolvable {
+            message: format!(
+                "L-BFGS used all train.epochs = {limit} iterations without reaching optimizer.gradient_tolerance: a model kept with [output] state must be the optimum (raise train.epochs)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `tidemill forget` for a model re-optimised by L-BFGS: checks the
@@ -158,7 +193,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
         message: "the state records no source rows".into(),
     })?;
     // The rows the model was trained on must be the rows read now.
-    let (present, now) = source_keys(&plan)?;
+    let (present, now) = source_keys(plan.train.as_ref(), &key)?;
     if now != recorded {
         return Err(Error::Keys {
             path: plan.train.reference().to_path_buf(),
@@ -201,6 +236,28 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
         });
     }
     let init = crate::train::warm::InitModel::load(&model_path)?;
+    // The model to start from must be the state's: the rows it was
+    // trained on are the rows the state holds now.
+    let holds = init.file.training.data.as_ref();
+    if holds.is_none_or(|d| {
+        d.key != key
+            || d.rows != generation.stats.rows.max(0) as u64
+            || d.keys_blake3_sum != generation.stats.keys.hex()
+    }) {
+        return Err(Error::Checkpoint {
+            path: model_path.clone(),
+            message: format!(
+                "this is not the model of the state {} (its training.data says {}, the state holds {} rows with keys digest {}): forget re-optimises from the state's own model (output.model, or --model-out naming it)",
+                dir_path.display(),
+                holds.map_or_else(
+                    || "nothing".to_string(),
+                    |d| format!("{} rows with keys digest {}", d.rows, d.keys_blake3_sum)
+                ),
+                generation.stats.rows,
+                generation.stats.keys.hex()
+            ),
+        });
+    }
     // The rows present after this request: the stamp's, less every key
     // forgotten.
     let mut next = generation;
@@ -226,11 +283,15 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
         drop: Arc::new(move |k: &str| dropped.contains(&KeyDigest::of(k).id())),
     });
     plan.train = Arc::new(source);
+    // Its checkpoints are the training's, not this re-optimisation's.
+    plan.pipeline.output.checkpoint = None;
+    let limit = plan.pipeline.train.epochs;
     let report = crate::train::run_job(plan, Some(init), false, cluster)?;
     let mut model: ModelFile = report.model.ok_or_else(|| Error::Worker {
         worker: 0,
         message: "finished without a model".into(),
     })?;
+    converged(&model, limit)?;
     model.training.data = Some(DataStamp {
         key,
         rows: stats.rows.max(0) as u64,

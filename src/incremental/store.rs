@@ -283,6 +283,32 @@ impl StateDir {
                 .push(id);
         }
         let mut found = Vec::new();
+        self.read_buckets(
+            generation,
+            |b| wanted.contains_key(&b),
+            |b, rows| {
+                let ids = &wanted[&b];
+                found.extend(rows.into_iter().filter(|r| ids.contains(&r.id)));
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// Every stored row of every run (forgotten ones included).
+    pub fn all_rows(&self, generation: &Generation) -> Result<Vec<StoredRow>> {
+        let mut found = Vec::new();
+        self.read_buckets(generation, |_| true, |_, rows| found.extend(rows))?;
+        Ok(found)
+    }
+
+    /// Reads the buckets `want` names from every run of `generation`,
+    /// giving each one's rows to `take`.
+    fn read_buckets(
+        &self,
+        generation: &Generation,
+        want: impl Fn(u64) -> bool,
+        mut take: impl FnMut(u64, Vec<StoredRow>),
+    ) -> Result<()> {
         for name in &generation.runs {
             let path = self.dir().join(name);
             let fail = |e: std::io::Error| Error::io(&path, e);
@@ -299,19 +325,14 @@ impl StateDir {
                 return Err(corrupt(&path, "a row run's index offset is past its end"));
             }
             let index: Vec<(u64, u64, u64)> = read_record(&mut file, &path, at, len - 8 - at)?;
-            for (b, ids) in &wanted {
-                let Ok(i) = index.binary_search_by_key(b, |e| e.0) else {
-                    continue;
-                };
-                let (_, off, n) = index[i];
+            for &(b, off, n) in index.iter().filter(|e| want(e.0)) {
                 if off.checked_add(n).is_none_or(|end| end > at) {
                     return Err(corrupt(&path, format!("bucket {b} lies outside the run")));
                 }
-                let rows: Vec<StoredRow> = read_record(&mut file, &path, off, n)?;
-                found.extend(rows.into_iter().filter(|r| ids.contains(&r.id)));
+                take(b, read_record(&mut file, &path, off, n)?);
             }
         }
-        Ok(found)
+        Ok(())
     }
 }
 

@@ -566,6 +566,30 @@ impl ModelFile {
         let k = names.len();
         let p = f.numeric.len();
         let gaussian = self.kind == ModelKind::GaussianNb;
+        // Fitted on the values as they are: no standardisation to redo.
+        if let Some(n) = f.numeric.iter().find(|n| n.center != 0.0 || n.scale != 1.0) {
+            return Err(bad(format!(
+                "feature '{}' has center {} and scale {}: a naive Bayes model takes values as they are (0 and 1)",
+                n.name, n.center, n.scale
+            )));
+        }
+        let stray = if gaussian {
+            [
+                ("alpha", section.alpha.is_some()),
+                ("unseen_slot", section.unseen_slot.is_some()),
+            ]
+        } else {
+            [
+                ("var_smoothing", section.var_smoothing.is_some()),
+                ("epsilon", section.epsilon.is_some()),
+            ]
+        };
+        if let Some((name, _)) = stray.iter().find(|(_, present)| *present) {
+            return Err(bad(format!(
+                "naive_bayes.{name} does not belong to a {} model",
+                self.kind.name()
+            )));
+        }
         let slots = NaiveBayes::slots_of(self.kind, f);
         let w = NaiveBayes::width(self.kind, p, slots);
         let per_class_number =

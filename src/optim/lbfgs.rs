@@ -50,6 +50,9 @@ pub struct Lbfgs {
     backtracks: u32,
     started: bool,
     iterations: u32,
+    /// See [`Lbfgs::with_gradient_tolerance`].
+    #[serde(default)]
+    gradient_tolerance: Option<f64>,
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -80,6 +83,7 @@ impl Lbfgs {
             backtracks: 0,
             started: false,
             iterations: 0,
+            gradient_tolerance: None,
         }
     }
 
@@ -216,6 +220,15 @@ impl Lbfgs {
         self.trial.clone()
     }
 
+    /// Ends the run when the largest component of the objective's
+    /// (pseudo-)gradient is at most `g`, instead of on the relative
+    /// objective change: a stopping point that depends on the optimum, not
+    /// on the path to it (what a warm-started run must match).
+    pub fn with_gradient_tolerance(mut self, g: Option<f64>) -> Lbfgs {
+        self.gradient_tolerance = g;
+        self
+    }
+
     /// Feeds the mean loss and its gradient at the last requested point.
     pub fn observe(&mut self, loss: f64, loss_grad: &[f64]) -> Next {
         let fx = self.objective(&self.trial, loss);
@@ -248,7 +261,10 @@ impl Lbfgs {
             let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
             Next::Accepted {
                 objective: fx,
-                converged: rel <= self.tolerance || pg_max == 0.0,
+                converged: match self.gradient_tolerance {
+                    Some(g) => pg_max <= g,
+                    None => rel <= self.tolerance || pg_max == 0.0,
+                },
             }
         } else {
             self.backtracks += 1;

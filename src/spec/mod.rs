@@ -403,6 +403,11 @@ pub enum OptimizerSpec {
         memory: usize,
         /// Relative objective change that ends the run.
         tolerance: f64,
+        /// If set, the run ends when the largest component of the
+        /// objective's (pseudo-)gradient is at most this instead: the
+        /// optimum to a known precision, whatever the starting point.
+        #[serde(default)]
+        gradient_tolerance: Option<f64>,
     },
 }
 
@@ -808,7 +813,19 @@ impl Pipeline {
             steps_can_checkpoint(&optimizer, &train, &data)?;
         }
         let state = raw.output.state.map(PathBuf::from);
-        exact_fits(&optimizer, model.kind, &data, state.as_deref())?;
+        exact_fits(&optimizer, &model, &data, state.as_deref())?;
+        let mut optimizer = optimizer;
+        if let (
+            Some(_),
+            OptimizerSpec::Lbfgs {
+                gradient_tolerance, ..
+            },
+        ) = (&state, &mut optimizer)
+        {
+            // A forget must reach the optimum a retrain reaches: both
+            // stop on the gradient, not on how the objective moved.
+            gradient_tolerance.get_or_insert(STATE_GRADIENT_TOLERANCE);
+        }
         if stream.window.is_some() && optimizer != OptimizerSpec::Exact {
             return Err(value_err(
                 "stream.window",
@@ -831,6 +848,10 @@ impl Pipeline {
     }
 }
 
+/// L-BFGS's `gradient_tolerance` where a pipeline keeps `[output] state`
+/// and none is given.
+pub const STATE_GRADIENT_TOLERANCE: f64 = 1e-9;
+
 /// The largest number of numeric features `optimizer.kind = "exact"`
 /// takes: its statistics hold `p(p+1)/2` cross-products and every update
 /// solves a `p × p` system (docs/incremental.md).
@@ -840,10 +861,11 @@ pub const EXACT_MAX_FEATURES: usize = 2048;
 /// `[output] state` needs of the optimizer.
 fn exact_fits(
     optimizer: &OptimizerSpec,
-    kind: ModelKind,
+    model: &ModelSpec,
     data: &DataSpec,
     state: Option<&Path>,
 ) -> Result<()> {
+    let kind = model.kind;
     if kind.is_naive_bayes() && *optimizer != OptimizerSpec::Exact {
         return Err(value_err(
             "optimizer.kind",
@@ -871,6 +893,24 @@ fn exact_fits(
                 return Err(value_err(
                     "output.state",
                     "the hinge loss has no derivative at its kink, so L-BFGS does not reach its optimum to the precision a forget must match that of training from scratch: use model.kind = 'logistic'",
+                ));
+            }
+            if model.l1 > 0.0 {
+                return Err(value_err(
+                    "model.l1",
+                    "with [output] state, forgetting re-optimises to the optimum a retrain reaches, found by its gradient; the l1 penalty has no gradient at 0 (use l2 only)",
+                ));
+            }
+            if model.l2 == 0.0 {
+                return Err(value_err(
+                    "model.l2",
+                    "with [output] state, forgetting must reach the one optimum a retrain reaches; without a penalty there may be none (separable classes) or many: set model.l2 > 0",
+                ));
+            }
+            if kind == ModelKind::Softmax && data.classes.is_none() {
+                return Err(value_err(
+                    "data.classes",
+                    "with [output] state, list the classes: forgetting every row of one would otherwise change the model's classes",
                 ));
             }
             if data.validation.is_some() {
@@ -1304,9 +1344,19 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
             if memory == 0 {
                 return Err(value_err("optimizer.memory", "must be at least 1"));
             }
+            let gradient_tolerance = match o.gradient_tolerance {
+                Some(g) if !(g.is_finite() && g > 0.0) => {
+                    return Err(value_err(
+                        "optimizer.gradient_tolerance",
+                        format!("must be a number > 0, got {g}"),
+                    ))
+                }
+                other => other,
+            };
             OptimizerSpec::Lbfgs {
                 memory,
                 tolerance: non_negative("optimizer.tolerance", o.tolerance.unwrap_or(1e-12))?,
+                gradient_tolerance,
             }
         }
         "exact" => {

@@ -178,6 +178,10 @@ pub struct RawOptimizer {
     pub memory: Option<usize>,
     /// L-BFGS stops when the relative objective change falls below this.
     pub tolerance: Option<f64>,
+    /// L-BFGS stops when the largest gradient component (of the mean
+    /// objective) falls below this instead (default with `[output] state`:
+    /// 1e-9).
+    pub gradient_tolerance: Option<f64>,
 }
 
 /// `[train]`.

@@ -330,17 +330,24 @@ impl Driver {
                 steps_per_epoch,
                 sync_every,
             },
-            OptimizerSpec::Lbfgs { memory, tolerance } => {
+            OptimizerSpec::Lbfgs {
+                memory,
+                tolerance,
+                gradient_tolerance,
+            } => {
                 let n = roles.len();
                 let penalised = (0..n).map(|i| !roles.is_intercept(i)).collect();
                 Mode::Lbfgs {
-                    opt: Box::new(Lbfgs::new(
-                        init.map_or_else(|| vec![0.0; n], <[f64]>::to_vec),
-                        memory,
-                        tolerance,
-                        penalty,
-                        penalised,
-                    )),
+                    opt: Box::new(
+                        Lbfgs::new(
+                            init.map_or_else(|| vec![0.0; n], <[f64]>::to_vec),
+                            memory,
+                            tolerance,
+                            penalty,
+                            penalised,
+                        )
+                        .with_gradient_tolerance(gradient_tolerance),
+                    ),
                     converged: false,
                     evaluations: 0,
                 }

@@ -41,6 +41,7 @@ use crate::error::{Error, Location, Result};
 use crate::incremental::maintain::{self, Changes, Collections, RowRef, RowVals, Seen};
 use crate::incremental::normal::{KeyDigest, Normal};
 use crate::incremental::solve;
+use crate::incremental::store::{Generation, JobStamp, StateDir, StoredRow, STATE_VERSION};
 use crate::model::bayes::NaiveBayes;
 use crate::model::file::ModelFile;
 use crate::model::Model;
@@ -62,6 +63,10 @@ pub struct ExactJob {
 pub struct ExactSummary {
     /// Rows inserted.
     pub rows: u64,
+    /// Rows present in the `[output] state` the stream continued.
+    pub rows_continued: i64,
+    /// The state generation written at the end (`[output] state`).
+    pub state: Option<String>,
     /// Rows present at the end.
     pub rows_present: i64,
     /// Keys retracted by `--retract`.
@@ -98,10 +103,16 @@ pub struct ExactSummary {
 /// Runs the stream on `cluster`. The summary comes back on process 0.
 pub fn run(job: ExactJob, cluster: &Cluster) -> Result<Option<ExactSummary>> {
     let p = &job.pipeline;
-    if p.output.state.is_some() {
+    if p.output.state.is_some() && p.stream.window.is_some() {
         return Err(Error::PipelineValue {
             key: "output.state".into(),
-            message: "an exact stream keeps its collections in memory; continuing a saved state in a stream is not supported yet (train, then forget)".into(),
+            message: "a windowed stream retracts the rows that leave it; keeping a state of a window is not supported yet (leave out [output] state or the window)".into(),
+        });
+    }
+    if p.output.state.is_some() && p.data.key.is_none() {
+        return Err(Error::PipelineValue {
+            key: "data.key".into(),
+            message: "[output] state keeps rows by their key so that they can be forgotten: name the key column".into(),
         });
     }
     if job.retract.is_some() && p.data.key.is_none() {
@@ -233,6 +244,21 @@ struct Leader {
     retract_open: bool,
     metrics: Option<std::io::BufWriter<std::fs::File>>,
     window: Window,
+    state: Option<Kept>,
+}
+
+/// An `[output] state` a stream continues and leaves: the generation it
+/// found (if any) and the rows it inserted, for the run it writes at the
+/// end.
+struct Kept {
+    dir: StateDir,
+    /// Held from the start to the commit.
+    _lock: std::fs::File,
+    /// The generation the stream will commit.
+    seq: u64,
+    found: Option<Generation>,
+    job: JobStamp,
+    rows: Vec<StoredRow>,
 }
 
 impl Leader {
@@ -294,6 +320,39 @@ impl Leader {
             )),
             None => None,
         };
+        let state = match (&p.output.state, &p.data.key) {
+            (Some(dir_path), Some(key)) => {
+                let dir = StateDir::open(dir_path)?;
+                let lock = dir.lock()?;
+                let job = crate::incremental::stamp(p, &draft, key);
+                let found = dir.newest()?.map(|(_, g)| g);
+                if let Some(g) = &found {
+                    if g.job != job {
+                        return Err(Error::Checkpoint {
+                            path: dir_path.clone(),
+                            message: format!(
+                                "the state belongs to another job (statistics '{}', label '{}', features [{}]); this stream has statistics '{}', label '{}', features [{}]",
+                                g.job.statistics,
+                                g.job.label,
+                                g.job.features.join(", "),
+                                job.statistics,
+                                job.label,
+                                job.features.join(", ")
+                            ),
+                        });
+                    }
+                }
+                Some(Kept {
+                    seq: dir.next_seq()?,
+                    dir,
+                    _lock: lock,
+                    found,
+                    job,
+                    rows: Vec::new(),
+                })
+            }
+            _ => None,
+        };
         Ok(Leader {
             pipeline: p.clone(),
             live: job.input.is_live(),
@@ -303,6 +362,7 @@ impl Leader {
             retract,
             metrics,
             window,
+            state,
         })
     }
 
@@ -377,6 +437,46 @@ impl Leader {
         // With --retract: the keys of rows that left the window.
         let mut left: std::collections::HashSet<u128> = std::collections::HashSet::new();
         let mut last_snapshot = Instant::now();
+        // A state continued: its rows' keys (and, with --retract, their
+        // values) and its forgotten keys enter first, and its statistics
+        // are where the sums start.
+        if let Some(found) = self.state.as_ref().and_then(|k| k.found.as_ref()) {
+            let prior = self
+                .state
+                .as_ref()
+                .map(|k| k.dir.all_rows(found))
+                .transpose()?
+                .unwrap_or_default();
+            let changes = Changes {
+                keys: prior
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.id, (u32::MAX, i as u64)))
+                    .collect(),
+                rows: if keep_rows {
+                    prior.iter().map(|r| (r.id, r.vals())).collect()
+                } else {
+                    Vec::new()
+                },
+                forgotten: found.forgotten.keys().copied().collect(),
+                ..Changes::default()
+            };
+            let seen = c.step(worker, changes);
+            check(&seen, &p, &asked)?;
+            if seen.unknown.iter().any(|(_, d)| *d > 0) {
+                return Err(Error::Checkpoint {
+                    path: self
+                        .state
+                        .as_ref()
+                        .map(|k| k.dir.dir().to_path_buf())
+                        .unwrap_or_default(),
+                    message: "the state forgets keys none of its rows has: it is damaged".into(),
+                });
+            }
+            total = found.stats.clone();
+            summary.rows_continued = total.rows;
+            current = solved(&p, &self.draft, &total);
+        }
         loop {
             let (arrivals, ended) = self.next_batch()?;
             // Without a key column the rows' keys are their places in the
@@ -471,6 +571,16 @@ impl Leader {
                     left.remove(&id);
                     if keep_rows {
                         changes.rows.push((id, vals.clone()));
+                    }
+                    if let Some(k) = &mut self.state {
+                        k.rows.push(StoredRow {
+                            id,
+                            key: text.clone(),
+                            x: x.to_vec(),
+                            y,
+                            class: vals.class.clone(),
+                            slots: vals.slots.clone(),
+                        });
                     }
                     batch_rows += 1;
                     match &mut self.window {
@@ -570,15 +680,7 @@ impl Leader {
             progress.add(&batch_progress);
             // The model of the rows present (none when none are, or while
             // it cannot be solved: naive Bayes before a second class).
-            current = match (total.rows > 0, nb) {
-                (false, _) => None,
-                (true, false) => crate::incremental::solve_ridge(&p, &self.draft, &total)
-                    .ok()
-                    .map(Current::Ridge),
-                (true, true) => crate::incremental::bayes::fit(&p.model, &self.draft, &total)
-                    .ok()
-                    .map(|(m, spec)| Current::Bayes(m, spec.classes.unwrap_or_default())),
-            };
+            current = solved(&p, &self.draft, &total);
             let due = match p.stream.snapshot_every {
                 Some(n) => summary.batches % n == 0,
                 None => last_snapshot.elapsed().as_secs_f64() >= p.stream.snapshot_seconds,
@@ -625,7 +727,14 @@ impl Leader {
                 // or not.
                 crate::incremental::model_of(&p, &self.draft, &total, "the stream's rows")?;
             }
-            if (ended || due) && total.rows > 0 && self.publish(&total, summary.batches)? {
+            // A snapshot waits while the model cannot be solved (naive
+            // Bayes before its second class); the end has been checked.
+            let solvable = ended || current.is_some();
+            if (ended || due)
+                && solvable
+                && total.rows > 0
+                && self.publish(&total, summary.batches)?
+            {
                 summary.snapshots += 1;
                 last_snapshot = Instant::now();
             }
@@ -650,6 +759,32 @@ impl Leader {
             if ended {
                 break;
             }
+        }
+        // The state: this stream's rows as a run, then the generation
+        // (after the last model was written).
+        if let Some(k) = self.state.take() {
+            let buckets = k.found.as_ref().map_or_else(
+                || crate::incremental::store::buckets_for(k.rows.len() as u64),
+                |g| g.buckets,
+            );
+            let name = StateDir::run_name(k.seq, 0);
+            k.dir.write_run(&name, k.rows, buckets)?;
+            let (mut runs, mut forgotten) = match k.found {
+                Some(g) => (g.runs, g.forgotten),
+                None => (Vec::new(), BTreeMap::new()),
+            };
+            runs.push(name);
+            forgotten.extend(asked.iter().map(|(id, key)| (*id, key.clone())));
+            let generation = Generation {
+                version: STATE_VERSION,
+                job: k.job,
+                stats: total.clone(),
+                buckets,
+                runs,
+                forgotten,
+                source: None,
+            };
+            summary.state = Some(k.dir.commit(k.seq, &generation)?.display().to_string());
         }
         summary.rows_present = total.rows;
         summary.objective = current.as_ref().and_then(Current::objective);
@@ -680,6 +815,23 @@ impl Leader {
             }
         }
         Ok(true)
+    }
+}
+
+/// The model of the rows of `total` (none when there are none, or while
+/// it cannot be solved: naive Bayes before a second class).
+fn solved(p: &Pipeline, draft: &FeatureSpec, total: &Normal) -> Option<Current> {
+    if total.rows <= 0 {
+        return None;
+    }
+    if p.model.kind.is_naive_bayes() {
+        crate::incremental::bayes::fit(&p.model, draft, total)
+            .ok()
+            .map(|(m, spec)| Current::Bayes(m, spec.classes.unwrap_or_default()))
+    } else {
+        crate::incremental::solve_ridge(p, draft, total)
+            .ok()
+            .map(Current::Ridge)
     }
 }
 
@@ -748,13 +900,20 @@ fn check(seen: &Seen, p: &Pipeline, asked: &BTreeMap<u128, String>) -> Result<()
     if let Some(e) = maintain::first_failure(seen) {
         return Err(e);
     }
-    if let Some((_, (_, row))) = seen.repeated.first() {
+    // Rows of a continued state are marked with unit u32::MAX.
+    let in_stream = seen
+        .repeated
+        .iter()
+        .find(|(_, (unit, _))| *unit != u32::MAX);
+    if let Some((_, (_, row))) = in_stream.or(seen.repeated.first()) {
+        let state = seen.repeated.iter().any(|(_, (unit, _))| *unit == u32::MAX);
         return Err(Error::Keys {
             path: PathBuf::from("(stream)"),
             message: format!(
-                "{} row(s) repeat a key of data.key = '{}' (a key names one row, and stays forgotten once forgotten), the first at row {row} of the stream",
+                "{} row(s) repeat a key of data.key = '{}' (a key names one row, and stays forgotten once forgotten), the first at row {row} of the stream{}",
                 seen.repeated.len(),
-                p.data.key.as_deref().unwrap_or("")
+                p.data.key.as_deref().unwrap_or(""),
+                if state { "; keys of the [output] state count" } else { "" }
             ),
         });
     }
