@@ -610,6 +610,13 @@ fn streams_continue_a_saved_state_and_leave_one() {
         last,
         "after the last forget"
     );
+    // Training again into a state a stream added rows to would drop them.
+    let q = pipeline(dir.path(), &first, "state2");
+    train(&q, &model, &[]);
+    tidemill_ok(&["stream", s(&q), "--input", s(&second)]);
+    let out = tidemill(&["train", s(&q)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a stream added rows"));
 }
 
 /// One feature `t` and a label, written to `name`.

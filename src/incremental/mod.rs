@@ -447,22 +447,12 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
         (Some((s, ())), true) => Some(s.lock()?),
         _ => None,
     };
-    let seq = match &state {
-        Some((s, ())) => {
-            if let Some((_, g)) = s.newest()? {
-                if !g.forgotten.is_empty() {
-                    return Err(Error::Checkpoint {
-                        path: s.dir().to_path_buf(),
-                        message: format!(
-                            "this state has {} forgotten key(s); training again from data.train would bring back those still there: remove them from the data and train into a new state directory",
-                            g.forgotten.len()
-                        ),
-                    });
-                }
-            }
+    let seq = match (&state, &plan.pipeline.data.key) {
+        (Some((s, ())), Some(key)) => {
+            retrainable(s, &stamp(&plan.pipeline, &plan.draft, key))?;
             s.next_seq()?
         }
-        None => 0,
+        _ => 0,
     };
     let p = plan.draft.numeric.len();
     if p > crate::spec::EXACT_MAX_FEATURES && plan.pipeline.model.kind == ModelKind::Linear {
@@ -543,6 +533,7 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
                     .collect(),
                 forgotten: BTreeMap::new(),
                 source: None,
+                extended: false,
             };
             Some(PendingState {
                 dir,
@@ -558,6 +549,40 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
         stats: seen.stats,
         state: pending,
     }))
+}
+
+/// Fails unless training into the state `dir` loses nothing: its newest
+/// generation (if any) must be this job's, have no forgotten keys (the
+/// data may still hold them) and no rows a stream added (the data does
+/// not hold them).
+pub(crate) fn retrainable(dir: &StateDir, job: &JobStamp) -> Result<()> {
+    let Some((_, g)) = dir.newest()? else {
+        return Ok(());
+    };
+    let refuse = |message: String| {
+        Err(Error::Checkpoint {
+            path: dir.dir().to_path_buf(),
+            message,
+        })
+    };
+    if g.job != *job {
+        return refuse(format!(
+            "this state belongs to another job (statistics '{}', label '{}', key '{}'): train into a new state directory",
+            g.job.statistics, g.job.label, g.job.key
+        ));
+    }
+    if !g.forgotten.is_empty() {
+        return refuse(format!(
+            "this state has {} forgotten key(s); training again from data.train would bring back those still there: remove them from the data and train into a new state directory",
+            g.forgotten.len()
+        ));
+    }
+    if g.extended {
+        return refuse(
+            "a stream added rows to this state that data.train does not hold; training again would drop them: train into a new state directory".into(),
+        );
+    }
+    Ok(())
 }
 
 /// The message for keys that occur more than once, naming where.

@@ -93,22 +93,13 @@ pub fn begin(plan: &Plan) -> Result<Begun> {
     };
     let dir = StateDir::open(&dir_path)?;
     let lock = dir.lock()?;
-    if let Some((_, g)) = dir.newest()? {
-        if !g.forgotten.is_empty() {
-            return Err(Error::Checkpoint {
-                path: dir_path.clone(),
-                message: format!(
-                    "this state has {} forgotten key(s); training again from data.train would bring back those still there: remove them from the data and train into a new state directory",
-                    g.forgotten.len()
-                ),
-            });
-        }
-    }
+    let job = stamp(&plan.pipeline, &plan.draft, &key);
+    super::retrainable(&dir, &job)?;
     Ok(Begun {
         seq: dir.next_seq()?,
         dir,
         lock,
-        job: stamp(&plan.pipeline, &plan.draft, &key),
+        job,
         key,
         source: Arc::clone(&plan.train),
         limit: plan.pipeline.train.epochs,
@@ -135,6 +126,7 @@ impl Begun {
             runs: Vec::new(),
             forgotten: BTreeMap::new(),
             source: Some(source),
+            extended: false,
         };
         model.training.data = Some(DataStamp {
             key: self.key,
@@ -236,31 +228,9 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
         });
     }
     let init = crate::train::warm::InitModel::load(&model_path)?;
-    // The model to start from must be the state's: the rows it was
-    // trained on are the rows the state holds now.
-    let holds = init.file.training.data.as_ref();
-    if holds.is_none_or(|d| {
-        d.key != key
-            || d.rows != generation.stats.rows.max(0) as u64
-            || d.keys_blake3_sum != generation.stats.keys.hex()
-    }) {
-        return Err(Error::Checkpoint {
-            path: model_path.clone(),
-            message: format!(
-                "this is not the model of the state {} (its training.data says {}, the state holds {} rows with keys digest {}): forget re-optimises from the state's own model (output.model, or --model-out naming it)",
-                dir_path.display(),
-                holds.map_or_else(
-                    || "nothing".to_string(),
-                    |d| format!("{} rows with keys digest {}", d.rows, d.keys_blake3_sum)
-                ),
-                generation.stats.rows,
-                generation.stats.keys.hex()
-            ),
-        });
-    }
     // The rows present after this request: the stamp's, less every key
     // forgotten.
-    let mut next = generation;
+    let mut next = generation.clone();
     for k in &keys {
         next.forgotten.insert(KeyDigest::of(k).id(), k.clone());
     }
@@ -274,6 +244,28 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
         gone.negate();
         stats.keys.add(&gone);
         stats.rows -= 1;
+    }
+    // The model to start from must be the state's (the rows it was
+    // trained on are the rows the state holds now), or the model this
+    // same request wrote before its state commit failed.
+    let holds = init.file.training.data.as_ref();
+    let of = |d: &DataStamp, s: &Normal| {
+        d.key == key && d.rows == s.rows.max(0) as u64 && d.keys_blake3_sum == s.keys.hex()
+    };
+    if holds.is_none_or(|d| !of(d, &generation.stats) && !of(d, &stats)) {
+        return Err(Error::Checkpoint {
+            path: model_path.clone(),
+            message: format!(
+                "this is not the model of the state {} (its training.data says {}, the state holds {} rows with keys digest {}): forget re-optimises from the state's own model (output.model, or --model-out naming it)",
+                dir_path.display(),
+                holds.map_or_else(
+                    || "nothing".to_string(),
+                    |d| format!("{} rows with keys digest {}", d.rows, d.keys_blake3_sum)
+                ),
+                generation.stats.rows,
+                generation.stats.keys.hex()
+            ),
+        });
     }
     next.stats = stats.clone();
     let dropped: Arc<HashSet<u128>> = Arc::new(next.forgotten.keys().copied().collect());

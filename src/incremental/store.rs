@@ -30,7 +30,7 @@ use crate::checkpoint::store::Store;
 use crate::error::{Error, Result};
 
 /// The layout version of generations and runs.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// Rows per bucket a run aims at (the unit of reading when forgetting).
 pub const BUCKET_ROWS: u64 = 512;
@@ -74,6 +74,9 @@ pub struct Generation {
     /// `data.train` when it was built, which a `forget` checks the data
     /// against. `None` for the exact models (their rows are in `runs`).
     pub source: Option<SourceStamp>,
+    /// Whether a stream added rows that are not `data.train`'s: training
+    /// again into this state would drop them.
+    pub extended: bool,
 }
 
 /// The rows of a training source: their number and key digest.

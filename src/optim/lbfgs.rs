@@ -51,7 +51,6 @@ pub struct Lbfgs {
     started: bool,
     iterations: u32,
     /// See [`Lbfgs::with_gradient_tolerance`].
-    #[serde(default)]
     gradient_tolerance: Option<f64>,
 }
 
@@ -221,7 +220,8 @@ impl Lbfgs {
     }
 
     /// Ends the run when the largest component of the objective's
-    /// (pseudo-)gradient is at most `g`, instead of on the relative
+    /// (pseudo-)gradient is at most `g` (or an accepted step leaves the
+    /// objective unchanged to the last bit), instead of on the relative
     /// objective change: a stopping point that depends on the optimum, not
     /// on the path to it (what a warm-started run must match).
     pub fn with_gradient_tolerance(mut self, g: Option<f64>) -> Lbfgs {
@@ -261,8 +261,11 @@ impl Lbfgs {
             let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
             Next::Accepted {
                 objective: fx,
+                // With a gradient tolerance, a step that leaves the
+                // objective unchanged to the last bit also ends the run:
+                // its floating-point floor, where no run gets further.
                 converged: match self.gradient_tolerance {
-                    Some(g) => pg_max <= g,
+                    Some(g) => pg_max <= g || rel == 0.0,
                     None => rel <= self.tolerance || pg_max == 0.0,
                 },
             }

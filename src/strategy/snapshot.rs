@@ -31,7 +31,7 @@ use crate::optim::FirstOrderState;
 
 /// The version of the checkpoint payload: a checkpoint of another version
 /// is refused with this number named.
-pub const PAYLOAD_VERSION: u32 = 1;
+pub const PAYLOAD_VERSION: u32 = 2;
 
 /// One shard's state at a boundary, as a resumed job reads it (see
 /// [`Stored`] for how a checkpoint keeps it).

@@ -783,6 +783,7 @@ impl Leader {
                 runs,
                 forgotten,
                 source: None,
+                extended: true,
             };
             summary.state = Some(k.dir.commit(k.seq, &generation)?.display().to_string());
         }
