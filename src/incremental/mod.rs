@@ -527,7 +527,6 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
                 version: STATE_VERSION,
                 job: stamp(&plan.pipeline, draft, key),
                 stats: seen.stats.clone(),
-                buckets,
                 runs: (0..cluster.total_workers())
                     .map(|w| StateDir::run_name(seq, w))
                     .collect(),

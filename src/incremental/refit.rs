@@ -122,7 +122,6 @@ impl Begun {
                 keys: source.keys,
                 ..Normal::default()
             },
-            buckets: 0,
             runs: Vec::new(),
             forgotten: BTreeMap::new(),
             source: Some(source),

@@ -11,8 +11,10 @@
 //! - **row runs** `rows-G-W.bin`: the rows inserted by generation `G`'s
 //!   worker `W`, by key, cut into buckets by key hash so that forgetting a
 //!   few keys reads a few buckets: bucket blobs (each a checkpoint-format
-//!   record, digest-checked when read), an index of `(bucket, offset,
-//!   length)` (a record too), and the index's offset in the last 8 bytes.
+//!   record, digest-checked when read), an index (a record too: the run's
+//!   number of buckets and each bucket's `(bucket, offset, length)`), and
+//!   the index's offset in the last 8 bytes. Each run has the buckets its
+//!   own rows need.
 //!   Runs are immutable; a retraction is a key in the generation's
 //!   forgotten set, as a differential trace keeps a retraction beside the
 //!   batch that inserted the row.
@@ -64,8 +66,6 @@ pub struct Generation {
     pub job: JobStamp,
     /// The statistics of the rows present.
     pub stats: Normal,
-    /// Buckets per run.
-    pub buckets: u64,
     /// The row runs (file names in the state directory).
     pub runs: Vec<String>,
     /// Keys forgotten so far, by id (their text beside it).
@@ -248,6 +248,7 @@ impl StateDir {
     pub fn write_run(&self, name: &str, rows: Vec<StoredRow>, buckets: u64) -> Result<()> {
         let path = self.dir().join(name);
         let fail = |e: std::io::Error| Error::io(&path, e);
+        let buckets = buckets.max(1);
         let mut by_bucket: BTreeMap<u64, Vec<StoredRow>> = BTreeMap::new();
         for r in rows {
             by_bucket
@@ -256,7 +257,10 @@ impl StateDir {
                 .push(r);
         }
         let mut file = std::io::BufWriter::new(File::create(&path).map_err(fail)?);
-        let mut index: Vec<(u64, u64, u64)> = Vec::with_capacity(by_bucket.len());
+        let mut index = RunIndex {
+            buckets,
+            entries: Vec::with_capacity(by_bucket.len()),
+        };
         let mut offset = 0u64;
         for (b, mut rows) in by_bucket {
             rows.sort_by_key(|r| r.id);
@@ -264,7 +268,7 @@ impl StateDir {
                 .map_err(|e| corrupt(&path, format!("cannot encode rows: {e}")))?;
             let blob = format::encode(&payload);
             file.write_all(&blob).map_err(fail)?;
-            index.push((b, offset, blob.len() as u64));
+            index.entries.push((b, offset, blob.len() as u64));
             offset += blob.len() as u64;
         }
         let payload = bincode::serialize(&index)
@@ -278,64 +282,94 @@ impl StateDir {
 
     /// The stored rows whose ids are among `ids`, from every run.
     pub fn lookup(&self, generation: &Generation, ids: &[u128]) -> Result<Vec<StoredRow>> {
-        let mut wanted: BTreeMap<u64, Vec<u128>> = BTreeMap::new();
-        for &id in ids {
-            wanted
-                .entry(bucket_of(id, generation.buckets))
-                .or_default()
-                .push(id);
-        }
         let mut found = Vec::new();
-        self.read_buckets(
-            generation,
-            |b| wanted.contains_key(&b),
-            |b, rows| {
-                let ids = &wanted[&b];
-                found.extend(rows.into_iter().filter(|r| ids.contains(&r.id)));
-            },
-        )?;
+        for name in &generation.runs {
+            let mut run = self.open_run(name)?;
+            let mut wanted: BTreeMap<u64, Vec<u128>> = BTreeMap::new();
+            for &id in ids {
+                wanted
+                    .entry(bucket_of(id, run.index.buckets))
+                    .or_default()
+                    .push(id);
+            }
+            for e in run.index.entries.clone() {
+                if let Some(ids) = wanted.get(&e.0) {
+                    let rows = run.bucket(e)?;
+                    found.extend(rows.into_iter().filter(|r| ids.contains(&r.id)));
+                }
+            }
+        }
         Ok(found)
     }
 
     /// Every stored row of every run (forgotten ones included).
     pub fn all_rows(&self, generation: &Generation) -> Result<Vec<StoredRow>> {
         let mut found = Vec::new();
-        self.read_buckets(generation, |_| true, |_, rows| found.extend(rows))?;
+        for name in &generation.runs {
+            let mut run = self.open_run(name)?;
+            for e in run.index.entries.clone() {
+                found.extend(run.bucket(e)?);
+            }
+        }
         Ok(found)
     }
 
-    /// Reads the buckets `want` names from every run of `generation`,
-    /// giving each one's rows to `take`.
-    fn read_buckets(
-        &self,
-        generation: &Generation,
-        want: impl Fn(u64) -> bool,
-        mut take: impl FnMut(u64, Vec<StoredRow>),
-    ) -> Result<()> {
-        for name in &generation.runs {
-            let path = self.dir().join(name);
-            let fail = |e: std::io::Error| Error::io(&path, e);
-            let mut file = File::open(&path).map_err(fail)?;
-            let len = file.metadata().map_err(fail)?.len();
-            if len < 8 {
-                return Err(corrupt(&path, "a row run shorter than its footer"));
-            }
-            file.seek(SeekFrom::Start(len - 8)).map_err(fail)?;
-            let mut tail = [0u8; 8];
-            file.read_exact(&mut tail).map_err(fail)?;
-            let at = u64::from_le_bytes(tail);
-            if at > len - 8 {
-                return Err(corrupt(&path, "a row run's index offset is past its end"));
-            }
-            let index: Vec<(u64, u64, u64)> = read_record(&mut file, &path, at, len - 8 - at)?;
-            for &(b, off, n) in index.iter().filter(|e| want(e.0)) {
-                if off.checked_add(n).is_none_or(|end| end > at) {
-                    return Err(corrupt(&path, format!("bucket {b} lies outside the run")));
-                }
-                take(b, read_record(&mut file, &path, off, n)?);
-            }
+    /// Opens a run and reads its index.
+    fn open_run(&self, name: &str) -> Result<OpenRun> {
+        let path = self.dir().join(name);
+        let fail = |e: std::io::Error| Error::io(&path, e);
+        let mut file = File::open(&path).map_err(fail)?;
+        let len = file.metadata().map_err(fail)?.len();
+        if len < 8 {
+            return Err(corrupt(&path, "a row run shorter than its footer"));
         }
-        Ok(())
+        file.seek(SeekFrom::Start(len - 8)).map_err(fail)?;
+        let mut tail = [0u8; 8];
+        file.read_exact(&mut tail).map_err(fail)?;
+        let at = u64::from_le_bytes(tail);
+        if at > len - 8 {
+            return Err(corrupt(&path, "a row run's index offset is past its end"));
+        }
+        let index: RunIndex = read_record(&mut file, &path, at, len - 8 - at)?;
+        if index.buckets == 0 {
+            return Err(corrupt(&path, "a row run with no buckets"));
+        }
+        Ok(OpenRun {
+            file,
+            path,
+            index,
+            end: at,
+        })
+    }
+}
+
+/// A run's index: its number of buckets, and where each bucket's rows are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunIndex {
+    buckets: u64,
+    /// `(bucket, offset, length)`, by bucket.
+    entries: Vec<(u64, u64, u64)>,
+}
+
+/// A run opened for reading.
+struct OpenRun {
+    file: File,
+    path: PathBuf,
+    index: RunIndex,
+    /// Where the buckets end (the index's offset).
+    end: u64,
+}
+
+impl OpenRun {
+    /// The rows of one bucket.
+    fn bucket(&mut self, (b, off, n): (u64, u64, u64)) -> Result<Vec<StoredRow>> {
+        if off.checked_add(n).is_none_or(|end| end > self.end) {
+            return Err(corrupt(
+                &self.path,
+                format!("bucket {b} lies outside the run"),
+            ));
+        }
+        read_record(&mut self.file, &self.path, off, n)
     }
 }
 

@@ -763,10 +763,7 @@ impl Leader {
         // The state: this stream's rows as a run, then the generation
         // (after the last model was written).
         if let Some(k) = self.state.take() {
-            let buckets = k.found.as_ref().map_or_else(
-                || crate::incremental::store::buckets_for(k.rows.len() as u64),
-                |g| g.buckets,
-            );
+            let buckets = crate::incremental::store::buckets_for(k.rows.len() as u64);
             let name = StateDir::run_name(k.seq, 0);
             k.dir.write_run(&name, k.rows, buckets)?;
             let (mut runs, mut forgotten) = match k.found {
@@ -779,7 +776,6 @@ impl Leader {
                 version: STATE_VERSION,
                 job: k.job,
                 stats: total.clone(),
-                buckets,
                 runs,
                 forgotten,
                 source: None,
