@@ -52,6 +52,9 @@ pub struct Lbfgs {
     iterations: u32,
     /// See [`Lbfgs::with_gradient_tolerance`].
     gradient_tolerance: Option<f64>,
+    /// Whether the step being searched is steepest descent (no curvature
+    /// pairs): only such a step can show the objective's floor.
+    steepest: bool,
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -83,6 +86,7 @@ impl Lbfgs {
             started: false,
             iterations: 0,
             gradient_tolerance: None,
+            steepest: true,
         }
     }
 
@@ -207,7 +211,8 @@ impl Lbfgs {
             self.history.clear();
             dir = pg.iter().map(|v| -v).collect();
         }
-        self.alpha = if self.history.is_empty() {
+        self.steepest = self.history.is_empty();
+        self.alpha = if self.steepest {
             1.0 / dot(&pg, &pg).sqrt().max(1e-300)
         } else {
             1.0
@@ -259,15 +264,23 @@ impl Lbfgs {
             let pg = self.pseudo_grad(&self.x, &self.g);
             let pg_max = pg.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
+            let converged = match self.gradient_tolerance {
+                Some(g) if pg_max <= g => true,
+                // A step that leaves the objective unchanged to the last
+                // bit: on a curvature-scaled direction, perhaps a poor
+                // one, so the next step is steepest descent; on a steepest
+                // descent step, the objective's floating-point floor,
+                // where no run gets further.
+                Some(_) if rel == 0.0 && !self.steepest => {
+                    self.history.clear();
+                    false
+                }
+                Some(_) => rel == 0.0,
+                None => rel <= self.tolerance || pg_max == 0.0,
+            };
             Next::Accepted {
                 objective: fx,
-                // With a gradient tolerance, a step that leaves the
-                // objective unchanged to the last bit also ends the run:
-                // its floating-point floor, where no run gets further.
-                converged: match self.gradient_tolerance {
-                    Some(g) => pg_max <= g || rel == 0.0,
-                    None => rel <= self.tolerance || pg_max == 0.0,
-                },
+                converged,
             }
         } else {
             self.backtracks += 1;
@@ -325,6 +338,53 @@ mod tests {
         // [[4,1],[1,3]] x = [1,1] → x = [2/11, 3/11]
         assert!((x[0] - 2.0 / 11.0).abs() < 1e-8, "{x:?}");
         assert!((x[1] - 3.0 / 11.0).abs() < 1e-8, "{x:?}");
+    }
+
+    #[test]
+    fn a_gradient_tolerance_stops_at_the_gradient() {
+        // An ill-conditioned quadratic: A = diag(1e4, 1), b = [1, 1].
+        let (a, b) = ([1e4, 1.0], [1.0, 1.0]);
+        let mut opt = Lbfgs::new(
+            vec![0.0, 0.0],
+            5,
+            1e-15,
+            Penalty { l2: 0.0, l1: 0.0 },
+            vec![true, true],
+        )
+        .with_gradient_tolerance(Some(1e-12));
+        // (1e-12 is below what the objective resolves: the floor ends it.)
+        let mut point = opt.first_point().to_vec();
+        let mut done = false;
+        for _ in 0..500 {
+            let g = [a[0] * point[0] - b[0], a[1] * point[1] - b[1]];
+            let f = 0.5 * (a[0] * point[0] * point[0] + a[1] * point[1] * point[1])
+                - b[0] * point[0]
+                - b[1] * point[1];
+            match opt.observe(f, &g) {
+                Next::Evaluate(p) => point = p,
+                Next::Accepted {
+                    converged: true, ..
+                } => {
+                    done = true;
+                    break;
+                }
+                Next::Stalled => break,
+                Next::Accepted { .. } => point = opt.propose(),
+            }
+        }
+        assert!(done, "no convergence");
+        // At the optimum to what an f64 objective resolves: the gradient
+        // is at most 1e-12, or what is left of it would lower the
+        // objective by less than its last bit (here 3e-7 on the stiff
+        // coordinate, 5e-18 of objective); either way x is x*.
+        let x = opt.iterate();
+        let g = [a[0] * x[0] - b[0], a[1] * x[1] - b[1]];
+        let gap = g[0] * g[0] / (2.0 * a[0]) + g[1] * g[1] / (2.0 * a[1]);
+        assert!(gap <= 2.0 * f64::EPSILON * 0.5, "{g:?}: {gap}");
+        assert!(
+            (x[0] - 1e-4).abs() < 1e-9 && (x[1] - 1.0).abs() < 1e-8,
+            "{x:?}"
+        );
     }
 
     #[test]

@@ -765,6 +765,7 @@ impl Leader {
         if let Some(k) = self.state.take() {
             let buckets = crate::incremental::store::buckets_for(k.rows.len() as u64);
             let name = StateDir::run_name(k.seq, 0);
+            let extended = !k.rows.is_empty() || k.found.as_ref().is_some_and(|g| g.extended);
             k.dir.write_run(&name, k.rows, buckets)?;
             let (mut runs, mut forgotten) = match k.found {
                 Some(g) => (g.runs, g.forgotten),
@@ -779,7 +780,7 @@ impl Leader {
                 runs,
                 forgotten,
                 source: None,
-                extended: true,
+                extended,
             };
             summary.state = Some(k.dir.commit(k.seq, &generation)?.display().to_string());
         }
