@@ -623,6 +623,19 @@ fn repeated_message(plan: &Plan, repeated: &[(u128, RowRef)]) -> Option<String> 
     ))
 }
 
+/// Up to 10 keys, quoted and sorted, for a message ("… and N more").
+pub(crate) fn list_keys(keys: &[&String]) -> String {
+    let mut names: Vec<String> = keys.iter().map(|k| format!("'{k}'")).collect();
+    names.sort();
+    let more = names.len().saturating_sub(10);
+    names.truncate(10);
+    if more > 0 {
+        format!("{} and {more} more", names.join(", "))
+    } else {
+        names.join(", ")
+    }
+}
+
 /// Opens a table of keys (`-` for stdin) and picks its key column: the
 /// one named like `data.key` (`key`), or the only one.
 pub fn key_table(path: &str, key: &str) -> Result<(crate::io::table::TableInput, String)> {
@@ -815,27 +828,12 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
         .get(1)
         .cloned()
         .ok_or_else(|| Error::Internal("the collections gave no answer for the request".into()))?;
-    let name = |id: &u128| {
-        requested
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, k)| format!("'{k}'"))
-            .unwrap_or_default()
-    };
     let list = |ids: &[u128]| {
-        let mut names: Vec<String> = ids.iter().map(name).collect();
-        names.sort();
-        let more = names.len().saturating_sub(10);
-        names.truncate(10);
-        format!(
-            "{}{}",
-            names.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
-        )
+        let keys: Vec<&String> = ids
+            .iter()
+            .filter_map(|id| requested.iter().find(|(i, _)| i == id).map(|(_, k)| k))
+            .collect();
+        list_keys(&keys)
     };
     if !change.again.is_empty() {
         return Err(Error::Keys {

@@ -207,7 +207,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
             message: format!(
                 "{} key(s) were forgotten already: {} (nothing changed)",
                 again.len(),
-                list(&again)
+                super::list_keys(&again)
             ),
         });
     }
@@ -222,7 +222,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
                 "{} key(s) were never inserted into the state {}: {} (nothing changed)",
                 unknown.len(),
                 dir_path.display(),
-                list(&unknown)
+                super::list_keys(&unknown)
             ),
         });
     }
@@ -298,17 +298,4 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
             _lock: lock,
         }),
     })
-}
-
-/// Up to 10 keys, quoted, for a message.
-fn list(keys: &[&String]) -> String {
-    let mut names: Vec<String> = keys.iter().map(|k| format!("'{k}'")).collect();
-    names.sort();
-    let more = names.len().saturating_sub(10);
-    names.truncate(10);
-    if more > 0 {
-        format!("{} and {more} more", names.join(", "))
-    } else {
-        names.join(", ")
-    }
 }
