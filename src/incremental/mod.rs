@@ -19,6 +19,7 @@ pub mod normal;
 pub mod refit;
 pub mod solve;
 pub mod store;
+pub mod svm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::normal::{KeyDigest, Normal};
 use super::store::{Generation, SourceStamp, StateDir, STATE_VERSION};
-use super::{keys_of, stamp, Fitted, PendingState};
+use super::{keys_of, stamp, svm, Fitted, PendingState};
 use crate::cluster::Cluster;
 use crate::data::encode::Origin;
 use crate::data::partition::WINDOW_ROWS;
@@ -26,7 +26,7 @@ use crate::model::file::{DataStamp, ModelFile};
 use crate::plan::Plan;
 use crate::source::parquet::RowFilter;
 use crate::source::DataSource;
-use crate::spec::Pipeline;
+use crate::spec::{ModelKind, Pipeline};
 
 /// The statistics name of a re-optimised model's state.
 pub const ROWS: &str = "rows";
@@ -79,6 +79,8 @@ pub struct Begun {
     job: super::store::JobStamp,
     source: Arc<crate::source::parquet::ParquetSource>,
     limit: u32,
+    kind: ModelKind,
+    l2: f64,
 }
 
 /// Locks the state of `plan` for a `train`; see [`Begun`].
@@ -103,6 +105,8 @@ pub fn begin(plan: &Plan) -> Result<Begun> {
         key,
         source: Arc::clone(&plan.train),
         limit: plan.pipeline.train.epochs,
+        kind: plan.pipeline.model.kind,
+        l2: plan.pipeline.model.l2,
     })
 }
 
@@ -112,7 +116,7 @@ impl Begun {
     /// error), and returns the generation to commit once the model is
     /// written, with the model's data stamp set.
     pub fn finish(self, model: &mut ModelFile) -> Result<PendingState> {
-        converged(model, self.limit)?;
+        optimum(model, self.kind, self.limit, self.source.as_ref(), self.l2)?;
         let (_, source) = source_keys(self.source.as_ref(), &self.key)?;
         let generation = Generation {
             version: STATE_VERSION,
@@ -139,6 +143,23 @@ impl Begun {
             _lock: self.lock,
         })
     }
+}
+
+/// Makes `model`, trained by L-BFGS over `source`, the optimum: a hinge
+/// model is solved exactly from it ([`svm::polish`]: L-BFGS only gives
+/// the start); any other must have converged ([`converged`]).
+fn optimum(
+    model: &mut ModelFile,
+    kind: ModelKind,
+    limit: u32,
+    source: &dyn DataSource,
+    l2: f64,
+) -> Result<()> {
+    if kind == ModelKind::Hinge {
+        svm::polish(model, source, l2)?;
+        return Ok(());
+    }
+    converged(model, limit)
 }
 
 /// Fails if L-BFGS ran out of iterations rather than converging: a model
@@ -277,12 +298,14 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
     // Its checkpoints are the training's, not this re-optimisation's.
     plan.pipeline.output.checkpoint = None;
     let limit = plan.pipeline.train.epochs;
+    let (kind, l2) = (plan.pipeline.model.kind, plan.pipeline.model.l2);
+    let train = Arc::clone(&plan.train);
     let report = crate::train::run_job(plan, Some(init), false, cluster)?;
     let mut model: ModelFile = report.model.ok_or_else(|| Error::Worker {
         worker: 0,
         message: "finished without a model".into(),
     })?;
-    converged(&model, limit)?;
+    optimum(&mut model, kind, limit, train.as_ref(), l2)?;
     model.training.data = Some(DataStamp {
         key,
         rows: stats.rows.max(0) as u64,

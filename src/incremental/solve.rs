@@ -137,18 +137,28 @@ pub fn solve(
 
 /// Solves `A x = b` for a symmetric positive definite `p × p` matrix `A`
 /// (row-major) by Cholesky factorisation `A = L Lᵀ`.
-fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, p: usize) -> Result<Vec<f64>, Unsolvable> {
+fn cholesky_solve(a: Vec<f64>, b: Vec<f64>, p: usize) -> Result<Vec<f64>, Unsolvable> {
     // A pivot that lost all but 1e-13 of its diagonal entry is zero: the
     // column lies in the span of those before it.
     let diagonal: Vec<f64> = (0..p).map(|i| a[i * p + i]).collect();
+    let l = factor(a, p, &|j| diagonal[j].abs() * 1e-13).map_err(Unsolvable::Collinear)?;
+    Ok(factor_solve(&l, b, p))
+}
+
+/// The lower triangle `L` of `A = L Lᵀ` (row-major `p × p`, factorised in
+/// place), or the first column whose pivot is NaN or at most `floor(j)`.
+pub(crate) fn factor(
+    mut a: Vec<f64>,
+    p: usize,
+    floor: &dyn Fn(usize) -> f64,
+) -> Result<Vec<f64>, usize> {
     for j in 0..p {
-        let tiny = diagonal[j].abs() * 1e-13;
         let mut d = a[j * p + j];
         for k in 0..j {
             d -= a[j * p + k] * a[j * p + k];
         }
-        if d.is_nan() || d <= tiny {
-            return Err(Unsolvable::Collinear(j));
+        if d.is_nan() || d <= floor(j) {
+            return Err(j);
         }
         let d = d.sqrt();
         a[j * p + j] = d;
@@ -160,22 +170,27 @@ fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, p: usize) -> Result<Vec<f64>
             a[i * p + j] = s / d;
         }
     }
-    // L y = b, then Lᵀ x = y.
+    Ok(a)
+}
+
+/// Solves `L Lᵀ x = b` given the lower triangle `L` (row-major `p × p`,
+/// the upper part ignored): `L y = b`, then `Lᵀ x = y`.
+pub(crate) fn factor_solve(l: &[f64], mut b: Vec<f64>, p: usize) -> Vec<f64> {
     for i in 0..p {
         let mut s = b[i];
         for k in 0..i {
-            s -= a[i * p + k] * b[k];
+            s -= l[i * p + k] * b[k];
         }
-        b[i] = s / a[i * p + i];
+        b[i] = s / l[i * p + i];
     }
     for i in (0..p).rev() {
         let mut s = b[i];
         for k in i + 1..p {
-            s -= a[k * p + i] * b[k];
+            s -= l[k * p + i] * b[k];
         }
-        b[i] = s / a[i * p + i];
+        b[i] = s / l[i * p + i];
     }
-    Ok(b)
+    b
 }
 
 #[cfg(test)]

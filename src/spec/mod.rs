@@ -823,8 +823,12 @@ impl Pipeline {
         ) = (&state, &mut optimizer)
         {
             // A forget must reach the optimum a retrain reaches: both
-            // stop on the gradient, not on how the objective moved.
-            gradient_tolerance.get_or_insert(STATE_GRADIENT_TOLERANCE);
+            // stop on the gradient, not on how the objective moved. (Not
+            // hinge: its loss has no gradient at the kink, L-BFGS only
+            // starts it and its dual is solved exactly after.)
+            if model.kind != ModelKind::Hinge {
+                gradient_tolerance.get_or_insert(STATE_GRADIENT_TOLERANCE);
+            }
         }
         if stream.window.is_some() && optimizer != OptimizerSpec::Exact {
             return Err(value_err(
@@ -889,10 +893,10 @@ fn exact_fits(
                     "[output] state keeps track of rows by their key so that they can be forgotten: name the key column",
                 ));
             }
-            if kind == ModelKind::Hinge {
+            if kind == ModelKind::Hinge && !model.fit_intercept {
                 return Err(value_err(
-                    "output.state",
-                    "the hinge loss has no derivative at its kink, so L-BFGS does not reach its optimum to the precision a forget must match that of training from scratch: use model.kind = 'logistic'",
+                    "model.fit_intercept",
+                    "with [output] state a hinge model is solved exactly through its dual, which finds the intercept too: leave fit_intercept = true",
                 ));
             }
             if model.l1 > 0.0 {
