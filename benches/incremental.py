@@ -21,12 +21,19 @@
 3. what the state holds against the data: the state directory's bytes
    against the Parquet file's and the raw values' (rows x columns x 8),
    and the peak RSS of an exact stream that keeps its rows arranged for
-   retraction (`--retract`) against one that does not.
+   retraction (`--retract`) against one that does not;
+4. what committing an exact stream's `[output] state` at every batch
+   costs (section stream_state): nycflights13 in time order, 10,000-row
+   batches, a model file at every batch either way; with and without a
+   7-day window (a window's state is the window's rows, rewritten at each
+   commit);
+5. what `forget --erase` costs against a plain forget (section erase):
+   nycflights13 ridge state (2 workers' runs), forgetting 1 and 100 keys.
 
 Usage: python benches/incremental.py OUT_DIR [W1_PARQUET]
 Every figure is a median of REPS (env, default 3) runs; ratios are taken
 within this run. Needs pyarrow (the peers' venv has it). SECTIONS (env,
-comma-separated among exact, refit, hinge, stream; default all) runs only those
+comma-separated among exact, refit, hinge, stream, stream_state, erase; default all) runs only those
 and takes the others from OUT_DIR/results.json of an earlier run.
 """
 
@@ -111,17 +118,20 @@ def main():
     w1 = sys.argv[2] if len(sys.argv) > 2 else "/tmp/bench/dense_train.parquet"
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="incremental-bench.")
-    sections = set(os.environ.get("SECTIONS", "exact,refit,hinge,stream").split(","))
+    all_sections = {"exact", "refit", "hinge", "stream", "stream_state", "erase"}
+    sections = set(os.environ.get("SECTIONS", ",".join(sorted(all_sections))).split(","))
     results = {"reps": REPS, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "ncpu": os.cpu_count(), "datasets": {}}
     earlier = {}
-    if sections != {"exact", "refit", "hinge", "stream"}:
+    if sections != all_sections:
         with open(os.path.join(out_dir, "results.json")) as f:
             earlier = json.load(f)
         results["datasets"] = earlier["datasets"]
         results["refit"] = earlier.get("refit", {})
         results["hinge"] = earlier.get("hinge", {})
         results["stream_w1"] = earlier["stream_w1"]
+        results["stream_state"] = earlier.get("stream_state", {})
+        results["erase"] = earlier.get("erase", {})
         results["sections_rerun"] = sorted(sections)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     results["commit"] = commit
@@ -280,6 +290,54 @@ def main():
             "retract_s": med([w for w, _ in arranged]), "retract_rss_mib": med([m for _, m in arranged]),
         }
         print("stream", json.dumps(results["stream_w1"]), flush=True)
+    if "erase" in sections:
+        features = ["dep_delay", "distance", "hour", "sched_dep_time", "month"]
+        data = os.path.join(work, "nyc-erase.parquet")
+        rows = keyed("datasets/nycflights13.parquet", data, features, "arr_delay", "k")
+        state = os.path.join(work, "erase.state")
+        shutil.rmtree(state, ignore_errors=True)
+        p = pipeline(os.path.join(work, "erase.toml"), data, "arr_delay", features, state, "exact")
+        model = os.path.join(work, "m.json")
+        run([BIN, "train", p, "--model-out", model, "-w", "2"])
+        r = {"rows": rows, "state_bytes": dir_bytes(state)}
+        for n in (1, 100):
+            for mode, extra in (("plain", []), ("erase", ["--erase"])):
+                times = []
+                for rep in range(REPS):
+                    copy = state + ".copy"
+                    shutil.rmtree(copy, ignore_errors=True)
+                    shutil.copytree(state, copy)
+                    p_copy = pipeline(os.path.join(work, "erase-copy.toml"), data, "arr_delay", features,
+                                      copy, "exact")
+                    step = max(1, rows // n)
+                    keys = "id\n" + "".join(f"k{(i * step + rep) % rows}\n" for i in range(n))
+                    times.append(run([BIN, "forget", p_copy, "--keys", "-", "--model-out", model] + extra,
+                                     stdin=keys.encode())[0])
+                r[f"{mode}_{n}_s"] = med(times)
+        results["erase"] = r
+        print("erase", json.dumps(r), flush=True)
+    if "stream_state" in sections:
+        t = pq.read_table("datasets/nycflights13.parquet").sort_by("time_hour")
+        t = t.append_column("id", pa.array([f"f{i}" for i in range(t.num_rows)]))
+        data = os.path.join(work, "nyc-time.parquet")
+        pq.write_table(t, data, row_group_size=65536)
+        features = ["dep_delay", "distance", "hour", "sched_dep_time", "month"]
+        window = '\nwindow = { column = "time_hour", length = "7d" }'
+        cases = {}
+        for name, win, kept in [("no window, no state", "", False), ("no window, state", "", True),
+                                ("7-day window, no state", window, False), ("7-day window, state", window, True)]:
+            times = []
+            for _ in range(REPS):
+                state = os.path.join(work, "stream-state") if kept else None
+                if state:
+                    shutil.rmtree(state, ignore_errors=True)
+                p = pipeline(os.path.join(work, "stream-state.toml"), data, "arr_delay", features, state, "exact",
+                             f"[stream]\nbatch_rows = 10000\nsnapshot_every = 1{win}\n")
+                wall, _ = run([BIN, "stream", p, "--input", data, "--model-out", os.path.join(work, "m.json")])
+                times.append(wall)
+            cases[name] = {"s": med(times), "state_bytes": dir_bytes(state) if kept else 0}
+            print("stream_state", name, json.dumps(cases[name]), flush=True)
+        results["stream_state"] = {"rows": t.num_rows, "batches": -(-t.num_rows // 10000), "cases": cases}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = [f"# Exact incremental models, measured {results['date']} (commit {commit}, "
@@ -311,6 +369,23 @@ def main():
     lines += ["", "| W1 exact stream | wall (s) | peak RSS (MiB) |", "|---|---|---|",
               f"| rows not kept (no --retract) | {s['plain_s']:.2f} | {s['plain_rss_mib']:.0f} |",
               f"| rows arranged for --retract | {s['retract_s']:.2f} | {s['retract_rss_mib']:.0f} |"]
+    er = results.get("erase")
+    if er:
+        lines += ["", f"| nycflights13 ridge state ({er['rows']:,} rows, {er['state_bytes'] / 1e6:.1f} MB) "
+                  "| plain forget (s) | forget --erase (s) | erase / plain |", "|---|---|---|---|"]
+        for n in (1, 100):
+            lines.append(f"| forget {n} | {er[f'plain_{n}_s']:.3f} | {er[f'erase_{n}_s']:.3f} | "
+                         f"{er[f'erase_{n}_s'] / er[f'plain_{n}_s']:.1f} |")
+    ss = results.get("stream_state")
+    if ss:
+        c = ss["cases"]
+        lines += ["", f"| nycflights13 exact stream, {ss['rows']:,} rows, {ss['batches']} batches, "
+                  "a commit at every batch | wall (s) | with state / without | state (MB) |", "|---|---|---|---|"]
+        for win in ("no window", "7-day window"):
+            base = c[f"{win}, no state"]["s"]
+            for kept in ("no state", "state"):
+                r = c[f"{win}, {kept}"]
+                lines.append(f"| {win}, {kept} | {r['s']:.2f} | {r['s'] / base:.2f} | {r['state_bytes'] / 1e6:.1f} |")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -11,41 +11,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, StringArray};
-use common::{assert_success, read_columns, root, tidemill, tidemill_ok, write_parquet};
+use common::{assert_success, root, tidemill, tidemill_ok, write_parquet};
 
-const FEATURES: [&str; 8] = [
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-];
-const LABEL: &str = "MedHouseVal";
+const FEATURES: [&str; 8] = common::CALIFORNIA_FEATURES;
+const LABEL: &str = common::CALIFORNIA_LABEL;
 
 /// california_housing with a key column `id` = `r<row>`, keeping the rows
 /// `keep` selects, in row groups of 1000 (several units).
 fn keyed(dir: &Path, name: &str, keep: impl Fn(usize) -> bool) -> PathBuf {
-    let src = root().join("datasets/california_housing.parquet");
-    let mut names: Vec<&str> = FEATURES.to_vec();
-    names.push(LABEL);
-    let cols = read_columns(&src, &names);
-    let rows: Vec<usize> = (0..cols[0].len()).filter(|&i| keep(i)).collect();
-    let mut columns: Vec<(&str, ArrayRef)> = names
-        .iter()
-        .zip(&cols)
-        .map(|(n, c)| {
-            let v: Vec<f64> = rows.iter().map(|&i| c[i]).collect();
-            (*n, Arc::new(Float64Array::from(v)) as ArrayRef)
-        })
-        .collect();
-    let ids: Vec<String> = rows.iter().map(|i| format!("r{i}")).collect();
-    columns.push(("id", Arc::new(StringArray::from(ids)) as ArrayRef));
-    let path = dir.join(name);
-    write_parquet(&path, columns, 1000);
-    path
+    common::keyed_california(dir, name, keep, |i| format!("r{i}"))
 }
 
 fn pipeline(dir: &Path, data: &Path, state: &str) -> PathBuf {
@@ -799,4 +773,162 @@ fn a_forgotten_key_stays_forgotten_in_a_window() {
     // The window ends with a (again) and d: a stays forgotten.
     assert_eq!(summary["rows_present"], 1, "{summary}");
     assert_eq!(summary["retracted"], 1, "{summary}");
+}
+
+/// Whether any file under `dir` holds `bytes`.
+fn dir_holds(dir: &Path, bytes: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let data = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        data.windows(bytes.len()).any(|w| w == bytes)
+    })
+}
+
+/// `forget --erase` removes the rows of every forgotten key from the state
+/// on disk (a value only those rows hold is in the directory before and
+/// nowhere after), gives the model of a plain forget, and the state goes
+/// on: a forgotten key again is refused, a stream continues it (a row
+/// with an erased key leaves at once), and a later erase works.
+#[test]
+fn forget_erase_removes_the_rows_from_the_state_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The rows from 20000 on are not trained on: one comes later.
+    let data = keyed(d, "all.parquet", |i| i < 20_000);
+    // Rows whose MedInc no other row has: their bytes name them.
+    let src = root().join("datasets/california_housing.parquet");
+    let medinc = &common::read_columns(&src, &["MedInc"])[0];
+    let is_unique = |i: &usize| medinc.iter().filter(|v| **v == medinc[*i]).count() == 1;
+    let unique: Vec<usize> = (0..20_000).filter(is_unique).take(3).collect();
+    let (a, b, c) = (unique[0], unique[1], unique[2]);
+    // The row a stream brings back with b's key, after b was erased.
+    let reborn = (20_000..medinc.len()).find(is_unique).unwrap();
+    let value = |i: usize| medinc[i].to_le_bytes();
+    let (p, q) = (pipeline(d, &data, "s"), pipeline(d, &data, "t"));
+    let (pm, qm) = (d.join("p.json"), d.join("q.json"));
+    train(&p, &pm, &[]);
+    train(&q, &qm, &[]);
+    let keys_file = |name: &str, rows: &[usize]| {
+        let path = d.join(name);
+        let text: String = rows.iter().map(|i| format!("r{i}\n")).collect();
+        std::fs::write(&path, format!("id\n{text}")).unwrap();
+        path
+    };
+    let state = d.join("s");
+    assert!(
+        dir_holds(&state, &value(a)),
+        "the value is not in the state"
+    );
+    let ka = keys_file("a.csv", &[a]);
+    let kb = keys_file("b.csv", &[b]);
+    tidemill_ok(&["forget", s(&p), "--keys", s(&ka), "--model-out", s(&pm)]);
+    assert!(dir_holds(&state, &value(a)), "a plain forget keeps the row");
+    let out = tidemill_ok(&[
+        "forget",
+        s(&p),
+        "--keys",
+        s(&kb),
+        "--erase",
+        "--model-out",
+        s(&pm),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["train_rows"], 20_000 - 2, "{summary}");
+    for (i, what) in [(a, "earlier"), (b, "erased")] {
+        assert!(
+            !dir_holds(&state, &value(i)),
+            "the {what} forgotten row is still on disk"
+        );
+    }
+    assert!(dir_holds(&state, &value(c)), "a row still present went");
+    for k in [&ka, &kb] {
+        tidemill_ok(&["forget", s(&q), "--keys", s(k), "--model-out", s(&qm)]);
+    }
+    assert_eq!(
+        std::fs::read(&pm).unwrap(),
+        std::fs::read(&qm).unwrap(),
+        "an erasing forget's model differs from a plain forget's"
+    );
+    let out = tidemill(&["forget", s(&p), "--keys", s(&kb), "--erase"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forgotten already"));
+    // A stream continues the erased state; a row with an erased key
+    // leaves at once.
+    let rows = |m: &Path| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(m).unwrap()).unwrap();
+        v["training"]["data"]["rows"].as_u64().unwrap()
+    };
+    let before = rows(&pm);
+    let again = common::keyed_california(
+        d,
+        "again.parquet",
+        |i| i == reborn || (i > reborn && i <= reborn + 2),
+        |i| {
+            if i == reborn {
+                format!("r{b}")
+            } else {
+                format!("n{i}")
+            }
+        },
+    );
+    tidemill_ok(&["stream", s(&p), "--input", s(&again), "--model-out", s(&pm)]);
+    assert_eq!(rows(&pm), before + 2);
+    let kc = keys_file("c.csv", &[c]);
+    tidemill_ok(&[
+        "forget",
+        s(&p),
+        "--keys",
+        s(&kc),
+        "--erase",
+        "--model-out",
+        s(&pm),
+    ]);
+    // c's row, and the row that came back with b's key, are gone.
+    assert!(!dir_holds(&state, &value(c)));
+    assert!(
+        !dir_holds(&state, &value(reborn)),
+        "a row that came with an erased key stayed on disk"
+    );
+    assert_eq!(rows(&pm), before + 1);
+    // A stream on the erased state, stopped mid-way and resumed, ends:
+    // the erased keys are not keys to wait for.
+    let later = common::keyed_california(d, "later.parquet", |i| i < 3000, |i| format!("l{i}"));
+    let stream_args = |extra: &[&str]| {
+        let mut a = vec![
+            "stream",
+            s(&p),
+            "--input",
+            s(&later),
+            "--model-out",
+            s(&pm),
+            "--set",
+            "stream.batch_rows=100",
+            "--set",
+            "stream.snapshot_every=1",
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let argv = stream_args(&["--rate", "2000"]);
+    let child = common::start(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    // Once it has committed a batch or two (a model file is written just
+    // before each commit).
+    common::wait_until("a commit of the stream", || {
+        std::fs::read_to_string(&pm)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["training"]["data"]["rows"].as_u64())
+            .is_some_and(|n| n >= before + 1 + 200)
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = common::finish(child, std::time::Duration::from_secs(60));
+    assert_success(&out, "the stopped stream");
+    let argv = stream_args(&["--resume"]);
+    let out = tidemill(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_success(&out, "the resumed stream on an erased state");
+    assert_eq!(rows(&pm), before + 1 + 3000);
 }

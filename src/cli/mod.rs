@@ -216,6 +216,13 @@ pub struct ForgetArgs {
     /// Model file (overrides output.model).
     #[arg(long)]
     pub model_out: Option<PathBuf>,
+    /// Also remove the rows of every forgotten key (these and earlier ones)
+    /// from the state on disk: the row runs that hold them are rewritten
+    /// without them (their other buckets copied as they are) and no older
+    /// generation is kept. Slower than a plain forget, which only marks
+    /// the keys forgotten. Exact models only.
+    #[arg(long)]
+    pub erase: bool,
     /// Worker threads for re-optimising a model without sufficient
     /// statistics (`optimizer.kind = "lbfgs"`); an exact model's update
     /// needs none.
@@ -261,7 +268,8 @@ pub struct StreamArgs {
     /// Start from this model's weights, with its feature statistics frozen.
     #[arg(long, value_name = "MODEL")]
     pub init_model: Option<PathBuf>,
-    /// Continue from the newest checkpoint in `output.checkpoint`.
+    /// Continue from the newest checkpoint in `output.checkpoint` (an
+    /// exact stream: the newest generation of its `[output] state`).
     #[arg(long)]
     pub resume: bool,
     /// With `--resume` on stdin: the row of the stream the producer's first
@@ -269,6 +277,11 @@ pub struct StreamArgs {
     /// rows the checkpoint holds are skipped).
     #[arg(long, value_name = "ROW", default_value_t = 0)]
     pub input_offset: u64,
+    /// An exact stream whose `[output] state` is a checkpoint of a stream
+    /// that has not ended: continue that state as a new stream, giving up
+    /// the rest of the old one's input (its forget requests still stand).
+    #[arg(long, conflicts_with = "resume")]
+    pub abandon: bool,
     /// Every row's progressive prediction (scored before it was trained
     /// on), in input order: a path (`.parquet`, `.arrow`), or `-` for an
     /// Arrow IPC stream on stdout (the summary then goes to stderr).
@@ -467,6 +480,12 @@ fn stream(a: StreamArgs) -> Result<()> {
     if pipeline.optimizer == crate::spec::OptimizerSpec::Exact {
         return stream_exact(a, pipeline, input, &cluster);
     }
+    if a.abandon {
+        return Err(Error::Usage {
+            option: "--abandon".into(),
+            message: "gives up an exact stream's unfinished checkpoint in its [output] state (optimizer.kind = 'exact')".into(),
+        });
+    }
     if a.retract.is_some() {
         return Err(Error::Usage {
             option: "--retract".into(),
@@ -513,7 +532,6 @@ fn stream_exact(
 ) -> Result<()> {
     for (flag, given) in [
         ("--init-model", a.init_model.is_some()),
-        ("--resume", a.resume),
         ("--predictions-out", a.predictions_out.is_some()),
         ("--metrics-addr", a.metrics_addr.is_some()),
     ] {
@@ -535,6 +553,9 @@ fn stream_exact(
         pipeline,
         input,
         retract: a.retract,
+        resume: a.resume,
+        input_offset: a.input_offset,
+        abandon: a.abandon,
     };
     let Some(summary) = crate::stream::exact::run(job, cluster)? else {
         return Ok(());
@@ -634,9 +655,15 @@ fn forget(a: ForgetArgs) -> Result<()> {
             ..crate::cluster::Cluster::default()
         };
         cluster.validate()?;
+        if a.erase {
+            return Err(Error::Usage {
+                option: "--erase".into(),
+                message: "a re-optimised model's state holds no rows (they are data.train's): erase them there".into(),
+            });
+        }
         crate::incremental::refit::forget(&pipeline, &a.keys, &cluster)?
     } else {
-        crate::incremental::forget(&pipeline, &a.keys)?
+        crate::incremental::forget(&pipeline, &a.keys, a.erase)?
     };
     let contents = match paths.model {
         Some(_) => vec![fitted.model.to_json()?],

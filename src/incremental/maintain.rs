@@ -127,6 +127,9 @@ pub struct Changes {
     /// This is the last time (a stream's leader says so, and the other
     /// workers, which enter nothing, learn it).
     pub end: bool,
+    /// A signal asked this worker's process to stop (a stream stops at
+    /// its next batch end; every worker learns it).
+    pub stop: bool,
 }
 
 /// A worker's error in the form the `failed` collection carries it.
@@ -162,6 +165,8 @@ pub struct Seen {
     pub failed: Vec<(usize, String)>,
     /// Some worker said this is the last time.
     pub end: bool,
+    /// Some worker's process was asked to stop.
+    pub stop: bool,
     /// Every input of every worker is closed (a worker is gone): nothing
     /// more will come.
     pub closed: bool,
@@ -177,8 +182,9 @@ pub struct Collections {
     forgotten_in: InputSession<u64, u128, isize>,
     failed_in: InputSession<u64, (usize, String), isize>,
     failed: Sink<(usize, String)>,
-    end_in: InputSession<u64, (), isize>,
-    ended: Sink<()>,
+    /// `true`: the end; `false`: a stop request.
+    end_in: InputSession<u64, bool, isize>,
+    ended: Sink<bool>,
     index: usize,
     probe: ProbeHandle<u64>,
     stats: Sink<Normal>,
@@ -197,7 +203,7 @@ impl Collections {
         let again: Sink<u128> = Rc::default();
         let failed: Sink<(usize, String)> = Rc::default();
         let f = Rc::clone(&failed);
-        let ended: Sink<()> = Rc::default();
+        let ended: Sink<bool> = Rc::default();
         let e = Rc::clone(&ended);
         let probe = ProbeHandle::new();
         let (s, r, u, a) = (
@@ -214,12 +220,12 @@ impl Collections {
                 let (rows_in, rows) = scope.new_collection::<(u128, RowVals), isize>();
                 let (forgotten_in, forgotten) = scope.new_collection::<u128, isize>();
                 let (failed_in, failures) = scope.new_collection::<(usize, String), isize>();
-                let (end_in, end) = scope.new_collection::<(), isize>();
+                let (end_in, end) = scope.new_collection::<bool, isize>();
                 end.inner
                     .broadcast()
-                    .inspect(move |(_, t, d): &((), u64, isize)| {
+                    .inspect(move |(v, t, d): &(bool, u64, isize)| {
                         if *d > 0 {
-                            e.borrow_mut().push((*t, ()));
+                            e.borrow_mut().push((*t, *v));
                         }
                     })
                     .probe_with(&probe);
@@ -382,7 +388,10 @@ impl Collections {
             self.inserted_in.update((), leaving);
         }
         if changes.end {
-            self.end_in.update((), 1);
+            self.end_in.update(true, 1);
+        }
+        if changes.stop {
+            self.end_in.update(false, 1);
         }
         self.time = t + 1;
         self.keys_in.advance_to(t + 1);
@@ -425,12 +434,13 @@ impl Collections {
         seen.again = self.again.borrow_mut().drain(..).map(|(_, k)| k).collect();
         seen.failed = self.failed.borrow_mut().drain(..).map(|(_, k)| k).collect();
         seen.failed.sort();
-        seen.end = !self
-            .ended
-            .borrow_mut()
-            .drain(..)
-            .collect::<Vec<_>>()
-            .is_empty();
+        for (_, end) in self.ended.borrow_mut().drain(..) {
+            if end {
+                seen.end = true;
+            } else {
+                seen.stop = true;
+            }
+        }
         seen
     }
 }

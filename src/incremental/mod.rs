@@ -63,6 +63,9 @@ pub struct PendingState {
     dir: StateDir,
     seq: u64,
     generation: Generation,
+    /// Generations kept after the commit (1 after an erasure: no older
+    /// one names a run that still holds the erased rows).
+    keep: usize,
     /// The directory's lock, held from reading the state to committing.
     _lock: std::fs::File,
 }
@@ -81,7 +84,8 @@ impl PendingState {
                 });
             }
         }
-        self.dir.commit(self.seq, &self.generation)
+        self.dir
+            .commit_keeping(self.seq, &self.generation, self.keep)
     }
 }
 
@@ -233,6 +237,7 @@ fn read_units(
                             y: block.label[i],
                             class: None,
                             slots: Vec::new(),
+                            place: None,
                         });
                     }
                 }
@@ -320,6 +325,7 @@ fn read_class_rows(
                     y: 0.0,
                     class: Some(class),
                     slots,
+                    place: None,
                 });
             }
         }
@@ -534,11 +540,14 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
                 forgotten: BTreeMap::new(),
                 source: None,
                 extended: false,
+                stream: None,
+                unmatched: Default::default(),
             };
             Some(PendingState {
                 dir,
                 seq,
                 generation,
+                keep: 2,
                 _lock: lock,
             })
         }
@@ -551,6 +560,33 @@ pub fn train(plan: Plan, cluster: &Cluster) -> Result<Option<Fitted>> {
     }))
 }
 
+/// Fails if generation `g` of the state at `dir` is one only a stream
+/// continues: that of a stream that has not ended (`stream --resume`
+/// continues it; anything else would lose where it was), or a window's
+/// (its rows are the window's, and a window keeps them by their times).
+pub(crate) fn stream_only(dir: &Path, g: &Generation, command: &str) -> Result<()> {
+    let Some(mark) = &g.stream else {
+        return Ok(());
+    };
+    let message = if !mark.ended {
+        format!(
+            "the state's newest generation is a checkpoint of a stream that has not ended (at row {} of its input): finish it with `tidemill stream ... --resume` (or give up the rest of its input with `tidemill stream ... --abandon`) before `{command}`",
+            mark.source_rows
+        )
+    } else if let Some(w) = &mark.window {
+        format!(
+            "the state is a windowed stream's (window {}): only a stream with that window continues it, not `{command}` (forget keys with `tidemill stream --retract`)",
+            w.spec
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Checkpoint {
+        path: dir.to_path_buf(),
+        message,
+    })
+}
+
 /// Fails unless training into the state `dir` loses nothing: its newest
 /// generation (if any) must be this job's, have no forgotten keys (the
 /// data may still hold them) and no rows a stream added (the data does
@@ -559,6 +595,7 @@ pub(crate) fn retrainable(dir: &StateDir, job: &JobStamp) -> Result<()> {
     let Some((_, g)) = dir.newest()? else {
         return Ok(());
     };
+    stream_only(dir.dir(), &g, "train")?;
     let refuse = |message: String| {
         Err(Error::Checkpoint {
             path: dir.dir().to_path_buf(),
@@ -736,6 +773,7 @@ fn open_request(pipeline: &Pipeline, keys_path: &str) -> Result<Request> {
                 .into(),
         });
     };
+    stream_only(&dir_path, &generation, "forget")?;
     let plan = Plan::new(pipeline.clone())?;
     let job = stamp(pipeline, &plan.draft, &key);
     if job != generation.job {
@@ -782,9 +820,12 @@ fn open_request(pipeline: &Pipeline, keys_path: &str) -> Result<Request> {
 }
 
 /// `tidemill forget`: retracts `keys` from the state of `pipeline` and
-/// returns the model of the rows that remain, after committing the new
-/// generation of the state. Nothing changes if a key is not present.
-pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
+/// returns the model of the rows that remain, with the new generation of
+/// the state to commit. Nothing changes if a key is not present. With
+/// `erase`, the rows of every forgotten key (these and earlier ones) are
+/// also removed from the state's runs ([`StateDir::erase`]), and the
+/// commit keeps no older generation that names a run holding them.
+pub fn forget(pipeline: &Pipeline, keys_path: &str, erase: bool) -> Result<Fitted> {
     let source = Path::new(keys_path);
     let Request {
         dir,
@@ -869,6 +910,22 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
     let mut next = generation;
     next.stats = stats.clone();
     next.forgotten.extend(requested);
+    // An ended stream's mark is history now: a `stream --resume` after
+    // this starts its input at the beginning (stream_only refused the
+    // marks that must stay).
+    next.stream = None;
+    let mut keep = 2;
+    if erase {
+        // Every forgotten key, unmatched ones too: a stream may have
+        // brought a row with one since (it left at once, but a run holds
+        // it). The buckets read are those the keys hash to.
+        let targets: BTreeSet<u128> = next.forgotten.keys().copied().collect();
+        let (runs, removed) = dir.erase(seq + 1, &next.runs, &targets)?;
+        tracing::info!(rows = removed.len(), "erased from the state's runs");
+        next.runs = runs;
+        next.unmatched.extend(removed);
+        keep = 1;
+    }
     Ok(Fitted {
         model,
         stats,
@@ -876,6 +933,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str) -> Result<Fitted> {
             dir,
             seq: seq + 1,
             generation: next,
+            keep,
             _lock: lock,
         }),
     })

@@ -130,6 +130,8 @@ impl Begun {
             forgotten: BTreeMap::new(),
             source: Some(source),
             extended: false,
+            stream: None,
+            unmatched: Default::default(),
         };
         model.training.data = Some(DataStamp {
             key: self.key,
@@ -140,6 +142,7 @@ impl Begun {
             dir: self.dir,
             seq: self.seq,
             generation,
+            keep: 2,
             _lock: self.lock,
         })
     }
@@ -318,6 +321,7 @@ pub fn forget(pipeline: &Pipeline, keys_path: &str, cluster: &Cluster) -> Result
             dir,
             seq: seq + 1,
             generation: next,
+            keep: 2,
             _lock: lock,
         }),
     })

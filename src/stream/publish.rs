@@ -388,7 +388,7 @@ impl Saved {
 }
 
 /// Keeps the metrics lines of batches before `batches` (an atomic rewrite).
-fn keep_lines_before(path: &Path, batches: u64) -> std::io::Result<()> {
+pub(super) fn keep_lines_before(path: &Path, batches: u64) -> std::io::Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

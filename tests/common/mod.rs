@@ -412,3 +412,53 @@ pub fn keys_csv(
     std::fs::write(&path, text + "\n").unwrap();
     path
 }
+
+/// california_housing's feature columns, in the file's order.
+pub const CALIFORNIA_FEATURES: [&str; 8] = [
+    "MedInc",
+    "HouseAge",
+    "AveRooms",
+    "AveBedrms",
+    "Population",
+    "AveOccup",
+    "Latitude",
+    "Longitude",
+];
+
+/// california_housing's label column.
+pub const CALIFORNIA_LABEL: &str = "MedHouseVal";
+
+/// california_housing's features and label with a key column `id`
+/// (row `i`'s key `key(i)`), the rows `keep` selects, written to
+/// `dir/name` in row groups of 1000 (what the exact models' tests key).
+pub fn keyed_california(
+    dir: &Path,
+    name: &str,
+    keep: impl Fn(usize) -> bool,
+    key: impl Fn(usize) -> String,
+) -> PathBuf {
+    let src = root().join("datasets/california_housing.parquet");
+    let mut names: Vec<&str> = CALIFORNIA_FEATURES.to_vec();
+    names.push(CALIFORNIA_LABEL);
+    let cols = read_columns(&src, &names);
+    let rows: Vec<usize> = (0..cols[0].len()).filter(|&i| keep(i)).collect();
+    let mut columns: Vec<(&str, ArrayRef)> = names
+        .iter()
+        .zip(&cols)
+        .map(|(n, c)| {
+            let v: Vec<f64> = rows.iter().map(|&i| c[i]).collect();
+            (
+                *n,
+                Arc::new(arrow::array::Float64Array::from(v)) as ArrayRef,
+            )
+        })
+        .collect();
+    let ids: Vec<String> = rows.iter().map(|&i| key(i)).collect();
+    columns.push((
+        "id",
+        Arc::new(arrow::array::StringArray::from(ids)) as ArrayRef,
+    ));
+    let path = dir.join(name);
+    write_parquet(&path, columns, 1000);
+    path
+}
