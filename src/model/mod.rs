@@ -18,6 +18,7 @@ pub mod bayes;
 pub mod block;
 pub mod file;
 pub mod loss;
+pub mod mlp;
 pub mod weights;
 
 use serde::{Deserialize, Serialize};
@@ -300,6 +301,29 @@ impl Scratch {
     pub fn drain_touched(&mut self) -> std::vec::Drain<'_, usize> {
         self.acc_touched.drain(..)
     }
+
+    /// Rounds the partial's sparse coordinates (`touched`) into `acc`,
+    /// clears them, and records them as touched in the accumulator;
+    /// returns the largest magnitude added. `overflow` words the error of
+    /// a value the exact sums cannot hold.
+    fn round_touched(
+        &mut self,
+        acc: &mut [Exact],
+        overflow: &dyn Fn(usize, f64) -> String,
+    ) -> Result<exact::Bound, String> {
+        let mut largest = exact::Bound::default();
+        for idx in std::mem::take(&mut self.touched) {
+            let g = self.grad[idx];
+            if g != 0.0 {
+                let v = Exact::from_f64(g).ok_or_else(|| overflow(idx, g))?;
+                largest = largest.max(v.magnitude());
+                acc[idx] += v;
+                self.grad[idx] = 0.0;
+                self.acc_touched.push(idx);
+            }
+        }
+        Ok(largest)
+    }
 }
 
 impl LinearModel {
@@ -388,17 +412,7 @@ impl LinearModel {
             scratch.grad[range].iter_mut().for_each(|g| *g = 0.0);
         }
         if hashed {
-            for &idx in &scratch.touched {
-                let g = scratch.grad[idx];
-                if g != 0.0 {
-                    let v = Exact::from_f64(g).ok_or_else(|| overflow(idx, g))?;
-                    largest = largest.max(v.magnitude());
-                    acc[idx] += v;
-                    scratch.grad[idx] = 0.0;
-                    scratch.acc_touched.push(idx);
-                }
-            }
-            scratch.touched.clear();
+            largest = largest.max(scratch.round_touched(acc, &overflow)?);
         }
         Ok((loss_sum, largest))
     }

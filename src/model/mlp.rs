@@ -1,0 +1,674 @@
+//! A multilayer perceptron: dense hidden layers (ReLU or tanh) under the
+//! head of the linear family (linear, logistic or softmax margins and
+//! losses, [`super::loss`]).
+//!
+//! **Work in progress (issue 12).** This is the network's arithmetic:
+//! seeded initialisation, the batched forward and backward passes, the
+//! gradient summed exactly into the training loop's accumulator, and the
+//! parameters' [`Roles`]. It is not a `model.kind` yet: the model file,
+//! `predict`, the pipeline keys and model parallelism come next.
+//!
+//! **Parameters**, one flat vector, layer by layer: the weights `W_l`
+//! (`out_l × in_l`, row-major), then the biases `b_l` (`out_l`). The first
+//! layer's inputs are the numeric features, then the hashed space: a row's
+//! hashed slots select columns of `W_0`, each times its slot's sign, summed
+//! (an embedding bag), so wide hashed data costs what its rows touch. Those
+//! columns are the sparse parameters; every other one is dense, and the
+//! biases are the intercepts (never penalised).
+//!
+//! **Arithmetic**: each pass over a batch of rows is a few matrix products
+//! (ndarray, whose `matrixmultiply` kernels are pure Rust; no BLAS).
+//! A row's margins are the same bits whichever rows share its batch
+//! (tested), so a model scores a row alone as training did in a batch.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+use rand::{Rng, SeedableRng};
+
+use super::{loss, Roles, Scratch};
+use crate::data::encode::Block;
+use crate::exact::{self, Exact};
+use crate::spec::ModelKind;
+
+/// A hidden layer's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(0, z)`, with He initialisation.
+    Relu,
+    /// `tanh(z)`, with Glorot initialisation.
+    Tanh,
+}
+
+impl Activation {
+    fn apply(self, z: f64) -> f64 {
+        match self {
+            Activation::Relu => z.max(0.0),
+            Activation::Tanh => z.tanh(),
+        }
+    }
+
+    /// The derivative at pre-activation `z`, given the activation `a`.
+    fn slope(self, z: f64, a: f64) -> f64 {
+        match self {
+            Activation::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Tanh => 1.0 - a * a,
+        }
+    }
+}
+
+/// The widths of a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// Numeric inputs.
+    pub numeric: usize,
+    /// Hashed slots (the size of the hashed space; 0 without categorical
+    /// columns).
+    pub hashed: usize,
+    /// Hidden layers' widths, from the input up.
+    pub hidden: Vec<usize>,
+    /// Outputs (margins per row: 1, or one per class for softmax).
+    pub outputs: usize,
+}
+
+/// Where one layer's parameters are in the flat vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layer {
+    /// Offset of `W` (`rows × cols`, row-major).
+    weights: usize,
+    /// Offset of `b` (`rows`).
+    biases: usize,
+    /// Outputs.
+    rows: usize,
+    /// Inputs.
+    cols: usize,
+}
+
+impl Shape {
+    /// The layers' places in the parameter vector.
+    fn layers(&self) -> Vec<Layer> {
+        let mut widths = vec![self.numeric + self.hashed];
+        widths.extend(&self.hidden);
+        widths.push(self.outputs);
+        let mut at = 0;
+        widths
+            .windows(2)
+            .map(|w| {
+                let l = Layer {
+                    weights: at,
+                    biases: at + w[1] * w[0],
+                    rows: w[1],
+                    cols: w[0],
+                };
+                at = l.biases + l.rows;
+                l
+            })
+            .collect()
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.layers().last().map_or(0, |l| l.biases + l.rows)
+    }
+
+    /// True if the network has no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A multilayer perceptron of a `kind` head (linear, logistic or softmax).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    kind: ModelKind,
+    shape: Shape,
+    activation: Activation,
+    layers: Vec<Layer>,
+    theta: Vec<f64>,
+}
+
+/// One pass's pre-activations and activations per layer (`a[0]` is the
+/// numeric inputs; `z[l]` feeds `a[l + 1]`; the last `z` is the margins).
+struct Pass {
+    a: Vec<Array2<f64>>,
+    z: Vec<Array2<f64>>,
+}
+
+impl Mlp {
+    /// A network with parameters `theta`; an error names what does not fit.
+    pub fn new(
+        kind: ModelKind,
+        shape: Shape,
+        activation: Activation,
+        theta: Vec<f64>,
+    ) -> Result<Mlp, String> {
+        let heads = [ModelKind::Linear, ModelKind::Logistic, ModelKind::Softmax];
+        if !heads.contains(&kind) {
+            return Err(format!(
+                "a network's head is linear, logistic or softmax, not {}",
+                kind.name()
+            ));
+        }
+        let outputs = if kind == ModelKind::Softmax {
+            shape.outputs
+        } else {
+            1
+        };
+        if shape.outputs != outputs || outputs == 0 {
+            return Err(format!(
+                "a {} head has {outputs} output(s), the shape {}",
+                kind.name(),
+                shape.outputs
+            ));
+        }
+        if shape.hidden.contains(&0) {
+            return Err("a hidden layer has no units".into());
+        }
+        if theta.len() != shape.len() {
+            return Err(format!(
+                "{} parameters for a network of {}",
+                theta.len(),
+                shape.len()
+            ));
+        }
+        Ok(Mlp {
+            kind,
+            layers: shape.layers(),
+            shape,
+            activation,
+            theta,
+        })
+    }
+
+    /// A network initialised from `seed` alone (never from the worker
+    /// count): each layer's weights drawn from its own stream, He normal
+    /// (`σ² = 2 / fan_in`) under ReLU, Glorot uniform (`±√(6 / (fan_in +
+    /// fan_out))`) under tanh; the output layer Glorot; biases zero. The
+    /// first layer's fan-in counts the numeric inputs and the hashed
+    /// columns a row reads, not the whole hashed space.
+    pub fn init(
+        kind: ModelKind,
+        shape: Shape,
+        activation: Activation,
+        seed: u64,
+        hashed_per_row: usize,
+    ) -> Result<Mlp, String> {
+        let layers = shape.layers();
+        let mut theta = vec![0.0; shape.len()];
+        for (li, l) in layers.iter().enumerate() {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(li as u64 + 1);
+            let fan_in = if li == 0 {
+                (shape.numeric + hashed_per_row).max(1)
+            } else {
+                l.cols
+            } as f64;
+            let last = li + 1 == layers.len();
+            let w = &mut theta[l.weights..l.biases];
+            if activation == Activation::Relu && !last {
+                let sd = (2.0 / fan_in).sqrt();
+                for v in w {
+                    *v = sd * standard_normal(&mut rng);
+                }
+            } else {
+                let bound = (6.0 / (fan_in + l.rows as f64)).sqrt();
+                for v in w {
+                    *v = rng.random_range(-bound..bound);
+                }
+            }
+        }
+        Mlp::new(kind, shape, activation, theta)
+    }
+
+    /// The head.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &[f64] {
+        &self.theta
+    }
+
+    /// The parameters, to be set by the training loop.
+    pub fn params_mut(&mut self) -> &mut [f64] {
+        &mut self.theta
+    }
+
+    /// The roles: the biases are intercepts; the first layer's hashed
+    /// columns are sparse (touched by the rows that read their slot).
+    pub fn roles(&self) -> Roles {
+        let first = self.layers[0];
+        let numeric = self.shape.numeric;
+        let is_bias = |i: usize| {
+            self.layers
+                .iter()
+                .any(|l| (l.biases..l.biases + l.rows).contains(&i))
+        };
+        let hashed_column = |i: usize| {
+            i >= first.weights && i < first.biases && (i - first.weights) % first.cols >= numeric
+        };
+        Roles::new(self.theta.len(), is_bias, |i| !hashed_column(i))
+    }
+
+    fn weights(&self, l: Layer) -> ArrayView2<'_, f64> {
+        // The layout is built for these sizes: the slice has them.
+        ArrayView2::from_shape((l.rows, l.cols), &self.theta[l.weights..l.biases])
+            .unwrap_or_else(|_| unreachable!("layer {l:?} outside the parameters"))
+    }
+
+    /// The forward pass over `rows` of `block`.
+    fn forward(&self, block: &Block, rows: &[usize]) -> Pass {
+        let (n, p) = (rows.len(), self.shape.numeric);
+        let mut x = Array2::<f64>::zeros((n, p));
+        for (r, &i) in rows.iter().enumerate() {
+            for (j, v) in block.dense[i * block.p..i * block.p + p].iter().enumerate() {
+                x[[r, j]] = f64::from(*v);
+            }
+        }
+        let mut pass = Pass {
+            a: vec![x],
+            z: Vec::with_capacity(self.layers.len()),
+        };
+        for (li, &l) in self.layers.iter().enumerate() {
+            let w = self.weights(l);
+            let b = Array1::from(self.theta[l.biases..l.biases + l.rows].to_vec());
+            let input = &pass.a[li];
+            let mut z = if li == 0 {
+                input.dot(&w.slice_axis(Axis(1), ndarray::Slice::from(..p)).t())
+            } else {
+                input.dot(&w.t())
+            };
+            if li == 0 && block.c > 0 {
+                // The embedding bag: each slot's column, times its sign.
+                for (r, &i) in rows.iter().enumerate() {
+                    let slots = &block.hashed[i * block.c..(i + 1) * block.c];
+                    let signs = &block.signs[i * block.c..(i + 1) * block.c];
+                    for (&h, &sg) in slots.iter().zip(signs) {
+                        if sg == 0.0 {
+                            continue;
+                        }
+                        let col = w.column(p + h as usize);
+                        let mut zr = z.row_mut(r);
+                        zr.scaled_add(f64::from(sg), &col);
+                    }
+                }
+            }
+            z += &b;
+            let last = li + 1 == self.layers.len();
+            if !last {
+                let act = self.activation;
+                pass.a.push(z.mapv(|v| act.apply(v)));
+            }
+            pass.z.push(z);
+        }
+        pass
+    }
+
+    /// The margins of row `i` of `block` into `out` (length: outputs).
+    pub fn margins(&self, block: &Block, i: usize, out: &mut [f64]) {
+        let pass = self.forward(block, &[i]);
+        if let Some(m) = pass.z.last() {
+            for (o, v) in out.iter_mut().zip(m.row(0)) {
+                *o = *v;
+            }
+        }
+    }
+
+    /// Calls `visit` with each sparse parameter row `i` of `block` reads
+    /// (the first layer's columns of its hashed slots).
+    pub fn sparse_coords(&self, block: &Block, i: usize, visit: &mut dyn FnMut(usize)) {
+        let first = self.layers[0];
+        for (&h, &sg) in block.hashed[i * block.c..(i + 1) * block.c]
+            .iter()
+            .zip(&block.signs[i * block.c..(i + 1) * block.c])
+        {
+            if sg == 0.0 {
+                continue;
+            }
+            let col = self.shape.numeric + h as usize;
+            for r in 0..first.rows {
+                visit(first.weights + r * first.cols + col);
+            }
+        }
+    }
+
+    /// The loss gradient of `rows` of `block`, added to `acc` as one
+    /// exactly rounded partial (as [`super::LinearModel::accumulate`]);
+    /// returns the loss sum and the partial's largest magnitude. The
+    /// sparse coordinates it adds to are recorded in `scratch`.
+    pub fn accumulate(
+        &self,
+        block: &Block,
+        rows: &[usize],
+        scratch: &mut Scratch,
+        acc: &mut [Exact],
+    ) -> Result<(f64, exact::Bound), String> {
+        let n = rows.len();
+        if n == 0 {
+            return Ok((0.0, exact::Bound::default()));
+        }
+        let pass = self.forward(block, rows);
+        let k = self.shape.outputs;
+        let margins = pass
+            .z
+            .last()
+            .map_or_else(|| Array2::zeros((n, k)), Clone::clone);
+        let mut dz = Array2::<f64>::zeros((n, k));
+        let mut loss_sum = 0.0;
+        let mut dm = vec![0.0; k];
+        for (r, &i) in rows.iter().enumerate() {
+            let m: Vec<f64> = margins.row(r).to_vec();
+            loss_sum += loss::loss_and_grad(self.kind, &m, block.label[i], &mut dm);
+            for (j, g) in dm.iter().enumerate() {
+                dz[[r, j]] = *g;
+            }
+        }
+        let len = self.theta.len();
+        if scratch.grad.len() != len {
+            scratch.grad = vec![0.0; len];
+        }
+        let p = self.shape.numeric;
+        for li in (0..self.layers.len()).rev() {
+            let l = self.layers[li];
+            let input = &pass.a[li];
+            // dW = dZᵀ · A (the numeric columns only, for the first layer).
+            let gw = dz.t().dot(input);
+            for (r, row) in gw.outer_iter().enumerate() {
+                let at = l.weights + r * l.cols;
+                for (g, v) in scratch.grad[at..at + row.len()].iter_mut().zip(row) {
+                    *g += v;
+                }
+            }
+            for (g, v) in scratch.grad[l.biases..l.biases + l.rows]
+                .iter_mut()
+                .zip(dz.sum_axis(Axis(0)))
+            {
+                *g += v;
+            }
+            if li == 0 {
+                if block.c > 0 {
+                    for (r, &i) in rows.iter().enumerate() {
+                        let slots = &block.hashed[i * block.c..(i + 1) * block.c];
+                        let signs = &block.signs[i * block.c..(i + 1) * block.c];
+                        for (&h, &sg) in slots.iter().zip(signs) {
+                            if sg == 0.0 {
+                                continue;
+                            }
+                            let col = p + h as usize;
+                            for (o, d) in dz.row(r).iter().enumerate() {
+                                let idx = l.weights + o * l.cols + col;
+                                scratch.grad[idx] += f64::from(sg) * d;
+                                scratch.touched.push(idx);
+                            }
+                        }
+                    }
+                }
+                break;
+            }
+            // dA = dZ · W; dZ of the layer below = dA ⊙ act'(Z).
+            let w = self.weights(l);
+            let da = dz.dot(&w);
+            let (z, a) = (&pass.z[li - 1], &pass.a[li]);
+            let act = self.activation;
+            let mut below = da;
+            ndarray::Zip::from(&mut below)
+                .and(z)
+                .and(a)
+                .for_each(|d, &zv, &av| *d *= act.slope(zv, av));
+            dz = below;
+        }
+        // Round the partial once into the exact accumulator, then clear it.
+        let overflow = |i: usize, g: f64| {
+            format!(
+                "the gradient of network parameter {i} summed over a unit's rows is {g:e}: not finite, or beyond the {:e} exact sums hold",
+                exact::LIMIT
+            )
+        };
+        let roles = self.roles();
+        let mut largest = exact::Bound::default();
+        for &i in roles.dense_indices() {
+            let g = scratch.grad[i];
+            if g != 0.0 {
+                let v = Exact::from_f64(g).ok_or_else(|| overflow(i, g))?;
+                largest = largest.max(v.magnitude());
+                acc[i] += v;
+                scratch.grad[i] = 0.0;
+            }
+        }
+        largest = largest.max(scratch.round_touched(acc, &overflow)?);
+        Ok((loss_sum, largest))
+    }
+
+    /// The head's prediction of row `i` of `block` into `out` (as the
+    /// linear family's); false if a margin is not finite.
+    pub fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool {
+        self.margins(block, i, out);
+        super::predict_from_margins(self.kind, out)
+    }
+}
+
+/// A standard normal draw (Box–Muller on two uniforms of the seeded
+/// stream: the same numbers on every platform).
+fn standard_normal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Six rows of 3 numeric features and 2 hashed columns over 8 slots
+    /// (one token missing), with labels for `kind`.
+    fn block(kind: ModelKind) -> Block {
+        let rows = 6;
+        let dense: Vec<f32> = (0..rows * 3)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let hashed: Vec<u32> = (0..rows * 2).map(|i| (i * 5 % 8) as u32).collect();
+        let mut signs: Vec<f32> = (0..rows * 2)
+            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        signs[7] = 0.0;
+        let label = (0..rows)
+            .map(|i| match kind {
+                ModelKind::Logistic => (i % 2) as f64,
+                ModelKind::Softmax => (i % 3) as f64,
+                _ => i as f64 * 0.7 - 1.5,
+            })
+            .collect();
+        Block {
+            rows,
+            p: 3,
+            dense,
+            raw: Vec::new(),
+            c: 2,
+            hashed,
+            signs,
+            label,
+            tokens: Vec::new(),
+            file_row: (0..rows as u64).collect(),
+        }
+    }
+
+    fn net(kind: ModelKind, activation: Activation) -> Mlp {
+        let outputs = if kind == ModelKind::Softmax { 3 } else { 1 };
+        let shape = Shape {
+            numeric: 3,
+            hashed: 8,
+            hidden: vec![5, 4],
+            outputs,
+        };
+        let mut m = Mlp::init(kind, shape, activation, 7, 2).unwrap_or_else(|e| panic!("{e}"));
+        // Biases and weights away from their start (and from zero).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for v in m.params_mut() {
+            *v += rng.random_range(-0.3..0.3);
+        }
+        m
+    }
+
+    fn loss_sum(m: &Mlp, b: &Block) -> f64 {
+        let rows: Vec<usize> = (0..b.rows).collect();
+        let pass = m.forward(b, &rows);
+        let margins = pass.z.last().unwrap_or_else(|| unreachable!());
+        let mut dm = vec![0.0; m.shape.outputs];
+        rows.iter()
+            .map(|&i| {
+                let row: Vec<f64> = margins.row(i).to_vec();
+                loss::loss_and_grad(m.kind, &row, b.label[i], &mut dm)
+            })
+            .sum()
+    }
+
+    /// Every parameter's gradient, of every layer, activation and head,
+    /// against central finite differences in f64.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for kind in [ModelKind::Linear, ModelKind::Logistic, ModelKind::Softmax] {
+            for activation in [Activation::Relu, Activation::Tanh] {
+                let mut m = net(kind, activation);
+                let b = block(kind);
+                let rows: Vec<usize> = (0..b.rows).collect();
+                let mut acc = vec![Exact::default(); m.params().len()];
+                let mut scratch = Scratch::default();
+                m.accumulate(&b, &rows, &mut scratch, &mut acc)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let h = 1e-6;
+                let mut checked = 0;
+                for (i, a) in acc.iter().enumerate() {
+                    let analytic = a.to_f64();
+                    let v = m.params()[i];
+                    m.params_mut()[i] = v + h;
+                    let up = loss_sum(&m, &b);
+                    m.params_mut()[i] = v - h;
+                    let down = loss_sum(&m, &b);
+                    m.params_mut()[i] = v;
+                    let numeric = (up - down) / (2.0 * h);
+                    let scale = analytic.abs().max(numeric.abs());
+                    let err = (analytic - numeric).abs();
+                    assert!(
+                        err <= 1e-6 * scale + 1e-8,
+                        "{kind:?} {activation:?} parameter {i}: analytic {analytic}, numeric {numeric}"
+                    );
+                    checked += usize::from(scale > 1e-6);
+                }
+                // The check is not vacuous: most parameters have a gradient.
+                assert!(
+                    checked * 2 > m.params().len(),
+                    "{kind:?} {activation:?}: {checked} of {} gradients non-zero",
+                    m.params().len()
+                );
+            }
+        }
+    }
+
+    /// The sparse coordinates the backward pass adds to are those a row
+    /// reads, and only those outside the dense ones.
+    #[test]
+    fn only_the_slots_a_row_reads_are_touched() {
+        let m = net(ModelKind::Logistic, Activation::Relu);
+        let b = block(ModelKind::Logistic);
+        let roles = m.roles();
+        let mut acc = vec![Exact::default(); m.params().len()];
+        let mut scratch = Scratch::default();
+        m.accumulate(&b, &[2], &mut scratch, &mut acc)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut read = Vec::new();
+        m.sparse_coords(&b, 2, &mut |i| read.push(i));
+        read.sort_unstable();
+        read.dedup();
+        for (i, a) in acc.iter().enumerate() {
+            if *a != Exact::default() {
+                assert!(
+                    roles.is_dense(i) || read.contains(&i),
+                    "parameter {i} changed but row 2 does not read it"
+                );
+            }
+        }
+        assert!(read.iter().all(|&i| !roles.is_dense(i)));
+        assert_eq!(read.len(), 2 * 5, "two slots, five units each");
+    }
+
+    /// A row's margins are the same bits alone and in any batch.
+    #[test]
+    fn a_rows_margins_do_not_depend_on_its_batch() {
+        let m = net(ModelKind::Softmax, Activation::Tanh);
+        let b = block(ModelKind::Softmax);
+        let all: Vec<usize> = (0..b.rows).collect();
+        let together = m.forward(&b, &all);
+        let margins = together.z.last().unwrap_or_else(|| unreachable!());
+        for i in 0..b.rows {
+            let mut alone = vec![0.0; 3];
+            m.margins(&b, i, &mut alone);
+            let row: Vec<u64> = margins.row(i).iter().map(|v| v.to_bits()).collect();
+            let alone: Vec<u64> = alone.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(row, alone, "row {i}");
+        }
+    }
+
+    /// The initial weights depend on the seed alone, with the variance the
+    /// scheme asks for.
+    #[test]
+    fn initialisation_is_seeded_and_scaled() {
+        let shape = Shape {
+            numeric: 400,
+            hashed: 0,
+            hidden: vec![300],
+            outputs: 1,
+        };
+        let a = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let again = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let other = Mlp::init(ModelKind::Logistic, shape, Activation::Relu, 12, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.params(), again.params());
+        assert_ne!(a.params(), other.params());
+        let l = a.layers[0];
+        let w = &a.params()[l.weights..l.biases];
+        let var = w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
+        let he = 2.0 / 400.0;
+        assert!((var / he - 1.0).abs() < 0.02, "variance {var}, He {he}");
+        assert!(a.params()[l.biases..l.biases + l.rows]
+            .iter()
+            .all(|b| *b == 0.0));
+    }
+
+    #[test]
+    fn heads_and_shapes_that_do_not_fit_are_refused() {
+        let shape = Shape {
+            numeric: 2,
+            hashed: 0,
+            hidden: vec![3],
+            outputs: 1,
+        };
+        let n = shape.len();
+        assert!(Mlp::new(
+            ModelKind::Hinge,
+            shape.clone(),
+            Activation::Relu,
+            vec![0.0; n]
+        )
+        .is_err());
+        assert!(Mlp::new(
+            ModelKind::Logistic,
+            shape.clone(),
+            Activation::Relu,
+            vec![0.0; n + 1]
+        )
+        .is_err());
+        let three = Shape {
+            outputs: 3,
+            ..shape.clone()
+        };
+        assert!(Mlp::new(ModelKind::Logistic, three, Activation::Relu, vec![0.0; n]).is_err());
+        assert!(Mlp::new(ModelKind::Linear, shape, Activation::Tanh, vec![0.0; n]).is_ok());
+    }
+}
