@@ -920,11 +920,7 @@ fn forget_erase_removes_the_rows_from_the_state_on_disk() {
             .and_then(|v| v["training"]["data"]["rows"].as_u64())
             .is_some_and(|n| n >= before + 1 + 200)
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    common::sigterm(&child);
     let out = common::finish(child, std::time::Duration::from_secs(60));
     assert_success(&out, "the stopped stream");
     let argv = stream_args(&["--resume"]);

@@ -414,6 +414,64 @@ fn multinomial_nb_with_hashed_columns_forgets_exactly() {
         std::fs::read(&scratch).unwrap(),
         "the streamed model differs from the model of the remaining rows"
     );
+    // The same stream in a window of 8000 rows, keeping its window in a
+    // state, stopped by SIGTERM mid-way and resumed: the model of the
+    // stateless window (classes and hashed slots kept in the state).
+    let window = [
+        "--set",
+        "stream.batch_rows=2000",
+        "--set",
+        "stream.window={rows=8000}",
+        "--set",
+        "stream.snapshot_every=1",
+    ];
+    let run = |p: &Path, model: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "stream",
+            s(p),
+            "--input",
+            s(&all),
+            "--retract",
+            s(&all_gone),
+            "--model-out",
+            s(model),
+        ]
+        .iter()
+        .chain(window.iter())
+        .chain(extra.iter())
+        .map(|x| x.to_string())
+        .collect();
+        a.shrink_to_fit();
+        a
+    };
+    fn argv(a: &[String]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+    let windowed = dir.path().join("windowed.json");
+    tidemill_ok(&argv(&run(&p_stream, &windowed, &[])));
+    let p_kept = flights_pipeline(dir.path(), &all, "kept", true);
+    let kept = dir.path().join("kept.json");
+    let state = dir.path().join("kept.state");
+    let generations = || {
+        std::fs::read_dir(&state).map_or(0, |e| {
+            e.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+                .count()
+        })
+    };
+    let child = common::start(&argv(&run(&p_kept, &kept, &["--rate", "20000"])), &[]);
+    common::wait_until("two commits", || generations() >= 2);
+    common::sigterm(&child);
+    let out = common::finish(child, std::time::Duration::from_secs(60));
+    assert_success(&out, "the stopped stream");
+    let stopped: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stopped["stopped_by"], "SIGTERM", "{stopped}");
+    tidemill_ok(&argv(&run(&p_kept, &kept, &["--resume", "-w", "2"])));
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(&windowed).unwrap(),
+        "a windowed naive Bayes stream stopped and resumed differs from one uninterrupted"
+    );
 }
 
 #[test]

@@ -462,3 +462,9 @@ pub fn keyed_california(
     write_parquet(&path, columns, 1000);
     path
 }
+
+/// Sends SIGTERM to a child started by [`start`].
+pub fn sigterm(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
