@@ -58,8 +58,8 @@ fn train(toml: &str, overrides: &[&str], names: &[String], workers: usize) -> Ve
     };
     let report = tidemill::train::run(pipeline, &cluster).unwrap();
     let model = report.model.unwrap();
-    let mut theta = vec![model.intercept.number().unwrap()];
-    let coefficients = model.coefficients.named().unwrap();
+    let mut theta = vec![model.intercept.as_ref().unwrap().number().unwrap()];
+    let coefficients = model.coefficients.as_ref().unwrap().named().unwrap();
     for n in names {
         theta.push(coefficients.iter().find(|(k, _)| k == n).unwrap().1);
     }

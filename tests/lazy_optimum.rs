@@ -134,12 +134,12 @@ fn train(file: &Path, slots: &[u32], sets: &[&str], workers: usize) -> Vec<f64> 
         .unwrap()
         .model
         .unwrap();
-    assert_eq!(model.intercept.number(), Some(0.0));
+    assert_eq!(model.intercept.as_ref().and_then(|i| i.number()), Some(0.0));
     let named = |w: &tidemill::model::weights::Weights, k: &str| -> Option<f64> {
         w.named()?.iter().find(|(n, _)| n == k).map(|&(_, v)| v)
     };
     let hashed = model.hashed.unwrap();
-    std::iter::once(named(&model.coefficients, "x").unwrap())
+    std::iter::once(named(model.coefficients.as_ref().unwrap(), "x").unwrap())
         .chain(
             slots
                 .iter()

@@ -413,17 +413,13 @@ impl State {
         bytes: u64,
     ) -> Result<bool, Error> {
         let k = self.ctx.block.layout.k;
-        let mut validation = EvalPartial::with_label_ref(self.ctx.label_ref);
-        if self.ctx.has_validation {
-            let labels = &self.val_labels;
-            validation.add_rows(
-                self.ctx.kind,
-                k,
-                labels.len(),
-                |i, out| out.copy_from_slice(&margins[i * k..(i + 1) * k]),
-                |i| labels[i],
-            );
-        }
+        let labels: &[f64] = if self.ctx.has_validation {
+            &self.val_labels
+        } else {
+            &[]
+        };
+        let validation =
+            EvalPartial::of_margins(self.ctx.kind, k, margins, labels, self.ctx.label_ref);
         let end = self.epochs.close(EpochTotals {
             epoch,
             steps,

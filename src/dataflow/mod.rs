@@ -17,6 +17,7 @@ pub mod collect;
 pub mod fold;
 pub mod gradient;
 pub mod hooks;
+pub mod layers;
 pub mod liveness;
 pub mod margins;
 pub mod rounds;

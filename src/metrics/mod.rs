@@ -101,6 +101,27 @@ impl EvalPartial {
         }
     }
 
+    /// The partial of rows whose margins (`k` per row, row-major) and
+    /// labels are given: what the model-parallel operators, which hold
+    /// every validation row's margins, evaluate.
+    pub fn of_margins(
+        kind: ModelKind,
+        k: usize,
+        margins: &[f64],
+        labels: &[f64],
+        label_ref: Option<f64>,
+    ) -> EvalPartial {
+        let mut p = EvalPartial::with_label_ref(label_ref);
+        p.add_rows(
+            kind,
+            k,
+            labels.len(),
+            |i, out| out.copy_from_slice(&margins[i * k..(i + 1) * k]),
+            |i| labels[i],
+        );
+        p
+    }
+
     /// Evaluates `model` on every row of `block` and adds the results.
     pub fn add_block(&mut self, model: &dyn Model, block: &Block) {
         self.add_rows(

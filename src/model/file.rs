@@ -18,8 +18,13 @@ use crate::spec::MAX_HASH_BITS;
 
 /// Format tag written into every model file.
 pub const FORMAT: &str = "tidemill-model";
-/// Current format version.
-pub const VERSION: u32 = 1;
+/// The newest format version, which this tidemill reads with every older
+/// one. A file is written at the lowest version that holds its model: 1
+/// for the linear family and naive Bayes, 2 for a network (its
+/// `"network"` section).
+pub const VERSION: u32 = 2;
+/// The version of the files without a network.
+pub const VERSION_LINEAR: u32 = 1;
 
 /// What the training run reports about itself (no timings or worker counts,
 /// so that the file is identical however the job was distributed).
@@ -69,10 +74,14 @@ pub struct ModelFile {
     pub kind: ModelKind,
     /// Preprocessing.
     pub features: FeatureSpec,
-    /// Intercept (number), or per class (object) for softmax.
-    pub intercept: Weights,
-    /// Weight per numeric feature name, or per class then feature for softmax.
-    pub coefficients: Weights,
+    /// Intercept (number), or per class (object) for softmax; a network
+    /// has none (its biases are in `network`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub intercept: Option<Weights>,
+    /// Weight per numeric feature name, or per class then feature for
+    /// softmax; a network has none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub coefficients: Option<Weights>,
     /// Non-zero weights of the hashed space, keyed by slot (per class for softmax).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hashed: Option<Weights>,
@@ -85,6 +94,9 @@ pub struct ModelFile {
     /// and per-class means or log-probabilities (`coefficients`, `hashed`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub naive_bayes: Option<BayesSection>,
+    /// A network's layers (`model.kind = "mlp"`; version 2).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub network: Option<super::network_file::NetworkSection>,
 }
 
 /// The naive Bayes part of a model file (docs/model-format.md).
@@ -281,15 +293,16 @@ impl ModelFile {
         };
         ModelFile {
             format: FORMAT.into(),
-            version: VERSION,
+            version: VERSION_LINEAR,
             kind: model.kind,
             features: features.clone(),
-            intercept,
-            coefficients,
+            intercept: Some(intercept),
+            coefficients: Some(coefficients),
             hashed,
             training,
             stream: None,
             naive_bayes: None,
+            network: None,
         }
     }
 
@@ -340,11 +353,11 @@ impl ModelFile {
         });
         ModelFile {
             format: FORMAT.into(),
-            version: VERSION,
+            version: VERSION_LINEAR,
             kind: model.kind,
             features: features.clone(),
-            intercept: by_name(&|c| block(c)[0]),
-            coefficients: per_class(&|c| numeric(c, 1)),
+            intercept: Some(by_name(&|c| block(c)[0])),
+            coefficients: Some(per_class(&|c| numeric(c, 1))),
             hashed,
             training,
             stream: None,
@@ -356,6 +369,7 @@ impl ModelFile {
                 alpha: (!gaussian).then_some(model.alpha),
                 unseen_slot: (model.slots > 0).then(|| by_name(&|c| model.unseen[c])),
             }),
+            network: None,
         }
     }
 
@@ -430,15 +444,15 @@ impl ModelFile {
             }
         }
         match &header.version {
-            Some(Probe::Integer(v)) if *v == u64::from(VERSION) => {}
+            Some(Probe::Integer(v)) if (1..=u64::from(VERSION)).contains(v) => {}
             Some(Probe::Integer(v)) => {
                 return Err(bad(format!(
-                    "model format version {v}; this tidemill reads version {VERSION}"
+                    "model format version {v}; this tidemill reads versions 1 to {VERSION}"
                 )))
             }
             Some(other) => {
                 return Err(bad(format!(
-                    "\"version\" must be the number {VERSION}, got {other}"
+                    "\"version\" must be a number from 1 to {VERSION}, got {other}"
                 )))
             }
             None => return Err(bad("missing \"version\"".into())),
@@ -526,15 +540,21 @@ impl ModelFile {
                 }
             ));
         }
-        let len = if self.kind.is_naive_bayes() {
+        self.check_sections()?;
+        let len = if let Some(n) = &self.network {
+            n.param_count(self.kind, f)?
+        } else if self.kind.is_naive_bayes() {
             let k = f.classes.as_ref().map_or(0, Vec::len);
             let slots = NaiveBayes::slots_of(self.kind, f);
             k * NaiveBayes::width(self.kind, f.numeric.len(), slots)
         } else {
             Layout::new(self.kind, f).len()
         };
+        // A network holds its parameters and, per parameter, an index in
+        // its roles and the bits of their masks: three words each.
+        let words = if self.network.is_some() { 3 } else { 1 };
         crate::memory::check(
-            (len as u64).saturating_mul(8),
+            (len as u64).saturating_mul(8 * words),
             &format!("the model's {len} parameters"),
         )
     }
@@ -542,6 +562,9 @@ impl ModelFile {
     /// The model the file holds, ready to predict: where reading chooses
     /// the model, as [`super::build`] does for training.
     pub fn load_model(&self, path: &Path) -> Result<Box<dyn super::Model>> {
+        if self.network.is_some() {
+            return Ok(Box::new(self.to_network(path)?));
+        }
         if self.kind.is_naive_bayes() {
             return Ok(Box::new(self.to_bayes(path)?));
         }
@@ -617,9 +640,15 @@ impl ModelFile {
                 })
                 .collect()
         };
-        let priors = per_class_number(&self.intercept, "intercept")?;
+        let priors = per_class_number(
+            required(&self.intercept, "intercept").map_err(bad)?,
+            "intercept",
+        )?;
         let rows = per_class_number(&section.class_rows, "naive_bayes.class_rows")?;
-        let coefficients = per_class_named(&self.coefficients, "coefficients")?;
+        let coefficients = per_class_named(
+            required(&self.coefficients, "coefficients").map_err(bad)?,
+            "coefficients",
+        )?;
         let mut theta = vec![0.0; k * w];
         let mut unseen = vec![0.0; k];
         let variance = match (&section.variance, gaussian) {
@@ -711,12 +740,18 @@ impl ModelFile {
             path: path.to_path_buf(),
             message,
         };
-        if self.kind.is_naive_bayes() {
+        if self.kind.is_naive_bayes() || self.network.is_some() {
             return Err(bad(format!(
-                "a {} model is not a linear model (it has no weights to start from)",
-                self.kind.name()
+                "a {} model is not a linear model",
+                if self.network.is_some() {
+                    "network"
+                } else {
+                    self.kind.name()
+                }
             )));
         }
+        let intercept = required(&self.intercept, "intercept").map_err(bad)?;
+        let coefficients = required(&self.coefficients, "coefficients").map_err(bad)?;
         let mut theta = vec![0.0; layout.len()];
         let names = class_names(&self.features, layout.k);
         let softmax = self.kind == ModelKind::Softmax;
@@ -731,14 +766,13 @@ impl ModelFile {
             named_per_class(w, &names, what).map_err(bad)
         };
         let intercepts: Vec<f64> = if softmax {
-            number_per_class(&self.intercept, &names, "intercept").map_err(bad)?
+            number_per_class(intercept, &names, "intercept").map_err(bad)?
         } else {
-            vec![self
-                .intercept
+            vec![intercept
                 .number()
                 .ok_or_else(|| bad("intercept must be a number".into()))?]
         };
-        let coefficients = by_class(&self.coefficients, "coefficients")?;
+        let coefficients = by_class(coefficients, "coefficients")?;
         let hashed = match &self.hashed {
             Some(h) => Some(by_class(h, "hashed")?),
             None => None,
@@ -788,6 +822,11 @@ impl ModelFile {
             theta,
         })
     }
+}
+
+/// A key every model but a network has.
+fn required<'a>(w: &'a Option<Weights>, what: &str) -> std::result::Result<&'a Weights, String> {
+    w.as_ref().ok_or_else(|| format!("missing \"{what}\""))
 }
 
 /// One number per class under a key (`{class: number}`), in `names`

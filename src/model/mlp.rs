@@ -2,11 +2,11 @@
 //! head of the linear family (linear, logistic or softmax margins and
 //! losses, [`super::loss`]).
 //!
-//! **Work in progress (issue 12).** This is the network's arithmetic:
-//! seeded initialisation, the batched forward and backward passes, the
-//! gradient summed exactly into the training loop's accumulator, and the
-//! parameters' [`Roles`]. It is not a `model.kind` yet: the model file,
-//! `predict`, the pipeline keys and model parallelism come next.
+//! `model.kind = "mlp"` (docs/neural.md): seeded initialisation, the
+//! batched forward and backward passes, the gradient summed exactly into
+//! the training loop's accumulator, and the parameters' [`Roles`]; its
+//! model-file section is [`super::network_file`], its split over workers
+//! by hidden units [`super::unit_split`].
 //!
 //! **Parameters**, one flat vector, layer by layer: the weights `W_l`
 //! (`out_l × in_l`, row-major), then the biases `b_l` (`out_l`). The first
@@ -22,43 +22,53 @@
 //! (tested), so a model scores a row alone as training did in a batch.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
-use rand::{Rng, SeedableRng};
 
 use super::{loss, Roles, Scratch};
-use crate::data::encode::Block;
+use crate::data::encode::{Block, FeatureSpec};
 use crate::exact::{self, Exact};
-use crate::spec::ModelKind;
+pub use crate::spec::Activation;
+use crate::spec::{ModelKind, NetworkSpec};
 
-/// A hidden layer's activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `max(0, z)`, with He initialisation.
-    Relu,
-    /// `tanh(z)`, with Glorot initialisation.
-    Tanh,
+/// `max(0, z)` or `tanh(z)`.
+pub(super) fn apply(act: Activation, z: f64) -> f64 {
+    match act {
+        Activation::Relu => z.max(0.0),
+        Activation::Tanh => z.tanh(),
+    }
 }
 
-impl Activation {
-    fn apply(self, z: f64) -> f64 {
-        match self {
-            Activation::Relu => z.max(0.0),
-            Activation::Tanh => z.tanh(),
-        }
-    }
-
-    /// The derivative at pre-activation `z`, given the activation `a`.
-    fn slope(self, z: f64, a: f64) -> f64 {
-        match self {
-            Activation::Relu => {
-                if z > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
+/// The activation's derivative at pre-activation `z`, given its value `a`.
+pub(super) fn slope(act: Activation, z: f64, a: f64) -> f64 {
+    match act {
+        Activation::Relu => {
+            if z > 0.0 {
+                1.0
+            } else {
+                0.0
             }
-            Activation::Tanh => 1.0 - a * a,
         }
+        Activation::Tanh => 1.0 - a * a,
     }
+}
+
+/// The starting value of the first layer's weight from hashed slot
+/// `slot` into unit `unit`: uniform in `[-bound, bound)`, from SplitMix64
+/// (Steele, Lea & Flood, 2014) of the seed, unit and slot, so that a
+/// model file need list only the hashed columns training moved
+/// (docs/model-format.md spells the function out).
+pub fn hashed_init(seed: u64, unit: usize, slot: usize, bound: f64) -> f64 {
+    let key = ((unit as u64) << 32) ^ slot as u64;
+    let x = splitmix64(seed ^ splitmix64(key));
+    let u = (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    (2.0 * u - 1.0) * bound
+}
+
+/// One SplitMix64 step: the finaliser of `x + 0x9E3779B97F4A7C15`.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The widths of a network.
@@ -73,6 +83,9 @@ pub struct Shape {
     pub hidden: Vec<usize>,
     /// Outputs (margins per row: 1, or one per class for softmax).
     pub outputs: usize,
+    /// Hashed columns each row reads (the categorical columns): the
+    /// first layer's fan-in counts these, not the whole hashed space.
+    pub hashed_per_row: usize,
 }
 
 /// Where one layer's parameters are in the flat vector.
@@ -110,6 +123,16 @@ impl Shape {
             .collect()
     }
 
+    /// Each layer's place in the parameters, from the input up: the
+    /// offsets of its weights (`units × inputs`, row-major) and biases,
+    /// its units and its inputs.
+    pub fn layer_places(&self) -> Vec<(usize, usize, usize, usize)> {
+        self.layers()
+            .iter()
+            .map(|l| (l.weights, l.biases, l.rows, l.cols))
+            .collect()
+    }
+
     /// Number of parameters.
     pub fn len(&self) -> usize {
         self.layers().last().map_or(0, |l| l.biases + l.rows)
@@ -127,7 +150,11 @@ pub struct Mlp {
     kind: ModelKind,
     shape: Shape,
     activation: Activation,
+    /// The initialisation's seed (the hashed columns' starting values are
+    /// a function of it, [`hashed_init`]).
+    seed: u64,
     layers: Vec<Layer>,
+    roles: Roles,
     theta: Vec<f64>,
 }
 
@@ -138,12 +165,30 @@ struct Pass {
     z: Vec<Array2<f64>>,
 }
 
+impl Shape {
+    /// The shape of a `kind` network over these features.
+    pub fn of(kind: ModelKind, network: &NetworkSpec, features: &FeatureSpec) -> Shape {
+        let numeric = features.numeric.len();
+        Shape {
+            numeric,
+            hashed: features.dim() - numeric,
+            hidden: network.hidden.clone(),
+            outputs: match kind {
+                ModelKind::Softmax => features.classes.as_ref().map_or(2, Vec::len),
+                _ => 1,
+            },
+            hashed_per_row: features.categorical.len(),
+        }
+    }
+}
+
 impl Mlp {
     /// A network with parameters `theta`; an error names what does not fit.
     pub fn new(
         kind: ModelKind,
         shape: Shape,
         activation: Activation,
+        seed: u64,
         theta: Vec<f64>,
     ) -> Result<Mlp, String> {
         let heads = [ModelKind::Linear, ModelKind::Logistic, ModelKind::Softmax];
@@ -165,8 +210,8 @@ impl Mlp {
                 shape.outputs
             ));
         }
-        if shape.hidden.contains(&0) {
-            return Err("a hidden layer has no units".into());
+        if shape.hidden.is_empty() || shape.hidden.contains(&0) {
+            return Err("a network needs hidden layers, each with units".into());
         }
         if theta.len() != shape.len() {
             return Err(format!(
@@ -175,53 +220,96 @@ impl Mlp {
                 shape.len()
             ));
         }
+        let layers = shape.layers();
+        let roles = roles_of(&shape, &layers);
         Ok(Mlp {
             kind,
-            layers: shape.layers(),
+            layers,
+            roles,
             shape,
             activation,
+            seed,
             theta,
         })
     }
 
+    /// The network a pipeline trains: `init`'s parameters, or those
+    /// [`Mlp::init`] draws from the network's seed.
+    pub fn build(
+        kind: ModelKind,
+        network: &NetworkSpec,
+        features: &FeatureSpec,
+        init: Option<&[f64]>,
+    ) -> Result<Mlp, String> {
+        let shape = Shape::of(kind, network, features);
+        match init {
+            Some(theta) => Mlp::new(
+                kind,
+                shape,
+                network.activation,
+                network.seed,
+                theta.to_vec(),
+            ),
+            None => Mlp::init(kind, shape, network.activation, network.seed),
+        }
+    }
+
+    /// The first layer's hashed columns start uniform in `±bound`.
+    pub fn hashed_bound(&self) -> f64 {
+        hashed_bound(&self.shape, self.activation)
+    }
+
     /// A network initialised from `seed` alone (never from the worker
-    /// count): each layer's weights drawn from its own stream, He normal
-    /// (`σ² = 2 / fan_in`) under ReLU, Glorot uniform (`±√(6 / (fan_in +
-    /// fan_out))`) under tanh; the output layer Glorot; biases zero. The
-    /// first layer's fan-in counts the numeric inputs and the hashed
-    /// columns a row reads, not the whole hashed space.
+    /// count): see [`Shape::starts`].
     pub fn init(
         kind: ModelKind,
         shape: Shape,
         activation: Activation,
         seed: u64,
-        hashed_per_row: usize,
     ) -> Result<Mlp, String> {
         let layers = shape.layers();
-        let mut theta = vec![0.0; shape.len()];
-        for (li, l) in layers.iter().enumerate() {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(li as u64 + 1);
-            let fan_in = if li == 0 {
-                (shape.numeric + hashed_per_row).max(1)
-            } else {
-                l.cols
-            } as f64;
-            let last = li + 1 == layers.len();
-            let w = &mut theta[l.weights..l.biases];
-            if activation == Activation::Relu && !last {
-                let sd = (2.0 / fan_in).sqrt();
-                for v in w {
-                    *v = sd * standard_normal(&mut rng);
-                }
-            } else {
-                let bound = (6.0 / (fan_in + l.rows as f64)).sqrt();
-                for v in w {
-                    *v = rng.random_range(-bound..bound);
-                }
-            }
-        }
-        Mlp::new(kind, shape, activation, theta)
+        let theta = (0..shape.len())
+            .map(|g| shape.start_in(&layers, activation, seed, g))
+            .collect();
+        Mlp::new(kind, shape, activation, seed, theta)
+    }
+
+    /// The widths.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The hidden layers' activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// The initialisation's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Layers, the output layer included.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `i`'s place in the parameters: the offsets of its weights
+    /// (`units × cols`, row-major) and biases, its units and its inputs.
+    pub fn layer_offsets(&self, i: usize) -> (usize, usize, usize, usize) {
+        let l = self.layers[i];
+        (l.weights, l.biases, l.rows, l.cols)
+    }
+
+    /// Layer `i`'s weights and biases, its units and its inputs.
+    pub fn layer(&self, i: usize) -> (&[f64], &[f64], usize, usize) {
+        let l = self.layers[i];
+        (
+            &self.theta[l.weights..l.biases],
+            &self.theta[l.biases..l.biases + l.rows],
+            l.rows,
+            l.cols,
+        )
     }
 
     /// The head.
@@ -242,17 +330,7 @@ impl Mlp {
     /// The roles: the biases are intercepts; the first layer's hashed
     /// columns are sparse (touched by the rows that read their slot).
     pub fn roles(&self) -> Roles {
-        let first = self.layers[0];
-        let numeric = self.shape.numeric;
-        let is_bias = |i: usize| {
-            self.layers
-                .iter()
-                .any(|l| (l.biases..l.biases + l.rows).contains(&i))
-        };
-        let hashed_column = |i: usize| {
-            i >= first.weights && i < first.biases && (i - first.weights) % first.cols >= numeric
-        };
-        Roles::new(self.theta.len(), is_bias, |i| !hashed_column(i))
+        self.roles.clone()
     }
 
     fn weights(&self, l: Layer) -> ArrayView2<'_, f64> {
@@ -302,7 +380,7 @@ impl Mlp {
             let last = li + 1 == self.layers.len();
             if !last {
                 let act = self.activation;
-                pass.a.push(z.mapv(|v| act.apply(v)));
+                pass.a.push(z.mapv(|v| apply(act, v)));
             }
             pass.z.push(z);
         }
@@ -419,7 +497,7 @@ impl Mlp {
             ndarray::Zip::from(&mut below)
                 .and(z)
                 .and(a)
-                .for_each(|d, &zv, &av| *d *= act.slope(zv, av));
+                .for_each(|d, &zv, &av| *d *= slope(act, zv, av));
             dz = below;
         }
         // Round the partial once into the exact accumulator, then clear it.
@@ -429,7 +507,7 @@ impl Mlp {
                 exact::LIMIT
             )
         };
-        let roles = self.roles();
+        let roles = &self.roles;
         let mut largest = exact::Bound::default();
         for &i in roles.dense_indices() {
             let g = scratch.grad[i];
@@ -452,17 +530,159 @@ impl Mlp {
     }
 }
 
-/// A standard normal draw (Box–Muller on two uniforms of the seeded
-/// stream: the same numbers on every platform).
-fn standard_normal(rng: &mut impl Rng) -> f64 {
-    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+impl Shape {
+    /// The starting values of parameters `globals`, each a function of the seed and
+    /// `g`'s place alone (so a worker holding a slice computes its own
+    /// without the rest): He normal (`σ² = 2 / fan_in`) for the hidden
+    /// layers under ReLU, Glorot uniform (`±√(6 / (fan_in + fan_out))`)
+    /// under tanh and for the output layer, biases zero. The first
+    /// layer's fan-in counts the numeric inputs and the hashed columns a
+    /// row reads, not the whole hashed space; its hashed columns start
+    /// uniform with the same variance, from [`hashed_init`]. The draws
+    /// are SplitMix64 hashes of the seed, the layer, the row and the
+    /// column (Box–Muller for the normal).
+    pub fn starts(&self, activation: Activation, seed: u64, globals: &[usize]) -> Vec<f64> {
+        let layers = self.layers();
+        globals
+            .iter()
+            .map(|&g| self.start_in(&layers, activation, seed, g))
+            .collect()
+    }
+
+    /// [`Shape::starts`] of one parameter, given the layers' places.
+    fn start_in(&self, layers: &[Layer], activation: Activation, seed: u64, g: usize) -> f64 {
+        let li = layers.partition_point(|l| l.biases + l.rows <= g);
+        let Some(&l) = layers.get(li) else {
+            return 0.0;
+        };
+        if g >= l.biases {
+            return 0.0;
+        }
+        let (row, col) = ((g - l.weights) / l.cols, (g - l.weights) % l.cols);
+        if li == 0 && col >= self.numeric {
+            return hashed_init(
+                seed,
+                row,
+                col - self.numeric,
+                hashed_bound(self, activation),
+            );
+        }
+        let fan_in = if li == 0 {
+            (self.numeric + self.hashed_per_row).max(1)
+        } else {
+            l.cols
+        } as f64;
+        let key = splitmix64(splitmix64(splitmix64(li as u64 + 1) ^ row as u64) ^ col as u64);
+        let unit =
+            |salt: u64| (splitmix64(seed ^ key ^ salt) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let last = li + 1 == layers.len();
+        if activation == Activation::Relu && !last {
+            // Box–Muller on two independent uniforms, the first in (0, 1].
+            let (u1, u2) = (1.0 - unit(0), unit(0x5851_F42D_4C95_7F2D));
+            (2.0 / fan_in).sqrt() * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        } else {
+            let b = (6.0 / (fan_in + l.rows as f64)).sqrt();
+            (2.0 * unit(0) - 1.0) * b
+        }
+    }
+
+    /// The bound of the first layer's hashed columns' uniform start under
+    /// `activation`.
+    pub fn hashed_bound(&self, activation: Activation) -> f64 {
+        hashed_bound(self, activation)
+    }
+
+    /// The parameters' roles, without building the network.
+    pub fn roles(&self) -> Roles {
+        roles_of(self, &self.layers())
+    }
+}
+
+/// The parameters' roles: biases are intercepts, the first layer's
+/// hashed columns sparse.
+fn roles_of(shape: &Shape, layers: &[Layer]) -> Roles {
+    let first = layers[0];
+    let numeric = shape.numeric;
+    let is_bias = |i: usize| {
+        layers
+            .iter()
+            .any(|l| (l.biases..l.biases + l.rows).contains(&i))
+    };
+    let hashed_column = |i: usize| {
+        i >= first.weights && i < first.biases && (i - first.weights) % first.cols >= numeric
+    };
+    Roles::new(shape.len(), is_bias, |i| !hashed_column(i))
+}
+
+/// The bound of the first layer's hashed columns' uniform start: the
+/// variance of the layer's dense columns (He under ReLU, Glorot under
+/// tanh).
+fn hashed_bound(shape: &Shape, activation: Activation) -> f64 {
+    let fan_in = (shape.numeric + shape.hashed_per_row).max(1) as f64;
+    let fan_out = shape.hidden.first().copied().unwrap_or(shape.outputs) as f64;
+    match activation {
+        // Uniform ±b has variance b²/3: He's 2 / fan_in.
+        Activation::Relu => (6.0 / fan_in).sqrt(),
+        Activation::Tanh => (6.0 / (fan_in + fan_out)).sqrt(),
+    }
+}
+
+impl super::Model for Mlp {
+    fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    fn outputs(&self) -> usize {
+        self.shape.outputs
+    }
+
+    fn roles(&self) -> Roles {
+        self.roles.clone()
+    }
+
+    fn params(&self) -> &[f64] {
+        &self.theta
+    }
+
+    fn params_mut(&mut self) -> &mut [f64] {
+        &mut self.theta
+    }
+
+    fn margins(&self, block: &Block, i: usize, out: &mut [f64]) {
+        Mlp::margins(self, block, i, out);
+    }
+
+    fn sparse_coords(&self, block: &Block, i: usize, visit: &mut dyn FnMut(usize)) {
+        Mlp::sparse_coords(self, block, i, visit);
+    }
+
+    fn accumulate(
+        &self,
+        block: &Block,
+        rows: &[usize],
+        scratch: &mut Scratch,
+        acc: &mut [Exact],
+    ) -> Result<(f64, exact::Bound), String> {
+        Mlp::accumulate(self, block, rows, scratch, acc)
+    }
+
+    fn predict_row(&self, block: &Block, i: usize, out: &mut [f64]) -> bool {
+        Mlp::predict_row(self, block, i, out)
+    }
+
+    fn to_file(
+        &self,
+        features: &FeatureSpec,
+        training: super::file::TrainingSummary,
+    ) -> super::file::ModelFile {
+        super::file::ModelFile::of_network(self, features, training)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
 
     /// Six rows of 3 numeric features and 2 hashed columns over 8 slots
     /// (one token missing), with labels for `kind`.
@@ -504,8 +724,9 @@ mod tests {
             hashed: 8,
             hidden: vec![5, 4],
             outputs,
+            hashed_per_row: 2,
         };
-        let mut m = Mlp::init(kind, shape, activation, 7, 2).unwrap_or_else(|e| panic!("{e}"));
+        let mut m = Mlp::init(kind, shape, activation, 7).unwrap_or_else(|e| panic!("{e}"));
         // Biases and weights away from their start (and from zero).
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for v in m.params_mut() {
@@ -622,12 +843,13 @@ mod tests {
             hashed: 0,
             hidden: vec![300],
             outputs: 1,
+            hashed_per_row: 0,
         };
-        let a = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11, 0)
+        let a = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11)
             .unwrap_or_else(|e| panic!("{e}"));
-        let again = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11, 0)
+        let again = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11)
             .unwrap_or_else(|e| panic!("{e}"));
-        let other = Mlp::init(ModelKind::Logistic, shape, Activation::Relu, 12, 0)
+        let other = Mlp::init(ModelKind::Logistic, shape, Activation::Relu, 12)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.params(), again.params());
         assert_ne!(a.params(), other.params());
@@ -648,12 +870,14 @@ mod tests {
             hashed: 0,
             hidden: vec![3],
             outputs: 1,
+            hashed_per_row: 0,
         };
         let n = shape.len();
         assert!(Mlp::new(
             ModelKind::Hinge,
             shape.clone(),
             Activation::Relu,
+            0,
             vec![0.0; n]
         )
         .is_err());
@@ -661,6 +885,7 @@ mod tests {
             ModelKind::Logistic,
             shape.clone(),
             Activation::Relu,
+            0,
             vec![0.0; n + 1]
         )
         .is_err());
@@ -668,7 +893,14 @@ mod tests {
             outputs: 3,
             ..shape.clone()
         };
-        assert!(Mlp::new(ModelKind::Logistic, three, Activation::Relu, vec![0.0; n]).is_err());
-        assert!(Mlp::new(ModelKind::Linear, shape, Activation::Tanh, vec![0.0; n]).is_ok());
+        assert!(Mlp::new(
+            ModelKind::Logistic,
+            three,
+            Activation::Relu,
+            0,
+            vec![0.0; n]
+        )
+        .is_err());
+        assert!(Mlp::new(ModelKind::Linear, shape, Activation::Tanh, 0, vec![0.0; n]).is_ok());
     }
 }

@@ -8,24 +8,28 @@
 //! intercept followed by one weight per input dimension (numeric features,
 //! then the hashed space).
 //!
-//! A model with hidden layers is a new module implementing [`Model`] (its
-//! forward pass in `margins`, its backward pass in `accumulate`, its
-//! [`Roles`], its model-file section), plus its case in [`build`]: no
-//! operator or strategy changes. (`model-parallel` splits the linear
-//! family's features into blocks and stays specific to it.)
+//! A multilayer perceptron ([`mlp::Mlp`], `model.kind = "mlp"`) is
+//! another: its forward pass in `margins`, its backward pass in
+//! `accumulate`, its [`Roles`], its model-file section, and its case in
+//! [`build`]; the data-parallel strategies train it unchanged.
+//! `model-parallel` splits the linear family's features into blocks
+//! ([`block`]) and a network's hidden units into slices ([`unit_split`]),
+//! each with its own operator.
 
 pub mod bayes;
 pub mod block;
 pub mod file;
 pub mod loss;
 pub mod mlp;
+pub mod network_file;
+pub mod unit_split;
 pub mod weights;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::encode::{Block, FeatureSpec};
 use crate::exact::{self, Exact};
-use crate::spec::ModelKind;
+use crate::spec::{ModelKind, ModelSpec};
 
 /// What the training loop, metrics, prediction and the model file need of
 /// a model. Methods work on whole rows or blocks, so that the dynamic
@@ -77,25 +81,50 @@ pub trait Model: std::fmt::Debug + Send {
 }
 
 /// The model a pipeline trains, for a feature spec, starting from `init`
-/// (zero if `None`).
-pub fn build(kind: ModelKind, features: &FeatureSpec, init: Option<&[f64]>) -> Box<dyn Model> {
-    let layout = Layout::new(kind, features);
-    Box::new(LinearModel {
-        kind,
+/// (zero for a linear model, the seeded initialisation for a network, if
+/// `None`). An error says why `init` does not fit the model.
+pub fn build(
+    spec: &ModelSpec,
+    features: &FeatureSpec,
+    init: Option<&[f64]>,
+) -> Result<Box<dyn Model>, String> {
+    if let Some(network) = &spec.network {
+        return Ok(Box::new(mlp::Mlp::build(
+            spec.kind, network, features, init,
+        )?));
+    }
+    let layout = Layout::new(spec.kind, features);
+    let theta = init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec);
+    if theta.len() != layout.len() {
+        return Err(format!(
+            "{} parameters for a {} model of {}",
+            theta.len(),
+            spec.kind.name(),
+            layout.len()
+        ));
+    }
+    Ok(Box::new(LinearModel {
+        kind: spec.kind,
         layout,
-        theta: init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec),
-    })
+        theta,
+    }))
 }
 
-/// Parameters of a `kind` model of these features (what [`build`] makes).
-pub fn param_count(kind: ModelKind, features: &FeatureSpec) -> usize {
-    Layout::new(kind, features).len()
+/// Parameters of a model of these features (what [`build`] makes).
+pub fn param_count(spec: &ModelSpec, features: &FeatureSpec) -> usize {
+    match &spec.network {
+        Some(network) => mlp::Shape::of(spec.kind, network, features).len(),
+        None => Layout::new(spec.kind, features).len(),
+    }
 }
 
-/// The roles of the parameters of a `kind` model of these features,
-/// without building it.
-pub fn roles(kind: ModelKind, features: &FeatureSpec) -> Roles {
-    Layout::new(kind, features).roles()
+/// The roles of the parameters of a model of these features, without
+/// building it.
+pub fn roles(spec: &ModelSpec, features: &FeatureSpec) -> Roles {
+    match &spec.network {
+        Some(network) => mlp::Shape::of(spec.kind, network, features).roles(),
+        None => Layout::new(spec.kind, features).roles(),
+    }
 }
 
 /// A set of parameter indices, one bit each.

@@ -294,9 +294,9 @@ impl ModelKind {
 }
 
 /// `[model]`, checked.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
-    /// Family.
+    /// Family: for a network (`model.kind = "mlp"`), its head's.
     pub kind: ModelKind,
     /// L2 penalty weight.
     pub l2: f64,
@@ -313,6 +313,47 @@ pub struct ModelSpec {
     /// `var_smoothing`).
     #[serde(default)]
     pub var_smoothing: f64,
+    /// `model.kind = "mlp"`: the hidden layers under the head `kind`
+    /// (docs/neural.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// The most hidden layers a network may have.
+pub const MAX_HIDDEN_LAYERS: usize = 16;
+
+/// The widest hidden layer.
+pub const MAX_HIDDEN_UNITS: usize = 1 << 16;
+
+/// `model.kind = "mlp"`: a multilayer perceptron's hidden layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Hidden layers' widths, from the input up (at least one).
+    pub hidden: Vec<usize>,
+    /// The hidden layers' activation.
+    pub activation: Activation,
+    /// The initialisation's seed: the weights depend on it alone.
+    pub seed: u64,
+}
+
+/// A hidden layer's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `max(0, z)`, with He initialisation.
+    Relu,
+    /// `tanh(z)`, with Glorot initialisation.
+    Tanh,
+}
+
+impl Activation {
+    /// The name used in pipelines and model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+        }
+    }
 }
 
 /// Learning-rate schedules of the first-order methods; `t` counts steps.
@@ -804,7 +845,7 @@ impl Pipeline {
     /// Checks a raw pipeline and fills in defaults.
     pub fn from_raw(raw: RawPipeline) -> Result<Pipeline> {
         let data = data_spec(raw.data)?;
-        let model = model_spec(raw.model, data.classes.as_deref())?;
+        let model = model_spec(raw.model, data.classes.as_deref(), data.seed)?;
         let optimizer = optimizer_spec(raw.optimizer, &model)?;
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         let checkpoint = checkpoint_spec(&raw.output)?;
@@ -814,6 +855,20 @@ impl Pipeline {
         }
         let state = raw.output.state.map(PathBuf::from);
         exact_fits(&optimizer, &model, &data, state.as_deref())?;
+        if model.network.is_some() {
+            if train.strategy == Strategy::ModelParallel && checkpoint.is_some() {
+                return Err(value_err(
+                    "output.checkpoint",
+                    "a network split by units over the workers (model-parallel) takes no checkpoints yet: use allreduce, param-server or model-average, whose checkpoints hold a network",
+                ));
+            }
+            if state.is_some() {
+                return Err(value_err(
+                    "output.state",
+                    "a state keeps what an exact or re-optimised linear model needs to forget rows; a network has none",
+                ));
+            }
+        }
         let mut optimizer = optimizer;
         if let (
             Some(_),
@@ -1141,18 +1196,20 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
 }
 
 /// `[model]`, checked (with the classes `[data]` declares).
-fn model_spec(m: RawModel, classes: Option<&[String]>) -> Result<ModelSpec> {
-    let kind = match m.kind.as_str() {
-        "linear" => ModelKind::Linear,
-        "logistic" => ModelKind::Logistic,
-        "softmax" => ModelKind::Softmax,
-        "hinge" => ModelKind::Hinge,
-        "gaussian_nb" => ModelKind::GaussianNb,
-        "multinomial_nb" => ModelKind::MultinomialNb,
-        other => {
+fn model_spec(m: RawModel, classes: Option<&[String]>, data_seed: u64) -> Result<ModelSpec> {
+    let network = network_spec(&m, classes, data_seed)?;
+    let kind = match (m.kind.as_str(), &network) {
+        (_, Some((head, _))) => *head,
+        ("linear", _) => ModelKind::Linear,
+        ("logistic", _) => ModelKind::Logistic,
+        ("softmax", _) => ModelKind::Softmax,
+        ("hinge", _) => ModelKind::Hinge,
+        ("gaussian_nb", _) => ModelKind::GaussianNb,
+        ("multinomial_nb", _) => ModelKind::MultinomialNb,
+        (other, None) => {
             return Err(value_err(
                 "model.kind",
-                format!("'{other}' is not one of linear, logistic, softmax, hinge, gaussian_nb, multinomial_nb"),
+                format!("'{other}' is not one of linear, logistic, softmax, hinge, gaussian_nb, multinomial_nb, mlp"),
             ))
         }
     };
@@ -1260,13 +1317,144 @@ fn model_spec(m: RawModel, classes: Option<&[String]>) -> Result<ModelSpec> {
         } else {
             0.0
         },
+        network: network.map(|(_, n)| n),
     };
     Ok(model)
 }
 
+/// `model.kind = "mlp"`: the head and hidden layers; `None` for another
+/// kind, which none of the network's keys may then be given to.
+fn network_spec(
+    m: &RawModel,
+    classes: Option<&[String]>,
+    data_seed: u64,
+) -> Result<Option<(ModelKind, NetworkSpec)>> {
+    if m.kind != "mlp" {
+        let given = [
+            ("model.hidden", m.hidden.is_some()),
+            ("model.activation", m.activation.is_some()),
+            ("model.head", m.head.is_some()),
+            ("model.seed", m.seed.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(value_err(
+                key,
+                format!(
+                    "belongs to a network (model.kind = \"mlp\"); model.kind is '{}'",
+                    m.kind
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    let head = match (m.head.as_deref(), classes.map(<[String]>::len)) {
+        (Some("logistic"), _) => ModelKind::Logistic,
+        (Some("softmax"), _) => ModelKind::Softmax,
+        (Some("linear"), _) => ModelKind::Linear,
+        (Some(other), _) => {
+            return Err(value_err(
+                "model.head",
+                format!("'{other}' is not one of logistic, softmax, linear"),
+            ))
+        }
+        (None, Some(2)) => ModelKind::Logistic,
+        (None, Some(n)) if n > 2 => ModelKind::Softmax,
+        (None, Some(n)) => {
+            return Err(value_err(
+                "data.classes",
+                format!("{n} class: a classifier needs at least 2"),
+            ))
+        }
+        (None, None) => {
+            return Err(value_err(
+                "model.head",
+                "say which: \"logistic\" (a binary label), \"softmax\" (classes) or \"linear\" (a value to regress); without data.classes the label alone does not tell",
+            ))
+        }
+    };
+    let hidden = m.hidden.clone().ok_or_else(|| {
+        value_err(
+            "model.hidden",
+            "a network needs its hidden layers' widths, e.g. hidden = [64]",
+        )
+    })?;
+    if hidden.is_empty() {
+        return Err(value_err(
+            "model.hidden",
+            format!(
+                "no layers; give 1 to {MAX_HIDDEN_LAYERS} widths (without hidden layers, use model.kind = \"{}\")",
+                head.name()
+            ),
+        ));
+    }
+    if hidden.len() > MAX_HIDDEN_LAYERS {
+        return Err(value_err(
+            "model.hidden",
+            format!(
+                "{} layers; a network has at most {MAX_HIDDEN_LAYERS}",
+                hidden.len()
+            ),
+        ));
+    }
+    let hidden = hidden
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            usize::try_from(w)
+                .ok()
+                .filter(|w| (1..=MAX_HIDDEN_UNITS).contains(w))
+                .ok_or_else(|| {
+                    value_err(
+                        "model.hidden",
+                        format!(
+                            "layer {} has {w} units; a layer has 1 to {MAX_HIDDEN_UNITS}",
+                            i + 1
+                        ),
+                    )
+                })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let activation = match m.activation.as_deref().unwrap_or("relu") {
+        "relu" => Activation::Relu,
+        "tanh" => Activation::Tanh,
+        other => {
+            return Err(value_err(
+                "model.activation",
+                format!("'{other}' is not one of relu, tanh"),
+            ))
+        }
+    };
+    if m.l1 != 0.0 {
+        return Err(value_err(
+            "model.l1",
+            "a network takes an L2 penalty (weight decay, model.l2) only",
+        ));
+    }
+    Ok(Some((
+        head,
+        NetworkSpec {
+            hidden,
+            activation,
+            seed: m.seed.unwrap_or(data_seed),
+        },
+    )))
+}
+
 /// `[optimizer]`, checked against the model.
 fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
-    let okind = o.kind.clone().unwrap_or_else(|| "lbfgs".into());
+    let default_kind = if model.network.is_some() {
+        "adam"
+    } else {
+        "lbfgs"
+    };
+    let okind = o.kind.clone().unwrap_or_else(|| default_kind.into());
+    if model.network.is_some() && !matches!(okind.as_str(), "sgd" | "momentum" | "adagrad" | "adam")
+    {
+        return Err(value_err(
+            "optimizer.kind",
+            format!("a network (model.kind = \"mlp\") trains by mini-batch steps: sgd, momentum, adagrad or adam, not '{okind}'"),
+        ));
+    }
     let first_order = || -> Result<FirstOrder> {
         let learning_rate = positive("optimizer.learning_rate", o.learning_rate.unwrap_or(0.1))?;
         let batch_size = o.batch_size.unwrap_or(256);

@@ -131,8 +131,8 @@ pub struct RawData {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    /// `linear`, `logistic`, `softmax`, `hinge`, `gaussian_nb` or
-    /// `multinomial_nb`.
+    /// `linear`, `logistic`, `softmax`, `hinge`, `gaussian_nb`,
+    /// `multinomial_nb` or `mlp`.
     pub kind: String,
     /// L2 penalty: `l2/2·‖w‖²`.
     #[serde(default)]
@@ -146,6 +146,15 @@ pub struct RawModel {
     pub alpha: Option<f64>,
     /// `gaussian_nb`: variance smoothing; default 1e-9.
     pub var_smoothing: Option<f64>,
+    /// `mlp`: hidden layers' widths, from the input up.
+    pub hidden: Option<Vec<i64>>,
+    /// `mlp`: `relu` (default) or `tanh`.
+    pub activation: Option<String>,
+    /// `mlp`: `logistic`, `softmax` or `linear`; by default chosen from
+    /// `data.classes` (two: logistic, more: softmax).
+    pub head: Option<String>,
+    /// `mlp`: the initialisation's seed (default `data.seed`).
+    pub seed: Option<u64>,
 }
 
 /// `[optimizer]`.

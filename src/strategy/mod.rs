@@ -21,6 +21,7 @@ pub mod blocks;
 pub mod driver;
 pub mod model_average;
 pub mod model_parallel;
+pub mod network_parallel;
 pub mod param_server;
 pub mod sharded;
 pub mod snapshot;
@@ -37,10 +38,11 @@ use crate::dataflow::liveness::Heartbeat;
 use crate::dataflow::scan::ScanResult;
 use crate::dataflow::snapshot::Cadence;
 use crate::dataflow::Failure;
+use crate::error::Error;
 use crate::metrics::sink::EpochRecord;
 use crate::model::{self, Model};
 use crate::plan::Plan;
-use crate::spec::{self, ModelKind};
+use crate::spec::{self, ModelSpec};
 use snapshot::Saved;
 
 /// What every strategy trains from, the same on every worker.
@@ -83,17 +85,18 @@ impl LoopInput<'_> {
     /// The model at the starting parameters ([`model::build`]): the
     /// checkpoint's when resuming, else `init`; a strategy that holds the
     /// whole model builds it, one that splits it does not.
-    pub fn model(&self) -> Box<dyn Model> {
-        let kind = self.plan.pipeline.model.kind;
+    pub fn model(&self) -> Result<Box<dyn Model>, Failure> {
+        let spec = &self.plan.pipeline.model;
         match &self.resume {
-            Some(saved) => model::build(kind, &self.spec, Some(&saved.params())),
-            None => model::build(kind, &self.spec, self.init),
+            Some(saved) => model::build(spec, &self.spec, Some(&saved.params())),
+            None => model::build(spec, &self.spec, self.init),
         }
+        .map_err(|e| Failure::from(&Error::Internal(e)))
     }
 
     /// The roles of the model's parameters, without building it.
     pub fn roles(&self) -> model::Roles {
-        model::roles(self.plan.pipeline.model.kind, &self.spec)
+        model::roles(&self.plan.pipeline.model, &self.spec)
     }
 
     /// True if validation rows exist.
@@ -148,12 +151,17 @@ pub trait Strategy: Sync {
     /// Parameters one worker holds on `workers` workers, for a `kind`
     /// model of these features: the whole vector unless the strategy
     /// splits the model.
-    fn params_per_worker(&self, kind: ModelKind, features: &FeatureSpec, _workers: usize) -> u64 {
-        model::param_count(kind, features) as u64
+    fn params_per_worker(&self, model: &ModelSpec, features: &FeatureSpec, _workers: usize) -> u64 {
+        model::param_count(model, features) as u64
     }
 
     /// What to do when each worker would hold more than `budget` parameters.
-    fn over_budget_hint(&self, _kind: ModelKind, _features: &FeatureSpec, _budget: u64) -> String {
+    fn over_budget_hint(
+        &self,
+        _model: &ModelSpec,
+        _features: &FeatureSpec,
+        _budget: u64,
+    ) -> String {
         "set train.strategy = \"model-parallel\": each worker then holds one block of the weights"
             .into()
     }
@@ -217,14 +225,22 @@ mod tests {
             on_missing: spec::OnMissing::Zero,
             classes: Some(vec!["x".into(), "y".into(), "z".into()]),
         };
-        let kind = ModelKind::Softmax;
+        let kind = ModelSpec {
+            kind: spec::ModelKind::Softmax,
+            l2: 0.0,
+            l1: 0.0,
+            fit_intercept: true,
+            alpha: 0.0,
+            var_smoothing: 0.0,
+            network: None,
+        };
         assert_eq!(
-            of(spec::Strategy::Allreduce).params_per_worker(kind, &features, 4),
+            of(spec::Strategy::Allreduce).params_per_worker(&kind, &features, 4),
             57
         );
         // The largest of 4 blocks: 3 × (1 + ⌈18 / 4⌉).
         assert_eq!(
-            of(spec::Strategy::ModelParallel).params_per_worker(kind, &features, 4),
+            of(spec::Strategy::ModelParallel).params_per_worker(&kind, &features, 4),
             18
         );
         assert!(of(spec::Strategy::ModelParallel).reads_every_row());

@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::model::block::FeatureBlock;
 use crate::model::Layout;
 use crate::optim::Penalty;
-use crate::spec::ModelKind;
+use crate::spec::ModelSpec;
 
 /// The `model-parallel` strategy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,22 +44,32 @@ impl Strategy for ModelParallel {
     }
 
     /// The largest block.
-    fn params_per_worker(&self, kind: ModelKind, features: &FeatureSpec, workers: usize) -> u64 {
-        FeatureBlock::split(Layout::new(kind, features), workers)
+    fn params_per_worker(&self, model: &ModelSpec, features: &FeatureSpec, workers: usize) -> u64 {
+        if let Some(network) = &model.network {
+            return super::network_parallel::slices(model, network, features, workers)
+                .iter()
+                .map(|s| s.len() as u64)
+                .max()
+                .unwrap_or(0);
+        }
+        FeatureBlock::split(Layout::new(model.kind, features), workers)
             .iter()
             .map(|b| b.len() as u64)
             .max()
             .unwrap_or(0)
     }
 
-    fn over_budget_hint(&self, kind: ModelKind, features: &FeatureSpec, budget: u64) -> String {
-        let layout = Layout::new(kind, features);
+    fn over_budget_hint(&self, model: &ModelSpec, features: &FeatureSpec, budget: u64) -> String {
+        if model.network.is_some() {
+            return "run on more workers: each holds a share of every hidden layer's units".into();
+        }
+        let layout = Layout::new(model.kind, features);
         // The largest block holds k · (1 + ⌈d / w⌉) parameters.
         match (budget / layout.k as u64).checked_sub(1) {
             Some(per) if per > 0 => {
                 let w = (layout.d as u64).div_ceil(per).max(1) as usize;
                 let w = (w..w + 4)
-                    .find(|&w| self.params_per_worker(kind, features, w) <= budget)
+                    .find(|&w| self.params_per_worker(model, features, w) <= budget)
                     .unwrap_or(w);
                 format!("run on at least {w} workers")
             }
@@ -93,6 +103,9 @@ impl Strategy for ModelParallel {
 /// Builds and runs the model-parallel training dataflow on this worker.
 #[allow(clippy::result_large_err)] // ok_err splits a stream, no error path
 fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure> {
+    if let Some(network) = input.plan.pipeline.model.network.clone() {
+        return super::network_parallel::run(worker, input, &network);
+    }
     let index = worker.index();
     let peers = worker.peers();
     let plan = Arc::clone(&input.plan);

@@ -69,7 +69,7 @@ pub fn run(
     let p = &plan.pipeline;
     let kind = p.model.kind;
     let init = input.init;
-    let model = input.model();
+    let model = input.model()?;
     let roles = model.roles();
     let shards = match p.optimizer.first_order() {
         Some(_) => p.train.shards,

@@ -169,7 +169,7 @@ pub fn run(job: ExactJob, cluster: &Cluster) -> Result<Option<ExactSummary>> {
         "stream_exact": {
             "pipeline": {
                 "data": serde_json::to_value(&p.data).unwrap_or_default(),
-                "model": serde_json::to_value(p.model).unwrap_or_default(),
+                "model": serde_json::to_value(&p.model).unwrap_or_default(),
                 "stream": serde_json::to_value(&p.stream).unwrap_or_default(),
             },
             "input": job.input.describe(),

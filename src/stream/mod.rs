@@ -175,6 +175,12 @@ fn check(p: &Pipeline) -> Result<()> {
             message: "a stream cannot discover its classes before training: list them".into(),
         });
     }
+    if p.model.network.is_some() && p.train.strategy == crate::spec::Strategy::ModelParallel {
+        return Err(Error::PipelineValue {
+            key: "train.strategy".into(),
+            message: "a stream of a network split by hidden units is not built yet: stream it with allreduce, param-server or model-average".into(),
+        });
+    }
     if p.data.validation.is_some() {
         tracing::info!("data.validation is not used by stream: every row is scored before it is trained on (progressive validation)");
     }
@@ -319,8 +325,11 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
                 }
             }
             let theta = match &job.init {
-                Some(init) => init.theta(p.model.kind, &spec)?,
-                None => vec![0.0; crate::model::param_count(p.model.kind, &spec)],
+                Some(init) => init.theta(&p.model, &spec)?,
+                None => crate::model::build(&p.model, &spec, None)
+                    .map_err(Error::Internal)?
+                    .params()
+                    .to_vec(),
             };
             let stats = Statistics::of(p, &spec, frozen);
             (

@@ -93,7 +93,7 @@ impl Replica {
             key: "optimizer.kind".into(),
             message: "stream takes online steps: use sgd, adagrad, ftrl, momentum or adam (L-BFGS needs the whole data at once)".into(),
         })?;
-        let len = model::param_count(kind, spec);
+        let len = model::param_count(&pipeline.model, spec);
         if state.theta.len() != len {
             return Err(Error::Internal(format!(
                 "a stream replica of {len} parameters was given {}",
@@ -104,7 +104,7 @@ impl Replica {
             l2: pipeline.model.l2,
             l1: pipeline.model.l1,
         };
-        let roles = model::roles(kind, spec);
+        let roles = model::roles(&pipeline.model, spec);
         let lazy = match (first.lazy && roles.has_sparse(), state.lazy) {
             (true, Some(last)) => Some(Lazy::new(&optimizer, penalty).resumed(last)),
             (true, None) => Some(Lazy::new(&optimizer, penalty)),
@@ -117,7 +117,8 @@ impl Replica {
             optimizer,
             penalty,
             fit_intercept: pipeline.model.fit_intercept,
-            model: model::build(kind, spec, Some(&state.theta)),
+            model: model::build(&pipeline.model, spec, Some(&state.theta))
+                .map_err(Error::Internal)?,
             roles,
             opt: state.opt,
             live: LiveSet::from_indices(&state.live),

@@ -180,9 +180,22 @@ fn worker_main(
     )?;
     let init = match init {
         Some(m) => Some(
-            m.theta(plan.pipeline.model.kind, &spec)
+            m.theta(&plan.pipeline.model, &spec)
                 .map_err(|e| Failure::from(&e))?,
         ),
+        // A network starts from its seeded weights, the same on every
+        // worker (a linear model from zero); split by units, each worker
+        // draws its own slice's.
+        None if plan.pipeline.model.network.is_some()
+            && plan.pipeline.train.strategy != crate::spec::Strategy::ModelParallel =>
+        {
+            Some(
+                model::build(&plan.pipeline.model, &spec, None)
+                    .map_err(|e| Failure::from(&Error::Internal(e)))?
+                    .params()
+                    .to_vec(),
+            )
+        }
         None => None,
     };
     let init = init.as_deref();
@@ -212,9 +225,9 @@ fn worker_main(
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
-    let model = outcome.result.map(|fp| {
-        let kind = plan.pipeline.model.kind;
-        let model = model::build(kind, &spec, Some(&fp.theta));
+    let model = outcome.result.map(|fp| -> Result<_, Failure> {
+        let model = model::build(&plan.pipeline.model, &spec, Some(&fp.theta))
+            .map_err(|e| Failure::from(&Error::Internal(e)))?;
         let (epochs, objective) = match fp.phase {
             Phase::Final { epochs, objective } => (epochs, objective),
             _ => (0, None),
@@ -228,8 +241,9 @@ fn worker_main(
             l1: plan.pipeline.model.l1,
             data: None,
         };
-        (model.to_file(&spec, summary), model)
+        Ok((model.to_file(&spec, summary), model))
     });
+    let model = model.transpose()?;
     Ok(WorkerResult {
         model,
         records: outcome.records,
@@ -382,7 +396,7 @@ fn warn_coarse_features(spec: &FeatureSpec, scan: &ScanResult) {
 /// workers: the whole vector for the data-parallel strategies, the largest
 /// block for `model-parallel`.
 pub fn params_per_worker(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> u64 {
-    strategy::of(p.train.strategy).params_per_worker(p.model.kind, spec, workers)
+    strategy::of(p.train.strategy).params_per_worker(&p.model, spec, workers)
 }
 
 /// Fails if a worker would hold more than `train.max_worker_params`.
@@ -394,8 +408,8 @@ fn check_budget(p: &Pipeline, spec: &FeatureSpec, workers: usize) -> Result<(), 
     if held <= budget {
         return Ok(());
     }
-    let total = model::param_count(p.model.kind, spec) as u64;
-    let hint = strategy::of(p.train.strategy).over_budget_hint(p.model.kind, spec, budget);
+    let total = model::param_count(&p.model, spec) as u64;
+    let hint = strategy::of(p.train.strategy).over_budget_hint(&p.model, spec, budget);
     Err(Failure::from(&Error::PipelineValue {
         key: "train.max_worker_params".into(),
         message: format!(

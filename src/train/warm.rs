@@ -20,7 +20,7 @@ use crate::data::encode::FeatureSpec;
 use crate::error::{Error, Result};
 use crate::model::file::ModelFile;
 use crate::model::Layout;
-use crate::spec::ModelKind;
+use crate::spec::{ModelKind, ModelSpec};
 
 /// A saved model to start from, read once before the job starts.
 #[derive(Debug, Clone)]
@@ -52,7 +52,17 @@ impl InitModel {
     /// features, after the statistics scan), in that run's layout and
     /// preprocessing; a usage error naming the first difference if the
     /// saved model is for another problem.
-    pub fn theta(&self, kind: ModelKind, spec: &FeatureSpec) -> Result<Vec<f64>> {
+    pub fn theta(&self, model: &ModelSpec, spec: &FeatureSpec) -> Result<Vec<f64>> {
+        let kind = model.kind;
+        if model.network.is_some() || self.file.network.is_some() {
+            return Err(Error::Usage {
+                option: "--init-model".into(),
+                message: format!(
+                    "{}: warm-starting a network, or a network from a linear model, is not built yet",
+                    self.path.display()
+                ),
+            });
+        }
         let differ = |what: String| Error::Usage {
             option: "--init-model".into(),
             message: format!(
@@ -180,6 +190,19 @@ mod tests {
         }
     }
 
+    /// A linear model of `kind` with no penalty.
+    fn ms(kind: ModelKind) -> ModelSpec {
+        ModelSpec {
+            kind,
+            l2: 0.0,
+            l1: 0.0,
+            fit_intercept: true,
+            alpha: 0.0,
+            var_smoothing: 0.0,
+            network: None,
+        }
+    }
+
     fn saved(kind: ModelKind, spec: &FeatureSpec, theta: Vec<f64>) -> InitModel {
         let model = LinearModel {
             kind,
@@ -224,7 +247,7 @@ mod tests {
         );
         let theta = vec![0.3, -1.2, 0.7, -0.1, 0.4, 0.05, 0.9, 2.0, -0.6];
         let init = saved(ModelKind::Softmax, &old, theta.clone());
-        let carried = init.theta(ModelKind::Softmax, &new).unwrap();
+        let carried = init.theta(&ms(ModelKind::Softmax), &new).unwrap();
         for x in [[20.0, 1e4], [38.6, 5e4], [70.0, 2.5e5]] {
             let want = margins(&theta, &old, &x, 3);
             let got = margins(&carried, &new, &x, 3);
@@ -242,7 +265,7 @@ mod tests {
         let s = spec(&[("a", 0.1, 0.3), ("b", -2.0, 7.0)], None);
         let theta = vec![0.1f64.sqrt(), 1.0 / 3.0, -1e-300];
         let init = saved(ModelKind::Logistic, &s, theta.clone());
-        let got = init.theta(ModelKind::Logistic, &s).unwrap();
+        let got = init.theta(&ms(ModelKind::Logistic), &s).unwrap();
         assert_eq!(
             got.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
             theta.iter().map(|w| w.to_bits()).collect::<Vec<_>>()
@@ -253,8 +276,8 @@ mod tests {
     fn a_model_for_other_features_names_the_first_difference() {
         let s = spec(&[("a", 0.0, 1.0), ("b", 0.0, 1.0)], None);
         let init = saved(ModelKind::Logistic, &s, vec![0.0; 3]);
-        let message = |kind, other: &FeatureSpec| {
-            let e = init.theta(kind, other).unwrap_err();
+        let message = |kind: ModelKind, other: &FeatureSpec| {
+            let e = init.theta(&ms(kind), other).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{e}");
             e.to_string()
         };

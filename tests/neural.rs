@@ -1,0 +1,493 @@
+//! Multilayer perceptrons (`model.kind = "mlp"`, docs/neural.md) through
+//! the real binary: the same model file, byte for byte, on 1, 2 and 4
+//! workers and 2 processes under allreduce, the parameter server and
+//! model parallelism by hidden units (dense and hashed inputs); model
+//! parallel against data parallel; a saved network scores as the trained
+//! one did; and
+//! on digits, a network beats the linear softmax and is at least as
+//! accurate as scikit-learn's MLPClassifier with the same settings on the
+//! same split.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{read_columns, root, tidemill, tidemill_ok};
+
+/// A small network on digits: two tanh layers, Adam, 4 epochs.
+const DIGITS: &[&str] = &[
+    "model.kind=\"mlp\"",
+    "model.head=\"softmax\"",
+    "model.hidden=[40, 20]",
+    "model.activation=\"tanh\"",
+    "model.l2=1e-4",
+    "optimizer.kind=\"adam\"",
+    "optimizer.learning_rate=0.003",
+    "optimizer.batch_size=64",
+    "train.epochs=4",
+];
+
+/// A ReLU network over adult's hashed categorical columns (an embedding
+/// bag into the first layer), 2 epochs.
+const ADULT: &[&str] = &[
+    "model.kind=\"mlp\"",
+    "model.hidden=[32]",
+    "model.l2=1e-5",
+    "optimizer.kind=\"adam\"",
+    "optimizer.learning_rate=0.003",
+    "optimizer.batch_size=256",
+    "train.epochs=2",
+];
+
+fn train(pipeline: &str, sets: &[&str], extra: &[&str], model: &Path) -> String {
+    let m = model.to_string_lossy().to_string();
+    let mut args = vec!["train", pipeline, "--model-out", &m];
+    args.extend(extra);
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    tidemill_ok(&args)
+}
+
+fn train_two_processes(pipeline: &str, sets: &[&str], dir: &Path, model: &Path) {
+    let hosts = common::hostfile(dir, 2);
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+            cmd.current_dir(root())
+                .env("TIDEMILL_LOG", "warn")
+                .args(["train", pipeline, "-n", "2", "-p", &p.to_string()])
+                .arg("--hostfile")
+                .arg(&hosts)
+                .arg("--model-out")
+                .arg(model)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            for s in sets {
+                cmd.args(["--set", s]);
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        common::assert_success(&out, "a cluster process");
+    }
+}
+
+/// The model file of `pipeline` + `sets` on 1, 2, 4 workers and 2
+/// processes: the same bytes each time.
+fn identical_everywhere(pipeline: &str, sets: &[&str], tag: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join(format!("{tag}-1.json"));
+    train(pipeline, sets, &["--workers", "1"], &one);
+    let want = std::fs::read(&one).unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&want).unwrap();
+    assert_eq!(file["version"], 2, "{tag}: a network's file is version 2");
+    assert!(file["network"]["layers"].is_array(), "{tag}: {file}");
+    for w in ["2", "4"] {
+        let path = dir.path().join(format!("{tag}-{w}.json"));
+        train(pipeline, sets, &["--workers", w], &path);
+        assert!(
+            std::fs::read(&path).unwrap() == want,
+            "{tag}: {w} workers wrote another model than 1 worker"
+        );
+    }
+    let two = dir.path().join(format!("{tag}-p2.json"));
+    train_two_processes(pipeline, sets, dir.path(), &two);
+    assert!(
+        std::fs::read(&two).unwrap() == want,
+        "{tag}: 2 processes wrote another model than 1 worker"
+    );
+}
+
+#[test]
+fn a_network_is_the_same_bytes_on_1_2_4_workers_and_2_processes() {
+    for strategy in ["allreduce", "param-server", "model-parallel"] {
+        let s = format!("train.strategy=\"{strategy}\"");
+        let mut sets = DIGITS.to_vec();
+        sets.push(&s);
+        identical_everywhere(
+            "pipelines/digits.toml",
+            &sets,
+            &format!("digits-{strategy}"),
+        );
+        let mut sets = ADULT.to_vec();
+        sets.push(&s);
+        identical_everywhere("pipelines/adult.toml", &sets, &format!("adult-{strategy}"));
+    }
+}
+
+/// Every weight of a file's network, in order.
+fn network_weights(model: &serde_json::Value) -> Vec<f64> {
+    let mut out = Vec::new();
+    for l in model["network"]["layers"].as_array().unwrap() {
+        for row in l["weights"].as_array().unwrap() {
+            out.extend(row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()));
+        }
+        out.extend(
+            l["biases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap()),
+        );
+        for c in l["hashed"].as_array().into_iter().flatten() {
+            out.extend(
+                c["weights"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap()),
+            );
+        }
+    }
+    out
+}
+
+/// SGD with weight decay steps a network's hashed columns lazily (the
+/// default where it is exact): the same bytes on every layout, and the
+/// eager steps' weights within rounding.
+#[test]
+fn lazy_steps_of_a_networks_hashed_columns_are_the_eager_ones() {
+    let lazy: Vec<&str> = [
+        "model.kind=\"mlp\"",
+        "model.hidden=[32]",
+        "model.l2=1e-4",
+        "optimizer.kind=\"sgd\"",
+        "optimizer.learning_rate=0.05",
+        "optimizer.batch_size=256",
+        "train.epochs=2",
+    ]
+    .to_vec();
+    identical_everywhere("pipelines/adult.toml", &lazy, "adult-sgd-lazy");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("lazy.json"), dir.path().join("eager.json"));
+    train("pipelines/adult.toml", &lazy, &["--workers", "2"], &a);
+    let mut eager = lazy.clone();
+    eager.push("optimizer.lazy=false");
+    train("pipelines/adult.toml", &eager, &["--workers", "2"], &b);
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (wa, wb) = (network_weights(&read(&a)), network_weights(&read(&b)));
+    assert_eq!(wa.len(), wb.len(), "the same hashed columns moved");
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-9, "lazy and eager differ by {worst:e}");
+}
+
+/// Split by units over 3 workers (two hidden layers: forward partials and
+/// backward gathers), a network trains to the data-parallel one's weights
+/// within rounding; each worker holds about a third of the parameters.
+#[test]
+fn model_parallel_trains_the_data_parallel_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut models = Vec::new();
+    let mut held = Vec::new();
+    for strategy in ["allreduce", "model-parallel"] {
+        let s = format!("train.strategy=\"{strategy}\"");
+        let mut sets = ADULT.to_vec();
+        sets.extend(["model.hidden=[48, 32]", &s]);
+        let path = dir.path().join(format!("{strategy}.json"));
+        let summary: serde_json::Value = serde_json::from_str(&train(
+            "pipelines/adult.toml",
+            &sets,
+            &["--workers", "3"],
+            &path,
+        ))
+        .unwrap();
+        held.push(summary["params_per_worker"].clone());
+        models.push(
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap())
+                .unwrap(),
+        );
+    }
+    let (dp, mp) = (network_weights(&models[0]), network_weights(&models[1]));
+    assert_eq!(dp.len(), mp.len());
+    let worst = dp
+        .iter()
+        .zip(&mp)
+        .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-9,
+        "model-parallel differs from allreduce by {worst:e}"
+    );
+    let total: u64 = held[0][0].as_u64().unwrap();
+    let split: Vec<u64> = held[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(split.iter().sum::<u64>(), total, "{split:?} of {total}");
+    assert!(
+        split.iter().all(|&h| h * 2 < total),
+        "{split:?} of {total}: each worker holds a share"
+    );
+}
+
+/// Model averaging's replicas depend on the partition (as for the linear
+/// models, docs/strategies.md): not across worker counts, but 2 processes
+/// make what 2 threads make, and a rerun makes the same bytes.
+#[test]
+fn model_averaged_networks_are_the_same_on_2_threads_and_2_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = DIGITS.to_vec();
+    sets.extend(["train.strategy=\"model-average\"", "train.sync_every=4"]);
+    let threads = dir.path().join("threads.json");
+    train(
+        "pipelines/digits.toml",
+        &sets,
+        &["--workers", "2"],
+        &threads,
+    );
+    let again = dir.path().join("again.json");
+    train("pipelines/digits.toml", &sets, &["--workers", "2"], &again);
+    let procs = dir.path().join("procs.json");
+    train_two_processes("pipelines/digits.toml", &sets, dir.path(), &procs);
+    let want = std::fs::read(&threads).unwrap();
+    assert!(std::fs::read(&again).unwrap() == want, "a rerun differs");
+    assert!(
+        std::fs::read(&procs).unwrap() == want,
+        "2 processes differ from 2 threads"
+    );
+}
+
+/// A network's forward pass in plain f64 loops from the model file's
+/// layers (docs/model-format.md): the probabilities of each row.
+fn forward(model: &serde_json::Value, x: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let net = &model["network"];
+    let relu = net["activation"] == "relu";
+    let layers = net["layers"].as_array().unwrap();
+    let numeric = model["features"]["numeric"].as_array().unwrap();
+    x.iter()
+        .map(|row| {
+            let mut a: Vec<f64> = numeric
+                .iter()
+                .zip(row)
+                .map(|(f, v)| {
+                    // Standardised, then held as f32 (docs/model-format.md).
+                    let z = (v - f["center"].as_f64().unwrap()) / f["scale"].as_f64().unwrap();
+                    f64::from(z as f32)
+                })
+                .collect();
+            for (li, l) in layers.iter().enumerate() {
+                let w = l["weights"].as_array().unwrap();
+                let b = l["biases"].as_array().unwrap();
+                let z: Vec<f64> = w
+                    .iter()
+                    .zip(b)
+                    .map(|(wr, bi)| {
+                        let wr = wr.as_array().unwrap();
+                        bi.as_f64().unwrap()
+                            + wr.iter()
+                                .zip(&a)
+                                .map(|(wv, av)| wv.as_f64().unwrap() * av)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                a = if li + 1 == layers.len() {
+                    z
+                } else if relu {
+                    z.iter().map(|v| v.max(0.0)).collect()
+                } else {
+                    z.iter().map(|v| v.tanh()).collect()
+                };
+            }
+            let top = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = a.iter().map(|v| (v - top).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        })
+        .collect()
+}
+
+/// A saved network scores as the trained one did: `eval` on the
+/// validation file gives the training summary's numbers to the bit, and
+/// `predict`'s probabilities are the file's layers applied by hand.
+#[test]
+fn a_saved_network_scores_as_the_trained_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // The validation file: digits, under another name.
+    let digits = dir.path().join("digits.parquet");
+    std::fs::copy(root().join("datasets/digits.parquet"), &digits).unwrap();
+    let valid = format!("data.validation={{ path = \"{}\" }}", digits.display());
+    let mut sets = DIGITS.to_vec();
+    sets.extend(["model.activation=\"relu\"", &valid]);
+    let model = dir.path().join("m.json");
+    let summary: serde_json::Value =
+        serde_json::from_str(&train("pipelines/digits.toml", &sets, &[], &model)).unwrap();
+    let m = model.to_string_lossy().to_string();
+    let d = digits.to_string_lossy().to_string();
+    let eval: serde_json::Value =
+        serde_json::from_str(&tidemill_ok(&["eval", "-m", &m, "-i", &d])).unwrap();
+    for metric in ["loss", "accuracy", "macro_f1"] {
+        let (trained, saved) = (&summary["validation"][metric], &eval[metric]);
+        assert!(
+            trained.as_f64().is_some() && trained.as_f64() == saved.as_f64(),
+            "{metric}: training {trained}, eval of the file {saved}\n{eval}"
+        );
+    }
+    assert!(summary["validation"]["accuracy"].as_f64().unwrap() > 0.9);
+
+    let out = dir.path().join("p.parquet");
+    let o = out.to_string_lossy().to_string();
+    tidemill_ok(&["predict", "-m", &m, "-i", &d, "-o", &o]);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    let names: Vec<String> = file["features"]["numeric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cols = read_columns(&digits, &refs);
+    let rows: Vec<Vec<f64>> = (0..cols[0].len())
+        .map(|i| cols.iter().map(|c| c[i]).collect())
+        .collect();
+    let want = forward(&file, &rows);
+    let classes: Vec<String> = file["features"]["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("probability_{}", c.as_str().unwrap()))
+        .collect();
+    let refs: Vec<&str> = classes.iter().map(String::as_str).collect();
+    let got = read_columns(&out, &refs);
+    let mut worst = 0.0f64;
+    for (i, row) in want.iter().enumerate() {
+        for (k, p) in row.iter().enumerate() {
+            worst = worst.max((got[k][i] - p).abs());
+        }
+    }
+    assert!(
+        worst < 1e-12,
+        "predict differs from the file's layers by {worst:e}"
+    );
+}
+
+/// Training refuses what a network cannot do, naming the key.
+#[test]
+fn network_keys_are_checked_before_training() {
+    for (sets, key) in [
+        (
+            &["model.kind=\"mlp\"", "model.hidden=[8]"][..],
+            "model.head",
+        ),
+        (
+            &["model.kind=\"mlp\"", "model.head=\"softmax\""][..],
+            "model.hidden",
+        ),
+        (
+            &[
+                "model.kind=\"mlp\"",
+                "model.head=\"softmax\"",
+                "model.hidden=[0]",
+            ][..],
+            "model.hidden",
+        ),
+        (
+            &[
+                "model.kind=\"mlp\"",
+                "model.head=\"softmax\"",
+                "model.hidden=[8]",
+                "optimizer.kind=\"lbfgs\"",
+            ][..],
+            "optimizer.kind",
+        ),
+        (
+            &[
+                "model.kind=\"mlp\"",
+                "model.head=\"softmax\"",
+                "model.hidden=[8]",
+                "optimizer.kind=\"adam\"",
+                "train.strategy=\"model-parallel\"",
+                "output.checkpoint=\"ckpt\"",
+            ][..],
+            "output.checkpoint",
+        ),
+        (
+            &[
+                "model.kind=\"mlp\"",
+                "model.head=\"softmax\"",
+                "model.hidden=[8]",
+                "model.l1=0.1",
+            ][..],
+            "model.l1",
+        ),
+        (&["model.hidden=[8]"][..], "model.hidden"),
+    ] {
+        let mut args = vec!["validate", "pipelines/digits.toml"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = tidemill(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sets:?}: {err}");
+        assert!(err.contains(key), "{sets:?} should name {key}: {err}");
+    }
+}
+
+/// The Python with scikit-learn to compare with, if any: `TIDEMILL_PYTHON`
+/// (CI sets it, and `TIDEMILL_REQUIRE_SKLEARN=1` so that a missing
+/// scikit-learn fails instead of skipping).
+fn sklearn_python() -> Option<String> {
+    let python = std::env::var("TIDEMILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import sklearn, pyarrow, numpy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("TIDEMILL_REQUIRE_SKLEARN").as_deref() != Ok("1"),
+        "TIDEMILL_REQUIRE_SKLEARN=1 but {python} cannot import scikit-learn, pyarrow and numpy"
+    );
+    eprintln!("skipped: {python} has no scikit-learn (set TIDEMILL_PYTHON)");
+    None
+}
+
+/// digits, one hidden layer of 64 ReLU units, 60 epochs of Adam (batch
+/// 128, rate 1e-3, alpha 1e-4 = l2 · 128), standardised inputs, 10 seeds
+/// each: tidemill's mean test accuracy is at least scikit-learn's
+/// MLPClassifier's on the same split, and above the linear softmax's
+/// (benches/neural_digits.py, run here).
+#[test]
+fn digits_network_matches_sklearn_and_beats_the_linear_softmax() {
+    let Some(python) = sklearn_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(python)
+        .current_dir(root())
+        .env("TIDEMILL_BIN", env!("CARGO_BIN_EXE_tidemill"))
+        .env("SEEDS", "10")
+        .arg("benches/neural_digits.py")
+        .arg("datasets/digits.parquet")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    common::assert_success(&out, "benches/neural_digits.py");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mean = |k: &str| r[k]["mean"].as_f64().unwrap();
+    let (ours, sklearn, linear) = (
+        mean("tidemill_mlp"),
+        mean("sklearn_mlp"),
+        mean("tidemill_softmax"),
+    );
+    eprintln!("digits test accuracy: tidemill mlp {ours:.4}, scikit-learn mlp {sklearn:.4}, linear softmax {linear:.4}");
+    assert!(ours >= sklearn, "{r}");
+    assert!(ours > linear, "{r}");
+}
