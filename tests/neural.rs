@@ -375,6 +375,117 @@ fn a_saved_network_scores_as_the_trained_one() {
     );
 }
 
+/// `tidemill stream` trains a network online (every row scored before it
+/// is trained on): the same model file on 1 and 2 workers; a stream of a
+/// network split by units is refused (exit 2).
+#[test]
+fn a_network_streams_to_the_same_model_on_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for w in ["1", "2"] {
+        let model = dir.path().join(format!("s{w}.json"));
+        let set = format!("output.model=\"{}\"", model.display());
+        let mut args = vec![
+            "stream",
+            "pipelines/adult.toml",
+            "--input",
+            "datasets/adult.parquet",
+            "--workers",
+            w,
+        ];
+        for s in ADULT.iter().chain([&set.as_str()]) {
+            args.extend(["--set", s]);
+        }
+        let summary: serde_json::Value = serde_json::from_str(&tidemill_ok(&args)).unwrap();
+        assert!(
+            summary["progressive"]["auc"].as_f64().unwrap() > 0.75,
+            "{summary}"
+        );
+        files.push(std::fs::read(&model).unwrap());
+    }
+    assert!(
+        files[0] == files[1],
+        "1 and 2 workers streamed other models"
+    );
+    let mut args = vec![
+        "stream",
+        "pipelines/adult.toml",
+        "--input",
+        "datasets/adult.parquet",
+    ];
+    for s in ADULT.iter().chain([&"train.strategy=\"model-parallel\""]) {
+        args.extend(["--set", s]);
+    }
+    let out = tidemill(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("train.strategy"));
+}
+
+/// `--init-model` starts a network from a saved one, its first layer
+/// carried over to the new data's scaling: with a vanishing rate the
+/// warm-started network scores as the saved one, though the two were
+/// standardised on other rows. A linear model cannot start a network.
+#[test]
+fn a_network_warm_starts_from_a_saved_one_on_other_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("saved.json");
+    train("pipelines/digits.toml", DIGITS, &[], &saved);
+    let s = saved.to_string_lossy().to_string();
+    let mut sets = DIGITS.to_vec();
+    sets.extend([
+        "data.validation={ fraction = 0.5 }",
+        "optimizer.learning_rate=1e-15",
+        "train.epochs=1",
+    ]);
+    let warm = dir.path().join("warm.json");
+    train("pipelines/digits.toml", &sets, &["--init-model", &s], &warm);
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&saved), read(&warm));
+    assert_ne!(
+        a["features"]["numeric"][20]["center"], b["features"]["numeric"][20]["center"],
+        "the scaling should differ"
+    );
+    let mut probs = Vec::new();
+    for (m, name) in [(&saved, "a.parquet"), (&warm, "b.parquet")] {
+        let out = dir.path().join(name);
+        tidemill_ok(&[
+            "predict",
+            "-m",
+            &m.to_string_lossy(),
+            "-i",
+            "datasets/digits.parquet",
+            "-o",
+            &out.to_string_lossy(),
+        ]);
+        probs.push(read_columns(&out, &["probability_3", "probability_8"]));
+    }
+    let worst = probs[0]
+        .iter()
+        .flatten()
+        .zip(probs[1].iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-6, "warm start moved the scores by {worst:e}");
+    // Another shape, or a linear model, is refused with exit 2.
+    let linear = dir.path().join("linear.json");
+    train("pipelines/digits.toml", &[], &[], &linear);
+    for (init, extra) in [(&linear, None), (&saved, Some("model.hidden=[8]"))] {
+        let i = init.to_string_lossy().to_string();
+        let mut args = vec!["train", "pipelines/digits.toml", "--init-model", &i];
+        let mut sets = DIGITS.to_vec();
+        sets.extend(extra);
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let out = tidemill(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--init-model"), "{err}");
+    }
+}
+
 /// Training refuses what a network cannot do, naming the key.
 #[test]
 fn network_keys_are_checked_before_training() {

@@ -153,8 +153,6 @@ struct State {
     epoch_rows: u64,
     /// Payload bytes this worker sent since the last evaluation.
     bytes: u64,
-    /// Every worker's bytes, as their first evaluation round brought them.
-    eval_bytes: u64,
     done: bool,
 }
 
@@ -186,9 +184,9 @@ impl State {
         let others = self.ctx.peers.saturating_sub(1) as u64;
         self.bytes += others * msg.payload();
         if let Phase::Eval { .. } = msg.phase {
-            if msg.stage == 0 {
-                // The bytes since the last evaluation ride on its first
-                // round.
+            if msg.stage as usize + 1 == self.ctx.slice.depth() {
+                // The bytes since the last evaluation (its rounds
+                // included) ride on its last round.
                 msg.bytes = std::mem::take(&mut self.bytes);
             }
         }
@@ -305,9 +303,6 @@ impl State {
                     .to_f64()
             })
             .collect();
-        if let (Phase::Eval { .. }, 0) = (phase, stage) {
-            self.eval_bytes = msgs.iter().map(|m| m.bytes).sum();
-        }
         let l = stage as usize;
         let depth = self.ctx.slice.depth();
         if l + 1 < depth {
@@ -327,7 +322,7 @@ impl State {
         match phase {
             Phase::Train { epoch, step } => self.top(epoch, step, &whole, emit),
             Phase::Eval { epoch, steps, .. } => {
-                let bytes = std::mem::take(&mut self.eval_bytes);
+                let bytes = msgs.iter().map(|m| m.bytes).sum::<u64>();
                 let over = self.evaluate(epoch, steps, &whole, bytes)?;
                 if over {
                     self.finish(epoch, emit);
@@ -570,7 +565,6 @@ impl<'scope> LayerSteps<'scope> for Stream<'scope, u64, Vec<LayerMsg>> {
             epoch_loss: Wide::default(),
             epoch_rows: 0,
             bytes: 0,
-            eval_bytes: 0,
             done: false,
             ctx,
         };

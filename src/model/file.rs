@@ -149,6 +149,9 @@ fn class_names(spec: &FeatureSpec, k: usize) -> Vec<String> {
 struct Header {
     format: Option<Probe>,
     version: Option<Probe>,
+    /// Present in a network's file, whose arrays of numbers take more
+    /// memory per byte once parsed.
+    network: Option<serde::de::IgnoredAny>,
 }
 
 /// A JSON value seen but not kept: strings and integers as they are, the
@@ -245,6 +248,10 @@ impl<R: std::io::Read> std::io::Read for Tee<R> {
 /// Bytes of memory a model file needs per byte of JSON once parsed, at
 /// most (names and `f64`s in vectors; see [`super::weights`]).
 const PARSED_BYTES_PER_BYTE: u64 = 2;
+
+/// The same for a network's file: an array's `0,` (2 bytes) becomes an
+/// `f64` (8), in a vector that may hold twice the room it uses.
+const NETWORK_PARSED_BYTES_PER_BYTE: u64 = 8;
 
 impl ModelFile {
     /// Builds the file content of a trained model.
@@ -430,6 +437,17 @@ impl ModelFile {
             h
         };
         let header = header.map_err(|e| bad(format!("not a JSON model file: {e}")))?;
+        if header.network.is_some() {
+            let len = match &kept {
+                Some(bytes) => bytes.len() as u64,
+                None => std::fs::metadata(path).map_or(0, |m| m.len()),
+            };
+            crate::memory::check(
+                len.saturating_mul(NETWORK_PARSED_BYTES_PER_BYTE),
+                "reading this network's model file",
+            )
+            .map_err(bad)?;
+        }
         match &header.format {
             Some(Probe::Text(s)) if s == FORMAT => {}
             Some(other) => {

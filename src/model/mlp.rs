@@ -551,6 +551,7 @@ impl Shape {
 
     /// [`Shape::starts`] of one parameter, given the layers' places.
     fn start_in(&self, layers: &[Layer], activation: Activation, seed: u64, g: usize) -> f64 {
+        debug_assert!(g < self.len(), "parameter {g} of {}", self.len());
         let li = layers.partition_point(|l| l.biases + l.rows <= g);
         let Some(&l) = layers.get(li) else {
             return 0.0;
@@ -835,32 +836,59 @@ mod tests {
     }
 
     /// The initial weights depend on the seed alone, with the variance the
-    /// scheme asks for.
+    /// scheme asks for in every layer: He under ReLU (hidden layers),
+    /// Glorot under tanh and at the output, the hashed columns' uniform
+    /// start the first layer's variance; biases zero.
     #[test]
     fn initialisation_is_seeded_and_scaled() {
+        let variance = |m: &Mlp, li: usize, cols: std::ops::Range<usize>| {
+            let (w, _, units, width) = m.layer_offsets(li);
+            let v: Vec<f64> = (0..units)
+                .flat_map(|r| cols.clone().map(move |c| w + r * width + c))
+                .map(|i| m.params()[i])
+                .collect();
+            v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64
+        };
         let shape = Shape {
             numeric: 400,
-            hashed: 0,
-            hidden: vec![300],
+            hashed: 64,
+            hidden: vec![300, 200],
             outputs: 1,
-            hashed_per_row: 0,
+            hashed_per_row: 2,
         };
-        let a = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let again = Mlp::init(ModelKind::Logistic, shape.clone(), Activation::Relu, 11)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let other = Mlp::init(ModelKind::Logistic, shape, Activation::Relu, 12)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(a.params(), again.params());
-        assert_ne!(a.params(), other.params());
-        let l = a.layers[0];
-        let w = &a.params()[l.weights..l.biases];
-        let var = w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
-        let he = 2.0 / 400.0;
-        assert!((var / he - 1.0).abs() < 0.02, "variance {var}, He {he}");
-        assert!(a.params()[l.biases..l.biases + l.rows]
-            .iter()
-            .all(|b| *b == 0.0));
+        for (activation, first, second) in [
+            (Activation::Relu, 2.0 / 402.0, 2.0 / 300.0),
+            (
+                Activation::Tanh,
+                2.0 / (402.0 + 300.0),
+                2.0 / (300.0 + 200.0),
+            ),
+        ] {
+            let a = Mlp::init(ModelKind::Logistic, shape.clone(), activation, 11)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let again = Mlp::init(ModelKind::Logistic, shape.clone(), activation, 11)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let other = Mlp::init(ModelKind::Logistic, shape.clone(), activation, 12)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(a.params(), again.params());
+            assert_ne!(a.params(), other.params());
+            for (what, got, want) in [
+                ("layer 1, numeric", variance(&a, 0, 0..400), first),
+                ("layer 1, hashed", variance(&a, 0, 400..464), first),
+                ("layer 2", variance(&a, 1, 0..300), second),
+                ("output", variance(&a, 2, 0..200), 2.0 / 201.0),
+            ] {
+                let tolerance = if what == "output" { 0.2 } else { 0.03 };
+                assert!(
+                    (got / want - 1.0).abs() < tolerance,
+                    "{activation:?} {what}: variance {got}, want {want}"
+                );
+            }
+            for li in 0..3 {
+                let (_, b, units, _) = a.layer_offsets(li);
+                assert!(a.params()[b..b + units].iter().all(|v| *v == 0.0));
+            }
+        }
     }
 
     #[test]

@@ -294,6 +294,14 @@ impl ModelFile {
             }
             _ => {}
         }
+        if shape.hashed == 0 {
+            if let Some(l) = section.layers.iter().find(|l| l.hashed.is_some()) {
+                return Err(bad(format!(
+                    "network layer '{}' has hashed columns, and the features no categorical column",
+                    l.name
+                )));
+            }
+        }
         // Every length first, before anything the size of the network is
         // allocated.
         let places = shape.layer_places();
@@ -543,6 +551,12 @@ mod tests {
                 .unwrap_or_else(|| panic!("{want}: accepted"));
             assert!(err.contains(want), "{want}: {err}");
         }
+        // Hashed columns where the features have no categorical column.
+        let (m, f) = network(false);
+        let mut file = m.to_file(&f, TrainingSummary::default());
+        net(&mut file).layers[0].hashed = Some(Vec::new());
+        let err = reread(&file).err().unwrap_or_default();
+        assert!(err.contains("no categorical column"), "{err}");
     }
 
     fn net(f: &mut ModelFile) -> &mut NetworkSection {

@@ -20,7 +20,7 @@ use crate::data::encode::FeatureSpec;
 use crate::error::{Error, Result};
 use crate::model::file::ModelFile;
 use crate::model::Layout;
-use crate::spec::{ModelKind, ModelSpec};
+use crate::spec::{ModelKind, ModelSpec, NetworkSpec};
 
 /// A saved model to start from, read once before the job starts.
 #[derive(Debug, Clone)]
@@ -54,15 +54,6 @@ impl InitModel {
     /// saved model is for another problem.
     pub fn theta(&self, model: &ModelSpec, spec: &FeatureSpec) -> Result<Vec<f64>> {
         let kind = model.kind;
-        if model.network.is_some() || self.file.network.is_some() {
-            return Err(Error::Usage {
-                option: "--init-model".into(),
-                message: format!(
-                    "{}: warm-starting a network, or a network from a linear model, is not built yet",
-                    self.path.display()
-                ),
-            });
-        }
         let differ = |what: String| Error::Usage {
             option: "--init-model".into(),
             message: format!(
@@ -102,6 +93,21 @@ impl InitModel {
                 saved.hash_bits, spec.hash_bits
             )));
         }
+        match (&model.network, &self.file.network) {
+            (None, None) => {}
+            (Some(network), Some(_)) => return self.network_theta(network, spec),
+            (Some(_), None) => {
+                return Err(differ(
+                    "it is a linear model, the pipeline a network (model.kind = \"mlp\")".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(differ(format!(
+                    "it is a network, the pipeline a {} model",
+                    kind.name()
+                )))
+            }
+        }
         let model = self.file.to_model(&self.path)?;
         let layout = Layout::new(kind, spec);
         if model.layout != layout {
@@ -123,6 +129,63 @@ impl InitModel {
                 let w = theta[base + 1 + j];
                 theta[base] += w * (new.center - old.center) / old.scale;
                 theta[base + 1 + j] = w * new.scale / old.scale;
+            }
+        }
+        if let Some(i) = theta.iter().position(|w| !w.is_finite()) {
+            return Err(differ(format!(
+                "parameter {i} is not finite once carried over to this data's scaling"
+            )));
+        }
+        Ok(theta)
+    }
+}
+
+impl InitModel {
+    /// A saved network's parameters for a pipeline's network of the same
+    /// shape (its features already checked): the first layer's numeric
+    /// columns and biases carried over to this data's scaling, as a linear
+    /// model's weights are, unit by unit.
+    fn network_theta(&self, network: &NetworkSpec, spec: &FeatureSpec) -> Result<Vec<f64>> {
+        let differ = |what: String| Error::Usage {
+            option: "--init-model".into(),
+            message: format!("{} is another network: {what}", self.path.display()),
+        };
+        let saved = self.file.to_network(&self.path)?;
+        if saved.shape().hidden != network.hidden {
+            return Err(differ(format!(
+                "its hidden layers are {:?}, the pipeline's {:?}",
+                saved.shape().hidden,
+                network.hidden
+            )));
+        }
+        if saved.activation() != network.activation {
+            return Err(differ(format!(
+                "its activation is {}, the pipeline's {}",
+                saved.activation().name(),
+                network.activation.name()
+            )));
+        }
+        if let Some(h) = self.file.network.as_ref().and_then(|n| n.hashed_init) {
+            if h.seed != network.seed {
+                tracing::warn!(
+                    saved_seed = h.seed,
+                    seed = network.seed,
+                    "the saved network's hashed columns started from another seed than this pipeline's model.seed: the model is the same, but its file will list every hashed column (set model.seed = {} to keep it small)",
+                    h.seed
+                );
+            }
+        }
+        let (w_at, b_at, units, cols) = saved.layer_offsets(0);
+        let mut theta = saved.params().to_vec();
+        let old = &self.file.features.numeric;
+        for (j, (o, n)) in old.iter().zip(&spec.numeric).enumerate() {
+            if o.center.to_bits() == n.center.to_bits() && o.scale.to_bits() == n.scale.to_bits() {
+                continue;
+            }
+            for u in 0..units {
+                let w = theta[w_at + u * cols + j];
+                theta[b_at + u] += w * (n.center - o.center) / o.scale;
+                theta[w_at + u * cols + j] = w * n.scale / o.scale;
             }
         }
         if let Some(i) = theta.iter().position(|w| !w.is_finite()) {
