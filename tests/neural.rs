@@ -602,3 +602,26 @@ fn digits_network_matches_sklearn_and_beats_the_linear_softmax() {
     assert!(ours >= sklearn, "{r}");
     assert!(ours > linear, "{r}");
 }
+
+/// The start of a network's hashed columns, written from
+/// docs/model-format.md's formula alone, is tidemill's: a reader of the
+/// model file can rebuild the columns the file does not list.
+#[test]
+fn the_documented_hashed_start_is_the_one_tidemill_uses() {
+    fn splitmix64(x: u64) -> u64 {
+        let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let documented = |seed: u64, u: u64, s: u64, bound: f64| {
+        let x = splitmix64(seed ^ splitmix64((u << 32) ^ s));
+        let unit = (x >> 11) as f64 * 2f64.powi(-53);
+        (2.0 * unit - 1.0) * bound
+    };
+    for (seed, unit, slot) in [(0, 0, 0), (3, 7, 17), (u64::MAX, 65_535, (1 << 28) - 1)] {
+        let want = documented(seed, unit as u64, slot as u64, 0.29);
+        let got = tidemill::model::mlp::hashed_init(seed, unit, slot, 0.29);
+        assert_eq!(want.to_bits(), got.to_bits(), "{seed} {unit} {slot}");
+    }
+}
