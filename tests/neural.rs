@@ -52,32 +52,6 @@ fn train(pipeline: &str, sets: &[&str], extra: &[&str], model: &Path) -> String 
     tidemill_ok(&args)
 }
 
-fn train_two_processes(pipeline: &str, sets: &[&str], dir: &Path, model: &Path) {
-    let hosts = common::hostfile(dir, 2);
-    let children: Vec<_> = (0..2)
-        .map(|p| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
-            cmd.current_dir(root())
-                .env("TIDEMILL_LOG", "warn")
-                .args(["train", pipeline, "-n", "2", "-p", &p.to_string()])
-                .arg("--hostfile")
-                .arg(&hosts)
-                .arg("--model-out")
-                .arg(model)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            for s in sets {
-                cmd.args(["--set", s]);
-            }
-            cmd.spawn().unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        common::assert_success(&out, "a cluster process");
-    }
-}
-
 /// The model file of `pipeline` + `sets` on 1, 2, 4 workers and 2
 /// processes: the same bytes each time.
 fn identical_everywhere(pipeline: &str, sets: &[&str], tag: &str) {
@@ -97,7 +71,7 @@ fn identical_everywhere(pipeline: &str, sets: &[&str], tag: &str) {
         );
     }
     let two = dir.path().join(format!("{tag}-p2.json"));
-    train_two_processes(pipeline, sets, dir.path(), &two);
+    common::train_two_processes(pipeline, sets, dir.path(), &two);
     assert!(
         std::fs::read(&two).unwrap() == want,
         "{tag}: 2 processes wrote another model than 1 worker"
@@ -252,7 +226,7 @@ fn model_averaged_networks_are_the_same_on_2_threads_and_2_processes() {
     let again = dir.path().join("again.json");
     train("pipelines/digits.toml", &sets, &["--workers", "2"], &again);
     let procs = dir.path().join("procs.json");
-    train_two_processes("pipelines/digits.toml", &sets, dir.path(), &procs);
+    common::train_two_processes("pipelines/digits.toml", &sets, dir.path(), &procs);
     let want = std::fs::read(&threads).unwrap();
     assert!(std::fs::read(&again).unwrap() == want, "a rerun differs");
     assert!(

@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{load, logistic_objective, root, tidemill_ok, Problem};
 
@@ -43,30 +43,8 @@ fn train(
 }
 
 fn train_two_processes(pipeline: &str, sets: &[&str], dir: &Path) -> serde_json::Value {
-    let hosts = common::hostfile(dir, 2);
     let model = dir.join("two.json");
-    let children: Vec<_> = (0..2)
-        .map(|p| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
-            cmd.current_dir(root())
-                .env("TIDEMILL_LOG", "warn")
-                .args(["train", pipeline, "-n", "2", "-p", &p.to_string()])
-                .arg("--hostfile")
-                .arg(&hosts)
-                .arg("--model-out")
-                .arg(&model)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            for s in sets {
-                cmd.args(["--set", s]);
-            }
-            cmd.spawn().unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        common::assert_success(&out, "a cluster process");
-    }
+    common::train_two_processes(pipeline, sets, dir, &model);
     serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap()
 }
 

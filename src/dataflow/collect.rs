@@ -133,6 +133,31 @@ pub struct EpochEnd {
     pub best: bool,
 }
 
+/// An evaluation that every worker of a model-parallel job finishes alike,
+/// from the validation rows' margins they all hold.
+pub struct MarginEpoch<'a> {
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Optimizer steps so far.
+    pub steps: u64,
+    /// Model family.
+    pub kind: ModelKind,
+    /// The validation rows' margins, `k` per row (row-major).
+    pub margins: &'a [f64],
+    /// Outputs per row.
+    pub k: usize,
+    /// The validation rows' labels (none without validation rows).
+    pub labels: &'a [f64],
+    /// The reference the labels are taken relative to.
+    pub label_ref: Option<f64>,
+    /// Exact sum of the epoch's training losses.
+    pub train_loss: Wide,
+    /// Training rows behind it.
+    pub train_rows: u64,
+    /// Payload bytes exchanged since the last evaluation.
+    pub bytes: u64,
+}
+
 /// Turns epoch totals into epoch records and early-stopping decisions:
 /// the one place where an [`EpochRecord`] is built.
 #[derive(Debug)]
@@ -148,6 +173,32 @@ pub struct Epochs {
 }
 
 impl Epochs {
+    /// Closes a model-parallel epoch from its margins; `keeper` (worker
+    /// 0's records) gets the record, logged. Returns whether to stop
+    /// (early stopping) and whether the parameters are the best so far.
+    pub fn close_margins(
+        &mut self,
+        e: MarginEpoch<'_>,
+        keeper: Option<&RefCell<Vec<EpochRecord>>>,
+    ) -> Result<(bool, bool), Error> {
+        let validation = EvalPartial::of_margins(e.kind, e.k, e.margins, e.labels, e.label_ref);
+        let end = self.close(EpochTotals {
+            epoch: e.epoch,
+            steps: e.steps,
+            objective: None,
+            validation,
+            train_loss: e.train_loss,
+            train_rows: e.train_rows,
+            bytes: e.bytes,
+            staleness: Vec::new(),
+        })?;
+        if let Some(records) = keeper {
+            log_epoch(&end.record);
+            records.borrow_mut().push(end.record);
+        }
+        Ok((end.stop, end.best))
+    }
+
     /// The state to save at a boundary, with the records so far.
     pub fn state(&self, records: &[EpochRecord]) -> Result<CollectorState, Error> {
         let mut lines = String::new();

@@ -28,7 +28,7 @@ use timely::dataflow::channels::pact::Pipeline as Local;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
-use super::collect::{log_epoch, EpochTotals, Epochs};
+use super::collect::{Epochs, MarginEpoch};
 use super::margins::Finished;
 use super::rounds::Rounds;
 use super::{loss_message, Failure, Phase};
@@ -37,7 +37,6 @@ use crate::data::encode::Block;
 use crate::error::Error;
 use crate::exact::{Exact, Wide};
 use crate::metrics::sink::EpochRecord;
-use crate::metrics::EvalPartial;
 use crate::model::loss;
 use crate::model::unit_split::{NetworkSlice, Slice};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
@@ -168,15 +167,9 @@ impl State {
     /// message.
     fn fail_round(&mut self, e: &Error, phase: Phase, stage: u32, emit: &mut impl FnMut(LayerOut)) {
         let f = self.fail(e);
-        emit(LayerOut::Round(LayerMsg {
-            from: self.ctx.index as u32,
-            phase,
-            stage,
-            sums: Vec::new(),
-            slice: Vec::new(),
-            bytes: 0,
-            failure: Some(f),
-        }));
+        let mut msg = self.message(phase, stage, Vec::new(), Vec::new());
+        msg.failure = Some(f);
+        emit(LayerOut::Round(msg));
     }
 
     /// Sends a round's message, counting its bytes.
@@ -488,26 +481,26 @@ impl State {
         } else {
             &[]
         };
-        let validation =
-            EvalPartial::of_margins(self.ctx.kind, k, margins, labels, self.ctx.label_ref);
-        let end = self.epochs.close(EpochTotals {
-            epoch,
-            steps,
-            objective: None,
-            validation,
-            train_loss: std::mem::take(&mut self.epoch_loss),
-            train_rows: std::mem::take(&mut self.epoch_rows),
-            bytes,
-            staleness: Vec::new(),
-        })?;
-        if end.best {
+        let keeper = (self.ctx.index == 0).then_some(&*self.ctx.records);
+        let (stop, best) = self.epochs.close_margins(
+            MarginEpoch {
+                epoch,
+                steps,
+                kind: self.ctx.kind,
+                margins,
+                k,
+                labels,
+                label_ref: self.ctx.label_ref,
+                train_loss: std::mem::take(&mut self.epoch_loss),
+                train_rows: std::mem::take(&mut self.epoch_rows),
+                bytes,
+            },
+            keeper,
+        )?;
+        if best {
             self.best = Some(self.theta.clone());
         }
-        if self.ctx.index == 0 {
-            log_epoch(&end.record);
-            self.ctx.records.borrow_mut().push(end.record);
-        }
-        Ok(end.stop || epoch >= self.ctx.epochs)
+        Ok(stop || epoch >= self.ctx.epochs)
     }
 
     /// Ends training after `epochs` epochs: the parameters (the best under

@@ -38,7 +38,7 @@ use timely::dataflow::channels::pact::Pipeline as Local;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
 
-use super::collect::{log_epoch, EpochTotals, Epochs};
+use super::collect::{Epochs, MarginEpoch};
 use super::hooks::Hooks;
 use super::rounds::Rounds;
 use super::snapshot::{Cadence, CollectorState, CollectorStates, Part, PartOf};
@@ -48,7 +48,6 @@ use crate::data::encode::Block;
 use crate::error::Error;
 use crate::exact::Wide;
 use crate::metrics::sink::EpochRecord;
-use crate::metrics::EvalPartial;
 use crate::model::block::FeatureBlock;
 use crate::model::loss;
 use crate::optim::lazy::{Clock, Lazy, Stamp};
@@ -418,26 +417,26 @@ impl State {
         } else {
             &[]
         };
-        let validation =
-            EvalPartial::of_margins(self.ctx.kind, k, margins, labels, self.ctx.label_ref);
-        let end = self.epochs.close(EpochTotals {
-            epoch,
-            steps,
-            objective: None,
-            validation,
-            train_loss: std::mem::take(&mut self.epoch_loss),
-            train_rows: std::mem::take(&mut self.epoch_rows),
-            bytes,
-            staleness: Vec::new(),
-        })?;
-        if end.best {
+        let keeper = (self.ctx.index == 0).then_some(&*self.ctx.records);
+        let (stop, best) = self.epochs.close_margins(
+            MarginEpoch {
+                epoch,
+                steps,
+                kind: self.ctx.kind,
+                margins,
+                k,
+                labels,
+                label_ref: self.ctx.label_ref,
+                train_loss: std::mem::take(&mut self.epoch_loss),
+                train_rows: std::mem::take(&mut self.epoch_rows),
+                bytes,
+            },
+            keeper,
+        )?;
+        if best {
             self.best = Some(self.theta.clone());
         }
-        if self.ctx.index == 0 {
-            log_epoch(&end.record);
-            self.ctx.records.borrow_mut().push(end.record);
-        }
-        Ok(end.stop || epoch >= self.ctx.epochs)
+        Ok(stop || epoch >= self.ctx.epochs)
     }
 
     /// Sends this worker's partial margins for `phase`.

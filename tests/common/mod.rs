@@ -468,3 +468,31 @@ pub fn sigterm(child: &std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
 }
+
+/// Trains `pipeline` (with `--set` `sets`) as one job of 2 processes on
+/// this machine, the model written to `model`; both must succeed.
+pub fn train_two_processes(pipeline: &str, sets: &[&str], dir: &Path, model: &Path) {
+    let hosts = hostfile(dir, 2);
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+            cmd.current_dir(root())
+                .env("TIDEMILL_LOG", "warn")
+                .args(["train", pipeline, "-n", "2", "-p", &p.to_string()])
+                .arg("--hostfile")
+                .arg(&hosts)
+                .arg("--model-out")
+                .arg(model)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            for s in sets {
+                cmd.args(["--set", s]);
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_success(&out, "a cluster process");
+    }
+}
