@@ -217,11 +217,46 @@ fn model_average_killed_mid_epoch_resumes_to_the_same_model_on_its_worker_count(
 }
 
 #[test]
+fn model_average_with_fixed_replicas_resumes_to_the_same_model_on_any_worker_count() {
+    // Four replicas: which rows each trains, and its optimizer state, do
+    // not depend on the worker count, so neither does the checkpoint.
+    killed_and_resumed(
+        "model-average",
+        &[
+            (
+                "sgd",
+                "train.replicas=4 model.l1=0.0001 train.sync_every=4",
+                25,
+            ),
+            ("adam", "train.replicas=4 optimizer.learning_rate=0.01", 25),
+        ],
+        &[1, 3],
+    );
+}
+
+#[test]
+fn model_average_without_fixed_replicas_resumes_only_on_its_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new(dir.path(), 1, &["train.strategy=\"model-average\""]);
+    job.run(2, &[]);
+    std::fs::remove_file(job.model()).unwrap();
+    let out = finish(job.start(1, &["--resume"], &[]), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("written by 2 workers and model-average resumes only on as many")
+            && stderr.contains("set train.replicas"),
+        "{stderr}"
+    );
+    assert!(!job.model().exists());
+}
+
+#[test]
 fn checkpoints_inside_an_epoch_resume_to_the_same_model() {
     // "5 steps" cuts epochs of 13 steps; model-average's rounds of 3 steps
     // pass multiples of 5 inside an epoch too. Killed after the third
     // checkpoint (inside the first epoch's second half or the second epoch).
-    let cases: [(&str, &[&str], usize); 4] = [
+    let cases: [(&str, &[&str], usize); 5] = [
         ("allreduce", &["model.l1=0.0001", "model.l2=0.001"], 3),
         // Resumes on the worker count that wrote it; lazy FTRL steps
         // resume with their clock mid-epoch.
@@ -251,6 +286,17 @@ fn checkpoints_inside_an_epoch_resume_to_the_same_model() {
                 "optimizer.learning_rate=0.01",
             ],
             2,
+        ),
+        // Fixed replicas resume mid-epoch on another worker count.
+        (
+            "model-average",
+            &[
+                "train.replicas=3",
+                "train.sync_every=3",
+                "optimizer.kind=\"adam\"",
+                "optimizer.learning_rate=0.01",
+            ],
+            3,
         ),
     ];
     for (strategy, extra, workers) in cases {

@@ -208,30 +208,36 @@ fn model_parallel_trains_the_data_parallel_network() {
     );
 }
 
-/// Model averaging's replicas depend on the partition (as for the linear
-/// models, docs/strategies.md): not across worker counts, but 2 processes
-/// make what 2 threads make, and a rerun makes the same bytes.
+/// Model averaging with a fixed number of replicas (`train.replicas`):
+/// each replica's rows and arithmetic are the same on any worker count, and
+/// so is the model. Without it there is one replica per worker, and four
+/// replicas on four workers are that run.
 #[test]
-fn model_averaged_networks_are_the_same_on_2_threads_and_2_processes() {
-    let dir = tempfile::tempdir().unwrap();
+fn model_averaged_networks_with_fixed_replicas_are_the_same_everywhere() {
+    let fixed = [
+        "train.strategy=\"model-average\"",
+        "train.sync_every=4",
+        "train.replicas=4",
+    ];
     let mut sets = DIGITS.to_vec();
-    sets.extend(["train.strategy=\"model-average\"", "train.sync_every=4"]);
-    let threads = dir.path().join("threads.json");
+    sets.extend(fixed);
+    identical_everywhere("pipelines/digits.toml", &sets, "digits-model-average");
+    let mut adult = ADULT.to_vec();
+    adult.extend(fixed);
+    identical_everywhere("pipelines/adult.toml", &adult, "adult-model-average");
+    let dir = tempfile::tempdir().unwrap();
+    let four = dir.path().join("four.json");
+    train("pipelines/digits.toml", &sets, &["--workers", "4"], &four);
+    let per_worker = dir.path().join("per-worker.json");
     train(
         "pipelines/digits.toml",
-        &sets,
-        &["--workers", "2"],
-        &threads,
+        &sets[..sets.len() - 1],
+        &["--workers", "4"],
+        &per_worker,
     );
-    let again = dir.path().join("again.json");
-    train("pipelines/digits.toml", &sets, &["--workers", "2"], &again);
-    let procs = dir.path().join("procs.json");
-    common::train_two_processes("pipelines/digits.toml", &sets, dir.path(), &procs);
-    let want = std::fs::read(&threads).unwrap();
-    assert!(std::fs::read(&again).unwrap() == want, "a rerun differs");
     assert!(
-        std::fs::read(&procs).unwrap() == want,
-        "2 processes differ from 2 threads"
+        std::fs::read(&four).unwrap() == std::fs::read(&per_worker).unwrap(),
+        "four replicas on four workers differ from one replica per worker"
     );
 }
 

@@ -437,6 +437,15 @@ fn strategy_keys_are_checked() {
             "\"soon\"",
         ),
         (&["train.sync_every=4"][..], "train.sync_every"),
+        (&["train.replicas=4"][..], "train.replicas"),
+        (
+            &[
+                "optimizer.kind=sgd",
+                "train.strategy=model-average",
+                "train.replicas=0",
+            ][..],
+            "between 1 and 4096",
+        ),
     ] {
         let mut args = vec!["validate", "pipelines/quickstart.toml"];
         for s in sets {
@@ -627,6 +636,56 @@ fn every_layout(
         train_two_processes(pipeline, sets, dir),
     ));
     runs
+}
+
+/// `model-average` with a fixed number of replicas (`train.replicas`):
+/// replica `r` trains the same rows from the same state on any worker
+/// count, so the model file is the same bytes on 1, 2, 3 and 4 workers and
+/// 2 processes — dense SGD on breast_cancer with 4 replicas, lazy FTRL on
+/// hashed adult with 3 (uneven over 2 and 4 workers; one idle on 4).
+#[test]
+fn model_average_with_fixed_replicas_is_the_same_model_on_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "pipelines/quickstart.toml",
+            &[
+                "train.replicas=4",
+                "train.sync_every=4",
+                "optimizer.kind=sgd",
+                "optimizer.learning_rate=0.5",
+                "optimizer.batch_size=32",
+                "train.epochs=10",
+                "data.partition=shuffle",
+            ],
+        ),
+        (
+            "pipelines/adult.toml",
+            &[
+                "train.replicas=3",
+                "train.sync_every=8",
+                "optimizer.kind=ftrl",
+                "model.l1=0.001",
+                "train.epochs=2",
+            ],
+        ),
+    ];
+    for (pipeline, sets) in cases {
+        let sets: Vec<&str> = ["train.strategy=model-average"]
+            .iter()
+            .chain(sets)
+            .copied()
+            .collect();
+        let mut runs = every_layout(pipeline, &sets, dir.path(), "fixed");
+        runs.push((
+            "3 workers".into(),
+            train(pipeline, &sets, 3, dir.path(), "fixed-w3.json"),
+        ));
+        let (_, want) = &runs[0];
+        for (name, model) in &runs[1..] {
+            assert!(model == want, "{pipeline}: {name} differs from 1 worker");
+        }
+    }
 }
 
 /// Lazy updates on a hashed pipeline (adult, 2^12 slots) under every

@@ -462,6 +462,24 @@ fn a_bad_value_fails_with_its_location_and_writes_nothing_half() {
     assert!(common::hidden_beside(dir.path(), "m.json").is_empty());
 }
 
+/// A stream keeps one replica per worker: a fixed `train.replicas` would
+/// be ignored, so it is refused before anything is read or written.
+#[test]
+fn a_stream_refuses_fixed_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.json");
+    let out = stream(
+        "datasets/nycflights13.parquet",
+        &model,
+        &settings(&["train.strategy=\"model-average\"", "train.replicas=2"]),
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("train.replicas"), "{stderr}");
+    assert!(!model.exists());
+}
+
 /// Rows `from..from + n` of nycflights13 written to `path`.
 fn nyc_part(path: &Path, from: usize, n: usize) {
     let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();

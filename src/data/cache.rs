@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::encode::{Block, ClassMap, FeatureSpec};
-use super::partition::{assign, window_order, StepPlan};
+use super::partition::{assign, assign_replicas, window_order, StepPlan};
 use super::stream::{StreamSpec, UnitStream};
 use super::window::{Rows, Split, Windows};
 use crate::error::Result;
@@ -38,6 +38,9 @@ pub struct Feed {
     /// True if labels are class names (classifiers), false for a
     /// regression value.
     pub classify: bool,
+    /// Replicas that train (`model-average`'s `train.replicas`): units are
+    /// assigned to replicas, replicas to workers. `None`: one per worker.
+    pub replicas: Option<usize>,
 }
 
 impl Feed {
@@ -55,6 +58,7 @@ impl Feed {
             partition: d.partition,
             cache: d.cache,
             classify: plan.pipeline.model.kind != ModelKind::Linear,
+            replicas: plan.pipeline.train.replicas,
         }
     }
 
@@ -128,6 +132,8 @@ pub struct WorkerData {
     epoch: Option<u32>,
     /// Units this worker holds in the current epoch.
     mine: Vec<usize>,
+    /// The replica that trains each unit in the current epoch.
+    replica_of: Vec<usize>,
     cached: BTreeMap<usize, Cached>,
     streams: BTreeMap<usize, UnitStream>,
     open_wave: Option<usize>,
@@ -178,6 +184,7 @@ impl WorkerData {
             train_rows,
             epoch: None,
             mine: Vec::new(),
+            replica_of: Vec::new(),
             cached: BTreeMap::new(),
             streams: BTreeMap::new(),
             open_wave: None,
@@ -191,16 +198,18 @@ impl WorkerData {
             return Ok(());
         }
         let feed = &self.feed;
-        let owners = assign(
+        let owners = assign_replicas(
             &self.train_rows,
             self.peers,
+            feed.replicas,
             feed.partition,
             feed.seed,
             epoch,
         );
         self.mine = (0..owners.len())
-            .filter(|&u| owners[u] == self.index)
+            .filter(|&u| owners[u].0 == self.index)
             .collect();
+        self.replica_of = owners.iter().map(|&(_, r)| r).collect();
         self.streams.clear();
         self.open_wave = None;
         if feed.cache {
@@ -237,13 +246,30 @@ impl WorkerData {
     pub fn step_rows(
         &mut self,
         step: u64,
+        f: impl FnMut(&Block, &[usize]) -> Result<()>,
+    ) -> Result<()> {
+        self.step_rows_of(step, None, f)
+    }
+
+    /// [`Self::step_rows`] restricted to the units of one replica (all of
+    /// the worker's units for `None`), after [`Self::prepare`].
+    pub fn step_rows_of(
+        &mut self,
+        step: u64,
+        replica: Option<usize>,
         mut f: impl FnMut(&Block, &[usize]) -> Result<()>,
     ) -> Result<()> {
         let epoch = self.epoch.unwrap_or(0);
+        let of = |replica_of: &[usize], id: usize| {
+            replica.is_none_or(|r| replica_of.get(id) == Some(&r))
+        };
         if !self.feed.cache {
             if self.steps.is_full_batch() {
                 // One pass over every unit, one open stream at a time.
                 for &id in &self.mine {
+                    if !of(&self.replica_of, id) {
+                        continue;
+                    }
                     let mut s = self.open_train(id, epoch)?;
                     s.feed(&self.stream, self.train_rows[id], &mut f)?;
                 }
@@ -265,6 +291,9 @@ impl WorkerData {
                 self.open_wave = Some(wave);
             }
             for (&id, s) in self.streams.iter_mut() {
+                if !of(&self.replica_of, id) {
+                    continue;
+                }
                 if let Some((a, b)) = self.steps.rows(id, self.train_rows[id], step) {
                     s.feed(&self.stream, b - a, &mut f)?;
                 }
@@ -273,6 +302,9 @@ impl WorkerData {
         }
         let mut idx = Vec::new();
         for (&id, c) in &self.cached {
+            if !of(&self.replica_of, id) {
+                continue;
+            }
             let Some((a, b)) = self.steps.rows(id, self.train_rows[id], step) else {
                 continue;
             };

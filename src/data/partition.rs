@@ -54,6 +54,40 @@ pub fn assign(
     owners
 }
 
+/// The worker that trains replica `replica` of `replicas` (`model-average`)
+/// on `workers` workers: contiguous blocks of replicas per worker, so that
+/// with one replica per worker, replica `r` is worker `r`.
+///
+/// # Examples
+/// ```
+/// use tidemill::data::partition::replica_worker;
+/// assert_eq!((0..4).map(|r| replica_worker(r, 4, 2)).collect::<Vec<_>>(), [0, 0, 1, 1]);
+/// assert_eq!((0..4).map(|r| replica_worker(r, 4, 4)).collect::<Vec<_>>(), [0, 1, 2, 3]);
+/// assert_eq!((0..4).map(|r| replica_worker(r, 4, 1)).collect::<Vec<_>>(), [0, 0, 0, 0]);
+/// ```
+pub fn replica_worker(replica: usize, replicas: usize, workers: usize) -> usize {
+    ((replica as u128 * workers as u128) / replicas.max(1) as u128) as usize
+}
+
+/// Owner worker of each unit when `replicas` replicas train (or one per
+/// worker, `None`): the units are assigned to the replicas as [`assign`]
+/// assigns them to workers, and each replica's units go to the worker that
+/// trains it ([`replica_worker`]). Returns (worker, replica) per unit.
+pub fn assign_replicas(
+    rows: &[usize],
+    workers: usize,
+    replicas: Option<usize>,
+    partition: Partition,
+    seed: u64,
+    epoch: u32,
+) -> Vec<(usize, usize)> {
+    let r = replicas.unwrap_or(workers).max(1);
+    assign(rows, r, partition, seed, epoch)
+        .into_iter()
+        .map(|replica| (replica_worker(replica, r, workers), replica))
+        .collect()
+}
+
 /// Rows per worker under an assignment (the skew users watch).
 pub fn rows_per_worker(rows: &[usize], owners: &[usize], workers: usize) -> Vec<u64> {
     let mut out = vec![0u64; workers];

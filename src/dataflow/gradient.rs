@@ -102,17 +102,14 @@ pub struct Workspace<'a> {
     pub acc: &'a mut Vec<Exact>,
 }
 
-/// A worker that trains a replica of its own (`model-average`) instead of
+/// A worker that trains replicas of the model (`model-average`) instead of
 /// sending the gradient of each step: the strategy's side of the gradient
-/// operator.
+/// operator. Between rounds the model's parameters are what the owners
+/// sent: a round leaves them so.
 pub trait Replica {
     /// A shard's values arrived from its owner (whole or as changes), to be
     /// applied to `theta`, which holds what the owners sent before them.
     fn received(&mut self, theta: &[f64], range: Range<usize>, values: &ShardValues);
-
-    /// Before a round: sets `theta` back to what the owners sent where the
-    /// replica stepped away from it.
-    fn restore(&self, theta: &mut [f64]);
 
     /// Trains the replica through the round that starts at step `step` of
     /// `epoch`. Returns the coordinates (sorted) whose values it left in the
@@ -507,9 +504,6 @@ impl State {
                 self.epoch_bytes +=
                     param_bytes(&m.phase, &m.values) + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
             }
-        }
-        if let Some(replica) = self.ctx.replica.as_ref() {
-            replica.restore(self.ctx.model.params_mut());
         }
         if msgs.iter().all(|m| m.phase == Phase::Refresh) {
             // Fresher shards for workers running ahead: keep the sequence.

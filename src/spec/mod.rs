@@ -559,6 +559,11 @@ pub struct TrainSpec {
     pub shards: usize,
     /// Local steps between averagings (`model-average`); `None` = once per epoch.
     pub sync_every: Option<u64>,
+    /// Replicas that train (`model-average`); `None` = one per worker.
+    /// With a count, replica `r` of `R` trains on worker `r·W/R` and the
+    /// model is the same on any worker count `W`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
     /// How far `param-server` workers may run ahead (0 for the other strategies).
     pub staleness: Staleness,
     /// The most parameters one worker may hold, if budgeted; checked once
@@ -750,6 +755,9 @@ fn lazy_updates(
     }
     Ok(())
 }
+
+/// The most replicas `train.replicas` may ask for.
+pub const MAX_REPLICAS: usize = 4096;
 
 fn value_err(key: &str, message: impl Into<String>) -> Error {
     Error::PipelineValue {
@@ -1624,6 +1632,24 @@ fn train_spec(
             ),
         ));
     }
+    match t.replicas {
+        Some(r) if strategy != Strategy::ModelAverage => {
+            return Err(value_err(
+                "train.replicas",
+                format!(
+                    "only applies to strategy = \"model-average\" (this pipeline uses {}; {r} replicas asked)",
+                    strategy.name()
+                ),
+            ))
+        }
+        Some(r) if !(1..=MAX_REPLICAS).contains(&r) => {
+            return Err(value_err(
+                "train.replicas",
+                format!("must be between 1 and {MAX_REPLICAS} (got {r})"),
+            ))
+        }
+        _ => {}
+    }
     let staleness = match t.staleness {
         None => Staleness::Bounded(0),
         Some(_) if strategy != Strategy::ParamServer => {
@@ -1683,6 +1709,7 @@ fn train_spec(
         strategy,
         shards,
         sync_every: t.sync_every,
+        replicas: t.replicas,
         staleness,
         max_worker_params: match t.max_worker_params {
             Some(0) => return Err(value_err("train.max_worker_params", "must be at least 1")),

@@ -205,6 +205,9 @@ pub struct RawTrain {
     pub shards: Option<usize>,
     /// `model-average`: local steps between averagings (default: one epoch).
     pub sync_every: Option<u64>,
+    /// `model-average`: how many replicas train (default: one per worker);
+    /// a fixed count makes the model independent of the worker count.
+    pub replicas: Option<usize>,
     /// `param-server`: how many steps a worker may run ahead of the slowest
     /// (`0` = BSP, a number, or `"async"`).
     pub staleness: Option<RawStaleness>,

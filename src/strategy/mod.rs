@@ -42,7 +42,7 @@ use crate::error::Error;
 use crate::metrics::sink::EpochRecord;
 use crate::model::{self, Model};
 use crate::plan::Plan;
-use crate::spec::{self, ModelSpec};
+use crate::spec::{self, ModelSpec, TrainSpec};
 use snapshot::Saved;
 
 /// What every strategy trains from, the same on every worker.
@@ -135,9 +135,10 @@ pub trait Strategy: Sync {
         true
     }
 
-    /// True if a checkpoint resumes on another worker count with the
-    /// model an uninterrupted run on the writing count makes.
-    fn resumes_on_any_worker_count(&self) -> bool {
+    /// True if a checkpoint of a job with these `[train]` settings resumes
+    /// on another worker count with the model an uninterrupted run on the
+    /// writing count makes.
+    fn resumes_on_any_worker_count(&self, _train: &TrainSpec) -> bool {
         true
     }
 

@@ -1,8 +1,14 @@
-//! `model-average` (local SGD): every worker steps its own replica of the
-//! model through `sync_every` steps of its own rows, then the shard owners
-//! replace the parameters by the rows-weighted mean of the replicas
-//! (`Σ rows_w · replica_w / Σ rows_w`, summed exactly). Each worker keeps
+//! `model-average` (local SGD): every replica of the model steps through
+//! `sync_every` steps of its own rows, then the shard owners replace the
+//! parameters by the rows-weighted mean of the replicas
+//! (`Σ rows_r · replica_r / Σ rows_r`, summed exactly). Each replica keeps
 //! its optimizer state; only the weights are averaged.
+//!
+//! There is one replica per worker, or `train.replicas` of them: then the
+//! units are assigned to replicas, replica `r` of `R` trains on worker
+//! `r·W/R` (see [`crate::data::partition::assign_replicas`]), and as a
+//! replica's rows, state and arithmetic never depend on `W`, nor does the
+//! model, and a checkpoint resumes on any worker count.
 //!
 //! The policy lives here: the worker side is [`LocalSteps`] (a
 //! [`Replica`] for the gradient operator), the owner side [`average`],
@@ -18,6 +24,7 @@ use timely::worker::Worker;
 use super::driver::OwnerStep;
 use super::sharded::{self, Sharding};
 use super::{LoopInput, LoopOutcome, Strategy};
+use crate::data::partition::replica_worker;
 use crate::dataflow::fold::ShardGrad;
 use crate::dataflow::gradient::{Replica, Workspace};
 use crate::dataflow::{bound_message, loss_message, Failure, ShardValues};
@@ -25,7 +32,7 @@ use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
 use crate::optim::lazy::{Clock, Lazy, Stamp};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
-use crate::spec::OptimizerSpec;
+use crate::spec::{OptimizerSpec, TrainSpec};
 
 /// The `model-average` strategy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,14 +43,14 @@ impl Strategy for ModelAverage {
         "model-average"
     }
 
-    /// Each worker's replica keeps its own optimizer state, and which rows
-    /// a replica trains on depends on the worker count.
-    fn resumes_on_any_worker_count(&self) -> bool {
-        false
+    /// With one replica per worker, which rows a replica trains on depends
+    /// on the worker count; a fixed `train.replicas` does not.
+    fn resumes_on_any_worker_count(&self, train: &TrainSpec) -> bool {
+        train.replicas.is_some()
     }
 
     fn one_worker_count_reason(&self) -> &'static str {
-        "each worker's replica keeps its own optimizer state"
+        "there is one replica per worker, each with its own rows and optimizer state; set train.replicas to make the replicas independent of the worker count"
     }
 
     fn train(&self, worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure> {
@@ -56,28 +63,51 @@ impl Strategy for ModelAverage {
         };
         // As for the owners' steps: lazy updates only with hashed features.
         let lazy = p.optimizer.first_order().is_some_and(|f| f.lazy) && input.roles().has_sparse();
+        let start = FirstOrderState::starting_at(&p.optimizer, input.init.unwrap_or(&[]));
+        let ids = replicas_of_worker(worker.index(), worker.peers(), p.train.replicas);
+        if let (0, Some(r)) = (worker.index(), p.train.replicas) {
+            let w = worker.peers();
+            if r < w {
+                tracing::warn!(
+                    replicas = r,
+                    workers = w,
+                    "train.replicas is below the worker count: {} workers train no replica (they still own parameter shards)",
+                    w - r
+                );
+            } else if r % w != 0 {
+                tracing::info!(
+                    replicas = r,
+                    workers = w,
+                    "the replicas do not divide evenly over the workers: the workers with {} replicas set the pace",
+                    r.div_ceil(w)
+                );
+            }
+        }
         let mut replica = LocalSteps {
             spec: p.optimizer,
             penalty,
             fit_intercept: p.model.fit_intercept,
             sync_every,
             steps_per_epoch,
-            state: FirstOrderState::starting_at(&p.optimizer, input.init.unwrap_or(&[])),
+            replicas: ids
+                .into_iter()
+                .map(|id| Own {
+                    id,
+                    state: start.clone(),
+                    lazy: lazy.then(|| Lazy::new(&p.optimizer, penalty)),
+                    clock: Clock::default(),
+                    live: LiveSet::default(),
+                })
+                .collect(),
             grad: Vec::new(),
-            lazy: lazy.then(|| Lazy::new(&p.optimizer, penalty)),
-            clock: Clock::default(),
-            live: LiveSet::default(),
+            total: Vec::new(),
             mirror: Vec::new(),
         };
         if let Some(saved) = &input.resume {
-            let index = worker.index();
-            let bytes = saved.replicas.get(index).ok_or_else(|| {
-                Failure::from(&Error::Internal(format!(
-                    "the checkpoint holds no replica of worker {index}"
-                )))
-            })?;
-            replica.load(bytes).map_err(|e| Failure::from(&e))?;
-            // The workers start from the checkpoint's weights: as if the
+            replica
+                .load(&saved.replicas)
+                .map_err(|e| Failure::from(&e))?;
+            // The replicas start from the checkpoint's weights: as if the
             // owners had sent them whole (a checkpoint inside an epoch is
             // taken before the replicas received the round's average).
             let theta = saved.params();
@@ -97,8 +127,8 @@ impl Strategy for ModelAverage {
 }
 
 /// The owners' side: a shard of `len` parameters from the exact sum over
-/// the workers of `rows_w · replica_w`, where the workers trained `rows`
-/// rows in all: `Σ rows_w · replica_w / Σ rows_w`.
+/// the replicas of `rows_r · replica_r`, where the replicas trained `rows`
+/// rows in all: `Σ rows_r · replica_r / Σ rows_r`.
 pub fn average(sum: &ShardGrad, len: usize, rows: u64) -> Vec<f64> {
     sum.to_dense(len).iter().map(|v| v / rows as f64).collect()
 }
@@ -113,40 +143,47 @@ struct ReplicaState {
     live: Vec<usize>,
 }
 
-/// Local training of a replica: the worker applies the optimizer itself
-/// for `sync_every` steps, then sends `rows · replica` to the owners.
-pub struct LocalSteps {
-    /// The optimizer (first-order).
-    spec: OptimizerSpec,
-    /// Penalties.
-    penalty: Penalty,
-    /// Fit intercepts.
-    fit_intercept: bool,
-    /// Local steps per round.
-    sync_every: u64,
-    /// Steps per epoch.
-    steps_per_epoch: u64,
-    /// This worker's optimizer state (kept across rounds, never averaged).
+/// Marks a worker's saved replicas (tidemill 0.x wrote one bare
+/// [`ReplicaState`] per worker, that of replica `worker`).
+const SAVED_TAG: u64 = 0x5449_4445_5245_504c;
+
+/// What a worker saves: the states of the replicas it trains, by id.
+#[derive(Serialize, Deserialize)]
+struct SavedReplicas {
+    tag: u64,
+    replicas: Vec<(u64, ReplicaState)>,
+}
+
+/// One replica a worker trains: everything of it but the weights, which
+/// live in the model between its steps (see [`LocalSteps`]).
+struct Own {
+    /// The replica's number (of `train.replicas`, or the worker's index).
+    id: usize,
+    /// Its optimizer state (kept across rounds, never averaged).
     state: FirstOrderState,
-    /// Gradient buffer, zero between steps.
-    grad: Vec<f64>,
     /// Lazy updates of the replica (`None`: every step visits every live
     /// coordinate).
     lazy: Option<Lazy>,
     /// The replica's clock (lazy updates).
     clock: Clock,
-    /// Replica coordinates that may be non-quiescent (had a local gradient,
-    /// or arrived non-zero from the owners).
+    /// Coordinates that may be non-quiescent (had a local gradient, or
+    /// arrived non-zero from the owners).
     live: LiveSet,
-    /// The parameters as the owners last sent them.
-    mirror: Vec<f64>,
 }
 
-impl LocalSteps {
-    /// Continues from the state [`Replica::save`] gave.
-    fn load(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let bad = |what: &str| Error::Internal(format!("a saved replica {what}"));
-        let saved: ReplicaState = bincode::deserialize(bytes).map_err(|_| bad("does not read"))?;
+impl Own {
+    fn saved(&self) -> ReplicaState {
+        ReplicaState {
+            state: self.state.clone(),
+            lazy: self.lazy.as_ref().map(|l| l.current_at().to_vec()),
+            clock: self.clock.stamps(),
+            live: self.live.indices().to_vec(),
+        }
+    }
+
+    fn load(&mut self, saved: ReplicaState) -> Result<(), Error> {
+        let bad =
+            |what: &str| Error::Internal(format!("the saved state of replica {} {what}", self.id));
         self.state = saved.state;
         self.live = LiveSet::from_indices(&saved.live);
         self.clock = Clock::from_stamps(saved.clock).ok_or_else(|| bad("has a broken clock"))?;
@@ -159,6 +196,84 @@ impl LocalSteps {
     }
 }
 
+/// The replicas' side of `model-average`: the worker steps each of its
+/// replicas for `sync_every` steps over that replica's rows, then sends
+/// `Σ rows_r · replica_r` over its replicas to the owners.
+///
+/// The model's parameters hold what the owners last sent (the `mirror`)
+/// between rounds; a replica's round starts from them, steps them, adds
+/// its share to `total`, and puts back the coordinates it moved (its live
+/// set) before the next replica's round.
+pub struct LocalSteps {
+    /// The optimizer (first-order).
+    spec: OptimizerSpec,
+    /// Penalties.
+    penalty: Penalty,
+    /// Fit intercepts.
+    fit_intercept: bool,
+    /// Local steps per round.
+    sync_every: u64,
+    /// Steps per epoch.
+    steps_per_epoch: u64,
+    /// The replicas this worker trains, by id.
+    replicas: Vec<Own>,
+    /// Gradient buffer, zero between steps.
+    grad: Vec<f64>,
+    /// `Σ rows_r · replica_r` of the round so far, zero between rounds.
+    total: Vec<Exact>,
+    /// The parameters as the owners last sent them.
+    mirror: Vec<f64>,
+}
+
+impl LocalSteps {
+    /// Continues from the states [`Replica::save`] gave on each worker of
+    /// the run that wrote the checkpoint, whatever its worker count.
+    fn load(&mut self, saved: &[Vec<u8>]) -> Result<(), Error> {
+        let mut found: std::collections::BTreeMap<u64, ReplicaState> = Default::default();
+        for (worker, bytes) in saved.iter().enumerate() {
+            match bincode::deserialize::<SavedReplicas>(bytes) {
+                Ok(s) if s.tag == SAVED_TAG => found.extend(s.replicas),
+                // Written before replicas had numbers: worker w's replica w.
+                _ => {
+                    let state = bincode::deserialize::<ReplicaState>(bytes).map_err(|_| {
+                        Error::Internal(format!(
+                            "the checkpoint's replica states of worker {worker} do not read"
+                        ))
+                    })?;
+                    found.insert(worker as u64, state);
+                }
+            }
+        }
+        for own in &mut self.replicas {
+            let state = found.remove(&(own.id as u64)).ok_or_else(|| {
+                Error::Internal(format!(
+                    "the checkpoint holds no state of replica {}",
+                    own.id
+                ))
+            })?;
+            own.load(state)?;
+        }
+        Ok(())
+    }
+}
+
+/// The replicas worker `index` of `workers` trains when `replicas` train
+/// (`None`: one per worker, its own index).
+pub fn replicas_of_worker(index: usize, workers: usize, replicas: Option<usize>) -> Vec<usize> {
+    let r = replicas.unwrap_or(workers).max(1);
+    (0..r)
+        .filter(|&x| replica_worker(x, r, workers) == index)
+        .collect()
+}
+
+/// What one replica's round ends with: its loss, rows, and the [`Bound`]
+/// of what it added to the total.
+struct RoundOut {
+    loss: Wide,
+    rows: u64,
+    bound: Bound,
+}
+
 impl Replica for LocalSteps {
     fn round_steps(&self, step: u64) -> u64 {
         self.sync_every
@@ -166,14 +281,16 @@ impl Replica for LocalSteps {
     }
 
     fn save(&self) -> Vec<u8> {
-        let state = ReplicaState {
-            state: self.state.clone(),
-            lazy: self.lazy.as_ref().map(|l| l.current_at().to_vec()),
-            clock: self.clock.stamps(),
-            live: self.live.indices().to_vec(),
+        let saved = SavedReplicas {
+            tag: SAVED_TAG,
+            replicas: self
+                .replicas
+                .iter()
+                .map(|own| (own.id as u64, own.saved()))
+                .collect(),
         };
         // An empty state does not read back: a resume then fails loudly.
-        bincode::serialize(&state).unwrap_or_default()
+        bincode::serialize(&saved).unwrap_or_default()
     }
 
     fn received(&mut self, theta: &[f64], range: Range<usize>, values: &ShardValues) {
@@ -185,54 +302,102 @@ impl Replica for LocalSteps {
                 self.mirror[range.clone()].copy_from_slice(v);
                 for (i, x) in v.iter().enumerate() {
                     if x.to_bits() != 0 {
-                        self.live.insert(range.start + i);
+                        self.replicas
+                            .iter_mut()
+                            .for_each(|own| own.live.insert(range.start + i));
                     }
                 }
             }
             ShardValues::Delta(e) => {
                 for &(i, v) in e {
                     self.mirror[range.start + i as usize] = v;
-                    self.live.insert(range.start + i as usize);
+                    self.replicas
+                        .iter_mut()
+                        .for_each(|own| own.live.insert(range.start + i as usize));
                 }
             }
         }
     }
 
-    fn restore(&self, theta: &mut [f64]) {
-        // The replica moved away from what the owners sent where it
-        // stepped locally; deltas are relative to what they sent.
-        for &i in self.live.indices() {
-            if let Some(&v) = self.mirror.get(i) {
-                theta[i] = v;
-            }
-        }
-    }
-
-    /// Steps the replica over this worker's rows of the round's steps, and
-    /// leaves `rows · replica` (exact) in the accumulator, with the loss and
-    /// rows, for the owners' weighted average.
+    /// Steps each replica over its rows of the round's steps, and leaves
+    /// `Σ rows_r · replica_r` (exact) in the accumulator, with the loss and
+    /// rows, for the owners' weighted average. The bound is the sum over
+    /// the replicas of each one's largest value, so the owners' check sees
+    /// the same bound on any worker count.
     fn train(
         &mut self,
         ws: Workspace<'_>,
         epoch: u32,
         step: u64,
     ) -> Result<(Vec<usize>, Wide, u64, Bound), Error> {
-        let Workspace {
-            data,
-            model,
-            roles,
-            scratch,
-            acc,
-        } = ws;
-        data.prepare(epoch)?;
+        let mut ws = ws;
+        ws.data.prepare(epoch)?;
         let k = self.round_steps(step);
-        let n = roles.len();
-        if acc.len() != n {
-            *acc = vec![Exact::default(); n];
+        let n = ws.roles.len();
+        if ws.acc.len() != n {
+            *ws.acc = vec![Exact::default(); n];
         }
         if self.grad.len() != n {
             self.grad = vec![0.0; n];
         }
+        if self.total.len() != n {
+            self.total = vec![Exact::default(); n];
+        }
+        if self.mirror.len() != n {
+            self.mirror = ws.model.params().to_vec();
+        }
+        let (mut loss, mut rows, mut bound) = (Wide::default(), 0u64, Bound::default());
+        let mut sent = LiveSet::default();
+        let mut round = Round {
+            spec: &self.spec,
+            penalty: self.penalty,
+            fit_intercept: self.fit_intercept,
+            steps_per_epoch: self.steps_per_epoch,
+            grad: &mut self.grad,
+            total: &mut self.total,
+            mirror: &self.mirror,
+        };
+        for own in &mut self.replicas {
+            let out = round.run(own, &mut ws, epoch, step, k)?;
+            loss += out.loss;
+            rows += out.rows;
+            bound += out.bound;
+            own.live.indices().iter().for_each(|&i| sent.insert(i));
+        }
+        let mut coords = sent.indices().to_vec();
+        coords.sort_unstable();
+        for &i in &coords {
+            ws.acc[i] = std::mem::take(&mut self.total[i]);
+        }
+        Ok((coords, loss, rows, bound))
+    }
+}
+
+/// What every replica's round shares on a worker.
+struct Round<'a> {
+    spec: &'a OptimizerSpec,
+    penalty: Penalty,
+    fit_intercept: bool,
+    steps_per_epoch: u64,
+    grad: &'a mut Vec<f64>,
+    total: &'a mut Vec<Exact>,
+    mirror: &'a [f64],
+}
+
+impl Round<'_> {
+    /// Steps replica `own` through the `k` steps from `step` over its rows,
+    /// adds `rows · replica` to the total on its live coordinates, and puts
+    /// the model's parameters back to the mirror there.
+    fn run(
+        &mut self,
+        own: &mut Own,
+        ws: &mut Workspace<'_>,
+        epoch: u32,
+        step: u64,
+        k: u64,
+    ) -> Result<RoundOut, Error> {
+        let (data, model, roles) = (&mut *ws.data, &mut *ws.model, ws.roles);
+        let (scratch, acc) = (&mut *ws.scratch, &mut *ws.acc);
         let (mut loss, mut rows) = (Wide::default(), 0u64);
         let mut touched: Vec<usize> = Vec::new();
         let mut coords: Vec<usize> = Vec::new();
@@ -244,9 +409,8 @@ impl Replica for LocalSteps {
                 message,
             };
             let (mut l, mut r, mut b) = (Wide::default(), 0u64, Bound::default());
-            let (spec, lazy, state, clock) =
-                (&self.spec, &mut self.lazy, &mut self.state, &self.clock);
-            data.step_rows(s, |block, idx| {
+            let (spec, lazy, state, clock) = (self.spec, &mut own.lazy, &mut own.state, &own.clock);
+            data.step_rows_of(s, Some(own.id), |block, idx| {
                 if let Some(lazy) = lazy.as_mut() {
                     // Bring what the rows read up to the replica's last step.
                     for &row in idx {
@@ -288,9 +452,9 @@ impl Replica for LocalSteps {
                 continue;
             }
             let step_args = update::Step {
-                spec: &self.spec,
+                spec: self.spec,
                 lr: update::rate(
-                    &self.spec,
+                    self.spec,
                     u64::from(epoch) * self.steps_per_epoch + s,
                     epoch,
                 ),
@@ -299,8 +463,8 @@ impl Replica for LocalSteps {
             let dense = |i: usize| roles.is_dense(i);
             let visit = update::Visit::own_clock(
                 step_args,
-                self.lazy.as_mut(),
-                &mut self.clock,
+                own.lazy.as_mut(),
+                &mut own.clock,
                 &mut touched,
                 &dense,
             );
@@ -308,9 +472,9 @@ impl Replica for LocalSteps {
             let bad = update::apply(
                 step_args,
                 theta,
-                &mut self.grad,
-                &mut self.state,
-                &mut self.live,
+                self.grad,
+                &mut own.state,
+                &mut own.live,
                 visit,
                 |i| !roles.is_intercept(i),
             );
@@ -318,33 +482,33 @@ impl Replica for LocalSteps {
                 return Err(update::diverged(epoch, s, i, theta[i]));
             }
         }
-        if let Some(lazy) = self.lazy.as_mut() {
+        if let Some(lazy) = own.lazy.as_mut() {
             // The replica goes to the owners as the weights themselves.
             lazy.flush(
-                &self.spec,
+                self.spec,
                 model.params_mut(),
-                &mut self.state,
-                &self.clock,
-                self.live.indices(),
+                &mut own.state,
+                &own.clock,
+                own.live.indices(),
                 |i| !roles.is_intercept(i),
             );
-            let now = self.clock.now().t;
-            self.clock.forget_before(now);
+            let now = own.clock.now().t;
+            own.clock.forget_before(now);
         }
-        // rows · replica; coordinates outside the live set are exactly 0.
-        let mut live = self.live.indices().to_vec();
-        live.sort_unstable();
-        let theta = model.params();
+        // rows · replica; coordinates outside the live set are exactly 0
+        // (and the mirror's there are too).
+        let theta = model.params_mut();
         let mut bound = Bound::default();
-        for &i in &live {
+        for &i in own.live.indices() {
             let v = Exact::from_f64(theta[i] * rows as f64).ok_or_else(|| Error::Diverged {
                 epoch,
                 step,
-                message: "a replica weight is too large to average".into(),
+                message: format!("a weight of replica {} is too large to average", own.id),
             })?;
             bound = bound.max(v.magnitude());
-            acc[i] = v;
+            self.total[i] += v;
+            theta[i] = self.mirror[i];
         }
-        Ok((live, loss, rows, bound))
+        Ok(RoundOut { loss, rows, bound })
     }
 }

@@ -91,7 +91,7 @@ impl Strategy for ModelParallel {
     /// The blocks are cut by the worker count and margins are summed block
     /// by block, so the model differs in its last bits between worker
     /// counts: a checkpoint resumes on the count that wrote it.
-    fn resumes_on_any_worker_count(&self) -> bool {
+    fn resumes_on_any_worker_count(&self, _train: &crate::spec::TrainSpec) -> bool {
         false
     }
 

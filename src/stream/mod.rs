@@ -181,6 +181,12 @@ fn check(p: &Pipeline) -> Result<()> {
             message: "a stream of a network split by hidden units is not built yet: stream it with allreduce, param-server or model-average".into(),
         });
     }
+    if let Some(r) = p.train.replicas {
+        return Err(Error::PipelineValue {
+            key: "train.replicas".into(),
+            message: format!("a stream keeps one replica per worker ({r} asked): leave train.replicas to `tidemill train`"),
+        });
+    }
     if p.data.validation.is_some() {
         tracing::info!("data.validation is not used by stream: every row is scored before it is trained on (progressive validation)");
     }

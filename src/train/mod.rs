@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::checkpoint::store::Store;
 use crate::cluster::{Cluster, JobDescription};
 use crate::data::encode::{number_token, FeatureSpec};
-use crate::data::partition::{assign, rows_per_worker};
+use crate::data::partition::{assign_replicas, rows_per_worker};
 use crate::dataflow::liveness::{Heartbeat, Watch};
 use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::snapshot::Cadence;
@@ -310,6 +310,7 @@ fn recovery(
             &identity,
             &description.labels,
             strategy,
+            &plan.pipeline.train,
             cluster.total_workers(),
         )?;
         match &found {
@@ -557,7 +558,17 @@ pub fn run_job(
         // Every worker reads every row (its own columns of it).
         vec![unit_rows.iter().sum::<usize>() as u64; workers]
     } else {
-        let owners = assign(&unit_rows, workers, d.partition, d.seed, 0);
+        let owners: Vec<usize> = assign_replicas(
+            &unit_rows,
+            workers,
+            plan.pipeline.train.replicas,
+            d.partition,
+            d.seed,
+            0,
+        )
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect();
         rows_per_worker(&unit_rows, &owners, workers)
     };
     Ok(report)

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::checkpoint::store::Store;
 use crate::cluster::card::{self, Job};
 use crate::error::{Error, Result};
+use crate::spec::TrainSpec;
 use crate::strategy::snapshot::Saved;
 use crate::strategy::Strategy;
 
@@ -44,6 +45,7 @@ pub fn load(
     identity: &str,
     labels: &BTreeMap<String, String>,
     strategy: &dyn Strategy,
+    train: &TrainSpec,
     workers: usize,
 ) -> Result<Option<Resume>> {
     let store = Store::open(dir)?;
@@ -69,7 +71,7 @@ pub fn load(
             "it was written by another job (\"there\" is the checkpoint): {differences}; resume with the pipeline and data that wrote it, or point output.checkpoint at another directory"
         )));
     }
-    if saved.workers as usize != workers && !strategy.resumes_on_any_worker_count() {
+    if saved.workers as usize != workers && !strategy.resumes_on_any_worker_count(train) {
         return Err(refuse(format!(
             "it was written by {} workers and {} resumes only on as many ({}); run with {} workers in all",
             saved.workers,
