@@ -369,15 +369,20 @@ pub fn nearest<'a>(wanted: &str, names: &[&'a str]) -> Option<&'a str> {
     names
         .iter()
         .map(|n| {
+            // Short names are one edit apart more often than they are
+            // Jaro-Winkler close (`l3` and `l2`).
             let score = if n.eq_ignore_ascii_case(wanted) {
                 1.0
+            } else if wanted.len() > 1 && strsim::levenshtein(wanted, n) == 1 {
+                0.95_f64.max(strsim::jaro_winkler(wanted, n))
             } else {
                 strsim::jaro_winkler(wanted, n)
             };
             (score, *n)
         })
         .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+        // The first of equally near names (the order they are listed in).
+        .reduce(|best, next| if next.0 > best.0 { next } else { best })
         .map(|(_, n)| n)
 }
 

@@ -14,15 +14,38 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let level = if cli.quiet { "warn" } else { cli.log.as_str() };
+    // A bare word must be a level: `--log verbose` would otherwise be a
+    // filter for a target named "verbose", and log nothing else.
+    let bare = !level.contains(['=', ',', ':']);
+    let known = ["off", "error", "warn", "info", "debug", "trace"]
+        .iter()
+        .any(|l| l.eq_ignore_ascii_case(level));
+    let parsed = if bare && !known {
+        Err("an unknown level".to_string())
+    } else {
+        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())
+    };
+    let filter = match parsed {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "error: --log {level}: not a log level or filter ({e}); use error, warn, info, debug or trace"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .compact()
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
+        cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .compact()
+            .init(),
+    }
     std::panic::set_hook(Box::new(panic_hook));
     if let Err(e) = tidemill::io::signals::install() {
         tracing::warn!(error = %e, "no signal handler: temporary files are left to the next run's sweep");
@@ -34,10 +57,15 @@ fn main() -> ExitCode {
                 // The reader downstream went away: not our failure.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e}");
+            let message = e.to_string();
+            eprintln!("error: {message}");
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                // A cause the message already spells out is not repeated.
+                let cause = s.to_string();
+                if !message.contains(&cause) {
+                    eprintln!("  caused by: {cause}");
+                }
                 source = s.source();
             }
             let hint = tidemill::checkpoint::hint::resume_hint();

@@ -20,6 +20,9 @@ pub struct Scorer {
     path: std::path::PathBuf,
     file: ModelFile,
     model: Box<dyn Model>,
+    /// The probability above which a binary classifier predicts its
+    /// second class.
+    threshold: f64,
 }
 
 impl Scorer {
@@ -42,7 +45,31 @@ impl Scorer {
             path: path.to_path_buf(),
             file,
             model,
+            threshold: 0.5,
         })
+    }
+
+    /// Sets the decision threshold (`--threshold`): a binary classifier
+    /// (logistic, or a network with a logistic head) predicts its second
+    /// class where the probability is above `t`, strictly between 0 and 1.
+    pub fn set_threshold(&mut self, t: f64) -> Result<()> {
+        let usage = |message: String| Error::Usage {
+            option: "--threshold".into(),
+            message,
+        };
+        if self.model.kind().prediction_kind() != crate::spec::ModelKind::Logistic {
+            return Err(usage(format!(
+                "applies to binary classifiers, which output a probability; this model is {}",
+                self.model.kind().name()
+            )));
+        }
+        if !(t > 0.0 && t < 1.0) {
+            return Err(usage(format!(
+                "{t} is not a probability strictly between 0 and 1"
+            )));
+        }
+        self.threshold = t;
+        Ok(())
     }
 
     /// The model.
@@ -85,7 +112,8 @@ impl Scorer {
         let block = self.decode(batch, LabelUse::Skip, origin)?;
         let n = batch.num_rows();
         let k = self.model.outputs();
-        let mut cols = Predictions::new(self.model.kind(), self.classes(), k, n);
+        let mut cols = Predictions::new(self.model.kind(), self.classes(), k, n)
+            .with_threshold(self.threshold);
         let mut out = vec![0.0; k];
         let mut kept = block
             .file_row
@@ -144,6 +172,7 @@ pub fn predict(
     output: &str,
     format: Option<Format>,
     keep: &[String],
+    threshold: Option<f64>,
 ) -> Result<u64> {
     let out_path = std::path::Path::new(output);
     let mut outputs = OutputSet::prepare(
@@ -155,7 +184,10 @@ pub fn predict(
         Some(f) => f,
         None => Format::for_output("--output", output)?,
     };
-    let scorer = Scorer::load(model)?;
+    let mut scorer = Scorer::load(model)?;
+    if let Some(t) = threshold {
+        scorer.set_threshold(t)?;
+    }
     let source = table::open(input, &scorer.csv_columns())?;
     let in_schema = source.schema.clone();
     // Checked here too: an input without rows has no batch to fail on.
@@ -283,6 +315,7 @@ pub fn output_fields(kind: ModelKind, classes: &[String]) -> Vec<Field> {
 /// null).
 pub struct Predictions {
     kind: ModelKind,
+    threshold: f64,
     classes: Vec<String>,
     label: StringBuilder,
     values: Vec<Float64Builder>,
@@ -298,12 +331,20 @@ impl Predictions {
         };
         Predictions {
             kind,
+            threshold: 0.5,
             classes,
             label: StringBuilder::new(),
             values: (0..values)
                 .map(|_| Float64Builder::with_capacity(n))
                 .collect(),
         }
+    }
+
+    /// The probability above which a binary classifier's row is its second
+    /// class (0.5 unless set).
+    pub fn with_threshold(mut self, threshold: f64) -> Predictions {
+        self.threshold = threshold;
+        self
     }
 
     /// Adds a row's outputs.
@@ -322,7 +363,8 @@ impl Predictions {
         match self.kind {
             ModelKind::Linear => self.values[0].append_value(out[0]),
             ModelKind::Logistic => {
-                self.label.append_value(class(usize::from(out[0] > 0.5)));
+                self.label
+                    .append_value(class(usize::from(out[0] > self.threshold)));
                 self.values[0].append_value(out[0]);
             }
             ModelKind::Hinge => {

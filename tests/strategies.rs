@@ -641,12 +641,28 @@ fn every_layout(
 /// `model-average` with a fixed number of replicas (`train.replicas`):
 /// replica `r` trains the same rows from the same state on any worker
 /// count, so the model file is the same bytes on 1, 2, 3 and 4 workers and
-/// 2 processes — dense SGD on breast_cancer with 4 replicas, lazy FTRL on
-/// hashed adult with 3 (uneven over 2 and 4 workers; one idle on 4).
+/// 2 processes — dense SGD and Adam on breast_cancer with 4 replicas
+/// (cached, and streamed in waves), lazy FTRL on hashed adult with 3
+/// (uneven over 2 and 4 workers; one idle on 4).
 #[test]
 fn model_average_with_fixed_replicas_is_the_same_model_on_any_worker_count() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 2] = [
+    let cases: [(&str, &[&str]); 3] = [
+        // Streamed units (no cache) in waves: a worker's replicas each
+        // move through the waves of a round on their own.
+        (
+            "pipelines/quickstart.toml",
+            &[
+                "train.replicas=4",
+                "data.cache=false",
+                "data.max_unit_rows=64",
+                "data.units_per_step=2",
+                "optimizer.kind=adam",
+                "optimizer.learning_rate=0.01",
+                "optimizer.batch_size=64",
+                "train.epochs=3",
+            ],
+        ),
         (
             "pipelines/quickstart.toml",
             &[

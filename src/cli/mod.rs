@@ -15,6 +15,7 @@ use crate::io::table::Format;
 use crate::spec::Pipeline;
 use outputs::{PipelineInputs, PipelineOutputs};
 
+mod init;
 mod outputs;
 mod supervise;
 
@@ -23,12 +24,36 @@ mod supervise;
 #[derive(Debug, Parser)]
 #[command(name = "tidemill", version = VERSION, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Log level for stderr: error, warn, info, debug, trace.
+    /// Log level for stderr: error, warn, info, debug, trace (or a
+    /// tracing filter such as `tidemill=debug`).
     #[arg(long, global = true, default_value = "info", env = "TIDEMILL_LOG")]
     pub log: String,
+    /// Only warnings and errors on stderr (as `--log warn`); results still
+    /// go to stdout.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// How log lines are written on stderr: `text`, or `json` (one object
+    /// per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "TIDEMILL_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Compact human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The version and build fingerprint, shown by `--version`: processes of
@@ -66,8 +91,27 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Describe Parquet data: schema, row groups, rows, null counts.
     Inspect(InspectArgs),
+    /// Write a commented starter pipeline for a table (to stdout, or
+    /// `--out`), which `validate` accepts as written.
+    Init(InitArgs),
     /// Plot loss against wall time from metrics files (SVG).
     Plot(PlotArgs),
+}
+
+/// `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The data: a Parquet, Arrow IPC or CSV file, a directory of Parquet
+    /// files, or `-` (stdin).
+    pub data: String,
+    /// The label column (default: a column named like a label, else the
+    /// last one).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Write the pipeline here instead of stdout (never over a file that
+    /// exists).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
 }
 
 /// `plot`.
@@ -303,7 +347,8 @@ pub struct PredictArgs {
     /// Model file.
     #[arg(long, short)]
     pub model: PathBuf,
-    /// Input: Parquet, Arrow IPC file, or `-` for an IPC stream on stdin.
+    /// Input: Parquet, Arrow IPC file or stream, or CSV (named `.csv`; told
+    /// apart by their first bytes), or `-`: any of them on stdin.
     #[arg(long, short)]
     pub input: String,
     /// Output: a path, or `-` for stdout.
@@ -315,6 +360,10 @@ pub struct PredictArgs {
     /// Input columns to copy to the output, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub keep: Vec<String>,
+    /// Binary classifiers: predict the second class where its probability
+    /// is above this (default 0.5); the probability column is unchanged.
+    #[arg(long)]
+    pub threshold: Option<f64>,
 }
 
 /// `eval`.
@@ -323,7 +372,8 @@ pub struct EvalArgs {
     /// Model file.
     #[arg(long, short)]
     pub model: PathBuf,
-    /// Labelled input: Parquet, Arrow IPC, or `-`.
+    /// Labelled input: Parquet, Arrow IPC file or stream, CSV (named `.csv`),
+    /// or `-`: any of them on stdin.
     #[arg(long, short)]
     pub input: String,
 }
@@ -374,9 +424,34 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a),
+        Command::Init(a) => {
+            let text = init::starter(&a.data, a.label.as_deref())?;
+            match &a.out {
+                None => emit(&text),
+                Some(path) if path.exists() => Err(Error::Usage {
+                    option: "--out".into(),
+                    message: format!(
+                        "{} exists: choose another path, or remove it first",
+                        path.display()
+                    ),
+                }),
+                Some(path) => {
+                    crate::io::atomic::write("--out", path, text.as_bytes())?;
+                    tracing::info!(path = %path.display(), "starter pipeline written; check it with `tidemill validate`");
+                    Ok(())
+                }
+            }
+        }
         Command::Stream(a) => stream(a),
         Command::Predict(a) => {
-            let rows = crate::predict::predict(&a.model, &a.input, &a.output, a.format, &a.keep)?;
+            let rows = crate::predict::predict(
+                &a.model,
+                &a.input,
+                &a.output,
+                a.format,
+                &a.keep,
+                a.threshold,
+            )?;
             tracing::info!(rows, output = %a.output, "predictions written");
             Ok(())
         }
@@ -672,12 +747,85 @@ fn forget(a: ForgetArgs) -> Result<()> {
     finish_exact(outputs, &contents, fitted, started)
 }
 
+/// True if the pipeline's data (training or validation files) names `-`.
+fn reads_stdin(p: &Pipeline) -> bool {
+    let validation = match &p.data.validation {
+        Some(crate::spec::ValidationSpec::Files(f)) => f.as_slice(),
+        _ => &[],
+    };
+    p.data
+        .train
+        .iter()
+        .chain(validation)
+        .any(|f| f.as_os_str() == "-")
+}
+
+/// What can end a training run, for the summary's `stopped_by`.
+struct StopLimits {
+    /// `train.epochs` (L-BFGS: its iteration limit).
+    epochs: u32,
+    /// L-BFGS, which ends early when it converges.
+    lbfgs: bool,
+    /// Early stopping's metric and patience.
+    early: Option<(String, u32)>,
+}
+
+impl StopLimits {
+    fn of(p: &Pipeline) -> StopLimits {
+        StopLimits {
+            epochs: p.train.epochs,
+            lbfgs: matches!(p.optimizer, crate::spec::OptimizerSpec::Lbfgs { .. }),
+            early: p
+                .train
+                .early_stopping
+                .as_ref()
+                .map(|e| (e.metric.clone(), e.patience)),
+        }
+    }
+
+    /// Why a run of `ran` epochs (iterations) stopped, reporting the
+    /// model of epoch `kept`: `epochs`, `early_stopping`, `converged` or
+    /// `iteration_limit`, and a sentence saying so.
+    fn stopped_by(&self, ran: u32, kept: Option<u32>) -> (&'static str, String) {
+        match (&self.early, self.lbfgs) {
+            (_, true) if ran < self.epochs => (
+                "converged",
+                format!("L-BFGS converged after {ran} iteration(s) (its tolerance met, or no further decrease found)"),
+            ),
+            (_, true) => (
+                "iteration_limit",
+                format!(
+                    "L-BFGS stopped at its limit of {} iterations before its tolerance was met: raise train.epochs, or loosen optimizer.tolerance",
+                    self.epochs
+                ),
+            ),
+            (Some((metric, patience)), false) if ran < self.epochs => (
+                "early_stopping",
+                format!(
+                    "early stopping after epoch {ran}: {metric} did not improve for {patience} epoch(s); the model is epoch {}'s",
+                    kept.unwrap_or(ran)
+                ),
+            ),
+            _ => ("epochs", format!("trained all {ran} epoch(s)")),
+        }
+    }
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     if a.max_restarts > 0 {
         return supervise::run(&a);
     }
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
+    if cluster.processes > 1 && reads_stdin(&pipeline) {
+        return Err(Error::Usage {
+            option: "data.train".into(),
+            message: format!(
+                "'-' (stdin) reaches one process, and all {} read the training data: give it as a file every process can read",
+                cluster.processes
+            ),
+        });
+    }
     let (model_flag, metrics_flag) = (a.model_out.is_some(), a.metrics_out.is_some());
     if let Some(m) = &a.model_out {
         pipeline.output.model = Some(m.clone());
@@ -716,6 +864,7 @@ fn train(a: TrainArgs) -> Result<()> {
         (Some(_), true) => Some(crate::incremental::refit::begin(&plan)?),
         _ => None,
     };
+    let limits = StopLimits::of(&plan.pipeline);
     let mut report = crate::train::run_job(plan, init, a.resume, &cluster)?;
     let Some(mut outputs) = outputs else {
         return Ok(());
@@ -754,17 +903,25 @@ fn train(a: TrainArgs) -> Result<()> {
         .rev()
         .find(|r| r.best == Some(true))
         .or(report.records.last());
+    let (stopped_by, why) = limits.stopped_by(model.training.epochs, last.map(|r| r.epoch));
+    if stopped_by == "iteration_limit" {
+        tracing::warn!("{why}");
+    } else {
+        tracing::info!("{why}");
+    }
     tracing::info!(
         train_rows = report.train_rows,
         validation_rows = report.validation_rows,
         units = report.units,
         rows_per_worker = ?report.rows_per_worker,
         epochs = model.training.epochs,
+        stopped_by,
         seconds = started.elapsed().as_secs_f64(),
         "done"
     );
     let summary = serde_json::json!({
         "epochs": model.training.epochs,
+        "stopped_by": stopped_by,
         "train_rows": report.train_rows,
         "validation_rows": report.validation_rows,
         "rows_per_worker": report.rows_per_worker,

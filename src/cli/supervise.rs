@@ -42,6 +42,12 @@ const SUPERVISOR_FLAGS: [&str; 2] = ["--max-restarts", "--restart-backoff"];
 pub fn run(a: &TrainArgs) -> Result<()> {
     let backoff = super::seconds("--restart-backoff", a.restart_backoff, MAX_BACKOFF)?;
     let pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
+    if super::reads_stdin(&pipeline) {
+        return Err(Error::Usage {
+            option: "--max-restarts".into(),
+            message: "data.train reads stdin ('-'), which a restarted job cannot read again: give the data as a file".into(),
+        });
+    }
     let Some(checkpoint) = pipeline.output.checkpoint else {
         return Err(Error::Usage {
             option: "--max-restarts".into(),

@@ -136,7 +136,9 @@ pub struct WorkerData {
     replica_of: Vec<usize>,
     cached: BTreeMap<usize, Cached>,
     streams: BTreeMap<usize, UnitStream>,
-    open_wave: Option<usize>,
+    /// The wave whose units are open, per replica fed (`None`: all the
+    /// worker's units).
+    open_waves: BTreeMap<Option<usize>, usize>,
     validation_files: Option<Vec<Block>>,
 }
 
@@ -187,7 +189,7 @@ impl WorkerData {
             replica_of: Vec::new(),
             cached: BTreeMap::new(),
             streams: BTreeMap::new(),
-            open_wave: None,
+            open_waves: BTreeMap::new(),
             validation_files: None,
         }
     }
@@ -211,7 +213,7 @@ impl WorkerData {
             .collect();
         self.replica_of = owners.iter().map(|&(_, r)| r).collect();
         self.streams.clear();
-        self.open_wave = None;
+        self.open_waves.clear();
         if feed.cache {
             let mine = &self.mine;
             self.cached.retain(|id, _| mine.contains(id));
@@ -275,20 +277,23 @@ impl WorkerData {
                 }
                 return Ok(());
             }
+            // Each replica moves through the waves on its own (a worker
+            // steps its replicas one after the other through a round).
             let wave = self.steps.wave_at(step);
-            if self.open_wave != Some(wave) {
-                self.streams.clear();
+            if self.open_waves.get(&replica) != Some(&wave) {
+                let replica_of = &self.replica_of;
+                self.streams.retain(|&id, _| !of(replica_of, id));
                 let wave_units: Vec<usize> = self
                     .mine
                     .iter()
                     .copied()
-                    .filter(|&u| self.steps.wave_of(u) == wave)
+                    .filter(|&u| self.steps.wave_of(u) == wave && of(replica_of, u))
                     .collect();
                 for id in wave_units {
                     let s = self.open_train(id, epoch)?;
                     self.streams.insert(id, s);
                 }
-                self.open_wave = Some(wave);
+                self.open_waves.insert(replica, wave);
             }
             for (&id, s) in self.streams.iter_mut() {
                 if !of(&self.replica_of, id) {

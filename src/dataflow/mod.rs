@@ -385,7 +385,7 @@ pub enum WorkerOut {
     /// Evaluation partial for the collector (boxed: far larger than a
     /// gradient message, and sent once an epoch).
     Eval(Box<EvalMsg>),
-    /// The worker's replica state for a checkpoint (`model-average`).
+    /// The worker's replica states for a checkpoint (`model-average`).
     Saved(snapshot::Part),
 }
 

@@ -1,7 +1,7 @@
 //! What the training dataflow hands to a checkpoint at an epoch boundary:
 //! each shard owner's state (in its strategy's own encoding), the
 //! collector's records and early-stopping state, and each worker's replica
-//! state where workers keep one (`model-average`). The dataflow routes
+//! states where workers train replicas (`model-average`). The dataflow routes
 //! these pieces to worker 0; the strategy decides what they hold and the
 //! checkpoint store writes them (see docs/fault-tolerance.md).
 
@@ -74,7 +74,8 @@ fn passes(steps: u64, k: u64, n: u64) -> bool {
 pub enum PartOf {
     /// A shard owner's: its shards and the state every owner shares.
     Owner,
-    /// A worker's replica (`model-average`): its own optimizer state.
+    /// A worker's replicas (`model-average`): their optimizer states, by
+    /// replica number.
     Replica,
 }
 

@@ -7,7 +7,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::ipc::reader::{FileReader, StreamReader};
 use arrow::ipc::writer::{FileWriter, StreamWriter};
 use arrow::record_batch::RecordBatch;
@@ -118,6 +118,11 @@ pub enum CsvColumns {
     /// These columns are parsed as numbers (`f64`; an empty field is null);
     /// every other one is kept as the text it is.
     Numeric(Vec<String>),
+    /// Training data: these columns are kept as text (the categorical and
+    /// key columns the pipeline names); every other one takes the type
+    /// arrow-csv infers from all of its values (integer, float, boolean or
+    /// text).
+    Inferred(Vec<String>),
 }
 
 /// Opens an input: a Parquet file, an Arrow IPC file or stream, or CSV
@@ -134,6 +139,21 @@ pub fn open(path: &str, csv: &CsvColumns) -> Result<TableInput> {
     let named_csv = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let file = File::open(&p).map_err(|e| Error::io(&p, e))?;
     open_file(file, &p, named_csv.then_some(csv))
+}
+
+/// True if the file at `path` begins as a Parquet file does (`PAR1`).
+pub fn is_parquet(path: &Path) -> Result<bool> {
+    let mut head = Vec::with_capacity(4);
+    File::open(path)
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(kind_of(&head) == Kind::Parquet)
+}
+
+/// Like [`open`] for a file, but text is CSV whatever the file's name.
+pub fn open_detected(path: &Path, csv: &CsvColumns) -> Result<TableInput> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    open_file(file, path, Some(csv))
 }
 
 /// What the first bytes of an input say it is.
@@ -255,35 +275,47 @@ fn open_file(mut file: File, name: &Path, csv: Option<&CsvColumns>) -> Result<Ta
         }
         (Kind::Text | Kind::Unknown, Some(CsvColumns::Refused(why))) => Err(csv_refused(&p, why)),
         (Kind::Text | Kind::Unknown, Some(CsvColumns::Numeric(numeric))) => {
-            csv_batches(file, name, numeric)
+            csv_batches(file, name, Some(0), |f| {
+                if numeric.iter().any(|n| n == f.name()) {
+                    DataType::Float64
+                } else {
+                    DataType::Utf8
+                }
+            })
         }
+        (Kind::Text, Some(CsvColumns::Inferred(text))) => csv_batches(file, name, None, |f| {
+            if text.iter().any(|n| n == f.name()) {
+                DataType::Utf8
+            } else {
+                f.data_type().clone()
+            }
+        }),
         // Parquet, or not recognised: the Parquet reader explains what is
         // wrong.
         _ => parquet_batches(file, name),
     }
 }
 
-/// A CSV table with a header line (named `name` in messages): the columns
-/// `numeric` parsed as `f64`, every other one kept as text.
-fn csv_batches(mut file: File, name: &Path, numeric: &[String]) -> Result<TableInput> {
+/// A CSV table with a header line (named `name` in messages), each column
+/// of the type `type_of` gives it from the field arrow-csv infers from the
+/// first `infer` rows (`None`: all of them; `Some(0)`: the names alone).
+fn csv_batches(
+    mut file: File,
+    name: &Path,
+    infer: Option<usize>,
+    type_of: impl Fn(&Field) -> DataType,
+) -> Result<TableInput> {
     let format = arrow::csv::reader::Format::default().with_header(true);
     let header = file.try_clone().map_err(|e| Error::io(name, e))?;
-    let (names, _) = guard::untrusted(|| format.infer_schema(header, Some(0)))
+    let (names, _) = guard::untrusted(|| format.infer_schema(BufReader::new(header), infer))
         .map_err(|e| csv_err(name, e))?
         .map_err(|e| csv_err(name, e))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(name, e))?;
-    let fields: Vec<arrow::datatypes::Field> = names
+    let fields: Vec<Field> = names
         .fields()
         .iter()
-        .map(|f| {
-            let t = if numeric.iter().any(|n| n == f.name()) {
-                arrow::datatypes::DataType::Float64
-            } else {
-                arrow::datatypes::DataType::Utf8
-            };
-            arrow::datatypes::Field::new(f.name(), t, true)
-        })
+        .map(|f| Field::new(f.name(), type_of(f), true))
         .collect();
     let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
     let reader = arrow::csv::ReaderBuilder::new(Arc::clone(&schema))

@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, Schema};
 use crate::error::{Error, Result};
 use crate::source::files::Source;
 use crate::source::parquet::ParquetSource;
+use crate::source::staged::Staged;
 use crate::spec::{ModelKind, OnMissing, Pipeline, ValidationSpec};
 use features::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
 
@@ -31,13 +32,31 @@ pub struct Plan {
     pub draft: FeatureSpec,
     /// True if the label column holds strings.
     pub string_label: bool,
+    /// Parquet copies of inputs that are not Parquet files (`-`, Arrow
+    /// IPC, CSV), held as long as the plan.
+    pub staged: Arc<Staged>,
 }
 
 impl Plan {
-    /// Resolves files, columns and types.
+    /// Resolves files, columns and types; inputs that are not Parquet
+    /// files are copied into Parquet first ([`Staged`]).
     pub fn new(pipeline: Pipeline) -> Result<Plan> {
         let d = &pipeline.data;
-        let probe = Source::open(&d.train, &[])?;
+        let mut staged = Staged::default();
+        let mut text = d.categorical.clone();
+        text.extend(d.key.iter().cloned());
+        let train_paths = staged
+            .stage(&d.train, "data.train", &text)
+            .map_err(|e| named_by(e, "data.train"))?;
+        let validation_paths = match &d.validation {
+            Some(ValidationSpec::Files(paths)) => Some(
+                staged
+                    .stage(paths, "data.validation.path", &text)
+                    .map_err(|e| named_by(e, "data.validation.path"))?,
+            ),
+            _ => None,
+        };
+        let probe = Source::open(&train_paths, &[])?;
         let reference = probe.reference();
         let Draft {
             spec: draft,
@@ -47,7 +66,7 @@ impl Plan {
         let mut columns = features.clone();
         columns.push(d.label.clone());
         columns.extend(d.key.iter().cloned());
-        let source = Source::open(&d.train, &columns)?;
+        let source = Source::open(&train_paths, &columns)?;
         if let Some((a, b)) = source.repeated_file() {
             return Err(Error::PipelineValue {
                 key: "data.train".into(),
@@ -61,8 +80,8 @@ impl Plan {
         let (validation_files, validation_fraction) = match &d.validation {
             None => (None, None),
             Some(ValidationSpec::Fraction(f)) => (None, Some(*f)),
-            Some(ValidationSpec::Files(paths)) => {
-                let vs = Source::open(paths, &columns)?;
+            Some(ValidationSpec::Files(_)) => {
+                let vs = Source::open(validation_paths.as_deref().unwrap_or(&[]), &columns)?;
                 if let Some(f) = vs.shared_file(&source) {
                     return Err(Error::PipelineValue {
                         key: "data.validation.path".into(),
@@ -98,6 +117,7 @@ impl Plan {
             validation_fraction,
             draft,
             string_label,
+            staged: Arc::new(staged),
         })
     }
 
@@ -124,6 +144,17 @@ pub struct Draft {
     pub features: Vec<String>,
     /// True if the label column holds strings.
     pub string_label: bool,
+}
+
+/// An input that is not there, named by the pipeline key that lists it.
+fn named_by(e: Error, key: &str) -> Error {
+    match e {
+        Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => Error::Io {
+            path: std::path::PathBuf::from(format!("{} (named by {key})", path.display())),
+            source,
+        },
+        other => other,
+    }
 }
 
 /// Checks `pipeline`'s columns against `schema` (of `file`) and drafts the
@@ -178,6 +209,23 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
             message: "no feature columns".into(),
         });
     }
+    for c in &d.categorical {
+        if !features.contains(c) {
+            let why = if names.contains(&c.as_str()) {
+                " (it is a column, left out of the features: the label, the key, excluded or not listed)".to_string()
+            } else {
+                let listed: Vec<&str> = features.iter().map(String::as_str).collect();
+                match crate::error::nearest(c, &listed) {
+                    Some(n) => format!(" (did you mean '{n}'?)"),
+                    None => format!(", nor a column of {}", file.display()),
+                }
+            };
+            return Err(Error::PipelineValue {
+                key: "data.categorical".into(),
+                message: format!("'{c}' is not a feature column{why}"),
+            });
+        }
+    }
     let mut numeric = Vec::new();
     for name in &features {
         let t = column_type(schema, name, file)?;
@@ -203,14 +251,6 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
                 column: name.clone(),
                 found: t.to_string(),
                 expected: "a numeric feature needs an integer, float or boolean column; list it in data.categorical to hash it, or in data.exclude to drop it".into(),
-            });
-        }
-    }
-    for c in &d.categorical {
-        if !features.contains(c) {
-            return Err(Error::PipelineValue {
-                key: "data.categorical".into(),
-                message: format!("'{c}' is not a feature column"),
             });
         }
     }

@@ -13,10 +13,13 @@
 //! * [`unit`](mod@unit) cuts row groups into units (the grain of
 //!   partitioning and of reproducible summation) and reads one unit with
 //!   column projection;
-//! * [`parquet`] is the files with their units, as a [`DataSource`].
+//! * [`parquet`] is the files with their units, as a [`DataSource`];
+//! * [`staged`] copies inputs that are not Parquet files (`-`, Arrow IPC,
+//!   CSV) into Parquet files held for the job.
 
 pub mod files;
 pub mod parquet;
+pub mod staged;
 pub mod unit;
 
 use std::path::Path;

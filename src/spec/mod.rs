@@ -486,8 +486,9 @@ impl OptimizerSpec {
 pub enum Strategy {
     /// Synchronous: every step sums all workers' gradients.
     Allreduce,
-    /// Local SGD: each worker steps its own replica on its own rows, and the
-    /// replicas are averaged (weighted by rows) every `sync_every` steps.
+    /// Local SGD: each replica (one per worker, or `train.replicas`) steps
+    /// on its own rows, and the replicas are averaged (weighted by rows)
+    /// every `sync_every` steps.
     ModelAverage,
     /// Sharded parameter server: workers push gradient partials to the shard
     /// owners and pull fresh shards, running up to `staleness` steps ahead
@@ -756,6 +757,14 @@ fn lazy_updates(
     Ok(())
 }
 
+/// `'other' is not one of a, b, c`, with the nearest as "did you mean".
+fn not_one_of(other: &str, allowed: &[&str]) -> String {
+    let hint = crate::error::nearest(other, allowed)
+        .map(|n| format!(" (did you mean '{n}'?)"))
+        .unwrap_or_default();
+    format!("'{other}' is not one of {}{hint}", allowed.join(", "))
+}
+
 /// The most replicas `train.replicas` may ask for.
 pub const MAX_REPLICAS: usize = 4096;
 
@@ -839,15 +848,33 @@ impl Pipeline {
             path: path.to_path_buf(),
             message,
         };
+        // The file alone first: its own mistakes come with its line.
+        let _: RawPipeline = toml::from_str(text)
+            .map_err(|e: toml::de::Error| syntax(overrides::suggest(e.to_string().trim())))?;
         let mut doc: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| syntax(e.to_string()))?;
         for assignment in overrides {
             overrides::apply(&mut doc, assignment)?;
         }
-        let raw: RawPipeline = RawPipeline::deserialize(doc)
-            .map_err(|e: toml::de::Error| syntax(e.to_string().trim().to_string()))?;
-        Self::from_raw(raw)
+        // What is wrong now came with a --set.
+        let raw: RawPipeline = RawPipeline::deserialize(doc).map_err(|e: toml::de::Error| {
+            let message = overrides::suggest(e.to_string().trim());
+            Error::Override {
+                assignment: overrides::blamed(overrides, &message),
+                message,
+            }
+        })?;
+        Self::from_raw(raw).map_err(|e| match e {
+            Error::PipelineValue { key, message } => {
+                let message = match overrides::setting(overrides, &key) {
+                    Some(a) => format!("{message} (from --set {a})"),
+                    None => format!("{message} (in {})", path.display()),
+                };
+                Error::PipelineValue { key, message }
+            }
+            other => other,
+        })
     }
 
     /// Checks a raw pipeline and fills in defaults.
@@ -1115,7 +1142,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         other => {
             return Err(value_err(
                 "data.on_missing",
-                format!("'{other}' is not one of error, zero, mean, skip_row"),
+                not_one_of(other, &["error", "zero", "mean", "skip_row"]),
             ))
         }
     };
@@ -1125,7 +1152,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         other => {
             return Err(value_err(
                 "data.partition",
-                format!("'{other}' is not one of slice, shuffle"),
+                not_one_of(other, &["slice", "shuffle"]),
             ))
         }
     };
@@ -1217,7 +1244,18 @@ fn model_spec(m: RawModel, classes: Option<&[String]>, data_seed: u64) -> Result
         (other, None) => {
             return Err(value_err(
                 "model.kind",
-                format!("'{other}' is not one of linear, logistic, softmax, hinge, gaussian_nb, multinomial_nb, mlp"),
+                not_one_of(
+                    other,
+                    &[
+                        "linear",
+                        "logistic",
+                        "softmax",
+                        "hinge",
+                        "gaussian_nb",
+                        "multinomial_nb",
+                        "mlp",
+                    ],
+                ),
             ))
         }
     };
@@ -1362,7 +1400,7 @@ fn network_spec(
         (Some(other), _) => {
             return Err(value_err(
                 "model.head",
-                format!("'{other}' is not one of logistic, softmax, linear"),
+                not_one_of(other, &["logistic", "softmax", "linear"]),
             ))
         }
         (None, Some(2)) => ModelKind::Logistic,
@@ -1428,7 +1466,7 @@ fn network_spec(
         other => {
             return Err(value_err(
                 "model.activation",
-                format!("'{other}' is not one of relu, tanh"),
+                not_one_of(other, &["relu", "tanh"]),
             ))
         }
     };
@@ -1496,8 +1534,9 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
             other => {
                 return Err(value_err(
                     "optimizer.schedule",
-                    format!(
-                        "'{other}' is not one of constant, inverse_time, inverse_sqrt, exponential"
+                    not_one_of(
+                        other,
+                        &["constant", "inverse_time", "inverse_sqrt", "exponential"],
                     ),
                 ))
             }
@@ -1580,7 +1619,12 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
         other => {
             return Err(value_err(
                 "optimizer.kind",
-                format!("'{other}' is not one of sgd, momentum, adagrad, adam, ftrl, lbfgs, exact"),
+                not_one_of(
+                    other,
+                    &[
+                        "sgd", "momentum", "adagrad", "adam", "ftrl", "lbfgs", "exact",
+                    ],
+                ),
             ))
         }
     };

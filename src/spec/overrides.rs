@@ -34,6 +34,66 @@ pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     Ok(())
 }
 
+/// The key path an assignment sets (`model.l2` of `model.l2=0.5`).
+fn key_of(assignment: &str) -> &str {
+    assignment
+        .split_once('=')
+        .map_or(assignment, |(k, _)| k.trim())
+}
+
+/// The assignment among `overrides` that set `key` (or a table above or a
+/// key below it), if any; the last one wins, as it does when applied.
+pub fn setting<'a>(overrides: &'a [String], key: &str) -> Option<&'a str> {
+    overrides
+        .iter()
+        .rev()
+        .find(|a| {
+            let k = key_of(a);
+            k == key
+                || key.strip_prefix(k).is_some_and(|r| r.starts_with('.'))
+                || k.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
+        })
+        .map(String::as_str)
+}
+
+/// The assignments a typing error of the overridden document is blamed on:
+/// the one whose last key the parser's `message` names in backquotes, or
+/// else all of them.
+pub fn blamed(overrides: &[String], message: &str) -> String {
+    let named = overrides.iter().rev().find(|a| {
+        let k = key_of(a);
+        let last = k.rsplit('.').next().unwrap_or(k);
+        message.contains(&format!("`{last}`")) || message.contains(&format!("`{k}`"))
+    });
+    match named {
+        Some(a) => a.clone(),
+        None => overrides.join(" --set "),
+    }
+}
+
+/// `message` from the TOML parser, with "did you mean" added to an
+/// unknown field's ``unknown field `x`, expected one of `a`, `b` ``.
+pub fn suggest(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return message.to_string();
+    };
+    let Some((wrong, after)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let expected: Vec<&str> = after
+        .split_once("expected one of ")
+        .map(|(_, list)| list.lines().next().unwrap_or(list))
+        .unwrap_or("")
+        .split(',')
+        .map(|s| s.trim().trim_matches('`'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    match crate::error::nearest(wrong, &expected) {
+        Some(n) => format!("{message} (did you mean `{n}`?)"),
+        None => message.to_string(),
+    }
+}
+
 fn parse_value(text: &str) -> toml::Value {
     let wrapped = format!("v = {text}");
     match wrapped.parse::<toml::Table>() {
@@ -47,6 +107,43 @@ fn parse_value(text: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistakes_are_traced_to_their_assignment_with_a_suggestion() {
+        let sets = vec![
+            "model.l2=abc".to_string(),
+            "data.partition=slice".to_string(),
+        ];
+        assert_eq!(setting(&sets, "model.l2"), Some("model.l2=abc"));
+        assert_eq!(setting(&sets, "model"), Some("model.l2=abc"));
+        assert_eq!(setting(&sets, "model.l1"), None);
+        assert_eq!(
+            setting(&sets, "data.partition.x"),
+            Some("data.partition=slice")
+        );
+        assert_eq!(
+            blamed(
+                &sets,
+                "invalid type: string \"abc\", expected f64\nin `model.l2`"
+            ),
+            "model.l2=abc"
+        );
+        assert_eq!(
+            blamed(&sets, "something"),
+            "model.l2=abc --set data.partition=slice"
+        );
+        let m = "unknown field `l3`, expected one of `kind`, `l2`, `l1`\nin `model`";
+        assert!(
+            suggest(m).ends_with("(did you mean `l2`?)"),
+            "{}",
+            suggest(m)
+        );
+        assert_eq!(
+            suggest("unknown field `zzzzzz`, expected one of `kind`"),
+            "unknown field `zzzzzz`, expected one of `kind`"
+        );
+        assert_eq!(suggest("other"), "other");
+    }
 
     #[test]
     fn sets_nested_and_typed_values() {

@@ -91,12 +91,12 @@ impl Strategy for ModelAverage {
             steps_per_epoch,
             replicas: ids
                 .into_iter()
-                .map(|id| Own {
-                    id,
-                    state: start.clone(),
-                    lazy: lazy.then(|| Lazy::new(&p.optimizer, penalty)),
-                    clock: Clock::default(),
-                    live: LiveSet::default(),
+                .map(|id| {
+                    Own::new(
+                        id,
+                        start.clone(),
+                        lazy.then(|| Lazy::new(&p.optimizer, penalty)),
+                    )
                 })
                 .collect(),
             grad: Vec::new(),
@@ -172,6 +172,17 @@ struct Own {
 }
 
 impl Own {
+    /// Replica `id`, from the optimizer state `state`, nothing live yet.
+    fn new(id: usize, state: FirstOrderState, lazy: Option<Lazy>) -> Own {
+        Own {
+            id,
+            state,
+            lazy,
+            clock: Clock::default(),
+            live: LiveSet::default(),
+        }
+    }
+
     fn saved(&self) -> ReplicaState {
         ReplicaState {
             state: self.state.clone(),
@@ -219,7 +230,8 @@ pub struct LocalSteps {
     replicas: Vec<Own>,
     /// Gradient buffer, zero between steps.
     grad: Vec<f64>,
-    /// `Σ rows_r · replica_r` of the round so far, zero between rounds.
+    /// `Σ rows_r · replica_r` of the round so far, zero between rounds
+    /// (empty with one replica on the worker).
     total: Vec<Exact>,
     /// The parameters as the owners last sent them.
     mirror: Vec<f64>,
@@ -340,7 +352,10 @@ impl Replica for LocalSteps {
         if self.grad.len() != n {
             self.grad = vec![0.0; n];
         }
-        if self.total.len() != n {
+        // One replica leaves its values in the accumulator itself; several
+        // add theirs up in `total` first.
+        let several = self.replicas.len() > 1;
+        if several && self.total.len() != n {
             self.total = vec![Exact::default(); n];
         }
         if self.mirror.len() != n {
@@ -354,7 +369,6 @@ impl Replica for LocalSteps {
             fit_intercept: self.fit_intercept,
             steps_per_epoch: self.steps_per_epoch,
             grad: &mut self.grad,
-            total: &mut self.total,
             mirror: &self.mirror,
         };
         for own in &mut self.replicas {
@@ -362,12 +376,19 @@ impl Replica for LocalSteps {
             loss += out.loss;
             rows += out.rows;
             bound += out.bound;
-            own.live.indices().iter().for_each(|&i| sent.insert(i));
+            for &i in own.live.indices() {
+                sent.insert(i);
+                if several {
+                    self.total[i] += std::mem::take(&mut ws.acc[i]);
+                }
+            }
         }
         let mut coords = sent.indices().to_vec();
         coords.sort_unstable();
-        for &i in &coords {
-            ws.acc[i] = std::mem::take(&mut self.total[i]);
+        if several {
+            for &i in &coords {
+                ws.acc[i] = std::mem::take(&mut self.total[i]);
+            }
         }
         Ok((coords, loss, rows, bound))
     }
@@ -380,14 +401,14 @@ struct Round<'a> {
     fit_intercept: bool,
     steps_per_epoch: u64,
     grad: &'a mut Vec<f64>,
-    total: &'a mut Vec<Exact>,
     mirror: &'a [f64],
 }
 
 impl Round<'_> {
     /// Steps replica `own` through the `k` steps from `step` over its rows,
-    /// adds `rows · replica` to the total on its live coordinates, and puts
-    /// the model's parameters back to the mirror there.
+    /// leaves `rows · replica` in the (otherwise zero) accumulator on its
+    /// live coordinates, and puts the model's parameters back to the
+    /// mirror there.
     fn run(
         &mut self,
         own: &mut Own,
@@ -506,9 +527,88 @@ impl Round<'_> {
                 message: format!("a weight of replica {} is too large to average", own.id),
             })?;
             bound = bound.max(v.magnitude());
-            self.total[i] += v;
+            acc[i] = v;
             theta[i] = self.mirror[i];
         }
         Ok(RoundOut { loss, rows, bound })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Pipeline;
+
+    fn steps(replicas: &[usize]) -> LocalSteps {
+        let p = Pipeline::parse(
+            "[data]\ntrain = \"x.parquet\"\nlabel = \"y\"\n[model]\nkind = \"logistic\"\n[optimizer]\nkind = \"adam\"\n[train]\nstrategy = \"model-average\"\n",
+            std::path::Path::new("p.toml"),
+            &[],
+        )
+        .unwrap();
+        LocalSteps {
+            spec: p.optimizer,
+            penalty: Penalty { l2: 0.0, l1: 0.0 },
+            fit_intercept: true,
+            sync_every: 1,
+            steps_per_epoch: 1,
+            replicas: replicas
+                .iter()
+                .map(|&id| {
+                    Own::new(
+                        id,
+                        FirstOrderState::starting_at(&p.optimizer, &[0.0; 3]),
+                        None,
+                    )
+                })
+                .collect(),
+            grad: Vec::new(),
+            total: Vec::new(),
+            mirror: Vec::new(),
+        }
+    }
+
+    fn live(s: &LocalSteps) -> Vec<Vec<usize>> {
+        s.replicas
+            .iter()
+            .map(|o| o.live.indices().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn replica_states_move_between_worker_counts_by_number() {
+        // Two workers of two replicas each, saved; read back by one worker
+        // of all four and by workers of one and three.
+        let mut a = steps(&[0, 1]);
+        let mut b = steps(&[2, 3]);
+        for (s, base) in [(&mut a, 0), (&mut b, 2)] {
+            for (k, own) in s.replicas.iter_mut().enumerate() {
+                own.live.insert(base + k);
+            }
+        }
+        let saved = vec![a.save(), b.save()];
+        let mut all = steps(&[0, 1, 2, 3]);
+        all.load(&saved).unwrap();
+        assert_eq!(live(&all), [vec![0], vec![1], vec![2], vec![3]]);
+        let mut last = steps(&[3]);
+        last.load(&saved).unwrap();
+        assert_eq!(live(&last), [vec![3]]);
+        let err = steps(&[4]).load(&saved).unwrap_err();
+        assert!(err.to_string().contains("no state of replica 4"), "{err}");
+    }
+
+    #[test]
+    fn a_state_saved_before_replicas_had_numbers_is_worker_ws_replica() {
+        // Payload version 2: one bare state per worker.
+        let mut old = steps(&[0]);
+        old.replicas[0].live.insert(2);
+        let bare = bincode::serialize(&old.replicas[0].saved()).unwrap();
+        let mut other = steps(&[1]);
+        other.replicas[0].live.insert(1);
+        let bare1 = bincode::serialize(&other.replicas[0].saved()).unwrap();
+        let mut second = steps(&[1]);
+        second.load(&[bare, bare1]).unwrap();
+        assert_eq!(live(&second), [vec![1]]);
+        assert!(steps(&[0]).load(&[b"junk".to_vec()]).is_err());
     }
 }

@@ -31,7 +31,11 @@ use crate::optim::FirstOrderState;
 
 /// The version of the checkpoint payload: a checkpoint of another version
 /// is refused with this number named.
-pub const PAYLOAD_VERSION: u32 = 2;
+/// Version 3 keeps `model-average` replica states by replica number
+/// (version 2's, one per worker, still read).
+pub const PAYLOAD_VERSION: u32 = 3;
+/// The oldest payload version this tidemill reads.
+pub const OLDEST_PAYLOAD_VERSION: u32 = 2;
 
 /// One shard's state at a boundary, as a resumed job reads it (see
 /// [`Stored`] for how a checkpoint keeps it).
@@ -267,8 +271,8 @@ pub struct Saved {
     pub scan: ScanResult,
     /// The collector's records and early-stopping state.
     pub collector: CollectorState,
-    /// Each worker's replica state, by worker (`model-average`; empty for
-    /// the other strategies).
+    /// Each worker's replica states, by worker (`model-average`, each
+    /// worker's by replica number; empty for the other strategies).
     pub replicas: Vec<Vec<u8>>,
     /// Every shard, by id.
     pub shards: Vec<Stored>,
@@ -324,9 +328,9 @@ impl Saved {
             .get(..4)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_le_bytes);
-        if version != Some(PAYLOAD_VERSION) {
+        if !version.is_some_and(|v| (OLDEST_PAYLOAD_VERSION..=PAYLOAD_VERSION).contains(&v)) {
             return Err(bad(format!(
-                "its content is version {}, this tidemill reads version {PAYLOAD_VERSION}",
+                "its content is version {}, this tidemill reads versions {OLDEST_PAYLOAD_VERSION} to {PAYLOAD_VERSION}",
                 version.map_or_else(|| "?".into(), |v| v.to_string())
             )));
         }
@@ -345,7 +349,7 @@ pub struct Assembled {
     pub driver: DriverState,
     /// The collector's state.
     pub collector: CollectorState,
-    /// Each worker's replica state (empty unless workers keep replicas).
+    /// Each worker's replica states (empty unless workers train replicas).
     pub replicas: Vec<Vec<u8>>,
 }
 

@@ -439,8 +439,19 @@ fn check_memory(
         return Ok(());
     };
     let held = params_per_worker(p, spec, workers);
+    // A worker training several model-average replicas holds an optimizer
+    // state (at most two values per weight) for each, and their sum.
+    let replicas_here = p
+        .train
+        .replicas
+        .map_or(1, |r| r.div_ceil(workers.max(1)) as u64);
+    let per_param = if replicas_here > 1 {
+        BYTES_PER_PARAM + replicas_here * 16
+    } else {
+        BYTES_PER_PARAM
+    };
     let needed = held
-        .saturating_mul(BYTES_PER_PARAM)
+        .saturating_mul(per_param)
         .saturating_mul(local_workers as u64);
     if needed <= available {
         return Ok(());
@@ -486,6 +497,34 @@ pub fn run_plan(
     run_job(plan, init, false, cluster)
 }
 
+/// Warns when the data has fewer units than the workers (or replicas) it
+/// is split over: some would train on no rows. Units are cut from row
+/// groups (a small table often has one), and `data.max_unit_rows` cuts
+/// them finer as a property of the data, so the model stays the same on
+/// any worker count.
+fn warn_idle_workers(plan: &Plan, workers: usize) {
+    let p = &plan.pipeline;
+    if strategy::of(p.train.strategy).reads_every_row() {
+        return;
+    }
+    let units = plan.train.units.len();
+    let (slots, what) = match p.train.replicas {
+        Some(r) => (r, "replicas"),
+        None => (workers, "workers"),
+    };
+    if units == 0 || units >= slots {
+        return;
+    }
+    let rows: usize = plan.train.units.iter().map(|u| u.rows).sum();
+    let finer = (rows / slots).max(1);
+    tracing::warn!(
+        units,
+        rows,
+        "the training data has {units} unit(s) for {slots} {what}: {} of them will train on no rows; cut units finer with --set data.max_unit_rows={finer} (a property of the data: the model stays the same on any worker count)",
+        slots - units
+    );
+}
+
 /// [`run_plan`], resuming from the newest checkpoint of the job if
 /// `resume` and there is one (see [`resume::load`]).
 pub fn run_job(
@@ -499,6 +538,7 @@ pub fn run_job(
     let (recovery, description) = recovery(&plan, init.as_deref(), resume, cluster)?;
     let recovery = Arc::new(recovery);
     let units = plan.train.units.len();
+    warn_idle_workers(&plan, cluster.total_workers());
     let shared = Arc::clone(&plan);
     let start = init.clone();
     let local_workers = cluster.workers;

@@ -1,0 +1,206 @@
+//! What is checked before training, and what a run says about itself:
+//! mistakes name their source (the file's line, or the `--set`) and the
+//! nearest valid value; too few units for the workers is warned about with
+//! the setting that fixes it; the summary says why training stopped; logs
+//! can be quiet or JSON.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Output;
+
+use common::{root, tidemill};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `tidemill ARGS` with `TIDEMILL_LOG` unset, so that `--log` and
+/// `-q` decide.
+fn tidemill_logged(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("TIDEMILL_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn mistakes_name_their_source_and_the_nearest_valid_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[data]\ntrain = \"datasets/adult.parquet\"\nlabel = \"income\"\ncategorical = [\"workclass\"]\n[model]\nkind = \"logistic\"\nl3 = 0.1\n",
+    )
+    .unwrap();
+    let f = file.to_string_lossy().to_string();
+    let cases: [(&[&str], u8, &[&str]); 7] = [
+        // In the file: its line, and the key meant.
+        (&["validate", &f], 2, &["line 7", "did you mean `l2`?"]),
+        // From --set: the assignment is named, not the file.
+        (
+            &["validate", "pipelines/adult.toml", "--set", "model.l3=0.1"],
+            2,
+            &["--set model.l3=0.1", "did you mean `l2`?"],
+        ),
+        (
+            &["validate", "pipelines/adult.toml", "--set", "model.l2=abc"],
+            2,
+            &["--set model.l2=abc", "expected f64"],
+        ),
+        (
+            &[
+                "validate",
+                "pipelines/adult.toml",
+                "--set",
+                "model.kind=\"logistc\"",
+            ],
+            2,
+            &["did you mean 'logistic'?", "(from --set model.kind"],
+        ),
+        (
+            &[
+                "validate",
+                "pipelines/adult.toml",
+                "--set",
+                "data.categorical=[\"workclas\"]",
+            ],
+            2,
+            &["data.categorical", "did you mean 'workclass'?"],
+        ),
+        // A missing file: the key that names it, the cause said once.
+        (
+            &[
+                "validate",
+                "pipelines/adult.toml",
+                "--set",
+                "data.train=\"nope.parquet\"",
+            ],
+            3,
+            &["nope.parquet (named by data.train)"],
+        ),
+        (
+            &["validate", "pipelines/adult.toml", "--log", "verbose"],
+            2,
+            &["--log verbose", "use error, warn, info, debug or trace"],
+        ),
+    ];
+    for (args, code, needles) in cases {
+        let out = tidemill(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(i32::from(code)), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?} should say {n:?}: {err}");
+        }
+        assert!(
+            !err.contains("caused by"),
+            "{args:?} repeats its cause: {err}"
+        );
+    }
+}
+
+#[test]
+fn fewer_units_than_workers_is_warned_with_the_setting_that_cuts_finer() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.json").to_string_lossy().to_string();
+    let args = [
+        "train",
+        "pipelines/quickstart.toml",
+        "-w",
+        "8",
+        "--model-out",
+        &m,
+    ];
+    let out = tidemill(&args);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("5 unit(s) for 8 workers") && err.contains("--set data.max_unit_rows=71"),
+        "{err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["rows_per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r == 0));
+    // The setting it names gives every worker rows, and no warning.
+    let mut finer = args.to_vec();
+    finer.extend(["--set", "data.max_unit_rows=71"]);
+    let out = tidemill(&finer);
+    let err = stderr(&out);
+    assert!(
+        out.status.success() && !err.contains("unit(s) for"),
+        "{err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = summary["rows_per_worker"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r.as_u64().unwrap() > 0), "{rows:?}");
+}
+
+#[test]
+fn the_summary_says_why_training_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.json").to_string_lossy().to_string();
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("pipelines/quickstart.toml", &[], "converged"),
+        (
+            "pipelines/quickstart.toml",
+            &["train.epochs=2"],
+            "iteration_limit",
+        ),
+        (
+            "pipelines/adult.toml",
+            &[
+                "train.early_stopping={ metric = \"loss\", patience = 1 }",
+                "train.epochs=40",
+            ],
+            "early_stopping",
+        ),
+        ("pipelines/adult.toml", &["train.epochs=2"], "epochs"),
+    ];
+    for (pipeline, sets, want) in cases {
+        let mut args = vec!["train", pipeline, "--model-out", &m];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = tidemill(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            summary["stopped_by"], want,
+            "{pipeline} {sets:?}: {summary}"
+        );
+        if want == "early_stopping" {
+            assert!(summary["epochs"].as_u64().unwrap() < 40);
+        }
+    }
+}
+
+#[test]
+fn logs_are_quiet_or_json_on_request_and_results_stay_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.json").to_string_lossy().to_string();
+    let base = ["train", "pipelines/quickstart.toml", "--model-out", &m];
+    let quiet = tidemill_logged(&[&base[..], &["-q"]].concat());
+    assert!(quiet.status.success());
+    assert!(quiet.stderr.is_empty(), "{}", stderr(&quiet));
+    let summary: serde_json::Value = serde_json::from_slice(&quiet.stdout).unwrap();
+    assert_eq!(summary["stopped_by"], "converged");
+    let json = tidemill_logged(&[&base[..], &["--log-format", "json"]].concat());
+    assert!(json.status.success());
+    let lines: Vec<serde_json::Value> = stderr(&json)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(lines.len() > 3);
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["message"].is_string()));
+    assert!(lines.iter().any(|l| l["message"] == "epoch done"));
+    let _: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+}
