@@ -14,7 +14,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.quiet { "warn" } else { cli.log.as_str() };
+    let level = match cli.log.trim() {
+        _ if cli.quiet => "warn",
+        "" => "info",
+        l => l,
+    };
     // A bare word must be a level: `--log verbose` would otherwise be a
     // filter for a target named "verbose", and log nothing else.
     let bare = !level.contains(['=', ',', ':']);
@@ -30,7 +34,7 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => {
             eprintln!(
-                "error: --log {level}: not a log level or filter ({e}); use error, warn, info, debug or trace"
+                "error: --log (or TIDEMILL_LOG) {level}: not a log level or filter ({e}); use error, warn, info, debug or trace, or a filter such as tidemill=debug"
             );
             return ExitCode::from(2);
         }

@@ -17,12 +17,13 @@ fn stderr(out: &Output) -> String {
 }
 
 /// Runs `tidemill ARGS` with `TIDEMILL_LOG` unset, so that `--log` and
-/// `-q` decide.
+/// `-q` decide, and a progress line after every round.
 fn tidemill_logged(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tidemill"))
         .args(args)
         .current_dir(root())
         .env_remove("TIDEMILL_LOG")
+        .env("TIDEMILL_PROGRESS_EVERY", "0")
         .output()
         .unwrap()
 }
@@ -85,7 +86,10 @@ fn mistakes_name_their_source_and_the_nearest_valid_value() {
         (
             &["validate", "pipelines/adult.toml", "--log", "verbose"],
             2,
-            &["--log verbose", "use error, warn, info, debug or trace"],
+            &[
+                "verbose: not a log level",
+                "use error, warn, info, debug or trace",
+            ],
         ),
     ];
     for (args, code, needles) in cases {
@@ -100,6 +104,34 @@ fn mistakes_name_their_source_and_the_nearest_valid_value() {
             "{args:?} repeats its cause: {err}"
         );
     }
+}
+
+/// A pipeline file that leaves a required key to `--set` (a template) is
+/// a whole pipeline once the `--set` values are in.
+#[test]
+fn a_template_completed_by_set_is_a_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("template.toml");
+    std::fs::write(
+        &file,
+        "[data]\ntrain = \"datasets/breast_cancer.parquet\"\n",
+    )
+    .unwrap();
+    let f = file.to_string_lossy().to_string();
+    let out = tidemill(&[
+        "validate",
+        &f,
+        "--set",
+        "data.label=\"target\"",
+        "--set",
+        "model.kind=\"logistic\"",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Without them, the file's own mistake, named by the file.
+    let out = tidemill(&["validate", &f]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&f) && err.contains("label"), "{err}");
 }
 
 #[test]
@@ -163,6 +195,21 @@ fn the_summary_says_why_training_stopped() {
         ),
         ("pipelines/adult.toml", &["train.epochs=2"], "epochs"),
     ];
+    // L-BFGS with early stopping stops early, and says so.
+    let out = tidemill(&[
+        "train",
+        "pipelines/quickstart.toml",
+        "--set",
+        "train.early_stopping={ metric = \"loss\", patience = 1 }",
+        "--model-out",
+        &m,
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["stopped_by"], "early_stopping", "{summary}");
+    assert!(
+        summary["epoch_reported"].as_u64() < summary["epochs"].as_u64(),
+        "{summary}"
+    );
     for (pipeline, sets, want) in cases {
         let mut args = vec!["train", pipeline, "--model-out", &m];
         for s in sets {
@@ -203,4 +250,33 @@ fn logs_are_quiet_or_json_on_request_and_results_stay_on_stdout() {
         .all(|l| l["level"].is_string() && l["message"].is_string()));
     assert!(lines.iter().any(|l| l["message"] == "epoch done"));
     let _: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    // Progress inside epochs (first-order steps): where, how fast, how
+    // long; the last line of an epoch is at its last step.
+    let adult = [
+        "train",
+        "pipelines/adult.toml",
+        "--set",
+        "train.epochs=2",
+        "--model-out",
+        &m,
+        "--log-format",
+        "json",
+    ];
+    let run = tidemill_logged(&adult);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let progress: Vec<serde_json::Value> = stderr(&run)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["message"] == "progress")
+        .collect();
+    assert!(progress.len() > 4, "{}", stderr(&run));
+    for p in &progress {
+        assert!(p["rows_per_s"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["train_loss"].as_f64().unwrap() > 0.0, "{p}");
+        assert_eq!(p["epochs"], 2, "{p}");
+    }
+    let last = progress.last().unwrap();
+    assert_eq!(last["epoch"], 2);
+    assert_eq!(last["step"], last["steps"], "{last}");
+    assert_eq!(last["eta_s"].as_f64(), Some(0.0), "{last}");
 }

@@ -118,3 +118,54 @@ fn a_csv_starter_keeps_ids_out_and_text_categorical() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(std::fs::read_to_string(&p).unwrap(), pipeline);
 }
+
+/// Labels and names a table may have: a boolean label, a label with some
+/// nulls (said in a comment), a column name TOML must escape; and a
+/// constant label refused.
+#[test]
+fn awkward_labels_and_names_give_pipelines_that_validate_or_a_clear_refusal() {
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300;
+    let x: Vec<f64> = (0..n).map(|i| (i % 17) as f64).collect();
+    let weird: Vec<f64> = (0..n).map(|i| (i % 5) as f64).collect();
+    let flag: Vec<bool> = (0..n).map(|i| i % 17 > 8).collect();
+    let file = dir.path().join("t.parquet");
+    common::write_parquet(
+        &file,
+        vec![
+            ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
+            (
+                "a \"quoted\\ name",
+                Arc::new(Float64Array::from(weird)) as ArrayRef,
+            ),
+            (
+                "same",
+                Arc::new(Int64Array::from(vec![7i64; n])) as ArrayRef,
+            ),
+            ("bought", Arc::new(BooleanArray::from(flag)) as ArrayRef),
+        ],
+        100,
+    );
+    let f = file.to_string_lossy().to_string();
+    let pipeline = tidemill_ok(&["init", &f, "--label", "bought"]);
+    let p = dir.path().join("t.toml");
+    std::fs::write(&p, &pipeline).unwrap();
+    let ps = p.to_string_lossy().to_string();
+    tidemill_ok(&["validate", &ps]);
+    let model = dir.path().join("m.json").to_string_lossy().to_string();
+    let metrics = dir.path().join("m.jsonl").to_string_lossy().to_string();
+    tidemill_ok(&[
+        "train",
+        &ps,
+        "--model-out",
+        &model,
+        "--metrics-out",
+        &metrics,
+    ]);
+    let out = tidemill(&["init", &f, "--label", "same"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("fewer than two values"), "{err}");
+}

@@ -124,6 +124,25 @@ pub fn starter(data: &str, label: Option<&str>) -> Result<String> {
     let Some(y) = columns.iter().find(|c| c.name == label) else {
         return Err(Error::Internal("the label is not a column".into()));
     };
+    let refuse = |why: String| Error::Usage {
+        option: "--label".into(),
+        message: format!("'{label}' {why}: name the label with --label"),
+    };
+    if y.distinct.len() < 2 {
+        return Err(refuse("has fewer than two values in the sample".into()));
+    }
+    let text = !is_numeric_type(&y.data_type);
+    if text && (y.many() || y.distinct.len() > MAX_CLASSES) {
+        return Err(refuse(format!(
+            "is text with more than {MAX_CLASSES} values: neither classes nor a number"
+        )));
+    }
+    if !is_numeric_type(&y.data_type) && !is_token_type(&y.data_type) {
+        return Err(refuse(format!(
+            "has type {}, which no model takes as a label",
+            y.data_type
+        )));
+    }
     Ok(render(data, &label, y, &columns, rows))
 }
 
@@ -171,8 +190,20 @@ fn role(c: &Column, rows: usize) -> Role {
     Role::Exclude("a type tidemill does not train on")
 }
 
+/// A TOML string (escaped as TOML escapes it).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A name as a comment may show it: control characters as `?`.
+fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn quoted(v: &[&str]) -> String {
-    let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    let items: Vec<String> = v.iter().map(|s| toml_str(s)).collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -220,8 +251,8 @@ fn render(data: &str, label: &str, y: &Column, columns: &[Column], rows: usize) 
         "# ({rows} rows sampled). Check it with `tidemill validate`, then train it."
     );
     let _ = writeln!(t, "\n[data]");
-    let _ = writeln!(t, "train = {data:?}");
-    let _ = writeln!(t, "label = {label:?}");
+    let _ = writeln!(t, "train = {}", toml_str(data));
+    let _ = writeln!(t, "label = {}", toml_str(label));
     let _ = writeln!(
         t,
         "validation = {{ fraction = 0.2 }}   # or {{ path = \"holdout.parquet\" }}"
@@ -248,11 +279,24 @@ fn render(data: &str, label: &str, y: &Column, columns: &[Column], rows: usize) 
             quoted(&excluded.iter().map(|e| e.0).collect::<Vec<_>>())
         );
         for (name, why) in &excluded {
-            let _ = writeln!(t, "#   {name}: {why}");
+            let _ = writeln!(t, "#   {}: {why}", shown(name));
         }
     }
-    if kind != "linear" && classes.iter().all(|c| !c.is_empty()) {
+    // Text classes are listed (a stream needs them); numbers and booleans
+    // are found by the statistics scan as training reads them.
+    let text_label = matches!(
+        y.data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    if kind != "linear" && text_label && classes.iter().all(|c| !c.is_empty()) {
         let _ = writeln!(t, "classes = {}", quoted(&classes));
+    }
+    if y.nulls > 0 {
+        let _ = writeln!(
+            t,
+            "# {} rows of the sample have no label: training refuses them; filter them out first",
+            y.nulls
+        );
     }
     let _ = writeln!(t, "standardize = true");
     if columns.iter().any(|c| c.nulls > 0) {

@@ -787,7 +787,15 @@ impl StopLimits {
     /// model of epoch `kept`: `epochs`, `early_stopping`, `converged` or
     /// `iteration_limit`, and a sentence saying so.
     fn stopped_by(&self, ran: u32, kept: Option<u32>) -> (&'static str, String) {
+        let best = kept.filter(|&k| k < ran && self.early.is_some());
         match (&self.early, self.lbfgs) {
+            (Some((metric, patience)), _) if ran < self.epochs && best.is_some() => (
+                "early_stopping",
+                format!(
+                    "early stopping after epoch {ran}: {metric} did not improve for {patience} epoch(s); the model is epoch {}'s",
+                    kept.unwrap_or(ran)
+                ),
+            ),
             (_, true) if ran < self.epochs => (
                 "converged",
                 format!("L-BFGS converged after {ran} iteration(s) (its tolerance met, or no further decrease found)"),
@@ -795,18 +803,17 @@ impl StopLimits {
             (_, true) => (
                 "iteration_limit",
                 format!(
-                    "L-BFGS stopped at its limit of {} iterations before its tolerance was met: raise train.epochs, or loosen optimizer.tolerance",
+                    "L-BFGS used all {} iterations: unless it converged on the last one, its tolerance was not met (raise train.epochs, or loosen optimizer.tolerance)",
                     self.epochs
                 ),
             ),
-            (Some((metric, patience)), false) if ran < self.epochs => (
-                "early_stopping",
-                format!(
-                    "early stopping after epoch {ran}: {metric} did not improve for {patience} epoch(s); the model is epoch {}'s",
-                    kept.unwrap_or(ran)
+            _ => match best {
+                Some(k) => (
+                    "epochs",
+                    format!("trained all {ran} epoch(s); the model is epoch {k}'s, the best"),
                 ),
-            ),
-            _ => ("epochs", format!("trained all {ran} epoch(s)")),
+                None => ("epochs", format!("trained all {ran} epoch(s)")),
+            },
         }
     }
 }

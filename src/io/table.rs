@@ -119,9 +119,10 @@ pub enum CsvColumns {
     /// every other one is kept as the text it is.
     Numeric(Vec<String>),
     /// Training data: these columns are kept as text (the categorical and
-    /// key columns the pipeline names); every other one takes the type
-    /// arrow-csv infers from all of its values (integer, float, boolean or
-    /// text).
+    /// key columns the pipeline names); every
+    /// other one is an integer or float column where arrow-csv infers one
+    /// from all of its values, else text (`true`/`false` included), as
+    /// `predict` and `eval` read them.
     Inferred(Vec<String>),
 }
 
@@ -283,11 +284,14 @@ fn open_file(mut file: File, name: &Path, csv: Option<&CsvColumns>) -> Result<Ta
                 }
             })
         }
+        // Only numbers are inferred: `predict` and `eval` read a CSV's
+        // non-numeric columns as text, so text they stay here too.
         (Kind::Text, Some(CsvColumns::Inferred(text))) => csv_batches(file, name, None, |f| {
-            if text.iter().any(|n| n == f.name()) {
+            let t = f.data_type();
+            if text.iter().any(|n| n == f.name()) || !(t.is_integer() || t.is_floating()) {
                 DataType::Utf8
             } else {
-                f.data_type().clone()
+                t.clone()
             }
         }),
         // Parquet, or not recognised: the Parquet reader explains what is

@@ -89,6 +89,8 @@ fn copy(input: table::TableInput, path: &Path, key: &str) -> Result<TempFile> {
         ),
         source: e,
     };
+    // Copies a killed run left behind (their lock is gone) go first.
+    crate::io::sweep::stale_temps(&dir);
     let copy = TempFile::create(&dir, &name).map_err(cannot)?;
     let at = copy.path().to_path_buf();
     let file = copy.file().try_clone().map_err(|e| Error::io(&at, e))?;

@@ -848,28 +848,38 @@ impl Pipeline {
             path: path.to_path_buf(),
             message,
         };
-        // The file alone first: its own mistakes come with its line.
-        let _: RawPipeline = toml::from_str(text)
-            .map_err(|e: toml::de::Error| syntax(overrides::suggest(e.to_string().trim())))?;
         let mut doc: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| syntax(e.to_string()))?;
         for assignment in overrides {
             overrides::apply(&mut doc, assignment)?;
         }
-        // What is wrong now came with a --set.
+        // A mistake is blamed on the --set that names its key; else on the
+        // file, if the file alone has one (reported with its line, as the
+        // file alone is parsed from its text); else on the --set values.
         let raw: RawPipeline = RawPipeline::deserialize(doc).map_err(|e: toml::de::Error| {
             let message = overrides::suggest(e.to_string().trim());
-            Error::Override {
-                assignment: overrides::blamed(overrides, &message),
-                message,
+            if let Some(a) = overrides::named(overrides, &message) {
+                return Error::Override {
+                    assignment: a.to_string(),
+                    message,
+                };
+            }
+            match toml::from_str::<RawPipeline>(text) {
+                Err(own) => syntax(overrides::suggest(own.to_string().trim())),
+                Ok(_) if overrides.is_empty() => syntax(message),
+                Ok(_) => Error::Override {
+                    assignment: overrides.join(" --set "),
+                    message,
+                },
             }
         })?;
         Self::from_raw(raw).map_err(|e| match e {
             Error::PipelineValue { key, message } => {
                 let message = match overrides::setting(overrides, &key) {
                     Some(a) => format!("{message} (from --set {a})"),
-                    None => format!("{message} (in {})", path.display()),
+                    None if overrides.is_empty() => format!("{message} (in {})", path.display()),
+                    None => message,
                 };
                 Error::PipelineValue { key, message }
             }

@@ -56,19 +56,19 @@ pub fn setting<'a>(overrides: &'a [String], key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// The assignments a typing error of the overridden document is blamed on:
-/// the one whose last key the parser's `message` names in backquotes, or
-/// else all of them.
-pub fn blamed(overrides: &[String], message: &str) -> String {
-    let named = overrides.iter().rev().find(|a| {
-        let k = key_of(a);
-        let last = k.rsplit('.').next().unwrap_or(k);
-        message.contains(&format!("`{last}`")) || message.contains(&format!("`{k}`"))
-    });
-    match named {
-        Some(a) => a.clone(),
-        None => overrides.join(" --set "),
-    }
+/// The assignment a typing error of the overridden document is blamed on:
+/// the last one whose key (or its last part) the parser's `message` names
+/// in backquotes.
+pub fn named<'a>(overrides: &'a [String], message: &str) -> Option<&'a str> {
+    overrides
+        .iter()
+        .rev()
+        .find(|a| {
+            let k = key_of(a);
+            let last = k.rsplit('.').next().unwrap_or(k);
+            message.contains(&format!("`{last}`")) || message.contains(&format!("`{k}`"))
+        })
+        .map(String::as_str)
 }
 
 /// `message` from the TOML parser, with "did you mean" added to an
@@ -122,16 +122,13 @@ mod tests {
             Some("data.partition=slice")
         );
         assert_eq!(
-            blamed(
+            named(
                 &sets,
                 "invalid type: string \"abc\", expected f64\nin `model.l2`"
             ),
-            "model.l2=abc"
+            Some("model.l2=abc")
         );
-        assert_eq!(
-            blamed(&sets, "something"),
-            "model.l2=abc --set data.partition=slice"
-        );
+        assert_eq!(named(&sets, "something"), None);
         let m = "unknown field `l3`, expected one of `kind`, `l2`, `l1`\nin `model`";
         assert!(
             suggest(m).ends_with("(did you mean `l2`?)"),

@@ -2,6 +2,7 @@
 //! what the owned shards' parameters are. Every owner runs the same
 //! deterministic progression, so owners agree without talking.
 
+use super::progress::{Position, Progress};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
@@ -250,6 +251,8 @@ pub struct Driver {
     /// A job may resume inside an epoch (workers cache their rows; a
     /// streamed unit is read from its start).
     resumes_inside_epochs: bool,
+    /// Progress lines (worker 0's owner only).
+    progress: Progress,
 }
 
 /// Where a resumed job continues.
@@ -383,6 +386,7 @@ impl Driver {
             stop_request: None,
             stopped: None,
             resumes_inside_epochs: pipeline.data.cache,
+            progress: Progress::default(),
         }
     }
 
@@ -684,6 +688,20 @@ impl Driver {
         self.last_round = k;
         let out = self.advance(epoch, step, k, steps_per_epoch);
         let next = step + k;
+        if self.worker == 0 {
+            let at = Position {
+                epoch: epoch + 1,
+                epochs: self.epochs,
+                step: next,
+                steps_per_epoch,
+                rows: self.epoch_rows,
+                loss: self.epoch_loss.to_f64(),
+            };
+            self.progress.round(at, k);
+            if next >= steps_per_epoch {
+                self.progress.epoch_started();
+            }
+        }
         // Inside an epoch, a stop needs a synchronous first-order step:
         // nothing in flight, no replica mid-round.
         let stop_here = self.stop_request.is_some()

@@ -23,6 +23,7 @@ pub mod model_average;
 pub mod model_parallel;
 pub mod network_parallel;
 pub mod param_server;
+pub mod progress;
 pub mod sharded;
 pub mod snapshot;
 
