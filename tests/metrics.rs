@@ -116,6 +116,49 @@ fn plot_renders_loss_against_wall_time() {
         "one line per run expected"
     );
 
+    // Runs whose files share a name are labelled by their directories;
+    // AUC by epoch; a metric no record has is refused, with the nearest.
+    let mut runs = Vec::new();
+    for run in ["run_a", "run_b"] {
+        let d = dir.path().join(run);
+        std::fs::create_dir(&d).unwrap();
+        let to = d.join("metrics.jsonl");
+        std::fs::copy(&files[runs.len()], &to).unwrap();
+        runs.push(to.to_string_lossy().to_string());
+    }
+    let auc = dir.path().join("auc.svg").to_string_lossy().to_string();
+    tidemill_ok(&[
+        "plot",
+        &runs[0],
+        &runs[1],
+        "--out",
+        &auc,
+        "--metric",
+        "auc",
+        "--by-epoch",
+    ]);
+    let text = std::fs::read_to_string(&auc).unwrap();
+    assert!(
+        text.contains("run_a/metrics") && text.contains("run_b/metrics"),
+        "labels"
+    );
+    let line = |t: &str, want: &str| t.lines().any(|l| l.trim() == want);
+    assert!(
+        line(&text, "epoch") && line(&text, "auc against epoch"),
+        "axes"
+    );
+    tidemill_ok(&[
+        "plot", &runs[0], &runs[1], "--out", &auc, "--label", "first", "--label", "second",
+    ]);
+    let text = std::fs::read_to_string(&auc).unwrap();
+    assert!(line(&text, "first") && line(&text, "second"), "labels");
+    let r = common::tidemill(&["plot", &runs[0], "--out", &auc, "--metric", "acuracy"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("did you mean 'accuracy'?"), "{err}");
+    let r = common::tidemill(&["plot", &runs[0], &runs[1], "--out", &auc, "--label", "one"]);
+    assert_eq!(r.status.code(), Some(2));
+
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"not\": \"a record\"}\n").unwrap();
     let r = common::tidemill(&["plot", &bad.to_string_lossy(), "--out", &out]);

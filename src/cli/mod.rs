@@ -117,15 +117,27 @@ pub struct InitArgs {
 /// `plot`.
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// Metrics files (JSON lines), one series each, labelled by file name.
+    /// Metrics files (JSON lines), one series each, labelled by run: the
+    /// file name, or the directories above it where names repeat.
     #[arg(required = true)]
     pub metrics: Vec<PathBuf>,
     /// Output SVG file.
     #[arg(long, short)]
     pub out: PathBuf,
-    /// Chart title.
-    #[arg(long, default_value = "loss against wall time")]
-    pub title: String,
+    /// Chart title (default: the metric and the x axis).
+    #[arg(long)]
+    pub title: Option<String>,
+    /// A label per metrics file, in order (repeat the flag).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// What to draw: `loss` (validation if held out, else training), or a
+    /// record's field: `train_loss`, `objective`, `auc`, `accuracy`,
+    /// `rmse`, `bytes_per_step`, ...
+    #[arg(long, default_value = "loss")]
+    pub metric: String,
+    /// Epochs on the x axis instead of wall time.
+    #[arg(long)]
+    pub by_epoch: bool,
 }
 
 /// Where and how to run.
@@ -462,7 +474,20 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Forget(a) => forget(a),
         Command::Validate(a) => validate(a),
-        Command::Plot(a) => crate::metrics::plot::plot_files(&a.metrics, &a.out, &a.title),
+        Command::Plot(a) => {
+            let axes = crate::metrics::plot::Axes {
+                metric: a.metric.clone(),
+                by_epoch: a.by_epoch,
+            };
+            let title = a.title.clone().unwrap_or_else(|| {
+                format!(
+                    "{} against {}",
+                    a.metric,
+                    if a.by_epoch { "epoch" } else { "wall time" }
+                )
+            });
+            crate::metrics::plot::plot_files(&a.metrics, &a.label, &a.out, &title, &axes)
+        }
         Command::Inspect(a) => {
             let info = crate::inspect::inspect(&a.paths)?;
             if a.json {
