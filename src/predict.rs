@@ -192,11 +192,8 @@ pub fn predict(
     let in_schema = source.schema.clone();
     // Checked here too: an input without rows has no batch to fail on.
     let features = &scorer.file.features;
-    let used = features.numeric.iter().map(|f| &f.name);
-    if let Some(name) = used
-        .chain(&features.categorical)
-        .find(|n| in_schema.field_with_name(n).is_err())
-    {
+    let used = features.feature_columns();
+    if let Some(name) = used.iter().find(|n| in_schema.field_with_name(n).is_err()) {
         return Err(Error::missing_column(
             std::path::Path::new(input),
             name,

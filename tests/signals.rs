@@ -120,6 +120,12 @@ fn sigint_mid_write_removes_the_temporary_file() {
     interrupted(Signal::SIGINT, "p.parquet", false, 130, "SIGINT");
 }
 
+#[test]
+fn sighup_mid_write_removes_the_temporary_file() {
+    // A closed terminal: exit 129 (128 + SIGHUP), as documented.
+    interrupted(Signal::SIGHUP, "p.arrows", true, 129, "SIGHUP");
+}
+
 /// SIGKILL cannot be caught: the temporary file stays, and the next run
 /// that prepares an output in that directory removes it.
 #[test]

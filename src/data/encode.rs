@@ -448,9 +448,33 @@ fn decode_with(
         }
         numeric.push((values, clean));
     }
-    let mut tokens = Vec::with_capacity(spec.categorical.len());
+    let mut tokens: Vec<Vec<Option<String>>> = Vec::with_capacity(spec.categorical.len());
     for c in &spec.categorical {
-        let values = token_values(column(batch, c, origin)?, c, origin)?;
+        let values = match spec.cross(c) {
+            // A cross follows its columns: their tokens, joined.
+            Some(cross) => {
+                let members: Vec<&Vec<Option<String>>> = cross
+                    .of
+                    .iter()
+                    .map(|m| {
+                        let at = spec.categorical.iter().position(|x| x == m);
+                        at.and_then(|k| tokens.get(k)).ok_or_else(|| {
+                            Error::Internal(format!("cross '{c}' of '{m}', which is not before it"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                (0..n)
+                    .map(|i| {
+                        members
+                            .iter()
+                            .map(|v| v[i].as_deref())
+                            .collect::<Option<Vec<&str>>>()
+                            .map(|t| t.join(crate::spec::CROSS))
+                    })
+                    .collect()
+            }
+            None => token_values(column(batch, c, origin)?, c, origin)?,
+        };
         if let Some(i) = values.iter().position(Option::is_none) {
             match spec.on_missing {
                 OnMissing::Error => {
@@ -694,6 +718,7 @@ mod tests {
             label: "y".into(),
             numeric,
             categorical: categorical.iter().map(|c| c.to_string()).collect(),
+            crosses: Vec::new(),
             hash_bits: 10,
             on_missing,
             classes: None,

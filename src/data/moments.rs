@@ -261,6 +261,7 @@ mod prefix_tests {
                 scale: 1.0,
             }],
             categorical: Vec::new(),
+            crosses: Vec::new(),
             hash_bits: 4,
             on_missing: OnMissing::Error,
             classes: None,

@@ -503,6 +503,20 @@ impl ModelFile {
                 return Err(format!("feature '{name}' is listed twice"));
             }
         }
+        // A cross is a categorical column after the columns it crosses.
+        for cross in &f.crosses {
+            let at = f.categorical.iter().position(|c| *c == cross.name);
+            let before = |m: &String| {
+                let k = f.categorical.iter().position(|c| c == m);
+                k.is_some_and(|k| at.is_some_and(|a| k < a)) && f.cross(m).is_none()
+            };
+            if at.is_none() || cross.of.len() < 2 || !cross.of.iter().all(before) {
+                return Err(format!(
+                    "features.crosses: '{}' is not a categorical column after the columns it crosses",
+                    cross.name
+                ));
+            }
+        }
         for n in &f.numeric {
             let ok =
                 n.fill.is_finite() && n.center.is_finite() && n.scale.is_finite() && n.scale > 0.0;

@@ -406,6 +406,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            crosses: Vec::new(),
             hash_bits: 3,
             on_missing: OnMissing::Error,
             classes: Some(vec!["x".into(), "y".into(), "z".into()]),

@@ -32,8 +32,13 @@ pub struct FeatureSpec {
     pub label: String,
     /// Numeric features in weight order.
     pub numeric: Vec<NumericFeature>,
-    /// Hashed categorical columns.
+    /// Hashed categorical columns, crosses included (after the columns
+    /// they cross).
     pub categorical: Vec<String>,
+    /// The crosses among [`Self::categorical`]: each one's name and the
+    /// columns whose tokens it joins (`crate::spec::cross_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crosses: Vec<Cross>,
     /// The hashed space has `2^hash_bits` slots (after the numeric features).
     pub hash_bits: u32,
     /// Missing-value policy.
@@ -42,7 +47,22 @@ pub struct FeatureSpec {
     pub classes: Option<Vec<String>>,
 }
 
+/// A cross of categorical columns, hashed as one more column: its token on
+/// a row is the members' tokens joined by `×` (null if one is null).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cross {
+    /// The column name it is hashed under (`origin×dest`).
+    pub name: String,
+    /// The categorical columns it crosses, in order.
+    pub of: Vec<String>,
+}
+
 impl FeatureSpec {
+    /// The cross named `name`, if that categorical column is one.
+    pub fn cross(&self, name: &str) -> Option<&Cross> {
+        self.crosses.iter().find(|c| c.name == name)
+    }
+
     /// Number of input dimensions: numeric features plus the hashed space.
     pub fn dim(&self) -> usize {
         self.numeric.len() + self.hashed_dim()
@@ -57,12 +77,17 @@ impl FeatureSpec {
         }
     }
 
-    /// The feature columns to read.
+    /// The feature columns to read (a cross's columns are among them).
     pub fn feature_columns(&self) -> Vec<String> {
         self.numeric
             .iter()
             .map(|f| f.name.clone())
-            .chain(self.categorical.iter().cloned())
+            .chain(
+                self.categorical
+                    .iter()
+                    .filter(|c| self.cross(c).is_none())
+                    .cloned(),
+            )
             .collect()
     }
 }

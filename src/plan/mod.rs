@@ -15,7 +15,7 @@ use crate::source::files::Source;
 use crate::source::parquet::ParquetSource;
 use crate::source::staged::Staged;
 use crate::spec::{ModelKind, OnMissing, Pipeline, ValidationSpec};
-use features::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
+use features::{is_numeric_type, is_token_type, Cross, FeatureSpec, NumericFeature};
 
 /// A checked, resolved training job.
 #[derive(Debug, Clone)]
@@ -286,7 +286,20 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
         spec: FeatureSpec {
             label: d.label.clone(),
             numeric,
-            categorical: d.categorical.clone(),
+            categorical: d
+                .categorical
+                .iter()
+                .cloned()
+                .chain(d.interactions.iter().map(|c| crate::spec::cross_name(c)))
+                .collect(),
+            crosses: d
+                .interactions
+                .iter()
+                .map(|c| Cross {
+                    name: crate::spec::cross_name(c),
+                    of: c.clone(),
+                })
+                .collect(),
             hash_bits: d.hash_bits,
             on_missing: d.on_missing,
             classes: None,

@@ -216,6 +216,10 @@ pub struct DataSpec {
     pub exclude: Vec<String>,
     /// Hashed categorical columns.
     pub categorical: Vec<String>,
+    /// Crosses of categorical columns, each hashed as one more column
+    /// named by [`cross_name`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interactions: Vec<Vec<String>>,
     /// Hashed space is `2^hash_bits`.
     pub hash_bits: u32,
     /// Declared label classes.
@@ -765,6 +769,16 @@ fn not_one_of(other: &str, allowed: &[&str]) -> String {
     format!("'{other}' is not one of {}{hint}", allowed.join(", "))
 }
 
+/// The name of a cross of categorical columns, and the separator of its
+/// tokens: the members joined by `×` (a cross of `origin` and `dest` is
+/// the column `origin×dest`, whose token on a row is `JFK×LAX`).
+pub fn cross_name(members: &[String]) -> String {
+    members.join(CROSS)
+}
+
+/// What joins the members of a cross (names and tokens).
+pub const CROSS: &str = "×";
+
 /// The most replicas `train.replicas` may ask for.
 pub const MAX_REPLICAS: usize = 4096;
 
@@ -1212,6 +1226,31 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
             ));
         }
     }
+    for (i, cross) in d.interactions.iter().enumerate() {
+        let key = format!("data.interactions[{i}]");
+        if cross.len() < 2 {
+            return Err(value_err(&key, "a cross needs two or more columns"));
+        }
+        distinct(&key, cross)?;
+        if let Some(c) = cross.iter().find(|c| !d.categorical.contains(c)) {
+            let listed: Vec<&str> = d.categorical.iter().map(String::as_str).collect();
+            let hint = crate::error::nearest(c, &listed)
+                .map(|n| format!(" (did you mean '{n}'?)"))
+                .unwrap_or_default();
+            return Err(value_err(
+                &key,
+                format!(
+                    "'{c}' is not in data.categorical: crosses are of categorical columns{hint}"
+                ),
+            ));
+        }
+        let name = cross_name(cross);
+        if d.categorical.contains(&name)
+            || d.interactions[..i].iter().any(|o| cross_name(o) == name)
+        {
+            return Err(value_err(&key, format!("'{name}' is listed twice")));
+        }
+    }
     let max_unit_rows = d.max_unit_rows.unwrap_or(65_536);
     if max_unit_rows == 0 {
         return Err(value_err("data.max_unit_rows", "must be at least 1"));
@@ -1228,6 +1267,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         features: d.features,
         exclude: d.exclude,
         categorical: d.categorical,
+        interactions: d.interactions,
         hash_bits,
         classes: d.classes,
         standardize: d.standardize,

@@ -106,6 +106,10 @@ pub struct RawData {
     /// Columns hashed as categorical tokens (string or integer columns).
     #[serde(default)]
     pub categorical: Vec<String>,
+    /// Crosses of categorical columns, each hashed as one more column
+    /// (`[["origin", "dest"]]`).
+    #[serde(default)]
+    pub interactions: Vec<Vec<String>>,
     /// Size of the hashed feature space is `2^hash_bits`.
     pub hash_bits: Option<u32>,
     /// Label classes in order; for binary models `[negative, positive]`.

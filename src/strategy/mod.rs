@@ -223,6 +223,7 @@ mod tests {
                 })
                 .to_vec(),
             categorical: vec!["c".into()],
+            crosses: Vec::new(),
             hash_bits: 4,
             on_missing: spec::OnMissing::Zero,
             classes: Some(vec!["x".into(), "y".into(), "z".into()]),

@@ -425,6 +425,7 @@ impl Leader {
         let mut raw_spec = self.spec.clone();
         // The numeric columns only: nothing is hashed twice.
         raw_spec.categorical.clear();
+        raw_spec.crosses.clear();
         for f in &mut raw_spec.numeric {
             f.fill = f64::NAN;
         }

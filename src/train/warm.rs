@@ -247,6 +247,7 @@ mod tests {
                 })
                 .collect(),
             categorical: Vec::new(),
+            crosses: Vec::new(),
             hash_bits: 18,
             on_missing: OnMissing::Error,
             classes: classes.map(|c| c.iter().map(|s| s.to_string()).collect()),
