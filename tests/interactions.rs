@@ -118,6 +118,18 @@ fn a_cross_is_its_written_out_column_bit_for_bit() {
         weights(&crossed) == weights(&written),
         "the cross trains another model"
     );
+    // A cross may not take the name of a column the table has.
+    let clash = tidemill(&[
+        "validate",
+        "pipelines/adult.toml",
+        "--set",
+        &train,
+        "--set",
+        "data.interactions=[[\"education\", \"occupation\"]]",
+    ]);
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert_eq!(clash.status.code(), Some(2), "{err}");
+    assert!(err.contains("has the name of a column"), "{err}");
     // predict applies the cross from the model file: on the plain table
     // with the cross, on the written-out table with the column, the same.
     let p1 = dir.path().join("p1.parquet");

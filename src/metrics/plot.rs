@@ -85,13 +85,12 @@ impl Axes {
             return loss_of(r);
         }
         let v = serde_json::to_value(r).ok()?;
-        let name = self
-            .metric
-            .strip_prefix("validation.")
-            .unwrap_or(&self.metric);
-        v.get(name)
-            .or_else(|| v.get("validation").and_then(|m| m.get(name)))
-            .and_then(serde_json::Value::as_f64)
+        let in_validation = |name: &str| v.get("validation").and_then(|m| m.get(name));
+        match self.metric.strip_prefix("validation.") {
+            Some(name) => in_validation(name),
+            None => v.get(&self.metric).or_else(|| in_validation(&self.metric)),
+        }
+        .and_then(serde_json::Value::as_f64)
     }
 
     fn x(&self, r: &EpochRecord) -> f64 {
@@ -182,12 +181,14 @@ pub fn render_svg(series: &[Series], out: &Path, title: &str, axes: &Axes) -> Re
     let all: Vec<&(f64, f64)> = points.iter().flatten().collect();
     if all.is_empty() {
         let names = Axes::available(series);
-        let hint = crate::error::nearest(
-            &axes.metric,
-            &names.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-        .map(|n| format!("did you mean '{n}'? "))
-        .unwrap_or_default();
+        let others: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != axes.metric)
+            .collect();
+        let hint = crate::error::nearest(&axes.metric, &others)
+            .map(|n| format!("did you mean '{n}'? "))
+            .unwrap_or_default();
         return Err(Error::Usage {
             option: "--metric".into(),
             message: format!(

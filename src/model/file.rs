@@ -382,12 +382,26 @@ impl ModelFile {
 
     /// Serialises to pretty JSON (deterministic: keys in feature order).
     pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string_pretty(self)
+        let bad = |e: serde_json::Error| Error::Model {
+            path: "(model)".into(),
+            message: e.to_string(),
+        };
+        let mut v = serde_json::to_value(self).map_err(bad)?;
+        // No crosses, no key: files without crosses are as they were.
+        if let Some(f) = v
+            .get_mut("features")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            if f.get("crosses")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(Vec::is_empty)
+            {
+                f.shift_remove("crosses");
+            }
+        }
+        serde_json::to_string_pretty(&v)
             .map(|s| s + "\n")
-            .map_err(|e| Error::Model {
-                path: "(model)".into(),
-                message: e.to_string(),
-            })
+            .map_err(bad)
     }
 
     /// Reads and checks a model file.
@@ -510,7 +524,11 @@ impl ModelFile {
                 let k = f.categorical.iter().position(|c| c == m);
                 k.is_some_and(|k| at.is_some_and(|a| k < a)) && f.cross(m).is_none()
             };
-            if at.is_none() || cross.of.len() < 2 || !cross.of.iter().all(before) {
+            let first = f.crosses.iter().position(|c| c.name == cross.name);
+            let named = crate::spec::cross_name(&cross.of) == cross.name;
+            let once = first.is_some_and(|i| std::ptr::eq(&f.crosses[i], cross));
+            if at.is_none() || cross.of.len() < 2 || !named || !once || !cross.of.iter().all(before)
+            {
                 return Err(format!(
                     "features.crosses: '{}' is not a categorical column after the columns it crosses",
                     cross.name

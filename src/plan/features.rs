@@ -36,8 +36,10 @@ pub struct FeatureSpec {
     /// they cross).
     pub categorical: Vec<String>,
     /// The crosses among [`Self::categorical`]: each one's name and the
-    /// columns whose tokens it joins (`crate::spec::cross_name`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// columns whose tokens it joins (`crate::spec::cross_name`). Always
+    /// written (binary checkpoints and messages read fields by position);
+    /// a model file without it has none.
+    #[serde(default)]
     pub crosses: Vec<Cross>,
     /// The hashed space has `2^hash_bits` slots (after the numeric features).
     pub hash_bits: u32,

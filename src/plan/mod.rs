@@ -184,6 +184,20 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
             message: format!("'{key}' is not a column of {}{hint}", file.display()),
         });
     }
+    if let Some(clash) = d
+        .interactions
+        .iter()
+        .map(|c| crate::spec::cross_name(c))
+        .find(|n| names.contains(&n.as_str()))
+    {
+        return Err(Error::PipelineValue {
+            key: "data.interactions".into(),
+            message: format!(
+                "the cross '{clash}' has the name of a column of {}: rename that column, or leave the cross out",
+                file.display()
+            ),
+        });
+    }
     // A window's time column orders rows; it is not trained on by default.
     let window_column = match &pipeline.stream.window {
         Some(crate::spec::WindowSpec::Time { column, .. }) => Some(column.as_str()),

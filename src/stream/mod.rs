@@ -448,14 +448,21 @@ fn load(dir: &std::path::Path, identity: &str) -> Result<Option<Saved>> {
         option: "--resume".into(),
         message: format!("{}: {message}", loaded.path.display()),
     };
-    let saved: Saved = bincode::deserialize(&loaded.payload)
-        .map_err(|e| bad(format!("not a stream checkpoint ({e})")))?;
-    if saved.version != STREAM_PAYLOAD_VERSION {
+    // The layout first (the payload's leading u32): another layout does
+    // not decode as this one.
+    let version = loaded
+        .payload
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes);
+    if version != Some(STREAM_PAYLOAD_VERSION) {
         return Err(bad(format!(
-            "written in layout {}, this tidemill reads {STREAM_PAYLOAD_VERSION}",
-            saved.version
+            "written in layout {}, this tidemill reads {STREAM_PAYLOAD_VERSION}: resume it with the tidemill that wrote it, or start the stream afresh",
+            version.map_or_else(|| "?".into(), |v| v.to_string())
         )));
     }
+    let saved: Saved = bincode::deserialize(&loaded.payload)
+        .map_err(|e| bad(format!("not a stream checkpoint ({e})")))?;
     if saved.identity != identity {
         return Err(bad(format!(
             "it is another stream's (pipeline or input differ): {}",

@@ -24,7 +24,7 @@ use crate::spec::Pipeline;
 use crate::strategy::snapshot::Stored;
 
 /// The version of [`Saved`]'s layout.
-pub const STREAM_PAYLOAD_VERSION: u32 = 1;
+pub const STREAM_PAYLOAD_VERSION: u32 = 2;
 
 /// A stream's checkpoint: everything the rest of the stream depends on, at
 /// a batch boundary.
