@@ -122,7 +122,10 @@ pub fn starter(data: &str, label: Option<&str>) -> Result<String> {
         None => guess_label(&columns),
     };
     let Some(y) = columns.iter().find(|c| c.name == label) else {
-        return Err(Error::Internal("the label is not a column".into()));
+        return Err(Error::Usage {
+            option: "DATA".into(),
+            message: format!("{data} has no column to take as the label"),
+        });
     };
     let refuse = |why: String| Error::Usage {
         option: "--label".into(),
