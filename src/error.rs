@@ -362,6 +362,12 @@ fn did_you_mean(suggestion: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// `" (did you mean 'x'?)"` with the name in `names` nearest to `wanted`
+/// ([`nearest`]), or nothing.
+pub fn hint(wanted: &str, names: &[&str]) -> String {
+    did_you_mean(nearest(wanted, names))
+}
+
 /// The name in `names` nearest to `wanted`, if it is close enough to be a
 /// likely misspelling (Jaro–Winkler similarity above 0.8, or the same name
 /// in another case).

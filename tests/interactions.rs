@@ -191,7 +191,11 @@ fn crosses_are_checked() {
             "[[\"education\", \"ocupation\"]]",
             "did you mean 'occupation'?",
         ),
-        ("[[\"education\", \"age\"]]", "not in data.categorical"),
+        (
+            "[[\"age\", \"hours-per-week\"]]",
+            "at least one column of data.categorical",
+        ),
+        ("[[\"education\", \"income\"]]", "is the label"),
         (
             "[[\"education\", \"race\"], [\"education\", \"race\"]]",
             "listed twice",
@@ -202,5 +206,136 @@ fn crosses_are_checked() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cross}: {err}");
         assert!(err.contains(needle), "{cross}: {err}");
+    }
+}
+
+/// A numeric × categorical cross `x×g` scales the slot of `g`'s token by
+/// `x`: with `g` in {a, b, c} it is the explicit columns `x·[g = a]`,
+/// `x·[g = b]`, `x·[g = c]` (each slot's weight times its sign is that
+/// column's coefficient: the same optimum, the penalty unchanged by the
+/// signs), and `predict` scores a row as the documented margin says.
+#[test]
+fn a_numeric_cross_is_its_explicit_columns() {
+    use arrow::array::{Float64Array, Int64Array};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 900;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut unit = || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let groups = ["a", "b", "c"];
+    let slope = [2.0, -1.5, 0.5];
+    let (mut x, mut g, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let (xi, gi) = (4.0 * unit() - 2.0, i % 3);
+        let p = 1.0 / (1.0 + (-(slope[gi] * xi + 0.3)).exp());
+        x.push(xi);
+        g.push(groups[gi]);
+        y.push(i64::from(unit() < p));
+    }
+    let explicit: Vec<(String, Vec<f64>)> = groups
+        .iter()
+        .map(|k| {
+            let col = x
+                .iter()
+                .zip(&g)
+                .map(|(v, gi)| if gi == k { *v } else { 0.0 })
+                .collect();
+            (format!("x_{k}"), col)
+        })
+        .collect();
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("x", Arc::new(Float64Array::from(x.clone()))),
+        ("g", Arc::new(StringArray::from(g.clone()))),
+        ("y", Arc::new(Int64Array::from(y))),
+    ];
+    for (name, col) in &explicit {
+        columns.push((name, Arc::new(Float64Array::from(col.clone()))));
+    }
+    let data = dir.path().join("groups.parquet");
+    common::write_parquet(&data, columns, 300);
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[data]\ntrain = \"{}\"\nlabel = \"y\"\ncategorical = [\"g\"]\nhash_bits = 20\n[model]\nkind = \"logistic\"\nl2 = 0.001\n[optimizer]\nkind = \"lbfgs\"\ngradient_tolerance = 1e-11\n[train]\nepochs = 500\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let p = pipeline.to_string_lossy().to_string();
+    let (crossed, written) = (
+        dir.path().join("crossed.json"),
+        dir.path().join("written.json"),
+    );
+    tidemill_ok(&[
+        "train",
+        &p,
+        "--set",
+        "data.exclude=[\"x_a\", \"x_b\", \"x_c\"]",
+        "--set",
+        "data.interactions=[[\"x\", \"g\"]]",
+        "--model-out",
+        &crossed.to_string_lossy(),
+    ]);
+    tidemill_ok(&["train", &p, "--model-out", &written.to_string_lossy()]);
+    let read = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let (c, w) = (read(&crossed), read(&written));
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    assert!(close(
+        c["intercept"].as_f64().unwrap(),
+        w["intercept"].as_f64().unwrap()
+    ));
+    assert!(close(
+        c["coefficients"]["x"].as_f64().unwrap(),
+        w["coefficients"]["x"].as_f64().unwrap()
+    ));
+    let hashed =
+        |m: &serde_json::Value, slot: u32| m["hashed"][slot.to_string()].as_f64().unwrap_or(0.0);
+    for k in groups {
+        let (gs, gsign) = tidemill::data::hashing::hash_token("g", k, 20);
+        let (xs, xsign) = tidemill::data::hashing::hash_token("x×g", k, 20);
+        assert!(close(
+            hashed(&c, gs) * f64::from(gsign),
+            hashed(&w, gs) * f64::from(gsign)
+        ));
+        let ours = hashed(&c, xs) * f64::from(xsign);
+        let theirs = w["coefficients"][format!("x_{k}")].as_f64().unwrap();
+        eprintln!("group {k}: cross weight {ours}, explicit column's {theirs}");
+        assert!(close(ours, theirs), "{k}: {ours} vs {theirs}");
+    }
+    // predict applies the cross as the model file documents it.
+    let out = dir.path().join("scores.parquet");
+    tidemill_ok(&[
+        "predict",
+        "-m",
+        &crossed.to_string_lossy(),
+        "-i",
+        &data.to_string_lossy(),
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    let scores = common::read_columns(&out, &["probability"]);
+    let b = c["intercept"].as_f64().unwrap();
+    let wx = c["coefficients"]["x"].as_f64().unwrap();
+    for i in (0..n).step_by(37) {
+        let (gs, gsign) = tidemill::data::hashing::hash_token("g", g[i], 20);
+        let (xs, xsign) = tidemill::data::hashing::hash_token("x×g", g[i], 20);
+        let xv = f64::from(x[i] as f32);
+        let m = b
+            + wx * xv
+            + f64::from(gsign) * hashed(&c, gs)
+            + f64::from(xsign * x[i] as f32) * hashed(&c, xs);
+        let p = 1.0 / (1.0 + (-m).exp());
+        assert!(
+            (scores[0][i] - p).abs() < 1e-12,
+            "row {i}: {} vs {p}",
+            scores[0][i]
+        );
     }
 }

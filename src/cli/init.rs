@@ -111,9 +111,7 @@ pub fn starter(data: &str, label: Option<&str>) -> Result<String> {
     let label = match label {
         Some(l) if names.contains(&l) => l.to_string(),
         Some(l) => {
-            let hint = crate::error::nearest(l, &names)
-                .map(|n| format!(" (did you mean '{n}'?)"))
-                .unwrap_or_default();
+            let hint = crate::error::hint(l, &names);
             return Err(Error::Usage {
                 option: "--label".into(),
                 message: format!("'{l}' is not a column of {data}{hint}"),

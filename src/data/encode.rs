@@ -13,7 +13,9 @@ use arrow::record_batch::RecordBatch;
 
 use super::hashing::hash_token;
 use crate::error::{Error, Location, Result};
-pub use crate::plan::features::{is_numeric_type, is_token_type, FeatureSpec, NumericFeature};
+pub use crate::plan::features::{
+    is_numeric_type, is_token_type, FeatureSpec, NumericFeature, Weighting,
+};
 pub use crate::source::files::unique_column;
 pub use crate::spec::classes::{check_classes, MAX_CLASSES};
 use crate::spec::OnMissing;
@@ -35,7 +37,9 @@ pub struct Block {
     pub c: usize,
     /// Row-major `rows × c` hashed slots (in `[0, 2^hash_bits)`).
     pub hashed: Vec<u32>,
-    /// Row-major `rows × c` signs (±1, or 0 for a missing token).
+    /// Row-major `rows × c` values of the hashed slots: the signs (±1, or
+    /// 0 for a missing token), times the values of a cross's numeric
+    /// features.
     pub signs: Vec<f32>,
     /// Label per row: the value (regression) or class index; empty if not read.
     pub label: Vec<f64>,
@@ -43,6 +47,10 @@ pub struct Block {
     pub tokens: Vec<String>,
     /// Row index inside the source file of each kept row.
     pub file_row: Vec<u64>,
+    /// Weight per row (`data.weight` when training; empty: every row
+    /// weighs 1). Decoded as the column holds it; training rows are then
+    /// given their class weight and the job's scale ([`Block::weigh`]).
+    pub weight: Vec<f64>,
 }
 
 impl Block {
@@ -69,6 +77,9 @@ impl Block {
             if let Some(&r) = src.file_row.get(i) {
                 self.file_row.push(r);
             }
+            if let Some(&w) = src.weight.get(i) {
+                self.weight.push(w);
+            }
         }
         self.rows += idx.len();
     }
@@ -87,6 +98,7 @@ impl Block {
         self.label.append(&mut other.label);
         self.tokens.append(&mut other.tokens);
         self.file_row.append(&mut other.file_row);
+        self.weight.append(&mut other.weight);
     }
 
     /// Removes every row, keeping the buffers.
@@ -99,6 +111,32 @@ impl Block {
         self.label.clear();
         self.tokens.clear();
         self.file_row.clear();
+        self.weight.clear();
+    }
+
+    /// The weight of row `i` (1 without a weight column).
+    #[inline]
+    pub fn weight_of(&self, i: usize) -> f64 {
+        self.weight.get(i).copied().unwrap_or(1.0)
+    }
+
+    /// Turns the decoded weights of training rows into the weights the
+    /// loss takes: each times its class's weight (by the row's class
+    /// index) and the job's `scale`. Nothing to do without weights.
+    pub fn weigh(&mut self, weighting: Option<&Weighting>) {
+        let Some(w) = weighting else { return };
+        if self.weight.is_empty() {
+            self.weight = vec![1.0; self.rows];
+        }
+        for (i, v) in self.weight.iter_mut().enumerate() {
+            let class = self
+                .label
+                .get(i)
+                .and_then(|&y| w.class.get(y as usize))
+                .copied()
+                .unwrap_or(1.0);
+            *v = *v * class * w.scale;
+        }
     }
 }
 
@@ -158,6 +196,11 @@ impl ClassMap {
     pub fn contains(&self, token: &str) -> bool {
         self.index.contains_key(token)
     }
+    /// The name of class `k` (empty if there is none).
+    pub fn name(&self, k: usize) -> String {
+        self.names.get(k).cloned().unwrap_or_default()
+    }
+
     /// The names, comma separated (for messages).
     pub fn describe(&self) -> String {
         self.names.join(", ")
@@ -332,6 +375,8 @@ enum LabelColumn {
 
 /// The hint for a missing label: only dropping the row helps.
 pub const LABEL_HINT: &str = "set data.on_missing = \"skip_row\" to drop such rows";
+/// The hint for a bad weight.
+pub const WEIGHT_HINT: &str = "a weight (data.weight) is a finite number ≥ 0 on every row; set data.on_missing = \"skip_row\" to drop rows without one";
 /// The hint for a missing feature value when training.
 pub const FEATURE_HINT: &str =
     "set data.on_missing = \"zero\" | \"mean\" | \"skip_row\" to allow it";
@@ -453,9 +498,12 @@ fn decode_with(
         let values = match spec.cross(c) {
             // A cross follows its columns: their tokens, joined.
             Some(cross) => {
+                // Numeric members scale the cross's value (below), they
+                // add nothing to its token.
                 let members: Vec<&Vec<Option<String>>> = cross
                     .of
                     .iter()
+                    .filter(|m| !spec.is_numeric(m))
                     .map(|m| {
                         let at = spec.categorical.iter().position(|x| x == m);
                         at.and_then(|k| tokens.get(k)).ok_or_else(|| {
@@ -517,6 +565,33 @@ fn decode_with(
             Some(values)
         }
     };
+    let weights = match (label, spec.weight.as_ref().and_then(|w| w.column.as_ref())) {
+        (LabelUse::Skip, _) | (_, None) => None,
+        (_, Some(w)) => {
+            let values = numeric_array(column(batch, w, origin)?, w, origin)?;
+            for (i, k) in keep.iter_mut().enumerate() {
+                let what = if values.is_null(i) {
+                    "null weight".to_string()
+                } else {
+                    let v = values.value(i);
+                    if v.is_finite() && v >= 0.0 {
+                        continue;
+                    }
+                    format!("weight {v}")
+                };
+                if skip && values.is_null(i) {
+                    *k = false;
+                } else {
+                    return Err(Error::MissingValue {
+                        location: Box::new(origin.at(w, i)),
+                        what,
+                        hint: WEIGHT_HINT.into(),
+                    });
+                }
+            }
+            Some(values)
+        }
+    };
 
     let rows = keep.iter().filter(|&&k| k).count();
     let p = spec.numeric.len();
@@ -532,11 +607,15 @@ fn decode_with(
         label: Vec::new(),
         tokens: Vec::new(),
         file_row: Vec::with_capacity(rows),
+        weight: Vec::new(),
     };
     let kept: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
     block
         .file_row
         .extend(kept.iter().map(|&i| origin.first_row + i as u64));
+    if let Some(values) = weights {
+        block.weight = kept.iter().map(|&i| values.value(i)).collect();
+    }
     block.dense.resize(rows * p, 0.0);
     if keep_raw {
         block.raw.resize(rows * p, 0.0);
@@ -556,11 +635,29 @@ fn decode_with(
             }
         }
     }
-    for &i in &kept {
-        for (col, values) in spec.categorical.iter().zip(&tokens) {
+    // Per categorical column, the numeric features (by index) whose
+    // values scale it: a cross's numeric members.
+    let scales: Vec<Vec<usize>> = spec
+        .categorical
+        .iter()
+        .map(|c| {
+            spec.cross(c).map_or_else(Vec::new, |cross| {
+                cross
+                    .of
+                    .iter()
+                    .filter_map(|m| spec.numeric.iter().position(|f| f.name == *m))
+                    .collect()
+            })
+        })
+        .collect();
+    for (r, &i) in kept.iter().enumerate() {
+        for ((col, values), scale) in spec.categorical.iter().zip(&tokens).zip(&scales) {
             match &values[i] {
                 Some(tok) => {
-                    let (h, s) = hash_token(col, tok, spec.hash_bits);
+                    let (h, mut s) = hash_token(col, tok, spec.hash_bits);
+                    for &j in scale {
+                        s *= block.dense[r * p + j];
+                    }
                     block.hashed.push(h);
                     block.signs.push(s);
                 }
@@ -657,6 +754,9 @@ impl Block {
                 .collect();
         }
         self.file_row = pick_rows(&self.file_row, 1, &flags);
+        if !self.weight.is_empty() {
+            self.weight = pick_rows(&self.weight, 1, &flags);
+        }
         self.rows = rows;
     }
 
@@ -673,6 +773,9 @@ impl Block {
             self.label = gather_rows(&self.label, 1, order);
         }
         self.file_row = gather_rows(&self.file_row, 1, order);
+        if !self.weight.is_empty() {
+            self.weight = gather_rows(&self.weight, 1, order);
+        }
     }
 
     /// Bytes held by the decoded values.
@@ -683,6 +786,7 @@ impl Block {
             + self.signs.len() * 4
             + self.label.len() * 8
             + self.file_row.len() * 8
+            + self.weight.len() * 8
     }
 }
 
@@ -722,6 +826,7 @@ mod tests {
             hash_bits: 10,
             on_missing,
             classes: None,
+            weight: None,
         }
     }
 

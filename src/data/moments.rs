@@ -133,6 +133,105 @@ impl PrefixMoments {
     }
 }
 
+/// Total weight, weighted mean and weighted sum of squared deviations of
+/// one feature over some weighted rows (`data.weight`): the moments of the
+/// rows repeated as many times as their (integer) weights say.
+///
+/// The same scheme as [`Moments`] (West's weighted form of Welford's
+/// update, units combined pairwise in unit order), with the weight total
+/// in place of the count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WeightedMoments {
+    /// Σ w of the values seen (missing values are not counted).
+    pub w: f64,
+    /// The first value seen with a weight; the others are taken relative
+    /// to it.
+    pub shift: f64,
+    /// Weighted mean of `x − shift`.
+    pub mean: f64,
+    /// Σ w·(x − mean)².
+    pub m2: f64,
+}
+
+impl WeightedMoments {
+    /// Adds value `x` of weight `wt` ≥ 0.
+    ///
+    /// # Examples
+    /// ```
+    /// use tidemill::data::moments::WeightedMoments;
+    /// let mut m = WeightedMoments::default();
+    /// m.push(1.0, 3.0); // 1, 1, 1
+    /// m.push(5.0, 1.0); // 5
+    /// assert_eq!(m.mean(), 2.0);
+    /// assert_eq!(m.std(), 3.0f64.sqrt());
+    /// ```
+    #[inline]
+    pub fn push(&mut self, x: f64, wt: f64) {
+        if wt == 0.0 {
+            return;
+        }
+        if self.w == 0.0 {
+            self.shift = x;
+        }
+        let x = x - self.shift;
+        self.w += wt;
+        let d = x - self.mean;
+        // (d·wt)/w: with weights of 1, the bits of Moments::push.
+        self.mean += d * wt / self.w;
+        self.m2 += wt * d * (x - self.mean);
+    }
+
+    /// The moments of the rows of `self` followed by those of `other`.
+    pub fn merge(self, other: WeightedMoments) -> WeightedMoments {
+        if other.w == 0.0 {
+            return self;
+        }
+        if self.w == 0.0 {
+            return other;
+        }
+        let w = self.w + other.w;
+        let delta = (other.shift - self.shift) + (other.mean - self.mean);
+        WeightedMoments {
+            w,
+            shift: self.shift,
+            mean: self.mean + delta * (other.w / w),
+            m2: self.m2 + other.m2 + delta * delta * (self.w * other.w / w),
+        }
+    }
+
+    /// Weighted mean (0 without weight).
+    pub fn mean(&self) -> f64 {
+        if self.w == 0.0 {
+            0.0
+        } else {
+            self.shift + self.mean
+        }
+    }
+
+    /// Weighted population standard deviation (0 without weight).
+    pub fn std(&self) -> f64 {
+        if self.w == 0.0 {
+            0.0
+        } else {
+            (self.m2 / self.w).max(0.0).sqrt()
+        }
+    }
+
+    /// True if mean and variance are finite numbers.
+    pub fn is_finite(&self) -> bool {
+        self.mean().is_finite() && self.m2.is_finite()
+    }
+}
+
+/// Weighted moments of units given as `(unit id, moments)`, combined in
+/// unit order whatever order they come in.
+pub fn merge_weighted_in_unit_order(mut units: Vec<(usize, WeightedMoments)>) -> WeightedMoments {
+    units.sort_by_key(|u| u.0);
+    units
+        .into_iter()
+        .fold(WeightedMoments::default(), |a, (_, m)| a.merge(m))
+}
+
 /// The moments of units given as `(unit id, moments)`, combined in unit
 /// order whatever order they come in.
 pub fn merge_in_unit_order(units: Vec<(usize, Moments)>) -> Moments {
@@ -184,6 +283,35 @@ mod tests {
             prop_assert_eq!(m.n, xs.len() as u64);
             prop_assert!((m.mean() - mean).abs() <= 1e-15 * mean.abs() + 1e-12 * spread);
             prop_assert!((m.std() - std).abs() <= 1e-6 * std + 1e-9 * spread, "{} vs {}", m.std(), std);
+        }
+    }
+
+    proptest! {
+        /// Integer weights give the moments of the rows repeated, in any
+        /// cut into units.
+        #[test]
+        fn integer_weights_are_repeated_rows(
+            center in prop_oneof![Just(0.0), Just(1.6e9)],
+            rows in proptest::collection::vec((-1.0f64..1.0, 0u32..4), 2..200),
+            cut in 0usize..200,
+        ) {
+            let cut = cut % rows.len();
+            let mut units = Vec::new();
+            for (id, part) in [&rows[..cut], &rows[cut..]].into_iter().enumerate() {
+                let mut m = WeightedMoments::default();
+                part.iter().for_each(|&(z, w)| m.push(center + z, f64::from(w)));
+                units.push((id, m));
+            }
+            let m = merge_weighted_in_unit_order(units);
+            let repeated: Vec<f64> = rows
+                .iter()
+                .flat_map(|&(z, w)| std::iter::repeat_n(center + z, w as usize))
+                .collect();
+            prop_assume!(repeated.len() >= 2);
+            let (mean, std) = two_pass(&repeated);
+            prop_assert_eq!(m.w, repeated.len() as f64);
+            prop_assert!((m.mean() - mean).abs() <= 1e-15 * mean.abs() + 1e-12);
+            prop_assert!((m.std() - std).abs() <= 1e-9 * std + 1e-12, "{} vs {}", m.std(), std);
         }
     }
 
@@ -265,6 +393,7 @@ mod prefix_tests {
             hash_bits: 4,
             on_missing: OnMissing::Error,
             classes: None,
+            weight: None,
         };
         let split = Split {
             fraction: Some(0.2),

@@ -80,6 +80,7 @@ impl Windows {
         let mut columns = spec.feature_columns();
         if !matches!(label, LabelUse::Skip) {
             columns.push(spec.label.clone());
+            columns.extend(spec.weight.iter().filter_map(|w| w.column.clone()));
         }
         Ok(Windows {
             unit: *unit,
@@ -111,9 +112,15 @@ impl Windows {
         } else {
             decode(&batch, spec, label, &origin)?
         };
+        let mut data = split_rows(block, &self.unit, self.split, self.rows);
+        // Training rows take their class weight and the job's scale;
+        // validation rows keep the weights they hold.
+        if !self.raw {
+            data.train.weigh(spec.weight.as_ref());
+        }
         let window = Window {
             index: self.index,
-            data: split_rows(block, &self.unit, self.split, self.rows),
+            data,
         };
         self.index += 1;
         Ok(Some(window))

@@ -16,10 +16,11 @@ use timely::worker::Worker;
 use super::liveness::{self, Heartbeat};
 use super::Failure;
 use crate::data::encode::{Block, ClassMap, LabelUse, MAX_CLASSES};
-use crate::data::moments::{Moments, PrefixMoments};
+use crate::data::moments::{merge_weighted_in_unit_order, Moments, PrefixMoments, WeightedMoments};
 use crate::data::partition::assign;
 use crate::data::window::{for_each_window, Split};
 use crate::error::{Error, Location};
+use crate::exact::Wide;
 use crate::plan::Plan;
 use crate::source::unit::Unit;
 use crate::source::DataSource;
@@ -38,6 +39,9 @@ pub struct ScanPartial {
     pub failure: Option<((u8, usize), Failure)>,
     /// Memory available on this worker's machine, where known.
     pub memory: Option<u64>,
+    /// Weighted jobs: training rows and their exact weight total, by class
+    /// token (`""` for a regression).
+    pub weights: BTreeMap<String, (u64, Wide)>,
 }
 
 /// The merged scan.
@@ -62,10 +66,46 @@ pub struct ScanResult {
     /// every worker sees the same figure, so all decide alike whether the
     /// model fits.
     pub memory: Option<u64>,
+    /// Weighted jobs (`data.weight`): the weighted moments per numeric
+    /// feature, which standardisation then uses (empty otherwise).
+    pub weighted: Vec<WeightedMoments>,
+    /// Weighted jobs (`data.weight`, `model.class_weight`): training rows
+    /// and the exact total of their weights, by class token (`""` for a
+    /// regression); `None` otherwise.
+    pub weights: Option<BTreeMap<String, (u64, Wide)>>,
 }
 
-/// One unit's moments of one numeric feature: (feature, unit id, moments).
-type UnitMoments = (u32, usize, Moments);
+/// [`ScanResult`] as checkpoint versions 2 and 3 hold it (no weights).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScanV3 {
+    train_rows: Vec<u64>,
+    split_rows: Vec<u64>,
+    validation_rows: Vec<u64>,
+    moments: Vec<Moments>,
+    label: Moments,
+    labels: BTreeSet<String>,
+    memory: Option<u64>,
+}
+
+impl From<ScanV3> for ScanResult {
+    fn from(v: ScanV3) -> ScanResult {
+        ScanResult {
+            train_rows: v.train_rows,
+            split_rows: v.split_rows,
+            validation_rows: v.validation_rows,
+            moments: v.moments,
+            label: v.label,
+            labels: v.labels,
+            memory: v.memory,
+            weighted: Vec::new(),
+            weights: None,
+        }
+    }
+}
+
+/// One unit's moments of one numeric feature: (feature, unit id, moments,
+/// weighted moments — default unless the job is weighted).
+type UnitMoments = (u32, usize, Moments, WeightedMoments);
 
 /// This worker's units read and summed; `pulse` is called before each
 /// window (the heartbeat keeps going through a long read).
@@ -98,6 +138,7 @@ fn scan_local(
         ..ScanPartial::default()
     };
     let mut unit_moments = Vec::new();
+    let weighted = spec.weight.is_some();
     let mut sets: Vec<(u8, &dyn DataSource, Split)> = vec![(0, &*plan.train, split)];
     if let Some(v) = &plan.validation_files {
         sets.push((
@@ -116,6 +157,8 @@ fn scan_local(
             let (mut train_rows, mut held_rows) = (0u64, 0u64);
             // One per numeric feature, then the label's (regression).
             let mut moments = vec![Moments::default(); spec.numeric.len() + 1];
+            let mut wmoments = vec![WeightedMoments::default(); spec.numeric.len() + 1];
+            let mut weights = std::mem::take(&mut out.weights);
             let mut labels = std::mem::take(&mut out.labels);
             let checked = for_each_window(source, unit, &spec, label, split, |data| {
                 pulse();
@@ -143,9 +186,30 @@ fn scan_local(
                     let m = &mut moments[spec.numeric.len()];
                     b.label.iter().for_each(|&y| m.push(y));
                 }
+                if weighted && which == 0 {
+                    for (i, row) in b.raw.chunks_exact(b.p.max(1)).take(b.rows).enumerate() {
+                        let wt = b.weight_of(i);
+                        for (m, &x) in wmoments.iter_mut().zip(row) {
+                            if !x.is_nan() {
+                                m.push(x, wt);
+                            }
+                        }
+                    }
+                    for i in 0..b.rows {
+                        let class = match (&check, b.tokens.get(i)) {
+                            (_, Some(t)) => t.clone(),
+                            (Some(map), None) => map.name(b.label[i] as usize),
+                            (None, None) => String::new(),
+                        };
+                        let entry = weights.entry(class).or_default();
+                        entry.0 += 1;
+                        entry.1 += Wide::from_f64(b.weight_of(i)).unwrap_or(Wide::OVERFLOW);
+                    }
+                }
                 Ok(())
             });
             out.labels = labels;
+            out.weights = weights;
             if let Err(e) = checked {
                 // Units are visited in order: the first failure is the lowest.
                 if out.failure.is_none() {
@@ -158,8 +222,9 @@ fn scan_local(
                 unit_moments.extend(
                     moments
                         .into_iter()
+                        .zip(wmoments)
                         .enumerate()
-                        .map(|(j, m)| (j as u32, unit.id, m)),
+                        .map(|(j, (m, w))| (j as u32, unit.id, m, w)),
                 );
             } else {
                 out.validation_units.push((unit.id, train_rows));
@@ -233,7 +298,7 @@ pub fn run(
     };
     let received = Rc::new(RefCell::new(Vec::<ScanPartial>::new()));
     let sink = Rc::clone(&received);
-    let merged = Rc::new(RefCell::new(Vec::<(u32, Moments)>::new()));
+    let merged = Rc::new(RefCell::new(Vec::<(u32, Moments, WeightedMoments)>::new()));
     let merged_sink = Rc::clone(&merged);
     let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
@@ -251,22 +316,26 @@ pub fn run(
                 "MergeMoments",
                 |cap, _info| {
                     let mut cap = Some(cap);
-                    let mut parts: BTreeMap<u32, Vec<(usize, Moments)>> = BTreeMap::new();
+                    let mut parts: BTreeMap<u32, Vec<(usize, Moments, WeightedMoments)>> =
+                        BTreeMap::new();
                     // Each feature's statistics: its units' moments, merged
                     // in unit order once every unit has arrived.
                     move |(input, frontier), output| {
                         input.for_each(|_time, data| {
-                            for (j, unit, m) in data.drain(..) {
-                                parts.entry(j).or_default().push((unit, m));
+                            for (j, unit, m, w) in data.drain(..) {
+                                parts.entry(j).or_default().push((unit, m, w));
                             }
                         });
                         if frontier.is_empty() {
                             if let Some(cap) = cap.take() {
                                 let mut session = output.session(&cap);
                                 for (j, units) in std::mem::take(&mut parts) {
+                                    let (plain, weighted): (Vec<_>, Vec<_>) =
+                                        units.into_iter().map(|(u, m, w)| ((u, m), (u, w))).unzip();
                                     let mut merged = PrefixMoments::default();
-                                    merged.extend(units);
-                                    session.give((j, merged.moments()));
+                                    merged.extend(plain);
+                                    let w = merge_weighted_in_unit_order(weighted);
+                                    session.give((j, merged.moments(), w));
                                 }
                             }
                         }
@@ -287,7 +356,7 @@ pub fn run(
 fn merge(
     plan: &Plan,
     parts: Vec<ScanPartial>,
-    moments: Vec<(u32, Moments)>,
+    moments: Vec<(u32, Moments, WeightedMoments)>,
 ) -> Result<ScanResult, Failure> {
     if let Some((_, f)) = parts
         .iter()
@@ -310,7 +379,14 @@ fn merge(
         labels: BTreeSet::new(),
         label: Moments::default(),
         memory: parts.iter().filter_map(|p| p.memory).min(),
+        weighted: Vec::new(),
+        weights: None,
     };
+    let weighted = plan.draft.weight.is_some();
+    if weighted {
+        result.weighted = vec![WeightedMoments::default(); plan.draft.numeric.len()];
+        result.weights = Some(BTreeMap::new());
+    }
     for p in parts {
         for (id, t, v) in p.train_units {
             result.train_rows[id] = t;
@@ -320,11 +396,21 @@ fn merge(
             result.validation_rows[id] = r;
         }
         result.labels.extend(p.labels);
+        if let Some(totals) = result.weights.as_mut() {
+            for (class, (rows, sum)) in p.weights {
+                let entry = totals.entry(class).or_default();
+                entry.0 += rows;
+                entry.1 += sum;
+            }
+        }
     }
-    for (j, m) in moments {
+    for (j, m, w) in moments {
         match result.moments.get_mut(j as usize) {
             Some(slot) => *slot = m,
             None => result.label = m,
+        }
+        if let Some(slot) = result.weighted.get_mut(j as usize) {
+            *slot = w;
         }
     }
     Ok(result)

@@ -689,9 +689,7 @@ pub fn key_table(path: &str, key: &str) -> Result<(crate::io::table::TableInput,
     } else if names.len() == 1 {
         names[0].to_string()
     } else {
-        let hint = crate::error::nearest(key, &names)
-            .map(|n| format!(" (did you mean '{n}'?)"))
-            .unwrap_or_default();
+        let hint = crate::error::hint(key, &names);
         return Err(Error::Keys {
             path: PathBuf::from(path),
             message: format!(

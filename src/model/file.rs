@@ -522,12 +522,19 @@ impl ModelFile {
             let at = f.categorical.iter().position(|c| *c == cross.name);
             let before = |m: &String| {
                 let k = f.categorical.iter().position(|c| c == m);
-                k.is_some_and(|k| at.is_some_and(|a| k < a)) && f.cross(m).is_none()
+                (k.is_some_and(|k| at.is_some_and(|a| k < a)) && f.cross(m).is_none())
+                    || f.is_numeric(m)
             };
+            let hashed = cross.of.iter().any(|m| !f.is_numeric(m));
             let first = f.crosses.iter().position(|c| c.name == cross.name);
             let named = crate::spec::cross_name(&cross.of) == cross.name;
             let once = first.is_some_and(|i| std::ptr::eq(&f.crosses[i], cross));
-            if at.is_none() || cross.of.len() < 2 || !named || !once || !cross.of.iter().all(before)
+            if at.is_none()
+                || cross.of.len() < 2
+                || !named
+                || !once
+                || !hashed
+                || !cross.of.iter().all(before)
             {
                 return Err(format!(
                     "features.crosses: '{}' is not a categorical column after the columns it crosses",

@@ -441,7 +441,8 @@ impl Mlp {
         let mut dm = vec![0.0; k];
         for (r, &i) in rows.iter().enumerate() {
             let m: Vec<f64> = margins.row(r).to_vec();
-            loss_sum += loss::loss_and_grad(self.kind, &m, block.label[i], &mut dm);
+            let l = loss::loss_and_grad(self.kind, &m, block.label[i], &mut dm);
+            loss_sum += super::weighted(block, i, l, &mut dm);
             for (j, g) in dm.iter().enumerate() {
                 dz[[r, j]] = *g;
             }
@@ -715,6 +716,7 @@ mod tests {
             label,
             tokens: Vec::new(),
             file_row: (0..rows as u64).collect(),
+            weight: Vec::new(),
         }
     }
 

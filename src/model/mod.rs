@@ -403,7 +403,8 @@ impl LinearModel {
         for i in rows {
             self.margins(block, i, &mut scratch.margins);
             let y = block.label[i];
-            loss_sum += loss::loss_and_grad(self.kind, &scratch.margins, y, &mut scratch.dm);
+            let l = loss::loss_and_grad(self.kind, &scratch.margins, y, &mut scratch.dm);
+            loss_sum += weighted(block, i, l, &mut scratch.dm);
             let x = &block.dense[i * block.p..(i + 1) * block.p];
             let h = &block.hashed[i * block.c..(i + 1) * block.c];
             let s = &block.signs[i * block.c..(i + 1) * block.c];
@@ -454,6 +455,19 @@ impl LinearModel {
         self.margins(block, i, out);
         predict_from_margins(self.kind, out)
     }
+}
+
+/// Row `i`'s loss `l` and margin gradient `dm` times the row's weight
+/// (`data.weight`, `model.class_weight`); returns the weighted loss. A row
+/// of weight 1 is left as it is.
+#[inline]
+pub fn weighted(block: &Block, i: usize, l: f64, dm: &mut [f64]) -> f64 {
+    let w = block.weight_of(i);
+    if w == 1.0 {
+        return l;
+    }
+    dm.iter_mut().for_each(|g| *g *= w);
+    l * w
 }
 
 /// Turns a row's margins in `out` into a `kind` model's prediction (see

@@ -410,6 +410,7 @@ mod tests {
             hash_bits: 3,
             on_missing: OnMissing::Error,
             classes: Some(vec!["x".into(), "y".into(), "z".into()]),
+            weight: None,
         }
     }
 

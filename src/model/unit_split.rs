@@ -460,6 +460,7 @@ mod tests {
             label: (0..n).map(|i| (i % 3) as f64).collect(),
             tokens: Vec::new(),
             file_row: (0..n as u64).collect(),
+            weight: Vec::new(),
         }
     }
 

@@ -47,15 +47,39 @@ pub struct FeatureSpec {
     pub on_missing: OnMissing,
     /// Class names in index order (classifiers).
     pub classes: Option<Vec<String>>,
+    /// How training weighs rows (`data.weight`, `model.class_weight`).
+    /// Never written: prediction reads no weights, and a job's plan sets
+    /// it from its pipeline.
+    #[serde(skip)]
+    pub weight: Option<Weighting>,
 }
 
-/// A cross of categorical columns, hashed as one more column: its token on
-/// a row is the members' tokens joined by `×` (null if one is null).
+/// How training rows are weighted (`data.weight`, `model.class_weight`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Weighting {
+    /// The sample-weight column, if any (else every row weighs 1 before
+    /// its class weight).
+    pub column: Option<String>,
+    /// Each class's weight, by class index (empty until the scan has
+    /// counted the classes, or without class weights).
+    pub class: Vec<f64>,
+    /// `n / Σ w`: the training rows over their total weight (class weights
+    /// included), so that the rows weigh `n` in all: the objective of the
+    /// rows repeated, with the same step sizes (1 until the scan).
+    pub scale: f64,
+}
+
+/// A cross of categorical columns (and numeric features), hashed as one
+/// more column: its token on a row is the categorical members' tokens
+/// joined by `×` (null if one is null), and its value the token's sign
+/// times the numeric members' values (as the model sees them: filled,
+/// centred and scaled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cross {
     /// The column name it is hashed under (`origin×dest`).
     pub name: String,
-    /// The categorical columns it crosses, in order.
+    /// The columns it crosses, in order: categorical columns, and numeric
+    /// features whose values scale it.
     pub of: Vec<String>,
 }
 
@@ -63,6 +87,11 @@ impl FeatureSpec {
     /// The cross named `name`, if that categorical column is one.
     pub fn cross(&self, name: &str) -> Option<&Cross> {
         self.crosses.iter().find(|c| c.name == name)
+    }
+
+    /// True if `name` is a numeric feature.
+    pub fn is_numeric(&self, name: &str) -> bool {
+        self.numeric.iter().any(|f| f.name == name)
     }
 
     /// Number of input dimensions: numeric features plus the hashed space.

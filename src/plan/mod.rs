@@ -66,6 +66,7 @@ impl Plan {
         let mut columns = features.clone();
         columns.push(d.label.clone());
         columns.extend(d.key.iter().cloned());
+        columns.extend(d.weight.iter().cloned());
         let source = Source::open(&train_paths, &columns)?;
         if let Some((a, b)) = source.repeated_file() {
             return Err(Error::PipelineValue {
@@ -167,22 +168,36 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
     // features (a label leak, say): every name must be a column.
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     if let Some(bad) = d.exclude.iter().find(|e| !names.contains(&e.as_str())) {
-        let hint = crate::error::nearest(bad, &names)
-            .map(|n| format!(" (did you mean '{n}'?)"))
-            .unwrap_or_default();
+        let hint = crate::error::hint(bad, &names);
         return Err(Error::PipelineValue {
             key: "data.exclude".into(),
             message: format!("'{bad}' is not a column of {}{hint}", file.display()),
         });
     }
     if let Some(key) = d.key.as_ref().filter(|k| !names.contains(&k.as_str())) {
-        let hint = crate::error::nearest(key, &names)
-            .map(|n| format!(" (did you mean '{n}'?)"))
-            .unwrap_or_default();
+        let hint = crate::error::hint(key, &names);
         return Err(Error::PipelineValue {
             key: "data.key".into(),
             message: format!("'{key}' is not a column of {}{hint}", file.display()),
         });
+    }
+    if let Some(w) = &d.weight {
+        if !names.contains(&w.as_str()) {
+            let hint = crate::error::hint(w, &names);
+            return Err(Error::PipelineValue {
+                key: "data.weight".into(),
+                message: format!("'{w}' is not a column of {}{hint}", file.display()),
+            });
+        }
+        let t = column_type(schema, w, file)?;
+        if !is_numeric_type(t) || matches!(t, DataType::Boolean) {
+            return Err(Error::ColumnType {
+                file: file.to_path_buf(),
+                column: w.clone(),
+                found: t.to_string(),
+                expected: "a weight column (data.weight) holds integers or floats".into(),
+            });
+        }
     }
     if let Some(clash) = d
         .interactions
@@ -213,6 +228,7 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
                 *n != d.label
                     && !d.exclude.contains(n)
                     && Some(n) != d.key.as_ref()
+                    && Some(n) != d.weight.as_ref()
                     && Some(n.as_str()) != window_column
             })
             .collect(),
@@ -237,6 +253,30 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
             return Err(Error::PipelineValue {
                 key: "data.categorical".into(),
                 message: format!("'{c}' is not a feature column{why}"),
+            });
+        }
+    }
+    for (i, cross) in d.interactions.iter().enumerate() {
+        let key = format!("data.interactions[{i}]");
+        if let Some(m) = cross.iter().find(|m| !features.contains(m)) {
+            let listed: Vec<&str> = features.iter().map(String::as_str).collect();
+            let why = match crate::error::nearest(m, &listed) {
+                Some(n) => format!(" (did you mean '{n}'?)"),
+                None if names.contains(&m.as_str()) => {
+                    " (it is a column, left out of the features)".to_string()
+                }
+                None => format!(", nor a column of {}", file.display()),
+            };
+            return Err(Error::PipelineValue {
+                key,
+                message: format!("'{m}' is not a feature column{why}"),
+            });
+        }
+        let numeric_member = cross.iter().any(|m| !d.categorical.contains(m));
+        if numeric_member && pipeline.optimizer == crate::spec::OptimizerSpec::Exact {
+            return Err(Error::PipelineValue {
+                key,
+                message: "a cross with a numeric feature scales a hashed slot by the feature's value; optimizer.kind = 'exact' takes crosses of categorical columns only".into(),
             });
         }
     }
@@ -317,6 +357,13 @@ pub fn draft(pipeline: &Pipeline, schema: &Schema, file: &Path) -> Result<Draft>
             hash_bits: d.hash_bits,
             on_missing: d.on_missing,
             classes: None,
+            weight: (d.weight.is_some() || pipeline.model.class_weight.is_some()).then(|| {
+                features::Weighting {
+                    column: d.weight.clone(),
+                    class: Vec::new(),
+                    scale: 1.0,
+                }
+            }),
         },
         features,
         string_label,

@@ -220,6 +220,10 @@ pub struct DataSpec {
     /// named by [`cross_name`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interactions: Vec<Vec<String>>,
+    /// The sample-weight column (`data.weight`): training counts a row of
+    /// weight `w` as `w` rows (docs/pipelines.md, "Weights").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
     /// Hashed space is `2^hash_bits`.
     pub hash_bits: u32,
     /// Declared label classes.
@@ -321,6 +325,21 @@ pub struct ModelSpec {
     /// (docs/neural.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// Classifiers: each class's rows weighted (`model.class_weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weight: Option<ClassWeight>,
+}
+
+/// `model.class_weight`: how much each class's rows count in training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeight {
+    /// scikit-learn's `"balanced"`: class `c` weighs `n / (k · n_c)`, with
+    /// `n` training rows, `k` classes and `n_c` rows of class `c` (rows
+    /// counted, not weights).
+    Balanced,
+    /// A weight per class name (classes not named weigh 1).
+    Given(std::collections::BTreeMap<String, f64>),
 }
 
 /// The most hidden layers a network may have.
@@ -763,9 +782,7 @@ fn lazy_updates(
 
 /// `'other' is not one of a, b, c`, with the nearest as "did you mean".
 fn not_one_of(other: &str, allowed: &[&str]) -> String {
-    let hint = crate::error::nearest(other, allowed)
-        .map(|n| format!(" (did you mean '{n}'?)"))
-        .unwrap_or_default();
+    let hint = crate::error::hint(other, allowed);
     format!("'{other}' is not one of {}{hint}", allowed.join(", "))
 }
 
@@ -914,6 +931,7 @@ impl Pipeline {
         }
         let state = raw.output.state.map(PathBuf::from);
         exact_fits(&optimizer, &model, &data, state.as_deref())?;
+        weights_fit(&optimizer, &model, &data, &train, state.is_some())?;
         if model.network.is_some() {
             if train.strategy == Strategy::ModelParallel && checkpoint.is_some() {
                 return Err(value_err(
@@ -963,6 +981,36 @@ impl Pipeline {
             },
             stream,
         })
+    }
+}
+
+/// Where row weights (`data.weight`, `model.class_weight`) apply: to the
+/// losses that gradient steps and L-BFGS fold over rows, under the
+/// data-parallel strategies.
+fn weights_fit(
+    optimizer: &OptimizerSpec,
+    model: &ModelSpec,
+    data: &DataSpec,
+    train: &TrainSpec,
+    state: bool,
+) -> Result<()> {
+    let key = match (&data.weight, &model.class_weight) {
+        (Some(_), _) => "data.weight",
+        (None, Some(_)) => "model.class_weight",
+        (None, None) => return Ok(()),
+    };
+    let refusal = if *optimizer == OptimizerSpec::Exact {
+        Some("optimizer.kind = 'exact' fits from unweighted sums; weights need an iterative optimizer")
+    } else if state {
+        Some("a model with [output] state forgets rows by their count; weighted rows cannot be forgotten yet (leave out [output] state)")
+    } else if train.strategy == Strategy::ModelParallel {
+        Some("model-parallel does not weigh rows yet: use allreduce, param-server or model-average")
+    } else {
+        None
+    };
+    match refusal {
+        Some(why) => Err(value_err(key, why)),
+        None => Ok(()),
     }
 }
 
@@ -1232,15 +1280,26 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
             return Err(value_err(&key, "a cross needs two or more columns"));
         }
         distinct(&key, cross)?;
-        if let Some(c) = cross.iter().find(|c| !d.categorical.contains(c)) {
+        if let Some(c) = cross
+            .iter()
+            .find(|c| **c == d.label || d.key.as_ref() == Some(*c))
+        {
+            return Err(value_err(
+                &key,
+                format!("'{c}' is the label or the row key, not a feature"),
+            ));
+        }
+        if !cross.iter().any(|c| d.categorical.contains(c)) {
             let listed: Vec<&str> = d.categorical.iter().map(String::as_str).collect();
-            let hint = crate::error::nearest(c, &listed)
+            let hint = cross
+                .iter()
+                .find_map(|c| crate::error::nearest(c, &listed))
                 .map(|n| format!(" (did you mean '{n}'?)"))
                 .unwrap_or_default();
             return Err(value_err(
                 &key,
                 format!(
-                    "'{c}' is not in data.categorical: crosses are of categorical columns{hint}"
+                    "a cross hashes the tokens of at least one column of data.categorical (numeric features scale its value){hint}"
                 ),
             ));
         }
@@ -1249,6 +1308,25 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
             || d.interactions[..i].iter().any(|o| cross_name(o) == name)
         {
             return Err(value_err(&key, format!("'{name}' is listed twice")));
+        }
+    }
+    if let Some(w) = &d.weight {
+        let clash = if *w == d.label {
+            Some("the label")
+        } else if d.key.as_ref() == Some(w) {
+            Some("the row key")
+        } else if d.categorical.contains(w) || d.features.as_ref().is_some_and(|f| f.contains(w)) {
+            Some("a feature")
+        } else if d.interactions.iter().flatten().any(|c| c == w) {
+            Some("crossed in data.interactions")
+        } else {
+            None
+        };
+        if let Some(what) = clash {
+            return Err(value_err(
+                "data.weight",
+                format!("'{w}' is {what}: a weight column says how much each row counts, it is not trained on"),
+            ));
         }
     }
     let max_unit_rows = d.max_unit_rows.unwrap_or(65_536);
@@ -1268,6 +1346,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         exclude: d.exclude,
         categorical: d.categorical,
         interactions: d.interactions,
+        weight: d.weight,
         hash_bits,
         classes: d.classes,
         standardize: d.standardize,
@@ -1414,8 +1493,64 @@ fn model_spec(m: RawModel, classes: Option<&[String]>, data_seed: u64) -> Result
             0.0
         },
         network: network.map(|(_, n)| n),
+        class_weight: class_weight(m.class_weight, kind, classes)?,
     };
     Ok(model)
+}
+
+/// `model.class_weight`, checked against the model's kind and the declared
+/// classes (undeclared classes are checked once the scan has found them).
+fn class_weight(
+    raw: Option<raw::RawClassWeight>,
+    kind: ModelKind,
+    classes: Option<&[String]>,
+) -> Result<Option<ClassWeight>> {
+    let Some(raw) = raw else { return Ok(None) };
+    const KEY: &str = "model.class_weight";
+    if !kind.is_classifier() || kind.is_naive_bayes() {
+        return Err(value_err(
+            KEY,
+            format!(
+                "weighs the classes of a classifier trained by its loss (logistic, softmax, hinge, or an mlp with such a head); model.kind is '{}'",
+                kind.name()
+            ),
+        ));
+    }
+    match raw {
+        raw::RawClassWeight::Word(w) if w == "balanced" => Ok(Some(ClassWeight::Balanced)),
+        raw::RawClassWeight::Word(w) => Err(value_err(
+            KEY,
+            format!(
+                "{} (or a table of class = weight, e.g. {{ \"0\" = 1.0, \"1\" = 5.0 }})",
+                not_one_of(&w, &["balanced"])
+            ),
+        )),
+        raw::RawClassWeight::Table(t) => {
+            if t.is_empty() {
+                return Err(value_err(KEY, "the table names no class"));
+            }
+            if let Some((c, w)) = t.iter().find(|(_, w)| !(w.is_finite() && **w >= 0.0)) {
+                return Err(value_err(
+                    KEY,
+                    format!("class '{c}' has weight {w}: a weight is a finite number ≥ 0"),
+                ));
+            }
+            if let Some(declared) = classes {
+                if let Some(c) = t.keys().find(|c| !declared.contains(c)) {
+                    let names: Vec<&str> = declared.iter().map(String::as_str).collect();
+                    let hint = crate::error::hint(c, &names);
+                    return Err(value_err(
+                        KEY,
+                        format!(
+                            "'{c}' is not one of data.classes ({}){hint}",
+                            declared.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Ok(Some(ClassWeight::Given(t)))
+        }
+    }
 }
 
 /// `model.kind = "mlp"`: the head and hidden layers; `None` for another

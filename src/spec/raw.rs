@@ -110,6 +110,8 @@ pub struct RawData {
     /// (`[["origin", "dest"]]`).
     #[serde(default)]
     pub interactions: Vec<Vec<String>>,
+    /// Sample-weight column: a row of weight `w` counts as `w` rows.
+    pub weight: Option<String>,
     /// Size of the hashed feature space is `2^hash_bits`.
     pub hash_bits: Option<u32>,
     /// Label classes in order; for binary models `[negative, positive]`.
@@ -159,6 +161,18 @@ pub struct RawModel {
     pub head: Option<String>,
     /// `mlp`: the initialisation's seed (default `data.seed`).
     pub seed: Option<u64>,
+    /// Classifiers: `"balanced"`, or a weight per class name.
+    pub class_weight: Option<RawClassWeight>,
+}
+
+/// `model.class_weight`: a word or a table of class → weight.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawClassWeight {
+    /// `"balanced"`.
+    Word(String),
+    /// `{ "0" = 1.0, "1" = 5.0 }`.
+    Table(std::collections::BTreeMap<String, f64>),
 }
 
 /// `[optimizer]`.

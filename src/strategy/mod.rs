@@ -227,6 +227,7 @@ mod tests {
             hash_bits: 4,
             on_missing: spec::OnMissing::Zero,
             classes: Some(vec!["x".into(), "y".into(), "z".into()]),
+            weight: None,
         };
         let kind = ModelSpec {
             kind: spec::ModelKind::Softmax,
@@ -236,6 +237,7 @@ mod tests {
             alpha: 0.0,
             var_smoothing: 0.0,
             network: None,
+            class_weight: None,
         };
         assert_eq!(
             of(spec::Strategy::Allreduce).params_per_worker(&kind, &features, 4),

@@ -32,8 +32,10 @@ use crate::optim::FirstOrderState;
 /// The version of the checkpoint payload: a checkpoint of another version
 /// is refused with this number named.
 /// Version 3 keeps `model-average` replica states by replica number
-/// (version 2's, one per worker, still read).
-pub const PAYLOAD_VERSION: u32 = 3;
+/// (version 2's, one per worker, still read); version 4's scan holds the
+/// weight totals and weighted moments of `data.weight` (versions 2 and 3,
+/// unweighted, still read).
+pub const PAYLOAD_VERSION: u32 = 4;
 /// The oldest payload version this tidemill reads.
 pub const OLDEST_PAYLOAD_VERSION: u32 = 2;
 
@@ -334,8 +336,37 @@ impl Saved {
                 version.map_or_else(|| "?".into(), |v| v.to_string())
             )));
         }
-        bincode::deserialize(bytes).map_err(|e| bad(format!("its content does not read: {e}")))
+        let read = |e: bincode::Error| bad(format!("its content does not read: {e}"));
+        if version < Some(4) {
+            let old: SavedV3 = bincode::deserialize(bytes).map_err(read)?;
+            return Ok(Saved {
+                version: old.version,
+                identity: old.identity,
+                strategy: old.strategy,
+                workers: old.workers,
+                scan: old.scan.into(),
+                collector: old.collector,
+                replicas: old.replicas,
+                shards: old.shards,
+                driver: old.driver,
+            });
+        }
+        bincode::deserialize(bytes).map_err(read)
     }
+}
+
+/// [`Saved`] as versions 2 and 3 wrote it: the scan without weights.
+#[derive(Deserialize)]
+struct SavedV3 {
+    version: u32,
+    identity: String,
+    strategy: String,
+    workers: u32,
+    scan: crate::dataflow::scan::ScanV3,
+    collector: CollectorState,
+    replicas: Vec<Vec<u8>>,
+    shards: Vec<Stored>,
+    driver: DriverState,
 }
 
 /// A checkpoint put together, before it is written.

@@ -187,6 +187,19 @@ fn check(p: &Pipeline) -> Result<()> {
             message: format!("a stream keeps one replica per worker ({r} asked): leave train.replicas to `tidemill train`"),
         });
     }
+    for (key, set) in [
+        ("data.weight", p.data.weight.is_some()),
+        ("model.class_weight", p.model.class_weight.is_some()),
+    ] {
+        if set {
+            return Err(Error::PipelineValue {
+                key: key.into(),
+                message:
+                    "a stream does not weigh rows yet: train weighted models with `tidemill train`"
+                        .into(),
+            });
+        }
+    }
     if p.data.validation.is_some() {
         tracing::info!("data.validation is not used by stream: every row is scored before it is trained on (progressive validation)");
     }

@@ -289,6 +289,7 @@ impl Split {
             label: full.label,
             tokens: Vec::new(),
             file_row: full.file_row,
+            weight: full.weight,
         }
     }
 

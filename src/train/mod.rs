@@ -63,7 +63,7 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
         }));
     }
     let mut spec = plan.draft.clone();
-    for (f, m) in spec.numeric.iter_mut().zip(&scan.moments) {
+    for (j, (f, m)) in spec.numeric.iter_mut().zip(&scan.moments).enumerate() {
         if !m.is_finite() {
             return Err(Failure::from(&Error::BadLabel {
                 location: Box::new(Location {
@@ -79,14 +79,18 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
                 ),
             }));
         }
+        // A weighted job's rows count as their weights say.
+        let (mean, sd) = match scan.weighted.get(j).filter(|w| w.is_finite() && w.w > 0.0) {
+            Some(w) => (w.mean(), w.std()),
+            None => (m.mean(), m.std()),
+        };
         f.fill = if d.on_missing == OnMissing::Mean {
-            m.mean()
+            mean
         } else {
             0.0
         };
         if d.standardize {
-            f.center = m.mean();
-            let sd = m.std();
+            f.center = mean;
             f.scale = if sd > 0.0 { sd } else { 1.0 };
         }
     }
@@ -124,7 +128,103 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
             }
         },
     };
+    if let Some(w) = spec.weight.as_mut() {
+        *w = weighting(plan, scan, spec.classes.as_deref(), w.column.clone())
+            .map_err(|e| Failure::from(&e))?;
+    }
     Ok(spec)
+}
+
+/// The class weights and scale of a weighted job (`data.weight`,
+/// `model.class_weight`), from the scan's totals.
+fn weighting(
+    plan: &Plan,
+    scan: &ScanResult,
+    classes: Option<&[String]>,
+    column: Option<String>,
+) -> Result<crate::data::encode::Weighting> {
+    use crate::spec::ClassWeight;
+    let totals = scan.weights.clone().unwrap_or_default();
+    let same = |a: &str, b: &str| {
+        a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+    };
+    // Rows and weight total of each class, in class order (one bucket for
+    // a regression).
+    let per_class: Vec<(u64, f64)> = match classes {
+        Some(names) => names
+            .iter()
+            .map(|c| {
+                totals
+                    .iter()
+                    .filter(|(k, _)| same(k, c))
+                    .fold((0, 0.0), |(r, w), (_, (rows, sum))| {
+                        (r + rows, w + sum.to_f64())
+                    })
+            })
+            .collect(),
+        None => vec![totals
+            .values()
+            .fold((0, 0.0), |(r, w), (rows, sum)| (r + rows, w + sum.to_f64()))],
+    };
+    let rows: u64 = per_class.iter().map(|c| c.0).sum();
+    let key = "model.class_weight";
+    let class: Vec<f64> = match (&plan.pipeline.model.class_weight, classes) {
+        (None, _) | (_, None) => Vec::new(),
+        (Some(ClassWeight::Balanced), Some(_)) => {
+            // scikit-learn: n / (k · n_c), k the classes with rows.
+            let present = per_class.iter().filter(|c| c.0 > 0).count() as f64;
+            per_class
+                .iter()
+                .map(|&(n_c, _)| {
+                    if n_c == 0 {
+                        1.0
+                    } else {
+                        rows as f64 / (present * n_c as f64)
+                    }
+                })
+                .collect()
+        }
+        (Some(ClassWeight::Given(table)), Some(names)) => {
+            if let Some(c) = table.keys().find(|c| !names.iter().any(|n| same(n, c))) {
+                let listed: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = crate::error::hint(c, &listed);
+                return Err(Error::PipelineValue {
+                    key: key.into(),
+                    message: format!(
+                        "'{c}' is not a class of the training rows ({}){hint}",
+                        names.join(", ")
+                    ),
+                });
+            }
+            names
+                .iter()
+                .map(|n| {
+                    table
+                        .iter()
+                        .find(|(c, _)| same(n, c))
+                        .map_or(1.0, |(_, w)| *w)
+                })
+                .collect()
+        }
+    };
+    let total: f64 = per_class
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, w))| w * class.get(k).copied().unwrap_or(1.0))
+        .sum();
+    if !(total.is_finite() && total > 0.0) {
+        return Err(Error::PipelineValue {
+            key: if column.is_some() { "data.weight" } else { key }.into(),
+            message: format!(
+                "the training rows' weights sum to {total}: at least one row must weigh more than 0, and the sum must be finite"
+            ),
+        });
+    }
+    Ok(crate::data::encode::Weighting {
+        column,
+        class,
+        scale: rows as f64 / total,
+    })
 }
 
 struct WorkerResult {

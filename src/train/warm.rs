@@ -251,6 +251,7 @@ mod tests {
             hash_bits: 18,
             on_missing: OnMissing::Error,
             classes: classes.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            weight: None,
         }
     }
 
@@ -264,6 +265,7 @@ mod tests {
             alpha: 0.0,
             var_smoothing: 0.0,
             network: None,
+            class_weight: None,
         }
     }
 
