@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{read_columns, root, tidemill, tidemill_ok};
 
@@ -528,28 +528,6 @@ fn network_keys_are_checked_before_training() {
     }
 }
 
-/// The Python with scikit-learn to compare with, if any: `TIDEMILL_PYTHON`
-/// (CI sets it, and `TIDEMILL_REQUIRE_SKLEARN=1` so that a missing
-/// scikit-learn fails instead of skipping).
-fn sklearn_python() -> Option<String> {
-    let python = std::env::var("TIDEMILL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import sklearn, pyarrow, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("TIDEMILL_REQUIRE_SKLEARN").as_deref() != Ok("1"),
-        "TIDEMILL_REQUIRE_SKLEARN=1 but {python} cannot import scikit-learn, pyarrow and numpy"
-    );
-    eprintln!("skipped: {python} has no scikit-learn (set TIDEMILL_PYTHON)");
-    None
-}
-
 /// digits, one hidden layer of 64 ReLU units, 60 epochs of Adam (batch
 /// 128, rate 1e-3, alpha 1e-4 = l2 · 128), standardised inputs, 10 seeds
 /// each: tidemill's mean test accuracy is at least scikit-learn's
@@ -557,7 +535,7 @@ fn sklearn_python() -> Option<String> {
 /// (benches/neural_digits.py, run here).
 #[test]
 fn digits_network_matches_sklearn_and_beats_the_linear_softmax() {
-    let Some(python) = sklearn_python() else {
+    let Some(python) = common::sklearn_python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

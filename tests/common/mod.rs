@@ -496,3 +496,25 @@ pub fn train_two_processes(pipeline: &str, sets: &[&str], dir: &Path, model: &Pa
         assert_success(&out, "a cluster process");
     }
 }
+
+/// The Python with scikit-learn to compare with, if any: `TIDEMILL_PYTHON`
+/// (CI sets it, and `TIDEMILL_REQUIRE_SKLEARN=1` so that a missing
+/// scikit-learn fails instead of skipping).
+pub fn sklearn_python() -> Option<String> {
+    let python = std::env::var("TIDEMILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import sklearn, pyarrow, numpy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("TIDEMILL_REQUIRE_SKLEARN").as_deref() != Ok("1"),
+        "TIDEMILL_REQUIRE_SKLEARN=1 but {python} cannot import scikit-learn, pyarrow and numpy"
+    );
+    eprintln!("skipped: {python} has no scikit-learn (set TIDEMILL_PYTHON)");
+    None
+}
