@@ -10,6 +10,7 @@ use crate::data::encode::{decode, Block, ClassMap, LabelUse, Origin};
 use crate::error::{Error, Result};
 use crate::io::atomic::{OutputSet, Request};
 use crate::io::table::{self, Format, TableOutput};
+use crate::metrics::curves::{Calibration, Curves, Roc, ScoreKind, CALIBRATION_BINS};
 use crate::metrics::{EvalPartial, Metrics};
 use crate::model::file::ModelFile;
 use crate::model::Model;
@@ -258,6 +259,99 @@ pub fn predict(
 /// `tidemill eval`: metrics of a model on a labelled table.
 pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
     let scorer = Scorer::load(model)?;
+    let partial = evaluate_partial(&scorer, input)?;
+    finish(&scorer, partial, input)
+}
+
+/// `tidemill eval --curves`: metrics of a binary classifier on a
+/// labelled table, and its ROC curve and calibration table written to
+/// `curves` (a `.json` file, prepared before the model is read).
+pub fn evaluate_with_curves(
+    model: &std::path::Path,
+    input: &str,
+    curves: &std::path::Path,
+) -> Result<Metrics> {
+    let is_json = curves
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if !is_json {
+        return Err(Error::Usage {
+            option: "--curves".into(),
+            message: format!(
+                "{}: the curves are written as JSON: name the file .json",
+                curves.display()
+            ),
+        });
+    }
+    let mut outputs = OutputSet::prepare(
+        &[Request::file("--curves", curves)],
+        &[("--model", model), ("--input", std::path::Path::new(input))],
+    )?;
+    let scorer = Scorer::load(model)?;
+    let kind = scorer.model.kind().prediction_kind();
+    let score = match kind {
+        ModelKind::Logistic => ScoreKind::Probability,
+        ModelKind::Hinge => ScoreKind::DecisionValue,
+        other => {
+            return Err(Error::Usage {
+                option: "--curves".into(),
+                message: format!(
+                "ROC curves and calibration are for binary classifiers (logistic, hinge); {} is {}",
+                model.display(),
+                if other == ModelKind::Linear {
+                    "a regression model".to_string()
+                } else {
+                    format!(
+                        "a {}-class {} model",
+                        scorer.classes().len(),
+                        scorer.model.kind().name()
+                    )
+                }
+            ),
+            })
+        }
+    };
+    let partial = evaluate_partial(&scorer, input)?;
+    let scores = partial.scores.clone();
+    let metrics = finish(&scorer, partial, input)?;
+    let roc = Roc::of(&scores).ok_or_else(|| Error::Usage {
+        option: "--curves".into(),
+        message: format!(
+            "{input}: all {} labelled rows are of one class: a ROC curve needs both",
+            scores.len()
+        ),
+    })?;
+    let positives = scores.iter().filter(|s| s.1).count() as u64;
+    let file = Curves {
+        model: model.display().to_string(),
+        input: input.to_string(),
+        kind: scorer.model.kind().name().into(),
+        score,
+        positive_class: scorer
+            .classes()
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| "1".into()),
+        rows: scores.len() as u64,
+        positives,
+        negatives: scores.len() as u64 - positives,
+        auc: roc.area(),
+        roc,
+        calibration: (score == ScoreKind::Probability)
+            .then(|| Calibration::of(&scores, CALIBRATION_BINS)),
+    };
+    let text = serde_json::to_string(&file)
+        .map_err(|e| Error::Internal(format!("curves as JSON: {e}")))?;
+    for o in outputs.outputs() {
+        o.write_all(text.as_bytes())?;
+        o.write_all(b"\n")?;
+    }
+    outputs.commit()?;
+    Ok(metrics)
+}
+
+/// Every row of `input` scored by `scorer`, as an evaluation partial.
+fn evaluate_partial(scorer: &Scorer, input: &str) -> Result<EvalPartial> {
     let mut partial = EvalPartial::default();
     for item in table::open(input, &scorer.csv_columns())? {
         let (batch, origin) = item?;
@@ -274,10 +368,15 @@ pub fn evaluate(model: &std::path::Path, input: &str) -> Result<Metrics> {
             purpose: "evaluate".into(),
         });
     }
+    Ok(partial)
+}
+
+/// The finished metrics of `partial`.
+fn finish(scorer: &Scorer, partial: EvalPartial, input: &str) -> Result<Metrics> {
     partial
         .finish(scorer.model.kind())
         .map_err(|message| Error::Model {
-            path: model.to_path_buf(),
+            path: scorer.path.clone(),
             message: format!("on {input}: {message}"),
         })
 }

@@ -96,6 +96,37 @@ pub enum Command {
     Init(InitArgs),
     /// Plot loss against wall time from metrics files (SVG).
     Plot(PlotArgs),
+    /// Draw a report of training runs (SVG or PNG): loss and the main
+    /// validation metric against epoch and wall time, and ROC and
+    /// calibration curves from `eval --curves`.
+    Report(ReportArgs),
+}
+
+/// `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Metrics files (JSON lines), one per run, labelled by run: the file
+    /// name, or the directories above it where names repeat.
+    #[arg(required = true)]
+    pub metrics: Vec<PathBuf>,
+    /// Output file: `.svg` or `.png`.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// A curves file from `eval --curves` (repeat the flag): ROC and
+    /// calibration panels. Given once per metrics file, in order, each is
+    /// that run's.
+    #[arg(long, value_name = "CURVES.json")]
+    pub curves: Vec<PathBuf>,
+    /// A label per metrics file, in order (repeat the flag).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// The validation metric to draw (default: the first of auc,
+    /// accuracy, rmse the runs have).
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Figure title.
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// `init`.
@@ -388,6 +419,11 @@ pub struct EvalArgs {
     /// or `-`: any of them on stdin.
     #[arg(long, short)]
     pub input: String,
+    /// Binary classifiers: also write the ROC curve (a point at every
+    /// distinct score) and a 10-bin calibration table to this JSON file,
+    /// for `report --curves`.
+    #[arg(long, value_name = "FILE.json")]
+    pub curves: Option<PathBuf>,
 }
 
 /// `validate`.
@@ -468,7 +504,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Eval(a) => {
-            let m = crate::predict::evaluate(&a.model, &a.input)?;
+            let m = match &a.curves {
+                Some(curves) => crate::predict::evaluate_with_curves(&a.model, &a.input, curves)?,
+                None => crate::predict::evaluate(&a.model, &a.input)?,
+            };
             emit(&(to_json(&m) + "\n"))?;
             Ok(())
         }
@@ -488,6 +527,14 @@ pub fn run(cli: Cli) -> Result<()> {
             });
             crate::metrics::plot::plot_files(&a.metrics, &a.label, &a.out, &title, &axes)
         }
+        Command::Report(a) => crate::metrics::report::report(&crate::metrics::report::Report {
+            metrics: &a.metrics,
+            labels: &a.label,
+            curves: &a.curves,
+            metric: a.metric.as_deref(),
+            title: a.title.as_deref(),
+            out: &a.out,
+        }),
         Command::Inspect(a) => {
             let info = crate::inspect::inspect(&a.paths)?;
             if a.json {

@@ -1,7 +1,10 @@
 //! Evaluation metrics: additive partials computed where the rows are,
 //! merged exactly, finished into the numbers users read.
 
+pub mod chart;
+pub mod curves;
 pub mod plot;
+pub mod report;
 pub mod sink;
 
 use serde::{Deserialize, Serialize};

@@ -1,11 +1,10 @@
 //! A metric against wall time or epoch, rendered as SVG from metrics files
 //! (one series per file, labelled by run), for comparing runs and
-//! strategies.
+//! strategies; the runs, labels and axes `report` draws too.
 
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
-
+use super::chart::{self, Figure, ImageFormat, Line, Panel};
 use super::sink::EpochRecord;
 use crate::error::{Error, Result};
 use crate::io::atomic::{OutputSet, Request};
@@ -93,11 +92,34 @@ impl Axes {
         .and_then(serde_json::Value::as_f64)
     }
 
-    fn x(&self, r: &EpochRecord) -> f64 {
+    /// The record's x: its epoch, or its seconds since training started.
+    pub fn x(&self, r: &EpochRecord) -> f64 {
         if self.by_epoch {
             f64::from(r.epoch)
         } else {
             r.elapsed_s
+        }
+    }
+
+    /// The error for a metric no record of `series` has (given by
+    /// `option`), with the nearest name there is and the others.
+    pub fn missing(&self, option: &str, series: &[Series]) -> Error {
+        let names = Axes::available(series);
+        let others: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != self.metric)
+            .collect();
+        let hint = crate::error::nearest(&self.metric, &others)
+            .map(|n| format!("did you mean '{n}'? "))
+            .unwrap_or_default();
+        Error::Usage {
+            option: option.into(),
+            message: format!(
+                "no record has '{}': {hint}the files have {}",
+                self.metric,
+                names.join(", ")
+            ),
         }
     }
 
@@ -166,96 +188,75 @@ pub fn render(series: &[Series], out: &Path, title: &str) -> Result<()> {
     crate::io::atomic::write("--out", out, svg.as_bytes())
 }
 
+/// The chart of `axes` for every series: one panel, one line per series.
+pub fn figure(series: &[Series], title: &str, axes: &Axes) -> Result<Figure> {
+    let lines = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let points = s
+                .records
+                .iter()
+                .filter_map(|r| axes.y(r).map(|y| (axes.x(r), y)))
+                .collect();
+            Line::run(i, s.label.clone(), points)
+        })
+        .collect();
+    let y_desc = if axes.metric == "loss" {
+        "loss (validation if held out, else training)"
+    } else {
+        axes.metric.as_str()
+    };
+    let x_desc = if axes.by_epoch {
+        "epoch"
+    } else {
+        "wall time (s)"
+    };
+    let panel = Panel::fitted(title.into(), x_desc, y_desc, lines)
+        .ok_or_else(|| axes.missing("--metric", series))?;
+    Ok(Figure {
+        title: None,
+        columns: 1,
+        cell: (900, 560),
+        panels: vec![panel],
+    })
+}
+
 /// Draws `axes` for every series, as SVG text (`out` names the file in
 /// messages).
 pub fn render_svg(series: &[Series], out: &Path, title: &str, axes: &Axes) -> Result<String> {
-    let points: Vec<Vec<(f64, f64)>> = series
-        .iter()
-        .map(|s| {
-            s.records
-                .iter()
-                .filter_map(|r| axes.y(r).map(|y| (axes.x(r), y)))
-                .collect()
-        })
-        .collect();
-    let all: Vec<&(f64, f64)> = points.iter().flatten().collect();
-    if all.is_empty() {
-        let names = Axes::available(series);
-        let others: Vec<&str> = names
-            .iter()
-            .map(String::as_str)
-            .filter(|n| *n != axes.metric)
-            .collect();
-        let hint = crate::error::nearest(&axes.metric, &others)
-            .map(|n| format!("did you mean '{n}'? "))
-            .unwrap_or_default();
-        return Err(Error::Usage {
-            option: "--metric".into(),
-            message: format!(
-                "no record has '{}': {hint}the files have {}",
-                axes.metric,
-                names.join(", ")
-            ),
-        });
+    let bytes = chart::render(&figure(series, title, axes)?, ImageFormat::Svg, out)?;
+    String::from_utf8(bytes).map_err(|e| Error::Internal(format!("SVG not UTF-8: {e}")))
+}
+
+/// `--label`s for `files` metrics files: none, or one per file.
+pub fn check_labels(labels: &[String], files: usize) -> Result<()> {
+    if labels.is_empty() || labels.len() == files {
+        return Ok(());
     }
-    let x_max = all.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-9) * 1.05;
-    let y_min = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let y_max = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let pad = ((y_max - y_min) * 0.05).max(1e-9);
-    // Enough decimals to tell ticks apart when losses differ in the 5th digit.
-    let tick = (y_max - y_min + 2.0 * pad) / 10.0;
-    let decimals = ((-tick.log10()).ceil() as i64 + 1).clamp(2, 12) as usize;
-    let y_label = move |v: &f64| format!("{v:.decimals$}");
-    let draw_err = |e: &dyn std::fmt::Display| Error::Io {
-        path: out.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+    Err(Error::Usage {
+        option: "--label".into(),
+        message: format!(
+            "{} label(s) for {files} metrics file(s): give one per file, in order",
+            labels.len()
+        ),
+    })
+}
+
+/// Reads metrics `files`, labelled by `labels` (one per file, in order)
+/// or, if there are none, by [`run_labels`].
+pub fn read_runs(files: &[PathBuf], labels: &[String]) -> Result<Vec<Series>> {
+    check_labels(labels, files.len())?;
+    let names = if labels.is_empty() {
+        run_labels(files)
+    } else {
+        labels.to_vec()
     };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw_err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(84)
-            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))
-            .map_err(|e| draw_err(&e))?;
-        let y_desc = if axes.metric == "loss" {
-            "loss (validation if held out, else training)".to_string()
-        } else {
-            axes.metric.clone()
-        };
-        chart
-            .configure_mesh()
-            .x_desc(if axes.by_epoch {
-                "epoch"
-            } else {
-                "wall time (s)"
-            })
-            .y_desc(y_desc)
-            .y_label_formatter(&y_label)
-            .draw()
-            .map_err(|e| draw_err(&e))?;
-        for (i, (s, pts)) in series.iter().zip(&points).enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?
-                .label(s.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| draw_err(&e))?;
-        root.present().map_err(|e| draw_err(&e))?;
-    }
-    Ok(svg)
+    files
+        .iter()
+        .zip(names)
+        .map(|(f, label)| read_series(f).map(|s| Series { label, ..s }))
+        .collect()
 }
 
 /// Reads every file and renders them into `out` (prepared first, and never
@@ -268,28 +269,10 @@ pub fn plot_files(
     title: &str,
     axes: &Axes,
 ) -> Result<()> {
-    if !labels.is_empty() && labels.len() != files.len() {
-        return Err(Error::Usage {
-            option: "--label".into(),
-            message: format!(
-                "{} label(s) for {} metrics file(s): give one per file, in order",
-                labels.len(),
-                files.len()
-            ),
-        });
-    }
+    check_labels(labels, files.len())?;
     let inputs: Vec<(&str, &Path)> = files.iter().map(|f| ("METRICS", f.as_path())).collect();
     let mut set = OutputSet::prepare(&[Request::file("--out", out)], &inputs)?;
-    let names = if labels.is_empty() {
-        run_labels(files)
-    } else {
-        labels.to_vec()
-    };
-    let series = files
-        .iter()
-        .zip(names)
-        .map(|(f, label)| read_series(f).map(|s| Series { label, ..s }))
-        .collect::<Result<Vec<_>>>()?;
+    let series = read_runs(files, labels)?;
     let svg = render_svg(&series, out, title, axes)?;
     for o in set.outputs() {
         o.write_all(svg.as_bytes())?;
