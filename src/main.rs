@@ -39,17 +39,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(tidemill::strategy::progress::StderrAboveBar)
         .with_target(false);
     match cli.log_format {
         cli::LogFormat::Json => logs.json().flatten_event(true).init(),
-        cli::LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .compact()
-            .init(),
+        cli::LogFormat::Text => logs.with_ansi(terminal).compact().init(),
     }
+    // On a terminal, progress inside epochs is a bar rather than lines.
+    tidemill::strategy::progress::allow_bar(
+        terminal
+            && cli.log_format == cli::LogFormat::Text
+            && tracing::enabled!(tracing::Level::INFO),
+    );
     std::panic::set_hook(Box::new(panic_hook));
     if let Err(e) = tidemill::io::signals::install() {
         tracing::warn!(error = %e, "no signal handler: temporary files are left to the next run's sweep");

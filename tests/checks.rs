@@ -280,3 +280,58 @@ fn logs_are_quiet_or_json_on_request_and_results_stay_on_stdout() {
     assert_eq!(last["step"], last["steps"], "{last}");
     assert_eq!(last["eta_s"].as_f64(), Some(0.0), "{last}");
 }
+
+/// On a terminal (a real pseudo-terminal, through util-linux's `script`)
+/// progress is a bar with the epoch, step, loss and rows/s, and log lines
+/// are written above it; `-q` and JSON logs draw none; off a terminal the
+/// plain progress lines come instead.
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.json");
+    let metrics = dir.path().join("metrics.jsonl");
+    let run = format!(
+        "{} {{}} train pipelines/adult.toml --set 'optimizer.kind=\"adam\"' --set train.epochs=2 --set optimizer.batch_size=64 --model-out {} --metrics-out {}",
+        env!("CARGO_BIN_EXE_tidemill"),
+        model.display(),
+        metrics.display()
+    );
+    let on_terminal = |flags: &str| -> String {
+        let out = std::process::Command::new("script")
+            .args(["-qfec", &run.replace("{}", flags), "/dev/null"])
+            .current_dir(root())
+            .env_remove("TIDEMILL_LOG")
+            .env("TIDEMILL_PROGRESS_EVERY", "0")
+            .output()
+            .expect("util-linux `script` runs a command on a pseudo-terminal; install it");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{flags}: {text}");
+        text
+    };
+    let bar = on_terminal("");
+    for needle in ["epoch 1/2 step", "· loss 0.", "rows/s", " 50%", "100%", "ETA"] {
+        assert!(bar.contains(needle), "no {needle:?} in the bar:\n{bar}");
+    }
+    assert!(bar.contains("epoch done"), "log lines are kept:\n{bar}");
+    assert!(!bar.contains("INFO progress"), "lines and a bar:\n{bar}");
+    for flags in ["-q", "--log-format json"] {
+        let quiet = on_terminal(flags);
+        assert!(!quiet.contains("rows/s"), "{flags} drew a bar:\n{quiet}");
+    }
+    // Off a terminal: plain lines.
+    let out = tidemill_logged(&[
+        "train",
+        "pipelines/adult.toml",
+        "--set",
+        "optimizer.kind=\"adam\"",
+        "--set",
+        "train.epochs=1",
+        "--model-out",
+        &model.to_string_lossy(),
+        "--metrics-out",
+        &metrics.to_string_lossy(),
+    ]);
+    let err = stderr(&out);
+    assert!(err.contains("progress"), "{err}");
+    assert!(!err.contains('%'), "a bar off a terminal:\n{err}");
+}
