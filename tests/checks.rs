@@ -309,7 +309,14 @@ fn a_terminal_gets_a_progress_bar() {
         text
     };
     let bar = on_terminal("");
-    for needle in ["epoch 1/2 step", "· loss 0.", "rows/s", " 50%", "100%", "ETA"] {
+    for needle in [
+        "epoch 1/2 step",
+        "· loss 0.",
+        "rows/s",
+        " 50%",
+        "100%",
+        "ETA",
+    ] {
         assert!(bar.contains(needle), "no {needle:?} in the bar:\n{bar}");
     }
     assert!(bar.contains("epoch done"), "log lines are kept:\n{bar}");

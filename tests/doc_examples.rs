@@ -238,6 +238,45 @@ fn needs_etl(script: &str) -> bool {
         .any(|w| w == "duckdb" || w == "python3")
 }
 
+/// Shell blocks the docs hold at least (a harness that finds fewer has
+/// lost them).
+const MIN_BLOCKS: usize = 12;
+
+/// What a block may not do because a failure would pass unseen: chain
+/// commands with `&&` (`set -e` ignores a failure before the last
+/// command of the chain), or start a background job it does not `wait`
+/// for by its pid (a job that failed and exited is not seen otherwise).
+fn lint(path: &str, block: &Block) -> Result<(), String> {
+    let text = script(block);
+    let code = |l: &&str| !l.trim_start().starts_with('#');
+    if let Some(l) = text.lines().filter(code).find(|l| l.contains("&&")) {
+        return Err(format!(
+            "{path}:{}: `{}` chains with && (set -e ignores a failure before its last command): write one command per line",
+            block.line,
+            l.trim()
+        ));
+    }
+    let background = text
+        .lines()
+        .filter(code)
+        .filter(|l| l.split('#').next().unwrap_or("").trim_end().ends_with('&'))
+        .count();
+    let waited = text
+        .split(['\n', ';'])
+        .filter(|c| {
+            let mut w = c.split_whitespace();
+            w.next() == Some("wait") && w.next().is_some()
+        })
+        .count();
+    if waited < background {
+        return Err(format!(
+            "{path}:{}: {background} background job(s), {waited} `wait PID`: wait for each by its pid, so that its exit status counts",
+            block.line
+        ));
+    }
+    Ok(())
+}
+
 /// Runs one shell block; the failure message if it fails.
 fn run_block(path: &str, block: &Block, dir: &Path, env_path: &str) -> Result<(), String> {
     // The prelude is the script's line 1, so the block's line n is the
@@ -385,6 +424,7 @@ fn every_doc_example_runs() {
     let require_etl = std::env::var("TIDEMILL_REQUIRE_ETL").as_deref() == Ok("1");
     let mut failures = Vec::new();
     let mut report = String::new();
+    let mut ran = 0;
     let started = Instant::now();
     for path in files
         .iter()
@@ -409,6 +449,10 @@ fn every_doc_example_runs() {
                 continue;
             }
             let result = if shell {
+                if let Err(e) = lint(path, &block) {
+                    failures.push(e);
+                    continue;
+                }
                 if needs_etl(&script(&block)) && !etl {
                     assert!(
                         !require_etl,
@@ -439,6 +483,7 @@ fn every_doc_example_runs() {
                 failures.push(e);
             }
         }
+        ran += tally.run;
         let _ = writeln!(
             report,
             "{path}: {} shell block(s) run, {} pipeline(s) validated, {} TOML snippet(s) parsed, \
@@ -459,6 +504,18 @@ fn every_doc_example_runs() {
         started.elapsed().as_secs_f64()
     );
     eprint!("{report}");
+    // Nothing run is no pass: a filter must name a file, and the whole
+    // set holds dozens of blocks.
+    match &only {
+        Some(o) => assert!(
+            ran > 0,
+            "TIDEMILL_DOC_TEST={o} ran no shell block:\n{report}"
+        ),
+        None => assert!(
+            ran >= MIN_BLOCKS,
+            "only {ran} shell blocks ran (at least {MIN_BLOCKS} expected):\n{report}"
+        ),
+    }
     assert!(
         failures.is_empty(),
         "{} doc example(s) failed:\n\n{}",

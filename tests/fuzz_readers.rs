@@ -342,7 +342,7 @@ proptest! {
         let source = ParquetSource::new(source, 25);
         for u in source.units() {
             for label in [LabelUse::Classes(&classes), LabelUse::Tokens, LabelUse::Value, LabelUse::Skip] {
-                let split = Split { fraction: Some(0.3), seed: 7 };
+                let split = Split { fraction: Some(tidemill::data::window::Holdout::Fraction(0.3)), seed: 7 };
                 let _ = for_each_window(&source, u, &spec, label, split, |_| Ok(()));
             }
         }

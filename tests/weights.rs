@@ -188,9 +188,10 @@ fn integer_weights_train_the_model_of_the_rows_repeated() {
     assert!(same(&p, &three), "3 workers trained another weighted model");
 }
 
-/// scikit-learn's side: the balanced sample weights into `weights_out`,
-/// and `LogisticRegression(class_weight="balanced")` at `C = 1/(l2·n)` on
-/// the standardised features, its weights (intercept first; on the
+/// scikit-learn's side: the standardised features with the balanced
+/// sample weights (`w`) into `argv[2]`, and
+/// `LogisticRegression(class_weight="balanced")` at `C = 1/(l2·n)` on
+/// them, its weights (intercept first; on the
 /// standardised features, as a model file keeps them) on stdout.
 const SKLEARN: &str = r#"
 import json, sys
@@ -202,9 +203,12 @@ y = t.column("target").to_numpy()
 names = [c for c in t.column_names if c != "target"]
 X = np.column_stack([t.column(c).to_numpy().astype(np.float64) for c in names])
 sw = compute_sample_weight("balanced", y)
-pq.write_table(t.append_column("w", pa.array(sw)), sys.argv[2])
 mean, std = X.mean(axis=0), X.std(axis=0)
 Z = (X - mean) / std
+cols = {c: Z[:, j] for j, c in enumerate(names)}
+cols["target"] = y
+cols["w"] = sw
+pq.write_table(pa.table(cols), sys.argv[2])
 l2 = float(sys.argv[3])
 m = LogisticRegression(C=1.0 / (l2 * len(y)), class_weight="balanced", tol=1e-12, max_iter=100000)
 m.fit(Z, y)
@@ -391,4 +395,83 @@ fn weights_are_checked_before_training() {
         "model.class_weight=\"balanced\"",
     ]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Weights scaled by any factor train the same model (the scale is
+/// `n / Σ w`, summed in f64 unit by unit); validation rows are not
+/// weighted (a validation file needs no weight column, and bad weights
+/// there are not read); string classes are told apart by their text.
+#[test]
+fn weights_are_relative_and_only_training_rows_carry_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = breast_cancer();
+    let n = rows.num_rows();
+    let w: Vec<f64> = (0..n).map(|i| ((i * 7) % 4) as f64).collect();
+    let mut objectives = Vec::new();
+    for (k, factor) in [1.0, 3e-17, 1e-20, 1e12].into_iter().enumerate() {
+        let path = dir.path().join(format!("w{k}.parquet"));
+        let scaled: Vec<f64> = w.iter().map(|x| x * factor).collect();
+        write(
+            &path,
+            &rows,
+            vec![("w", Arc::new(Float64Array::from(scaled)))],
+        );
+        let model = dir.path().join(format!("m{k}.json"));
+        let s = train(&path, &model, &["data.weight=\"w\""]);
+        objectives.push(s["objective"].as_f64().unwrap());
+    }
+    for o in &objectives {
+        assert!(
+            (o - objectives[0]).abs() <= 1e-9 * objectives[0],
+            "{objectives:?}"
+        );
+    }
+    // A validation file without the weight column, and one whose weights
+    // are bad, both score the model.
+    let good = dir.path().join("w0.parquet");
+    let plain = dir.path().join("plain.parquet");
+    write(&plain, &rows, vec![]);
+    let bad = dir.path().join("bad.parquet");
+    let mut bw: Vec<Option<f64>> = vec![Some(1.0); n];
+    bw[3] = Some(-1.0);
+    bw[4] = None;
+    write(&bad, &rows, vec![("w", Arc::new(Float64Array::from(bw)))]);
+    for validation in [&plain, &bad] {
+        let set = format!("data.validation={{path=\"{}\"}}", validation.display());
+        let model = dir.path().join("v.json");
+        let s = train(&good, &model, &["data.weight=\"w\"", &set]);
+        assert_eq!(s["validation"]["rows"].as_u64(), Some(n as u64), "{s}");
+    }
+    // Softmax over string classes `1`, `01`, `x` is the model over `b1`,
+    // `a01`, `x` (the same order): balanced weights count them apart.
+    let features = rows.num_columns() - 1;
+    let cut = rows.project(&(0..features).collect::<Vec<_>>()).unwrap();
+    let mut objective = Vec::new();
+    for (a, b) in [("1", "01"), ("b1", "a01")] {
+        let label: Vec<&str> = (0..n).map(|i| [a, b, "x"][(i * 5 + i / 7) % 3]).collect();
+        let path = dir.path().join(format!("classes_{a}.parquet"));
+        write(
+            &path,
+            &cut,
+            vec![("target", Arc::new(arrow::array::StringArray::from(label)))],
+        );
+        let model = dir.path().join(format!("classes_{a}.json"));
+        let s = train(
+            &path,
+            &model,
+            &["model.kind=\"softmax\"", "model.class_weight=\"balanced\""],
+        );
+        objective.push(s["objective"].as_f64().unwrap());
+    }
+    assert_eq!(objective[0], objective[1], "{objective:?}");
+    // Two names of one numeric class in a table of weights: refused.
+    let out = tidemill(&[
+        "train",
+        "pipelines/quickstart.toml",
+        "--set",
+        "model.class_weight={\"1\"=2.0, \"1.0\"=5.0}",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("both name class"), "{err}");
 }

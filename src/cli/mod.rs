@@ -15,6 +15,7 @@ use crate::io::table::Format;
 use crate::spec::Pipeline;
 use outputs::{PipelineInputs, PipelineOutputs};
 
+mod cv;
 mod init;
 mod outputs;
 mod supervise;
@@ -83,6 +84,9 @@ pub enum Command {
     Predict(PredictArgs),
     /// Print JSON metrics of a saved model on a labelled table.
     Eval(EvalArgs),
+    /// k-fold cross-validation: train the pipeline once per fold, score
+    /// each fold, print every fold's metrics and their mean and spread.
+    Cv(CvArgs),
     /// Forget rows of an exact model: retract their keys from its saved
     /// state (`[output] state`) and rewrite the model of the rows that
     /// remain.
@@ -100,6 +104,22 @@ pub enum Command {
     /// validation metric against epoch and wall time, and ROC and
     /// calibration curves from `eval --curves`.
     Report(ReportArgs),
+}
+
+/// `cv`.
+#[derive(Debug, Args)]
+pub struct CvArgs {
+    /// The pipeline file (its `data.validation` and outputs are not used).
+    pub pipeline: PathBuf,
+    /// Folds (2 to 100).
+    #[arg(long, short = 'k', default_value_t = 5)]
+    pub folds: u32,
+    /// Worker threads.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+    /// Override a pipeline value, e.g. `--set model.l2=0.1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 /// `report`.
@@ -206,6 +226,20 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// One process of `workers` threads, with the default timeouts.
+    pub fn local(workers: usize) -> ClusterArgs {
+        ClusterArgs {
+            workers,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            connect_timeout: 60.0,
+            peer_timeout: 60.0,
+            cluster_key_file: None,
+            allow_public_key: false,
+        }
+    }
+
     /// As a checked [`Cluster`]; the key comes from `--cluster-key-file`,
     /// else from the [`KEY_ENV`] environment variable, else the public
     /// default.
@@ -472,6 +506,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a),
+        Command::Cv(a) => cv::run(a),
         Command::Init(a) => {
             let text = init::starter(&a.data, a.label.as_deref())?;
             match &a.out {

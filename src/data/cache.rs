@@ -28,7 +28,7 @@ pub struct Feed {
     /// Separate validation units, if validation is by files.
     pub validation: Option<Arc<dyn DataSource>>,
     /// Fraction of training rows held out, if validation is by fraction.
-    pub fraction: Option<f64>,
+    pub fraction: Option<crate::data::window::Holdout>,
     /// Seed of the split and of shuffling.
     pub seed: u64,
     /// Slice or shuffle.
@@ -337,11 +337,13 @@ impl WorkerData {
             let rows: Vec<usize> = v.units().iter().map(|u| u.rows).collect();
             let owners = assign(&rows, self.peers, Partition::Slice, 0, 0);
             let mine = v.units().iter().filter(|u| owners[u.id] == self.index);
-            let spec = StreamSpec {
+            let mut spec = StreamSpec {
                 fraction: None,
                 partition: Partition::Slice,
                 ..self.stream.clone()
             };
+            // Validation rows are not weighted: their files need no weights.
+            spec.spec.weight = None;
             if !feed.cache {
                 for unit in mine {
                     UnitStream::open(&**v, unit, &spec, Rows::Train, 0)?.drain(&spec, &mut f)?;

@@ -565,32 +565,12 @@ fn decode_with(
             Some(values)
         }
     };
+    // Weights are read as they are (a null as NaN) and checked on the
+    // training rows only, once they are split from the held-out ones
+    // (`crate::data::window`).
     let weights = match (label, spec.weight.as_ref().and_then(|w| w.column.as_ref())) {
         (LabelUse::Skip, _) | (_, None) => None,
-        (_, Some(w)) => {
-            let values = numeric_array(column(batch, w, origin)?, w, origin)?;
-            for (i, k) in keep.iter_mut().enumerate() {
-                let what = if values.is_null(i) {
-                    "null weight".to_string()
-                } else {
-                    let v = values.value(i);
-                    if v.is_finite() && v >= 0.0 {
-                        continue;
-                    }
-                    format!("weight {v}")
-                };
-                if skip && values.is_null(i) {
-                    *k = false;
-                } else {
-                    return Err(Error::MissingValue {
-                        location: Box::new(origin.at(w, i)),
-                        what,
-                        hint: WEIGHT_HINT.into(),
-                    });
-                }
-            }
-            Some(values)
-        }
+        (_, Some(w)) => Some(numeric_array(column(batch, w, origin)?, w, origin)?),
     };
 
     let rows = keep.iter().filter(|&&k| k).count();
@@ -614,7 +594,16 @@ fn decode_with(
         .file_row
         .extend(kept.iter().map(|&i| origin.first_row + i as u64));
     if let Some(values) = weights {
-        block.weight = kept.iter().map(|&i| values.value(i)).collect();
+        block.weight = kept
+            .iter()
+            .map(|&i| {
+                if values.is_null(i) {
+                    f64::NAN
+                } else {
+                    values.value(i)
+                }
+            })
+            .collect();
     }
     block.dense.resize(rows * p, 0.0);
     if keep_raw {
@@ -657,6 +646,13 @@ fn decode_with(
                     let (h, mut s) = hash_token(col, tok, spec.hash_bits);
                     for &j in scale {
                         s *= block.dense[r * p + j];
+                    }
+                    if !s.is_finite() {
+                        return Err(Error::MissingValue {
+                            location: Box::new(origin.at(col, i)),
+                            what: "a cross's value beyond ±3.4e38 (the product of its numeric features)".into(),
+                            hint: "standardise the features (data.standardize = true) or rescale them".into(),
+                        });
                     }
                     block.hashed.push(h);
                     block.signs.push(s);

@@ -33,8 +33,12 @@ pub fn hash_token(column: &str, token: &str, bits: u32) -> (u32, f32) {
 
 /// A uniform draw in `[0, 1)` determined by `(seed, a, b)`.
 pub fn uniform(seed: u64, a: u64, b: u64) -> f64 {
-    let z = mix64(mix64(mix64(seed) ^ a) ^ b);
-    (z >> 11) as f64 / (1u64 << 53) as f64
+    uniform_bits(seed, a, b) as f64 / (1u64 << 53) as f64
+}
+
+/// The 53 random bits behind [`uniform`]: `uniform = bits / 2^53`.
+pub fn uniform_bits(seed: u64, a: u64, b: u64) -> u64 {
+    mix64(mix64(mix64(seed) ^ a) ^ b) >> 11
 }
 
 #[cfg(test)]

@@ -396,7 +396,7 @@ mod prefix_tests {
             weight: None,
         };
         let split = Split {
-            fraction: Some(0.2),
+            fraction: Some(crate::data::window::Holdout::Fraction(0.2)),
             seed: 3,
         };
         let units: Vec<(usize, Moments)> = source

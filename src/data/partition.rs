@@ -268,6 +268,14 @@ pub fn is_validation(seed: u64, file: usize, file_row: u64, fraction: f64) -> bo
     uniform(seed ^ 0x5EED_0003, file as u64, file_row) < fraction
 }
 
+/// The fold (of `folds`) of the row at `file_row` of file `file`: the same
+/// draw as [`is_validation`]'s, cut into `folds` equal ranges in integer
+/// arithmetic, so that every row is in exactly one fold.
+pub fn fold_of(seed: u64, file: usize, file_row: u64, folds: u32) -> u32 {
+    let bits = crate::data::hashing::uniform_bits(seed ^ 0x5EED_0003, file as u64, file_row);
+    ((u128::from(bits) * u128::from(folds)) >> 53) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

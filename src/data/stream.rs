@@ -20,7 +20,7 @@ pub struct StreamSpec {
     /// Class map (classifiers), or `None` for a regression label.
     pub classes: Option<ClassMap>,
     /// Fraction held out and its seed.
-    pub fraction: Option<f64>,
+    pub fraction: Option<crate::data::window::Holdout>,
     /// Split seed.
     pub seed: u64,
     /// Slice (file order) or shuffle (permuted windows).

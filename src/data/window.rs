@@ -7,11 +7,13 @@
 
 use std::path::PathBuf;
 
+use super::encode::WEIGHT_HINT;
 use super::encode::{decode, decode_raw, Block, FeatureSpec, LabelUse, Origin};
-use super::partition::{is_validation, WINDOW_ROWS};
-use crate::error::Result;
+use super::partition::{fold_of, is_validation, WINDOW_ROWS};
+use crate::error::{Error, Location, Result};
 use crate::source::unit::Unit;
 use crate::source::{Batches, DataSource};
+use crate::spec::OnMissing;
 
 /// Decoded rows of a unit or of one of its windows.
 #[derive(Debug, Clone, Default)]
@@ -25,10 +27,36 @@ pub struct UnitData {
 /// How training and validation rows are separated inside units.
 #[derive(Debug, Clone, Copy)]
 pub struct Split {
-    /// Fraction held out, if any.
-    pub fraction: Option<f64>,
+    /// The rows held out, if any.
+    pub fraction: Option<Holdout>,
     /// Seed of the split.
     pub seed: u64,
+}
+
+/// Which training rows are held out for validation, decided per row from
+/// `(seed, file, row)`: independent of units and workers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Holdout {
+    /// A seeded fraction (`data.validation = { fraction = F }`).
+    Fraction(f64),
+    /// Fold `fold` of `folds` (`data.validation = { fold = I, folds = K }`,
+    /// `tidemill cv`): every row is in exactly one fold.
+    Fold {
+        /// The fold held out (0-based).
+        fold: u32,
+        /// Folds in all.
+        folds: u32,
+    },
+}
+
+impl Holdout {
+    /// Is row `file_row` of file `file` held out?
+    pub fn holds(self, seed: u64, file: usize, file_row: u64) -> bool {
+        match self {
+            Holdout::Fraction(f) => is_validation(seed, file, file_row, f),
+            Holdout::Fold { fold, folds } => fold_of(seed, file, file_row, folds) == fold,
+        }
+    }
 }
 
 /// Which rows of each window a reader keeps.
@@ -94,6 +122,33 @@ impl Windows {
         })
     }
 
+    /// Checks the weights of training rows: finite and ≥ 0; a missing one
+    /// (null or NaN) drops its row under `skip_row`.
+    fn check_weights(&self, b: &mut Block, column: &str, policy: OnMissing) -> Result<()> {
+        let bad = b.weight.iter().position(|w| !(*w >= 0.0 && w.is_finite()));
+        let Some(i) = bad else { return Ok(()) };
+        let w = b.weight[i];
+        if w.is_nan() && policy == OnMissing::SkipRow {
+            let keep: Vec<bool> = b.weight.iter().map(|w| !w.is_nan()).collect();
+            b.retain(|r| keep[r]);
+            return self.check_weights(b, column, policy);
+        }
+        Err(Error::MissingValue {
+            location: Box::new(Location {
+                file: self.path.clone(),
+                row_group: Some(self.unit.row_group),
+                column: Some(column.to_string()),
+                row: b.file_row.get(i).copied(),
+            }),
+            what: if w.is_nan() {
+                "null or NaN weight".into()
+            } else {
+                format!("weight {w}")
+            },
+            hint: WEIGHT_HINT.into(),
+        })
+    }
+
     /// Decodes the next window with `spec` and `label` (those it was
     /// opened with), or `None` after the last.
     pub fn next(&mut self, spec: &FeatureSpec, label: LabelUse) -> Result<Option<Window>> {
@@ -113,8 +168,12 @@ impl Windows {
             decode(&batch, spec, label, &origin)?
         };
         let mut data = split_rows(block, &self.unit, self.split, self.rows);
-        // Training rows take their class weight and the job's scale;
-        // validation rows keep the weights they hold.
+        // Training rows' weights are checked, then take their class weight
+        // and the job's scale; held-out rows are not weighted.
+        if let Some(column) = spec.weight.as_ref().and_then(|w| w.column.as_deref()) {
+            self.check_weights(&mut data.train, column, spec.on_missing)?;
+            data.validation.weight.clear();
+        }
         if !self.raw {
             data.train.weigh(spec.weight.as_ref());
         }
@@ -133,7 +192,7 @@ fn split_rows(mut block: Block, unit: &Unit, split: Split, rows: Rows) -> UnitDa
         Some(f) => block
             .file_row
             .iter()
-            .map(|&r| is_validation(split.seed, unit.file, r, f))
+            .map(|&r| f.holds(split.seed, unit.file, r))
             .collect(),
         None if rows == Rows::Validation => vec![false; block.rows],
         None => {

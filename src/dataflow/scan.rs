@@ -20,7 +20,6 @@ use crate::data::moments::{merge_weighted_in_unit_order, Moments, PrefixMoments,
 use crate::data::partition::assign;
 use crate::data::window::{for_each_window, Split};
 use crate::error::{Error, Location};
-use crate::exact::Wide;
 use crate::plan::Plan;
 use crate::source::unit::Unit;
 use crate::source::DataSource;
@@ -39,9 +38,9 @@ pub struct ScanPartial {
     pub failure: Option<((u8, usize), Failure)>,
     /// Memory available on this worker's machine, where known.
     pub memory: Option<u64>,
-    /// Weighted jobs: training rows and their exact weight total, by class
-    /// token (`""` for a regression).
-    pub weights: BTreeMap<String, (u64, Wide)>,
+    /// Weighted jobs, per training unit: its rows and their weight total
+    /// (summed in row order), by class token (`""` for a regression).
+    pub weights: Vec<(usize, WeightTotals)>,
 }
 
 /// The merged scan.
@@ -70,10 +69,14 @@ pub struct ScanResult {
     /// feature, which standardisation then uses (empty otherwise).
     pub weighted: Vec<WeightedMoments>,
     /// Weighted jobs (`data.weight`, `model.class_weight`): training rows
-    /// and the exact total of their weights, by class token (`""` for a
-    /// regression); `None` otherwise.
-    pub weights: Option<BTreeMap<String, (u64, Wide)>>,
+    /// and the total of their weights, by class token (`""` for a
+    /// regression), summed unit by unit in unit order (the same bits on any
+    /// worker count); `None` otherwise.
+    pub weights: Option<WeightTotals>,
 }
+
+/// Rows and their weight total, by class token.
+pub type WeightTotals = BTreeMap<String, (u64, f64)>;
 
 /// [`ScanResult`] as checkpoint versions 2 and 3 hold it (no weights).
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +142,10 @@ fn scan_local(
     };
     let mut unit_moments = Vec::new();
     let weighted = spec.weight.is_some();
+    // Separate validation files are read without weights (validation rows
+    // are not weighted).
+    let mut unweighted = spec.clone();
+    unweighted.weight = None;
     let mut sets: Vec<(u8, &dyn DataSource, Split)> = vec![(0, &*plan.train, split)];
     if let Some(v) = &plan.validation_files {
         sets.push((
@@ -158,9 +165,10 @@ fn scan_local(
             // One per numeric feature, then the label's (regression).
             let mut moments = vec![Moments::default(); spec.numeric.len() + 1];
             let mut wmoments = vec![WeightedMoments::default(); spec.numeric.len() + 1];
-            let mut weights = std::mem::take(&mut out.weights);
+            let mut weights = WeightTotals::new();
             let mut labels = std::mem::take(&mut out.labels);
-            let checked = for_each_window(source, unit, &spec, label, split, |data| {
+            let spec_of = if which == 0 { &spec } else { &unweighted };
+            let checked = for_each_window(source, unit, spec_of, label, split, |data| {
                 pulse();
                 let blocks = [&data.train, &data.validation];
                 label_tokens_check(
@@ -203,13 +211,12 @@ fn scan_local(
                         };
                         let entry = weights.entry(class).or_default();
                         entry.0 += 1;
-                        entry.1 += Wide::from_f64(b.weight_of(i)).unwrap_or(Wide::OVERFLOW);
+                        entry.1 += b.weight_of(i);
                     }
                 }
                 Ok(())
             });
             out.labels = labels;
-            out.weights = weights;
             if let Err(e) = checked {
                 // Units are visited in order: the first failure is the lowest.
                 if out.failure.is_none() {
@@ -218,6 +225,9 @@ fn scan_local(
                 continue;
             }
             if which == 0 {
+                if weighted {
+                    out.weights.push((unit.id, weights));
+                }
                 out.train_units.push((unit.id, train_rows, held_rows));
                 unit_moments.extend(
                     moments
@@ -385,8 +395,9 @@ fn merge(
     let weighted = plan.draft.weight.is_some();
     if weighted {
         result.weighted = vec![WeightedMoments::default(); plan.draft.numeric.len()];
-        result.weights = Some(BTreeMap::new());
+        result.weights = Some(WeightTotals::new());
     }
+    let mut unit_weights: Vec<(usize, WeightTotals)> = Vec::new();
     for p in parts {
         for (id, t, v) in p.train_units {
             result.train_rows[id] = t;
@@ -396,8 +407,13 @@ fn merge(
             result.validation_rows[id] = r;
         }
         result.labels.extend(p.labels);
-        if let Some(totals) = result.weights.as_mut() {
-            for (class, (rows, sum)) in p.weights {
+        unit_weights.extend(p.weights);
+    }
+    if let Some(totals) = result.weights.as_mut() {
+        // In unit order: the same sums whichever worker read which unit.
+        unit_weights.sort_by_key(|u| u.0);
+        for (_, unit) in unit_weights {
+            for (class, (rows, sum)) in unit {
                 let entry = totals.entry(class).or_default();
                 entry.0 += rows;
                 entry.1 += sum;

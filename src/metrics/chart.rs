@@ -148,7 +148,24 @@ impl Panel {
     /// a little past the largest, y padded by 5% either side, with enough
     /// decimals to tell ticks apart where values differ in the 5th digit.
     /// `None` if no line has a point.
-    pub fn fitted(title: String, x_desc: &str, y_desc: &str, lines: Vec<Line>) -> Option<Panel> {
+    pub fn fitted(
+        title: String,
+        x_desc: &str,
+        y_desc: &str,
+        mut lines: Vec<Line>,
+    ) -> Option<Panel> {
+        // Points beyond ±1e300 (or not finite) cannot be given a range
+        // around them: they are left out, and said so.
+        let drawable = |p: &(f64, f64)| p.0.abs() <= 1e300 && p.1.abs() <= 1e300;
+        let mut dropped = 0;
+        for l in &mut lines {
+            let before = l.points.len();
+            l.points.retain(drawable);
+            dropped += before - l.points.len();
+        }
+        if dropped > 0 {
+            tracing::warn!(panel = %title, points = dropped, "points beyond ±1e300 (or not finite) are not drawn");
+        }
         let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.points.clone()).collect();
         if all.is_empty() {
             return None;

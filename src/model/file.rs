@@ -21,10 +21,27 @@ pub const FORMAT: &str = "tidemill-model";
 /// The newest format version, which this tidemill reads with every older
 /// one. A file is written at the lowest version that holds its model: 1
 /// for the linear family and naive Bayes, 2 for a network (its
-/// `"network"` section).
-pub const VERSION: u32 = 2;
+/// `"network"` section), 3 for either with a numeric feature in a cross
+/// (whose slots a version 1 or 2 reader would score without the value).
+pub const VERSION: u32 = 3;
 /// The version of the files without a network.
 pub const VERSION_LINEAR: u32 = 1;
+/// The version of the files with a numeric feature in a cross.
+pub const VERSION_NUMERIC_CROSSES: u32 = 3;
+
+/// The version a model of `features` is written at, `base` being its
+/// family's ([`VERSION_LINEAR`], or 2 for a network).
+pub fn version_for(features: &FeatureSpec, base: u32) -> u32 {
+    if features
+        .crosses
+        .iter()
+        .any(|c| c.of.iter().any(|m| features.is_numeric(m)))
+    {
+        VERSION_NUMERIC_CROSSES
+    } else {
+        base
+    }
+}
 
 /// What the training run reports about itself (no timings or worker counts,
 /// so that the file is identical however the job was distributed).
@@ -300,7 +317,7 @@ impl ModelFile {
         };
         ModelFile {
             format: FORMAT.into(),
-            version: VERSION_LINEAR,
+            version: version_for(features, VERSION_LINEAR),
             kind: model.kind,
             features: features.clone(),
             intercept: Some(intercept),
@@ -360,7 +377,7 @@ impl ModelFile {
         });
         ModelFile {
             format: FORMAT.into(),
-            version: VERSION_LINEAR,
+            version: version_for(features, VERSION_LINEAR),
             kind: model.kind,
             features: features.clone(),
             intercept: Some(by_name(&|c| block(c)[0])),
@@ -541,6 +558,12 @@ impl ModelFile {
                     cross.name
                 ));
             }
+        }
+        if version_for(f, 1) > self.version {
+            return Err(format!(
+                "a cross with a numeric feature needs format version {VERSION_NUMERIC_CROSSES}; the file says {}",
+                self.version
+            ));
         }
         for n in &f.numeric {
             let ok =

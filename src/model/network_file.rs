@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::{ModelFile, TrainingSummary, FORMAT, VERSION};
+use super::file::{ModelFile, TrainingSummary, FORMAT};
 use super::mlp::{hashed_init, Activation, Mlp, Shape};
 use crate::data::encode::FeatureSpec;
 use crate::error::{Error, Result};
@@ -198,7 +198,7 @@ impl ModelFile {
         debug_assert_eq!(theta.len(), shape.len());
         ModelFile {
             format: FORMAT.into(),
-            version: VERSION,
+            version: crate::model::file::version_for(features, 2),
             kind: model.kind(),
             features: features.clone(),
             intercept: None,

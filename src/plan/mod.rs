@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema};
 
+use crate::data::window::Holdout;
 use crate::error::{Error, Result};
 use crate::source::files::Source;
 use crate::source::parquet::ParquetSource;
@@ -27,7 +28,7 @@ pub struct Plan {
     /// Validation data from separate files.
     pub validation_files: Option<Arc<ParquetSource>>,
     /// Fraction of training rows held out, if validation is by fraction.
-    pub validation_fraction: Option<f64>,
+    pub validation_fraction: Option<crate::data::window::Holdout>,
     /// The feature spec before statistics (no centring, scaling or classes).
     pub draft: FeatureSpec,
     /// True if the label column holds strings.
@@ -66,6 +67,8 @@ impl Plan {
         let mut columns = features.clone();
         columns.push(d.label.clone());
         columns.extend(d.key.iter().cloned());
+        // Validation files need no weights: validation rows are not weighted.
+        let validation_columns = columns.clone();
         columns.extend(d.weight.iter().cloned());
         let source = Source::open(&train_paths, &columns)?;
         if let Some((a, b)) = source.repeated_file() {
@@ -80,9 +83,19 @@ impl Plan {
         }
         let (validation_files, validation_fraction) = match &d.validation {
             None => (None, None),
-            Some(ValidationSpec::Fraction(f)) => (None, Some(*f)),
+            Some(ValidationSpec::Fraction(f)) => (None, Some(Holdout::Fraction(*f))),
+            Some(ValidationSpec::Fold { fold, folds }) => (
+                None,
+                Some(Holdout::Fold {
+                    fold: *fold,
+                    folds: *folds,
+                }),
+            ),
             Some(ValidationSpec::Files(_)) => {
-                let vs = Source::open(validation_paths.as_deref().unwrap_or(&[]), &columns)?;
+                let vs = Source::open(
+                    validation_paths.as_deref().unwrap_or(&[]),
+                    &validation_columns,
+                )?;
                 if let Some(f) = vs.shared_file(&source) {
                     return Err(Error::PipelineValue {
                         key: "data.validation.path".into(),
@@ -93,7 +106,7 @@ impl Plan {
                     });
                 }
                 // The validation files must match the training types too.
-                for c in &columns {
+                for c in &validation_columns {
                     let want = source.reference().column_type(c)?;
                     let got = vs.reference().column_type(c)?;
                     if want != got {

@@ -189,6 +189,9 @@ pub enum Partition {
     Shuffle,
 }
 
+/// The most folds of `data.validation = { fold, folds }` and `tidemill cv`.
+pub const MAX_FOLDS: u32 = 100;
+
 /// Validation rows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ValidationSpec {
@@ -196,6 +199,14 @@ pub enum ValidationSpec {
     Fraction(f64),
     /// Read a separate source.
     Files(Vec<PathBuf>),
+    /// Hold out fold `fold` of `folds` (k-fold cross-validation, `tidemill
+    /// cv`).
+    Fold {
+        /// The fold held out (0-based).
+        fold: u32,
+        /// Folds in all.
+        folds: u32,
+    },
 }
 
 /// `[data]`, checked.
@@ -1173,8 +1184,26 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
     let validation = match d.validation {
         None => None,
         Some(RawValidation {
+            fold, folds, fraction, path,
+        }) if fold.is_some() || folds.is_some() => {
+            let (Some(fold), Some(folds), None, None) = (fold, folds, &fraction, &path) else {
+                return Err(value_err(
+                    "data.validation",
+                    "a fold is { fold = I, folds = K } alone (no fraction or path)",
+                ));
+            };
+            if !(2..=MAX_FOLDS).contains(&folds) || fold >= folds {
+                return Err(value_err(
+                    "data.validation.fold",
+                    format!("fold {fold} of {folds}: folds must be in 2..={MAX_FOLDS}, and fold in 0..folds"),
+                ));
+            }
+            Some(ValidationSpec::Fold { fold, folds })
+        }
+        Some(RawValidation {
             fraction: Some(_),
             path: Some(_),
+            ..
         }) => {
             return Err(value_err(
                 "data.validation",
@@ -1184,6 +1213,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         Some(RawValidation {
             fraction: None,
             path: None,
+            ..
         }) => {
             return Err(value_err(
                 "data.validation",

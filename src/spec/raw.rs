@@ -84,6 +84,10 @@ pub struct RawValidation {
     pub fraction: Option<f64>,
     /// A separate data source: file, directory or list.
     pub path: Option<RawPaths>,
+    /// Hold out fold `fold` (0-based) of `folds`.
+    pub fold: Option<u32>,
+    /// Folds in all (with `fold`).
+    pub folds: Option<u32>,
 }
 
 /// `[data]`.

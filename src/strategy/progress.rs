@@ -180,9 +180,9 @@ impl Drop for Progress {
 /// above it.
 fn new_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4));
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:24.cyan/blue} {percent:>3}% {msg} · ETA {eta}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:24.cyan/blue} {percent:>3}% {msg} · ETA {eta}")
+    {
         bar.set_style(style.progress_chars("█▉░"));
     }
     if let Ok(mut shown) = BAR.lock() {

@@ -80,7 +80,22 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
             }));
         }
         // A weighted job's rows count as their weights say.
-        let (mean, sd) = match scan.weighted.get(j).filter(|w| w.is_finite() && w.w > 0.0) {
+        let (mean, sd) = match scan.weighted.get(j) {
+            Some(w) if !w.is_finite() => {
+                return Err(Failure::from(&Error::BadLabel {
+                    location: Box::new(Location {
+                        file: plan.train.reference().to_path_buf(),
+                        row_group: None,
+                        column: Some(f.name.clone()),
+                        row: None,
+                    }),
+                    message: format!(
+                        "the weighted mean or variance of the feature is not finite (mean {}, Σ w·squared deviations {})",
+                        w.mean(),
+                        w.m2
+                    ),
+                }))
+            }
             Some(w) => (w.mean(), w.std()),
             None => (m.mean(), m.std()),
         };
@@ -145,8 +160,12 @@ fn weighting(
 ) -> Result<crate::data::encode::Weighting> {
     use crate::spec::ClassWeight;
     let totals = scan.weights.clone().unwrap_or_default();
+    // A numeric label's classes are numbers (`1` is `1.0`); a string
+    // label's are its strings (`01` is not `1`).
+    let numeric = !plan.string_label;
     let same = |a: &str, b: &str| {
-        a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+        a == b
+            || (numeric && matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y))
     };
     // Rows and weight total of each class, in class order (one bucket for
     // a regression).
@@ -157,14 +176,12 @@ fn weighting(
                 totals
                     .iter()
                     .filter(|(k, _)| same(k, c))
-                    .fold((0, 0.0), |(r, w), (_, (rows, sum))| {
-                        (r + rows, w + sum.to_f64())
-                    })
+                    .fold((0, 0.0), |(r, w), (_, (rows, sum))| (r + rows, w + sum))
             })
             .collect(),
         None => vec![totals
             .values()
-            .fold((0, 0.0), |(r, w), (rows, sum)| (r + rows, w + sum.to_f64()))],
+            .fold((0, 0.0), |(r, w), (rows, sum)| (r + rows, w + sum))],
     };
     let rows: u64 = per_class.iter().map(|c| c.0).sum();
     let key = "model.class_weight";
@@ -196,15 +213,19 @@ fn weighting(
                     ),
                 });
             }
-            names
-                .iter()
-                .map(|n| {
-                    table
-                        .iter()
-                        .find(|(c, _)| same(n, c))
-                        .map_or(1.0, |(_, w)| *w)
-                })
-                .collect()
+            let mut weights = Vec::with_capacity(names.len());
+            for n in names {
+                let named: Vec<(&String, &f64)> =
+                    table.iter().filter(|(c, _)| same(n, c)).collect();
+                if let [(a, _), (b, _), ..] = named.as_slice() {
+                    return Err(Error::PipelineValue {
+                        key: key.into(),
+                        message: format!("'{a}' and '{b}' both name class '{n}'"),
+                    });
+                }
+                weights.push(named.first().map_or(1.0, |(_, w)| **w));
+            }
+            weights
         }
     };
     let total: f64 = per_class

@@ -116,6 +116,25 @@ impl InitModel {
                 model.layout
             )));
         }
+        // A numeric cross's slots scale with its numeric members as the
+        // model sees them: a new scaling of one cannot be carried over.
+        let moved = |name: &str| {
+            let old = saved.numeric.iter().find(|f| f.name == name);
+            let new = spec.numeric.iter().find(|f| f.name == name);
+            match (old, new) {
+                (Some(o), Some(n)) => {
+                    o.center.to_bits() != n.center.to_bits()
+                        || o.scale.to_bits() != n.scale.to_bits()
+                }
+                _ => false,
+            }
+        };
+        if let Some(c) = spec.crosses.iter().find(|c| c.of.iter().any(|m| moved(m))) {
+            return Err(differ(format!(
+                "its cross '{}' scales by a numeric feature whose standardisation this data changes; warm starts of numeric crosses need data.standardize = false",
+                c.name
+            )));
+        }
         let mut theta = model.theta;
         let width = layout.d + 1;
         for kk in 0..layout.k {
