@@ -339,3 +339,58 @@ fn a_numeric_cross_is_its_explicit_columns() {
         );
     }
 }
+
+/// A numeric member with missing values (filled by `on_missing`) crosses
+/// like any other, and a network warm-started on data that rescales a
+/// numeric member of a cross is refused (its slots scale with it).
+#[test]
+fn numeric_crosses_take_filled_values_and_refuse_a_rescaled_warm_start() {
+    use arrow::array::{Float64Array, Int64Array};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, shift: f64| {
+        let n = 300;
+        let x: Vec<Option<f64>> = (0..n)
+            .map(|i| (i % 17 != 0).then(|| shift + (i % 13) as f64 / 6.0 - 1.0))
+            .collect();
+        let g: Vec<&str> = (0..n).map(|i| ["a", "b"][i % 2]).collect();
+        let y: Vec<i64> = (0..n).map(|i| ((i * 7) % 5 < 2) as i64).collect();
+        let path = dir.path().join(name);
+        common::write_parquet(
+            &path,
+            vec![
+                ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
+                ("g", Arc::new(StringArray::from(g))),
+                ("y", Arc::new(Int64Array::from(y))),
+            ],
+            100,
+        );
+        path
+    };
+    let (a, b) = (write("a.parquet", 0.0), write("b.parquet", 3.0));
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "[data]\nlabel = \"y\"\ncategorical = [\"g\"]\ninteractions = [[\"x\", \"g\"]]\non_missing = \"mean\"\nstandardize = true\nclasses = [\"0\", \"1\"]\n[model]\nkind = \"mlp\"\nhidden = [4]\n[optimizer]\nkind = \"adam\"\n[train]\nepochs = 2\n",
+    )
+    .unwrap();
+    let p = pipeline.to_string_lossy().to_string();
+    let model = dir.path().join("m.json");
+    let m = model.to_string_lossy().to_string();
+    let on = |data: &std::path::Path| format!("data.train=\"{}\"", data.display());
+    tidemill_ok(&["train", &p, "--set", &on(&a), "--model-out", &m]);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(v["version"], 3, "a numeric cross is model-format version 3");
+    let out = tidemill(&[
+        "train",
+        &p,
+        "--set",
+        &on(&b),
+        "--init-model",
+        &m,
+        "--model-out",
+        &dir.path().join("m2.json").to_string_lossy(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("x×g"), "{err}");
+}

@@ -366,6 +366,29 @@ fn weights_are_checked_before_training() {
         assert_eq!(code, Some(2), "{sets:?}: {err}");
         assert!(err.contains(needle), "{sets:?} should say {needle}: {err}");
     }
+    // A NaN weight is an error even under skip_row (only a null is a
+    // missing weight).
+    let nan = dir.path().join("nan.parquet");
+    let mut nw: Vec<Option<f64>> = vec![Some(1.0); n];
+    nw[50] = Some(f64::NAN);
+    nw[60] = None;
+    write(&nan, &rows, vec![("w", Arc::new(Float64Array::from(nw)))]);
+    let out = tidemill(&[
+        "train",
+        "pipelines/quickstart.toml",
+        "--set",
+        &format!("data.train=\"{}\"", nan.display()),
+        "--set",
+        "data.weight=\"w\"",
+        "--set",
+        "data.on_missing=\"skip_row\"",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("weight NaN") && err.contains("row 50"),
+        "{err}"
+    );
     // All weights 0: nothing to train on.
     let zeros = dir.path().join("zeros.parquet");
     write(

@@ -124,7 +124,13 @@ fn summary(folds: &[Value]) -> (Map<String, Value>, Map<String, Value>) {
             .iter()
             .map(|f| f["validation"][key].as_f64())
             .collect();
-        let Some(values) = values else { continue };
+        let Some(values) = values else {
+            // A fold without it (an AUC of one class): no mean, said so.
+            tracing::warn!(metric = %key, "not every fold has this metric: no mean or std for it");
+            mean.insert(key.clone(), Value::Null);
+            std.insert(key.clone(), Value::Null);
+            continue;
+        };
         let n = values.len() as f64;
         let m = values.iter().sum::<f64>() / n;
         let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n;

@@ -375,6 +375,15 @@ enum LabelColumn {
 
 /// The hint for a missing label: only dropping the row helps.
 pub const LABEL_HINT: &str = "set data.on_missing = \"skip_row\" to drop such rows";
+/// A null weight as decoded: a NaN of its own bits, told apart from a NaN
+/// the column holds (only a null is a missing weight; a NaN is an error).
+pub const NULL_WEIGHT: f64 = f64::from_bits(0x7FF8_0000_DEAD_0001);
+
+/// Is `w` the decoded null weight ([`NULL_WEIGHT`])?
+pub fn is_null_weight(w: f64) -> bool {
+    w.to_bits() == NULL_WEIGHT.to_bits()
+}
+
 /// The hint for a bad weight.
 pub const WEIGHT_HINT: &str = "a weight (data.weight) is a finite number ≥ 0 on every row; set data.on_missing = \"skip_row\" to drop rows without one";
 /// The hint for a missing feature value when training.
@@ -598,7 +607,7 @@ fn decode_with(
             .iter()
             .map(|&i| {
                 if values.is_null(i) {
-                    f64::NAN
+                    NULL_WEIGHT
                 } else {
                     values.value(i)
                 }
@@ -647,7 +656,8 @@ fn decode_with(
                     for &j in scale {
                         s *= block.dense[r * p + j];
                     }
-                    if !s.is_finite() {
+                    // (The scan's raw values may be missing: NaN there.)
+                    if !keep_raw && !s.is_finite() {
                         return Err(Error::MissingValue {
                             location: Box::new(origin.at(col, i)),
                             what: "a cross's value beyond ±3.4e38 (the product of its numeric features)".into(),

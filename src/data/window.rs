@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use super::encode::WEIGHT_HINT;
 use super::encode::{decode, decode_raw, Block, FeatureSpec, LabelUse, Origin};
+use super::encode::{is_null_weight, WEIGHT_HINT};
 use super::partition::{fold_of, is_validation, WINDOW_ROWS};
 use crate::error::{Error, Location, Result};
 use crate::source::unit::Unit;
@@ -122,14 +122,14 @@ impl Windows {
         })
     }
 
-    /// Checks the weights of training rows: finite and ≥ 0; a missing one
-    /// (null or NaN) drops its row under `skip_row`.
+    /// Checks the weights of training rows: finite and ≥ 0; a null one
+    /// drops its row under `skip_row` (a NaN is always an error).
     fn check_weights(&self, b: &mut Block, column: &str, policy: OnMissing) -> Result<()> {
         let bad = b.weight.iter().position(|w| !(*w >= 0.0 && w.is_finite()));
         let Some(i) = bad else { return Ok(()) };
         let w = b.weight[i];
-        if w.is_nan() && policy == OnMissing::SkipRow {
-            let keep: Vec<bool> = b.weight.iter().map(|w| !w.is_nan()).collect();
+        if is_null_weight(w) && policy == OnMissing::SkipRow {
+            let keep: Vec<bool> = b.weight.iter().map(|w| !is_null_weight(*w)).collect();
             b.retain(|r| keep[r]);
             return self.check_weights(b, column, policy);
         }
@@ -140,8 +140,8 @@ impl Windows {
                 column: Some(column.to_string()),
                 row: b.file_row.get(i).copied(),
             }),
-            what: if w.is_nan() {
-                "null or NaN weight".into()
+            what: if is_null_weight(w) {
+                "null weight".into()
             } else {
                 format!("weight {w}")
             },

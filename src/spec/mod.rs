@@ -1207,7 +1207,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         }) => {
             return Err(value_err(
                 "data.validation",
-                "give either { fraction = F } (hold out training rows) or { path = P } (separate files), not both",
+                "give one of { fraction = F } (hold out training rows), { path = P } (separate files) or { fold = I, folds = K }, not two",
             ))
         }
         Some(RawValidation {
@@ -1217,7 +1217,7 @@ fn data_spec(d: RawData) -> Result<DataSpec> {
         }) => {
             return Err(value_err(
                 "data.validation",
-                "give { fraction = F } (hold out training rows) or { path = P } (separate files)",
+                "give { fraction = F } (hold out training rows), { path = P } (separate files) or { fold = I, folds = K }",
             ))
         }
         Some(RawValidation {

@@ -233,7 +233,7 @@ fn weighting(
         .enumerate()
         .map(|(k, &(_, w))| w * class.get(k).copied().unwrap_or(1.0))
         .sum();
-    if !(total.is_finite() && total > 0.0) {
+    if !(total.is_finite() && total > 0.0 && (rows as f64 / total).is_finite()) {
         return Err(Error::PipelineValue {
             key: if column.is_some() { "data.weight" } else { key }.into(),
             message: format!(

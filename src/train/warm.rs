@@ -93,6 +93,25 @@ impl InitModel {
                 saved.hash_bits, spec.hash_bits
             )));
         }
+        // A numeric cross's slots scale with its numeric members as the
+        // model sees them: a new scaling of one cannot be carried over.
+        let moved = |name: &str| {
+            let old = saved.numeric.iter().find(|f| f.name == name);
+            let new = spec.numeric.iter().find(|f| f.name == name);
+            match (old, new) {
+                (Some(o), Some(n)) => {
+                    o.center.to_bits() != n.center.to_bits()
+                        || o.scale.to_bits() != n.scale.to_bits()
+                }
+                _ => false,
+            }
+        };
+        if let Some(c) = spec.crosses.iter().find(|c| c.of.iter().any(|m| moved(m))) {
+            return Err(differ(format!(
+                "its cross '{}' scales by a numeric feature whose standardisation this data changes; warm starts of numeric crosses need data.standardize = false",
+                c.name
+            )));
+        }
         match (&model.network, &self.file.network) {
             (None, None) => {}
             (Some(network), Some(_)) => return self.network_theta(network, spec),
@@ -114,25 +133,6 @@ impl InitModel {
             return Err(differ(format!(
                 "its parameters are laid out as {:?}, the pipeline's as {layout:?}",
                 model.layout
-            )));
-        }
-        // A numeric cross's slots scale with its numeric members as the
-        // model sees them: a new scaling of one cannot be carried over.
-        let moved = |name: &str| {
-            let old = saved.numeric.iter().find(|f| f.name == name);
-            let new = spec.numeric.iter().find(|f| f.name == name);
-            match (old, new) {
-                (Some(o), Some(n)) => {
-                    o.center.to_bits() != n.center.to_bits()
-                        || o.scale.to_bits() != n.scale.to_bits()
-                }
-                _ => false,
-            }
-        };
-        if let Some(c) = spec.crosses.iter().find(|c| c.of.iter().any(|m| moved(m))) {
-            return Err(differ(format!(
-                "its cross '{}' scales by a numeric feature whose standardisation this data changes; warm starts of numeric crosses need data.standardize = false",
-                c.name
             )));
         }
         let mut theta = model.theta;
