@@ -456,7 +456,7 @@ fn inconsistent_model_files_are_refused_not_panicked_on() {
         (
             "string version",
             Box::new(|v| v["version"] = "1".into()),
-            "must be a number from 1 to 2",
+            "must be a number from 1 to 3",
         ),
         (
             "huge model",
