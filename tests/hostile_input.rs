@@ -557,7 +557,7 @@ fn misreports_say_what_is_wrong() {
     ));
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("not both") && !err.contains("untagged"),
+        err.contains("not two") && !err.contains("untagged"),
         "{err}"
     );
 

@@ -33,29 +33,13 @@ pub struct Split {
     pub seed: u64,
 }
 
-/// Which training rows are held out for validation, decided per row from
-/// `(seed, file, row)`: independent of units and workers.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Holdout {
-    /// A seeded fraction (`data.validation = { fraction = F }`).
-    Fraction(f64),
-    /// Fold `fold` of `folds` (`data.validation = { fold = I, folds = K }`,
-    /// `tidemill cv`): every row is in exactly one fold.
-    Fold {
-        /// The fold held out (0-based).
-        fold: u32,
-        /// Folds in all.
-        folds: u32,
-    },
-}
+pub use crate::plan::Holdout;
 
-impl Holdout {
-    /// Is row `file_row` of file `file` held out?
-    pub fn holds(self, seed: u64, file: usize, file_row: u64) -> bool {
-        match self {
-            Holdout::Fraction(f) => is_validation(seed, file, file_row, f),
-            Holdout::Fold { fold, folds } => fold_of(seed, file, file_row, folds) == fold,
-        }
+/// Is row `file_row` of file `file` held out by `h`?
+pub fn held(h: Holdout, seed: u64, file: usize, file_row: u64) -> bool {
+    match h {
+        Holdout::Fraction(f) => is_validation(seed, file, file_row, f),
+        Holdout::Fold { fold, folds } => fold_of(seed, file, file_row, folds) == fold,
     }
 }
 
@@ -192,7 +176,7 @@ fn split_rows(mut block: Block, unit: &Unit, split: Split, rows: Rows) -> UnitDa
         Some(f) => block
             .file_row
             .iter()
-            .map(|&r| f.holds(split.seed, unit.file, r))
+            .map(|&r| held(f, split.seed, unit.file, r))
             .collect(),
         None if rows == Rows::Validation => vec![false; block.rows],
         None => {

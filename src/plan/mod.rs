@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema};
 
-use crate::data::window::Holdout;
 use crate::error::{Error, Result};
 use crate::source::files::Source;
 use crate::source::parquet::ParquetSource;
@@ -28,7 +27,7 @@ pub struct Plan {
     /// Validation data from separate files.
     pub validation_files: Option<Arc<ParquetSource>>,
     /// Fraction of training rows held out, if validation is by fraction.
-    pub validation_fraction: Option<crate::data::window::Holdout>,
+    pub validation_fraction: Option<Holdout>,
     /// The feature spec before statistics (no centring, scaling or classes).
     pub draft: FeatureSpec,
     /// True if the label column holds strings.
@@ -146,6 +145,22 @@ impl Plan {
         }
         s
     }
+}
+
+/// Which training rows are held out for validation, decided per row from
+/// `(seed, file, row)`: independent of units and workers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Holdout {
+    /// A seeded fraction (`data.validation = { fraction = F }`).
+    Fraction(f64),
+    /// Fold `fold` of `folds` (`data.validation = { fold = I, folds = K }`,
+    /// `tidemill cv`): every row is in exactly one fold.
+    Fold {
+        /// The fold held out (0-based).
+        fold: u32,
+        /// Folds in all.
+        folds: u32,
+    },
 }
 
 /// The feature spec before statistics that `pipeline` makes of a table with
