@@ -64,8 +64,9 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
     }
     let mut spec = plan.draft.clone();
     for (j, (f, m)) in spec.numeric.iter_mut().zip(&scan.moments).enumerate() {
-        if !m.is_finite() {
-            return Err(Failure::from(&Error::BadLabel {
+        // A feature whose statistics are not finite, named.
+        let not_finite = |what: &str, mean: f64, m2: f64| {
+            Failure::from(&Error::BadLabel {
                 location: Box::new(Location {
                     file: plan.train.reference().to_path_buf(),
                     row_group: None,
@@ -73,28 +74,17 @@ pub fn finalize(plan: &Plan, scan: &ScanResult) -> Result<FeatureSpec, Failure> 
                     row: None,
                 }),
                 message: format!(
-                    "the mean or variance of the feature is not finite (mean {}, Σ squared deviations {})",
-                    m.mean(),
-                    m.m2
+                    "the {what} of the feature is not finite (mean {mean}, Σ squared deviations {m2})"
                 ),
-            }));
+            })
+        };
+        if !m.is_finite() {
+            return Err(not_finite("mean or variance", m.mean(), m.m2));
         }
         // A weighted job's rows count as their weights say.
         let (mean, sd) = match scan.weighted.get(j) {
             Some(w) if !w.is_finite() => {
-                return Err(Failure::from(&Error::BadLabel {
-                    location: Box::new(Location {
-                        file: plan.train.reference().to_path_buf(),
-                        row_group: None,
-                        column: Some(f.name.clone()),
-                        row: None,
-                    }),
-                    message: format!(
-                        "the weighted mean or variance of the feature is not finite (mean {}, Σ w·squared deviations {})",
-                        w.mean(),
-                        w.m2
-                    ),
-                }))
+                return Err(not_finite("weighted mean or variance", w.mean(), w.m2))
             }
             Some(w) => (w.mean(), w.std()),
             None => (m.mean(), m.std()),
