@@ -226,6 +226,91 @@ fn the_summary_says_why_training_stopped() {
             assert!(summary["epochs"].as_u64().unwrap() < 40);
         }
     }
+    // L-BFGS names the test that ended it, and the log its value.
+    for (sets, want) in [
+        (&[][..], "gradient"),
+        (&["optimizer.gradient_tolerance=0.01"][..], "gradient"),
+        (
+            &[
+                "optimizer.tolerance=0.001",
+                "optimizer.gradient_tolerance=0",
+            ][..],
+            "objective_change",
+        ),
+    ] {
+        let mut args = vec!["train", "pipelines/quickstart.toml", "--model-out", &m];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = tidemill_logged(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["stopped_by"], "converged", "{sets:?}: {summary}");
+        assert_eq!(summary["converged_by"], want, "{sets:?}: {summary}");
+        let log = stderr(&out);
+        let said = match want {
+            "gradient" => "≤ optimizer.gradient_tolerance",
+            _ => "≤ optimizer.tolerance",
+        };
+        assert!(log.contains(said), "{sets:?}: {log}");
+    }
+}
+
+/// `train.eval_every` changes which L-BFGS iterations are evaluated, not
+/// the model; a first-order optimizer refuses it.
+#[test]
+fn eval_every_thins_the_evaluations_and_keeps_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |every: &str| {
+        let m = dir.path().join(format!("m{every}.json"));
+        let metrics = dir.path().join(format!("m{every}.jsonl"));
+        let out = tidemill(&[
+            "train",
+            "pipelines/quickstart.toml",
+            "--set",
+            &format!("train.eval_every={every}"),
+            "--model-out",
+            m.to_str().unwrap(),
+            "--metrics-out",
+            metrics.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let epochs: Vec<u64> = std::fs::read_to_string(&metrics)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        (std::fs::read(&m).unwrap(), summary, epochs)
+    };
+    let (every_one, s1, e1) = run("1");
+    let (every_four, s4, e4) = run("4");
+    assert!(every_one == every_four, "the model depends on eval_every");
+    let ran = s1["epochs"].as_u64().unwrap();
+    assert_eq!(s4["epochs"].as_u64().unwrap(), ran);
+    assert_eq!(e1, (1..=ran).collect::<Vec<_>>());
+    let mut want: Vec<u64> = (1..=ran).filter(|e| e % 4 == 0).collect();
+    if ran % 4 != 0 {
+        want.push(ran);
+    }
+    assert_eq!(e4, want);
+    assert_eq!(s4["validation"], s1["validation"]);
+    let out = tidemill(&[
+        "train",
+        "pipelines/adult.toml",
+        "--set",
+        "train.eval_every=2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("train.eval_every"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

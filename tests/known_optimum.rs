@@ -15,6 +15,7 @@ use common::{
     Problem,
 };
 use tidemill::cluster::Cluster;
+use tidemill::optim::lbfgs::Convergence;
 use tidemill::spec::Pipeline;
 
 /// Newton's method in f64 on the L2 logistic objective.
@@ -77,7 +78,7 @@ fn pipeline(file: &str, label: &str, kind: &str, l2: f64) -> String {
     let path = root().join("datasets").join(file);
     format!(
         "[data]\ntrain = {:?}\nlabel = \"{label}\"\nstandardize = true\npartition = \"shuffle\"\nseed = 1\n\
-         [model]\nkind = \"{kind}\"\nl2 = {l2}\n[optimizer]\nkind = \"lbfgs\"\n[train]\nepochs = 1000\n",
+         [model]\nkind = \"{kind}\"\nl2 = {l2}\n[optimizer]\nkind = \"lbfgs\"\ntolerance = 1e-12\ngradient_tolerance = 0\n[train]\nepochs = 1000\n",
         path.to_string_lossy()
     )
 }
@@ -103,6 +104,71 @@ fn lbfgs_logistic_reaches_newton_optimum_on_breast_cancer() {
         let diff = max_abs_diff(&theta, &best);
         assert!(diff < 1e-4, "coefficients differ by {diff}");
     }
+}
+
+/// With no tolerance given, L-BFGS stops on L-BFGS-B's tests: where it
+/// says the gradient fell to 1e-5, an independent f64 gradient agrees,
+/// and the objective is as close to Newton's optimum as that allows.
+#[test]
+fn lbfgs_default_stopping_rule_holds_against_an_independent_gradient() {
+    let l2 = 0.01;
+    let p = load("breast_cancer.parquet", "target");
+    let best = newton_logistic(&p, l2);
+    let f_best = logistic_objective(&p, &best, l2);
+    let toml = pipeline("breast_cancer.parquet", "target", "logistic", l2)
+        .replace("tolerance = 1e-12\ngradient_tolerance = 0\n", "")
+        .replace("[train]\nepochs = 1000\n", "");
+    let pipeline = Pipeline::parse(&toml, Path::new("test.toml"), &[]).unwrap();
+    assert_eq!(pipeline.train.epochs, 1000, "the default iteration limit");
+    let cluster = Cluster {
+        workers: 2,
+        ..Cluster::default()
+    };
+    let report = tidemill::train::run(pipeline, &cluster).unwrap();
+    let model = report.model.unwrap();
+    assert!(model.training.epochs < 1000, "{}", model.training.epochs);
+    let mut theta = vec![model.intercept.as_ref().unwrap().number().unwrap()];
+    let coefficients = model.coefficients.as_ref().unwrap().named().unwrap();
+    for n in &p.names {
+        theta.push(coefficients.iter().find(|(k, _)| k == n).unwrap().1);
+    }
+    // The mean objective's gradient in f64, from the rows.
+    let n = p.y.len() as f64;
+    let mut g = vec![0.0; theta.len()];
+    for (x, &y) in p.x.iter().zip(&p.y) {
+        let r = sigmoid(margin(&theta, x)) - y;
+        g[0] += r / n;
+        for (gj, xj) in g[1..].iter_mut().zip(x) {
+            *gj += r * xj / n;
+        }
+    }
+    for (gj, w) in g[1..].iter_mut().zip(&theta[1..]) {
+        *gj += l2 * w;
+    }
+    let largest = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    match report.converged_by {
+        Some(Convergence::Gradient(reported)) => {
+            assert!(reported <= 1e-5, "{reported}");
+            assert!(
+                (largest - reported).abs() <= 1e-12,
+                "reported {reported}, independent {largest}"
+            );
+        }
+        Some(Convergence::ObjectiveChange(r)) => assert!(r <= 1e7 * f64::EPSILON, "{r}"),
+        other => panic!(
+            "stopped by {other:?} after {} iterations",
+            model.training.epochs
+        ),
+    }
+    let f = logistic_objective(&p, &theta, l2);
+    let gap = (f - f_best) / f_best;
+    // What a gradient of 1e-5 leaves: ‖g‖²/(2μ) with μ ≥ l2 is ≤ 1.6e-6
+    // of this objective (31 parameters).
+    assert!(gap < 1e-6, "objective {f} vs optimum {f_best}: {gap}");
+    eprintln!(
+        "default stop: {:?} after {} iterations, independent largest gradient {largest:e}, objective gap {gap:e}",
+        report.converged_by, model.training.epochs
+    );
 }
 
 #[test]

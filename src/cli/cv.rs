@@ -65,7 +65,7 @@ pub fn run(a: CvArgs) -> Result<()> {
                 purpose: "score (too few rows for this many folds)".into(),
             });
         }
-        let (stopped_by, _) = limits.stopped_by(epochs, kept.map(|r| r.epoch));
+        let (stopped_by, _) = limits.stopped_by(epochs, kept.map(|r| r.epoch), report.converged_by);
         folds.push(json!({
             "fold": fold,
             "train_rows": report.train_rows,

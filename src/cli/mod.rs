@@ -12,6 +12,7 @@ use crate::cluster::{Cluster, ClusterKey, MAX_CONNECT_TIMEOUT, MAX_PEER_TIMEOUT}
 use crate::error::{Error, Result};
 use crate::io::atomic::OutputSet;
 use crate::io::table::Format;
+use crate::optim::lbfgs::Convergence;
 use crate::spec::Pipeline;
 use outputs::{PipelineInputs, PipelineOutputs};
 
@@ -871,8 +872,9 @@ fn reads_stdin(p: &Pipeline) -> bool {
 struct StopLimits {
     /// `train.epochs` (L-BFGS: its iteration limit).
     epochs: u32,
-    /// L-BFGS, which ends early when it converges.
-    lbfgs: bool,
+    /// L-BFGS's `tolerance` and `gradient_tolerance`: it ends early when
+    /// it converges.
+    lbfgs: Option<(f64, Option<f64>)>,
     /// Early stopping's metric and patience.
     early: Option<(String, u32)>,
 }
@@ -881,7 +883,14 @@ impl StopLimits {
     fn of(p: &Pipeline) -> StopLimits {
         StopLimits {
             epochs: p.train.epochs,
-            lbfgs: matches!(p.optimizer, crate::spec::OptimizerSpec::Lbfgs { .. }),
+            lbfgs: match p.optimizer {
+                crate::spec::OptimizerSpec::Lbfgs {
+                    tolerance,
+                    gradient_tolerance,
+                    ..
+                } => Some((tolerance, gradient_tolerance)),
+                _ => None,
+            },
             early: p
                 .train
                 .early_stopping
@@ -892,8 +901,14 @@ impl StopLimits {
 
     /// Why a run of `ran` epochs (iterations) stopped, reporting the
     /// model of epoch `kept`: `epochs`, `early_stopping`, `converged` or
-    /// `iteration_limit`, and a sentence saying so.
-    fn stopped_by(&self, ran: u32, kept: Option<u32>) -> (&'static str, String) {
+    /// `iteration_limit`, and a sentence saying so. `by` is L-BFGS's
+    /// reason to stop, when it converged.
+    fn stopped_by(
+        &self,
+        ran: u32,
+        kept: Option<u32>,
+        by: Option<Convergence>,
+    ) -> (&'static str, String) {
         let best = kept.filter(|&k| k < ran && self.early.is_some());
         match (&self.early, self.lbfgs) {
             (Some((metric, patience)), _) if ran < self.epochs && best.is_some() => (
@@ -903,14 +918,21 @@ impl StopLimits {
                     kept.unwrap_or(ran)
                 ),
             ),
-            (_, true) if ran < self.epochs => (
+            (_, Some((tolerance, gradient))) if by.is_some() || ran < self.epochs => (
                 "converged",
-                format!("L-BFGS converged after {ran} iteration(s) (its tolerance met, or no further decrease found)"),
+                match by {
+                    Some(by) => format!(
+                        "L-BFGS converged after {ran} iteration(s): {}",
+                        by.describe(tolerance, gradient)
+                    ),
+                    // Resumed from the checkpoint of its last iterate.
+                    None => format!("L-BFGS converged after {ran} iteration(s)"),
+                },
             ),
-            (_, true) => (
+            (_, Some(_)) => (
                 "iteration_limit",
                 format!(
-                    "L-BFGS used all {} iterations: unless it converged on the last one, its tolerance was not met (raise train.epochs, or loosen optimizer.tolerance)",
+                    "L-BFGS used all {} iterations without meeting its tolerances (raise train.epochs, or loosen optimizer.tolerance or optimizer.gradient_tolerance)",
                     self.epochs
                 ),
             ),
@@ -1017,7 +1039,11 @@ fn train(a: TrainArgs) -> Result<()> {
         .rev()
         .find(|r| r.best == Some(true))
         .or(report.records.last());
-    let (stopped_by, why) = limits.stopped_by(model.training.epochs, last.map(|r| r.epoch));
+    let (stopped_by, why) = limits.stopped_by(
+        model.training.epochs,
+        last.map(|r| r.epoch),
+        report.converged_by,
+    );
     if stopped_by == "iteration_limit" {
         tracing::warn!("{why}");
     } else {
@@ -1036,6 +1062,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = serde_json::json!({
         "epochs": model.training.epochs,
         "stopped_by": stopped_by,
+        "converged_by": report.converged_by.map(Convergence::name),
         "train_rows": report.train_rows,
         "validation_rows": report.validation_rows,
         "rows_per_worker": report.rows_per_worker,

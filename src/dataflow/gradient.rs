@@ -23,6 +23,7 @@ use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::model::{Model, Roles, Scratch};
 use crate::optim::lazy::Reader;
+use crate::optim::lbfgs::Convergence;
 
 /// The final parameters, as seen by worker 0.
 #[derive(Debug, Clone)]
@@ -168,7 +169,19 @@ fn phase_bytes(phase: &Phase) -> u64 {
         Phase::Train { .. } => 4 + 8,
         Phase::Eval { objective, .. } => 4 + 8 + option(objective),
         Phase::Refresh => 0,
-        Phase::Final { objective, .. } => 4 + option(objective),
+        Phase::Final {
+            objective,
+            converged_by,
+            ..
+        } => 4 + option(objective) + 1 + converged_by.map_or(0, convergence_bytes),
+    }
+}
+
+/// Serialized bytes of a [`Convergence`]: the variant index and its value.
+fn convergence_bytes(c: Convergence) -> u64 {
+    4 + match c {
+        Convergence::Gradient(_) | Convergence::ObjectiveChange(_) => 8,
+        Convergence::NoDecrease => 0,
     }
 }
 
@@ -781,10 +794,17 @@ mod tests {
             Phase::Final {
                 epochs: 7,
                 objective: Some(1.0),
+                converged_by: Some(Convergence::Gradient(1e-6)),
+            },
+            Phase::Final {
+                epochs: 7,
+                objective: Some(1.0),
+                converged_by: Some(Convergence::NoDecrease),
             },
             Phase::Final {
                 epochs: 7,
                 objective: None,
+                converged_by: None,
             },
         ];
         for v in &values {

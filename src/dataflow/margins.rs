@@ -535,6 +535,7 @@ impl State {
             Some((epochs, _, true)) => Phase::Final {
                 epochs,
                 objective: None,
+                converged_by: None,
             },
             Some((epoch, next, false)) => Phase::Train {
                 epoch,

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::optim::lazy::Stamp;
+use crate::optim::lbfgs::Convergence;
 
 /// What a round asks the workers to do.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -58,6 +59,8 @@ pub enum Phase {
         epochs: u32,
         /// Final objective, when known.
         objective: Option<f64>,
+        /// L-BFGS: why it ended before its iteration limit, if it did.
+        converged_by: Option<Convergence>,
     },
 }
 

@@ -38,8 +38,18 @@ pub fn loss_and_grad(kind: ModelKind, margins: &[f64], y: f64, dm: &mut [f64]) -
         }
         ModelKind::Logistic => {
             let m = margins[0];
-            dm[0] = sigmoid(m) - y;
-            softplus(m) - y * m
+            // sigmoid(m) and softplus(m) from one exp(−|m|): the bits of
+            // the two functions, for one exponential instead of two.
+            let e = (-m.abs()).exp();
+            let (sig, soft) = if m > 0.0 {
+                (1.0 / (1.0 + e), m + e.ln_1p())
+            } else if m == 0.0 {
+                (1.0 / (1.0 + e), e.ln_1p())
+            } else {
+                (e / (1.0 + e), e.ln_1p())
+            };
+            dm[0] = sig - y;
+            soft - y * m
         }
         ModelKind::Hinge => {
             let s = 2.0 * y - 1.0;
@@ -87,6 +97,44 @@ pub fn loss(kind: ModelKind, margins: &[f64], y: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The logistic loss and gradient share one exponential and keep the
+    /// bits of `softplus` and `sigmoid`.
+    #[test]
+    fn logistic_loss_and_gradient_are_the_bits_of_softplus_and_sigmoid() {
+        let mut margins = vec![
+            0.0,
+            -0.0,
+            f64::NAN,
+            1e-300,
+            -1e-300,
+            36.7,
+            -36.7,
+            745.0,
+            -745.0,
+            1e308,
+            -1e308,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        margins.extend((-4000..=4000).map(|i| f64::from(i) * 0.0123));
+        for m in margins {
+            for y in [0.0, 1.0] {
+                let mut dm = [0.0];
+                let l = loss_and_grad(ModelKind::Logistic, &[m], y, &mut dm);
+                let (want_l, want_g) = (softplus(m) - y * m, sigmoid(m) - y);
+                // (A NaN's sign bit is not part of its value.)
+                let same =
+                    |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+                assert!(same(l, want_l), "loss at {m}, y = {y}: {l} vs {want_l}");
+                assert!(
+                    same(dm[0], want_g),
+                    "gradient at {m}, y = {y}: {} vs {want_g}",
+                    dm[0]
+                );
+            }
+        }
+    }
 
     fn numeric_check(kind: ModelKind, margins: &[f64], y: f64) {
         let mut dm = vec![0.0; margins.len()];

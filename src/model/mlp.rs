@@ -481,8 +481,12 @@ impl Mlp {
                             let col = p + h as usize;
                             for (o, d) in dz.row(r).iter().enumerate() {
                                 let idx = l.weights + o * l.cols + col;
-                                scratch.grad[idx] += f64::from(sg) * d;
-                                scratch.touched.push(idx);
+                                let slot = &mut scratch.grad[idx];
+                                // Listed when it turns non-zero.
+                                if *slot == 0.0 {
+                                    scratch.touched.push(idx);
+                                }
+                                *slot += f64::from(sg) * d;
                             }
                         }
                     }

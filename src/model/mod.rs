@@ -420,8 +420,13 @@ impl LinearModel {
                 }
                 for (&hj, &sj) in h.iter().zip(s) {
                     let idx = base + 1 + p + hj as usize;
-                    scratch.grad[idx] += g * sj as f64;
-                    scratch.touched.push(idx);
+                    let slot = &mut scratch.grad[idx];
+                    // Listed when it turns non-zero: every coordinate
+                    // non-zero at the end is listed, with few repeats.
+                    if *slot == 0.0 {
+                        scratch.touched.push(idx);
+                    }
+                    *slot += g * sj as f64;
                 }
             }
         }

@@ -16,6 +16,78 @@ const C1: f64 = 1e-4;
 /// Backtracking halvings before the search gives up.
 const MAX_BACKTRACKS: u32 = 60;
 
+/// Why L-BFGS ended before its iteration limit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Convergence {
+    /// The largest component of the objective's (pseudo-)gradient, this
+    /// value, fell to the gradient tolerance.
+    Gradient(f64),
+    /// An iteration changed the objective by this relative amount, at most
+    /// the tolerance.
+    ObjectiveChange(f64),
+    /// No step decreases the objective further: the line search gave up,
+    /// or a steepest-descent step left it unchanged to the last bit.
+    NoDecrease,
+}
+
+impl Convergence {
+    /// The name the run summary gives it (`converged_by`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Convergence::Gradient(_) => "gradient",
+            Convergence::ObjectiveChange(_) => "objective_change",
+            Convergence::NoDecrease => "no_decrease",
+        }
+    }
+
+    /// A sentence for the log, with the tolerances the run had.
+    pub fn describe(self, tolerance: f64, gradient_tolerance: Option<f64>) -> String {
+        match self {
+            Convergence::Gradient(g) => format!(
+                "the largest gradient component is {g:.3e} ≤ optimizer.gradient_tolerance = {:e}",
+                gradient_tolerance.unwrap_or(0.0)
+            ),
+            Convergence::ObjectiveChange(r) => format!(
+                "the last iteration changed the objective by a relative {r:.3e} ≤ optimizer.tolerance = {tolerance:e}"
+            ),
+            Convergence::NoDecrease => {
+                "no step along the search direction decreases the objective".to_string()
+            }
+        }
+    }
+}
+
+/// Curvature pairs `(s, y, 1 / sᵀy)`, oldest first.
+type History = VecDeque<(Vec<f64>, Vec<f64>, f64)>;
+
+/// The two-loop recursion: `q` (the gradient) times the inverse Hessian
+/// approximation of `h`. Each pass updates `q` and takes the next pair's
+/// dot product with it: the arithmetic of separate passes, in the same
+/// order, with half the passes.
+fn two_loop(h: &History, mut q: Vec<f64>) -> Vec<f64> {
+    let mut alphas = Vec::with_capacity(h.len());
+    let newest_first: Vec<usize> = (0..h.len()).rev().collect();
+    let mut d = newest_first.first().map_or(0.0, |&j| dot(&h[j].0, &q));
+    for (k, &j) in newest_first.iter().enumerate() {
+        let (_, y, rho) = &h[j];
+        let a = rho * d;
+        let next = newest_first.get(k + 1).map(|&n| h[n].0.as_slice());
+        d = add_scaled_then_dot(&mut q, -a, y, next);
+        alphas.push(a);
+    }
+    if let Some((s, y, _)) = h.back() {
+        let gamma = dot(s, y) / dot(y, y);
+        q.iter_mut().for_each(|qi| *qi *= gamma);
+    }
+    let mut d = h.front().map_or(0.0, |(_, y, _)| dot(y, &q));
+    for (j, ((s, _, rho), a)) in h.iter().zip(alphas.iter().rev()).enumerate() {
+        let b = rho * d;
+        let next = h.get(j + 1).map(|(_, y, _)| y.as_slice());
+        d = add_scaled_then_dot(&mut q, a - b, s, next);
+    }
+    q
+}
+
 /// What the optimizer wants next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
@@ -29,7 +101,8 @@ pub enum Next {
         /// True if the convergence test passed.
         converged: bool,
     },
-    /// The line search found no decrease: the current iterate is final.
+    /// The line search found no decrease: the current iterate is final
+    /// ([`Convergence::NoDecrease`]).
     Stalled,
 }
 
@@ -43,7 +116,7 @@ pub struct Lbfgs {
     x: Vec<f64>,
     f: f64,
     g: Vec<f64>,
-    history: VecDeque<(Vec<f64>, Vec<f64>, f64)>,
+    history: History,
     dir: Vec<f64>,
     alpha: f64,
     trial: Vec<f64>,
@@ -55,10 +128,41 @@ pub struct Lbfgs {
     /// Whether the step being searched is steepest descent (no curvature
     /// pairs): only such a step can show the objective's floor.
     steepest: bool,
+    /// Why the last accepted iterate passed the convergence test (not
+    /// kept in checkpoints: a run resumed at its converged iterate reports
+    /// convergence without the cause).
+    #[serde(skip)]
+    converged_by: Option<Convergence>,
+    /// The (pseudo-)gradient at `x`, once computed (empty until then: not
+    /// kept in checkpoints, it follows from `x` and `g`).
+    #[serde(skip)]
+    pg: Vec<f64>,
+    /// The step being searched is steepest descent cut to length 1 (the
+    /// gradient is longer): its objective change says nothing about
+    /// convergence. Set by [`Lbfgs::propose`], as every search starts.
+    #[serde(skip)]
+    unit_step: bool,
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `q += c·v`, returning `dot(next, q)` of the updated `q`: one pass for
+/// the two, summed in index order as [`dot`] sums (the same bits). With
+/// `c = −a` it is `q −= a·v` to the bit.
+fn add_scaled_then_dot(q: &mut [f64], c: f64, v: &[f64], next: Option<&[f64]>) -> f64 {
+    let mut acc = std::iter::empty::<f64>().sum::<f64>();
+    match next {
+        Some(n) => {
+            for ((qi, vi), ni) in q.iter_mut().zip(v).zip(n) {
+                *qi += vi * c;
+                acc += ni * *qi;
+            }
+        }
+        None => q.iter_mut().zip(v).for_each(|(qi, vi)| *qi += vi * c),
+    }
+    acc
 }
 
 impl Lbfgs {
@@ -87,6 +191,9 @@ impl Lbfgs {
             iterations: 0,
             gradient_tolerance: None,
             steepest: true,
+            converged_by: None,
+            pg: Vec::new(),
+            unit_step: false,
         }
     }
 
@@ -182,23 +289,10 @@ impl Lbfgs {
     /// Computes a search direction from the current iterate and returns the
     /// first trial point along it.
     pub fn propose(&mut self) -> Vec<f64> {
-        let pg = self.pseudo_grad(&self.x, &self.g);
-        let mut q = pg.clone();
-        let mut alphas = Vec::with_capacity(self.history.len());
-        for (s, y, rho) in self.history.iter().rev() {
-            let a = rho * dot(s, &q);
-            q.iter_mut().zip(y).for_each(|(qi, yi)| *qi -= a * yi);
-            alphas.push(a);
-        }
-        if let Some((s, y, _)) = self.history.back() {
-            let gamma = dot(s, y) / dot(y, y);
-            q.iter_mut().for_each(|qi| *qi *= gamma);
-        }
-        for ((s, y, rho), a) in self.history.iter().zip(alphas.iter().rev()) {
-            let b = rho * dot(y, &q);
-            q.iter_mut().zip(s).for_each(|(qi, si)| *qi += si * (a - b));
-        }
-        let mut dir: Vec<f64> = q.iter().map(|v| -v).collect();
+        let pg = self.take_pg();
+        let mut q = two_loop(&self.history, pg.clone());
+        q.iter_mut().for_each(|v| *v = -*v);
+        let mut dir = q;
         if self.penalty.l1 > 0.0 {
             for i in 0..dir.len() {
                 if self.penalised[i] && dir[i] * pg[i] >= 0.0 {
@@ -217,18 +311,32 @@ impl Lbfgs {
         } else {
             1.0
         };
+        self.unit_step = self.alpha < 1.0;
         self.alpha = self.alpha.min(1.0);
         self.dir = dir;
         self.backtracks = 0;
         self.trial = self.trial_point(&pg);
+        self.pg = pg;
         self.trial.clone()
     }
 
-    /// Ends the run when the largest component of the objective's
-    /// (pseudo-)gradient is at most `g` (or an accepted step leaves the
-    /// objective unchanged to the last bit), instead of on the relative
-    /// objective change: a stopping point that depends on the optimum, not
-    /// on the path to it (what a warm-started run must match).
+    /// The (pseudo-)gradient at `x`, computed if not yet known; put it
+    /// back in `self.pg` after use.
+    fn take_pg(&mut self) -> Vec<f64> {
+        let pg = std::mem::take(&mut self.pg);
+        if pg.len() == self.x.len() && !self.g.is_empty() {
+            pg
+        } else {
+            self.pseudo_grad(&self.x, &self.g)
+        }
+    }
+
+    /// Also ends the run when the largest component of the objective's
+    /// (pseudo-)gradient is at most `g`. With a relative `tolerance` of 0
+    /// this is the only test (besides an accepted step that leaves the
+    /// objective unchanged to the last bit): a stopping point that depends
+    /// on the optimum, not on the path to it (what a warm-started run must
+    /// match).
     pub fn with_gradient_tolerance(mut self, g: Option<f64>) -> Lbfgs {
         self.gradient_tolerance = g;
         self
@@ -244,10 +352,14 @@ impl Lbfgs {
             self.g = gx;
             return Next::Evaluate(self.propose());
         }
-        let pg = self.pseudo_grad(&self.x, &self.g);
-        let step: Vec<f64> = self.trial.iter().zip(&self.x).map(|(t, x)| t - x).collect();
-        let decrease = dot(&pg, &step);
+        let pg = self.take_pg();
+        // dot(pg, trial − x), without the vector unless the step is taken.
+        let mut decrease = std::iter::empty::<f64>().sum::<f64>();
+        for ((p, t), x) in pg.iter().zip(&self.trial).zip(&self.x) {
+            decrease += p * (t - x);
+        }
         if fx.is_finite() && fx <= self.f + C1 * decrease {
+            let step: Vec<f64> = self.trial.iter().zip(&self.x).map(|(t, x)| t - x).collect();
             let y: Vec<f64> = gx.iter().zip(&self.g).map(|(a, b)| a - b).collect();
             let sy = dot(&step, &y);
             if sy > 1e-12 * dot(&y, &y).max(f64::MIN_POSITIVE) {
@@ -261,34 +373,44 @@ impl Lbfgs {
             self.f = fx;
             self.g = gx;
             self.iterations += 1;
-            let pg = self.pseudo_grad(&self.x, &self.g);
-            let pg_max = pg.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            self.pg = self.pseudo_grad(&self.x, &self.g);
+            let pg_max = self.pg.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
-            let converged = match self.gradient_tolerance {
-                Some(g) if pg_max <= g => true,
+            let by = match self.gradient_tolerance {
+                Some(g) if pg_max <= g => Some(Convergence::Gradient(pg_max)),
+                // Not on a steepest-descent step cut to length 1: that
+                // length knows nothing of the problem's scale (on a label
+                // in the trillions it moves the objective by a sliver).
+                _ if self.tolerance > 0.0 && rel <= self.tolerance && !self.unit_step => {
+                    Some(Convergence::ObjectiveChange(rel))
+                }
+                _ if pg_max == 0.0 => Some(Convergence::Gradient(0.0)),
                 // A step that leaves the objective unchanged to the last
                 // bit: on a curvature-scaled direction, perhaps a poor
                 // one, so the next step is steepest descent; on a steepest
                 // descent step, the objective's floating-point floor,
                 // where no run gets further.
-                Some(_) if rel == 0.0 && !self.steepest => {
+                _ if rel == 0.0 && !self.steepest => {
                     self.history.clear();
-                    false
+                    None
                 }
-                Some(_) => rel == 0.0,
-                None => rel <= self.tolerance || pg_max == 0.0,
+                _ if rel == 0.0 => Some(Convergence::NoDecrease),
+                _ => None,
             };
+            self.converged_by = by;
             Next::Accepted {
                 objective: fx,
-                converged,
+                converged: by.is_some(),
             }
         } else {
             self.backtracks += 1;
             if self.backtracks > MAX_BACKTRACKS {
+                self.converged_by = Some(Convergence::NoDecrease);
                 return Next::Stalled;
             }
             self.alpha *= 0.5;
             self.trial = self.trial_point(&pg);
+            self.pg = pg;
             Next::Evaluate(self.trial.clone())
         }
     }
@@ -296,6 +418,12 @@ impl Lbfgs {
     /// Objective at the current iterate.
     pub fn objective_value(&self) -> f64 {
         self.f
+    }
+
+    /// Why the run converged, when the last accepted iterate (or a
+    /// stalled line search) ended it.
+    pub fn converged_by(&self) -> Option<Convergence> {
+        self.converged_by
     }
 }
 
@@ -385,6 +513,50 @@ mod tests {
             (x[0] - 1e-4).abs() < 1e-9 && (x[1] - 1.0).abs() < 1e-8,
             "{x:?}"
         );
+    }
+
+    /// The fused two-loop recursion gives the bits of the textbook one
+    /// (separate dot products and updates).
+    #[test]
+    fn the_fused_two_loop_recursion_is_bit_identical_to_the_textbook_one() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let n = 1001;
+        for pairs in [0, 1, 3, 10] {
+            let mut h = History::new();
+            for _ in 0..pairs {
+                let s: Vec<f64> = (0..n).map(|_| next()).collect();
+                let y: Vec<f64> = (0..n).map(|_| next() * 1e-3).collect();
+                let rho = 1.0 / dot(&s, &y);
+                h.push_back((s, y, rho));
+            }
+            let g: Vec<f64> = (0..n).map(|_| next()).collect();
+            let mut want = g.clone();
+            let mut alphas = Vec::new();
+            for (s, y, rho) in h.iter().rev() {
+                let a = rho * dot(s, &want);
+                want.iter_mut().zip(y).for_each(|(qi, yi)| *qi -= a * yi);
+                alphas.push(a);
+            }
+            if let Some((s, y, _)) = h.back() {
+                let gamma = dot(s, y) / dot(y, y);
+                want.iter_mut().for_each(|qi| *qi *= gamma);
+            }
+            for ((s, y, rho), a) in h.iter().zip(alphas.iter().rev()) {
+                let b = rho * dot(y, &want);
+                want.iter_mut()
+                    .zip(s)
+                    .for_each(|(qi, si)| *qi += si * (a - b));
+            }
+            let got = two_loop(&h, g);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{pairs} pairs");
+        }
     }
 
     #[test]

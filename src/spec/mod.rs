@@ -606,6 +606,15 @@ pub struct TrainSpec {
     pub max_worker_params: Option<u64>,
     /// Early stopping, if asked for.
     pub early_stopping: Option<EarlyStopping>,
+    /// L-BFGS: the iterations evaluated (metrics record, early stopping)
+    /// are every `eval_every`-th, the last, and those a checkpoint or a
+    /// stop falls on; 1 for the other optimizers.
+    #[serde(default = "one_u32")]
+    pub eval_every: u32,
+}
+
+fn one_u32() -> u32 {
+    1
 }
 
 /// `[output]`.
@@ -933,6 +942,10 @@ impl Pipeline {
     pub fn from_raw(raw: RawPipeline) -> Result<Pipeline> {
         let data = data_spec(raw.data)?;
         let model = model_spec(raw.model, data.classes.as_deref(), data.seed)?;
+        let explicit = (
+            raw.optimizer.tolerance.is_some(),
+            raw.optimizer.gradient_tolerance.is_some(),
+        );
         let optimizer = optimizer_spec(raw.optimizer, &model)?;
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         let checkpoint = checkpoint_spec(&raw.output)?;
@@ -961,16 +974,31 @@ impl Pipeline {
         if let (
             Some(_),
             OptimizerSpec::Lbfgs {
-                gradient_tolerance, ..
+                tolerance,
+                gradient_tolerance,
+                ..
             },
         ) = (&state, &mut optimizer)
         {
-            // A forget must reach the optimum a retrain reaches: both
-            // stop on the gradient, not on how the objective moved. (Not
-            // hinge: its loss has no gradient at the kink, L-BFGS only
-            // starts it and its dual is solved exactly after.)
+            let (explicit_tolerance, explicit_gradient) = explicit;
             if model.kind != ModelKind::Hinge {
-                gradient_tolerance.get_or_insert(STATE_GRADIENT_TOLERANCE);
+                // A forget must reach the optimum a retrain reaches: both
+                // stop on the gradient only, not on how the objective
+                // moved.
+                *tolerance = 0.0;
+                if !explicit_gradient {
+                    *gradient_tolerance = Some(STATE_GRADIENT_TOLERANCE);
+                }
+            } else {
+                // Hinge has no gradient at the kink: L-BFGS only starts
+                // it, and its dual is solved exactly after, from a start
+                // that stops on the objective change.
+                if !explicit_tolerance {
+                    *tolerance = HINGE_STATE_TOLERANCE;
+                }
+                if !explicit_gradient {
+                    *gradient_tolerance = None;
+                }
             }
         }
         if stream.window.is_some() && optimizer != OptimizerSpec::Exact {
@@ -1025,9 +1053,27 @@ fn weights_fit(
     }
 }
 
+/// L-BFGS's default `gradient_tolerance`, L-BFGS-B's (SciPy's `pgtol`):
+/// the run ends when no component of the mean objective's
+/// (pseudo-)gradient is larger.
+pub const LBFGS_GRADIENT_TOLERANCE: f64 = 1e-5;
+
+/// L-BFGS's default `tolerance`, L-BFGS-B's relative objective change
+/// (`factr = 1e7` times the f64 machine epsilon): the run ends when an
+/// iteration changes the objective by less than this fraction of it.
+pub const LBFGS_TOLERANCE: f64 = 1e7 * f64::EPSILON;
+
 /// L-BFGS's `gradient_tolerance` where a pipeline keeps `[output] state`
 /// and none is given.
 pub const STATE_GRADIENT_TOLERANCE: f64 = 1e-9;
+
+/// L-BFGS's relative objective change for the start of a hinge model's
+/// dual solve where a pipeline keeps `[output] state` and none is given.
+pub const HINGE_STATE_TOLERANCE: f64 = 1e-12;
+
+/// `train.epochs` (the iteration limit) of an L-BFGS pipeline that gives
+/// none: generous, so that an unconfigured run ends by converging.
+pub const LBFGS_DEFAULT_ITERATIONS: u32 = 1000;
 
 /// The largest number of numeric features `optimizer.kind = "exact"`
 /// takes: its statistics hold `p(p+1)/2` cross-products and every update
@@ -1798,18 +1844,24 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
             if memory == 0 {
                 return Err(value_err("optimizer.memory", "must be at least 1"));
             }
-            let gradient_tolerance = match o.gradient_tolerance {
-                Some(g) if !(g.is_finite() && g > 0.0) => {
-                    return Err(value_err(
-                        "optimizer.gradient_tolerance",
-                        format!("must be a number > 0, got {g}"),
-                    ))
-                }
-                other => other,
+            let tolerance = o
+                .tolerance
+                .map(|t| non_negative("optimizer.tolerance", t))
+                .transpose()?;
+            let gradient = o
+                .gradient_tolerance
+                .map(|g| non_negative("optimizer.gradient_tolerance", g))
+                .transpose()?;
+            // L-BFGS-B's tests and defaults; a gradient tolerance given
+            // alone is the only test (as with `[output] state`), and 0
+            // turns a test off.
+            let (tolerance, gradient_tolerance) = match (tolerance, gradient) {
+                (t, None) => (t.unwrap_or(LBFGS_TOLERANCE), Some(LBFGS_GRADIENT_TOLERANCE)),
+                (t, Some(g)) => (t.unwrap_or(0.0), Some(g).filter(|&g| g > 0.0)),
             };
             OptimizerSpec::Lbfgs {
                 memory,
-                tolerance: non_negative("optimizer.tolerance", o.tolerance.unwrap_or(1e-12))?,
+                tolerance,
                 gradient_tolerance,
             }
         }
@@ -1855,7 +1907,22 @@ fn train_spec(
     kind: ModelKind,
     has_validation: bool,
 ) -> Result<TrainSpec> {
-    let epochs = t.epochs.unwrap_or(10);
+    let epochs = t.epochs.unwrap_or(match optimizer {
+        OptimizerSpec::Lbfgs { .. } => LBFGS_DEFAULT_ITERATIONS,
+        _ => 10,
+    });
+    let eval_every = match (t.eval_every, optimizer) {
+        (None, _) => 1,
+        (Some(0), _) => return Err(value_err("train.eval_every", "must be at least 1")),
+        (Some(n), OptimizerSpec::Lbfgs { .. }) => n,
+        (Some(1), _) => 1,
+        (Some(_), _) => {
+            return Err(value_err(
+                "train.eval_every",
+                "applies to optimizer.kind = 'lbfgs', whose iterations are short; a first-order optimizer evaluates after every epoch",
+            ))
+        }
+    };
     if epochs == 0 {
         return Err(value_err("train.epochs", "must be at least 1"));
     }
@@ -1975,6 +2042,7 @@ fn train_spec(
             m => m,
         },
         early_stopping,
+        eval_every,
     })
 }
 
@@ -2039,8 +2107,74 @@ mod tests {
     fn defaults_fill_in() {
         let p = Pipeline::parse(MIN, Path::new("p.toml"), &[]).unwrap();
         assert_eq!(p.data.partition, Partition::Shuffle);
-        assert!(matches!(p.optimizer, OptimizerSpec::Lbfgs { .. }));
-        assert_eq!(p.train.epochs, 10);
+        assert_eq!(
+            p.optimizer,
+            OptimizerSpec::Lbfgs {
+                memory: 10,
+                tolerance: LBFGS_TOLERANCE,
+                gradient_tolerance: Some(LBFGS_GRADIENT_TOLERANCE),
+            }
+        );
+        assert_eq!(p.train.epochs, LBFGS_DEFAULT_ITERATIONS);
+        assert_eq!(p.train.eval_every, 1);
+        let sgd =
+            Pipeline::parse(MIN, Path::new("p.toml"), &["optimizer.kind=sgd".into()]).unwrap();
+        assert_eq!(sgd.train.epochs, 10);
+    }
+
+    /// L-BFGS's tolerances: a gradient tolerance given alone is the only
+    /// test, 0 turns a test off, `[output] state` stops on the gradient.
+    #[test]
+    fn lbfgs_tolerances_resolve() {
+        let lbfgs = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            match Pipeline::parse(MIN, Path::new("p.toml"), &sets)
+                .unwrap()
+                .optimizer
+            {
+                OptimizerSpec::Lbfgs {
+                    tolerance,
+                    gradient_tolerance,
+                    ..
+                } => (tolerance, gradient_tolerance),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            lbfgs(&["optimizer.tolerance=1e-6"]),
+            (1e-6, Some(LBFGS_GRADIENT_TOLERANCE))
+        );
+        assert_eq!(
+            lbfgs(&["optimizer.gradient_tolerance=1e-7"]),
+            (0.0, Some(1e-7))
+        );
+        assert_eq!(
+            lbfgs(&[
+                "optimizer.tolerance=1e-12",
+                "optimizer.gradient_tolerance=0"
+            ]),
+            (1e-12, None)
+        );
+        assert_eq!(
+            lbfgs(&[
+                "output.state=\"s\"",
+                "data.key=\"id\"",
+                "model.kind=\"linear\"",
+                "model.l2=0.01"
+            ]),
+            (0.0, Some(STATE_GRADIENT_TOLERANCE))
+        );
+        for bad in ["optimizer.gradient_tolerance=-1", "optimizer.tolerance=nan"] {
+            let err = Pipeline::parse(MIN, Path::new("p.toml"), &[bad.into()]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+        let err = Pipeline::parse(
+            MIN,
+            Path::new("p.toml"),
+            &["optimizer.kind=sgd".into(), "train.eval_every=5".into()],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("train.eval_every"), "{err}");
     }
 
     #[test]

@@ -221,6 +221,9 @@ pub struct RawOptimizer {
 pub struct RawTrain {
     /// Epochs (first-order) or iterations (L-BFGS).
     pub epochs: Option<u32>,
+    /// L-BFGS: evaluate every so many iterations (default 1; the last is
+    /// always evaluated).
+    pub eval_every: Option<u32>,
     /// `allreduce` (default).
     pub strategy: Option<String>,
     /// Number of parameter shards (default 16); shard k lives on worker k mod W.

@@ -222,6 +222,8 @@ pub struct Driver {
     penalty: Penalty,
     fit_intercept: bool,
     epochs: u32,
+    /// L-BFGS: evaluate every so many iterations (`train.eval_every`).
+    eval_every: u32,
     keep_best: bool,
     lag: u64,
     in_flight: VecDeque<Phase>,
@@ -371,6 +373,7 @@ impl Driver {
             penalty,
             fit_intercept: pipeline.model.fit_intercept,
             epochs: pipeline.train.epochs,
+            eval_every: pipeline.train.eval_every.max(1),
             keep_best: pipeline.train.early_stopping.is_some(),
             lag,
             in_flight: VecDeque::new(),
@@ -556,9 +559,14 @@ impl Driver {
     /// next L-BFGS trial point).
     fn after_boundary(&mut self, epoch: u32, objective: Option<f64>, done: bool) -> Emission {
         if done {
+            let converged_by = match &self.mode {
+                Mode::Lbfgs { opt, .. } => opt.converged_by(),
+                _ => None,
+            };
             let phase = Phase::Final {
                 epochs: epoch,
                 objective,
+                converged_by,
             };
             return self.send(phase, 0, self.keep_best);
         }
@@ -867,17 +875,34 @@ impl Driver {
                 converged: c,
             } => {
                 *converged = c;
-                let phase = Phase::Eval {
-                    epoch: opt.iterations(),
-                    steps: *evaluations,
-                    objective: Some(objective),
-                };
-                (phase, opt.iterate().to_vec())
+                let epoch = opt.iterations();
+                // An iteration is evaluated (a metrics record, early
+                // stopping, a boundary) every `eval_every`, at the last,
+                // and where a checkpoint or a stop falls; between them
+                // the next search direction follows at once.
+                let evaluated = c
+                    || epoch >= self.epochs
+                    || epoch.is_multiple_of(self.eval_every)
+                    || self.stop_request.is_some()
+                    || self
+                        .cadence
+                        .is_some_and(|k| k.due_at_epoch(epoch, self.steps, self.last_round));
+                if evaluated {
+                    let phase = Phase::Eval {
+                        epoch,
+                        steps: *evaluations,
+                        objective: Some(objective),
+                    };
+                    (phase, opt.iterate().to_vec())
+                } else {
+                    (Phase::Train { epoch: 0, step: 0 }, opt.propose())
+                }
             }
             Next::Stalled => {
                 let phase = Phase::Final {
                     epochs: opt.iterations(),
                     objective: Some(opt.objective_value()),
+                    converged_by: opt.converged_by(),
                 };
                 (phase, opt.iterate().to_vec())
             }

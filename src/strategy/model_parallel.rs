@@ -288,6 +288,7 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
             phase: Phase::Final {
                 epochs: done.epochs,
                 objective: None,
+                converged_by: None,
             },
         });
     }

@@ -162,6 +162,7 @@ pub fn run(
             phase: Phase::Final {
                 epochs: done.epochs,
                 objective: None,
+                converged_by: None,
             },
         });
     }

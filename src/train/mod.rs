@@ -24,6 +24,7 @@ use crate::error::{Error, Location, Result};
 use crate::metrics::sink::EpochRecord;
 use crate::model::file::{ModelFile, TrainingSummary};
 use crate::model::{self, Model};
+use crate::optim::lbfgs::Convergence;
 use crate::plan::Plan;
 use crate::source::DataSource;
 use crate::spec::{ModelKind, OnMissing, Pipeline};
@@ -50,6 +51,8 @@ pub struct TrainReport {
     pub params_per_worker: Vec<u64>,
     /// Units in the training data.
     pub units: usize,
+    /// L-BFGS: why it ended before its iteration limit, if it did (process 0).
+    pub converged_by: Option<Convergence>,
 }
 
 /// Builds the final feature spec from the scan.
@@ -244,6 +247,7 @@ struct WorkerResult {
     held: Vec<u64>,
     rows: (u64, u64),
     unit_rows: Vec<usize>,
+    converged_by: Option<Convergence>,
 }
 
 /// A job's checkpoints and the one it resumes from, as every worker sees
@@ -336,12 +340,19 @@ fn worker_main(
     let train_rows: u64 = scan.train_rows.iter().sum();
     let val_rows: u64 =
         scan.split_rows.iter().sum::<u64>() + scan.validation_rows.iter().sum::<u64>();
+    let mut converged_by = None;
     let model = outcome.result.map(|fp| -> Result<_, Failure> {
         let model = model::build(&plan.pipeline.model, &spec, Some(&fp.theta))
             .map_err(|e| Failure::from(&Error::Internal(e)))?;
         let (epochs, objective) = match fp.phase {
-            Phase::Final { epochs, objective } => (epochs, objective),
+            Phase::Final {
+                epochs, objective, ..
+            } => (epochs, objective),
             _ => (0, None),
+        };
+        converged_by = match fp.phase {
+            Phase::Final { converged_by, .. } => converged_by,
+            _ => None,
         };
         let summary = TrainingSummary {
             epochs,
@@ -361,6 +372,7 @@ fn worker_main(
         held: outcome.held,
         rows: (train_rows, val_rows),
         unit_rows: scan.train_rows.iter().map(|&r| r as usize).collect(),
+        converged_by,
     })
 }
 
@@ -679,6 +691,7 @@ pub fn run_job(
         rows_per_worker: Vec::new(),
         params_per_worker: Vec::new(),
         units,
+        converged_by: None,
     };
     let mut first_failure: Option<Failure> = None;
     let mut unit_rows = Vec::new();
@@ -696,6 +709,7 @@ pub fn run_job(
                     report.fitted = Some(fitted);
                     report.records = w.records;
                     report.params_per_worker = w.held;
+                    report.converged_by = w.converged_by;
                 }
             }
         }
