@@ -261,19 +261,24 @@ fn the_summary_says_why_training_stopped() {
 #[test]
 fn eval_every_thins_the_evaluations_and_keeps_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |every: &str| {
-        let m = dir.path().join(format!("m{every}.json"));
-        let metrics = dir.path().join(format!("m{every}.jsonl"));
-        let out = tidemill(&[
+    let run_with = |every: &str, tag: &str, sets: &[&str]| {
+        let m = dir.path().join(format!("m{every}{tag}.json"));
+        let metrics = dir.path().join(format!("m{every}{tag}.jsonl"));
+        let every = format!("train.eval_every={every}");
+        let mut args = vec![
             "train",
             "pipelines/quickstart.toml",
             "--set",
-            &format!("train.eval_every={every}"),
+            &every,
             "--model-out",
             m.to_str().unwrap(),
             "--metrics-out",
             metrics.to_str().unwrap(),
-        ]);
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = tidemill(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let epochs: Vec<u64> = std::fs::read_to_string(&metrics)
@@ -287,6 +292,7 @@ fn eval_every_thins_the_evaluations_and_keeps_the_model() {
             .collect();
         (std::fs::read(&m).unwrap(), summary, epochs)
     };
+    let run = |every: &str| run_with(every, "", &[]);
     let (every_one, s1, e1) = run("1");
     let (every_four, s4, e4) = run("4");
     assert!(every_one == every_four, "the model depends on eval_every");
@@ -299,6 +305,27 @@ fn eval_every_thins_the_evaluations_and_keeps_the_model() {
     }
     assert_eq!(e4, want);
     assert_eq!(s4["validation"], s1["validation"]);
+    // Checkpoints every iteration wait for the evaluated ones, and do not
+    // change the model.
+    let checkpoints = dir.path().join("ckpt");
+    let at = format!("output.checkpoint={:?}", checkpoints.to_str().unwrap());
+    let (checkpointed, _, ec) = run_with("4", "c", &[&at, "output.checkpoint_keep=100"]);
+    assert!(checkpointed == every_one, "checkpoints changed the model");
+    assert_eq!(ec, e4);
+    assert!(std::fs::read_dir(&checkpoints).unwrap().count() > 0);
+    // Run to the objective's floor (no tolerance): the last iterate is
+    // evaluated even when it ends between two evaluations.
+    let floor = [
+        "optimizer.tolerance=0",
+        "optimizer.gradient_tolerance=0",
+        "train.epochs=1000",
+    ];
+    let (f1, sf1, _) = run_with("1", "f", &floor);
+    let (f1000, sf1000, ef) = run_with("1000", "f", &floor);
+    assert!(f1 == f1000, "the model at the floor depends on eval_every");
+    assert_eq!(sf1000["converged_by"], "no_decrease", "{sf1000}");
+    assert_eq!(ef, vec![sf1000["epochs"].as_u64().unwrap()]);
+    assert_eq!(sf1["validation"], sf1000["validation"]);
     let out = tidemill(&[
         "train",
         "pipelines/adult.toml",

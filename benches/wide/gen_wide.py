@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A census-like wide table for the L-BFGS benchmark (docs/benchmarks.md, "Wide L-BFGS").
 
-    python3 benches/wide/gen_wide.py OUT_DIR [--copies 5] [--seed 11]
+    python3 benches/wide/gen_wide.py OUT_DIR [--copies 6] [--seed 11]
 
 Built from the bundled `datasets/adult.parquet` (48,842 rows), repeated
 `copies` times (default 6: 293,052 rows, 234,441 to train) and perturbed so that the copies are

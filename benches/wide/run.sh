@@ -8,7 +8,7 @@
 #
 # Env: BENCH_DATA (where the table is generated, default /tmp/wide),
 #      BENCH_VENV (the peers' venv, default .bench-venv), TIDEMILL (the
-#      binary, default target/release/tidemill, built if missing).
+#      binary, default target/release/tidemill, built if missing). Needs bc.
 # Prints a Markdown table and writes it, with each run's summary and
 # metrics, under benches/results/wide-<date>/ (the model files stay in
 # BENCH_DATA).

@@ -910,7 +910,17 @@ impl StopLimits {
         by: Option<Convergence>,
     ) -> (&'static str, String) {
         let best = kept.filter(|&k| k < ran && self.early.is_some());
+        let kept_note = best.map_or(String::new(), |k| {
+            format!("; the model is epoch {k}'s, the best")
+        });
         match (&self.early, self.lbfgs) {
+            (_, Some((tolerance, gradient))) if by.is_some() => (
+                "converged",
+                format!(
+                    "L-BFGS converged after {ran} iteration(s): {}{kept_note}",
+                    by.map_or(String::new(), |b| b.describe(tolerance, gradient))
+                ),
+            ),
             (Some((metric, patience)), _) if ran < self.epochs && best.is_some() => (
                 "early_stopping",
                 format!(
@@ -918,16 +928,10 @@ impl StopLimits {
                     kept.unwrap_or(ran)
                 ),
             ),
-            (_, Some((tolerance, gradient))) if by.is_some() || ran < self.epochs => (
+            // Resumed from the checkpoint of its converged iterate.
+            (_, Some(_)) if ran < self.epochs => (
                 "converged",
-                match by {
-                    Some(by) => format!(
-                        "L-BFGS converged after {ran} iteration(s): {}",
-                        by.describe(tolerance, gradient)
-                    ),
-                    // Resumed from the checkpoint of its last iterate.
-                    None => format!("L-BFGS converged after {ran} iteration(s)"),
-                },
+                format!("L-BFGS converged after {ran} iteration(s){kept_note}"),
             ),
             (_, Some(_)) => (
                 "iteration_limit",
@@ -1062,7 +1066,10 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = serde_json::json!({
         "epochs": model.training.epochs,
         "stopped_by": stopped_by,
-        "converged_by": report.converged_by.map(Convergence::name),
+        "converged_by": report
+            .converged_by
+            .filter(|_| stopped_by == "converged")
+            .map(Convergence::name),
         "train_rows": report.train_rows,
         "validation_rows": report.validation_rows,
         "rows_per_worker": report.rows_per_worker,

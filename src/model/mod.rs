@@ -341,16 +341,25 @@ impl Scratch {
         overflow: &dyn Fn(usize, f64) -> String,
     ) -> Result<exact::Bound, String> {
         let mut largest = exact::Bound::default();
-        for idx in std::mem::take(&mut self.touched) {
+        let touched = std::mem::take(&mut self.touched);
+        for (n, &idx) in touched.iter().enumerate() {
             let g = self.grad[idx];
             if g != 0.0 {
-                let v = Exact::from_f64(g).ok_or_else(|| overflow(idx, g))?;
+                let Some(v) = Exact::from_f64(g) else {
+                    // Leave the scratch clear: a slot is listed only when
+                    // it turns non-zero.
+                    touched[n..].iter().for_each(|&i| self.grad[i] = 0.0);
+                    return Err(overflow(idx, g));
+                };
                 largest = largest.max(v.magnitude());
                 acc[idx] += v;
                 self.grad[idx] = 0.0;
                 self.acc_touched.push(idx);
             }
         }
+        // Keep the list's allocation for the next partial.
+        self.touched = touched;
+        self.touched.clear();
         Ok(largest)
     }
 }

@@ -984,20 +984,25 @@ impl Pipeline {
             if model.kind != ModelKind::Hinge {
                 // A forget must reach the optimum a retrain reaches: both
                 // stop on the gradient only, not on how the objective
-                // moved.
+                // moved (a `tolerance` is not used).
                 *tolerance = 0.0;
-                if !explicit_gradient {
-                    *gradient_tolerance = Some(STATE_GRADIENT_TOLERANCE);
+                match (explicit_gradient, *gradient_tolerance) {
+                    (false, _) => *gradient_tolerance = Some(STATE_GRADIENT_TOLERANCE),
+                    (true, None) => {
+                        return Err(value_err(
+                            "optimizer.gradient_tolerance",
+                            "with [output] state the run stops on the gradient alone (what a forget must reach too): give a tolerance > 0",
+                        ))
+                    }
+                    (true, Some(_)) => {}
                 }
-            } else {
+            } else if !explicit_gradient {
                 // Hinge has no gradient at the kink: L-BFGS only starts
                 // it, and its dual is solved exactly after, from a start
                 // that stops on the objective change.
+                *gradient_tolerance = None;
                 if !explicit_tolerance {
                     *tolerance = HINGE_STATE_TOLERANCE;
-                }
-                if !explicit_gradient {
-                    *gradient_tolerance = None;
                 }
             }
         }
@@ -2164,6 +2169,24 @@ mod tests {
             ]),
             (0.0, Some(STATE_GRADIENT_TOLERANCE))
         );
+        let state = ["output.state=\"s\"", "data.key=\"id\"", "model.l2=0.01"];
+        let hinge = |more: &[&str]| lbfgs(&[&state[..], &["model.kind=\"hinge\""], more].concat());
+        assert_eq!(hinge(&[]), (HINGE_STATE_TOLERANCE, None));
+        assert_eq!(
+            hinge(&["optimizer.gradient_tolerance=1e-6"]),
+            (0.0, Some(1e-6))
+        );
+        assert_eq!(hinge(&["optimizer.tolerance=1e-8"]), (1e-8, None));
+        let sets: Vec<String> = [
+            &state[..],
+            &["model.kind=\"linear\"", "optimizer.gradient_tolerance=0"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let err = Pipeline::parse(MIN, Path::new("p.toml"), &sets).unwrap_err();
+        assert!(err.to_string().contains("gradient alone"), "{err}");
         for bad in ["optimizer.gradient_tolerance=-1", "optimizer.tolerance=nan"] {
             let err = Pipeline::parse(MIN, Path::new("p.toml"), &[bad.into()]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");

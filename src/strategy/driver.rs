@@ -224,6 +224,8 @@ pub struct Driver {
     epochs: u32,
     /// L-BFGS: evaluate every so many iterations (`train.eval_every`).
     eval_every: u32,
+    /// The last epoch (L-BFGS iteration) evaluated.
+    evaluated: u32,
     keep_best: bool,
     lag: u64,
     in_flight: VecDeque<Phase>,
@@ -374,6 +376,7 @@ impl Driver {
             fit_intercept: pipeline.model.fit_intercept,
             epochs: pipeline.train.epochs,
             eval_every: pipeline.train.eval_every.max(1),
+            evaluated: 0,
             keep_best: pipeline.train.early_stopping.is_some(),
             lag,
             in_flight: VecDeque::new(),
@@ -464,6 +467,7 @@ impl Driver {
             }
             _ => {}
         }
+        self.evaluated = d.epoch;
         self.resumed = Some(match d.next {
             Some((epoch, step)) => Resumed::Step { epoch, step },
             None => Resumed::Boundary {
@@ -877,16 +881,13 @@ impl Driver {
                 *converged = c;
                 let epoch = opt.iterations();
                 // An iteration is evaluated (a metrics record, early
-                // stopping, a boundary) every `eval_every`, at the last,
-                // and where a checkpoint or a stop falls; between them
-                // the next search direction follows at once.
-                let evaluated = c
-                    || epoch >= self.epochs
-                    || epoch.is_multiple_of(self.eval_every)
-                    || self.stop_request.is_some()
-                    || self
-                        .cadence
-                        .is_some_and(|k| k.due_at_epoch(epoch, self.steps, self.last_round));
+                // stopping, a boundary where checkpoints and stops fall)
+                // every `eval_every` and at the last; between them the
+                // next search direction follows at once. Signals and
+                // checkpoints wait for the next evaluated iteration, so
+                // that neither changes what is evaluated (nor, with early
+                // stopping, the model).
+                let evaluated = c || epoch >= self.epochs || epoch.is_multiple_of(self.eval_every);
                 if evaluated {
                     let phase = Phase::Eval {
                         epoch,
@@ -898,6 +899,17 @@ impl Driver {
                     (Phase::Train { epoch: 0, step: 0 }, opt.propose())
                 }
             }
+            // The last iterate is final: evaluated first if it was not
+            // (it ends the run there, as a converged one does).
+            Next::Stalled if opt.iterations() > self.evaluated => {
+                *converged = true;
+                let phase = Phase::Eval {
+                    epoch: opt.iterations(),
+                    steps: *evaluations,
+                    objective: Some(opt.objective_value()),
+                };
+                (phase, opt.iterate().to_vec())
+            }
             Next::Stalled => {
                 let phase = Phase::Final {
                     epochs: opt.iterations(),
@@ -908,7 +920,9 @@ impl Driver {
             }
         };
         self.set_all(&x);
-        self.send(phase, 0, false)
+        // A final phase sends the best values when early stopping keeps them.
+        let best = matches!(phase, Phase::Final { .. }) && self.keep_best;
+        self.send(phase, 0, best)
     }
 }
 
@@ -998,6 +1012,7 @@ impl Owner for Driver {
         else {
             return Vec::new();
         };
+        let previous = std::mem::replace(&mut self.evaluated, epoch);
         if control.best {
             for s in &mut self.shards {
                 s.best = Some(s.params.clone());
@@ -1013,10 +1028,13 @@ impl Owner for Driver {
                 }
             );
         let stop_here = self.stop_request.is_some() && !done;
+        // A checkpoint due at an epoch not evaluated (L-BFGS with
+        // `eval_every`) falls at the next evaluated one.
+        let since = previous.min(epoch.saturating_sub(1)) + 1;
         if stop_here
-            || self
-                .cadence
-                .is_some_and(|c| c.due_at_epoch(epoch, self.steps, self.last_round))
+            || self.cadence.is_some_and(|c| {
+                (since..=epoch).any(|e| c.due_at_epoch(e, self.steps, self.last_round))
+            })
         {
             self.snapshot = Some(self.save(epoch, objective, done, None));
         }
