@@ -49,22 +49,32 @@ fn newton_logistic(p: &Problem, l2: f64) -> Vec<f64> {
     theta
 }
 
-/// Trains in-process and returns [intercept, coefficients in column order].
-fn train(toml: &str, overrides: &[&str], names: &[String], workers: usize) -> Vec<f64> {
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    let pipeline = Pipeline::parse(toml, Path::new("test.toml"), &overrides).unwrap();
+/// Trains in-process; returns the report and [intercept, coefficients in
+/// column order].
+fn train_report(
+    pipeline: Pipeline,
+    names: &[String],
+    workers: usize,
+) -> (tidemill::train::TrainReport, Vec<f64>) {
     let cluster = Cluster {
         workers,
         ..Cluster::default()
     };
     let report = tidemill::train::run(pipeline, &cluster).unwrap();
-    let model = report.model.unwrap();
+    let model = report.model.as_ref().unwrap();
     let mut theta = vec![model.intercept.as_ref().unwrap().number().unwrap()];
     let coefficients = model.coefficients.as_ref().unwrap().named().unwrap();
     for n in names {
         theta.push(coefficients.iter().find(|(k, _)| k == n).unwrap().1);
     }
-    theta
+    (report, theta)
+}
+
+/// Trains in-process and returns [intercept, coefficients in column order].
+fn train(toml: &str, overrides: &[&str], names: &[String], workers: usize) -> Vec<f64> {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let pipeline = Pipeline::parse(toml, Path::new("test.toml"), &overrides).unwrap();
+    train_report(pipeline, names, workers).1
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -120,18 +130,9 @@ fn lbfgs_default_stopping_rule_holds_against_an_independent_gradient() {
         .replace("[train]\nepochs = 1000\n", "");
     let pipeline = Pipeline::parse(&toml, Path::new("test.toml"), &[]).unwrap();
     assert_eq!(pipeline.train.epochs, 1000, "the default iteration limit");
-    let cluster = Cluster {
-        workers: 2,
-        ..Cluster::default()
-    };
-    let report = tidemill::train::run(pipeline, &cluster).unwrap();
-    let model = report.model.unwrap();
+    let (report, theta) = train_report(pipeline, &p.names, 2);
+    let model = report.model.as_ref().unwrap();
     assert!(model.training.epochs < 1000, "{}", model.training.epochs);
-    let mut theta = vec![model.intercept.as_ref().unwrap().number().unwrap()];
-    let coefficients = model.coefficients.as_ref().unwrap().named().unwrap();
-    for n in &p.names {
-        theta.push(coefficients.iter().find(|(k, _)| k == n).unwrap().1);
-    }
     // The mean objective's gradient in f64, from the rows.
     let n = p.y.len() as f64;
     let mut g = vec![0.0; theta.len()];
