@@ -14,6 +14,11 @@
 //! - `lbfgs/iteration`: the owner's work for one L-BFGS iteration on 2^18
 //!   coordinates with a full history of 10 pairs (observe the gradient,
 //!   accept, two-loop recursion, next trial point);
+//! - `lbfgs/sharded-owner-K-of-16`: the same iteration's work for one
+//!   owner of sharded, vector-free L-BFGS holding K of the 16 shards of
+//!   2^18 coordinates (K = 16: one worker; 8: two; 2: eight; 1: sixteen):
+//!   accept, its shards' dot products, the direction and the next trial
+//!   point (the reduction itself is a round of scalars, not timed here);
 //! - `decode/wide`: decoding an Arrow batch of 8192 rows of the wide shape
 //!   (12 numeric columns, 28 string columns hashed) into a block.
 //!
@@ -39,6 +44,7 @@ use tidemill::data::encode::{decode, Block, LabelUse, NumericFeature, Origin};
 use tidemill::exact::{self, Exact};
 use tidemill::model::{Layout, LinearModel, Scratch};
 use tidemill::optim::lbfgs::{Lbfgs, Next};
+use tidemill::optim::vector_free::{Request, Scalars, ShardedLbfgs};
 use tidemill::optim::Penalty;
 use tidemill::plan::features::FeatureSpec;
 use tidemill::spec::{ModelKind, OnMissing};
@@ -186,6 +192,95 @@ fn lbfgs_iteration(c: &mut Criterion) {
     group.finish();
 }
 
+/// One owner's work per iteration of sharded L-BFGS on the quadratic of
+/// [`lbfgs_iteration`], holding `k` of 16 shards of 2^18 coordinates with a
+/// full history; the totals are its own partials' (the arithmetic is that
+/// of any owner holding `k` shards).
+fn lbfgs_sharded_owner(c: &mut Criterion) {
+    let n = 1 << 18;
+    let shard = n / 16;
+    let a: Vec<f64> = (0..n).map(|i| 1.0 + (i % 97) as f64).collect();
+    let mut group = c.benchmark_group("lbfgs");
+    group.throughput(Throughput::Elements(n as u64));
+    for k in [16usize, 8, 2, 1] {
+        let eval = |o: &ShardedLbfgs| -> (f64, Vec<Vec<f64>>) {
+            let mut f = 0.0;
+            let grads = (0..k)
+                .map(|p| {
+                    let a = &a[p * shard..(p + 1) * shard];
+                    o.trial(p)
+                        .iter()
+                        .zip(a)
+                        .map(|(xi, ai)| {
+                            let r = xi - 1.0;
+                            f += 0.5 * ai * r * r;
+                            ai * r
+                        })
+                        .collect()
+                })
+                .collect();
+            (f, grads)
+        };
+        let total = |o: &ShardedLbfgs| {
+            let mut t = Scalars::default();
+            (0..k).for_each(|p| t.add(&o.partials(p)));
+            t
+        };
+        let penalty = Penalty { l2: 0.0, l1: 0.0 };
+        let pieces = (0..k)
+            .map(|_| (vec![0.0; shard], vec![true; shard]))
+            .collect();
+        let mut opt = ShardedLbfgs::new(pieces, 10, 0.0, None, penalty);
+        let mut request = Request::Evaluate;
+        while opt.iterations() < 12 {
+            request = match request {
+                Request::Evaluate => {
+                    let (f, g) = eval(&opt);
+                    let t = total(&opt);
+                    opt.on_trial(f, &g, &t)
+                }
+                Request::Reduce => {
+                    let t = total(&opt);
+                    opt.on_gram(&t)
+                }
+                Request::Accepted { .. } => opt.propose(),
+                Request::Stalled => break,
+            };
+        }
+        if let Request::Accepted { .. } = request {
+            request = opt.propose();
+        }
+        assert_eq!(request, Request::Evaluate, "a trial point is pending");
+        // Time an accepted trial: backtrack until the pending one is.
+        let (f, g, t) = loop {
+            let (f, g) = eval(&opt);
+            let t = total(&opt);
+            if opt.clone().on_trial(f, &g, &t) == Request::Reduce {
+                break (f, g, t);
+            }
+            assert_eq!(opt.on_trial(f, &g, &t), Request::Evaluate);
+        };
+        group.bench_function(format!("sharded-owner-{k}-of-16"), |bench| {
+            bench.iter_batched(
+                || (opt.clone(), g.clone()),
+                |(mut o, g)| {
+                    let mut r = o.on_trial(f, &g, &t);
+                    if r == Request::Reduce {
+                        let reduced = total(&o);
+                        r = o.on_gram(&reduced);
+                    }
+                    if let Request::Accepted { .. } = r {
+                        o.propose();
+                    }
+                    (o, g)
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn decode_wide(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let rows = 8192;
@@ -247,6 +342,7 @@ criterion_group!(
     gradient,
     exact_accumulate,
     lbfgs_iteration,
+    lbfgs_sharded_owner,
     decode_wide
 );
 criterion_main!(kernels);

@@ -107,13 +107,20 @@ fn lbfgs_logistic_reaches_newton_optimum_on_breast_cancer() {
             workers,
         );
         let f = logistic_objective(&p, &theta, l2);
-        assert!(
-            (f - f_best).abs() / f_best < 1e-7,
-            "objective {f} vs optimum {f_best}"
-        );
-        let diff = max_abs_diff(&theta, &best);
-        assert!(diff < 1e-4, "coefficients differ by {diff}");
+        assert_at_optimum(&format!("{workers} workers"), (f, f_best), &theta, &best);
     }
+}
+
+/// The objective `f.0` within 1e-7 (relative) of the optimum's `f.1`, and
+/// the coefficients within 1e-4 of it.
+fn assert_at_optimum(what: &str, f: (f64, f64), theta: &[f64], best: &[f64]) {
+    let (f, f_best) = f;
+    assert!(
+        (f - f_best).abs() / f_best < 1e-7,
+        "{what}: objective {f} vs optimum {f_best}"
+    );
+    let diff = max_abs_diff(theta, best);
+    assert!(diff < 1e-4, "{what}: coefficients differ by {diff}");
 }
 
 /// With no tolerance given, L-BFGS stops on L-BFGS-B's tests: where it
@@ -191,6 +198,69 @@ fn lbfgs_ridge_reaches_closed_form_on_california_housing() {
     );
     let diff = max_abs_diff(&theta, &best);
     assert!(diff < 1e-4, "coefficients differ by {diff}");
+}
+
+/// Sharded, vector-free L-BFGS (`optimizer.sharded = true`) reaches the
+/// optima the whole-vector one does: Newton's on breast_cancer (logistic),
+/// the closed form on california_housing (ridge) and OWL-QN's objective
+/// and zeros with `l1`; and its models are the same bits on 1, 2 and 3
+/// workers (and another shard count changes only the rounding).
+#[test]
+fn sharded_lbfgs_reaches_the_optima_with_the_same_bits_on_any_worker_count() {
+    let bits = |t: &[f64]| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let l2 = 0.01;
+    let p = load("breast_cancer.parquet", "target");
+    let best = newton_logistic(&p, l2);
+    let f_best = logistic_objective(&p, &best, l2);
+    let base = pipeline("breast_cancer.parquet", "target", "logistic", l2);
+    let mut models = Vec::new();
+    for (workers, shards) in [
+        (1, "train.shards=16"),
+        (2, "train.shards=16"),
+        (3, "train.shards=16"),
+        (2, "train.shards=5"),
+    ] {
+        let theta = train(
+            &base,
+            &["optimizer.sharded=true", shards],
+            &p.names,
+            workers,
+        );
+        let f = logistic_objective(&p, &theta, l2);
+        let what = format!("{workers} workers, {shards}");
+        assert_at_optimum(&what, (f, f_best), &theta, &best);
+        models.push(theta);
+    }
+    assert_eq!(bits(&models[0]), bits(&models[1]), "1 vs 2 workers");
+    assert_eq!(bits(&models[0]), bits(&models[2]), "1 vs 3 workers");
+
+    let l2 = 0.001;
+    let p = load("california_housing.parquet", "MedHouseVal");
+    let best = ridge_closed_form(&p, l2);
+    let f_best = ridge_objective(&p, &best, l2);
+    let base = pipeline("california_housing.parquet", "MedHouseVal", "linear", l2);
+    let theta = train(&base, &["optimizer.sharded=true"], &p.names, 2);
+    let f = ridge_objective(&p, &theta, l2);
+    assert!(
+        (f - f_best).abs() / f_best < 1e-7,
+        "ridge: objective {f} vs optimum {f_best}"
+    );
+
+    let (l1, l2) = (0.02, 0.001);
+    let p = load("breast_cancer.parquet", "target");
+    let objective = |t: &[f64]| l1_logistic_objective(&p, t, l1, l2);
+    let base = pipeline("breast_cancer.parquet", "target", "logistic", l2);
+    let l1_set = format!("model.l1={l1}");
+    let whole = train(&base, &[&l1_set], &p.names, 2);
+    let sharded = train(&base, &[&l1_set, "optimizer.sharded=true"], &p.names, 3);
+    let (fw, fs) = (objective(&whole), objective(&sharded));
+    assert!(
+        (fw - fs).abs() / fw < 1e-9,
+        "OWL-QN: sharded {fs} vs whole {fw}"
+    );
+    let zeros = |t: &[f64]| t[1..].iter().map(|w| *w == 0.0).collect::<Vec<_>>();
+    assert_eq!(zeros(&sharded), zeros(&whole), "the same weights are zero");
+    assert!(zeros(&whole).iter().filter(|z| **z).count() >= 10);
 }
 
 /// First-order methods with a decaying rate get close to the optimum; the
@@ -276,9 +346,7 @@ fn first_order_methods_reach_documented_tolerance() {
 fn l1_optimum_owlqn_and_ftrl_agree() {
     let (l1, l2) = (0.02, 0.001);
     let p = load("breast_cancer.parquet", "target");
-    let objective = |t: &[f64]| {
-        logistic_objective(&p, t, l2) + l1 * t[1..].iter().map(|w| w.abs()).sum::<f64>()
-    };
+    let objective = |t: &[f64]| l1_logistic_objective(&p, t, l1, l2);
     let base = pipeline("breast_cancer.parquet", "target", "logistic", l2);
     let l1_set = format!("model.l1={l1}");
     let owlqn = train(&base, &[&l1_set], &p.names, 2);
@@ -313,6 +381,11 @@ fn l1_optimum_owlqn_and_ftrl_agree() {
     );
     assert!(ff >= fo - 1e-9 * fo.abs(), "FTRL beat OWL-QN: {ff} < {fo}");
     assert!((ff - fo) / fo < 1e-2, "FTRL {ff} vs OWL-QN {fo}");
+}
+
+/// The logistic objective plus `l1` on every coefficient but the intercept.
+fn l1_logistic_objective(p: &Problem, t: &[f64], l1: f64, l2: f64) -> f64 {
+    logistic_objective(p, t, l2) + l1 * t[1..].iter().map(|w| w.abs()).sum::<f64>()
 }
 
 /// Trains `toml` with the CLI on `workers` threads and returns the model file as JSON.

@@ -7,7 +7,7 @@ mod common;
 
 use common::tidemill_ok;
 use tidemill::dataflow::gradient::{grad_bytes, param_bytes};
-use tidemill::dataflow::{Phase, ShardValues};
+use tidemill::dataflow::{Phase, Scalars, ShardValues};
 
 fn records(workers: usize, sets: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
@@ -67,13 +67,21 @@ fn bytes_exchanged_are_counted() {
     let evaluations = recs.last().unwrap()["steps"].as_u64().unwrap();
     let n = 31;
     let point = Phase::Train { epoch: 0, step: 0 };
-    let whole = param_bytes(&point, &ShardValues::Dense(vec![0.0; n]));
+    let whole = param_bytes(
+        &point,
+        &ShardValues::Dense(vec![0.0; n]),
+        &Scalars::default(),
+    );
     let accepted = Phase::Eval {
         epoch: 1,
         steps: 1,
         objective: Some(0.5),
     };
-    let unchanged = param_bytes(&accepted, &ShardValues::Delta(Vec::new()));
+    let unchanged = param_bytes(
+        &accepted,
+        &ShardValues::Delta(Vec::new()),
+        &Scalars::default(),
+    );
     let expected = evaluations * (whole + grad_bytes(n)) + recs.len() as u64 * unchanged;
     assert_eq!(total, expected);
 }

@@ -94,6 +94,20 @@ fn lbfgs_shuffle() {
     );
 }
 
+/// Vector-free L-BFGS: the owners' scalars are summed in shard order, the
+/// same on 1, 2 and 4 threads and on 2 processes; with L1 (OWL-QN) too.
+#[test]
+fn sharded_lbfgs() {
+    check(
+        "pipelines/digits.toml",
+        &["optimizer.sharded=true", "data.partition=shuffle"],
+    );
+    check(
+        "pipelines/quickstart.toml",
+        &["optimizer.sharded=true", "model.l1=0.01", "train.shards=7"],
+    );
+}
+
 #[test]
 fn sgd_slice() {
     check(

@@ -13,7 +13,7 @@ use timely::dataflow::{Stream, StreamVec};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::Part;
-use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial};
+use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial, Scalars};
 use crate::exact::{Bound, Exact, Wide};
 
 /// A shard's summed gradient: every coordinate, or only the coordinates
@@ -44,6 +44,18 @@ impl ShardGrad {
     }
 }
 
+/// A round's totals over every worker: the exact loss sum, the rows and
+/// the [`Bound`] of the gradient partials.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoundTotals {
+    /// Exact sum of the rows' losses.
+    pub loss: Wide,
+    /// Rows behind the sums.
+    pub rows: u64,
+    /// Bound on the partials summed.
+    pub bound: Bound,
+}
+
 /// Parameters to send, each `delay` rounds after the round being folded.
 pub type Emission = Vec<(u64, ParamMsg)>;
 
@@ -55,13 +67,14 @@ pub trait Owner: 'static {
     fn start(&mut self) -> Emission;
 
     /// Applies a training round's summed gradient (per owned shard, with
-    /// the exact loss sum, the rows and the [`Bound`] of the partials).
+    /// the exact loss sum, the rows and the [`Bound`] of the partials), or
+    /// a [`super::Phase::Reduce`] round's; `reduced`: the total over the
+    /// shards of the scalars the owners sent for the round.
     fn on_gradients(
         &mut self,
         sums: &BTreeMap<u32, ShardGrad>,
-        loss: Wide,
-        rows: u64,
-        bound: Bound,
+        round: RoundTotals,
+        reduced: &Scalars,
     ) -> Result<Emission, Failure>;
 
     /// Applies the collector's decision after an evaluation round.
@@ -220,6 +233,12 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                         let mut loss: BTreeMap<u32, Wide> = BTreeMap::new();
                         let mut rows: BTreeMap<u32, u64> = BTreeMap::new();
                         let mut bound: BTreeMap<u32, Bound> = BTreeMap::new();
+                        // Every worker totalled the same scalars.
+                        let reduced = round
+                            .grads
+                            .first()
+                            .map(|g| g.reduced.clone())
+                            .unwrap_or_default();
                         for g in round.grads {
                             *loss.entry(g.shard).or_default() += g.loss;
                             *bound.entry(g.shard).or_default() += g.bound;
@@ -233,7 +252,12 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                             .into_iter()
                             .map(|(k, p)| (k, sum_partials(p)))
                             .collect();
-                        match driver.on_gradients(&sums, total_loss, total_rows, total_bound) {
+                        let totals = RoundTotals {
+                            loss: total_loss,
+                            rows: total_rows,
+                            bound: total_bound,
+                        };
+                        match driver.on_gradients(&sums, totals, &reduced) {
                             Ok(next) => next,
                             Err(f) => {
                                 failure.borrow_mut().get_or_insert(f);

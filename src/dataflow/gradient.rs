@@ -14,7 +14,7 @@ use super::hooks::Hooks;
 use super::rounds::Rounds;
 use super::snapshot::{Cadence, Part, PartOf};
 use super::{
-    loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial, Phase,
+    loss_message, owner, EvalMsg, Failure, GradMsg, LazyHeader, ParamMsg, Partial, Phase, Scalars,
     ShardValues, WorkerOut,
 };
 use crate::data::cache::WorkerData;
@@ -168,7 +168,7 @@ fn phase_bytes(phase: &Phase) -> u64 {
     4 + match phase {
         Phase::Train { .. } => 4 + 8,
         Phase::Eval { objective, .. } => 4 + 8 + option(objective),
-        Phase::Refresh => 0,
+        Phase::Refresh | Phase::Reduce => 0,
         Phase::Final {
             objective,
             converged_by,
@@ -187,20 +187,26 @@ fn convergence_bytes(c: Convergence) -> u64 {
 
 /// Payload bytes of a parameter message of `phase` carrying `values`
 /// (bincode layout: shard, phase, version, seq, values, and the tag of the
-/// lazy header, whose bytes [`LazyHeader::bytes`] counts when there is one).
-pub fn param_bytes(phase: &Phase, values: &ShardValues) -> u64 {
-    4 + phase_bytes(phase) + 8 + 8 + values.bytes() + 1
+/// lazy header, whose bytes [`LazyHeader::bytes`] counts when there is one,
+/// and the scalars).
+pub fn param_bytes(phase: &Phase, values: &ShardValues, scalars: &Scalars) -> u64 {
+    4 + phase_bytes(phase) + 8 + 8 + values.bytes() + 1 + scalars.bytes()
 }
 
-/// Payload bytes of a gradient message carrying `values` (bincode layout:
-/// shard, values, 256-bit loss, 128-bit bound, rows, no failure).
-pub fn grad_msg_bytes(values: &Partial) -> u64 {
-    4 + values.bytes() + 32 + 16 + 8 + 1
+/// Payload bytes of a gradient message carrying `values` and `reduced`
+/// (bincode layout: shard, values, 256-bit loss, 128-bit bound, rows,
+/// reduced scalars, no failure).
+pub fn grad_msg_bytes(values: &Partial, reduced: &Scalars) -> u64 {
+    4 + values.bytes() + 32 + 16 + 8 + reduced.bytes() + 1
 }
 
-/// Payload bytes of a gradient message with `n` dense values.
+/// Payload bytes of a gradient message with `n` dense values (and no
+/// scalars).
 pub fn grad_bytes(n: usize) -> u64 {
-    grad_msg_bytes(&Partial::Dense(vec![Exact::default(); n]))
+    grad_msg_bytes(
+        &Partial::Dense(vec![Exact::default(); n]),
+        &Scalars::default(),
+    )
 }
 
 /// A worker's output of a training round: a partial per shard, the exact
@@ -470,7 +476,7 @@ impl State {
     /// owner (training) or the collector (evaluation) then stops.
     fn fail_round(&self, msgs: &[ParamMsg], f: Failure, emit: &mut impl FnMut(WorkerOut)) {
         match msgs.first().map(|m| m.phase) {
-            Some(Phase::Train { .. }) => {
+            Some(Phase::Train { .. } | Phase::Reduce) => {
                 for k in 0..self.ctx.shards.len() {
                     emit(WorkerOut::Grad(GradMsg {
                         shard: k as u32,
@@ -478,6 +484,7 @@ impl State {
                         loss: Wide::default(),
                         bound: Bound::default(),
                         rows: 0,
+                        reduced: Scalars::default(),
                         failure: Some(f.clone()),
                     }));
                 }
@@ -514,8 +521,8 @@ impl State {
         }
         for m in &msgs {
             if owner(m.shard, self.ctx.peers) != self.ctx.index {
-                self.epoch_bytes +=
-                    param_bytes(&m.phase, &m.values) + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
+                self.epoch_bytes += param_bytes(&m.phase, &m.values, &m.scalars)
+                    + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
             }
         }
         if msgs.iter().all(|m| m.phase == Phase::Refresh) {
@@ -544,7 +551,30 @@ impl State {
                 self.read_fresher(fresher, epoch, step);
             }
         }
+        // Sharded L-BFGS: the owners' scalars, totalled in shard order
+        // (the same bits on every worker, whatever the worker count).
+        let reduced = reduce_scalars(&msgs);
         match phase {
+            Phase::Reduce => {
+                for (k, range) in self.ctx.shards.iter().enumerate() {
+                    let values = Partial::Sparse {
+                        len: range.len() as u32,
+                        entries: Vec::new(),
+                    };
+                    if owner(k as u32, self.ctx.peers) != self.ctx.index {
+                        self.epoch_bytes += grad_msg_bytes(&values, &reduced);
+                    }
+                    emit(WorkerOut::Grad(GradMsg {
+                        shard: k as u32,
+                        values,
+                        loss: Wide::default(),
+                        bound: Bound::default(),
+                        rows: 0,
+                        reduced: reduced.clone(),
+                        failure: None,
+                    }));
+                }
+            }
             Phase::Train { epoch, step } => match self.train_traced(epoch, step) {
                 Ok((partials, loss, rows, bound)) => {
                     self.epoch_loss += loss;
@@ -563,7 +593,7 @@ impl State {
                         });
                     for (k, values) in partials.into_iter().enumerate() {
                         if owner(k as u32, self.ctx.peers) != self.ctx.index {
-                            self.epoch_bytes += grad_msg_bytes(&values);
+                            self.epoch_bytes += grad_msg_bytes(&values, &reduced);
                         }
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
@@ -571,6 +601,7 @@ impl State {
                             loss,
                             bound,
                             rows,
+                            reduced: reduced.clone(),
                             failure: stop.clone(),
                         }));
                     }
@@ -620,6 +651,20 @@ impl State {
             Phase::Final { .. } | Phase::Refresh => {}
         }
     }
+}
+
+/// The total of the messages' scalars over the shards, in shard order.
+fn reduce_scalars(msgs: &[ParamMsg]) -> Scalars {
+    let mut total = Scalars::default();
+    if msgs.iter().all(|m| m.scalars.is_empty()) {
+        return total;
+    }
+    let mut by_shard: Vec<&ParamMsg> = msgs.iter().collect();
+    by_shard.sort_by_key(|m| m.shard);
+    for m in by_shard {
+        total.add(&m.scalars);
+    }
+    total
 }
 
 impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
@@ -747,10 +792,18 @@ mod tests {
                 loss: losses[i % losses.len()],
                 bound: Bound(u128::MAX >> i),
                 rows: u64::MAX - i as u64,
+                reduced: if i % 2 == 0 {
+                    Scalars::default()
+                } else {
+                    Scalars {
+                        sums: vec![1.5; i],
+                        maxes: vec![2.0],
+                    }
+                },
                 failure: None,
                 values,
             };
-            assert_eq!(grad_msg_bytes(&m.values), real_len(&m), "{m:?}");
+            assert_eq!(grad_msg_bytes(&m.values, &m.reduced), real_len(&m), "{m:?}");
         }
         assert_eq!(
             grad_bytes(31),
@@ -760,6 +813,7 @@ mod tests {
                 loss: Wide::default(),
                 bound: Bound(0),
                 rows: 0,
+                reduced: Scalars::default(),
                 failure: None,
             })
         );
@@ -791,6 +845,7 @@ mod tests {
                 objective: None,
             },
             Phase::Refresh,
+            Phase::Reduce,
             Phase::Final {
                 epochs: 7,
                 objective: Some(1.0),
@@ -827,10 +882,17 @@ mod tests {
                             flushed: true,
                             state,
                         }),
+                        scalars: match phase {
+                            Phase::Reduce => Scalars {
+                                sums: vec![0.25; 7],
+                                maxes: vec![1.0],
+                            },
+                            _ => Scalars::default(),
+                        },
                     };
                     let header = m.lazy.as_ref().map_or(0, LazyHeader::bytes);
                     assert_eq!(
-                        param_bytes(&m.phase, &m.values) + header,
+                        param_bytes(&m.phase, &m.values, &m.scalars) + header,
                         real_len(&m),
                         "{m:?}"
                     );

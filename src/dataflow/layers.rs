@@ -233,7 +233,7 @@ impl State {
                 let all: Vec<usize> = (0..b.rows).collect();
                 rows.push_rows(b, &all);
             }),
-            Phase::Refresh | Phase::Final { .. } => Ok(()),
+            Phase::Refresh | Phase::Reduce | Phase::Final { .. } => Ok(()),
         }
     }
 
@@ -324,7 +324,7 @@ impl State {
                 }
                 Ok(())
             }
-            Phase::Refresh | Phase::Final { .. } => Ok(()),
+            Phase::Refresh | Phase::Reduce | Phase::Final { .. } => Ok(()),
         }
     }
 
@@ -525,7 +525,7 @@ fn diverged(phase: Phase, message: String) -> Error {
     let (epoch, step) = match phase {
         Phase::Train { epoch, step } => (epoch, step),
         Phase::Eval { epoch, .. } => (epoch.saturating_sub(1), 0),
-        Phase::Refresh | Phase::Final { .. } => (0, 0),
+        Phase::Refresh | Phase::Reduce | Phase::Final { .. } => (0, 0),
     };
     Error::Diverged {
         epoch,

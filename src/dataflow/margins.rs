@@ -310,7 +310,7 @@ impl State {
                     }
                 })?;
             }
-            Phase::Refresh | Phase::Final { .. } => {}
+            Phase::Refresh | Phase::Reduce | Phase::Final { .. } => {}
         }
         Ok(out)
     }
@@ -750,7 +750,7 @@ impl State {
                 self.finish(epochs, emit);
                 return;
             }
-            Phase::Refresh => return,
+            Phase::Refresh | Phase::Reduce => return,
         };
         self.send(next, emit);
     }

@@ -30,6 +30,7 @@ use crate::exact::{Bound, Exact, Wide};
 use crate::metrics::EvalPartial;
 use crate::optim::lazy::Stamp;
 use crate::optim::lbfgs::Convergence;
+pub use crate::optim::vector_free::Scalars;
 
 /// What a round asks the workers to do.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -53,6 +54,10 @@ pub enum Phase {
     /// Fresher parameters for workers that run ahead (`param-server`):
     /// nothing to compute, only to read.
     Refresh,
+    /// Sharded L-BFGS: no evaluation, only the sum over shards of the
+    /// scalars the owners sent ([`ParamMsg::scalars`]), returned to them
+    /// in [`GradMsg::reduced`].
+    Reduce,
     /// Training is over; these are the final parameters.
     Final {
         /// Epochs (or iterations) run.
@@ -80,6 +85,10 @@ pub struct ParamMsg {
     /// Lazy updates: when the values were published (`None`: eager
     /// updates, every value is the weight at `version`).
     pub lazy: Option<LazyHeader>,
+    /// Sharded L-BFGS: the owner's partial sums over this shard, which
+    /// every worker totals over the shards in shard order (empty
+    /// otherwise).
+    pub scalars: Scalars,
 }
 
 /// What readers of lazily updated shards need besides the values (see
@@ -343,6 +352,9 @@ pub struct GradMsg {
     pub bound: Bound,
     /// Rows in the partial.
     pub rows: u64,
+    /// The total over shards of the round's [`ParamMsg::scalars`] (the
+    /// same in every message of the round).
+    pub reduced: Scalars,
     /// Set if the worker failed.
     pub failure: Option<Failure>,
 }

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::Penalty;
 
 /// Sufficient-decrease constant of the line search.
-const C1: f64 = 1e-4;
+pub(crate) const C1: f64 = 1e-4;
 /// Backtracking halvings before the search gives up.
-const MAX_BACKTRACKS: u32 = 60;
+pub(crate) const MAX_BACKTRACKS: u32 = 60;
 
 /// Why L-BFGS ended before its iteration limit.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -165,6 +165,43 @@ fn add_scaled_then_dot(q: &mut [f64], c: f64, v: &[f64], next: Option<&[f64]>) -
     acc
 }
 
+/// One coordinate of OWL-QN's pseudo-gradient: the smooth gradient `gi`
+/// plus the L1 term's one-sided derivative at `xi` that points downhill (0
+/// where neither side does); `gi` itself when `l1 = 0` or not penalised.
+pub(crate) fn pseudo_component(gi: f64, xi: f64, l1: f64, penalised: bool) -> f64 {
+    if l1 == 0.0 || !penalised {
+        gi
+    } else if xi > 0.0 {
+        gi + l1
+    } else if xi < 0.0 {
+        gi - l1
+    } else if gi + l1 < 0.0 {
+        gi + l1
+    } else if gi - l1 > 0.0 {
+        gi - l1
+    } else {
+        0.0
+    }
+}
+
+/// OWL-QN's projection of a trial point `t` onto the orthant of `x` (of
+/// `−pg` where `x` is 0): penalised coordinates that cross it become 0.
+pub(crate) fn project_to_orthant(t: &mut [f64], x: &[f64], pg: &[f64], penalised: &[bool]) {
+    for i in 0..t.len() {
+        if !penalised[i] {
+            continue;
+        }
+        let orthant = if x[i] != 0.0 {
+            x[i].signum()
+        } else {
+            -pg[i].signum()
+        };
+        if t[i] * orthant <= 0.0 {
+            t[i] = 0.0;
+        }
+    }
+}
+
 impl Lbfgs {
     /// Starts at `x0`; `penalised[i]` is false for intercepts.
     pub fn new(
@@ -242,22 +279,8 @@ impl Lbfgs {
         let l1 = self.penalty.l1;
         g.iter()
             .zip(x)
-            .enumerate()
-            .map(|(i, (&gi, &xi))| {
-                if l1 == 0.0 || !self.penalised[i] {
-                    gi
-                } else if xi > 0.0 {
-                    gi + l1
-                } else if xi < 0.0 {
-                    gi - l1
-                } else if gi + l1 < 0.0 {
-                    gi + l1
-                } else if gi - l1 > 0.0 {
-                    gi - l1
-                } else {
-                    0.0
-                }
-            })
+            .zip(&self.penalised)
+            .map(|((&gi, &xi), &p)| pseudo_component(gi, xi, l1, p))
             .collect()
     }
 
@@ -269,19 +292,7 @@ impl Lbfgs {
             .map(|(x, d)| x + self.alpha * d)
             .collect();
         if self.penalty.l1 > 0.0 {
-            for i in 0..t.len() {
-                if !self.penalised[i] {
-                    continue;
-                }
-                let orthant = if self.x[i] != 0.0 {
-                    self.x[i].signum()
-                } else {
-                    -pg[i].signum()
-                };
-                if t[i] * orthant <= 0.0 {
-                    t[i] = 0.0;
-                }
-            }
+            project_to_orthant(&mut t, &self.x, pg, &self.penalised);
         }
         t
     }
@@ -427,6 +438,30 @@ impl Lbfgs {
     }
 }
 
+/// Runs `opt` on `eval` (the loss and its gradient at a point) for at
+/// most `evaluations` evaluations, until it converges or stalls; returns
+/// the iterate.
+#[cfg(test)]
+pub(crate) fn drive(
+    opt: &mut Lbfgs,
+    evaluations: usize,
+    mut eval: impl FnMut(&[f64]) -> (f64, Vec<f64>),
+) -> Vec<f64> {
+    let mut point = opt.first_point().to_vec();
+    for _ in 0..evaluations {
+        let (f, g) = eval(&point);
+        match opt.observe(f, &g) {
+            Next::Evaluate(p) => point = p,
+            Next::Accepted {
+                converged: true, ..
+            }
+            | Next::Stalled => break,
+            Next::Accepted { .. } => point = opt.propose(),
+        }
+    }
+    opt.iterate().to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,24 +469,15 @@ mod tests {
     /// Minimises a quadratic ½ xᵀAx − bᵀx (+ penalties) to its closed form.
     fn run(a: &[[f64; 2]; 2], b: [f64; 2], penalty: Penalty, penalised: Vec<bool>) -> Vec<f64> {
         let mut opt = Lbfgs::new(vec![0.0, 0.0], 5, 1e-15, penalty, penalised);
-        let mut point = opt.first_point().to_vec();
-        for _ in 0..500 {
-            let g = [
+        drive(&mut opt, 500, |point| {
+            let g = vec![
                 a[0][0] * point[0] + a[0][1] * point[1] - b[0],
                 a[1][0] * point[0] + a[1][1] * point[1] - b[1],
             ];
             let f = 0.5 * (point[0] * g[0] + point[1] * g[1])
                 - 0.5 * (b[0] * point[0] + b[1] * point[1]);
-            match opt.observe(f, &g) {
-                Next::Evaluate(p) => point = p,
-                Next::Accepted {
-                    converged: true, ..
-                }
-                | Next::Stalled => break,
-                Next::Accepted { .. } => point = opt.propose(),
-            }
-        }
-        opt.iterate().to_vec()
+            (f, g)
+        })
     }
 
     #[test]

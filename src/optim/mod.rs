@@ -3,11 +3,14 @@
 //! They work on one shard (a slice of the parameter vector) at a time and
 //! never look outside it, so sharding across workers changes nothing: the
 //! owner of each shard applies the same step the single-worker run would.
-//! L-BFGS needs global dot products and lives in [`lbfgs`].
+//! L-BFGS needs global dot products and lives in [`lbfgs`] (one owner
+//! holds the vectors) and [`vector_free`] (sharded, dot products summed
+//! over the shards).
 
 pub mod lazy;
 pub mod lbfgs;
 pub mod update;
+pub mod vector_free;
 
 use serde::{Deserialize, Serialize};
 

@@ -213,6 +213,9 @@ pub struct RawOptimizer {
     /// objective) falls below this instead (default with `[output] state`:
     /// 1e-9).
     pub gradient_tolerance: Option<f64>,
+    /// L-BFGS: shard its vectors over the owners and run the vector-free
+    /// two-loop recursion (default false).
+    pub sharded: Option<bool>,
 }
 
 /// `[train]`.

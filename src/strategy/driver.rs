@@ -8,14 +8,15 @@ use std::ops::Range;
 
 use super::model_average;
 use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, Stored};
-use crate::dataflow::fold::{Emission, Owner, ShardGrad};
+use crate::dataflow::fold::{Emission, Owner, RoundTotals, ShardGrad};
 use crate::dataflow::snapshot::{Cadence, Part, PartOf};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
 use crate::error::Error;
-use crate::exact::{Bound, Wide};
+use crate::exact::Wide;
 use crate::model::Roles;
 use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
+use crate::optim::vector_free::{Request, Scalars, ShardedLbfgs};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{OptimizerSpec, Pipeline};
 
@@ -182,6 +183,13 @@ enum Mode {
         converged: bool,
         evaluations: u64,
     },
+    /// Vector-free L-BFGS (`optimizer.sharded`): each owner holds its
+    /// shards' pieces of the vectors.
+    Sharded {
+        opt: Box<ShardedLbfgs>,
+        converged: bool,
+        evaluations: u64,
+    },
 }
 
 /// What the owners do with a round's sums: the strategy's choice.
@@ -341,6 +349,32 @@ impl Driver {
                 memory,
                 tolerance,
                 gradient_tolerance,
+                sharded: true,
+            } => {
+                let pieces = shards
+                    .iter()
+                    .map(|s| {
+                        let penalised = s.range.clone().map(|i| !roles.is_intercept(i));
+                        (s.params.clone(), penalised.collect())
+                    })
+                    .collect();
+                Mode::Sharded {
+                    opt: Box::new(ShardedLbfgs::new(
+                        pieces,
+                        memory,
+                        tolerance,
+                        gradient_tolerance,
+                        penalty,
+                    )),
+                    converged: false,
+                    evaluations: 0,
+                }
+            }
+            OptimizerSpec::Lbfgs {
+                memory,
+                tolerance,
+                gradient_tolerance,
+                sharded: false,
             } => {
                 let n = roles.len();
                 let penalised = (0..n).map(|i| !roles.is_intercept(i)).collect();
@@ -483,7 +517,7 @@ impl Driver {
     /// optimizer's steps (L-BFGS: its iterations, `epoch`).
     fn position(&self, epoch: u32) -> u64 {
         match self.mode {
-            Mode::Lbfgs { .. } => u64::from(epoch),
+            Mode::Lbfgs { .. } | Mode::Sharded { .. } => u64::from(epoch),
             _ => self.steps,
         }
     }
@@ -565,6 +599,7 @@ impl Driver {
         if done {
             let converged_by = match &self.mode {
                 Mode::Lbfgs { opt, .. } => opt.converged_by(),
+                Mode::Sharded { opt, .. } => opt.converged_by(),
                 _ => None,
             };
             let phase = Phase::Final {
@@ -580,6 +615,10 @@ impl Driver {
                 let p = opt.propose();
                 self.set_all(&p);
                 self.send(Phase::Train { epoch: 0, step: 0 }, 0, false)
+            }
+            Mode::Sharded { opt, .. } => {
+                let request = opt.propose();
+                self.sharded_next(request)
             }
         }
     }
@@ -612,9 +651,19 @@ impl Driver {
 
     /// Sends the owned shards with `phase`, `delay` rounds from now.
     fn send(&mut self, phase: Phase, delay: u64, pick_best: bool) -> Emission {
-        if matches!(phase, Phase::Train { .. } | Phase::Eval { .. }) {
+        if matches!(
+            phase,
+            Phase::Train { .. } | Phase::Eval { .. } | Phase::Reduce
+        ) {
             self.in_flight.push_back(phase);
         }
+        // Sharded L-BFGS: each shard's partial sums for the round.
+        let scalars: Vec<Scalars> = match &self.mode {
+            Mode::Sharded { opt, .. } if matches!(phase, Phase::Train { .. } | Phase::Reduce) => {
+                (0..self.shards.len()).map(|k| opt.partials(k)).collect()
+            }
+            _ => Vec::new(),
+        };
         if matches!(phase, Phase::Eval { .. } | Phase::Final { .. }) {
             self.flush();
         }
@@ -622,7 +671,8 @@ impl Driver {
         let stamp = self.clock.now();
         self.shards
             .iter_mut()
-            .map(|s| {
+            .enumerate()
+            .map(|(k, s)| {
                 s.seq += 1;
                 let (values, lazy) = s.emit(pick_best, stamp);
                 let msg = ParamMsg {
@@ -632,6 +682,7 @@ impl Driver {
                     seq: s.seq,
                     values,
                     lazy,
+                    scalars: scalars.get(k).cloned().unwrap_or_default(),
                 };
                 (delay, msg)
             })
@@ -647,7 +698,7 @@ impl Driver {
             | Mode::Average {
                 steps_per_epoch, ..
             } => steps_per_epoch,
-            Mode::Lbfgs { .. } => 1,
+            Mode::Lbfgs { .. } | Mode::Sharded { .. } => 1,
         };
         let mut out = Vec::new();
         for step in 0..(self.lag + 1).min(steps_per_epoch.max(1)) {
@@ -735,6 +786,18 @@ impl Driver {
             self.epoch_rows = 0;
         }
         out
+    }
+
+    /// Every coordinate of shard `s`'s mean gradient, from the round's
+    /// sums over `rows` rows (zero where there is no sum).
+    fn mean_grad(&self, s: &OwnedShard, sums: &BTreeMap<u32, ShardGrad>, rows: u64) -> Vec<f64> {
+        let (roles, fit_intercept, start) = (&self.roles, self.fit_intercept, s.range.start);
+        sums.get(&s.id)
+            .map_or_else(|| vec![0.0; s.range.len()], |g| g.to_dense(s.range.len()))
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| Self::mean_at(roles, fit_intercept, rows, start + i, g))
+            .collect()
     }
 
     /// The mean gradient of parameter `i` (absolute index) from its sum
@@ -852,15 +915,7 @@ impl Driver {
         let Some(full) = self.shards.first() else {
             return Vec::new();
         };
-        let (roles, fit_intercept) = (&self.roles, self.fit_intercept);
-        let start = full.range.start;
-        let grad: Vec<f64> = sums
-            .get(&full.id)
-            .map_or_else(Vec::new, |g| g.to_dense(full.range.len()))
-            .iter()
-            .enumerate()
-            .map(|(i, &g)| Self::mean_at(roles, fit_intercept, rows, start + i, g))
-            .collect();
+        let grad = self.mean_grad(full, sums, rows);
         let Mode::Lbfgs {
             opt,
             converged,
@@ -926,6 +981,109 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Sharded L-BFGS: observes the full-batch loss and the owned shards'
+    /// gradients at the trial point, with the totals of the trial's
+    /// scalars, and emits what comes next.
+    fn sharded_round(
+        &mut self,
+        sums: &BTreeMap<u32, ShardGrad>,
+        loss: f64,
+        rows: u64,
+        reduced: &Scalars,
+    ) -> Emission {
+        let grads: Vec<Vec<f64>> = self
+            .shards
+            .iter()
+            .map(|s| self.mean_grad(s, sums, rows))
+            .collect();
+        let Mode::Sharded {
+            opt, evaluations, ..
+        } = &mut self.mode
+        else {
+            return Vec::new();
+        };
+        *evaluations += 1;
+        let request = opt.on_trial(loss / rows.max(1) as f64, &grads, reduced);
+        self.sharded_next(request)
+    }
+
+    /// Sharded L-BFGS: the totals of a [`Phase::Reduce`] round.
+    fn sharded_reduce(&mut self, reduced: &Scalars) -> Emission {
+        let Mode::Sharded { opt, .. } = &mut self.mode else {
+            return Vec::new();
+        };
+        let request = opt.on_gram(reduced);
+        self.sharded_next(request)
+    }
+
+    /// Sharded L-BFGS: the round `request` asks for (as
+    /// [`Driver::lbfgs_round`] for the whole-vector one).
+    fn sharded_next(&mut self, request: Request) -> Emission {
+        let Mode::Sharded {
+            opt,
+            converged,
+            evaluations,
+        } = &mut self.mode
+        else {
+            return Vec::new();
+        };
+        let train = Phase::Train { epoch: 0, step: 0 };
+        let (phase, trial) = match request {
+            Request::Evaluate => (train, true),
+            Request::Reduce => (Phase::Reduce, false),
+            Request::Accepted {
+                objective,
+                converged: c,
+            } => {
+                *converged = c;
+                let epoch = opt.iterations();
+                // As in `lbfgs_round`: evaluated every `eval_every`.
+                if c || epoch >= self.epochs || epoch.is_multiple_of(self.eval_every) {
+                    let phase = Phase::Eval {
+                        epoch,
+                        steps: *evaluations,
+                        objective: Some(objective),
+                    };
+                    (phase, false)
+                } else {
+                    let request = opt.propose();
+                    debug_assert_eq!(request, Request::Evaluate);
+                    (train, true)
+                }
+            }
+            Request::Stalled if opt.iterations() > self.evaluated => {
+                *converged = true;
+                let phase = Phase::Eval {
+                    epoch: opt.iterations(),
+                    steps: *evaluations,
+                    objective: Some(opt.objective_value()),
+                };
+                (phase, false)
+            }
+            Request::Stalled => {
+                let phase = Phase::Final {
+                    epochs: opt.iterations(),
+                    objective: Some(opt.objective_value()),
+                    converged_by: opt.converged_by(),
+                };
+                (phase, false)
+            }
+        };
+        if phase != Phase::Reduce {
+            for (k, s) in self.shards.iter_mut().enumerate() {
+                let v = if trial { opt.trial(k) } else { opt.iterate(k) };
+                if s.params.len() == v.len() {
+                    s.params.copy_from_slice(v);
+                    s.changed = Changed::All;
+                }
+            }
+        }
+        let best = matches!(phase, Phase::Final { .. }) && self.keep_best;
+        self.send(phase, 0, best)
+    }
+}
+
 impl Owner for Driver {
     /// The parameters of the first rounds.
     fn start(&mut self) -> Emission {
@@ -950,18 +1108,24 @@ impl Owner for Driver {
     }
 
     /// Applies a training round's summed gradient (per owned shard), given
-    /// the [`Bound`] of the partials summed: where it does not hold, the
+    /// the [`crate::exact::Bound`] of the partials summed: where it does not hold, the
     /// sums may have wrapped and the round fails, on any worker count.
     fn on_gradients(
         &mut self,
         sums: &BTreeMap<u32, ShardGrad>,
-        exact_loss: Wide,
-        rows: u64,
-        bound: Bound,
+        totals: RoundTotals,
+        reduced: &Scalars,
     ) -> Result<Emission, Failure> {
+        let RoundTotals {
+            loss: exact_loss,
+            rows,
+            bound,
+        } = totals;
         let loss = exact_loss.to_f64();
-        let Some(Phase::Train { epoch, step }) = self.in_flight.pop_front() else {
-            return Ok(Vec::new());
+        let (epoch, step) = match self.in_flight.pop_front() {
+            Some(Phase::Train { epoch, step }) => (epoch, step),
+            Some(Phase::Reduce) => return Ok(self.sharded_reduce(reduced)),
+            _ => return Ok(Vec::new()),
         };
         let diverged = |message: String| {
             Failure::from(&Error::Diverged {
@@ -1002,6 +1166,7 @@ impl Owner for Driver {
                 Ok(self.advance_saving(epoch, step, 1, steps_per_epoch, exact_loss, rows))
             }
             Mode::Lbfgs { .. } => Ok(self.lbfgs_round(sums, loss, rows)),
+            Mode::Sharded { .. } => Ok(self.sharded_round(sums, loss, rows, reduced)),
         }
     }
     /// Applies the collector's decision after an evaluation round.
@@ -1023,6 +1188,9 @@ impl Owner for Driver {
             || matches!(
                 self.mode,
                 Mode::Lbfgs {
+                    converged: true,
+                    ..
+                } | Mode::Sharded {
                     converged: true,
                     ..
                 }

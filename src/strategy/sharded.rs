@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::exact::Wide;
 use crate::optim::lazy::{Clock, Drift, Reader};
 use crate::optim::{FirstOrderState, Penalty};
+use crate::spec::OptimizerSpec;
 
 /// A strategy's policy for the sharded loop.
 pub struct Sharding {
@@ -71,9 +72,10 @@ pub fn run(
     let init = input.init;
     let model = input.model()?;
     let roles = model.roles();
-    let shards = match p.optimizer.first_order() {
-        Some(_) => p.train.shards,
-        None => 1,
+    // Whole-vector L-BFGS keeps every vector with one owner.
+    let shards = match p.optimizer {
+        OptimizerSpec::Lbfgs { sharded: false, .. } => 1,
+        _ => p.train.shards,
     };
     let ranges = shard_ranges(roles.len(), shards);
     let owned: Vec<u32> = (0..ranges.len() as u32)

@@ -1,0 +1,886 @@
+//! Vector-free, sharded L-BFGS / OWL-QN (`optimizer.sharded = true`), after
+//! Chen, Wang & Zhou, "Large-scale L-BFGS using MapReduce" (NIPS 2014).
+//!
+//! [`super::lbfgs`] keeps every vector on one owner and runs the two-loop
+//! recursion over whole vectors: its serial work grows with the model and
+//! not with the workers. Here each shard owner keeps only its shards'
+//! pieces of the iterate, the gradient, the search direction and the
+//! curvature pairs. The recursion runs on the dot products between those
+//! vectors (at most `2m + 1` of them: the pairs' `s` and `y`, and the
+//! gradient), which the owners sum over the shards in one scalar round per
+//! iteration; the direction is then a combination of the vectors, which
+//! each owner forms over its own pieces.
+//!
+//! The line search needs sums too (the penalty at the trial point, the
+//! directional derivative): they ride on the trial point's parameter
+//! messages and come back with the gradients, at no extra round.
+//!
+//! Every owner runs the same scalar progression from the same totals, so
+//! owners agree without talking. A shard's partial sums are taken in a
+//! fixed order inside the shard and summed over shards in shard order, so
+//! the iterates are the same bits on any worker count (for a given
+//! `train.shards`). They are not the bits of [`super::lbfgs`], whose dot
+//! products run over whole vectors in one order: the two reach the same
+//! optimum, to the stopping rule's tolerance.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::lbfgs::{project_to_orthant, pseudo_component, Convergence, C1, MAX_BACKTRACKS};
+use super::Penalty;
+
+/// Scalars an owner sends with each of its shards, and their totals over
+/// every shard (sums added in shard order; maxima).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scalars {
+    /// Summed over shards.
+    pub sums: Vec<f64>,
+    /// Largest over shards.
+    pub maxes: Vec<f64>,
+}
+
+impl Scalars {
+    /// True when there is nothing to reduce.
+    pub fn is_empty(&self) -> bool {
+        self.sums.is_empty() && self.maxes.is_empty()
+    }
+
+    /// Folds the next shard's partials into a running total.
+    pub fn add(&mut self, next: &Scalars) {
+        if self.sums.len() < next.sums.len() {
+            self.sums.resize(next.sums.len(), 0.0);
+        }
+        self.sums
+            .iter_mut()
+            .zip(&next.sums)
+            .for_each(|(a, b)| *a += b);
+        if self.maxes.len() < next.maxes.len() {
+            self.maxes.resize(next.maxes.len(), f64::NEG_INFINITY);
+        }
+        self.maxes
+            .iter_mut()
+            .zip(&next.maxes)
+            .for_each(|(a, b)| *a = a.max(*b));
+    }
+
+    /// Serialized payload bytes (bincode layout: two length-prefixed
+    /// vectors of `f64`).
+    pub fn bytes(&self) -> u64 {
+        16 + 8 * (self.sums.len() + self.maxes.len()) as u64
+    }
+}
+
+/// A vector of the recursion's basis: a curvature pair's step `s` or
+/// gradient change `y` (by the pair's number), or the current
+/// (pseudo-)gradient `P`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Vid {
+    S(u64),
+    Y(u64),
+    P,
+}
+
+/// A dot product's key, its two vectors in order.
+fn key(a: Vid, b: Vid) -> (Vid, Vid) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// `Σ aᵢbᵢ` in eight interleaved lanes (independent chains, so the adds
+/// overlap), combined pairwise, then the tail in order: a fixed order for
+/// a given length.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut l = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            l[k] += x[k] * y[k];
+        }
+    }
+    let mut total = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        total += x * y;
+    }
+    total
+}
+
+/// Elements per block of [`dots`] and [`combine`]: a block of every
+/// vector of the basis stays in cache while it is used.
+const BLOCK: usize = 8192;
+
+/// The dot products of `pairs` (vectors of one length): per block of
+/// [`BLOCK`] elements, each pair's [`dot`], added to its total in block
+/// order. One pass over the vectors for all the products, in a fixed order
+/// for a given length.
+fn dots(pairs: &[(&[f64], &[f64])]) -> Vec<f64> {
+    let mut totals = vec![0.0; pairs.len()];
+    let n = pairs
+        .iter()
+        .map(|(a, b)| a.len().min(b.len()))
+        .min()
+        .unwrap_or(0);
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        for (t, (a, b)) in totals.iter_mut().zip(pairs) {
+            *t += dot(&a[start..end], &b[start..end]);
+        }
+        start = end;
+    }
+    totals
+}
+
+/// `Σ cₗ·vₗ` over `terms` (vectors of length `n`), block by block, each
+/// element summed in term order.
+fn combine(terms: &[(f64, &[f64])], n: usize) -> Vec<f64> {
+    let mut q = vec![0.0; n];
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let block = &mut q[start..end];
+        // Four terms a pass (each element still summed in term order).
+        let mut fours = terms.chunks_exact(4);
+        for t in &mut fours {
+            let (v0, v1, v2, v3) = (
+                &t[0].1[start..end],
+                &t[1].1[start..end],
+                &t[2].1[start..end],
+                &t[3].1[start..end],
+            );
+            for (i, qi) in block.iter_mut().enumerate() {
+                *qi = (((*qi + t[0].0 * v0[i]) + t[1].0 * v1[i]) + t[2].0 * v2[i]) + t[3].0 * v3[i];
+            }
+        }
+        for &(c, v) in fours.remainder() {
+            block
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(qi, vi)| *qi += c * vi);
+        }
+        start = end;
+    }
+    q
+}
+
+/// What the owners wait for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+enum Wait {
+    /// The loss and gradient at the trial point, with its scalars.
+    #[default]
+    Trial,
+    /// The dot products `keys` at a new iterate, whose objective is the
+    /// first of `accepted` (the second: the previous iterate's); `None` at
+    /// the starting point.
+    Gram {
+        keys: Vec<(Vid, Vid)>,
+        accepted: Option<(f64, f64)>,
+    },
+}
+
+/// The state every owner holds alike.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Common {
+    memory: usize,
+    tolerance: f64,
+    gradient_tolerance: Option<f64>,
+    penalty: Penalty,
+    /// Objective at the iterate.
+    f: f64,
+    alpha: f64,
+    backtracks: u32,
+    started: bool,
+    iterations: u32,
+    /// The search direction is steepest descent.
+    steepest: bool,
+    /// A steepest-descent step cut to length 1 (see [`super::lbfgs`]).
+    unit_step: bool,
+    /// The direction came from curvature pairs: the trial's round checks
+    /// that it descends.
+    checking: bool,
+    converged_by: Option<Convergence>,
+    /// Curvature pairs (number, 1 / sᵀy), oldest first.
+    pairs: VecDeque<(u64, f64)>,
+    /// The next pair's number.
+    next_pair: u64,
+    /// Dot products between the basis vectors.
+    gram: BTreeMap<(Vid, Vid), f64>,
+    wait: Wait,
+}
+
+/// One owned shard's pieces of the vectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Piece {
+    /// False for intercepts (not penalised).
+    penalised: Vec<bool>,
+    x: Vec<f64>,
+    /// Smooth gradient (loss and L2) at `x`.
+    g: Vec<f64>,
+    /// (Pseudo-)gradient at `x`.
+    pg: Vec<f64>,
+    dir: Vec<f64>,
+    trial: Vec<f64>,
+    /// Curvature pairs (s, y), aligned with [`Common::pairs`].
+    pairs: VecDeque<(Vec<f64>, Vec<f64>)>,
+    /// The accepted step's pair, until the owners decide to keep it.
+    fresh: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+impl Piece {
+    fn vector(&self, v: Vid, common: &Common) -> &[f64] {
+        let pair = |n: u64| {
+            if let Some(fresh) = self.fresh.as_ref().filter(|_| n == common.next_pair) {
+                return Some(fresh);
+            }
+            let k = common.pairs.iter().position(|&(m, _)| m == n)?;
+            self.pairs.get(k)
+        };
+        match v {
+            Vid::P => &self.pg,
+            Vid::S(n) => pair(n).map_or(&[][..], |p| &p.0),
+            Vid::Y(n) => pair(n).map_or(&[][..], |p| &p.1),
+        }
+    }
+
+    fn smooth_grad(&self, at: &[f64], loss_grad: &[f64], l2: f64) -> Vec<f64> {
+        loss_grad
+            .iter()
+            .zip(at)
+            .zip(&self.penalised)
+            .map(|((&g, &w), &p)| if p { g + l2 * w } else { g })
+            .collect()
+    }
+
+    fn pseudo_grad(&self, l1: f64) -> Vec<f64> {
+        self.g
+            .iter()
+            .zip(&self.x)
+            .zip(&self.penalised)
+            .map(|((&gi, &xi), &p)| pseudo_component(gi, xi, l1, p))
+            .collect()
+    }
+
+    /// `x + α·dir`, projected on the orthant of `x` (OWL-QN).
+    fn set_trial(&mut self, alpha: f64, l1: f64) {
+        self.trial = self
+            .x
+            .iter()
+            .zip(&self.dir)
+            .map(|(x, d)| x + alpha * d)
+            .collect();
+        if l1 > 0.0 {
+            project_to_orthant(&mut self.trial, &self.x, &self.pg, &self.penalised);
+        }
+    }
+
+    /// The trial round's partials: the penalty at the trial point, the
+    /// directional derivative `pgᵀ(trial − x)` and `dirᵀpg`, in one pass.
+    fn trial_partials(&self, penalty: Penalty) -> Scalars {
+        let (mut r, mut decrease, mut dg) = (0.0, 0.0, 0.0);
+        let known = self.pg.len() == self.x.len();
+        for i in 0..self.trial.len() {
+            let t = self.trial[i];
+            if self.penalised[i] {
+                r += 0.5 * penalty.l2 * t * t + penalty.l1 * t.abs();
+            }
+            if known {
+                decrease += self.pg[i] * (t - self.x[i]);
+                if let Some(d) = self.dir.get(i) {
+                    dg += d * self.pg[i];
+                }
+            }
+        }
+        Scalars {
+            sums: vec![r, decrease, dg],
+            maxes: Vec::new(),
+        }
+    }
+}
+
+/// What the owners do next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Request {
+    /// Evaluate the loss and gradient at the trial point
+    /// ([`ShardedLbfgs::trial`]), with [`ShardedLbfgs::partials`].
+    Evaluate,
+    /// Sum [`ShardedLbfgs::partials`] over the shards; nothing to evaluate.
+    Reduce,
+    /// A new iterate was accepted ([`ShardedLbfgs::iterate`]); call
+    /// [`ShardedLbfgs::propose`] to continue, or stop.
+    Accepted {
+        /// Objective (with penalties) at the new iterate.
+        objective: f64,
+        /// True if the convergence test passed.
+        converged: bool,
+    },
+    /// The line search found no decrease: the iterate is final.
+    Stalled,
+}
+
+/// Vector-free L-BFGS over the shards one owner holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardedLbfgs {
+    common: Common,
+    pieces: Vec<Piece>,
+    /// Per piece, the scalars to send with it in the next round.
+    outgoing: Vec<Scalars>,
+}
+
+impl ShardedLbfgs {
+    /// Starts at `pieces`: per owned shard, its starting values and which
+    /// of its coordinates are penalised (false for intercepts).
+    pub fn new(
+        pieces: Vec<(Vec<f64>, Vec<bool>)>,
+        memory: usize,
+        tolerance: f64,
+        gradient_tolerance: Option<f64>,
+        penalty: Penalty,
+    ) -> ShardedLbfgs {
+        let pieces: Vec<Piece> = pieces
+            .into_iter()
+            .map(|(x0, penalised)| Piece {
+                penalised,
+                trial: x0.clone(),
+                x: x0,
+                g: Vec::new(),
+                pg: Vec::new(),
+                dir: Vec::new(),
+                pairs: VecDeque::new(),
+                fresh: None,
+            })
+            .collect();
+        let outgoing = pieces.iter().map(|p| p.trial_partials(penalty)).collect();
+        ShardedLbfgs {
+            common: Common {
+                memory,
+                tolerance,
+                gradient_tolerance,
+                penalty,
+                f: f64::INFINITY,
+                alpha: 1.0,
+                backtracks: 0,
+                started: false,
+                iterations: 0,
+                steepest: true,
+                unit_step: false,
+                checking: false,
+                converged_by: None,
+                pairs: VecDeque::new(),
+                next_pair: 0,
+                gram: BTreeMap::new(),
+                wait: Wait::Trial,
+            },
+            pieces,
+            outgoing,
+        }
+    }
+
+    /// Piece `k`'s point to evaluate (the starting point, first).
+    pub fn trial(&self, k: usize) -> &[f64] {
+        self.pieces.get(k).map_or(&[], |p| &p.trial)
+    }
+
+    /// Piece `k` of the current (last accepted) iterate.
+    pub fn iterate(&self, k: usize) -> &[f64] {
+        self.pieces.get(k).map_or(&[], |p| &p.x)
+    }
+
+    /// The scalars to send with piece `k` in the round just requested.
+    pub fn partials(&self, k: usize) -> Scalars {
+        self.outgoing.get(k).cloned().unwrap_or_default()
+    }
+
+    /// Accepted iterations so far.
+    pub fn iterations(&self) -> u32 {
+        self.common.iterations
+    }
+
+    /// Objective at the current iterate.
+    pub fn objective_value(&self) -> f64 {
+        self.common.f
+    }
+
+    /// Why the run converged, when the last accepted iterate (or a
+    /// stalled line search) ended it.
+    pub fn converged_by(&self) -> Option<Convergence> {
+        self.common.converged_by
+    }
+
+    /// Feeds the mean loss and, per piece, the mean loss gradient at the
+    /// trial point, with the totals of the trial's scalars.
+    pub fn on_trial(&mut self, loss: f64, grads: &[Vec<f64>], total: &Scalars) -> Request {
+        let at = |i: usize| total.sums.get(i).copied().unwrap_or(f64::NAN);
+        let (r, decrease, dg) = (at(0), at(1), at(2));
+        let fx = loss + r;
+        let c = &mut self.common;
+        let l2 = c.penalty.l2;
+        if !c.started {
+            c.started = true;
+            c.f = fx;
+            for (p, grad) in self.pieces.iter_mut().zip(grads) {
+                p.g = p.smooth_grad(&p.trial, grad, l2);
+                p.pg = p.pseudo_grad(c.penalty.l1);
+            }
+            return self.gram_round(None);
+        }
+        if c.checking && dg >= 0.0 {
+            // Not a descent direction: forget the curvature pairs and
+            // search along steepest descent (this evaluation is unused).
+            c.checking = false;
+            self.clear_history();
+            self.pieces
+                .iter_mut()
+                .for_each(|p| p.dir = p.pg.iter().map(|v| -v).collect());
+            return self.begin_search();
+        }
+        c.checking = false;
+        if fx.is_finite() && fx <= c.f + C1 * decrease {
+            let old = c.f;
+            for (p, grad) in self.pieces.iter_mut().zip(grads) {
+                let gx = p.smooth_grad(&p.trial, grad, l2);
+                let s: Vec<f64> = p.trial.iter().zip(&p.x).map(|(t, x)| t - x).collect();
+                let y: Vec<f64> = gx.iter().zip(&p.g).map(|(a, b)| a - b).collect();
+                p.fresh = Some((s, y));
+                p.x = std::mem::take(&mut p.trial);
+                p.g = gx;
+                p.pg = p.pseudo_grad(c.penalty.l1);
+            }
+            self.gram_round(Some((fx, old)))
+        } else {
+            c.backtracks += 1;
+            if c.backtracks > MAX_BACKTRACKS {
+                c.converged_by = Some(Convergence::NoDecrease);
+                return Request::Stalled;
+            }
+            c.alpha *= 0.5;
+            self.set_trials()
+        }
+    }
+
+    /// Asks for the dot products a new iterate needs (and, after an
+    /// accepted step, the largest gradient component).
+    fn gram_round(&mut self, accepted: Option<(f64, f64)>) -> Request {
+        let c = &self.common;
+        let mut keys = Vec::new();
+        // The recursion reads sᵢ·yⱼ only for i ≤ j (an older step with a
+        // newer gradient change), yᵢ·yⱼ and every vector with P.
+        if accepted.is_some() {
+            let t = c.next_pair;
+            for &(j, _) in &c.pairs {
+                keys.push(key(Vid::Y(t), Vid::S(j)));
+                keys.push(key(Vid::Y(t), Vid::Y(j)));
+            }
+            keys.push(key(Vid::S(t), Vid::Y(t)));
+            keys.push(key(Vid::Y(t), Vid::Y(t)));
+            keys.push(key(Vid::P, Vid::S(t)));
+            keys.push(key(Vid::P, Vid::Y(t)));
+        }
+        for &(j, _) in &c.pairs {
+            keys.push(key(Vid::P, Vid::S(j)));
+            keys.push(key(Vid::P, Vid::Y(j)));
+        }
+        keys.push(key(Vid::P, Vid::P));
+        self.outgoing = self
+            .pieces
+            .iter()
+            .map(|p| Scalars {
+                sums: dots(
+                    &keys
+                        .iter()
+                        .map(|&(a, b)| (p.vector(a, c), p.vector(b, c)))
+                        .collect::<Vec<_>>(),
+                ),
+                maxes: vec![p.pg.iter().fold(0.0f64, |m, v| m.max(v.abs()))],
+            })
+            .collect();
+        self.common.wait = Wait::Gram { keys, accepted };
+        Request::Reduce
+    }
+
+    /// Feeds the totals of the dot products [`Request::Reduce`] asked for.
+    pub fn on_gram(&mut self, total: &Scalars) -> Request {
+        let Wait::Gram { keys, accepted } = std::mem::take(&mut self.common.wait) else {
+            return Request::Stalled;
+        };
+        let c = &mut self.common;
+        let values: BTreeMap<(Vid, Vid), f64> = keys
+            .iter()
+            .zip(total.sums.iter().chain(std::iter::repeat(&f64::NAN)))
+            .map(|(&k, &v)| (k, v))
+            .collect();
+        let Some((fx, old)) = accepted else {
+            c.gram = values;
+            return self.propose();
+        };
+        let t = c.next_pair;
+        c.next_pair += 1;
+        let get = |k: (Vid, Vid)| values.get(&k).copied().unwrap_or(f64::NAN);
+        let sy = get(key(Vid::S(t), Vid::Y(t)));
+        let yy = get(key(Vid::Y(t), Vid::Y(t)));
+        let keep = sy > 1e-12 * yy.max(f64::MIN_POSITIVE);
+        if keep && c.pairs.len() == c.memory {
+            c.pairs.pop_front();
+            self.pieces.iter_mut().for_each(|p| {
+                p.pairs.pop_front();
+            });
+        }
+        for p in &mut self.pieces {
+            let fresh = p.fresh.take();
+            if let (true, Some(pair)) = (keep, fresh) {
+                p.pairs.push_back(pair);
+            }
+        }
+        if keep {
+            c.pairs.push_back((t, 1.0 / sy));
+        }
+        c.gram.extend(values);
+        let pairs = &c.pairs;
+        let alive = |v: Vid| match v {
+            Vid::P => true,
+            Vid::S(n) | Vid::Y(n) => pairs.iter().any(|&(m, _)| m == n),
+        };
+        c.gram.retain(|&(a, b), _| alive(a) && alive(b));
+        c.f = fx;
+        c.iterations += 1;
+        let pg_max = total.maxes.first().copied().unwrap_or(f64::NAN);
+        let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
+        let by = match c.gradient_tolerance {
+            Some(g) if pg_max <= g => Some(Convergence::Gradient(pg_max)),
+            _ if c.tolerance > 0.0 && rel <= c.tolerance && !c.unit_step => {
+                Some(Convergence::ObjectiveChange(rel))
+            }
+            _ if pg_max == 0.0 => Some(Convergence::Gradient(0.0)),
+            _ if rel == 0.0 && !c.steepest => {
+                self.clear_history();
+                None
+            }
+            _ if rel == 0.0 => Some(Convergence::NoDecrease),
+            _ => None,
+        };
+        self.common.converged_by = by;
+        Request::Accepted {
+            objective: fx,
+            converged: by.is_some(),
+        }
+    }
+
+    fn clear_history(&mut self) {
+        self.common.pairs.clear();
+        self.common
+            .gram
+            .retain(|&(a, b), _| a == Vid::P && b == Vid::P);
+        for p in &mut self.pieces {
+            p.pairs.clear();
+        }
+    }
+
+    /// Computes a search direction from the current iterate and sets the
+    /// first trial point along it ([`Request::Evaluate`]).
+    pub fn propose(&mut self) -> Request {
+        let c = &self.common;
+        let h = c.pairs.len();
+        let b = |u: Vid, v: Vid| c.gram.get(&key(u, v)).copied().unwrap_or(f64::NAN);
+        let id = |l: usize| match l {
+            l if l < h => Vid::S(c.pairs[l].0),
+            l if l < 2 * h => Vid::Y(c.pairs[l - h].0),
+            _ => Vid::P,
+        };
+        // The two-loop recursion on the coefficients δ of q = Σ δₗ·bₗ.
+        let mut delta = vec![0.0; 2 * h + 1];
+        delta[2 * h] = 1.0;
+        let qdot = |delta: &[f64], v: Vid| {
+            delta
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| **d != 0.0)
+                .fold(0.0, |acc, (l, d)| acc + d * b(id(l), v))
+        };
+        let mut alphas = vec![0.0; h];
+        for j in (0..h).rev() {
+            let a = c.pairs[j].1 * qdot(&delta, id(j));
+            alphas[j] = a;
+            delta[h + j] -= a;
+        }
+        if h > 0 {
+            let gamma = b(id(h - 1), id(2 * h - 1)) / b(id(2 * h - 1), id(2 * h - 1));
+            delta.iter_mut().for_each(|d| *d *= gamma);
+        }
+        for j in 0..h {
+            let beta = c.pairs[j].1 * qdot(&delta, id(h + j));
+            delta[j] += alphas[j] - beta;
+        }
+        let l1 = c.penalty.l1;
+        let common = &self.common;
+        for p in &mut self.pieces {
+            // dir = −(δ_P·pg + Σ δₗ·bₗ), masked to pg's orthant (OWL-QN).
+            let mut terms = vec![(delta[2 * h], &p.pg[..])];
+            for (l, &d) in delta.iter().enumerate().take(2 * h) {
+                terms.push((d, p.vector(id(l), common)));
+            }
+            let mut q = combine(&terms, p.pg.len());
+            q.iter_mut().for_each(|v| *v = -*v);
+            if l1 > 0.0 {
+                for ((qi, &g), &pen) in q.iter_mut().zip(&p.pg).zip(&p.penalised) {
+                    if pen && *qi * g >= 0.0 {
+                        *qi = 0.0;
+                    }
+                }
+            }
+            p.dir = q;
+        }
+        self.common.checking = h > 0;
+        self.begin_search()
+    }
+
+    /// Starts the line search along the pieces' direction.
+    fn begin_search(&mut self) -> Request {
+        let c = &mut self.common;
+        c.steepest = c.pairs.is_empty();
+        c.alpha = if c.steepest {
+            let pp = c.gram.get(&(Vid::P, Vid::P)).copied().unwrap_or(f64::NAN);
+            1.0 / pp.sqrt().max(1e-300)
+        } else {
+            1.0
+        };
+        c.unit_step = c.alpha < 1.0;
+        c.alpha = c.alpha.min(1.0);
+        c.backtracks = 0;
+        c.wait = Wait::Trial;
+        self.set_trials()
+    }
+
+    /// Sets the pieces' trial points at the step length `alpha` and the
+    /// scalars to send with them.
+    fn set_trials(&mut self) -> Request {
+        let (alpha, penalty) = (self.common.alpha, self.common.penalty);
+        for p in &mut self.pieces {
+            p.set_trial(alpha, penalty.l1);
+        }
+        self.outgoing = self
+            .pieces
+            .iter()
+            .map(|p| p.trial_partials(penalty))
+            .collect();
+        Request::Evaluate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lbfgs::{drive, Lbfgs};
+    use super::*;
+
+    /// Mean logistic loss (+ no penalty: the optimizer adds it) and its
+    /// gradient at `w` on a fixed synthetic problem; the last coordinate
+    /// is the intercept.
+    struct Problem {
+        x: Vec<Vec<f64>>,
+        y: Vec<f64>,
+    }
+
+    impl Problem {
+        fn new(rows: usize, dims: usize) -> Problem {
+            let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            };
+            let truth: Vec<f64> = (0..dims).map(|_| 4.0 * next()).collect();
+            let mut x = Vec::new();
+            let mut y = Vec::new();
+            for _ in 0..rows {
+                let mut r: Vec<f64> = (0..dims).map(|_| next()).collect();
+                r.push(1.0);
+                let m: f64 = r.iter().zip(&truth).map(|(a, b)| a * b).sum();
+                y.push(if next() + 0.5 < 1.0 / (1.0 + (-m).exp()) {
+                    1.0
+                } else {
+                    0.0
+                });
+                x.push(r);
+            }
+            Problem { x, y }
+        }
+
+        fn eval(&self, w: &[f64]) -> (f64, Vec<f64>) {
+            let n = self.y.len() as f64;
+            let mut loss = 0.0;
+            let mut g = vec![0.0; w.len()];
+            for (r, &y) in self.x.iter().zip(&self.y) {
+                let m: f64 = r.iter().zip(w).map(|(a, b)| a * b).sum();
+                let p = 1.0 / (1.0 + (-m).exp());
+                loss += (1.0 + m.exp()).ln() - y * m;
+                r.iter().zip(&mut g).for_each(|(a, gi)| *gi += (p - y) * a);
+            }
+            (loss / n, g.into_iter().map(|v| v / n).collect())
+        }
+    }
+
+    /// Owners, each with its pieces (`layout[o]`: the shard ids it owns)
+    /// of `ranges`, driven to the end as the dataflow drives them: the
+    /// partials are summed in shard order. Returns the iterate and the
+    /// iterations.
+    fn run_sharded(
+        problem: &Problem,
+        ranges: &[std::ops::Range<usize>],
+        layout: &[Vec<usize>],
+        penalty: Penalty,
+    ) -> (Vec<f64>, u32, Option<Convergence>) {
+        let n = ranges.last().map_or(0, |r| r.end);
+        let penalised = |i: usize| i + 1 != n;
+        let mut owners: Vec<ShardedLbfgs> = layout
+            .iter()
+            .map(|ids| {
+                let pieces = ids
+                    .iter()
+                    .map(|&k| {
+                        let r = ranges[k].clone();
+                        (vec![0.0; r.len()], r.map(penalised).collect())
+                    })
+                    .collect();
+                ShardedLbfgs::new(pieces, 5, 1e-12, Some(1e-10), penalty)
+            })
+            .collect();
+        let total = |owners: &[ShardedLbfgs]| {
+            let mut by_shard: Vec<(usize, Scalars)> = Vec::new();
+            for (o, ids) in owners.iter().zip(layout) {
+                for (k, &id) in ids.iter().enumerate() {
+                    by_shard.push((id, o.partials(k)));
+                }
+            }
+            by_shard.sort_by_key(|e| e.0);
+            let mut t = Scalars::default();
+            by_shard.iter().for_each(|(_, s)| t.add(s));
+            t
+        };
+        let assemble = |owners: &[ShardedLbfgs], get: &dyn Fn(&ShardedLbfgs, usize) -> Vec<f64>| {
+            let mut w = vec![0.0; n];
+            for (o, ids) in owners.iter().zip(layout) {
+                for (k, &id) in ids.iter().enumerate() {
+                    w[ranges[id].clone()].copy_from_slice(&get(o, k));
+                }
+            }
+            w
+        };
+        let mut request = Request::Evaluate;
+        for _ in 0..2000 {
+            let t = total(&owners);
+            let next: Vec<Request> = match request {
+                Request::Evaluate => {
+                    let w = assemble(&owners, &|o, k| o.trial(k).to_vec());
+                    let (loss, g) = problem.eval(&w);
+                    owners
+                        .iter_mut()
+                        .zip(layout)
+                        .map(|(o, ids)| {
+                            let grads: Vec<Vec<f64>> = ids
+                                .iter()
+                                .map(|&id| g[ranges[id].clone()].to_vec())
+                                .collect();
+                            o.on_trial(loss, &grads, &t)
+                        })
+                        .collect()
+                }
+                Request::Reduce => owners.iter_mut().map(|o| o.on_gram(&t)).collect(),
+                Request::Accepted {
+                    converged: false, ..
+                } => owners.iter_mut().map(ShardedLbfgs::propose).collect(),
+                Request::Accepted { .. } | Request::Stalled => break,
+            };
+            assert!(next.iter().all(|r| *r == next[0]), "owners disagree");
+            request = next[0];
+        }
+        let w = assemble(&owners, &|o, k| o.iterate(k).to_vec());
+        (w, owners[0].iterations(), owners[0].converged_by())
+    }
+
+    fn run_whole(problem: &Problem, n: usize, penalty: Penalty) -> Vec<f64> {
+        let penalised = (0..n).map(|i| i + 1 != n).collect();
+        let mut opt = Lbfgs::new(vec![0.0; n], 5, 1e-12, penalty, penalised)
+            .with_gradient_tolerance(Some(1e-10));
+        drive(&mut opt, 2000, |w| problem.eval(w))
+    }
+
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn reaches_the_whole_vector_optimum_and_the_same_bits_on_any_owners() {
+        let problem = Problem::new(400, 23);
+        let n = 24;
+        for penalty in [
+            Penalty { l2: 1e-2, l1: 0.0 },
+            Penalty { l2: 1e-3, l1: 2e-2 },
+        ] {
+            let whole = run_whole(&problem, n, penalty);
+            let ranges: Vec<_> = (0..5).map(|k| k * n / 5..(k + 1) * n / 5).collect();
+            let one = run_sharded(&problem, &ranges, &[vec![0, 1, 2, 3, 4]], penalty);
+            let two = run_sharded(&problem, &ranges, &[vec![0, 2, 4], vec![1, 3]], penalty);
+            let five = run_sharded(
+                &problem,
+                &ranges,
+                &[vec![0], vec![1], vec![2], vec![3], vec![4]],
+                penalty,
+            );
+            assert_eq!(bits(&one.0), bits(&two.0), "{penalty:?}");
+            assert_eq!(bits(&one.0), bits(&five.0), "{penalty:?}");
+            assert_eq!(one.1, five.1);
+            assert!(one.2.is_some(), "{penalty:?}: did not converge");
+            for (a, b) in one.0.iter().zip(&whole) {
+                assert!((a - b).abs() < 1e-7, "{penalty:?}: {a} vs {b}");
+            }
+            if penalty.l1 > 0.0 {
+                let zeros = |w: &[f64]| w.iter().filter(|v| **v == 0.0).count();
+                assert_eq!(zeros(&one.0), zeros(&whole), "{penalty:?}");
+                assert!(zeros(&whole) > 0, "l1 should zero some weights");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_products_are_the_products() {
+        let n = 3 * BLOCK + 7;
+        let a: Vec<f64> = (0..n).map(|i| (i % 13) as f64 - 6.0).collect();
+        let b: Vec<f64> = (0..n).map(|i| (i % 5) as f64 * 0.25).collect();
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let got = dots(&[(&a, &b), (&b, &b)]);
+        assert_eq!(got[0], want, "small integers and quarters sum exactly");
+        let terms = [(2.0, &a[..]), (-1.0, &b), (0.5, &a), (3.0, &b), (-0.25, &a)];
+        let q = combine(&terms, n);
+        for i in 0..n {
+            let want = terms.iter().fold(0.0, |q, (c, v)| q + c * v[i]);
+            assert_eq!(q[i].to_bits(), want.to_bits());
+        }
+    }
+
+    #[test]
+    fn the_lane_dot_is_the_dot_product() {
+        let a: Vec<f64> = (0..11).map(|i| i as f64 * 0.5).collect();
+        let b: Vec<f64> = (0..11).map(|i| 2.0 - i as f64).collect();
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(dot(&a, &b), want);
+        assert_eq!(dot(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn scalars_sum_and_take_maxima() {
+        let mut t = Scalars::default();
+        t.add(&Scalars {
+            sums: vec![1.0, 2.0],
+            maxes: vec![3.0],
+        });
+        t.add(&Scalars {
+            sums: vec![0.5, -2.0],
+            maxes: vec![1.0],
+        });
+        assert_eq!(t.sums, vec![1.5, 0.0]);
+        assert_eq!(t.maxes, vec![3.0]);
+    }
+}
