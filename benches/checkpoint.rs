@@ -73,6 +73,7 @@ fn main() {
                     epoch_loss: Default::default(),
                     epoch_rows: 0,
                 },
+                sharded_lbfgs: None,
             };
             let payload = saved.encode().expect("encodes");
             encode.push(t.elapsed().as_secs_f64());

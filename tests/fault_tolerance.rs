@@ -178,6 +178,8 @@ fn allreduce_killed_mid_epoch_resumes_to_the_same_model_on_any_worker_count() {
             ("sgd", "model.l1=0.0001", 25),
             ("adam", "optimizer.learning_rate=0.01", 25),
             ("lbfgs", "", 150),
+            // Sharded L-BFGS: its pieces are saved with each owner's part.
+            ("lbfgs", "optimizer.sharded=true model.l1=0.0001", 150),
             // A network (its hashed columns sparse, as a linear model's).
             (
                 "adam",

@@ -8,7 +8,9 @@
 #
 # Env: BENCH_DATA (where the table is generated, default /tmp/wide),
 #      BENCH_VENV (the peers' venv, default .bench-venv), TIDEMILL (the
-#      binary, default target/release/tidemill, built if missing). Needs bc.
+#      binary, default target/release/tidemill, built if missing),
+#      LBFGS_SETS (--set assignments for every L-BFGS run, space-separated,
+#      e.g. "optimizer.sharded=true"). Needs bc.
 # Prints a Markdown table and writes it, with each run's summary and
 # metrics, under benches/results/wide-<date>/ (the model files stay in
 # BENCH_DATA).
@@ -25,6 +27,8 @@ OUT=benches/results/wide-$(date -u +%Y%m%d-%H%M)
 mkdir -p "$OUT" "$DATA"
 [ -f "$DATA/train.parquet" ] || "$PY" benches/wide/gen_wide.py "$DATA"
 P=benches/wide/wide.toml
+lb=()
+for a in ${LBFGS_SETS:-}; do lb+=(--set "$a"); done
 paths=(--set "data.train=\"$DATA/train.parquet\"" --set "data.validation={ path = \"$DATA/test.parquet\" }")
 novalidation="$DATA/novalidation.toml"
 grep -v '^validation' "$P" > "$novalidation"
@@ -48,14 +52,14 @@ sk_wall=$(field "$OUT/sklearn.json" 'd["wall_s"]')
 sk_loss=$(field "$OUT/sklearn.json" 'd["test_log_loss"]')
 
 echo "tidemill, default stopping ..." >&2
-def_wall=$(run default "$P" "${paths[@]}")
-def_eval=$(run default_every10 "$P" "${paths[@]}" --set train.eval_every=10)
-sk_tol=$(run sklearn_tolerance "$P" "${paths[@]}" --set optimizer.gradient_tolerance=1e-4 --set train.eval_every=10)
+def_wall=$(run default "$P" "${paths[@]}" ${lb[@]+"${lb[@]}"})
+def_eval=$(run default_every10 "$P" "${paths[@]}" ${lb[@]+"${lb[@]}"} --set train.eval_every=10)
+sk_tol=$(run sklearn_tolerance "$P" "${paths[@]}" ${lb[@]+"${lb[@]}"} --set optimizer.gradient_tolerance=1e-4 --set train.eval_every=10)
 
 # The first evaluated iteration at scikit-learn's test loss, then a run
 # that stops there: Parquet to evaluated model, end to end.
 echo "tidemill, to scikit-learn's test loss ..." >&2
-trace=$(run trace "$P" "${paths[@]}" --set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 --set train.epochs=1000)
+trace=$(run trace "$P" "${paths[@]}" ${lb[@]+"${lb[@]}"} --set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 --set train.epochs=1000)
 k=$("$PY" -c "
 import json,sys
 for l in open(sys.argv[1]):
@@ -65,7 +69,7 @@ for l in open(sys.argv[1]):
 else:
     print(0)" "$OUT/trace.jsonl" "$sk_loss")
 [ "$k" -gt 0 ] || { echo "run.sh: tidemill never reached scikit-learn's test loss in 1000 iterations" >&2; exit 1; }
-reach_wall=$(run reach "$P" "${paths[@]}" --set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 \
+reach_wall=$(run reach "$P" "${paths[@]}" ${lb[@]+"${lb[@]}"} --set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 \
   --set "train.epochs=$k" --set "train.eval_every=$k")
 
 # Per-iteration cost against one pass over the cached rows: L-BFGS with
@@ -74,8 +78,8 @@ reach_wall=$(run reach "$P" "${paths[@]}" --set optimizer.tolerance=0 --set opti
 echo "tidemill, iteration against pass ..." >&2
 fixed=(--set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 --set train.eval_every=1000)
 sgd=(--set 'optimizer.kind="sgd"' --set optimizer.batch_size=100000000 --set optimizer.learning_rate=0.5 --set data.units_per_step=1000)
-l101=$(run lbfgs101 "$novalidation" "${paths[0]}" "${paths[1]}" "${fixed[@]}" --set train.epochs=101)
-l1=$(run lbfgs1 "$novalidation" "${paths[0]}" "${paths[1]}" "${fixed[@]}" --set train.epochs=1)
+l101=$(run lbfgs101 "$novalidation" "${paths[0]}" "${paths[1]}" ${lb[@]+"${lb[@]}"} "${fixed[@]}" --set train.epochs=101)
+l1=$(run lbfgs1 "$novalidation" "${paths[0]}" "${paths[1]}" ${lb[@]+"${lb[@]}"} "${fixed[@]}" --set train.epochs=1)
 s101=$(run pass101 "$novalidation" "${paths[0]}" "${paths[1]}" "${sgd[@]}" --set train.epochs=101)
 s1=$(run pass1 "$novalidation" "${paths[0]}" "${paths[1]}" "${sgd[@]}" --set train.epochs=1)
 evals101=$(tail -1 "$OUT/lbfgs101.jsonl" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['steps'])")
@@ -93,7 +97,9 @@ sk = json.load(open(f"{out}/sklearn.json"))
 def summary(n): return json.load(open(f"{out}/{n}.json"))
 d, r = summary("default"), summary("reach")
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-print(f"Wide L-BFGS, {w} workers, {os.cpu_count()} cores ({cpu}), {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC\n")
+sets = os.environ.get("LBFGS_SETS", "")
+print(f"Wide L-BFGS, {w} workers, {os.cpu_count()} cores ({cpu}), {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC"
+      + (f"; every L-BFGS run with --set {sets}" if sets else "") + "\n")
 print("| run | wall s | iterations | stopped by | test log loss | test AUC | wall / sklearn |")
 print("|---|---|---|---|---|---|---|")
 print(f"| sklearn LogisticRegression(lbfgs, C=1) | {sk_wall:.2f} | {sk['iterations']} | its tolerance | {sk['test_log_loss']:.5f} | {sk['test_auc']:.4f} | 1.00 |")

@@ -182,9 +182,9 @@ enum Wait {
     },
 }
 
-/// The state every owner holds alike.
+/// The state every owner holds alike (opaque: a checkpoint keeps it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Common {
+pub struct Common {
     memory: usize,
     tolerance: f64,
     gradient_tolerance: Option<f64>,
@@ -212,9 +212,9 @@ struct Common {
     wait: Wait,
 }
 
-/// One owned shard's pieces of the vectors.
+/// One shard's pieces of the vectors (opaque: a checkpoint keeps it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Piece {
+pub struct Piece {
     /// False for intercepts (not penalised).
     penalised: Vec<bool>,
     x: Vec<f64>,
@@ -377,6 +377,40 @@ impl ShardedLbfgs {
             pieces,
             outgoing,
         }
+    }
+
+    /// The state to checkpoint at an accepted iterate: the common part and
+    /// each owned piece (in the order given to [`ShardedLbfgs::new`]).
+    pub fn save(&self) -> (Common, Vec<Piece>) {
+        (self.common.clone(), self.pieces.clone())
+    }
+
+    /// The optimizer [`ShardedLbfgs::save`] kept, with `pieces` the owned
+    /// shards' (in this owner's order), ready to [`ShardedLbfgs::propose`]
+    /// from its iterate. `None` if the pieces do not fit the common state
+    /// (another history, or a search in flight).
+    pub fn restore(common: Common, pieces: Vec<Piece>) -> Option<ShardedLbfgs> {
+        let fits = matches!(common.wait, Wait::Trial)
+            && pieces.iter().all(|p| {
+                p.pairs.len() == common.pairs.len()
+                    && p.fresh.is_none()
+                    && [&p.g, &p.pg].iter().all(|v| v.len() == p.x.len())
+                    && p.penalised.len() == p.x.len()
+            });
+        if !fits {
+            return None;
+        }
+        let outgoing = vec![Scalars::default(); pieces.len()];
+        Some(ShardedLbfgs {
+            common,
+            pieces,
+            outgoing,
+        })
+    }
+
+    /// Length of piece `k` (0 if there is none).
+    pub fn piece_len(piece: &Piece) -> usize {
+        piece.x.len()
     }
 
     /// Piece `k`'s point to evaluate (the starting point, first).

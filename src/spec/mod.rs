@@ -958,12 +958,6 @@ impl Pipeline {
         let train = train_spec(raw.train, &optimizer, model.kind, data.validation.is_some())?;
         let checkpoint = checkpoint_spec(&raw.output)?;
         let stream = stream_spec(&raw.stream)?;
-        if checkpoint.is_some() && matches!(optimizer, OptimizerSpec::Lbfgs { sharded: true, .. }) {
-            return Err(value_err(
-                "output.checkpoint",
-                "sharded L-BFGS (optimizer.sharded = true) takes no checkpoints yet: its curvature pairs live in pieces on every owner, which checkpoints do not hold; use the default whole-vector L-BFGS for a job that must resume",
-            ));
-        }
         if let Some(CheckpointEvery::Steps(_)) = checkpoint.as_ref().map(|c| c.every) {
             steps_can_checkpoint(&optimizer, &train, &data)?;
         }
@@ -2150,10 +2144,9 @@ mod tests {
     }
 
     /// `optimizer.sharded`: L-BFGS only, off by default and then absent
-    /// from the job's identity (old checkpoints still match), and refused
-    /// with checkpoints (which do not hold its pieces).
+    /// from the job's identity (old checkpoints still match).
     #[test]
-    fn sharded_lbfgs_is_opt_in_and_refuses_what_it_cannot_do() {
+    fn sharded_lbfgs_is_opt_in() {
         let parse = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
             Pipeline::parse(MIN, Path::new("p.toml"), &sets)
@@ -2166,12 +2159,7 @@ mod tests {
         assert!(!identity.contains("sharded"), "{identity}");
         let err = parse(&["optimizer.kind=sgd", "optimizer.sharded=true"]).unwrap_err();
         assert!(err.to_string().contains("optimizer.sharded"), "{err}");
-        let err = parse(&["optimizer.sharded=true", "output.checkpoint=\"ck\""]).unwrap_err();
-        assert!(
-            err.to_string().contains("output.checkpoint") && err.to_string().contains("sharded"),
-            "{err}"
-        );
-        assert!(parse(&["optimizer.sharded=false", "output.checkpoint=\"ck\""]).is_ok());
+        assert!(parse(&["optimizer.sharded=true", "output.checkpoint=\"ck\""]).is_ok());
     }
 
     /// L-BFGS's tolerances: a gradient tolerance given alone is the only

@@ -467,6 +467,7 @@ mod tests {
                 None,
             )],
             driver,
+            sharded_lbfgs: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use super::model_average;
-use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, Stored};
+use super::snapshot::{DriverState, LbfgsState, OwnerState, Saved, ShardedState, Stored};
 use crate::dataflow::fold::{Emission, Owner, RoundTotals, ShardGrad};
 use crate::dataflow::snapshot::{Cadence, Part, PartOf};
 use crate::dataflow::{bound_message, Control, Failure, LazyHeader, ParamMsg, Phase, ShardValues};
@@ -16,7 +16,7 @@ use crate::exact::Wide;
 use crate::model::Roles;
 use crate::optim::lazy::{Clock, Drift, Lazy, Stamp};
 use crate::optim::lbfgs::{Lbfgs, Next};
-use crate::optim::vector_free::{Request, Scalars, ShardedLbfgs};
+use crate::optim::vector_free::{self, Request, Scalars, ShardedLbfgs};
 use crate::optim::{update, FirstOrderState, LiveSet, Penalty};
 use crate::spec::{OptimizerSpec, Pipeline};
 
@@ -501,6 +501,45 @@ impl Driver {
             }
             _ => {}
         }
+        match (&mut self.mode, &saved.sharded_lbfgs) {
+            (
+                Mode::Sharded {
+                    opt,
+                    converged,
+                    evaluations,
+                },
+                Some(at),
+            ) => {
+                let pieces = self
+                    .shards
+                    .iter()
+                    .map(|s| at.pieces.get(s.id as usize).cloned())
+                    .collect::<Option<Vec<_>>>();
+                let fits = |p: &[vector_free::Piece]| {
+                    p.iter()
+                        .zip(&self.shards)
+                        .all(|(p, s)| ShardedLbfgs::piece_len(p) == s.range.len())
+                };
+                let restored = pieces
+                    .filter(|p| fits(p))
+                    .and_then(|p| ShardedLbfgs::restore(at.common.clone(), p))
+                    .ok_or_else(|| {
+                        Error::Internal(
+                            "the checkpoint's sharded L-BFGS state does not fit this job's shards"
+                                .into(),
+                        )
+                    })?;
+                **opt = restored;
+                *converged = at.converged;
+                *evaluations = at.evaluations;
+            }
+            (Mode::Sharded { .. }, None) | (_, Some(_)) => {
+                return Err(Error::Internal(
+                    "the checkpoint and the job disagree on the optimizer".into(),
+                ))
+            }
+            _ => {}
+        }
         self.evaluated = d.epoch;
         self.resumed = Some(match d.next {
             Some((epoch, step)) => Resumed::Step { epoch, step },
@@ -567,8 +606,25 @@ impl Driver {
             }),
             _ => None,
         };
+        let sharded = match &self.mode {
+            Mode::Sharded {
+                opt,
+                converged,
+                evaluations,
+            } => {
+                let (common, pieces) = opt.save();
+                Some(ShardedState {
+                    common,
+                    converged: *converged,
+                    evaluations: *evaluations,
+                    pieces: self.shards.iter().map(|s| s.id).zip(pieces).collect(),
+                })
+            }
+            _ => None,
+        };
         let state = OwnerState {
             shards,
+            sharded,
             driver: DriverState {
                 epoch,
                 objective,

@@ -244,6 +244,7 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
                     driver,
                     collector,
                     replicas: Vec::new(),
+                    sharded: None,
                 };
                 w.save(started, state, &scan).map(|_| ())
             }

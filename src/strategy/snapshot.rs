@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::exact::Wide;
 use crate::optim::lazy::Stamp;
 use crate::optim::lbfgs::Lbfgs;
+use crate::optim::vector_free;
 use crate::optim::FirstOrderState;
 
 /// The version of the checkpoint payload: a checkpoint of another version
@@ -34,8 +35,9 @@ use crate::optim::FirstOrderState;
 /// Version 3 keeps `model-average` replica states by replica number
 /// (version 2's, one per worker, still read); version 4's scan holds the
 /// weight totals and weighted moments of `data.weight` (versions 2 and 3,
-/// unweighted, still read).
-pub const PAYLOAD_VERSION: u32 = 4;
+/// unweighted, still read); version 5 adds sharded L-BFGS's state
+/// (version 4, without it, still read).
+pub const PAYLOAD_VERSION: u32 = 5;
 /// The oldest payload version this tidemill reads.
 pub const OLDEST_PAYLOAD_VERSION: u32 = 2;
 
@@ -248,6 +250,21 @@ pub struct DriverState {
     pub epoch_rows: u64,
 }
 
+/// Sharded L-BFGS's state at a boundary (an accepted iterate), with the
+/// pieces of `S` shards (by shard id in a checkpoint; an owner's, with
+/// their ids, in its part).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardedState<S> {
+    /// What every owner holds alike.
+    pub common: vector_free::Common,
+    /// It converged at this iterate.
+    pub converged: bool,
+    /// Loss and gradient evaluations so far.
+    pub evaluations: u64,
+    /// The shards' pieces of the vectors.
+    pub pieces: S,
+}
+
 /// One owner's part of a checkpoint: its shards and the common state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OwnerState {
@@ -255,6 +272,8 @@ pub struct OwnerState {
     pub shards: Vec<Stored>,
     /// The common state.
     pub driver: DriverState,
+    /// Sharded L-BFGS: its state and this owner's pieces.
+    pub sharded: Option<ShardedState<Vec<(u32, vector_free::Piece)>>>,
 }
 
 /// The content of a checkpoint file.
@@ -280,6 +299,8 @@ pub struct Saved {
     pub shards: Vec<Stored>,
     /// The common state.
     pub driver: DriverState,
+    /// Sharded L-BFGS: its state, every shard's pieces by id.
+    pub sharded_lbfgs: Option<ShardedState<Vec<vector_free::Piece>>>,
 }
 
 impl Saved {
@@ -349,6 +370,22 @@ impl Saved {
                 replicas: old.replicas,
                 shards: old.shards,
                 driver: old.driver,
+                sharded_lbfgs: None,
+            });
+        }
+        if version < Some(5) {
+            let old: SavedV4 = bincode::deserialize(bytes).map_err(read)?;
+            return Ok(Saved {
+                version: old.version,
+                identity: old.identity,
+                strategy: old.strategy,
+                workers: old.workers,
+                scan: old.scan,
+                collector: old.collector,
+                replicas: old.replicas,
+                shards: old.shards,
+                driver: old.driver,
+                sharded_lbfgs: None,
             });
         }
         bincode::deserialize(bytes).map_err(read)
@@ -369,6 +406,20 @@ struct SavedV3 {
     driver: DriverState,
 }
 
+/// [`Saved`] as version 4 wrote it: no sharded L-BFGS.
+#[derive(Deserialize)]
+struct SavedV4 {
+    version: u32,
+    identity: String,
+    strategy: String,
+    workers: u32,
+    scan: ScanResult,
+    collector: CollectorState,
+    replicas: Vec<Vec<u8>>,
+    shards: Vec<Stored>,
+    driver: DriverState,
+}
+
 /// A checkpoint put together, before it is written.
 #[derive(Debug)]
 pub struct Assembled {
@@ -382,6 +433,8 @@ pub struct Assembled {
     pub collector: CollectorState,
     /// Each worker's replica states (empty unless workers train replicas).
     pub replicas: Vec<Vec<u8>>,
+    /// Sharded L-BFGS: its state, every shard's pieces by id.
+    pub sharded: Option<ShardedState<Vec<vector_free::Piece>>>,
 }
 
 /// Writes the checkpoints of a job (on worker 0).
@@ -434,6 +487,7 @@ impl Checkpointer {
         let mut shards: Vec<Option<Stored>> = vec![None; self.shards];
         let mut driver = None;
         let mut replicas = Vec::new();
+        let mut sharded: Option<ShardedState<Vec<Option<vector_free::Piece>>>> = None;
         for part in parts {
             if part.of == PartOf::Replica {
                 if part.worker as usize != replicas.len() {
@@ -470,7 +524,43 @@ impl Checkpointer {
                 }
             }
             driver.get_or_insert(owner.driver);
+            if let Some(part) = owner.sharded {
+                let all = sharded.get_or_insert_with(|| ShardedState {
+                    common: part.common,
+                    converged: part.converged,
+                    evaluations: part.evaluations,
+                    pieces: vec![None; self.shards],
+                });
+                for (id, piece) in part.pieces {
+                    match all.pieces.get_mut(id as usize) {
+                        Some(slot @ None) => *slot = Some(piece),
+                        _ => {
+                            return Err(Error::Internal(format!(
+                                "the L-BFGS pieces of shard {id} came twice or out of range in the checkpoint at step {position}"
+                            )))
+                        }
+                    }
+                }
+            }
         }
+        let sharded = match sharded {
+            None => None,
+            Some(s) => {
+                let pieces = s.pieces.into_iter().enumerate().map(|(k, p)| {
+                    p.ok_or_else(|| {
+                        Error::Internal(format!(
+                            "the L-BFGS pieces of shard {k} are missing from the checkpoint at step {position}"
+                        ))
+                    })
+                });
+                Some(ShardedState {
+                    common: s.common,
+                    converged: s.converged,
+                    evaluations: s.evaluations,
+                    pieces: pieces.collect::<Result<_>>()?,
+                })
+            }
+        };
         let shards: Vec<Stored> = shards
             .into_iter()
             .enumerate()
@@ -505,6 +595,7 @@ impl Checkpointer {
             driver,
             collector,
             replicas,
+            sharded,
         };
         self.save(started, state, scan)
     }
@@ -518,6 +609,7 @@ impl Checkpointer {
             driver,
             collector,
             replicas,
+            sharded,
         } = state;
         let epoch = driver.epoch;
         let saved = Saved {
@@ -530,6 +622,7 @@ impl Checkpointer {
             replicas,
             shards,
             driver,
+            sharded_lbfgs: sharded,
         };
         let payload = saved.encode()?;
         let path = self.store.write(position, &payload)?;

@@ -630,6 +630,7 @@ fn as_checkpoint(state: &ReplicaState, workers: usize) -> BatchSaved {
             epoch_loss: Wide::default(),
             epoch_rows: 0,
         },
+        sharded_lbfgs: None,
     }
 }
 
