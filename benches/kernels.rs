@@ -237,11 +237,11 @@ fn lbfgs_sharded_owner(c: &mut Criterion) {
                 Request::Evaluate => {
                     let (f, g) = eval(&opt);
                     let t = total(&opt);
-                    opt.on_trial(f, &g, &t)
+                    opt.on_trial(f, &g, &t).expect("fits")
                 }
                 Request::Reduce => {
                     let t = total(&opt);
-                    opt.on_gram(&t)
+                    opt.on_gram(&t).expect("fits")
                 }
                 Request::Accepted { .. } => opt.propose(),
                 Request::Stalled => break,
@@ -255,19 +255,19 @@ fn lbfgs_sharded_owner(c: &mut Criterion) {
         let (f, g, t) = loop {
             let (f, g) = eval(&opt);
             let t = total(&opt);
-            if opt.clone().on_trial(f, &g, &t) == Request::Reduce {
+            if opt.clone().on_trial(f, &g, &t) == Ok(Request::Reduce) {
                 break (f, g, t);
             }
-            assert_eq!(opt.on_trial(f, &g, &t), Request::Evaluate);
+            assert_eq!(opt.on_trial(f, &g, &t), Ok(Request::Evaluate));
         };
         group.bench_function(format!("sharded-owner-{k}-of-16"), |bench| {
             bench.iter_batched(
                 || (opt.clone(), g.clone()),
                 |(mut o, g)| {
-                    let mut r = o.on_trial(f, &g, &t);
+                    let mut r = o.on_trial(f, &g, &t).expect("fits");
                     if r == Request::Reduce {
                         let reduced = total(&o);
-                        r = o.on_gram(&reduced);
+                        r = o.on_gram(&reduced).expect("fits");
                     }
                     if let Request::Accepted { .. } = r {
                         o.propose();

@@ -553,7 +553,16 @@ impl State {
         }
         // Sharded L-BFGS: the owners' scalars, totalled in shard order
         // (the same bits on every worker, whatever the worker count).
-        let reduced = reduce_scalars(&msgs);
+        let reduced = match reduce_scalars(&msgs) {
+            Ok(r) => r,
+            Err(message) => {
+                let f = Failure::from(&Error::Internal(format!("round {phase:?}: {message}")));
+                *self.ctx.failure.borrow_mut() = Some(f.clone());
+                self.stopped = true;
+                self.fail_round(&msgs, f, emit);
+                return;
+            }
+        };
         match phase {
             Phase::Reduce => {
                 for (k, range) in self.ctx.shards.iter().enumerate() {
@@ -653,18 +662,25 @@ impl State {
     }
 }
 
-/// The total of the messages' scalars over the shards, in shard order.
-fn reduce_scalars(msgs: &[ParamMsg]) -> Scalars {
+/// The total of the messages' scalars over the shards, in shard order; an
+/// error if their layouts differ (owners out of step: a bug).
+fn reduce_scalars(msgs: &[ParamMsg]) -> Result<Scalars, String> {
     let mut total = Scalars::default();
-    if msgs.iter().all(|m| m.scalars.is_empty()) {
-        return total;
+    let Some(first) = msgs.first() else {
+        return Ok(total);
+    };
+    if let Some(m) = msgs.iter().find(|m| !m.scalars.same_layout(&first.scalars)) {
+        return Err(format!(
+            "the scalars of shards {} and {} do not have one layout",
+            first.shard, m.shard
+        ));
     }
     let mut by_shard: Vec<&ParamMsg> = msgs.iter().collect();
     by_shard.sort_by_key(|m| m.shard);
     for m in by_shard {
         total.add(&m.scalars);
     }
-    total
+    Ok(total)
 }
 
 impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {

@@ -46,7 +46,9 @@ impl Scalars {
         self.sums.is_empty() && self.maxes.is_empty()
     }
 
-    /// Folds the next shard's partials into a running total.
+    /// Folds the next shard's partials into a running total (the first
+    /// into an empty one). The owners send partials of one layout; see
+    /// [`Scalars::same_layout`].
     pub fn add(&mut self, next: &Scalars) {
         if self.sums.len() < next.sums.len() {
             self.sums.resize(next.sums.len(), 0.0);
@@ -62,6 +64,12 @@ impl Scalars {
             .iter_mut()
             .zip(&next.maxes)
             .for_each(|(a, b)| *a = a.max(*b));
+    }
+
+    /// True if `other` holds as many sums and maxima: partials of one
+    /// round must, or their total mixes unrelated sums.
+    pub fn same_layout(&self, other: &Scalars) -> bool {
+        self.sums.len() == other.sums.len() && self.maxes.len() == other.maxes.len()
     }
 
     /// Serialized payload bytes (bincode layout: two length-prefixed
@@ -445,10 +453,33 @@ impl ShardedLbfgs {
     }
 
     /// Feeds the mean loss and, per piece, the mean loss gradient at the
-    /// trial point, with the totals of the trial's scalars.
-    pub fn on_trial(&mut self, loss: f64, grads: &[Vec<f64>], total: &Scalars) -> Request {
-        let at = |i: usize| total.sums.get(i).copied().unwrap_or(f64::NAN);
-        let (r, decrease, dg) = (at(0), at(1), at(2));
+    /// trial point, with the totals of the trial's scalars. An error: what
+    /// came is not what the owners asked for (a bug, never a data error).
+    pub fn on_trial(
+        &mut self,
+        loss: f64,
+        grads: &[Vec<f64>],
+        total: &Scalars,
+    ) -> Result<Request, String> {
+        if !matches!(self.common.wait, Wait::Trial) {
+            return Err("a trial's totals came while the owners waited for dot products".into());
+        }
+        if total.sums.len() != 3 || !total.maxes.is_empty() {
+            return Err(format!(
+                "a trial's totals hold {} sums and {} maxima, not 3 and 0",
+                total.sums.len(),
+                total.maxes.len()
+            ));
+        }
+        let fits = grads.len() == self.pieces.len()
+            && grads
+                .iter()
+                .zip(&self.pieces)
+                .all(|(g, p)| g.len() == p.x.len());
+        if !fits {
+            return Err("the gradients do not fit the owned shards".into());
+        }
+        let (r, decrease, dg) = (total.sums[0], total.sums[1], total.sums[2]);
         let fx = loss + r;
         let c = &mut self.common;
         let l2 = c.penalty.l2;
@@ -459,7 +490,7 @@ impl ShardedLbfgs {
                 p.g = p.smooth_grad(&p.trial, grad, l2);
                 p.pg = p.pseudo_grad(c.penalty.l1);
             }
-            return self.gram_round(None);
+            return Ok(self.gram_round(None));
         }
         if c.checking && dg >= 0.0 {
             // Not a descent direction: forget the curvature pairs and
@@ -469,7 +500,7 @@ impl ShardedLbfgs {
             self.pieces
                 .iter_mut()
                 .for_each(|p| p.dir = p.pg.iter().map(|v| -v).collect());
-            return self.begin_search();
+            return Ok(self.begin_search());
         }
         c.checking = false;
         if fx.is_finite() && fx <= c.f + C1 * decrease {
@@ -483,15 +514,15 @@ impl ShardedLbfgs {
                 p.g = gx;
                 p.pg = p.pseudo_grad(c.penalty.l1);
             }
-            self.gram_round(Some((fx, old)))
+            Ok(self.gram_round(Some((fx, old))))
         } else {
             c.backtracks += 1;
             if c.backtracks > MAX_BACKTRACKS {
                 c.converged_by = Some(Convergence::NoDecrease);
-                return Request::Stalled;
+                return Ok(Request::Stalled);
             }
             c.alpha *= 0.5;
-            self.set_trials()
+            Ok(self.set_trials())
         }
     }
 
@@ -536,19 +567,28 @@ impl ShardedLbfgs {
     }
 
     /// Feeds the totals of the dot products [`Request::Reduce`] asked for.
-    pub fn on_gram(&mut self, total: &Scalars) -> Request {
+    /// An error: what came is not what the owners asked for (a bug).
+    pub fn on_gram(&mut self, total: &Scalars) -> Result<Request, String> {
         let Wait::Gram { keys, accepted } = std::mem::take(&mut self.common.wait) else {
-            return Request::Stalled;
+            return Err("dot products came while the owners waited for a trial".into());
         };
+        if total.sums.len() != keys.len() || total.maxes.len() != 1 {
+            return Err(format!(
+                "the dot products' totals hold {} sums and {} maxima, not {} and 1",
+                total.sums.len(),
+                total.maxes.len(),
+                keys.len()
+            ));
+        }
         let c = &mut self.common;
         let values: BTreeMap<(Vid, Vid), f64> = keys
             .iter()
-            .zip(total.sums.iter().chain(std::iter::repeat(&f64::NAN)))
-            .map(|(&k, &v)| (k, v))
+            .copied()
+            .zip(total.sums.iter().copied())
             .collect();
         let Some((fx, old)) = accepted else {
             c.gram = values;
-            return self.propose();
+            return Ok(self.propose());
         };
         let t = c.next_pair;
         c.next_pair += 1;
@@ -580,7 +620,7 @@ impl ShardedLbfgs {
         c.gram.retain(|&(a, b), _| alive(a) && alive(b));
         c.f = fx;
         c.iterations += 1;
-        let pg_max = total.maxes.first().copied().unwrap_or(f64::NAN);
+        let pg_max = total.maxes[0];
         let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
         let by = match c.gradient_tolerance {
             Some(g) if pg_max <= g => Some(Convergence::Gradient(pg_max)),
@@ -596,10 +636,10 @@ impl ShardedLbfgs {
             _ => None,
         };
         self.common.converged_by = by;
-        Request::Accepted {
+        Ok(Request::Accepted {
             objective: fx,
             converged: by.is_some(),
-        }
+        })
     }
 
     fn clear_history(&mut self) {
@@ -817,11 +857,11 @@ mod tests {
                                 .iter()
                                 .map(|&id| g[ranges[id].clone()].to_vec())
                                 .collect();
-                            o.on_trial(loss, &grads, &t)
+                            o.on_trial(loss, &grads, &t).unwrap()
                         })
                         .collect()
                 }
-                Request::Reduce => owners.iter_mut().map(|o| o.on_gram(&t)).collect(),
+                Request::Reduce => owners.iter_mut().map(|o| o.on_gram(&t).unwrap()).collect(),
                 Request::Accepted {
                     converged: false, ..
                 } => owners.iter_mut().map(ShardedLbfgs::propose).collect(),
@@ -876,6 +916,34 @@ mod tests {
                 assert!(zeros(&whole) > 0, "l1 should zero some weights");
             }
         }
+    }
+
+    /// Totals that do not fit what the owners asked for are an error, not
+    /// a NaN that a line search would stall on (and exit 0).
+    #[test]
+    fn totals_that_do_not_fit_are_refused() {
+        let penalty = Penalty { l2: 0.1, l1: 0.0 };
+        let mut opt = ShardedLbfgs::new(vec![(vec![0.0; 4], vec![true; 4])], 3, 0.0, None, penalty);
+        let grad = vec![vec![1.0, -1.0, 0.5, 0.0]];
+        let short = Scalars {
+            sums: vec![0.0, 0.0],
+            maxes: Vec::new(),
+        };
+        assert!(opt.on_trial(0.7, &grad, &short).is_err());
+        assert!(opt.on_trial(0.7, &[vec![1.0]], &opt.partials(0)).is_err());
+        assert!(
+            opt.on_gram(&opt.partials(0)).is_err(),
+            "no dot products were asked for"
+        );
+        let trial = opt.partials(0);
+        assert_eq!(opt.on_trial(0.7, &grad, &trial), Ok(Request::Reduce));
+        assert!(
+            opt.on_trial(0.7, &grad, &trial).is_err(),
+            "dot products are awaited"
+        );
+        let mut gram = opt.partials(0);
+        gram.sums.pop();
+        assert!(opt.on_gram(&gram).is_err());
     }
 
     #[test]

@@ -1824,7 +1824,7 @@ fn optimizer_spec(o: RawOptimizer, model: &ModelSpec) -> Result<OptimizerSpec> {
         })
     };
     let mut optimizer = match okind.as_str() {
-        k if k != "lbfgs" && o.sharded.is_some() => {
+        k if k != "lbfgs" && o.sharded == Some(true) => {
             return Err(value_err(
                 "optimizer.sharded",
                 format!("applies to optimizer.kind = 'lbfgs' (its vectors sharded over the owners); '{k}' keeps per-coordinate state, already sharded"),
@@ -2159,6 +2159,7 @@ mod tests {
         assert!(!identity.contains("sharded"), "{identity}");
         let err = parse(&["optimizer.kind=sgd", "optimizer.sharded=true"]).unwrap_err();
         assert!(err.to_string().contains("optimizer.sharded"), "{err}");
+        assert!(parse(&["optimizer.kind=sgd", "optimizer.sharded=false"]).is_ok());
         assert!(parse(&["optimizer.sharded=true", "output.checkpoint=\"ck\""]).is_ok());
     }
 

@@ -1047,7 +1047,7 @@ impl Driver {
         loss: f64,
         rows: u64,
         reduced: &Scalars,
-    ) -> Emission {
+    ) -> Result<Emission, Failure> {
         let grads: Vec<Vec<f64>> = self
             .shards
             .iter()
@@ -1057,20 +1057,22 @@ impl Driver {
             opt, evaluations, ..
         } = &mut self.mode
         else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         *evaluations += 1;
-        let request = opt.on_trial(loss / rows.max(1) as f64, &grads, reduced);
-        self.sharded_next(request)
+        let request = opt
+            .on_trial(loss / rows.max(1) as f64, &grads, reduced)
+            .map_err(sharded_bug)?;
+        Ok(self.sharded_next(request))
     }
 
     /// Sharded L-BFGS: the totals of a [`Phase::Reduce`] round.
-    fn sharded_reduce(&mut self, reduced: &Scalars) -> Emission {
+    fn sharded_reduce(&mut self, reduced: &Scalars) -> Result<Emission, Failure> {
         let Mode::Sharded { opt, .. } = &mut self.mode else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        let request = opt.on_gram(reduced);
-        self.sharded_next(request)
+        let request = opt.on_gram(reduced).map_err(sharded_bug)?;
+        Ok(self.sharded_next(request))
     }
 
     /// Sharded L-BFGS: the round `request` asks for (as
@@ -1140,6 +1142,12 @@ impl Driver {
     }
 }
 
+/// Sharded L-BFGS got what its owners did not ask for: a bug, reported as
+/// one rather than run on.
+fn sharded_bug(message: String) -> Failure {
+    Failure::from(&Error::Internal(format!("sharded L-BFGS: {message}")))
+}
+
 impl Owner for Driver {
     /// The parameters of the first rounds.
     fn start(&mut self) -> Emission {
@@ -1180,7 +1188,7 @@ impl Owner for Driver {
         let loss = exact_loss.to_f64();
         let (epoch, step) = match self.in_flight.pop_front() {
             Some(Phase::Train { epoch, step }) => (epoch, step),
-            Some(Phase::Reduce) => return Ok(self.sharded_reduce(reduced)),
+            Some(Phase::Reduce) => return self.sharded_reduce(reduced),
             _ => return Ok(Vec::new()),
         };
         let diverged = |message: String| {
@@ -1222,7 +1230,7 @@ impl Owner for Driver {
                 Ok(self.advance_saving(epoch, step, 1, steps_per_epoch, exact_loss, rows))
             }
             Mode::Lbfgs { .. } => Ok(self.lbfgs_round(sums, loss, rows)),
-            Mode::Sharded { .. } => Ok(self.sharded_round(sums, loss, rows, reduced)),
+            Mode::Sharded { .. } => self.sharded_round(sums, loss, rows, reduced),
         }
     }
     /// Applies the collector's decision after an evaluation round.
