@@ -165,6 +165,58 @@ fn add_scaled_then_dot(q: &mut [f64], c: f64, v: &[f64], next: Option<&[f64]>) -
     acc
 }
 
+/// An accepted iterate, as the stopping rule sees it.
+pub(crate) struct AcceptedStep {
+    /// The objective before the step.
+    pub old: f64,
+    /// The objective after it.
+    pub new: f64,
+    /// The largest component of the (pseudo-)gradient after it.
+    pub pg_max: f64,
+    /// The step was steepest descent cut to length 1.
+    pub unit_step: bool,
+    /// The step was steepest descent.
+    pub steepest: bool,
+}
+
+/// What the stopping rule says of an accepted iterate.
+pub(crate) enum Verdict {
+    /// The run ends here.
+    Converged(Convergence),
+    /// The objective did not move on a curvature-scaled step: forget the
+    /// curvature pairs (the next step is steepest descent) and go on.
+    ForgetPairs,
+    /// Go on.
+    Continue,
+}
+
+impl AcceptedStep {
+    /// L-BFGS-B's tests, in order (see docs/optimizers.md), for both
+    /// L-BFGS implementations.
+    pub(crate) fn verdict(&self, tolerance: f64, gradient_tolerance: Option<f64>) -> Verdict {
+        let (old, fx, pg_max) = (self.old, self.new, self.pg_max);
+        let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
+        match gradient_tolerance {
+            Some(g) if pg_max <= g => Verdict::Converged(Convergence::Gradient(pg_max)),
+            // Not on a steepest-descent step cut to length 1: that
+            // length knows nothing of the problem's scale (on a label
+            // in the trillions it moves the objective by a sliver).
+            _ if tolerance > 0.0 && rel <= tolerance && !self.unit_step => {
+                Verdict::Converged(Convergence::ObjectiveChange(rel))
+            }
+            _ if pg_max == 0.0 => Verdict::Converged(Convergence::Gradient(0.0)),
+            // A step that leaves the objective unchanged to the last
+            // bit: on a curvature-scaled direction, perhaps a poor
+            // one, so the next step is steepest descent; on a steepest
+            // descent step, the objective's floating-point floor,
+            // where no run gets further.
+            _ if rel == 0.0 && !self.steepest => Verdict::ForgetPairs,
+            _ if rel == 0.0 => Verdict::Converged(Convergence::NoDecrease),
+            _ => Verdict::Continue,
+        }
+    }
+}
+
 /// One coordinate of OWL-QN's pseudo-gradient: the smooth gradient `gi`
 /// plus the L1 term's one-sided derivative at `xi` that points downhill (0
 /// where neither side does); `gi` itself when `l1 = 0` or not penalised.
@@ -386,27 +438,20 @@ impl Lbfgs {
             self.iterations += 1;
             self.pg = self.pseudo_grad(&self.x, &self.g);
             let pg_max = self.pg.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
-            let by = match self.gradient_tolerance {
-                Some(g) if pg_max <= g => Some(Convergence::Gradient(pg_max)),
-                // Not on a steepest-descent step cut to length 1: that
-                // length knows nothing of the problem's scale (on a label
-                // in the trillions it moves the objective by a sliver).
-                _ if self.tolerance > 0.0 && rel <= self.tolerance && !self.unit_step => {
-                    Some(Convergence::ObjectiveChange(rel))
-                }
-                _ if pg_max == 0.0 => Some(Convergence::Gradient(0.0)),
-                // A step that leaves the objective unchanged to the last
-                // bit: on a curvature-scaled direction, perhaps a poor
-                // one, so the next step is steepest descent; on a steepest
-                // descent step, the objective's floating-point floor,
-                // where no run gets further.
-                _ if rel == 0.0 && !self.steepest => {
+            let step = AcceptedStep {
+                old,
+                new: fx,
+                pg_max,
+                unit_step: self.unit_step,
+                steepest: self.steepest,
+            };
+            let by = match step.verdict(self.tolerance, self.gradient_tolerance) {
+                Verdict::Converged(c) => Some(c),
+                Verdict::ForgetPairs => {
                     self.history.clear();
                     None
                 }
-                _ if rel == 0.0 => Some(Convergence::NoDecrease),
-                _ => None,
+                Verdict::Continue => None,
             };
             self.converged_by = by;
             Next::Accepted {

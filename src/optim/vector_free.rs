@@ -27,7 +27,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::lbfgs::{project_to_orthant, pseudo_component, Convergence, C1, MAX_BACKTRACKS};
+use super::lbfgs::{
+    project_to_orthant, pseudo_component, AcceptedStep, Convergence, Verdict, C1, MAX_BACKTRACKS,
+};
 use super::Penalty;
 
 /// Scalars an owner sends with each of its shards, and their totals over
@@ -620,20 +622,20 @@ impl ShardedLbfgs {
         c.gram.retain(|&(a, b), _| alive(a) && alive(b));
         c.f = fx;
         c.iterations += 1;
-        let pg_max = total.maxes[0];
-        let rel = (old - fx).abs() / old.abs().max(fx.abs()).max(1e-300);
-        let by = match c.gradient_tolerance {
-            Some(g) if pg_max <= g => Some(Convergence::Gradient(pg_max)),
-            _ if c.tolerance > 0.0 && rel <= c.tolerance && !c.unit_step => {
-                Some(Convergence::ObjectiveChange(rel))
-            }
-            _ if pg_max == 0.0 => Some(Convergence::Gradient(0.0)),
-            _ if rel == 0.0 && !c.steepest => {
+        let step = AcceptedStep {
+            old,
+            new: fx,
+            pg_max: total.maxes[0],
+            unit_step: c.unit_step,
+            steepest: c.steepest,
+        };
+        let by = match step.verdict(c.tolerance, c.gradient_tolerance) {
+            Verdict::Converged(by) => Some(by),
+            Verdict::ForgetPairs => {
                 self.clear_history();
                 None
             }
-            _ if rel == 0.0 => Some(Convergence::NoDecrease),
-            _ => None,
+            Verdict::Continue => None,
         };
         self.common.converged_by = by;
         Ok(Request::Accepted {
