@@ -174,6 +174,50 @@ fn fewer_units_than_workers_is_warned_with_the_setting_that_cuts_finer() {
     assert!(rows.iter().all(|r| r.as_u64().unwrap() > 0), "{rows:?}");
 }
 
+/// Runs `tidemill ARGS`, asserts it succeeded, and returns its stderr.
+fn warnings_of(args: &[&str]) -> String {
+    let out = tidemill(args);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{args:?}: {err}");
+    err
+}
+
+#[test]
+fn steps_that_reach_few_workers_are_warned_with_the_setting_that_widens_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.json").to_string_lossy().to_string();
+    // 20 units in slices of 2.5 per worker: a wave of 4 units reaches 4 of 8.
+    let base = [
+        "train",
+        "pipelines/nycflights.toml",
+        "--set",
+        "data.partition=\"slice\"",
+        "--set",
+        "train.epochs=1",
+        "--model-out",
+        &m,
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        warnings_of(&a)
+    };
+    let err = with(&["-w", "8"]);
+    assert!(
+        err.contains("at most 4 of 8 workers") && err.contains("--set data.units_per_step=10"),
+        "{err}"
+    );
+    // The value it names, one worker, or a full-batch optimizer: no warning.
+    for extra in [
+        &["-w", "8", "--set", "data.units_per_step=10"][..],
+        &["-w", "1"][..],
+        &["-w", "8", "--set", "optimizer.kind=\"lbfgs\""][..],
+    ] {
+        let err = with(extra);
+        assert!(!err.contains("reads rows on at most"), "{extra:?}: {err}");
+    }
+}
+
 #[test]
 fn the_summary_says_why_training_stopped() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,4 +497,38 @@ fn a_terminal_gets_a_progress_bar() {
     let err = stderr(&out);
     assert!(err.contains("progress"), "{err}");
     assert!(!err.contains('%'), "a bar off a terminal:\n{err}");
+}
+
+/// `TIDEMILL_IDLE_SPIN_US` tunes how long idle workers poll before
+/// parking: it changes timing only (the same model bytes), and a value
+/// that is not whole microseconds is a usage error naming it, not ignored.
+#[test]
+fn idle_spin_changes_timing_not_the_model_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = |spin: Option<&str>, name: &str| {
+        let m = dir.path().join(name);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidemill"));
+        cmd.args(["train", "pipelines/nycflights.toml", "-w", "2"])
+            .args(["--set", "train.epochs=1", "--model-out"])
+            .arg(&m)
+            .current_dir(root())
+            .env("TIDEMILL_LOG", "warn");
+        match spin {
+            Some(v) => cmd.env("TIDEMILL_IDLE_SPIN_US", v),
+            None => cmd.env_remove("TIDEMILL_IDLE_SPIN_US"),
+        };
+        let out = cmd.output().unwrap();
+        (out.status.code(), stderr(&out), std::fs::read(&m).ok())
+    };
+    let (code, err, plain) = model(None, "plain.json");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, spun) = model(Some("500"), "spun.json");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(plain, spun, "the idle spin changed the model");
+    for bad in ["abc", "-1", "2000000", "1.5"] {
+        let (code, err, written) = model(Some(bad), &format!("bad{bad}.json"));
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("TIDEMILL_IDLE_SPIN_US"), "{bad}: {err}");
+        assert!(written.is_none(), "{bad}: a model was written");
+    }
 }

@@ -254,7 +254,7 @@ impl Cluster {
                 .try_build()
                 .map_err(Error::Cluster)?
         };
-        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), func)
+        timely::execute::execute_from(builders, others, worker_config()?, func)
             .map_err(Error::Cluster)
     }
 
@@ -296,6 +296,34 @@ impl Cluster {
             builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
             Box::new(guard),
         ))
+    }
+}
+
+/// The environment variable that sets how long an idle worker polls its
+/// channels before parking its thread, in microseconds (timely's
+/// `WorkerConfig::idle_spin`; its default is 10).
+pub const IDLE_SPIN_ENV: &str = "TIDEMILL_IDLE_SPIN_US";
+
+/// Timely's worker configuration: its defaults, with `idle_spin` from
+/// [`IDLE_SPIN_ENV`] when that is set. A value that is not a whole number
+/// of microseconds up to one second is an error, not ignored.
+fn worker_config() -> Result<timely::WorkerConfig> {
+    let config = timely::WorkerConfig::default();
+    match std::env::var(IDLE_SPIN_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(config),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(micros) if micros <= 1_000_000 => {
+                Ok(config.idle_spin(Duration::from_micros(micros)))
+            }
+            _ => Err(Error::Usage {
+                option: IDLE_SPIN_ENV.into(),
+                message: format!("{text:?} is not whole microseconds from 0 to 1000000"),
+            }),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::Usage {
+            option: IDLE_SPIN_ENV.into(),
+            message: "not valid UTF-8; expected whole microseconds from 0 to 1000000".into(),
+        }),
     }
 }
 

@@ -140,6 +140,42 @@ pub fn chunk(n: usize, steps: u64, s: u64, unit: usize) -> (usize, usize) {
     (at(s as u128), at(s as u128 + 1))
 }
 
+/// The most workers that read rows in any one mini-batch step when the
+/// units are grouped `units_per_step` at a time (as [`StepPlan::new`]
+/// groups them) and unit `u` is held by worker `owners[u]`: the distinct
+/// holders of one wave's units. The other workers wait at the step's
+/// barrier, so a plan whose best step reaches fewer workers than the job
+/// has cannot use them all.
+///
+/// # Examples
+/// ```
+/// use tidemill::data::partition::busiest_step;
+/// // 8 units, 2 a worker on 4 workers: waves of 2 units reach 2 workers.
+/// let owners = [0, 0, 1, 1, 2, 2, 3, 3];
+/// assert_eq!(busiest_step(2, &owners), 2);
+/// assert_eq!(busiest_step(4, &owners), 4);
+/// ```
+pub fn busiest_step(units_per_step: usize, owners: &[usize]) -> usize {
+    let units = owners.len();
+    if units == 0 {
+        return 0;
+    }
+    let waves = units.div_ceil(units_per_step.max(1)).max(1);
+    let mut holders: Vec<Vec<usize>> = vec![Vec::new(); waves];
+    for (u, &owner) in owners.iter().enumerate() {
+        holders[u % waves].push(owner);
+    }
+    holders
+        .iter_mut()
+        .map(|h| {
+            h.sort_unstable();
+            h.dedup();
+            h.len()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Which rows of which unit each step of an epoch takes.
 ///
 /// Units are grouped into waves of at most `units_per_step` units
@@ -342,6 +378,25 @@ mod tests {
                 prop_assert!(units <= per);
             }
             prop_assert_eq!(next, rows);
+        }
+
+        /// `busiest_step` counts what the plan does: the most distinct
+        /// holders of the units any step takes rows from.
+        #[test]
+        fn busiest_step_is_the_plans_widest_step(rows in proptest::collection::vec(1usize..500, 1..40), batch in 1usize..300, per in 1usize..12, w in 1usize..9, seed: u64) {
+            let plan = StepPlan::new(&rows, Some(batch), per);
+            let owners = assign(&rows, w, Partition::Shuffle, seed, 0);
+            let mut widest = 0;
+            for s in 0..plan.steps() {
+                let mut holders: Vec<usize> = (0..rows.len())
+                    .filter(|&u| plan.rows(u, rows[u], s).is_some())
+                    .map(|u| owners[u])
+                    .collect();
+                holders.sort_unstable();
+                holders.dedup();
+                widest = widest.max(holders.len());
+            }
+            prop_assert_eq!(busiest_step(per, &owners), widest);
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::checkpoint::store::Store;
 use crate::cluster::{Cluster, JobDescription};
 use crate::data::encode::{number_token, FeatureSpec};
-use crate::data::partition::{assign_replicas, rows_per_worker};
+use crate::data::partition::{assign, assign_replicas, busiest_step, rows_per_worker};
 use crate::dataflow::liveness::{Heartbeat, Watch};
 use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::snapshot::Cadence;
@@ -27,7 +27,7 @@ use crate::model::{self, Model};
 use crate::optim::lbfgs::Convergence;
 use crate::plan::Plan;
 use crate::source::DataSource;
-use crate::spec::{ModelKind, OnMissing, Pipeline};
+use crate::spec::{ModelKind, OnMissing, Partition, Pipeline};
 use crate::strategy::snapshot::Saved;
 use crate::strategy::{self, step_plan, Checkpointing, LoopInput};
 
@@ -648,6 +648,56 @@ fn warn_idle_workers(plan: &Plan, workers: usize) {
     );
 }
 
+/// Warns when no mini-batch step can reach every worker: a step draws its
+/// rows from the units of one wave (`data.units_per_step` of them), so only
+/// the workers holding those units read rows in it and the others wait at
+/// its barrier. On W1 (64 units) with the default of 4, 8 and 16 workers
+/// trained no faster than 4 (docs/benchmarks.md#scaling). Names the
+/// smallest `units_per_step` that reaches every worker, if there is one.
+/// Fewer units than workers is [`warn_idle_workers`]'s.
+fn warn_narrow_steps(plan: &Plan, workers: usize) {
+    let p = &plan.pipeline;
+    if strategy::of(p.train.strategy).reads_every_row() || p.optimizer.first_order().is_none() {
+        return;
+    }
+    let rows: Vec<usize> = plan.train.units.iter().map(|u| u.rows).collect();
+    let slots = p.train.replicas.unwrap_or(workers);
+    if slots < 2 || rows.len() < slots {
+        return;
+    }
+    let owners = assign(&rows, slots, p.data.partition, p.data.seed, 0);
+    let per_step = p.data.units_per_step;
+    let busy = busiest_step(per_step, &owners);
+    if busy >= slots {
+        return;
+    }
+    let what = if p.train.replicas.is_some() {
+        "replicas"
+    } else {
+        "workers"
+    };
+    let wider = (per_step + 1..=rows.len())
+        .take(1024)
+        .find(|&u| busiest_step(u, &owners) >= slots);
+    let advice = match wider {
+        Some(u) => format!(
+            "--set data.units_per_step={u} reaches all of them (it changes which rows form each batch, so the model's bits, not its optimum)"
+        ),
+        None => "no data.units_per_step reaches all of them with these units: cut them finer with data.max_unit_rows".into(),
+    };
+    // Under shuffle the units move between workers every epoch: this is the first's.
+    let when = match p.data.partition {
+        Partition::Shuffle => " in the first epoch",
+        Partition::Slice => "",
+    };
+    tracing::warn!(
+        units = rows.len(),
+        units_per_step = per_step,
+        "each step{when} reads rows on at most {busy} of {slots} {what} (a step draws from {per_step} of the {} units; the others wait at its barrier): {advice}",
+        rows.len()
+    );
+}
+
 /// [`run_plan`], resuming from the newest checkpoint of the job if
 /// `resume` and there is one (see [`resume::load`]).
 pub fn run_job(
@@ -662,6 +712,7 @@ pub fn run_job(
     let recovery = Arc::new(recovery);
     let units = plan.train.units.len();
     warn_idle_workers(&plan, cluster.total_workers());
+    warn_narrow_steps(&plan, cluster.total_workers());
     let shared = Arc::clone(&plan);
     let start = init.clone();
     let local_workers = cluster.workers;
