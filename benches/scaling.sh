@@ -30,6 +30,8 @@
 #   ONLY      run only these names (default: all but SKIP), e.g.
 #             "scan w1-streamed w1-cached w1-cached-spin procs"
 #   SKIP      names to leave out, e.g. "peers procs"
+#   LAYOUTS   the "procs" section's layouts, NAME:WORKERS:PROCESSES:SPIN_US
+#             (default "t2:2:1:10 p2:1:2:10 t16:16:1:10 p2x8:8:2:10")
 # About 4 minutes on 16 cores with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,8 @@ SKIP=${SKIP:-}
 ONLY=${ONLY:-}
 export UNITS_PER_STEP=${UNITS_PER_STEP:-4}
 SPIN=${SPIN:-200}
+# Only the *-spin runs and the layouts set the idle spin.
+unset TIDEMILL_IDLE_SPIN_US
 if [ -z "${PY:-}" ]; then
   if [ -x .bench-venv/bin/python ]; then PY=$PWD/.bench-venv/bin/python; else PY=python3; fi
 fi
@@ -122,8 +126,10 @@ for rep in $(seq "$REPS"); do
       else
         hosts=$W/hosts; : > "$hosts"
         for _ in $(seq "$procs"); do echo "127.0.0.1:$(port)" >> "$hosts"; done
-        cmd="for p in \$(seq 1 $((procs - 1))); do $BIN train $W/w1.toml -w $per -n $procs -p \$p --hostfile $hosts --model-out $W/cli-\$p.json --log warn > /dev/null & done;"
-        cmd+=" $BIN train $W/w1.toml -w $per -n $procs -p 0 --hostfile $hosts --model-out $W/cli.json --metrics-out $W/cli.jsonl --log warn; rc=\$?; wait; exit \$rc"
+        # Every process's exit status counts, not only process 0's.
+        cmd="pids=(); for p in \$(seq 1 $((procs - 1))); do $BIN train $W/w1.toml -w $per -n $procs -p \$p --hostfile $hosts --model-out $W/cli-\$p.json --log warn > /dev/null & pids+=(\$!); done;"
+        cmd+=" $BIN train $W/w1.toml -w $per -n $procs -p 0 --hostfile $hosts --model-out $W/cli.json --metrics-out $W/cli.jsonl --log warn; rc=\$?;"
+        cmd+=" for q in \"\${pids[@]}\"; do wait \$q || rc=1; done; exit \$rc"
         run "w1-cli-$name" "$((per * procs))" "$rep" "$cmd" "$W/cli.jsonl"
       fi
       unset TIDEMILL_IDLE_SPIN_US

@@ -54,6 +54,11 @@ fn main() -> ExitCode {
             && cli.log_format == cli::LogFormat::Text
             && tracing::enabled!(tracing::Level::INFO),
     );
+    // Checked before any command opens a file or connects to a process.
+    if let Err(e) = tidemill::cluster::idle_spin_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(e.exit_code());
+    }
     std::panic::set_hook(Box::new(panic_hook));
     if let Err(e) = tidemill::io::signals::install() {
         tracing::warn!(error = %e, "no signal handler: temporary files are left to the next run's sweep");

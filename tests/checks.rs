@@ -207,11 +207,13 @@ fn steps_that_reach_few_workers_are_warned_with_the_setting_that_widens_them() {
         err.contains("at most 4 of 8 workers") && err.contains("--set data.units_per_step=10"),
         "{err}"
     );
-    // The value it names, one worker, or a full-batch optimizer: no warning.
+    // The value it names, one worker, a full-batch optimizer, or replicas
+    // that meet only every sync_every steps: no warning.
     for extra in [
         &["-w", "8", "--set", "data.units_per_step=10"][..],
         &["-w", "1"][..],
         &["-w", "8", "--set", "optimizer.kind=\"lbfgs\""][..],
+        &["-w", "8", "--set", "train.strategy=\"model-average\""][..],
     ] {
         let err = with(extra);
         assert!(!err.contains("reads rows on at most"), "{extra:?}: {err}");

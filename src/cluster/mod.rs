@@ -304,27 +304,37 @@ impl Cluster {
 /// `WorkerConfig::idle_spin`; its default is 10).
 pub const IDLE_SPIN_ENV: &str = "TIDEMILL_IDLE_SPIN_US";
 
+/// The idle spin [`IDLE_SPIN_ENV`] asks for, `None` when it is unset. A
+/// value that is not whole microseconds from 0 to one second is a usage
+/// error, not ignored. The CLI checks it as it starts, before anything is
+/// opened or any process connects.
+pub fn idle_spin_from_env() -> Result<Option<Duration>> {
+    let bad = |message: String| Error::Usage {
+        option: IDLE_SPIN_ENV.into(),
+        message,
+    };
+    match std::env::var(IDLE_SPIN_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(micros) if micros <= 1_000_000 => Ok(Some(Duration::from_micros(micros))),
+            _ => Err(bad(format!(
+                "{text:?} is not whole microseconds from 0 to 1000000"
+            ))),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => Err(bad(
+            "not valid UTF-8; expected whole microseconds from 0 to 1000000".into(),
+        )),
+    }
+}
+
 /// Timely's worker configuration: its defaults, with `idle_spin` from
-/// [`IDLE_SPIN_ENV`] when that is set. A value that is not a whole number
-/// of microseconds up to one second is an error, not ignored.
+/// [`IDLE_SPIN_ENV`] when that is set.
 fn worker_config() -> Result<timely::WorkerConfig> {
     let config = timely::WorkerConfig::default();
-    match std::env::var(IDLE_SPIN_ENV) {
-        Err(std::env::VarError::NotPresent) => Ok(config),
-        Ok(text) => match text.trim().parse::<u64>() {
-            Ok(micros) if micros <= 1_000_000 => {
-                Ok(config.idle_spin(Duration::from_micros(micros)))
-            }
-            _ => Err(Error::Usage {
-                option: IDLE_SPIN_ENV.into(),
-                message: format!("{text:?} is not whole microseconds from 0 to 1000000"),
-            }),
-        },
-        Err(std::env::VarError::NotUnicode(_)) => Err(Error::Usage {
-            option: IDLE_SPIN_ENV.into(),
-            message: "not valid UTF-8; expected whole microseconds from 0 to 1000000".into(),
-        }),
-    }
+    Ok(match idle_spin_from_env()? {
+        Some(spin) => config.idle_spin(spin),
+        None => config,
+    })
 }
 
 #[cfg(test)]

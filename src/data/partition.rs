@@ -140,40 +140,50 @@ pub fn chunk(n: usize, steps: u64, s: u64, unit: usize) -> (usize, usize) {
     (at(s as u128), at(s as u128 + 1))
 }
 
-/// The most workers that read rows in any one mini-batch step when the
-/// units are grouped `units_per_step` at a time (as [`StepPlan::new`]
-/// groups them) and unit `u` is held by worker `owners[u]`: the distinct
-/// holders of one wave's units. The other workers wait at the step's
-/// barrier, so a plan whose best step reaches fewer workers than the job
-/// has cannot use them all.
+/// How many workers read rows in a mini-batch step when the units are
+/// grouped into `waves` waves (`wave(u) = u mod waves`, as
+/// [`StepPlan::new`] groups them), unit `u` has `rows[u]` training rows and
+/// is held by worker `owners[u]`: the distinct holders of a wave's units
+/// with rows, as (narrowest wave, widest wave). Waves without rows have no
+/// steps and are left out; (0, 0) if no unit has rows. The workers a step
+/// does not reach wait at its barrier.
 ///
 /// # Examples
 /// ```
-/// use tidemill::data::partition::busiest_step;
-/// // 8 units, 2 a worker on 4 workers: waves of 2 units reach 2 workers.
-/// let owners = [0, 0, 1, 1, 2, 2, 3, 3];
-/// assert_eq!(busiest_step(2, &owners), 2);
-/// assert_eq!(busiest_step(4, &owners), 4);
+/// use tidemill::data::partition::step_reach;
+/// // 8 units, 2 a worker on 4 workers: 4 waves of 2 units reach 2 workers,
+/// // 2 waves of 4 units reach all 4.
+/// let (rows, owners) = ([10; 8], [0, 0, 1, 1, 2, 2, 3, 3]);
+/// assert_eq!(step_reach(4, &rows, &owners), (2, 2));
+/// assert_eq!(step_reach(2, &rows, &owners), (4, 4));
 /// ```
-pub fn busiest_step(units_per_step: usize, owners: &[usize]) -> usize {
-    let units = owners.len();
-    if units == 0 {
-        return 0;
-    }
-    let waves = units.div_ceil(units_per_step.max(1)).max(1);
+pub fn step_reach(waves: usize, rows: &[usize], owners: &[usize]) -> (usize, usize) {
+    let waves = waves.max(1);
     let mut holders: Vec<Vec<usize>> = vec![Vec::new(); waves];
-    for (u, &owner) in owners.iter().enumerate() {
-        holders[u % waves].push(owner);
+    for (u, (&n, &owner)) in rows.iter().zip(owners).enumerate() {
+        if n > 0 {
+            holders[u % waves].push(owner);
+        }
     }
-    holders
+    let reach: Vec<usize> = holders
         .iter_mut()
+        .filter(|h| !h.is_empty())
         .map(|h| {
             h.sort_unstable();
             h.dedup();
             h.len()
         })
-        .max()
-        .unwrap_or(0)
+        .collect();
+    match (reach.iter().min(), reach.iter().max()) {
+        (Some(&narrowest), Some(&widest)) => (narrowest, widest),
+        _ => (0, 0),
+    }
+}
+
+/// The number of waves [`StepPlan::new`] makes of `units` units,
+/// `units_per_step` at a time.
+pub fn waves(units: usize, units_per_step: usize) -> usize {
+    units.div_ceil(units_per_step.max(1)).max(1)
 }
 
 /// Which rows of which unit each step of an epoch takes.
@@ -207,7 +217,7 @@ impl StepPlan {
     /// ```
     pub fn new(train_rows: &[usize], batch: Option<usize>, units_per_step: usize) -> StepPlan {
         let units = train_rows.len();
-        let waves = units.div_ceil(units_per_step.max(1)).max(1);
+        let waves = waves(units, units_per_step);
         let wave_of: Vec<usize> = (0..units).map(|u| u % waves).collect();
         let mut first_step = vec![0u64];
         match batch {
@@ -380,23 +390,24 @@ mod tests {
             prop_assert_eq!(next, rows);
         }
 
-        /// `busiest_step` counts what the plan does: the most distinct
-        /// holders of the units any step takes rows from.
+        /// `step_reach` counts what the plan does: the fewest and the most
+        /// distinct holders of units that a step takes rows from.
         #[test]
-        fn busiest_step_is_the_plans_widest_step(rows in proptest::collection::vec(1usize..500, 1..40), batch in 1usize..300, per in 1usize..12, w in 1usize..9, seed: u64) {
+        fn step_reach_is_what_the_plans_steps_read(rows in proptest::collection::vec(0usize..500, 1..40), batch in 1usize..300, per in 1usize..12, w in 1usize..9, seed: u64) {
             let plan = StepPlan::new(&rows, Some(batch), per);
             let owners = assign(&rows, w, Partition::Shuffle, seed, 0);
-            let mut widest = 0;
+            let (mut narrowest, mut widest) = (usize::MAX, 0);
             for s in 0..plan.steps() {
                 let mut holders: Vec<usize> = (0..rows.len())
-                    .filter(|&u| plan.rows(u, rows[u], s).is_some())
+                    .filter(|&u| rows[u] > 0 && plan.rows(u, rows[u], s).is_some())
                     .map(|u| owners[u])
                     .collect();
                 holders.sort_unstable();
                 holders.dedup();
+                narrowest = narrowest.min(holders.len());
                 widest = widest.max(holders.len());
             }
-            prop_assert_eq!(busiest_step(per, &owners), widest);
+            prop_assert_eq!(step_reach(waves(rows.len(), per), &rows, &owners), (narrowest, widest));
         }
     }
 

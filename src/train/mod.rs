@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::checkpoint::store::Store;
 use crate::cluster::{Cluster, JobDescription};
 use crate::data::encode::{number_token, FeatureSpec};
-use crate::data::partition::{assign, assign_replicas, busiest_step, rows_per_worker};
+use crate::data::partition::{assign, assign_replicas, rows_per_worker, step_reach, waves};
 use crate::dataflow::liveness::{Heartbeat, Watch};
 use crate::dataflow::scan::{self, ScanResult};
 use crate::dataflow::snapshot::Cadence;
@@ -315,6 +315,9 @@ fn worker_main(
     };
     let init = init.as_deref();
     let rows: Vec<usize> = scan.train_rows.iter().map(|&r| r as usize).collect();
+    if worker.index() == 0 {
+        warn_narrow_steps(&plan.pipeline, &rows, worker.peers());
+    }
     let input = LoopInput {
         plan: Arc::clone(plan),
         spec: spec.clone(),
@@ -648,40 +651,52 @@ fn warn_idle_workers(plan: &Plan, workers: usize) {
     );
 }
 
-/// Warns when no mini-batch step can reach every worker: a step draws its
+/// Warns when no mini-batch step reaches every worker: a step draws its
 /// rows from the units of one wave (`data.units_per_step` of them), so only
 /// the workers holding those units read rows in it and the others wait at
 /// its barrier. On W1 (64 units) with the default of 4, 8 and 16 workers
-/// trained no faster than 4 (docs/benchmarks.md#scaling). Names the
-/// smallest `units_per_step` that reaches every worker, if there is one.
-/// Fewer units than workers is [`warn_idle_workers`]'s.
-fn warn_narrow_steps(plan: &Plan, workers: usize) {
-    let p = &plan.pipeline;
-    if strategy::of(p.train.strategy).reads_every_row() || p.optimizer.first_order().is_none() {
+/// trained no faster than 4 (docs/benchmarks.md#scaling-from-1-to-16-workers).
+/// Names the smallest `units_per_step` whose every step reaches every
+/// worker, if one is found. `rows` are the units' training rows (the
+/// scan's), as the step plan and the workers' units use them.
+///
+/// `allreduce` and `param-server` only: `model-average` replicas meet once
+/// every `sync_every` steps, not at every step, and `model-parallel` reads
+/// every row on every worker. Fewer units than workers is
+/// [`warn_idle_workers`]'s.
+fn warn_narrow_steps(p: &Pipeline, rows: &[usize], workers: usize) {
+    use crate::spec::Strategy;
+    if !matches!(
+        p.train.strategy,
+        Strategy::Allreduce | Strategy::ParamServer
+    ) || p.optimizer.first_order().is_none()
+        || workers < 2
+        || rows.len() < workers
+    {
         return;
     }
-    let rows: Vec<usize> = plan.train.units.iter().map(|u| u.rows).collect();
-    let slots = p.train.replicas.unwrap_or(workers);
-    if slots < 2 || rows.len() < slots {
-        return;
-    }
-    let owners = assign(&rows, slots, p.data.partition, p.data.seed, 0);
+    let owners = assign(rows, workers, p.data.partition, p.data.seed, 0);
     let per_step = p.data.units_per_step;
-    let busy = busiest_step(per_step, &owners);
-    if busy >= slots {
+    let now = waves(rows.len(), per_step);
+    let (_, widest) = step_reach(now, rows, &owners);
+    if widest >= workers {
         return;
     }
-    let what = if p.train.replicas.is_some() {
-        "replicas"
-    } else {
-        "workers"
-    };
-    let wider = (per_step + 1..=rows.len())
-        .take(1024)
-        .find(|&u| busiest_step(u, &owners) >= slots);
+    // Fewer waves, each of more units; the smallest units_per_step giving
+    // each wave count (at most 256 tried, then one wave of every unit).
+    let units = rows.len();
+    let mut tried = 0;
+    let wider = (1..now)
+        .rev()
+        .map(|k| units.div_ceil(k))
+        .filter(|&u| {
+            tried += 1;
+            tried <= 256 || u == units
+        })
+        .find(|&u| step_reach(waves(units, u), rows, &owners).0 >= workers);
     let advice = match wider {
         Some(u) => format!(
-            "--set data.units_per_step={u} reaches all of them (it changes which rows form each batch, so the model's bits, not its optimum)"
+            "--set data.units_per_step={u} reaches all of them in every step (it changes which rows form each batch, so the model's bits, not its optimum)"
         ),
         None => "no data.units_per_step reaches all of them with these units: cut them finer with data.max_unit_rows".into(),
     };
@@ -691,10 +706,9 @@ fn warn_narrow_steps(plan: &Plan, workers: usize) {
         Partition::Slice => "",
     };
     tracing::warn!(
-        units = rows.len(),
+        units,
         units_per_step = per_step,
-        "each step{when} reads rows on at most {busy} of {slots} {what} (a step draws from {per_step} of the {} units; the others wait at its barrier): {advice}",
-        rows.len()
+        "each step{when} reads rows on at most {widest} of {workers} workers (a step draws from {per_step} of the {units} units; the others wait at its barrier): {advice}"
     );
 }
 
@@ -712,7 +726,6 @@ pub fn run_job(
     let recovery = Arc::new(recovery);
     let units = plan.train.units.len();
     warn_idle_workers(&plan, cluster.total_workers());
-    warn_narrow_steps(&plan, cluster.total_workers());
     let shared = Arc::clone(&plan);
     let start = init.clone();
     let local_workers = cluster.workers;
