@@ -10,15 +10,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::encode::{Block, ClassMap, FeatureSpec};
+use super::encode::{dense_is_exact, restandardize, Block, ClassMap, FeatureSpec};
 use super::partition::{assign, assign_replicas, window_order, StepPlan};
 use super::stream::{StreamSpec, UnitStream};
-use super::window::{Rows, Split, Windows};
+use super::window::{Rows, Split, UnitData, Windows};
 use crate::error::Result;
 use crate::plan::Plan;
 use crate::source::unit::Unit;
 use crate::source::DataSource;
-use crate::spec::{ModelKind, Partition};
+use crate::spec::{ModelKind, OnMissing, Partition};
 
 /// What a worker reads, and how rows are split and ordered.
 #[derive(Debug, Clone)]
@@ -121,6 +121,236 @@ impl Cached {
     }
 }
 
+/// How the labels of a [`Scanned`] block were decoded: as values
+/// (regression) or as indices of these classes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScannedLabels {
+    /// Regression values.
+    Values,
+    /// Class indices, by these names in index order.
+    Classes(Vec<String>),
+}
+
+/// The units the statistics scan decoded on this worker, kept so that the
+/// first cached epoch does not read and decode them again: their numeric
+/// values as read (each window keeps [`Block::raw`] unless its `dense`
+/// values are exact), standardised in place once the statistics are known
+/// ([`restandardize`]), which gives the same bits as decoding with the
+/// final spec. A unit the scan did not keep, or whose values do not
+/// convert, is read again as before.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    labels: Option<ScannedLabels>,
+    /// The columns the scan decoded, in its order.
+    layout: Option<Layout>,
+    budget: u64,
+    held: u64,
+    /// Set once a window did not fit in the budget: nothing more is taken.
+    full: bool,
+    train: BTreeMap<usize, Vec<UnitData>>,
+    validation_files: BTreeMap<usize, Vec<UnitData>>,
+}
+
+/// The windows of one unit as the scan reads them, and whether they are
+/// all there.
+#[derive(Debug, Default)]
+pub struct UnitWindows {
+    windows: Vec<UnitData>,
+    whole: bool,
+}
+
+/// Bytes a block's buffers hold.
+fn block_bytes(b: &Block) -> u64 {
+    let n = b.dense.capacity() * 4
+        + b.raw.capacity() * 8
+        + b.hashed.capacity() * 4
+        + b.signs.capacity() * 4
+        + b.label.capacity() * 8
+        + b.file_row.capacity() * 8
+        + b.weight.capacity() * 8;
+    n as u64
+}
+
+fn unit_bytes(d: &UnitData) -> u64 {
+    block_bytes(&d.train) + block_bytes(&d.validation)
+}
+
+/// Drops whichever of a scanned block's two copies of its numeric values
+/// [`restandardize`] does not need.
+fn slim(b: &mut Block) {
+    if dense_is_exact(b) {
+        b.raw = Vec::new();
+    } else {
+        b.dense = Vec::new();
+    }
+    b.tokens = Vec::new();
+}
+
+impl Scanned {
+    /// Keeps nothing.
+    pub fn none() -> Scanned {
+        Scanned::default()
+    }
+
+    /// Keeps units the scan decodes with `spec` (its columns; statistics
+    /// unset) and whose labels it decodes as `labels`, holding at most
+    /// `budget` bytes.
+    pub fn keeping(spec: &FeatureSpec, labels: ScannedLabels, budget: u64) -> Scanned {
+        Scanned {
+            labels: Some(labels),
+            layout: Some(Layout::of(spec)),
+            budget,
+            ..Scanned::default()
+        }
+    }
+
+    /// An empty list for the windows of the next unit read.
+    pub fn start_unit(&self) -> UnitWindows {
+        UnitWindows {
+            windows: Vec::new(),
+            whole: self.labels.is_some() && !self.full,
+        }
+    }
+
+    /// Takes the next decoded window (with its `raw` values) of the unit
+    /// `unit` lists, while the budget lasts; once it is spent, the unit's
+    /// windows are dropped and no more are taken.
+    pub fn take_window(&mut self, unit: &mut UnitWindows, mut data: UnitData) {
+        if !unit.whole {
+            return;
+        }
+        slim(&mut data.train);
+        slim(&mut data.validation);
+        let bytes = unit_bytes(&data);
+        if self.full || self.held + bytes > self.budget {
+            self.full = true;
+            self.forget(std::mem::take(unit));
+            return;
+        }
+        self.held += bytes;
+        unit.windows.push(data);
+    }
+
+    /// Keeps training unit `id`, read whole and without a failure.
+    pub fn keep_train(&mut self, id: usize, unit: UnitWindows) {
+        if unit.whole {
+            self.train.insert(id, unit.windows);
+        } else {
+            self.forget(unit);
+        }
+    }
+
+    /// Keeps unit `id` of the separate validation files, read whole and
+    /// without a failure.
+    pub fn keep_validation(&mut self, id: usize, unit: UnitWindows) {
+        if unit.whole {
+            self.validation_files.insert(id, unit.windows);
+        } else {
+            self.forget(unit);
+        }
+    }
+
+    /// Gives up a unit's windows (it failed, or did not fit).
+    pub fn forget(&mut self, unit: UnitWindows) {
+        let bytes: u64 = unit.windows.iter().map(unit_bytes).sum();
+        self.held = self.held.saturating_sub(bytes);
+    }
+
+    /// Number of training units held.
+    pub fn train_units(&self) -> usize {
+        self.train.len()
+    }
+
+    /// Training unit `id` as the cache holds it under `s`, if the scan
+    /// kept it and its values convert.
+    fn cached(&mut self, id: usize, s: &StreamSpec) -> Option<Cached> {
+        let windows = self.train.remove(&id)?;
+        if !self.decodes_as(s) {
+            return None;
+        }
+        let mut cached = Cached {
+            windows: Vec::with_capacity(windows.len()),
+            validation: Block::default(),
+        };
+        let mut start = 0;
+        for (index, mut w) in windows.into_iter().enumerate() {
+            if !restandardize(&mut w.train, &s.spec) || !restandardize(&mut w.validation, &s.spec) {
+                return None;
+            }
+            let rows = w.train.rows;
+            cached.windows.push(CachedWindow {
+                index: index as u64,
+                start,
+                train: w.train,
+                order: None,
+            });
+            cached.validation.append(w.validation);
+            start += rows;
+        }
+        Some(cached)
+    }
+
+    /// Unit `id` of the separate validation files as one block under `s`,
+    /// if the scan kept it and its values convert.
+    fn validation_block(&mut self, id: usize, s: &StreamSpec) -> Option<Block> {
+        let windows = self.validation_files.remove(&id)?;
+        if !self.decodes_as(s) {
+            return None;
+        }
+        let mut block = Block::default();
+        for mut w in windows {
+            if !restandardize(&mut w.train, &s.spec) {
+                return None;
+            }
+            block.append(w.train);
+        }
+        Some(block)
+    }
+
+    /// True if the scan decoded labels as `s` does.
+    fn decodes_as(&self, s: &StreamSpec) -> bool {
+        let wanted = match &s.classes {
+            Some(_) => s.spec.classes.clone().map(ScannedLabels::Classes),
+            None => Some(ScannedLabels::Values),
+        };
+        wanted.is_some()
+            && self.labels == wanted
+            && s.spec.weight.is_none()
+            && self.layout.as_ref() == Some(&Layout::of(&s.spec))
+    }
+}
+
+/// What fixes where a decoded block's values sit and how they are read:
+/// everything in a feature spec but the statistics (and the weights, which
+/// the scan never keeps). A worker that decodes only its block of features
+/// (`model-parallel`) has another layout, and reads its units again.
+#[derive(Debug, Clone, PartialEq)]
+struct Layout {
+    label: String,
+    numeric: Vec<String>,
+    categorical: Vec<String>,
+    crosses: Vec<crate::plan::features::Cross>,
+    hash_bits: u32,
+    /// `mean` reads as `zero` (the scan fills with NaN either way).
+    on_missing: OnMissing,
+}
+
+impl Layout {
+    fn of(spec: &FeatureSpec) -> Layout {
+        Layout {
+            label: spec.label.clone(),
+            numeric: spec.numeric.iter().map(|f| f.name.clone()).collect(),
+            categorical: spec.categorical.clone(),
+            crosses: spec.crosses.clone(),
+            hash_bits: spec.hash_bits,
+            on_missing: match spec.on_missing {
+                OnMissing::Mean => OnMissing::Zero,
+                other => other,
+            },
+        }
+    }
+}
+
 /// The data one worker holds.
 pub struct WorkerData {
     index: usize,
@@ -140,6 +370,9 @@ pub struct WorkerData {
     /// worker's units).
     open_waves: BTreeMap<Option<usize>, usize>,
     validation_files: Option<Vec<Block>>,
+    /// Units the statistics scan decoded, until the first epoch takes its
+    /// own and the first evaluation its validation files'.
+    scanned: Scanned,
 }
 
 impl WorkerData {
@@ -191,7 +424,18 @@ impl WorkerData {
             streams: BTreeMap::new(),
             open_waves: BTreeMap::new(),
             validation_files: None,
+            scanned: Scanned::none(),
         }
+    }
+
+    /// Hands over the units the statistics scan decoded on this worker:
+    /// the first cached epoch and evaluation use them instead of reading
+    /// them again (without the cache they are dropped).
+    pub fn with_scanned(mut self, scanned: Scanned) -> WorkerData {
+        if self.feed.cache {
+            self.scanned = scanned;
+        }
+        self
     }
 
     /// Makes sure the worker holds exactly its units for `epoch`.
@@ -218,16 +462,37 @@ impl WorkerData {
             let mine = &self.mine;
             self.cached.retain(|id, _| mine.contains(id));
             let units = feed.train.units();
+            let (mut scanned, mut read) = (0, 0);
             for &id in &self.mine {
                 if !self.cached.contains_key(&id) {
-                    let data = Cached::load(&*feed.train, &units[id], &self.stream, feed.split())?;
+                    let data = match self.scanned.cached(id, &self.stream) {
+                        Some(data) => {
+                            scanned += 1;
+                            data
+                        }
+                        None => {
+                            read += 1;
+                            Cached::load(&*feed.train, &units[id], &self.stream, feed.split())?
+                        }
+                    };
                     self.cached.insert(id, data);
                 }
                 if let Some(c) = self.cached.get_mut(&id) {
                     c.reorder(id, &self.stream, epoch);
                 }
             }
+            if scanned + read > 0 {
+                tracing::debug!(
+                    worker = self.index,
+                    epoch,
+                    from_scan = scanned,
+                    read,
+                    "units cached"
+                );
+            }
         }
+        // Scanned units another worker trains on are not needed.
+        self.scanned.train.clear();
         self.epoch = Some(epoch);
         Ok(())
     }
@@ -353,6 +618,10 @@ impl WorkerData {
             if self.validation_files.is_none() {
                 let mut blocks = Vec::new();
                 for unit in mine {
+                    if let Some(block) = self.scanned.validation_block(unit.id, &spec) {
+                        blocks.push(block);
+                        continue;
+                    }
                     // One block per unit, as metrics see a cached unit.
                     let mut block = Block::default();
                     let mut reader = Windows::open(
@@ -370,6 +639,7 @@ impl WorkerData {
                     blocks.push(block);
                 }
                 self.validation_files = Some(blocks);
+                self.scanned.validation_files.clear();
             }
             self.validation_files.iter().flatten().for_each(f);
             return Ok(());

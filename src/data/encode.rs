@@ -312,7 +312,7 @@ fn badness(a: &Float64Array, i: usize, f: &NumericFeature) -> Option<Bad> {
     }
     let v = a.value(i);
     if v.abs() <= MAX_VALUE {
-        if ((v - f.center) / f.scale).abs() <= MAX_VALUE {
+        if scaled_in_range(v, f) {
             None
         } else {
             Some(Bad::OutOfRangeScaled)
@@ -331,7 +331,77 @@ fn all_usable(a: &Float64Array, f: &NumericFeature) -> bool {
     a.null_count() == 0
         && a.values()
             .iter()
-            .all(|&v| v.abs() <= MAX_VALUE && ((v - f.center) / f.scale).abs() <= MAX_VALUE)
+            .all(|&v| v.abs() <= MAX_VALUE && scaled_in_range(v, f))
+}
+
+/// Is usable value `v` still within ±[`MAX_VALUE`] once centred and scaled?
+#[inline]
+fn scaled_in_range(v: f64, f: &NumericFeature) -> bool {
+    ((v - f.center) / f.scale).abs() <= MAX_VALUE
+}
+
+/// What a model sees of value `v` (filled if it was missing): centred,
+/// scaled, rounded to `f32`. The one formula of [`decode`] and
+/// [`restandardize`].
+#[inline]
+fn standardized(v: f64, f: &NumericFeature) -> f32 {
+    ((v - f.center) / f.scale) as f32
+}
+
+/// Rewrites in place, into what [`decode`] with the final `spec` gives for
+/// the same rows, a block the statistics scan decoded with centre 0, scale 1
+/// and `NaN` for every unusable number (`crate::plan::Plan::scan_spec`, the
+/// same label use and no weights): each value is taken from [`Block::raw`]
+/// where the block kept it, else from [`Block::dense`] (which the caller
+/// has checked holds it exactly), filled where it is `NaN`, then centred and
+/// scaled by the same arithmetic as [`decode`]. `raw` is emptied.
+///
+/// Returns `false`, leaving the block unusable, where a usable value falls
+/// beyond ±[`MAX_VALUE`] once standardised: [`decode`] handles that under
+/// `spec.on_missing` (an error, a dropped row), so the caller must decode
+/// the rows again. Hashed slots are kept as they are, so the caller must
+/// not use this where a cross takes a numeric feature's value.
+pub fn restandardize(block: &mut Block, spec: &FeatureSpec) -> bool {
+    let p = block.p;
+    if p == 0 {
+        block.raw = Vec::new();
+        return true;
+    }
+    let from_raw = !block.raw.is_empty();
+    if from_raw {
+        block.dense = vec![0.0; block.raw.len()];
+    }
+    for r in 0..block.rows {
+        for (j, f) in spec.numeric.iter().enumerate().take(p) {
+            let k = r * p + j;
+            let x = if from_raw {
+                block.raw[k]
+            } else {
+                f64::from(block.dense[k])
+            };
+            let v = if x.is_nan() {
+                f.fill
+            } else if scaled_in_range(x, f) {
+                x
+            } else {
+                return false;
+            };
+            block.dense[k] = standardized(v, f);
+        }
+    }
+    block.raw = Vec::new();
+    true
+}
+
+/// True if every value of the scan's block `b` (its `raw` values) is held
+/// exactly in `dense` (`NaN` for `NaN`): the values were `f32`s, or small
+/// integers, so the block need not keep `raw` for [`restandardize`].
+pub fn dense_is_exact(b: &Block) -> bool {
+    b.raw.len() == b.dense.len()
+        && b.raw
+            .iter()
+            .zip(&b.dense)
+            .all(|(&r, &d)| r == f64::from(d) || (r.is_nan() && d.is_nan()))
 }
 
 /// Tokens of a column; `None` for nulls.
@@ -627,7 +697,7 @@ fn decode_with(
                 f.fill
             };
             // In range by the checks above (fill values are training means).
-            block.dense[r * p + j] = ((v - f.center) / f.scale) as f32;
+            block.dense[r * p + j] = standardized(v, f);
             if keep_raw {
                 block.raw[r * p + j] = v;
             }
@@ -1166,5 +1236,94 @@ mod tests {
         assert_eq!(number_token(2.5), "2.5");
         assert_eq!(number_token(1e15), "1000000000000000");
         assert_eq!(number_token(1e16), "10000000000000000");
+    }
+
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_oneof, Just, Strategy};
+
+    /// One value of a generated column: a small integer (exact in `f32`),
+    /// an `f32`, any `f64`, huge, NaN, infinite, or null.
+    fn cell() -> impl Strategy<Value = Option<f64>> {
+        prop_oneof![
+            4 => (-1000i32..1000).prop_map(|i| Some(f64::from(i))),
+            4 => any::<f32>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| Some(f64::from(v))),
+            4 => (-1e6f64..1e6).prop_map(Some),
+            1 => prop_oneof![Just(1e30), Just(-3e38), Just(4e38)].prop_map(Some),
+            1 => Just(Some(f64::NAN)),
+            1 => Just(Some(f64::INFINITY)),
+            1 => Just(None),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The statistics scan's decoding (centre 0, scale 1, NaN for
+        /// every unusable number), slimmed to one copy and standardised in
+        /// place, is bit for bit what decoding with the final spec gives,
+        /// or is refused exactly where that decoding meets a value beyond
+        /// the range once standardised (which `on_missing` decides).
+        #[test]
+        fn restandardized_scan_blocks_are_what_decoding_gives(
+            columns in proptest::collection::vec(
+                (proptest::collection::vec(cell(), 1..40), any::<bool>(),
+                 -10.0f64..10.0, prop_oneof![Just(1.0f64), 1e-12f64..1e3], -5.0f64..5.0),
+                1..4),
+            policy in prop_oneof![Just(OnMissing::Zero), Just(OnMissing::Mean), Just(OnMissing::SkipRow)],
+            categorical in any::<bool>(),
+        ) {
+            let rows = columns.iter().map(|c| c.0.len()).min().unwrap_or(0);
+            let mut cols: Vec<(String, ArrayRef)> = Vec::new();
+            let (mut draft, mut last) = (Vec::new(), Vec::new());
+            for (j, (values, as_f32, center, scale, fill)) in columns.iter().enumerate() {
+                let name = format!("x{j}");
+                let values = &values[..rows];
+                let array: ArrayRef = if *as_f32 {
+                    Arc::new(Float32Array::from(values.iter().map(|v| v.map(|v| v as f32)).collect::<Vec<_>>()))
+                } else {
+                    Arc::new(Float64Array::from(values.to_vec()))
+                };
+                cols.push((name.clone(), array));
+                draft.push(numeric(&name, f64::NAN, 0.0, 1.0));
+                last.push(numeric(&name, *fill, *center, *scale));
+            }
+            cols.push(("c".into(), Arc::new(StringArray::from((0..rows).map(|i| format!("t{}", i % 3)).collect::<Vec<_>>()))));
+            cols.push(("y".into(), labels(rows)));
+            let b = RecordBatch::try_from_iter(cols).unwrap();
+            let cats: &[&str] = if categorical { &["c"] } else { &[] };
+            let scan_policy = if policy == OnMissing::Mean { OnMissing::Zero } else { policy };
+            let scan = spec(draft, cats, scan_policy);
+            let fin = spec(last, cats, policy);
+            let mut scanned = decode_raw(&b, &scan, LabelUse::Value, &origin()).unwrap();
+            let exact = dense_is_exact(&scanned);
+            if exact {
+                scanned.raw = Vec::new();
+            } else {
+                scanned.dense = Vec::new();
+            }
+            let decoded = decode(&b, &fin, LabelUse::Value, &origin());
+            if restandardize(&mut scanned, &fin) {
+                let d = decoded.unwrap();
+                prop_assert_eq!(scanned.rows, d.rows);
+                prop_assert!(scanned.raw.is_empty());
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&scanned.dense), bits(&d.dense));
+                prop_assert_eq!(&scanned.hashed, &d.hashed);
+                prop_assert_eq!(bits(&scanned.signs), bits(&d.signs));
+                prop_assert_eq!(&scanned.label, &d.label);
+                prop_assert_eq!(&scanned.file_row, &d.file_row);
+            } else {
+                // Refused: decoding meets a value out of range once
+                // standardised, and fails (or drops its row) over it.
+                let scaled_out = (0..rows).any(|i| {
+                    fin.numeric.iter().enumerate().any(|(j, f)| {
+                        let v = columns[j].0[i].map(|v| if columns[j].1 { f64::from(v as f32) } else { v });
+                        v.is_some_and(|v| v.abs() <= MAX_VALUE && !scaled_in_range(v, f))
+                    })
+                });
+                prop_assert!(scaled_out);
+                match policy {
+                    OnMissing::SkipRow => prop_assert!(decoded.unwrap().rows < rows),
+                    _ => prop_assert!(decoded.is_ok()),
+                }
+            }
+        }
     }
 }

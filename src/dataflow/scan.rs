@@ -15,9 +15,10 @@ use timely::worker::Worker;
 
 use super::liveness::{self, Heartbeat};
 use super::Failure;
+use crate::data::cache::{Scanned, ScannedLabels};
 use crate::data::encode::{Block, ClassMap, LabelUse, MAX_CLASSES};
 use crate::data::moments::{merge_weighted_in_unit_order, Moments, PrefixMoments, WeightedMoments};
-use crate::data::partition::assign;
+use crate::data::partition::{assign, assign_replicas};
 use crate::data::window::{for_each_window, Split};
 use crate::error::{Error, Location};
 use crate::plan::Plan;
@@ -117,7 +118,7 @@ fn scan_local(
     index: usize,
     peers: usize,
     pulse: &mut dyn FnMut(),
-) -> (ScanPartial, Vec<UnitMoments>) {
+) -> (ScanPartial, Vec<UnitMoments>, Scanned) {
     let spec = plan.scan_spec();
     let kind = plan.pipeline.model.kind;
     let declared = plan.pipeline.data.classes.clone().or_else(|| {
@@ -141,6 +142,15 @@ fn scan_local(
         ..ScanPartial::default()
     };
     let mut unit_moments = Vec::new();
+    let mut scanned = match kept_labels(plan, &spec, declared.as_deref()) {
+        // Half of this worker's share of the memory available: the cache
+        // holds as much once training starts.
+        Some(labels) => {
+            let budget = out.memory.unwrap_or(0) / (2 * peers.max(1) as u64);
+            Scanned::keeping(&spec, labels, budget)
+        }
+        None => Scanned::none(),
+    };
     let weighted = spec.weight.is_some();
     // Separate validation files are read without weights (validation rows
     // are not weighted).
@@ -159,7 +169,20 @@ fn scan_local(
     }
     for (which, source, split) in sets {
         let rows: Vec<usize> = source.units().iter().map(|u| u.rows).collect();
-        let owners = assign(&rows, peers, Partition::Slice, 0, 0);
+        // Any owners give the same statistics (they are merged in unit
+        // order). Training units go where the first epoch will most likely
+        // want them, so that the units kept for the cache stay put: the
+        // first epoch's assignment, on the rows before the split.
+        let owners: Vec<usize> = if which == 0 {
+            let d = &plan.pipeline.data;
+            let replicas = plan.pipeline.train.replicas;
+            assign_replicas(&rows, peers, replicas, d.partition, d.seed, 0)
+                .into_iter()
+                .map(|(worker, _)| worker)
+                .collect()
+        } else {
+            assign(&rows, peers, Partition::Slice, 0, 0)
+        };
         for unit in source.units().iter().filter(|u| owners[u.id] == index) {
             let (mut train_rows, mut held_rows) = (0u64, 0u64);
             // One per numeric feature, then the label's (regression).
@@ -168,6 +191,7 @@ fn scan_local(
             let mut weights = WeightTotals::new();
             let mut labels = std::mem::take(&mut out.labels);
             let spec_of = if which == 0 { &spec } else { &unweighted };
+            let mut kept = scanned.start_unit();
             let checked = for_each_window(source, unit, spec_of, label, split, |data| {
                 pulse();
                 let blocks = [&data.train, &data.validation];
@@ -214,10 +238,12 @@ fn scan_local(
                         entry.1 += b.weight_of(i);
                     }
                 }
+                scanned.take_window(&mut kept, data);
                 Ok(())
             });
             out.labels = labels;
             if let Err(e) = checked {
+                scanned.forget(kept);
                 // Units are visited in order: the first failure is the lowest.
                 if out.failure.is_none() {
                     out.failure = Some(((which, unit.id), Failure::from(&e)));
@@ -225,6 +251,7 @@ fn scan_local(
                 continue;
             }
             if which == 0 {
+                scanned.keep_train(unit.id, kept);
                 if weighted {
                     out.weights.push((unit.id, weights));
                 }
@@ -237,11 +264,38 @@ fn scan_local(
                         .map(|(j, (m, w))| (j as u32, unit.id, m, w)),
                 );
             } else {
+                scanned.keep_validation(unit.id, kept);
                 out.validation_units.push((unit.id, train_rows));
             }
         }
     }
-    (out, unit_moments)
+    (out, unit_moments, scanned)
+}
+
+/// How training will decode the labels of the units the scan reads, when
+/// the scan may keep them for the cache's first epoch (`None`: it keeps
+/// nothing). It may when the cache is on, rows are not weighted, no cross
+/// takes a numeric feature's value (its hashed value would change with
+/// standardisation), and labels are decoded as training decodes them:
+/// values, or classes known before the scan. Training checks the classes
+/// against its own before it takes a unit.
+fn kept_labels(
+    plan: &Plan,
+    spec: &crate::data::encode::FeatureSpec,
+    declared: Option<&[String]>,
+) -> Option<ScannedLabels> {
+    let scaled_cross = spec
+        .crosses
+        .iter()
+        .any(|c| c.of.iter().any(|m| spec.is_numeric(m)));
+    if !plan.pipeline.data.cache || spec.weight.is_some() || scaled_cross {
+        return None;
+    }
+    match (plan.pipeline.model.kind, declared) {
+        (ModelKind::Linear, _) => Some(ScannedLabels::Values),
+        (_, Some(classes)) => Some(ScannedLabels::Classes(classes.to_vec())),
+        (_, None) => None,
+    }
 }
 
 fn label_tokens_check(
@@ -296,13 +350,16 @@ fn label_tokens_check(
 ///
 /// With a heartbeat (several processes), it beats while this worker reads
 /// and while the dataflow runs.
+///
+/// With the cache on, it also returns the units this worker decoded
+/// ([`Scanned`]), for the first epoch to use instead of reading them again.
 pub fn run(
     worker: &mut Worker,
     plan: &Plan,
     mut heartbeat: Option<&mut Heartbeat>,
-) -> Result<ScanResult, Failure> {
+) -> Result<(ScanResult, Scanned), Failure> {
     let (index, peers) = (worker.index(), worker.peers());
-    let (partial, unit_moments) = match heartbeat.as_deref_mut() {
+    let (partial, unit_moments, scanned) = match heartbeat.as_deref_mut() {
         Some(h) => scan_local(plan, index, peers, &mut || h.keep_alive(worker)),
         None => scan_local(plan, index, peers, &mut || {}),
     };
@@ -360,7 +417,7 @@ pub fn run(
     liveness::run(worker, dataflow, heartbeat);
     let parts = std::mem::take(&mut *received.borrow_mut());
     let moments = std::mem::take(&mut *merged.borrow_mut());
-    merge(plan, parts, moments)
+    Ok((merge(plan, parts, moments)?, scanned))
 }
 
 fn merge(

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use timely::worker::Worker;
 
 use crate::checkpoint::store::Store;
+use crate::data::cache::Scanned;
 use crate::data::encode::FeatureSpec;
 use crate::data::partition::StepPlan;
 use crate::dataflow::gradient::FinalParams;
@@ -54,6 +55,9 @@ pub struct LoopInput<'a> {
     pub spec: FeatureSpec,
     /// The statistics scan.
     pub scan: &'a ScanResult,
+    /// The units the scan decoded on this worker, for the first cached
+    /// epoch (`crate::data::cache::WorkerData::with_scanned`).
+    pub scanned: Scanned,
     /// Starting parameters (warm start), the whole vector; zero if `None`.
     pub init: Option<&'a [f64]>,
     /// Training rows per unit.

@@ -127,7 +127,8 @@ fn run(worker: &mut Worker, input: LoopInput<'_>) -> Result<LoopOutcome, Failure
         block.spec(&input.spec),
         input.rows,
         input.steps,
-    );
+    )
+    .with_scanned(input.scanned);
 
     let records = Rc::new(RefCell::new(Vec::new()));
     let finished = Rc::new(RefCell::new(None));

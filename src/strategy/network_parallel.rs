@@ -75,7 +75,8 @@ pub fn run(
         input.spec.clone(),
         input.rows,
         input.steps,
-    );
+    )
+    .with_scanned(input.scanned);
     let records = Rc::new(RefCell::new(Vec::new()));
     let finished = Rc::new(RefCell::new(None));
     let failure = Rc::new(RefCell::new(None));

@@ -129,7 +129,8 @@ pub fn run(
         input.spec,
         input.rows,
         input.steps,
-    );
+    )
+    .with_scanned(input.scanned);
 
     let len = roles.len();
     let result = Rc::new(RefCell::new(None));

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::store::Store;
 use crate::cluster::{Cluster, JobDescription};
+use crate::data::cache::Scanned;
 use crate::data::encode::{number_token, FeatureSpec};
 use crate::data::partition::{assign, assign_replicas, rows_per_worker, step_reach, waves};
 use crate::dataflow::liveness::{Heartbeat, Watch};
@@ -274,8 +275,8 @@ fn worker_main(
         crate::dataflow::hooks::inject_panic("worker");
     }
     // A resumed job has its statistics from the checkpoint.
-    let scan = match &recovery.resume {
-        Some(saved) => saved.scan.clone(),
+    let (scan, scanned) = match &recovery.resume {
+        Some(saved) => (saved.scan.clone(), Scanned::none()),
         None => scan::run(worker, plan, heartbeat.as_mut())?,
     };
     let spec = finalize(plan, &scan)?;
@@ -322,6 +323,7 @@ fn worker_main(
         plan: Arc::clone(plan),
         spec: spec.clone(),
         scan: &scan,
+        scanned,
         init,
         steps: step_plan(&plan.pipeline, &rows),
         rows,
