@@ -114,7 +114,7 @@ fn gradient(c: &mut Criterion) {
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 let out = m
-                    .accumulate(&b, 0..ROWS, &mut scratch, &mut acc)
+                    .accumulate(&b, 0..ROWS, &mut scratch, (&mut acc).into())
                     .unwrap_or_else(|e| panic!("{e}"));
                 scratch.drain_touched().for_each(drop);
                 black_box(out)

@@ -167,6 +167,124 @@ pub fn accumulate(acc: &mut [Exact], partial: &[f64]) -> Result<Bound, usize> {
     Ok(largest)
 }
 
+/// Coordinates a page of [`PagedSums`] holds.
+const PAGE: usize = 64;
+
+/// Exact sums over a long vector of which few coordinates are ever added
+/// to (a wide hashed model's steps): pages of 64 coordinates are
+/// allocated as they are first added to, so memory and page faults follow
+/// the coordinates touched, not the vector's length. A vector of zero
+/// [`Exact`]s is written in full when it is made (`Exact` is not a
+/// primitive that the allocator may hand over pre-zeroed).
+#[derive(Debug, Clone, Default)]
+pub struct PagedSums {
+    len: usize,
+    pages: Vec<Option<Box<[Exact; PAGE]>>>,
+}
+
+impl PagedSums {
+    /// `len` zero sums, holding no page yet.
+    pub fn new(len: usize) -> PagedSums {
+        PagedSums {
+            len,
+            pages: (0..len.div_ceil(PAGE)).map(|_| None).collect(),
+        }
+    }
+
+    /// Coordinates.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if it has no coordinate.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `v` to coordinate `i` (`i < len`).
+    #[inline]
+    pub fn add(&mut self, i: usize, v: Exact) {
+        let page = self.pages[i / PAGE].get_or_insert_with(|| Box::new([Exact::default(); PAGE]));
+        page[i % PAGE] += v;
+    }
+
+    /// Coordinate `i`'s sum, leaving zero there.
+    #[inline]
+    pub fn take(&mut self, i: usize) -> Exact {
+        match self.pages.get_mut(i / PAGE) {
+            Some(Some(page)) => std::mem::take(&mut page[i % PAGE]),
+            _ => Exact::default(),
+        }
+    }
+
+    /// Coordinate `i`'s sum.
+    #[inline]
+    pub fn get(&self, i: usize) -> Exact {
+        match self.pages.get(i / PAGE) {
+            Some(Some(page)) => page[i % PAGE],
+            _ => Exact::default(),
+        }
+    }
+}
+
+/// Where a model adds its gradient's exact sums
+/// (`crate::model::Model::accumulate`): a whole vector, or [`PagedSums`].
+/// Both hold the same sums, so the choice changes memory, never bits.
+#[derive(Debug)]
+pub enum Sums<'a> {
+    /// One sum per coordinate.
+    Whole(&'a mut [Exact]),
+    /// Sums of the coordinates added to.
+    Paged(&'a mut PagedSums),
+}
+
+impl Sums<'_> {
+    /// Adds `v` to coordinate `i`.
+    #[inline]
+    pub fn add(&mut self, i: usize, v: Exact) {
+        match self {
+            Sums::Whole(s) => s[i] += v,
+            Sums::Paged(p) => p.add(i, v),
+        }
+    }
+
+    /// [`accumulate`] of `partial` into coordinates `start..start + partial.len()`.
+    pub fn add_partial(&mut self, start: usize, partial: &[f64]) -> Result<Bound, usize> {
+        match self {
+            Sums::Whole(s) => accumulate(&mut s[start..start + partial.len()], partial),
+            Sums::Paged(p) => {
+                let mut largest = Bound::default();
+                for (i, &g) in partial.iter().enumerate() {
+                    if g != 0.0 {
+                        let v = Exact::from_f64(g).ok_or(i)?;
+                        largest = largest.max(v.magnitude());
+                        p.add(start + i, v);
+                    }
+                }
+                Ok(largest)
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a mut [Exact]> for Sums<'a> {
+    fn from(s: &'a mut [Exact]) -> Sums<'a> {
+        Sums::Whole(s)
+    }
+}
+
+impl<'a> From<&'a mut Vec<Exact>> for Sums<'a> {
+    fn from(s: &'a mut Vec<Exact>) -> Sums<'a> {
+        Sums::Whole(s)
+    }
+}
+
+impl<'a> From<&'a mut PagedSums> for Sums<'a> {
+    fn from(p: &'a mut PagedSums) -> Sums<'a> {
+        Sums::Paged(p)
+    }
+}
+
 /// A fixed-point sum of 256 bits (two's complement `hi · 2^128 + lo`), with
 /// the same [`FRAC_BITS`] as [`Exact`]: where a value fits in 128 bits,
 /// both give the same bits and the same `f64`.
@@ -390,5 +508,41 @@ mod tests {
         assert!(w.is_overflow());
         assert!((w + Wide::from_f64(-1.5e57).unwrap()).to_f64().is_nan());
         assert!(Wide::from_f64(2e57).is_none());
+    }
+
+    proptest! {
+        /// Paged sums hold what a whole vector holds, after any adds and
+        /// partials, and `take` leaves zero; a non-finite partial value is
+        /// refused at the same index either way.
+        #[test]
+        fn paged_sums_are_the_whole_vectors_sums(
+            len in 1usize..700,
+            adds in proptest::collection::vec((0usize..700, -1e9f64..1e9), 0..300),
+            partial in proptest::collection::vec(prop_oneof![4 => -1e3f64..1e3, 1 => Just(0.0)], 0..100),
+            start in 0usize..700,
+            bad in proptest::option::of(0usize..100),
+        ) {
+            let mut whole = vec![Exact::default(); len];
+            let mut paged = PagedSums::new(len);
+            for &(i, x) in &adds {
+                let v = Exact::from_f64(x).unwrap();
+                Sums::from(&mut whole).add(i % len, v);
+                Sums::from(&mut paged).add(i % len, v);
+            }
+            let start = start % len;
+            let mut partial = partial;
+            partial.truncate(len - start);
+            if let Some(b) = bad.filter(|&b| b < partial.len()) {
+                partial[b] = f64::INFINITY;
+            }
+            let a = Sums::from(&mut whole).add_partial(start, &partial);
+            let b = Sums::from(&mut paged).add_partial(start, &partial);
+            prop_assert_eq!(a, b);
+            for (i, w) in whole.iter().enumerate() {
+                prop_assert_eq!(paged.get(i), *w);
+                prop_assert_eq!(paged.take(i), *w);
+                prop_assert_eq!(paged.get(i), Exact::default());
+            }
+        }
     }
 }

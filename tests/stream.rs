@@ -340,49 +340,15 @@ fn sigterm_stops_a_live_stream_at_a_batch_end_with_a_loadable_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.json");
     let ck = dir.path().join("ck");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
-    cmd.current_dir(root())
-        .env("TIDEMILL_LOG", "warn")
-        .args(["stream", PIPELINE, "--input", "-", "--model-out"])
-        .arg(&model)
-        .args([
-            "--set",
-            "stream.snapshot_every=1",
-            "--set",
-            "stream.batch_rows=3000",
-            "--set",
-            &format!("output.checkpoint=\"{}\"", ck.display()),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
+    let checkpoint = format!("output.checkpoint=\"{}\"", ck.display());
+    let mut child = live_stream(&model, &["--set", &checkpoint]);
     // Three batches' rows, and the stream left open (a live producer).
-    let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();
-    let first: arrow::record_batch::RecordBatch =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .with_batch_size(9000)
-            .build()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
-    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut pipe, &first.schema()).unwrap();
-    w.write(&first.slice(0, 9000)).unwrap();
-    w.flush().unwrap();
+    let w = feed_open(&mut child, 9000);
     // The three batches trained (each one snapshotted), the stream idle.
-    wait_until("the third snapshot", || {
-        std::fs::read(&model)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["stream"]["rows"] == 9000)
-    });
+    wait_for_snapshot(&model, 9000);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let out = finish(child, Duration::from_secs(60));
     drop(w);
-    drop(pipe);
     let summary = ok(&out, "stopped stream");
     assert_eq!(summary["stopped_by"], "SIGTERM", "{summary}");
     assert_eq!(summary["rows"], 9000);
@@ -1116,4 +1082,94 @@ fn a_model_parallel_stream_refuses_what_the_batch_strategy_refuses() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("optimizer.kind"), "{stderr}");
     assert!(!model.exists());
+}
+
+/// `tidemill stream` of nycflights13's pipeline reading Arrow IPC from a
+/// pipe, 3000-row batches each snapshotted to `model`, with `args`.
+fn live_stream(model: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root())
+        .env("TIDEMILL_LOG", "warn")
+        .args(["stream", PIPELINE, "--input", "-", "--model-out"])
+        .arg(model)
+        .args([
+            "--set",
+            "stream.snapshot_every=1",
+            "--set",
+            "stream.batch_rows=3000",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Writes the first `rows` rows of nycflights13 to a stream child's stdin
+/// as Arrow IPC and leaves the stream open (a live producer): drop the
+/// writer to close it.
+fn feed_open(
+    child: &mut std::process::Child,
+    rows: usize,
+) -> arrow::ipc::writer::StreamWriter<std::process::ChildStdin> {
+    let f = std::fs::File::open(root().join("datasets/nycflights13.parquet")).unwrap();
+    let first = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .with_batch_size(rows)
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let pipe = child.stdin.take().unwrap();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(pipe, &first.schema()).unwrap();
+    w.write(&first).unwrap();
+    w.flush().unwrap();
+    w
+}
+
+/// Waits until the model snapshot at `model` has trained `rows` rows.
+fn wait_for_snapshot(model: &Path, rows: u64) {
+    wait_until(&format!("a snapshot of {rows} rows"), || {
+        std::fs::read(model)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["stream"]["rows"] == rows)
+    });
+}
+
+/// The `THP_enabled` line of a process's status (`None` on kernels
+/// without it).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// A stream on one worker thread turns transparent huge pages off for its
+/// process (a wide hashed model's state then costs pages only where its
+/// slots are touched); on two worker threads it keeps them.
+#[test]
+fn a_one_worker_stream_turns_huge_pages_off() {
+    if thp_enabled(std::process::id()).is_none() {
+        eprintln!("skipped: this kernel's /proc/PID/status has no THP_enabled line");
+        return;
+    }
+    for (workers, want) in [("1", "0"), ("2", "1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.json");
+        let mut child = live_stream(&model, &["-w", workers]);
+        let w = feed_open(&mut child, 3000);
+        // Trained a batch: well past start-up.
+        wait_for_snapshot(&model, 3000);
+        let thp = thp_enabled(child.id());
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let out = finish(child, Duration::from_secs(60));
+        drop(w);
+        ok(&out, "stopped stream");
+        assert_eq!(thp.as_deref(), Some(want), "{workers} worker(s)");
+    }
 }

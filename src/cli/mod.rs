@@ -602,7 +602,26 @@ fn validate(a: ValidateArgs) -> Result<()> {
     ))
 }
 
+/// Turns transparent huge pages off for a `stream` process of one worker
+/// thread: a wide hashed model's state is written at scattered slots, and
+/// the first write to a huge page zeroes all 2 MiB of it (after another
+/// memory-hungry process, the kernel may first have to assemble one). With
+/// 4 KiB pages its memory follows the slots it touches. With several
+/// worker threads they are kept: the threads' many small page faults then
+/// cost more than the zeroing (docs/streaming.md, "Measured"). Where the
+/// kernel refuses, the stream runs as it is.
+fn no_huge_pages(worker_threads: usize) {
+    if worker_threads != 1 {
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!(error = %e, "transparent huge pages stay on");
+    }
+}
+
 fn stream(a: StreamArgs) -> Result<()> {
+    no_huge_pages(a.cluster.workers);
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
     if let Some(m) = a.model_out.clone() {

@@ -369,7 +369,7 @@ impl State {
                 }
             }
             let (l, b) = model
-                .accumulate(block, idx, scratch, acc)
+                .accumulate(block, idx, scratch, acc.into())
                 .map_err(diverged)?;
             loss += Wide::from_f64(l).ok_or_else(|| diverged(loss_message(l)))?;
             bound += b;

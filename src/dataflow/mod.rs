@@ -301,6 +301,24 @@ impl Partial {
         }
     }
 
+    /// What [`Partial::from_slice`] makes of a vector of `len` coordinates
+    /// whose non-zero ones are `entries` (offsets increasing).
+    pub fn from_entries(len: usize, entries: Vec<(u32, Exact)>) -> Partial {
+        let (value, entry) = PARTIAL_BYTES;
+        if sparse_is_smaller(entries.len(), len, entry, value) {
+            Partial::Sparse {
+                len: len as u32,
+                entries,
+            }
+        } else {
+            let mut dense = vec![Exact::default(); len];
+            for (i, v) in entries {
+                dense[i as usize] = v;
+            }
+            Partial::Dense(dense)
+        }
+    }
+
     /// Coordinates covered.
     pub fn len(&self) -> usize {
         match self {

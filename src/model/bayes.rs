@@ -15,7 +15,7 @@
 
 use super::{Model, Roles, Scratch};
 use crate::data::encode::{Block, FeatureSpec};
-use crate::exact::{self, Exact};
+use crate::exact::{self, Sums};
 use crate::spec::ModelKind;
 
 /// A fitted naive Bayes model.
@@ -143,7 +143,7 @@ impl Model for NaiveBayes {
         _block: &Block,
         _rows: &[usize],
         _scratch: &mut Scratch,
-        _acc: &mut [Exact],
+        _acc: Sums<'_>,
     ) -> Result<(f64, exact::Bound), String> {
         Err(format!(
             "{} is fitted exactly from counts and moments (optimizer.kind = 'exact'), not by gradient steps",

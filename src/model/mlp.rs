@@ -25,7 +25,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::{loss, Roles, Scratch};
 use crate::data::encode::{Block, FeatureSpec};
-use crate::exact::{self, Exact};
+use crate::exact::{self, Exact, Sums};
 pub use crate::spec::Activation;
 use crate::spec::{ModelKind, NetworkSpec};
 
@@ -424,7 +424,7 @@ impl Mlp {
         block: &Block,
         rows: &[usize],
         scratch: &mut Scratch,
-        acc: &mut [Exact],
+        mut acc: Sums<'_>,
     ) -> Result<(f64, exact::Bound), String> {
         let n = rows.len();
         if n == 0 {
@@ -519,11 +519,11 @@ impl Mlp {
             if g != 0.0 {
                 let v = Exact::from_f64(g).ok_or_else(|| overflow(i, g))?;
                 largest = largest.max(v.magnitude());
-                acc[i] += v;
+                acc.add(i, v);
                 scratch.grad[i] = 0.0;
             }
         }
-        largest = largest.max(scratch.round_touched(acc, &overflow)?);
+        largest = largest.max(scratch.round_touched(&mut acc, &overflow)?);
         Ok((loss_sum, largest))
     }
 
@@ -667,7 +667,7 @@ impl super::Model for Mlp {
         block: &Block,
         rows: &[usize],
         scratch: &mut Scratch,
-        acc: &mut [Exact],
+        acc: Sums<'_>,
     ) -> Result<(f64, exact::Bound), String> {
         Mlp::accumulate(self, block, rows, scratch, acc)
     }
@@ -766,7 +766,7 @@ mod tests {
                 let rows: Vec<usize> = (0..b.rows).collect();
                 let mut acc = vec![Exact::default(); m.params().len()];
                 let mut scratch = Scratch::default();
-                m.accumulate(&b, &rows, &mut scratch, &mut acc)
+                m.accumulate(&b, &rows, &mut scratch, (&mut acc).into())
                     .unwrap_or_else(|e| panic!("{e}"));
                 let h = 1e-6;
                 let mut checked = 0;
@@ -806,7 +806,7 @@ mod tests {
         let roles = m.roles();
         let mut acc = vec![Exact::default(); m.params().len()];
         let mut scratch = Scratch::default();
-        m.accumulate(&b, &[2], &mut scratch, &mut acc)
+        m.accumulate(&b, &[2], &mut scratch, (&mut acc).into())
             .unwrap_or_else(|e| panic!("{e}"));
         let mut read = Vec::new();
         m.sparse_coords(&b, 2, &mut |i| read.push(i));

@@ -28,7 +28,7 @@ pub mod weights;
 use serde::{Deserialize, Serialize};
 
 use crate::data::encode::{Block, FeatureSpec};
-use crate::exact::{self, Exact};
+use crate::exact::{self, Exact, Sums};
 use crate::spec::{ModelKind, ModelSpec};
 
 /// What the training loop, metrics, prediction and the model file need of
@@ -69,7 +69,7 @@ pub trait Model: std::fmt::Debug + Send {
         block: &Block,
         rows: &[usize],
         scratch: &mut Scratch,
-        acc: &mut [Exact],
+        acc: Sums<'_>,
     ) -> Result<(f64, exact::Bound), String>;
 
     /// The prediction of row `i` of `block` into `out` (length
@@ -78,6 +78,33 @@ pub trait Model: std::fmt::Debug + Send {
 
     /// The model-file section of the trained model.
     fn to_file(&self, features: &FeatureSpec, training: file::TrainingSummary) -> file::ModelFile;
+}
+
+/// [`build`] starting from `theta`, which a linear model takes over
+/// rather than copies (a wide hashed model's vector is mostly pages never
+/// touched; a copy would write them all).
+pub fn build_owned(
+    spec: &ModelSpec,
+    features: &FeatureSpec,
+    theta: Vec<f64>,
+) -> Result<Box<dyn Model>, String> {
+    if spec.network.is_some() {
+        return build(spec, features, Some(&theta));
+    }
+    let layout = Layout::new(spec.kind, features);
+    if theta.len() != layout.len() {
+        return Err(format!(
+            "{} parameters for a {} model of {}",
+            theta.len(),
+            spec.kind.name(),
+            layout.len()
+        ));
+    }
+    Ok(Box::new(LinearModel {
+        kind: spec.kind,
+        layout,
+        theta,
+    }))
 }
 
 /// The model a pipeline trains, for a feature spec, starting from `init`
@@ -93,21 +120,11 @@ pub fn build(
             spec.kind, network, features, init,
         )?));
     }
-    let layout = Layout::new(spec.kind, features);
-    let theta = init.map_or_else(|| vec![0.0; layout.len()], <[f64]>::to_vec);
-    if theta.len() != layout.len() {
-        return Err(format!(
-            "{} parameters for a {} model of {}",
-            theta.len(),
-            spec.kind.name(),
-            layout.len()
-        ));
-    }
-    Ok(Box::new(LinearModel {
-        kind: spec.kind,
-        layout,
-        theta,
-    }))
+    let theta = init.map_or_else(
+        || vec![0.0; Layout::new(spec.kind, features).len()],
+        <[f64]>::to_vec,
+    );
+    build_owned(spec, features, theta)
 }
 
 /// Parameters of a model of these features (what [`build`] makes).
@@ -337,7 +354,7 @@ impl Scratch {
     /// a value the exact sums cannot hold.
     fn round_touched(
         &mut self,
-        acc: &mut [Exact],
+        acc: &mut Sums<'_>,
         overflow: &dyn Fn(usize, f64) -> String,
     ) -> Result<exact::Bound, String> {
         let mut largest = exact::Bound::default();
@@ -352,7 +369,7 @@ impl Scratch {
                     return Err(overflow(idx, g));
                 };
                 largest = largest.max(v.magnitude());
-                acc[idx] += v;
+                acc.add(idx, v);
                 self.grad[idx] = 0.0;
                 self.acc_touched.push(idx);
             }
@@ -398,7 +415,7 @@ impl LinearModel {
         block: &Block,
         rows: impl Iterator<Item = usize>,
         scratch: &mut Scratch,
-        acc: &mut [Exact],
+        mut acc: Sums<'_>,
     ) -> Result<(f64, exact::Bound), String> {
         let Layout { k, d, p } = self.layout;
         let n = self.layout.len();
@@ -450,13 +467,14 @@ impl LinearModel {
         for kk in 0..k {
             let base = kk * (d + 1);
             let range = base..base + 1 + p;
-            let l = exact::accumulate(&mut acc[range.clone()], &scratch.grad[range.clone()])
+            let l = acc
+                .add_partial(range.start, &scratch.grad[range.clone()])
                 .map_err(|i| overflow(base + i, scratch.grad[base + i]))?;
             largest = largest.max(l);
             scratch.grad[range].iter_mut().for_each(|g| *g = 0.0);
         }
         if hashed {
-            largest = largest.max(scratch.round_touched(acc, &overflow)?);
+            largest = largest.max(scratch.round_touched(&mut acc, &overflow)?);
         }
         Ok((loss_sum, largest))
     }
@@ -541,7 +559,7 @@ impl Model for LinearModel {
         block: &Block,
         rows: &[usize],
         scratch: &mut Scratch,
-        acc: &mut [Exact],
+        acc: Sums<'_>,
     ) -> Result<(f64, exact::Bound), String> {
         LinearModel::accumulate(self, block, rows.iter().copied(), scratch, acc)
     }

@@ -572,7 +572,7 @@ mod tests {
             }
             let mut acc = vec![Exact::default(); theta.len()];
             let all: Vec<usize> = (0..b.rows).collect();
-            net.accumulate(&b, &all, &mut Scratch::default(), &mut acc)
+            net.accumulate(&b, &all, &mut Scratch::default(), (&mut acc).into())
                 .unwrap_or_else(|e| panic!("{e}"));
             for (i, a) in acc.iter().enumerate() {
                 assert!(

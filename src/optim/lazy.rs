@@ -300,7 +300,11 @@ impl Drift {
 #[derive(Debug, Clone)]
 pub struct Lazy {
     drift: Drift,
+    /// The step each coordinate is current at, for coordinates `..len`;
+    /// beyond `len` the storage is zero (allocated zeroed ahead, so that a
+    /// wide hashed model's coordinates cost pages only where touched).
     last: Vec<u64>,
+    len: usize,
 }
 
 impl Lazy {
@@ -309,6 +313,23 @@ impl Lazy {
         Lazy {
             drift: Drift::of(spec, penalty),
             last: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// These lazy updates with room for `n` coordinates allocated zeroed
+    /// up front (no coordinate is written until touched).
+    pub fn with_room(mut self, n: usize) -> Lazy {
+        self.grow(n);
+        self
+    }
+
+    /// Makes the storage hold at least `n` coordinates, zero beyond `len`.
+    fn grow(&mut self, n: usize) {
+        if self.last.len() < n {
+            let mut room = vec![0; n];
+            room[..self.len].copy_from_slice(&self.last[..self.len]);
+            self.last = room;
         }
     }
 
@@ -320,12 +341,13 @@ impl Lazy {
     /// The step each coordinate is current at (for a checkpoint; missing
     /// coordinates are at step 0).
     pub fn current_at(&self) -> &[u64] {
-        &self.last
+        &self.last[..self.len]
     }
 
     /// These lazy updates with coordinates current at `last`, as
     /// [`Lazy::current_at`] gave them.
     pub fn resumed(mut self, last: Vec<u64>) -> Lazy {
+        self.len = last.len();
         self.last = last;
         self
     }
@@ -340,8 +362,9 @@ impl Lazy {
 
     fn last(&mut self, i: usize) -> &mut u64 {
         if self.last.len() <= i {
-            self.last.resize(i + 1, 0);
+            self.grow((i + 1).max(2 * self.last.len()));
         }
+        self.len = self.len.max(i + 1);
         &mut self.last[i]
     }
 

@@ -57,6 +57,17 @@ impl FirstOrderState {
     }
 }
 
+/// Extends `v` with zeros to length `n`. An empty `v` is allocated zeroed
+/// rather than written, so that a wide hashed model's optimizer state
+/// costs pages only where its coordinates are touched.
+fn zeros_to(v: &mut Vec<f64>, n: usize) {
+    if v.is_empty() {
+        *v = vec![0.0; n];
+    } else if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
 /// Soft-thresholding: the proximal operator of `τ·|w|`.
 #[inline]
 pub fn soft_threshold(w: f64, tau: f64) -> f64 {
@@ -211,17 +222,17 @@ impl Rates {
         let (mut c1, mut c2) = (1.0, 1.0);
         match *spec {
             OptimizerSpec::Momentum { .. } | OptimizerSpec::Adagrad { .. } => {
-                state.m.resize(n, 0.0);
+                zeros_to(&mut state.m, n);
             }
             OptimizerSpec::Adam { beta1, beta2, .. } => {
-                state.m.resize(n, 0.0);
-                state.v.resize(n, 0.0);
+                zeros_to(&mut state.m, n);
+                zeros_to(&mut state.v, n);
                 c1 = 1.0 - beta1.powi(state.t.min(i32::MAX as u64) as i32);
                 c2 = 1.0 - beta2.powi(state.t.min(i32::MAX as u64) as i32);
             }
             OptimizerSpec::Ftrl { .. } => {
-                state.m.resize(n, 0.0);
-                state.v.resize(n, 0.0);
+                zeros_to(&mut state.m, n);
+                zeros_to(&mut state.v, n);
             }
             OptimizerSpec::Sgd(_) | OptimizerSpec::Lbfgs { .. } | OptimizerSpec::Exact => {}
         }

@@ -445,7 +445,7 @@ impl Round<'_> {
                     }
                 }
                 let (part, largest) = model
-                    .accumulate(block, idx, scratch, acc)
+                    .accumulate(block, idx, scratch, acc.into())
                     .map_err(diverged)?;
                 l += Wide::from_f64(part).ok_or_else(|| diverged(loss_message(part)))?;
                 b += largest;

@@ -612,7 +612,7 @@ fn step_rows(
                 Strategy::ModelParallel => {
                     s.split = Some(Split::new(p, &start.spec, &start.state, index, peers)?);
                 }
-                _ => s.replica = Some(Replica::new(p, &start.spec, start.state.clone())?),
+                _ => s.replica = Some(Replica::new(p, &start.spec, start.state.sparse_copy())?),
             }
             s.spec = Some(start.spec.clone());
             s.next = start.step;

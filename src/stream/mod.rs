@@ -345,6 +345,11 @@ fn leader_side(job: &StreamJob, workers: usize, identity: &str) -> Result<Leader
             }
             let theta = match &job.init {
                 Some(init) => init.theta(&p.model, &spec)?,
+                // A linear model starts at zero: allocated zeroed, not
+                // copied, so that untouched hashed slots cost no pages.
+                None if p.model.network.is_none() => {
+                    vec![0.0; crate::model::param_count(&p.model, &spec)]
+                }
                 None => crate::model::build(&p.model, &spec, None)
                     .map_err(Error::Internal)?
                     .params()

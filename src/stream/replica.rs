@@ -16,7 +16,7 @@ use super::sharing::{SparseState, SyncPart};
 use crate::data::encode::{Block, FeatureSpec};
 use crate::dataflow::{loss_message, Partial};
 use crate::error::{Error, Result};
-use crate::exact::{Bound, Exact, Wide};
+use crate::exact::{Bound, Exact, PagedSums, Wide};
 use crate::metrics::EvalPartial;
 use crate::model::{self, Model, Roles, Scratch};
 use crate::optim::lazy::{Clock, Lazy, Stamp};
@@ -39,6 +39,49 @@ pub struct ReplicaState {
     pub clock: Vec<Stamp>,
     /// Optimizer steps so far.
     pub steps: u64,
+}
+
+impl ReplicaState {
+    /// A copy that writes only the non-zero entries of its model-sized
+    /// vectors, into memory allocated zeroed: a wide hashed model is mostly
+    /// zeros on pages never touched, which a plain copy would touch all.
+    pub fn sparse_copy(&self) -> ReplicaState {
+        ReplicaState {
+            theta: copy_nonzero(&self.theta),
+            opt: FirstOrderState {
+                t: self.opt.t,
+                m: copy_nonzero(&self.opt.m),
+                v: copy_nonzero(&self.opt.v),
+            },
+            live: self.live.clone(),
+            lazy: self.lazy.as_deref().map(copy_nonzero_steps),
+            clock: self.clock.clone(),
+            steps: self.steps,
+        }
+    }
+}
+
+/// `v` copied bit for bit, writing only the entries whose bits are not
+/// all zero (`-0.0` is written) into a vector allocated zeroed.
+fn copy_nonzero(v: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for (o, &x) in out.iter_mut().zip(v) {
+        if x.to_bits() != 0 {
+            *o = x;
+        }
+    }
+    out
+}
+
+/// [`copy_nonzero`] of steps.
+fn copy_nonzero_steps(v: &[u64]) -> Vec<u64> {
+    let mut out = vec![0; v.len()];
+    for (o, &x) in out.iter_mut().zip(v) {
+        if x != 0 {
+            *o = x;
+        }
+    }
+    out
 }
 
 /// One worker's gradient of a step's rows.
@@ -76,8 +119,10 @@ pub struct Replica {
     clock: Clock,
     steps: u64,
     grad: Vec<f64>,
-    acc: Vec<Exact>,
-    sum: Vec<Exact>,
+    /// This worker's gradient sums of a step, and every worker's summed:
+    /// paged, as a wide hashed model's steps touch few coordinates.
+    acc: PagedSums,
+    sum: PagedSums,
     scratch: Scratch,
     peeked: Vec<(usize, f64)>,
     seen: Vec<bool>,
@@ -109,7 +154,8 @@ impl Replica {
             (true, Some(last)) => Some(Lazy::new(&optimizer, penalty).resumed(last)),
             (true, None) => Some(Lazy::new(&optimizer, penalty)),
             (false, _) => None,
-        };
+        }
+        .map(|l| l.with_room(len));
         let clock = Clock::from_stamps(state.clock)
             .ok_or_else(|| Error::Internal("a stream state's lazy clock is not whole".into()))?;
         Ok(Replica {
@@ -117,7 +163,7 @@ impl Replica {
             optimizer,
             penalty,
             fit_intercept: pipeline.model.fit_intercept,
-            model: model::build(&pipeline.model, spec, Some(&state.theta))
+            model: model::build_owned(&pipeline.model, spec, state.theta)
                 .map_err(Error::Internal)?,
             roles,
             opt: state.opt,
@@ -126,8 +172,8 @@ impl Replica {
             clock,
             steps: state.steps,
             grad: vec![0.0; len],
-            acc: vec![Exact::default(); len],
-            sum: vec![Exact::default(); len],
+            acc: PagedSums::new(len),
+            sum: PagedSums::new(len),
             scratch: Scratch::default(),
             peeked: Vec::new(),
             seen: Vec::new(),
@@ -275,8 +321,7 @@ impl Replica {
         touched.extend(self.scratch.drain_touched());
         touched.sort_unstable();
         touched.dedup();
-        let grad = Partial::from_touched(&self.acc, 0, &touched);
-        touched.iter().for_each(|&i| self.acc[i] = Exact::default());
+        let grad = self.take_partial(&touched);
         Ok(StepPartial {
             grad: Some(grad),
             loss,
@@ -286,6 +331,19 @@ impl Replica {
             predictions,
             margins: None,
         })
+    }
+
+    /// The accumulated partial of the coordinates `touched` (sorted,
+    /// distinct; every other one is zero), in the form
+    /// [`Partial::from_touched`] would give it, leaving the sums zero.
+    fn take_partial(&mut self, touched: &[usize]) -> Partial {
+        let len = self.acc.len();
+        let entries: Vec<(u32, Exact)> = touched
+            .iter()
+            .map(|&i| (i as u32, self.acc.take(i)))
+            .filter(|(_, v)| v.0 != 0)
+            .collect();
+        Partial::from_entries(len, entries)
     }
 
     /// The prediction of every row of `block`.
@@ -322,7 +380,7 @@ impl Replica {
         let rows: Vec<usize> = (0..block.rows).collect();
         let (loss, bound) =
             self.model
-                .accumulate(block, &rows, &mut self.scratch, &mut self.acc)?;
+                .accumulate(block, &rows, &mut self.scratch, (&mut self.acc).into())?;
         let loss = Wide::from_f64(loss).ok_or_else(|| loss_message(loss))?;
         Ok((loss, bound))
     }
@@ -352,20 +410,27 @@ impl Replica {
         }
         let mut touched: Vec<usize> = Vec::new();
         for p in partials {
-            match &p {
-                Partial::Dense(_) => touched.extend(0..self.sum.len()),
+            match p {
+                Partial::Dense(values) => {
+                    touched.extend(0..values.len());
+                    for (i, v) in values.into_iter().enumerate() {
+                        self.sum.add(i, v);
+                    }
+                }
                 Partial::Sparse { entries, .. } => {
-                    touched.extend(entries.iter().map(|&(i, _)| i as usize))
+                    for (i, v) in entries {
+                        touched.push(i as usize);
+                        self.sum.add(i as usize, v);
+                    }
                 }
             }
-            p.add_into(&mut self.sum);
         }
         touched.extend_from_slice(self.roles.dense_indices());
         touched.sort_unstable();
         touched.dedup();
         let frozen = !self.fit_intercept;
         for &i in &touched {
-            let g = std::mem::take(&mut self.sum[i]).to_f64();
+            let g = self.sum.take(i).to_f64();
             self.grad[i] = update::mean(g, rows, frozen && self.roles.is_intercept(i));
         }
         touched.retain(|&i| self.grad[i] != 0.0 || self.roles.is_dense(i));
