@@ -213,9 +213,10 @@ fn streaming_epochs_sgd_shuffle() {
 }
 
 /// Writes `rows` rows of mixed columns to `path`: `a` float32 (null every
-/// 13th row), `b` float64 (not exact in f32), `n` int32, `cat` strings and
-/// a 0/1 label `y` that depends on them; 4000-row row groups.
-fn write_mixed(path: &Path, rows: usize, salt: u64) {
+/// 13th row), `b` float64 (not exact in f32; left out unless `with_f64`),
+/// `n` int32, `cat` strings and a 0/1 label `y` that depends on them;
+/// 20,000-row row groups (three windows of the reader each).
+fn write_mixed(path: &Path, rows: usize, salt: u64, with_f64: bool) {
     use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, StringArray};
     use std::sync::Arc;
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
@@ -235,45 +236,68 @@ fn write_mixed(path: &Path, rows: usize, salt: u64) {
         let m = u * 2.0 - v + (i % 7) as f64 * 0.1 - 0.6;
         y.push(i64::from(next() < 1.0 / (1.0 + (-m).exp())));
     }
-    common::write_parquet(
-        path,
-        vec![
-            ("a", Arc::new(Float32Array::from(a)) as ArrayRef),
-            ("b", Arc::new(Float64Array::from(b))),
-            ("n", Arc::new(Int32Array::from(n))),
-            ("cat", Arc::new(StringArray::from(cat))),
-            ("y", Arc::new(Int64Array::from(y))),
-        ],
-        4000,
-    );
+    let mut columns = vec![
+        ("a", Arc::new(Float32Array::from(a)) as ArrayRef),
+        ("n", Arc::new(Int32Array::from(n))),
+        ("cat", Arc::new(StringArray::from(cat))),
+        ("y", Arc::new(Int64Array::from(y))),
+    ];
+    if with_f64 {
+        columns.push(("b", Arc::new(Float64Array::from(b))));
+    }
+    common::write_parquet(path, columns, 20_000);
+}
+
+/// The sum of `key=N` over log lines.
+fn log_sum(lines: &[&str], key: &str) -> usize {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.split(key)
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
 }
 
 /// The statistics scan keeps the units it decodes, and the first cached
 /// epoch standardises them in place instead of reading them again: the
 /// model is byte for byte the one streamed epochs train (they read every
-/// unit every epoch), for float32, float64 and integer columns, missing
-/// values filled with the mean, rows held out by fraction or a separate
-/// validation file, slice and shuffle, on 1 and 3 workers; and the log
-/// shows that the first epoch's units came from the scan.
+/// unit every epoch), for float32, float64 and integer columns (the kept
+/// `f64`s, and the `f32`s where they are exact), missing values filled
+/// with the mean or their rows skipped, units of several windows, rows
+/// held out by fraction or a separate validation file, slice and shuffle,
+/// a logistic, a linear and a softmax model (declared classes), on 1 and
+/// 3 workers; and the log shows that the first epoch's units, and the
+/// validation file's, came from the scan.
 #[test]
 fn units_the_scan_decoded_train_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, test) = (
-        dir.path().join("train.parquet"),
-        dir.path().join("test.parquet"),
+    let path = |name: &str| dir.path().join(name);
+    write_mixed(&path("train.parquet"), 60_000, 1, true);
+    write_mixed(&path("test.parquet"), 25_000, 2, true);
+    write_mixed(&path("exact.parquet"), 60_000, 3, false);
+    let (train, test, exact) = (
+        path("train.parquet"),
+        path("test.parquet"),
+        path("exact.parquet"),
     );
-    write_mixed(&train, 30_000, 1);
-    write_mixed(&test, 5_000, 2);
-    let common =
-        "label = \"y\"\ncategorical = [\"cat\"]\nhash_bits = 6\non_missing = \"mean\"\nstandardize = true\n";
+    let common = "label = \"y\"\ncategorical = [\"cat\"]\nhash_bits = 6\nstandardize = true\n";
     let jobs = [
         format!(
-            "[data]\ntrain = {train:?}\nvalidation = {{ fraction = 0.2 }}\npartition = \"shuffle\"\n{common}\
+            "[data]\ntrain = {train:?}\nvalidation = {{ fraction = 0.2 }}\npartition = \"shuffle\"\non_missing = \"mean\"\n{common}\
              [model]\nkind = \"logistic\"\nl2 = 0.001\n[optimizer]\nkind = \"sgd\"\nbatch_size = 500\n[train]\nepochs = 2\n"
         ),
         format!(
-            "[data]\ntrain = {train:?}\nvalidation = {{ path = {test:?} }}\npartition = \"slice\"\n{common}\
+            "[data]\ntrain = {train:?}\nvalidation = {{ path = {test:?} }}\npartition = \"slice\"\non_missing = \"mean\"\n{common}\
              [model]\nkind = \"linear\"\nl2 = 0.01\n[optimizer]\nkind = \"lbfgs\"\n[train]\nepochs = 5\n"
+        ),
+        format!(
+            "[data]\ntrain = {exact:?}\nvalidation = {{ fraction = 0.2 }}\npartition = \"slice\"\non_missing = \"skip_row\"\nclasses = [\"0\", \"1\"]\n{common}\
+             [model]\nkind = \"softmax\"\nl2 = 0.001\n[optimizer]\nkind = \"adagrad\"\nbatch_size = 700\n[train]\nepochs = 2\n"
         ),
     ];
     for (j, job) in jobs.iter().enumerate() {
@@ -297,32 +321,27 @@ fn units_the_scan_decoded_train_the_same_model() {
             let log = String::from_utf8_lossy(&run.stderr);
             let first: Vec<&str> = log
                 .lines()
-                .filter(|l| l.contains("units cached") && l.contains("epoch=0"))
+                .filter(|l| l.contains("DEBUG units cached") && l.contains("epoch=0"))
                 .collect();
             assert_eq!(first.len(), workers.parse::<usize>().unwrap(), "{log}");
-            let count = |key: &str| -> usize {
-                first
-                    .iter()
-                    .filter_map(|l| {
-                        l.split(key)
-                            .nth(1)?
-                            .split_whitespace()
-                            .next()?
-                            .parse::<usize>()
-                            .ok()
-                    })
-                    .sum()
-            };
-            let (from_scan, read) = (count("from_scan="), count(" read="));
-            // Rows held out by fraction move the first epoch's unit
-            // boundaries a little from the scan's (which owns units by
-            // their rows before the split): a unit there is read again.
-            let most = if j == 0 {
-                from_scan >= 2 * read
-            } else {
+            let (from_scan, read) = (log_sum(&first, "from_scan="), log_sum(&first, " read="));
+            // Rows held out by fraction could move the first epoch's unit
+            // boundaries from the scan's (which owns units by their rows
+            // before the split): a unit there would be read again.
+            let most = if j == 1 {
                 read == 0
+            } else {
+                from_scan >= 2 * read
             };
             assert!(from_scan > 0 && most, "job {j}, {workers} workers: {log}");
+            if j == 1 {
+                let files: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("validation units cached"))
+                    .collect();
+                assert_eq!(log_sum(&files, " read="), 0, "{log}");
+                assert!(log_sum(&files, "from_scan=") > 0, "{log}");
+            }
             tidemill_ok(&[
                 "train",
                 &pipeline,

@@ -256,11 +256,6 @@ impl Scanned {
         self.held = self.held.saturating_sub(bytes);
     }
 
-    /// Number of training units held.
-    pub fn train_units(&self) -> usize {
-        self.train.len()
-    }
-
     /// Training unit `id` as the cache holds it under `s`, if the scan
     /// kept it and its values convert.
     fn cached(&mut self, id: usize, s: &StreamSpec) -> Option<Cached> {
@@ -432,7 +427,9 @@ impl WorkerData {
     /// the first cached epoch and evaluation use them instead of reading
     /// them again (without the cache they are dropped).
     pub fn with_scanned(mut self, scanned: Scanned) -> WorkerData {
-        if self.feed.cache {
+        // Units this worker decodes otherwise (its own block of features,
+        // other classes) are no use: dropped now, not held while it reads.
+        if self.feed.cache && scanned.decodes_as(&self.stream) {
             self.scanned = scanned;
         }
         self
@@ -461,6 +458,9 @@ impl WorkerData {
         if feed.cache {
             let mine = &self.mine;
             self.cached.retain(|id, _| mine.contains(id));
+            // Scanned units another worker trains on: dropped before this
+            // one reads its own.
+            self.scanned.train.retain(|id, _| mine.contains(id));
             let units = feed.train.units();
             let (mut scanned, mut read) = (0, 0);
             for &id in &self.mine {
@@ -617,9 +617,11 @@ impl WorkerData {
             }
             if self.validation_files.is_none() {
                 let mut blocks = Vec::new();
+                let mut scanned = 0;
                 for unit in mine {
                     if let Some(block) = self.scanned.validation_block(unit.id, &spec) {
                         blocks.push(block);
+                        scanned += 1;
                         continue;
                     }
                     // One block per unit, as metrics see a cached unit.
@@ -638,6 +640,12 @@ impl WorkerData {
                     }
                     blocks.push(block);
                 }
+                tracing::debug!(
+                    worker = self.index,
+                    from_scan = scanned,
+                    read = blocks.len() - scanned,
+                    "validation units cached"
+                );
                 self.validation_files = Some(blocks);
                 self.scanned.validation_files.clear();
             }
