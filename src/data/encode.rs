@@ -114,6 +114,29 @@ impl Block {
         self.weight.clear();
     }
 
+    /// Calls `f` with each row's index and its numeric values in `f64`
+    /// before centring and scaling: [`Block::raw`]'s, or, where the scan
+    /// left `raw` empty ([`decode_scan`]), `dense`'s, which then hold them
+    /// exactly.
+    pub fn raw_rows(&self, mut f: impl FnMut(usize, &[f64])) {
+        let p = self.p;
+        if p == 0 {
+            (0..self.rows).for_each(|i| f(i, &[]));
+        } else if self.raw.is_empty() {
+            let mut row = vec![0.0; p];
+            for (i, values) in self.dense.chunks_exact(p).take(self.rows).enumerate() {
+                row.iter_mut()
+                    .zip(values)
+                    .for_each(|(x, &v)| *x = f64::from(v));
+                f(i, &row);
+            }
+        } else {
+            for (i, values) in self.raw.chunks_exact(p).take(self.rows).enumerate() {
+                f(i, values);
+            }
+        }
+    }
+
     /// The weight of row `i` (1 without a weight column).
     #[inline]
     pub fn weight_of(&self, i: usize) -> f64 {
@@ -328,25 +351,55 @@ fn badness(a: &Float64Array, i: usize, f: &NumericFeature) -> Option<Bad> {
 
 /// True if every value is present and usable (the common case, checked fast).
 fn all_usable(a: &Float64Array, f: &NumericFeature) -> bool {
-    a.null_count() == 0
-        && a.values()
+    if a.null_count() != 0 {
+        return false;
+    }
+    if is_identity(f) {
+        // In range once scaled exactly when in range (`scaled` is `v`);
+        // no early exit, so that the check vectorises.
+        a.values()
+            .iter()
+            .fold(true, |ok, &v| ok & (v.abs() <= MAX_VALUE))
+    } else {
+        a.values()
             .iter()
             .all(|&v| v.abs() <= MAX_VALUE && scaled_in_range(v, f))
+    }
+}
+
+/// Is centring and scaling by `f` the identity (centre +0, scale 1: the
+/// statistics scan's spec, and every feature of a job that does not
+/// standardise)? Then [`scaled`] gives `v` itself, bit for bit, for every
+/// number `v` (`-0.0 − +0.0` is `-0.0`; `v / 1` is `v`), and the division
+/// can be skipped.
+#[inline]
+fn is_identity(f: &NumericFeature) -> bool {
+    f.center.to_bits() == 0 && f.scale == 1.0
+}
+
+/// Value `v` centred and scaled by `f`, in `f64`: the one formula of
+/// [`decode`] and [`restandardize`].
+#[inline]
+fn scaled(v: f64, f: &NumericFeature) -> f64 {
+    (v - f.center) / f.scale
 }
 
 /// Is usable value `v` still within ±[`MAX_VALUE`] once centred and scaled?
 #[inline]
 fn scaled_in_range(v: f64, f: &NumericFeature) -> bool {
-    ((v - f.center) / f.scale).abs() <= MAX_VALUE
+    scaled(v, f).abs() <= MAX_VALUE
 }
 
 /// What a model sees of value `v` (filled if it was missing): centred,
-/// scaled, rounded to `f32`. The one formula of [`decode`] and
-/// [`restandardize`].
+/// scaled, rounded to `f32`.
 #[inline]
 fn standardized(v: f64, f: &NumericFeature) -> f32 {
-    ((v - f.center) / f.scale) as f32
+    scaled(v, f) as f32
 }
+
+/// Rows a numeric column is copied into a row-major block at a time: the
+/// block's rows for every column of a chunk stay in cache.
+const TRANSPOSE_ROWS: usize = 512;
 
 /// Rewrites in place, into what [`decode`] with the final `spec` gives for
 /// the same rows, a block the statistics scan decoded with centre 0, scale 1
@@ -379,14 +432,18 @@ pub fn restandardize(block: &mut Block, spec: &FeatureSpec) -> bool {
             } else {
                 f64::from(block.dense[k])
             };
-            let v = if x.is_nan() {
-                f.fill
-            } else if scaled_in_range(x, f) {
-                x
+            // `standardized` of the filled or usable value, the range
+            // checked on the same quotient.
+            let y = if x.is_nan() {
+                scaled(f.fill, f)
             } else {
-                return false;
+                let y = scaled(x, f);
+                if y.abs() > MAX_VALUE {
+                    return false;
+                }
+                y
             };
-            block.dense[k] = standardized(v, f);
+            block.dense[k] = y as f32;
         }
     }
     block.raw = Vec::new();
@@ -397,11 +454,13 @@ pub fn restandardize(block: &mut Block, spec: &FeatureSpec) -> bool {
 /// exactly in `dense` (`NaN` for `NaN`): the values were `f32`s, or small
 /// integers, so the block need not keep `raw` for [`restandardize`].
 pub fn dense_is_exact(b: &Block) -> bool {
-    b.raw.len() == b.dense.len()
-        && b.raw
-            .iter()
-            .zip(&b.dense)
-            .all(|(&r, &d)| r == f64::from(d) || (r.is_nan() && d.is_nan()))
+    // `decode_scan` keeps no `raw` where `dense` is exact by type.
+    b.raw.is_empty()
+        || b.raw.len() == b.dense.len()
+            && b.raw
+                .iter()
+                .zip(&b.dense)
+                .all(|(&r, &d)| r == f64::from(d) || (r.is_nan() && d.is_nan()))
 }
 
 /// Tokens of a column; `None` for nulls.
@@ -536,6 +595,43 @@ pub fn decode_raw(
     origin: &Origin,
 ) -> Result<Block> {
     decode_with(batch, spec, label, origin, true)
+}
+
+/// The statistics scan's decoding (with its spec: centre 0, scale 1 for
+/// every feature): [`decode_raw`], except that [`Block::raw`] is left
+/// empty where every numeric column's type converts to `f32` exactly
+/// (`f32`, `f16`, 8- and 16-bit integers, booleans). `dense` then holds
+/// every value as read, `NaN` for an unusable one, and
+/// [`Block::raw_rows`] gives the same `f64`s `raw` would have held,
+/// without writing them.
+pub fn decode_scan(
+    batch: &RecordBatch,
+    spec: &FeatureSpec,
+    label: LabelUse,
+    origin: &Origin,
+) -> Result<Block> {
+    let exact = spec.numeric.iter().all(|f| {
+        is_identity(f)
+            && batch
+                .column_by_name(&f.name)
+                .is_some_and(|c| exact_in_f32(c.data_type()))
+    });
+    decode_with(batch, spec, label, origin, !exact)
+}
+
+/// Does every value of an Arrow column of type `t` convert to `f32`
+/// exactly (and so round-trip through `f64` and back)?
+fn exact_in_f32(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Float16
+            | DataType::Float32
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::Boolean
+    )
 }
 
 fn decode_with(
@@ -688,18 +784,37 @@ fn decode_with(
     if keep_raw {
         block.raw.resize(rows * p, 0.0);
     }
-    for (j, (f, (values, clean))) in spec.numeric.iter().zip(&numeric).enumerate() {
-        let raw = values.values();
-        for (r, &i) in kept.iter().enumerate() {
-            let v = if *clean || badness(values, i, f).is_none() {
-                raw[i]
-            } else {
-                f.fill
-            };
-            // In range by the checks above (fill values are training means).
-            block.dense[r * p + j] = standardized(v, f);
-            if keep_raw {
-                block.raw[r * p + j] = v;
+    let every_row = rows == n;
+    for start in (0..rows).step_by(TRANSPOSE_ROWS) {
+        let end = (start + TRANSPOSE_ROWS).min(rows);
+        for (j, (f, (values, clean))) in spec.numeric.iter().zip(&numeric).enumerate() {
+            let raw = values.values();
+            if *clean && every_row {
+                // Row `r` is file row `r`, every value usable and in range.
+                let identity = is_identity(f);
+                for (r, &v) in raw.iter().enumerate().take(end).skip(start) {
+                    block.dense[r * p + j] = if identity {
+                        v as f32
+                    } else {
+                        standardized(v, f)
+                    };
+                    if keep_raw {
+                        block.raw[r * p + j] = v;
+                    }
+                }
+                continue;
+            }
+            for (r, &i) in kept.iter().enumerate().take(end).skip(start) {
+                let v = if *clean || badness(values, i, f).is_none() {
+                    raw[i]
+                } else {
+                    f.fill
+                };
+                // In range by the checks above (fill values are training means).
+                block.dense[r * p + j] = standardized(v, f);
+                if keep_raw {
+                    block.raw[r * p + j] = v;
+                }
             }
         }
     }
@@ -1255,6 +1370,126 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Every decoded value is its own formula, `((v − centre) / scale)`
+        /// rounded to `f32` (or the fill's, where a value is unusable and
+        /// the row kept), whichever path decoding takes: columns with and
+        /// without unusable values, dropped rows, the identity (centre +0,
+        /// scale 1, where the division is skipped) and a centre of −0
+        /// (where it is not: `−0 − (−0)` is `+0`), and blocks of more
+        /// rows than one transposed chunk.
+        #[test]
+        fn decoded_values_are_the_formula_on_every_path(
+            columns in proptest::collection::vec(
+                (prop_oneof![Just(0.0f64), Just(-0.0f64), -10.0f64..10.0],
+                 prop_oneof![Just(1.0f64), 1e-3f64..1e3],
+                 -5.0f64..5.0, any::<bool>()),
+                1..4),
+            rows in prop_oneof![1usize..40, 500usize..1300],
+            seed in any::<u64>(),
+            skip in any::<bool>(),
+        ) {
+            let mut state = seed | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let mut cols: Vec<(String, ArrayRef)> = Vec::new();
+            let mut feats = Vec::new();
+            let mut values: Vec<Vec<Option<f64>>> = Vec::new();
+            for (j, (center, scale, fill, dirty)) in columns.iter().enumerate() {
+                let name = format!("x{j}");
+                let col: Vec<Option<f64>> = (0..rows)
+                    .map(|_| {
+                        let r = next();
+                        match (dirty, r % 97) {
+                            (true, 0) => None,
+                            (true, 1) => Some(f64::NAN),
+                            (true, 2) => Some(1e300),
+                            (_, 3) => Some(-0.0),
+                            (_, 4) => Some(0.0),
+                            _ => Some((r >> 11) as f64 / (1u64 << 53) as f64 * 2e4 - 1e4),
+                        }
+                    })
+                    .collect();
+                cols.push((name.clone(), Arc::new(Float64Array::from(col.clone())) as ArrayRef));
+                feats.push(numeric(&name, *fill, *center, *scale));
+                values.push(col);
+            }
+            cols.push(("y".into(), labels(rows)));
+            let b = RecordBatch::try_from_iter(cols).unwrap();
+            let policy = if skip { OnMissing::SkipRow } else { OnMissing::Zero };
+            let sp = spec(feats, &[], policy);
+            let usable = |v: Option<f64>, f: &NumericFeature| {
+                v.is_some_and(|v| v.abs() <= MAX_VALUE && ((v - f.center) / f.scale).abs() <= MAX_VALUE)
+            };
+            for keep_raw in [false, true] {
+                let d = decode_with(&b, &sp, LabelUse::Value, &origin(), keep_raw).unwrap();
+                let kept: Vec<usize> = (0..rows)
+                    .filter(|&i| !skip || sp.numeric.iter().zip(&values).all(|(f, c)| usable(c[i], f)))
+                    .collect();
+                prop_assert_eq!(d.rows, kept.len());
+                let p = sp.numeric.len();
+                for (r, &i) in kept.iter().enumerate() {
+                    for (j, f) in sp.numeric.iter().enumerate() {
+                        let v = if usable(values[j][i], f) { values[j][i].unwrap_or(f.fill) } else { f.fill };
+                        let want = ((v - f.center) / f.scale) as f32;
+                        prop_assert_eq!(d.dense[r * p + j].to_bits(), want.to_bits(), "row {} feature {}", i, j);
+                        if keep_raw {
+                            prop_assert_eq!(d.raw[r * p + j].to_bits(), v.to_bits());
+                        }
+                    }
+                    prop_assert_eq!(d.file_row[r], origin().first_row + i as u64);
+                }
+            }
+        }
+
+        /// The scan's decoding gives every row the `f64`s `decode_raw`
+        /// keeps, bit for bit (NaN where unusable), and the same `dense`;
+        /// it leaves `raw` empty exactly where every numeric column's type
+        /// converts to `f32` exactly.
+        #[test]
+        fn scan_rows_are_the_raw_values(
+            kinds in proptest::collection::vec(0u8..5, 1..4),
+            cells in proptest::collection::vec(cell(), 1..60),
+        ) {
+            let rows = cells.len();
+            let mut cols: Vec<(String, ArrayRef)> = Vec::new();
+            let mut draft = Vec::new();
+            for (j, kind) in kinds.iter().enumerate() {
+                let name = format!("x{j}");
+                let shift = |v: f64| v * (j as f64 + 1.0);
+                let array: ArrayRef = match kind {
+                    0 => Arc::new(Float32Array::from(cells.iter().map(|v| v.map(|v| shift(v) as f32)).collect::<Vec<_>>())),
+                    1 => Arc::new(arrow::array::Int16Array::from(cells.iter().map(|v| v.filter(|v| v.is_finite()).map(|v| (shift(v) as i64).clamp(-32768, 32767) as i16)).collect::<Vec<_>>())),
+                    2 => Arc::new(BooleanArray::from(cells.iter().map(|v| v.map(|v| v > 0.0)).collect::<Vec<_>>())),
+                    3 => Arc::new(Int32Array::from(cells.iter().map(|v| v.filter(|v| v.is_finite()).map(|v| shift(v) as i32)).collect::<Vec<_>>())),
+                    _ => Arc::new(Float64Array::from(cells.iter().map(|v| v.map(shift)).collect::<Vec<_>>())),
+                };
+                cols.push((name.clone(), array));
+                draft.push(numeric(&name, f64::NAN, 0.0, 1.0));
+            }
+            cols.push(("y".into(), labels(rows)));
+            let b = RecordBatch::try_from_iter(cols).unwrap();
+            let sp = spec(draft, &[], OnMissing::Zero);
+            let raw = decode_raw(&b, &sp, LabelUse::Value, &origin()).unwrap();
+            let scan = decode_scan(&b, &sp, LabelUse::Value, &origin()).unwrap();
+            prop_assert_eq!(scan.raw.is_empty(), kinds.iter().all(|&k| k <= 2));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&scan.dense), bits(&raw.dense));
+            let p = sp.numeric.len();
+            let mut seen = 0;
+            scan.raw_rows(|i, row| {
+                seen += 1;
+                for (j, &x) in row.iter().enumerate() {
+                    let want = raw.raw[i * p + j];
+                    assert!(x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()), "row {i} column {j}: {x} against {want}");
+                }
+            });
+            prop_assert_eq!(seen, rows);
+        }
+
         /// The statistics scan's decoding (centre 0, scale 1, NaN for
         /// every unusable number), slimmed to one copy and standardised in
         /// place, is bit for bit what decoding with the final spec gives,

@@ -405,7 +405,8 @@ mod prefix_tests {
             .map(|unit| {
                 let mut m = Moments::default();
                 for_each_window(&source, unit, &spec, LabelUse::Value, split, |data| {
-                    data.train.raw.iter().for_each(|&v| m.push(v));
+                    data.train
+                        .raw_rows(|_, row| row.iter().for_each(|&v| m.push(v)));
                     Ok(())
                 })
                 .unwrap();

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::encode::{decode, decode_raw, Block, FeatureSpec, LabelUse, Origin};
+use super::encode::{decode, decode_scan, Block, FeatureSpec, LabelUse, Origin};
 use super::encode::{is_null_weight, WEIGHT_HINT};
 use super::partition::{fold_of, is_validation, WINDOW_ROWS};
 use crate::error::{Error, Location, Result};
@@ -77,9 +77,9 @@ pub struct Windows {
 
 impl Windows {
     /// Opens `unit` of `source`, reading the columns of `spec` (and the
-    /// label unless `label` skips it). With `raw`, numeric values are also
-    /// kept in `f64` before centring and scaling ([`Block::raw`]), as the
-    /// statistics scan needs.
+    /// label unless `label` skips it). With `raw`, windows are decoded as
+    /// the statistics scan needs ([`decode_scan`]): numeric values also in
+    /// `f64` before centring and scaling ([`Block::raw_rows`]).
     pub fn open(
         source: &dyn DataSource,
         unit: &Unit,
@@ -147,7 +147,7 @@ impl Windows {
         };
         self.read += batch.num_rows() as u64;
         let block = if self.raw {
-            decode_raw(&batch, spec, label, &origin)?
+            decode_scan(&batch, spec, label, &origin)?
         } else {
             decode(&batch, spec, label, &origin)?
         };
@@ -215,7 +215,7 @@ fn split_rows(mut block: Block, unit: &Unit, split: Split, rows: Rows) -> UnitDa
 
 /// Reads and decodes a unit window by window, so that memory holds one
 /// window; `f` sees each window's rows, split, with their numeric values
-/// also in `f64` ([`Block::raw`]) for the statistics scan.
+/// also in `f64` ([`Block::raw_rows`]) for the statistics scan.
 pub fn for_each_window(
     source: &dyn DataSource,
     unit: &Unit,

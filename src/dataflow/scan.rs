@@ -207,26 +207,26 @@ fn scan_local(
                 held_rows += data.validation.rows as u64;
                 // Missing values are NaN here (the scan's fill): not counted.
                 let b = &data.train;
-                for row in b.raw.chunks_exact(b.p.max(1)).take(b.rows) {
+                b.raw_rows(|_, row| {
                     for (m, &x) in moments.iter_mut().zip(row) {
                         if !x.is_nan() {
                             m.push(x);
                         }
                     }
-                }
+                });
                 if kind == ModelKind::Linear {
                     let m = &mut moments[spec.numeric.len()];
                     b.label.iter().for_each(|&y| m.push(y));
                 }
                 if weighted && which == 0 {
-                    for (i, row) in b.raw.chunks_exact(b.p.max(1)).take(b.rows).enumerate() {
+                    b.raw_rows(|i, row| {
                         let wt = b.weight_of(i);
                         for (m, &x) in wmoments.iter_mut().zip(row) {
                             if !x.is_nan() {
                                 m.push(x, wt);
                             }
                         }
-                    }
+                    });
                     for i in 0..b.rows {
                         let class = match (&check, b.tokens.get(i)) {
                             (_, Some(t)) => t.clone(),
