@@ -437,11 +437,11 @@ pub fn restandardize(block: &mut Block, spec: &FeatureSpec) -> bool {
             let y = if x.is_nan() {
                 scaled(f.fill, f)
             } else {
-                let y = scaled(x, f);
-                if y.abs() > MAX_VALUE {
-                    return false;
+                // `scaled_in_range`: a NaN quotient is refused too.
+                match scaled(x, f) {
+                    y if y.abs() <= MAX_VALUE => y,
+                    _ => return false,
                 }
-                y
             };
             block.dense[k] = y as f32;
         }
@@ -455,7 +455,7 @@ pub fn restandardize(block: &mut Block, spec: &FeatureSpec) -> bool {
 /// integers, so the block need not keep `raw` for [`restandardize`].
 pub fn dense_is_exact(b: &Block) -> bool {
     // `decode_scan` keeps no `raw` where `dense` is exact by type.
-    b.raw.is_empty()
+    (b.raw.is_empty() && b.dense.len() == b.rows * b.p)
         || b.raw.len() == b.dense.len()
             && b.raw
                 .iter()
@@ -583,7 +583,7 @@ pub fn decode(
     label: LabelUse,
     origin: &Origin,
 ) -> Result<Block> {
-    decode_with(batch, spec, label, origin, false)
+    decode_with(batch, spec, label, origin, Keep::Dense)
 }
 
 /// [`decode`], also keeping each numeric value in `f64` before centring
@@ -594,7 +594,7 @@ pub fn decode_raw(
     label: LabelUse,
     origin: &Origin,
 ) -> Result<Block> {
-    decode_with(batch, spec, label, origin, true)
+    decode_with(batch, spec, label, origin, Keep::Raw)
 }
 
 /// The statistics scan's decoding (with its spec: centre 0, scale 1 for
@@ -616,7 +616,22 @@ pub fn decode_scan(
                 .column_by_name(&f.name)
                 .is_some_and(|c| exact_in_f32(c.data_type()))
     });
-    decode_with(batch, spec, label, origin, !exact)
+    let keep = if exact { Keep::Exact } else { Keep::Raw };
+    decode_with(batch, spec, label, origin, keep)
+}
+
+/// What [`decode_with`] keeps beside the model's `dense` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Nothing: training's decoding, which refuses a cross's value beyond
+    /// the range.
+    Dense,
+    /// The `f64`s before centring and scaling ([`decode_raw`]): values may
+    /// be missing (`NaN`), so a cross's value is not checked.
+    Raw,
+    /// Nothing, `dense` holding the values exactly ([`decode_scan`]), with
+    /// the checks of [`Keep::Raw`].
+    Exact,
 }
 
 /// Does every value of an Arrow column of type `t` convert to `f32`
@@ -639,8 +654,9 @@ fn decode_with(
     spec: &FeatureSpec,
     label: LabelUse,
     origin: &Origin,
-    keep_raw: bool,
+    how: Keep,
 ) -> Result<Block> {
+    let keep_raw = how == Keep::Raw;
     let n = batch.num_rows();
     let mut keep = vec![true; n];
     let skip = spec.on_missing == OnMissing::SkipRow;
@@ -842,7 +858,7 @@ fn decode_with(
                         s *= block.dense[r * p + j];
                     }
                     // (The scan's raw values may be missing: NaN there.)
-                    if !keep_raw && !s.is_finite() {
+                    if how == Keep::Dense && !s.is_finite() {
                         return Err(Error::MissingValue {
                             location: Box::new(origin.at(col, i)),
                             what: "a cross's value beyond ±3.4e38 (the product of its numeric features)".into(),
@@ -1048,6 +1064,49 @@ mod tests {
                 (location.column.unwrap(), location.row.unwrap(), what, hint)
             }
             other => panic!("expected a missing value, got {other:?}"),
+        }
+    }
+
+    /// The scan decodes a cross scaled by a numeric feature whatever its
+    /// value (a missing one is `NaN` there, a product beyond the range
+    /// may be in range once standardised), with or without the `f64`s.
+    #[test]
+    fn the_scan_takes_any_value_of_a_scaled_cross() {
+        for (a, kind) in [
+            (vec![Some(1.0f32), None], "f32, missing"),
+            (
+                vec![Some(3e20), Some(-2e20)],
+                "f32, product beyond the range",
+            ),
+        ] {
+            let b = batch(vec![
+                ("a", Arc::new(Float32Array::from(a.clone())) as ArrayRef),
+                ("d", Arc::new(Float32Array::from(a))),
+                ("c", Arc::new(StringArray::from(vec!["u", "v"]))),
+                ("y", labels(2)),
+            ]);
+            let mut s = spec(
+                vec![
+                    numeric("a", f64::NAN, 0.0, 1.0),
+                    numeric("d", f64::NAN, 0.0, 1.0),
+                ],
+                &["c", "c×a×d"],
+                OnMissing::Zero,
+            );
+            s.crosses = vec![crate::plan::features::Cross {
+                name: "c×a×d".into(),
+                of: vec!["c".into(), "a".into(), "d".into()],
+            }];
+            let raw = decode_raw(&b, &s, LabelUse::Value, &origin());
+            let scan = decode_scan(&b, &s, LabelUse::Value, &origin());
+            assert!(raw.is_ok(), "{kind}: {raw:?}");
+            let scan = scan.unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert!(scan.raw.is_empty(), "{kind}");
+            assert_eq!(scan.hashed, raw.unwrap().hashed, "{kind}");
+            // Training's decoding refuses the product beyond the range.
+            if kind.contains("beyond") {
+                assert!(decode(&b, &s, LabelUse::Value, &origin()).is_err());
+            }
         }
     }
 
@@ -1425,7 +1484,8 @@ mod tests {
                 v.is_some_and(|v| v.abs() <= MAX_VALUE && ((v - f.center) / f.scale).abs() <= MAX_VALUE)
             };
             for keep_raw in [false, true] {
-                let d = decode_with(&b, &sp, LabelUse::Value, &origin(), keep_raw).unwrap();
+                let how = if keep_raw { Keep::Raw } else { Keep::Dense };
+                let d = decode_with(&b, &sp, LabelUse::Value, &origin(), how).unwrap();
                 let kept: Vec<usize> = (0..rows)
                     .filter(|&i| !skip || sp.numeric.iter().zip(&values).all(|(f, c)| usable(c[i], f)))
                     .collect();
@@ -1526,7 +1586,7 @@ mod tests {
             let scan_policy = if policy == OnMissing::Mean { OnMissing::Zero } else { policy };
             let scan = spec(draft, cats, scan_policy);
             let fin = spec(last, cats, policy);
-            let mut scanned = decode_raw(&b, &scan, LabelUse::Value, &origin()).unwrap();
+            let mut scanned = decode_scan(&b, &scan, LabelUse::Value, &origin()).unwrap();
             let exact = dense_is_exact(&scanned);
             if exact {
                 scanned.raw = Vec::new();
