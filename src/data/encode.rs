@@ -7,11 +7,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
 
-use super::hashing::hash_token;
+use fnv::FnvHasher;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use super::hashing::{column_prefix, slot};
 use crate::error::{Error, Location, Result};
 pub use crate::plan::features::{
     is_numeric_type, is_token_type, FeatureSpec, NumericFeature, Weighting,
@@ -496,6 +500,71 @@ fn token_values(array: &ArrayRef, name: &str, origin: &Origin) -> Result<Vec<Opt
         .collect())
 }
 
+/// A categorical column's tokens as Arrow text: strings as they are (any
+/// string or dictionary type, cast to `Utf8`), integers and booleans
+/// written as [`token_values`] writes them.
+fn token_text(array: &ArrayRef, name: &str, origin: &Origin) -> Result<ArrayRef> {
+    let t = array.data_type();
+    if !is_token_type(t) || t.is_integer() || matches!(t, DataType::Boolean) {
+        return Ok(Arc::new(StringArray::from(token_values(
+            array, name, origin,
+        )?)));
+    }
+    cast(array, &DataType::Utf8, name, origin)
+}
+
+/// A batch's categorical columns as decoding hashes them: each column's
+/// text (`None` for a cross) and each cross's members (by position).
+struct Tokens<'a> {
+    text: Vec<Option<&'a StringArray>>,
+    members: &'a [Vec<usize>],
+}
+
+impl Tokens<'_> {
+    /// Writes column `k`'s token of row `i` into `h`: the text, or a
+    /// cross's members' tokens joined by [`crate::spec::CROSS`], as the
+    /// cross's name joins them. `false` if it is missing (`h` is then of
+    /// no use).
+    fn write(&self, k: usize, i: usize, h: &mut FnvHasher) -> bool {
+        match self.text[k] {
+            Some(a) => {
+                if a.is_null(i) {
+                    return false;
+                }
+                h.write(a.value(i).as_bytes());
+                true
+            }
+            None => {
+                for (n, &m) in self.members[k].iter().enumerate() {
+                    if n > 0 {
+                        h.write(crate::spec::CROSS.as_bytes());
+                    }
+                    if !self.write(m, i, h) {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Has column `k` a token on row `i`?
+    fn present(&self, k: usize, i: usize) -> bool {
+        match self.text[k] {
+            Some(a) => !a.is_null(i),
+            None => self.members[k].iter().all(|&m| self.present(m, i)),
+        }
+    }
+
+    /// Might column `k` miss a token on some row?
+    fn any_missing(&self, k: usize) -> bool {
+        match self.text[k] {
+            Some(a) => a.null_count() > 0,
+            None => self.members[k].iter().any(|&m| self.any_missing(m)),
+        }
+    }
+}
+
 /// A label column: numbers (compared by value) or textual tokens.
 enum LabelColumn {
     Numeric(Float64Array),
@@ -684,56 +753,60 @@ fn decode_with(
         }
         numeric.push((values, clean));
     }
-    let mut tokens: Vec<Vec<Option<String>>> = Vec::with_capacity(spec.categorical.len());
+    // Categorical columns as Arrow text (no string per cell); a cross is
+    // its members' tokens joined, hashed as it is read.
+    let mut texts: Vec<Option<ArrayRef>> = Vec::with_capacity(spec.categorical.len());
+    let mut members: Vec<Vec<usize>> = Vec::with_capacity(spec.categorical.len());
     for c in &spec.categorical {
-        let values = match spec.cross(c) {
-            // A cross follows its columns: their tokens, joined.
+        match spec.cross(c) {
+            // A cross follows its columns. Numeric members scale the
+            // cross's value (below), they add nothing to its token.
             Some(cross) => {
-                // Numeric members scale the cross's value (below), they
-                // add nothing to its token.
-                let members: Vec<&Vec<Option<String>>> = cross
+                let of = cross
                     .of
                     .iter()
                     .filter(|m| !spec.is_numeric(m))
                     .map(|m| {
                         let at = spec.categorical.iter().position(|x| x == m);
-                        at.and_then(|k| tokens.get(k)).ok_or_else(|| {
+                        at.filter(|&k| k < texts.len()).ok_or_else(|| {
                             Error::Internal(format!("cross '{c}' of '{m}', which is not before it"))
                         })
                     })
-                    .collect::<Result<_>>()?;
-                (0..n)
-                    .map(|i| {
-                        members
-                            .iter()
-                            .map(|v| v[i].as_deref())
-                            .collect::<Option<Vec<&str>>>()
-                            .map(|t| t.join(crate::spec::CROSS))
-                    })
-                    .collect()
+                    .collect::<Result<Vec<usize>>>()?;
+                texts.push(None);
+                members.push(of);
             }
-            None => token_values(column(batch, c, origin)?, c, origin)?,
-        };
-        if let Some(i) = values.iter().position(Option::is_none) {
-            match spec.on_missing {
-                OnMissing::Error => {
+            None => {
+                texts.push(Some(token_text(column(batch, c, origin)?, c, origin)?));
+                members.push(Vec::new());
+            }
+        }
+    }
+    let tokens = Tokens {
+        text: texts
+            .iter()
+            .map(|t| t.as_ref().map(|a| a.as_string::<i32>()))
+            .collect(),
+        members: &members,
+    };
+    for (k, c) in spec.categorical.iter().enumerate() {
+        if !tokens.any_missing(k) {
+            continue;
+        }
+        let mut missing = (0..n).filter(|&i| !tokens.present(k, i));
+        match spec.on_missing {
+            OnMissing::Error => {
+                if let Some(i) = missing.next() {
                     return Err(Error::MissingValue {
                         location: Box::new(origin.at(c, i)),
                         what: "null value".into(),
                         hint: FEATURE_HINT.into(),
-                    })
+                    });
                 }
-                OnMissing::SkipRow => {
-                    for (k, v) in values.iter().enumerate() {
-                        if v.is_none() {
-                            keep[k] = false;
-                        }
-                    }
-                }
-                OnMissing::Zero | OnMissing::Mean => {}
             }
+            OnMissing::SkipRow => missing.for_each(|i| keep[i] = false),
+            OnMissing::Zero | OnMissing::Mean => {}
         }
-        tokens.push(values);
     }
     let labels = match label {
         LabelUse::Skip => None,
@@ -849,30 +922,32 @@ fn decode_with(
             })
         })
         .collect();
+    let prefixes: Vec<u64> = spec.categorical.iter().map(|c| column_prefix(c)).collect();
     for (r, &i) in kept.iter().enumerate() {
-        for ((col, values), scale) in spec.categorical.iter().zip(&tokens).zip(&scales) {
-            match &values[i] {
-                Some(tok) => {
-                    let (h, mut s) = hash_token(col, tok, spec.hash_bits);
-                    for &j in scale {
-                        s *= block.dense[r * p + j];
-                    }
-                    // (The scan's raw values may be missing: NaN there.)
-                    if how == Keep::Dense && !s.is_finite() {
-                        return Err(Error::MissingValue {
-                            location: Box::new(origin.at(col, i)),
-                            what: "a cross's value beyond ±3.4e38 (the product of its numeric features)".into(),
-                            hint: "standardise the features (data.standardize = true) or rescale them".into(),
-                        });
-                    }
-                    block.hashed.push(h);
-                    block.signs.push(s);
-                }
-                None => {
-                    block.hashed.push(0);
-                    block.signs.push(0.0);
-                }
+        for (k, (col, scale)) in spec.categorical.iter().zip(&scales).enumerate() {
+            let mut hasher = FnvHasher::with_key(prefixes[k]);
+            if !tokens.write(k, i, &mut hasher) {
+                // A missing token: no slot.
+                block.hashed.push(0);
+                block.signs.push(0.0);
+                continue;
             }
+            let (h, mut s) = slot(hasher.finish(), spec.hash_bits);
+            for &j in scale {
+                s *= block.dense[r * p + j];
+            }
+            // (The scan's raw values may be missing: NaN there.)
+            if how == Keep::Dense && !s.is_finite() {
+                return Err(Error::MissingValue {
+                    location: Box::new(origin.at(col, i)),
+                    what: "a cross's value beyond ±3.4e38 (the product of its numeric features)"
+                        .into(),
+                    hint: "standardise the features (data.standardize = true) or rescale them"
+                        .into(),
+                });
+            }
+            block.hashed.push(h);
+            block.signs.push(s);
         }
     }
     if let Some(values) = labels {
@@ -1000,6 +1075,7 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::hashing::hash_token;
     use arrow::array::{
         BooleanArray, DictionaryArray, Float32Array, Int32Array, Int64Array, StringArray,
         UInt64Array,
@@ -1501,6 +1577,71 @@ mod tests {
                         }
                     }
                     prop_assert_eq!(d.file_row[r], origin().first_row + i as u64);
+                }
+            }
+        }
+
+        /// Every hashed slot is `hash_token` of the column's text, a
+        /// cross's being its members' tokens joined by `×` (times its
+        /// numeric members' values): strings of any text (empty, non-ASCII,
+        /// the separator itself) in `Utf8` and `LargeUtf8`, nulls, crosses
+        /// of two and three columns; a missing member leaves the cross no
+        /// slot under `zero`, drops the row under `skip_row` and is
+        /// reported on its first row under `error`.
+        #[test]
+        fn hashed_slots_are_the_tokens_text(
+            a in proptest::collection::vec(proptest::option::weighted(0.9, "[a-c×é]{0,3}"), 1..30),
+            large in any::<bool>(),
+            policy in prop_oneof![Just(OnMissing::Zero), Just(OnMissing::SkipRow), Just(OnMissing::Error)],
+        ) {
+            let n = a.len();
+            let b_col: Vec<Option<String>> = (0..n).map(|i| Some(format!("b{}", i % 4))).collect();
+            let x: Vec<f64> = (0..n).map(|i| i as f64 * 0.5 - 3.0).collect();
+            let a_arr: ArrayRef = if large {
+                Arc::new(arrow::array::LargeStringArray::from(a.clone()))
+            } else {
+                Arc::new(StringArray::from(a.clone()))
+            };
+            let bt = batch(vec![
+                ("a", a_arr),
+                ("b", Arc::new(StringArray::from(b_col.clone())) as ArrayRef),
+                ("x", Arc::new(Float64Array::from(x.clone())) as ArrayRef),
+                ("y", labels(n)),
+            ]);
+            let mut sp = spec(vec![numeric("x", 0.0, 0.0, 1.0)], &["a", "b", "a×b", "b×x×a"], policy);
+            sp.crosses = vec![
+                crate::plan::features::Cross { name: "a×b".into(), of: vec!["a".into(), "b".into()] },
+                crate::plan::features::Cross { name: "b×x×a".into(), of: vec!["b".into(), "x".into(), "a".into()] },
+            ];
+            let decoded = decode(&bt, &sp, LabelUse::Value, &origin());
+            let first_null = a.iter().position(Option::is_none);
+            if policy == OnMissing::Error {
+                if let Some(i) = first_null {
+                    let (column, row, _, _) = missing(decoded.unwrap_err());
+                    prop_assert_eq!((column.as_str(), row), ("a", origin().first_row + i as u64));
+                    return Ok(());
+                }
+            }
+            let d = decoded.unwrap();
+            let kept: Vec<usize> = (0..n).filter(|&i| policy != OnMissing::SkipRow || a[i].is_some()).collect();
+            prop_assert_eq!(d.rows, kept.len());
+            for (r, &i) in kept.iter().enumerate() {
+                let bi = b_col[i].as_deref().unwrap_or_default();
+                let want: Vec<(u32, f32)> = match a[i].as_deref() {
+                    Some(ai) => {
+                        let (h, s) = hash_token("b×x×a", &format!("{bi}×{ai}"), 10);
+                        vec![
+                            hash_token("a", ai, 10),
+                            hash_token("b", bi, 10),
+                            hash_token("a×b", &format!("{ai}×{bi}"), 10),
+                            (h, s * x[i] as f32),
+                        ]
+                    }
+                    None => vec![(0, 0.0), hash_token("b", bi, 10), (0, 0.0), (0, 0.0)],
+                };
+                for (k, (h, s)) in want.into_iter().enumerate() {
+                    prop_assert_eq!(d.hashed[r * 4 + k], h, "row {} column {}", i, k);
+                    prop_assert_eq!(d.signs[r * 4 + k].to_bits(), s.to_bits(), "row {} column {}", i, k);
                 }
             }
         }

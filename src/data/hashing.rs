@@ -21,11 +21,25 @@ pub fn mix64(mut z: u64) -> u64 {
 /// assert_eq!((i, s), tidemill::data::hashing::hash_token("carrier", "UA", 18));
 /// ```
 pub fn hash_token(column: &str, token: &str, bits: u32) -> (u32, f32) {
+    let mut h = fnv::FnvHasher::with_key(column_prefix(column));
+    h.write(token.as_bytes());
+    slot(h.finish(), bits)
+}
+
+/// The FNV-1a state after `column` and the separator: hashing a token's
+/// bytes on from it (`FnvHasher::with_key`), in one piece or several, and
+/// taking the [`slot`] of the result is [`hash_token`].
+pub fn column_prefix(column: &str) -> u64 {
     let mut h = fnv::FnvHasher::default();
     h.write(column.as_bytes());
     h.write(&[0x1f]);
-    h.write(token.as_bytes());
-    let z = mix64(h.finish());
+    h.finish()
+}
+
+/// The slot in `[0, 2^bits)` and the sign of a finished FNV-1a hash of a
+/// column and its token.
+pub fn slot(fnv: u64, bits: u32) -> (u32, f32) {
+    let z = mix64(fnv);
     let index = (z & ((1u64 << bits) - 1)) as u32;
     let sign = if z >> 63 == 0 { 1.0 } else { -1.0 };
     (index, sign)
