@@ -547,22 +547,6 @@ impl Tokens<'_> {
             }
         }
     }
-
-    /// Has column `k` a token on row `i`?
-    fn present(&self, k: usize, i: usize) -> bool {
-        match self.text[k] {
-            Some(a) => !a.is_null(i),
-            None => self.members[k].iter().all(|&m| self.present(m, i)),
-        }
-    }
-
-    /// Might column `k` miss a token on some row?
-    fn any_missing(&self, k: usize) -> bool {
-        match self.text[k] {
-            Some(a) => a.null_count() > 0,
-            None => self.members[k].iter().any(|&m| self.any_missing(m)),
-        }
-    }
 }
 
 /// A label column: numbers (compared by value) or textual tokens.
@@ -776,8 +760,32 @@ fn decode_with(
                 texts.push(None);
                 members.push(of);
             }
+            // A column's missing tokens are handled before the next
+            // column is read (a cross's are its members', handled before).
             None => {
-                texts.push(Some(token_text(column(batch, c, origin)?, c, origin)?));
+                let text = token_text(column(batch, c, origin)?, c, origin)?;
+                if text.null_count() > 0 {
+                    match spec.on_missing {
+                        OnMissing::Error => {
+                            if let Some(i) = (0..n).find(|&i| text.is_null(i)) {
+                                return Err(Error::MissingValue {
+                                    location: Box::new(origin.at(c, i)),
+                                    what: "null value".into(),
+                                    hint: FEATURE_HINT.into(),
+                                });
+                            }
+                        }
+                        OnMissing::SkipRow => {
+                            for (i, k) in keep.iter_mut().enumerate() {
+                                if text.is_null(i) {
+                                    *k = false;
+                                }
+                            }
+                        }
+                        OnMissing::Zero | OnMissing::Mean => {}
+                    }
+                }
+                texts.push(Some(text));
                 members.push(Vec::new());
             }
         }
@@ -789,25 +797,6 @@ fn decode_with(
             .collect(),
         members: &members,
     };
-    for (k, c) in spec.categorical.iter().enumerate() {
-        if !tokens.any_missing(k) {
-            continue;
-        }
-        let mut missing = (0..n).filter(|&i| !tokens.present(k, i));
-        match spec.on_missing {
-            OnMissing::Error => {
-                if let Some(i) = missing.next() {
-                    return Err(Error::MissingValue {
-                        location: Box::new(origin.at(c, i)),
-                        what: "null value".into(),
-                        hint: FEATURE_HINT.into(),
-                    });
-                }
-            }
-            OnMissing::SkipRow => missing.for_each(|i| keep[i] = false),
-            OnMissing::Zero | OnMissing::Mean => {}
-        }
-    }
     let labels = match label {
         LabelUse::Skip => None,
         _ => {
@@ -1184,6 +1173,50 @@ mod tests {
                 assert!(decode(&b, &s, LabelUse::Value, &origin()).is_err());
             }
         }
+    }
+
+    /// Under `error`, a null in a categorical column is reported before a
+    /// later column is read (its type, its presence); and a cross's slot
+    /// is pinned: FNV-1a of `origin×dest`, 0x1f, `JFK×LAX`, splitmix64
+    /// finalised, computed outside tidemill.
+    #[test]
+    fn categorical_columns_fail_in_order_and_crosses_keep_their_slots() {
+        let b = batch(vec![
+            (
+                "a",
+                Arc::new(StringArray::from(vec![None, Some("x")])) as ArrayRef,
+            ),
+            ("b", Arc::new(Float64Array::from(vec![1.0, 2.0]))),
+            ("y", labels(2)),
+        ]);
+        let s = spec(Vec::new(), &["a", "b"], OnMissing::Error);
+        let (column, row, what, _) =
+            missing(decode(&b, &s, LabelUse::Value, &origin()).unwrap_err());
+        assert_eq!(
+            (column.as_str(), row, what.as_str()),
+            ("a", 100, "null value")
+        );
+
+        let b = batch(vec![
+            (
+                "origin",
+                Arc::new(StringArray::from(vec!["JFK"])) as ArrayRef,
+            ),
+            ("dest", Arc::new(StringArray::from(vec!["LAX"]))),
+            ("y", labels(1)),
+        ]);
+        let mut s = spec(
+            Vec::new(),
+            &["origin", "dest", "origin×dest"],
+            OnMissing::Error,
+        );
+        s.hash_bits = 18;
+        s.crosses = vec![crate::plan::features::Cross {
+            name: "origin×dest".into(),
+            of: vec!["origin".into(), "dest".into()],
+        }];
+        let block = decode(&b, &s, LabelUse::Value, &origin()).unwrap();
+        assert_eq!((block.hashed[2], block.signs[2]), (11273, 1.0));
     }
 
     #[test]
@@ -1592,10 +1625,13 @@ mod tests {
         fn hashed_slots_are_the_tokens_text(
             a in proptest::collection::vec(proptest::option::weighted(0.9, "[a-c×é]{0,3}"), 1..30),
             large in any::<bool>(),
+            b_nulls in any::<bool>(),
             policy in prop_oneof![Just(OnMissing::Zero), Just(OnMissing::SkipRow), Just(OnMissing::Error)],
         ) {
             let n = a.len();
-            let b_col: Vec<Option<String>> = (0..n).map(|i| Some(format!("b{}", i % 4))).collect();
+            let b_col: Vec<Option<String>> = (0..n)
+                .map(|i| (!b_nulls || i % 5 != 4).then(|| format!("b{}", i % 4)))
+                .collect();
             let x: Vec<f64> = (0..n).map(|i| i as f64 * 0.5 - 3.0).collect();
             let a_arr: ArrayRef = if large {
                 Arc::new(arrow::array::LargeStringArray::from(a.clone()))
@@ -1614,21 +1650,27 @@ mod tests {
                 crate::plan::features::Cross { name: "b×x×a".into(), of: vec!["b".into(), "x".into(), "a".into()] },
             ];
             let decoded = decode(&bt, &sp, LabelUse::Value, &origin());
-            let first_null = a.iter().position(Option::is_none);
+            // Under `error`, the first column with a null (`a` before `b`)
+            // is reported at its first null row.
+            let first_null = a.iter().position(Option::is_none).map(|i| ("a", i))
+                .or_else(|| b_col.iter().position(Option::is_none).map(|i| ("b", i)));
             if policy == OnMissing::Error {
-                if let Some(i) = first_null {
+                if let Some((col, i)) = first_null {
                     let (column, row, _, _) = missing(decoded.unwrap_err());
-                    prop_assert_eq!((column.as_str(), row), ("a", origin().first_row + i as u64));
+                    prop_assert_eq!((column.as_str(), row), (col, origin().first_row + i as u64));
                     return Ok(());
                 }
             }
             let d = decoded.unwrap();
-            let kept: Vec<usize> = (0..n).filter(|&i| policy != OnMissing::SkipRow || a[i].is_some()).collect();
+            let kept: Vec<usize> = (0..n)
+                .filter(|&i| policy != OnMissing::SkipRow || (a[i].is_some() && b_col[i].is_some()))
+                .collect();
             prop_assert_eq!(d.rows, kept.len());
             for (r, &i) in kept.iter().enumerate() {
-                let bi = b_col[i].as_deref().unwrap_or_default();
-                let want: Vec<(u32, f32)> = match a[i].as_deref() {
-                    Some(ai) => {
+                let none = (0, 0.0);
+                let one = |col: &str, t: Option<&str>| t.map_or(none, |t| hash_token(col, t, 10));
+                let want: Vec<(u32, f32)> = match (a[i].as_deref(), b_col[i].as_deref()) {
+                    (Some(ai), Some(bi)) => {
                         let (h, s) = hash_token("b×x×a", &format!("{bi}×{ai}"), 10);
                         vec![
                             hash_token("a", ai, 10),
@@ -1637,7 +1679,7 @@ mod tests {
                             (h, s * x[i] as f32),
                         ]
                     }
-                    None => vec![(0, 0.0), hash_token("b", bi, 10), (0, 0.0), (0, 0.0)],
+                    (ai, bi) => vec![one("a", ai), one("b", bi), none, none],
                 };
                 for (k, (h, s)) in want.into_iter().enumerate() {
                     prop_assert_eq!(d.hashed[r * 4 + k], h, "row {} column {}", i, k);
