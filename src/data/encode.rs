@@ -1158,10 +1158,7 @@ mod tests {
                 &["c", "c×a×d"],
                 OnMissing::Zero,
             );
-            s.crosses = vec![crate::plan::features::Cross {
-                name: "c×a×d".into(),
-                of: vec!["c".into(), "a".into(), "d".into()],
-            }];
+            s.crosses = vec![cross("c×a×d", &["c", "a", "d"])];
             let raw = decode_raw(&b, &s, LabelUse::Value, &origin());
             let scan = decode_scan(&b, &s, LabelUse::Value, &origin());
             assert!(raw.is_ok(), "{kind}: {raw:?}");
@@ -1190,11 +1187,9 @@ mod tests {
             ("y", labels(2)),
         ]);
         let s = spec(Vec::new(), &["a", "b"], OnMissing::Error);
-        let (column, row, what, _) =
-            missing(decode(&b, &s, LabelUse::Value, &origin()).unwrap_err());
         assert_eq!(
-            (column.as_str(), row, what.as_str()),
-            ("a", 100, "null value")
+            first_missing(&b, &s),
+            ("a".into(), 100, "null value".into())
         );
 
         let b = batch(vec![
@@ -1211,12 +1206,24 @@ mod tests {
             OnMissing::Error,
         );
         s.hash_bits = 18;
-        s.crosses = vec![crate::plan::features::Cross {
-            name: "origin×dest".into(),
-            of: vec!["origin".into(), "dest".into()],
-        }];
+        s.crosses = vec![cross("origin×dest", &["origin", "dest"])];
         let block = decode(&b, &s, LabelUse::Value, &origin()).unwrap();
         assert_eq!((block.hashed[2], block.signs[2]), (11273, 1.0));
+    }
+
+    /// The column, row and `what` of the missing value decoding `b` with
+    /// `s` fails on.
+    fn first_missing(b: &RecordBatch, s: &FeatureSpec) -> (String, u64, String) {
+        let (column, row, what, _) = missing(decode(b, s, LabelUse::Value, &origin()).unwrap_err());
+        (column, row, what)
+    }
+
+    /// A cross named `name` of columns `of`.
+    fn cross(name: &str, of: &[&str]) -> crate::plan::features::Cross {
+        crate::plan::features::Cross {
+            name: name.into(),
+            of: of.iter().map(|c| c.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -1427,11 +1434,9 @@ mod tests {
             [100, 101]
         );
         let s = spec(Vec::new(), &["i", "s"], OnMissing::Error);
-        let (column, row, what, _) =
-            missing(decode(&b, &s, LabelUse::Value, &origin()).unwrap_err());
         assert_eq!(
-            (column.as_str(), row, what.as_str()),
-            ("s", 102, "null value")
+            first_missing(&b, &s),
+            ("s".into(), 102, "null value".into())
         );
     }
 
@@ -1646,8 +1651,8 @@ mod tests {
             ]);
             let mut sp = spec(vec![numeric("x", 0.0, 0.0, 1.0)], &["a", "b", "a×b", "b×x×a"], policy);
             sp.crosses = vec![
-                crate::plan::features::Cross { name: "a×b".into(), of: vec!["a".into(), "b".into()] },
-                crate::plan::features::Cross { name: "b×x×a".into(), of: vec!["b".into(), "x".into(), "a".into()] },
+                cross("a×b", &["a", "b"]),
+                cross("b×x×a", &["b", "x", "a"]),
             ];
             let decoded = decode(&bt, &sp, LabelUse::Value, &origin());
             // Under `error`, the first column with a null (`a` before `b`)
