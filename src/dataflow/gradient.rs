@@ -158,7 +158,36 @@ struct State {
     fetched: Vec<usize>,
     /// Gradient accumulator, all zero between steps.
     acc: Vec<Exact>,
+    /// A bitmap of coordinates, all clear between steps (see
+    /// [`sorted_unique`]).
+    seen: Vec<u64>,
     stopped: bool,
+}
+
+/// `indices` (repeats allowed) increasing and without repeats, through
+/// `bits`, a bitmap left clear: linear in the indices and the span they
+/// cover, where sorting them would take `n log n` (a hashed model's
+/// units touch the same slots again and again).
+fn sorted_unique(indices: impl Iterator<Item = usize>, bits: &mut Vec<u64>) -> Vec<usize> {
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    for i in indices {
+        let w = i / 64;
+        if w >= bits.len() {
+            bits.resize(w + 1, 0);
+        }
+        bits[w] |= 1 << (i % 64);
+        lo = lo.min(w);
+        hi = hi.max(w + 1);
+    }
+    let mut out = Vec::new();
+    for (w, word) in bits.iter_mut().enumerate().take(hi).skip(lo) {
+        let mut b = std::mem::take(word);
+        while b != 0 {
+            out.push(w * 64 + b.trailing_zeros() as usize);
+            b &= b - 1;
+        }
+    }
+    out
 }
 
 /// Serialized bytes of a [`Phase`] (bincode layout: a 4-byte variant
@@ -383,10 +412,8 @@ impl State {
             }
         }
         fed?;
-        let mut touched: Vec<usize> = roles.dense_indices().to_vec();
-        touched.extend(self.scratch.drain_touched());
-        touched.sort_unstable();
-        touched.dedup();
+        let dense = self.ctx.roles.dense_indices().iter().copied();
+        let touched = sorted_unique(dense.chain(self.scratch.drain_touched()), &mut self.seen);
         Ok((self.take_partials(&touched), loss, rows, bound))
     }
 
@@ -699,6 +726,7 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             held,
             fetched: Vec::new(),
             acc: Vec::new(),
+            seen: Vec::new(),
             stopped: false,
         };
         let scope = self.scope();
@@ -914,6 +942,29 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The bitmap gives what sorting and deduplicating give, and is
+        /// left clear for the next step.
+        #[test]
+        fn sorted_unique_is_sort_and_dedup(
+            indices in proptest::collection::vec(
+                proptest::prop_oneof![0usize..200, 0usize..300_000],
+                0..300,
+            ),
+            words in 0usize..10,
+        ) {
+            let mut bits = vec![0u64; words];
+            let got = sorted_unique(indices.iter().copied(), &mut bits);
+            let mut want = indices.clone();
+            want.sort_unstable();
+            want.dedup();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert!(bits.iter().all(|&w| w == 0));
+            let again = sorted_unique(indices.iter().copied().rev(), &mut bits);
+            proptest::prop_assert_eq!(again.len(), indices.iter().collect::<std::collections::BTreeSet<_>>().len());
         }
     }
 }

@@ -158,6 +158,14 @@ impl EvalPartial {
         for i in 0..rows {
             margins(i, &mut out);
             let y = label(i);
+            if kind == ModelKind::Logistic {
+                // The loss and the score from one exponential.
+                let (l, score) = crate::model::loss::logistic(out[0], y);
+                loss += l;
+                self.count(usize::from(out[0] > 0.0), y as usize);
+                self.scores.push((score, y > 0.5));
+                continue;
+            }
             loss += crate::model::loss::loss(kind, &out, y);
             match kind {
                 ModelKind::Linear => {
@@ -169,14 +177,8 @@ impl EvalPartial {
                     syy += d * d;
                 }
                 ModelKind::Logistic | ModelKind::Hinge => {
-                    let pred = usize::from(out[0] > 0.0);
-                    self.count(pred, y as usize);
-                    let score = if kind == ModelKind::Logistic {
-                        crate::model::loss::sigmoid(out[0])
-                    } else {
-                        out[0]
-                    };
-                    self.scores.push((score, y > 0.5));
+                    self.count(usize::from(out[0] > 0.0), y as usize);
+                    self.scores.push((out[0], y > 0.5));
                 }
                 ModelKind::Softmax | ModelKind::GaussianNb | ModelKind::MultinomialNb => {
                     let mut best = 0;
@@ -315,7 +317,8 @@ impl EvalPartial {
 /// assert_eq!(tidemill::metrics::auc(&mut s), Some(0.75));
 /// ```
 pub fn auc(scores: &mut [(f64, bool)]) -> Option<f64> {
-    scores.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // A total order on (score, label): unstable sorting gives the one order.
+    scores.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let pos = scores.iter().filter(|s| s.1).count() as f64;
     let neg = scores.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {

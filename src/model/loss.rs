@@ -25,6 +25,22 @@ pub fn sigmoid(m: f64) -> f64 {
     }
 }
 
+/// The logistic loss of margin `m` for label `y` (0/1) and the positive
+/// class's probability, [`sigmoid`]`(m)`: both from one `exp(−|m|)`, to
+/// the bits of [`softplus`] and [`sigmoid`].
+#[inline]
+pub fn logistic(m: f64, y: f64) -> (f64, f64) {
+    let e = (-m.abs()).exp();
+    let (sig, soft) = if m > 0.0 {
+        (1.0 / (1.0 + e), m + e.ln_1p())
+    } else if m == 0.0 {
+        (1.0 / (1.0 + e), e.ln_1p())
+    } else {
+        (e / (1.0 + e), e.ln_1p())
+    };
+    (soft - y * m, sig)
+}
+
 /// Loss of one row and its derivative with respect to each margin.
 ///
 /// `y` is the target (regression), 0/1 (logistic, hinge) or the class index
@@ -37,19 +53,9 @@ pub fn loss_and_grad(kind: ModelKind, margins: &[f64], y: f64, dm: &mut [f64]) -
             0.5 * r * r
         }
         ModelKind::Logistic => {
-            let m = margins[0];
-            // sigmoid(m) and softplus(m) from one exp(−|m|): the bits of
-            // the two functions, for one exponential instead of two.
-            let e = (-m.abs()).exp();
-            let (sig, soft) = if m > 0.0 {
-                (1.0 / (1.0 + e), m + e.ln_1p())
-            } else if m == 0.0 {
-                (1.0 / (1.0 + e), e.ln_1p())
-            } else {
-                (e / (1.0 + e), e.ln_1p())
-            };
+            let (loss, sig) = logistic(margins[0], y);
             dm[0] = sig - y;
-            soft - y * m
+            loss
         }
         ModelKind::Hinge => {
             let s = 2.0 * y - 1.0;

@@ -319,6 +319,10 @@ impl Layout {
     }
 }
 
+/// Rows whose margins [`LinearModel::accumulate`] computes together
+/// (single-output models).
+const ROWS_TOGETHER: usize = 4;
+
 /// A linear model: kind, layout and parameters.
 #[derive(Debug, Clone)]
 pub struct LinearModel {
@@ -403,6 +407,117 @@ impl LinearModel {
         }
     }
 
+    /// The margins of rows `rows` of `block` for a single-output model
+    /// (`k = 1`): each row's sum taken in [`LinearModel::margins`]'s order,
+    /// so to its bits, the rows' sums interleaved. One row's sum is a chain
+    /// of dependent additions; the CPU overlaps the independent chains.
+    #[inline]
+    fn margins_together(
+        &self,
+        block: &Block,
+        rows: [usize; ROWS_TOGETHER],
+    ) -> [f64; ROWS_TOGETHER] {
+        let p = self.layout.p;
+        let (bp, bc) = (block.p, block.c);
+        let w = &self.theta[1..1 + p];
+        let slots = &self.theta[1 + p..];
+        let mut m = [self.theta[0]; ROWS_TOGETHER];
+        let [r0, r1, r2, r3] = rows;
+        let x = |i: usize| &block.dense[i * bp..(i + 1) * bp];
+        let xs = x(r0).iter().zip(x(r1)).zip(x(r2)).zip(x(r3));
+        for (&wj, (((&a, &b), &c), &d)) in w.iter().zip(xs) {
+            m[0] += wj * a as f64;
+            m[1] += wj * b as f64;
+            m[2] += wj * c as f64;
+            m[3] += wj * d as f64;
+        }
+        let h = |i: usize| &block.hashed[i * bc..(i + 1) * bc];
+        let s = |i: usize| &block.signs[i * bc..(i + 1) * bc];
+        let hs = h(r0).iter().zip(h(r1)).zip(h(r2)).zip(h(r3));
+        let ss = s(r0).iter().zip(s(r1)).zip(s(r2)).zip(s(r3));
+        for ((((&h0, &h1), &h2), &h3), (((&s0, &s1), &s2), &s3)) in hs.zip(ss) {
+            m[0] += slots[h0 as usize] * s0 as f64;
+            m[1] += slots[h1 as usize] * s1 as f64;
+            m[2] += slots[h2 as usize] * s2 as f64;
+            m[3] += slots[h3 as usize] * s3 as f64;
+        }
+        m
+    }
+
+    /// Row `i`'s loss from its margins (in `scratch.margins`), its
+    /// gradient added to `scratch`'s partial; returns the weighted loss.
+    #[inline]
+    fn add_row(&self, block: &Block, i: usize, scratch: &mut Scratch) -> f64 {
+        let Layout { k, d, p } = self.layout;
+        let Scratch {
+            grad,
+            touched,
+            margins,
+            dm,
+            ..
+        } = scratch;
+        let y = block.label[i];
+        let l = loss::loss_and_grad(self.kind, margins, y, dm);
+        let l = weighted(block, i, l, dm);
+        let x = &block.dense[i * block.p..(i + 1) * block.p];
+        let h = &block.hashed[i * block.c..(i + 1) * block.c];
+        let s = &block.signs[i * block.c..(i + 1) * block.c];
+        for (kk, &g) in dm.iter().enumerate().take(k) {
+            if g == 0.0 {
+                continue;
+            }
+            let base = kk * (d + 1);
+            grad[base] += g;
+            for (gj, &xj) in grad[base + 1..base + 1 + p].iter_mut().zip(x) {
+                *gj += g * xj as f64;
+            }
+            let slots = &mut grad[base + 1 + p..];
+            for (&hj, &sj) in h.iter().zip(s) {
+                let slot = &mut slots[hj as usize];
+                // Listed when it turns non-zero: every coordinate
+                // non-zero at the end is listed, with few repeats.
+                if *slot == 0.0 {
+                    touched.push(base + 1 + p + hj as usize);
+                }
+                *slot += g * sj as f64;
+            }
+        }
+        l
+    }
+
+    /// [`LinearModel::accumulate`]'s loop for a single-output model: the
+    /// margins of [`ROWS_TOGETHER`] rows at a time (their sums overlap),
+    /// then each row's loss and gradient in row order. Returns the loss
+    /// sum.
+    fn add_rows(
+        &self,
+        block: &Block,
+        mut rows: impl Iterator<Item = usize>,
+        scratch: &mut Scratch,
+    ) -> f64 {
+        let mut loss_sum = 0.0;
+        loop {
+            let mut group = [0usize; ROWS_TOGETHER];
+            let mut got = 0;
+            for (slot, i) in group.iter_mut().zip(&mut rows) {
+                *slot = i;
+                got += 1;
+            }
+            if got < ROWS_TOGETHER {
+                for &i in &group[..got] {
+                    self.margins(block, i, &mut scratch.margins);
+                    loss_sum += self.add_row(block, i, scratch);
+                }
+                return loss_sum;
+            }
+            let margins = self.margins_together(block, group);
+            for (&i, &m) in group.iter().zip(&margins) {
+                scratch.margins[0] = m;
+                loss_sum += self.add_row(block, i, scratch);
+            }
+        }
+    }
+
     /// Adds the loss gradient of `rows` of `block` (in the given order) to
     /// `acc` as one exactly-rounded partial, and returns the loss sum and
     /// the partial's largest magnitude (its contribution to the sums'
@@ -426,34 +541,12 @@ impl LinearModel {
         scratch.dm.resize(k, 0.0);
         let mut loss_sum = 0.0;
         let hashed = block.c > 0;
-        for i in rows {
-            self.margins(block, i, &mut scratch.margins);
-            let y = block.label[i];
-            let l = loss::loss_and_grad(self.kind, &scratch.margins, y, &mut scratch.dm);
-            loss_sum += weighted(block, i, l, &mut scratch.dm);
-            let x = &block.dense[i * block.p..(i + 1) * block.p];
-            let h = &block.hashed[i * block.c..(i + 1) * block.c];
-            let s = &block.signs[i * block.c..(i + 1) * block.c];
-            for kk in 0..k {
-                let g = scratch.dm[kk];
-                if g == 0.0 {
-                    continue;
-                }
-                let base = kk * (d + 1);
-                scratch.grad[base] += g;
-                for (gj, &xj) in scratch.grad[base + 1..base + 1 + p].iter_mut().zip(x) {
-                    *gj += g * xj as f64;
-                }
-                for (&hj, &sj) in h.iter().zip(s) {
-                    let idx = base + 1 + p + hj as usize;
-                    let slot = &mut scratch.grad[idx];
-                    // Listed when it turns non-zero: every coordinate
-                    // non-zero at the end is listed, with few repeats.
-                    if *slot == 0.0 {
-                        scratch.touched.push(idx);
-                    }
-                    *slot += g * sj as f64;
-                }
+        if k == 1 {
+            loss_sum = self.add_rows(block, rows, scratch);
+        } else {
+            for i in rows {
+                self.margins(block, i, &mut scratch.margins);
+                loss_sum += self.add_row(block, i, scratch);
             }
         }
         // Round the partial once into the exact accumulator, then clear it.
@@ -599,6 +692,102 @@ mod tests {
             let dense: Vec<usize> = layout.dense_indices().collect();
             assert_eq!(roles.dense_indices(), &dense[..]);
             assert_eq!(roles.has_sparse(), layout.has_hashed());
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// A logistic model over `p` numeric features and 16 hashed slots,
+    /// and a block of `rows` rows of `c` hashed columns, from `values`
+    /// (cycled): values of either sign, zeros and −0 among them.
+    fn model_and_block(p: usize, c: usize, rows: usize, values: &[f64]) -> (LinearModel, Block) {
+        let layout = Layout { k: 1, d: p + 16, p };
+        let at = |i: usize| values[i % values.len()];
+        let model = LinearModel {
+            kind: ModelKind::Logistic,
+            layout,
+            theta: (0..layout.len()).map(|i| at(i * 7 + 1)).collect(),
+        };
+        let block = Block {
+            rows,
+            p,
+            dense: (0..rows * p).map(|i| at(i * 3) as f32).collect(),
+            c,
+            hashed: (0..rows * c)
+                .map(|i| (at(i * 5).to_bits() % 16) as u32)
+                .collect(),
+            signs: (0..rows * c)
+                .map(|i| {
+                    if i % 4 == 0 {
+                        1.0
+                    } else {
+                        at(i * 11 + 2) as f32
+                    }
+                })
+                .collect(),
+            label: (0..rows).map(|i| (at(i) > 0.0) as u8 as f64).collect(),
+            ..Block::default()
+        };
+        (model, block)
+    }
+
+    fn value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(0.0),
+            Just(-0.0),
+            Just(1.0),
+            -4.0f64..4.0,
+            (-1e6f64..1e6).prop_map(|v| v * 1e-9),
+        ]
+    }
+
+    proptest! {
+        /// Rows summed together are summed each as alone: the same bits.
+        #[test]
+        fn margins_together_are_each_rows_margins(
+            p in 0usize..5,
+            c in 0usize..6,
+            values in prop::collection::vec(value(), 1..40),
+            rows in prop::array::uniform4(0usize..9),
+        ) {
+            let (model, block) = model_and_block(p, c, 9, &values);
+            let together = model.margins_together(&block, rows);
+            for (&i, m) in rows.iter().zip(together) {
+                let mut alone = [0.0];
+                model.margins(&block, i, &mut alone);
+                prop_assert_eq!(m.to_bits(), alone[0].to_bits(), "row {}", i);
+            }
+        }
+
+        /// The single-output loop (rows four at a time, then the rest)
+        /// leaves the partial, its list of touched slots and the loss as
+        /// row after row does, in any row order.
+        #[test]
+        fn rows_four_at_a_time_are_rows_one_at_a_time(
+            p in 0usize..4,
+            c in 0usize..5,
+            values in prop::collection::vec(value(), 1..40),
+            order in prop::collection::vec(0usize..11, 0..23),
+        ) {
+            let (model, block) = model_and_block(p, c, 11, &values);
+            let fresh = || Scratch {
+                grad: vec![0.0; model.layout.len()],
+                margins: vec![0.0],
+                dm: vec![0.0],
+                ..Scratch::default()
+            };
+            let mut together = fresh();
+            let loss = model.add_rows(&block, order.iter().copied(), &mut together);
+            let mut alone = fresh();
+            let mut want = 0.0;
+            for &i in &order {
+                model.margins(&block, i, &mut alone.margins);
+                want += model.add_row(&block, i, &mut alone);
+            }
+            prop_assert_eq!(loss.to_bits(), want.to_bits());
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&together.grad), bits(&alone.grad));
+            prop_assert_eq!(&together.touched, &alone.touched);
         }
     }
 }

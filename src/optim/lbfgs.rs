@@ -236,6 +236,16 @@ pub(crate) fn pseudo_component(gi: f64, xi: f64, l1: f64, penalised: bool) -> f6
     }
 }
 
+/// The sign of the orthant OWL-QN keeps a coordinate in: that of `x`, or
+/// of `−pg` where `x` is 0.
+pub(crate) fn orthant(x: f64, pg: f64) -> f64 {
+    if x != 0.0 {
+        x.signum()
+    } else {
+        -pg.signum()
+    }
+}
+
 /// OWL-QN's projection of a trial point `t` onto the orthant of `x` (of
 /// `−pg` where `x` is 0): penalised coordinates that cross it become 0.
 pub(crate) fn project_to_orthant(t: &mut [f64], x: &[f64], pg: &[f64], penalised: &[bool]) {
@@ -243,12 +253,7 @@ pub(crate) fn project_to_orthant(t: &mut [f64], x: &[f64], pg: &[f64], penalised
         if !penalised[i] {
             continue;
         }
-        let orthant = if x[i] != 0.0 {
-            x[i].signum()
-        } else {
-            -pg[i].signum()
-        };
-        if t[i] * orthant <= 0.0 {
+        if t[i] * orthant(x[i], pg[i]) <= 0.0 {
             t[i] = 0.0;
         }
     }

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::lbfgs::{
-    project_to_orthant, pseudo_component, AcceptedStep, Convergence, Verdict, C1, MAX_BACKTRACKS,
+    orthant, project_to_orthant, pseudo_component, AcceptedStep, Convergence, Verdict, C1,
+    MAX_BACKTRACKS,
 };
 use super::Penalty;
 
@@ -119,6 +120,16 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     total
 }
 
+/// The length of the shortest vector of `pairs` (0 for none): the
+/// products [`dots`] takes.
+fn shortest(pairs: &[(&[f64], &[f64])]) -> usize {
+    pairs
+        .iter()
+        .map(|(a, b)| a.len().min(b.len()))
+        .min()
+        .unwrap_or(0)
+}
+
 /// Elements per block of [`dots`] and [`combine`]: a block of every
 /// vector of the basis stays in cache while it is used.
 const BLOCK: usize = 8192;
@@ -129,11 +140,7 @@ const BLOCK: usize = 8192;
 /// for a given length.
 fn dots(pairs: &[(&[f64], &[f64])]) -> Vec<f64> {
     let mut totals = vec![0.0; pairs.len()];
-    let n = pairs
-        .iter()
-        .map(|(a, b)| a.len().min(b.len()))
-        .min()
-        .unwrap_or(0);
+    let n = shortest(pairs);
     let mut start = 0;
     while start < n {
         let end = (start + BLOCK).min(n);
@@ -175,6 +182,162 @@ fn combine(terms: &[(f64, &[f64])], n: usize) -> Vec<f64> {
         start = end;
     }
     q
+}
+
+/// The coordinates of a piece where one of its vectors may be non-zero,
+/// increasing. Everywhere else the iterate starts at +0 and the loss
+/// gradient is +0, so every vector the recursion forms from them is an
+/// exact zero there: +0, but for the direction (−0, or +0 where OWL-QN
+/// masks it). A hashed model's gradient touches few of its slots (2,421 of
+/// 2^18 on the wide benchmark), and the dot products and the direction
+/// are computed over these coordinates alone, to the same bits: an exact
+/// zero added to a sum leaves it as it is (a sum that starts at +0 is
+/// never −0).
+#[derive(Debug, Clone, Default)]
+struct Support {
+    idx: Vec<usize>,
+    member: Vec<bool>,
+}
+
+impl Support {
+    /// The support of vectors of length `len` that are zero outside the
+    /// non-zero coordinates of `vectors`.
+    fn of(len: usize, vectors: &[&[f64]]) -> Support {
+        let mut s = Support {
+            idx: Vec::new(),
+            member: vec![false; len],
+        };
+        vectors.iter().for_each(|v| s.grow(v));
+        s
+    }
+
+    /// Adds the coordinates where `v` is not +0 (−0 and NaN included).
+    fn grow(&mut self, v: &[f64]) {
+        if self.member.len() < v.len() {
+            self.member.resize(v.len(), false);
+        }
+        let before = self.idx.len();
+        for (i, &x) in v.iter().enumerate() {
+            if x.to_bits() != 0 && !self.member[i] {
+                self.member[i] = true;
+                self.idx.push(i);
+            }
+        }
+        if self.idx.len() > before {
+            self.idx.sort_unstable();
+        }
+    }
+
+    /// The coordinates below `n`, when few enough of them that skipping
+    /// the rest pays (the result is the same either way).
+    fn sparse(&self, n: usize) -> Option<&[usize]> {
+        let idx = &self.idx[..self.idx.partition_point(|&i| i < n)];
+        (idx.len().saturating_mul(SPARSE_FRACTION) <= n).then_some(idx)
+    }
+}
+
+/// Spare vectors of a piece's length that are +0 outside its support (a
+/// dropped curvature pair's), for the next vectors the piece forms: those
+/// need writing on the support alone. Not kept by a checkpoint or a clone.
+#[derive(Debug, Default)]
+struct Pool(Vec<Vec<f64>>);
+
+impl Clone for Pool {
+    fn clone(&self) -> Pool {
+        Pool::default()
+    }
+}
+
+impl Pool {
+    /// At most this many spares are kept.
+    const KEEP: usize = 4;
+
+    /// Keeps `v` if there is room.
+    fn give(&mut self, v: Vec<f64>) {
+        if self.0.len() < Self::KEEP {
+            self.0.push(v);
+        }
+    }
+
+    /// A vector of length `n`, +0 outside the support (stale values on it).
+    fn take(&mut self, n: usize) -> Vec<f64> {
+        self.0.retain(|v| v.len() == n);
+        self.0.pop().unwrap_or_else(|| vec![0.0; n])
+    }
+}
+
+/// [`Support::sparse`] pays when at most one coordinate in this many is
+/// in the support.
+const SPARSE_FRACTION: usize = 4;
+
+/// [`dots`] when the vectors are zero outside `support` (increasing): the
+/// same products in the same lanes and order, so the same bits, over the
+/// support alone.
+fn dots_on(pairs: &[(&[f64], &[f64])], support: &[usize]) -> Vec<f64> {
+    let mut totals = vec![0.0; pairs.len()];
+    let n = shortest(pairs);
+    let mut rest = &support[..support.partition_point(|&i| i < n)];
+    let (mut lanes, mut block_totals) = (Vec::new(), Vec::new());
+    while let Some(&first) = rest.first() {
+        // The block `dots` takes `first` in, and where its lanes end (the
+        // tail after them is added in order, as `dot` adds it).
+        let start = first / BLOCK * BLOCK;
+        let end = (start + BLOCK).min(n);
+        let lanes_end = start + (end - start) / 8 * 8;
+        let (block, after) = rest.split_at(rest.partition_point(|&i| i < end));
+        let (laned, tail) = block.split_at(block.partition_point(|&i| i < lanes_end));
+        // Coordinate by coordinate, every pair (each vector's line is
+        // read once); each pair's lanes still take their products in
+        // coordinate order.
+        lanes.clear();
+        lanes.resize(pairs.len(), [0.0f64; 8]);
+        for &i in laned {
+            for (l, (a, b)) in lanes.iter_mut().zip(pairs) {
+                l[i % 8] += a[i] * b[i];
+            }
+        }
+        block_totals.clear();
+        block_totals.extend(
+            lanes
+                .iter()
+                .map(|l| ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))),
+        );
+        for &i in tail {
+            for (t, (a, b)) in block_totals.iter_mut().zip(pairs) {
+                *t += a[i] * b[i];
+            }
+        }
+        for (t, b) in totals.iter_mut().zip(&block_totals) {
+            *t += b;
+        }
+        rest = after;
+    }
+    totals
+}
+
+/// [`combine`] when the terms are zero outside `support` (increasing): each
+/// element of the support summed as `combine` sums it, the others +0 as
+/// `combine` leaves them.
+fn combine_on(terms: &[(f64, &[f64])], n: usize, support: &[usize]) -> Vec<f64> {
+    let mut q = vec![0.0; n];
+    for &i in &support[..support.partition_point(|&i| i < n)] {
+        q[i] = combine_at(terms, i);
+    }
+    q
+}
+
+/// Element `i` of [`combine`], summed as `combine` sums it.
+fn combine_at(terms: &[(f64, &[f64])], i: usize) -> f64 {
+    let mut qi = 0.0;
+    let mut fours = terms.chunks_exact(4);
+    for t in &mut fours {
+        qi = (((qi + t[0].0 * t[0].1[i]) + t[1].0 * t[1].1[i]) + t[2].0 * t[2].1[i])
+            + t[3].0 * t[3].1[i];
+    }
+    for &(c, v) in fours.remainder() {
+        qi += c * v[i];
+    }
+    qi
 }
 
 /// What the owners wait for.
@@ -238,6 +401,17 @@ pub struct Piece {
     pairs: VecDeque<(Vec<f64>, Vec<f64>)>,
     /// The accepted step's pair, until the owners decide to keep it.
     fresh: Option<(Vec<f64>, Vec<f64>)>,
+    /// Where the vectors may be non-zero; `None`: anywhere (a checkpoint
+    /// does not keep it, [`ShardedLbfgs::restore`] finds it again).
+    #[serde(skip)]
+    support: Option<Support>,
+    /// Spare vectors, with a support only.
+    #[serde(skip)]
+    pool: Pool,
+    /// `dir` came from [`ShardedLbfgs::propose`] (not steepest descent):
+    /// its values off the support are those `propose` gives them.
+    #[serde(skip)]
+    dir_proposed: bool,
 }
 
 impl Piece {
@@ -253,6 +427,39 @@ impl Piece {
             Vid::P => &self.pg,
             Vid::S(n) => pair(n).map_or(&[][..], |p| &p.0),
             Vid::Y(n) => pair(n).map_or(&[][..], |p| &p.1),
+        }
+    }
+
+    /// The coordinates below `n` outside of which every vector is zero,
+    /// when the sparse kernels pay.
+    fn sparse(&self, n: usize) -> Option<&[usize]> {
+        self.support.as_ref().and_then(|s| s.sparse(n))
+    }
+
+    /// The support of every vector the piece holds.
+    fn find_support(&self) -> Support {
+        let mut vectors: Vec<&[f64]> = vec![&self.x, &self.g, &self.pg, &self.dir, &self.trial];
+        for (s, y) in self.pairs.iter().chain(&self.fresh) {
+            vectors.push(s);
+            vectors.push(y);
+        }
+        Support::of(self.x.len(), &vectors)
+    }
+
+    /// The dot products of `pairs` of this piece's vectors.
+    fn dots(&self, pairs: &[(&[f64], &[f64])]) -> Vec<f64> {
+        match self.sparse(self.x.len()) {
+            Some(support) => dots_on(pairs, support),
+            None => dots(pairs),
+        }
+    }
+
+    /// The largest `|pg|`.
+    fn pg_max(&self) -> f64 {
+        let max = |m: f64, v: &f64| m.max(v.abs());
+        match self.sparse(self.pg.len()) {
+            Some(support) => support.iter().map(|&i| &self.pg[i]).fold(0.0, max),
+            None => self.pg.iter().fold(0.0, max),
         }
     }
 
@@ -274,8 +481,82 @@ impl Piece {
             .collect()
     }
 
+    /// Accepts the trial point, at which the loss gradient is `grad`:
+    /// keeps the step and the gradient change as the fresh pair and moves
+    /// the iterate, its gradient and pseudo-gradient there.
+    fn accept(&mut self, grad: &[f64], l2: f64, l1: f64) {
+        let n = self.x.len();
+        let support = self.support.take();
+        let fits = [self.g.len(), self.pg.len(), self.trial.len(), grad.len()] == [n; 4];
+        match support.as_ref().and_then(|s| s.sparse(n)).filter(|_| fits) {
+            Some(idx) => {
+                // The buffers are +0 off the support, as the dense
+                // formulas below would leave them.
+                let mut gx = self.pool.take(n);
+                for &i in idx {
+                    let (g, w) = (grad[i], self.trial[i]);
+                    gx[i] = if self.penalised[i] { g + l2 * w } else { g };
+                }
+                let mut s = std::mem::take(&mut self.x);
+                for &i in idx {
+                    s[i] = self.trial[i] - s[i];
+                }
+                let mut y = std::mem::take(&mut self.g);
+                for &i in idx {
+                    y[i] = gx[i] - y[i];
+                }
+                self.x = std::mem::take(&mut self.trial);
+                self.g = gx;
+                for &i in idx {
+                    self.pg[i] = pseudo_component(self.g[i], self.x[i], l1, self.penalised[i]);
+                }
+                self.fresh = Some((s, y));
+            }
+            None => {
+                let gx = self.smooth_grad(&self.trial, grad, l2);
+                let s: Vec<f64> = self.trial.iter().zip(&self.x).map(|(t, x)| t - x).collect();
+                let y: Vec<f64> = gx.iter().zip(&self.g).map(|(a, b)| a - b).collect();
+                self.fresh = Some((s, y));
+                self.x = std::mem::take(&mut self.trial);
+                self.g = gx;
+                self.pg = self.pseudo_grad(l1);
+            }
+        }
+        self.support = support;
+    }
+
+    /// Drops a curvature pair, keeping its vectors as spares.
+    fn drop_pair(&mut self, (s, y): (Vec<f64>, Vec<f64>)) {
+        self.pool.give(s);
+        self.pool.give(y);
+    }
+
     /// `x + α·dir`, projected on the orthant of `x` (OWL-QN).
     fn set_trial(&mut self, alpha: f64, l1: f64) {
+        let n = self.x.len();
+        let support = self.support.take();
+        let fits = [self.dir.len(), self.pg.len()] == [n; 2];
+        if let Some(idx) = support.as_ref().and_then(|s| s.sparse(n)).filter(|_| fits) {
+            // +0 off the support, as `x + α·dir` and the projection leave it.
+            let mut t = match std::mem::take(&mut self.trial) {
+                t if t.len() == n => t,
+                _ => self.pool.take(n),
+            };
+            for &i in idx {
+                t[i] = self.x[i] + alpha * self.dir[i];
+            }
+            if l1 > 0.0 {
+                for &i in idx {
+                    if self.penalised[i] && t[i] * orthant(self.x[i], self.pg[i]) <= 0.0 {
+                        t[i] = 0.0;
+                    }
+                }
+            }
+            self.trial = t;
+            self.support = support;
+            return;
+        }
+        self.support = support;
         self.trial = self
             .x
             .iter()
@@ -292,7 +573,7 @@ impl Piece {
     fn trial_partials(&self, penalty: Penalty) -> Scalars {
         let (mut r, mut decrease, mut dg) = (0.0, 0.0, 0.0);
         let known = self.pg.len() == self.x.len();
-        for i in 0..self.trial.len() {
+        let mut add = |i: usize| {
             let t = self.trial[i];
             if self.penalised[i] {
                 r += 0.5 * penalty.l2 * t * t + penalty.l1 * t.abs();
@@ -303,6 +584,11 @@ impl Piece {
                     dg += d * self.pg[i];
                 }
             }
+        };
+        // Each sum in coordinate order; the coordinates skipped add zeros.
+        match self.sparse(self.trial.len()) {
+            Some(support) => support.iter().for_each(|&i| add(i)),
+            None => (0..self.trial.len()).for_each(add),
         }
         Scalars {
             sums: vec![r, decrease, dg],
@@ -354,6 +640,9 @@ impl ShardedLbfgs {
             .into_iter()
             .map(|(x0, penalised)| Piece {
                 penalised,
+                support: Some(Support::of(x0.len(), &[&x0])),
+                pool: Pool::default(),
+                dir_proposed: false,
                 trial: x0.clone(),
                 x: x0,
                 g: Vec::new(),
@@ -409,6 +698,10 @@ impl ShardedLbfgs {
             });
         if !fits {
             return None;
+        }
+        let mut pieces = pieces;
+        for p in &mut pieces {
+            p.support = Some(p.find_support());
         }
         let outgoing = vec![Scalars::default(); pieces.len()];
         Some(ShardedLbfgs {
@@ -481,6 +774,11 @@ impl ShardedLbfgs {
         if !fits {
             return Err("the gradients do not fit the owned shards".into());
         }
+        for (p, grad) in self.pieces.iter_mut().zip(grads) {
+            if let Some(support) = p.support.as_mut() {
+                support.grow(grad);
+            }
+        }
         let (r, decrease, dg) = (total.sums[0], total.sums[1], total.sums[2]);
         let fx = loss + r;
         let c = &mut self.common;
@@ -499,22 +797,17 @@ impl ShardedLbfgs {
             // search along steepest descent (this evaluation is unused).
             c.checking = false;
             self.clear_history();
-            self.pieces
-                .iter_mut()
-                .for_each(|p| p.dir = p.pg.iter().map(|v| -v).collect());
+            self.pieces.iter_mut().for_each(|p| {
+                p.dir = p.pg.iter().map(|v| -v).collect();
+                p.dir_proposed = false;
+            });
             return Ok(self.begin_search());
         }
         c.checking = false;
         if fx.is_finite() && fx <= c.f + C1 * decrease {
             let old = c.f;
             for (p, grad) in self.pieces.iter_mut().zip(grads) {
-                let gx = p.smooth_grad(&p.trial, grad, l2);
-                let s: Vec<f64> = p.trial.iter().zip(&p.x).map(|(t, x)| t - x).collect();
-                let y: Vec<f64> = gx.iter().zip(&p.g).map(|(a, b)| a - b).collect();
-                p.fresh = Some((s, y));
-                p.x = std::mem::take(&mut p.trial);
-                p.g = gx;
-                p.pg = p.pseudo_grad(c.penalty.l1);
+                p.accept(grad, l2, c.penalty.l1);
             }
             Ok(self.gram_round(Some((fx, old))))
         } else {
@@ -555,13 +848,13 @@ impl ShardedLbfgs {
             .pieces
             .iter()
             .map(|p| Scalars {
-                sums: dots(
+                sums: p.dots(
                     &keys
                         .iter()
                         .map(|&(a, b)| (p.vector(a, c), p.vector(b, c)))
                         .collect::<Vec<_>>(),
                 ),
-                maxes: vec![p.pg.iter().fold(0.0f64, |m, v| m.max(v.abs()))],
+                maxes: vec![p.pg_max()],
             })
             .collect();
         self.common.wait = Wait::Gram { keys, accepted };
@@ -601,13 +894,16 @@ impl ShardedLbfgs {
         if keep && c.pairs.len() == c.memory {
             c.pairs.pop_front();
             self.pieces.iter_mut().for_each(|p| {
-                p.pairs.pop_front();
+                if let Some(pair) = p.pairs.pop_front() {
+                    p.drop_pair(pair);
+                }
             });
         }
         for p in &mut self.pieces {
-            let fresh = p.fresh.take();
-            if let (true, Some(pair)) = (keep, fresh) {
-                p.pairs.push_back(pair);
+            match (keep, p.fresh.take()) {
+                (true, Some(pair)) => p.pairs.push_back(pair),
+                (false, Some(pair)) => p.drop_pair(pair),
+                (_, None) => {}
             }
         }
         if keep {
@@ -650,7 +946,9 @@ impl ShardedLbfgs {
             .gram
             .retain(|&(a, b), _| a == Vid::P && b == Vid::P);
         for p in &mut self.pieces {
-            p.pairs.clear();
+            while let Some(pair) = p.pairs.pop_front() {
+                p.drop_pair(pair);
+            }
         }
     }
 
@@ -693,20 +991,43 @@ impl ShardedLbfgs {
         let common = &self.common;
         for p in &mut self.pieces {
             // dir = −(δ_P·pg + Σ δₗ·bₗ), masked to pg's orthant (OWL-QN).
+            let last = std::mem::take(&mut p.dir);
             let mut terms = vec![(delta[2 * h], &p.pg[..])];
             for (l, &d) in delta.iter().enumerate().take(2 * h) {
                 terms.push((d, p.vector(id(l), common)));
             }
-            let mut q = combine(&terms, p.pg.len());
-            q.iter_mut().for_each(|v| *v = -*v);
-            if l1 > 0.0 {
-                for ((qi, &g), &pen) in q.iter_mut().zip(&p.pg).zip(&p.penalised) {
-                    if pen && *qi * g >= 0.0 {
-                        *qi = 0.0;
-                    }
+            let n = p.pg.len();
+            let masked = |q: f64, g: f64, pen: bool| {
+                if l1 > 0.0 && pen && q * g >= 0.0 {
+                    0.0
+                } else {
+                    q
                 }
-            }
-            p.dir = q;
+            };
+            let reuse = p.dir_proposed && last.len() == n;
+            let dir = match p.sparse(n) {
+                // The last proposed direction holds off the support what
+                // this one would: −0, or +0 where masked.
+                Some(support) if reuse => {
+                    let mut q = last;
+                    for &i in support {
+                        q[i] = masked(-combine_at(&terms, i), p.pg[i], p.penalised[i]);
+                    }
+                    q
+                }
+                sparse => {
+                    let mut q = match sparse {
+                        Some(support) => combine_on(&terms, n, support),
+                        None => combine(&terms, n),
+                    };
+                    for ((qi, &g), &pen) in q.iter_mut().zip(&p.pg).zip(&p.penalised) {
+                        *qi = masked(-*qi, g, pen);
+                    }
+                    q
+                }
+            };
+            p.dir = dir;
+            p.dir_proposed = true;
         }
         self.common.checking = h > 0;
         self.begin_search()
@@ -750,6 +1071,16 @@ mod tests {
     use super::super::lbfgs::{drive, Lbfgs};
     use super::*;
 
+    /// Xorshift64 from `state` (not 0): each call, the next state.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// Mean logistic loss (+ no penalty: the optimizer adds it) and its
     /// gradient at `w` on a fixed synthetic problem; the last coordinate
     /// is the intercept.
@@ -760,13 +1091,8 @@ mod tests {
 
     impl Problem {
         fn new(rows: usize, dims: usize) -> Problem {
-            let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-            let mut next = move || {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            };
+            let mut bits = xorshift(0x2545_f491_4f6c_dd1d_u64);
+            let mut next = move || (bits() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
             let truth: Vec<f64> = (0..dims).map(|_| 4.0 * next()).collect();
             let mut x = Vec::new();
             let mut y = Vec::new();
@@ -961,6 +1287,201 @@ mod tests {
         for i in 0..n {
             let want = terms.iter().fold(0.0, |q, (c, v)| q + c * v[i]);
             assert_eq!(q[i].to_bits(), want.to_bits());
+        }
+    }
+
+    /// Vectors of length `n` that are +0 outside `support` and hold
+    /// values of mixed sign and magnitude (and a −0) on it.
+    fn on_support(n: usize, support: &[usize], seed: u64, count: usize) -> Vec<Vec<f64>> {
+        let mut next = xorshift(seed | 1);
+        (0..count)
+            .map(|_| {
+                let mut v = vec![0.0; n];
+                for &i in support {
+                    let r = next();
+                    v[i] = match r % 7 {
+                        0 => -0.0,
+                        1 => 1e-300 * (r >> 11) as f64,
+                        _ => ((r >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1e3,
+                    };
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// The sparse kernels give the dense kernels' bits, whatever the
+    /// support: a block's lanes, the tail of the last block, blocks with
+    /// no coordinate in the support, vectors shorter than others.
+    #[test]
+    fn sparse_products_and_combinations_are_the_dense_bits() {
+        let n = 2 * BLOCK + 13;
+        let supports: Vec<Vec<usize>> = vec![
+            vec![],
+            vec![0],
+            vec![n - 1],
+            vec![
+                3,
+                8,
+                9,
+                BLOCK - 1,
+                BLOCK,
+                2 * BLOCK + 7,
+                2 * BLOCK + 8,
+                n - 1,
+            ],
+            (0..n).step_by(97).collect(),
+            (BLOCK..2 * BLOCK).step_by(5).collect(),
+        ];
+        for (k, support) in supports.iter().enumerate() {
+            let v = on_support(n, support, 77 + k as u64, 6);
+            let pairs: Vec<(&[f64], &[f64])> = vec![
+                (&v[0], &v[1]),
+                (&v[2], &v[2]),
+                (&v[3], &v[4]),
+                (&v[5], &v[0][..n - 5]),
+            ];
+            assert_eq!(
+                bits(&dots_on(&pairs, support)),
+                bits(&dots(&pairs)),
+                "support {k}"
+            );
+            let terms: Vec<(f64, &[f64])> = v
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (j as f64 * 0.75 - 2.0, &v[..]))
+                .collect();
+            for count in [1, 4, 5, 6] {
+                assert_eq!(
+                    bits(&combine_on(&terms[..count], n, support)),
+                    bits(&combine(&terms[..count], n)),
+                    "support {k}, {count} terms"
+                );
+            }
+        }
+    }
+
+    /// A problem whose rows touch `active` of `dims` features (the others
+    /// are zero in every row): a hashed model's shape.
+    fn sparse_problem(rows: usize, dims: usize, active: &[usize]) -> Problem {
+        let mut p = Problem::new(rows, dims);
+        for r in &mut p.x {
+            for (j, v) in r.iter_mut().enumerate().take(dims) {
+                if !active.contains(&j) {
+                    *v = 0.0;
+                }
+            }
+        }
+        p
+    }
+
+    /// Every vector of every owner, as a checkpoint keeps it (−0 and +0
+    /// told apart).
+    fn state(owners: &[ShardedLbfgs]) -> Vec<u8> {
+        bincode::serialize(&owners.iter().map(ShardedLbfgs::save).collect::<Vec<_>>())
+            .expect("the state serializes")
+    }
+
+    /// Owners run through the sparse kernels hold, after every round,
+    /// every vector to the bit as owners that run the dense ones: the
+    /// support changes how much is computed, never what.
+    #[test]
+    fn the_sparse_path_keeps_every_vector_to_the_bit() {
+        let dims = 200;
+        let active = [3, 17, 18, 64, 150, 151, 199];
+        let problem = sparse_problem(300, dims, &active);
+        let n = dims + 1;
+        let ranges = [0..90, 90..n];
+        let penalised = |i: usize| i + 1 != n;
+        for (penalty, warm) in [
+            (Penalty { l2: 1e-2, l1: 0.0 }, false),
+            (Penalty { l2: 1e-3, l1: 2e-3 }, false),
+            (Penalty { l2: 1e-3, l1: 1e-3 }, true),
+        ] {
+            let start = |i: usize| match (warm, i) {
+                (true, 40) => 0.5,
+                (true, 41) => -0.0,
+                (true, 18) => -0.25,
+                _ => 0.0,
+            };
+            let make = || -> Vec<ShardedLbfgs> {
+                ranges
+                    .iter()
+                    .map(|r| {
+                        let piece = (
+                            r.clone().map(start).collect(),
+                            r.clone().map(penalised).collect(),
+                        );
+                        ShardedLbfgs::new(vec![piece], 3, 1e-12, Some(1e-10), penalty)
+                    })
+                    .collect()
+            };
+            let mut sparse = make();
+            let mut dense = make();
+            for o in &mut dense {
+                o.pieces.iter_mut().for_each(|p| p.support = None);
+            }
+            let mut request = Request::Evaluate;
+            let mut rounds = 0;
+            let mut took_sparse = false;
+            while rounds < 400 {
+                rounds += 1;
+                let t: Scalars = {
+                    let mut t = Scalars::default();
+                    sparse.iter().for_each(|o| t.add(&o.partials(0)));
+                    t
+                };
+                let w: Vec<f64> = sparse.iter().flat_map(|o| o.trial(0).to_vec()).collect();
+                took_sparse |= sparse
+                    .iter()
+                    .all(|o| o.pieces[0].sparse(o.pieces[0].x.len()).is_some());
+                let step = |owners: &mut Vec<ShardedLbfgs>| -> Vec<Request> {
+                    match request {
+                        Request::Evaluate => {
+                            let (loss, g) = problem.eval(&w);
+                            owners
+                                .iter_mut()
+                                .zip(&ranges)
+                                .map(|(o, r)| {
+                                    o.on_trial(loss, &[g[r.clone()].to_vec()], &t).unwrap()
+                                })
+                                .collect()
+                        }
+                        Request::Reduce => {
+                            owners.iter_mut().map(|o| o.on_gram(&t).unwrap()).collect()
+                        }
+                        Request::Accepted { .. } => {
+                            owners.iter_mut().map(ShardedLbfgs::propose).collect()
+                        }
+                        Request::Stalled => Vec::new(),
+                    }
+                };
+                if matches!(
+                    request,
+                    Request::Stalled
+                        | Request::Accepted {
+                            converged: true,
+                            ..
+                        }
+                ) {
+                    break;
+                }
+                let a = step(&mut sparse);
+                let b = step(&mut dense);
+                assert_eq!(a, b, "{penalty:?}: round {rounds}");
+                assert_eq!(state(&sparse), state(&dense), "{penalty:?}: round {rounds}");
+                request = a[0];
+            }
+            assert!(took_sparse, "{penalty:?}: the sparse kernels never ran");
+            assert!(
+                sparse[0].iterations() > 5,
+                "{penalty:?}: {} iterations are too few to tell",
+                sparse[0].iterations()
+            );
+            assert!(
+                sparse[0].converged_by().is_some(),
+                "{penalty:?}: did not converge in {rounds} rounds"
+            );
         }
     }
 

@@ -848,12 +848,27 @@ impl Driver {
     /// sums over `rows` rows (zero where there is no sum).
     fn mean_grad(&self, s: &OwnedShard, sums: &BTreeMap<u32, ShardGrad>, rows: u64) -> Vec<f64> {
         let (roles, fit_intercept, start) = (&self.roles, self.fit_intercept, s.range.start);
-        sums.get(&s.id)
-            .map_or_else(|| vec![0.0; s.range.len()], |g| g.to_dense(s.range.len()))
-            .iter()
-            .enumerate()
-            .map(|(i, &g)| Self::mean_at(roles, fit_intercept, rows, start + i, g))
-            .collect()
+        let mean = |i: usize, g: f64| Self::mean_at(roles, fit_intercept, rows, start + i, g);
+        match sums.get(&s.id) {
+            // A coordinate no row touched has the mean of a +0 sum: +0.
+            None => vec![0.0; s.range.len()],
+            Some(ShardGrad::Sparse(entries)) => {
+                let mut grad = vec![0.0; s.range.len()];
+                for &(i, g) in entries {
+                    if let Some(x) = grad.get_mut(i as usize) {
+                        *x = mean(i as usize, g);
+                    }
+                }
+                grad
+            }
+            Some(ShardGrad::Dense(sums)) => {
+                let mut grad = sums.clone();
+                for (i, g) in grad.iter_mut().enumerate() {
+                    *g = mean(i, *g);
+                }
+                grad
+            }
+        }
     }
 
     /// The mean gradient of parameter `i` (absolute index) from its sum
