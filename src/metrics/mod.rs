@@ -161,6 +161,12 @@ impl EvalPartial {
             if kind == ModelKind::Logistic {
                 // The loss and the score from one exponential.
                 let (l, score) = crate::model::loss::logistic(out[0], y);
+                // A NaN's sign is sigmoid's (AUC orders NaNs by it).
+                let score = if score.is_nan() {
+                    crate::model::loss::sigmoid(out[0])
+                } else {
+                    score
+                };
                 loss += l;
                 self.count(usize::from(out[0] > 0.0), y as usize);
                 self.scores.push((score, y > 0.5));

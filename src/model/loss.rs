@@ -27,7 +27,8 @@ pub fn sigmoid(m: f64) -> f64 {
 
 /// The logistic loss of margin `m` for label `y` (0/1) and the positive
 /// class's probability, [`sigmoid`]`(m)`: both from one `exp(−|m|)`, to
-/// the bits of [`softplus`] and [`sigmoid`].
+/// the bits of [`softplus`] and [`sigmoid`] (a NaN margin gives a NaN
+/// whose sign may differ from `sigmoid`'s).
 #[inline]
 pub fn logistic(m: f64, y: f64) -> (f64, f64) {
     let e = (-m.abs()).exp();

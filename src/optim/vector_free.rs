@@ -213,12 +213,17 @@ impl Support {
 
     /// Adds the coordinates where `v` is not +0 (−0 and NaN included).
     fn grow(&mut self, v: &[f64]) {
+        self.grow_where(v, |x| x.to_bits() != 0);
+    }
+
+    /// Adds the coordinates where `keep` holds of `v`'s value.
+    fn grow_where(&mut self, v: &[f64], keep: impl Fn(f64) -> bool) {
         if self.member.len() < v.len() {
             self.member.resize(v.len(), false);
         }
         let before = self.idx.len();
         for (i, &x) in v.iter().enumerate() {
-            if x.to_bits() != 0 && !self.member[i] {
+            if keep(x) && !self.member[i] {
                 self.member[i] = true;
                 self.idx.push(i);
             }
@@ -438,12 +443,17 @@ impl Piece {
 
     /// The support of every vector the piece holds.
     fn find_support(&self) -> Support {
-        let mut vectors: Vec<&[f64]> = vec![&self.x, &self.g, &self.pg, &self.dir, &self.trial];
+        let mut vectors: Vec<&[f64]> = vec![&self.x, &self.g, &self.pg, &self.trial];
         for (s, y) in self.pairs.iter().chain(&self.fresh) {
             vectors.push(s);
             vectors.push(y);
         }
-        Support::of(self.x.len(), &vectors)
+        let mut support = Support::of(self.x.len(), &vectors);
+        // The direction is −0 off the support (+0 where masked): its
+        // zeros of either sign are off it. The next `propose` writes it
+        // whole (`dir_proposed` is false after a restore).
+        support.grow_where(&self.dir, |d| d != 0.0 || d.is_nan());
+        support
     }
 
     /// The dot products of `pairs` of this piece's vectors.
@@ -1005,7 +1015,10 @@ impl ShardedLbfgs {
                 }
             };
             let reuse = p.dir_proposed && last.len() == n;
-            let dir = match p.sparse(n) {
+            // A coefficient of ±inf or NaN times an exact zero is NaN,
+            // not zero: then the dense formula, everywhere.
+            let finite = terms.iter().all(|(c, _)| c.is_finite());
+            let dir = match p.sparse(n).filter(|_| finite) {
                 // The last proposed direction holds off the support what
                 // this one would: −0, or +0 where masked.
                 Some(support) if reuse => {
@@ -1335,17 +1348,22 @@ mod tests {
         ];
         for (k, support) in supports.iter().enumerate() {
             let v = on_support(n, support, 77 + k as u64, 6);
-            let pairs: Vec<(&[f64], &[f64])> = vec![
-                (&v[0], &v[1]),
-                (&v[2], &v[2]),
-                (&v[3], &v[4]),
-                (&v[5], &v[0][..n - 5]),
-            ];
+            let pairs: Vec<(&[f64], &[f64])> = vec![(&v[0], &v[1]), (&v[2], &v[2]), (&v[3], &v[4])];
             assert_eq!(
                 bits(&dots_on(&pairs, support)),
                 bits(&dots(&pairs)),
                 "support {k}"
             );
+            // Products end at the shortest vector: a tail of 2 (n − 3), of
+            // none (n − 5), inside the lanes of a block (n − 9).
+            for cut in [3, 5, 9] {
+                let short: Vec<(&[f64], &[f64])> = vec![(&v[5], &v[0][..n - cut]), (&v[1], &v[1])];
+                assert_eq!(
+                    bits(&dots_on(&short, support)),
+                    bits(&dots(&short)),
+                    "support {k}, cut {cut}"
+                );
+            }
             let terms: Vec<(f64, &[f64])> = v
                 .iter()
                 .enumerate()
@@ -1465,6 +1483,24 @@ mod tests {
                         }
                 ) {
                     break;
+                }
+                if matches!(request, Request::Accepted { .. }) && sparse[0].iterations() == 4 {
+                    // A checkpoint and a resume at this iterate: the
+                    // support is found again, sparse, and the bits go on.
+                    sparse = sparse
+                        .iter()
+                        .map(|o| {
+                            let (common, pieces) = o.save();
+                            ShardedLbfgs::restore(common, pieces).expect("a saved iterate restores")
+                        })
+                        .collect();
+                    let sparse_again = sparse
+                        .iter()
+                        .all(|o| o.pieces[0].sparse(o.pieces[0].x.len()).is_some());
+                    assert!(
+                        sparse_again,
+                        "{penalty:?}: the restored support is not sparse"
+                    );
                 }
                 let a = step(&mut sparse);
                 let b = step(&mut dense);
