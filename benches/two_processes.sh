@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# Where 2 processes lose time against 2 threads (docs/benchmarks.md): the
-# adult pipeline (77 steps an epoch, little work a step), 2 threads in one
-# process against 2 processes over loopback; per-step time from the
-# metrics (epochs 6–N), and with `perf` the context switches and CPU use of
-# process 0 for 5 and 45 epochs (the difference is per-step).
+# Where 2 processes lose time against 2 threads (docs/benchmarks.md): one
+# pipeline (default the adult pipeline: 77 steps an epoch, little work a
+# step), 2 threads in one process against 2 processes over loopback;
+# per-step time from the metrics (epochs 6–N), and with `perf` the context
+# switches and CPU use of process 0 for 5 and N epochs (the difference is
+# per-step). Both layouts must write the same model bytes.
 #   bash benches/two_processes.sh [EPOCHS]      # default 45
+# Env: PIPELINE (default pipelines/adult.toml), SETS (space-separated
+# --set values for every run, e.g. "train.fold=owners"), TIDEMILL (binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 E=${1:-45}
 T=${TIDEMILL:-target/release/tidemill}
 [ -x "$T" ] || cargo build --release
-P=pipelines/adult.toml
+P=${PIPELINE:-pipelines/adult.toml}
+SET=()
+for s in ${SETS:-}; do SET+=(--set "$s"); done
 D=$(mktemp -d)
 trap 'rm -rf "$D"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 have_perf() { command -v perf > /dev/null && perf stat -e task-clock true > /dev/null 2>&1; }
 stat() { if have_perf; then perf stat -x, -e context-switches,task-clock -o "$1" "${@:2}"; else "${@:2}"; fi; }
-threads() { stat "$D/t$1.stat" "$T" train "$P" -w 2 --set "train.epochs=$1" --model-out "$D/t.json" --metrics-out "$D/t$1.jsonl" -q > /dev/null; }
+threads() {
+  stat "$D/t$1.stat" "$T" train "$P" -w 2 "${SET[@]}" --set "train.epochs=$1" \
+    --model-out "$D/t.json" --metrics-out "$D/t$1.jsonl" -q > /dev/null
+}
 processes() {
   printf '127.0.0.1:%s\n127.0.0.1:%s\n' "$(port)" "$(port)" > "$D/hosts"
-  "$T" train "$P" -n 2 -p 1 --hostfile "$D/hosts" --set "train.epochs=$1" --model-out "$D/p1.json" -q > /dev/null &
-  stat "$D/p$1.stat" "$T" train "$P" -n 2 -p 0 --hostfile "$D/hosts" --set "train.epochs=$1" \
+  "$T" train "$P" -n 2 -p 1 --hostfile "$D/hosts" "${SET[@]}" --set "train.epochs=$1" \
+    --model-out "$D/p1.json" -q > /dev/null &
+  stat "$D/p$1.stat" "$T" train "$P" -n 2 -p 0 --hostfile "$D/hosts" "${SET[@]}" --set "train.epochs=$1" \
     --model-out "$D/p.json" --metrics-out "$D/p$1.jsonl" -q > /dev/null
   wait
 }
@@ -29,8 +38,10 @@ cmp -s "$D/t.json" "$D/p.json" || { echo "two_processes.sh: the models differ" >
 python3 - "$D" "$E" <<'PY'
 import json, os, sys
 d, e = sys.argv[1], int(sys.argv[2])
+def records(f):
+    return [json.loads(l) for l in open(f)]
 def per_step(f):
-    rs = [json.loads(l) for l in open(f)]
+    rs = records(f)
     return (rs[-1]["elapsed_s"] - rs[4]["elapsed_s"]) / (rs[-1]["steps"] - rs[4]["steps"])
 def stat(f):
     if not os.path.exists(f):
@@ -42,7 +53,8 @@ def stat(f):
             v[parts[2]] = float(parts[0])
     return v
 t, p = per_step(f"{d}/t{e}.jsonl"), per_step(f"{d}/p{e}.jsonl")
-steps = (e - 5) * 77
+rs = records(f"{d}/p{e}.jsonl")
+steps = rs[-1]["steps"] - rs[4]["steps"]
 print(f"per step: 2 threads {t * 1e6:.0f} µs, 2 processes {p * 1e6:.0f} µs, ratio {p / t:.2f} (same model bytes)")
 for name in ("t", "p"):
     a, b = stat(f"{d}/{name}5.stat"), stat(f"{d}/{name}{e}.stat")

@@ -191,6 +191,32 @@ fn allreduce_killed_mid_epoch_resumes_to_the_same_model_on_any_worker_count() {
     );
 }
 
+/// Where the gradients are folded (`train.fold`) does not change the model,
+/// so it is not part of the job: a job killed while every worker folded
+/// resumes with the owners folding, and back, to the same model.
+#[test]
+fn a_job_resumes_with_the_other_fold_to_the_same_model() {
+    for (first, then) in [("every-worker", "owners"), ("owners", "every-worker")] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job::new(
+            dir.path(),
+            6,
+            &["optimizer.kind=\"adam\"", "optimizer.learning_rate=0.01"],
+        );
+        let reference = job.run(2, &[]);
+        std::fs::remove_dir_all(job.checkpoints()).unwrap();
+        std::fs::remove_file(job.model()).unwrap();
+        let first = format!("train.fold={first}");
+        job.kill_after(2, 1, 25, &["--set", &first]);
+        let then = format!("train.fold={then}");
+        let resumed = job.run(3, &["--set", &then, "--resume"]);
+        assert!(
+            resumed == reference,
+            "killed with {first} on 2 workers, resumed with {then} on 3: the model differs"
+        );
+    }
+}
+
 #[test]
 fn param_server_killed_mid_epoch_resumes_to_the_same_model_on_any_worker_count() {
     // Synchronous: bounded staleness is not reproducible bit for bit even

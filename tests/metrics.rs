@@ -86,6 +86,31 @@ fn bytes_exchanged_are_counted() {
     assert_eq!(total, expected);
 }
 
+/// Every worker folding (`train.fold = "every-worker"`): in a training
+/// step each worker sends its gradient to the other one, and no parameters
+/// travel, evaluation rounds included. (Sliced, so that every worker has
+/// rows in every step: a worker without any sends an empty sparse partial.)
+#[test]
+fn bytes_exchanged_when_every_worker_folds() {
+    let recs = records(
+        2,
+        &[
+            "data.partition=slice",
+            "optimizer.kind=sgd",
+            "train.epochs=3",
+            "train.shards=1",
+            "train.fold=every-worker",
+        ],
+    );
+    let total: u64 = recs
+        .iter()
+        .map(|r| r["bytes_exchanged"].as_u64().unwrap())
+        .sum();
+    let steps = recs.last().unwrap()["steps"].as_u64().unwrap();
+    assert!(steps > 3, "{recs:?}");
+    assert_eq!(total, steps * 2 * grad_bytes(31));
+}
+
 #[test]
 fn plot_renders_loss_against_wall_time() {
     let dir = tempfile::tempdir().unwrap();

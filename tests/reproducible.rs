@@ -177,6 +177,34 @@ fn lazy_updates_hashed_categoricals() {
     }
 }
 
+/// `train.fold`: the shards' owners, or every worker, sum the gradients
+/// and step the optimizer: the same model bytes either way, on 1, 2 and 4
+/// threads and on 2 processes, with dense steps and with lazy updates on
+/// hashed categoricals.
+#[test]
+fn the_owners_or_every_worker_fold_the_same_model() {
+    for fold in ["train.fold=owners", "train.fold=every-worker"] {
+        check(
+            "pipelines/breast_cancer.toml",
+            &[
+                "optimizer.kind=adam",
+                "optimizer.learning_rate=0.01",
+                "train.shards=5",
+                fold,
+            ],
+        );
+        check(
+            "pipelines/adult.toml",
+            &[
+                "optimizer.kind=ftrl",
+                "model.l1=0.001",
+                "train.epochs=2",
+                fold,
+            ],
+        );
+    }
+}
+
 #[test]
 fn different_seeds_give_different_models() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot::Part;
 use super::{owner, Control, Failure, GradMsg, ParamMsg, Partial, Scalars};
+use crate::error::Error;
 use crate::exact::{Bound, Exact, Wide};
 
 /// A shard's summed gradient: every coordinate, or only the coordinates
@@ -142,17 +143,36 @@ fn sum_partials(parts: Vec<Partial>) -> ShardGrad {
     ShardGrad::Dense(acc.into_iter().map(Exact::to_f64).collect())
 }
 
+/// Whether `grads` hold exactly `peers` messages for each shard in `owned`
+/// and none for any other: one from every worker, as each sends one per
+/// shard in a training round.
+fn every_worker_once(grads: &[GradMsg], owned: &[u32], peers: usize) -> bool {
+    !owned.is_empty()
+        && grads.len() == owned.len() * peers
+        && owned
+            .iter()
+            .all(|&k| grads.iter().filter(|g| g.shard == k).count() == peers)
+}
+
 /// Extension trait: fold gradients into sharded parameters.
 pub trait FoldShards<'scope> {
     /// Routes each [`GradMsg`] to its shard's owner, waits until a round is
     /// complete (the frontier has passed it, on gradients and control), then
     /// lets the [`Owner`] step and emits the [`ParamMsg`]s it releases, each
     /// at the delay it asks for, and the owner's checkpoint parts.
+    ///
+    /// `sync`: the shards this worker owns, when every round of gradients
+    /// brings one message per owned shard from every worker (a synchronous
+    /// loop); such a round is folded as soon as they are all there.
+    /// `every_worker`: the gradients are already on every worker (this one
+    /// owns every shard) and stay here.
     fn fold_shards(
         self,
         control: StreamVec<'scope, u64, Control>,
         owner: impl Owner,
         failure: Rc<RefCell<Option<Failure>>>,
+        sync: Option<Vec<u32>>,
+        every_worker: bool,
     ) -> StreamVec<'scope, u64, FoldOut>;
 }
 
@@ -169,13 +189,28 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
         control: StreamVec<'scope, u64, Control>,
         mut driver: impl Owner,
         failure: Rc<RefCell<Option<Failure>>>,
+        sync: Option<Vec<u32>>,
+        every_worker: bool,
     ) -> StreamVec<'scope, u64, FoldOut> {
         let peers = self.scope().peers();
-        let route = Exchange::new(move |m: &GradMsg| owner(m.shard, peers) as u64);
+        let here = self.scope().index();
+        let complete = move |r: &Round| {
+            r.control.is_empty()
+                && sync
+                    .as_ref()
+                    .is_some_and(|owned| every_worker_once(&r.grads, owned, peers))
+        };
+        let route = Exchange::new(move |m: &GradMsg| match every_worker {
+            true => here as u64,
+            false => owner(m.shard, peers) as u64,
+        });
         self.binary_frontier(control, route, Local, "FoldShards", move |cap0, _info| {
             let mut start = Some(cap0);
             let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
             let mut stopped = false;
+            // The latest round folded: a message for it or an earlier one
+            // is late (the round was taken as complete without it).
+            let mut folded: Option<u64> = None;
             move |(grads, f1), (controls, f2), output| {
                 if let Some(cap) = start.take() {
                     for (delay, msg) in driver.start() {
@@ -184,27 +219,42 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                             .give(FoldOut::Params(msg));
                     }
                 }
+                let mut late = None;
                 grads.for_each(|cap, data| {
-                    if let Some(cap) = cap.retain_least(output.output_index()) {
+                    if let Some(&t) = cap.least().filter(|&&t| folded.is_some_and(|f| t <= f)) {
+                        late.get_or_insert(t);
+                    } else if let Some(cap) = cap.retain_least(output.output_index()) {
                         let r = rounds.entry(*cap.time()).or_default();
                         r.grads.append(data);
                         r.cap.get_or_insert(cap);
                     }
                 });
                 controls.for_each(|cap, data| {
-                    if let Some(cap) = cap.retain_least(output.output_index()) {
+                    if let Some(&t) = cap.least().filter(|&&t| folded.is_some_and(|f| t <= f)) {
+                        late.get_or_insert(t);
+                    } else if let Some(cap) = cap.retain_least(output.output_index()) {
                         let r = rounds.entry(*cap.time()).or_default();
                         r.control.append(data);
                         r.cap.get_or_insert(cap);
                     }
                 });
-                while let Some((&t, _)) = rounds.first_key_value() {
-                    if f1.frontier().less_equal(&t) || f2.frontier().less_equal(&t) {
+                if let Some(t) = late.filter(|_| !stopped) {
+                    failure.borrow_mut().get_or_insert_with(|| {
+                        Failure::from(&Error::Internal(format!(
+                            "a message for round {t} came after the round was folded"
+                        )))
+                    });
+                    stopped = true;
+                }
+                while let Some((&t, round)) = rounds.first_key_value() {
+                    let passed = !f1.frontier().less_equal(&t) && !f2.frontier().less_equal(&t);
+                    if !passed && !complete(round) {
                         break;
                     }
                     let Some((_, round)) = rounds.pop_first() else {
                         break;
                     };
+                    folded = Some(t);
                     let Some(cap) = round.cap else { continue };
                     if stopped {
                         continue;
@@ -270,7 +320,10 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                     } else {
                         Vec::new()
                     };
-                    if let Some(part) = driver.take_snapshot() {
+                    // Where every worker owns every shard, worker 0's
+                    // state is the one saved.
+                    let saves = !every_worker || here == 0;
+                    if let Some(part) = driver.take_snapshot().filter(|_| saves) {
                         output.session(&cap).give(FoldOut::Saved(part));
                     }
                     if let Some(f) = driver.take_stopped() {
@@ -285,5 +338,43 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(shards: &[u32]) -> Vec<GradMsg> {
+        shards
+            .iter()
+            .map(|&shard| GradMsg {
+                shard,
+                values: Partial::Dense(Vec::new()),
+                loss: Wide::default(),
+                bound: Bound::default(),
+                rows: 0,
+                reduced: Scalars::default(),
+                failure: None,
+            })
+            .collect()
+    }
+
+    /// A round is taken as complete before the frontier only with exactly
+    /// one message per owned shard from every worker.
+    #[test]
+    fn a_round_is_complete_with_each_workers_message_for_each_owned_shard() {
+        let owned = [1, 3];
+        assert!(every_worker_once(&of(&[3, 1, 1, 3]), &owned, 2));
+        assert!(every_worker_once(&of(&[1, 3]), &owned, 1));
+        for shards in [
+            &[1, 3, 1][..],
+            &[1, 1, 1, 3],
+            &[1, 3, 3, 5],
+            &[1, 3, 1, 3, 1],
+        ] {
+            assert!(!every_worker_once(&of(shards), &owned, 2), "{shards:?}");
+        }
+        assert!(!every_worker_once(&of(&[]), &[], 2));
     }
 }

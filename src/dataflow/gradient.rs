@@ -51,6 +51,11 @@ pub struct GradientContext {
     pub index: usize,
     /// Number of workers.
     pub peers: usize,
+    /// Every worker folds every shard (`train.fold = "every-worker"`): a
+    /// worker sends its gradients to every other worker and receives no
+    /// parameters; otherwise to the shards' owners, whose parameters it
+    /// receives.
+    pub every_worker: bool,
     /// Where this worker records its own failure.
     pub failure: Rc<RefCell<Option<Failure>>>,
     /// A strategy whose workers step their own replica (`model-average`):
@@ -501,6 +506,15 @@ impl State {
 
     /// Answers a round with `failure` instead of results: every shard
     /// owner (training) or the collector (evaluation) then stops.
+    /// How many other workers shard `k`'s gradient message goes to.
+    fn sent_to(&self, k: usize) -> u64 {
+        if self.ctx.every_worker {
+            self.ctx.peers as u64 - 1
+        } else {
+            u64::from(owner(k as u32, self.ctx.peers) != self.ctx.index)
+        }
+    }
+
     fn fail_round(&self, msgs: &[ParamMsg], f: Failure, emit: &mut impl FnMut(WorkerOut)) {
         match msgs.first().map(|m| m.phase) {
             Some(Phase::Train { .. } | Phase::Reduce) => {
@@ -546,7 +560,7 @@ impl State {
             self.fail_round(&msgs, f, emit);
             return;
         }
-        for m in &msgs {
+        for m in msgs.iter().filter(|_| !self.ctx.every_worker) {
             if owner(m.shard, self.ctx.peers) != self.ctx.index {
                 self.epoch_bytes += param_bytes(&m.phase, &m.values, &m.scalars)
                     + m.lazy.as_ref().map_or(0, LazyHeader::bytes);
@@ -597,9 +611,7 @@ impl State {
                         len: range.len() as u32,
                         entries: Vec::new(),
                     };
-                    if owner(k as u32, self.ctx.peers) != self.ctx.index {
-                        self.epoch_bytes += grad_msg_bytes(&values, &reduced);
-                    }
+                    self.epoch_bytes += self.sent_to(k) * grad_msg_bytes(&values, &reduced);
                     emit(WorkerOut::Grad(GradMsg {
                         shard: k as u32,
                         values,
@@ -628,9 +640,7 @@ impl State {
                             })
                         });
                     for (k, values) in partials.into_iter().enumerate() {
-                        if owner(k as u32, self.ctx.peers) != self.ctx.index {
-                            self.epoch_bytes += grad_msg_bytes(&values, &reduced);
-                        }
+                        self.epoch_bytes += self.sent_to(k) * grad_msg_bytes(&values, &reduced);
                         emit(WorkerOut::Grad(GradMsg {
                             shard: k as u32,
                             values,
@@ -689,6 +699,17 @@ impl State {
     }
 }
 
+/// Whether `msgs` hold exactly one message for each of `shards` shards.
+fn every_shard_once(msgs: &[ParamMsg], shards: usize) -> bool {
+    shards > 0 && msgs.len() == shards && {
+        let mut seen = vec![false; shards];
+        msgs.iter().all(|m| {
+            seen.get_mut(m.shard as usize)
+                .is_some_and(|s| !std::mem::replace(s, true))
+        })
+    }
+}
+
 /// The total of the messages' scalars over the shards, in shard order; an
 /// error if their layouts differ (owners out of step: a bug).
 fn reduce_scalars(msgs: &[ParamMsg]) -> Result<Scalars, String> {
@@ -730,14 +751,27 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
             stopped: false,
         };
         let scope = self.scope();
+        // A synchronous round brings one message per shard, each from its
+        // owner: with all of them here the round is complete, before the
+        // owners' progress messages say so.
+        let shards = state.ctx.shards.len();
+        let complete = move |msgs: &[ParamMsg]| lag == 0 && every_shard_once(msgs, shards);
         self.unary_frontier(Local, "Gradients", move |_cap, info| {
             let activator = scope.activator_for(info.address);
             let mut rounds = Rounds::default();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| rounds.add(cap, data, output.output_index()));
+                if let Some(t) = rounds.late() {
+                    // The next round fails, and with it the job.
+                    state.ctx.failure.borrow_mut().get_or_insert_with(|| {
+                        Failure::from(&Error::Internal(format!(
+                            "parameters for round {t} came after the round was taken as complete"
+                        )))
+                    });
+                }
                 // One round per activation: its gradients and progress reach
                 // the other workers before this one starts the next round.
-                let Some((t, first)) = rounds.ready(frontier.frontier()) else {
+                let Some((t, first)) = rounds.ready_by(frontier.frontier(), complete) else {
                     return;
                 };
                 let trains = first
@@ -747,13 +781,13 @@ impl<'scope> Gradients<'scope> for Stream<'scope, u64, Vec<ParamMsg>> {
                     activator.activate_after(wait);
                     return;
                 }
-                if let Some((t, cap, msgs)) = rounds.pop_ready(frontier.frontier()) {
+                if let Some((t, cap, msgs)) = rounds.pop_ready_by(frontier.frontier(), complete) {
                     // Rounds up to `lag` later may already hold fresher shards.
                     let fresher: Vec<&ParamMsg> = rounds.buffered(t + 1..=t + lag).collect();
                     let mut session = output.session(&cap);
                     state.round(msgs, &fresher, &mut |m| session.give(m));
                 }
-                if rounds.ready(frontier.frontier()).is_some() {
+                if rounds.ready_by(frontier.frontier(), complete).is_some() {
                     activator.activate();
                 }
             }
@@ -787,6 +821,31 @@ mod tests {
         assert!(wire[8 + own.len()..].iter().all(|&b| b == 0));
         assert_eq!(wire.len(), (8 + own.len()).div_ceil(8) * 8);
         own.len() as u64
+    }
+
+    /// A round's parameters are complete before the frontier only with
+    /// exactly one message for each shard.
+    #[test]
+    fn every_shard_once_needs_each_shard_exactly_once() {
+        let of = |shards: &[u32]| -> Vec<ParamMsg> {
+            shards
+                .iter()
+                .map(|&shard| ParamMsg {
+                    shard,
+                    phase: Phase::Refresh,
+                    version: 0,
+                    seq: 1,
+                    values: ShardValues::Delta(Vec::new()),
+                    lazy: None,
+                    scalars: Scalars::default(),
+                })
+                .collect()
+        };
+        assert!(every_shard_once(&of(&[2, 0, 1]), 3));
+        for shards in [&[0, 1][..], &[0, 1, 1], &[0, 1, 3], &[0, 1, 2, 2]] {
+            assert!(!every_shard_once(&of(shards), 3), "{shards:?}");
+        }
+        assert!(!every_shard_once(&of(&[]), 0));
     }
 
     fn exacts(n: usize) -> Vec<Exact> {

@@ -580,6 +580,44 @@ impl Staleness {
     }
 }
 
+/// `train.fold`: where an `allreduce` step's gradients are summed and the
+/// optimizer steps. The model is the same bits either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fold {
+    /// Every worker for a small model (see [`Fold::every_worker`]), the
+    /// owners otherwise.
+    #[default]
+    Auto,
+    /// Each shard's owner sums the shard's gradients from every worker and
+    /// sends the new values to every worker: two trips over the network a
+    /// step, each worker sending about two parameter vectors' worth
+    /// whatever the worker count.
+    Owners,
+    /// Every worker receives every worker's gradients and steps the whole
+    /// model itself: one trip a step, each worker sending one vector to
+    /// every other worker.
+    EveryWorker,
+}
+
+/// `train.fold = "auto"` folds on every worker while the gradients a
+/// worker sends to the others in a step total at most this many
+/// coordinates (parameters × (workers − 1)).
+pub const EVERY_WORKER_MAX_COORDINATES: usize = 1 << 16;
+
+impl Fold {
+    /// Whether every worker folds, for a model of `params` parameters on
+    /// `workers` workers (a strategy and optimizer that allow it).
+    pub fn every_worker(self, params: usize, workers: usize) -> bool {
+        workers > 1
+            && match self {
+                Fold::Auto => params.saturating_mul(workers - 1) <= EVERY_WORKER_MAX_COORDINATES,
+                Fold::Owners => false,
+                Fold::EveryWorker => true,
+            }
+    }
+}
+
 /// Early stopping on a validation metric.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EarlyStopping {
@@ -619,6 +657,10 @@ pub struct TrainSpec {
     /// stop falls on; 1 for the other optimizers.
     #[serde(default = "one_u32")]
     pub eval_every: u32,
+    /// `allreduce` with a first-order optimizer: where the gradients are
+    /// folded ([`Fold`]); `Owners` for the other strategies and L-BFGS.
+    #[serde(default)]
+    pub fold: Fold,
 }
 
 fn one_u32() -> u32 {
@@ -2024,6 +2066,34 @@ fn train_spec(
             ));
         }
     };
+    let fold = match t.fold.as_deref() {
+        None | Some("auto") if strategy == Strategy::Allreduce && optimizer.first_order().is_some() => {
+            Fold::Auto
+        }
+        None | Some("auto") | Some("owners") => Fold::Owners,
+        Some("every-worker") if strategy != Strategy::Allreduce => {
+            return Err(value_err(
+                "train.fold",
+                format!(
+                    "\"every-worker\" only applies to strategy = \"allreduce\" (this pipeline uses {})",
+                    strategy.name()
+                ),
+            ))
+        }
+        Some("every-worker") if optimizer.first_order().is_none() => {
+            return Err(value_err(
+                "train.fold",
+                "\"every-worker\" applies to the mini-batch optimizers (sgd, momentum, adagrad, adam, ftrl); L-BFGS keeps its vectors with the owners",
+            ))
+        }
+        Some("every-worker") => Fold::EveryWorker,
+        Some(other) => {
+            return Err(value_err(
+                "train.fold",
+                not_one_of(other, &["auto", "owners", "every-worker"]),
+            ))
+        }
+    };
     let shards = t.shards.unwrap_or(16);
     if shards == 0 {
         return Err(value_err("train.shards", "must be at least 1"));
@@ -2063,6 +2133,7 @@ fn train_spec(
         },
         early_stopping,
         eval_every,
+        fold,
     })
 }
 
@@ -2234,6 +2305,66 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("train.eval_every"), "{err}");
+    }
+
+    /// `train.fold`: auto under `allreduce` with mini-batch steps, the
+    /// owners elsewhere; "every-worker" refused where it does not apply;
+    /// auto folds on every worker while a step's gradients to the other
+    /// workers are at most 65,536 coordinates.
+    #[test]
+    fn fold_applies_to_allreduce_with_mini_batch_steps() {
+        let fold = |sets: &[&str]| -> Result<Fold> {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Ok(Pipeline::parse(MIN, Path::new("p.toml"), &sets)?.train.fold)
+        };
+        for (sets, want) in [
+            (&["optimizer.kind=sgd"][..], Fold::Auto),
+            (&["optimizer.kind=sgd", "train.fold=owners"], Fold::Owners),
+            (
+                &["optimizer.kind=adam", "train.fold=every-worker"],
+                Fold::EveryWorker,
+            ),
+            (&["optimizer.kind=lbfgs"], Fold::Owners),
+            (&["optimizer.kind=lbfgs", "train.fold=auto"], Fold::Owners),
+            (
+                &["optimizer.kind=sgd", "train.strategy=param-server"],
+                Fold::Owners,
+            ),
+        ] {
+            assert_eq!(fold(sets).unwrap(), want, "{sets:?}");
+        }
+        for (sets, says) in [
+            (
+                &["optimizer.kind=lbfgs", "train.fold=every-worker"][..],
+                "L-BFGS",
+            ),
+            (
+                &[
+                    "optimizer.kind=sgd",
+                    "train.strategy=model-average",
+                    "train.fold=every-worker",
+                ],
+                "model-average",
+            ),
+            (
+                &["optimizer.kind=sgd", "train.fold=everyone"],
+                "every-worker",
+            ),
+        ] {
+            let err = fold(sets).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{sets:?}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("train.fold") && text.contains(says), "{text}");
+        }
+        assert!(Fold::Auto.every_worker(33, 2));
+        assert!(Fold::Auto.every_worker(1 << 16, 2));
+        assert!(!Fold::Auto.every_worker((1 << 16) + 1, 2));
+        assert!(Fold::Auto.every_worker(4_096, 17));
+        assert!(!Fold::Auto.every_worker(4_096, 18));
+        assert!(!Fold::Auto.every_worker(33, 1));
+        assert!(!Fold::EveryWorker.every_worker(33, 1));
+        assert!(Fold::EveryWorker.every_worker(1 << 22, 2));
+        assert!(!Fold::Owners.every_worker(33, 2));
     }
 
     #[test]

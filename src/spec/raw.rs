@@ -241,6 +241,10 @@ pub struct RawTrain {
     pub staleness: Option<RawStaleness>,
     /// The most parameters one worker may hold (a memory budget).
     pub max_worker_params: Option<u64>,
+    /// `allreduce`: who folds the gradients into the parameters, `"owners"`
+    /// or `"every-worker"` (default `"auto"`: every worker for a small
+    /// model).
+    pub fold: Option<String>,
     /// Stop when the validation metric stops improving.
     pub early_stopping: Option<RawEarlyStopping>,
 }

@@ -78,8 +78,26 @@ pub fn run(
         _ => p.train.shards,
     };
     let ranges = shard_ranges(roles.len(), shards);
+    // Every worker folds every shard (`train.fold`): one trip over the
+    // network a step instead of two. Only a synchronous loop of plain
+    // gradients; the spec allows it for `allreduce` alone.
+    let every_worker = policy.lag == 0
+        && policy.replica.is_none()
+        && p.train.fold.every_worker(roles.len(), peers);
+    if index == 0 {
+        tracing::debug!(
+            fold = if every_worker {
+                "every-worker"
+            } else {
+                "owners"
+            },
+            params = roles.len(),
+            workers = peers,
+            "gradients folded"
+        );
+    }
     let owned: Vec<u32> = (0..ranges.len() as u32)
-        .filter(|&k| owner(k, peers) == index)
+        .filter(|&k| every_worker || owner(k, peers) == index)
         .collect();
     let steps_per_epoch = input.steps.steps();
     let lag = policy.lag;
@@ -144,6 +162,7 @@ pub fn run(
         result: (index == 0).then(|| Rc::clone(&result)),
         index,
         peers,
+        every_worker,
         failure: Rc::clone(&failure),
         replica: policy.replica,
         read_ahead: ReadAhead {
@@ -188,6 +207,9 @@ pub fn run(
         resumed: resumed_collector,
     };
     let fold_failure = Rc::clone(&failure);
+    // A synchronous loop's rounds are complete when every worker's
+    // gradients are there, before the progress messages say so.
+    let sync = (lag == 0).then(|| owned.clone());
     let save_failure = Rc::clone(&failure);
     let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(move |scope| {
@@ -195,8 +217,14 @@ pub fn run(
         // `lag = s`, a worker can compute round r as soon as round r - s - 1
         // is folded, i.e. run up to s rounds ahead of the slowest worker.
         let (handle, params) = scope.feedback::<Vec<ParamMsg>>(1 + lag);
+        // Every worker folds every shard: its own parameters are all it
+        // reads, and every worker's gradients come to it.
+        let params = if every_worker {
+            params
+        } else {
+            params.broadcast()
+        };
         let (grads, rest) = params
-            .broadcast()
             .gradients(ctx)
             .ok_err::<Vec<GradMsg>, _, Vec<Result<EvalMsg, Part>>, _, _>(|out| match out {
                 WorkerOut::Grad(g) => Ok(g),
@@ -205,8 +233,13 @@ pub fn run(
             });
         let (evals, replicas) = rest.ok_err::<Vec<EvalMsg>, _, Vec<Part>, _, _>(|r| r);
         let control = evals.collect_metrics(collect).broadcast();
+        let grads = if every_worker {
+            grads.broadcast()
+        } else {
+            grads
+        };
         let (params, parts) = grads
-            .fold_shards(control, driver, fold_failure)
+            .fold_shards(control, driver, fold_failure, sync, every_worker)
             .ok_err(|out| match out {
                 FoldOut::Params(p) => Ok(p),
                 FoldOut::Saved(s) => Err(s),

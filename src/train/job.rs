@@ -36,6 +36,11 @@ pub fn describe(plan: &Plan, init: Option<&InitModel>) -> Result<JobDescription>
     };
     if let Value::Object(pipeline) = &mut identity {
         pipeline.shift_remove("output");
+        // Where the gradients are folded does not change the model: a job
+        // may resume with another `train.fold`.
+        if let Some(Value::Object(train)) = pipeline.get_mut("train") {
+            train.shift_remove("fold");
+        }
         if let Some(init) = init {
             labels.insert("init_model".into(), init.path.display().to_string());
             pipeline.insert("init_model".into(), json!({ "blake3": init.digest }));
