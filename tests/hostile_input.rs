@@ -540,6 +540,52 @@ fn a_panic_is_exit_one_with_a_report_request() {
     assert!(!c.path("model.json").exists());
 }
 
+/// A worker that stops without sending its part or its failure (a bug,
+/// injected): the others must not sum a step without it and go on to write
+/// a model. Each fold, on threads and on 2 processes, fails the job.
+#[test]
+fn a_worker_that_falls_silent_fails_the_job_instead_of_training_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    let model = model.to_string_lossy().to_string();
+    let silence = [("TIDEMILL_INJECT_SILENCE", "1:5")];
+    let limit = Duration::from_secs(60);
+    for fold in ["train.fold=owners", "train.fold=every-worker"] {
+        let args = [
+            "train",
+            "pipelines/adult.toml",
+            "--set",
+            fold,
+            "--model-out",
+            &model,
+        ];
+        let out = common::finish(
+            common::start(&[&args[..], &["--workers", "2"]].concat(), &silence),
+            limit,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{fold}, 2 threads: {err}");
+        assert!(err.contains("a worker's part is missing"), "{fold}: {err}");
+        assert!(!Path::new(&model).exists(), "{fold}: a model was written");
+        let hosts = common::hostfile(dir.path(), 2);
+        let hosts = hosts.to_string_lossy().to_string();
+        let process = |i: &str| {
+            let cluster = ["--processes", "2", "--process", i, "--hostfile", &hosts];
+            common::start(&[&args[..], &cluster[..]].concat(), &silence)
+        };
+        let (p0, p1) = (process("0"), process("1"));
+        let (out0, out1) = (common::finish(p0, limit), common::finish(p1, limit));
+        for (i, out) in [out0, out1].iter().enumerate() {
+            assert!(
+                !out.status.success(),
+                "{fold}, process {i} exited 0: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(!Path::new(&model).exists(), "{fold}: a model was written");
+    }
+}
+
 // ---- smaller misreports -----------------------------------------------
 
 #[test]

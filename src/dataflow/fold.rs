@@ -194,11 +194,11 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
     ) -> StreamVec<'scope, u64, FoldOut> {
         let peers = self.scope().peers();
         let here = self.scope().index();
-        let complete = move |r: &Round| {
-            r.control.is_empty()
-                && sync
-                    .as_ref()
-                    .is_some_and(|owned| every_worker_once(&r.grads, owned, peers))
+        // A synchronous round's gradients: whole, or (`Some(false)`) some
+        // missing or doubled; `None` where the count is not known.
+        let whole = move |grads: &[GradMsg]| {
+            sync.as_ref()
+                .map(|owned| every_worker_once(grads, owned, peers))
         };
         let route = Exchange::new(move |m: &GradMsg| match every_worker {
             true => here as u64,
@@ -248,7 +248,8 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                 }
                 while let Some((&t, round)) = rounds.first_key_value() {
                     let passed = !f1.frontier().less_equal(&t) && !f2.frontier().less_equal(&t);
-                    if !passed && !complete(round) {
+                    let complete = round.control.is_empty() && whole(&round.grads) == Some(true);
+                    if !passed && !complete {
                         break;
                     }
                     let Some((_, round)) = rounds.pop_first() else {
@@ -275,6 +276,19 @@ impl<'scope> FoldShards<'scope> for Stream<'scope, u64, Vec<GradMsg>> {
                         .find_map(|g| g.failure.clone().filter(Failure::is_stop));
                     if let Some(f) = asked.and_then(|f| driver.stop(f)) {
                         failure.borrow_mut().get_or_insert(f);
+                        stopped = true;
+                        continue;
+                    }
+                    // A worker that stopped without saying why (or a
+                    // message that came after its round on another worker,
+                    // which stopped there): never a sum without its part.
+                    if !round.grads.is_empty() && whole(&round.grads) == Some(false) {
+                        failure.borrow_mut().get_or_insert_with(|| {
+                            Failure::from(&Error::Internal(format!(
+                                "round {t} has {} gradient messages where each of {peers} workers sends one per owned shard: a worker's part is missing or came twice",
+                                round.grads.len()
+                            )))
+                        });
                         stopped = true;
                         continue;
                     }

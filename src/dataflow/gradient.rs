@@ -623,6 +623,7 @@ impl State {
                     }));
                 }
             }
+            Phase::Train { .. } if self.ctx.hooks.silenced() => self.stopped = true,
             Phase::Train { epoch, step } => match self.train_traced(epoch, step) {
                 Ok((partials, loss, rows, bound)) => {
                     self.epoch_loss += loss;

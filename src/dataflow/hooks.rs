@@ -13,6 +13,9 @@
 //! * `TIDEMILL_INJECT_PANIC=worker` — worker 0 panics as training starts, so
 //!   that a test can check what a bug looks like from outside (exit code 1,
 //!   a message asking for a report, no output written).
+//! * `TIDEMILL_INJECT_SILENCE=INDEX:ROUNDS` — worker `INDEX` stops after
+//!   `ROUNDS` training rounds without sending its part or its failure: a
+//!   bug, which the other workers must not train past.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -27,6 +30,10 @@ pub struct Hooks {
     trace: Option<PathBuf>,
     /// The round being held back and when it may start.
     held: Option<(u64, Instant)>,
+    /// Training rounds before this worker falls silent.
+    silent_after: Option<u64>,
+    /// Training rounds so far.
+    trained: u64,
 }
 
 fn now_ns() -> u128 {
@@ -51,12 +58,29 @@ impl Hooks {
                 .then(|| Duration::from_millis(ms.trim().parse().unwrap_or(0)))
         });
         let trace = std::env::var_os("TIDEMILL_TRACE_STEPS").map(PathBuf::from);
+        let silent_after = std::env::var("TIDEMILL_INJECT_SILENCE").ok().and_then(|v| {
+            let (w, rounds) = v.split_once(':')?;
+            (w.trim().parse::<usize>().ok()? == index)
+                .then(|| rounds.trim().parse().ok())
+                .flatten()
+        });
         Hooks {
             index,
             slow,
             trace,
             held: None,
+            silent_after,
+            trained: 0,
         }
+    }
+
+    /// Counts a training round; true once this worker is to fall silent.
+    pub fn silenced(&mut self) -> bool {
+        let Some(after) = self.silent_after else {
+            return false;
+        };
+        self.trained += 1;
+        self.trained > after
     }
 
     /// For a slowed worker: how much longer round `t` must wait (`None`
