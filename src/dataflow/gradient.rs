@@ -504,8 +504,6 @@ impl State {
         }
     }
 
-    /// Answers a round with `failure` instead of results: every shard
-    /// owner (training) or the collector (evaluation) then stops.
     /// How many other workers shard `k`'s gradient message goes to.
     fn sent_to(&self, k: usize) -> u64 {
         if self.ctx.every_worker {
@@ -515,6 +513,8 @@ impl State {
         }
     }
 
+    /// Answers a round with `failure` instead of results: every shard
+    /// owner (training) or the collector (evaluation) then stops.
     fn fail_round(&self, msgs: &[ParamMsg], f: Failure, emit: &mut impl FnMut(WorkerOut)) {
         match msgs.first().map(|m| m.phase) {
             Some(Phase::Train { .. } | Phase::Reduce) => {

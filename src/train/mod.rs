@@ -578,12 +578,15 @@ fn check_memory(
     } else {
         BYTES_PER_PARAM
     };
-    // Where every worker folds, each also holds the whole optimizer state
-    // (at most two values per weight).
-    let every_worker = p.train.strategy == crate::spec::Strategy::Allreduce
-        && p.optimizer.first_order().is_some()
-        && p.train.fold.every_worker(held as usize, workers);
-    let per_param = per_param + if every_worker { 16 } else { 0 };
+    // Where every worker folds (the spec allows it only where it applies),
+    // each also holds the whole optimizer state (at most two values per
+    // weight).
+    let per_param = per_param
+        + if p.train.fold.every_worker(held as usize, workers) {
+            16
+        } else {
+            0
+        };
     let needed = held
         .saturating_mul(per_param)
         .saturating_mul(local_workers as u64);
