@@ -119,7 +119,7 @@ impl Scorer {
         let mut kept = block
             .file_row
             .iter()
-            .map(|&r| (r - origin.first_row) as usize)
+            .map(|r| (r - origin.first_row) as usize)
             .peekable();
         let mut bi = 0;
         for i in 0..n {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{finish, hostfile, root, start, wait_until};
+use common::{finish, hostfile, root, start, thp_enabled, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -1137,16 +1137,6 @@ fn wait_for_snapshot(model: &Path, rows: u64) {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .is_some_and(|v| v["stream"]["rows"] == rows)
     });
-}
-
-/// The `THP_enabled` line of a process's status (`None` on kernels
-/// without it).
-fn thp_enabled(pid: u32) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .map(|v| v.trim().to_string())
 }
 
 /// A stream on one worker thread turns transparent huge pages off for its

@@ -614,9 +614,38 @@ fn no_huge_pages(worker_threads: usize) {
     if worker_threads != 1 {
         return;
     }
+    huge_pages_off("a stream on one worker thread");
+}
+
+/// From this many parameters (before classes) a `train` process keeps
+/// transparent huge pages: a hashed model of 2^20 slots or more, whose
+/// state its workers write at scattered slots.
+const HUGE_PAGES_FROM_PARAMS: usize = 1 << 20;
+
+/// Turns transparent huge pages off for a `train` process whose model is
+/// small. Its large memory is then the rows it caches and the batches it
+/// decodes, read and written in order: huge pages there cost memory (the
+/// allocator's partly used 2 MiB pages; W1 on 2 workers peaked ~55 MB
+/// higher) and no time (W1 and the wide L-BFGS table ran 2–4% faster
+/// without them; docs/benchmarks.md, "Transparent huge pages"). A model
+/// of [`HUGE_PAGES_FROM_PARAMS`] or more keeps them, as a stream on
+/// several threads does.
+fn fit_pages_to_model(plan: &crate::plan::Plan) {
+    let params = crate::model::param_count(&plan.pipeline.model, &plan.draft);
+    if params < HUGE_PAGES_FROM_PARAMS {
+        huge_pages_off("a model of fewer than 2^20 parameters");
+    }
+}
+
+/// Turns transparent huge pages off for this process (`why` is logged).
+/// Where the kernel refuses, the job runs as it is.
+fn huge_pages_off(why: &str) {
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = why;
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        tracing::debug!(error = %e, "transparent huge pages stay on");
+    match nix::sys::prctl::set_thp_disable(true) {
+        Ok(()) => tracing::debug!(reason = why, "transparent huge pages off"),
+        Err(e) => tracing::debug!(error = %e, "transparent huge pages stay on"),
     }
 }
 
@@ -1010,6 +1039,7 @@ fn train(a: TrainArgs) -> Result<()> {
         "training"
     );
     let plan = crate::plan::Plan::new(pipeline)?;
+    fit_pages_to_model(&plan);
     if plan.pipeline.optimizer == crate::spec::OptimizerSpec::Exact {
         return train_exact(plan, &a, &cluster, outputs, &paths, started);
     }

@@ -166,7 +166,7 @@ fn block_bytes(b: &Block) -> u64 {
         + b.hashed.capacity() * 4
         + b.signs.capacity() * 4
         + b.label.capacity() * 8
-        + b.file_row.capacity() * 8
+        + b.file_row.heap_bytes()
         + b.weight.capacity() * 8;
     n as u64
 }
@@ -789,7 +789,7 @@ mod tests {
                     data.step_rows(step, |block, idx| {
                         let seg = idx
                             .iter()
-                            .map(|&i| (block.file_row[i], block.dense[i * 2], block.label[i]))
+                            .map(|&i| (block.file_row.at(i), block.dense[i * 2], block.label[i]))
                             .collect();
                         this.push((w, step, seg));
                         Ok(())
@@ -800,8 +800,9 @@ mod tests {
                     data.validation(|block| {
                         validation_blocks += 1;
                         validation.extend(
-                            (0..block.rows)
-                                .map(|i| (block.file_row[i], block.dense[i * 2], block.label[i])),
+                            (0..block.rows).map(|i| {
+                                (block.file_row.at(i), block.dense[i * 2], block.label[i])
+                            }),
                         );
                     })
                     .unwrap();

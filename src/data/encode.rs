@@ -15,6 +15,7 @@ use fnv::FnvHasher;
 use std::hash::Hasher;
 use std::sync::Arc;
 
+pub use super::file_rows::FileRows;
 use super::hashing::{column_prefix, slot};
 use crate::error::{Error, Location, Result};
 pub use crate::plan::features::{
@@ -50,7 +51,7 @@ pub struct Block {
     /// Label tokens per row, when classes are still being discovered.
     pub tokens: Vec<String>,
     /// Row index inside the source file of each kept row.
-    pub file_row: Vec<u64>,
+    pub file_row: FileRows,
     /// Weight per row (`data.weight` when training; empty: every row
     /// weighs 1). Decoded as the column holds it; training rows are then
     /// given their class weight and the job's scale ([`Block::weigh`]).
@@ -78,7 +79,7 @@ impl Block {
             if let Some(&y) = src.label.get(i) {
                 self.label.push(y);
             }
-            if let Some(&r) = src.file_row.get(i) {
+            if let Some(r) = src.file_row.get(i) {
                 self.file_row.push(r);
             }
             if let Some(&w) = src.weight.get(i) {
@@ -839,7 +840,7 @@ fn decode_with(
         signs: Vec::with_capacity(rows * c),
         label: Vec::new(),
         tokens: Vec::new(),
-        file_row: Vec::with_capacity(rows),
+        file_row: FileRows::default(),
         weight: Vec::new(),
     };
     let kept: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
@@ -1024,7 +1025,7 @@ impl Block {
                 .map(|(_, t)| t.clone())
                 .collect();
         }
-        self.file_row = pick_rows(&self.file_row, 1, &flags);
+        self.file_row = self.file_row.pick(&flags);
         if !self.weight.is_empty() {
             self.weight = pick_rows(&self.weight, 1, &flags);
         }
@@ -1043,7 +1044,7 @@ impl Block {
         if !self.label.is_empty() {
             self.label = gather_rows(&self.label, 1, order);
         }
-        self.file_row = gather_rows(&self.file_row, 1, order);
+        self.file_row = self.file_row.gather(order);
         if !self.weight.is_empty() {
             self.weight = gather_rows(&self.weight, 1, order);
         }
@@ -1056,7 +1057,7 @@ impl Block {
             + self.hashed.len() * 4
             + self.signs.len() * 4
             + self.label.len() * 8
-            + self.file_row.len() * 8
+            + self.file_row.heap_bytes()
             + self.weight.len() * 8
     }
 }
@@ -1265,7 +1266,7 @@ mod tests {
             }
         }
         assert_eq!(block.label, [1.5, -2.0, 3.25]);
-        assert_eq!(block.file_row, [100, 101, 102]);
+        assert_eq!(block.file_row.to_vec(), [100, 101, 102]);
         // decode keeps no raw copy.
         assert!(decode(&b, &s, LabelUse::Value, &origin())
             .unwrap()
@@ -1333,7 +1334,7 @@ mod tests {
         };
         let skip = one(v(), 1.0, 2.0, OnMissing::SkipRow).unwrap();
         assert_eq!(skip.rows, 3);
-        assert_eq!(skip.file_row, [100, 103, 105]);
+        assert_eq!(skip.file_row.to_vec(), [100, 103, 105]);
         assert_eq!(skip.dense, [0.0, 1.5, 2.5]);
         assert_eq!(skip.label, [0.0, 3.0, 5.0]);
         // zero and mean put in the feature's fill (raw units), then scale it.
@@ -1341,7 +1342,7 @@ mod tests {
             let filled = one(v(), 1.0, 2.0, policy).unwrap();
             let f = ((7.5 - 1.0) / 2.0) as f32;
             assert_eq!(filled.dense, [0.0, f, f, 1.5, f, 2.5]);
-            assert_eq!(filled.file_row, [100, 101, 102, 103, 104, 105]);
+            assert_eq!(filled.file_row.to_vec(), [100, 101, 102, 103, 104, 105]);
         }
     }
 
@@ -1373,7 +1374,7 @@ mod tests {
         s.on_missing = OnMissing::SkipRow;
         let block = decode(&b, &s, LabelUse::Value, &origin()).unwrap();
         assert_eq!(
-            (block.label.as_slice(), block.file_row.as_slice()),
+            (block.label.as_slice(), block.file_row.to_vec().as_slice()),
             ([1.0, 0.5].as_slice(), [100, 103].as_slice())
         );
         // Not read for prediction: no label, no failure.
@@ -1430,7 +1431,10 @@ mod tests {
         // … drops its row under skip_row, and fails under error.
         let s = spec(Vec::new(), &["s", "i"], OnMissing::SkipRow);
         assert_eq!(
-            decode(&b, &s, LabelUse::Value, &origin()).unwrap().file_row,
+            decode(&b, &s, LabelUse::Value, &origin())
+                .unwrap()
+                .file_row
+                .to_vec(),
             [100, 101]
         );
         let s = spec(Vec::new(), &["i", "s"], OnMissing::Error);
@@ -1614,7 +1618,7 @@ mod tests {
                             prop_assert_eq!(d.raw[r * p + j].to_bits(), v.to_bits());
                         }
                     }
-                    prop_assert_eq!(d.file_row[r], origin().first_row + i as u64);
+                    prop_assert_eq!(d.file_row.at(r), origin().first_row + i as u64);
                 }
             }
         }

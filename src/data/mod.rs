@@ -7,6 +7,8 @@
 //! * [`cache`] holds a worker's units for an epoch (kept, or streamed with
 //!   [`stream`]);
 //! * [`encode`] turns Arrow columns into `f32` feature rows and labels;
+//! * [`file_rows`] says where a block's rows are in their file (a run of
+//!   consecutive rows, or each listed);
 //! * [`moments`] are the feature statistics of standardisation, accurate at
 //!   any magnitude and fixed by the data alone;
 //! * [`hashing`] is the signed hashing trick for categorical tokens.
@@ -15,6 +17,7 @@
 
 pub mod cache;
 pub mod encode;
+pub mod file_rows;
 pub mod hashing;
 pub mod moments;
 pub mod partition;

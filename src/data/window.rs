@@ -122,7 +122,7 @@ impl Windows {
                 file: self.path.clone(),
                 row_group: Some(self.unit.row_group),
                 column: Some(column.to_string()),
-                row: b.file_row.get(i).copied(),
+                row: b.file_row.get(i),
             }),
             what: if is_null_weight(w) {
                 "null weight".into()
@@ -176,7 +176,7 @@ fn split_rows(mut block: Block, unit: &Unit, split: Split, rows: Rows) -> UnitDa
         Some(f) => block
             .file_row
             .iter()
-            .map(|&r| held(f, split.seed, unit.file, r))
+            .map(|r| held(f, split.seed, unit.file, r))
             .collect(),
         None if rows == Rows::Validation => vec![false; block.rows],
         None => {

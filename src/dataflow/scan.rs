@@ -315,7 +315,7 @@ fn label_tokens_check(
                             file: path.to_path_buf(),
                             row_group: Some(unit.row_group),
                             column: Some(label.to_string()),
-                            row: Some(b.file_row[i]),
+                            row: Some(b.file_row.at(i)),
                         }),
                         value: tok.clone(),
                         classes: map.describe(),
@@ -329,7 +329,7 @@ fn label_tokens_check(
                             file: path.to_path_buf(),
                             row_group: Some(unit.row_group),
                             column: Some(label.to_string()),
-                            row: Some(b.file_row[i]),
+                            row: Some(b.file_row.at(i)),
                         }),
                         message: format!("more than {MAX_CLASSES} distinct label values: is this a regression target?"),
                     });

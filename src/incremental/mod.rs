@@ -211,7 +211,7 @@ fn read_units(
                 block
                     .file_row
                     .iter()
-                    .map(|&row| k[(row - first_row) as usize].clone())
+                    .map(|row| k[(row - first_row) as usize].clone())
                     .collect()
             });
             let digests: Vec<KeyDigest> = match &texts {
@@ -221,14 +221,14 @@ fn read_units(
             stats
                 .add_rows(&digests, &block.raw, &block.label, p)
                 .map_err(|(i, e)| {
-                    too_large(e, spec, &path, Some(unit.row_group), block.file_row[i])
+                    too_large(e, spec, &path, Some(unit.row_group), block.file_row.at(i))
                 })?;
             if let Some(texts) = texts {
                 for (i, text) in texts.into_iter().enumerate() {
                     let id = digests[i].id();
                     read.changes
                         .keys
-                        .push((id, (unit.id as u32, block.file_row[i])));
+                        .push((id, (unit.id as u32, block.file_row.at(i))));
                     if keep {
                         read.stored.push(StoredRow {
                             id,
@@ -272,7 +272,7 @@ pub fn negative_count(spec: &FeatureSpec, block: &Block, i: usize, origin: &Orig
                 file: origin.file.to_path_buf(),
                 row_group: origin.row_group,
                 column: Some(spec.numeric[j].name.clone()),
-                row: Some(block.file_row[i]),
+                row: Some(block.file_row.at(i)),
             }),
             what: format!("a negative value ({})", block.raw[i * p + j]),
             hint: "multinomial_nb takes counts or frequencies (values ≥ 0): use gaussian_nb for other values".into(),
@@ -304,7 +304,7 @@ fn read_class_rows(
         if kind == ModelKind::MultinomialNb {
             negative_count(spec, &block, i, origin)?;
         }
-        let row = block.file_row[i];
+        let row = block.file_row.at(i);
         let text = keys
             .as_ref()
             .map(|k| k[(row - origin.first_row) as usize].clone());

@@ -652,10 +652,10 @@ fn step_rows(
                 first_row: piece.file_row,
             };
             let decoded = decode(&piece.rows.0, spec, label, &origin)?;
-            let mut kept = decoded.file_row.iter().peekable();
+            let mut kept = 0;
             for r in 0..piece.rows.0.num_rows() as u64 {
-                if kept.peek() == Some(&&(piece.file_row + r)) {
-                    kept.next();
+                if decoded.file_row.get(kept) == Some(piece.file_row + r) {
+                    kept += 1;
                     map.push(Some(at));
                     at += 1;
                 } else {

@@ -1037,7 +1037,7 @@ impl Leader {
                     _ => None,
                 };
                 for i in 0..block.rows {
-                    let local = (block.file_row[i] - a.file_row) as usize;
+                    let local = (block.file_row.at(i) - a.file_row) as usize;
                     let x = &block.raw[i * dims..(i + 1) * dims];
                     let y = block.label.get(i).copied().unwrap_or(0.0);
                     match &current {
@@ -1070,7 +1070,7 @@ impl Leader {
                             &self.draft,
                             &a.origin,
                             None,
-                            block.file_row[i],
+                            block.file_row.at(i),
                         )
                     };
                     let vals = if nb {
@@ -1123,7 +1123,7 @@ impl Leader {
                                         file: a.origin.clone(),
                                         row_group: None,
                                         column: Some(column.clone()),
-                                        row: Some(block.file_row[i]),
+                                        row: Some(block.file_row.at(i)),
                                     }),
                                     what: "a null, unreadable or infinite time".into(),
                                     hint: "every row of a time window needs its time".into(),

@@ -356,7 +356,7 @@ impl Replica {
                 } else {
                     Err(format!(
                         "the model's output is not finite on file row {}: the weights overflow on it",
-                        block.file_row.get(i).copied().unwrap_or(0)
+                        block.file_row.get(i).unwrap_or(0)
                     ))
                 }
             })

@@ -305,7 +305,7 @@ impl Split {
                 *m += Exact::from_f64(v).ok_or_else(|| {
                     format!(
                         "a margin term is {v:e} on file row {}: not finite, or beyond the {:e} that exact margin sums hold (the weights overflow: lower optimizer.learning_rate, or set data.standardize = true)",
-                        b.file_row.get(i).copied().unwrap_or(0),
+                        b.file_row.get(i).unwrap_or(0),
                         exact::LIMIT
                     )
                 })?;

@@ -518,3 +518,13 @@ pub fn sklearn_python() -> Option<String> {
     eprintln!("skipped: {python} has no scikit-learn (set TIDEMILL_PYTHON)");
     None
 }
+
+/// The `THP_enabled` line of a process's status (`None` on kernels
+/// without it).
+pub fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+}

@@ -1,0 +1,57 @@
+//! Transparent huge pages in a real `train` process: turned off where the
+//! model is small (its memory is then the rows it caches and the batches
+//! it decodes, read in order, and huge pages only raise its peak), kept for
+//! a hashed model of 2^20 slots or more, whose state is written at
+//! scattered slots (docs/benchmarks.md, "Memory of the CLI").
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::time::Duration;
+
+use common::{finish, sigterm, start, thp_enabled, wait_until};
+
+#[test]
+fn a_small_model_trains_without_huge_pages() {
+    // Huge pages must be on to begin with (a kernel without them, or a
+    // runner that turned them off for its children, has nothing to show).
+    if thp_enabled(std::process::id()).as_deref() != Some("1") {
+        eprintln!("skipped: transparent huge pages are not on for this process");
+        return;
+    }
+    for (bits, want) in [("12", "0"), ("20", "1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = dir.path().join("checkpoints");
+        let checkpoint = format!("output.checkpoint={:?}", checkpoints.to_str().unwrap());
+        let hash_bits = format!("data.hash_bits={bits}");
+        let child = start(
+            &[
+                "train",
+                "pipelines/adult.toml",
+                "--set",
+                &hash_bits,
+                "--set",
+                "train.epochs=100000",
+                "--set",
+                &checkpoint,
+                "--model-out",
+                dir.path().join("model.json").to_str().unwrap(),
+            ],
+            &[],
+        );
+        // An epoch's checkpoint written: well past the scan and the cache.
+        wait_until("an epoch's checkpoint", || {
+            std::fs::read_dir(&checkpoints).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("checkpoint-") && name.ends_with(".tmck")
+                })
+            })
+        });
+        let thp = thp_enabled(child.id());
+        sigterm(&child);
+        finish(child, Duration::from_secs(60));
+        assert_eq!(thp.as_deref(), Some(want), "data.hash_bits = {bits}");
+    }
+}
