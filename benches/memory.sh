@@ -10,7 +10,7 @@
 #   nyc-s1     `tidemill stream` nycflights13, 2^22 slots, 1 worker
 #   nyc-s2     the same, 2 workers
 #   w1-stdin   `tidemill stream` W1 from stdin (Arrow IPC, 4M rows), 1 worker
-# Medians of REPS runs; /usr/bin/time's %e and %M.
+# Medians of REPS runs; /usr/bin/time's %e and %M (RSS in MiB, rounded down).
 #
 #   git worktree add /tmp/before <rev> && (cd /tmp/before && cargo build --release)
 #   bash benches/memory.sh /tmp/before/target/release/tidemill
@@ -40,12 +40,16 @@ with pa.OSFile(sys.argv[2], "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
 ' "$DATA/dense_train.parquet" "$DATA/dense_train.arrows"
 
 w1=(train benches/w1.toml -q -w 2 --set "data.train=\"$DATA/dense_train.parquet\"" --set "data.validation={ path = \"$DATA/dense_test.parquet\" }")
-args_of() { # workload model_path
+args_of() { # workload model_path: the argv, quoted for eval
+  set -- "$1" "$(printf '%q' "$2")"
+  local wide_train wide_test
+  wide_train=$(printf '%q' "data.train=\"$WIDE/train.parquet\"")
+  wide_test=$(printf '%q' "data.validation={ path = \"$WIDE/test.parquet\" }")
   case $1 in
     w1-e1) echo "${w1[@]@Q} --set data.cache=true --set train.epochs=1 --model-out $2" ;;
     w1-e5) echo "${w1[@]@Q} --set data.cache=true --set train.epochs=5 --model-out $2" ;;
     w1-stream) echo "${w1[@]@Q} --set data.cache=false --set train.epochs=3 --model-out $2" ;;
-    wide) echo "train benches/wide/wide.toml -q -w 2 --set 'data.train=\"$WIDE/train.parquet\"' --set 'data.validation={ path = \"$WIDE/test.parquet\" }' --set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 --set train.epochs=100 --set train.eval_every=100 --model-out $2" ;;
+    wide) echo "train benches/wide/wide.toml -q -w 2 --set $wide_train --set $wide_test --set optimizer.tolerance=0 --set optimizer.gradient_tolerance=0 --set train.epochs=100 --set train.eval_every=100 --model-out $2" ;;
     nyc22) echo "train pipelines/nycflights.toml -q -w 2 --set data.hash_bits=22 --set train.epochs=3 --model-out $2" ;;
     w1-stdin) echo "stream --log warn benches/stream_w1.toml --input - -w 1 --model-out $2" ;;
     nyc-s1|nyc-s2) echo "stream --log warn benches/stream_nyc.toml --input datasets/nycflights13.parquet -w ${1#nyc-s} --model-out $2 --set stream.snapshot_every=1000000 --set stream.snapshot_seconds=1000000" ;;
@@ -61,7 +65,10 @@ median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
 for w in $WORKLOADS; do
   declare -A wall=() rss=()
   for rep in $(seq "$REPS"); do
-    for tag in old new; do
+    # Alternating which binary runs first, so that neither always meets
+    # a cold page cache.
+    order="old new"; [ $((rep % 2)) = 0 ] && order="new old"
+    for tag in $order; do
       bin=$OLD; [ $tag = new ] && bin=$NEW
       echo "$w $tag run $rep ..." >&2
       eval "argv=($(args_of "$w" "$OUT/$w-$tag-$rep.model.json"))"

@@ -5,7 +5,7 @@
 #   bash benches/peers/setup.sh                 # once: the peers' venv (.bench-venv)
 #   python3 benches/peers/gen_dense.py /tmp/bench   # once: the data (or add "gen" below)
 #   bash benches/w1_peers.sh                   # EPOCHS="5 1" WORKERS="1 2" REPS=3 by default
-#   PEERS=w1-lbfgs EPOCHS=1 WORKERS=2 bash benches/w1_peers.sh   # the target line alone
+#   PEERS=w1-lbfgs EPOCHS=1 WORKERS=2 bash benches/w1_peers.sh   # the target lines alone (harness and CLI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_DATA=${BENCH_DATA:-/tmp/bench}
@@ -23,5 +23,16 @@ for e in ${EPOCHS:-5 1}; do
     "$BENCH" peer "$BENCH_DATA" "$w" "$e" | tee -a "$OUT"
   done
 done
+# The binary's whole job (reading, scan, training, validation, the model
+# written), as a user runs it: CLI_EPOCHS (1) and CLI_WORKERS (2); CLI=0
+# skips it.
+if [ "${CLI:-1}" != 0 ]; then
+  cargo build --release --quiet
+  for e in ${CLI_EPOCHS:-1}; do
+    for w in ${CLI_WORKERS:-2}; do
+      "$BENCH_VENV/bin/python" benches/peers/cli_line.py target/release/tidemill "$BENCH_DATA" "$w" "$e" | tee -a "$OUT"
+    done
+  done
+fi
 "$BENCH_VENV/bin/python" benches/peers/table.py "$OUT"
 echo "results: $OUT"

@@ -12,12 +12,26 @@ use std::time::Duration;
 
 use common::{finish, sigterm, start, thp_enabled, wait_until};
 
+/// A child killed if the test fails before it is stopped.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn a_small_model_trains_without_huge_pages() {
     // Huge pages must be on to begin with (a kernel without them, or a
     // runner that turned them off for its children, has nothing to show).
+    // (`THP_enabled` is the process's PR_SET_THP_DISABLE flag, which
+    // children inherit; a process that starts with it set keeps it.)
     if thp_enabled(std::process::id()).as_deref() != Some("1") {
-        eprintln!("skipped: transparent huge pages are not on for this process");
+        eprintln!("skipped: this process was started with transparent huge pages disabled");
         return;
     }
     for (bits, want) in [("12", "0"), ("20", "1")] {
@@ -25,7 +39,7 @@ fn a_small_model_trains_without_huge_pages() {
         let checkpoints = dir.path().join("checkpoints");
         let checkpoint = format!("output.checkpoint={:?}", checkpoints.to_str().unwrap());
         let hash_bits = format!("data.hash_bits={bits}");
-        let child = start(
+        let mut child = Running(Some(start(
             &[
                 "train",
                 "pipelines/adult.toml",
@@ -39,7 +53,7 @@ fn a_small_model_trains_without_huge_pages() {
                 dir.path().join("model.json").to_str().unwrap(),
             ],
             &[],
-        );
+        )));
         // An epoch's checkpoint written: well past the scan and the cache.
         wait_until("an epoch's checkpoint", || {
             std::fs::read_dir(&checkpoints).is_ok_and(|d| {
@@ -49,6 +63,7 @@ fn a_small_model_trains_without_huge_pages() {
                 })
             })
         });
+        let child = child.0.take().unwrap();
         let thp = thp_enabled(child.id());
         sigterm(&child);
         finish(child, Duration::from_secs(60));

@@ -372,6 +372,11 @@ fn a_network_streams_to_the_same_model_on_any_worker_count() {
             "datasets/adult.parquet",
             "--workers",
             w,
+            // One snapshot, at the end: a snapshot every second (the
+            // default) would make the model's snapshot count depend on
+            // how fast a loaded machine runs.
+            "--set",
+            "stream.snapshot_seconds=1000000",
         ];
         for s in ADULT.iter().chain([&set.as_str()]) {
             args.extend(["--set", s]);

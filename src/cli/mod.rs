@@ -614,7 +614,7 @@ fn no_huge_pages(worker_threads: usize) {
     if worker_threads != 1 {
         return;
     }
-    huge_pages_off("a stream on one worker thread");
+    set_huge_pages(false, "a stream on one worker thread");
 }
 
 /// From this many parameters (before classes) a `train` process keeps
@@ -622,30 +622,57 @@ fn no_huge_pages(worker_threads: usize) {
 /// state its workers write at scattered slots.
 const HUGE_PAGES_FROM_PARAMS: usize = 1 << 20;
 
-/// Turns transparent huge pages off for a `train` process whose model is
-/// small. Its large memory is then the rows it caches and the batches it
-/// decodes, read and written in order: huge pages there cost memory (the
-/// allocator's partly used 2 MiB pages; W1 on 2 workers peaked ~55 MB
-/// higher) and no time (W1 and the wide L-BFGS table ran 2–4% faster
-/// without them; docs/benchmarks.md, "Transparent huge pages"). A model
-/// of [`HUGE_PAGES_FROM_PARAMS`] or more keeps them, as a stream on
-/// several threads does.
-fn fit_pages_to_model(plan: &crate::plan::Plan) {
+/// A `train` process runs without transparent huge pages unless its model
+/// is large: it turns them off first (what it stages and reads before the
+/// plan is known is read in order too), and back on here for a model of
+/// [`HUGE_PAGES_FROM_PARAMS`] or more, as a stream on several threads
+/// keeps them. A small model's large memory is the rows it caches and the
+/// batches it decodes, read and written in order: huge pages there cost
+/// memory (the allocator's partly used 2 MiB pages; W1 on 2 workers peaked
+/// ~55 MB higher) and time (first touches zero 2 MiB at once; W1 and the
+/// wide L-BFGS table ran 2–4% faster without them; docs/benchmarks.md,
+/// "Transparent huge pages").
+/// A process that started with them off (its parent's choice, inherited)
+/// is left so.
+fn fit_pages_to_model(plan: &crate::plan::Plan, turned_off: bool) {
     let params = crate::model::param_count(&plan.pipeline.model, &plan.draft);
-    if params < HUGE_PAGES_FROM_PARAMS {
-        huge_pages_off("a model of fewer than 2^20 parameters");
+    if turned_off && params >= HUGE_PAGES_FROM_PARAMS {
+        set_huge_pages(true, "a model of 2^20 parameters or more");
     }
 }
 
-/// Turns transparent huge pages off for this process (`why` is logged).
-/// Where the kernel refuses, the job runs as it is.
-fn huge_pages_off(why: &str) {
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = why;
+/// Turns transparent huge pages off for a `train` process until its
+/// model is known ([`fit_pages_to_model`]); true if this turned them off
+/// (false where they already were, or the kernel refused).
+fn huge_pages_off_until_the_model_is_known() -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    match nix::sys::prctl::set_thp_disable(true) {
-        Ok(()) => tracing::debug!(reason = why, "transparent huge pages off"),
-        Err(e) => tracing::debug!(error = %e, "transparent huge pages stay on"),
+    {
+        let already = nix::sys::prctl::get_thp_disable().unwrap_or(true);
+        !already && set_huge_pages(false, "a train process, until its model is known")
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    false
+}
+
+/// Turns transparent huge pages on or off for this process (`why` is
+/// logged). Where the kernel refuses, the job runs as it is.
+/// True if the kernel took it.
+fn set_huge_pages(on: bool, why: &str) -> bool {
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (on, why);
+        false
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    match nix::sys::prctl::set_thp_disable(!on) {
+        Ok(()) => {
+            tracing::debug!(on, reason = why, "transparent huge pages");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "transparent huge pages left as they are");
+            false
+        }
     }
 }
 
@@ -1003,6 +1030,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.max_restarts > 0 {
         return supervise::run(&a);
     }
+    let pages_off = huge_pages_off_until_the_model_is_known();
     let cluster = a.cluster.cluster()?;
     let mut pipeline = Pipeline::load(&a.pipeline, &a.overrides)?;
     if cluster.processes > 1 && reads_stdin(&pipeline) {
@@ -1039,7 +1067,7 @@ fn train(a: TrainArgs) -> Result<()> {
         "training"
     );
     let plan = crate::plan::Plan::new(pipeline)?;
-    fit_pages_to_model(&plan);
+    fit_pages_to_model(&plan, pages_off);
     if plan.pipeline.optimizer == crate::spec::OptimizerSpec::Exact {
         return train_exact(plan, &a, &cluster, outputs, &paths, started);
     }

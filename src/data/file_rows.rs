@@ -117,6 +117,7 @@ impl FileRows {
             {
                 *len += l2
             }
+            (FileRows::Listed(rows), FileRows::Listed(more)) => rows.extend_from_slice(more),
             _ => {
                 let rows = self.listed();
                 rows.extend(taken.iter());
@@ -124,13 +125,17 @@ impl FileRows {
         }
     }
 
-    /// Removes every row.
+    /// Removes every row, keeping a list's buffer.
     pub fn clear(&mut self) {
-        *self = FileRows::default();
+        match self {
+            FileRows::Listed(v) => v.clear(),
+            FileRows::Run { len, .. } => *len = 0,
+        }
     }
 
-    /// The rows whose flag is set, in order.
+    /// The rows whose flag is set, in order (one flag per row).
     pub fn pick(&self, flags: &[bool]) -> FileRows {
+        debug_assert_eq!(self.len(), flags.len(), "a flag per row");
         let mut kept = FileRows::default();
         for (r, _) in self.iter().zip(flags).filter(|(_, &k)| k) {
             kept.push(r);
@@ -151,7 +156,7 @@ impl FileRows {
     pub fn heap_bytes(&self) -> usize {
         match self {
             FileRows::Run { .. } => 0,
-            FileRows::Listed(v) => v.capacity() * 8,
+            FileRows::Listed(v) => v.len() * 8,
         }
     }
 }
@@ -247,6 +252,17 @@ mod tests {
 
             let listed = FileRows::Listed(a.clone());
             prop_assert_eq!(&listed, &fa);
+
+            // Cleared and refilled (a block's buffers are reused), then
+            // joined: the same rows.
+            let mut reused = fa.clone();
+            reused.clear();
+            prop_assert!(reused.is_empty());
+            reused.extend(b.iter().copied());
+            let mut tail: FileRows = a.iter().copied().collect();
+            reused.append(&mut tail);
+            let want: Vec<u64> = b.iter().chain(&a).copied().collect();
+            prop_assert_eq!(reused.to_vec(), want);
         }
     }
 }
