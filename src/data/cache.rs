@@ -157,6 +157,9 @@ pub struct Scanned {
 pub struct UnitWindows {
     windows: Vec<UnitData>,
     whole: bool,
+    /// A unit of the separate validation files (kept only while the
+    /// training units leave room).
+    validation: bool,
 }
 
 /// Bytes a block's buffers hold.
@@ -165,7 +168,7 @@ fn block_bytes(b: &Block) -> u64 {
         + b.raw.capacity() * 8
         + b.hashed.capacity() * 4
         + b.signs.capacity() * 4
-        + b.label.capacity() * 8
+        + b.label.capacity_bytes()
         + b.file_row.heap_bytes()
         + b.weight.capacity() * 8;
     n as u64
@@ -204,17 +207,21 @@ impl Scanned {
         }
     }
 
-    /// An empty list for the windows of the next unit read.
-    pub fn start_unit(&self) -> UnitWindows {
+    /// An empty list for the windows of the next unit read, a unit of the
+    /// separate validation files if `validation`.
+    pub fn start_unit(&self, validation: bool) -> UnitWindows {
         UnitWindows {
             windows: Vec::new(),
             whole: self.labels.is_some() && !self.full,
+            validation,
         }
     }
 
     /// Takes the next decoded window (with its `raw` values) of the unit
     /// `unit` lists, while the budget lasts; once it is spent, the unit's
-    /// windows are dropped and no more are taken.
+    /// windows are dropped and no more are taken. Training units come
+    /// first: the validation units kept (the scan reads them first) are
+    /// given up for a training window that would not fit otherwise.
     pub fn take_window(&mut self, unit: &mut UnitWindows, mut data: UnitData) {
         if !unit.whole {
             return;
@@ -222,6 +229,20 @@ impl Scanned {
         slim(&mut data.train);
         slim(&mut data.validation);
         let bytes = unit_bytes(&data);
+        if !self.full
+            && !unit.validation
+            && self.held + bytes > self.budget
+            && !self.validation_files.is_empty()
+        {
+            let freed: u64 = self
+                .validation_files
+                .values()
+                .flatten()
+                .map(unit_bytes)
+                .sum();
+            self.held = self.held.saturating_sub(freed);
+            self.validation_files.clear();
+        }
         if self.full || self.held + bytes > self.budget {
             self.full = true;
             self.forget(std::mem::take(unit));
@@ -685,6 +706,65 @@ mod tests {
     use std::collections::BTreeSet;
     use std::path::Path;
 
+    /// A window of `rows` rows of one feature, labels 0/1.
+    fn window_of(rows: usize) -> UnitData {
+        let mut train = Block {
+            rows,
+            p: 1,
+            dense: vec![0.5; rows],
+            ..Block::default()
+        };
+        train.label = (0..rows).map(|i| (i % 2) as f64).collect();
+        UnitData {
+            train,
+            validation: Block::default(),
+        }
+    }
+
+    #[test]
+    fn training_windows_displace_kept_validation_units() {
+        let spec = FeatureSpec {
+            label: "y".into(),
+            numeric: Vec::new(),
+            categorical: Vec::new(),
+            crosses: Vec::new(),
+            hash_bits: 10,
+            on_missing: crate::spec::OnMissing::Error,
+            classes: None,
+            weight: None,
+        };
+        let labels = ScannedLabels::Classes(vec!["0".into(), "1".into()]);
+        let one = unit_bytes(&window_of(100));
+        // Room for three windows: two of validation, read first, then
+        // two of training.
+        let mut scanned = Scanned::keeping(&spec, labels, 3 * one);
+        for id in 0..2 {
+            let mut unit = scanned.start_unit(true);
+            scanned.take_window(&mut unit, window_of(100));
+            scanned.keep_validation(id, unit);
+        }
+        assert_eq!(scanned.validation_files.len(), 2);
+        assert_eq!(scanned.held, 2 * one);
+        let mut unit = scanned.start_unit(false);
+        scanned.take_window(&mut unit, window_of(100));
+        scanned.take_window(&mut unit, window_of(100));
+        scanned.keep_train(0, unit);
+        // The second training window did not fit beside the validation
+        // units: they were given up, and the training unit kept whole.
+        assert!(scanned.validation_files.is_empty());
+        assert_eq!(scanned.train[&0].len(), 2);
+        assert_eq!(scanned.held, 2 * one);
+        assert!(!scanned.full);
+        // Training windows beyond the budget are still not kept.
+        let mut unit = scanned.start_unit(false);
+        for _ in 0..2 {
+            scanned.take_window(&mut unit, window_of(100));
+        }
+        scanned.keep_train(1, unit);
+        assert!(scanned.full && !scanned.train.contains_key(&1));
+        assert_eq!(scanned.held, 2 * one);
+    }
+
     /// Rows of the test file: `x` is the file row, `y` its parity, `z` null
     /// on every 97th row (dropped under `skip_row`).
     const ROWS: u64 = 25_000;
@@ -789,7 +869,7 @@ mod tests {
                     data.step_rows(step, |block, idx| {
                         let seg = idx
                             .iter()
-                            .map(|&i| (block.file_row.at(i), block.dense[i * 2], block.label[i]))
+                            .map(|&i| (block.file_row.at(i), block.dense[i * 2], block.label.at(i)))
                             .collect();
                         this.push((w, step, seg));
                         Ok(())
@@ -799,11 +879,9 @@ mod tests {
                 if epoch == 0 {
                     data.validation(|block| {
                         validation_blocks += 1;
-                        validation.extend(
-                            (0..block.rows).map(|i| {
-                                (block.file_row.at(i), block.dense[i * 2], block.label[i])
-                            }),
-                        );
+                        validation.extend((0..block.rows).map(|i| {
+                            (block.file_row.at(i), block.dense[i * 2], block.label.at(i))
+                        }));
                     })
                     .unwrap();
                 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 pub use super::file_rows::FileRows;
 use super::hashing::{column_prefix, slot};
+pub use super::labels::Labels;
 use crate::error::{Error, Location, Result};
 pub use crate::plan::features::{
     is_numeric_type, is_token_type, FeatureSpec, NumericFeature, Weighting,
@@ -46,8 +47,9 @@ pub struct Block {
     /// 0 for a missing token), times the values of a cross's numeric
     /// features.
     pub signs: Vec<f32>,
-    /// Label per row: the value (regression) or class index; empty if not read.
-    pub label: Vec<f64>,
+    /// Label per row: the value (regression) or class index; empty if not
+    /// read. One byte a row while every label is a class index.
+    pub label: Labels,
     /// Label tokens per row, when classes are still being discovered.
     pub tokens: Vec<String>,
     /// Row index inside the source file of each kept row.
@@ -76,7 +78,7 @@ impl Block {
                 .extend_from_slice(&src.hashed[i * src.c..(i + 1) * src.c]);
             self.signs
                 .extend_from_slice(&src.signs[i * src.c..(i + 1) * src.c]);
-            if let Some(&y) = src.label.get(i) {
+            if let Some(y) = src.label.get(i) {
                 self.label.push(y);
             }
             if let Some(r) = src.file_row.get(i) {
@@ -160,7 +162,7 @@ impl Block {
             let class = self
                 .label
                 .get(i)
-                .and_then(|&y| w.class.get(y as usize))
+                .and_then(|y| w.class.get(y as usize))
                 .copied()
                 .unwrap_or(1.0);
             *v = *v * class * w.scale;
@@ -838,7 +840,7 @@ fn decode_with(
         raw: Vec::new(),
         hashed: Vec::with_capacity(rows * c),
         signs: Vec::with_capacity(rows * c),
-        label: Vec::new(),
+        label: Labels::default(),
         tokens: Vec::new(),
         file_row: FileRows::default(),
         weight: Vec::new(),
@@ -1015,7 +1017,7 @@ impl Block {
         self.signs = pick_rows(&self.signs, c, &flags);
         self.hashed = pick_rows(&self.hashed, c, &flags);
         if !self.label.is_empty() {
-            self.label = pick_rows(&self.label, 1, &flags);
+            self.label = self.label.pick(&flags);
         }
         if !self.tokens.is_empty() {
             self.tokens = flags
@@ -1042,7 +1044,7 @@ impl Block {
         self.signs = gather_rows(&self.signs, c, order);
         self.hashed = gather_rows(&self.hashed, c, order);
         if !self.label.is_empty() {
-            self.label = gather_rows(&self.label, 1, order);
+            self.label = self.label.gather(order);
         }
         self.file_row = self.file_row.gather(order);
         if !self.weight.is_empty() {
@@ -1056,7 +1058,7 @@ impl Block {
             + self.raw.len() * 8
             + self.hashed.len() * 4
             + self.signs.len() * 4
-            + self.label.len() * 8
+            + self.label.heap_bytes()
             + self.file_row.heap_bytes()
             + self.weight.len() * 8
     }
@@ -1265,7 +1267,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(block.label, [1.5, -2.0, 3.25]);
+        assert_eq!(block.label.to_vec(), [1.5, -2.0, 3.25]);
         assert_eq!(block.file_row.to_vec(), [100, 101, 102]);
         // decode keeps no raw copy.
         assert!(decode(&b, &s, LabelUse::Value, &origin())
@@ -1336,7 +1338,7 @@ mod tests {
         assert_eq!(skip.rows, 3);
         assert_eq!(skip.file_row.to_vec(), [100, 103, 105]);
         assert_eq!(skip.dense, [0.0, 1.5, 2.5]);
-        assert_eq!(skip.label, [0.0, 3.0, 5.0]);
+        assert_eq!(skip.label.to_vec(), [0.0, 3.0, 5.0]);
         // zero and mean put in the feature's fill (raw units), then scale it.
         for policy in [OnMissing::Zero, OnMissing::Mean] {
             let filled = one(v(), 1.0, 2.0, policy).unwrap();
@@ -1374,7 +1376,10 @@ mod tests {
         s.on_missing = OnMissing::SkipRow;
         let block = decode(&b, &s, LabelUse::Value, &origin()).unwrap();
         assert_eq!(
-            (block.label.as_slice(), block.file_row.to_vec().as_slice()),
+            (
+                block.label.to_vec().as_slice(),
+                block.file_row.to_vec().as_slice()
+            ),
             ([1.0, 0.5].as_slice(), [100, 103].as_slice())
         );
         // Not read for prediction: no label, no failure.
@@ -1456,18 +1461,27 @@ mod tests {
             decode(&b, &s, use_, &origin())
         };
         assert_eq!(
-            decode_y(y.clone(), LabelUse::Classes(&map)).unwrap().label,
+            decode_y(y.clone(), LabelUse::Classes(&map))
+                .unwrap()
+                .label
+                .to_vec(),
             [1.0, 0.0, 2.0, 1.0]
         );
         assert_eq!(
-            decode_y(ints, LabelUse::Classes(&map)).unwrap().label,
+            decode_y(ints, LabelUse::Classes(&map))
+                .unwrap()
+                .label
+                .to_vec(),
             [0.0, 1.0]
         );
         // -0.0 is the class "0".
         let zero = ClassMap::new(&names(&["0", "1"]));
         let signed: ArrayRef = Arc::new(Float64Array::from(vec![-0.0, 1.0]));
         assert_eq!(
-            decode_y(signed, LabelUse::Classes(&zero)).unwrap().label,
+            decode_y(signed, LabelUse::Classes(&zero))
+                .unwrap()
+                .label
+                .to_vec(),
             [0.0, 1.0]
         );
         // A value not among the classes names itself and the classes.
@@ -1487,7 +1501,10 @@ mod tests {
         let income = ClassMap::new(&names(&["<=50K", ">50K"]));
         let text: ArrayRef = Arc::new(StringArray::from(vec![">50K", "<=50K", ">50K"]));
         assert_eq!(
-            decode_y(text, LabelUse::Classes(&income)).unwrap().label,
+            decode_y(text, LabelUse::Classes(&income))
+                .unwrap()
+                .label
+                .to_vec(),
             [1.0, 0.0, 1.0]
         );
         let near: ArrayRef = Arc::new(StringArray::from(vec![">50K", ">50K."]));

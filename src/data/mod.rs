@@ -19,6 +19,7 @@ pub mod cache;
 pub mod encode;
 pub mod file_rows;
 pub mod hashing;
+pub mod labels;
 pub mod moments;
 pub mod partition;
 pub mod stream;

@@ -12,6 +12,7 @@ use timely::dataflow::{Stream, StreamVec};
 use super::rounds::Rounds;
 use super::snapshot::{Cadence, CollectorState, CollectorStates};
 use super::{Control, EvalMsg, Failure, Phase};
+use crate::data::encode::Labels;
 use crate::error::Error;
 use crate::exact::Wide;
 use crate::metrics::sink::EpochRecord;
@@ -147,7 +148,7 @@ pub struct MarginEpoch<'a> {
     /// Outputs per row.
     pub k: usize,
     /// The validation rows' labels (none without validation rows).
-    pub labels: &'a [f64],
+    pub labels: &'a Labels,
     /// The reference the labels are taken relative to.
     pub label_ref: Option<f64>,
     /// Exact sum of the epoch's training losses.

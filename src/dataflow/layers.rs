@@ -33,7 +33,7 @@ use super::margins::Finished;
 use super::rounds::Rounds;
 use super::{loss_message, Failure, Phase};
 use crate::data::cache::WorkerData;
-use crate::data::encode::Block;
+use crate::data::encode::{Block, Labels};
 use crate::error::Error;
 use crate::exact::{Exact, Wide};
 use crate::metrics::sink::EpochRecord;
@@ -345,7 +345,7 @@ impl State {
             loss_sum += loss::loss_and_grad(
                 self.ctx.kind,
                 &margins[i * k..(i + 1) * k],
-                self.rows.label[i],
+                self.rows.label.at(i),
                 &mut dm,
             );
             dz.extend_from_slice(&dm);
@@ -476,10 +476,11 @@ impl State {
         bytes: u64,
     ) -> Result<bool, Error> {
         let k = self.ctx.slice.width_above(self.ctx.slice.depth() - 1);
-        let labels: &[f64] = if self.ctx.has_validation {
+        let none = Labels::default();
+        let labels = if self.ctx.has_validation {
             &self.rows.label
         } else {
-            &[]
+            &none
         };
         let keeper = (self.ctx.index == 0).then_some(&*self.ctx.records);
         let (stop, best) = self.epochs.close_margins(

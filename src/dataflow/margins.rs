@@ -44,7 +44,7 @@ use super::rounds::Rounds;
 use super::snapshot::{Cadence, CollectorState, CollectorStates, Part, PartOf};
 use super::{loss_message, Failure, Phase};
 use crate::data::cache::WorkerData;
-use crate::data::encode::Block;
+use crate::data::encode::{Block, Labels};
 use crate::error::Error;
 use crate::exact::Wide;
 use crate::metrics::sink::EpochRecord;
@@ -223,7 +223,7 @@ struct State {
     /// Rows of the step in flight (this block's columns), in margin order.
     rows: Block,
     /// Labels of the validation rows, in margin order.
-    val_labels: Vec<f64>,
+    val_labels: Labels,
     steps: u64,
     epoch_loss: Wide,
     epoch_rows: u64,
@@ -306,7 +306,7 @@ impl State {
                     for i in 0..b.rows {
                         block.margins(theta, b, i, &mut m);
                         out.extend_from_slice(&m);
-                        labels.push(b.label[i]);
+                        labels.push(b.label.at(i));
                     }
                 })?;
             }
@@ -346,7 +346,7 @@ impl State {
         let mut loss_sum = 0.0;
         let mut touched = std::mem::take(&mut self.touched);
         for i in 0..n {
-            let y = self.rows.label[i];
+            let y = self.rows.label.at(i);
             loss_sum +=
                 loss::loss_and_grad(self.ctx.kind, &margins[i * k..(i + 1) * k], y, &mut dm);
             self.ctx
@@ -412,10 +412,11 @@ impl State {
         bytes: u64,
     ) -> Result<bool, Error> {
         let k = self.ctx.block.layout.k;
-        let labels: &[f64] = if self.ctx.has_validation {
+        let none = Labels::default();
+        let labels = if self.ctx.has_validation {
             &self.val_labels
         } else {
-            &[]
+            &none
         };
         let keeper = (self.ctx.index == 0).then_some(&*self.ctx.records);
         let (stop, best) = self.epochs.close_margins(
@@ -782,7 +783,7 @@ impl<'scope> MarginSteps<'scope> for Stream<'scope, u64, Vec<MarginMsg>> {
             clock: Clock::default(),
             epochs: Epochs::new(ctx.kind, ctx.has_validation, ctx.early_stopping.as_ref()),
             rows: Block::default(),
-            val_labels: Vec::new(),
+            val_labels: Labels::default(),
             steps: 0,
             epoch_loss: Wide::default(),
             epoch_rows: 0,

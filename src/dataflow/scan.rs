@@ -156,7 +156,12 @@ fn scan_local(
     // are not weighted).
     let mut unweighted = spec.clone();
     unweighted.weight = None;
-    let mut sets: Vec<(u8, &dyn DataSource, Split)> = vec![(0, &*plan.train, split)];
+    // Separate validation files first: while they are read, the cache
+    // holds little. A validation file is often one large row group, cut
+    // into several units that each decode its whole dictionaries; read
+    // last, those transient buffers sat on top of the whole cached
+    // training set and set the job's peak memory.
+    let mut sets: Vec<(u8, &dyn DataSource, Split)> = Vec::with_capacity(2);
     if let Some(v) = &plan.validation_files {
         sets.push((
             1,
@@ -167,6 +172,7 @@ fn scan_local(
             },
         ));
     }
+    sets.push((0, &*plan.train, split));
     for (which, source, split) in sets {
         let rows: Vec<usize> = source.units().iter().map(|u| u.rows).collect();
         // Any owners give the same statistics (they are merged in unit
@@ -191,7 +197,7 @@ fn scan_local(
             let mut weights = WeightTotals::new();
             let mut labels = std::mem::take(&mut out.labels);
             let spec_of = if which == 0 { &spec } else { &unweighted };
-            let mut kept = scanned.start_unit();
+            let mut kept = scanned.start_unit(which == 1);
             let checked = for_each_window(source, unit, spec_of, label, split, |data| {
                 pulse();
                 let blocks = [&data.train, &data.validation];
@@ -216,7 +222,7 @@ fn scan_local(
                 });
                 if kind == ModelKind::Linear {
                     let m = &mut moments[spec.numeric.len()];
-                    b.label.iter().for_each(|&y| m.push(y));
+                    b.label.iter().for_each(|y| m.push(y));
                 }
                 if weighted && which == 0 {
                     b.raw_rows(|i, row| {
@@ -230,7 +236,7 @@ fn scan_local(
                     for i in 0..b.rows {
                         let class = match (&check, b.tokens.get(i)) {
                             (_, Some(t)) => t.clone(),
-                            (Some(map), None) => map.name(b.label[i] as usize),
+                            (Some(map), None) => map.name(b.label.at(i) as usize),
                             (None, None) => String::new(),
                         };
                         let entry = weights.entry(class).or_default();
@@ -244,8 +250,13 @@ fn scan_local(
             out.labels = labels;
             if let Err(e) = checked {
                 scanned.forget(kept);
-                // Units are visited in order: the first failure is the lowest.
-                if out.failure.is_none() {
+                // Units are visited in order within a source: the first
+                // failure of a source is its lowest. Training's come first.
+                if out
+                    .failure
+                    .as_ref()
+                    .is_none_or(|(at, _)| (which, unit.id) < *at)
+                {
                     out.failure = Some(((which, unit.id), Failure::from(&e)));
                 }
                 continue;

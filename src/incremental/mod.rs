@@ -234,7 +234,7 @@ fn read_units(
                             id,
                             key: text,
                             x: block.raw[i * p..(i + 1) * p].to_vec(),
-                            y: block.label[i],
+                            y: block.label.at(i),
                             class: None,
                             slots: Vec::new(),
                             place: None,

@@ -29,6 +29,8 @@ use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semig
 use ethnum::I256;
 use serde::{Deserialize, Serialize};
 
+use crate::data::labels::Labels;
+
 /// Fractional bits of the quantised values (resolution 2^-40 ≈ 9.1e-13).
 pub const FRAC_BITS: i32 = 40;
 const SCALE: f64 = (1u64 << FRAC_BITS) as f64;
@@ -399,7 +401,7 @@ impl Normal {
         &mut self,
         keys: &[KeyDigest],
         x: &[f64],
-        y: &[f64],
+        y: &Labels,
         p: usize,
     ) -> Result<(), (usize, TooLarge)> {
         let m = p + 1;
@@ -409,7 +411,7 @@ impl Normal {
         for r in 0..rows {
             for (j, &v) in x[r * p..(r + 1) * p]
                 .iter()
-                .chain(std::iter::once(&y[r]))
+                .chain(std::iter::once(&y.at(r)))
                 .enumerate()
             {
                 if v.is_nan() || v.abs() >= MAX_VALUE {
@@ -430,7 +432,7 @@ impl Normal {
         for r in 0..rows {
             for (j, &v) in x[r * p..(r + 1) * p]
                 .iter()
-                .chain(std::iter::once(&y[r]))
+                .chain(std::iter::once(&y.at(r)))
                 .enumerate()
             {
                 self.small[j] += i64::from(is_small(v));
@@ -684,7 +686,7 @@ mod tests {
                 one.add_row(k, x, *y).unwrap();
             }
             let x: Vec<f64> = rows.iter().flat_map(|(x, _)| x.clone()).collect();
-            let y: Vec<f64> = rows.iter().map(|(_, y)| *y).collect();
+            let y: Labels = rows.iter().map(|(_, y)| *y).collect();
             let mut block = Normal::zero_of(2);
             block.add_rows(&keys, &x, &y, 2).unwrap();
             prop_assert_eq!(one, block);

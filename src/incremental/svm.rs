@@ -151,7 +151,7 @@ impl Rows {
                 }
             }
             merged.truncate(kept);
-            let sign = 2.0 * block.label[i] - 1.0;
+            let sign = 2.0 * block.label.at(i) - 1.0;
             key.clear();
             key.push(sign.to_bits());
             key.extend(x.iter().map(|v| u64::from(v.to_bits())));
@@ -910,7 +910,7 @@ mod tests {
             c,
             hashed: h.to_vec(),
             signs: vec![1.0; h.len()],
-            label: y.to_vec(),
+            label: y.iter().copied().collect(),
             ..Block::default()
         };
         let mut r = Rows::new(p, p + slots);

@@ -9,7 +9,7 @@ pub mod sink;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::encode::Block;
+use crate::data::encode::{Block, Labels};
 use crate::exact::Wide;
 use crate::model::Model;
 use crate::spec::ModelKind;
@@ -111,7 +111,7 @@ impl EvalPartial {
         kind: ModelKind,
         k: usize,
         margins: &[f64],
-        labels: &[f64],
+        labels: &Labels,
         label_ref: Option<f64>,
     ) -> EvalPartial {
         let mut p = EvalPartial::with_label_ref(label_ref);
@@ -120,7 +120,7 @@ impl EvalPartial {
             k,
             labels.len(),
             |i, out| out.copy_from_slice(&margins[i * k..(i + 1) * k]),
-            |i| labels[i],
+            |i| labels.at(i),
         );
         p
     }
@@ -132,7 +132,7 @@ impl EvalPartial {
             model.outputs(),
             block.rows,
             |i, out| model.margins(block, i, out),
-            |i| block.label[i],
+            |i| block.label.at(i),
         );
     }
 

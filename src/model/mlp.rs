@@ -441,7 +441,7 @@ impl Mlp {
         let mut dm = vec![0.0; k];
         for (r, &i) in rows.iter().enumerate() {
             let m: Vec<f64> = margins.row(r).to_vec();
-            let l = loss::loss_and_grad(self.kind, &m, block.label[i], &mut dm);
+            let l = loss::loss_and_grad(self.kind, &m, block.label.at(i), &mut dm);
             loss_sum += super::weighted(block, i, l, &mut dm);
             for (j, g) in dm.iter().enumerate() {
                 dz[[r, j]] = *g;
@@ -750,7 +750,7 @@ mod tests {
         rows.iter()
             .map(|&i| {
                 let row: Vec<f64> = margins.row(i).to_vec();
-                loss::loss_and_grad(m.kind, &row, b.label[i], &mut dm)
+                loss::loss_and_grad(m.kind, &row, b.label.at(i), &mut dm)
             })
             .sum()
     }

@@ -456,7 +456,7 @@ impl LinearModel {
             dm,
             ..
         } = scratch;
-        let y = block.label[i];
+        let y = block.label.at(i);
         let l = loss::loss_and_grad(self.kind, margins, y, dm);
         let l = weighted(block, i, l, dm);
         let x = &block.dense[i * block.p..(i + 1) * block.p];

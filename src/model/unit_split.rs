@@ -527,7 +527,7 @@ mod tests {
                 crate::model::loss::loss_and_grad(
                     ModelKind::Softmax,
                     &margins[r * 3..(r + 1) * 3],
-                    b.label[r],
+                    b.label.at(r),
                     &mut dm,
                 );
                 dz_out.extend_from_slice(&dm);

@@ -1039,7 +1039,7 @@ impl Leader {
                 for i in 0..block.rows {
                     let local = (block.file_row.at(i) - a.file_row) as usize;
                     let x = &block.raw[i * dims..(i + 1) * dims];
-                    let y = block.label.get(i).copied().unwrap_or(0.0);
+                    let y = block.label.get(i).unwrap_or(0.0);
                     match &current {
                         Some(Current::Ridge(s)) => {
                             let m = s.theta[0]

@@ -407,7 +407,7 @@ impl Split {
                         k,
                         b.rows,
                         |i, out| out.copy_from_slice(&mine[i * k..(i + 1) * k]),
-                        |i| b.label[i],
+                        |i| b.label.at(i),
                     );
                     e.merge(part);
                 }
@@ -427,7 +427,7 @@ impl Split {
             let mut loss_sum = 0.0;
             for i in 0..b.rows {
                 loss_sum +=
-                    loss::loss_and_grad(kind, &mine[i * k..(i + 1) * k], b.label[i], &mut dm);
+                    loss::loss_and_grad(kind, &mine[i * k..(i + 1) * k], b.label.at(i), &mut dm);
                 self.block
                     .add_gradient(b, i, &dm, &mut self.grad, &mut self.chunk_touched);
             }
