@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{finish, sigterm, start, wait_until};
+use common::{finish, sigterm, start, wait_for_a_checkpoint};
 
 /// `MIMALLOC_PURGE_DELAY` in the environment process `pid` runs with.
 fn purge_delay(pid: u32) -> Option<String> {
@@ -41,16 +41,6 @@ fn long_job(dir: &std::path::Path, envs: &[(&str, &str)]) -> std::process::Child
     )
 }
 
-/// Waits for the job's first checkpoint: well past its start.
-fn wait_for_a_checkpoint(dir: &std::path::Path) {
-    wait_until("an epoch's checkpoint", || {
-        std::fs::read_dir(dir.join("checkpoints")).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".tmck"))
-        })
-    });
-}
-
 #[test]
 fn the_binary_runs_with_a_short_purge_delay_unless_one_is_set() {
     if std::env::var_os("LD_PRELOAD").is_some()
@@ -67,7 +57,7 @@ fn the_binary_runs_with_a_short_purge_delay_unless_one_is_set() {
             .collect();
         let child = long_job(dir.path(), &envs);
         let pid = child.id();
-        wait_for_a_checkpoint(dir.path());
+        wait_for_a_checkpoint(&dir.path().join("checkpoints"));
         let seen = purge_delay(pid);
         // Executed again by its own path, the process keeps its name.
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{finish, sigterm, start, thp_enabled, wait_until};
+use common::{finish, sigterm, start, thp_enabled, wait_for_a_checkpoint};
 
 /// A child killed if the test fails before it is stopped.
 struct Running(Option<std::process::Child>);
@@ -54,15 +54,7 @@ fn a_small_model_trains_without_huge_pages() {
             ],
             &[],
         )));
-        // An epoch's checkpoint written: well past the scan and the cache.
-        wait_until("an epoch's checkpoint", || {
-            std::fs::read_dir(&checkpoints).is_ok_and(|d| {
-                d.flatten().any(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.starts_with("checkpoint-") && name.ends_with(".tmck")
-                })
-            })
-        });
+        wait_for_a_checkpoint(&checkpoints);
         let child = child.0.take().unwrap();
         let thp = thp_enabled(child.id());
         sigterm(&child);

@@ -197,12 +197,6 @@ impl Extend<f64> for Labels {
     }
 }
 
-impl From<Vec<f64>> for Labels {
-    fn from(v: Vec<f64>) -> Self {
-        v.into_iter().collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -367,6 +367,19 @@ pub fn hidden_beside(dir: &Path, name: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Waits until a training job has written a checkpoint into
+/// `checkpoints`: an epoch done, well past its start, scan and cache.
+pub fn wait_for_a_checkpoint(checkpoints: &Path) {
+    wait_until("an epoch's checkpoint", || {
+        std::fs::read_dir(checkpoints).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("checkpoint-") && name.ends_with(".tmck")
+            })
+        })
+    });
+}
+
 /// Polls `ready` until it holds; panics with `what` after a minute (a
 /// liveness bound, not a timing assertion).
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
