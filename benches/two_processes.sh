@@ -71,18 +71,20 @@ for name in ("t", "p"):
 PY
 [ "${BASELINE:-1}" = 1 ] || exit 0
 R=target/release/examples/timely_round
-[ -x "$R" ] || cargo build --release --example timely_round
+cargo build -q --release --example timely_round
 us() { awk '/µs a round/ { print $NF }'; }
 # rounds, work in µs: the µs of a round on 2 threads, then on 2 processes
 on_threads() { "$R" "$1" "$2" 2 | us; }
 on_processes() {
   printf '127.0.0.1:%s\n127.0.0.1:%s\n' "$(port)" "$(port)" > "$D/hosts"
-  "$R" "$1" "$2" 1 2 1 "$D/hosts" > /dev/null 2>&1 &
-  "$R" "$1" "$2" 1 2 0 "$D/hosts" 2> /dev/null | us
-  wait
+  "$R" "$1" "$2" 1 2 1 "$D/hosts" > /dev/null &
+  local other=$!
+  "$R" "$1" "$2" 1 2 0 "$D/hosts" | us
+  wait "$other"
 }
 BT=$(on_threads 20000 0)
 BP=$(on_processes 20000 0)
+[ -n "$BT" ] && [ -n "$BP" ] || { echo "two_processes.sh: timely_round printed no time" >&2; exit 1; }
 python3 - "$(cat "$D/t_us")" "$BT" "$BP" <<'PY'
 import sys
 t, bt, bp = map(float, sys.argv[1:])

@@ -1,10 +1,10 @@
 //! Timely alone, the baseline for `benches/two_processes.sh`: the time of a
 //! round of the smallest synchronous loop, on threads or on processes.
 //!
-//! Every worker holds one record. Each round, every worker busy-waits
-//! `WORK_US` microseconds on the record it holds (a stand-in for a
-//! gradient step) and sends it to the next worker over timely's exchange;
-//! the next round starts when the record arrives. That is one trip over
+//! Every worker holds one record. Each round, every worker sends the
+//! record it holds to the next worker over timely's exchange and
+//! busy-waits `WORK_US` microseconds on the one that arrives (a stand-in
+//! for a gradient step). That is one trip over
 //! the network a round and no progress wait, the shape of tidemill's
 //! `allreduce` step when every worker folds, without any of its work.
 //!
@@ -74,7 +74,7 @@ fn main() {
                 vec![(index, 0u64)]
                     .to_stream(scope)
                     .concat(cycle)
-                    .exchange(move |&(origin, round)| (origin + round) % peers)
+                    .exchange(move |&(origin, round)| (origin + round + 1) % peers)
                     .map_in_place(move |record| {
                         let start = Instant::now();
                         while start.elapsed() < work {
